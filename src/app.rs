@@ -1,0 +1,238 @@
+//! The application: shared state, start-up (open stores, recover from a crash, start the
+//! background tasks) and the HTTP server loop with graceful shutdown.
+//!
+//! Invariant: nothing is served before start-up recovery has run: temp files of interrupted
+//! uploads are gone, interrupted deletions are finished, and (with `storage.scan_on_startup`)
+//! blobs without a row are removed.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
+
+use crate::audit::AuditLog;
+use crate::auth::jwt::TokenKeys;
+use crate::auth::password::Passwords;
+use crate::auth::throttle::LoginThrottle;
+use crate::blob::BlobStore;
+use crate::blob::fs::LocalFs;
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::http::metrics::Metrics;
+use crate::http::rate_limit::RateLimits;
+use crate::ingest::policy::UploadPolicy;
+use crate::ingest::quota::Quota;
+use crate::meta::MetaStore;
+use crate::secrets::SecretKey;
+use crate::{http, lifecycle, ops, retention};
+
+/// The state every handler sees. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppInner {
+    /// The validated configuration.
+    pub config: Config,
+    /// Metadata (SQLite).
+    pub meta: MetaStore,
+    /// Blob storage.
+    pub blobs: BlobStore,
+    /// Access-token keys.
+    pub tokens: TokenKeys,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Failed-login counters.
+    pub throttle: LoginThrottle,
+    /// Per-address rate limits.
+    pub limits: RateLimits,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Storage quotas.
+    pub quota: Quota,
+    /// The upload type policy.
+    pub policy: UploadPolicy,
+    /// Encryption-at-rest master keys.
+    pub keyring: Keyring,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Parsed `server.trusted_proxies`.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The serialised OpenAPI document.
+    pub openapi: OnceLock<Bytes>,
+}
+
+/// The secrets the service runs with.
+pub struct Secrets {
+    /// Signs tokens.
+    pub secret_key: SecretKey,
+    /// Encryption-at-rest keys.
+    pub keyring: Keyring,
+}
+
+/// A built application, ready to serve.
+pub struct App {
+    state: AppState,
+    router: Router,
+    tasks: Vec<JoinHandle<()>>,
+    audit_task: JoinHandle<()>,
+}
+
+impl App {
+    /// Open the stores, recover from any crash, start background work and build the router.
+    pub async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
+        let fs = LocalFs::open(&config.storage.root)
+            .map_err(|e| anyhow::anyhow!("storage root {}: {e}", config.storage.root.display()))?;
+        let blobs = BlobStore::new(Arc::new(fs.clone()));
+        let meta = MetaStore::open(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
+        recover(&config, &meta, &blobs).await?;
+
+        let passwords = Passwords::new(&config.auth)?;
+        let (audit, audit_task) = AuditLog::start(meta.clone());
+        let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
+        let state = AppState(Arc::new(AppInner {
+            tokens: TokenKeys::new(&secrets.secret_key, &config.auth.issuer, config.auth.access_ttl_secs)?,
+            throttle: LoginThrottle::new(config.auth.login_failures_before_delay, config.auth.login_max_delay_secs),
+            limits: RateLimits::new(&config.rate_limit),
+            quota: Quota::new(config.limits.user_quota_bytes, meta.clone()),
+            policy: UploadPolicy::new(&config.uploads.allowed),
+            keyring: secrets.keyring,
+            metrics: Metrics::default(),
+            openapi: OnceLock::new(),
+            trusted_proxies,
+            passwords,
+            audit,
+            meta,
+            blobs,
+            config,
+        }));
+        let (router, doc) = http::router(state.clone());
+        let doc = serde_json::to_vec(&doc)?;
+        let _ = state.openapi.set(Bytes::from(doc));
+        let tasks = vec![
+            tokio::spawn(retention::sweeper(state.clone())),
+            tokio::spawn(limiter_housekeeping(state.clone())),
+        ];
+        Ok(Self { state, router, tasks, audit_task })
+    }
+
+    /// The shared state (tests and tools).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve on `listener` until `shutdown` completes, then drain in-flight requests (bounded
+    /// by `server.shutdown_grace_secs`) and flush the audit trail.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let cfg = &self.state.config.server;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+            .max_buf_size(64 * 1024);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(128);
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.router.clone();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; cutting the remaining connections");
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.state.audit.flush().await;
+        let _ = self.state.meta.checkpoint().await;
+        drop(self.state);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.audit_task).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Crash recovery before serving.
+async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow::Result<()> {
+    let temp = blobs.clear_staging().await?;
+    let trashed = lifecycle::finish_interrupted_deletes(meta, blobs).await?;
+    if temp + trashed > 0 {
+        tracing::info!(temp_files = temp, deletions = trashed, "cleaned up after an interrupted run");
+    }
+    if config.storage.scan_on_startup {
+        let report = ops::check::scan(meta, blobs, None).await?;
+        let orphans = ops::check::remove_orphans(meta, blobs, &report).await?;
+        if orphans > 0 {
+            tracing::warn!(orphans, "removed blobs that had no database row");
+        }
+        for missing in &report.missing {
+            tracing::error!(file.id = %missing, "a file row has no blob; run `coffer check`");
+        }
+    }
+    Ok(())
+}
+
+async fn limiter_housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        state.limits.sweep();
+    }
+}
+
+/// Bind a listener (with `SO_REUSEADDR`, as tokio sets by default on Unix).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,131 @@
+//! Slowing password guessing against one account, without handing an attacker a lock-out.
+//!
+//! Failures are counted per (account, client address) and, far more gently, per account. After
+//! `login_failures_before_delay` failures from one address, that address must wait before its
+//! next try, the wait doubling per failure up to `login_max_delay_secs`; attempts during the
+//! wait are refused without being checked or counted. The per-account counter (for guessing
+//! spread over many addresses) only ever imposes short waits, so the real owner, from their
+//! own address, is at most briefly delayed and never locked out.
+//!
+//! Invariant: memory is bounded: idle entries are forgotten after the window, and the map never
+//! holds more than `MAX_ENTRIES`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries forgotten after this long without a failure.
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Per-account failures (from any address) before the gentle delay applies.
+const ACCOUNT_FACTOR: u32 = 4;
+/// The per-account delay never exceeds this.
+const ACCOUNT_MAX_DELAY: Duration = Duration::from_secs(30);
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+    until: Instant,
+}
+
+/// The failure counters.
+pub struct LoginThrottle {
+    threshold: u32,
+    max_delay: Duration,
+    entries: Mutex<HashMap<(String, Option<IpAddr>), Entry>>,
+}
+
+impl LoginThrottle {
+    /// A throttle with the configured threshold and cap.
+    pub fn new(threshold: u32, max_delay_secs: u64) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            max_delay: Duration::from_secs(max_delay_secs.max(1)),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds)` when this attempt must wait.
+    pub fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        let Ok(map) = self.entries.lock() else { return Ok(()) };
+        let user = username.to_lowercase();
+        let wait = [map.get(&(user.clone(), Some(ip))), map.get(&(user, None))]
+            .into_iter()
+            .flatten()
+            .filter(|e| e.until > now)
+            .map(|e| e.until - now)
+            .max();
+        match wait {
+            Some(w) => Err(w.as_secs_f64().ceil().max(1.0) as u64),
+            None => Ok(()),
+        }
+    }
+
+    /// Count a failed attempt.
+    pub fn failed(&self, username: &str, ip: IpAddr) {
+        let now = Instant::now();
+        let Ok(mut map) = self.entries.lock() else { return };
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, e| now.duration_since(e.last) < WINDOW && e.until > now);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        let user = username.to_lowercase();
+        let mut bump = |key, threshold: u32, cap: Duration| {
+            let e = map.entry(key).or_insert(Entry { failures: 0, last: now, until: now });
+            if now.duration_since(e.last) >= WINDOW {
+                e.failures = 0;
+            }
+            e.failures = e.failures.saturating_add(1);
+            e.last = now;
+            if e.failures >= threshold {
+                let exp = (e.failures - threshold).min(20);
+                e.until = now + Duration::from_secs(1u64 << exp).min(cap);
+            }
+        };
+        bump((user.clone(), Some(ip)), self.threshold, self.max_delay);
+        bump((user, None), self.threshold.saturating_mul(ACCOUNT_FACTOR), ACCOUNT_MAX_DELAY.min(self.max_delay));
+    }
+
+    /// A success from this address clears its counter.
+    pub fn succeeded(&self, username: &str, ip: IpAddr) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.remove(&(username.to_lowercase(), Some(ip)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_after_threshold_per_address_only() {
+        let t = LoginThrottle::new(3, 900);
+        let attacker: IpAddr = "203.0.113.9".parse().unwrap();
+        let owner: IpAddr = "198.51.100.7".parse().unwrap();
+        for _ in 0..2 {
+            t.failed("alice", attacker);
+            assert!(t.check("alice", attacker).is_ok());
+        }
+        t.failed("alice", attacker);
+        assert!(t.check("ALICE", attacker).is_err());
+        assert!(t.check("alice", owner).is_ok(), "the owner's address is not locked");
+        t.succeeded("alice", attacker);
+        assert!(t.check("alice", attacker).is_ok());
+    }
+
+    #[test]
+    fn account_wide_delay_is_short() {
+        let t = LoginThrottle::new(2, 900);
+        for i in 0..40u8 {
+            t.failed("bob", IpAddr::from([10, 0, 0, i]));
+        }
+        let wait = t.check("bob", "192.0.2.1".parse().unwrap()).unwrap_err();
+        assert!(wait <= 30, "{wait}");
+    }
+}

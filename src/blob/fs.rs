@@ -1,0 +1,563 @@
+//! The local-filesystem backend: `<root>/blobs/ab/cd/<uuid>`, staged in `<root>/tmp`, deleted
+//! through `<root>/trash`.
+//!
+//! Invariant: every path is opened component by component from the canonical root with
+//! `O_NOFOLLOW`, so a symlink planted anywhere under the root is refused, never followed; blob
+//! names come from [`BlobKey`] only. New blobs are written to a temp file on the same
+//! filesystem, fsynced, renamed into place without replacing anything, and the shard directory
+//! is fsynced so the rename survives power loss.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use tokio::sync::mpsc;
+
+use super::{BlobBackend, BlobError, BlobKey, BlobWriter, BoxFuture, ByteStream, Inventory};
+use crate::blocking;
+
+const BLOBS: &str = "blobs";
+const TMP: &str = "tmp";
+const TRASH: &str = "trash";
+/// Reads at most this much in one go; ranges up to it are served from a single read.
+const READ_CHUNK: usize = 256 * 1024;
+/// Writes are batched into buffers of this size and written while the next one fills.
+const WRITE_CHUNK: usize = 512 * 1024;
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// The local-filesystem backend.
+#[derive(Debug, Clone)]
+pub struct LocalFs {
+    root: Arc<PathBuf>,
+}
+
+fn join_err(e: blocking::JoinError) -> BlobError {
+    BlobError::Io(std::io::Error::other(e))
+}
+
+fn io(e: rustix::io::Errno) -> BlobError {
+    BlobError::from_io(e.into())
+}
+
+impl LocalFs {
+    /// Open the root, creating it (mode 0700) and its subfolders when missing.
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root)?;
+        let root = root.canonicalize()?;
+        for sub in [BLOBS, TMP, TRASH] {
+            let p = root.join(sub);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "{} exists but is not a directory (symlinks are refused)",
+                        p.display()
+                    )));
+                }
+                Err(_) => std::fs::DirBuilder::new().mode(DIR_MODE).create(&p)?,
+            }
+        }
+        Ok(Self { root: Arc::new(root) })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn root_fd(&self) -> Result<OwnedFd, BlobError> {
+        rustix::fs::open(
+            self.root.as_path(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)
+    }
+
+    fn subdir(&self, name: &str) -> Result<OwnedFd, BlobError> {
+        open_dir(&self.root_fd()?, name)
+    }
+
+    /// Open the shard directory of `key`, creating missing levels when `create`.
+    fn shard(&self, key: &BlobKey, create: bool) -> Result<(OwnedFd, Vec<OwnedFd>), BlobError> {
+        let (a, b, _) = key.parts();
+        let blobs = self.subdir(BLOBS)?;
+        let mut created_in = Vec::new();
+        let level_a = open_or_create(blobs, a, create, &mut created_in)?;
+        let level_b = open_or_create(level_a, b, create, &mut created_in)?;
+        Ok((level_b, created_in))
+    }
+
+    fn open_blob(&self, key: &BlobKey) -> Result<File, BlobError> {
+        let (dir, _) = self.shard(key, false)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            key.parts().2,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let file = File::from(fd);
+        if !file.metadata().map_err(BlobError::from_io)?.is_file() {
+            return Err(BlobError::Unsafe);
+        }
+        Ok(file)
+    }
+}
+
+fn open_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, BlobError> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io)
+}
+
+/// Open `parent/name` as a directory; when it is missing and `create`, make it and remember
+/// `parent` so the new entry can be fsynced.
+fn open_or_create(parent: OwnedFd, name: &str, create: bool, created_in: &mut Vec<OwnedFd>) -> Result<OwnedFd, BlobError> {
+    match open_dir(&parent, name) {
+        Err(BlobError::NotFound) if create => {
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io(e)),
+            }
+            let dir = open_dir(&parent, name)?;
+            created_in.push(parent);
+            Ok(dir)
+        }
+        other => other,
+    }
+}
+
+impl BlobBackend for LocalFs {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let w = blocking::run(move || -> Result<_, BlobError> {
+                let tmp = this.subdir(TMP)?;
+                let name = format!("{}.part", uuid::Uuid::new_v4());
+                let fd = rustix::fs::openat(
+                    &tmp,
+                    &name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(FILE_MODE),
+                )
+                .map_err(io)?;
+                Ok(FsWriter {
+                    fs: this,
+                    tmp_dir: Arc::new(tmp),
+                    name,
+                    file: Arc::new(File::from(fd)),
+                    buf: BytesMut::with_capacity(WRITE_CHUNK),
+                    inflight: None,
+                    done: false,
+                })
+            })
+            .await
+            .map_err(join_err)??;
+            Ok(Box::new(w) as Box<dyn BlobWriter>)
+        })
+    }
+
+    fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            if len <= READ_CHUNK as u64 {
+                // Small reads (thumbnails, 4 KiB documents): open and read in one blocking hop.
+                let bytes = blocking::run(move || -> Result<Bytes, BlobError> {
+                    let file = this.open_blob(&key)?;
+                    read_exact_at(&file, offset, len)
+                })
+                .await
+                .map_err(join_err)??;
+                let s = futures_util::stream::once(async move { Ok(bytes) });
+                return Ok(Box::pin(s) as ByteStream);
+            }
+            let file = blocking::run(move || this.open_blob(&key)).await.map_err(join_err)??;
+            // One blocking reader per large download, two chunks ahead of the socket: the disk
+            // read of chunk n+1 overlaps the network write of chunk n, and a client that stops
+            // reading stops the reader through the channel's back-pressure.
+            let (tx, rx) = mpsc::channel::<Result<Bytes, BlobError>>(2);
+            tokio::task::spawn_blocking(move || {
+                let mut pos = offset;
+                let end = offset.saturating_add(len);
+                while pos < end {
+                    let n = (end - pos).min(READ_CHUNK as u64);
+                    let chunk = read_exact_at(&file, pos, n);
+                    let failed = chunk.is_err();
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
+                    pos += n;
+                }
+            });
+            Ok(Box::pin(tokio_stream_from(rx)) as ByteStream)
+        })
+    }
+
+    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            blocking::run(move || Ok(this.open_blob(&key)?.metadata().map_err(BlobError::from_io)?.len()))
+                .await
+                .map_err(join_err)?
+        })
+    }
+
+    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            blocking::run(move || {
+                let (dir, _) = this.shard(&key, false)?;
+                let trash = this.subdir(TRASH)?;
+                let name = key.parts().2;
+                rustix::fs::renameat(&dir, name, &trash, name).map_err(io)?;
+                rustix::fs::fsync(&trash).map_err(io)?;
+                rustix::fs::fsync(&dir).map_err(io)
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
+    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            blocking::run(move || {
+                let (dir, _) = this.shard(&key, true)?;
+                let trash = this.subdir(TRASH)?;
+                let name = key.parts().2;
+                rustix::fs::renameat(&trash, name, &dir, name).map_err(io)?;
+                rustix::fs::fsync(&dir).map_err(io)
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
+    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            blocking::run(move || {
+                let trash = this.subdir(TRASH)?;
+                match rustix::fs::unlinkat(&trash, key.parts().2, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(io(e)),
+                }
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
+    fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>> {
+        let root = self.root.clone();
+        Box::pin(async move {
+            blocking::run(move || {
+                let mut n = 0;
+                for entry in std::fs::read_dir(root.join(TMP)).map_err(BlobError::from_io)? {
+                    let entry = entry.map_err(BlobError::from_io)?;
+                    // remove_file never follows a symlink; it removes the link itself.
+                    if entry.file_type().map_err(BlobError::from_io)?.is_dir() {
+                        std::fs::remove_dir_all(entry.path()).map_err(BlobError::from_io)?;
+                    } else {
+                        std::fs::remove_file(entry.path()).map_err(BlobError::from_io)?;
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>> {
+        let root = self.root.clone();
+        Box::pin(async move { blocking::run(move || walk(&root)).await.map_err(join_err)? })
+    }
+
+    fn writable(&self) -> BoxFuture<'_, bool> {
+        let this = self.clone();
+        Box::pin(async move {
+            blocking::run(move || -> Result<(), BlobError> {
+                let tmp = this.subdir(TMP)?;
+                let name = format!(".probe-{}", uuid::Uuid::new_v4());
+                let fd = rustix::fs::openat(
+                    &tmp,
+                    &name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(FILE_MODE),
+                )
+                .map_err(io)?;
+                drop(fd);
+                rustix::fs::unlinkat(&tmp, &name, AtFlags::empty()).map_err(io)
+            })
+            .await
+            .is_ok_and(|r| r.is_ok())
+        })
+    }
+}
+
+fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| BlobError::Integrity)?];
+    match file.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(Bytes::from(buf)),
+        // The blob is shorter than its row says: truncated on disk.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(BlobError::Integrity),
+        Err(e) => Err(BlobError::from_io(e)),
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, BlobError>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, BlobError>> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn walk(root: &Path) -> Result<Inventory, BlobError> {
+    let mut inv = Inventory::default();
+    let blobs = root.join(BLOBS);
+    for a in read_dir_sorted(&blobs)? {
+        let a_path = blobs.join(&a);
+        if !is_real_dir(&a_path) {
+            inv.strays.push(format!("{BLOBS}/{a}"));
+            continue;
+        }
+        for b in read_dir_sorted(&a_path)? {
+            let b_path = a_path.join(&b);
+            if !is_real_dir(&b_path) {
+                inv.strays.push(format!("{BLOBS}/{a}/{b}"));
+                continue;
+            }
+            for name in read_dir_sorted(&b_path)? {
+                let rel = format!("{a}/{b}/{name}");
+                let meta = std::fs::symlink_metadata(b_path.join(&name)).map_err(BlobError::from_io)?;
+                match BlobKey::parse(&rel) {
+                    Some(key) if meta.is_file() => inv.blobs.push((key, meta.len())),
+                    _ => inv.strays.push(format!("{BLOBS}/{rel}")),
+                }
+            }
+        }
+    }
+    for name in read_dir_sorted(&root.join(TRASH))? {
+        // Trash names are the blob's file name; rebuild the key from the id.
+        match name.strip_suffix(".s").map_or(Some((&*name, false)), |id| Some((id, true))) {
+            Some((id, sealed)) => match crate::ids::FileId::parse(id) {
+                Some(id) => inv.trash.push(BlobKey::for_file(id, sealed)),
+                None => inv.strays.push(format!("{TRASH}/{name}")),
+            },
+            None => inv.strays.push(format!("{TRASH}/{name}")),
+        }
+    }
+    Ok(inv)
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+fn read_dir_sorted(p: &Path) -> Result<Vec<String>, BlobError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(p).map_err(BlobError::from_io)? {
+        let entry = entry.map_err(BlobError::from_io)?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Remove a stray or orphan path under the root (maintenance). Refuses anything outside.
+pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
+    let p = root.join(rel);
+    if rel.contains("..") || !p.starts_with(root) {
+        return Err(std::io::Error::other("refusing a path outside the storage root"));
+    }
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+        Ok(_) => std::fs::remove_file(&p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A blob being written to `tmp/`.
+struct FsWriter {
+    fs: LocalFs,
+    tmp_dir: Arc<OwnedFd>,
+    name: String,
+    file: Arc<File>,
+    buf: BytesMut,
+    /// The previous buffer's write, running while the next buffer fills.
+    inflight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: bool,
+}
+
+impl FsWriter {
+    async fn settle(&mut self) -> Result<(), BlobError> {
+        if let Some(task) = self.inflight.take() {
+            task.await.map_err(|e| BlobError::Io(std::io::Error::other(e)))?.map_err(BlobError::from_io)?;
+        }
+        Ok(())
+    }
+
+    async fn flush_buf(&mut self) -> Result<(), BlobError> {
+        self.settle().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        let file = self.file.clone();
+        self.inflight = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&chunk)));
+        Ok(())
+    }
+}
+
+impl BlobWriter for FsWriter {
+    fn write<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async move {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= WRITE_CHUNK {
+                self.flush_buf().await?;
+                self.buf.reserve(WRITE_CHUNK);
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(mut self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>> {
+        Box::pin(async move {
+            self.flush_buf().await?;
+            self.settle().await?;
+            let file = self.file.clone();
+            let tmp_dir = self.tmp_dir.clone();
+            let name = self.name.clone();
+            let fs = self.fs.clone();
+            blocking::run(move || -> Result<(), BlobError> {
+                // Data first, then the name: after a crash there is either no blob or a whole one.
+                file.sync_all().map_err(BlobError::from_io)?;
+                let (dir, created_in) = fs.shard(&key, true)?;
+                match rustix::fs::renameat_with(&*tmp_dir, &*name, &dir, key.parts().2, RenameFlags::NOREPLACE) {
+                    Ok(()) => {}
+                    // Filesystems without RENAME_NOREPLACE: the key is a fresh UUID anyway.
+                    Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                        rustix::fs::renameat(&*tmp_dir, &*name, &dir, key.parts().2).map_err(io)?;
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+                rustix::fs::fsync(&dir).map_err(io)?;
+                for parent in created_in {
+                    rustix::fs::fsync(&parent).map_err(io)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(join_err)??;
+            self.done = true;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // Aborted (limit, bad type, disconnect, error): leave nothing behind. unlink is
+            // quick and never blocks on data, so it is done right here.
+            if let Err(e) = rustix::fs::unlinkat(&*self.tmp_dir, &*self.name, AtFlags::empty()) {
+                if e != rustix::io::Errno::NOENT {
+                    tracing::warn!(error = %e, "cannot remove an aborted upload's temp file");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::BlobStore;
+    use crate::ids::FileId;
+    use futures_util::StreamExt;
+
+    async fn collect(s: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut s = s;
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn write_commit_read_trash_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = store.create().await.unwrap();
+        for chunk in data.chunks(70_000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.commit(key.clone()).await.unwrap();
+        assert_eq!(store.len(&key).await.unwrap(), data.len() as u64);
+        assert_eq!(collect(store.read_range(&key, 0, data.len() as u64).await.unwrap()).await, data);
+        assert_eq!(collect(store.read_range(&key, 10, 5).await.unwrap()).await, &data[10..15]);
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+
+        store.trash(&key).await.unwrap();
+        assert!(matches!(store.len(&key).await, Err(BlobError::NotFound)));
+        assert_eq!(store.inventory().await.unwrap().trash, vec![key.clone()]);
+        store.purge(&key).await.unwrap();
+        assert!(store.inventory().await.unwrap().trash.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let mut w = store.create().await.unwrap();
+        w.write(&[1u8; 1_000_000]).await.unwrap();
+        drop(w);
+        tokio::task::yield_now().await;
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = LocalFs::open(dir.path()).unwrap();
+        let store = BlobStore::new(Arc::new(fs.clone()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let (a, b, name) = key.parts();
+        let shard = fs.root().join(BLOBS).join(a).join(b);
+        std::fs::create_dir_all(&shard).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"outside").unwrap();
+        std::os::unix::fs::symlink(&secret, shard.join(name)).unwrap();
+        assert!(matches!(store.read_range(&key, 0, 3).await, Err(BlobError::Unsafe)));
+
+        // A symlinked shard directory is refused too.
+        let key2 = BlobKey::for_file(FileId::new(), false);
+        let (a2, _, _) = key2.parts();
+        if a2 != a {
+            std::os::unix::fs::symlink(dir.path(), fs.root().join(BLOBS).join(a2)).unwrap();
+            assert!(store.read_range(&key2, 0, 3).await.is_err());
+        }
+    }
+}

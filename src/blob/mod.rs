@@ -1,0 +1,285 @@
+//! The blob boundary: every byte of file content goes in and out through [`BlobStore`].
+//!
+//! A backend stages a new blob, makes it durable and visible under a [`BlobKey`] in one step
+//! (`commit`), streams byte ranges back, and deletes in two steps (to trash, then purge) so a
+//! crash between "blob gone" and "row gone" stays explainable. The local filesystem is the
+//! backend today; an S3-compatible one (Garage) plugs in behind the same trait.
+//!
+//! Invariant: keys are made from a file's fresh UUID only ([`BlobKey::for_file`]) or parsed
+//! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
+
+pub mod fs;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::crypto::{KeyError, Keyring, segment};
+use crate::ids::FileId;
+use crate::meta::files::StoredFile;
+
+/// A boxed future, for the object-safe backend trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A stream of blob bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
+
+/// Failures of blob storage.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// No blob under that key.
+    #[error("blob not found")]
+    NotFound,
+    /// The volume (or a quota on it) is full.
+    #[error("storage volume full")]
+    StorageFull,
+    /// A symlink or foreign object sits where a blob or shard directory should be.
+    #[error("refusing a symlink or non-regular file inside the storage root")]
+    Unsafe,
+    /// Sealed content failed authentication, or the blob is shorter than its row says.
+    #[error("blob failed its integrity check")]
+    Integrity,
+    /// Any other I/O failure.
+    #[error("blob i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobError {
+    /// Classify an I/O error (ENOSPC and EDQUOT are "full", ELOOP from O_NOFOLLOW is unsafe).
+    pub fn from_io(e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::NotFound => Self::NotFound,
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::StorageFull,
+            _ if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Self::Unsafe,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+/// Where a blob lives: `ab/cd/<uuid>` (plain) or `ab/cd/<uuid>.s` (sealed), the shard
+/// directories being the first hex digits of the id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// The key for a file's blob.
+    pub fn for_file(id: FileId, sealed: bool) -> Self {
+        let hex = id.to_string();
+        let (a, b) = (&hex[0..2], &hex[2..4]);
+        Self(format!("{a}/{b}/{hex}{}", if sealed { ".s" } else { "" }))
+    }
+
+    /// Accept only the exact shape [`BlobKey::for_file`] makes (a stored key is re-checked, so
+    /// even an edited database row cannot point outside the blob tree).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('/');
+        let (a, b, name) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let (id, sealed) = match name.strip_suffix(".s") {
+            Some(id) => (id, true),
+            None => (name, false),
+        };
+        let id = FileId::parse(id)?;
+        let key = Self::for_file(id, sealed);
+        (key.0.len() == s.len() && key.0.starts_with(&format!("{a}/{b}/"))).then_some(key)
+    }
+
+    /// The file this blob belongs to.
+    pub fn file_id(&self) -> Option<FileId> {
+        let name = self.0.rsplit('/').next()?;
+        FileId::parse(name.strip_suffix(".s").unwrap_or(name))
+    }
+
+    /// The two shard directory names and the file name.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        let mut it = self.0.splitn(3, '/');
+        (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A blob being written. Dropping it without `commit` discards everything written.
+pub trait BlobWriter: Send {
+    /// Append bytes.
+    fn write<'a>(&'a mut self, buf: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// Make the bytes durable and visible under `key`; never replaces an existing blob.
+    fn commit(self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>>;
+}
+
+/// What maintenance finds in the store.
+#[derive(Debug, Default, Clone)]
+pub struct Inventory {
+    /// Live blobs and their lengths.
+    pub blobs: Vec<(BlobKey, u64)>,
+    /// Names in the trash (deletions in progress).
+    pub trash: Vec<BlobKey>,
+    /// Anything else inside the blob tree (not a blob we would write).
+    pub strays: Vec<String>,
+}
+
+/// A storage backend. Object-safe so the store can pick one at startup from configuration.
+pub trait BlobBackend: Send + Sync + 'static {
+    /// Start a new blob.
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
+    /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts.
+    fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
+    /// The blob's length, or `NotFound`.
+    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
+    /// Move a blob out of the live namespace (first half of a delete).
+    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Undo [`BlobBackend::trash`] (the row could not be deleted).
+    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Remove a trashed blob for good (second half).
+    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Remove staging leftovers of a crash; returns how many.
+    fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>>;
+    /// Everything stored, for consistency checks.
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
+    /// Whether new blobs can be written now (for `/readyz`).
+    fn writable(&self) -> BoxFuture<'_, bool>;
+}
+
+/// The blob store handed to handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct BlobStore {
+    backend: Arc<dyn BlobBackend>,
+}
+
+impl BlobStore {
+    /// Wrap a backend.
+    pub fn new(backend: Arc<dyn BlobBackend>) -> Self {
+        Self { backend }
+    }
+
+    /// Start writing a new blob.
+    pub async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
+        self.backend.create().await
+    }
+
+    /// Stream a byte range.
+    pub async fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+        self.backend.read_range(key, offset, len).await
+    }
+
+    /// A blob's length.
+    pub async fn len(&self, key: &BlobKey) -> Result<u64, BlobError> {
+        self.backend.len(key).await
+    }
+
+    /// First half of a delete.
+    pub async fn trash(&self, key: &BlobKey) -> Result<(), BlobError> {
+        self.backend.trash(key).await
+    }
+
+    /// Undo a trash.
+    pub async fn restore(&self, key: &BlobKey) -> Result<(), BlobError> {
+        self.backend.restore(key).await
+    }
+
+    /// Second half of a delete.
+    pub async fn purge(&self, key: &BlobKey) -> Result<(), BlobError> {
+        self.backend.purge(key).await
+    }
+
+    /// Remove staging leftovers.
+    pub async fn clear_staging(&self) -> Result<usize, BlobError> {
+        self.backend.clear_staging().await
+    }
+
+    /// List everything.
+    pub async fn inventory(&self) -> Result<Inventory, BlobError> {
+        self.backend.inventory().await
+    }
+
+    /// Whether writes work now.
+    pub async fn writable(&self) -> bool {
+        self.backend.writable().await
+    }
+
+    /// Plaintext bytes `[start, end)` of a stored file, decrypting (and authenticating) a
+    /// sealed blob segment by segment.
+    pub async fn read_file(
+        &self,
+        keyring: &Keyring,
+        f: &StoredFile,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream, BlobError> {
+        // A stored key is re-checked: even an edited row cannot reach outside the blob tree.
+        let key = BlobKey::parse(&f.blob_key).ok_or(BlobError::Unsafe)?;
+        match &f.sealing {
+            None => self.read_range(&key, start, end - start).await,
+            Some(sealing) => {
+                let data_key = keyring.unwrap(f.file.id, sealing).map_err(|e| match e {
+                    KeyError::Corrupt => BlobError::Integrity,
+                    other => BlobError::Io(std::io::Error::other(other)),
+                })?;
+                let (offset, len, _) = segment::cipher_span(f.file.size, start, end);
+                let inner = self.read_range(&key, offset, len).await?;
+                Ok(Box::pin(segment::Opener::new(inner, &data_key, f.file.id, f.file.size, start, end)))
+            }
+        }
+    }
+
+    /// The stored length a file's blob must have.
+    pub fn expected_len(f: &StoredFile) -> u64 {
+        match f.sealing {
+            Some(_) => segment::sealed_len(f.file.size),
+            None => f.file.size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_shard_by_id_prefix() {
+        let id = FileId::parse("0a1b2c3d-0000-4000-8000-000000000000").unwrap();
+        assert_eq!(BlobKey::for_file(id, false).as_str(), "0a/1b/0a1b2c3d-0000-4000-8000-000000000000");
+        assert_eq!(BlobKey::for_file(id, true).as_str(), "0a/1b/0a1b2c3d-0000-4000-8000-000000000000.s");
+    }
+
+    proptest! {
+        #[test]
+        fn made_keys_parse_back(bytes in any::<[u8; 16]>(), sealed in any::<bool>()) {
+            let id = FileId(uuid::Uuid::from_bytes(bytes));
+            let k = BlobKey::for_file(id, sealed);
+            prop_assert_eq!(BlobKey::parse(k.as_str()), Some(k.clone()));
+            prop_assert_eq!(k.file_id(), Some(id));
+        }
+
+        #[test]
+        fn only_made_keys_parse(s in "\\PC{0,80}") {
+            if let Some(k) = BlobKey::parse(&s) {
+                prop_assert_eq!(k.as_str(), s.as_str());
+                prop_assert!(!s.contains(".."));
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_keys_are_refused() {
+        for s in ["../x", "0a/1b/../../etc/passwd", "0a/1b", "/0a/1b/x", "0a/1b/0a1b2c3d-0000-4000-8000-000000000000/x",
+                  "ff/ff/0a1b2c3d-0000-4000-8000-000000000000"] {
+            assert_eq!(BlobKey::parse(s), None, "{s}");
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The command line: `serve`, `gen-secret`, `check`, `user create`, `backup`, `rotate-key`,
+//! `encrypt-existing`.
+//!
+//! Exit codes: 0 success; 1 a failure, or `check` found problems; 2 a configuration or secret
+//! error (the message says what to fix).
+
+use std::io::BufRead as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::app::{App, Secrets};
+use crate::audit::{AuditLog, Event, Record};
+use crate::auth::accounts::{self, NewAccount};
+use crate::auth::password::Passwords;
+use crate::blob::BlobStore;
+use crate::blob::fs::LocalFs;
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::meta::MetaStore;
+use crate::meta::users::Role;
+use crate::ops;
+use crate::secrets::{self, SecretKey};
+
+/// coffer: a secure file-storage service.
+#[derive(Parser)]
+#[command(name = "coffer", version, about)]
+struct Cli {
+    /// Configuration file (default: ./config.toml when present, else the embedded defaults).
+    #[arg(long, global = true, env = "COFFER_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// First-run mode: without COFFER_SECRET_KEY, use an ephemeral random secret (tokens die
+        /// with the process) and listen on loopback only. Never use in production.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print a fresh secret key (64 hex characters).
+    GenSecret,
+    /// Check configuration and storage; exits 1 if anything is wrong.
+    Check {
+        /// Also read every blob back and verify its hash or authentication tags.
+        #[arg(long)]
+        deep: bool,
+        /// Remove orphan blobs and rows whose blob is gone.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Write a consistent copy of the database, blobs and a manifest into DEST.
+    Backup {
+        /// Destination folder (created if missing; must not hold a backup already).
+        dest: PathBuf,
+        /// Copy only the database and manifest, not the blobs.
+        #[arg(long)]
+        no_blobs: bool,
+    },
+    /// Re-wrap every data key under COFFER_ENCRYPTION_KEY (old keys in COFFER_ENCRYPTION_OLD_KEYS).
+    RotateKey,
+    /// Encrypt files stored before encryption at rest was turned on.
+    EncryptExisting,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; the password comes from COFFER_PASSWORD or one line of standard input.
+    Create {
+        /// 3-50 of [A-Za-z0-9_].
+        #[arg(long)]
+        username: String,
+        /// Email address.
+        #[arg(long)]
+        email: String,
+        /// Make the account an administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::GenSecret = cli.command {
+        println!("{}", secrets::generate_hex());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coffer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coffer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli.command, config))
+}
+
+/// A failure that maps to an exit code.
+enum Failure {
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+async fn dispatch(command: Command, config: Config) -> ExitCode {
+    let result = match command {
+        Command::Serve { dev } => serve(config, dev).await,
+        Command::Check { deep, repair } => check(config, deep, repair).await,
+        Command::User { command: UserCommand::Create { username, email, admin } } => {
+            create_user(config, username, email, admin).await
+        }
+        Command::Backup { dest, no_blobs } => backup(config, &dest, !no_blobs).await,
+        Command::RotateKey => rotate_key(config).await,
+        Command::EncryptExisting => encrypt_existing(config).await,
+        Command::GenSecret => Ok(ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Config(msg)) => {
+            eprintln!("coffer: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("coffer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keyring() -> Result<Keyring, Failure> {
+    let (current, old) = secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    Ok(Keyring::new(current, &old))
+}
+
+async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
+    let secret_key = match SecretKey::from_env() {
+        Ok(k) => k,
+        Err(secrets::SecretError::Missing { .. }) if dev => {
+            tracing::warn!("==================================================================");
+            tracing::warn!(" DEV MODE: using an EPHEMERAL secret key. Tokens die with this process.");
+            tracing::warn!(" Never run production like this: set COFFER_SECRET_KEY instead.");
+            tracing::warn!("==================================================================");
+            SecretKey::ephemeral()
+        }
+        Err(e) => return Err(Failure::Config(e.to_string())),
+    };
+    if dev && !config.server.bind.ip().is_loopback() {
+        tracing::warn!(requested = %config.server.bind, "dev mode listens on loopback only");
+        config.server.bind = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
+    }
+    let keyring = keyring()?;
+    if keyring.enabled() {
+        tracing::info!(key_id = keyring.current_id().unwrap_or("-"), "encryption at rest is on");
+    }
+    let listener = crate::app::bind(config.server.bind).await?;
+    let addr = listener.local_addr()?;
+    let app = App::build(config, Secrets { secret_key, keyring }).await?;
+    tracing::info!(%addr, "listening");
+    // One line on stdout, for supervisors and test harnesses that bind port 0.
+    println!("coffer listening on http://{addr}");
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Open the storage root (creating and migrating it when empty).
+async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore), Failure> {
+    let fs = LocalFs::open(&config.storage.root)
+        .map_err(|e| Failure::Other(anyhow::anyhow!("storage root {}: {e}", config.storage.root.display())))?;
+    let meta = MetaStore::open(&fs.root().join("coffer.db"), 2).await?;
+    let blobs = BlobStore::new(Arc::new(fs.clone()));
+    Ok((fs, meta, blobs))
+}
+
+async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
+    let keys = keyring()?;
+    let (_, meta, blobs) = open_stores(&config).await?;
+    let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
+    ops::check::check_audit(&meta, &mut report).await?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    if repair && !report.is_clean() {
+        ops::check::repair(&meta, &blobs, &report).await?;
+        report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
+        ops::check::check_audit(&meta, &mut report).await?;
+        for line in report.lines() {
+            println!("after repair: {line}");
+        }
+    }
+    if report.is_clean() {
+        println!("ok: {} files, store consistent", report.files);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn read_password() -> Result<SecretString, Failure> {
+    if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+        return Ok(SecretString::from(p));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+async fn create_user(config: Config, username: String, email: String, admin: bool) -> Result<ExitCode, Failure> {
+    let password = read_password()?;
+    let (_, meta, _) = open_stores(&config).await?;
+    let passwords = Passwords::new(&config.auth)?;
+    let role = if admin { Role::Admin } else { Role::User };
+    let account = NewAccount { username, email, password, role };
+    match accounts::create(&meta, &passwords, &config.auth, account).await {
+        Ok(user) => {
+            let (audit, task) = AuditLog::start(meta.clone());
+            audit.record(
+                Record::new(Event::UserCreate)
+                    .subject(user.id)
+                    .detail(serde_json::json!({ "via": "cli", "role": role.as_str() })),
+            );
+            audit.flush().await;
+            drop(audit);
+            let _ = task.await;
+            println!("{}", serde_json::to_string(&user)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(crate::error::AppError::Validation(errs)) => {
+            for e in errs {
+                eprintln!("coffer: {}: {}", e.field, e.message);
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(crate::error::AppError::Conflict(msg)) => {
+            eprintln!("coffer: {msg}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(Failure::Other(e.into())),
+    }
+}
+
+async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
+    let (fs, _, _) = open_stores(&config).await?;
+    let s = ops::backup::run(fs.root(), dest, with_blobs).await?;
+    println!(
+        "backup written to {}: {} files, {} blobs, {} deleted during the backup",
+        dest.display(),
+        s.files,
+        s.blobs,
+        s.vanished
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
+    let keys = keyring()?;
+    if !keys.enabled() {
+        return Err(Failure::Config("rotate-key needs COFFER_ENCRYPTION_KEY (the new key)".into()));
+    }
+    let (_, meta, _) = open_stores(&config).await?;
+    let n = ops::keys::rotate(&meta, &keys).await?;
+    println!("re-wrapped {n} data keys under key {}", keys.current_id().unwrap_or("-"));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn encrypt_existing(config: Config) -> Result<ExitCode, Failure> {
+    let keys = keyring()?;
+    if !keys.enabled() {
+        return Err(Failure::Config("encrypt-existing needs COFFER_ENCRYPTION_KEY".into()));
+    }
+    let (_, meta, blobs) = open_stores(&config).await?;
+    let (converted, skipped) = ops::keys::encrypt_existing(&meta, &blobs, &keys).await?;
+    println!("encrypted {converted} files; {skipped} skipped (content did not match its hash; see coffer check --deep)");
+    Ok(if skipped == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,510 @@
+//! Configuration: the embedded defaults (the committed `config.toml`), then the operator's file,
+//! then `COFFER_<SECTION>__<KEY>` environment variables, in that order.
+//!
+//! Invariant: a `Config` that exists has passed [`Config::validate`]; unknown keys anywhere are
+//! an error, never silently ignored. Secrets are not part of it (see [`crate::secrets`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::ingest::policy;
+
+/// The committed `config.toml`, compiled in so the binary runs with no file at all.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
+
+/// Prefix of every configuration environment variable.
+const ENV_PREFIX: &str = "COFFER_";
+
+/// The whole configuration, one struct per `[section]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener, proxies and hosts.
+    pub server: ServerConfig,
+    /// Where blobs and the database live.
+    pub storage: StorageConfig,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// The upload type policy.
+    pub uploads: UploadsConfig,
+    /// Download response policy.
+    pub downloads: DownloadsConfig,
+    /// Accounts, passwords and tokens.
+    pub auth: AuthConfig,
+    /// Per-client rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// Cross-origin resource sharing.
+    pub cors: CorsConfig,
+    /// Share links.
+    pub links: LinksConfig,
+    /// File expiry and the background sweeper.
+    pub retention: RetentionConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Accepted `Host` values (without port, case-insensitive); empty accepts any.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_hosts: Vec<String>,
+    /// Peers (IPs or CIDR blocks) whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Send HSTS and treat every request as HTTPS.
+    pub behind_tls_proxy: bool,
+    /// Deadline for a whole request on the JSON routes (uploads and downloads are exempt).
+    pub request_timeout_secs: u64,
+    /// How long a client may take to send the request headers.
+    pub header_read_timeout_secs: u64,
+    /// How long in-flight requests may run after SIGTERM before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// Simultaneous connections; the accept loop waits beyond this.
+    pub max_connections: usize,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The data root: `blobs/`, `tmp/`, `trash/` and `coffer.db` live here.
+    pub root: PathBuf,
+    /// Read connections in the SQLite pool (writes go through one serialised connection).
+    pub db_readers: usize,
+    /// Whether startup scans every blob for orphans (a crash between rename and commit).
+    pub scan_on_startup: bool,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted upload, in bytes of file content (multipart framing not counted).
+    pub max_upload_bytes: u64,
+    /// Bytes one user may store in total; 0 means unlimited.
+    pub user_quota_bytes: u64,
+    /// Largest accepted JSON request body.
+    pub json_body_bytes: usize,
+    /// An upload that sends nothing for this long is aborted.
+    pub upload_idle_timeout_secs: u64,
+}
+
+/// `[uploads]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Extension (lower-case, no dot) -> the content type its bytes must be.
+    pub allowed: BTreeMap<String, String>,
+}
+
+/// `[downloads]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadsConfig {
+    /// `Cache-Control` sent with file content.
+    pub cache_control: String,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether `POST /auth/register` is open to anyone.
+    pub open_registration: bool,
+    /// Access-token lifetime.
+    pub access_ttl_secs: u64,
+    /// Refresh-token lifetime (each rotation starts a new one).
+    pub refresh_ttl_secs: u64,
+    /// The `iss` claim written and required.
+    pub issuer: String,
+    /// Password policy: shortest accepted password, in characters.
+    pub password_min_length: usize,
+    /// Password policy: longest accepted password, in characters.
+    pub password_max_length: usize,
+    /// Password policy: require a digit.
+    pub password_require_digit: bool,
+    /// Password policy: require an upper-case letter.
+    pub password_require_uppercase: bool,
+    /// Password policy: refuse the bundled list of common passwords.
+    pub password_reject_common: bool,
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; 0 = the number of cores.
+    pub hash_concurrency: usize,
+    /// Failed logins for one account from one address before each further try must wait.
+    pub login_failures_before_delay: u32,
+    /// Upper bound of that wait.
+    pub login_max_delay_secs: u64,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per client address, all routes.
+    pub requests_per_second: u32,
+    /// Burst above that rate.
+    pub burst: u32,
+    /// Login and register attempts per minute per client address (one shared budget).
+    pub login_per_minute: u32,
+    /// Client addresses tracked before idle ones are evicted early.
+    pub max_tracked_clients: usize,
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`scheme://host[:port]`) allowed to call the API from a browser.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[links]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinksConfig {
+    /// Longest lifetime of a share link.
+    pub max_expires_secs: u64,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Lifetime of an upload that asks for none; 0 keeps files forever.
+    pub default_ttl_secs: u64,
+    /// Longest `expires_in` an upload may ask for.
+    pub max_expires_secs: u64,
+    /// How often the sweeper runs.
+    pub sweep_interval_secs: u64,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Days audit entries are kept; 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive (overridden by `RUST_LOG`).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything wrong with a configuration, one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl ConfigError {
+    fn one(msg: impl Into<String>) -> Self {
+        Self(vec![msg.into()])
+    }
+}
+
+impl Config {
+    /// Load from the embedded defaults, the file at `path` (when given or present) and the
+    /// process environment, then validate.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut merged = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
+        };
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError::one(format!("cannot read config file {}: {e}", file.display()))
+            })?;
+            let layer = parse_toml(&text, &file.display().to_string())?;
+            merge(&mut merged, layer);
+        }
+        merge(&mut merged, env_layer(env)?);
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|e| ConfigError::one(format!("{}: {}", e.path(), e.inner())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value for sense, reporting all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let mut need = |ok: bool, msg: &str| {
+            if !ok {
+                errs.push(msg.to_owned());
+            }
+        };
+        need(self.server.request_timeout_secs > 0, "server.request_timeout_secs must be > 0");
+        need(self.server.header_read_timeout_secs > 0, "server.header_read_timeout_secs must be > 0");
+        need(self.server.max_connections > 0, "server.max_connections must be > 0");
+        need(self.storage.db_readers > 0, "storage.db_readers must be > 0");
+        need(self.limits.max_upload_bytes > 0, "limits.max_upload_bytes must be > 0");
+        need(self.limits.json_body_bytes >= 1024, "limits.json_body_bytes must be >= 1024");
+        need(self.limits.upload_idle_timeout_secs > 0, "limits.upload_idle_timeout_secs must be > 0");
+        need(self.auth.access_ttl_secs >= 10, "auth.access_ttl_secs must be >= 10");
+        need(
+            self.auth.refresh_ttl_secs > self.auth.access_ttl_secs,
+            "auth.refresh_ttl_secs must be longer than auth.access_ttl_secs",
+        );
+        need(!self.auth.issuer.is_empty(), "auth.issuer must not be empty");
+        need(
+            (4..=1024).contains(&self.auth.password_min_length)
+                && self.auth.password_min_length <= self.auth.password_max_length,
+            "auth.password_min_length must be 4..=1024 and <= auth.password_max_length",
+        );
+        need(
+            self.auth.password_max_length <= 1024,
+            "auth.password_max_length must be <= 1024 (hashing cost grows with length)",
+        );
+        need(
+            argon2::Params::new(
+                self.auth.argon2_memory_kib,
+                self.auth.argon2_iterations,
+                self.auth.argon2_parallelism,
+                None,
+            )
+            .is_ok(),
+            "auth.argon2_* are not valid Argon2 parameters",
+        );
+        need(self.auth.login_max_delay_secs > 0, "auth.login_max_delay_secs must be > 0");
+        need(self.rate_limit.requests_per_second > 0, "rate_limit.requests_per_second must be > 0");
+        need(self.rate_limit.burst > 0, "rate_limit.burst must be > 0");
+        need(self.rate_limit.login_per_minute > 0, "rate_limit.login_per_minute must be > 0");
+        need(self.rate_limit.max_tracked_clients >= 16, "rate_limit.max_tracked_clients must be >= 16");
+        need(self.links.max_expires_secs > 0, "links.max_expires_secs must be > 0");
+        need(self.retention.max_expires_secs > 0, "retention.max_expires_secs must be > 0");
+        need(
+            self.retention.default_ttl_secs <= self.retention.max_expires_secs,
+            "retention.default_ttl_secs must be <= retention.max_expires_secs",
+        );
+        need(self.retention.sweep_interval_secs > 0, "retention.sweep_interval_secs must be > 0");
+        need(
+            http::HeaderValue::from_str(&self.downloads.cache_control).is_ok(),
+            "downloads.cache_control is not a valid header value",
+        );
+        if let Err(e) = self.trusted_proxies() {
+            errs.push(e);
+        }
+        for origin in &self.cors.allowed_origins {
+            if let Err(e) = check_origin(origin) {
+                errs.push(format!("cors.allowed_origins: {origin:?}: {e}"));
+            }
+        }
+        for host in &self.server.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
+                errs.push(format!("server.allowed_hosts: {host:?} is not a host name (no port)"));
+            }
+        }
+        if self.uploads.allowed.is_empty() {
+            errs.push("uploads.allowed must list at least one extension".into());
+        }
+        for (ext, mime) in &self.uploads.allowed {
+            if let Err(e) = policy::check_rule(ext, mime) {
+                errs.push(format!("uploads.allowed.{ext}: {e}"));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+    }
+
+    /// The parsed `server.trusted_proxies`.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("server.trusted_proxies: {s:?} is not an IP or CIDR block"))
+            })
+            .collect()
+    }
+
+    /// The path of the SQLite database inside the storage root.
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.root.join("coffer.db")
+    }
+}
+
+/// An origin is `scheme://host[:port]` with nothing after it, and never the wildcard.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Err("the wildcard is not allowed; list exact origins");
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '*']) {
+        return Err("must be scheme://host[:port] with no path");
+    }
+    if http::HeaderValue::from_str(origin).is_err() {
+        return Err("not a valid header value");
+    }
+    Ok(())
+}
+
+fn parse_toml(text: &str, what: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::one(format!("{what}: {e}")))
+}
+
+/// Merge `layer` into `base`: sections merge key by key; a key's value is replaced whole (so a
+/// file can shrink `uploads.allowed`, not only extend it).
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (section, value) in layer {
+        match (base.get_mut(&section), value) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                for (k, v) in src {
+                    dst.insert(k, v);
+                }
+            }
+            (_, value) => {
+                base.insert(section, value);
+            }
+        }
+    }
+}
+
+/// `COFFER_LIMITS__MAX_UPLOAD_BYTES=5` becomes `limits.max_upload_bytes = 5`. Values parse as
+/// TOML when they can (`5`, `true`, `["a"]`, `{ png = "image/png" }`), else as strings.
+fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
+    let mut table = toml::Table::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        if section.is_empty() || key.is_empty() || key.contains("__") {
+            return Err(ConfigError::one(format!("{name}: expected COFFER_<SECTION>__<KEY>")));
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let section = table
+            .entry(section.to_ascii_lowercase())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(section) = section {
+            section.insert(key.to_ascii_lowercase(), value);
+        }
+    }
+    Ok(table)
+}
+
+/// Lists may be written as TOML arrays or, handy in environment variables, as one
+/// comma-separated string.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Many(v) => v,
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.rate_limit.login_per_minute, 5);
+        assert_eq!(c.auth.access_ttl_secs, 900);
+    }
+
+    #[test]
+    fn env_overrides_win_and_parse_types() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "1048576"),
+                ("COFFER_SERVER__BIND", "127.0.0.1:9999"),
+                ("COFFER_CORS__ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+                ("COFFER_UPLOADS__ALLOWED", r#"{ png = "image/png" }"#),
+                ("COFFER_SECRET_KEY", "ignored: not a section key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_upload_bytes, 1_048_576);
+        assert_eq!(c.server.bind.port(), 9999);
+        assert_eq!(c.cors.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.uploads.allowed.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::load_from(None, env(&[("COFFER_LIMITS__MAX_UPLOADS", "1")])).unwrap_err();
+        assert!(e.to_string().contains("max_uploads"), "{e}");
+        let e = Config::load_from(None, env(&[("COFFER_NOPE__X", "1")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e =
+            Config::load_from(None, env(&[("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("limits.max_upload_bytes"), "{e}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_CORS__ALLOWED_ORIGINS", "*"),
+                ("COFFER_SERVER__TRUSTED_PROXIES", "not-an-ip"),
+                ("COFFER_UPLOADS__ALLOWED", r#"{ html = "text/html" }"#),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+}

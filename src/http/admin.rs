@@ -1,0 +1,108 @@
+//! Administration: users and the audit trail (role `admin`).
+//!
+//! Invariant: authorisation is checked in each handler, in view of the reader: first line,
+//! `principal.require_admin()?`. No route edits the audit trail.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::audit::{Event, Record};
+use crate::error::{AppError, AppResult};
+use crate::http::client_ip::ClientIp;
+use crate::http::extract::{PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor};
+use crate::ids::UserId;
+use crate::lifecycle;
+use crate::meta::audit::{self, AuditEntry};
+use crate::meta::users::{self, User};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(delete_user))
+        .routes(routes!(list_audit))
+}
+
+/// A page of users.
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    /// Newest first.
+    items: Vec<User>,
+    /// The next page's cursor, or null.
+    next_cursor: Option<String>,
+}
+
+/// All accounts, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin",
+    params(PageQuery),
+    responses((status = 200, description = "A page of users", body = UserList)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn list_users(State(state): State<AppState>, principal: Principal, Query(q): Query<PageQuery>) -> AppResult<Json<UserList>> {
+    principal.require_admin()?;
+    let limit = q.limit()?;
+    let after = q.cursor.as_deref().map(|c| decode_time_cursor(c, UserId::parse)).transpose()?;
+    let page = state.meta.read(move |c| users::list(c, after, limit)).await?;
+    let next_cursor =
+        if page.more { page.items.last().map(|u| encode_time_cursor(u.created_at, u.id)) } else { None };
+    Ok(Json(UserList { items: page.items, next_cursor }))
+}
+
+/// Delete an account with all its files, links, keys and logins.
+#[utoipa::path(delete, path = "/api/v1/admin/users/{id}", tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn delete_user(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    principal.require_admin()?;
+    let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
+    let files = lifecycle::remove_user(&state.meta, &state.blobs, id).await?;
+    state.audit.record(
+        Record::new(Event::AdminUserDelete)
+            .actor(principal.user_id)
+            .subject(id)
+            .ip(ip)
+            .detail(serde_json::json!({ "files_deleted": files })),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A page of audit entries.
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    /// Newest first.
+    items: Vec<AuditEntry>,
+    /// The next page's cursor, or null.
+    next_cursor: Option<String>,
+}
+
+/// The security audit trail, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
+    params(PageQuery),
+    responses((status = 200, description = "A page of audit entries", body = AuditList)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn list_audit(State(state): State<AppState>, principal: Principal, Query(q): Query<PageQuery>) -> AppResult<Json<AuditList>> {
+    principal.require_admin()?;
+    let limit = q.limit()?;
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| AppError::BadRequest("invalid cursor".into()))?),
+    };
+    // What was recorded before this request is in the answer.
+    state.audit.flush().await;
+    let page = state.meta.read(move |c| audit::list(c, before, limit)).await?;
+    let next_cursor = if page.more { page.items.last().map(|e| encode_cursor(&e.seq.to_string())) } else { None };
+    Ok(Json(AuditList { items: page.items.into_iter().map(|e| e.entry).collect(), next_cursor }))
+}

@@ -1,0 +1,243 @@
+//! Accounts and tokens: register, login, refresh, logout, me.
+//!
+//! Invariant: login answers an unknown user and a wrong password with the same status and
+//! body after the same work (one database read, one argon2 verification).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::audit::{Event, Record};
+use crate::auth::accounts::{self, NewAccount};
+use crate::auth::{random_token, token_hash};
+use crate::error::{AppError, AppResult};
+use crate::http::client_ip::ClientIp;
+use crate::http::extract::{AppJson, Principal};
+use crate::ids::{SessionId, Timestamp, UserId};
+use crate::meta::sessions::{self, Rotation};
+use crate::meta::users::{self, Role, User};
+
+/// Routes that spend the login budget.
+pub(crate) fn login_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(register)).routes(routes!(login))
+}
+
+/// The other account routes.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(refresh)).routes(routes!(logout)).routes(routes!(me))
+}
+
+/// `POST /auth/register` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3-50 of `[A-Za-z0-9_]`.
+    #[schema(example = "alice")]
+    username: String,
+    /// An email address.
+    #[schema(example = "alice@example.com")]
+    email: String,
+    /// Per the password policy.
+    #[schema(example = "Correct-Horse-9")]
+    password: String,
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = User),
+        (status = 403, description = "Registration is closed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username or email taken", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(req): AppJson<RegisterRequest>,
+) -> AppResult<impl IntoResponse> {
+    if !state.config.auth.open_registration {
+        return Err(AppError::Forbidden("registration is closed"));
+    }
+    let account = NewAccount {
+        username: req.username,
+        email: req.email,
+        password: SecretString::from(req.password),
+        role: Role::User,
+    };
+    let user = accounts::create(&state.meta, &state.passwords, &state.config.auth, account).await?;
+    state.audit.record(Record::new(Event::Register).actor(user.id).subject(user.id).ip(ip));
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// `POST /auth/login` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The username (case-insensitive).
+    username: String,
+    /// The password.
+    password: String,
+}
+
+/// A token pair.
+#[derive(Serialize, ToSchema)]
+pub struct TokenPair {
+    /// The JWT to send as `Authorization: Bearer`.
+    access_token: String,
+    /// Opaque; exchange at `/auth/refresh`. Each use rotates it.
+    refresh_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+}
+
+const BAD_LOGIN: AppError = AppError::Unauthorized("invalid username or password");
+
+/// Exchange a username and password for tokens.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses((status = 200, description = "Logged in", body = TokenPair)))]
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(req): AppJson<LoginRequest>,
+) -> AppResult<Json<TokenPair>> {
+    let username: String = req.username.chars().take(64).collect();
+    if let Err(wait) = state.throttle.check(&username, ip) {
+        return Err(AppError::TooManyRequests { retry_after_secs: wait });
+    }
+    let lookup = username.clone();
+    let creds = state.meta.read(move |c| users::credentials_by_username(c, &lookup)).await?;
+    let stored = creds.as_ref().map(|c| c.password_hash.clone());
+    let password = SecretString::from(req.password);
+    let verdict = state.passwords.verify(password.clone(), stored).await.map_err(|e| AppError::Internal(e.into()))?;
+    let Some(creds) = creds.filter(|_| verdict.ok) else {
+        state.throttle.failed(&username, ip);
+        state.audit.record(
+            Record::new(Event::LoginFailed).ip(ip).detail(serde_json::json!({ "username": username })),
+        );
+        return Err(BAD_LOGIN);
+    };
+    state.throttle.succeeded(&username, ip);
+    let user = creds.user.id;
+    if verdict.needs_rehash {
+        upgrade_hash(&state, user, password);
+    }
+    let pair = start_session(&state, user).await?;
+    state.audit.record(Record::new(Event::Login).actor(user).subject(user).ip(ip));
+    Ok(Json(pair))
+}
+
+/// Store a hash with the current parameters, off the request path.
+fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        match state.passwords.hash(password).await {
+            Ok(hash) => {
+                if let Err(e) = state.meta.write(move |tx| users::set_password_hash(tx, user, &hash)).await {
+                    tracing::warn!(error = %e, "cannot store the upgraded password hash");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot upgrade a password hash"),
+        }
+    });
+}
+
+async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
+    let now = Timestamp::now();
+    let session = SessionId::new();
+    let refresh = random_token::<32>();
+    let hash = token_hash(&refresh);
+    let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
+    state.meta.write(move |tx| sessions::create(tx, session, user, &hash, now, expires)).await?;
+    pair(state, user, session, refresh, now)
+}
+
+fn pair(state: &AppState, user: UserId, session: SessionId, refresh: String, now: Timestamp) -> AppResult<TokenPair> {
+    let access = state.tokens.issue(user, session, now).map_err(|e| AppError::Internal(e.into()))?;
+    Ok(TokenPair { access_token: access, refresh_token: refresh, token_type: "Bearer", expires_in: state.tokens.ttl_secs() })
+}
+
+/// `POST /auth/refresh` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The current refresh token.
+    refresh_token: String,
+}
+
+/// Rotate a refresh token: the old one is spent, a new pair is returned. Presenting a spent
+/// token revokes its whole login.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "A new token pair", body = TokenPair)))]
+async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    AppJson(req): AppJson<RefreshRequest>,
+) -> AppResult<Json<TokenPair>> {
+    if headers.contains_key("x-api-key") {
+        return Err(AppError::Forbidden("API keys cannot refresh tokens"));
+    }
+    let now = Timestamp::now();
+    let old = token_hash(&req.refresh_token);
+    let fresh = random_token::<32>();
+    let new = token_hash(&fresh);
+    let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
+    match state.meta.write(move |tx| sessions::rotate(tx, &old, &new, now, expires)).await? {
+        Rotation::Rotated { session, user } => {
+            state.audit.record(Record::new(Event::Refresh).actor(user).subject(session).ip(ip));
+            Ok(Json(pair(&state, user, session, fresh, now)?))
+        }
+        Rotation::Reused { session, user } => {
+            state.audit.record(
+                Record::new(Event::RefreshReuse)
+                    .subject(session)
+                    .actor(user)
+                    .ip(ip)
+                    .detail(serde_json::json!({ "action": "login revoked" })),
+            );
+            Err(AppError::Unauthorized("refresh token already used; the login has been revoked"))
+        }
+        Rotation::Invalid => Err(AppError::Unauthorized("invalid or expired refresh token")),
+    }
+}
+
+/// End the calling login: its access and refresh tokens stop working at once.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "Logged out")),
+    security(("bearer" = [])))]
+async fn logout(State(state): State<AppState>, ClientIp(ip): ClientIp, principal: Principal) -> AppResult<StatusCode> {
+    let (session, jti, expires_at) = principal.require_token()?;
+    let jti = jti.to_owned();
+    let now = Timestamp::now();
+    state
+        .meta
+        .write(move |tx| {
+            sessions::revoke(tx, session, now)?;
+            sessions::revoke_access_token(tx, &jti, expires_at)
+        })
+        .await?;
+    state.audit.record(Record::new(Event::Logout).actor(principal.user_id).subject(session).ip(ip));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The calling user.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "auth",
+    responses((status = 200, description = "The caller", body = User)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn me(State(state): State<AppState>, principal: Principal) -> AppResult<Json<User>> {
+    let id = principal.user_id;
+    let user = state.meta.read(move |c| users::get(c, id)).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(user))
+}

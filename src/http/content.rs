@@ -1,0 +1,132 @@
+//! Serving file content: the one responder behind both `/files/{id}/content` and share links.
+//!
+//! Invariant: bytes are streamed from the blob store with constant memory; sealed blobs are
+//! decrypted segment by segment and a segment that fails authentication is never served.
+//! Before the first byte that failure is a 500 `integrity-error`; after it, the connection is
+//! aborted. Either way a `file.integrity_error` audit entry is written.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, TryStreamExt};
+
+use crate::app::AppState;
+use crate::audit::{Event, Record};
+use crate::blob::{BlobError, ByteStream};
+use crate::download::{self, Disposition, Plan};
+use crate::error::AppError;
+use crate::meta::files::StoredFile;
+
+/// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
+/// same-origin access) even if a browser decides to render it.
+pub const CONTENT_CSP: &str = "default-src 'none'; sandbox";
+
+/// `?disposition=` (absent = attachment; unknown = 400; inline only for safe types).
+pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Disposition, AppError> {
+    match query {
+        None | Some("attachment") => Ok(Disposition::Attachment),
+        Some("inline") if download::inline_safe(content_type) => Ok(Disposition::Inline),
+        Some("inline") => Ok(Disposition::Attachment),
+        Some(_) => Err(AppError::BadRequest("disposition must be attachment or inline".into())),
+    }
+}
+
+/// What the responder decided (callers count link downloads on `Full` and `Partial` GETs).
+pub struct Served {
+    /// The response.
+    pub response: Response,
+    /// The plan it followed.
+    pub plan: Plan,
+}
+
+/// Stream the bytes of `f` the way the request asks.
+pub async fn respond(
+    state: &AppState,
+    f: &StoredFile,
+    method: &Method,
+    req_headers: &HeaderMap,
+    kind: Disposition,
+    client_ip: IpAddr,
+) -> Result<Served, AppError> {
+    let len = f.file.size;
+    let etag = download::etag(&f.file.sha256);
+    let plan = download::plan(method, req_headers, len, &etag, f.file.created_at);
+    let mut headers = HeaderMap::new();
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| AppError::Internal(e.into()));
+    headers.insert(header::ETAG, value(&etag)?);
+    headers.insert(header::LAST_MODIFIED, value(&f.file.created_at.to_http_date())?);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CACHE_CONTROL, value(&state.config.downloads.cache_control)?);
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_DISPOSITION, download::content_disposition(kind, &f.file.filename));
+    let (status, (start, end)) = match plan {
+        Plan::NotModified => {
+            let mut res = StatusCode::NOT_MODIFIED.into_response();
+            res.headers_mut().extend(headers);
+            return Ok(Served { response: res, plan });
+        }
+        Plan::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { size: len }),
+        Plan::Full => (StatusCode::OK, plan.span(len)),
+        Plan::Partial { start, end } => {
+            headers.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{end}/{len}"))?);
+            (StatusCode::PARTIAL_CONTENT, plan.span(len))
+        }
+    };
+    headers.insert(header::CONTENT_TYPE, value(&f.file.content_type)?);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+
+    let body = if *method == Method::HEAD || start == end {
+        Body::empty()
+    } else {
+        let mut stream = match open(state, f, start, end).await {
+            Err(AppError::Integrity) => {
+                integrity_failure(state, f, client_ip);
+                return Err(AppError::Integrity);
+            }
+            other => other?,
+        };
+        // Pull the first chunk before answering, so a blob that fails authentication at its
+        // start gets a clean error instead of a 200 that breaks off.
+        let first = match stream.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(BlobError::Integrity)) | None => {
+                integrity_failure(state, f, client_ip);
+                return Err(AppError::Integrity);
+            }
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let (audit_state, file, ip) = (state.clone(), f.clone(), client_ip);
+        let rest = stream.map_err(move |e| {
+            if matches!(e, BlobError::Integrity) {
+                integrity_failure(&audit_state, &file, ip);
+            }
+            // An error mid-body makes hyper abort the connection: the client sees a
+            // truncated transfer, never wrong bytes.
+            std::io::Error::other(e)
+        });
+        Body::from_stream(futures_util::stream::once(async move { Ok(first) }).chain(rest))
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().extend(headers);
+    Ok(Served { response: res, plan })
+}
+
+fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
+    tracing::error!(file.id = %f.file.id, "stored blob failed its integrity check");
+    state.audit.record(
+        Record::new(Event::FileIntegrityError)
+            .subject(f.file.id)
+            .actor(f.owner_id)
+            .ip(ip)
+            .detail(serde_json::json!({ "blob": f.blob_key })),
+    );
+}
+
+/// Plaintext bytes `[start, end)` of a file, decrypting when its blob is sealed.
+pub async fn open(state: &AppState, f: &StoredFile, start: u64, end: u64) -> Result<ByteStream, AppError> {
+    Ok(state.blobs.read_file(&state.keyring, f, start, end).await?)
+}

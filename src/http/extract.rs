@@ -1,0 +1,272 @@
+//! Extractors: strict JSON bodies, the authenticated [`Principal`], and paging parameters.
+//!
+//! Invariant: credentials are read from `Authorization: Bearer` and `X-API-Key` only (never a
+//! query string or cookie); a request only becomes a `Principal` after its token's signature,
+//! expiry, type and revocation state, or its API key's hash and expiry, were checked against
+//! the database. The role comes from the database on every request.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::JsonRejection;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::auth::api_key;
+use crate::error::{AppError, FieldError};
+use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
+use crate::meta::users::Role;
+use crate::meta::{api_keys, sessions};
+
+/// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
+/// fields and wrong types 422 naming the field.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(AppError::UnsupportedMediaType("the body must be application/json".into()))
+            }
+            Err(JsonRejection::JsonSyntaxError(_)) => Err(AppError::BadRequest("the body is not valid JSON".into())),
+            Err(JsonRejection::JsonDataError(e)) => Err(AppError::Validation(vec![data_error(&e.body_text())])),
+            Err(JsonRejection::BytesRejection(e)) => match e.status().as_u16() {
+                413 => Err(AppError::PayloadTooLarge { limit: 0 }),
+                _ => Err(AppError::BadRequest("the body could not be read".into())),
+            },
+            Err(_) => Err(AppError::BadRequest("the body could not be read".into())),
+        }
+    }
+}
+
+/// Turn serde's message into a field error. serde names the field in backticks for missing
+/// and unknown fields, and `path_to_error` gives the path for type errors.
+fn data_error(text: &str) -> FieldError {
+    // axum's text: "Failed to deserialize the JSON body into the target type: <path>: <msg>".
+    let detail = text.split_once("target type: ").map_or(text, |(_, d)| d);
+    let named = |marker: &str| {
+        detail.split_once(marker).and_then(|(_, rest)| rest.split('`').next()).map(str::to_owned)
+    };
+    let (field, message) = if let Some(f) = named("unknown field `") {
+        (f, "unknown field".to_owned())
+    } else if let Some(f) = named("missing field `") {
+        (f, "is required".to_owned())
+    } else if let Some((path, msg)) = detail.split_once(": ") {
+        let msg = msg.split(" at line ").next().unwrap_or(msg);
+        (path.to_owned(), msg.to_owned())
+    } else {
+        ("body".to_owned(), "has the wrong shape".to_owned())
+    };
+    // Never echo long client text back.
+    let message: String = message.chars().take(120).collect();
+    FieldError::new(field.chars().take(64).collect::<String>(), message)
+}
+
+/// How the caller authenticated.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// An access token.
+    Token {
+        /// Its login.
+        session: SessionId,
+        /// Its id.
+        jti: String,
+        /// Its expiry.
+        expires_at: Timestamp,
+    },
+    /// An API key.
+    ApiKey(ApiKeyId),
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Who.
+    pub user_id: UserId,
+    /// Their role now.
+    pub role: Role,
+    /// With what.
+    pub via: Via,
+}
+
+impl Principal {
+    /// Admins only (403 otherwise).
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(AppError::Forbidden("administrators only")),
+        }
+    }
+
+    /// Routes that manage credentials need a login, not an API key (403 otherwise).
+    pub fn require_token(&self) -> Result<(SessionId, &str, Timestamp), AppError> {
+        match &self.via {
+            Via::Token { session, jti, expires_at } => Ok((*session, jti, *expires_at)),
+            Via::ApiKey(_) => Err(AppError::Forbidden("API keys cannot manage credentials; log in")),
+        }
+    }
+
+    /// The owner filter for file lookups: admins see everyone's files.
+    pub fn file_scope(&self) -> Option<UserId> {
+        match self.role {
+            Role::Admin => None,
+            Role::User => Some(self.user_id),
+        }
+    }
+}
+
+const BAD_CREDENTIALS: AppError = AppError::Unauthorized("missing, invalid or expired credentials");
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
+        let bearer = parts.headers.get(header::AUTHORIZATION);
+        let key = parts.headers.get("x-api-key");
+        let principal = match (bearer, key) {
+            (Some(_), Some(_)) => return Err(AppError::Unauthorized("send one credential, not two")),
+            (Some(v), None) => {
+                let token = v.to_str().ok().and_then(bearer_token).ok_or(BAD_CREDENTIALS)?;
+                from_token(state, token).await?
+            }
+            (None, Some(v)) => from_api_key(state, v.to_str().map_err(|_| BAD_CREDENTIALS)?).await?,
+            (None, None) => return Err(AppError::Unauthorized("authentication required")),
+        };
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError> {
+    let access = state.tokens.verify(token).map_err(|_| BAD_CREDENTIALS)?;
+    let (session, user, jti) = (access.session, access.user, access.jti.clone());
+    let role = state
+        .meta
+        .read(move |c| sessions::live_principal(c, session, user, &jti, Timestamp::now()))
+        .await?
+        .ok_or(BAD_CREDENTIALS)?;
+    Ok(Principal {
+        user_id: user,
+        role,
+        via: Via::Token { session, jti: access.jti, expires_at: access.expires_at },
+    })
+}
+
+async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError> {
+    let key = key.trim().to_owned();
+    let prefix = api_key::prefix_of(&key).ok_or(BAD_CREDENTIALS)?.to_owned();
+    let found = state.meta.read(move |c| api_keys::find_by_prefix(c, &prefix)).await?;
+    let Some(found) = found else {
+        // Same work as a hit, so timing does not reveal which prefixes exist.
+        let _ = api_key::matches(&key, &[0; 32]);
+        return Err(BAD_CREDENTIALS);
+    };
+    if !api_key::matches(&key, &found.hash) || found.expires_at.is_some_and(|e| e <= Timestamp::now()) {
+        return Err(BAD_CREDENTIALS);
+    }
+    Ok(Principal { user_id: found.user_id, role: found.role, via: Via::ApiKey(found.id) })
+}
+
+/// `?limit=&cursor=` for listings.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1-1000 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Default and largest page sizes.
+pub const DEFAULT_LIMIT: usize = 50;
+/// The largest page.
+pub const MAX_LIMIT: usize = 1000;
+
+impl PageQuery {
+    /// The validated page size.
+    pub fn limit(&self) -> Result<usize, AppError> {
+        match self.limit.as_deref().map(|s| s.trim().parse::<usize>()) {
+            None => Ok(DEFAULT_LIMIT),
+            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(AppError::field("limit", "must be an integer between 1 and 1000")),
+        }
+    }
+}
+
+/// Opaque cursors: base64url of `v1:<text>`.
+pub fn encode_cursor(text: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1:{text}"))
+}
+
+/// Decode a cursor made by [`encode_cursor`] (400 otherwise).
+pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
+    let bad = || AppError::BadRequest("invalid cursor".into());
+    if cursor.len() > 256 {
+        return Err(bad());
+    }
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    text.strip_prefix("v1:").map(str::to_owned).ok_or_else(bad)
+}
+
+/// A `(created_at, id)` keyset cursor.
+pub fn decode_time_cursor<I>(cursor: &str, parse: impl Fn(&str) -> Option<I>) -> Result<(Timestamp, I), AppError> {
+    let text = decode_cursor(cursor)?;
+    let (at, id) = text.split_once('/').ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
+    let at = at.parse::<i64>().map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
+    let id = parse(id).ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
+    Ok((Timestamp(at), id))
+}
+
+/// Encode a `(created_at, id)` cursor.
+pub fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
+    encode_cursor(&format!("{}/{id}", at.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn serde_errors_name_the_field() {
+        let e = data_error("Failed to deserialize the JSON body into the target type: unknown field `role`, expected one of `username`, `email`, `password` at line 1 column 7");
+        assert_eq!(e.field, "role");
+        let e = data_error("Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 20");
+        assert_eq!(e.field, "password");
+        let e = data_error("Failed to deserialize the JSON body into the target type: username: invalid type: integer `5`, expected a string at line 1 column 14");
+        assert_eq!(e.field, "username");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_time_cursor(Timestamp(42), "x");
+        assert_eq!(decode_time_cursor(&c, |s| Some(s.to_owned())).unwrap(), (Timestamp(42), "x".to_owned()));
+        assert!(decode_cursor("!!!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
+    }
+}

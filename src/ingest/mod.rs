@@ -1,0 +1,354 @@
+//! The upload pipeline, top to bottom: name and extension policy, quota reservation, sniffing
+//! the head, then one pass that counts, hashes, validates text, seals (when encryption is on)
+//! and writes to a staged blob; then commit: blob into place, row into the database.
+//!
+//! Invariant: a file either ends up whole (blob durable, then row committed) or leaves nothing:
+//! every failure, including a client that disconnects mid-stream, drops the staged blob (its
+//! temp file is removed) and releases the reservation. Memory use is bounded by the chunk
+//! sizes, never by the file size.
+
+pub mod filename;
+pub mod policy;
+pub mod quota;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::audit::{Event, Record};
+use crate::blob::{BlobError, BlobKey, BlobWriter};
+use crate::crypto::DataKey;
+use crate::crypto::segment::Sealer;
+use crate::error::AppError;
+use crate::ids::{FileId, Timestamp, UserId};
+use crate::meta::MetaError;
+use crate::meta::files::{self, FileObject, StoredFile};
+use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
+use quota::{QuotaError, Reservation};
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Type policy (415).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// More bytes than `limits.max_upload_bytes` (413).
+    #[error("upload larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The owner's quota (413, quota-exceeded).
+    #[error("quota exceeded")]
+    Quota,
+    /// A malformed body or a client that went away (400).
+    #[error("bad upload body: {0}")]
+    BadBody(String),
+    /// The client sent nothing for too long (408).
+    #[error("upload idle for too long")]
+    Idle,
+    /// Blob storage failed (507 when full).
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl IngestError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.reason(),
+            Self::TooLarge { .. } => "too_large",
+            Self::Quota => "quota_exceeded",
+            Self::BadBody(_) => "bad_body",
+            Self::Idle => "idle_timeout",
+            Self::Blob(BlobError::StorageFull) => "storage_full",
+            Self::Blob(_) | Self::Meta(_) => "internal_error",
+        }
+    }
+}
+
+impl From<QuotaError> for IngestError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Exceeded => Self::Quota,
+            QuotaError::Meta(m) => Self::Meta(m),
+        }
+    }
+}
+
+impl From<IngestError> for AppError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Refused(r) => AppError::UnsupportedMediaType(r.to_string().into()),
+            IngestError::TooLarge { limit } => AppError::PayloadTooLarge { limit },
+            IngestError::Quota => AppError::QuotaExceeded,
+            IngestError::BadBody(d) => AppError::BadRequest(d.into()),
+            IngestError::Idle => AppError::BadRequest("the upload stalled and was aborted".into()),
+            IngestError::Blob(b) => b.into(),
+            IngestError::Meta(m) => m.into(),
+        }
+    }
+}
+
+/// What the handler knows about an upload before its body.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Owner.
+    pub owner: UserId,
+    /// Client address (audit).
+    pub client_ip: IpAddr,
+    /// The client's filename, unsanitised.
+    pub raw_name: String,
+    /// Retention.
+    pub expires_at: Option<Timestamp>,
+    /// Upper bound of the content length, when the request says (Content-Length).
+    pub length_hint: Option<u64>,
+    /// Whether `length_hint` is the exact content length (raw bodies).
+    pub exact_length: bool,
+}
+
+/// Records `file.upload_rejected` if the upload ends any way but committed, including a
+/// dropped future (client disconnect).
+struct Outcome {
+    state: AppState,
+    owner: UserId,
+    ip: IpAddr,
+    bytes: u64,
+    reason: Option<&'static str>,
+    done: bool,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.audit.record(
+                Record::new(Event::FileUploadRejected)
+                    .actor(self.owner)
+                    .ip(self.ip)
+                    .detail(serde_json::json!({
+                        "reason": self.reason.unwrap_or("client_aborted"),
+                        "bytes_received": self.bytes,
+                    })),
+            );
+        }
+    }
+}
+
+/// A fully received, validated upload whose blob is staged but not yet visible.
+pub struct Staged {
+    writer: Box<dyn BlobWriter>,
+    stored: StoredFile,
+    reservation: Reservation,
+    outcome: Outcome,
+}
+
+/// Receive and validate an upload. `body` yields the file's bytes only (multipart framing
+/// already removed).
+pub async fn stage<S>(state: &AppState, up: Upload, body: S) -> Result<Staged, IngestError>
+where
+    S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+{
+    let mut outcome = Outcome {
+        state: state.clone(),
+        owner: up.owner,
+        ip: up.client_ip,
+        bytes: 0,
+        reason: None,
+        done: false,
+    };
+    match receive(state, &up, body, &mut outcome).await {
+        Ok((writer, stored, reservation)) => Ok(Staged { writer, stored, reservation, outcome }),
+        Err(e) => {
+            outcome.reason = Some(e.reason());
+            Err(e)
+        }
+    }
+}
+
+async fn receive<S>(
+    state: &AppState,
+    up: &Upload,
+    mut body: S,
+    outcome: &mut Outcome,
+) -> Result<(Box<dyn BlobWriter>, StoredFile, Reservation), IngestError>
+where
+    S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+{
+    let limit = state.config.limits.max_upload_bytes;
+    let name = filename::sanitize(&up.raw_name);
+    let rule = state.policy.rule_for(filename::extension(&name).as_deref())?.clone();
+
+    let want = up.length_hint.unwrap_or(limit).min(limit);
+    let reservation = state.quota.reserve(up.owner, want, up.exact_length).await?;
+    // The most this upload may hold: the size limit, or less when the quota leaves less.
+    let cap = reservation.bytes().min(limit);
+    let over = |n: u64| if n > limit { IngestError::TooLarge { limit } } else { IngestError::Quota };
+    let idle = Duration::from_secs(state.config.limits.upload_idle_timeout_secs);
+
+    // Sniff: gather the head before deciding anything about the content.
+    let mut head = BytesMut::new();
+    let mut eof = false;
+    while head.len() < SNIFF_LEN {
+        match next_chunk(&mut body, idle).await? {
+            Some(chunk) => {
+                outcome.bytes += chunk.len() as u64;
+                if outcome.bytes > cap {
+                    return Err(over(outcome.bytes));
+                }
+                head.extend_from_slice(&chunk);
+            }
+            None => {
+                eof = true;
+                break;
+            }
+        }
+    }
+    let content_type = UploadPolicy::decide(&rule, &head)?;
+
+    let id = FileId::new();
+    let mut sink = Sink::open(state, id, rule == Rule::Text).await?;
+    sink.feed(&head).await?;
+    if !eof {
+        while let Some(chunk) = next_chunk(&mut body, idle).await? {
+            outcome.bytes += chunk.len() as u64;
+            if outcome.bytes > cap {
+                return Err(over(outcome.bytes));
+            }
+            sink.feed(&chunk).await?;
+        }
+    }
+    let (writer, sha256, sealing) = sink.finish(state, id).await?;
+    let stored = StoredFile {
+        file: FileObject {
+            id,
+            filename: name,
+            size: outcome.bytes,
+            content_type,
+            sha256,
+            created_at: Timestamp::now(),
+            expires_at: up.expires_at,
+        },
+        owner_id: up.owner,
+        blob_key: BlobKey::for_file(id, sealing.is_some()).as_str().to_owned(),
+        sealing,
+    };
+    Ok((writer, stored, reservation))
+}
+
+async fn next_chunk<S>(body: &mut S, idle: Duration) -> Result<Option<Bytes>, IngestError>
+where
+    S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+{
+    match tokio::time::timeout(idle, body.next()).await {
+        Err(_) => Err(IngestError::Idle),
+        Ok(None) => Ok(None),
+        Ok(Some(r)) => r.map(Some),
+    }
+}
+
+/// Where validated bytes go: hasher, text check, sealer, blob writer.
+struct Sink {
+    writer: Box<dyn BlobWriter>,
+    hasher: Sha256,
+    text: Option<Utf8Check>,
+    sealer: Option<(Sealer, DataKey)>,
+}
+
+impl Sink {
+    async fn open(state: &AppState, id: FileId, text: bool) -> Result<Self, IngestError> {
+        let sealer = state.keyring.enabled().then(|| {
+            let key = DataKey::generate();
+            (Sealer::new(&key, id), key)
+        });
+        Ok(Self {
+            writer: state.blobs.create().await?,
+            hasher: Sha256::new(),
+            text: text.then(Utf8Check::default),
+            sealer,
+        })
+    }
+
+    async fn feed(&mut self, chunk: &[u8]) -> Result<(), IngestError> {
+        self.hasher.update(chunk);
+        if let Some(t) = &mut self.text {
+            t.update(chunk)?;
+        }
+        match &mut self.sealer {
+            Some((s, _)) => {
+                let sealed = s.update(chunk)?;
+                self.writer.write(&sealed).await?;
+            }
+            None => self.writer.write(chunk).await?,
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        mut self,
+        state: &AppState,
+        id: FileId,
+    ) -> Result<(Box<dyn BlobWriter>, String, Option<files::Sealing>), IngestError> {
+        if let Some(t) = self.text.take() {
+            t.finish()?;
+        }
+        let sealing = match self.sealer.take() {
+            Some((s, key)) => {
+                let tail = s.finish()?;
+                self.writer.write(&tail).await?;
+                Some(state.keyring.wrap(id, &key).ok_or(BlobError::Integrity)?)
+            }
+            None => None,
+        };
+        Ok((self.writer, hex::encode(self.hasher.finalize()), sealing))
+    }
+}
+
+impl Staged {
+    /// Make the upload visible: blob into place (durably), then the row. Runs to completion
+    /// even if the client goes away, so it never stops between the two steps.
+    pub async fn commit(self, state: &AppState) -> Result<FileObject, IngestError> {
+        let state = state.clone();
+        tokio::spawn(async move { self.commit_inner(&state).await })
+            .await
+            .map_err(|e| IngestError::Blob(BlobError::Io(std::io::Error::other(e))))?
+    }
+
+    async fn commit_inner(mut self, state: &AppState) -> Result<FileObject, IngestError> {
+        let key = BlobKey::for_file(self.stored.file.id, self.stored.sealing.is_some());
+        if let Err(e) = self.writer.commit(key.clone()).await {
+            self.outcome.reason = Some(IngestError::Blob(BlobError::Integrity).reason());
+            return Err(e.into());
+        }
+        let row = self.stored.clone();
+        if let Err(e) = state.meta.write(move |tx| files::insert(tx, &row)).await {
+            // The row is the commit point: without it the blob must go too.
+            if state.blobs.trash(&key).await.is_ok() {
+                let _ = state.blobs.purge(&key).await;
+            }
+            self.outcome.reason = Some("internal_error");
+            return Err(e.into());
+        }
+        drop(self.reservation);
+        self.outcome.done = true;
+        let f = &self.stored.file;
+        state.audit.record(
+            Record::new(Event::FileUpload)
+                .actor(self.stored.owner_id)
+                .subject(f.id)
+                .ip(self.outcome.ip)
+                .detail(serde_json::json!({
+                    "size": f.size,
+                    "content_type": f.content_type,
+                    "sha256": f.sha256,
+                    "encrypted": self.stored.sealing.is_some(),
+                })),
+        );
+        Ok(self.stored.file)
+    }
+}

@@ -1,0 +1,125 @@
+//! Removing files and accounts: shared by the delete routes, the retention sweeper, admin
+//! account deletion and `coffer check --repair`.
+//!
+//! Invariant: a file is removed blob-first, in two steps: the blob moves to `trash/`, the row
+//! is deleted, the trashed blob is purged. A crash at any point leaves either a row whose blob
+//! sits in the trash (the deletion is finished at the next start) or nothing: never a row that
+//! silently points at nothing.
+
+use crate::blob::{BlobError, BlobKey, BlobStore};
+use crate::ids::UserId;
+use crate::meta::files::{self, StoredFile};
+use crate::meta::users::{self, Role};
+use crate::meta::{MetaError, MetaStore};
+
+/// Why a removal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// Blob storage failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The database failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The account is the last administrator.
+    #[error("cannot delete the last administrator")]
+    LastAdmin,
+    /// No such account.
+    #[error("no such user")]
+    NoUser,
+}
+
+impl From<RemoveError> for crate::error::AppError {
+    fn from(e: RemoveError) -> Self {
+        match e {
+            RemoveError::Blob(b) => b.into(),
+            RemoveError::Meta(m) => m.into(),
+            RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
+            RemoveError::NoUser => Self::NotFound,
+        }
+    }
+}
+
+/// Remove one file. Returns `false` when its row was already gone.
+pub async fn remove_file(meta: &MetaStore, blobs: &BlobStore, f: &StoredFile) -> Result<bool, RemoveError> {
+    let key = BlobKey::parse(&f.blob_key);
+    let trashed = match &key {
+        Some(k) => match blobs.trash(k).await {
+            Ok(()) => true,
+            // Already gone (an operator, or a concurrent delete): the row still goes.
+            Err(BlobError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        },
+        None => false,
+    };
+    let id = f.file.id;
+    let deleted = match meta.write(move |tx| files::delete(tx, id)).await {
+        Ok(d) => d,
+        Err(e) => {
+            if let (true, Some(k)) = (trashed, &key) {
+                if let Err(re) = blobs.restore(k).await {
+                    tracing::error!(file.id = %id, error = %re, "cannot restore a trashed blob");
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    if let (true, Some(k)) = (trashed, &key) {
+        if let Err(e) = blobs.purge(k).await {
+            // Harmless: the trash is emptied at the next start.
+            tracing::warn!(file.id = %id, error = %e, "cannot purge a trashed blob");
+        }
+    }
+    Ok(deleted)
+}
+
+/// Remove an account with all its files, links, keys and logins. Returns the number of files.
+pub async fn remove_user(meta: &MetaStore, blobs: &BlobStore, id: UserId) -> Result<usize, RemoveError> {
+    let target = meta.read(move |c| users::get(c, id)).await?.ok_or(RemoveError::NoUser)?;
+    let last_admin = || async { Ok::<_, RemoveError>(meta.read(users::count_admins).await? <= 1) };
+    if target.role == Role::Admin && last_admin().await? {
+        return Err(RemoveError::LastAdmin);
+    }
+    let mut removed = 0;
+    // Uploads may land while we delete: repeat until the account holds nothing.
+    for _ in 0..8 {
+        let owned = meta.read(move |c| files::all_of_owner(c, id)).await?;
+        if owned.is_empty() {
+            break;
+        }
+        for f in &owned {
+            if remove_file(meta, blobs, f).await? {
+                removed += 1;
+            }
+        }
+    }
+    let outcome = meta
+        .write(move |tx| {
+            if target.role == Role::Admin && users::count_admins(tx)? <= 1 {
+                return Ok(Err(RemoveError::LastAdmin));
+            }
+            // Fails on the foreign key if a file slipped in after the loop: nothing is lost.
+            Ok(Ok(users::delete(tx, id)?))
+        })
+        .await?;
+    match outcome? {
+        true => Ok(removed),
+        false => Err(RemoveError::NoUser),
+    }
+}
+
+/// Finish deletions a crash interrupted: trashed blobs whose row still exists lose the row,
+/// and every trashed blob is purged. Returns how many blobs were purged.
+pub async fn finish_interrupted_deletes(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, RemoveError> {
+    let trash = blobs.inventory().await?.trash;
+    for key in &trash {
+        // Only when the row still points at this blob (encrypt-existing trashes a file's old
+        // plain blob while the row lives on with the sealed one).
+        if let Some(id) = key.file_id() {
+            let k = key.as_str().to_owned();
+            meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ())).await?;
+        }
+        blobs.purge(key).await?;
+    }
+    Ok(trash.len())
+}

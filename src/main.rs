@@ -1,0 +1,5 @@
+//! The `coffer` binary: see `coffer --help`.
+
+fn main() -> std::process::ExitCode {
+    coffer::cli::run()
+}

@@ -1,0 +1,214 @@
+//! The `files` table.
+//!
+//! Invariant: a row is inserted only after its blob is durably in place, and a row is deleted
+//! only after its blob was moved out of `blobs/` (to `trash/`). So every row has a blob unless
+//! an operator removed it by hand, and `coffer check` can explain every difference.
+//! An expired file is invisible to owners at once, before the sweeper removes it.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ids::{FileId, Timestamp, UserId};
+use crate::meta::Page;
+
+/// A file as clients see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileObject {
+    /// The id.
+    pub id: FileId,
+    /// The sanitised original name.
+    pub filename: String,
+    /// Bytes.
+    pub size: u64,
+    /// The type detected from the content.
+    pub content_type: String,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    /// Upload time.
+    pub created_at: Timestamp,
+    /// When the file will be deleted; null = kept.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// How the blob is sealed, when it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealing {
+    /// Id of the master key that wraps the data key.
+    pub key_id: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+}
+
+/// A file row with what serving it needs.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    /// The public part.
+    pub file: FileObject,
+    /// Owner.
+    pub owner_id: UserId,
+    /// Where the blob lives (from the id, never from input).
+    pub blob_key: String,
+    /// Encryption, if the blob is sealed.
+    pub sealing: Option<Sealing>,
+}
+
+const COLUMNS: &str =
+    "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
+    let size: i64 = r.get(2)?;
+    let key_id: Option<String> = r.get(9)?;
+    let wrapped: Option<Vec<u8>> = r.get(10)?;
+    Ok(StoredFile {
+        file: FileObject {
+            id: r.get(0)?,
+            filename: r.get(1)?,
+            size: u64::try_from(size).unwrap_or(0),
+            content_type: r.get(3)?,
+            sha256: r.get(4)?,
+            created_at: r.get(5)?,
+            expires_at: r.get(6)?,
+        },
+        owner_id: r.get(7)?,
+        blob_key: r.get(8)?,
+        sealing: key_id.zip(wrapped).map(|(key_id, wrapped_key)| Sealing { key_id, wrapped_key }),
+    })
+}
+
+/// Insert a file row (usage is added by trigger).
+pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<()> {
+    let (key_id, wrapped) = match &f.sealing {
+        Some(s) => (Some(s.key_id.as_str()), Some(s.wrapped_key.as_slice())),
+        None => (None, None),
+    };
+    c.prepare_cached(
+        "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
+                            expires_at, blob_key, enc_key_id, enc_wrapped_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        f.file.id,
+        f.owner_id,
+        f.file.filename,
+        i64::try_from(f.file.size).unwrap_or(i64::MAX),
+        f.file.content_type,
+        f.file.sha256,
+        f.file.created_at,
+        f.file.expires_at,
+        f.blob_key,
+        key_id,
+        wrapped,
+    ])?;
+    Ok(())
+}
+
+/// A live (unexpired) file, if `owner` may see it (`None` = any owner, for admins).
+pub fn get_visible(
+    c: &Connection,
+    id: FileId,
+    owner: Option<UserId>,
+    now: Timestamp,
+) -> rusqlite::Result<Option<StoredFile>> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM files WHERE id = ?1 AND (?2 IS NULL OR owner_id = ?2)
+           AND (expires_at IS NULL OR expires_at > ?3)"
+    ))?
+    .query_row(params![id, owner, now], row)
+    .optional()
+}
+
+/// A row regardless of owner or expiry (maintenance).
+pub fn get_any(c: &Connection, id: FileId) -> rusqlite::Result<Option<StoredFile>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM files WHERE id = ?1"))?
+        .query_row([id], row)
+        .optional()
+}
+
+/// The owner's live files, newest first, after the `(created_at, id)` cursor.
+pub fn list_owned(
+    c: &Connection,
+    owner: UserId,
+    after: Option<(Timestamp, FileId)>,
+    limit: usize,
+    now: Timestamp,
+) -> rusqlite::Result<Page<FileObject>> {
+    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+    let (at, id) = match after {
+        Some((at, id)) => (Some(at), Some(id)),
+        None => (None, None),
+    };
+    let rows = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM files
+             WHERE owner_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+               AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
+             ORDER BY created_at DESC, id DESC LIMIT ?5"
+        ))?
+        .query_map(params![owner, now, at, id, fetch], |r| row(r).map(|s| s.file))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// Delete a row (links cascade). `false` when it was already gone.
+pub fn delete(c: &Connection, id: FileId) -> rusqlite::Result<bool> {
+    Ok(c.prepare_cached("DELETE FROM files WHERE id = ?1")?.execute([id])? == 1)
+}
+
+/// Delete a row only while it still points at `blob_key`.
+pub fn delete_if_blob(c: &Connection, id: FileId, blob_key: &str) -> rusqlite::Result<bool> {
+    Ok(c.execute("DELETE FROM files WHERE id = ?1 AND blob_key = ?2", params![id, blob_key])? == 1)
+}
+
+/// Every file of a user (for account deletion).
+pub fn all_of_owner(c: &Connection, owner: UserId) -> rusqlite::Result<Vec<StoredFile>> {
+    c.prepare(&format!("SELECT {COLUMNS} FROM files WHERE owner_id = ?1"))?
+        .query_map([owner], row)?
+        .collect()
+}
+
+/// Files whose retention ran out, oldest expiry first.
+pub fn expired(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<StoredFile>> {
+    c.prepare(&format!(
+        "SELECT {COLUMNS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?1
+         ORDER BY expires_at LIMIT ?2"
+    ))?
+    .query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], row)?
+    .collect()
+}
+
+/// Every row, in id order, one page at a time (maintenance walks).
+pub fn scan(c: &Connection, after: Option<FileId>, limit: usize) -> rusqlite::Result<Vec<StoredFile>> {
+    c.prepare(&format!(
+        "SELECT {COLUMNS} FROM files WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+    ))?
+    .query_map(params![after, i64::try_from(limit).unwrap_or(i64::MAX)], row)?
+    .collect()
+}
+
+/// Whether a blob key belongs to a row.
+pub fn blob_key_exists(c: &Connection, key: &str) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM files WHERE blob_key = ?1")?
+        .query_row([key], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+/// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still points
+/// at `old_blob`.
+pub fn seal_blob(c: &Connection, id: FileId, old_blob: &str, new_blob: &str, sealing: &Sealing) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "UPDATE files SET blob_key = ?2, enc_key_id = ?3, enc_wrapped_key = ?4
+         WHERE id = ?1 AND blob_key = ?5 AND enc_key_id IS NULL",
+        params![id, new_blob, sealing.key_id, sealing.wrapped_key, old_blob],
+    )? == 1)
+}
+
+/// Replace a wrapped data key (rotate-key); only if it is still the one that was read.
+pub fn rewrap(c: &Connection, id: FileId, old: &Sealing, new: &Sealing) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "UPDATE files SET enc_key_id = ?2, enc_wrapped_key = ?3
+         WHERE id = ?1 AND enc_key_id = ?4 AND enc_wrapped_key = ?5",
+        params![id, new.key_id, new.wrapped_key, old.key_id, old.wrapped_key],
+    )? == 1)
+}

@@ -1,0 +1,159 @@
+//! Embedded, versioned schema migrations, tracked by `PRAGMA user_version`.
+//!
+//! Invariant: migrations only ever append; each runs in its own transaction, so a database is
+//! always at exactly one version. A database newer than this binary is refused.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// The schema, one entry per version (index 0 is version 1).
+const MIGRATIONS: &[&str] = &[
+    // v1: accounts, logins, keys, files, links, audit.
+    r#"
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        username      TEXT NOT NULL COLLATE NOCASE UNIQUE,
+        email         TEXT NOT NULL COLLATE NOCASE UNIQUE,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+        created_at    INTEGER NOT NULL,
+        used_bytes    INTEGER NOT NULL DEFAULT 0 CHECK (used_bytes >= 0)
+    ) STRICT;
+    CREATE INDEX users_by_created ON users (created_at DESC, id DESC);
+
+    -- A login: one refresh-token family. Access tokens carry its id.
+    CREATE TABLE sessions (
+        id         TEXT PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;
+    CREATE INDEX sessions_by_user ON sessions (user_id);
+
+    -- Refresh tokens, by SHA-256 of the token. used_at set = rotated; presenting it again is reuse.
+    CREATE TABLE refresh_tokens (
+        hash       BLOB PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    ) STRICT;
+    CREATE INDEX refresh_by_session ON refresh_tokens (session_id);
+
+    -- Access-token ids revoked before their expiry (logout).
+    CREATE TABLE revoked_tokens (
+        jti        TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        prefix     TEXT NOT NULL UNIQUE,
+        hash       BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
+    ) STRICT;
+    CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at DESC);
+
+    -- Files. No cascade from users: blobs must be removed by code before their rows.
+    CREATE TABLE files (
+        id              TEXT PRIMARY KEY,
+        owner_id        TEXT NOT NULL REFERENCES users (id),
+        filename        TEXT NOT NULL,
+        size            INTEGER NOT NULL CHECK (size >= 0),
+        content_type    TEXT NOT NULL,
+        sha256          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER,
+        blob_key        TEXT NOT NULL UNIQUE,
+        enc_key_id      TEXT,
+        enc_wrapped_key BLOB,
+        CHECK ((enc_key_id IS NULL) = (enc_wrapped_key IS NULL))
+    ) STRICT;
+    CREATE INDEX files_by_owner ON files (owner_id, created_at DESC, id DESC);
+    CREATE INDEX files_by_expiry ON files (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TRIGGER files_usage_add AFTER INSERT ON files BEGIN
+        UPDATE users SET used_bytes = used_bytes + NEW.size WHERE id = NEW.owner_id;
+    END;
+    CREATE TRIGGER files_usage_sub AFTER DELETE ON files BEGIN
+        UPDATE users SET used_bytes = used_bytes - OLD.size WHERE id = OLD.owner_id;
+    END;
+
+    -- Share links, by SHA-256 of the token; they die with their file.
+    CREATE TABLE links (
+        id            TEXT PRIMARY KEY,
+        file_id       TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        token_hash    BLOB NOT NULL UNIQUE,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        max_downloads INTEGER CHECK (max_downloads IS NULL OR max_downloads >= 1),
+        downloads     INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX links_by_file ON links (file_id);
+    CREATE INDEX links_by_expiry ON links (expires_at);
+
+    -- The audit trail: append-only, each row chained to the one before by `hash`.
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT NOT NULL UNIQUE,
+        at         INTEGER NOT NULL,
+        event      TEXT NOT NULL,
+        actor_id   TEXT,
+        subject_id TEXT,
+        client_ip  TEXT,
+        detail     TEXT NOT NULL,
+        hash       BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_at ON audit (at);
+    -- The last entry removed by retention, so the chain's start stays verifiable.
+    CREATE TABLE audit_anchor (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash BLOB NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// The version this binary writes.
+pub const LATEST: usize = MIGRATIONS.len();
+
+/// Bring the database to [`LATEST`].
+pub fn run(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map(|v| usize::try_from(v).unwrap_or(usize::MAX))?;
+    if current > LATEST {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+            Some(format!("database schema v{current} is newer than this binary (v{LATEST})")),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if usize::try_from(now).unwrap_or(usize::MAX) > i {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_are_idempotent() {
+        let mut c = Connection::open_in_memory().unwrap();
+        run(&mut c).unwrap();
+        run(&mut c).unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(usize::try_from(v).unwrap(), LATEST);
+    }
+}

@@ -1,0 +1,253 @@
+//! The `users` table.
+//!
+//! Invariant: usernames and emails are unique case-insensitively (enforced by the schema's
+//! `COLLATE NOCASE UNIQUE`, not by a check-then-insert race). `password_hash` never leaves
+//! this module except towards password verification.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ids::{Timestamp, UserId};
+use crate::meta::{Page, is_unique_violation};
+
+/// A role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A normal account.
+    User,
+    /// May administer users and read the audit trail.
+    Admin,
+}
+
+impl Role {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl rusqlite::types::FromSql for Role {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Role::parse(v.as_str()?).ok_or(rusqlite::types::FromSqlError::InvalidType)
+    }
+}
+
+/// A user as clients see it: never a hash.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    /// The id (the `sub` of its tokens).
+    pub id: UserId,
+    /// 3-50 of `[A-Za-z0-9_]`.
+    pub username: String,
+    /// The email address.
+    pub email: String,
+    /// `user` or `admin`.
+    pub role: Role,
+    /// When the account was made.
+    pub created_at: Timestamp,
+}
+
+/// A user with the password hash, for login.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The account.
+    pub user: User,
+    /// The PHC string.
+    pub password_hash: String,
+}
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Its id.
+    pub id: UserId,
+    /// Username.
+    pub username: String,
+    /// Email.
+    pub email: String,
+    /// PHC hash.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The row exists now.
+    Created,
+    /// The username is taken (case-insensitively).
+    UsernameTaken,
+    /// The email is taken (case-insensitively).
+    EmailTaken,
+}
+
+const COLUMNS: &str = "id, username, email, role, created_at";
+
+fn row_to_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        email: r.get(2)?,
+        role: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+/// Insert an account; a uniqueness conflict is an outcome, not an error.
+pub fn insert(c: &Connection, u: &NewUser) -> rusqlite::Result<Inserted> {
+    let res = c.execute(
+        "INSERT INTO users (id, username, email, password_hash, role, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![u.id, u.username, u.email, u.password_hash, u.role.as_str(), u.created_at],
+    );
+    match res {
+        Ok(_) => Ok(Inserted::Created),
+        Err(e) if is_unique_violation(&e) => {
+            let msg = e.to_string();
+            if msg.contains("users.email") {
+                Ok(Inserted::EmailTaken)
+            } else {
+                Ok(Inserted::UsernameTaken)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The account and hash for a username (case-insensitive).
+pub fn credentials_by_username(c: &Connection, username: &str) -> rusqlite::Result<Option<Credentials>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"))?
+        .query_row([username], |r| {
+            Ok(Credentials { user: row_to_user(r)?, password_hash: r.get(5)? })
+        })
+        .optional()
+}
+
+/// One account.
+pub fn get(c: &Connection, id: UserId) -> rusqlite::Result<Option<User>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id], row_to_user)
+        .optional()
+}
+
+/// Replace a password hash (rehash on login after a parameter change).
+pub fn set_password_hash(c: &Connection, id: UserId, hash: &str) -> rusqlite::Result<()> {
+    c.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id, hash])?;
+    Ok(())
+}
+
+/// Bytes the user stores now.
+pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
+    let v: i64 = c
+        .prepare_cached("SELECT used_bytes FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
+/// Number of admins.
+pub fn count_admins(c: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Delete an account row (its sessions, keys and revocations cascade). The caller removes its
+/// files first.
+pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
+    Ok(c.execute("DELETE FROM users WHERE id = ?1", [id])? == 1)
+}
+
+/// Change a role.
+pub fn set_role(c: &Connection, id: UserId, role: Role) -> rusqlite::Result<bool> {
+    Ok(c.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role.as_str()])? == 1)
+}
+
+/// Newest first, keyset-paginated after `(created_at, id)`.
+pub fn list(c: &Connection, after: Option<(Timestamp, UserId)>, limit: usize) -> rusqlite::Result<Page<User>> {
+    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+    let rows = match after {
+        None => c
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM users ORDER BY created_at DESC, id DESC LIMIT ?1"
+            ))?
+            .query_map([fetch], row_to_user)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        Some((at, id)) => c
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM users WHERE (created_at, id) < (?1, ?2)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3"
+            ))?
+            .query_map(params![at, id, fetch], row_to_user)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    };
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::test_conn;
+
+    pub(crate) fn new_user(name: &str) -> NewUser {
+        NewUser {
+            id: UserId::new(),
+            username: name.into(),
+            email: format!("{name}@example.com"),
+            password_hash: "$argon2id$dummy".into(),
+            role: Role::User,
+            created_at: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn usernames_and_emails_are_unique_case_insensitively() {
+        let c = test_conn();
+        assert_eq!(insert(&c, &new_user("alice")).unwrap(), Inserted::Created);
+        let mut dup = new_user("ALICE");
+        dup.email = "other@example.com".into();
+        assert_eq!(insert(&c, &dup).unwrap(), Inserted::UsernameTaken);
+        let mut dup = new_user("bob");
+        dup.email = "Alice@Example.com".into();
+        assert_eq!(insert(&c, &dup).unwrap(), Inserted::EmailTaken);
+        assert!(credentials_by_username(&c, "Alice").unwrap().is_some());
+    }
+
+    #[test]
+    fn listing_pages_cover_everyone_once() {
+        let c = test_conn();
+        for i in 0..7 {
+            insert(&c, &new_user(&format!("user{i}"))).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = list(&c, after, 3).unwrap();
+            after = page.items.last().map(|u| (u.created_at, u.id));
+            seen.extend(page.items.into_iter().map(|u| u.username));
+            if !page.more {
+                break;
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 7);
+    }
+}

@@ -1,0 +1,159 @@
+//! `coffer check [--deep] [--repair]`: prove the store is whole.
+//!
+//! Every row must have its blob with the expected length; with `--deep`, every blob is read
+//! back, sealed ones authenticated segment by segment, and the plaintext's SHA-256 compared
+//! with the row. Blobs without a row (orphans) and anything else inside the blob tree are
+//! reported, and so is a broken audit hash chain. `--repair` removes orphans and rows whose
+//! blob is gone.
+
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::blob::{BlobError, BlobKey, BlobStore};
+use crate::crypto::Keyring;
+use crate::ids::FileId;
+use crate::meta::files::{self, StoredFile};
+use crate::meta::{MetaStore, audit};
+
+/// Rows read per page.
+const PAGE: usize = 500;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Blobs with no row.
+    pub orphans: Vec<BlobKey>,
+    /// Rows whose blob is missing.
+    pub missing: Vec<FileId>,
+    /// Rows whose blob has the wrong length: `(file, expected, actual)`.
+    pub size_mismatch: Vec<(FileId, u64, u64)>,
+    /// Rows whose content fails its hash or authentication (`--deep`).
+    pub corrupt: Vec<(FileId, String)>,
+    /// Paths in the blob tree that are not blobs we write (symlinks, stray files).
+    pub strays: Vec<String>,
+    /// Audit chain problems.
+    pub audit: Vec<String>,
+    /// Rows checked.
+    pub files: usize,
+}
+
+impl Report {
+    /// Every problem, one line each.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(self.orphans.iter().map(|k| format!("orphan blob: {k} (no database row)")));
+        out.extend(self.missing.iter().map(|id| format!("missing blob: file {id} has no blob")));
+        out.extend(
+            self.size_mismatch
+                .iter()
+                .map(|(id, want, got)| format!("size mismatch: file {id} blob is {got} bytes, expected {want}")),
+        );
+        out.extend(self.corrupt.iter().map(|(id, why)| format!("corrupt: file {id}: {why}")));
+        out.extend(self.strays.iter().map(|p| format!("stray path in storage: {p}")));
+        out.extend(self.audit.iter().cloned());
+        out
+    }
+
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.lines().is_empty()
+    }
+}
+
+/// Compare rows with blobs; with `deep` (the keys to open sealed blobs), also every content
+/// with its hash. A sealed blob whose master key is not configured is reported, not passed.
+pub async fn scan(meta: &MetaStore, blobs: &BlobStore, deep: Option<&Keyring>) -> anyhow::Result<Report> {
+    let inventory = blobs.inventory().await?;
+    let mut on_disk: BTreeMap<BlobKey, u64> = inventory.blobs.into_iter().collect();
+    let mut report = Report { strays: inventory.strays, ..Report::default() };
+    let mut after = None;
+    loop {
+        let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
+        after = rows.last().map(|f| f.file.id);
+        for f in &rows {
+            report.files += 1;
+            let Some(key) = BlobKey::parse(&f.blob_key) else {
+                report.corrupt.push((f.file.id, "its blob key is malformed".into()));
+                continue;
+            };
+            let Some(len) = on_disk.remove(&key) else {
+                report.missing.push(f.file.id);
+                continue;
+            };
+            let want = BlobStore::expected_len(f);
+            if len != want {
+                report.size_mismatch.push((f.file.id, want, len));
+                continue;
+            }
+            if let Some(keyring) = deep {
+                if let Err(why) = verify_content(blobs, keyring, f).await {
+                    report.corrupt.push((f.file.id, why));
+                }
+            }
+        }
+        if rows.len() < PAGE {
+            break;
+        }
+    }
+    report.orphans = on_disk.into_keys().collect();
+    Ok(report)
+}
+
+async fn verify_content(blobs: &BlobStore, keyring: &Keyring, f: &StoredFile) -> Result<(), String> {
+    let mut stream = blobs.read_file(keyring, f, 0, f.file.size).await.map_err(describe)?;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(chunk.map_err(describe)?);
+    }
+    if hex::encode(hasher.finalize()) == f.file.sha256 {
+        Ok(())
+    } else {
+        Err("its content does not match its sha256".into())
+    }
+}
+
+fn describe(e: BlobError) -> String {
+    match e {
+        BlobError::Integrity => "its blob failed authentication (tampered or truncated)".into(),
+        other => format!("cannot read it: {other}"),
+    }
+}
+
+/// Add the audit chain's problems to a report.
+pub async fn check_audit(meta: &MetaStore, report: &mut Report) -> anyhow::Result<()> {
+    report.audit = meta.read(audit::verify_chain).await?;
+    Ok(())
+}
+
+/// Remove the orphans of a report, re-checking each against the database first (a row may
+/// have appeared since the scan). Returns how many were removed.
+pub async fn remove_orphans(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for key in &report.orphans {
+        let k = key.as_str().to_owned();
+        if meta.read(move |c| files::blob_key_exists(c, &k)).await? {
+            continue;
+        }
+        match blobs.trash(key).await {
+            Ok(()) | Err(BlobError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        blobs.purge(key).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `--repair`: remove orphans, and rows whose blob is gone (with their links). Size
+/// mismatches and corrupt contents are left for an operator: deleting them would destroy the
+/// only evidence.
+pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<()> {
+    remove_orphans(meta, blobs, report).await?;
+    for id in &report.missing {
+        let id = *id;
+        meta.write(move |tx| files::delete(tx, id)).await?;
+    }
+    Ok(())
+}

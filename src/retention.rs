@@ -1,0 +1,77 @@
+//! The retention sweeper: every `retention.sweep_interval_secs` it deletes expired files (blob
+//! and row, links with them), spent revocation entries and logins, long-expired links, and
+//! audit entries older than `audit.retention_days`.
+//!
+//! Invariant: each expired file's deletion is audited (`file.expire`); a failure on one file
+//! is logged and retried on the next sweep, never aborting the sweeper.
+
+use std::time::Duration;
+
+use crate::app::AppState;
+use crate::audit::{Event, Record};
+use crate::ids::Timestamp;
+use crate::lifecycle;
+use crate::meta::{audit, files, links, sessions};
+
+/// Files handled per batch.
+const BATCH: usize = 256;
+/// Expired links are kept this long so clients get 410 rather than 404.
+const LINK_GRACE_SECS: u64 = 7 * 86_400;
+
+/// Run forever (aborted at shutdown).
+pub async fn sweeper(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(state.config.retention.sweep_interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep(&state).await {
+            tracing::warn!(error = %e, "retention sweep failed; retrying next interval");
+        }
+    }
+}
+
+/// One sweep. Returns the number of files removed.
+pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
+    let now = Timestamp::now();
+    let mut removed = 0;
+    loop {
+        let batch = state.meta.read(move |c| files::expired(c, now, BATCH)).await?;
+        let full = batch.len() == BATCH;
+        for f in batch {
+            match lifecycle::remove_file(&state.meta, &state.blobs, &f).await {
+                Ok(true) => {
+                    removed += 1;
+                    state.audit.record(
+                        Record::new(Event::FileExpire)
+                            .subject(f.file.id)
+                            .actor(f.owner_id)
+                            .detail(serde_json::json!({ "size": f.file.size, "expired_at": f.file.expires_at })),
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(file.id = %f.file.id, error = %e, "cannot remove an expired file"),
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let link_cutoff = Timestamp(now.0.saturating_sub(i64::try_from(LINK_GRACE_SECS * 1_000_000).unwrap_or(0)));
+    let audit_days = state.config.audit.retention_days;
+    let pruned = state
+        .meta
+        .write(move |tx| {
+            let mut n = sessions::prune(tx, now)?;
+            n += links::prune_expired(tx, link_cutoff)?;
+            if audit_days > 0 {
+                let cutoff = now.0.saturating_sub(i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX));
+                n += audit::prune(tx, Timestamp(cutoff))?;
+            }
+            Ok(n)
+        })
+        .await?;
+    if removed + pruned > 0 {
+        tracing::info!(files = removed, rows = pruned, "retention sweep");
+    }
+    Ok(removed)
+}

@@ -1,0 +1,294 @@
+//! Secrets from the environment: `COFFER_SECRET_KEY` (required; signs tokens) and the optional
+//! encryption master keys.
+//!
+//! Invariant: a [`SecretKey`] holds at least 32 bytes that are not a placeholder and not a
+//! trivially repeated pattern. Secret bytes are zeroised on drop and never printed by `Debug`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::Sha256;
+
+/// Name of the required signing secret.
+pub const SECRET_KEY_VAR: &str = "COFFER_SECRET_KEY";
+/// Docker-secrets style alternative: a file holding the secret.
+pub const SECRET_KEY_FILE_VAR: &str = "COFFER_SECRET_KEY_FILE";
+/// Current encryption master key (turns on encryption at rest).
+pub const ENCRYPTION_KEY_VAR: &str = "COFFER_ENCRYPTION_KEY";
+/// Earlier master keys that may still wrap data keys.
+pub const ENCRYPTION_OLD_KEYS_VAR: &str = "COFFER_ENCRYPTION_OLD_KEYS";
+
+/// Fewest bytes a secret key may have.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Values people paste from tutorials. Compared case-insensitively, also as the stem of a
+/// longer value (`changeme-changeme-...`).
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "mysecret",
+    "my-secret",
+    "my-secret-key",
+    "my_secret_key",
+    "secret-key",
+    "secret_key",
+    "secretkey",
+    "your-secret-key",
+    "your-secret-key-here",
+    "your_secret_key_here",
+    "yoursecretkey",
+    "supersecret",
+    "super-secret",
+    "super-secret-key",
+    "password",
+    "default",
+    "example",
+    "test",
+    "testing",
+    "development",
+    "dev",
+    "insecure",
+    "replace-me",
+    "replaceme",
+    "todo",
+    "xxx",
+    "coffer",
+];
+
+/// Why a secret was refused. The message always names the variable and how to make a good one.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Not set at all.
+    #[error("{var} is not set. Generate one with `coffer gen-secret` and export it, e.g. `export {var}=$(coffer gen-secret)`")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+    },
+    /// Set but weak.
+    #[error("{var} is too weak: {why}. Generate one with `coffer gen-secret` (64 hex characters)")]
+    Weak {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// An encryption key that is not 32 bytes of hex or base64.
+    #[error("{var} must be exactly 32 bytes, hex or base64 encoded (`coffer gen-secret` makes one)")]
+    BadEncryptionKey {
+        /// The variable.
+        var: &'static str,
+    },
+    /// The secret file could not be read.
+    #[error("cannot read {var}: {source}")]
+    File {
+        /// The variable.
+        var: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The service's signing secret. Subkeys for each purpose are derived from it, so a token
+/// key can never be confused with any other use.
+pub struct SecretKey(SecretBox<Vec<u8>>);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey([redacted])")
+    }
+}
+
+impl SecretKey {
+    /// Read from `COFFER_SECRET_KEY` (or the file named by `COFFER_SECRET_KEY_FILE`).
+    pub fn from_env() -> Result<Self, SecretError> {
+        let raw = match std::env::var(SECRET_KEY_VAR) {
+            Ok(v) => v,
+            Err(_) => match std::env::var_os(SECRET_KEY_FILE_VAR) {
+                Some(path) => std::fs::read_to_string(path)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                    .map_err(|source| SecretError::File { var: SECRET_KEY_FILE_VAR, source })?,
+                None => return Err(SecretError::Missing { var: SECRET_KEY_VAR }),
+            },
+        };
+        Self::parse(&raw)
+    }
+
+    /// Decode and judge a secret: hex or base64 is decoded, anything else is raw bytes.
+    pub fn parse(raw: &str) -> Result<Self, SecretError> {
+        let weak = |why| SecretError::Weak { var: SECRET_KEY_VAR, why };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(SecretError::Missing { var: SECRET_KEY_VAR });
+        }
+        if is_placeholder(trimmed) {
+            return Err(weak("it is a well-known placeholder"));
+        }
+        let bytes = decode_key_text(trimmed);
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(weak("it must carry at least 32 bytes (64 hex characters)"));
+        }
+        if is_repetitive(&bytes) || is_repetitive(trimmed.as_bytes()) {
+            return Err(weak("it is a short pattern repeated"));
+        }
+        Ok(Self(SecretBox::new(Box::new(bytes))))
+    }
+
+    /// A fresh random secret, for `--dev` mode only.
+    pub fn ephemeral() -> Self {
+        Self(SecretBox::new(Box::new(random_bytes::<32>().to_vec())))
+    }
+
+    /// A 32-byte subkey for one purpose: HMAC-SHA256(secret, label).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.expose_secret())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// `coffer gen-secret`: 32 random bytes as 64 lower-case hex characters.
+pub fn generate_hex() -> String {
+    hex::encode(random_bytes::<32>())
+}
+
+/// Bytes from the operating system's CSPRNG. Failure to get randomness is not survivable
+/// for a security service, so it aborts rather than continue with a weak value.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    if let Err(e) = getrandom::fill(&mut buf) {
+        // ok: the OS RNG failing is an unrecoverable platform fault, not request data.
+        panic!("the operating system's random number generator failed: {e}");
+    }
+    buf
+}
+
+/// Decode an encryption master key: exactly 32 bytes, hex or base64.
+pub fn parse_encryption_key(raw: &str, var: &'static str) -> Result<[u8; 32], SecretError> {
+    let t = raw.trim();
+    let bytes = decode_hex(t).or_else(|| decode_base64(t));
+    match bytes.map(<[u8; 32]>::try_from) {
+        Some(Ok(key)) if !is_repetitive(&key) => Ok(key),
+        _ => Err(SecretError::BadEncryptionKey { var }),
+    }
+}
+
+fn decode_key_text(t: &str) -> Vec<u8> {
+    decode_hex(t).or_else(|| decode_base64(t)).unwrap_or_else(|| t.as_bytes().to_vec())
+}
+
+fn decode_hex(t: &str) -> Option<Vec<u8>> {
+    (t.len() % 2 == 0).then(|| hex::decode(t).ok()).flatten()
+}
+
+fn decode_base64(t: &str) -> Option<Vec<u8>> {
+    // Hex-looking text was tried first; only accept base64 long enough to matter.
+    if t.len() < 40 {
+        return None;
+    }
+    [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        .into_iter()
+        .find_map(|engine| engine.decode(t).ok())
+}
+
+fn is_placeholder(t: &str) -> bool {
+    // Every word (digits at its end ignored) a placeholder word: `changeme`,
+    // `Secret123`, `changeme-changeme-changeme`, `your_secret_key_here`.
+    const FILLER: &[&str] = &["my", "your", "the", "a", "key", "here", "value"];
+    let lower = t.to_ascii_lowercase();
+    let mut words = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(|w| w.trim_end_matches(|c: char| c.is_ascii_digit()))
+        .filter(|w| !w.is_empty())
+        .peekable();
+    words.peek().is_some()
+        && words.all(|w| PLACEHOLDERS.contains(&w) || FILLER.contains(&w))
+        || PLACEHOLDERS.contains(&lower.as_str())
+}
+
+/// True when the value is one short block repeated (`0000…`, `abab…`, `deadbeefdeadbeef…`) or
+/// has almost no distinct symbols.
+fn is_repetitive(b: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    for &x in b {
+        seen[usize::from(x)] = true;
+    }
+    if seen.iter().filter(|s| **s).count() < 6 {
+        return true;
+    }
+    (1..=16).any(|period| {
+        period < b.len() && b.iter().zip(b.iter().skip(period)).all(|(x, y)| x == y)
+    })
+}
+
+/// Read `COFFER_ENCRYPTION_KEY` and `COFFER_ENCRYPTION_OLD_KEYS`: `(current, old)`.
+pub fn encryption_keys_from_env() -> Result<(Option<[u8; 32]>, Vec<[u8; 32]>), SecretError> {
+    let current = match std::env::var(ENCRYPTION_KEY_VAR) {
+        Ok(v) if !v.trim().is_empty() => Some(parse_encryption_key(&v, ENCRYPTION_KEY_VAR)?),
+        _ => None,
+    };
+    let old = match std::env::var(ENCRYPTION_OLD_KEYS_VAR) {
+        Ok(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|k| parse_encryption_key(k, ENCRYPTION_OLD_KEYS_VAR))
+            .collect::<Result<Vec<_>, _>>()?,
+        Err(_) => Vec::new(),
+    };
+    Ok((current, old))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_accepted() {
+        let s = generate_hex();
+        assert_eq!(s.len(), 64);
+        assert!(SecretKey::parse(&s).is_ok());
+        let b64 = STANDARD.encode(random_bytes::<32>());
+        assert!(SecretKey::parse(&b64).is_ok());
+    }
+
+    #[test]
+    fn weak_secrets_are_refused() {
+        for bad in [
+            "changeme",
+            "secret",
+            "my-secret-key",
+            "your-secret-key-here",
+            "CHANGEME",
+            "changeme-changeme-changeme-changeme-changeme",
+            &"0".repeat(64),
+            &"ab".repeat(40),
+            "deadbeef",
+            &"short-but-random-9f8e".to_string(),
+        ] {
+            assert!(SecretKey::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn long_raw_passphrases_are_bytes() {
+        assert!(SecretKey::parse("correct horse battery staple, painted 1987 blue!").is_ok());
+    }
+
+    #[test]
+    fn derived_subkeys_differ_by_label() {
+        let k = SecretKey::parse(&generate_hex()).unwrap();
+        assert_ne!(k.derive("a"), k.derive("b"));
+        assert_eq!(k.derive("a"), k.derive("a"));
+    }
+
+    #[test]
+    fn encryption_keys_must_be_32_bytes() {
+        assert!(parse_encryption_key(&generate_hex(), ENCRYPTION_KEY_VAR).is_ok());
+        assert!(parse_encryption_key("abcd", ENCRYPTION_KEY_VAR).is_err());
+        assert!(parse_encryption_key(&"00".repeat(32), ENCRYPTION_KEY_VAR).is_err());
+    }
+}
