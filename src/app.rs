@@ -110,8 +110,15 @@ impl App {
         let (audit, audit_task) = AuditLog::start(meta.clone());
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let state = AppState(Arc::new(AppInner {
-            tokens: TokenKeys::new(&secrets.secret_key, &config.auth.issuer, config.auth.access_ttl_secs)?,
-            throttle: LoginThrottle::new(config.auth.login_failures_before_delay, config.auth.login_max_delay_secs),
+            tokens: TokenKeys::new(
+                &secrets.secret_key,
+                &config.auth.issuer,
+                config.auth.access_ttl_secs,
+            )?,
+            throttle: LoginThrottle::new(
+                config.auth.login_failures_before_delay,
+                config.auth.login_max_delay_secs,
+            ),
             limits: RateLimits::new(&config.rate_limit),
             quota: Quota::new(config.limits.user_quota_bytes, meta.clone()),
             policy: UploadPolicy::new(&config.uploads.allowed),
@@ -132,7 +139,12 @@ impl App {
             tokio::spawn(retention::sweeper(state.clone())),
             tokio::spawn(limiter_housekeeping(state.clone())),
         ];
-        Ok(Self { state, router, tasks, audit_task })
+        Ok(Self {
+            state,
+            router,
+            tasks,
+            audit_task,
+        })
     }
 
     /// The shared state (tests and tools).
@@ -142,7 +154,11 @@ impl App {
 
     /// Serve on `listener` until `shutdown` completes, then drain in-flight requests (bounded
     /// by `server.shutdown_grace_secs`) and flush the audit trail.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let cfg = &self.state.config.server;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -150,7 +166,10 @@ impl App {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(128);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128);
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -174,11 +193,16 @@ impl App {
             };
             let _ = stream.set_nodelay(true);
             let router = self.router.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -189,7 +213,10 @@ impl App {
         }
         drop(listener);
         tracing::info!("shutting down: draining in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; cutting the remaining connections");
         }
         for t in &self.tasks {
@@ -209,7 +236,11 @@ async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow
     let temp = blobs.clear_staging().await?;
     let trashed = lifecycle::finish_interrupted_deletes(meta, blobs).await?;
     if temp + trashed > 0 {
-        tracing::info!(temp_files = temp, deletions = trashed, "cleaned up after an interrupted run");
+        tracing::info!(
+            temp_files = temp,
+            deletions = trashed,
+            "cleaned up after an interrupted run"
+        );
     }
     if config.storage.scan_on_startup {
         let report = ops::check::scan(meta, blobs, None).await?;

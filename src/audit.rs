@@ -83,7 +83,13 @@ pub struct Record {
 impl Record {
     /// Start a record of `event`.
     pub fn new(event: Event) -> Self {
-        Self { event, actor: None, subject: None, ip: None, detail: Value::Object(Default::default()) }
+        Self {
+            event,
+            actor: None,
+            subject: None,
+            ip: None,
+            detail: Value::Object(Default::default()),
+        }
     }
 
     /// Who did it.

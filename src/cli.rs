@@ -107,7 +107,10 @@ pub fn run() -> ExitCode {
         }
     };
     crate::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("coffer: cannot start the runtime: {e}");
@@ -133,9 +136,14 @@ async fn dispatch(command: Command, config: Config) -> ExitCode {
     let result = match command {
         Command::Serve { dev } => serve(config, dev).await,
         Command::Check { deep, repair } => check(config, deep, repair).await,
-        Command::User { command: UserCommand::Create { username, email, admin } } => {
-            create_user(config, username, email, admin).await
-        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    username,
+                    email,
+                    admin,
+                },
+        } => create_user(config, username, email, admin).await,
         Command::Backup { dest, no_blobs } => backup(config, &dest, !no_blobs).await,
         Command::RotateKey => rotate_key(config).await,
         Command::EncryptExisting => encrypt_existing(config).await,
@@ -155,7 +163,8 @@ async fn dispatch(command: Command, config: Config) -> ExitCode {
 }
 
 fn keyring() -> Result<Keyring, Failure> {
-    let (current, old) = secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    let (current, old) =
+        secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
     Ok(Keyring::new(current, &old))
 }
 
@@ -164,7 +173,9 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
         Ok(k) => k,
         Err(secrets::SecretError::Missing { .. }) if dev => {
             tracing::warn!("==================================================================");
-            tracing::warn!(" DEV MODE: using an EPHEMERAL secret key. Tokens die with this process.");
+            tracing::warn!(
+                " DEV MODE: using an EPHEMERAL secret key. Tokens die with this process."
+            );
             tracing::warn!(" Never run production like this: set COFFER_SECRET_KEY instead.");
             tracing::warn!("==================================================================");
             SecretKey::ephemeral()
@@ -173,15 +184,26 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
     };
     if dev && !config.server.bind.ip().is_loopback() {
         tracing::warn!(requested = %config.server.bind, "dev mode listens on loopback only");
-        config.server.bind = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
+        config.server.bind =
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
     }
     let keyring = keyring()?;
     if keyring.enabled() {
-        tracing::info!(key_id = keyring.current_id().unwrap_or("-"), "encryption at rest is on");
+        tracing::info!(
+            key_id = keyring.current_id().unwrap_or("-"),
+            "encryption at rest is on"
+        );
     }
     let listener = crate::app::bind(config.server.bind).await?;
     let addr = listener.local_addr()?;
-    let app = App::build(config, Secrets { secret_key, keyring }).await?;
+    let app = App::build(
+        config,
+        Secrets {
+            secret_key,
+            keyring,
+        },
+    )
+    .await?;
     tracing::info!(%addr, "listening");
     // One line on stdout, for supervisors and test harnesses that bind port 0.
     println!("coffer listening on http://{addr}");
@@ -210,8 +232,12 @@ async fn shutdown_signal() {
 
 /// Open the storage root (creating and migrating it when empty).
 async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore), Failure> {
-    let fs = LocalFs::open(&config.storage.root)
-        .map_err(|e| Failure::Other(anyhow::anyhow!("storage root {}: {e}", config.storage.root.display())))?;
+    let fs = LocalFs::open(&config.storage.root).map_err(|e| {
+        Failure::Other(anyhow::anyhow!(
+            "storage root {}: {e}",
+            config.storage.root.display()
+        ))
+    })?;
     let meta = MetaStore::open(&fs.root().join("coffer.db"), 2).await?;
     let blobs = BlobStore::new(Arc::new(fs.clone()));
     Ok((fs, meta, blobs))
@@ -252,12 +278,22 @@ fn read_password() -> Result<SecretString, Failure> {
     Ok(SecretString::from(trimmed.to_owned()))
 }
 
-async fn create_user(config: Config, username: String, email: String, admin: bool) -> Result<ExitCode, Failure> {
+async fn create_user(
+    config: Config,
+    username: String,
+    email: String,
+    admin: bool,
+) -> Result<ExitCode, Failure> {
     let password = read_password()?;
     let (_, meta, _) = open_stores(&config).await?;
     let passwords = Passwords::new(&config.auth)?;
     let role = if admin { Role::Admin } else { Role::User };
-    let account = NewAccount { username, email, password, role };
+    let account = NewAccount {
+        username,
+        email,
+        password,
+        role,
+    };
     match accounts::create(&meta, &passwords, &config.auth, account).await {
         Ok(user) => {
             let (audit, task) = AuditLog::start(meta.clone());
@@ -302,21 +338,34 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
 async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
     let keys = keyring()?;
     if !keys.enabled() {
-        return Err(Failure::Config("rotate-key needs COFFER_ENCRYPTION_KEY (the new key)".into()));
+        return Err(Failure::Config(
+            "rotate-key needs COFFER_ENCRYPTION_KEY (the new key)".into(),
+        ));
     }
     let (_, meta, _) = open_stores(&config).await?;
     let n = ops::keys::rotate(&meta, &keys).await?;
-    println!("re-wrapped {n} data keys under key {}", keys.current_id().unwrap_or("-"));
+    println!(
+        "re-wrapped {n} data keys under key {}",
+        keys.current_id().unwrap_or("-")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn encrypt_existing(config: Config) -> Result<ExitCode, Failure> {
     let keys = keyring()?;
     if !keys.enabled() {
-        return Err(Failure::Config("encrypt-existing needs COFFER_ENCRYPTION_KEY".into()));
+        return Err(Failure::Config(
+            "encrypt-existing needs COFFER_ENCRYPTION_KEY".into(),
+        ));
     }
     let (_, meta, blobs) = open_stores(&config).await?;
     let (converted, skipped) = ops::keys::encrypt_existing(&meta, &blobs, &keys).await?;
-    println!("encrypted {converted} files; {skipped} skipped (content did not match its hash; see coffer check --deep)");
-    Ok(if skipped == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "encrypted {converted} files; {skipped} skipped (content did not match its hash; see coffer check --deep)"
+    );
+    Ok(if skipped == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -272,19 +272,46 @@ impl Config {
                 errs.push(msg.to_owned());
             }
         };
-        need(self.server.request_timeout_secs > 0, "server.request_timeout_secs must be > 0");
-        need(self.server.header_read_timeout_secs > 0, "server.header_read_timeout_secs must be > 0");
-        need(self.server.max_connections > 0, "server.max_connections must be > 0");
-        need(self.storage.db_readers > 0, "storage.db_readers must be > 0");
-        need(self.limits.max_upload_bytes > 0, "limits.max_upload_bytes must be > 0");
-        need(self.limits.json_body_bytes >= 1024, "limits.json_body_bytes must be >= 1024");
-        need(self.limits.upload_idle_timeout_secs > 0, "limits.upload_idle_timeout_secs must be > 0");
-        need(self.auth.access_ttl_secs >= 10, "auth.access_ttl_secs must be >= 10");
+        need(
+            self.server.request_timeout_secs > 0,
+            "server.request_timeout_secs must be > 0",
+        );
+        need(
+            self.server.header_read_timeout_secs > 0,
+            "server.header_read_timeout_secs must be > 0",
+        );
+        need(
+            self.server.max_connections > 0,
+            "server.max_connections must be > 0",
+        );
+        need(
+            self.storage.db_readers > 0,
+            "storage.db_readers must be > 0",
+        );
+        need(
+            self.limits.max_upload_bytes > 0,
+            "limits.max_upload_bytes must be > 0",
+        );
+        need(
+            self.limits.json_body_bytes >= 1024,
+            "limits.json_body_bytes must be >= 1024",
+        );
+        need(
+            self.limits.upload_idle_timeout_secs > 0,
+            "limits.upload_idle_timeout_secs must be > 0",
+        );
+        need(
+            self.auth.access_ttl_secs >= 10,
+            "auth.access_ttl_secs must be >= 10",
+        );
         need(
             self.auth.refresh_ttl_secs > self.auth.access_ttl_secs,
             "auth.refresh_ttl_secs must be longer than auth.access_ttl_secs",
         );
-        need(!self.auth.issuer.is_empty(), "auth.issuer must not be empty");
+        need(
+            !self.auth.issuer.is_empty(),
+            "auth.issuer must not be empty",
+        );
         need(
             (4..=1024).contains(&self.auth.password_min_length)
                 && self.auth.password_min_length <= self.auth.password_max_length,
@@ -304,18 +331,39 @@ impl Config {
             .is_ok(),
             "auth.argon2_* are not valid Argon2 parameters",
         );
-        need(self.auth.login_max_delay_secs > 0, "auth.login_max_delay_secs must be > 0");
-        need(self.rate_limit.requests_per_second > 0, "rate_limit.requests_per_second must be > 0");
+        need(
+            self.auth.login_max_delay_secs > 0,
+            "auth.login_max_delay_secs must be > 0",
+        );
+        need(
+            self.rate_limit.requests_per_second > 0,
+            "rate_limit.requests_per_second must be > 0",
+        );
         need(self.rate_limit.burst > 0, "rate_limit.burst must be > 0");
-        need(self.rate_limit.login_per_minute > 0, "rate_limit.login_per_minute must be > 0");
-        need(self.rate_limit.max_tracked_clients >= 16, "rate_limit.max_tracked_clients must be >= 16");
-        need(self.links.max_expires_secs > 0, "links.max_expires_secs must be > 0");
-        need(self.retention.max_expires_secs > 0, "retention.max_expires_secs must be > 0");
+        need(
+            self.rate_limit.login_per_minute > 0,
+            "rate_limit.login_per_minute must be > 0",
+        );
+        need(
+            self.rate_limit.max_tracked_clients >= 16,
+            "rate_limit.max_tracked_clients must be >= 16",
+        );
+        need(
+            self.links.max_expires_secs > 0,
+            "links.max_expires_secs must be > 0",
+        );
+        need(
+            self.retention.max_expires_secs > 0,
+            "retention.max_expires_secs must be > 0",
+        );
         need(
             self.retention.default_ttl_secs <= self.retention.max_expires_secs,
             "retention.default_ttl_secs must be <= retention.max_expires_secs",
         );
-        need(self.retention.sweep_interval_secs > 0, "retention.sweep_interval_secs must be > 0");
+        need(
+            self.retention.sweep_interval_secs > 0,
+            "retention.sweep_interval_secs must be > 0",
+        );
         need(
             http::HeaderValue::from_str(&self.downloads.cache_control).is_ok(),
             "downloads.cache_control is not a valid header value",
@@ -330,7 +378,9 @@ impl Config {
         }
         for host in &self.server.allowed_hosts {
             if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
-                errs.push(format!("server.allowed_hosts: {host:?} is not a host name (no port)"));
+                errs.push(format!(
+                    "server.allowed_hosts: {host:?} is not a host name (no port)"
+                ));
             }
         }
         if self.uploads.allowed.is_empty() {
@@ -341,7 +391,11 @@ impl Config {
                 errs.push(format!("uploads.allowed.{ext}: {e}"));
             }
         }
-        if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
     }
 
     /// The parsed `server.trusted_proxies`.
@@ -352,7 +406,9 @@ impl Config {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("server.trusted_proxies: {s:?} is not an IP or CIDR block"))
+                    .map_err(|_| {
+                        format!("server.trusted_proxies: {s:?} is not an IP or CIDR block")
+                    })
             })
             .collect()
     }
@@ -408,10 +464,16 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
     let mut table = toml::Table::new();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        let Some((section, key)) = rest.split_once("__") else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
         if section.is_empty() || key.is_empty() || key.contains("__") {
-            return Err(ConfigError::one(format!("{name}: expected COFFER_<SECTION>__<KEY>")));
+            return Err(ConfigError::one(format!(
+                "{name}: expected COFFER_<SECTION>__<KEY>"
+            )));
         }
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
@@ -453,7 +515,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -471,7 +536,10 @@ mod tests {
             env(&[
                 ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "1048576"),
                 ("COFFER_SERVER__BIND", "127.0.0.1:9999"),
-                ("COFFER_CORS__ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+                (
+                    "COFFER_CORS__ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
                 ("COFFER_UPLOADS__ALLOWED", r#"{ png = "image/png" }"#),
                 ("COFFER_SECRET_KEY", "ignored: not a section key"),
             ]),
@@ -479,7 +547,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.max_upload_bytes, 1_048_576);
         assert_eq!(c.server.bind.port(), 9999);
-        assert_eq!(c.cors.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.cors.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
         assert_eq!(c.uploads.allowed.len(), 1);
     }
 
@@ -489,8 +560,8 @@ mod tests {
         assert!(e.to_string().contains("max_uploads"), "{e}");
         let e = Config::load_from(None, env(&[("COFFER_NOPE__X", "1")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
-        let e =
-            Config::load_from(None, env(&[("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots")])).unwrap_err();
+        let e = Config::load_from(None, env(&[("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots")]))
+            .unwrap_err();
         assert!(e.to_string().contains("limits.max_upload_bytes"), "{e}");
     }
 

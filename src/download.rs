@@ -30,35 +30,52 @@ pub enum RangeSpec {
 /// Parse a `Range` header for a representation of `len` bytes. Several ranges, other units
 /// and malformed values all mean [`RangeSpec::Full`].
 pub fn parse_range(value: &str, len: u64) -> RangeSpec {
-    let Some((unit, set)) = value.split_once('=') else { return RangeSpec::Full };
+    let Some((unit, set)) = value.split_once('=') else {
+        return RangeSpec::Full;
+    };
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return RangeSpec::Full;
     }
     let mut specs = set.split(',').map(str::trim).filter(|s| !s.is_empty());
-    let (Some(spec), None) = (specs.next(), specs.next()) else { return RangeSpec::Full };
-    let Some((first, last)) = spec.split_once('-') else { return RangeSpec::Full };
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return RangeSpec::Full;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeSpec::Full;
+    };
     let (first, last) = (first.trim(), last.trim());
     let num = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+        (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
     };
     match (first.is_empty(), last.is_empty()) {
         // bytes=-n: the last n bytes.
         (true, false) => match num(last) {
             Some(0) => RangeSpec::Unsatisfiable,
-            Some(n) if len > 0 => RangeSpec::Partial { start: len - n.min(len), end: len - 1 },
+            Some(n) if len > 0 => RangeSpec::Partial {
+                start: len - n.min(len),
+                end: len - 1,
+            },
             Some(_) => RangeSpec::Unsatisfiable,
             None => RangeSpec::Full,
         },
         // bytes=a-: from a to the end.
         (false, true) => match num(first) {
-            Some(a) if a < len => RangeSpec::Partial { start: a, end: len - 1 },
+            Some(a) if a < len => RangeSpec::Partial {
+                start: a,
+                end: len - 1,
+            },
             Some(_) => RangeSpec::Unsatisfiable,
             None => RangeSpec::Full,
         },
         (false, false) => match (num(first), num(last)) {
             (Some(a), Some(b)) if a <= b => {
                 if a < len {
-                    RangeSpec::Partial { start: a, end: b.min(len - 1) }
+                    RangeSpec::Partial {
+                        start: a,
+                        end: b.min(len - 1),
+                    }
                 } else {
                     RangeSpec::Unsatisfiable
                 }
@@ -80,7 +97,10 @@ fn opaque(tag: &str) -> &str {
 
 /// `If-None-Match` (weak comparison, RFC 9110 section 13.1.2): `*` or any listed tag.
 pub fn none_match(value: &str, etag: &str) -> bool {
-    value.split(',').map(str::trim).any(|t| t == "*" || opaque(t) == etag)
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || opaque(t) == etag)
 }
 
 /// `If-Range` (RFC 9110 section 13.1.5): a strong tag equal to ours, or exactly our date.
@@ -125,29 +145,43 @@ impl Plan {
 }
 
 /// Decide the response from the request's conditional and range headers.
-pub fn plan(method: &Method, headers: &HeaderMap, len: u64, etag: &str, modified: Timestamp) -> Plan {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+pub fn plan(
+    method: &Method,
+    headers: &HeaderMap,
+    len: u64,
+    etag: &str,
+    modified: Timestamp,
+) -> Plan {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let last_modified = modified.to_http_date();
     if let Some(inm) = text(header::IF_NONE_MATCH) {
         if none_match(inm, etag) {
             return Plan::NotModified;
         }
-    } else if let Some(ims) = text(header::IF_MODIFIED_SINCE) {
-        if let Ok(since) = httpdate::parse_http_date(ims) {
-            let secs = since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            if u64::try_from(modified.unix_secs()).unwrap_or(0) <= secs {
-                return Plan::NotModified;
-            }
+    } else if let Some(ims) = text(header::IF_MODIFIED_SINCE)
+        && let Ok(since) = httpdate::parse_http_date(ims)
+    {
+        let secs = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if u64::try_from(modified.unix_secs()).unwrap_or(0) <= secs {
+            return Plan::NotModified;
         }
     }
     if *method != Method::GET && *method != Method::HEAD {
         return Plan::Full;
     }
-    let Some(range) = text(header::RANGE) else { return Plan::Full };
-    if let Some(ir) = text(header::IF_RANGE) {
-        if !if_range_holds(ir, etag, &last_modified) {
-            return Plan::Full;
-        }
+    let Some(range) = text(header::RANGE) else {
+        return Plan::Full;
+    };
+    if let Some(ir) = text(header::IF_RANGE)
+        && !if_range_holds(ir, etag, &last_modified)
+    {
+        return Plan::Full;
     }
     match parse_range(range, len) {
         RangeSpec::Full => Plan::Full,
@@ -224,10 +258,22 @@ mod tests {
     fn range_shapes() {
         use RangeSpec::*;
         assert_eq!(parse_range("bytes=0-9", 100), Partial { start: 0, end: 9 });
-        assert_eq!(parse_range("bytes=90-", 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-10", 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-1000", 100), Partial { start: 0, end: 99 });
-        assert_eq!(parse_range("bytes=50-1000", 100), Partial { start: 50, end: 99 });
+        assert_eq!(
+            parse_range("bytes=90-", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-1000", 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=50-1000", 100),
+            Partial { start: 50, end: 99 }
+        );
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
@@ -237,7 +283,10 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Full);
         assert_eq!(parse_range("bytes=a-b", 100), Full);
         assert_eq!(parse_range("bytes=-", 100), Full);
-        assert_eq!(parse_range("BYTES= 1 - 2 ", 100), Partial { start: 1, end: 2 });
+        assert_eq!(
+            parse_range("BYTES= 1 - 2 ", 100),
+            Partial { start: 1, end: 2 }
+        );
         assert_eq!(parse_range("bytes=99999999999999999999999-", 100), Full);
     }
 
@@ -256,10 +305,20 @@ mod tests {
 
     #[test]
     fn disposition_escapes_everything_unsafe() {
-        let v = content_disposition(Disposition::Attachment, "na\u{ef}ve \"r\u{e9}sum\u{e9}\";.pdf");
+        let v = content_disposition(
+            Disposition::Attachment,
+            "na\u{ef}ve \"r\u{e9}sum\u{e9}\";.pdf",
+        );
         let s = v.to_str().unwrap();
-        assert!(s.starts_with("attachment; filename=\"na_ve _r_sum__;.pdf\"") || s.starts_with("attachment; filename=\"na_ve _r_sum___.pdf\""), "{s}");
-        assert!(s.contains("filename*=UTF-8''na%C3%AFve%20%22r%C3%A9sum%C3%A9%22%3B.pdf"), "{s}");
+        assert!(
+            s.starts_with("attachment; filename=\"na_ve _r_sum__;.pdf\"")
+                || s.starts_with("attachment; filename=\"na_ve _r_sum___.pdf\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("filename*=UTF-8''na%C3%AFve%20%22r%C3%A9sum%C3%A9%22%3B.pdf"),
+            "{s}"
+        );
     }
 
     proptest! {

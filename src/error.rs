@@ -30,7 +30,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -165,15 +168,21 @@ impl AppError {
                 Cow::Borrowed(d)
             }
             Self::NotFound => "no such resource".into(),
-            Self::PayloadTooLarge { limit } => format!("the body exceeds the limit of {limit} bytes").into(),
+            Self::PayloadTooLarge { limit } => {
+                format!("the body exceeds the limit of {limit} bytes").into()
+            }
             Self::QuotaExceeded => "this upload would exceed your storage quota".into(),
-            Self::RangeNotSatisfiable { .. } => "no part of the file lies in the requested range".into(),
+            Self::RangeNotSatisfiable { .. } => {
+                "no part of the file lies in the requested range".into()
+            }
             Self::Validation(_) => "the request has invalid fields".into(),
             Self::TooManyRequests { retry_after_secs } => {
                 format!("too many requests; retry in {retry_after_secs} s").into()
             }
             Self::InsufficientStorage => "the storage volume is full".into(),
-            Self::Integrity => "the stored file failed its integrity check and cannot be served".into(),
+            Self::Integrity => {
+                "the stored file failed its integrity check and cannot be served".into()
+            }
             Self::Internal(_) => "an internal error occurred".into(),
         }
     }
@@ -218,13 +227,21 @@ pub fn problem_response(status: StatusCode, code: &'static str, detail: String) 
 }
 
 fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(|id| id.to_str().ok().map(str::to_owned)).ok().flatten()
+    REQUEST_ID
+        .try_with(|id| id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
 }
 
 fn render(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        body,
+    )
+        .into_response()
 }
 
 impl IntoResponse for AppError {
@@ -250,7 +267,10 @@ impl IntoResponse for AppError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::TooManyRequests { retry_after_secs } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
             }
             Self::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -266,7 +286,9 @@ impl IntoResponse for AppError {
 impl From<crate::meta::MetaError> for AppError {
     fn from(e: crate::meta::MetaError) -> Self {
         match e {
-            crate::meta::MetaError::Busy => Self::Unavailable("the database is busy; retry shortly"),
+            crate::meta::MetaError::Busy => {
+                Self::Unavailable("the database is busy; retry shortly")
+            }
             other => Self::Internal(other.into()),
         }
     }

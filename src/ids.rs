@@ -96,7 +96,9 @@ impl Timestamp {
 
     /// This time plus `secs` seconds (saturating).
     pub fn plus_secs(self, secs: u64) -> Self {
-        let us = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let us = i64::try_from(secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
         Self(self.0.saturating_add(us))
     }
 

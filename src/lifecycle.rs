@@ -41,7 +41,11 @@ impl From<RemoveError> for crate::error::AppError {
 }
 
 /// Remove one file. Returns `false` when its row was already gone.
-pub async fn remove_file(meta: &MetaStore, blobs: &BlobStore, f: &StoredFile) -> Result<bool, RemoveError> {
+pub async fn remove_file(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    f: &StoredFile,
+) -> Result<bool, RemoveError> {
     let key = BlobKey::parse(&f.blob_key);
     let trashed = match &key {
         Some(k) => match blobs.trash(k).await {
@@ -56,26 +60,33 @@ pub async fn remove_file(meta: &MetaStore, blobs: &BlobStore, f: &StoredFile) ->
     let deleted = match meta.write(move |tx| files::delete(tx, id)).await {
         Ok(d) => d,
         Err(e) => {
-            if let (true, Some(k)) = (trashed, &key) {
-                if let Err(re) = blobs.restore(k).await {
-                    tracing::error!(file.id = %id, error = %re, "cannot restore a trashed blob");
-                }
+            if let (true, Some(k)) = (trashed, &key)
+                && let Err(re) = blobs.restore(k).await
+            {
+                tracing::error!(file.id = %id, error = %re, "cannot restore a trashed blob");
             }
             return Err(e.into());
         }
     };
-    if let (true, Some(k)) = (trashed, &key) {
-        if let Err(e) = blobs.purge(k).await {
-            // Harmless: the trash is emptied at the next start.
-            tracing::warn!(file.id = %id, error = %e, "cannot purge a trashed blob");
-        }
+    if let (true, Some(k)) = (trashed, &key)
+        && let Err(e) = blobs.purge(k).await
+    {
+        // Harmless: the trash is emptied at the next start.
+        tracing::warn!(file.id = %id, error = %e, "cannot purge a trashed blob");
     }
     Ok(deleted)
 }
 
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
-pub async fn remove_user(meta: &MetaStore, blobs: &BlobStore, id: UserId) -> Result<usize, RemoveError> {
-    let target = meta.read(move |c| users::get(c, id)).await?.ok_or(RemoveError::NoUser)?;
+pub async fn remove_user(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    id: UserId,
+) -> Result<usize, RemoveError> {
+    let target = meta
+        .read(move |c| users::get(c, id))
+        .await?
+        .ok_or(RemoveError::NoUser)?;
     let last_admin = || async { Ok::<_, RemoveError>(meta.read(users::count_admins).await? <= 1) };
     if target.role == Role::Admin && last_admin().await? {
         return Err(RemoveError::LastAdmin);
@@ -110,14 +121,18 @@ pub async fn remove_user(meta: &MetaStore, blobs: &BlobStore, id: UserId) -> Res
 
 /// Finish deletions a crash interrupted: trashed blobs whose row still exists lose the row,
 /// and every trashed blob is purged. Returns how many blobs were purged.
-pub async fn finish_interrupted_deletes(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, RemoveError> {
+pub async fn finish_interrupted_deletes(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+) -> Result<usize, RemoveError> {
     let trash = blobs.inventory().await?.trash;
     for key in &trash {
         // Only when the row still points at this blob (encrypt-existing trashes a file's old
         // plain blob while the row lives on with the sealed one).
         if let Some(id) = key.file_id() {
             let k = key.as_str().to_owned();
-            meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ())).await?;
+            meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ()))
+                .await?;
         }
         blobs.purge(key).await?;
     }

@@ -20,7 +20,9 @@ const LINK_GRACE_SECS: u64 = 7 * 86_400;
 
 /// Run forever (aborted at shutdown).
 pub async fn sweeper(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(state.config.retention.sweep_interval_secs));
+    let mut tick = tokio::time::interval(Duration::from_secs(
+        state.config.retention.sweep_interval_secs,
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -35,7 +37,10 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let now = Timestamp::now();
     let mut removed = 0;
     loop {
-        let batch = state.meta.read(move |c| files::expired(c, now, BATCH)).await?;
+        let batch = state
+            .meta
+            .read(move |c| files::expired(c, now, BATCH))
+            .await?;
         let full = batch.len() == BATCH;
         for f in batch {
             match lifecycle::remove_file(&state.meta, &state.blobs, &f).await {
@@ -49,14 +54,19 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
                     );
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(file.id = %f.file.id, error = %e, "cannot remove an expired file"),
+                Err(e) => {
+                    tracing::warn!(file.id = %f.file.id, error = %e, "cannot remove an expired file")
+                }
             }
         }
         if !full {
             break;
         }
     }
-    let link_cutoff = Timestamp(now.0.saturating_sub(i64::try_from(LINK_GRACE_SECS * 1_000_000).unwrap_or(0)));
+    let link_cutoff = Timestamp(
+        now.0
+            .saturating_sub(i64::try_from(LINK_GRACE_SECS * 1_000_000).unwrap_or(0)),
+    );
     let audit_days = state.config.audit.retention_days;
     let pruned = state
         .meta
@@ -64,7 +74,9 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             let mut n = sessions::prune(tx, now)?;
             n += links::prune_expired(tx, link_cutoff)?;
             if audit_days > 0 {
-                let cutoff = now.0.saturating_sub(i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX));
+                let cutoff = now.0.saturating_sub(
+                    i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),
+                );
                 n += audit::prune(tx, Timestamp(cutoff))?;
             }
             Ok(n)

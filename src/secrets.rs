@@ -62,7 +62,9 @@ const PLACEHOLDERS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// Not set at all.
-    #[error("{var} is not set. Generate one with `coffer gen-secret` and export it, e.g. `export {var}=$(coffer gen-secret)`")]
+    #[error(
+        "{var} is not set. Generate one with `coffer gen-secret` and export it, e.g. `export {var}=$(coffer gen-secret)`"
+    )]
     Missing {
         /// The variable.
         var: &'static str,
@@ -76,7 +78,9 @@ pub enum SecretError {
         why: &'static str,
     },
     /// An encryption key that is not 32 bytes of hex or base64.
-    #[error("{var} must be exactly 32 bytes, hex or base64 encoded (`coffer gen-secret` makes one)")]
+    #[error(
+        "{var} must be exactly 32 bytes, hex or base64 encoded (`coffer gen-secret` makes one)"
+    )]
     BadEncryptionKey {
         /// The variable.
         var: &'static str,
@@ -109,8 +113,15 @@ impl SecretKey {
             Err(_) => match std::env::var_os(SECRET_KEY_FILE_VAR) {
                 Some(path) => std::fs::read_to_string(path)
                     .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                    .map_err(|source| SecretError::File { var: SECRET_KEY_FILE_VAR, source })?,
-                None => return Err(SecretError::Missing { var: SECRET_KEY_VAR }),
+                    .map_err(|source| SecretError::File {
+                        var: SECRET_KEY_FILE_VAR,
+                        source,
+                    })?,
+                None => {
+                    return Err(SecretError::Missing {
+                        var: SECRET_KEY_VAR,
+                    });
+                }
             },
         };
         Self::parse(&raw)
@@ -118,10 +129,15 @@ impl SecretKey {
 
     /// Decode and judge a secret: hex or base64 is decoded, anything else is raw bytes.
     pub fn parse(raw: &str) -> Result<Self, SecretError> {
-        let weak = |why| SecretError::Weak { var: SECRET_KEY_VAR, why };
+        let weak = |why| SecretError::Weak {
+            var: SECRET_KEY_VAR,
+            why,
+        };
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(SecretError::Missing { var: SECRET_KEY_VAR });
+            return Err(SecretError::Missing {
+                var: SECRET_KEY_VAR,
+            });
         }
         if is_placeholder(trimmed) {
             return Err(weak("it is a well-known placeholder"));
@@ -177,11 +193,16 @@ pub fn parse_encryption_key(raw: &str, var: &'static str) -> Result<[u8; 32], Se
 }
 
 fn decode_key_text(t: &str) -> Vec<u8> {
-    decode_hex(t).or_else(|| decode_base64(t)).unwrap_or_else(|| t.as_bytes().to_vec())
+    decode_hex(t)
+        .or_else(|| decode_base64(t))
+        .unwrap_or_else(|| t.as_bytes().to_vec())
 }
 
 fn decode_hex(t: &str) -> Option<Vec<u8>> {
-    (t.len() % 2 == 0).then(|| hex::decode(t).ok()).flatten()
+    t.len()
+        .is_multiple_of(2)
+        .then(|| hex::decode(t).ok())
+        .flatten()
 }
 
 fn decode_base64(t: &str) -> Option<Vec<u8>> {
@@ -204,28 +225,26 @@ fn is_placeholder(t: &str) -> bool {
         .map(|w| w.trim_end_matches(|c: char| c.is_ascii_digit()))
         .filter(|w| !w.is_empty())
         .peekable();
-    words.peek().is_some()
-        && words.all(|w| PLACEHOLDERS.contains(&w) || FILLER.contains(&w))
+    words.peek().is_some() && words.all(|w| PLACEHOLDERS.contains(&w) || FILLER.contains(&w))
         || PLACEHOLDERS.contains(&lower.as_str())
 }
 
 /// True when the value is one short block repeated (`0000…`, `abab…`, `deadbeefdeadbeef…`) or
 /// has almost no distinct symbols.
 fn is_repetitive(b: &[u8]) -> bool {
-    let mut seen = [false; 256];
-    for &x in b {
-        seen[usize::from(x)] = true;
-    }
-    if seen.iter().filter(|s| **s).count() < 6 {
+    let distinct: std::collections::HashSet<u8> = b.iter().copied().collect();
+    if distinct.len() < 6 {
         return true;
     }
-    (1..=16).any(|period| {
-        period < b.len() && b.iter().zip(b.iter().skip(period)).all(|(x, y)| x == y)
-    })
+    (1..=16)
+        .any(|period| period < b.len() && b.iter().zip(b.iter().skip(period)).all(|(x, y)| x == y))
 }
 
-/// Read `COFFER_ENCRYPTION_KEY` and `COFFER_ENCRYPTION_OLD_KEYS`: `(current, old)`.
-pub fn encryption_keys_from_env() -> Result<(Option<[u8; 32]>, Vec<[u8; 32]>), SecretError> {
+/// The current master key (if any) and older ones.
+pub type EncryptionKeys = (Option<[u8; 32]>, Vec<[u8; 32]>);
+
+/// Read `COFFER_ENCRYPTION_KEY` and `COFFER_ENCRYPTION_OLD_KEYS`.
+pub fn encryption_keys_from_env() -> Result<EncryptionKeys, SecretError> {
     let current = match std::env::var(ENCRYPTION_KEY_VAR) {
         Ok(v) if !v.trim().is_empty() => Some(parse_encryption_key(&v, ENCRYPTION_KEY_VAR)?),
         _ => None,
@@ -267,7 +286,7 @@ mod tests {
             &"0".repeat(64),
             &"ab".repeat(40),
             "deadbeef",
-            &"short-but-random-9f8e".to_string(),
+            "short-but-random-9f8e",
         ] {
             assert!(SecretKey::parse(bad).is_err(), "{bad} accepted");
         }

@@ -9,8 +9,8 @@ use crate::auth::password::{self, Passwords};
 use crate::config::AuthConfig;
 use crate::error::{AppError, FieldError};
 use crate::ids::{Timestamp, UserId};
-use crate::meta::users::{self, Inserted, NewUser, Role, User};
 use crate::meta::MetaStore;
+use crate::meta::users::{self, Inserted, NewUser, Role, User};
 
 /// What a new account needs.
 pub struct NewAccount {
@@ -34,12 +34,16 @@ pub fn valid_email(e: &str) -> bool {
     if e.len() > 254 {
         return false;
     }
-    let Some((local, domain)) = e.split_once('@') else { return false };
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
     let local_ok = (1..=64).contains(&local.len())
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&*+-/=?^_`{|}~.".contains(&b));
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&*+-/=?^_`{|}~.".contains(&b));
     let labels: Vec<&str> = domain.split('.').collect();
     let domain_ok = labels.len() >= 2
         && labels.iter().all(|l| {
@@ -48,7 +52,9 @@ pub fn valid_email(e: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-        && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
     local_ok && domain_ok
 }
 
@@ -56,22 +62,37 @@ pub fn valid_email(e: &str) -> bool {
 pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<FieldError> {
     let mut errs = Vec::new();
     if !valid_username(&a.username) {
-        errs.push(FieldError::new("username", "must be 3-50 characters of letters, digits and _"));
+        errs.push(FieldError::new(
+            "username",
+            "must be 3-50 characters of letters, digits and _",
+        ));
     }
     if !valid_email(&a.email) {
         errs.push(FieldError::new("email", "must be a valid email address"));
     }
-    errs.extend(password::check_policy(cfg, a.password.expose_secret(), &a.username));
+    errs.extend(password::check_policy(
+        cfg,
+        a.password.expose_secret(),
+        &a.username,
+    ));
     errs
 }
 
 /// Validate, hash and insert. Conflicts are 409, validation failures 422.
-pub async fn create(meta: &MetaStore, passwords: &Passwords, cfg: &AuthConfig, a: NewAccount) -> Result<User, AppError> {
+pub async fn create(
+    meta: &MetaStore,
+    passwords: &Passwords,
+    cfg: &AuthConfig,
+    a: NewAccount,
+) -> Result<User, AppError> {
     let errs = validate(cfg, &a);
     if !errs.is_empty() {
         return Err(AppError::Validation(errs));
     }
-    let hash = passwords.hash(a.password).await.map_err(|e| AppError::Internal(e.into()))?;
+    let hash = passwords
+        .hash(a.password)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     let new = NewUser {
         id: UserId::new(),
         username: a.username,
@@ -90,7 +111,9 @@ pub async fn create(meta: &MetaStore, passwords: &Passwords, cfg: &AuthConfig, a
             created_at: new.created_at,
         }),
         Inserted::UsernameTaken => Err(AppError::Conflict("that username is taken".into())),
-        Inserted::EmailTaken => Err(AppError::Conflict("that email is already registered".into())),
+        Inserted::EmailTaken => Err(AppError::Conflict(
+            "that email is already registered".into(),
+        )),
     }
 }
 

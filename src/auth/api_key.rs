@@ -27,10 +27,17 @@ pub struct NewKey {
 /// Make a new key (40 bits of public id, 256 bits of secret).
 pub fn generate() -> NewKey {
     let raw = crate::secrets::random_bytes::<8>();
-    let id: String = raw.iter().map(|b| char::from(ID_ALPHABET[usize::from(b % 32)])).collect();
+    let id: String = raw
+        .iter()
+        .filter_map(|b| ID_ALPHABET.get(usize::from(b % 32)).map(|c| char::from(*c)))
+        .collect();
     let prefix = format!("{KEY_TAG}{id}");
     let key = format!("{prefix}_{}", random_token::<32>());
-    NewKey { hash: token_hash(&key), prefix, key }
+    NewKey {
+        hash: token_hash(&key),
+        prefix,
+        key,
+    }
 }
 
 /// The prefix of a presented key, if it has the right shape.

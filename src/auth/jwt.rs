@@ -44,7 +44,7 @@ pub struct Claims {
 }
 
 /// A verified access token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     /// Who.
     pub user: UserId,
@@ -81,7 +81,11 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     /// Derive the signing key from the service secret.
-    pub fn new(secret: &SecretKey, issuer: &str, ttl_secs: u64) -> jsonwebtoken::errors::Result<Self> {
+    pub fn new(
+        secret: &SecretKey,
+        issuer: &str,
+        ttl_secs: u64,
+    ) -> jsonwebtoken::errors::Result<Self> {
         install_provider();
         let key = secret.derive("coffer/jwt/hs256/v1");
         let mut validation = Validation::new(Algorithm::HS256);
@@ -104,7 +108,12 @@ impl TokenKeys {
     }
 
     /// Sign a token for `user` in login `session`.
-    pub fn issue(&self, user: UserId, session: SessionId, now: Timestamp) -> Result<String, TokenError> {
+    pub fn issue(
+        &self,
+        user: UserId,
+        session: SessionId,
+        now: Timestamp,
+    ) -> Result<String, TokenError> {
         let iat = now.unix_secs();
         let claims = Claims {
             sub: user.to_string(),
@@ -121,17 +130,17 @@ impl TokenKeys {
 
     /// Sign arbitrary claims (also used by tests to forge expired or wrong-type tokens).
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).map_err(|_| TokenError::Invalid)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)
     }
 
     /// Verify signature, algorithm, issuer, expiry, not-before and type.
     pub fn verify(&self, token: &str) -> Result<Access, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            }
-        })?;
+            })?;
         let c = data.claims;
         if c.typ != ACCESS {
             return Err(TokenError::WrongType);
@@ -196,14 +205,20 @@ impl JwtVerifier for Hs256 {
     }
 }
 
-fn make_signer(alg: &Algorithm, key: &EncodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+fn make_signer(
+    alg: &Algorithm,
+    key: &EncodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
     match alg {
         Algorithm::HS256 => Ok(Box::new(Hs256::new(key.as_bytes())?)),
         _ => Err(new_error(ErrorKind::InvalidAlgorithm)),
     }
 }
 
-fn make_verifier(alg: &Algorithm, key: &DecodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+fn make_verifier(
+    alg: &Algorithm,
+    key: &DecodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
     match alg {
         Algorithm::HS256 => Ok(Box::new(Hs256::new(key.try_get_as_bytes()?)?)),
         _ => Err(new_error(ErrorKind::InvalidAlgorithm)),
@@ -217,7 +232,12 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&SecretKey::parse(&crate::secrets::generate_hex()).unwrap(), "coffer", 900).unwrap()
+        TokenKeys::new(
+            &SecretKey::parse(&crate::secrets::generate_hex()).unwrap(),
+            "coffer",
+            900,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -232,12 +252,17 @@ mod tests {
     #[test]
     fn forgeries_are_refused() {
         let k = keys();
-        let t = k.issue(UserId::new(), SessionId::new(), Timestamp::now()).unwrap();
+        let t = k
+            .issue(UserId::new(), SessionId::new(), Timestamp::now())
+            .unwrap();
         let mut parts: Vec<&str> = t.split('.').collect();
         // alg: none with the signature stripped.
         let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         parts[0] = &none;
-        assert_eq!(k.verify(&format!("{}.{}.", parts[0], parts[1])), Err(TokenError::Invalid));
+        assert_eq!(
+            k.verify(&format!("{}.{}.", parts[0], parts[1])),
+            Err(TokenError::Invalid)
+        );
         // Another key.
         assert_eq!(keys().verify(&t), Err(TokenError::Invalid));
         // Tampered payload.
@@ -247,7 +272,10 @@ mod tests {
         // HS512 header.
         let hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512","typ":"JWT"}"#);
         let p: Vec<&str> = t.split('.').collect();
-        assert_eq!(k.verify(&format!("{hs512}.{}.{}", p[1], p[2])), Err(TokenError::Invalid));
+        assert_eq!(
+            k.verify(&format!("{hs512}.{}.{}", p[1], p[2])),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
@@ -264,13 +292,34 @@ mod tests {
             typ: ACCESS.into(),
             sid: SessionId::new().to_string(),
         };
-        let expired = Claims { exp: now - 10, ..base.clone() };
-        assert_eq!(k.verify(&k.sign(&expired).unwrap()), Err(TokenError::Expired));
-        let early = Claims { nbf: now + 60, ..base.clone() };
+        let expired = Claims {
+            exp: now - 10,
+            ..base.clone()
+        };
+        assert_eq!(
+            k.verify(&k.sign(&expired).unwrap()),
+            Err(TokenError::Expired)
+        );
+        let early = Claims {
+            nbf: now + 60,
+            ..base.clone()
+        };
         assert_eq!(k.verify(&k.sign(&early).unwrap()), Err(TokenError::Expired));
-        let refresh = Claims { typ: "refresh".into(), ..base.clone() };
-        assert_eq!(k.verify(&k.sign(&refresh).unwrap()), Err(TokenError::WrongType));
-        let foreign = Claims { iss: "someone-else".into(), ..base };
-        assert_eq!(k.verify(&k.sign(&foreign).unwrap()), Err(TokenError::Invalid));
+        let refresh = Claims {
+            typ: "refresh".into(),
+            ..base.clone()
+        };
+        assert_eq!(
+            k.verify(&k.sign(&refresh).unwrap()),
+            Err(TokenError::WrongType)
+        );
+        let foreign = Claims {
+            iss: "someone-else".into(),
+            ..base
+        };
+        assert_eq!(
+            k.verify(&k.sign(&foreign).unwrap()),
+            Err(TokenError::Invalid)
+        );
     }
 }

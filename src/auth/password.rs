@@ -16,8 +16,12 @@ use crate::config::AuthConfig;
 use crate::error::FieldError;
 
 /// The bundled list of common passwords (lower case, most common first).
-static COMMON: LazyLock<HashSet<&'static str>> =
-    LazyLock::new(|| include_str!("../../data/common-passwords.txt").lines().map(str::trim).collect());
+static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../../data/common-passwords.txt")
+        .lines()
+        .map(str::trim)
+        .collect()
+});
 
 /// Argon2 failed (never because of a wrong password: that is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +48,22 @@ pub struct Verified {
 impl Passwords {
     /// Build from config; computes the dummy hash once.
     pub fn new(cfg: &AuthConfig) -> Result<Self, HashError> {
-        let params = Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, cfg.argon2_parallelism, None)
-            .map_err(|e| HashError(e.to_string()))?;
+        let params = Params::new(
+            cfg.argon2_memory_kib,
+            cfg.argon2_iterations,
+            cfg.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| HashError(e.to_string()))?;
         let permits = match cfg.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let mut this = Self { params, permits: Arc::new(Semaphore::new(permits)), dummy: Arc::default() };
+        let mut this = Self {
+            params,
+            permits: Arc::new(Semaphore::new(permits)),
+            dummy: Arc::default(),
+        };
         let dummy = this.hash_now(&crate::auth::random_token::<24>())?;
         this.dummy = Arc::new(dummy);
         Ok(this)
@@ -69,7 +82,11 @@ impl Passwords {
 
     /// Hash a password (PHC string).
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashError(e.to_string()))?;
         let this = self.clone();
         blocking::run(move || this.hash_now(password.expose_secret()))
             .await
@@ -78,23 +95,41 @@ impl Passwords {
 
     /// Verify against `stored`, or against the dummy hash when there is no user (`None`), in
     /// which case the answer is always `ok: false` after the same amount of work.
-    pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<Verified, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<Verified, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashError(e.to_string()))?;
         let this = self.clone();
         blocking::run(move || {
             let real = stored.is_some();
             let phc_text = stored.unwrap_or_else(|| this.dummy.to_string());
             let Ok(phc) = PasswordHash::new(&phc_text) else {
-                return Verified { ok: false, needs_rehash: false };
+                return Verified {
+                    ok: false,
+                    needs_rehash: false,
+                };
             };
-            let ok = this.argon2().verify_password(password.expose_secret().as_bytes(), &phc).is_ok() && real;
+            let ok = this
+                .argon2()
+                .verify_password(password.expose_secret().as_bytes(), &phc)
+                .is_ok()
+                && real;
             let current = phc.algorithm.as_str() == "argon2id"
                 && Params::try_from(&phc).is_ok_and(|p| {
                     p.m_cost() == this.params.m_cost()
                         && p.t_cost() == this.params.t_cost()
                         && p.p_cost() == this.params.p_cost()
                 });
-            Verified { ok, needs_rehash: ok && !current }
+            Verified {
+                ok,
+                needs_rehash: ok && !current,
+            }
         })
         .await
         .map_err(|e| HashError(e.to_string()))
@@ -153,7 +188,10 @@ mod tests {
         assert_eq!(check_policy(&c, "Sh0rt", "alice").len(), 1);
         assert!(!check_policy(&c, "nouppercase1", "alice").is_empty());
         assert!(!check_policy(&c, "NoDigitsHere", "alice").is_empty());
-        assert!(!check_policy(&c, "Password1", "alice").is_empty(), "common, case-insensitively");
+        assert!(
+            !check_policy(&c, "Password1", "alice").is_empty(),
+            "common, case-insensitively"
+        );
         assert!(!check_policy(&c, "Alice12345X", "alice").is_empty());
         assert!(common_password_count() >= 10_000);
     }
@@ -163,15 +201,43 @@ mod tests {
         let p = Passwords::new(&cfg()).unwrap();
         let h = p.hash(SecretString::from("Correct-Horse-9")).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        let v = p.verify(SecretString::from("Correct-Horse-9"), Some(h.clone())).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: false });
-        assert!(!p.verify(SecretString::from("wrong"), Some(h.clone())).await.unwrap().ok);
-        assert!(!p.verify(SecretString::from("anything"), None).await.unwrap().ok);
+        let v = p
+            .verify(SecretString::from("Correct-Horse-9"), Some(h.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: false
+            }
+        );
+        assert!(
+            !p.verify(SecretString::from("wrong"), Some(h.clone()))
+                .await
+                .unwrap()
+                .ok
+        );
+        assert!(
+            !p.verify(SecretString::from("anything"), None)
+                .await
+                .unwrap()
+                .ok
+        );
 
         let mut stronger = cfg();
         stronger.argon2_iterations = 2;
         let p2 = Passwords::new(&stronger).unwrap();
-        let v = p2.verify(SecretString::from("Correct-Horse-9"), Some(h)).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: true });
+        let v = p2
+            .verify(SecretString::from("Correct-Horse-9"), Some(h))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: true
+            }
+        );
     }
 }

@@ -50,7 +50,9 @@ impl LoginThrottle {
     /// `Err(seconds)` when this attempt must wait.
     pub fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
-        let Ok(map) = self.entries.lock() else { return Ok(()) };
+        let Ok(map) = self.entries.lock() else {
+            return Ok(());
+        };
         let user = username.to_lowercase();
         let wait = [map.get(&(user.clone(), Some(ip))), map.get(&(user, None))]
             .into_iter()
@@ -67,7 +69,9 @@ impl LoginThrottle {
     /// Count a failed attempt.
     pub fn failed(&self, username: &str, ip: IpAddr) {
         let now = Instant::now();
-        let Ok(mut map) = self.entries.lock() else { return };
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, e| now.duration_since(e.last) < WINDOW && e.until > now);
             if map.len() >= MAX_ENTRIES {
@@ -76,7 +80,11 @@ impl LoginThrottle {
         }
         let user = username.to_lowercase();
         let mut bump = |key, threshold: u32, cap: Duration| {
-            let e = map.entry(key).or_insert(Entry { failures: 0, last: now, until: now });
+            let e = map.entry(key).or_insert(Entry {
+                failures: 0,
+                last: now,
+                until: now,
+            });
             if now.duration_since(e.last) >= WINDOW {
                 e.failures = 0;
             }
@@ -88,7 +96,11 @@ impl LoginThrottle {
             }
         };
         bump((user.clone(), Some(ip)), self.threshold, self.max_delay);
-        bump((user, None), self.threshold.saturating_mul(ACCOUNT_FACTOR), ACCOUNT_MAX_DELAY.min(self.max_delay));
+        bump(
+            (user, None),
+            self.threshold.saturating_mul(ACCOUNT_FACTOR),
+            ACCOUNT_MAX_DELAY.min(self.max_delay),
+        );
     }
 
     /// A success from this address clears its counter.
@@ -114,7 +126,10 @@ mod tests {
         }
         t.failed("alice", attacker);
         assert!(t.check("ALICE", attacker).is_err());
-        assert!(t.check("alice", owner).is_ok(), "the owner's address is not locked");
+        assert!(
+            t.check("alice", owner).is_ok(),
+            "the owner's address is not locked"
+        );
         t.succeeded("alice", attacker);
         assert!(t.check("alice", attacker).is_ok());
     }

@@ -49,7 +49,10 @@ impl LocalFs {
     /// Open the root, creating it (mode 0700) and its subfolders when missing.
     pub fn open(root: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(root)?;
         let root = root.canonicalize()?;
         for sub in [BLOBS, TMP, TRASH] {
             let p = root.join(sub);
@@ -64,7 +67,9 @@ impl LocalFs {
                 Err(_) => std::fs::DirBuilder::new().mode(DIR_MODE).create(&p)?,
             }
         }
-        Ok(Self { root: Arc::new(root) })
+        Ok(Self {
+            root: Arc::new(root),
+        })
     }
 
     /// The canonical root.
@@ -124,7 +129,12 @@ fn open_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, BlobError> {
 
 /// Open `parent/name` as a directory; when it is missing and `create`, make it and remember
 /// `parent` so the new entry can be fsynced.
-fn open_or_create(parent: OwnedFd, name: &str, create: bool, created_in: &mut Vec<OwnedFd>) -> Result<OwnedFd, BlobError> {
+fn open_or_create(
+    parent: OwnedFd,
+    name: &str,
+    create: bool,
+    created_in: &mut Vec<OwnedFd>,
+) -> Result<OwnedFd, BlobError> {
     match open_dir(&parent, name) {
         Err(BlobError::NotFound) if create => {
             match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(DIR_MODE)) {
@@ -149,7 +159,11 @@ impl BlobBackend for LocalFs {
                 let fd = rustix::fs::openat(
                     &tmp,
                     &name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(FILE_MODE),
                 )
                 .map_err(io)?;
@@ -169,7 +183,12 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, BlobError>> {
+    fn read_range(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'_, Result<ByteStream, BlobError>> {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
@@ -184,7 +203,9 @@ impl BlobBackend for LocalFs {
                 let s = futures_util::stream::once(async move { Ok(bytes) });
                 return Ok(Box::pin(s) as ByteStream);
             }
-            let file = blocking::run(move || this.open_blob(&key)).await.map_err(join_err)??;
+            let file = blocking::run(move || this.open_blob(&key))
+                .await
+                .map_err(join_err)??;
             // One blocking reader per large download, two chunks ahead of the socket: the disk
             // read of chunk n+1 overlaps the network write of chunk n, and a client that stops
             // reading stops the reader through the channel's back-pressure.
@@ -210,9 +231,15 @@ impl BlobBackend for LocalFs {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
-            blocking::run(move || Ok(this.open_blob(&key)?.metadata().map_err(BlobError::from_io)?.len()))
-                .await
-                .map_err(join_err)?
+            blocking::run(move || {
+                Ok(this
+                    .open_blob(&key)?
+                    .metadata()
+                    .map_err(BlobError::from_io)?
+                    .len())
+            })
+            .await
+            .map_err(join_err)?
         })
     }
 
@@ -301,7 +328,11 @@ impl BlobBackend for LocalFs {
                 let fd = rustix::fs::openat(
                     &tmp,
                     &name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(FILE_MODE),
                 )
                 .map_err(io)?;
@@ -347,7 +378,8 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
             }
             for name in read_dir_sorted(&b_path)? {
                 let rel = format!("{a}/{b}/{name}");
-                let meta = std::fs::symlink_metadata(b_path.join(&name)).map_err(BlobError::from_io)?;
+                let meta =
+                    std::fs::symlink_metadata(b_path.join(&name)).map_err(BlobError::from_io)?;
                 match BlobKey::parse(&rel) {
                     Some(key) if meta.is_file() => inv.blobs.push((key, meta.len())),
                     _ => inv.strays.push(format!("{BLOBS}/{rel}")),
@@ -357,7 +389,10 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
     }
     for name in read_dir_sorted(&root.join(TRASH))? {
         // Trash names are the blob's file name; rebuild the key from the id.
-        match name.strip_suffix(".s").map_or(Some((&*name, false)), |id| Some((id, true))) {
+        match name
+            .strip_suffix(".s")
+            .map_or(Some((&*name, false)), |id| Some((id, true)))
+        {
             Some((id, sealed)) => match crate::ids::FileId::parse(id) {
                 Some(id) => inv.trash.push(BlobKey::for_file(id, sealed)),
                 None => inv.strays.push(format!("{TRASH}/{name}")),
@@ -386,7 +421,9 @@ fn read_dir_sorted(p: &Path) -> Result<Vec<String>, BlobError> {
 pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
     let p = root.join(rel);
     if rel.contains("..") || !p.starts_with(root) {
-        return Err(std::io::Error::other("refusing a path outside the storage root"));
+        return Err(std::io::Error::other(
+            "refusing a path outside the storage root",
+        ));
     }
     match std::fs::symlink_metadata(&p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
@@ -411,7 +448,9 @@ struct FsWriter {
 impl FsWriter {
     async fn settle(&mut self) -> Result<(), BlobError> {
         if let Some(task) = self.inflight.take() {
-            task.await.map_err(|e| BlobError::Io(std::io::Error::other(e)))?.map_err(BlobError::from_io)?;
+            task.await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+                .map_err(BlobError::from_io)?;
         }
         Ok(())
     }
@@ -423,7 +462,9 @@ impl FsWriter {
         }
         let chunk = self.buf.split().freeze();
         let file = self.file.clone();
-        self.inflight = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&chunk)));
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
+            (&*file).write_all(&chunk)
+        }));
         Ok(())
     }
 }
@@ -452,7 +493,13 @@ impl BlobWriter for FsWriter {
                 // Data first, then the name: after a crash there is either no blob or a whole one.
                 file.sync_all().map_err(BlobError::from_io)?;
                 let (dir, created_in) = fs.shard(&key, true)?;
-                match rustix::fs::renameat_with(&*tmp_dir, &*name, &dir, key.parts().2, RenameFlags::NOREPLACE) {
+                match rustix::fs::renameat_with(
+                    &*tmp_dir,
+                    &*name,
+                    &dir,
+                    key.parts().2,
+                    RenameFlags::NOREPLACE,
+                ) {
                     Ok(()) => {}
                     // Filesystems without RENAME_NOREPLACE: the key is a fresh UUID anyway.
                     Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
@@ -479,10 +526,10 @@ impl Drop for FsWriter {
         if !self.done {
             // Aborted (limit, bad type, disconnect, error): leave nothing behind. unlink is
             // quick and never blocks on data, so it is done right here.
-            if let Err(e) = rustix::fs::unlinkat(&*self.tmp_dir, &*self.name, AtFlags::empty()) {
-                if e != rustix::io::Errno::NOENT {
-                    tracing::warn!(error = %e, "cannot remove an aborted upload's temp file");
-                }
+            if let Err(e) = rustix::fs::unlinkat(&*self.tmp_dir, &*self.name, AtFlags::empty())
+                && e != rustix::io::Errno::NOENT
+            {
+                tracing::warn!(error = %e, "cannot remove an aborted upload's temp file");
             }
         }
     }
@@ -516,8 +563,14 @@ mod tests {
         }
         w.commit(key.clone()).await.unwrap();
         assert_eq!(store.len(&key).await.unwrap(), data.len() as u64);
-        assert_eq!(collect(store.read_range(&key, 0, data.len() as u64).await.unwrap()).await, data);
-        assert_eq!(collect(store.read_range(&key, 10, 5).await.unwrap()).await, &data[10..15]);
+        assert_eq!(
+            collect(store.read_range(&key, 0, data.len() as u64).await.unwrap()).await,
+            data
+        );
+        assert_eq!(
+            collect(store.read_range(&key, 10, 5).await.unwrap()).await,
+            &data[10..15]
+        );
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
 
         store.trash(&key).await.unwrap();
@@ -550,7 +603,10 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, b"outside").unwrap();
         std::os::unix::fs::symlink(&secret, shard.join(name)).unwrap();
-        assert!(matches!(store.read_range(&key, 0, 3).await, Err(BlobError::Unsafe)));
+        assert!(matches!(
+            store.read_range(&key, 0, 3).await,
+            Err(BlobError::Unsafe)
+        ));
 
         // A symlinked shard directory is refused too.
         let key2 = BlobKey::for_file(FileId::new(), false);

@@ -98,7 +98,11 @@ impl BlobKey {
     /// The two shard directory names and the file name.
     pub fn parts(&self) -> (&str, &str, &str) {
         let mut it = self.0.splitn(3, '/');
-        (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""))
+        (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        )
     }
 
     /// The key as stored.
@@ -137,7 +141,12 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// Start a new blob.
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
     /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts.
-    fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
+    fn read_range(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
     /// The blob's length, or `NotFound`.
     fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
     /// Move a blob out of the live namespace (first half of a delete).
@@ -172,7 +181,12 @@ impl BlobStore {
     }
 
     /// Stream a byte range.
-    pub async fn read_range(&self, key: &BlobKey, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+    pub async fn read_range(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, BlobError> {
         self.backend.read_range(key, offset, len).await
     }
 
@@ -231,7 +245,14 @@ impl BlobStore {
                 })?;
                 let (offset, len, _) = segment::cipher_span(f.file.size, start, end);
                 let inner = self.read_range(&key, offset, len).await?;
-                Ok(Box::pin(segment::Opener::new(inner, &data_key, f.file.id, f.file.size, start, end)))
+                Ok(Box::pin(segment::Opener::new(
+                    inner,
+                    &data_key,
+                    f.file.id,
+                    f.file.size,
+                    start,
+                    end,
+                )))
             }
         }
     }
@@ -253,8 +274,14 @@ mod tests {
     #[test]
     fn keys_shard_by_id_prefix() {
         let id = FileId::parse("0a1b2c3d-0000-4000-8000-000000000000").unwrap();
-        assert_eq!(BlobKey::for_file(id, false).as_str(), "0a/1b/0a1b2c3d-0000-4000-8000-000000000000");
-        assert_eq!(BlobKey::for_file(id, true).as_str(), "0a/1b/0a1b2c3d-0000-4000-8000-000000000000.s");
+        assert_eq!(
+            BlobKey::for_file(id, false).as_str(),
+            "0a/1b/0a1b2c3d-0000-4000-8000-000000000000"
+        );
+        assert_eq!(
+            BlobKey::for_file(id, true).as_str(),
+            "0a/1b/0a1b2c3d-0000-4000-8000-000000000000.s"
+        );
     }
 
     proptest! {
@@ -277,8 +304,14 @@ mod tests {
 
     #[test]
     fn hostile_keys_are_refused() {
-        for s in ["../x", "0a/1b/../../etc/passwd", "0a/1b", "/0a/1b/x", "0a/1b/0a1b2c3d-0000-4000-8000-000000000000/x",
-                  "ff/ff/0a1b2c3d-0000-4000-8000-000000000000"] {
+        for s in [
+            "../x",
+            "0a/1b/../../etc/passwd",
+            "0a/1b",
+            "/0a/1b/x",
+            "0a/1b/0a1b2c3d-0000-4000-8000-000000000000/x",
+            "ff/ff/0a1b2c3d-0000-4000-8000-000000000000",
+        ] {
             assert_eq!(BlobKey::parse(s), None, "{s}");
         }
     }

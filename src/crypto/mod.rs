@@ -35,7 +35,10 @@ impl MasterKey {
         h.update(b"coffer master key id v1");
         h.update(bytes);
         let id = hex::encode(h.finalize().get(..8).unwrap_or_default());
-        Self { id, cipher: Aes256Gcm::new(bytes.into()) }
+        Self {
+            id,
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
     }
 
     /// The key id stored next to every data key it wraps.
@@ -62,7 +65,9 @@ impl DataKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// No configured master key has this id.
-    #[error("no master key with id {0} is configured (set COFFER_ENCRYPTION_KEY or COFFER_ENCRYPTION_OLD_KEYS)")]
+    #[error(
+        "no master key with id {0} is configured (set COFFER_ENCRYPTION_KEY or COFFER_ENCRYPTION_OLD_KEYS)"
+    )]
     UnknownKey(String),
     /// The wrapped key failed authentication.
     #[error("wrapped data key failed authentication")]
@@ -79,7 +84,10 @@ pub struct Keyring {
 impl Keyring {
     /// Build from key bytes.
     pub fn new(current: Option<[u8; 32]>, old: &[[u8; 32]]) -> Self {
-        Self { current: current.as_ref().map(MasterKey::new), old: old.iter().map(MasterKey::new).collect() }
+        Self {
+            current: current.as_ref().map(MasterKey::new),
+            old: old.iter().map(MasterKey::new).collect(),
+        }
     }
 
     /// Whether new uploads are encrypted.
@@ -103,18 +111,27 @@ impl Keyring {
         let mut buf = key.0.to_vec();
         let tag = master
             .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &wrap_aad(file, &master.id), buf.as_mut_slice().into())
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &wrap_aad(file, &master.id),
+                buf.as_mut_slice().into(),
+            )
             .ok()?;
         let mut wrapped = Vec::with_capacity(WRAP_NONCE + 32 + TAG);
         wrapped.extend_from_slice(&nonce);
         wrapped.extend_from_slice(&buf);
         wrapped.extend_from_slice(&tag);
-        Some(Sealing { key_id: master.id.clone(), wrapped_key: wrapped })
+        Some(Sealing {
+            key_id: master.id.clone(),
+            wrapped_key: wrapped,
+        })
     }
 
     /// Recover a file's data key.
     pub fn unwrap(&self, file: FileId, sealing: &Sealing) -> Result<DataKey, KeyError> {
-        let master = self.find(&sealing.key_id).ok_or_else(|| KeyError::UnknownKey(sealing.key_id.clone()))?;
+        let master = self
+            .find(&sealing.key_id)
+            .ok_or_else(|| KeyError::UnknownKey(sealing.key_id.clone()))?;
         let w = &sealing.wrapped_key;
         if w.len() != WRAP_NONCE + 32 + TAG {
             return Err(KeyError::Corrupt);
@@ -175,6 +192,9 @@ mod tests {
         assert_ne!(rewrapped.key_id, sealed.key_id);
         let only_new = Keyring::new(Some([9; 32]), &[]);
         assert_eq!(*only_new.unwrap(file, &rewrapped).unwrap().0, *dek.0);
-        assert!(matches!(only_new.unwrap(file, &sealed), Err(KeyError::UnknownKey(_))));
+        assert!(matches!(
+            only_new.unwrap(file, &sealed),
+            Err(KeyError::UnknownKey(_))
+        ));
     }
 }

@@ -14,8 +14,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use aes_gcm::aead::AeadInOut;
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::aead::Nonce;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -88,7 +88,13 @@ pub struct Sealer {
 impl Sealer {
     /// Start sealing `file` under `key`.
     pub fn new(key: &DataKey, file: FileId) -> Self {
-        Self { cipher: key.cipher(), file, index: 0, pending: BytesMut::with_capacity(SEGMENT + TAG), header_sent: false }
+        Self {
+            cipher: key.cipher(),
+            file,
+            index: 0,
+            pending: BytesMut::with_capacity(SEGMENT + TAG),
+            header_sent: false,
+        }
     }
 
     /// Feed plaintext; returns sealed bytes ready to store (possibly empty). A full segment is
@@ -124,7 +130,11 @@ impl Sealer {
     fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), BlobError> {
         let tag = self
             .cipher
-            .encrypt_inout_detached(&nonce(self.index, last), &aad(self.file), self.pending.as_mut().into())
+            .encrypt_inout_detached(
+                &nonce(self.index, last),
+                &aad(self.file),
+                self.pending.as_mut().into(),
+            )
             .map_err(|_| BlobError::Integrity)?;
         out.extend_from_slice(&self.pending);
         out.extend_from_slice(&tag);
@@ -154,7 +164,14 @@ pub struct Opener {
 impl Opener {
     /// Open plaintext `[start, end)` of a `plain_len`-byte file, reading from `inner`, which
     /// must start at the offset [`cipher_span`] gave.
-    pub fn new(inner: ByteStream, key: &DataKey, file: FileId, plain_len: u64, start: u64, end: u64) -> Self {
+    pub fn new(
+        inner: ByteStream,
+        key: &DataKey,
+        file: FileId,
+        plain_len: u64,
+        start: u64,
+        end: u64,
+    ) -> Self {
         let first = start / SEGMENT as u64;
         Self {
             inner,
@@ -190,7 +207,12 @@ impl Opener {
         let last = self.index == self.last_index;
         if self
             .cipher
-            .decrypt_inout_detached(&nonce(self.index, last), &aad(self.file), seg.as_mut().into(), &tag.into())
+            .decrypt_inout_detached(
+                &nonce(self.index, last),
+                &aad(self.file),
+                seg.as_mut().into(),
+                &tag.into(),
+            )
             .is_err()
         {
             return Some(Err(BlobError::Integrity));
@@ -199,7 +221,9 @@ impl Opener {
         let mut plain = seg.freeze();
         let skip = std::mem::take(&mut self.skip).min(plain.len());
         plain = plain.slice(skip..);
-        let take = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(plain.len());
+        let take = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(plain.len());
         plain.truncate(take);
         self.remaining -= take as u64;
         Some(Ok(plain))
@@ -257,20 +281,36 @@ mod tests {
         out
     }
 
-    fn open(key: &DataKey, file: FileId, blob: &[u8], plain_len: u64, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+    fn open(
+        key: &DataKey,
+        file: FileId,
+        blob: &[u8],
+        plain_len: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, BlobError> {
         let (off, len, _) = cipher_span(plain_len, start, end);
-        let slice = blob.get(off as usize..(off + len) as usize).unwrap_or(&blob[(off as usize).min(blob.len())..]).to_vec();
+        let slice = blob
+            .get(off as usize..(off + len) as usize)
+            .unwrap_or(&blob[(off as usize).min(blob.len())..])
+            .to_vec();
         let inner: ByteStream = Box::pin(futures_util::stream::iter(
-            slice.chunks(5000).map(|c| Ok(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+            slice
+                .chunks(5000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
         ));
-        futures_util::executor::block_on(async {
-            let mut o = Opener::new(inner, key, file, plain_len, start, end);
-            let mut out = Vec::new();
-            while let Some(c) = o.next().await {
-                out.extend_from_slice(&c?);
-            }
-            Ok(out)
-        })
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut o = Opener::new(inner, key, file, plain_len, start, end);
+                let mut out = Vec::new();
+                while let Some(c) = o.next().await {
+                    out.extend_from_slice(&c?);
+                }
+                Ok(out)
+            })
     }
 
     #[test]
@@ -293,20 +333,32 @@ mod tests {
 
         let mut flipped = blob.clone();
         flipped[HEADER_LEN + 100] ^= 1;
-        assert!(matches!(open(&key, file, &flipped, n, 0, n), Err(BlobError::Integrity)));
+        assert!(matches!(
+            open(&key, file, &flipped, n, 0, n),
+            Err(BlobError::Integrity)
+        ));
 
         // Truncated exactly at a segment boundary: the missing last flag gives it away.
         let cut = &blob[..HEADER_LEN + 2 * (SEGMENT + TAG)];
-        assert!(matches!(open(&key, file, cut, n, 0, n), Err(BlobError::Integrity)));
+        assert!(matches!(
+            open(&key, file, cut, n, 0, n),
+            Err(BlobError::Integrity)
+        ));
 
         let mut swapped = blob.clone();
         let s = SEGMENT + TAG;
         let (a, b) = swapped[HEADER_LEN..HEADER_LEN + 2 * s].split_at_mut(s);
         a.swap_with_slice(b);
-        assert!(matches!(open(&key, file, &swapped, n, 0, n), Err(BlobError::Integrity)));
+        assert!(matches!(
+            open(&key, file, &swapped, n, 0, n),
+            Err(BlobError::Integrity)
+        ));
 
         // Another file's id (blob moved between rows) fails too.
-        assert!(matches!(open(&key, FileId::new(), &blob, n, 0, n), Err(BlobError::Integrity)));
+        assert!(matches!(
+            open(&key, FileId::new(), &blob, n, 0, n),
+            Err(BlobError::Integrity)
+        ));
     }
 
     proptest! {

@@ -15,7 +15,9 @@ use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
-use crate::http::extract::{PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor};
+use crate::http::extract::{
+    PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor,
+};
 use crate::ids::UserId;
 use crate::lifecycle;
 use crate::meta::audit::{self, AuditEntry};
@@ -42,14 +44,33 @@ pub struct UserList {
     params(PageQuery),
     responses((status = 200, description = "A page of users", body = UserList)),
     security(("bearer" = []), ("api_key" = [])))]
-async fn list_users(State(state): State<AppState>, principal: Principal, Query(q): Query<PageQuery>) -> AppResult<Json<UserList>> {
+async fn list_users(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<PageQuery>,
+) -> AppResult<Json<UserList>> {
     principal.require_admin()?;
     let limit = q.limit()?;
-    let after = q.cursor.as_deref().map(|c| decode_time_cursor(c, UserId::parse)).transpose()?;
-    let page = state.meta.read(move |c| users::list(c, after, limit)).await?;
-    let next_cursor =
-        if page.more { page.items.last().map(|u| encode_time_cursor(u.created_at, u.id)) } else { None };
-    Ok(Json(UserList { items: page.items, next_cursor }))
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_time_cursor(c, UserId::parse))
+        .transpose()?;
+    let page = state
+        .meta
+        .read(move |c| users::list(c, after, limit))
+        .await?;
+    let next_cursor = if page.more {
+        page.items
+            .last()
+            .map(|u| encode_time_cursor(u.created_at, u.id))
+    } else {
+        None
+    };
+    Ok(Json(UserList {
+        items: page.items,
+        next_cursor,
+    }))
 }
 
 /// Delete an account with all its files, links, keys and logins.
@@ -93,16 +114,34 @@ pub struct AuditList {
     params(PageQuery),
     responses((status = 200, description = "A page of audit entries", body = AuditList)),
     security(("bearer" = []), ("api_key" = [])))]
-async fn list_audit(State(state): State<AppState>, principal: Principal, Query(q): Query<PageQuery>) -> AppResult<Json<AuditList>> {
+async fn list_audit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<PageQuery>,
+) -> AppResult<Json<AuditList>> {
     principal.require_admin()?;
     let limit = q.limit()?;
     let before = match q.cursor.as_deref() {
         None => None,
-        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| AppError::BadRequest("invalid cursor".into()))?),
+        Some(c) => Some(
+            decode_cursor(c)?
+                .parse::<i64>()
+                .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
+        ),
     };
     // What was recorded before this request is in the answer.
     state.audit.flush().await;
-    let page = state.meta.read(move |c| audit::list(c, before, limit)).await?;
-    let next_cursor = if page.more { page.items.last().map(|e| encode_cursor(&e.seq.to_string())) } else { None };
-    Ok(Json(AuditList { items: page.items.into_iter().map(|e| e.entry).collect(), next_cursor }))
+    let page = state
+        .meta
+        .read(move |c| audit::list(c, before, limit))
+        .await?;
+    let next_cursor = if page.more {
+        page.items.last().map(|e| encode_cursor(&e.seq.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(AuditList {
+        items: page.items.into_iter().map(|e| e.entry).collect(),
+        next_cursor,
+    }))
 }

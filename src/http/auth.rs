@@ -26,12 +26,17 @@ use crate::meta::users::{self, Role, User};
 
 /// Routes that spend the login budget.
 pub(crate) fn login_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(register)).routes(routes!(login))
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
 }
 
 /// The other account routes.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(refresh)).routes(routes!(logout)).routes(routes!(me))
+    OpenApiRouter::new()
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
 /// `POST /auth/register` body.
@@ -72,7 +77,12 @@ async fn register(
         role: Role::User,
     };
     let user = accounts::create(&state.meta, &state.passwords, &state.config.auth, account).await?;
-    state.audit.record(Record::new(Event::Register).actor(user.id).subject(user.id).ip(ip));
+    state.audit.record(
+        Record::new(Event::Register)
+            .actor(user.id)
+            .subject(user.id)
+            .ip(ip),
+    );
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -113,17 +123,28 @@ async fn login(
 ) -> AppResult<Json<TokenPair>> {
     let username: String = req.username.chars().take(64).collect();
     if let Err(wait) = state.throttle.check(&username, ip) {
-        return Err(AppError::TooManyRequests { retry_after_secs: wait });
+        return Err(AppError::TooManyRequests {
+            retry_after_secs: wait,
+        });
     }
     let lookup = username.clone();
-    let creds = state.meta.read(move |c| users::credentials_by_username(c, &lookup)).await?;
+    let creds = state
+        .meta
+        .read(move |c| users::credentials_by_username(c, &lookup))
+        .await?;
     let stored = creds.as_ref().map(|c| c.password_hash.clone());
     let password = SecretString::from(req.password);
-    let verdict = state.passwords.verify(password.clone(), stored).await.map_err(|e| AppError::Internal(e.into()))?;
+    let verdict = state
+        .passwords
+        .verify(password.clone(), stored)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     let Some(creds) = creds.filter(|_| verdict.ok) else {
         state.throttle.failed(&username, ip);
         state.audit.record(
-            Record::new(Event::LoginFailed).ip(ip).detail(serde_json::json!({ "username": username })),
+            Record::new(Event::LoginFailed)
+                .ip(ip)
+                .detail(serde_json::json!({ "username": username })),
         );
         return Err(BAD_LOGIN);
     };
@@ -133,7 +154,9 @@ async fn login(
         upgrade_hash(&state, user, password);
     }
     let pair = start_session(&state, user).await?;
-    state.audit.record(Record::new(Event::Login).actor(user).subject(user).ip(ip));
+    state
+        .audit
+        .record(Record::new(Event::Login).actor(user).subject(user).ip(ip));
     Ok(Json(pair))
 }
 
@@ -143,7 +166,11 @@ fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
     tokio::spawn(async move {
         match state.passwords.hash(password).await {
             Ok(hash) => {
-                if let Err(e) = state.meta.write(move |tx| users::set_password_hash(tx, user, &hash)).await {
+                if let Err(e) = state
+                    .meta
+                    .write(move |tx| users::set_password_hash(tx, user, &hash))
+                    .await
+                {
                     tracing::warn!(error = %e, "cannot store the upgraded password hash");
                 }
             }
@@ -158,13 +185,30 @@ async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
     let refresh = random_token::<32>();
     let hash = token_hash(&refresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    state.meta.write(move |tx| sessions::create(tx, session, user, &hash, now, expires)).await?;
+    state
+        .meta
+        .write(move |tx| sessions::create(tx, session, user, &hash, now, expires))
+        .await?;
     pair(state, user, session, refresh, now)
 }
 
-fn pair(state: &AppState, user: UserId, session: SessionId, refresh: String, now: Timestamp) -> AppResult<TokenPair> {
-    let access = state.tokens.issue(user, session, now).map_err(|e| AppError::Internal(e.into()))?;
-    Ok(TokenPair { access_token: access, refresh_token: refresh, token_type: "Bearer", expires_in: state.tokens.ttl_secs() })
+fn pair(
+    state: &AppState,
+    user: UserId,
+    session: SessionId,
+    refresh: String,
+    now: Timestamp,
+) -> AppResult<TokenPair> {
+    let access = state
+        .tokens
+        .issue(user, session, now)
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(TokenPair {
+        access_token: access,
+        refresh_token: refresh,
+        token_type: "Bearer",
+        expires_in: state.tokens.ttl_secs(),
+    })
 }
 
 /// `POST /auth/refresh` body.
@@ -194,9 +238,18 @@ async fn refresh(
     let fresh = random_token::<32>();
     let new = token_hash(&fresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    match state.meta.write(move |tx| sessions::rotate(tx, &old, &new, now, expires)).await? {
+    match state
+        .meta
+        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires))
+        .await?
+    {
         Rotation::Rotated { session, user } => {
-            state.audit.record(Record::new(Event::Refresh).actor(user).subject(session).ip(ip));
+            state.audit.record(
+                Record::new(Event::Refresh)
+                    .actor(user)
+                    .subject(session)
+                    .ip(ip),
+            );
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {
@@ -207,7 +260,9 @@ async fn refresh(
                     .ip(ip)
                     .detail(serde_json::json!({ "action": "login revoked" })),
             );
-            Err(AppError::Unauthorized("refresh token already used; the login has been revoked"))
+            Err(AppError::Unauthorized(
+                "refresh token already used; the login has been revoked",
+            ))
         }
         Rotation::Invalid => Err(AppError::Unauthorized("invalid or expired refresh token")),
     }
@@ -217,7 +272,11 @@ async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204, description = "Logged out")),
     security(("bearer" = [])))]
-async fn logout(State(state): State<AppState>, ClientIp(ip): ClientIp, principal: Principal) -> AppResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+) -> AppResult<StatusCode> {
     let (session, jti, expires_at) = principal.require_token()?;
     let jti = jti.to_owned();
     let now = Timestamp::now();
@@ -228,7 +287,12 @@ async fn logout(State(state): State<AppState>, ClientIp(ip): ClientIp, principal
             sessions::revoke_access_token(tx, &jti, expires_at)
         })
         .await?;
-    state.audit.record(Record::new(Event::Logout).actor(principal.user_id).subject(session).ip(ip));
+    state.audit.record(
+        Record::new(Event::Logout)
+            .actor(principal.user_id)
+            .subject(session)
+            .ip(ip),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -238,6 +302,10 @@ async fn logout(State(state): State<AppState>, ClientIp(ip): ClientIp, principal
     security(("bearer" = []), ("api_key" = [])))]
 async fn me(State(state): State<AppState>, principal: Principal) -> AppResult<Json<User>> {
     let id = principal.user_id;
-    let user = state.meta.read(move |c| users::get(c, id)).await?.ok_or(AppError::NotFound)?;
+    let user = state
+        .meta
+        .read(move |c| users::get(c, id))
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Json(user))
 }

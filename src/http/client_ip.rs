@@ -30,7 +30,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Parse one `X-Forwarded-For` element (`1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`).
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();
-    s.parse::<IpAddr>().ok().or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip())).map(canonical)
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .map(canonical)
 }
 
 /// Resolve the client address for a request from `peer`.
@@ -73,7 +76,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<ClientIp>().copied().unwrap_or(ClientIp(IpAddr::from([127, 0, 0, 1]))))
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(IpAddr::from([127, 0, 0, 1]))))
     }
 }
 
@@ -99,12 +106,21 @@ mod tests {
     fn right_most_untrusted_hop_wins() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(resolve(proxy, &h("6.6.6.6, 198.51.100.1, 10.0.0.9"), &trusted), "198.51.100.1".parse::<IpAddr>().unwrap());
-        assert_eq!(resolve(proxy, &h("[2001:db8::1]:443"), &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(proxy, &h("6.6.6.6, 198.51.100.1, 10.0.0.9"), &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            resolve(proxy, &h("[2001:db8::1]:443"), &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(resolve(proxy, &HeaderMap::new(), &trusted), proxy);
         assert_eq!(resolve(proxy, &h("nonsense"), &trusted), proxy);
         let mut two = h("6.6.6.6");
         two.append("x-forwarded-for", "198.51.100.2".parse().unwrap());
-        assert_eq!(resolve(proxy, &two, &trusted), "198.51.100.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(proxy, &two, &trusted),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
     }
 }

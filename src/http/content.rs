@@ -29,7 +29,9 @@ pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Dispositio
         None | Some("attachment") => Ok(Disposition::Attachment),
         Some("inline") if download::inline_safe(content_type) => Ok(Disposition::Inline),
         Some("inline") => Ok(Disposition::Attachment),
-        Some(_) => Err(AppError::BadRequest("disposition must be attachment or inline".into())),
+        Some(_) => Err(AppError::BadRequest(
+            "disposition must be attachment or inline".into(),
+        )),
     }
 }
 
@@ -56,22 +58,43 @@ pub async fn respond(
     let mut headers = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| AppError::Internal(e.into()));
     headers.insert(header::ETAG, value(&etag)?);
-    headers.insert(header::LAST_MODIFIED, value(&f.file.created_at.to_http_date())?);
+    headers.insert(
+        header::LAST_MODIFIED,
+        value(&f.file.created_at.to_http_date())?,
+    );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(header::CACHE_CONTROL, value(&state.config.downloads.cache_control)?);
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_CSP));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::CONTENT_DISPOSITION, download::content_disposition(kind, &f.file.filename));
+    headers.insert(
+        header::CACHE_CONTROL,
+        value(&state.config.downloads.cache_control)?,
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        download::content_disposition(kind, &f.file.filename),
+    );
     let (status, (start, end)) = match plan {
         Plan::NotModified => {
             let mut res = StatusCode::NOT_MODIFIED.into_response();
             res.headers_mut().extend(headers);
-            return Ok(Served { response: res, plan });
+            return Ok(Served {
+                response: res,
+                plan,
+            });
         }
         Plan::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { size: len }),
         Plan::Full => (StatusCode::OK, plan.span(len)),
         Plan::Partial { start, end } => {
-            headers.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{end}/{len}"))?);
+            headers.insert(
+                header::CONTENT_RANGE,
+                value(&format!("bytes {start}-{end}/{len}"))?,
+            );
             (StatusCode::PARTIAL_CONTENT, plan.span(len))
         }
     };
@@ -112,7 +135,10 @@ pub async fn respond(
     let mut res = Response::new(body);
     *res.status_mut() = status;
     res.headers_mut().extend(headers);
-    Ok(Served { response: res, plan })
+    Ok(Served {
+        response: res,
+        plan,
+    })
 }
 
 fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
@@ -127,6 +153,11 @@ fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
 }
 
 /// Plaintext bytes `[start, end)` of a file, decrypting when its blob is sealed.
-pub async fn open(state: &AppState, f: &StoredFile, start: u64, end: u64) -> Result<ByteStream, AppError> {
+pub async fn open(
+    state: &AppState,
+    f: &StoredFile,
+    start: u64,
+    end: u64,
+) -> Result<ByteStream, AppError> {
     Ok(state.blobs.read_file(&state.keyring, f, start, end).await?)
 }

@@ -5,8 +5,8 @@
 //! expiry, type and revocation state, or its API key's hash and expiry, were checked against
 //! the database. The role comes from the database on every request.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine as _;
@@ -30,11 +30,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(AppError::UnsupportedMediaType("the body must be application/json".into()))
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::UnsupportedMediaType(
+                "the body must be application/json".into(),
+            )),
+            Err(JsonRejection::JsonSyntaxError(_)) => {
+                Err(AppError::BadRequest("the body is not valid JSON".into()))
             }
-            Err(JsonRejection::JsonSyntaxError(_)) => Err(AppError::BadRequest("the body is not valid JSON".into())),
-            Err(JsonRejection::JsonDataError(e)) => Err(AppError::Validation(vec![data_error(&e.body_text())])),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::Validation(vec![data_error(&e.body_text())]))
+            }
             Err(JsonRejection::BytesRejection(e)) => match e.status().as_u16() {
                 413 => Err(AppError::PayloadTooLarge { limit: 0 }),
                 _ => Err(AppError::BadRequest("the body could not be read".into())),
@@ -50,7 +54,10 @@ fn data_error(text: &str) -> FieldError {
     // axum's text: "Failed to deserialize the JSON body into the target type: <path>: <msg>".
     let detail = text.split_once("target type: ").map_or(text, |(_, d)| d);
     let named = |marker: &str| {
-        detail.split_once(marker).and_then(|(_, rest)| rest.split('`').next()).map(str::to_owned)
+        detail
+            .split_once(marker)
+            .and_then(|(_, rest)| rest.split('`').next())
+            .map(str::to_owned)
     };
     let (field, message) = if let Some(f) = named("unknown field `") {
         (f, "unknown field".to_owned())
@@ -106,8 +113,14 @@ impl Principal {
     /// Routes that manage credentials need a login, not an API key (403 otherwise).
     pub fn require_token(&self) -> Result<(SessionId, &str, Timestamp), AppError> {
         match &self.via {
-            Via::Token { session, jti, expires_at } => Ok((*session, jti, *expires_at)),
-            Via::ApiKey(_) => Err(AppError::Forbidden("API keys cannot manage credentials; log in")),
+            Via::Token {
+                session,
+                jti,
+                expires_at,
+            } => Ok((*session, jti, *expires_at)),
+            Via::ApiKey(_) => Err(AppError::Forbidden(
+                "API keys cannot manage credentials; log in",
+            )),
         }
     }
 
@@ -125,19 +138,30 @@ const BAD_CREDENTIALS: AppError = AppError::Unauthorized("missing, invalid or ex
 impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
         let bearer = parts.headers.get(header::AUTHORIZATION);
         let key = parts.headers.get("x-api-key");
         let principal = match (bearer, key) {
-            (Some(_), Some(_)) => return Err(AppError::Unauthorized("send one credential, not two")),
+            (Some(_), Some(_)) => {
+                return Err(AppError::Unauthorized("send one credential, not two"));
+            }
             (Some(v), None) => {
-                let token = v.to_str().ok().and_then(bearer_token).ok_or(BAD_CREDENTIALS)?;
+                let token = v
+                    .to_str()
+                    .ok()
+                    .and_then(bearer_token)
+                    .ok_or(BAD_CREDENTIALS)?;
                 from_token(state, token).await?
             }
-            (None, Some(v)) => from_api_key(state, v.to_str().map_err(|_| BAD_CREDENTIALS)?).await?,
+            (None, Some(v)) => {
+                from_api_key(state, v.to_str().map_err(|_| BAD_CREDENTIALS)?).await?
+            }
             (None, None) => return Err(AppError::Unauthorized("authentication required")),
         };
         parts.extensions.insert(principal.clone());
@@ -163,23 +187,36 @@ async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError
     Ok(Principal {
         user_id: user,
         role,
-        via: Via::Token { session, jti: access.jti, expires_at: access.expires_at },
+        via: Via::Token {
+            session,
+            jti: access.jti,
+            expires_at: access.expires_at,
+        },
     })
 }
 
 async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError> {
     let key = key.trim().to_owned();
     let prefix = api_key::prefix_of(&key).ok_or(BAD_CREDENTIALS)?.to_owned();
-    let found = state.meta.read(move |c| api_keys::find_by_prefix(c, &prefix)).await?;
+    let found = state
+        .meta
+        .read(move |c| api_keys::find_by_prefix(c, &prefix))
+        .await?;
     let Some(found) = found else {
         // Same work as a hit, so timing does not reveal which prefixes exist.
         let _ = api_key::matches(&key, &[0; 32]);
         return Err(BAD_CREDENTIALS);
     };
-    if !api_key::matches(&key, &found.hash) || found.expires_at.is_some_and(|e| e <= Timestamp::now()) {
+    if !api_key::matches(&key, &found.hash)
+        || found.expires_at.is_some_and(|e| e <= Timestamp::now())
+    {
         return Err(BAD_CREDENTIALS);
     }
-    Ok(Principal { user_id: found.user_id, role: found.role, via: Via::ApiKey(found.id) })
+    Ok(Principal {
+        user_id: found.user_id,
+        role: found.role,
+        via: Via::ApiKey(found.id),
+    })
 }
 
 /// `?limit=&cursor=` for listings.
@@ -204,7 +241,10 @@ impl PageQuery {
         match self.limit.as_deref().map(|s| s.trim().parse::<usize>()) {
             None => Ok(DEFAULT_LIMIT),
             Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(AppError::field("limit", "must be an integer between 1 and 1000")),
+            Some(_) => Err(AppError::field(
+                "limit",
+                "must be an integer between 1 and 1000",
+            )),
         }
     }
 }
@@ -226,10 +266,17 @@ pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
 }
 
 /// A `(created_at, id)` keyset cursor.
-pub fn decode_time_cursor<I>(cursor: &str, parse: impl Fn(&str) -> Option<I>) -> Result<(Timestamp, I), AppError> {
+pub fn decode_time_cursor<I>(
+    cursor: &str,
+    parse: impl Fn(&str) -> Option<I>,
+) -> Result<(Timestamp, I), AppError> {
     let text = decode_cursor(cursor)?;
-    let (at, id) = text.split_once('/').ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
-    let at = at.parse::<i64>().map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
+    let (at, id) = text
+        .split_once('/')
+        .ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
+    let at = at
+        .parse::<i64>()
+        .map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
     let id = parse(id).ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
     Ok((Timestamp(at), id))
 }
@@ -254,18 +301,27 @@ mod tests {
 
     #[test]
     fn serde_errors_name_the_field() {
-        let e = data_error("Failed to deserialize the JSON body into the target type: unknown field `role`, expected one of `username`, `email`, `password` at line 1 column 7");
+        let e = data_error(
+            "Failed to deserialize the JSON body into the target type: unknown field `role`, expected one of `username`, `email`, `password` at line 1 column 7",
+        );
         assert_eq!(e.field, "role");
-        let e = data_error("Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 20");
+        let e = data_error(
+            "Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 20",
+        );
         assert_eq!(e.field, "password");
-        let e = data_error("Failed to deserialize the JSON body into the target type: username: invalid type: integer `5`, expected a string at line 1 column 14");
+        let e = data_error(
+            "Failed to deserialize the JSON body into the target type: username: invalid type: integer `5`, expected a string at line 1 column 14",
+        );
         assert_eq!(e.field, "username");
     }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = encode_time_cursor(Timestamp(42), "x");
-        assert_eq!(decode_time_cursor(&c, |s| Some(s.to_owned())).unwrap(), (Timestamp(42), "x".to_owned()));
+        assert_eq!(
+            decode_time_cursor(&c, |s| Some(s.to_owned())).unwrap(),
+            (Timestamp(42), "x".to_owned())
+        );
         assert!(decode_cursor("!!!").is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
     }

@@ -34,12 +34,16 @@ const OTHER_PART_LIMIT: u64 = 64 * 1024;
 
 /// Metadata routes (JSON bodies, small limits).
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_files)).routes(routes!(get_file, delete_file))
+    OpenApiRouter::new()
+        .routes(routes!(list_files))
+        .routes(routes!(get_file, delete_file))
 }
 
 /// Streaming routes (no JSON limit, no request timeout).
 pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(upload_file)).routes(routes!(file_content))
+    OpenApiRouter::new()
+        .routes(routes!(upload_file))
+        .routes(routes!(file_content))
 }
 
 /// `POST /files` query.
@@ -82,7 +86,10 @@ async fn upload_file(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let up = Upload {
         owner: principal.user_id,
         client_ip: ip,
@@ -100,13 +107,21 @@ async fn upload_file(
         receive_multipart(&state, up, boundary, body).await?
     } else {
         let name = q.filename.filter(|n| !n.is_empty()).ok_or_else(|| {
-            AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
+            AppError::BadRequest(
+                "raw uploads need ?filename=NAME (or send multipart/form-data)".into(),
+            )
         })?;
         if declared.is_some_and(|n| n > limit) {
             return Err(AppError::PayloadTooLarge { limit });
         }
-        let up = Upload { raw_name: name, exact_length: declared.is_some(), ..up };
-        let stream = body.into_data_stream().map_err(|e| IngestError::BadBody(body_error(&e)));
+        let up = Upload {
+            raw_name: name,
+            exact_length: declared.is_some(),
+            ..up
+        };
+        let stream = body
+            .into_data_stream()
+            .map_err(|e| IngestError::BadBody(body_error(&e)));
         if declared.is_none() {
             let metrics = state.clone();
             let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
@@ -117,12 +132,20 @@ async fn upload_file(
     };
     let file = staged.commit(&state).await?;
     let location = format!("/api/v1/files/{}", file.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(file)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(file),
+    )
+        .into_response())
 }
 
 /// The multipart form, for the OpenAPI document.
 #[derive(ToSchema)]
-#[expect(dead_code, reason = "documents the multipart shape; the parser is streaming")]
+#[expect(
+    dead_code,
+    reason = "documents the multipart shape; the parser is streaming"
+)]
 struct UploadForm {
     /// The file; its part's filename is the original name.
     #[schema(format = Binary, content_media_type = "application/octet-stream")]
@@ -148,10 +171,19 @@ async fn receive_multipart(
             .per_field(OTHER_PART_LIMIT)
             .for_field("file", limit.saturating_add(1)),
     );
-    let mut form = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let mut form =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let field = loop {
-        match form.next_field().await.map_err(|e| multipart_error(e, limit))? {
-            None => return Err(AppError::BadRequest("the form has no part named file".into())),
+        match form
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(e, limit))?
+        {
+            None => {
+                return Err(AppError::BadRequest(
+                    "the form has no part named file".into(),
+                ));
+            }
             Some(f) if f.name() == Some("file") => break f,
             Some(other) => drain(other, limit).await?,
         }
@@ -162,17 +194,34 @@ async fn receive_multipart(
         .ok_or_else(|| AppError::BadRequest("the file part has no filename".into()))?
         .to_owned();
     let stream = field.map_err(move |e| IngestError::from(multipart_error(e, limit)));
-    let staged = ingest::stage(state, Upload { raw_name: name, ..up }, Box::pin(stream)).await?;
-    while let Some(next) = form.next_field().await.map_err(|e| multipart_error(e, limit))? {
+    let staged = ingest::stage(
+        state,
+        Upload {
+            raw_name: name,
+            ..up
+        },
+        Box::pin(stream),
+    )
+    .await?;
+    while let Some(next) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
         if next.name() == Some("file") {
-            return Err(AppError::BadRequest("send exactly one part named file".into()));
+            return Err(AppError::BadRequest(
+                "send exactly one part named file".into(),
+            ));
         }
         drain(next, limit).await?;
     }
     Ok(staged)
 }
 
-async fn drain(field: impl Stream<Item = Result<Bytes, multer::Error>> + Unpin, limit: u64) -> Result<(), AppError> {
+async fn drain(
+    field: impl Stream<Item = Result<Bytes, multer::Error>> + Unpin,
+    limit: u64,
+) -> Result<(), AppError> {
     let mut field = field;
     while let Some(chunk) = field.next().await {
         chunk.map_err(|e| multipart_error(e, limit))?;
@@ -208,7 +257,10 @@ fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Tim
             _ => {
                 return Err(AppError::field(
                     "expires_in",
-                    format!("must be an integer from 1 to {} seconds", cfg.max_expires_secs),
+                    format!(
+                        "must be an integer from 1 to {} seconds",
+                        cfg.max_expires_secs
+                    ),
                 ));
             }
         },
@@ -236,16 +288,35 @@ async fn list_files(
     Query(q): Query<PageQuery>,
 ) -> AppResult<Json<FileList>> {
     let limit = q.limit()?;
-    let after = q.cursor.as_deref().map(|c| decode_time_cursor(c, FileId::parse)).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_time_cursor(c, FileId::parse))
+        .transpose()?;
     let owner = principal.user_id;
-    let page = state.meta.read(move |c| files::list_owned(c, owner, after, limit, Timestamp::now())).await?;
-    let next_cursor =
-        if page.more { page.items.last().map(|f| encode_time_cursor(f.created_at, f.id)) } else { None };
-    Ok(Json(FileList { items: page.items, next_cursor }))
+    let page = state
+        .meta
+        .read(move |c| files::list_owned(c, owner, after, limit, Timestamp::now()))
+        .await?;
+    let next_cursor = if page.more {
+        page.items
+            .last()
+            .map(|f| encode_time_cursor(f.created_at, f.id))
+    } else {
+        None
+    };
+    Ok(Json(FileList {
+        items: page.items,
+        next_cursor,
+    }))
 }
 
 /// Look a file up in the caller's scope; 404 for anything else.
-pub(crate) async fn visible_file(state: &AppState, principal: &Principal, id: &str) -> AppResult<StoredFile> {
+pub(crate) async fn visible_file(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> AppResult<StoredFile> {
     let id = FileId::parse(id).ok_or(AppError::NotFound)?;
     let scope = principal.file_scope();
     state
@@ -260,7 +331,11 @@ pub(crate) async fn visible_file(state: &AppState, principal: &Principal, id: &s
     params(("id" = String, Path, description = "File id")),
     responses((status = 200, description = "The file", body = FileObject)),
     security(("bearer" = []), ("api_key" = [])))]
-async fn get_file(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> AppResult<Json<FileObject>> {
+async fn get_file(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> AppResult<Json<FileObject>> {
     Ok(Json(visible_file(&state, &principal, &id).await?.file))
 }
 

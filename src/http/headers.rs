@@ -26,14 +26,25 @@ pub fn is_probe(path: &str) -> bool {
 pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert("permissions-policy", HeaderValue::from_static(PERMISSIONS));
-    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(API_CSP));
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(API_CSP));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     if state.config.server.behind_tls_proxy {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
     }
     h.remove(header::SERVER);
     res
@@ -53,7 +64,11 @@ pub async fn trusted_hosts(State(state): State<AppState>, req: Request, next: Ne
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
     let ok = host.as_deref().map(strip_port).is_some_and(|h| {
-        allowed.iter().any(|a| a.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(h))
+        allowed.iter().any(|a| {
+            a.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(h)
+        })
     });
     if ok {
         next.run(req).await
@@ -88,7 +103,11 @@ pub async fn problem_errors(req: Request, next: Next) -> Response {
         return res;
     }
     let (parts, _) = res.into_parts();
-    let mut fresh = problem_response(status, code_for_status(status), default_detail(status).into());
+    let mut fresh = problem_response(
+        status,
+        code_for_status(status),
+        default_detail(status).into(),
+    );
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fresh.headers_mut().append(name, value.clone());

@@ -22,7 +22,9 @@ use crate::ids::{ApiKeyId, Timestamp};
 use crate::meta::api_keys::{self, ApiKey, NewApiKey};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_api_key, list_api_keys)).routes(routes!(delete_api_key))
+    OpenApiRouter::new()
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(delete_api_key))
 }
 
 /// `POST /api-keys` body.
@@ -69,13 +71,19 @@ async fn create_api_key(
     let name = req.name.trim().to_owned();
     let mut errs = Vec::new();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        errs.push(crate::error::FieldError::new("name", "must be 1-100 printable characters"));
+        errs.push(crate::error::FieldError::new(
+            "name",
+            "must be 1-100 printable characters",
+        ));
     }
     let days = match req.expires_in_days {
         None => None,
         Some(d @ 1..=3650) => Some(d.unsigned_abs()),
         Some(_) => {
-            errs.push(crate::error::FieldError::new("expires_in_days", "must be between 1 and 3650"));
+            errs.push(crate::error::FieldError::new(
+                "expires_in_days",
+                "must be between 1 and 3650",
+            ));
             None
         }
     };
@@ -89,13 +97,28 @@ async fn create_api_key(
     for _ in 0..4 {
         let new = api_key::generate();
         let row = NewApiKey {
-            key: ApiKey { id: ApiKeyId::new(), name: name.clone(), prefix: new.prefix.clone(), created_at: now, expires_at },
+            key: ApiKey {
+                id: ApiKeyId::new(),
+                name: name.clone(),
+                prefix: new.prefix.clone(),
+                created_at: now,
+                expires_at,
+            },
             user_id: owner,
             hash: new.hash,
         };
         let public = row.key.clone();
-        if state.meta.write(move |tx| api_keys::insert(tx, &row)).await? {
-            state.audit.record(Record::new(Event::ApiKeyCreate).actor(owner).subject(public.id).ip(ip));
+        if state
+            .meta
+            .write(move |tx| api_keys::insert(tx, &row))
+            .await?
+        {
+            state.audit.record(
+                Record::new(Event::ApiKeyCreate)
+                    .actor(owner)
+                    .subject(public.id)
+                    .ip(ip),
+            );
             let body = CreatedKey {
                 id: public.id,
                 name: public.name,
@@ -107,7 +130,9 @@ async fn create_api_key(
             return Ok((StatusCode::CREATED, Json(body)));
         }
     }
-    Err(AppError::Internal(anyhow::anyhow!("could not draw a unique API key prefix")))
+    Err(AppError::Internal(anyhow::anyhow!(
+        "could not draw a unique API key prefix"
+    )))
 }
 
 /// The caller's keys.
@@ -121,7 +146,10 @@ pub struct KeyList {
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys",
     responses((status = 200, description = "The caller's keys", body = KeyList)),
     security(("bearer" = []), ("api_key" = [])))]
-async fn list_api_keys(State(state): State<AppState>, principal: Principal) -> AppResult<Json<KeyList>> {
+async fn list_api_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> AppResult<Json<KeyList>> {
     let owner = principal.user_id;
     let items = state.meta.read(move |c| api_keys::list(c, owner)).await?;
     Ok(Json(KeyList { items }))
@@ -141,9 +169,18 @@ async fn delete_api_key(
     principal.require_token()?;
     let id = ApiKeyId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
-    if !state.meta.write(move |tx| api_keys::delete(tx, owner, id)).await? {
+    if !state
+        .meta
+        .write(move |tx| api_keys::delete(tx, owner, id))
+        .await?
+    {
         return Err(AppError::NotFound);
     }
-    state.audit.record(Record::new(Event::ApiKeyDelete).actor(owner).subject(id).ip(ip));
+    state.audit.record(
+        Record::new(Event::ApiKeyDelete)
+            .actor(owner)
+            .subject(id)
+            .ip(ip),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

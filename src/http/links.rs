@@ -28,7 +28,9 @@ use crate::meta::links::{self, LinkState, NewLink};
 
 /// Link management (JSON).
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_link)).routes(routes!(delete_link))
+    OpenApiRouter::new()
+        .routes(routes!(create_link))
+        .routes(routes!(delete_link))
 }
 
 /// Link content (streaming, no credentials).
@@ -77,9 +79,14 @@ async fn create_link(
 ) -> AppResult<impl IntoResponse> {
     let max_secs = state.config.links.max_expires_secs;
     let mut errs = Vec::new();
-    let expires_in = u64::try_from(req.expires_in).ok().filter(|s| (1..=max_secs).contains(s));
+    let expires_in = u64::try_from(req.expires_in)
+        .ok()
+        .filter(|s| (1..=max_secs).contains(s));
     if expires_in.is_none() {
-        errs.push(FieldError::new("expires_in", format!("must be from 1 to {max_secs} seconds")));
+        errs.push(FieldError::new(
+            "expires_in",
+            format!("must be from 1 to {max_secs} seconds"),
+        ));
     }
     let max_downloads = match req.max_downloads {
         None => None,
@@ -155,7 +162,11 @@ async fn link_content(
     }
     let hash = token_hash(&token);
     let now = Timestamp::now();
-    let (link, f) = match state.meta.read(move |c| links::resolve(c, &hash, now)).await? {
+    let (link, f) = match state
+        .meta
+        .read(move |c| links::resolve(c, &hash, now))
+        .await?
+    {
         LinkState::Unknown => return Err(AppError::NotFound),
         LinkState::Expired => return Err(AppError::Gone("this link has expired")),
         LinkState::UsedUp => return Err(AppError::Gone("this link has been used up")),
@@ -165,15 +176,18 @@ async fn link_content(
     let served = content::respond(&state, &f, &method, &headers, kind, ip).await?;
     if method == Method::GET && matches!(served.plan, Plan::Full | Plan::Partial { .. }) {
         // Count it now; a racing GET that lost is told the link is used up.
-        if !state.meta.write(move |tx| links::consume(tx, link, Timestamp::now())).await? {
+        if !state
+            .meta
+            .write(move |tx| links::consume(tx, link, Timestamp::now()))
+            .await?
+        {
             return Err(AppError::Gone("this link has been used up"));
         }
-        state.audit.record(
-            Record::new(Event::LinkUse)
-                .subject(link)
-                .ip(ip)
-                .detail(serde_json::json!({ "file": f.file.id, "status": served.response.status().as_u16() })),
-        );
+        state
+            .audit
+            .record(Record::new(Event::LinkUse).subject(link).ip(ip).detail(
+            serde_json::json!({ "file": f.file.id, "status": served.response.status().as_u16() }),
+        ));
     }
     Ok(served.response)
 }
@@ -191,9 +205,17 @@ async fn delete_link(
 ) -> AppResult<StatusCode> {
     let id = LinkId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
-    let file = state.meta.write(move |tx| links::delete_owned(tx, id, owner)).await?.ok_or(AppError::NotFound)?;
+    let file = state
+        .meta
+        .write(move |tx| links::delete_owned(tx, id, owner))
+        .await?
+        .ok_or(AppError::NotFound)?;
     state.audit.record(
-        Record::new(Event::LinkDelete).actor(owner).subject(id).ip(ip).detail(serde_json::json!({ "file": file })),
+        Record::new(Event::LinkDelete)
+            .actor(owner)
+            .subject(id)
+            .ip(ip)
+            .detail(serde_json::json!({ "file": file })),
     );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,7 +18,9 @@ use axum::response::Response;
 use crate::app::AppState;
 
 /// Latency bucket bounds, seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -81,7 +83,9 @@ impl Metrics {
     /// Render the text format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP coffer_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str(
+            "# HELP coffer_http_requests_total HTTP requests by method, route and status.\n",
+        );
         out.push_str("# TYPE coffer_http_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
             for ((method, route, status), n) in m.iter() {
@@ -93,40 +97,82 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP coffer_http_request_duration_seconds Time to the response head, by route.\n");
+        out.push_str(
+            "# HELP coffer_http_request_duration_seconds Time to the response head, by route.\n",
+        );
         out.push_str("# TYPE coffer_http_request_duration_seconds histogram\n");
         if let Ok(m) = self.latency.lock() {
             for (route, h) in m.iter() {
                 let r = escape(route);
                 for (bound, c) in BUCKETS.iter().zip(h.counts.iter()) {
-                    let _ = writeln!(out, "coffer_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{bound}\"}} {c}");
+                    let _ = writeln!(
+                        out,
+                        "coffer_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{bound}\"}} {c}"
+                    );
                 }
-                let _ = writeln!(out, "coffer_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "coffer_http_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
-                let _ = writeln!(out, "coffer_http_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "coffer_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "coffer_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "coffer_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                    h.count
+                );
             }
         }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "coffer_http_request_bytes_total", "Request body bytes received.", self.bytes_in.load(Ordering::Relaxed));
-        counter(&mut out, "coffer_http_response_bytes_total", "Response body bytes announced.", self.bytes_out.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "coffer_http_request_bytes_total",
+            "Request body bytes received.",
+            self.bytes_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "coffer_http_response_bytes_total",
+            "Response body bytes announced.",
+            self.bytes_out.load(Ordering::Relaxed),
+        );
         out.push_str("# HELP coffer_rate_limited_total Requests refused by a rate limiter.\n");
         out.push_str("# TYPE coffer_rate_limited_total counter\n");
-        let _ = writeln!(out, "coffer_rate_limited_total{{bucket=\"global\"}} {}", self.rate_limited_global.load(Ordering::Relaxed));
-        let _ = writeln!(out, "coffer_rate_limited_total{{bucket=\"login\"}} {}", self.rate_limited_login.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "coffer_rate_limited_total{{bucket=\"global\"}} {}",
+            self.rate_limited_global.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "coffer_rate_limited_total{{bucket=\"login\"}} {}",
+            self.rate_limited_login.load(Ordering::Relaxed)
+        );
         out
     }
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Route templates are `'static` once interned; a bounded set, since they come from the router.
 fn intern(route: &str) -> &'static str {
     static ROUTES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let Ok(mut v) = ROUTES.lock() else { return "unknown" };
+    let Ok(mut v) = ROUTES.lock() else {
+        return "unknown";
+    };
     if let Some(r) = v.iter().find(|r| **r == route) {
         return r;
     }
@@ -142,14 +188,35 @@ fn intern(route: &str) -> &'static str {
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| intern(p.as_str()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| intern(p.as_str()));
     let len = |h: &axum::http::HeaderMap| {
-        h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
     };
-    state.metrics.bytes_in.fetch_add(len(req.headers()), Ordering::Relaxed);
+    state
+        .metrics
+        .bytes_in
+        .fetch_add(len(req.headers()), Ordering::Relaxed);
     let res = next.run(req).await;
-    state.metrics.bytes_out.fetch_add(len(res.headers()), Ordering::Relaxed);
-    let method = if method.len() <= 10 { method } else { "OTHER".to_owned() };
-    state.metrics.observe(&method, route, res.status().as_u16(), start.elapsed().as_secs_f64());
+    state
+        .metrics
+        .bytes_out
+        .fetch_add(len(res.headers()), Ordering::Relaxed);
+    let method = if method.len() <= 10 {
+        method
+    } else {
+        "OTHER".to_owned()
+    };
+    state.metrics.observe(
+        &method,
+        route,
+        res.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     res
 }

@@ -58,11 +58,16 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .layer(
             ServiceBuilder::new()
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                ))
                 .layer(RequestBodyLimitLayer::new(json_limit))
                 .layer(DefaultBodyLimit::max(json_limit)),
         );
-    let streaming_routes = OpenApiRouter::new().merge(files::streaming_router()).merge(links::streaming_router());
+    let streaming_routes = OpenApiRouter::new()
+        .merge(files::streaming_router())
+        .merge(links::streaming_router());
 
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(json_routes)
@@ -99,19 +104,31 @@ async fn fallback() -> AppError {
 /// The trace span of a request: method, route template (never the raw path: a share-link
 /// token lives there), request id and client address.
 fn make_span(req: &Request) -> tracing::Span {
-    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
     let id = req
         .extensions()
         .get::<request_id::RequestId>()
         .and_then(|r| r.0.to_str().ok())
         .unwrap_or("-");
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string()).unwrap_or_default();
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
     tracing::info_span!("request", method = %req.method(), route, request_id = id, client.ip = ip)
 }
 
 fn cors(state: &AppState) -> CorsLayer {
-    let origins: Vec<HeaderValue> =
-        state.config.cors.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> = state
+        .config
+        .cors
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
     // Tokens ride in headers, never cookies, so credentials are never allowed.
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
@@ -148,7 +165,9 @@ async fn preflight_no_content(req: Request, next: Next) -> Response {
 }
 
 fn client(req: &Request) -> std::net::IpAddr {
-    req.extensions().get::<ClientIp>().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0)
+    req.extensions()
+        .get::<ClientIp>()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0)
 }
 
 async fn global_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -159,7 +178,10 @@ async fn global_rate_limit(State(state): State<AppState>, req: Request, next: Ne
         Ok(()) => next.run(req).await,
         Err(wait) => {
             state.metrics.rate_limited(Limiter::Global);
-            AppError::TooManyRequests { retry_after_secs: wait }.into_response()
+            AppError::TooManyRequests {
+                retry_after_secs: wait,
+            }
+            .into_response()
         }
     }
 }
@@ -169,7 +191,10 @@ async fn login_rate_limit(State(state): State<AppState>, req: Request, next: Nex
         Ok(()) => next.run(req).await,
         Err(wait) => {
             state.metrics.rate_limited(Limiter::Login);
-            AppError::TooManyRequests { retry_after_secs: wait }.into_response()
+            AppError::TooManyRequests {
+                retry_after_secs: wait,
+            }
+            .into_response()
         }
     }
 }

@@ -18,7 +18,8 @@ use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
 
-type Keyed = RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+type Keyed =
+    RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
 /// One keyed limiter with its housekeeping.
 pub struct Bucket {
@@ -48,10 +49,12 @@ impl Bucket {
                 return Err(1);
             }
         }
-        self.limiter.check_key(&bucket_key(ip)).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        })
+        self.limiter
+            .check_key(&bucket_key(ip))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            })
     }
 
     /// Drop refilled buckets; at most once a second.
@@ -104,7 +107,9 @@ impl RateLimits {
     pub fn new(cfg: &RateLimitConfig) -> Self {
         let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let per = Duration::from_secs_f64(1.0 / f64::from(cfg.requests_per_second.max(1)));
-        let global = Quota::with_period(per).unwrap_or_else(|| Quota::per_second(nz(cfg.requests_per_second))).allow_burst(nz(cfg.burst));
+        let global = Quota::with_period(per)
+            .unwrap_or_else(|| Quota::per_second(nz(cfg.requests_per_second)))
+            .allow_burst(nz(cfg.burst));
         let login = Quota::per_minute(nz(cfg.login_per_minute));
         Self {
             global: Bucket::new(global, cfg.max_tracked_clients),
@@ -124,7 +129,12 @@ mod tests {
     use super::*;
 
     fn cfg(rps: u32, burst: u32, login: u32) -> RateLimitConfig {
-        RateLimitConfig { requests_per_second: rps, burst, login_per_minute: login, max_tracked_clients: 16 }
+        RateLimitConfig {
+            requests_per_second: rps,
+            burst,
+            login_per_minute: login,
+            max_tracked_clients: 16,
+        }
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 /// Whether a client-supplied id can be echoed.
 pub fn acceptable(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// The request id, as the trace span and handlers see it.
@@ -47,7 +50,9 @@ mod tests {
         assert!(acceptable(&HeaderValue::from_static("abc-123_x.y")));
         assert!(!acceptable(&HeaderValue::from_static("")));
         assert!(!acceptable(&HeaderValue::from_static("a b")));
-        assert!(!acceptable(&HeaderValue::from_str(&"a".repeat(65)).unwrap()));
+        assert!(!acceptable(
+            &HeaderValue::from_str(&"a".repeat(65)).unwrap()
+        ));
         assert!(!acceptable(&HeaderValue::from_static("x\"y")));
     }
 }

@@ -30,7 +30,11 @@ pub fn sanitize(raw: &str) -> String {
     let cleaned: String = cleaned.chars().filter(|c| !is_removed(*c)).collect();
     let trimmed = cleaned.trim_start_matches('.').trim_end_matches(['.', ' ']);
     let capped = cap(trimmed);
-    if capped.is_empty() { FALLBACK.to_owned() } else { capped }
+    if capped.is_empty() {
+        FALLBACK.to_owned()
+    } else {
+        capped
+    }
 }
 
 /// Cut to [`MAX_BYTES`] on a character boundary, keeping a short extension.

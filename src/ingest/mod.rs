@@ -163,7 +163,12 @@ where
         done: false,
     };
     match receive(state, &up, body, &mut outcome).await {
-        Ok((writer, stored, reservation)) => Ok(Staged { writer, stored, reservation, outcome }),
+        Ok((writer, stored, reservation)) => Ok(Staged {
+            writer,
+            stored,
+            reservation,
+            outcome,
+        }),
         Err(e) => {
             outcome.reason = Some(e.reason());
             Err(e)
@@ -182,13 +187,22 @@ where
 {
     let limit = state.config.limits.max_upload_bytes;
     let name = filename::sanitize(&up.raw_name);
-    let rule = state.policy.rule_for(filename::extension(&name).as_deref())?.clone();
+    let rule = state
+        .policy
+        .rule_for(filename::extension(&name).as_deref())?
+        .clone();
 
     let want = up.length_hint.unwrap_or(limit).min(limit);
     let reservation = state.quota.reserve(up.owner, want, up.exact_length).await?;
     // The most this upload may hold: the size limit, or less when the quota leaves less.
     let cap = reservation.bytes().min(limit);
-    let over = |n: u64| if n > limit { IngestError::TooLarge { limit } } else { IngestError::Quota };
+    let over = |n: u64| {
+        if n > limit {
+            IngestError::TooLarge { limit }
+        } else {
+            IngestError::Quota
+        }
+    };
     let idle = Duration::from_secs(state.config.limits.upload_idle_timeout_secs);
 
     // Sniff: gather the head before deciding anything about the content.

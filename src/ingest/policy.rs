@@ -39,9 +39,9 @@ const DANGEROUS_TYPES: &[&str] = &[
 
 /// Extensions refused even if configured.
 const DANGEROUS_EXTS: &[&str] = &[
-    "html", "htm", "xhtml", "shtml", "svg", "svgz", "xml", "xsl", "js", "mjs", "cjs", "php", "phtml",
-    "phar", "asp", "aspx", "jsp", "exe", "dll", "com", "bat", "cmd", "sh", "bash", "ps1", "msi", "scr",
-    "jar", "wasm", "elf", "so", "dylib", "app", "vbs", "hta",
+    "html", "htm", "xhtml", "shtml", "svg", "svgz", "xml", "xsl", "js", "mjs", "cjs", "php",
+    "phtml", "phar", "asp", "aspx", "jsp", "exe", "dll", "com", "bat", "cmd", "sh", "bash", "ps1",
+    "msi", "scr", "jar", "wasm", "elf", "so", "dylib", "app", "vbs", "hta",
 ];
 
 /// How one extension's content is checked.
@@ -84,17 +84,26 @@ impl Refusal {
 
 /// Check one configured rule (used by config validation).
 pub fn check_rule(ext: &str, mime: &str) -> Result<(), String> {
-    if ext.is_empty() || ext.len() > 16 || !ext.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+    if ext.is_empty()
+        || ext.len() > 16
+        || !ext
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
         return Err("extensions are 1-16 lower-case letters or digits, without the dot".into());
     }
     let mime = mime.trim().to_ascii_lowercase();
     if DANGEROUS_TYPES.contains(&mime.as_str()) || DANGEROUS_EXTS.contains(&ext) {
-        return Err(format!("{ext} / {mime} can execute in a browser or on a host and is never allowed"));
+        return Err(format!(
+            "{ext} / {mime} can execute in a browser or on a host and is never allowed"
+        ));
     }
     if mime.starts_with("text/") || infer::is_mime_supported(&mime) {
         Ok(())
     } else {
-        Err(format!("{mime} has no known magic bytes; only text/* types may go without"))
+        Err(format!(
+            "{mime} has no known magic bytes; only text/* types may go without"
+        ))
     }
 }
 
@@ -111,7 +120,11 @@ impl UploadPolicy {
             .iter()
             .map(|(ext, mime)| {
                 let mime = mime.trim().to_ascii_lowercase();
-                let rule = if mime.starts_with("text/") { Rule::Text } else { Rule::Magic(mime) };
+                let rule = if mime.starts_with("text/") {
+                    Rule::Text
+                } else {
+                    Rule::Magic(mime)
+                };
                 (ext.to_ascii_lowercase(), rule)
             })
             .collect();
@@ -121,7 +134,9 @@ impl UploadPolicy {
     /// The rule for an extension; refused before a byte of the body is read.
     pub fn rule_for(&self, ext: Option<&str>) -> Result<&Rule, Refusal> {
         let ext = ext.ok_or(Refusal::NoExtension)?;
-        self.rules.get(ext).ok_or_else(|| Refusal::ExtensionNotAllowed(ext.to_owned()))
+        self.rules
+            .get(ext)
+            .ok_or_else(|| Refusal::ExtensionNotAllowed(ext.to_owned()))
     }
 
     /// Decide on the first bytes (up to [`SNIFF_LEN`], fewer only at end of stream). Returns
@@ -174,7 +189,11 @@ impl Utf8Check {
 
     /// End of stream: nothing may be left incomplete.
     pub fn finish(self) -> Result<(), Refusal> {
-        if self.carry.is_empty() { Ok(()) } else { Err(Refusal::NotText) }
+        if self.carry.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::NotText)
+        }
     }
 }
 
@@ -203,7 +222,10 @@ mod tests {
         assert!(UploadPolicy::decide(jpg, b"<html><script>").is_err());
         assert!(UploadPolicy::decide(jpg, b"<?php system($_GET[1]);").is_err());
         assert!(UploadPolicy::decide(png, b"").is_err());
-        assert_eq!(p.rule_for(Some("exe")), Err(Refusal::ExtensionNotAllowed("exe".into())));
+        assert_eq!(
+            p.rule_for(Some("exe")),
+            Err(Refusal::ExtensionNotAllowed("exe".into()))
+        );
         assert_eq!(p.rule_for(None), Err(Refusal::NoExtension));
     }
 

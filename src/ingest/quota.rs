@@ -50,12 +50,12 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let Some(ledger) = &self.ledger else { return };
-        if let Ok(mut map) = ledger.lock() {
-            if let Some(v) = map.get_mut(&self.user) {
-                *v = v.saturating_sub(self.bytes);
-                if *v == 0 {
-                    map.remove(&self.user);
-                }
+        if let Ok(mut map) = ledger.lock()
+            && let Some(v) = map.get_mut(&self.user)
+        {
+            *v = v.saturating_sub(self.bytes);
+            if *v == 0 {
+                map.remove(&self.user);
             }
         }
     }
@@ -64,14 +64,28 @@ impl Drop for Reservation {
 impl Quota {
     /// A ledger enforcing `limit` bytes per user (0 = unlimited).
     pub fn new(limit: u64, meta: MetaStore) -> Self {
-        Self { limit, meta, reserved: Arc::default(), gate: Arc::default() }
+        Self {
+            limit,
+            meta,
+            reserved: Arc::default(),
+            gate: Arc::default(),
+        }
     }
 
     /// Reserve up to `want` bytes. With `exact`, anything less than `want` fails; otherwise
     /// (length unknown in advance) the reservation may be smaller, down to 1 byte.
-    pub async fn reserve(&self, user: UserId, want: u64, exact: bool) -> Result<Reservation, QuotaError> {
+    pub async fn reserve(
+        &self,
+        user: UserId,
+        want: u64,
+        exact: bool,
+    ) -> Result<Reservation, QuotaError> {
         if self.limit == 0 {
-            return Ok(Reservation { ledger: None, user, bytes: want });
+            return Ok(Reservation {
+                ledger: None,
+                user,
+                bytes: want,
+            });
         }
         let _gate = self.gate.lock().await;
         let stored = self.meta.read(move |c| users::used_bytes(c, user)).await?;
@@ -83,7 +97,11 @@ impl Quota {
             return Err(QuotaError::Exceeded);
         }
         *map.entry(user).or_insert(0) += bytes;
-        Ok(Reservation { ledger: Some(self.reserved.clone()), user, bytes })
+        Ok(Reservation {
+            ledger: Some(self.reserved.clone()),
+            user,
+            bytes,
+        })
     }
 
     /// Whether a quota applies.

@@ -112,5 +112,8 @@ pub fn list(c: &Connection, user: UserId) -> rusqlite::Result<Vec<ApiKey>> {
 
 /// Delete one of the user's keys; `false` when there is no such key of theirs.
 pub fn delete(c: &Connection, user: UserId, id: ApiKeyId) -> rusqlite::Result<bool> {
-    Ok(c.execute("DELETE FROM api_keys WHERE id = ?1 AND user_id = ?2", params![id, user])? == 1)
+    Ok(c.execute(
+        "DELETE FROM api_keys WHERE id = ?1 AND user_id = ?2",
+        params![id, user],
+    )? == 1)
 }

@@ -74,9 +74,11 @@ pub fn chain_hash(prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 3
 
 fn last_link(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
     let last = c
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     match last {
         Some(l) => Ok(l),
@@ -85,10 +87,13 @@ fn last_link(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
 }
 
 fn anchor(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
-    Ok(c
-        .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+    Ok(
+        c.query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?
-        .unwrap_or((0, vec![0; 32])))
+        .unwrap_or((0, vec![0; 32])),
+    )
 }
 
 /// Append entries in order, chaining from the current tail (read inside the caller's write
@@ -141,12 +146,19 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEntry> {
 const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash";
 
 /// Newest first, after the `seq` cursor.
-pub fn list(c: &Connection, before_seq: Option<i64>, limit: usize) -> rusqlite::Result<Page<ChainedEntry>> {
+pub fn list(
+    c: &Connection,
+    before_seq: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Page<ChainedEntry>> {
     let rows = c
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2"
         ))?
-        .query_map(params![before_seq, i64::try_from(limit + 1).unwrap_or(i64::MAX)], row)?
+        .query_map(
+            params![before_seq, i64::try_from(limit + 1).unwrap_or(i64::MAX)],
+            row,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Page::from_overfetch(rows, limit))
 }
@@ -160,7 +172,9 @@ pub fn prune(c: &Connection, cutoff: Timestamp) -> rusqlite::Result<usize> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let Some((seq, hash)) = last else { return Ok(0) };
+    let Some((seq, hash)) = last else {
+        return Ok(0);
+    };
     let n = c.execute("DELETE FROM audit WHERE seq <= ?1", [seq])?;
     c.execute(
         "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
@@ -188,7 +202,10 @@ pub fn verify_chain(c: &Connection) -> rusqlite::Result<Vec<String>> {
         }
         let want = chain_hash(&prev, e.seq, &e.entry, &e.detail_raw);
         if want[..] != e.hash[..] {
-            problems.push(format!("audit chain broken: entry {} ({}) was altered", e.seq, e.entry.id));
+            problems.push(format!(
+                "audit chain broken: entry {} ({}) was altered",
+                e.seq, e.entry.id
+            ));
         }
         prev = e.hash;
     }
@@ -219,9 +236,11 @@ mod tests {
         append(&c, &[entry("d")]).unwrap();
         assert!(verify_chain(&c).unwrap().is_empty());
 
-        c.execute("UPDATE audit SET event = 'x' WHERE seq = 2", []).unwrap();
+        c.execute("UPDATE audit SET event = 'x' WHERE seq = 2", [])
+            .unwrap();
         assert_eq!(verify_chain(&c).unwrap().len(), 1);
-        c.execute("UPDATE audit SET event = 'b' WHERE seq = 2", []).unwrap();
+        c.execute("UPDATE audit SET event = 'b' WHERE seq = 2", [])
+            .unwrap();
         assert!(verify_chain(&c).unwrap().is_empty());
 
         c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();

@@ -53,8 +53,7 @@ pub struct StoredFile {
     pub sealing: Option<Sealing>,
 }
 
-const COLUMNS: &str =
-    "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key";
+const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     let size: i64 = r.get(2)?;
@@ -72,7 +71,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
         },
         owner_id: r.get(7)?,
         blob_key: r.get(8)?,
-        sealing: key_id.zip(wrapped).map(|(key_id, wrapped_key)| Sealing { key_id, wrapped_key }),
+        sealing: key_id.zip(wrapped).map(|(key_id, wrapped_key)| Sealing {
+            key_id,
+            wrapped_key,
+        }),
     })
 }
 
@@ -145,19 +147,26 @@ pub fn list_owned(
                AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
              ORDER BY created_at DESC, id DESC LIMIT ?5"
         ))?
-        .query_map(params![owner, now, at, id, fetch], |r| row(r).map(|s| s.file))?
+        .query_map(params![owner, now, at, id, fetch], |r| {
+            row(r).map(|s| s.file)
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Page::from_overfetch(rows, limit))
 }
 
 /// Delete a row (links cascade). `false` when it was already gone.
 pub fn delete(c: &Connection, id: FileId) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("DELETE FROM files WHERE id = ?1")?.execute([id])? == 1)
+    Ok(c.prepare_cached("DELETE FROM files WHERE id = ?1")?
+        .execute([id])?
+        == 1)
 }
 
 /// Delete a row only while it still points at `blob_key`.
 pub fn delete_if_blob(c: &Connection, id: FileId, blob_key: &str) -> rusqlite::Result<bool> {
-    Ok(c.execute("DELETE FROM files WHERE id = ?1 AND blob_key = ?2", params![id, blob_key])? == 1)
+    Ok(c.execute(
+        "DELETE FROM files WHERE id = ?1 AND blob_key = ?2",
+        params![id, blob_key],
+    )? == 1)
 }
 
 /// Every file of a user (for account deletion).
@@ -178,11 +187,18 @@ pub fn expired(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result
 }
 
 /// Every row, in id order, one page at a time (maintenance walks).
-pub fn scan(c: &Connection, after: Option<FileId>, limit: usize) -> rusqlite::Result<Vec<StoredFile>> {
+pub fn scan(
+    c: &Connection,
+    after: Option<FileId>,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredFile>> {
     c.prepare(&format!(
         "SELECT {COLUMNS} FROM files WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
     ))?
-    .query_map(params![after, i64::try_from(limit).unwrap_or(i64::MAX)], row)?
+    .query_map(
+        params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+        row,
+    )?
     .collect()
 }
 
@@ -196,7 +212,13 @@ pub fn blob_key_exists(c: &Connection, key: &str) -> rusqlite::Result<bool> {
 
 /// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still points
 /// at `old_blob`.
-pub fn seal_blob(c: &Connection, id: FileId, old_blob: &str, new_blob: &str, sealing: &Sealing) -> rusqlite::Result<bool> {
+pub fn seal_blob(
+    c: &Connection,
+    id: FileId,
+    old_blob: &str,
+    new_blob: &str,
+    sealing: &Sealing,
+) -> rusqlite::Result<bool> {
     Ok(c.execute(
         "UPDATE files SET blob_key = ?2, enc_key_id = ?3, enc_wrapped_key = ?4
          WHERE id = ?1 AND blob_key = ?5 AND enc_key_id IS NULL",

@@ -48,13 +48,24 @@ pub fn insert(c: &Connection, l: &NewLink) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO links (id, file_id, token_hash, created_at, expires_at, max_downloads)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![l.id, l.file_id, &l.token_hash[..], l.created_at, l.expires_at, l.max_downloads],
+        params![
+            l.id,
+            l.file_id,
+            &l.token_hash[..],
+            l.created_at,
+            l.expires_at,
+            l.max_downloads
+        ],
     )?;
     Ok(())
 }
 
 /// Look a token up without counting a download.
-pub fn resolve(c: &Connection, token_hash: &[u8; 32], now: Timestamp) -> rusqlite::Result<LinkState> {
+pub fn resolve(
+    c: &Connection,
+    token_hash: &[u8; 32],
+    now: Timestamp,
+) -> rusqlite::Result<LinkState> {
     let row = c
         .prepare_cached(
             "SELECT id, file_id, expires_at, max_downloads, downloads FROM links WHERE token_hash = ?1",
@@ -82,7 +93,10 @@ pub fn resolve(c: &Connection, token_hash: &[u8; 32], now: Timestamp) -> rusqlit
     if max.is_some_and(|m| used >= m) {
         return Ok(LinkState::UsedUp);
     }
-    Ok(LinkState::Live { id, file: Box::new(file) })
+    Ok(LinkState::Live {
+        id,
+        file: Box::new(file),
+    })
 }
 
 /// Count one download; `false` when the link expired or was used up in the meantime.

@@ -127,7 +127,9 @@ pub fn run(conn: &mut Connection) -> rusqlite::Result<()> {
     if current > LATEST {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
-            Some(format!("database schema v{current} is newer than this binary (v{LATEST})")),
+            Some(format!(
+                "database schema v{current} is newer than this binary (v{LATEST})"
+            )),
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
@@ -138,7 +140,11 @@ pub fn run(conn: &mut Connection) -> rusqlite::Result<()> {
             continue;
         }
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
         tx.commit()?;
     }
     Ok(())
@@ -153,7 +159,9 @@ mod tests {
         let mut c = Connection::open_in_memory().unwrap();
         run(&mut c).unwrap();
         run(&mut c).unwrap();
-        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(usize::try_from(v).unwrap(), LATEST);
     }
 }

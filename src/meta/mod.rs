@@ -98,8 +98,18 @@ impl MetaStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self.inner.read_permits.acquire().await.map_err(|_| MetaError::Closed)?;
-        let pooled = self.inner.readers.lock().map_err(|_| MetaError::Closed)?.pop();
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| MetaError::Closed)?;
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .map_err(|_| MetaError::Closed)?
+            .pop();
         let path = self.inner.path.clone();
         let (conn, result) = blocking::run(move || {
             // A connection lost to a panic is replaced here, so the pool never shrinks.
@@ -114,10 +124,10 @@ impl MetaStore {
             (Some(conn), r)
         })
         .await?;
-        if let Some(conn) = conn {
-            if let Ok(mut pool) = self.inner.readers.lock() {
-                pool.push(conn);
-            }
+        if let Some(conn) = conn
+            && let Ok(mut pool) = self.inner.readers.lock()
+        {
+            pool.push(conn);
         }
         result.map_err(classify)
     }
@@ -141,7 +151,9 @@ impl MetaStore {
 
     /// Whether the database answers a trivial query (for `/readyz`).
     pub async fn ping(&self) -> bool {
-        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.is_ok()
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await
+            .is_ok()
     }
 
     /// Checkpoint the WAL into the main file (clean shutdown, backups).
@@ -174,7 +186,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     configure(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -88,12 +88,18 @@ pub fn rotate(
     if token_expiry <= now {
         return Ok(Rotation::Invalid);
     }
-    c.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![&old[..], now])?;
+    c.execute(
+        "UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1",
+        params![&old[..], now],
+    )?;
     c.execute(
         "INSERT INTO refresh_tokens (hash, session_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
         params![&new[..], session, now, expires_at],
     )?;
-    c.execute("UPDATE sessions SET expires_at = ?2 WHERE id = ?1", params![session, expires_at])?;
+    c.execute(
+        "UPDATE sessions SET expires_at = ?2 WHERE id = ?1",
+        params![session, expires_at],
+    )?;
     Ok(Rotation::Rotated { session, user })
 }
 
@@ -107,7 +113,11 @@ pub fn revoke(c: &Connection, id: SessionId, now: Timestamp) -> rusqlite::Result
 }
 
 /// Revoke one access token until it would have expired anyway.
-pub fn revoke_access_token(c: &Connection, jti: &str, expires_at: Timestamp) -> rusqlite::Result<()> {
+pub fn revoke_access_token(
+    c: &Connection,
+    jti: &str,
+    expires_at: Timestamp,
+) -> rusqlite::Result<()> {
     c.execute(
         "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)",
         params![jti, expires_at],
@@ -166,14 +176,35 @@ mod tests {
         let now = Timestamp::now();
         let later = now.plus_secs(3600);
         create(&c, sid, uid, &[1; 32], now, later).unwrap();
-        assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), Some(Role::User));
+        assert_eq!(
+            live_principal(&c, sid, uid, "j1", now).unwrap(),
+            Some(Role::User)
+        );
 
-        assert_eq!(rotate(&c, &[1; 32], &[2; 32], now, later).unwrap(), Rotation::Rotated { session: sid, user: uid });
+        assert_eq!(
+            rotate(&c, &[1; 32], &[2; 32], now, later).unwrap(),
+            Rotation::Rotated {
+                session: sid,
+                user: uid
+            }
+        );
         // Presenting the spent token again revokes the family, including the fresh token.
-        assert_eq!(rotate(&c, &[1; 32], &[3; 32], now, later).unwrap(), Rotation::Reused { session: sid, user: uid });
-        assert_eq!(rotate(&c, &[2; 32], &[4; 32], now, later).unwrap(), Rotation::Invalid);
+        assert_eq!(
+            rotate(&c, &[1; 32], &[3; 32], now, later).unwrap(),
+            Rotation::Reused {
+                session: sid,
+                user: uid
+            }
+        );
+        assert_eq!(
+            rotate(&c, &[2; 32], &[4; 32], now, later).unwrap(),
+            Rotation::Invalid
+        );
         assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), None);
-        assert_eq!(rotate(&c, &[9; 32], &[5; 32], now, later).unwrap(), Rotation::Invalid);
+        assert_eq!(
+            rotate(&c, &[9; 32], &[5; 32], now, later).unwrap(),
+            Rotation::Invalid
+        );
     }
 
     #[test]
@@ -185,7 +216,10 @@ mod tests {
         create(&c, sid, uid, &[1; 32], now, now.plus_secs(60)).unwrap();
         revoke_access_token(&c, "j1", now.plus_secs(10)).unwrap();
         assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), None);
-        assert_eq!(live_principal(&c, sid, uid, "j2", now).unwrap(), Some(Role::User));
+        assert_eq!(
+            live_principal(&c, sid, uid, "j2", now).unwrap(),
+            Some(Role::User)
+        );
         assert_eq!(prune(&c, now.plus_secs(11)).unwrap(), 1);
     }
 }

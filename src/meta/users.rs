@@ -115,7 +115,14 @@ pub fn insert(c: &Connection, u: &NewUser) -> rusqlite::Result<Inserted> {
     let res = c.execute(
         "INSERT INTO users (id, username, email, password_hash, role, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![u.id, u.username, u.email, u.password_hash, u.role.as_str(), u.created_at],
+        params![
+            u.id,
+            u.username,
+            u.email,
+            u.password_hash,
+            u.role.as_str(),
+            u.created_at
+        ],
     );
     match res {
         Ok(_) => Ok(Inserted::Created),
@@ -132,12 +139,20 @@ pub fn insert(c: &Connection, u: &NewUser) -> rusqlite::Result<Inserted> {
 }
 
 /// The account and hash for a username (case-insensitive).
-pub fn credentials_by_username(c: &Connection, username: &str) -> rusqlite::Result<Option<Credentials>> {
-    c.prepare_cached(&format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"))?
-        .query_row([username], |r| {
-            Ok(Credentials { user: row_to_user(r)?, password_hash: r.get(5)? })
+pub fn credentials_by_username(
+    c: &Connection,
+    username: &str,
+) -> rusqlite::Result<Option<Credentials>> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"
+    ))?
+    .query_row([username], |r| {
+        Ok(Credentials {
+            user: row_to_user(r)?,
+            password_hash: r.get(5)?,
         })
-        .optional()
+    })
+    .optional()
 }
 
 /// One account.
@@ -149,7 +164,10 @@ pub fn get(c: &Connection, id: UserId) -> rusqlite::Result<Option<User>> {
 
 /// Replace a password hash (rehash on login after a parameter change).
 pub fn set_password_hash(c: &Connection, id: UserId, hash: &str) -> rusqlite::Result<()> {
-    c.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id, hash])?;
+    c.execute(
+        "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+        params![id, hash],
+    )?;
     Ok(())
 }
 
@@ -165,7 +183,9 @@ pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
 
 /// Number of admins.
 pub fn count_admins(c: &Connection) -> rusqlite::Result<u64> {
-    let n: i64 = c.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| r.get(0))?;
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| {
+        r.get(0)
+    })?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -177,11 +197,18 @@ pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
 
 /// Change a role.
 pub fn set_role(c: &Connection, id: UserId, role: Role) -> rusqlite::Result<bool> {
-    Ok(c.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role.as_str()])? == 1)
+    Ok(c.execute(
+        "UPDATE users SET role = ?2 WHERE id = ?1",
+        params![id, role.as_str()],
+    )? == 1)
 }
 
 /// Newest first, keyset-paginated after `(created_at, id)`.
-pub fn list(c: &Connection, after: Option<(Timestamp, UserId)>, limit: usize) -> rusqlite::Result<Page<User>> {
+pub fn list(
+    c: &Connection,
+    after: Option<(Timestamp, UserId)>,
+    limit: usize,
+) -> rusqlite::Result<Page<User>> {
     let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
     let rows = match after {
         None => c

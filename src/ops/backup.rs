@@ -34,17 +34,24 @@ pub struct Summary {
 /// Back up the store at `root` into `dest`.
 pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary> {
     let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
-    Ok(blocking::run(move || backup(&root, &dest, with_blobs)).await??)
+    blocking::run(move || backup(&root, &dest, with_blobs)).await?
 }
 
 fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary> {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dest)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dest)?;
     let db = dest.join("coffer.db");
     if db.exists() {
-        anyhow::bail!("{} already exists; back up into an empty folder", db.display());
+        anyhow::bail!(
+            "{} already exists; back up into an empty folder",
+            db.display()
+        );
     }
-    let src = Connection::open_with_flags(root.join("coffer.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let src =
+        Connection::open_with_flags(root.join("coffer.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     src.busy_timeout(std::time::Duration::from_secs(30))?;
     let mut dst = Connection::open(&db)?;
     {
@@ -69,7 +76,10 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
         }
         all
     };
-    let mut summary = Summary { files: rows.len(), ..Summary::default() };
+    let mut summary = Summary {
+        files: rows.len(),
+        ..Summary::default()
+    };
     let mut manifest = std::io::BufWriter::new(std::fs::File::create(dest.join("manifest.jsonl"))?);
     writeln!(
         manifest,
@@ -78,7 +88,9 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     )?;
     let mut vanished: Vec<FileId> = Vec::new();
     for f in &rows {
-        let Some(key) = BlobKey::parse(&f.blob_key) else { continue };
+        let Some(key) = BlobKey::parse(&f.blob_key) else {
+            continue;
+        };
         if with_blobs {
             match copy_blob(root, dest, &key) {
                 Ok(()) => summary.blobs += 1,
@@ -120,11 +132,17 @@ fn copy_blob(root: &Path, dest: &Path, key: &BlobKey) -> std::io::Result<()> {
     let from = blob_path(root, key);
     let to = blob_path(dest, key);
     if let Some(parent) = to.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
     // Refuse to follow a symlink planted in the source tree.
     if std::fs::symlink_metadata(&from)?.file_type().is_symlink() {
-        return Err(std::io::Error::other(format!("{} is a symlink", from.display())));
+        return Err(std::io::Error::other(format!(
+            "{} is a symlink",
+            from.display()
+        )));
     }
     match std::fs::hard_link(&from, &to) {
         Ok(()) => Ok(()),

@@ -43,15 +43,29 @@ impl Report {
     /// Every problem, one line each.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
-        out.extend(self.orphans.iter().map(|k| format!("orphan blob: {k} (no database row)")));
-        out.extend(self.missing.iter().map(|id| format!("missing blob: file {id} has no blob")));
         out.extend(
-            self.size_mismatch
+            self.orphans
                 .iter()
-                .map(|(id, want, got)| format!("size mismatch: file {id} blob is {got} bytes, expected {want}")),
+                .map(|k| format!("orphan blob: {k} (no database row)")),
         );
-        out.extend(self.corrupt.iter().map(|(id, why)| format!("corrupt: file {id}: {why}")));
-        out.extend(self.strays.iter().map(|p| format!("stray path in storage: {p}")));
+        out.extend(
+            self.missing
+                .iter()
+                .map(|id| format!("missing blob: file {id} has no blob")),
+        );
+        out.extend(self.size_mismatch.iter().map(|(id, want, got)| {
+            format!("size mismatch: file {id} blob is {got} bytes, expected {want}")
+        }));
+        out.extend(
+            self.corrupt
+                .iter()
+                .map(|(id, why)| format!("corrupt: file {id}: {why}")),
+        );
+        out.extend(
+            self.strays
+                .iter()
+                .map(|p| format!("stray path in storage: {p}")),
+        );
         out.extend(self.audit.iter().cloned());
         out
     }
@@ -64,10 +78,17 @@ impl Report {
 
 /// Compare rows with blobs; with `deep` (the keys to open sealed blobs), also every content
 /// with its hash. A sealed blob whose master key is not configured is reported, not passed.
-pub async fn scan(meta: &MetaStore, blobs: &BlobStore, deep: Option<&Keyring>) -> anyhow::Result<Report> {
+pub async fn scan(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    deep: Option<&Keyring>,
+) -> anyhow::Result<Report> {
     let inventory = blobs.inventory().await?;
     let mut on_disk: BTreeMap<BlobKey, u64> = inventory.blobs.into_iter().collect();
-    let mut report = Report { strays: inventory.strays, ..Report::default() };
+    let mut report = Report {
+        strays: inventory.strays,
+        ..Report::default()
+    };
     let mut after = None;
     loop {
         let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
@@ -75,7 +96,9 @@ pub async fn scan(meta: &MetaStore, blobs: &BlobStore, deep: Option<&Keyring>) -
         for f in &rows {
             report.files += 1;
             let Some(key) = BlobKey::parse(&f.blob_key) else {
-                report.corrupt.push((f.file.id, "its blob key is malformed".into()));
+                report
+                    .corrupt
+                    .push((f.file.id, "its blob key is malformed".into()));
                 continue;
             };
             let Some(len) = on_disk.remove(&key) else {
@@ -87,10 +110,10 @@ pub async fn scan(meta: &MetaStore, blobs: &BlobStore, deep: Option<&Keyring>) -
                 report.size_mismatch.push((f.file.id, want, len));
                 continue;
             }
-            if let Some(keyring) = deep {
-                if let Err(why) = verify_content(blobs, keyring, f).await {
-                    report.corrupt.push((f.file.id, why));
-                }
+            if let Some(keyring) = deep
+                && let Err(why) = verify_content(blobs, keyring, f).await
+            {
+                report.corrupt.push((f.file.id, why));
             }
         }
         if rows.len() < PAGE {
@@ -101,8 +124,15 @@ pub async fn scan(meta: &MetaStore, blobs: &BlobStore, deep: Option<&Keyring>) -
     Ok(report)
 }
 
-async fn verify_content(blobs: &BlobStore, keyring: &Keyring, f: &StoredFile) -> Result<(), String> {
-    let mut stream = blobs.read_file(keyring, f, 0, f.file.size).await.map_err(describe)?;
+async fn verify_content(
+    blobs: &BlobStore,
+    keyring: &Keyring,
+    f: &StoredFile,
+) -> Result<(), String> {
+    let mut stream = blobs
+        .read_file(keyring, f, 0, f.file.size)
+        .await
+        .map_err(describe)?;
     let mut hasher = Sha256::new();
     while let Some(chunk) = stream.next().await {
         hasher.update(chunk.map_err(describe)?);
@@ -129,7 +159,11 @@ pub async fn check_audit(meta: &MetaStore, report: &mut Report) -> anyhow::Resul
 
 /// Remove the orphans of a report, re-checking each against the database first (a row may
 /// have appeared since the scan). Returns how many were removed.
-pub async fn remove_orphans(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<usize> {
+pub async fn remove_orphans(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    report: &Report,
+) -> anyhow::Result<usize> {
     let mut n = 0;
     for key in &report.orphans {
         let k = key.as_str().to_owned();

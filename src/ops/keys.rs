@@ -17,7 +17,10 @@ use crate::meta::files::{self, StoredFile};
 
 const PAGE: usize = 500;
 
-async fn each_file(meta: &MetaStore, mut f: impl AsyncFnMut(StoredFile) -> anyhow::Result<()>) -> anyhow::Result<()> {
+async fn each_file(
+    meta: &MetaStore,
+    mut f: impl AsyncFnMut(StoredFile) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut after: Option<FileId> = None;
     loop {
         let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
@@ -34,10 +37,15 @@ async fn each_file(meta: &MetaStore, mut f: impl AsyncFnMut(StoredFile) -> anyho
 
 /// Re-wrap every data key under the current master key. Returns how many were re-wrapped.
 pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize> {
-    let current = keyring.current_id().ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?.to_owned();
+    let current = keyring
+        .current_id()
+        .ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?
+        .to_owned();
     let mut n = 0;
     each_file(meta, async |row| {
-        let Some(old) = row.sealing.clone() else { return Ok(()) };
+        let Some(old) = row.sealing.clone() else {
+            return Ok(());
+        };
         if old.key_id == current {
             return Ok(());
         }
@@ -46,7 +54,10 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
             .map_err(|e| anyhow::anyhow!("file {}: {e}", row.file.id))?
             .ok_or_else(|| anyhow::anyhow!("file {}: cannot re-wrap", row.file.id))?;
         let id = row.file.id;
-        if meta.write(move |tx| files::rewrap(tx, id, &old, &new)).await? {
+        if meta
+            .write(move |tx| files::rewrap(tx, id, &old, &new))
+            .await?
+        {
             n += 1;
         }
         Ok(())
@@ -57,7 +68,11 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
 
 /// Seal every plaintext blob under the current key. Returns `(converted, skipped)`; a file is
 /// skipped when its content does not match its hash (left for `coffer check` to report).
-pub async fn encrypt_existing(meta: &MetaStore, blobs: &BlobStore, keyring: &Keyring) -> anyhow::Result<(usize, usize)> {
+pub async fn encrypt_existing(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    keyring: &Keyring,
+) -> anyhow::Result<(usize, usize)> {
     if !keyring.enabled() {
         anyhow::bail!("COFFER_ENCRYPTION_KEY is not set");
     }
@@ -76,10 +91,17 @@ pub async fn encrypt_existing(meta: &MetaStore, blobs: &BlobStore, keyring: &Key
     Ok((converted, skipped))
 }
 
-async fn seal_one(meta: &MetaStore, blobs: &BlobStore, keyring: &Keyring, row: &StoredFile) -> anyhow::Result<bool> {
+async fn seal_one(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    keyring: &Keyring,
+    row: &StoredFile,
+) -> anyhow::Result<bool> {
     let id = row.file.id;
     let data_key = DataKey::generate();
-    let sealing = keyring.wrap(id, &data_key).ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
+    let sealing = keyring
+        .wrap(id, &data_key)
+        .ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
     let mut sealer = Sealer::new(&data_key, id);
     let mut writer = blobs.create().await?;
     let mut hasher = Sha256::new();
@@ -97,9 +119,15 @@ async fn seal_one(meta: &MetaStore, blobs: &BlobStore, keyring: &Keyring, row: &
     let new_key = BlobKey::for_file(id, true);
     writer.commit(new_key.clone()).await?;
     let (old_key, new_str) = (row.blob_key.clone(), new_key.as_str().to_owned());
-    let switched = meta.write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing)).await?;
+    let switched = meta
+        .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing))
+        .await?;
     // Whichever blob is no longer referenced goes: the old one, or ours if the row moved on.
-    let stale = if switched { BlobKey::parse(&row.blob_key) } else { Some(new_key) };
+    let stale = if switched {
+        BlobKey::parse(&row.blob_key)
+    } else {
+        Some(new_key)
+    };
     if let Some(stale) = stale {
         blobs.trash(&stale).await?;
         blobs.purge(&stale).await?;
