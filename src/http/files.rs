@@ -119,9 +119,7 @@ async fn upload_file(
             exact_length: declared.is_some(),
             ..up
         };
-        let stream = body
-            .into_data_stream()
-            .map_err(|e| IngestError::BadBody(body_error(&e)));
+        let stream = body.into_data_stream().map_err(|e| body_error(&e));
         if declared.is_none() {
             let metrics = state.clone();
             let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
@@ -152,10 +150,10 @@ struct UploadForm {
     file: Vec<u8>,
 }
 
-fn body_error(e: &axum::Error) -> String {
-    // Hyper's messages are safe to show but not useful; keep the answer generic.
+/// A body that fails mid-stream means the client went away or broke off the transfer.
+fn body_error(e: &axum::Error) -> IngestError {
     tracing::debug!(error = %e, "upload body failed");
-    "the upload body could not be read".into()
+    IngestError::ClientAborted
 }
 
 async fn receive_multipart(
@@ -193,7 +191,10 @@ async fn receive_multipart(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| AppError::BadRequest("the file part has no filename".into()))?
         .to_owned();
-    let stream = field.map_err(move |e| IngestError::from(multipart_error(e, limit)));
+    let stream = field.map_err(move |e| match e {
+        multer::Error::StreamReadFailed(_) => IngestError::ClientAborted,
+        other => IngestError::from(multipart_error(other, limit)),
+    });
     let staged = ingest::stage(
         state,
         Upload {

@@ -97,8 +97,14 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-async fn fallback() -> AppError {
-    AppError::NotFound
+/// Paths no route matches. The wording differs from a missing resource's only so the
+/// OpenAPI coverage test can tell an unrouted path from a routed 404.
+async fn fallback() -> Response {
+    crate::error::problem_response(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "no route matches this path".into(),
+    )
 }
 
 /// The trace span of a request: method, route template (never the raw path: a share-link

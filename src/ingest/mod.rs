@@ -45,9 +45,12 @@ pub enum IngestError {
     /// The owner's quota (413, quota-exceeded).
     #[error("quota exceeded")]
     Quota,
-    /// A malformed body or a client that went away (400).
+    /// A malformed body (400).
     #[error("bad upload body: {0}")]
     BadBody(String),
+    /// The client went away or broke off the body mid-stream (400, if anyone still listens).
+    #[error("the client aborted the upload")]
+    ClientAborted,
     /// The client sent nothing for too long (408).
     #[error("upload idle for too long")]
     Idle,
@@ -66,6 +69,7 @@ impl IngestError {
             Self::TooLarge { .. } => "too_large",
             Self::Quota => "quota_exceeded",
             Self::BadBody(_) => "bad_body",
+            Self::ClientAborted => "client_aborted",
             Self::Idle => "idle_timeout",
             Self::Blob(BlobError::StorageFull) => "storage_full",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
@@ -89,6 +93,9 @@ impl From<IngestError> for AppError {
             IngestError::TooLarge { limit } => AppError::PayloadTooLarge { limit },
             IngestError::Quota => AppError::QuotaExceeded,
             IngestError::BadBody(d) => AppError::BadRequest(d.into()),
+            IngestError::ClientAborted => {
+                AppError::BadRequest("the upload body was cut off".into())
+            }
             IngestError::Idle => AppError::BadRequest("the upload stalled and was aborted".into()),
             IngestError::Blob(b) => b.into(),
             IngestError::Meta(m) => m.into(),

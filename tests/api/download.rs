@@ -1,0 +1,582 @@
+//! Downloads, listing, metadata and deletion: byte-exact round trips, HTTP semantics, safe
+//! headers, and no way into another user's files.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::fixtures::{pdf, png};
+use crate::helpers::{TestApp, problem};
+
+#[tokio::test]
+async fn round_trips_are_byte_identical() {
+    let app = TestApp::spawn().await;
+    let u = app.user("roundtrip").await;
+    for size in [1usize, 4096, 300_000, 10 * 1024 * 1024] {
+        let bytes = png(size.max(40));
+        let f = app.stored(&u.token, "r.png", bytes.clone()).await;
+        let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-length"],
+            bytes.len().to_string().as_str()
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..], "size {size}");
+    }
+    // An empty text file.
+    let f = app.stored(&u.token, "empty.txt", Vec::new()).await;
+    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app
+        .download(
+            &u.token,
+            f["id"].as_str().unwrap(),
+            &[("range", "bytes=0-")],
+        )
+        .await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */0");
+}
+
+#[tokio::test]
+async fn content_headers_are_safe() {
+    let app = TestApp::spawn().await;
+    let u = app.user("headers").await;
+    let name = "r\u{e9}sum\u{e9} \"final\";.pdf";
+    let bytes = pdf(2000);
+    let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_owned());
+    let r = app
+        .authed(Method::POST, "/api/v1/files", &u.token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    let f: Value = r.json().await.unwrap();
+    let id = f["id"].as_str().unwrap();
+    let r = app.download(&u.token, id, &[]).await;
+    let h = r.headers();
+    assert_eq!(h["content-type"], "application/pdf");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert!(h["cache-control"].to_str().unwrap().contains("no-store"));
+    assert_eq!(
+        h["etag"],
+        format!("\"{}\"", f["sha256"].as_str().unwrap()).as_str()
+    );
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert!(h.contains_key("last-modified"));
+    let cd = h["content-disposition"].to_str().unwrap();
+    // The stored name lost its quotes; the fallback replaces non-ASCII and unsafe characters.
+    assert_eq!(
+        cd,
+        "attachment; filename=\"r_sum_ final_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20final%3B.pdf"
+    );
+
+    // inline only for safe types; unknown values are 400.
+    let r = app
+        .authed(
+            Method::GET,
+            &format!("/api/v1/files/{id}/content?disposition=inline"),
+            &u.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline;")
+    );
+    let r = app
+        .authed(
+            Method::GET,
+            &format!("/api/v1/files/{id}/content?disposition=evil"),
+            &u.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(r, 400).await;
+    let txt = app
+        .stored(&u.token, "t.txt", b"<script>alert(1)</script>".to_vec())
+        .await;
+    let r = app
+        .authed(
+            Method::GET,
+            &format!(
+                "/api/v1/files/{}/content?disposition=inline",
+                txt["id"].as_str().unwrap()
+            ),
+            &u.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline;")
+    );
+}
+
+#[tokio::test]
+async fn ranges_conditionals_and_head() {
+    let app = TestApp::spawn().await;
+    let u = app.user("ranger").await;
+    let bytes = png(1000);
+    let f = app.stored(&u.token, "r.png", bytes.clone()).await;
+    let id = f["id"].as_str().unwrap();
+    let etag = format!("\"{}\"", f["sha256"].as_str().unwrap());
+    let range = async |spec: &str| app.download(&u.token, id, &[("range", spec)]).await;
+
+    for (spec, from, to) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=10-19", 10, 19),
+        ("bytes=990-", 990, 999),
+        ("bytes=-10", 990, 999),
+        ("bytes=500-5000", 500, 999),
+        ("bytes=-5000", 0, 999),
+    ] {
+        let r = range(spec).await;
+        assert_eq!(r.status(), 206, "{spec}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {from}-{to}/1000").as_str(),
+            "{spec}"
+        );
+        assert_eq!(
+            r.headers()["content-length"],
+            (to - from + 1).to_string().as_str()
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &bytes[from..=to],
+            "{spec}"
+        );
+    }
+    for spec in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
+        let r = range(spec).await;
+        assert_eq!(r.headers()["content-range"], "bytes */1000", "{spec}");
+        problem(r, 416).await;
+    }
+    // Several ranges, other units and garbage: the whole file.
+    for spec in ["bytes=0-1,5-6", "items=0-1", "bytes=x-y", "bytes=9-1"] {
+        let r = range(spec).await;
+        assert_eq!(r.status(), 200, "{spec}");
+        assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    }
+    // If-None-Match.
+    for inm in [
+        etag.as_str(),
+        "*",
+        &format!("\"other\", {etag}"),
+        &format!("W/{etag}"),
+    ] {
+        let r = app.download(&u.token, id, &[("if-none-match", inm)]).await;
+        assert_eq!(r.status(), 304, "{inm}");
+        assert_eq!(r.headers()["etag"], etag.as_str());
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    assert_eq!(
+        app.download(&u.token, id, &[("if-none-match", "\"nope\"")])
+            .await
+            .status(),
+        200
+    );
+    // If-Range: the range applies only while the validator matches.
+    let r = app
+        .download(&u.token, id, &[("range", "bytes=0-9"), ("if-range", &etag)])
+        .await;
+    assert_eq!(r.status(), 206);
+    let r = app
+        .download(
+            &u.token,
+            id,
+            &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    // HEAD: the headers of a GET, no body.
+    let r = app
+        .authed(
+            Method::HEAD,
+            &format!("/api/v1/files/{id}/content"),
+            &u.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1000");
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app
+        .authed(
+            Method::HEAD,
+            &format!("/api/v1/files/{id}/content"),
+            &u.token,
+        )
+        .header("range", "bytes=1-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-length"], "2");
+}
+
+#[tokio::test]
+async fn other_users_files_are_404_everywhere() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let thief = app.user("thief").await;
+    let f = app.stored(&owner.token, "secret.png", png(100)).await;
+    let id = f["id"].as_str().unwrap();
+    let missing = uuid::Uuid::new_v4().to_string();
+    for target in [id, missing.as_str()] {
+        let a = problem(
+            app.authed(
+                Method::GET,
+                &format!("/api/v1/files/{target}"),
+                &thief.token,
+            )
+            .send()
+            .await
+            .unwrap(),
+            404,
+        )
+        .await;
+        problem(
+            app.authed(
+                Method::GET,
+                &format!("/api/v1/files/{target}/content"),
+                &thief.token,
+            )
+            .send()
+            .await
+            .unwrap(),
+            404,
+        )
+        .await;
+        let r = app
+            .authed(
+                Method::HEAD,
+                &format!("/api/v1/files/{target}/content"),
+                &thief.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        problem(
+            app.authed(
+                Method::DELETE,
+                &format!("/api/v1/files/{target}"),
+                &thief.token,
+            )
+            .send()
+            .await
+            .unwrap(),
+            404,
+        )
+        .await;
+        let r = app
+            .authed(
+                Method::POST,
+                &format!("/api/v1/files/{target}/links"),
+                &thief.token,
+            )
+            .json(&serde_json::json!({"expires_in": 60}))
+            .send()
+            .await
+            .unwrap();
+        let b = problem(r, 404).await;
+        assert_eq!(a["detail"], b["detail"]);
+    }
+    let list: Value = app
+        .authed(Method::GET, "/api/v1/files", &thief.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["items"].as_array().unwrap().is_empty());
+    // The owner still has it.
+    assert_eq!(app.download(&owner.token, id, &[]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn hostile_ids_never_reach_the_filesystem() {
+    let app = TestApp::spawn().await;
+    let u = app.user("prober").await;
+    app.stored(&u.token, "x.png", png(100)).await;
+    let long = "a".repeat(5000);
+    for id in [
+        "..%2f..%2fcoffer.db",
+        "%2e%2e",
+        "..%5c..%5cwindows",
+        "%00",
+        "..",
+        "abc",
+        long.as_str(),
+        "00000000-0000-0000-0000-000000000000%00",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    ] {
+        for path in [
+            format!("/api/v1/files/{id}"),
+            format!("/api/v1/files/{id}/content"),
+        ] {
+            let r = app
+                .authed(Method::GET, &path, &u.token)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            assert!(s == 404 || s == 400, "{path}: {s}");
+            let body = r.text().await.unwrap();
+            assert!(
+                !body.contains("SQLite") && !body.contains("/storage") && !body.contains("root:"),
+                "{body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn pagination_returns_every_file_exactly_once() {
+    let app = TestApp::spawn().await;
+    let u = app.user("pager").await;
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        ids.push(
+            app.stored(&u.token, &format!("p{i}.png"), png(50 + i))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut first = true;
+    loop {
+        let mut req = app
+            .authed(Method::GET, "/api/v1/files", &u.token)
+            .query(&[("limit", "5")]);
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert!(items.len() <= 5);
+        seen.extend(items.iter().map(|f| f["id"].as_str().unwrap().to_owned()));
+        if first {
+            // Newest first; an upload landing mid-walk must not disturb the pages after it.
+            assert_eq!(items[0]["id"], ids.last().unwrap().as_str());
+            app.stored(&u.token, "late.png", png(60)).await;
+            first = false;
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "duplicates");
+    for id in &ids {
+        assert!(seen.contains(id), "{id} missing");
+    }
+    problem(
+        app.authed(Method::GET, "/api/v1/files?limit=0", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    problem(
+        app.authed(Method::GET, "/api/v1/files?limit=1001", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    problem(
+        app.authed(Method::GET, "/api/v1/files?limit=abc", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    problem(
+        app.authed(Method::GET, "/api/v1/files?cursor=not-a-cursor", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    let v: Value = app
+        .authed(Method::GET, "/api/v1/files", &u.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 24);
+    assert!(v["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn delete_removes_row_and_blob() {
+    let app = TestApp::spawn().await;
+    let u = app.user("deleter").await;
+    let f = app.stored(&u.token, "d.png", png(500)).await;
+    let id = f["id"].as_str().unwrap();
+    assert_eq!(app.blob_files().len(), 1);
+    assert_eq!(
+        app.authed(Method::DELETE, &format!("/api/v1/files/{id}"), &u.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(app.blob_files().is_empty());
+    assert!(crate::helpers::files_under(&app.root.join("trash")).is_empty());
+    problem(
+        app.authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    problem(
+        app.authed(Method::DELETE, &format!("/api/v1/files/{id}"), &u.token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn admins_see_any_file_and_delete_users_with_everything() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("root").await;
+    let u = app.user("leaving").await;
+    let keep = app.user("staying").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.stored(&u.token, &format!("l{i}.png"), png(200)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.stored(&keep.token, "k.png", png(200)).await;
+    let link: Value = app
+        .authed(
+            Method::POST,
+            &format!("/api/v1/files/{}/links", ids[0]),
+            &u.token,
+        )
+        .json(&serde_json::json!({"expires_in": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authed(
+            Method::GET,
+            &format!("/api/v1/files/{}", ids[0]),
+            &admin.token
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    let users: Value = app
+        .authed(Method::GET, "/api/v1/admin/users?limit=2", &admin.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["items"].as_array().unwrap().len(), 2);
+    assert!(users["next_cursor"].is_string());
+    assert!(!users.to_string().contains("argon2"));
+
+    assert_eq!(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", u.id),
+            &admin.token
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        204
+    );
+    assert_eq!(
+        app.blob_files().len(),
+        1,
+        "only the other user's blob is left"
+    );
+    problem(
+        app.req(Method::GET, link["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    for id in &ids {
+        problem(
+            app.authed(Method::GET, &format!("/api/v1/files/{id}"), &admin.token)
+                .send()
+                .await
+                .unwrap(),
+            404,
+        )
+        .await;
+    }
+    problem(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", u.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    let events: Vec<String> = app
+        .audit(&admin.token)
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(events.contains(&"admin.user_delete".to_owned()));
+    assert!(events.contains(&"file.upload".to_owned()));
+}

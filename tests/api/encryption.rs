@@ -1,0 +1,365 @@
+//! Encryption at rest: nothing readable on disk, ranges decrypt only what they need, tampering
+//! is caught, keys rotate, old files keep working.
+
+use futures_util::StreamExt as _;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::fixtures::png;
+use crate::helpers::{TestApp, files_under, problem, secret};
+
+const MARKER: &str = "PLAINTEXT-MARKER-7f3a9c";
+
+fn marked_text(len: usize) -> Vec<u8> {
+    let mut s = String::new();
+    let mut i = 0;
+    while s.len() < len {
+        s.push_str(&format!("{MARKER} line {i}\n"));
+        i += 1;
+    }
+    s.truncate(len);
+    s.into_bytes()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn encrypted_app(key: &str) -> TestApp {
+    TestApp::builder()
+        .env("COFFER_ENCRYPTION_KEY", key)
+        .spawn()
+        .await
+}
+
+fn secret_of(app: &TestApp) -> String {
+    app.env()
+        .iter()
+        .find(|(k, _)| k == "COFFER_SECRET_KEY")
+        .unwrap()
+        .1
+        .clone()
+}
+
+#[tokio::test]
+async fn blobs_reveal_nothing_and_differ_for_the_same_file() {
+    let app = encrypted_app(&secret()).await;
+    let u = app.user("sealed").await;
+    let data = marked_text(200_000);
+    let a = app.stored(&u.token, "a.txt", data.clone()).await;
+    let b = app.stored(&u.token, "a.txt", data.clone()).await;
+    assert_eq!(a["sha256"], b["sha256"], "the plaintext hash stays usable");
+    let blobs = app.blob_files();
+    assert_eq!(blobs.len(), 2);
+    let (x, y) = (
+        std::fs::read(&blobs[0]).unwrap(),
+        std::fs::read(&blobs[1]).unwrap(),
+    );
+    for blob in [&x, &y] {
+        assert!(!contains(blob, MARKER.as_bytes()));
+        assert!(!contains(blob, a["sha256"].as_str().unwrap().as_bytes()));
+        assert!(!contains(blob, b"a.txt"));
+    }
+    assert_ne!(x, y);
+    // Nothing else under the root holds the plaintext either.
+    for f in files_under(&app.root) {
+        if f.starts_with(app.root.join("blobs")) {
+            assert!(
+                !contains(&std::fs::read(&f).unwrap(), MARKER.as_bytes()),
+                "{}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_range_shape_returns_the_right_bytes() {
+    let app = encrypted_app(&secret()).await;
+    let u = app.user("ranges").await;
+    let data = png(300_000);
+    let f = app.stored(&u.token, "r.png", data.clone()).await;
+    let id = f["id"].as_str().unwrap();
+    let r = app.download(&u.token, id, &[]).await;
+    assert_eq!(r.headers()["content-length"], "300000");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
+    let seg = 65_536;
+    for (spec, from, to) in [
+        ("bytes=0-0".to_owned(), 0, 0),
+        (format!("bytes={}-{}", seg - 1, seg), seg - 1, seg),
+        (format!("bytes={}-{}", seg, 3 * seg + 5), seg, 3 * seg + 5),
+        ("bytes=-10".to_owned(), 299_990, 299_999),
+        ("bytes=250000-".to_owned(), 250_000, 299_999),
+        ("bytes=0-299999".to_owned(), 0, 299_999),
+    ] {
+        let r = app.download(&u.token, id, &[("range", &spec)]).await;
+        assert_eq!(r.status(), 206, "{spec}");
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &data[from..=to],
+            "{spec}"
+        );
+    }
+    let r = app
+        .download(&u.token, id, &[("range", "bytes=300000-")])
+        .await;
+    problem(r, 416).await;
+}
+
+async fn integrity_events(app: &TestApp, admin: &str) -> usize {
+    app.audit(admin)
+        .await
+        .iter()
+        .filter(|e| e["event"] == "file.integrity_error")
+        .count()
+}
+
+/// Read the whole body; `Err` if the connection broke off. Whatever arrived must be a prefix
+/// of the real content: tampered bytes are never served.
+async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => return Err(got),
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn tampering_fails_cleanly_and_is_audited() {
+    let app = encrypted_app(&secret()).await;
+    let admin = app.admin("tamperwatch").await;
+    let u = app.user("victim").await;
+    let data = png(300_000);
+    let stride = 65_536 + 16;
+    let header = 16;
+
+    // A flipped byte in the first segment: a 500 integrity-error before any byte.
+    let f = app.stored(&u.token, "flip.png", data.clone()).await;
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[header + 10] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    let v = problem(
+        app.download(&u.token, f["id"].as_str().unwrap(), &[]).await,
+        500,
+    )
+    .await;
+    assert!(
+        v["type"].as_str().unwrap().ends_with("integrity-error"),
+        "{v}"
+    );
+    assert_eq!(integrity_events(&app, &admin.token).await, 1);
+
+    // A flipped byte in a later segment: the transfer breaks off; the bytes before are genuine.
+    let f = app.stored(&u.token, "late.png", data.clone()).await;
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[header + 2 * stride + 5] ^= 0x80;
+    std::fs::write(&blob, &bytes).unwrap();
+    let got = read_all(app.download(&u.token, f["id"].as_str().unwrap(), &[]).await).await;
+    let got = got.expect_err("a tampered transfer must not complete");
+    assert!(got.len() < data.len() && data.starts_with(&got));
+    // A range inside the tampered segment is refused up front.
+    let r = app
+        .download(
+            &u.token,
+            f["id"].as_str().unwrap(),
+            &[("range", "bytes=140000-140010")],
+        )
+        .await;
+    problem(r, 500).await;
+
+    // Truncated at a segment boundary (the final-segment flag is gone).
+    let f = app.stored(&u.token, "cut.png", data.clone()).await;
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
+        .unwrap();
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, &bytes[..header + 2 * stride]).unwrap();
+    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    if r.status() == 200 {
+        let got = read_all(r)
+            .await
+            .expect_err("a truncated blob must not complete");
+        assert!(data.starts_with(&got));
+    } else {
+        problem(r, 500).await;
+    }
+    let r = app
+        .download(
+            &u.token,
+            f["id"].as_str().unwrap(),
+            &[("range", "bytes=-5")],
+        )
+        .await;
+    problem(r, 500).await;
+
+    // Two segments swapped.
+    let f = app.stored(&u.token, "swap.png", data.clone()).await;
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let (a, b) = bytes[header..header + 2 * stride].split_at_mut(stride);
+    a.swap_with_slice(b);
+    std::fs::write(&blob, &bytes).unwrap();
+    problem(
+        app.download(&u.token, f["id"].as_str().unwrap(), &[]).await,
+        500,
+    )
+    .await;
+
+    assert!(integrity_events(&app, &admin.token).await >= 5);
+    // `check --deep` finds all four.
+    let out = app.cli(&["check", "--deep"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("corrupt").count() + text.matches("size mismatch").count() >= 4,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_every_file_readable() {
+    let old_key = secret();
+    let new_key = secret();
+    let mut app = encrypted_app(&old_key).await;
+    let u = app.user("rotator").await;
+    let data = marked_text(100_000);
+    let f = app.stored(&u.token, "r.txt", data.clone()).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let (root, sk) = (app.root.clone(), secret_of(&app));
+    app.terminate();
+
+    // New key, old key still listed: old files read, new files use the new key.
+    let mut app = TestApp::builder()
+        .root(&root)
+        .env("COFFER_SECRET_KEY", sk.clone())
+        .env("COFFER_ENCRYPTION_KEY", new_key.clone())
+        .env("COFFER_ENCRYPTION_OLD_KEYS", old_key.clone())
+        .spawn()
+        .await;
+    assert_eq!(
+        app.download(&u.token, &id, &[])
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        &data[..]
+    );
+    let out = app.cli(&["rotate-key"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-wrapped 1"));
+    app.terminate();
+
+    // After rotation the old key is no longer needed.
+    let app = TestApp::builder()
+        .root(&root)
+        .env("COFFER_SECRET_KEY", sk)
+        .env("COFFER_ENCRYPTION_KEY", new_key)
+        .spawn()
+        .await;
+    assert_eq!(
+        app.download(&u.token, &id, &[])
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        &data[..]
+    );
+    assert!(
+        app.cli(&["check", "--deep"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn files_from_before_encryption_still_download_and_can_be_converted() {
+    let mut app = TestApp::spawn().await;
+    let u = app.user("legacy").await;
+    let data = marked_text(150_000);
+    let f = app.stored(&u.token, "old.txt", data.clone()).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let (root, sk) = (app.root.clone(), secret_of(&app));
+    app.terminate();
+
+    let key = secret();
+    let app = TestApp::builder()
+        .root(&root)
+        .env("COFFER_SECRET_KEY", sk)
+        .env("COFFER_ENCRYPTION_KEY", key)
+        .spawn()
+        .await;
+    assert_eq!(
+        app.download(&u.token, &id, &[])
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        &data[..]
+    );
+    let fresh = app.stored(&u.token, "new.txt", data.clone()).await;
+    let out = app.cli(&["encrypt-existing"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("encrypted 1 files"));
+    for blob in app.blob_files() {
+        assert!(
+            !contains(&std::fs::read(&blob).unwrap(), MARKER.as_bytes()),
+            "{}",
+            blob.display()
+        );
+    }
+    for fid in [id.as_str(), fresh["id"].as_str().unwrap()] {
+        let r = app
+            .download(&u.token, fid, &[("range", "bytes=70000-70099")])
+            .await;
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[70_000..70_100]);
+    }
+    let v: Value = app
+        .authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["sha256"], f["sha256"]);
+    assert!(
+        app.cli(&["check", "--deep"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}

@@ -1,0 +1,63 @@
+//! Liveness, readiness, metrics, graceful shutdown.
+
+use reqwest::Method;
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let app = TestApp::spawn().await;
+    let r = app.req(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn readyz_follows_the_storage_root() {
+    let app = TestApp::spawn().await;
+    let moved = app.root.with_extension("moved");
+    std::fs::rename(&app.root, &moved).unwrap();
+    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    std::fs::rename(&moved, &app.root).unwrap();
+    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let app = TestApp::spawn().await;
+    app.req(Method::GET, "/healthz").send().await.unwrap();
+    app.req(Method::GET, "/no/such/thing").send().await.unwrap();
+    let r = app.req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"coffer_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(text.contains("coffer_http_request_duration_seconds_bucket"));
+    assert!(text.contains("coffer_rate_limited_total"));
+    assert!(
+        !text.contains("/no/such/thing"),
+        "raw paths never become labels"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut app = TestApp::spawn().await;
+    let status = app.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(app.logs().contains("stopped"));
+}

@@ -1,0 +1,526 @@
+//! The black-box harness: every test starts the real `coffer` binary on a free loopback port
+//! with a fresh storage root and a random secret, and talks to it over HTTP.
+//!
+//! `TEST_LOG=1` echoes the server's log to stderr.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub mod fixtures;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_coffer")
+}
+
+/// A fresh strong secret.
+pub fn secret() -> String {
+    let out = Command::new(bin())
+        .arg("gen-secret")
+        .output()
+        .expect("gen-secret");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Environment every test server gets unless a test overrides it: fast password hashing and
+/// rate limits out of the way (rate-limit tests set their own).
+fn base_env() -> Vec<(String, String)> {
+    [
+        ("COFFER_AUTH__ARGON2_MEMORY_KIB", "1024"),
+        ("COFFER_AUTH__ARGON2_ITERATIONS", "1"),
+        ("COFFER_RATE_LIMIT__REQUESTS_PER_SECOND", "100000"),
+        ("COFFER_RATE_LIMIT__BURST", "100000"),
+        ("COFFER_RATE_LIMIT__LOGIN_PER_MINUTE", "100000"),
+        ("COFFER_SERVER__BIND", "127.0.0.1:0"),
+        ("COFFER_LOG__LEVEL", "info"),
+        ("COFFER_SERVER__SHUTDOWN_GRACE_SECS", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Builds a [`TestApp`].
+pub struct TestAppBuilder {
+    env: Vec<(String, String)>,
+    root: Option<PathBuf>,
+    args: Vec<String>,
+}
+
+impl TestAppBuilder {
+    /// Set (or override) one environment variable.
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.to_owned(), v.into()));
+        self
+    }
+
+    /// Remove an environment variable (e.g. the secret).
+    pub fn without(mut self, k: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self
+    }
+
+    /// Serve an existing storage root (restart tests).
+    pub fn root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Extra arguments after `serve`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    /// Start the server and wait until it listens.
+    pub async fn spawn(self) -> TestApp {
+        let tmp = TempDir::new().unwrap();
+        let root = self
+            .root
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("storage"));
+        let mut cmd = self.command(&root);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start coffer");
+        let logs = Arc::new(Mutex::new(String::new()));
+        pump(child.stderr.take().unwrap(), logs.clone());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let addr: SocketAddr = match line.trim().strip_prefix("coffer listening on http://") {
+            Some(a) => a.parse().unwrap(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not start; stdout: {line:?}\nlog:\n{}",
+                    logs.lock().unwrap()
+                );
+            }
+        };
+        let app = TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            root,
+            _tmp: tmp,
+            child: Some(child),
+            logs,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            env: self.env,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    fn command(&self, root: &Path) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(&self.args);
+        clean_env(&mut cmd);
+        cmd.env("COFFER_STORAGE__ROOT", root);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// Start from an environment without any COFFER_* a developer may have exported.
+pub fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    // Never pick up a config.toml from the working directory.
+    cmd.current_dir(std::env::temp_dir());
+}
+
+fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    let echo = std::env::var_os("TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    if echo {
+                        eprint!("{text}");
+                    }
+                    into.lock().unwrap().push_str(&text);
+                }
+            }
+        }
+    });
+}
+
+/// A running server.
+pub struct TestApp {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub base: String,
+    /// Its storage root.
+    pub root: PathBuf,
+    _tmp: TempDir,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+    /// An HTTP client that follows no redirects.
+    pub client: Client,
+    env: Vec<(String, String)>,
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// User id.
+    pub id: String,
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Access token.
+    pub token: String,
+    /// Refresh token.
+    pub refresh: String,
+}
+
+/// Default password for test users (meets the policy).
+pub const PASSWORD: &str = "Correct-Horse-9-Battery";
+
+impl TestApp {
+    /// A builder with the default test environment and a fresh secret.
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            env: base_env(),
+            root: None,
+            args: Vec::new(),
+        }
+        .env("COFFER_SECRET_KEY", secret())
+    }
+
+    /// Start with defaults.
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server not ready; log:\n{}", self.logs());
+    }
+
+    /// Absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The environment the server runs with (for CLI calls on the same root).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// A request with no credentials.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// A request with a bearer token.
+    pub fn authed(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.req(method, path).bearer_auth(token)
+    }
+
+    /// POST JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Register (201 expected) and log in.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let r = self
+            .post_json(
+                "/api/v1/auth/register",
+                &json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            201,
+            "register {username}: {}",
+            r.text().await.unwrap()
+        );
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (token, refresh) = self.login(username, PASSWORD).await;
+        TestUser {
+            id,
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+            token,
+            refresh,
+        }
+    }
+
+    /// Log in; panics unless 200.
+    pub async fn login(&self, username: &str, password: &str) -> (String, String) {
+        let r = self
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "login {username}");
+        let v: Value = r.json().await.unwrap();
+        (
+            v["access_token"].as_str().unwrap().to_owned(),
+            v["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Create an admin with the CLI (as an operator would) and log in.
+    pub async fn admin(&self, username: &str) -> TestUser {
+        let out = self
+            .cli(&[
+                "user",
+                "create",
+                "--username",
+                username,
+                "--email",
+                &format!("{username}@example.com"),
+                "--admin",
+            ])
+            .env("COFFER_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let user: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (token, refresh) = self.login(username, PASSWORD).await;
+        TestUser {
+            id: user["id"].as_str().unwrap().to_owned(),
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+            token,
+            refresh,
+        }
+    }
+
+    /// A CLI command on this server's root and environment.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        clean_env(&mut cmd);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("COFFER_STORAGE__ROOT", &self.root);
+        cmd.args(args);
+        cmd
+    }
+
+    /// Raw-body upload.
+    pub async fn upload(&self, token: &str, name: &str, bytes: Vec<u8>) -> Response {
+        self.authed(Method::POST, "/api/v1/files", token)
+            .query(&[("filename", name)])
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Multipart upload with one `file` part.
+    pub async fn upload_multipart(&self, token: &str, name: &str, bytes: Vec<u8>) -> Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.authed(Method::POST, "/api/v1/files", token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Upload and return the file object (panics unless 201).
+    pub async fn stored(&self, token: &str, name: &str, bytes: Vec<u8>) -> Value {
+        let r = self.upload(token, name, bytes).await;
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 201, "upload {name}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// GET a file's content with optional extra headers.
+    pub async fn download(&self, token: &str, id: &str, headers: &[(&str, &str)]) -> Response {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        self.authed(Method::GET, &format!("/api/v1/files/{id}/content"), token)
+            .headers(h)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The audit trail as an admin sees it (all pages).
+    pub async fn audit(&self, admin_token: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut req = self
+                .authed(Method::GET, "/api/v1/admin/audit", admin_token)
+                .query(&[("limit", "1000")]);
+            if let Some(c) = &cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            out.extend(v["items"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Every regular file under the storage root's `blobs/` (and `tmp/`).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        files_under(&self.root.join("blobs"))
+    }
+
+    /// Leftovers of uploads in flight.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        files_under(&self.root.join("tmp"))
+    }
+
+    /// Wait until `cond` holds (bounded).
+    pub async fn eventually(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    /// Kill the server with SIGKILL (crash tests) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop gracefully (SIGTERM) and return the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Regular files below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Assert a response is a problem document with `status`, returning its body.
+pub async fn problem(r: Response, status: u16) -> Value {
+    let got = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = r.text().await.unwrap();
+    assert_eq!(got, status, "body: {body}");
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content-type {ct}: {body}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], status);
+    assert!(v["type"].is_string() && v["title"].is_string(), "{v}");
+    v
+}

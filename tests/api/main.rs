@@ -1,0 +1,21 @@
+//! Black-box tests: the real binary on a loopback port, a real SQLite file, a real storage
+//! directory. One binary so everything links once.
+
+// A panic in a test or its harness is a failed test, not a crashed service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod crash;
+mod download;
+mod encryption;
+mod health;
+mod links;
+mod middleware;
+mod openapi;
+mod rate_limit;
+mod retention;
+mod startup;
+mod upload;

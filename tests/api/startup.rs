@@ -1,0 +1,180 @@
+//! Start-up: secrets, configuration layering, the CLI basics.
+
+use std::process::Command;
+
+use crate::helpers::{TestApp, bin, clean_env, secret};
+
+fn serve_with_secret(secret: Option<&str>) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd);
+    cmd.arg("serve")
+        .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+        .env("COFFER_SERVER__BIND", "127.0.0.1:0");
+    if let Some(s) = secret {
+        cmd.env("COFFER_SECRET_KEY", s);
+    }
+    // A server that wrongly starts would run forever: bound it.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server started with secret {secret:?}");
+}
+
+#[test]
+fn refuses_to_start_without_a_secret() {
+    let out = serve_with_secret(None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("COFFER_SECRET_KEY") && err.contains("gen-secret"),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_weak_and_placeholder_secrets() {
+    for bad in [
+        "changeme",
+        "secret",
+        "my-secret-key",
+        "your-secret-key-here",
+        "short",
+        &"0".repeat(64),
+        &"ab".repeat(32),
+    ] {
+        let out = serve_with_secret(Some(bad));
+        assert_eq!(out.status.code(), Some(2), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("COFFER_SECRET_KEY"), "{bad}: {err}");
+        assert!(
+            bad.len() < 12 || !err.contains(bad),
+            "the message echoes the secret: {err}"
+        );
+    }
+}
+
+#[test]
+fn gen_secret_prints_64_hex_characters() {
+    let out = Command::new(bin()).arg("gen-secret").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.len(), 65);
+    assert!(s.ends_with('\n'));
+    assert!(s.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(s, secret() + "\n", "two secrets are different");
+}
+
+#[tokio::test]
+async fn env_overrides_win_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coffer.toml");
+    std::fs::write(&file, "[limits]\nmax_upload_bytes = 10\n").unwrap();
+    // The file alone: 10 bytes.
+    let app = TestApp::builder()
+        .env("COFFER_CONFIG", file.to_str().unwrap())
+        .spawn()
+        .await;
+    let u = app.user("fileonly").await;
+    let r = app
+        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
+        .await;
+    assert_eq!(r.status(), 413);
+    drop(app);
+    // The environment wins over the file.
+    let app = TestApp::builder()
+        .env("COFFER_CONFIG", file.to_str().unwrap())
+        .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", "1000")
+        .spawn()
+        .await;
+    let u = app.user("envwins").await;
+    let r = app
+        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn config_flag_wins_over_coffer_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.toml");
+    let large = dir.path().join("large.toml");
+    std::fs::write(&small, "[limits]\nmax_upload_bytes = 10\n").unwrap();
+    std::fs::write(&large, "[limits]\nmax_upload_bytes = 1000\n").unwrap();
+    let app = TestApp::builder()
+        .env("COFFER_CONFIG", small.to_str().unwrap())
+        .arg("--config")
+        .arg(large.to_str().unwrap())
+        .spawn()
+        .await;
+    let u = app.user("flagwins").await;
+    assert_eq!(
+        app.upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
+            .await
+            .status(),
+        201
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_stop_start_up() {
+    for (k, v) in [
+        ("COFFER_LIMITS__MAX_UPLOADZ", "1"),
+        ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots"),
+        ("COFFER_CORS__ALLOWED_ORIGINS", "*"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        clean_env(&mut cmd);
+        let out = cmd
+            .args(["check"])
+            .env("COFFER_STORAGE__ROOT", dir.path())
+            .env("COFFER_SECRET_KEY", secret())
+            .env(k, v)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{k}={v}");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(
+            err.contains(
+                &k.trim_start_matches("COFFER_")
+                    .split("__")
+                    .nth(1)
+                    .unwrap()
+                    .to_lowercase()
+            ) || err.contains("cors"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn storage_root_is_created_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn().await;
+    let mode = std::fs::metadata(&app.root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[tokio::test]
+async fn dev_mode_runs_without_a_secret_on_loopback() {
+    let app = TestApp::builder()
+        .without("COFFER_SECRET_KEY")
+        .arg("--dev")
+        .env("COFFER_SERVER__BIND", "0.0.0.0:0")
+        .spawn()
+        .await;
+    assert!(app.addr.ip().is_loopback());
+    assert!(app.logs().contains("DEV MODE"));
+}
