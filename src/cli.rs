@@ -74,6 +74,13 @@ enum Command {
     RotateKey,
     /// Encrypt files stored before encryption at rest was turned on.
     EncryptExisting,
+    /// Probe `GET /healthz` on the configured address; exit 0 when healthy (for container
+    /// HEALTHCHECKs in images without curl).
+    Healthcheck {
+        /// Address to probe (default: `server.bind`, with 0.0.0.0 replaced by 127.0.0.1).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +106,8 @@ pub fn run() -> ExitCode {
         println!("{}", secrets::generate_hex());
         return ExitCode::SUCCESS;
     }
+    // Everything coffer creates (database, blobs, backups) is private to its user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -147,6 +156,7 @@ async fn dispatch(command: Command, config: Config) -> ExitCode {
         Command::Backup { dest, no_blobs } => backup(config, &dest, !no_blobs).await,
         Command::RotateKey => rotate_key(config).await,
         Command::EncryptExisting => encrypt_existing(config).await,
+        Command::Healthcheck { addr } => healthcheck(&config, addr).await,
         Command::GenSecret => Ok(ExitCode::SUCCESS),
     };
     match result {
@@ -244,6 +254,10 @@ async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore),
 }
 
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
+    // Not a store problem, but `serve` would refuse to start: say so.
+    if let Err(e) = SecretKey::from_env() {
+        eprintln!("note: {e}");
+    }
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
     let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
@@ -349,6 +363,29 @@ async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
         keys.current_id().unwrap_or("-")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn healthcheck(config: &Config, addr: Option<SocketAddr>) -> Result<ExitCode, Failure> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut addr = addr.unwrap_or(config.server.bind);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
+        _ => {
+            eprintln!("coffer: {addr} is not healthy");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn encrypt_existing(config: Config) -> Result<ExitCode, Failure> {
