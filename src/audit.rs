@@ -40,6 +40,7 @@ pub enum Event {
     LinkUse,
     LinkDelete,
     AdminUserDelete,
+    AdminUserRole,
     UserCreate,
 }
 
@@ -65,6 +66,7 @@ impl Event {
             Self::LinkUse => "link.use",
             Self::LinkDelete => "link.delete",
             Self::AdminUserDelete => "admin.user_delete",
+            Self::AdminUserRole => "admin.user_role",
             Self::UserCreate => "admin.user_create",
         }
     }

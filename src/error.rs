@@ -100,6 +100,9 @@ pub enum AppError {
     /// Field validation failures.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// The client stopped sending the body.
+    #[error("request timeout")]
+    RequestTimeout,
     /// Rate limited.
     #[error("too many requests")]
     TooManyRequests {
@@ -142,6 +145,7 @@ impl AppError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,6 +172,7 @@ impl AppError {
                 Cow::Borrowed(d)
             }
             Self::NotFound => "no such resource".into(),
+            Self::PayloadTooLarge { limit: 0 } => "the body is too large".into(),
             Self::PayloadTooLarge { limit } => {
                 format!("the body exceeds the limit of {limit} bytes").into()
             }
@@ -176,6 +181,7 @@ impl AppError {
                 "no part of the file lies in the requested range".into()
             }
             Self::Validation(_) => "the request has invalid fields".into(),
+            Self::RequestTimeout => "the request body stalled and was abandoned".into(),
             Self::TooManyRequests { retry_after_secs } => {
                 format!("too many requests; retry in {retry_after_secs} s").into()
             }

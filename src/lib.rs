@@ -5,6 +5,8 @@
 //! leave the canonical storage root. See `README.md` for the architecture and `SECURITY.md` for
 //! the threat model.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,17 +16,19 @@ use crate::audit::{Event, Record};
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{
-    PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor,
+    AppJson, PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor,
+    encode_time_cursor,
 };
 use crate::ids::UserId;
 use crate::lifecycle;
 use crate::meta::audit::{self, AuditEntry};
-use crate::meta::users::{self, User};
+use crate::meta::users::{self, Role, User};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_users))
         .routes(routes!(delete_user))
+        .routes(routes!(set_role))
         .routes(routes!(list_audit))
 }
 
@@ -98,6 +100,59 @@ async fn delete_user(
             .detail(serde_json::json!({ "files_deleted": files })),
     );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /admin/users/{id}/role` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// The new role.
+    role: Role,
+}
+
+/// Promote or demote an account. Takes effect on its live tokens at once (roles are read on
+/// every request); demoting the last administrator is refused.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/role", tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    request_body = RoleRequest,
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn set_role(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+    Path(id): Path<String>,
+    AppJson(req): AppJson<RoleRequest>,
+) -> AppResult<Json<User>> {
+    principal.require_admin()?;
+    let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
+    let role = req.role;
+    let user = state
+        .meta
+        .write(move |tx| {
+            let Some(user) = users::get(tx, id)? else {
+                return Ok(Err(AppError::NotFound));
+            };
+            if user.role == Role::Admin && role == Role::User && users::count_admins(tx)? <= 1 {
+                return Ok(Err(AppError::Conflict(
+                    "cannot demote the last administrator".into(),
+                )));
+            }
+            users::set_role(tx, id, role)?;
+            Ok(Ok(User { role, ..user }))
+        })
+        .await??;
+    state.audit.record(
+        Record::new(Event::AdminUserRole)
+            .actor(principal.user_id)
+            .subject(id)
+            .ip(ip)
+            .detail(serde_json::json!({ "role": role.as_str() })),
+    );
+    Ok(Json(user))
 }
 
 /// A page of audit entries.

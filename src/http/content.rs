@@ -109,6 +109,11 @@ pub async fn respond(
                 integrity_failure(state, f, client_ip);
                 return Err(AppError::Integrity);
             }
+            // The row exists, so a missing blob is our fault, not a 404 for the client.
+            Err(AppError::NotFound) => {
+                let why = format!("blob {} of file {} is missing", f.blob_key, f.file.id);
+                return Err(AppError::Internal(anyhow::anyhow!(why)));
+            }
             other => other?,
         };
         // Pull the first chunk before answering, so a blob that fails authentication at its

@@ -96,7 +96,7 @@ impl From<IngestError> for AppError {
             IngestError::ClientAborted => {
                 AppError::BadRequest("the upload body was cut off".into())
             }
-            IngestError::Idle => AppError::BadRequest("the upload stalled and was aborted".into()),
+            IngestError::Idle => AppError::RequestTimeout,
             IngestError::Blob(b) => b.into(),
             IngestError::Meta(m) => m.into(),
         }

@@ -12,7 +12,7 @@ use crate::ids::{Timestamp, UserId};
 use crate::meta::{Page, is_unique_violation};
 
 /// A role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A normal account.
