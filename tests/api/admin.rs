@@ -91,21 +91,51 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
     let admin = app.admin("promoter").await;
     let u = app.user("climber").await;
     let role = |id: &str, role: &str| {
-        app.authed(Method::POST, &format!("/api/v1/admin/users/{id}/role"), &admin.token)
-            .json(&serde_json::json!({ "role": role }))
-            .send()
+        app.authed(
+            Method::POST,
+            &format!("/api/v1/admin/users/{id}/role"),
+            &admin.token,
+        )
+        .json(&serde_json::json!({ "role": role }))
+        .send()
     };
-    problem(app.authed(Method::GET, "/api/v1/admin/users", &u.token).send().await.unwrap(), 403).await;
+    problem(
+        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     let r = role(&u.id, "admin").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["role"], "admin");
     // The same token, no new login: admin now.
-    assert_eq!(app.authed(Method::GET, "/api/v1/admin/users", &u.token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(role(&u.id, "user").await.unwrap().status(), 200);
-    problem(app.authed(Method::GET, "/api/v1/admin/users", &u.token).send().await.unwrap(), 403).await;
+    problem(
+        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     // The last admin cannot demote itself; unknown roles are 422.
     problem(role(&admin.id, "user").await.unwrap(), 409).await;
     problem(role(&u.id, "root").await.unwrap(), 422).await;
-    let events: Vec<String> = app.audit(&admin.token).await.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect();
+    let events: Vec<String> = app
+        .audit(&admin.token)
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(events.iter().filter(|e| *e == "admin.user_role").count(), 2);
 }

@@ -872,3 +872,49 @@ async fn audit_pages_cover_everything_once() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn sql_injection_payloads_are_just_data() {
+    // Every query binds its values; these strings must behave as plain (odd) text.
+    let app = TestApp::spawn().await;
+    let u = app.user("bobby").await;
+    for username in [
+        "bobby' OR '1'='1",
+        "bobby'--",
+        "x\" OR \"\"=\"",
+        "bobby; DROP TABLE users",
+    ] {
+        let r = app
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"username": username, "password": "' OR '1'='1"}),
+            )
+            .await;
+        problem(r, 401).await;
+    }
+    let name = "'; DROP TABLE files; --.png";
+    let f = app
+        .stored(&u.token, name, crate::helpers::fixtures::png(100))
+        .await;
+    assert_eq!(f["filename"], "; DROP TABLE files; --.png");
+    let list: Value = app
+        .authed(Method::GET, "/api/v1/files", &u.token)
+        .query(&[("limit", "1 OR 1=1")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["status"], 422);
+    let list: Value = app
+        .authed(Method::GET, "/api/v1/files", &u.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    app.login("bobby", PASSWORD).await;
+}

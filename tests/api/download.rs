@@ -580,3 +580,31 @@ async fn admins_see_any_file_and_delete_users_with_everything() {
     assert!(events.contains(&"admin.user_delete".to_owned()));
     assert!(events.contains(&"file.upload".to_owned()));
 }
+
+#[tokio::test]
+async fn internal_errors_reveal_nothing() {
+    let app = TestApp::spawn().await;
+    let u = app.user("unlucky").await;
+    let f = app.stored(&u.token, "lost.png", png(100)).await;
+    // An operator deletes the blob by hand: the row now points at nothing.
+    for p in app.blob_files() {
+        std::fs::remove_file(p).unwrap();
+    }
+    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    let v = problem(r, 500).await;
+    let body = v.to_string();
+    assert_eq!(v["detail"], "an internal error occurred");
+    for leak in [
+        "blob",
+        "storage",
+        "/tmp",
+        "sqlite",
+        "panicked",
+        "src/",
+        f["id"].as_str().unwrap(),
+    ] {
+        assert!(!body.to_lowercase().contains(leak), "{leak} in {body}");
+    }
+    // The cause is in the log for the operator.
+    assert!(app.logs().contains("is missing"));
+}

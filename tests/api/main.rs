@@ -16,6 +16,7 @@ mod links;
 mod middleware;
 mod openapi;
 mod rate_limit;
+mod repo;
 mod retention;
 mod startup;
 mod upload;

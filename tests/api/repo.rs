@@ -1,0 +1,50 @@
+//! Repository policy: the container image and the repository itself.
+
+use std::path::Path;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+#[test]
+fn the_container_runs_as_non_root_from_pinned_images() {
+    let dockerfile = read("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage");
+    for from in &froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "unpinned base image: {from}"
+        );
+    }
+    let user = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .expect("a USER line");
+    assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    assert!(dockerfile.contains("VOLUME"));
+}
+
+#[test]
+fn no_secrets_are_committed_and_local_ones_are_ignored() {
+    let gitignore = read(".gitignore");
+    assert!(gitignore.lines().any(|l| l.trim() == ".env"));
+    assert!(gitignore.lines().any(|l| l.trim() == "/storage/*"));
+    // The shipped configuration has no field for a secret, and the example env file no value.
+    let config = read("config.toml").to_lowercase();
+    assert!(
+        !config.lines().any(|l| !l.trim_start().starts_with('#')
+            && (l.contains("secret") || l.contains("password =")))
+    );
+    for line in read(".env.example").lines() {
+        if let Some(v) = line.strip_prefix("COFFER_SECRET_KEY=") {
+            assert!(v.is_empty(), "a value in .env.example");
+        }
+    }
+}
