@@ -418,8 +418,8 @@ async fn fifty_concurrent_uploads_all_succeed() {
 
 #[tokio::test]
 async fn a_large_upload_streams_in_bounded_memory() {
-    // 256 MiB through the whole pipeline; the server's peak RSS must stay far below it.
-    let size = 256 * 1024 * 1024usize;
+    // 1 GiB through the whole pipeline (and back); the server's peak RSS stays far below it.
+    let size = 1024 * 1024 * 1024usize;
     let app = TestApp::builder()
         .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", size.to_string())
         .env("COFFER_LIMITS__USER_QUOTA_BYTES", "0")
@@ -430,7 +430,7 @@ async fn a_large_upload_streams_in_bounded_memory() {
     let mut head = png(64);
     head.extend_from_slice(&chunk[64..]);
     let stream =
-        futures_util::stream::iter((0..256).map(move |i| {
+        futures_util::stream::iter((0..1024).map(move |i| {
             Ok::<_, std::io::Error>(if i == 0 { head.clone() } else { chunk.clone() })
         }));
     let r = app
