@@ -267,43 +267,84 @@ impl Config {
     /// Check every value for sense, reporting all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let minimums: [(&str, u64, u64); 17] = [
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+                1,
+            ),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+                1,
+            ),
+            (
+                "server.max_connections",
+                as_u64(self.server.max_connections),
+                1,
+            ),
+            ("storage.db_readers", as_u64(self.storage.db_readers), 1),
+            ("limits.max_upload_bytes", self.limits.max_upload_bytes, 1),
+            (
+                "limits.json_body_bytes",
+                as_u64(self.limits.json_body_bytes),
+                1024,
+            ),
+            (
+                "limits.upload_idle_timeout_secs",
+                self.limits.upload_idle_timeout_secs,
+                1,
+            ),
+            ("auth.access_ttl_secs", self.auth.access_ttl_secs, 10),
+            (
+                "auth.login_max_delay_secs",
+                self.auth.login_max_delay_secs,
+                1,
+            ),
+            (
+                "rate_limit.requests_per_second",
+                u64::from(self.rate_limit.requests_per_second),
+                1,
+            ),
+            ("rate_limit.burst", u64::from(self.rate_limit.burst), 1),
+            (
+                "rate_limit.login_per_minute",
+                u64::from(self.rate_limit.login_per_minute),
+                1,
+            ),
+            (
+                "rate_limit.max_tracked_clients",
+                as_u64(self.rate_limit.max_tracked_clients),
+                16,
+            ),
+            ("links.max_expires_secs", self.links.max_expires_secs, 1),
+            (
+                "retention.max_expires_secs",
+                self.retention.max_expires_secs,
+                1,
+            ),
+            (
+                "retention.sweep_interval_secs",
+                self.retention.sweep_interval_secs,
+                1,
+            ),
+            (
+                "auth.password_min_length",
+                as_u64(self.auth.password_min_length),
+                4,
+            ),
+        ];
+        for (key, value, min) in minimums {
+            if value < min {
+                errs.push(format!("{key} must be at least {min}"));
+            }
+        }
         let mut need = |ok: bool, msg: &str| {
             if !ok {
                 errs.push(msg.to_owned());
             }
         };
-        need(
-            self.server.request_timeout_secs > 0,
-            "server.request_timeout_secs must be > 0",
-        );
-        need(
-            self.server.header_read_timeout_secs > 0,
-            "server.header_read_timeout_secs must be > 0",
-        );
-        need(
-            self.server.max_connections > 0,
-            "server.max_connections must be > 0",
-        );
-        need(
-            self.storage.db_readers > 0,
-            "storage.db_readers must be > 0",
-        );
-        need(
-            self.limits.max_upload_bytes > 0,
-            "limits.max_upload_bytes must be > 0",
-        );
-        need(
-            self.limits.json_body_bytes >= 1024,
-            "limits.json_body_bytes must be >= 1024",
-        );
-        need(
-            self.limits.upload_idle_timeout_secs > 0,
-            "limits.upload_idle_timeout_secs must be > 0",
-        );
-        need(
-            self.auth.access_ttl_secs >= 10,
-            "auth.access_ttl_secs must be >= 10",
-        );
         need(
             self.auth.refresh_ttl_secs > self.auth.access_ttl_secs,
             "auth.refresh_ttl_secs must be longer than auth.access_ttl_secs",
@@ -313,13 +354,9 @@ impl Config {
             "auth.issuer must not be empty",
         );
         need(
-            (4..=1024).contains(&self.auth.password_min_length)
-                && self.auth.password_min_length <= self.auth.password_max_length,
-            "auth.password_min_length must be 4..=1024 and <= auth.password_max_length",
-        );
-        need(
-            self.auth.password_max_length <= 1024,
-            "auth.password_max_length must be <= 1024 (hashing cost grows with length)",
+            self.auth.password_min_length <= self.auth.password_max_length
+                && self.auth.password_max_length <= 1024,
+            "auth.password_max_length must be >= password_min_length and <= 1024 (hashing cost grows with length)",
         );
         need(
             argon2::Params::new(
@@ -332,37 +369,8 @@ impl Config {
             "auth.argon2_* are not valid Argon2 parameters",
         );
         need(
-            self.auth.login_max_delay_secs > 0,
-            "auth.login_max_delay_secs must be > 0",
-        );
-        need(
-            self.rate_limit.requests_per_second > 0,
-            "rate_limit.requests_per_second must be > 0",
-        );
-        need(self.rate_limit.burst > 0, "rate_limit.burst must be > 0");
-        need(
-            self.rate_limit.login_per_minute > 0,
-            "rate_limit.login_per_minute must be > 0",
-        );
-        need(
-            self.rate_limit.max_tracked_clients >= 16,
-            "rate_limit.max_tracked_clients must be >= 16",
-        );
-        need(
-            self.links.max_expires_secs > 0,
-            "links.max_expires_secs must be > 0",
-        );
-        need(
-            self.retention.max_expires_secs > 0,
-            "retention.max_expires_secs must be > 0",
-        );
-        need(
             self.retention.default_ttl_secs <= self.retention.max_expires_secs,
             "retention.default_ttl_secs must be <= retention.max_expires_secs",
-        );
-        need(
-            self.retention.sweep_interval_secs > 0,
-            "retention.sweep_interval_secs must be > 0",
         );
         need(
             http::HeaderValue::from_str(&self.downloads.cache_control).is_ok(),

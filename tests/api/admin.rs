@@ -12,25 +12,15 @@ async fn user_pages_cover_everyone_once() {
     for i in 0..6 {
         app.user(&format!("member{i}")).await;
     }
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut req = app
-            .authed(Method::GET, "/api/v1/admin/users", &admin.token)
-            .query(&[("limit", "2")]);
-        if let Some(c) = &cursor {
-            req = req.query(&[("cursor", c)]);
-        }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        for u in v["items"].as_array().unwrap() {
-            assert_eq!(u.as_object().unwrap().len(), 5, "{u}");
-            seen.push(u["username"].as_str().unwrap().to_owned());
-        }
-        match v["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let users = app
+        .pages("/api/v1/admin/users", &admin.token, 2)
+        .await
+        .concat();
+    assert!(users.iter().all(|u| u.as_object().unwrap().len() == 5));
+    let mut seen: Vec<String> = users
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(seen.first().unwrap(), "member5", "newest first");
     let n = seen.len();
     seen.sort();

@@ -195,14 +195,7 @@ fn claims_of(token: &str) -> Claims {
 }
 
 fn server_keys(app: &TestApp) -> TokenKeys {
-    let secret = app
-        .env()
-        .iter()
-        .find(|(k, _)| k == "COFFER_SECRET_KEY")
-        .unwrap()
-        .1
-        .clone();
-    TokenKeys::new(&SecretKey::parse(&secret).unwrap(), "coffer", 900).unwrap()
+    TokenKeys::new(&SecretKey::parse(&app.secret()).unwrap(), "coffer", 900).unwrap()
 }
 
 #[tokio::test]
@@ -421,20 +414,8 @@ async fn revocations_survive_a_restart() {
             .status(),
         204
     );
-    let root = app.root.clone();
-    let secret = app
-        .env()
-        .iter()
-        .find(|(k, _)| k == "COFFER_SECRET_KEY")
-        .unwrap()
-        .1
-        .clone();
     app.terminate();
-    let app2 = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", secret)
-        .spawn()
-        .await;
+    let app2 = app.relaunch().spawn().await;
     assert_eq!(
         app2.authed(Method::GET, "/api/v1/users/me", &u.token)
             .send()
@@ -787,12 +768,7 @@ async fn security_events_are_audited_without_secrets() {
         t.clone(),
         pair["refresh_token"].as_str().unwrap().to_owned(),
         key["key"].as_str().unwrap().to_owned(),
-        app.env()
-            .iter()
-            .find(|(k, _)| k == "COFFER_SECRET_KEY")
-            .unwrap()
-            .1
-            .clone(),
+        app.secret(),
     ];
     let trail = serde_json::to_string(&entries).unwrap();
     let logs = app.logs();
@@ -819,29 +795,13 @@ async fn audit_pages_cover_everything_once() {
         )
         .await;
     }
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut req = app
-            .authed(Method::GET, "/api/v1/admin/audit", &admin.token)
-            .query(&[("limit", "3")]);
-        if let Some(c) = &cursor {
-            req = req.query(&[("cursor", c)]);
-        }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(v["items"].as_array().unwrap().len() <= 3);
-        seen.extend(
-            v["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned()),
-        );
-        match v["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let pages = app.pages("/api/v1/admin/audit", &admin.token, 3).await;
+    assert!(pages.iter().all(|p| p.len() <= 3));
+    let mut seen: Vec<String> = pages
+        .concat()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     let total = seen.len();
     seen.sort();
     seen.dedup();

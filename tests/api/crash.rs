@@ -43,19 +43,7 @@ async fn kill_9_mid_upload_then_restart_leaves_a_consistent_store() {
         "the crash left a temp file behind"
     );
 
-    let root = app.root.clone();
-    let secret = app
-        .env()
-        .iter()
-        .find(|(k, _)| k == "COFFER_SECRET_KEY")
-        .unwrap()
-        .1
-        .clone();
-    let app = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", secret)
-        .spawn()
-        .await;
+    let app = app.relaunch().spawn().await;
     assert!(
         app.temp_files().is_empty(),
         "temp files removed at start-up"
@@ -105,19 +93,7 @@ async fn an_interrupted_delete_is_finished_at_start_up() {
     // The blob already moved to the trash, the row not yet deleted: the crash window of a delete.
     let blob = files_under(&app.root.join("blobs")).pop().unwrap();
     std::fs::rename(&blob, app.root.join("trash").join(&id)).unwrap();
-    let root = app.root.clone();
-    let secret = app
-        .env()
-        .iter()
-        .find(|(k, _)| k == "COFFER_SECRET_KEY")
-        .unwrap()
-        .1
-        .clone();
-    let app = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", secret)
-        .spawn()
-        .await;
+    let app = app.relaunch().spawn().await;
     assert!(files_under(&app.root.join("trash")).is_empty());
     assert_eq!(
         app.authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)

@@ -32,15 +32,6 @@ async fn encrypted_app(key: &str) -> TestApp {
         .await
 }
 
-fn secret_of(app: &TestApp) -> String {
-    app.env()
-        .iter()
-        .find(|(k, _)| k == "COFFER_SECRET_KEY")
-        .unwrap()
-        .1
-        .clone()
-}
-
 #[tokio::test]
 async fn blobs_reveal_nothing_and_differ_for_the_same_file() {
     let app = encrypted_app(&secret()).await;
@@ -245,13 +236,11 @@ async fn key_rotation_keeps_every_file_readable() {
     let data = marked_text(100_000);
     let f = app.stored(&u.token, "r.txt", data.clone()).await;
     let id = f["id"].as_str().unwrap().to_owned();
-    let (root, sk) = (app.root.clone(), secret_of(&app));
     app.terminate();
 
     // New key, old key still listed: old files read, new files use the new key.
-    let mut app = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", sk.clone())
+    let mut app = app
+        .relaunch()
         .env("COFFER_ENCRYPTION_KEY", new_key.clone())
         .env("COFFER_ENCRYPTION_OLD_KEYS", old_key.clone())
         .spawn()
@@ -275,9 +264,8 @@ async fn key_rotation_keeps_every_file_readable() {
     app.terminate();
 
     // After rotation the old key is no longer needed.
-    let app = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", sk)
+    let app = app
+        .relaunch()
         .env("COFFER_ENCRYPTION_KEY", new_key)
         .spawn()
         .await;
@@ -306,13 +294,11 @@ async fn files_from_before_encryption_still_download_and_can_be_converted() {
     let data = marked_text(150_000);
     let f = app.stored(&u.token, "old.txt", data.clone()).await;
     let id = f["id"].as_str().unwrap().to_owned();
-    let (root, sk) = (app.root.clone(), secret_of(&app));
     app.terminate();
 
     let key = secret();
-    let app = TestApp::builder()
-        .root(&root)
-        .env("COFFER_SECRET_KEY", sk)
+    let app = app
+        .relaunch()
         .env("COFFER_ENCRYPTION_KEY", key)
         .spawn()
         .await;

@@ -255,6 +255,42 @@ impl TestApp {
         &self.env
     }
 
+    /// The server's `COFFER_SECRET_KEY`.
+    pub fn secret(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "COFFER_SECRET_KEY")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// A builder for a new server on this one's root with its secret (stop this one first).
+    pub fn relaunch(&self) -> TestAppBuilder {
+        TestApp::builder()
+            .root(&self.root)
+            .env("COFFER_SECRET_KEY", self.secret())
+    }
+
+    /// Walk a paged listing (`items` / `next_cursor`); returns each page's items.
+    pub async fn pages(&self, path: &str, token: &str, limit: usize) -> Vec<Vec<Value>> {
+        let mut pages = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut req = self
+                .authed(Method::GET, path, token)
+                .query(&[("limit", limit.to_string())]);
+            if let Some(c) = &cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            pages.push(v["items"].as_array().unwrap().clone());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return pages,
+            }
+        }
+    }
+
     /// A request with no credentials.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, self.url(path))
@@ -409,22 +445,9 @@ impl TestApp {
 
     /// The audit trail as an admin sees it (all pages).
     pub async fn audit(&self, admin_token: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut req = self
-                .authed(Method::GET, "/api/v1/admin/audit", admin_token)
-                .query(&[("limit", "1000")]);
-            if let Some(c) = &cursor {
-                req = req.query(&[("cursor", c)]);
-            }
-            let v: Value = req.send().await.unwrap().json().await.unwrap();
-            out.extend(v["items"].as_array().unwrap().iter().cloned());
-            match v["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => return out,
-            }
-        }
+        self.pages("/api/v1/admin/audit", admin_token, 1000)
+            .await
+            .concat()
     }
 
     /// Every regular file under the storage root's `blobs/` (and `tmp/`).
