@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
 use crate::audit::AuditLog;
+use crate::auth::cache::PrincipalCache;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::throttle::LoginThrottle;
@@ -63,6 +64,8 @@ pub struct AppInner {
     pub passwords: Passwords,
     /// Failed-login counters.
     pub throttle: LoginThrottle,
+    /// Recently checked credentials.
+    pub principals: PrincipalCache,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.
@@ -115,6 +118,7 @@ impl App {
                 &config.auth.issuer,
                 config.auth.access_ttl_secs,
             )?,
+            principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
             throttle: LoginThrottle::new(
                 config.auth.login_failures_before_delay,
                 config.auth.login_max_delay_secs,

@@ -17,6 +17,8 @@ use crate::meta::{MetaStore, audit};
 
 /// Largest batch committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// How long the writer waits for more entries before committing a partial batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,15 +179,13 @@ async fn writer(meta: MetaStore, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut entries = Vec::new();
     let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Entry(e) => entries.push(e),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if entries.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
+        take(first, &mut entries, &mut acks);
+        drain(&mut rx, &mut entries, &mut acks);
+        // Under load, linger a moment so one commit (one fsync) covers many entries. A reader
+        // waiting on a flush is not kept waiting.
+        if acks.is_empty() && entries.len() < MAX_BATCH {
+            tokio::time::sleep(LINGER).await;
+            drain(&mut rx, &mut entries, &mut acks);
         }
         if !entries.is_empty() {
             let batch = std::mem::take(&mut entries);
@@ -196,6 +196,26 @@ async fn writer(meta: MetaStore, mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
+        }
+    }
+}
+
+fn take(msg: Msg, entries: &mut Vec<audit::AuditEntry>, acks: &mut Vec<oneshot::Sender<()>>) {
+    match msg {
+        Msg::Entry(e) => entries.push(e),
+        Msg::Flush(ack) => acks.push(ack),
+    }
+}
+
+fn drain(
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    entries: &mut Vec<audit::AuditEntry>,
+    acks: &mut Vec<oneshot::Sender<()>>,
+) {
+    while entries.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(msg) => take(msg, entries, acks),
+            Err(_) => return,
         }
     }
 }

@@ -149,6 +149,9 @@ pub struct AuthConfig {
     pub login_failures_before_delay: u32,
     /// Upper bound of that wait.
     pub login_max_delay_secs: u64,
+    /// How long a checked credential is trusted without asking the database again; every
+    /// revocation made by this process empties the cache at once. 0 disables it.
+    pub principal_cache_secs: u64,
 }
 
 /// `[rate_limit]`

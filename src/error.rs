@@ -278,6 +278,11 @@ impl IntoResponse for AppError {
                     HeaderValue::from(retry_after_secs.max(1)),
                 );
             }
+            // The body was (or may be) left unread: tell the client not to reuse the
+            // connection, rather than letting it race the close.
+            Self::PayloadTooLarge { .. } | Self::QuotaExceeded => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Self::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     headers.insert(header::CONTENT_RANGE, v);

@@ -70,11 +70,7 @@ pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<FieldError> {
     if !valid_email(&a.email) {
         errs.push(FieldError::new("email", "must be a valid email address"));
     }
-    errs.extend(password::check_policy(
-        cfg,
-        a.password.expose_secret(),
-        &a.username,
-    ));
+    errs.extend(password::check_policy(cfg, a.password.expose_secret()));
     errs
 }
 

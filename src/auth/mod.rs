@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod api_key;
+pub mod cache;
 pub mod jwt;
 pub mod password;
 pub mod throttle;

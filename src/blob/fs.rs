@@ -13,9 +13,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use tokio::sync::mpsc;
 
 use super::{BlobBackend, BlobError, BlobKey, BlobWriter, BoxFuture, ByteStream, Inventory};
@@ -35,6 +36,17 @@ const FILE_MODE: u32 = 0o600;
 #[derive(Debug, Clone)]
 pub struct LocalFs {
     root: Arc<PathBuf>,
+    dirs: Arc<Dirs>,
+}
+
+/// The three working folders, opened once (with `O_NOFOLLOW`) when the store opens.
+#[derive(Debug)]
+struct Dirs {
+    blobs: OwnedFd,
+    tmp: OwnedFd,
+    trash: OwnedFd,
+    /// Whether `openat2` works here (it may be missing, or refused by a seccomp filter).
+    openat2: AtomicBool,
 }
 
 fn join_err(e: blocking::JoinError) -> BlobError {
@@ -54,21 +66,32 @@ impl LocalFs {
             .mode(DIR_MODE)
             .create(root)?;
         let root = root.canonicalize()?;
-        for sub in [BLOBS, TMP, TRASH] {
-            let p = root.join(sub);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(std::io::Error::other(format!(
-                        "{} exists but is not a directory (symlinks are refused)",
-                        p.display()
-                    )));
-                }
-                Err(_) => std::fs::DirBuilder::new().mode(DIR_MODE).create(&p)?,
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let sub = |name: &str| -> std::io::Result<OwnedFd> {
+            match rustix::fs::mkdirat(&root_fd, name, Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
             }
-        }
+            open_dir(&root_fd, name).map_err(|_| {
+                std::io::Error::other(format!(
+                    "{} is not a directory (symlinks are refused)",
+                    root.join(name).display()
+                ))
+            })
+        };
+        let dirs = Dirs {
+            blobs: sub(BLOBS)?,
+            tmp: sub(TMP)?,
+            trash: sub(TRASH)?,
+            openat2: AtomicBool::new(true),
+        };
         Ok(Self {
             root: Arc::new(root),
+            dirs: Arc::new(dirs),
         })
     }
 
@@ -77,43 +100,47 @@ impl LocalFs {
         &self.root
     }
 
-    fn root_fd(&self) -> Result<OwnedFd, BlobError> {
-        rustix::fs::open(
-            self.root.as_path(),
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)
-    }
-
-    fn subdir(&self, name: &str) -> Result<OwnedFd, BlobError> {
-        open_dir(&self.root_fd()?, name)
-    }
-
     /// Open the shard directory of `key`, creating missing levels when `create`.
-    fn shard(&self, key: &BlobKey, create: bool) -> Result<(OwnedFd, Vec<OwnedFd>), BlobError> {
+    fn shard(&self, key: &BlobKey, create: bool) -> Result<OwnedFd, BlobError> {
         let (a, b, _) = key.parts();
-        let blobs = self.subdir(BLOBS)?;
-        let mut created_in = Vec::new();
-        let level_a = open_or_create(blobs, a, create, &mut created_in)?;
-        let level_b = open_or_create(level_a, b, create, &mut created_in)?;
-        Ok((level_b, created_in))
+        let level_a = open_or_create(&self.dirs.blobs, a, create)?;
+        open_or_create(&level_a, b, create)
     }
 
     fn open_blob(&self, key: &BlobKey) -> Result<File, BlobError> {
-        let (dir, _) = self.shard(key, false)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            key.parts().2,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)?;
+        // NONBLOCK: a FIFO planted in the tree must not hang the reader (fstat refuses it).
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = if self.dirs.openat2.load(Ordering::Relaxed) {
+            // One syscall, and the kernel refuses any symlink or escape on the way.
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(
+                &self.dirs.blobs,
+                key.as_str(),
+                flags,
+                Mode::empty(),
+                resolve,
+            ) {
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                    self.dirs.openat2.store(false, Ordering::Relaxed);
+                    self.walk_open(key, flags)?
+                }
+                other => other.map_err(io)?,
+            }
+        } else {
+            self.walk_open(key, flags)?
+        };
         let file = File::from(fd);
         if !file.metadata().map_err(BlobError::from_io)?.is_file() {
             return Err(BlobError::Unsafe);
         }
         Ok(file)
+    }
+
+    /// Open component by component, each with `O_NOFOLLOW` (kernels without `openat2`).
+    fn walk_open(&self, key: &BlobKey, flags: OFlags) -> Result<OwnedFd, BlobError> {
+        let dir = self.shard(key, false)?;
+        rustix::fs::openat(&dir, key.parts().2, flags, Mode::empty()).map_err(io)
     }
 }
 
@@ -127,22 +154,17 @@ fn open_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, BlobError> {
     .map_err(io)
 }
 
-/// Open `parent/name` as a directory; when it is missing and `create`, make it and remember
-/// `parent` so the new entry can be fsynced.
-fn open_or_create(
-    parent: OwnedFd,
-    name: &str,
-    create: bool,
-    created_in: &mut Vec<OwnedFd>,
-) -> Result<OwnedFd, BlobError> {
-    match open_dir(&parent, name) {
+/// Open `parent/name` as a directory; when it is missing and `create`, make it and fsync
+/// `parent` so the new entry survives a crash.
+fn open_or_create(parent: &OwnedFd, name: &str, create: bool) -> Result<OwnedFd, BlobError> {
+    match open_dir(parent, name) {
         Err(BlobError::NotFound) if create => {
-            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(DIR_MODE)) {
+            match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(io(e)),
             }
-            let dir = open_dir(&parent, name)?;
-            created_in.push(parent);
+            let dir = open_dir(parent, name)?;
+            rustix::fs::fsync(parent).map_err(io)?;
             Ok(dir)
         }
         other => other,
@@ -154,10 +176,10 @@ impl BlobBackend for LocalFs {
         let this = self.clone();
         Box::pin(async move {
             let w = blocking::run(move || -> Result<_, BlobError> {
-                let tmp = this.subdir(TMP)?;
+                let tmp = &this.dirs.tmp;
                 let name = format!("{}.part", uuid::Uuid::new_v4());
                 let fd = rustix::fs::openat(
-                    &tmp,
+                    tmp,
                     &name,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -169,7 +191,6 @@ impl BlobBackend for LocalFs {
                 .map_err(io)?;
                 Ok(FsWriter {
                     fs: this,
-                    tmp_dir: Arc::new(tmp),
                     name,
                     file: Arc::new(File::from(fd)),
                     buf: BytesMut::with_capacity(WRITE_CHUNK),
@@ -248,8 +269,8 @@ impl BlobBackend for LocalFs {
         let key = key.clone();
         Box::pin(async move {
             blocking::run(move || {
-                let (dir, _) = this.shard(&key, false)?;
-                let trash = this.subdir(TRASH)?;
+                let dir = this.shard(&key, false)?;
+                let trash = &this.dirs.trash;
                 let name = key.parts().2;
                 rustix::fs::renameat(&dir, name, &trash, name).map_err(io)?;
                 rustix::fs::fsync(&trash).map_err(io)?;
@@ -265,8 +286,8 @@ impl BlobBackend for LocalFs {
         let key = key.clone();
         Box::pin(async move {
             blocking::run(move || {
-                let (dir, _) = this.shard(&key, true)?;
-                let trash = this.subdir(TRASH)?;
+                let dir = this.shard(&key, true)?;
+                let trash = &this.dirs.trash;
                 let name = key.parts().2;
                 rustix::fs::renameat(&trash, name, &dir, name).map_err(io)?;
                 rustix::fs::fsync(&dir).map_err(io)
@@ -281,7 +302,7 @@ impl BlobBackend for LocalFs {
         let key = key.clone();
         Box::pin(async move {
             blocking::run(move || {
-                let trash = this.subdir(TRASH)?;
+                let trash = &this.dirs.trash;
                 match rustix::fs::unlinkat(&trash, key.parts().2, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
                     Err(e) => Err(io(e)),
@@ -319,11 +340,30 @@ impl BlobBackend for LocalFs {
         Box::pin(async move { blocking::run(move || walk(&root)).await.map_err(join_err)? })
     }
 
+    fn read_blocking(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> Option<Result<Bytes, BlobError>> {
+        Some(
+            self.open_blob(key)
+                .and_then(|file| read_exact_at(&file, offset, len)),
+        )
+    }
+
     fn writable(&self) -> BoxFuture<'_, bool> {
         let this = self.clone();
         Box::pin(async move {
             blocking::run(move || -> Result<(), BlobError> {
-                let tmp = this.subdir(TMP)?;
+                // By path, not through the folders held open: a root that was moved, removed
+                // or remounted read-only must make the service unready.
+                let tmp = rustix::fs::open(
+                    this.root.join(TMP),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io)?;
                 let name = format!(".probe-{}", uuid::Uuid::new_v4());
                 let fd = rustix::fs::openat(
                     &tmp,
@@ -436,7 +476,6 @@ pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
 /// A blob being written to `tmp/`.
 struct FsWriter {
     fs: LocalFs,
-    tmp_dir: Arc<OwnedFd>,
     name: String,
     file: Arc<File>,
     buf: BytesMut,
@@ -486,15 +525,15 @@ impl BlobWriter for FsWriter {
             self.flush_buf().await?;
             self.settle().await?;
             let file = self.file.clone();
-            let tmp_dir = self.tmp_dir.clone();
             let name = self.name.clone();
             let fs = self.fs.clone();
             blocking::run(move || -> Result<(), BlobError> {
                 // Data first, then the name: after a crash there is either no blob or a whole one.
                 file.sync_all().map_err(BlobError::from_io)?;
-                let (dir, created_in) = fs.shard(&key, true)?;
+                let dir = fs.shard(&key, true)?;
+                let tmp_dir = &fs.dirs.tmp;
                 match rustix::fs::renameat_with(
-                    &*tmp_dir,
+                    tmp_dir,
                     &*name,
                     &dir,
                     key.parts().2,
@@ -503,15 +542,11 @@ impl BlobWriter for FsWriter {
                     Ok(()) => {}
                     // Filesystems without RENAME_NOREPLACE: the key is a fresh UUID anyway.
                     Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-                        rustix::fs::renameat(&*tmp_dir, &*name, &dir, key.parts().2).map_err(io)?;
+                        rustix::fs::renameat(tmp_dir, &*name, &dir, key.parts().2).map_err(io)?;
                     }
                     Err(e) => return Err(io(e)),
                 }
-                rustix::fs::fsync(&dir).map_err(io)?;
-                for parent in created_in {
-                    rustix::fs::fsync(&parent).map_err(io)?;
-                }
-                Ok(())
+                rustix::fs::fsync(&dir).map_err(io)
             })
             .await
             .map_err(join_err)??;
@@ -526,7 +561,7 @@ impl Drop for FsWriter {
         if !self.done {
             // Aborted (limit, bad type, disconnect, error): leave nothing behind. unlink is
             // quick and never blocks on data, so it is done right here.
-            if let Err(e) = rustix::fs::unlinkat(&*self.tmp_dir, &*self.name, AtFlags::empty())
+            if let Err(e) = rustix::fs::unlinkat(&self.fs.dirs.tmp, &*self.name, AtFlags::empty())
                 && e != rustix::io::Errno::NOENT
             {
                 tracing::warn!(error = %e, "cannot remove an aborted upload's temp file");

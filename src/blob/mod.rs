@@ -161,6 +161,16 @@ pub trait BlobBackend: Send + Sync + 'static {
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
     /// Whether new blobs can be written now (for `/readyz`).
     fn writable(&self) -> BoxFuture<'_, bool>;
+    /// Read a small range right here, for callers already on a blocking thread; `None` when
+    /// the backend has no cheap synchronous path (a network store).
+    fn read_blocking(
+        &self,
+        _key: &BlobKey,
+        _offset: u64,
+        _len: u64,
+    ) -> Option<Result<Bytes, BlobError>> {
+        None
+    }
 }
 
 /// The blob store handed to handlers. Cheap to clone.
@@ -255,6 +265,17 @@ impl BlobStore {
                 )))
             }
         }
+    }
+
+    /// A small plaintext file's whole content, read on the calling (blocking) thread, so a
+    /// download can fetch row and bytes in one hop. `None` when not applicable or on any
+    /// error (the caller then takes the normal path, which reports errors properly).
+    pub fn prefetch_small(&self, f: &StoredFile, max: u64) -> Option<Bytes> {
+        if f.sealing.is_some() || f.file.size > max || f.file.size == 0 {
+            return None;
+        }
+        let key = BlobKey::parse(&f.blob_key)?;
+        self.backend.read_blocking(&key, 0, f.file.size)?.ok()
     }
 
     /// The stored length a file's blob must have.

@@ -91,7 +91,10 @@ async fn delete_user(
 ) -> AppResult<StatusCode> {
     principal.require_admin()?;
     let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
-    let files = lifecycle::remove_user(&state.meta, &state.blobs, id).await?;
+    let files = lifecycle::remove_user(&state.meta, &state.blobs, id).await;
+    // Even a partial failure may have removed the account: forget cached credentials.
+    state.principals.invalidate();
+    let files = files?;
     state.audit.record(
         Record::new(Event::AdminUserDelete)
             .actor(principal.user_id)
@@ -145,6 +148,7 @@ async fn set_role(
             Ok(Ok(User { role, ..user }))
         })
         .await??;
+    state.principals.invalidate();
     state.audit.record(
         Record::new(Event::AdminUserRole)
             .actor(principal.user_id)

@@ -253,6 +253,7 @@ async fn refresh(
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {
+            state.principals.invalidate();
             state.audit.record(
                 Record::new(Event::RefreshReuse)
                     .subject(session)
@@ -287,6 +288,7 @@ async fn logout(
             sessions::revoke_access_token(tx, &jti, expires_at)
         })
         .await?;
+    state.principals.invalidate();
     state.audit.record(
         Record::new(Event::Logout)
             .actor(principal.user_id)

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::app::AppState;
@@ -43,15 +44,31 @@ pub struct Served {
     pub plan: Plan,
 }
 
-/// Stream the bytes of `f` the way the request asks.
+/// What a content request asks for.
+pub struct ContentRequest<'a> {
+    /// GET or HEAD.
+    pub method: &'a Method,
+    /// Its headers (conditionals, `Range`).
+    pub headers: &'a HeaderMap,
+    /// `attachment` or `inline`.
+    pub disposition: Disposition,
+    /// For the audit trail.
+    pub client_ip: IpAddr,
+}
+
+/// Largest file whose bytes are read together with its row (one blocking hop, not two).
+pub const PREFETCH_MAX: u64 = 64 * 1024;
+
+/// Stream the bytes of `f` the way the request asks. `prefetched` is the whole plaintext when
+/// the caller already read it ([`crate::blob::BlobStore::prefetch_small`]).
 pub async fn respond(
     state: &AppState,
     f: &StoredFile,
-    method: &Method,
-    req_headers: &HeaderMap,
-    kind: Disposition,
-    client_ip: IpAddr,
+    req: &ContentRequest<'_>,
+    prefetched: Option<Bytes>,
 ) -> Result<Served, AppError> {
+    let (method, req_headers, kind, client_ip) =
+        (req.method, req.headers, req.disposition, req.client_ip);
     let len = f.file.size;
     let etag = download::etag(&f.file.sha256);
     let plan = download::plan(method, req_headers, len, &etag, f.file.created_at);
@@ -103,6 +120,10 @@ pub async fn respond(
 
     let body = if *method == Method::HEAD || start == end {
         Body::empty()
+    } else if let Some(all) = prefetched.filter(|b| b.len() as u64 == len) {
+        Body::from(
+            all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)),
+        )
     } else {
         let mut stream = match open(state, f, start, end).await {
             Err(AppError::Integrity) => {

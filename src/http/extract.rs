@@ -14,7 +14,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
+use std::time::Duration;
+
 use crate::auth::api_key;
+use crate::auth::cache::{Cached, CachedVia};
+use crate::auth::token_hash;
 use crate::error::{AppError, FieldError};
 use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
 use crate::meta::users::Role;
@@ -177,13 +181,38 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError> {
+    // Signature, algorithm, issuer, expiry and type: checked on every request, cache or not.
     let access = state.tokens.verify(token).map_err(|_| BAD_CREDENTIALS)?;
-    let (session, user, jti) = (access.session, access.user, access.jti.clone());
-    let role = state
-        .meta
-        .read(move |c| sessions::live_principal(c, session, user, &jti, Timestamp::now()))
-        .await?
-        .ok_or(BAD_CREDENTIALS)?;
+    let (session, user) = (access.session, access.user);
+    let key = [b"t:".as_slice(), access.jti.as_bytes()].concat();
+    let role = match state.principals.get(&key) {
+        Some(Cached {
+            user: u,
+            role,
+            via: CachedVia::Session(s),
+        }) if u == user && s == session => role,
+        _ => {
+            let epoch = state.principals.epoch();
+            let jti = access.jti.clone();
+            let role = state
+                .meta
+                .read(move |c| sessions::live_principal(c, session, user, &jti, Timestamp::now()))
+                .await?
+                .ok_or(BAD_CREDENTIALS)?;
+            let left = time_left(access.expires_at);
+            state.principals.put(
+                key,
+                Cached {
+                    user,
+                    role,
+                    via: CachedVia::Session(session),
+                },
+                epoch,
+                left,
+            );
+            role
+        }
+    };
     Ok(Principal {
         user_id: user,
         role,
@@ -195,9 +224,28 @@ async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError
     })
 }
 
+fn time_left(until: Timestamp) -> Duration {
+    Duration::from_micros(u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0))
+}
+
 async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError> {
     let key = key.trim().to_owned();
     let prefix = api_key::prefix_of(&key).ok_or(BAD_CREDENTIALS)?.to_owned();
+    // Keyed by the hash of the whole key: only the exact key can ever hit.
+    let cache_key = [b"k:".as_slice(), &token_hash(&key)].concat();
+    if let Some(Cached {
+        user,
+        role,
+        via: CachedVia::ApiKey(id),
+    }) = state.principals.get(&cache_key)
+    {
+        return Ok(Principal {
+            user_id: user,
+            role,
+            via: Via::ApiKey(id),
+        });
+    }
+    let epoch = state.principals.epoch();
     let found = state
         .meta
         .read(move |c| api_keys::find_by_prefix(c, &prefix))
@@ -207,11 +255,17 @@ async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError
         let _ = api_key::matches(&key, &[0; 32]);
         return Err(BAD_CREDENTIALS);
     };
-    if !api_key::matches(&key, &found.hash)
-        || found.expires_at.is_some_and(|e| e <= Timestamp::now())
-    {
+    let now = Timestamp::now();
+    if !api_key::matches(&key, &found.hash) || found.expires_at.is_some_and(|e| e <= now) {
         return Err(BAD_CREDENTIALS);
     }
+    let left = found.expires_at.map_or(Duration::MAX, time_left);
+    let value = Cached {
+        user: found.user_id,
+        role: found.role,
+        via: CachedVia::ApiKey(found.id),
+    };
+    state.principals.put(cache_key, value, epoch, left);
     Ok(Principal {
         user_id: found.user_id,
         role: found.role,

@@ -20,7 +20,7 @@ use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
-use crate::http::content;
+use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{PageQuery, Principal, decode_time_cursor, encode_time_cursor};
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::{self, IngestError, Upload};
@@ -396,10 +396,36 @@ async fn file_content(
     Path(id): Path<String>,
     Query(q): Query<ContentQuery>,
 ) -> AppResult<Response> {
-    let f = visible_file(&state, &principal, &id).await?;
-    let kind = content::disposition(q.disposition.as_deref(), &f.file.content_type)?;
-    let served = content::respond(&state, &f, &method, &headers, kind, ip).await?;
-    if method == Method::GET && served.response.status().is_success() {
+    let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
+    let (scope, blobs, get) = (
+        principal.file_scope(),
+        state.blobs.clone(),
+        method == Method::GET,
+    );
+    // Row and (for small files) bytes in one trip to the blocking pool.
+    let (f, prefetched) = state
+        .meta
+        .read(move |c| {
+            let f = files::get_visible(c, id, scope, Timestamp::now())?;
+            Ok(f.map(|f| {
+                let bytes = if get {
+                    blobs.prefetch_small(&f, content::PREFETCH_MAX)
+                } else {
+                    None
+                };
+                (f, bytes)
+            }))
+        })
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let req = ContentRequest {
+        method: &method,
+        headers: &headers,
+        disposition: content::disposition(q.disposition.as_deref(), &f.file.content_type)?,
+        client_ip: ip,
+    };
+    let served = content::respond(&state, &f, &req, prefetched).await?;
+    if get && served.response.status().is_success() {
         state.audit.record(
             Record::new(Event::FileDownload)
                 .actor(principal.user_id)

@@ -108,6 +108,12 @@ pub async fn problem_errors(req: Request, next: Next) -> Response {
         code_for_status(status),
         default_detail(status).into(),
     );
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // Refused before the body was read: the connection cannot be reused.
+        fresh
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fresh.headers_mut().append(name, value.clone());

@@ -176,6 +176,7 @@ async fn delete_api_key(
     {
         return Err(AppError::NotFound);
     }
+    state.principals.invalidate();
     state.audit.record(
         Record::new(Event::ApiKeyDelete)
             .actor(owner)

@@ -19,7 +19,7 @@ use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
 use crate::error::{AppError, AppResult, FieldError};
 use crate::http::client_ip::ClientIp;
-use crate::http::content;
+use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{AppJson, Principal};
 use crate::http::files::ContentQuery;
 use crate::ids::{FileId, LinkId, Timestamp};
@@ -172,8 +172,13 @@ async fn link_content(
         LinkState::UsedUp => return Err(AppError::Gone("this link has been used up")),
         LinkState::Live { id, file } => (id, file),
     };
-    let kind = content::disposition(q.disposition.as_deref(), &f.file.content_type)?;
-    let served = content::respond(&state, &f, &method, &headers, kind, ip).await?;
+    let req = ContentRequest {
+        method: &method,
+        headers: &headers,
+        disposition: content::disposition(q.disposition.as_deref(), &f.file.content_type)?,
+        client_ip: ip,
+    };
+    let served = content::respond(&state, &f, &req, None).await?;
     if method == Method::GET && matches!(served.plan, Plan::Full | Plan::Partial { .. }) {
         // Count it now; a racing GET that lost is told the link is used up.
         if !state
