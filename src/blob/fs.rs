@@ -272,8 +272,8 @@ impl BlobBackend for LocalFs {
                 let dir = this.shard(&key, false)?;
                 let trash = &this.dirs.trash;
                 let name = key.parts().2;
-                rustix::fs::renameat(&dir, name, &trash, name).map_err(io)?;
-                rustix::fs::fsync(&trash).map_err(io)?;
+                rustix::fs::renameat(&dir, name, trash, name).map_err(io)?;
+                rustix::fs::fsync(trash).map_err(io)?;
                 rustix::fs::fsync(&dir).map_err(io)
             })
             .await
@@ -289,7 +289,7 @@ impl BlobBackend for LocalFs {
                 let dir = this.shard(&key, true)?;
                 let trash = &this.dirs.trash;
                 let name = key.parts().2;
-                rustix::fs::renameat(&trash, name, &dir, name).map_err(io)?;
+                rustix::fs::renameat(trash, name, &dir, name).map_err(io)?;
                 rustix::fs::fsync(&dir).map_err(io)
             })
             .await
@@ -303,7 +303,7 @@ impl BlobBackend for LocalFs {
         Box::pin(async move {
             blocking::run(move || {
                 let trash = &this.dirs.trash;
-                match rustix::fs::unlinkat(&trash, key.parts().2, AtFlags::empty()) {
+                match rustix::fs::unlinkat(trash, key.parts().2, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
                     Err(e) => Err(io(e)),
                 }
