@@ -1,17 +1,18 @@
 //! Password hashing (argon2id, PHC strings) and the password policy.
 //!
-//! Invariant: hashing and verification run on blocking threads behind a semaphore sized to the
-//! cores, so a login storm queues instead of starving other requests. Unknown users are
-//! verified against a dummy hash, so their answer takes as long as a wrong password's.
+//! Invariant: hashing and verification run on their own threads, one per core, at a lower
+//! scheduling priority (nice 10), behind a semaphore sized to that pool: a login storm queues
+//! and soaks up idle CPU, but every other request is scheduled first, so it cannot starve
+//! downloads. Unknown users are verified against a dummy hash, so their answer takes as long
+//! as a wrong password's.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
-use crate::blocking;
 use crate::config::AuthConfig;
 use crate::error::FieldError;
 
@@ -23,6 +24,9 @@ static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Scheduling priority of the hashing threads: behind request handling.
+const HASH_NICE: i32 = 10;
+
 /// Argon2 failed (never because of a wrong password: that is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
 #[error("password hashing failed: {0}")]
@@ -32,7 +36,7 @@ pub struct HashError(String);
 #[derive(Clone)]
 pub struct Passwords {
     params: Params,
-    permits: Arc<Semaphore>,
+    pool: HashPool,
     dummy: Arc<String>,
 }
 
@@ -46,7 +50,7 @@ pub struct Verified {
 }
 
 impl Passwords {
-    /// Build from config; computes the dummy hash once.
+    /// Build from config: start the hashing threads and compute the dummy hash.
     pub fn new(cfg: &AuthConfig) -> Result<Self, HashError> {
         let params = Params::new(
             cfg.argon2_memory_kib,
@@ -55,13 +59,13 @@ impl Passwords {
             None,
         )
         .map_err(|e| HashError(e.to_string()))?;
-        let permits = match cfg.hash_concurrency {
+        let threads = match cfg.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
         let mut this = Self {
             params,
-            permits: Arc::new(Semaphore::new(permits)),
+            pool: HashPool::start(threads)?,
             dummy: Arc::default(),
         };
         let dummy = this.hash_now(&crate::auth::random_token::<24>())?;
@@ -82,15 +86,10 @@ impl Passwords {
 
     /// Hash a password (PHC string).
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| HashError(e.to_string()))?;
         let this = self.clone();
-        blocking::run(move || this.hash_now(password.expose_secret()))
-            .await
-            .map_err(|e| HashError(e.to_string()))?
+        self.pool
+            .run(move || this.hash_now(password.expose_secret()))
+            .await?
     }
 
     /// Verify against `stored`, or against the dummy hash when there is no user (`None`), in
@@ -100,39 +99,101 @@ impl Passwords {
         password: SecretString,
         stored: Option<String>,
     ) -> Result<Verified, HashError> {
+        let this = self.clone();
+        self.pool
+            .run(move || this.verify_now(password.expose_secret(), stored))
+            .await
+    }
+
+    fn verify_now(&self, password: &str, stored: Option<String>) -> Verified {
+        let real = stored.is_some();
+        let phc_text = stored.unwrap_or_else(|| self.dummy.to_string());
+        let Ok(phc) = PasswordHash::new(&phc_text) else {
+            return Verified {
+                ok: false,
+                needs_rehash: false,
+            };
+        };
+        let ok = self
+            .argon2()
+            .verify_password(password.as_bytes(), &phc)
+            .is_ok()
+            && real;
+        let current = phc.algorithm.as_str() == "argon2id"
+            && Params::try_from(&phc).is_ok_and(|p| {
+                p.m_cost() == self.params.m_cost()
+                    && p.t_cost() == self.params.t_cost()
+                    && p.p_cost() == self.params.p_cost()
+            });
+        Verified {
+            ok,
+            needs_rehash: ok && !current,
+        }
+    }
+}
+
+/// Threads that do nothing but argon2, at low priority.
+#[derive(Clone)]
+struct HashPool {
+    jobs: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl HashPool {
+    fn start(threads: usize) -> Result<Self, HashError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("coffer-argon2-{i}"))
+                .spawn(move || worker(&rx))
+                .map_err(|e| HashError(e.to_string()))?;
+        }
+        Ok(Self {
+            jobs,
+            permits: Arc::new(Semaphore::new(threads)),
+        })
+    }
+
+    /// Run `f` on the pool; callers wait (asynchronously) for a free thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|e| HashError(e.to_string()))?;
-        let this = self.clone();
-        blocking::run(move || {
-            let real = stored.is_some();
-            let phc_text = stored.unwrap_or_else(|| this.dummy.to_string());
-            let Ok(phc) = PasswordHash::new(&phc_text) else {
-                return Verified {
-                    ok: false,
-                    needs_rehash: false,
-                };
-            };
-            let ok = this
-                .argon2()
-                .verify_password(password.expose_secret().as_bytes(), &phc)
-                .is_ok()
-                && real;
-            let current = phc.algorithm.as_str() == "argon2id"
-                && Params::try_from(&phc).is_ok_and(|p| {
-                    p.m_cost() == this.params.m_cost()
-                        && p.t_cost() == this.params.t_cost()
-                        && p.p_cost() == this.params.p_cost()
-                });
-            Verified {
-                ok,
-                needs_rehash: ok && !current,
-            }
-        })
-        .await
-        .map_err(|e| HashError(e.to_string()))
+        let (tx, rx) = oneshot::channel();
+        let span = tracing::Span::current();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(span.in_scope(f));
+            }))
+            .map_err(|_| HashError("the hashing threads have stopped".into()))?;
+        rx.await
+            .map_err(|_| HashError("a hashing job panicked".into()))
+    }
+}
+
+fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
+    // On Linux this applies to the calling thread only.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_NICE)
+    {
+        tracing::debug!(error = %e, "cannot lower the hashing threads' priority");
+    }
+    loop {
+        // The lock is held only while waiting for the next job, never while hashing.
+        let job = match rx.lock().map(|r| r.recv()) {
+            Ok(Ok(job)) => job,
+            _ => return,
+        };
+        // A panicking job must not take a pool thread with it (its caller sees an error).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
     }
 }
 
