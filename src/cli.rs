@@ -148,13 +148,18 @@ fn pin_malloc_threshold() {
         if std::env::var_os(MALLOC_TUNABLE.0).is_some() {
             return;
         }
-        let Ok(exe) = std::env::current_exe() else { return };
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
         let err = std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
             .env(MALLOC_TUNABLE.0, MALLOC_TUNABLE.1)
             .exec();
         // Not fatal: only memory use is higher.
-        eprintln!("coffer: note: cannot re-execute with {}: {err}", MALLOC_TUNABLE.0);
+        eprintln!(
+            "coffer: note: cannot re-execute with {}: {err}",
+            MALLOC_TUNABLE.0
+        );
     }
 }
 

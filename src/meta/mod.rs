@@ -1,11 +1,11 @@
 //! Metadata in SQLite: the only module that holds SQL.
 //!
-//! [`MetaStore`] is the async facade: every call runs on the blocking pool. Reads use a small
-//! pool of read-only connections (WAL lets them run beside the writer); writes go through one
-//! connection behind an async mutex, each in a `BEGIN IMMEDIATE` transaction. Serialising
-//! writers in-process is what keeps 200 concurrent writers from ever seeing "database is
-//! locked": they queue on the mutex instead of racing for SQLite's lock. `busy_timeout` covers
-//! the other writers that may exist, the CLI running beside the server.
+//! [`MetaStore`] is the async facade: no SQLite call runs on an async worker. Reads use a
+//! small pool of read-only connections on the blocking pool (WAL lets them run beside the
+//! writer); writes go to one writer thread that owns the read-write connection and commits
+//! them in groups ([`writer`]). Serialising writers in-process is what keeps 200 concurrent
+//! writers from ever seeing "database is locked": they queue instead of racing for SQLite's
+//! lock. `busy_timeout` covers the other writers that may exist, the CLI beside the server.
 //!
 //! The table modules are plain functions over `&rusqlite::Connection`, tested in memory.
 
@@ -16,12 +16,13 @@ pub mod links;
 pub mod migrations;
 pub mod sessions;
 pub mod users;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
 use crate::blocking;
@@ -44,6 +45,9 @@ pub enum MetaError {
     /// The store is shutting down.
     #[error("metadata store closed")]
     Closed,
+    /// The writer thread could not start.
+    #[error("cannot start the database writer: {0}")]
+    Start(#[from] std::io::Error),
 }
 
 fn classify(e: rusqlite::Error) -> MetaError {
@@ -65,7 +69,7 @@ struct Inner {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
     read_permits: Semaphore,
-    writer: Arc<tokio::sync::Mutex<Connection>>,
+    writer: writer::Writer,
 }
 
 impl MetaStore {
@@ -87,7 +91,7 @@ impl MetaStore {
                 path: path.to_path_buf(),
                 readers: Mutex::new(pool),
                 read_permits: Semaphore::new(readers),
-                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                writer: writer::Writer::start(writer)?,
             }),
         })
     }
@@ -132,21 +136,15 @@ impl MetaStore {
         result.map_err(classify)
     }
 
-    /// Run a closure inside one immediate write transaction, committed when it returns `Ok`.
+    /// Run a closure inside a write transaction; `Ok` once it is durably committed (closures
+    /// queued together share one commit, see [`writer`]). An `Err` from the closure undoes
+    /// its own changes only.
     pub async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
     where
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut conn = self.inner.writer.clone().lock_owned().await;
-        blocking::run(move || {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await?
-        .map_err(classify)
+        self.inner.writer.write(f).await
     }
 
     /// Whether the database answers a trivial query (for `/readyz`).
@@ -158,10 +156,10 @@ impl MetaStore {
 
     /// Checkpoint the WAL into the main file (clean shutdown, backups).
     pub async fn checkpoint(&self) -> Result<(), MetaError> {
-        let conn = self.inner.writer.clone().lock_owned().await;
-        blocking::run(move || conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
-            .await?
-            .map_err(classify)
+        self.inner
+            .writer
+            .raw(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
+            .await
     }
 
     /// The database file.
