@@ -164,18 +164,26 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let cfg = &self.state.config.server;
+        let header_timeout = Duration::from_secs(cfg.header_read_timeout_secs);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+            .header_read_timeout(header_timeout)
             .max_buf_size(64 * 1024);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(128);
+            .max_concurrent_streams(128)
+            // A silent HTTP/2 peer is dropped: it must answer pings.
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let per_ip = PerIp::new(
+            cfg.max_connections_per_ip,
+            self.state.trusted_proxies.clone(),
+        );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         tokio::pin!(shutdown);
         loop {
@@ -195,24 +203,32 @@ impl App {
                     }
                 },
             };
+            // One address cannot hold every connection slot.
+            let Some(ip_slot) = per_ip.admit(peer.ip()) else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let router = self.router.clone();
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let _slots = (permit, ip_slot);
+                // hyper's header timeout starts once it knows the protocol; a peer that never
+                // sends enough to tell would otherwise hold the connection forever.
+                if !request_starts(&stream, header_timeout).await {
+                    return;
+                }
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                drop(permit);
             });
         }
         drop(listener);
@@ -221,7 +237,7 @@ impl App {
             .await
             .is_err()
         {
-            tracing::warn!("grace period over; cutting the remaining connections");
+            tracing::warn!("grace period over; exiting with requests still open");
         }
         for t in &self.tasks {
             t.abort();
@@ -232,6 +248,85 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.audit_task).await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Wait (bounded) until the peer has sent enough to choose HTTP/1 or HTTP/2: any byte that
+/// breaks the HTTP/2 preface, or the whole preface. `false` when it sends nothing in time.
+async fn request_starts(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    let wait = async {
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            let seen = buf.get(..n).unwrap_or_default();
+            if n == 0 {
+                return Ok::<_, std::io::Error>(false);
+            }
+            if n >= PREFACE.len() || !PREFACE.starts_with(seen) {
+                return Ok(true);
+            }
+            // Part of a preface: peek would return at once; give the peer a moment.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(true)))
+}
+
+/// Open connections per client address (trusted proxies are exempt: everyone is behind them).
+#[derive(Clone)]
+struct PerIp {
+    max: usize,
+    exempt: Arc<Vec<IpNet>>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// A held per-address slot; released on drop.
+struct IpSlot {
+    owner: PerIp,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl PerIp {
+    fn new(max: usize, exempt: Vec<IpNet>) -> Self {
+        Self {
+            max,
+            exempt: Arc::new(exempt),
+            open: Arc::default(),
+        }
+    }
+
+    fn admit(&self, ip: std::net::IpAddr) -> Option<IpSlot> {
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Some(IpSlot {
+                owner: self.clone(),
+                ip: None,
+            });
+        }
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            owner: self.clone(),
+            ip: Some(ip),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip
+            && let Ok(mut open) = self.owner.open.lock()
+            && let Some(n) = open.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
     }
 }
 
@@ -248,11 +343,12 @@ async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow
     }
     if config.storage.scan_on_startup {
         let report = ops::check::scan(meta, blobs, None).await?;
-        let orphans = ops::check::remove_orphans(meta, blobs, &report).await?;
+        // Nothing else runs on this root yet: no grace needed.
+        let orphans = ops::check::remove_orphans(meta, blobs, &report, Duration::ZERO).await?;
         if orphans > 0 {
             tracing::warn!(orphans, "removed blobs that had no database row");
         }
-        for missing in &report.missing {
+        for (missing, _) in &report.missing {
             tracing::error!(file.id = %missing, "a file row has no blob; run `coffer check`");
         }
     }

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Simultaneous connections; the accept loop waits beyond this.
     pub max_connections: usize,
+    /// Simultaneous connections from one address (trusted proxies exempt); more are dropped.
+    pub max_connections_per_ip: usize,
 }
 
 /// `[storage]`
@@ -271,7 +273,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 17] = [
+        let minimums: [(&str, u64, u64); 18] = [
             (
                 "server.request_timeout_secs",
                 self.server.request_timeout_secs,
@@ -285,6 +287,11 @@ impl Config {
             (
                 "server.max_connections",
                 as_u64(self.server.max_connections),
+                1,
+            ),
+            (
+                "server.max_connections_per_ip",
+                as_u64(self.server.max_connections_per_ip),
                 1,
             ),
             ("storage.db_readers", as_u64(self.storage.db_readers), 1),

@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
-use tokio::sync::mpsc;
 
-use super::{BlobBackend, BlobError, BlobKey, BlobWriter, BoxFuture, ByteStream, Inventory};
+use super::{
+    BlobBackend, BlobError, BlobKey, BlobWriter, BoxFuture, ByteStream, Inventory, StoredBlob,
+};
 use crate::blocking;
 
 const BLOBS: &str = "blobs";
@@ -228,24 +229,7 @@ impl BlobBackend for LocalFs {
             let file = blocking::run(move || this.open_blob(&key))
                 .await
                 .map_err(join_err)??;
-            // One blocking reader per large download, two chunks ahead of the socket: the disk
-            // read of chunk n+1 overlaps the network write of chunk n, and a client that stops
-            // reading stops the reader through the channel's back-pressure.
-            let (tx, rx) = mpsc::channel::<Result<Bytes, BlobError>>(2);
-            tokio::task::spawn_blocking(move || {
-                let mut pos = offset;
-                let end = offset.saturating_add(len);
-                while pos < end {
-                    let n = (end - pos).min(READ_CHUNK as u64);
-                    let chunk = read_exact_at(&file, pos, n);
-                    let failed = chunk.is_err();
-                    if tx.blocking_send(chunk).is_err() || failed {
-                        return;
-                    }
-                    pos += n;
-                }
-            });
-            Ok(Box::pin(tokio_stream_from(rx)) as ByteStream)
+            Ok(Box::pin(chunks(Arc::new(file), offset, len)) as ByteStream)
         })
     }
 
@@ -396,10 +380,55 @@ fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError>
     }
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<Bytes, BlobError>>,
+/// Read `[offset, offset + len)` in chunks, one short blocking task per chunk, one chunk
+/// ahead of the socket: the disk read of chunk n+1 overlaps the network write of chunk n. No
+/// thread is held between chunks, so a client that stops reading costs a connection and at
+/// most two chunks of memory, never a blocking-pool thread.
+fn chunks(
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, BlobError>> + Send {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    struct State {
+        file: Arc<File>,
+        pos: u64,
+        end: u64,
+        ahead: Option<tokio::task::JoinHandle<Result<Bytes, BlobError>>>,
+    }
+    impl State {
+        fn read_next(&mut self) -> Option<tokio::task::JoinHandle<Result<Bytes, BlobError>>> {
+            if self.pos >= self.end {
+                return None;
+            }
+            let (file, at) = (self.file.clone(), self.pos);
+            let n = (self.end - at).min(READ_CHUNK as u64);
+            self.pos += n;
+            Some(tokio::task::spawn_blocking(move || {
+                read_exact_at(&file, at, n)
+            }))
+        }
+    }
+    let start = State {
+        file,
+        pos: offset,
+        end: offset.saturating_add(len),
+        ahead: None,
+    };
+    futures_util::stream::unfold(start, |mut st| async move {
+        let current = match st.ahead.take() {
+            Some(h) => h,
+            None => st.read_next()?,
+        };
+        let chunk = current
+            .await
+            .unwrap_or_else(|e| Err(join_err(blocking::JoinError::from(e))));
+        if chunk.is_ok() {
+            st.ahead = st.read_next();
+        } else {
+            st.pos = st.end;
+        }
+        Some((chunk, st))
+    })
 }
 
 fn walk(root: &Path) -> Result<Inventory, BlobError> {
@@ -422,7 +451,11 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
                 let meta =
                     std::fs::symlink_metadata(b_path.join(&name)).map_err(BlobError::from_io)?;
                 match BlobKey::parse(&rel) {
-                    Some(key) if meta.is_file() => inv.blobs.push((key, meta.len())),
+                    Some(key) if meta.is_file() => inv.blobs.push(StoredBlob {
+                        key,
+                        len: meta.len(),
+                        changed_at: changed_at(&meta),
+                    }),
                     _ => inv.strays.push(format!("{BLOBS}/{rel}")),
                 }
             }
@@ -442,6 +475,14 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
         }
     }
     Ok(inv)
+}
+
+/// The inode change time (a rename into place updates it; the data's mtime it keeps).
+fn changed_at(meta: &std::fs::Metadata) -> std::time::SystemTime {
+    use std::os::unix::fs::MetadataExt as _;
+    let secs = u64::try_from(meta.ctime()).unwrap_or(0);
+    let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
+    std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
 }
 
 fn is_real_dir(p: &Path) -> bool {

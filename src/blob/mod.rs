@@ -125,11 +125,22 @@ pub trait BlobWriter: Send {
     fn commit(self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>>;
 }
 
+/// One blob as maintenance sees it.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    /// Its key.
+    pub key: BlobKey,
+    /// Its length.
+    pub len: u64,
+    /// When it last changed name or content (the rename into place counts).
+    pub changed_at: std::time::SystemTime,
+}
+
 /// What maintenance finds in the store.
 #[derive(Debug, Default, Clone)]
 pub struct Inventory {
-    /// Live blobs and their lengths.
-    pub blobs: Vec<(BlobKey, u64)>,
+    /// Live blobs.
+    pub blobs: Vec<StoredBlob>,
     /// Names in the trash (deletions in progress).
     pub trash: Vec<BlobKey>,
     /// Anything else inside the blob tree (not a blob we would write).

@@ -4,6 +4,8 @@
 //! is a 404 indistinguishable from a missing one; ids that are not UUIDs are 404s before any
 //! storage access.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -23,6 +25,7 @@ use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{PageQuery, Principal, decode_time_cursor, encode_time_cursor};
 use crate::ids::{FileId, Timestamp};
+use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
 use crate::lifecycle;
 use crate::meta::files::{self, FileObject, StoredFile};
@@ -119,7 +122,8 @@ async fn upload_file(
             exact_length: declared.is_some(),
             ..up
         };
-        let stream = body.into_data_stream().map_err(|e| body_error(&e));
+        let stream =
+            IdleTimeout::new(body.into_data_stream(), idle(&state)).map_err(IngestError::from);
         if declared.is_none() {
             let metrics = state.clone();
             let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
@@ -150,10 +154,8 @@ struct UploadForm {
     file: Vec<u8>,
 }
 
-/// A body that fails mid-stream means the client went away or broke off the transfer.
-fn body_error(e: &axum::Error) -> IngestError {
-    tracing::debug!(error = %e, "upload body failed");
-    IngestError::ClientAborted
+fn idle(state: &AppState) -> Duration {
+    Duration::from_secs(state.config.limits.upload_idle_timeout_secs)
 }
 
 async fn receive_multipart(
@@ -161,7 +163,7 @@ async fn receive_multipart(
     up: Upload,
     boundary: String,
     body: Body,
-) -> Result<ingest::Staged, AppError> {
+) -> Result<ingest::Staged, IngestError> {
     let limit = state.config.limits.max_upload_bytes;
     let constraints = multer::Constraints::new().size_limit(
         multer::SizeLimit::new()
@@ -169,16 +171,14 @@ async fn receive_multipart(
             .per_field(OTHER_PART_LIMIT)
             .for_field("file", limit.saturating_add(1)),
     );
-    let mut form =
-        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    // The idle timeout covers every part, not only the file.
+    let body = IdleTimeout::new(body.into_data_stream(), idle(state));
+    let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
+    let failed = move |e| multipart_failure(e, limit);
     let field = loop {
-        match form
-            .next_field()
-            .await
-            .map_err(|e| multipart_error(e, limit))?
-        {
+        match form.next_field().await.map_err(failed)? {
             None => {
-                return Err(AppError::BadRequest(
+                return Err(IngestError::BadBody(
                     "the form has no part named file".into(),
                 ));
             }
@@ -189,28 +189,16 @@ async fn receive_multipart(
     let name = field
         .file_name()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| AppError::BadRequest("the file part has no filename".into()))?
+        .ok_or_else(|| IngestError::BadBody("the file part has no filename".into()))?
         .to_owned();
-    let stream = field.map_err(move |e| match e {
-        multer::Error::StreamReadFailed(_) => IngestError::ClientAborted,
-        other => IngestError::from(multipart_error(other, limit)),
-    });
-    let staged = ingest::stage(
-        state,
-        Upload {
-            raw_name: name,
-            ..up
-        },
-        Box::pin(stream),
-    )
-    .await?;
-    while let Some(next) = form
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(e, limit))?
-    {
+    let up = Upload {
+        raw_name: name,
+        ..up
+    };
+    let staged = ingest::stage(state, up, Box::pin(field.map_err(failed))).await?;
+    while let Some(next) = form.next_field().await.map_err(failed)? {
         if next.name() == Some("file") {
-            return Err(AppError::BadRequest(
+            return Err(IngestError::BadBody(
                 "send exactly one part named file".into(),
             ));
         }
@@ -220,31 +208,25 @@ async fn receive_multipart(
 }
 
 async fn drain(
-    field: impl Stream<Item = Result<Bytes, multer::Error>> + Unpin,
+    mut field: impl Stream<Item = Result<Bytes, multer::Error>> + Unpin,
     limit: u64,
-) -> Result<(), AppError> {
-    let mut field = field;
+) -> Result<(), IngestError> {
     while let Some(chunk) = field.next().await {
-        chunk.map_err(|e| multipart_error(e, limit))?;
+        chunk.map_err(|e| multipart_failure(e, limit))?;
     }
     Ok(())
 }
 
-fn multipart_error(e: multer::Error, limit: u64) -> AppError {
+fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
     match e {
         multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
-            AppError::PayloadTooLarge { limit }
+            IngestError::TooLarge { limit }
         }
-        _ => AppError::BadRequest("malformed multipart body".into()),
-    }
-}
-
-impl From<AppError> for IngestError {
-    fn from(e: AppError) -> Self {
-        match e {
-            AppError::PayloadTooLarge { limit } => IngestError::TooLarge { limit },
-            other => IngestError::BadBody(other.to_string()),
-        }
+        multer::Error::StreamReadFailed(cause) => match cause.downcast::<BodyError>() {
+            Ok(body) => IngestError::from(*body),
+            Err(_) => IngestError::ClientAborted,
+        },
+        _ => IngestError::BadBody("malformed multipart body".into()),
     }
 }
 

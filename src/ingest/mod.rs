@@ -8,11 +8,11 @@
 //! sizes, never by the file size.
 
 pub mod filename;
+pub mod idle;
 pub mod policy;
 pub mod quota;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -73,6 +73,15 @@ impl IngestError {
             Self::Idle => "idle_timeout",
             Self::Blob(BlobError::StorageFull) => "storage_full",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
+        }
+    }
+}
+
+impl From<idle::BodyError> for IngestError {
+    fn from(e: idle::BodyError) -> Self {
+        match e {
+            idle::BodyError::Idle => Self::Idle,
+            idle::BodyError::Broken(_) => Self::ClientAborted,
         }
     }
 }
@@ -156,7 +165,7 @@ pub struct Staged {
 }
 
 /// Receive and validate an upload. `body` yields the file's bytes only (multipart framing
-/// already removed).
+/// already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
 pub async fn stage<S>(state: &AppState, up: Upload, body: S) -> Result<Staged, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
@@ -210,13 +219,12 @@ where
             IngestError::Quota
         }
     };
-    let idle = Duration::from_secs(state.config.limits.upload_idle_timeout_secs);
 
     // Sniff: gather the head before deciding anything about the content.
     let mut head = BytesMut::new();
     let mut eof = false;
     while head.len() < SNIFF_LEN {
-        match next_chunk(&mut body, idle).await? {
+        match body.next().await.transpose()? {
             Some(chunk) => {
                 outcome.bytes += chunk.len() as u64;
                 if outcome.bytes > cap {
@@ -236,7 +244,7 @@ where
     let mut sink = Sink::open(state, id, rule == Rule::Text).await?;
     sink.feed(&head).await?;
     if !eof {
-        while let Some(chunk) = next_chunk(&mut body, idle).await? {
+        while let Some(chunk) = body.next().await.transpose()? {
             outcome.bytes += chunk.len() as u64;
             if outcome.bytes > cap {
                 return Err(over(outcome.bytes));
@@ -260,17 +268,6 @@ where
         sealing,
     };
     Ok((writer, stored, reservation))
-}
-
-async fn next_chunk<S>(body: &mut S, idle: Duration) -> Result<Option<Bytes>, IngestError>
-where
-    S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
-{
-    match tokio::time::timeout(idle, body.next()).await {
-        Err(_) => Err(IngestError::Idle),
-        Ok(None) => Ok(None),
-        Ok(Some(r)) => r.map(Some),
-    }
 }
 
 /// Where validated bytes go: hasher, text check, sealer, blob writer.

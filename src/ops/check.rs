@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::blob::{BlobError, BlobKey, BlobStore};
+use std::time::{Duration, SystemTime};
+
+use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
 use crate::ids::FileId;
 use crate::meta::files::{self, StoredFile};
@@ -19,14 +21,16 @@ use crate::meta::{MetaStore, audit};
 
 /// Rows read per page.
 const PAGE: usize = 500;
+/// How long a fresh orphan is given to gain its row before `--repair` removes it.
+pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
 
 /// What a check found.
 #[derive(Debug, Default)]
 pub struct Report {
     /// Blobs with no row.
-    pub orphans: Vec<BlobKey>,
-    /// Rows whose blob is missing.
-    pub missing: Vec<FileId>,
+    pub orphans: Vec<StoredBlob>,
+    /// Rows whose blob is missing, with the blob they point at.
+    pub missing: Vec<(FileId, BlobKey)>,
     /// Rows whose blob has the wrong length: `(file, expected, actual)`.
     pub size_mismatch: Vec<(FileId, u64, u64)>,
     /// Rows whose content fails its hash or authentication (`--deep`).
@@ -46,12 +50,12 @@ impl Report {
         out.extend(
             self.orphans
                 .iter()
-                .map(|k| format!("orphan blob: {k} (no database row)")),
+                .map(|b| format!("orphan blob: {} (no database row)", b.key)),
         );
         out.extend(
             self.missing
                 .iter()
-                .map(|id| format!("missing blob: file {id} has no blob")),
+                .map(|(id, _)| format!("missing blob: file {id} has no blob")),
         );
         out.extend(self.size_mismatch.iter().map(|(id, want, got)| {
             format!("size mismatch: file {id} blob is {got} bytes, expected {want}")
@@ -84,7 +88,11 @@ pub async fn scan(
     deep: Option<&Keyring>,
 ) -> anyhow::Result<Report> {
     let inventory = blobs.inventory().await?;
-    let mut on_disk: BTreeMap<BlobKey, u64> = inventory.blobs.into_iter().collect();
+    let mut on_disk: BTreeMap<BlobKey, StoredBlob> = inventory
+        .blobs
+        .into_iter()
+        .map(|b| (b.key.clone(), b))
+        .collect();
     let mut report = Report {
         strays: inventory.strays,
         ..Report::default()
@@ -101,8 +109,8 @@ pub async fn scan(
                     .push((f.file.id, "its blob key is malformed".into()));
                 continue;
             };
-            let Some(len) = on_disk.remove(&key) else {
-                report.missing.push(f.file.id);
+            let Some(len) = on_disk.remove(&key).map(|b| b.len) else {
+                report.missing.push((f.file.id, key));
                 continue;
             };
             let want = BlobStore::expected_len(f);
@@ -120,7 +128,7 @@ pub async fn scan(
             break;
         }
     }
-    report.orphans = on_disk.into_keys().collect();
+    report.orphans = on_disk.into_values().collect();
     Ok(report)
 }
 
@@ -157,37 +165,54 @@ pub async fn check_audit(meta: &MetaStore, report: &mut Report) -> anyhow::Resul
     Ok(())
 }
 
-/// Remove the orphans of a report, re-checking each against the database first (a row may
-/// have appeared since the scan). Returns how many were removed.
+/// Remove the orphans of a report. A blob renamed into place moments ago may belong to an
+/// upload about to commit its row (a server may be running beside us): orphans younger than
+/// `grace` are given that long, then every orphan is re-checked against the database just
+/// before it goes. Returns how many were removed.
 pub async fn remove_orphans(
     meta: &MetaStore,
     blobs: &BlobStore,
     report: &Report,
+    grace: Duration,
 ) -> anyhow::Result<usize> {
+    let youngest = report
+        .orphans
+        .iter()
+        .filter_map(|b| SystemTime::now().duration_since(b.changed_at).ok())
+        .min();
+    if let Some(age) = youngest.filter(|age| *age < grace) {
+        tokio::time::sleep(grace - age).await;
+    }
     let mut n = 0;
-    for key in &report.orphans {
-        let k = key.as_str().to_owned();
+    for orphan in &report.orphans {
+        let k = orphan.key.as_str().to_owned();
         if meta.read(move |c| files::blob_key_exists(c, &k)).await? {
             continue;
         }
-        match blobs.trash(key).await {
+        match blobs.trash(&orphan.key).await {
             Ok(()) | Err(BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        blobs.purge(key).await?;
+        blobs.purge(&orphan.key).await?;
         n += 1;
     }
     Ok(n)
 }
 
-/// `--repair`: remove orphans, and rows whose blob is gone (with their links). Size
-/// mismatches and corrupt contents are left for an operator: deleting them would destroy the
-/// only evidence.
+/// `--repair`: remove orphans, and rows whose blob is gone (with their links), each
+/// re-checked just before. Size mismatches and corrupt contents are left for an operator:
+/// deleting them would destroy the only evidence.
 pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<()> {
-    remove_orphans(meta, blobs, report).await?;
-    for id in &report.missing {
-        let id = *id;
-        meta.write(move |tx| files::delete(tx, id)).await?;
+    remove_orphans(meta, blobs, report, REPAIR_GRACE).await?;
+    for (id, key) in &report.missing {
+        // Still gone? (The inventory was taken before the rows were read.)
+        match blobs.len(key).await {
+            Err(BlobError::NotFound) => {}
+            _ => continue,
+        }
+        let (id, k) = (*id, key.as_str().to_owned());
+        meta.write(move |tx| files::delete_if_blob(tx, id, &k))
+            .await?;
     }
     Ok(())
 }

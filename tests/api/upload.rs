@@ -306,10 +306,15 @@ async fn quota_holds_under_concurrent_uploads() {
     }
     // Near the limit a racing upload may be refused early (a finished upload counts as stored
     // a moment before its reservation is released), never late.
-    assert!((1..=5).contains(&ok), "{ok} x 20000 stored with a 100000 quota");
+    assert!(
+        (1..=5).contains(&ok),
+        "{ok} x 20000 stored with a 100000 quota"
+    );
     // Sequentially, exactly what fits is accepted.
     for i in ok..5 {
-        let r = app.upload(&u.token, &format!("fill{i}.png"), png(20_000)).await;
+        let r = app
+            .upload(&u.token, &format!("fill{i}.png"), png(20_000))
+            .await;
         assert_eq!(r.status(), 201);
     }
     problem(app.upload(&u.token, "over.png", png(20_000)).await, 413).await;
@@ -494,4 +499,58 @@ async fn uploads_need_credentials() {
         .await
         .unwrap();
     problem(r, 401).await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_with_408_wherever_it_stalls() {
+    let app = TestApp::builder()
+        .env("COFFER_LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "1")
+        .spawn()
+        .await;
+    let u = app.user("staller").await;
+    for (ctype, partial) in [
+        // Inside the file of a raw upload.
+        ("application/octet-stream", png(1000)),
+        // In a multipart part before the file part.
+        (
+            "multipart/form-data; boundary=XyZ",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello".to_vec(),
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/files?filename=slow.png HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: {ctype}\r\nContent-Length: 100000\r\n\r\n",
+            u.token
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&partial).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{ctype}: {text}");
+    }
+    app.eventually("temp files removed", || app.temp_files().is_empty())
+        .await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_dropped() {
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__HEADER_READ_TIMEOUT_SECS", "1")
+        .spawn()
+        .await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut partial_h2 = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    partial_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for s in [&mut silent, &mut partial_h2] {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("still open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
 }
