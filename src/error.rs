@@ -297,6 +297,7 @@ impl IntoResponse for AppError {
 impl From<crate::meta::MetaError> for AppError {
     fn from(e: crate::meta::MetaError) -> Self {
         match e {
+            crate::meta::MetaError::Full => Self::InsufficientStorage,
             crate::meta::MetaError::Busy => {
                 Self::Unavailable("the database is busy; retry shortly")
             }

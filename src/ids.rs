@@ -125,7 +125,10 @@ impl Timestamp {
 
     /// The HTTP-date form (`Last-Modified`), RFC 9110 section 5.6.7.
     pub fn to_http_date(self) -> String {
-        let secs = u64::try_from(self.unix_secs()).unwrap_or(0);
+        // HTTP dates end at 9999-12-31T23:59:59 (httpdate panics beyond).
+        let secs = u64::try_from(self.unix_secs())
+            .unwrap_or(0)
+            .min(253_402_300_799);
         httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     }
 }
@@ -180,5 +183,9 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(t.to_http_date(), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(t.plus_secs(90).unix_secs(), 90);
+        assert_eq!(
+            Timestamp(i64::MAX).to_http_date(),
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 }

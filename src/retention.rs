@@ -42,16 +42,15 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             .read(move |c| files::expired(c, now, BATCH))
             .await?;
         let full = batch.len() == BATCH;
+        let before = removed;
         for f in batch {
             match lifecycle::remove_file(&state.meta, &state.blobs, &f).await {
                 Ok(true) => {
                     removed += 1;
-                    state.audit.record(
-                        Record::new(Event::FileExpire)
-                            .subject(f.file.id)
-                            .actor(f.owner_id)
-                            .detail(serde_json::json!({ "size": f.file.size, "expired_at": f.file.expires_at })),
-                    );
+                    // A system action: no actor; the owner is in the detail.
+                    state.audit.record(Record::new(Event::FileExpire).subject(f.file.id).detail(
+                        serde_json::json!({ "owner": f.owner_id, "size": f.file.size, "expired_at": f.file.expires_at }),
+                    ));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -59,7 +58,9 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
                 }
             }
         }
-        if !full {
+        // A full batch that removed nothing (every removal failing) would come back the same:
+        // stop, and let the next sweep retry rather than spin.
+        if !full || removed == before {
             break;
         }
     }

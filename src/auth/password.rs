@@ -158,21 +158,27 @@ impl HashPool {
         })
     }
 
-    /// Run `f` on the pool; callers wait (asynchronously) for a free thread.
+    /// Run `f` on the pool; callers wait (asynchronously) for a free thread. The permit
+    /// travels with the job, so a caller that gives up (client gone) does not free a slot
+    /// while its job still occupies a thread; a job whose caller is gone is skipped.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| HashError(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         let span = tracing::Span::current();
         self.jobs
             .send(Box::new(move || {
-                let _ = tx.send(span.in_scope(f));
+                let _permit = permit;
+                if !tx.is_closed() {
+                    let _ = tx.send(span.in_scope(f));
+                }
             }))
             .map_err(|_| HashError("the hashing threads have stopped".into()))?;
         rx.await

@@ -340,32 +340,20 @@ impl BlobBackend for LocalFs {
     fn writable(&self) -> BoxFuture<'_, bool> {
         let this = self.clone();
         Box::pin(async move {
-            blocking::run(move || -> Result<(), BlobError> {
-                // By path, not through the folders held open: a root that was moved, removed
-                // or remounted read-only must make the service unready.
-                let tmp = rustix::fs::open(
-                    this.root.join(TMP),
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(io)?;
-                let name = format!(".probe-{}", uuid::Uuid::new_v4());
-                let fd = rustix::fs::openat(
-                    &tmp,
-                    &name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(FILE_MODE),
-                )
-                .map_err(io)?;
-                drop(fd);
-                rustix::fs::unlinkat(&tmp, &name, AtFlags::empty()).map_err(io)
+            // By path, not through the folders held open: a root that was moved or removed,
+            // made read-only or remounted read-only must make the service unready. A check,
+            // not a test write, so a flood of probes costs no disk I/O.
+            blocking::run(move || {
+                [BLOBS, TMP, TRASH].iter().all(|d| {
+                    rustix::fs::access(
+                        this.root.join(d),
+                        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+                    )
+                    .is_ok()
+                })
             })
             .await
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or(false)
         })
     }
 }

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 
 use crate::crypto::{KeyError, Keyring, segment};
 use crate::ids::FileId;
@@ -265,7 +265,15 @@ impl BlobStore {
                     other => BlobError::Io(std::io::Error::other(other)),
                 })?;
                 let (offset, len, _) = segment::cipher_span(f.file.size, start, end);
-                let inner = self.read_range(&key, offset, len).await?;
+                // The opener checks the header first: one read when the span starts right
+                // after it, else the header and the span.
+                let header = segment::HEADER_LEN as u64;
+                let inner: ByteStream = if offset == header {
+                    self.read_range(&key, 0, header + len).await?
+                } else {
+                    let head = self.read_range(&key, 0, header).await?;
+                    Box::pin(head.chain(self.read_range(&key, offset, len).await?))
+                };
                 Ok(Box::pin(segment::Opener::new(
                     inner,
                     &data_key,

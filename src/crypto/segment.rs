@@ -144,8 +144,8 @@ impl Sealer {
     }
 }
 
-/// Decrypts a ciphertext stream of whole segments starting at segment `first`, and trims the
-/// plaintext to the requested range.
+/// Checks the blob header, decrypts a ciphertext stream of whole segments starting at segment
+/// `first`, and trims the plaintext to the requested range.
 pub struct Opener {
     inner: ByteStream,
     cipher: Aes256Gcm,
@@ -158,12 +158,15 @@ pub struct Opener {
     /// Plaintext bytes still to yield.
     remaining: u64,
     buf: BytesMut,
+    /// Whether the header at the front of `inner` has been checked yet.
+    header_checked: bool,
     failed: bool,
 }
 
 impl Opener {
     /// Open plaintext `[start, end)` of a `plain_len`-byte file, reading from `inner`, which
-    /// must start at the offset [`cipher_span`] gave.
+    /// must yield the blob's 16-byte header followed by the ciphertext from the offset
+    /// [`cipher_span`] gave.
     pub fn new(
         inner: ByteStream,
         key: &DataKey,
@@ -183,6 +186,7 @@ impl Opener {
             skip: usize::try_from(start - first * SEGMENT as u64).unwrap_or(0),
             remaining: end.saturating_sub(start),
             buf: BytesMut::new(),
+            header_checked: false,
             failed: false,
         }
     }
@@ -195,6 +199,17 @@ impl Opener {
 
     /// Open the next whole segment in `buf`, if it is there.
     fn open_one(&mut self) -> Option<Result<Bytes, BlobError>> {
+        if !self.header_checked {
+            if self.buf.len() < HEADER_LEN {
+                return None;
+            }
+            // The header is also bound into every tag (AAD), but a changed byte of the stored
+            // copy must fail too: "a flipped byte is never served" means any byte.
+            if self.buf.split_to(HEADER_LEN)[..] != header()[..] {
+                return Some(Err(BlobError::Integrity));
+            }
+            self.header_checked = true;
+        }
         let want = self.segment_len(self.index);
         if self.buf.len() < want {
             return None;
@@ -290,10 +305,11 @@ mod tests {
         end: u64,
     ) -> Result<Vec<u8>, BlobError> {
         let (off, len, _) = cipher_span(plain_len, start, end);
-        let slice = blob
-            .get(off as usize..(off + len) as usize)
-            .unwrap_or(&blob[(off as usize).min(blob.len())..])
-            .to_vec();
+        let mut slice = blob[..HEADER_LEN.min(blob.len())].to_vec();
+        slice.extend_from_slice(
+            blob.get(off as usize..(off + len) as usize)
+                .unwrap_or(&blob[(off as usize).min(blob.len())..]),
+        );
         let inner: ByteStream = Box::pin(futures_util::stream::iter(
             slice
                 .chunks(5000)
@@ -330,6 +346,17 @@ mod tests {
         let blob = seal(&key, file, &data, 7777);
         let n = data.len() as u64;
         assert_eq!(open(&key, file, &blob, n, 0, n).unwrap(), data);
+
+        let mut header = blob.clone();
+        header[3] ^= 1;
+        assert!(matches!(
+            open(&key, file, &header, n, 0, n),
+            Err(BlobError::Integrity)
+        ));
+        assert!(matches!(
+            open(&key, file, &header, n, 150_000, 150_001),
+            Err(BlobError::Integrity)
+        ));
 
         let mut flipped = blob.clone();
         flipped[HEADER_LEN + 100] ^= 1;

@@ -65,11 +65,13 @@ pub struct RegisterRequest {
 async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    AppJson(req): AppJson<RegisterRequest>,
+    body: Result<AppJson<RegisterRequest>, AppError>,
 ) -> AppResult<impl IntoResponse> {
+    // Closed is closed, whatever the body says.
     if !state.config.auth.open_registration {
         return Err(AppError::Forbidden("registration is closed"));
     }
+    let AppJson(req) = body?;
     let account = NewAccount {
         username: req.username,
         email: req.email,

@@ -44,14 +44,14 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
         return peer;
     }
     let mut client = peer;
+    // Split the raw bytes: one non-UTF-8 element must not hide the hops the proxy appended.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
-        match parse_hop(hop) {
+        match std::str::from_utf8(hop).ok().and_then(parse_hop) {
             Some(ip) if is_trusted(&ip) => client = ip,
             Some(ip) => return ip,
             // Garbage where an address should be: stop at the last hop we can vouch for.

@@ -172,9 +172,8 @@ fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
     state.audit.record(
         Record::new(Event::FileIntegrityError)
             .subject(f.file.id)
-            .actor(f.owner_id)
             .ip(ip)
-            .detail(serde_json::json!({ "blob": f.blob_key })),
+            .detail(serde_json::json!({ "owner": f.owner_id, "blob": f.blob_key })),
     );
 }
 

@@ -363,8 +363,8 @@ pub struct ContentQuery {
         ("If-None-Match" = Option<String>, Header, description = "ETags"),
         ("If-Range" = Option<String>, Header, description = "ETag or date")),
     responses(
-        (status = 200, description = "The whole file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "One byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
         (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),
     ),

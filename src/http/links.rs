@@ -93,7 +93,10 @@ async fn create_link(
         Some(n) => match u32::try_from(n) {
             Ok(n) if n >= 1 => Some(n),
             _ => {
-                errs.push(FieldError::new("max_downloads", "must be at least 1"));
+                errs.push(FieldError::new(
+                    "max_downloads",
+                    "must be from 1 to 4294967295",
+                ));
                 None
             }
         },
@@ -105,11 +108,6 @@ async fn create_link(
     let file_id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
     let now = Timestamp::now();
-    state
-        .meta
-        .read(move |c| files::get_visible(c, file_id, Some(owner), now))
-        .await?
-        .ok_or(AppError::NotFound)?;
     let token = random_token::<32>();
     let link = NewLink {
         id: LinkId::new(),
@@ -120,7 +118,19 @@ async fn create_link(
         max_downloads,
     };
     let row = link.clone();
-    state.meta.write(move |tx| links::insert(tx, &row)).await?;
+    // Check and insert in one transaction: a file deleted in between is a 404, not a 500.
+    let created = state
+        .meta
+        .write(
+            move |tx| match files::get_visible(tx, file_id, Some(owner), now)? {
+                Some(_) => links::insert(tx, &row).map(|()| true),
+                None => Ok(false),
+            },
+        )
+        .await?;
+    if !created {
+        return Err(AppError::NotFound);
+    }
     state.audit.record(
         Record::new(Event::LinkCreate)
             .actor(owner)
@@ -143,8 +153,8 @@ async fn create_link(
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
         ("If-None-Match" = Option<String>, Header, description = "ETags")),
     responses(
-        (status = 200, description = "The whole file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "One byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
         (status = 410, description = "Expired or used up", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -100,6 +100,9 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(from_fn(headers::problem_errors))
         .layer(CatchPanicLayer::custom(headers::panic_response))
         .layer(from_fn_with_state(state.clone(), headers::trusted_hosts))
+        // CORS answers preflights itself, so they are counted before it; every other request
+        // after it, so a 429 still carries the CORS headers a browser needs to read it.
+        .layer(from_fn_with_state(state.clone(), preflight_rate_limit))
         .layer(from_fn(preflight_no_content))
         .layer(cors(&state))
         .layer(from_fn_with_state(state.clone(), global_rate_limit));
@@ -187,19 +190,33 @@ fn client(req: &Request) -> std::net::IpAddr {
         .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0)
 }
 
-async fn global_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+fn over_global_limit(state: &AppState, req: &Request) -> Option<Response> {
     if headers::is_probe(req.uri().path()) {
-        return next.run(req).await;
+        return None;
     }
-    match state.limits.global.check(client(&req)) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            state.metrics.rate_limited(Limiter::Global);
-            AppError::TooManyRequests {
-                retry_after_secs: wait,
-            }
-            .into_response()
+    let wait = state.limits.global.check(client(req)).err()?;
+    state.metrics.rate_limited(Limiter::Global);
+    Some(
+        AppError::TooManyRequests {
+            retry_after_secs: wait,
         }
+        .into_response(),
+    )
+}
+
+async fn preflight_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS
+        && let Some(refused) = over_global_limit(&state, &req)
+    {
+        return refused;
+    }
+    next.run(req).await
+}
+
+async fn global_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match over_global_limit(&state, &req) {
+        Some(refused) => refused,
+        None => next.run(req).await,
     }
 }
 

@@ -2,11 +2,10 @@
 //! a stricter shared bucket for login and register.
 //!
 //! Invariant: tracked state stays bounded. Buckets that have refilled are indistinguishable
-//! from new ones and are dropped every few seconds; beyond `max_tracked_clients` they are dropped
-//! at once, and if an address-spraying attack still fills the table, new requests are refused
-//! until buckets refill (fail closed; forgetting budgets would let a sprayer reset its own).
-//! IPv6 clients are keyed by their /64, since one host usually
-//! owns the whole prefix.
+//! from new ones and are dropped every few seconds; beyond `max_tracked_clients` they are
+//! dropped at once, and if an address-spraying attack still fills the table, requests pass
+//! unlimited until buckets refill: failing closed would let the sprayer lock out every client.
+//! IPv6 clients are keyed by their /64, since one host usually owns the whole prefix.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -44,9 +43,11 @@ impl Bucket {
         if self.limiter.len() >= self.max_keys {
             self.sweep();
             if self.limiter.len() >= self.max_keys {
-                // Spraying faster than buckets refill: fail closed rather than grow without
-                // bound or forget budgets (which would let the sprayer reset its own).
-                return Err(1);
+                // Spraying faster than buckets refill. Refusing everyone would hand the sprayer
+                // a denial of service against all clients; tracking more would grow memory
+                // without bound. So requests pass unchecked until buckets refill (the
+                // per-account login throttle still applies).
+                return Ok(());
             }
         }
         self.limiter
@@ -164,5 +165,7 @@ mod tests {
             let _ = r.global.check(IpAddr::from(i.to_be_bytes()));
         }
         assert!(r.global.len() <= 16, "{}", r.global.len());
+        // Full of sprayed addresses: a newcomer is not refused.
+        assert!(r.global.check("198.51.100.200".parse().unwrap()).is_ok());
     }
 }

@@ -52,6 +52,8 @@ fn cap(name: &str) -> String {
         cut -= 1;
     }
     let stem = stem.get(..cut).unwrap_or("").trim_end_matches(['.', ' ']);
+    // All dots and spaces: keep the extension, never a leading dot.
+    let stem = if stem.is_empty() { FALLBACK } else { stem };
     match ext {
         Some(ext) => format!("{stem}.{ext}"),
         None => stem.to_owned(),
@@ -87,6 +89,8 @@ mod tests {
         let s = sanitize(&long);
         assert_eq!(s.len(), 255);
         assert!(s.ends_with(".png"));
+        assert_eq!(sanitize(&format!("{}.png", " ".repeat(300))), "file.png");
+        assert_eq!(sanitize(&format!("{}.png", ". ".repeat(150))), "file.png");
         let wide = format!("{}.png", "\u{e9}".repeat(200));
         let s = sanitize(&wide);
         assert!(s.len() <= 255 && s.ends_with(".png"));

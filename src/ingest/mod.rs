@@ -71,7 +71,7 @@ impl IngestError {
             Self::BadBody(_) => "bad_body",
             Self::ClientAborted => "client_aborted",
             Self::Idle => "idle_timeout",
-            Self::Blob(BlobError::StorageFull) => "storage_full",
+            Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
     }

@@ -88,14 +88,17 @@ impl Quota {
             });
         }
         let _gate = self.gate.lock().await;
+        // Reservations only, then storage: an upload that commits in between is then counted
+        // twice (held before, stored after), never not at all. The other order would let a
+        // commit-and-release slip between the two reads and overshoot the quota.
+        let held = self.held(user)?;
         let stored = self.meta.read(move |c| users::used_bytes(c, user)).await?;
-        let mut map = self.reserved.lock().map_err(|_| QuotaError::Exceeded)?;
-        let held = map.get(&user).copied().unwrap_or(0);
         let free = self.limit.saturating_sub(stored).saturating_sub(held);
         let bytes = if exact { want } else { want.min(free) };
-        if bytes > free || (!exact && bytes == 0 && want > 0) || (exact && want > free) {
+        if bytes > free || (bytes == 0 && want > 0) {
             return Err(QuotaError::Exceeded);
         }
+        let mut map = self.reserved.lock().map_err(|_| QuotaError::Exceeded)?;
         *map.entry(user).or_insert(0) += bytes;
         Ok(Reservation {
             ledger: Some(self.reserved.clone()),
@@ -104,8 +107,8 @@ impl Quota {
         })
     }
 
-    /// Whether a quota applies.
-    pub fn limited(&self) -> bool {
-        self.limit > 0
+    fn held(&self, user: UserId) -> Result<u64, QuotaError> {
+        let map = self.reserved.lock().map_err(|_| QuotaError::Exceeded)?;
+        Ok(map.get(&user).copied().unwrap_or(0))
     }
 }

@@ -39,6 +39,9 @@ pub enum MetaError {
     /// Another process held the database lock for longer than the busy timeout.
     #[error("database busy")]
     Busy,
+    /// The volume holding the database is full.
+    #[error("database disk full")]
+    Full,
     /// The blocking task died.
     #[error(transparent)]
     Join(#[from] blocking::JoinError),
@@ -55,6 +58,7 @@ fn classify(e: rusqlite::Error) -> MetaError {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             MetaError::Busy
         }
+        Some(rusqlite::ErrorCode::DiskFull) => MetaError::Full,
         _ => MetaError::Sqlite(e),
     }
 }

@@ -141,7 +141,8 @@ fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
         return;
     }
     let mut pendings = Vec::with_capacity(group.len());
-    for job in group.drain(..) {
+    let mut jobs = group.drain(..);
+    while let Some(job) = jobs.next() {
         if let Err(e) = conn.execute_batch("SAVEPOINT w") {
             job(Err(classify(e)));
             continue;
@@ -163,6 +164,21 @@ fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
             }
         }
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back by itself (disk full, I/O error): none
+            // of the group is committed, and the rest must not run outside a transaction.
+            let err = MetaError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the write transaction was rolled back".into()),
+            ));
+            for job in jobs.by_ref() {
+                job(Err(err_copy(&err)));
+            }
+            pendings
+                .into_iter()
+                .for_each(|p| (p.deliver)(Some(err_copy(&err))));
+            return;
+        }
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => pendings.into_iter().for_each(|p| (p.deliver)(None)),
@@ -180,6 +196,7 @@ fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
 fn err_copy(e: &MetaError) -> MetaError {
     match e {
         MetaError::Busy => MetaError::Busy,
+        MetaError::Full => MetaError::Full,
         MetaError::Closed => MetaError::Closed,
         other => MetaError::Sqlite(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),

@@ -129,7 +129,11 @@ async fn seal_one(
         Some(new_key)
     };
     if let Some(stale) = stale {
-        blobs.trash(&stale).await?;
+        match blobs.trash(&stale).await {
+            // The server deleted the file meanwhile: already gone.
+            Ok(()) | Err(crate::blob::BlobError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
         blobs.purge(&stale).await?;
     }
     Ok(switched)

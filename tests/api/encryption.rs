@@ -149,6 +149,25 @@ async fn tampering_fails_cleanly_and_is_audited() {
     );
     assert_eq!(integrity_events(&app, &admin.token).await, 1);
 
+    // A flipped byte in the blob's header is refused too, even for a range far from it.
+    let f = app.stored(&u.token, "head.png", data.clone()).await;
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[2] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    let r = app
+        .download(
+            &u.token,
+            f["id"].as_str().unwrap(),
+            &[("range", "bytes=200000-200009")],
+        )
+        .await;
+    problem(r, 500).await;
+
     // A flipped byte in a later segment: the transfer breaks off; the bytes before are genuine.
     let f = app.stored(&u.token, "late.png", data.clone()).await;
     let blob = app
@@ -216,13 +235,13 @@ async fn tampering_fails_cleanly_and_is_audited() {
     )
     .await;
 
-    assert!(integrity_events(&app, &admin.token).await >= 5);
-    // `check --deep` finds all four.
+    assert!(integrity_events(&app, &admin.token).await >= 6);
+    // `check --deep` finds all five.
     let out = app.cli(&["check", "--deep"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.matches("corrupt").count() + text.matches("size mismatch").count() >= 4,
+        text.matches("corrupt").count() + text.matches("size mismatch").count() >= 5,
         "{text}"
     );
 }

@@ -125,8 +125,11 @@ impl TestAppBuilder {
             _tmp: tmp,
             child: Some(child),
             logs,
+            // Idle pooled connections are dropped well before the server's idle cut-off, so
+            // no request races a connection the server is closing.
             client: Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
             env: self.env,
@@ -462,7 +465,7 @@ impl TestApp {
 
     /// Wait until `cond` holds (bounded).
     pub async fn eventually(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if cond() {
                 return;
