@@ -606,5 +606,6 @@ async fn internal_errors_reveal_nothing() {
         assert!(!body.to_lowercase().contains(leak), "{leak} in {body}");
     }
     // The cause is in the log for the operator.
-    assert!(app.logs().contains("is missing"));
+    app.eventually("the cause is logged", || app.logs().contains("is missing"))
+        .await;
 }

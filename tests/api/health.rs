@@ -59,7 +59,8 @@ async fn sigterm_drains_and_exits_cleanly() {
     let mut app = TestApp::spawn().await;
     let status = app.terminate().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(app.logs().contains("stopped"));
+    app.eventually("the last log line", || app.logs().contains("stopped"))
+        .await;
 }
 
 #[tokio::test]

@@ -176,5 +176,6 @@ async fn dev_mode_runs_without_a_secret_on_loopback() {
         .spawn()
         .await;
     assert!(app.addr.ip().is_loopback());
-    assert!(app.logs().contains("DEV MODE"));
+    app.eventually("the dev-mode warning", || app.logs().contains("DEV MODE"))
+        .await;
 }
