@@ -38,6 +38,9 @@ use crate::meta::MetaStore;
 use crate::secrets::SecretKey;
 use crate::{http, lifecycle, ops, retention};
 
+/// The label of the subkey that chains the audit trail.
+pub const AUDIT_CHAIN_LABEL: &str = "coffer/audit-chain/v1";
+
 /// The state every handler sees. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<AppInner>);
@@ -110,7 +113,8 @@ impl App {
         recover(&config, &meta, &blobs).await?;
 
         let passwords = Passwords::new(&config.auth)?;
-        let (audit, audit_task) = AuditLog::start(meta.clone());
+        let chain = crate::meta::audit::ChainKey(secrets.secret_key.derive(AUDIT_CHAIN_LABEL));
+        let (audit, audit_task) = AuditLog::start(meta.clone(), chain);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let state = AppState(Arc::new(AppInner {
             tokens: TokenKeys::new(

@@ -133,10 +133,10 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Start the writer task.
-    pub fn start(meta: MetaStore) -> (Self, JoinHandle<()>) {
+    /// Start the writer task; `key` chains the trail.
+    pub fn start(meta: MetaStore, key: audit::ChainKey) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(meta, rx));
+        let task = tokio::spawn(writer(meta, std::sync::Arc::new(key), rx));
         (Self { tx }, task)
     }
 
@@ -175,7 +175,11 @@ impl AuditLog {
     }
 }
 
-async fn writer(meta: MetaStore, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn writer(
+    meta: MetaStore,
+    key: std::sync::Arc<audit::ChainKey>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
     let mut entries = Vec::new();
     let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -188,16 +192,34 @@ async fn writer(meta: MetaStore, mut rx: mpsc::UnboundedReceiver<Msg>) {
             drain(&mut rx, &mut entries, &mut acks);
         }
         if !entries.is_empty() {
-            let batch = std::mem::take(&mut entries);
-            let n = batch.len();
-            if let Err(e) = meta.write(move |tx| audit::append(tx, &batch)).await {
-                tracing::error!(error = %e, lost = n, "cannot store audit entries");
-            }
+            store(&meta, &key, std::mem::take(&mut entries)).await;
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
     }
+}
+
+/// Append a batch, retrying a few times (the CLI may hold the database lock for a moment);
+/// only then is it given up, loudly.
+async fn store(
+    meta: &MetaStore,
+    key: &std::sync::Arc<audit::ChainKey>,
+    batch: Vec<audit::AuditEntry>,
+) {
+    let batch = std::sync::Arc::new(batch);
+    for wait_ms in [0u64, 100, 500, 2000] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        let (b, k) = (batch.clone(), key.clone());
+        match meta.write(move |tx| audit::append(tx, &k, &b)).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot store audit entries yet"),
+        }
+    }
+    tracing::error!(
+        lost = batch.len(),
+        "audit entries could not be stored; they are only in this log"
+    );
 }
 
 fn take(msg: Msg, entries: &mut Vec<audit::AuditEntry>, acks: &mut Vec<oneshot::Sender<()>>) {

@@ -22,6 +22,7 @@ use crate::blob::fs::LocalFs;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::meta::MetaStore;
+use crate::meta::audit::ChainKey;
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, SecretKey};
@@ -288,21 +289,30 @@ async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore),
 }
 
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
-    // Not a store problem, but `serve` would refuse to start: say so.
-    if let Err(e) = SecretKey::from_env() {
-        eprintln!("note: {e}");
-    }
+    // The audit chain is keyed by the service secret: without it, it cannot be verified.
+    let chain = match SecretKey::from_env() {
+        Ok(k) => Some(k.derive(crate::app::AUDIT_CHAIN_LABEL)),
+        Err(e) => {
+            eprintln!("note: {e}; the audit chain is not verified");
+            None
+        }
+    };
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
-    let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
-    ops::check::check_audit(&meta, &mut report).await?;
+    let scan = async || -> Result<ops::check::Report, Failure> {
+        let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
+        if let Some(chain) = chain {
+            ops::check::check_audit(&meta, ChainKey(chain), &mut report).await?;
+        }
+        Ok(report)
+    };
+    let mut report = scan().await?;
     for line in report.lines() {
         println!("{line}");
     }
     if repair && !report.is_clean() {
         ops::check::repair(&meta, &blobs, &report).await?;
-        report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
-        ops::check::check_audit(&meta, &mut report).await?;
+        report = scan().await?;
         for line in report.lines() {
             println!("after repair: {line}");
         }
@@ -344,15 +354,24 @@ async fn create_user(
     };
     match accounts::create(&meta, &passwords, &config.auth, account).await {
         Ok(user) => {
-            let (audit, task) = AuditLog::start(meta.clone());
-            audit.record(
-                Record::new(Event::UserCreate)
-                    .subject(user.id)
-                    .detail(serde_json::json!({ "via": "cli", "role": role.as_str() })),
-            );
-            audit.flush().await;
-            drop(audit);
-            let _ = task.await;
+            // The entry is chained with the service secret; without it, say so instead.
+            match SecretKey::from_env() {
+                Ok(secret) => {
+                    let chain = ChainKey(secret.derive(crate::app::AUDIT_CHAIN_LABEL));
+                    let (audit, task) = AuditLog::start(meta.clone(), chain);
+                    audit.record(
+                        Record::new(Event::UserCreate)
+                            .subject(user.id)
+                            .detail(serde_json::json!({ "via": "cli", "role": role.as_str() })),
+                    );
+                    audit.flush().await;
+                    drop(audit);
+                    let _ = task.await;
+                }
+                Err(_) => {
+                    eprintln!("note: COFFER_SECRET_KEY is not set, so no audit entry was written")
+                }
+            }
             println!("{}", serde_json::to_string(&user)?);
             Ok(ExitCode::SUCCESS)
         }

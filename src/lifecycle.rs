@@ -83,16 +83,24 @@ pub async fn remove_user(
     blobs: &BlobStore,
     id: UserId,
 ) -> Result<usize, RemoveError> {
-    let target = meta
-        .read(move |c| users::get(c, id))
-        .await?
-        .ok_or(RemoveError::NoUser)?;
-    let last_admin = || async { Ok::<_, RemoveError>(meta.read(users::count_admins).await? <= 1) };
-    if target.role == Role::Admin && last_admin().await? {
-        return Err(RemoveError::LastAdmin);
-    }
+    // Lock first, in one transaction with the last-admin check: from here on the account
+    // can do nothing (no login, no live token or key), and two admins deleting each other
+    // at once cannot both succeed.
+    let locked = meta
+        .write(move |tx| {
+            let Some(target) = users::get(tx, id)? else {
+                return Ok(Err(RemoveError::NoUser));
+            };
+            if target.role == Role::Admin && users::count_admins(tx)? <= 1 {
+                return Ok(Err(RemoveError::LastAdmin));
+            }
+            users::lock(tx, id)?;
+            Ok(Ok(()))
+        })
+        .await?;
+    locked?;
     let mut removed = 0;
-    // Uploads may land while we delete: repeat until the account holds nothing.
+    // An upload already past its checks may still land: repeat until nothing is left.
     for _ in 0..8 {
         let owned = meta.read(move |c| files::all_of_owner(c, id)).await?;
         if owned.is_empty() {
@@ -104,18 +112,11 @@ pub async fn remove_user(
             }
         }
     }
-    let outcome = meta
-        .write(move |tx| {
-            if target.role == Role::Admin && users::count_admins(tx)? <= 1 {
-                return Ok(Err(RemoveError::LastAdmin));
-            }
-            // Fails on the foreign key if a file slipped in after the loop: nothing is lost.
-            Ok(Ok(users::delete(tx, id)?))
-        })
-        .await?;
-    match outcome? {
-        true => Ok(removed),
-        false => Err(RemoveError::NoUser),
+    // Fails on the foreign key if a file still slipped in: nothing is lost, retry the delete.
+    if meta.write(move |tx| users::delete(tx, id)).await? {
+        Ok(removed)
+    } else {
+        Err(RemoveError::NoUser)
     }
 }
 

@@ -1,11 +1,12 @@
 //! Slowing password guessing against one account, without handing an attacker a lock-out.
 //!
-//! Failures are counted per (account, client address) and, far more gently, per account. After
-//! `login_failures_before_delay` failures from one address, that address must wait before its
-//! next try, the wait doubling per failure up to `login_max_delay_secs`; attempts during the
-//! wait are refused without being checked or counted. The per-account counter (for guessing
-//! spread over many addresses) only ever imposes short waits, so the real owner, from their
-//! own address, is at most briefly delayed and never locked out.
+//! Failures are counted per (account, client network) and, far more gently, per account. An
+//! IPv6 client counts as its /64, so hopping addresses inside its own prefix changes nothing.
+//! After `login_failures_before_delay` failures from one network, that network must wait
+//! before its next try, the wait doubling per failure up to `login_max_delay_secs`; attempts
+//! during the wait are refused without being checked or counted. The per-account counter (for
+//! guessing spread over many networks) only imposes short waits, and never on a network the
+//! owner has logged in from before, so an attacker cannot lock the owner out.
 //!
 //! Invariant: memory is bounded: idle entries are forgotten after the window, and the map never
 //! holds more than `MAX_ENTRIES`.
@@ -14,6 +15,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::http::client_ip::network_key;
 
 /// Entries forgotten after this long without a failure.
 const WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -30,11 +33,18 @@ struct Entry {
     until: Instant,
 }
 
+/// Networks remembered per account after a successful login.
+const KNOWN_PER_ACCOUNT: usize = 8;
+/// How long a successful login vouches for its network.
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
+
 /// The failure counters.
 pub struct LoginThrottle {
     threshold: u32,
     max_delay: Duration,
     entries: Mutex<HashMap<(String, Option<IpAddr>), Entry>>,
+    /// Networks each account logged in from recently: exempt from the account-wide delay.
+    known: Mutex<HashMap<String, Vec<(IpAddr, Instant)>>>,
 }
 
 impl LoginThrottle {
@@ -44,17 +54,24 @@ impl LoginThrottle {
             threshold: threshold.max(1),
             max_delay: Duration::from_secs(max_delay_secs.max(1)),
             entries: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         }
     }
 
     /// `Err(seconds)` when this attempt must wait.
     pub fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
+        let (user, net) = (username.to_lowercase(), network_key(ip));
+        let trusted = self.is_known(&user, net, now);
         let Ok(map) = self.entries.lock() else {
             return Ok(());
         };
-        let user = username.to_lowercase();
-        let wait = [map.get(&(user.clone(), Some(ip))), map.get(&(user, None))]
+        let account = if trusted {
+            None
+        } else {
+            map.get(&(user.clone(), None))
+        };
+        let wait = [map.get(&(user, Some(net))), account]
             .into_iter()
             .flatten()
             .filter(|e| e.until > now)
@@ -64,6 +81,15 @@ impl LoginThrottle {
             Some(w) => Err(w.as_secs_f64().ceil().max(1.0) as u64),
             None => Ok(()),
         }
+    }
+
+    fn is_known(&self, user: &str, net: IpAddr, now: Instant) -> bool {
+        self.known.lock().is_ok_and(|known| {
+            known.get(user).is_some_and(|nets| {
+                nets.iter()
+                    .any(|(n, at)| *n == net && now.duration_since(*at) < KNOWN_FOR)
+            })
+        })
     }
 
     /// Count a failed attempt.
@@ -95,7 +121,11 @@ impl LoginThrottle {
                 e.until = now + Duration::from_secs(1u64 << exp).min(cap);
             }
         };
-        bump((user.clone(), Some(ip)), self.threshold, self.max_delay);
+        bump(
+            (user.clone(), Some(network_key(ip))),
+            self.threshold,
+            self.max_delay,
+        );
         bump(
             (user, None),
             self.threshold.saturating_mul(ACCOUNT_FACTOR),
@@ -103,10 +133,22 @@ impl LoginThrottle {
         );
     }
 
-    /// A success from this address clears its counter.
+    /// A success clears its network's counter and vouches for the network.
     pub fn succeeded(&self, username: &str, ip: IpAddr) {
+        let (user, net, now) = (username.to_lowercase(), network_key(ip), Instant::now());
         if let Ok(mut map) = self.entries.lock() {
-            map.remove(&(username.to_lowercase(), Some(ip)));
+            map.remove(&(user.clone(), Some(net)));
+        }
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= MAX_ENTRIES {
+                known.clear();
+            }
+            let nets = known.entry(user).or_default();
+            nets.retain(|(n, at)| *n != net && now.duration_since(*at) < KNOWN_FOR);
+            if nets.len() >= KNOWN_PER_ACCOUNT {
+                nets.remove(0);
+            }
+            nets.push((net, now));
         }
     }
 }
@@ -132,6 +174,32 @@ mod tests {
         );
         t.succeeded("alice", attacker);
         assert!(t.check("alice", attacker).is_ok());
+    }
+
+    #[test]
+    fn the_owner_is_never_locked_out_by_a_distributed_attack() {
+        let t = LoginThrottle::new(2, 900);
+        let home: IpAddr = "198.51.100.7".parse().unwrap();
+        t.succeeded("carol", home);
+        for i in 0..40u8 {
+            t.failed("carol", IpAddr::from([10, 0, 0, i]));
+        }
+        assert!(
+            t.check("carol", "192.0.2.1".parse().unwrap()).is_err(),
+            "strangers wait"
+        );
+        assert!(
+            t.check("carol", home).is_ok(),
+            "the owner's network does not"
+        );
+        // An IPv6 host hopping inside its /64 is one network.
+        for i in 0..3u16 {
+            t.failed("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]));
+        }
+        assert!(
+            t.check("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 99]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -91,7 +91,12 @@ async fn delete_user(
 ) -> AppResult<StatusCode> {
     principal.require_admin()?;
     let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
-    let files = lifecycle::remove_user(&state.meta, &state.blobs, id).await;
+    // In its own task: a client that gives up (or a request timeout) must not stop a
+    // deletion halfway.
+    let (meta, blobs) = (state.meta.clone(), state.blobs.clone());
+    let files = tokio::spawn(async move { lifecycle::remove_user(&meta, &blobs, id).await })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     // Even a partial failure may have removed the account: forget cached credentials.
     state.principals.invalidate();
     let files = files?;

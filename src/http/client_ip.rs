@@ -27,6 +27,18 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The unit a client is counted as: an IPv4 address as it is, an IPv6 address by its /64
+/// (one host usually owns the whole prefix), an IPv4-mapped IPv6 address as IPv4.
+pub fn network_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
+    }
+}
+
 /// Parse one `X-Forwarded-For` element (`1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`).
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();

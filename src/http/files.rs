@@ -334,7 +334,12 @@ async fn delete_file(
     Path(id): Path<String>,
 ) -> AppResult<StatusCode> {
     let f = visible_file(&state, &principal, &id).await?;
-    if !lifecycle::remove_file(&state.meta, &state.blobs, &f).await? {
+    // In its own task: a client that gives up must not stop a deletion between its steps.
+    let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
+    let removed = tokio::spawn(async move { lifecycle::remove_file(&meta, &blobs, &target).await })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    if !removed {
         return Err(AppError::NotFound);
     }
     state.audit.record(

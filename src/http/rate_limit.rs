@@ -16,6 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
+use crate::http::client_ip::network_key;
 
 type Keyed =
     RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
@@ -51,7 +52,7 @@ impl Bucket {
             }
         }
         self.limiter
-            .check_key(&bucket_key(ip))
+            .check_key(&network_key(ip))
             .map_err(|not_until| {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 wait.as_secs_f64().ceil().max(1.0) as u64
@@ -78,20 +79,6 @@ impl Bucket {
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
         self.limiter.is_empty()
-    }
-}
-
-/// IPv4 addresses as they are; IPv6 by /64 (IPv4-mapped ones as IPv4).
-fn bucket_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-        },
     }
 }
 

@@ -1,13 +1,17 @@
 //! The `audit` table: an append-only, hash-chained trail of security events.
 //!
-//! Invariant: entry `n` stores `SHA-256(hash(n-1) || encode(entry n))`, the first entry chains
-//! from the anchor (all zeros, or the last entry removed by retention). Editing, inserting or
-//! deleting any entry breaks the chain from that point, which [`verify_chain`] reports. No
-//! route updates or deletes entries; only retention trims the oldest, moving the anchor.
+//! Invariant: entry `n` stores `HMAC-SHA256(K, hash(n-1) || encode(entry n))`, the first entry
+//! chains from the anchor (all zeros, or the last entry removed by retention). `K` is derived
+//! from `COFFER_SECRET_KEY`, which never touches the disk, so someone who can write the
+//! database but does not hold the secret cannot forge or re-chain entries: editing, inserting
+//! or deleting any entry breaks the chain from that point, which [`verify_chain`] reports.
+//! (Cutting entries off the *end* leaves a shorter valid chain; ship the log elsewhere too.)
+//! No route updates or deletes entries; only retention trims the oldest, moving the anchor.
 
+use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use utoipa::ToSchema;
 
 use crate::ids::Timestamp;
@@ -57,8 +61,11 @@ fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// The key that chains the trail (derived from the service secret).
+pub struct ChainKey(pub [u8; 32]);
+
 /// The chain hash of an entry at `seq` following `prev`; `detail` is the stored JSON text.
-pub fn chain_hash(prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 32] {
+pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 32] {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(prev);
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -69,7 +76,10 @@ pub fn chain_hash(prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 3
     put_str(&mut buf, e.subject_id.as_deref());
     put_str(&mut buf, e.client_ip.as_deref());
     put_str(&mut buf, Some(detail));
-    Sha256::digest(&buf).into()
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(&buf);
+    mac.finalize().into_bytes().into()
 }
 
 fn last_link(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
@@ -98,7 +108,7 @@ fn anchor(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
 
 /// Append entries in order, chaining from the current tail (read inside the caller's write
 /// transaction, so another process appending too cannot fork the chain).
-pub fn append(c: &Connection, entries: &[AuditEntry]) -> rusqlite::Result<()> {
+pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlite::Result<()> {
     let (mut seq, mut prev) = last_link(c)?;
     let mut stmt = c.prepare_cached(
         "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash)
@@ -107,7 +117,7 @@ pub fn append(c: &Connection, entries: &[AuditEntry]) -> rusqlite::Result<()> {
     for e in entries {
         seq += 1;
         let detail = e.detail.to_string();
-        let hash = chain_hash(&prev, seq, e, &detail);
+        let hash = chain_hash(key, &prev, seq, e, &detail);
         stmt.execute(params![
             seq,
             e.id.hyphenated().to_string(),
@@ -185,7 +195,7 @@ pub fn prune(c: &Connection, cutoff: Timestamp) -> rusqlite::Result<usize> {
 }
 
 /// Walk the whole chain; each problem is one line.
-pub fn verify_chain(c: &Connection) -> rusqlite::Result<Vec<String>> {
+pub fn verify_chain(c: &Connection, key: &ChainKey) -> rusqlite::Result<Vec<String>> {
     let (mut expect_seq, mut prev) = anchor(c)?;
     let mut problems = Vec::new();
     let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
@@ -200,7 +210,7 @@ pub fn verify_chain(c: &Connection) -> rusqlite::Result<Vec<String>> {
             ));
             expect_seq = e.seq;
         }
-        let want = chain_hash(&prev, e.seq, &e.entry, &e.detail_raw);
+        let want = chain_hash(key, &prev, e.seq, &e.entry, &e.detail_raw);
         if want[..] != e.hash[..] {
             problems.push(format!(
                 "audit chain broken: entry {} ({}) was altered",
@@ -217,6 +227,8 @@ mod tests {
     use super::*;
     use crate::meta::test_conn;
 
+    const K: ChainKey = ChainKey([7; 32]);
+
     fn entry(event: &str) -> AuditEntry {
         AuditEntry {
             id: uuid::Uuid::now_v7(),
@@ -232,19 +244,21 @@ mod tests {
     #[test]
     fn chain_detects_edits_and_deletions() {
         let c = test_conn();
-        append(&c, &[entry("a"), entry("b"), entry("c")]).unwrap();
-        append(&c, &[entry("d")]).unwrap();
-        assert!(verify_chain(&c).unwrap().is_empty());
+        append(&c, &K, &[entry("a"), entry("b"), entry("c")]).unwrap();
+        append(&c, &K, &[entry("d")]).unwrap();
+        assert!(verify_chain(&c, &K).unwrap().is_empty());
 
         c.execute("UPDATE audit SET event = 'x' WHERE seq = 2", [])
             .unwrap();
-        assert_eq!(verify_chain(&c).unwrap().len(), 1);
+        assert_eq!(verify_chain(&c, &K).unwrap().len(), 1);
         c.execute("UPDATE audit SET event = 'b' WHERE seq = 2", [])
             .unwrap();
-        assert!(verify_chain(&c).unwrap().is_empty());
+        assert!(verify_chain(&c, &K).unwrap().is_empty());
 
         c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
-        assert!(!verify_chain(&c).unwrap().is_empty());
+        assert!(!verify_chain(&c, &K).unwrap().is_empty());
+        // Without the key the chain cannot be verified, let alone recomputed.
+        assert!(!verify_chain(&c, &ChainKey([8; 32])).unwrap().is_empty());
     }
 
     #[test]
@@ -252,13 +266,13 @@ mod tests {
         let c = test_conn();
         let mut old = entry("old");
         old.at = Timestamp::from_unix_secs(1);
-        append(&c, &[old, entry("new1"), entry("new2")]).unwrap();
+        append(&c, &K, &[old, entry("new1"), entry("new2")]).unwrap();
         assert_eq!(prune(&c, Timestamp::from_unix_secs(100)).unwrap(), 1);
-        assert!(verify_chain(&c).unwrap().is_empty());
-        append(&c, &[entry("new3")]).unwrap();
-        assert!(verify_chain(&c).unwrap().is_empty());
+        assert!(verify_chain(&c, &K).unwrap().is_empty());
+        append(&c, &K, &[entry("new3")]).unwrap();
+        assert!(verify_chain(&c, &K).unwrap().is_empty());
         // Removing the oldest remaining entry without moving the anchor is detected.
         c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
-        assert!(!verify_chain(&c).unwrap().is_empty());
+        assert!(!verify_chain(&c, &K).unwrap().is_empty());
     }
 }

@@ -181,12 +181,28 @@ pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
     Ok(u64::try_from(v).unwrap_or(0))
 }
 
-/// Number of admins.
+/// The `password_hash` of an account being deleted: no password verifies against it.
+const LOCKED: &str = "!locked";
+
+/// Number of admins who can still log in (an account being deleted no longer counts).
 pub fn count_admins(c: &Connection) -> rusqlite::Result<u64> {
-    let n: i64 = c.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| {
-        r.get(0)
-    })?;
+    let n: i64 = c.query_row(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND password_hash != ?1",
+        [LOCKED],
+        |r| r.get(0),
+    )?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// First step of deleting an account: it can no longer log in, and its logins and API keys
+/// are gone, so nothing it holds works while its files are removed.
+pub fn lock(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
+    c.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+    c.execute("DELETE FROM api_keys WHERE user_id = ?1", [id])?;
+    Ok(c.execute(
+        "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+        params![id, LOCKED],
+    )? == 1)
 }
 
 /// Delete an account row (its sessions, keys and revocations cascade). The caller removes its

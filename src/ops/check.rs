@@ -160,8 +160,12 @@ fn describe(e: BlobError) -> String {
 }
 
 /// Add the audit chain's problems to a report.
-pub async fn check_audit(meta: &MetaStore, report: &mut Report) -> anyhow::Result<()> {
-    report.audit = meta.read(audit::verify_chain).await?;
+pub async fn check_audit(
+    meta: &MetaStore,
+    key: audit::ChainKey,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    report.audit = meta.read(move |c| audit::verify_chain(c, &key)).await?;
     Ok(())
 }
 
