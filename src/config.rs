@@ -395,7 +395,7 @@ impl Config {
             }
         }
         for host in &self.server.allowed_hosts {
-            if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
+            if host.is_empty() || (host.contains(['/', ' ', ':']) && !host.starts_with('[')) {
                 errs.push(format!(
                     "server.allowed_hosts: {host:?} is not a host name (no port)"
                 ));
@@ -429,11 +429,6 @@ impl Config {
                     })
             })
             .collect()
-    }
-
-    /// The path of the SQLite database inside the storage root.
-    pub fn database_path(&self) -> PathBuf {
-        self.storage.root.join("coffer.db")
     }
 }
 

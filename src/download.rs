@@ -226,7 +226,7 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
 pub fn ascii_fallback(name: &str) -> String {
     name.chars()
         .map(|c| {
-            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%' | ';' | '/') || c == ' ' {
+            if (c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%' | ';' | '/')) || c == ' ' {
                 c
             } else {
                 '_'

@@ -272,6 +272,9 @@ impl IntoResponse for AppError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Self::TooManyRequests { retry_after_secs } => {
                 headers.insert(
                     header::RETRY_AFTER,

@@ -24,10 +24,11 @@ macro_rules! uuid_id {
                 Self(Uuid::new_v4())
             }
 
-            /// Parse a canonical (hyphenated) UUID; anything else is `None`.
+            /// Parse a hyphenated UUID (either case, RFC 9562); anything else is `None`.
             pub fn parse(s: &str) -> Option<Self> {
-                // Only the 36-character hyphenated form: no braces, URNs or other spellings,
-                // so one id has one spelling everywhere (logs, paths, SQL).
+                // Only the 36-character hyphenated form: no braces, URNs or simple form. The
+                // id is always written back lower-case, so it has one spelling in logs,
+                // paths and SQL.
                 if s.len() != 36 {
                     return None;
                 }

@@ -110,7 +110,13 @@ impl SecretKey {
     pub fn from_env() -> Result<Self, SecretError> {
         let raw = match std::env::var(SECRET_KEY_VAR) {
             Ok(v) => v,
-            Err(_) => match std::env::var_os(SECRET_KEY_FILE_VAR) {
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(SecretError::Weak {
+                    var: SECRET_KEY_VAR,
+                    why: "it is not text; give it as hex or base64",
+                });
+            }
+            Err(std::env::VarError::NotPresent) => match std::env::var_os(SECRET_KEY_FILE_VAR) {
                 Some(path) => std::fs::read_to_string(path)
                     .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                     .map_err(|source| SecretError::File {

@@ -226,7 +226,7 @@ pub fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<FieldError> {
     errs
 }
 
-/// How many common passwords are bundled (for tests and `coffer check`).
+/// How many common passwords are bundled.
 pub fn common_password_count() -> usize {
     COMMON.len()
 }

@@ -451,15 +451,15 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
     }
     for name in read_dir_sorted(&root.join(TRASH))? {
         // Trash names are the blob's file name; rebuild the key from the id.
-        match name
-            .strip_suffix(".s")
-            .map_or(Some((&*name, false)), |id| Some((id, true)))
-        {
-            Some((id, sealed)) => match crate::ids::FileId::parse(id) {
-                Some(id) => inv.trash.push(BlobKey::for_file(id, sealed)),
-                None => inv.strays.push(format!("{TRASH}/{name}")),
-            },
-            None => inv.strays.push(format!("{TRASH}/{name}")),
+        let (id, sealed) = match name.strip_suffix(".s") {
+            Some(id) => (id, true),
+            None => (name.as_str(), false),
+        };
+        match crate::ids::FileId::parse(id) {
+            Some(id) if BlobKey::for_file(id, sealed).parts().2 == name => {
+                inv.trash.push(BlobKey::for_file(id, sealed));
+            }
+            _ => inv.strays.push(format!("{TRASH}/{name}")),
         }
     }
     Ok(inv)

@@ -84,9 +84,9 @@ impl BlobKey {
             Some(id) => (id, true),
             None => (name, false),
         };
-        let id = FileId::parse(id)?;
-        let key = Self::for_file(id, sealed);
-        (key.0.len() == s.len() && key.0.starts_with(&format!("{a}/{b}/"))).then_some(key)
+        let key = Self::for_file(FileId::parse(id)?, sealed);
+        // Exactly the spelling `for_file` makes (lower case, matching shards), nothing else.
+        (key.0 == s && key.0.starts_with(&format!("{a}/{b}/"))).then_some(key)
     }
 
     /// The file this blob belongs to.

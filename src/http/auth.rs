@@ -141,13 +141,17 @@ async fn login(
         .verify(password.clone(), stored)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    let Some(creds) = creds.filter(|_| verdict.ok) else {
+    let Some(creds) = creds.as_ref().filter(|_| verdict.ok) else {
         state.throttle.failed(&username, ip);
-        state.audit.record(
-            Record::new(Event::LoginFailed)
-                .ip(ip)
-                .detail(serde_json::json!({ "username": username })),
-        );
+        // Name the account only when it exists: people type passwords into the username
+        // field, and those must not end up in the trail.
+        let mut record = Record::new(Event::LoginFailed).ip(ip);
+        if let Some(c) = &creds {
+            record = record
+                .subject(c.user.id)
+                .detail(serde_json::json!({ "username": c.user.username }));
+        }
+        state.audit.record(record);
         return Err(BAD_LOGIN);
     };
     state.throttle.succeeded(&username, ip);

@@ -69,7 +69,9 @@ fn data_error(text: &str) -> FieldError {
         (f, "is required".to_owned())
     } else if let Some((path, msg)) = detail.split_once(": ") {
         let msg = msg.split(" at line ").next().unwrap_or(msg);
-        (path.to_owned(), msg.to_owned())
+        // "invalid type: string \"x\", expected u64": say what was expected, not what was sent.
+        let msg = msg.split_once("expected ").map_or(msg, |(_, want)| want);
+        (path.to_owned(), format!("must be {msg}"))
     } else {
         ("body".to_owned(), "has the wrong shape".to_owned())
     };

@@ -384,18 +384,19 @@ async fn file_content(
     Query(q): Query<ContentQuery>,
 ) -> AppResult<Response> {
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
-    let (scope, blobs, get) = (
-        principal.file_scope(),
-        state.blobs.clone(),
-        method == Method::GET,
-    );
+    let get = method == Method::GET;
+    // A conditional request will likely be a 304: fetch bytes only when they will be sent.
+    let prefetch = get
+        && !headers.contains_key(header::IF_NONE_MATCH)
+        && !headers.contains_key(header::IF_MODIFIED_SINCE);
+    let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
     // Row and (for small files) bytes in one trip to the blocking pool.
     let (f, prefetched) = state
         .meta
         .read(move |c| {
             let f = files::get_visible(c, id, scope, Timestamp::now())?;
             Ok(f.map(|f| {
-                let bytes = if get {
+                let bytes = if prefetch {
                     blobs.prefetch_small(&f, content::PREFETCH_MAX)
                 } else {
                     None

@@ -340,8 +340,9 @@ impl Staged {
     async fn commit_inner(mut self, state: &AppState) -> Result<FileObject, IngestError> {
         let key = BlobKey::for_file(self.stored.file.id, self.stored.sealing.is_some());
         if let Err(e) = self.writer.commit(key.clone()).await {
-            self.outcome.reason = Some(IngestError::Blob(BlobError::Integrity).reason());
-            return Err(e.into());
+            let e = IngestError::from(e);
+            self.outcome.reason = Some(e.reason());
+            return Err(e);
         }
         let row = self.stored.clone();
         if let Err(e) = state.meta.write(move |tx| files::insert(tx, &row)).await {
@@ -349,8 +350,9 @@ impl Staged {
             if state.blobs.trash(&key).await.is_ok() {
                 let _ = state.blobs.purge(&key).await;
             }
-            self.outcome.reason = Some("internal_error");
-            return Err(e.into());
+            let e = IngestError::from(e);
+            self.outcome.reason = Some(e.reason());
+            return Err(e);
         }
         drop(self.reservation);
         self.outcome.done = true;

@@ -120,13 +120,6 @@ pub fn get_visible(
     .optional()
 }
 
-/// A row regardless of owner or expiry (maintenance).
-pub fn get_any(c: &Connection, id: FileId) -> rusqlite::Result<Option<StoredFile>> {
-    c.prepare_cached(&format!("SELECT {COLUMNS} FROM files WHERE id = ?1"))?
-        .query_row([id], row)
-        .optional()
-}
-
 /// The owner's live files, newest first, after the `(created_at, id)` cursor.
 pub fn list_owned(
     c: &Connection,

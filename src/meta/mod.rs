@@ -165,11 +165,6 @@ impl MetaStore {
             .raw(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
             .await
     }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

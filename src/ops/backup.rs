@@ -7,7 +7,9 @@
 //! 3. `DEST/manifest.jsonl` lists each file's blob, sizes and SHA-256.
 //!
 //! Invariant: DEST is itself a valid storage root that passes `coffer check`: a file deleted
-//! between the snapshot and the blob copy is dropped from the copy's database too.
+//! (or re-encrypted under a new blob) between the snapshot and the blob copy is dropped from
+//! the copy's database too. With `--no-blobs` only the database and manifest are written;
+//! restoring then needs the blobs from elsewhere.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -61,6 +63,8 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     }
     drop(src);
     dst.pragma_update(None, "journal_mode", "DELETE")?;
+    // Deleting a vanished file below must take its links with it.
+    dst.pragma_update(None, "foreign_keys", "ON")?;
 
     let rows = {
         let mut all = Vec::new();
@@ -115,9 +119,13 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
         )?;
     }
     manifest.flush()?;
+    manifest.get_ref().sync_all()?;
     for id in &vanished {
         files::delete(&dst, *id)?;
     }
+    drop(dst);
+    // The copy is durable before we say it exists.
+    std::fs::File::open(dest)?.sync_all()?;
     summary.vanished = vanished.len();
     Ok(summary)
 }
@@ -128,7 +136,7 @@ fn blob_path(root: &Path, key: &BlobKey) -> PathBuf {
 }
 
 fn copy_blob(root: &Path, dest: &Path, key: &BlobKey) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let from = blob_path(root, key);
     let to = blob_path(dest, key);
     if let Some(parent) = to.parent() {
@@ -137,16 +145,28 @@ fn copy_blob(root: &Path, dest: &Path, key: &BlobKey) -> std::io::Result<()> {
             .mode(0o700)
             .create(parent)?;
     }
-    // Refuse to follow a symlink planted in the source tree.
-    if std::fs::symlink_metadata(&from)?.file_type().is_symlink() {
+    // Never follow a symlink planted in the source tree: open without following, check it
+    // is a regular file, then link (same filesystem) or copy from that very file.
+    let source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&from)?;
+    if !source.metadata()?.is_file() {
         return Err(std::io::Error::other(format!(
-            "{} is a symlink",
+            "{} is not a regular file",
             from.display()
         )));
     }
     match std::fs::hard_link(&from, &to) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
-        Err(_) => std::fs::copy(&from, &to).map(|_| ()),
+        Err(_) => {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&to)?;
+            std::io::copy(&mut &source, &mut out)?;
+            out.sync_all()
+        }
     }
 }
