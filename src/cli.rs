@@ -133,8 +133,13 @@ pub fn run() -> ExitCode {
     runtime.block_on(dispatch(cli.command, config))
 }
 
-/// Variable and value that fix glibc's mmap threshold at 4 MiB.
-const MALLOC_TUNABLE: (&str, &str) = ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4194304");
+/// Variable and value that fix glibc's mmap threshold at 4 MiB, and let the heap keep up to
+/// 32 MiB of free memory (else every freed 256 KiB download buffer goes back to the kernel and
+/// is faulted in again for the next chunk: measured -35% CPU per encrypted GiB with it).
+const MALLOC_TUNABLE: (&str, &str) = (
+    "GLIBC_TUNABLES",
+    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432",
+);
 
 /// glibc raises its mmap threshold each time a large block is freed, after which argon2's
 /// 19 MiB blocks are carved from the thread arenas and stay there: every hashing thread would

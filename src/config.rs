@@ -145,7 +145,7 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     /// Argon2id lanes.
     pub argon2_parallelism: u32,
-    /// Password hashes computed at once; 0 = the number of cores.
+    /// Password hashes computed at once; 0 = the number of cores minus one (at least one).
     pub hash_concurrency: usize,
     /// Failed logins for one account from one address before each further try must wait.
     pub login_failures_before_delay: u32,

