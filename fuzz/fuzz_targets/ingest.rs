@@ -56,6 +56,12 @@ static FILE: LazyLock<FileId> = LazyLock::new(FileId::new);
 
 /// Drive a future whose streams are always ready (in-memory chunks): `Pending` would mean a
 /// hang, which is a finding too.
+static OPEN_RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+});
+
 fn run<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
@@ -399,13 +405,16 @@ fn open(
     let to = usize::try_from(off.saturating_add(len))
         .unwrap_or(usize::MAX)
         .min(blob.len());
-    let slice = blob[from..to].to_vec();
+    // What the blob store hands the opener: the header, then the span.
+    let mut slice = blob[..segment::HEADER_LEN.min(blob.len())].to_vec();
+    slice.extend_from_slice(&blob[from..to]);
     let chunks: Vec<Result<Bytes, BlobError>> = slice
         .chunks(chunk.max(1))
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
     let inner: ByteStream = Box::pin(futures_util::stream::iter(chunks));
-    run(async {
+    // The opener decrypts on tokio's blocking pool, so it needs a real runtime.
+    OPEN_RT.block_on(async {
         let mut o = Opener::new(inner, &KEY, *FILE, plain_len, start, end);
         let mut out = Vec::new();
         while let Some(c) = o.next().await {

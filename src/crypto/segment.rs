@@ -18,7 +18,7 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::aead::Nonce;
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 
 use super::DataKey;
 use crate::blob::{BlobError, ByteStream};
@@ -65,11 +65,17 @@ pub fn sealed_len(plain_len: u64) -> u64 {
     HEADER_LEN as u64 + plain_len + segment_count(plain_len) * TAG as u64
 }
 
+/// The first and last segment holding plaintext `[start, end)` (segment 0 for an empty range).
+fn segments_of(plain_len: u64, start: u64, end: u64) -> (u64, u64) {
+    let seg = SEGMENT as u64;
+    let last = if end == 0 { 0 } else { (end - 1) / seg };
+    (start / seg, last.min(segment_count(plain_len) - 1))
+}
+
 /// The ciphertext byte range holding plaintext `[start, end)`, as `(offset, len, first_segment)`.
 pub fn cipher_span(plain_len: u64, start: u64, end: u64) -> (u64, u64, u64) {
     let seg = SEGMENT as u64;
-    let first = start / seg;
-    let last = if end == 0 { 0 } else { (end - 1) / seg }.min(segment_count(plain_len) - 1);
+    let (first, last) = segments_of(plain_len, start, end);
     let offset = HEADER_LEN as u64 + first * (seg + TAG as u64);
     let stop_plain = ((last + 1) * seg).min(plain_len);
     let stop = HEADER_LEN as u64 + stop_plain + (last + 1) * TAG as u64;
@@ -144,29 +150,20 @@ impl Sealer {
     }
 }
 
-/// Checks the blob header, decrypts a ciphertext stream of whole segments starting at segment
-/// `first`, and trims the plaintext to the requested range.
+/// Segments decrypted per blocking task (1 MiB of plaintext).
+const BATCH: u64 = 16;
+
+/// Checks the blob header, decrypts whole segments and trims the plaintext to the requested
+/// range. Decryption runs on the blocking pool, one batch of segments per task and one batch
+/// ahead, so it overlaps with sending the previous batch and uses both cores.
 pub struct Opener {
-    inner: ByteStream,
-    cipher: Aes256Gcm,
-    file: FileId,
-    index: u64,
-    last_index: u64,
-    plain_len: u64,
-    /// Plaintext bytes to drop from the front of the first segment.
-    skip: usize,
-    /// Plaintext bytes still to yield.
-    remaining: u64,
-    buf: BytesMut,
-    /// Whether the header at the front of `inner` has been checked yet.
-    header_checked: bool,
-    failed: bool,
+    out: ByteStream,
 }
 
 impl Opener {
     /// Open plaintext `[start, end)` of a `plain_len`-byte file, reading from `inner`, which
     /// must yield the blob's 16-byte header followed by the ciphertext from the offset
-    /// [`cipher_span`] gave.
+    /// [`cipher_span`] gave. Needs a tokio runtime.
     pub fn new(
         inner: ByteStream,
         key: &DataKey,
@@ -175,73 +172,57 @@ impl Opener {
         start: u64,
         end: u64,
     ) -> Self {
-        let first = start / SEGMENT as u64;
-        Self {
+        let (first, last) = segments_of(plain_len, start, end);
+        let batches = Batcher {
             inner,
-            cipher: key.cipher(),
-            file,
-            index: first,
-            last_index: segment_count(plain_len) - 1,
-            plain_len,
-            skip: usize::try_from(start - first * SEGMENT as u64).unwrap_or(0),
-            remaining: end.saturating_sub(start),
             buf: BytesMut::new(),
             header_checked: false,
-            failed: false,
-        }
-    }
-
-    fn segment_len(&self, index: u64) -> usize {
-        let start = index * SEGMENT as u64;
-        let plain = self.plain_len.saturating_sub(start).min(SEGMENT as u64);
-        usize::try_from(plain).unwrap_or(SEGMENT) + TAG
-    }
-
-    /// Open the next whole segment in `buf`, if it is there.
-    fn open_one(&mut self) -> Option<Result<Bytes, BlobError>> {
-        if !self.header_checked {
-            if self.buf.len() < HEADER_LEN {
-                return None;
-            }
-            // The header is also bound into every tag (AAD), but a changed byte of the stored
-            // copy must fail too: "a flipped byte is never served" means any byte.
-            if self.buf.split_to(HEADER_LEN)[..] != header()[..] {
-                return Some(Err(BlobError::Integrity));
-            }
-            self.header_checked = true;
-        }
-        let want = self.segment_len(self.index);
-        if self.buf.len() < want {
-            return None;
-        }
-        let mut seg = self.buf.split_to(want);
-        let tag_bytes = seg.split_off(want - TAG);
-        let Ok(tag) = <[u8; TAG]>::try_from(&tag_bytes[..]) else {
-            return Some(Err(BlobError::Integrity));
+            next: first,
+            last_needed: last,
+            plain_len,
+            done: false,
         };
-        let last = self.index == self.last_index;
-        if self
-            .cipher
-            .decrypt_inout_detached(
-                &nonce(self.index, last),
-                &aad(self.file),
-                seg.as_mut().into(),
-                &tag.into(),
-            )
-            .is_err()
-        {
-            return Some(Err(BlobError::Integrity));
-        }
-        self.index += 1;
-        let mut plain = seg.freeze();
-        let skip = std::mem::take(&mut self.skip).min(plain.len());
-        plain = plain.slice(skip..);
-        let take = usize::try_from(self.remaining)
-            .unwrap_or(usize::MAX)
-            .min(plain.len());
-        plain.truncate(take);
-        self.remaining -= take as u64;
-        Some(Ok(plain))
+        let cipher = key.cipher();
+        let decrypted = futures_util::stream::unfold(batches, |mut b| async move {
+            let batch = futures_util::future::poll_fn(|cx| b.poll_batch(cx)).await?;
+            Some((batch, b))
+        })
+        .map(move |batch| {
+            let cipher = cipher.clone();
+            async move {
+                let (first, data) = batch?;
+                tokio::task::spawn_blocking(move || {
+                    decrypt_batch(&cipher, file, plain_len, first, data)
+                })
+                .await
+                .unwrap_or(Err(BlobError::Integrity))
+            }
+        })
+        .buffered(2);
+        let mut skip = usize::try_from(start - first * SEGMENT as u64).unwrap_or(0);
+        let mut remaining = end.saturating_sub(start);
+        let mut failed = false;
+        let out = decrypted
+            .take_while(move |r| {
+                // Nothing after the first failure.
+                let go = !failed;
+                failed |= r.is_err();
+                std::future::ready(go)
+            })
+            .map(move |r| {
+                r.map(|mut plain| {
+                    let cut = std::mem::take(&mut skip).min(plain.len());
+                    plain = plain.slice(cut..);
+                    let take = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(plain.len());
+                    plain.truncate(take);
+                    remaining -= take as u64;
+                    plain
+                })
+            })
+            .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())));
+        Self { out: Box::pin(out) }
     }
 }
 
@@ -249,35 +230,114 @@ impl Stream for Opener {
     type Item = Result<Bytes, BlobError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+        self.out.as_mut().poll_next(cx)
+    }
+}
+
+/// Cuts the ciphertext stream into batches of whole segments.
+struct Batcher {
+    inner: ByteStream,
+    buf: BytesMut,
+    header_checked: bool,
+    /// Index of the next segment to hand out.
+    next: u64,
+    last_needed: u64,
+    plain_len: u64,
+    done: bool,
+}
+
+fn stored_segment_len(plain_len: u64, index: u64) -> usize {
+    let plain = plain_len
+        .saturating_sub(index * SEGMENT as u64)
+        .min(SEGMENT as u64);
+    usize::try_from(plain).unwrap_or(SEGMENT) + TAG
+}
+
+impl Batcher {
+    /// The next batch `(first segment index, ciphertext)`, an integrity error, or the end.
+    fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<(u64, BytesMut), BlobError>>> {
         loop {
-            if this.failed || this.remaining == 0 {
+            if self.done || self.next > self.last_needed {
                 return Poll::Ready(None);
             }
-            match this.open_one() {
-                Some(Ok(plain)) if plain.is_empty() => continue,
-                Some(Ok(plain)) => return Poll::Ready(Some(Ok(plain))),
-                Some(Err(e)) => {
-                    this.failed = true;
-                    return Poll::Ready(Some(Err(e)));
+            if !self.header_checked && self.buf.len() >= HEADER_LEN {
+                // Also bound into every tag (AAD), but a changed byte of the stored copy must
+                // fail too: "a flipped byte is never served" means any byte.
+                if self.buf.split_to(HEADER_LEN)[..] != header()[..] {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(BlobError::Integrity)));
                 }
-                None => {}
+                self.header_checked = true;
             }
-            match this.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
+            if self.header_checked {
+                // As many whole segments as are buffered, up to a batch or the last needed.
+                let (mut n, mut bytes, mut idx) = (0, 0usize, self.next);
+                while n < BATCH && idx <= self.last_needed {
+                    let len = stored_segment_len(self.plain_len, idx);
+                    if self.buf.len() < bytes + len {
+                        break;
+                    }
+                    bytes += len;
+                    n += 1;
+                    idx += 1;
+                }
+                if n == BATCH || (n > 0 && idx > self.last_needed) {
+                    let first = self.next;
+                    self.next = idx;
+                    return Poll::Ready(Some(Ok((first, self.buf.split_to(bytes)))));
+                }
+            }
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
-                    this.failed = true;
+                    self.done = true;
                     return Poll::Ready(Some(Err(e)));
                 }
+                // The blob ended before the segments the row promises: truncated.
                 Poll::Ready(None) => {
-                    // The blob ended before the segments the row promises: truncated.
-                    this.failed = true;
+                    self.done = true;
                     return Poll::Ready(Some(Err(BlobError::Integrity)));
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
+
+/// Decrypt a batch of whole segments in place and pack their plaintexts together.
+fn decrypt_batch(
+    cipher: &Aes256Gcm,
+    file: FileId,
+    plain_len: u64,
+    first: u64,
+    mut data: BytesMut,
+) -> Result<Bytes, BlobError> {
+    let last_index = segment_count(plain_len) - 1;
+    let (mut read, mut write, mut index) = (0usize, 0usize, first);
+    while read < data.len() {
+        let len = stored_segment_len(plain_len, index);
+        let body = len - TAG;
+        let seg = data.get_mut(read..read + len).ok_or(BlobError::Integrity)?;
+        let (ct, tag) = seg.split_at_mut(body);
+        let tag = <[u8; TAG]>::try_from(&*tag).map_err(|_| BlobError::Integrity)?;
+        cipher
+            .decrypt_inout_detached(
+                &nonce(index, index == last_index),
+                &aad(file),
+                ct.into(),
+                &tag.into(),
+            )
+            .map_err(|_| BlobError::Integrity)?;
+        data.copy_within(read..read + body, write);
+        read += len;
+        write += body;
+        index += 1;
+    }
+    data.truncate(write);
+    Ok(data.freeze())
 }
 
 #[cfg(test)]

@@ -169,24 +169,26 @@ async fn tampering_fails_cleanly_and_is_audited() {
     problem(r, 500).await;
 
     // A flipped byte in a later segment: the transfer breaks off; the bytes before are genuine.
-    let f = app.stored(&u.token, "late.png", data.clone()).await;
+    // Segments are opened 16 at a time (1 MiB), so "later" means past the first 16.
+    let big = png(1_400_000);
+    let f = app.stored(&u.token, "late.png", big.clone()).await;
     let blob = app
         .blob_files()
         .into_iter()
         .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
         .unwrap();
     let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[header + 2 * stride + 5] ^= 0x80;
+    bytes[header + 18 * stride + 5] ^= 0x80;
     std::fs::write(&blob, &bytes).unwrap();
     let got = read_all(app.download(&u.token, f["id"].as_str().unwrap(), &[]).await).await;
     let got = got.expect_err("a tampered transfer must not complete");
-    assert!(got.len() < data.len() && data.starts_with(&got));
+    assert!(got.len() < big.len() && big.starts_with(&got));
     // A range inside the tampered segment is refused up front.
     let r = app
         .download(
             &u.token,
             f["id"].as_str().unwrap(),
-            &[("range", "bytes=140000-140010")],
+            &[("range", "bytes=1180000-1180010")],
         )
         .await;
     problem(r, 500).await;
