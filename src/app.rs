@@ -243,13 +243,31 @@ impl App {
         {
             tracing::warn!("grace period over; exiting with requests still open");
         }
-        for t in &self.tasks {
+        // The audit writer stops once every handle to it is gone: the router's, the background
+        // tasks' and the state's. A connection still open past the grace period holds one; the
+        // wait for the writer is bounded for that case.
+        let Self {
+            state,
+            router,
+            tasks,
+            audit_task,
+        } = self;
+        drop(router);
+        for t in &tasks {
             t.abort();
         }
-        self.state.audit.flush().await;
-        let _ = self.state.meta.checkpoint().await;
-        drop(self.state);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.audit_task).await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        state.audit.flush().await;
+        let _ = state.meta.checkpoint().await;
+        drop(state);
+        if tokio::time::timeout(Duration::from_secs(5), audit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audit writer still has handles after shutdown; not waiting further");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -61,6 +61,8 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(status.success(), "{status:?}");
     app.eventually("the last log line", || app.logs().contains("stopped"))
         .await;
+    // Nothing kept the audit writer alive past the drain (it used to wait out its timeout).
+    assert!(!app.logs().contains("audit writer still has handles"));
 }
 
 #[tokio::test]
