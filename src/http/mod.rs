@@ -103,7 +103,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         // CORS answers preflights itself, so they are counted before it; every other request
         // after it, so a 429 still carries the CORS headers a browser needs to read it.
         .layer(from_fn_with_state(state.clone(), preflight_rate_limit))
-        .layer(from_fn(preflight_no_content))
+        .layer(from_fn(cors_answers))
         .layer(cors(&state))
         .layer(from_fn_with_state(state.clone(), global_rate_limit));
 
@@ -173,11 +173,24 @@ fn cors(state: &AppState) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// The CORS layer answers preflights with an empty 200; the contract (and RFC 9110 for an
-/// empty answer) says 204.
-async fn preflight_no_content(req: Request, next: Next) -> Response {
+/// Tidies what the CORS layer answers. It sends its method, header and exposed-header lists
+/// whatever the origin; they are dropped unless the origin was allowed, so CORS answers only
+/// the configured origins. Its preflight answer is an empty 200; the contract (and RFC 9110
+/// for an empty answer) says 204.
+async fn cors_answers(req: Request, next: Next) -> Response {
     let preflight = req.method() == Method::OPTIONS;
     let mut res = next.run(req).await;
+    let headers = res.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
     if preflight && res.status() == StatusCode::OK {
         *res.status_mut() = StatusCode::NO_CONTENT;
     }
