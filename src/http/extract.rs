@@ -67,17 +67,40 @@ fn data_error(text: &str) -> FieldError {
         (f, "unknown field".to_owned())
     } else if let Some(f) = named("missing field `") {
         (f, "is required".to_owned())
-    } else if let Some((path, msg)) = detail.split_once(": ") {
+    } else if let Some((path, msg)) = detail
+        .split_once(": ")
+        // Without a path, the body itself has the wrong type.
+        .map(|(p, m)| {
+            if p.starts_with("invalid ") {
+                ("body", detail)
+            } else {
+                (p, m)
+            }
+        })
+    {
         let msg = msg.split(" at line ").next().unwrap_or(msg);
         // "invalid type: string \"x\", expected u64": say what was expected, not what was sent.
         let msg = msg.split_once("expected ").map_or(msg, |(_, want)| want);
-        (path.to_owned(), format!("must be {msg}"))
+        (path.to_owned(), format!("must be {}", json_kind(msg)))
     } else {
         ("body".to_owned(), "has the wrong shape".to_owned())
     };
     // Never echo long client text back.
     let message: String = message.chars().take(120).collect();
     FieldError::new(field.chars().take(64).collect::<String>(), message)
+}
+
+/// serde's name for what it expected, in JSON's words: never a Rust type name.
+fn json_kind(expected: &str) -> &str {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" | "a string" => expected,
+        e if e.starts_with("struct ") || e.starts_with("a map") => "an object",
+        e if e.starts_with("a sequence") || e.starts_with("a tuple") => "an array",
+        _ => "of another type",
+    }
 }
 
 /// How the caller authenticated.
@@ -369,6 +392,21 @@ mod tests {
             "Failed to deserialize the JSON body into the target type: username: invalid type: integer `5`, expected a string at line 1 column 14",
         );
         assert_eq!(e.field, "username");
+        assert_eq!(e.message, "must be a string");
+        let e = data_error(
+            "Failed to deserialize the JSON body into the target type: expires_in_days: invalid type: string \"5\", expected i64 at line 1 column 22",
+        );
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("expires_in_days", "must be an integer")
+        );
+        let e = data_error(
+            "Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct RegisterRequest at line 1 column 1",
+        );
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("body", "must be an object")
+        );
     }
 
     #[test]

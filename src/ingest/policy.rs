@@ -98,6 +98,13 @@ pub fn check_rule(ext: &str, mime: &str) -> Result<(), String> {
             "{ext} / {mime} can execute in a browser or on a host and is never allowed"
         ));
     }
+    if mime == "application/octet-stream" {
+        // `infer` knows this type only as the EOT font signature; configured, it would look
+        // like "any bytes" and refuse nearly everything.
+        return Err(format!(
+            "{mime} means any bytes, which cannot be checked; allow the specific types instead"
+        ));
+    }
     if mime.starts_with("text/") || infer::is_mime_supported(&mime) {
         Ok(())
     } else {
@@ -239,6 +246,8 @@ mod tests {
         assert!(check_rule("png", "image/png").is_ok());
         assert!(check_rule("md", "text/markdown").is_ok());
         assert!(check_rule("PNG", "image/png").is_err());
+        assert!(check_rule("bin", "application/octet-stream").is_err());
+        assert!(check_rule("zip", "application/zip").is_ok());
     }
 
     #[test]
