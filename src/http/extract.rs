@@ -12,6 +12,9 @@ use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use utoipa::PartialSchema;
+use utoipa::openapi::{RefOr, Schema};
 
 use crate::app::AppState;
 use std::time::Duration;
@@ -28,35 +31,55 @@ use crate::meta::{api_keys, sessions};
 /// fields and wrong types 422 naming the field.
 pub struct AppJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::UnsupportedMediaType(
-                "the body must be application/json".into(),
-            )),
-            Err(JsonRejection::JsonSyntaxError(_)) => {
-                Err(AppError::BadRequest("the body is not valid JSON".into()))
+        // Parsed in two steps, so a body that misses several fields gets all of them named.
+        let value = match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                return Err(AppError::UnsupportedMediaType(
+                    "the body must be application/json".into(),
+                ));
             }
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(AppError::Validation(vec![data_error(&e.body_text())]))
+            Err(JsonRejection::BytesRejection(e)) if e.status().as_u16() == 413 => {
+                return Err(AppError::PayloadTooLarge { limit: 0 });
             }
-            Err(JsonRejection::BytesRejection(e)) => match e.status().as_u16() {
-                413 => Err(AppError::PayloadTooLarge { limit: 0 }),
-                _ => Err(AppError::BadRequest("the body could not be read".into())),
-            },
-            Err(_) => Err(AppError::BadRequest("the body could not be read".into())),
-        }
+            Err(JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_)) => {
+                return Err(AppError::BadRequest("the body is not valid JSON".into()));
+            }
+            Err(_) => return Err(AppError::BadRequest("the body could not be read".into())),
+        };
+        parse(value).map(Self).map_err(AppError::Validation)
     }
 }
 
+/// A JSON value as `T`, or what is wrong with it, field by field. A body whose schema is an
+/// object must be a JSON object (serde would also take a struct's fields from an array), and
+/// every required field it lacks is named, not only the first.
+fn parse<T: DeserializeOwned + PartialSchema>(value: Value) -> Result<T, Vec<FieldError>> {
+    if let RefOr::T(Schema::Object(schema)) = T::schema() {
+        let Value::Object(present) = &value else {
+            return Err(vec![FieldError::new("body", "must be an object")]);
+        };
+        let missing: Vec<_> = schema
+            .required
+            .iter()
+            .filter(|f| !present.contains_key(f.as_str()))
+            .map(|f| FieldError::new(f.clone(), "is required"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| vec![data_error(&e.to_string())])
+}
+
 /// Turn serde's message into a field error. serde names the field in backticks for missing
-/// and unknown fields, and `path_to_error` gives the path for type errors.
-fn data_error(text: &str) -> FieldError {
-    // axum's text: "Failed to deserialize the JSON body into the target type: <path>: <msg>".
-    let detail = text.split_once("target type: ").map_or(text, |(_, d)| d);
+/// and unknown fields, and `path_to_error` gives the path for type errors ("<path>: <msg>",
+/// or only "<msg>" for the body itself).
+fn data_error(detail: &str) -> FieldError {
     let named = |marker: &str| {
         detail
             .split_once(marker)
@@ -368,6 +391,7 @@ pub fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
@@ -378,35 +402,53 @@ mod tests {
         assert_eq!(bearer_token("Bearer"), None);
     }
 
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        username: String,
+        password: String,
+        days: Option<i64>,
+        tags: Option<Vec<String>>,
+    }
+
+    fn errors(body: Value) -> Vec<(String, String)> {
+        parse::<Body>(body)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
     #[test]
     fn serde_errors_name_the_field() {
-        let e = data_error(
-            "Failed to deserialize the JSON body into the target type: unknown field `role`, expected one of `username`, `email`, `password` at line 1 column 7",
-        );
-        assert_eq!(e.field, "role");
-        let e = data_error(
-            "Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 20",
-        );
-        assert_eq!(e.field, "password");
-        let e = data_error(
-            "Failed to deserialize the JSON body into the target type: username: invalid type: integer `5`, expected a string at line 1 column 14",
-        );
-        assert_eq!(e.field, "username");
-        assert_eq!(e.message, "must be a string");
-        let e = data_error(
-            "Failed to deserialize the JSON body into the target type: expires_in_days: invalid type: string \"5\", expected i64 at line 1 column 22",
+        let pair = |f: &str, m: &str| (f.to_owned(), m.to_owned());
+        assert!(parse::<Body>(json!({"username": "a", "password": "b"})).is_ok());
+        assert_eq!(
+            errors(json!({})),
+            [
+                pair("username", "is required"),
+                pair("password", "is required")
+            ]
         );
         assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("expires_in_days", "must be an integer")
-        );
-        let e = data_error(
-            "Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct RegisterRequest at line 1 column 1",
+            errors(json!({"username": "a", "password": "b", "role": "admin"})),
+            [pair("role", "unknown field")]
         );
         assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("body", "must be an object")
+            errors(json!({"username": 5, "password": "b"})),
+            [pair("username", "must be a string")]
         );
+        // Never a Rust type name.
+        assert_eq!(
+            errors(json!({"username": "a", "password": "b", "days": "5"})),
+            [pair("days", "must be an integer")]
+        );
+        assert_eq!(
+            errors(json!({"username": "a", "password": "b", "tags": "x"})),
+            [pair("tags", "must be an array")]
+        );
+        assert_eq!(errors(json!([1, 2])), [pair("body", "must be an object")]);
     }
 
     #[test]

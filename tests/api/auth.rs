@@ -88,6 +88,30 @@ async fn registration_statuses() {
     body["role"] = json!("admin");
     let v = problem(app.post_json("/api/v1/auth/register", &body).await, 422).await;
     assert_eq!(v["errors"][0]["field"], "role");
+    // Every missing field is named, not only the first; an array is not an object.
+    let v = problem(
+        app.post_json("/api/v1/auth/register", &json!({"username": "carl"}))
+            .await,
+        422,
+    )
+    .await;
+    let fields: Vec<_> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email", "password"]);
+    let v = problem(
+        app.post_json(
+            "/api/v1/auth/register",
+            &json!(["carl", "carl@example.com", PASSWORD]),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(v["errors"][0]["field"], "body");
 }
 
 #[tokio::test]
