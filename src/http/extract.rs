@@ -154,11 +154,16 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Admins only (403 otherwise).
+    /// Admins only, logged in (403 otherwise): an API key acts as its owner for files and
+    /// links, never with the owner's admin powers, so a leaked backend key cannot promote,
+    /// delete users or read the audit trail.
     pub fn require_admin(&self) -> Result<(), AppError> {
-        match self.role {
-            Role::Admin => Ok(()),
-            Role::User => Err(AppError::Forbidden("administrators only")),
+        match (self.role, &self.via) {
+            (Role::Admin, Via::Token { .. }) => Ok(()),
+            (Role::Admin, Via::ApiKey(_)) => Err(AppError::Forbidden(
+                "administration needs a login, not an API key",
+            )),
+            (Role::User, _) => Err(AppError::Forbidden("administrators only")),
         }
     }
 
@@ -176,11 +181,12 @@ impl Principal {
         }
     }
 
-    /// The owner filter for file lookups: admins see everyone's files.
+    /// The owner filter for file lookups: logged-in admins see everyone's files; an API key
+    /// sees its owner's.
     pub fn file_scope(&self) -> Option<UserId> {
-        match self.role {
-            Role::Admin => None,
-            Role::User => Some(self.user_id),
+        match (self.role, &self.via) {
+            (Role::Admin, Via::Token { .. }) => None,
+            _ => Some(self.user_id),
         }
     }
 }

@@ -8,6 +8,7 @@ use coffer::secrets::SecretKey;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::helpers::fixtures::png;
 use crate::helpers::{PASSWORD, TestApp, problem};
 
 fn register_body(username: &str, email: &str, password: &str) -> Value {
@@ -702,6 +703,67 @@ async fn admin_routes_need_the_admin_role() {
         409,
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_admins_api_key_has_no_admin_powers() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("boss").await;
+    let u = app.user("mona").await;
+    let theirs: Value = app
+        .upload(&u.token, "m.png", png(2000))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key: Value = app
+        .authed(Method::POST, "/api/v1/api-keys", &admin.token)
+        .json(&json!({"name": "backend"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let with_key = |m: Method, p: &str| app.req(m, p).header("x-api-key", key.clone());
+    for path in ["/api/v1/admin/users", "/api/v1/admin/audit"] {
+        problem(with_key(Method::GET, path).send().await.unwrap(), 403).await;
+    }
+    problem(
+        with_key(Method::POST, &format!("/api/v1/admin/users/{}/role", u.id))
+            .json(&json!({"role": "admin"}))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    problem(
+        with_key(Method::DELETE, &format!("/api/v1/admin/users/{}", u.id))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    // The key acts as its owner for files: another user's file is not found.
+    let id = theirs["id"].as_str().unwrap();
+    problem(
+        with_key(Method::GET, &format!("/api/v1/files/{id}"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    // The admin's login still can.
+    let r = app
+        .authed(Method::GET, &format!("/api/v1/files/{id}"), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
