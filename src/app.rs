@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::http::metrics::Metrics;
 use crate::http::rate_limit::RateLimits;
+use crate::http::send_timeout::SendTimeout;
 use crate::ingest::policy::UploadPolicy;
 use crate::ingest::quota::Quota;
 use crate::meta::MetaStore;
@@ -189,6 +190,7 @@ impl App {
             self.state.trusted_proxies.clone(),
         );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -229,7 +231,8 @@ impl App {
                         router.clone().oneshot(req.map(axum::body::Body::new))
                     },
                 );
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
+                let conn = builder.serve_connection_with_upgrades(io, service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }

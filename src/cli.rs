@@ -121,6 +121,7 @@ pub fn run() -> ExitCode {
     };
     crate::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(config.server.blocking_threads)
         .enable_all()
         .build()
     {

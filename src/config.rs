@@ -73,6 +73,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Simultaneous connections from one address (trusted proxies exempt); more are dropped.
     pub max_connections_per_ip: usize,
+    /// A connection whose peer accepts no response bytes for this long is closed.
+    pub send_timeout_secs: u64,
+    /// Threads for blocking work (SQLite, file I/O, hashing batches), at most.
+    pub blocking_threads: usize,
 }
 
 /// `[storage]`
@@ -273,7 +277,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 18] = [
+        let minimums: [(&str, u64, u64); 20] = [
+            ("server.send_timeout_secs", self.server.send_timeout_secs, 1),
+            (
+                "server.blocking_threads",
+                as_u64(self.server.blocking_threads),
+                2,
+            ),
             (
                 "server.request_timeout_secs",
                 self.server.request_timeout_secs,

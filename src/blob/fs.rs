@@ -28,7 +28,10 @@ const TMP: &str = "tmp";
 const TRASH: &str = "trash";
 /// Ranges up to this size are served from a single read.
 const READ_CHUNK: usize = 256 * 1024;
-/// Larger ranges stream in chunks of this size (fewer hand-offs to the blocking pool).
+/// Larger ranges stream in chunks that start at this size (what a client that never reads
+/// holds)...
+const FIRST_STREAM_CHUNK: u64 = 64 * 1024;
+/// ...and double up to this one as the client reads (fewer hand-offs to the blocking pool).
 const STREAM_CHUNK: u64 = 1024 * 1024;
 /// Writes are batched into buffers of this size and written while the next one fills.
 const WRITE_CHUNK: usize = 512 * 1024;
@@ -382,7 +385,8 @@ fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError>
 /// Read `[offset, offset + len)` in chunks, one short blocking task per chunk, one chunk
 /// ahead of the socket: the disk read of chunk n+1 overlaps the network write of chunk n. No
 /// thread is held between chunks, so a client that stops reading costs a connection and at
-/// most two chunks of memory, never a blocking-pool thread.
+/// most two chunks of memory (small ones unless it has been reading), never a blocking-pool
+/// thread, and only until the send timeout.
 fn chunks(
     file: Arc<File>,
     offset: u64,
@@ -392,6 +396,7 @@ fn chunks(
         file: Arc<File>,
         pos: u64,
         end: u64,
+        size: u64,
         ahead: Option<tokio::task::JoinHandle<Result<Bytes, BlobError>>>,
     }
     impl State {
@@ -400,8 +405,9 @@ fn chunks(
                 return None;
             }
             let (file, at) = (self.file.clone(), self.pos);
-            let n = (self.end - at).min(STREAM_CHUNK);
+            let n = (self.end - at).min(self.size);
             self.pos += n;
+            self.size = (self.size * 2).min(STREAM_CHUNK);
             Some(tokio::task::spawn_blocking(move || {
                 read_exact_at(&file, at, n)
             }))
@@ -411,6 +417,7 @@ fn chunks(
         file,
         pos: offset,
         end: offset.saturating_add(len),
+        size: FIRST_STREAM_CHUNK,
         ahead: None,
     };
     futures_util::stream::unfold(start, |mut st| async move {

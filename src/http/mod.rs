@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
+pub mod send_timeout;
 
 use std::time::Duration;
 

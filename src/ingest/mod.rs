@@ -17,7 +17,6 @@ use std::net::IpAddr;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::audit::{Event, Record};
@@ -271,75 +270,116 @@ where
     Ok((writer, stored, reservation))
 }
 
-/// Where validated bytes go: hasher, text check, sealer, blob writer. The per-byte work
-/// runs on a blocking thread fed through a short queue, so hashing and sealing chunk n
-/// overlap with receiving chunk n+1 (on 2 cores, the difference between one core doing
-/// everything and both working).
+/// Where validated bytes go: hasher, text check, sealer, blob writer. The per-byte work runs
+/// on the blocking pool one batch at a time, one batch in flight while the next is received,
+/// so hashing and sealing overlap with the network (on 2 cores, the difference between one
+/// core doing everything and both working). No thread is held between batches: a client that
+/// trickles bytes costs a connection and at most two batches of memory, never a thread.
 struct Sink {
-    chunks: mpsc::Sender<Bytes>,
-    worker: tokio::task::JoinHandle<Result<Processed, IngestError>>,
+    /// The pipeline, when no batch is in flight.
+    idle: Option<Box<Pipeline>>,
+    /// The batch being processed; it hands the pipeline back.
+    busy: Option<tokio::task::JoinHandle<Result<Box<Pipeline>, IngestError>>>,
+    /// Received bytes not yet handed over.
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
-/// What the worker hands back at the end.
+/// The per-byte state of one upload.
+struct Pipeline {
+    rt: tokio::runtime::Handle,
+    span: tracing::Span,
+    hasher: Sha256,
+    text: Option<Utf8Check>,
+    sealer: Option<Sealer>,
+    data_key: Option<DataKey>,
+    writer: Box<dyn BlobWriter>,
+}
+
+/// What the pipeline hands back at the end.
 struct Processed {
     writer: Box<dyn BlobWriter>,
     sha256: String,
     data_key: Option<DataKey>,
 }
 
-/// Chunks queued between the receiving task and the worker (each at most a socket read).
-const QUEUE: usize = 16;
+/// Bytes handed to the blocking pool at once: at least this many as soon as the pipeline is
+/// free, so it keeps working while bytes arrive...
+const BATCH_MIN: usize = 64 * 1024;
+/// ...and at most this many, waiting for it to be free (back-pressure).
+const BATCH_MAX: usize = 1024 * 1024;
 
 impl Sink {
     async fn open(state: &AppState, id: FileId, text: bool) -> Result<Self, IngestError> {
         let writer = state.blobs.create().await?;
         let data_key = state.keyring.enabled().then(DataKey::generate);
-        let (chunks, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::runtime::Handle::current();
-        let span = tracing::Span::current();
-        let worker = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                process(
-                    &handle,
-                    rx,
-                    writer,
-                    text.then(Utf8Check::default),
-                    data_key,
-                    id,
-                )
-            })
-        });
-        Ok(Self { chunks, worker })
+        let pipeline = Pipeline {
+            rt: tokio::runtime::Handle::current(),
+            span: tracing::Span::current(),
+            hasher: Sha256::new(),
+            text: text.then(Utf8Check::default),
+            sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
+            data_key,
+            writer,
+        };
+        Ok(Self {
+            idle: Some(Box::new(pipeline)),
+            busy: None,
+            pending: Vec::new(),
+            pending_len: 0,
+        })
     }
 
-    /// Queue a chunk (waits while the worker is behind: back-pressure, bounded memory).
+    /// Take a chunk. Pending bytes go to the blocking pool when the pipeline is free and has
+    /// enough to be worth a hand-off, or when they fill a batch (then after the batch in
+    /// flight: back-pressure, so memory stays bounded by two batches).
     async fn feed(&mut self, chunk: Bytes) -> Result<(), IngestError> {
-        if self.chunks.send(chunk).await.is_err() {
-            // The worker stopped early (a refused byte, a write error): its result says why.
-            // The sink is not used again after this error.
-            return match (&mut self.worker).await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(IngestError::Blob(BlobError::Io(std::io::Error::other(
-                    "upload worker stopped",
-                )))),
-            };
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        let free = self.busy.as_ref().is_none_or(|b| b.is_finished());
+        if self.pending_len >= BATCH_MAX || (free && self.pending_len >= BATCH_MIN) {
+            self.dispatch().await?;
         }
         Ok(())
     }
 
-    async fn stop(self) -> Result<Processed, IngestError> {
-        drop(self.chunks);
-        self.worker
-            .await
-            .map_err(|e| IngestError::Blob(BlobError::Io(std::io::Error::other(e))))?
+    /// Hand the pending bytes to the blocking pool, after the batch in flight.
+    async fn dispatch(&mut self) -> Result<(), IngestError> {
+        let mut pipeline = self.settle().await?;
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            pipeline.span.clone().in_scope(|| {
+                for chunk in &batch {
+                    pipeline.update(chunk)?;
+                }
+                Ok(pipeline)
+            })
+        }));
+        Ok(())
+    }
+
+    /// The pipeline, once the batch in flight (if any) is done.
+    async fn settle(&mut self) -> Result<Box<Pipeline>, IngestError> {
+        if let Some(busy) = self.busy.take() {
+            return busy.await.map_err(lost)?;
+        }
+        // A previous batch failed and its error was returned; the sink is not used after.
+        self.idle
+            .take()
+            .ok_or_else(|| lost("upload pipeline is gone"))
     }
 
     async fn finish(
-        self,
+        mut self,
         state: &AppState,
         id: FileId,
     ) -> Result<(Box<dyn BlobWriter>, String, Option<files::Sealing>), IngestError> {
-        let done = self.stop().await?;
+        self.dispatch().await?;
+        let pipeline = self.settle().await?;
+        let done = tokio::task::spawn_blocking(move || pipeline.finish())
+            .await
+            .map_err(lost)??;
         let sealing = match done.data_key {
             Some(key) => Some(state.keyring.wrap(id, &key).ok_or(BlobError::Integrity)?),
             None => None,
@@ -348,42 +388,43 @@ impl Sink {
     }
 }
 
-/// The worker: hash, check, seal and write every chunk until the queue closes.
-fn process(
-    rt: &tokio::runtime::Handle,
-    mut rx: mpsc::Receiver<Bytes>,
-    mut writer: Box<dyn BlobWriter>,
-    mut text: Option<Utf8Check>,
-    data_key: Option<DataKey>,
-    id: FileId,
-) -> Result<Processed, IngestError> {
-    let mut hasher = Sha256::new();
-    let mut sealer = data_key.as_ref().map(|k| Sealer::new(k, id));
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        if let Some(t) = &mut text {
-            t.update(&chunk)?;
+/// The pipeline was lost (its task panicked or was cancelled): an internal error.
+fn lost(e: impl ToString) -> IngestError {
+    IngestError::Blob(BlobError::Io(std::io::Error::other(e.to_string())))
+}
+
+impl Pipeline {
+    /// Hash, check, seal and write one chunk (on a blocking thread).
+    fn update(&mut self, chunk: &[u8]) -> Result<(), IngestError> {
+        self.hasher.update(chunk);
+        if let Some(t) = &mut self.text {
+            t.update(chunk)?;
         }
-        match &mut sealer {
+        match &mut self.sealer {
             Some(s) => {
-                let sealed = s.update(&chunk)?;
-                rt.block_on(writer.write(&sealed))?;
+                let sealed = s.update(chunk)?;
+                self.rt.block_on(self.writer.write(&sealed))?;
             }
-            None => rt.block_on(writer.write(&chunk))?,
+            None => self.rt.block_on(self.writer.write(chunk))?,
         }
+        Ok(())
     }
-    if let Some(t) = text {
-        t.finish()?;
+
+    /// The end of the stream: last text check, last sealed segment (on a blocking thread).
+    fn finish(mut self: Box<Self>) -> Result<Processed, IngestError> {
+        if let Some(t) = self.text.take() {
+            t.finish()?;
+        }
+        if let Some(s) = self.sealer.take() {
+            let tail = s.finish()?;
+            self.rt.block_on(self.writer.write(&tail))?;
+        }
+        Ok(Processed {
+            writer: self.writer,
+            sha256: hex::encode(self.hasher.finalize()),
+            data_key: self.data_key,
+        })
     }
-    if let Some(s) = sealer {
-        let tail = s.finish()?;
-        rt.block_on(writer.write(&tail))?;
-    }
-    Ok(Processed {
-        writer,
-        sha256: hex::encode(hasher.finalize()),
-        data_key,
-    })
 }
 
 impl Staged {

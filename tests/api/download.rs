@@ -609,3 +609,40 @@ async fn internal_errors_reveal_nothing() {
     app.eventually("the cause is logged", || app.logs().contains("is missing"))
         .await;
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__SEND_TIMEOUT_SECS", "1")
+        .spawn()
+        .await;
+    let u = app.user("stalled").await;
+    let size = 24 * 1024 * 1024;
+    let f = app.stored(&u.token, "big.png", png(size)).await;
+    // A small receive buffer, so the kernel cannot absorb the whole file for the client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(app.addr).await.unwrap();
+    let req = format!(
+        "GET /api/v1/files/{}/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        f["id"].as_str().unwrap(),
+        u.token
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Read nothing for longer than the send timeout...
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // ...then everything: the connection ends before the body does.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < size, "the whole body arrived ({got} bytes)");
+    // The server is fine and serves the next reader in full.
+    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    assert_eq!(r.bytes().await.unwrap().len(), size);
+}

@@ -399,6 +399,57 @@ async fn a_client_that_disconnects_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn trickling_uploads_hold_no_threads() {
+    // Fewer blocking threads than stalled uploads: if an upload held one while waiting for
+    // bytes, the database-backed routes below would wait forever.
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__BLOCKING_THREADS", "4")
+        .spawn()
+        .await;
+    let u = app.user("trickler").await;
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/files?filename=slow{i}.png HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
+            u.token
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&png(20_000)).await.unwrap();
+        held.push(s);
+    }
+    app.eventually("every upload has its temp file", || {
+        app.temp_files().len() == 12
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let me = client
+        .get(app.url("/api/v1/users/me"))
+        .bearer_auth(&u.token)
+        .send()
+        .await
+        .expect("users/me answers while uploads stall");
+    assert_eq!(me.status(), 200);
+    let r = client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let login = client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "trickler", "password": u.password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    drop(held);
+    app.eventually("the stalled uploads leave nothing", || {
+        app.temp_files().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn fifty_concurrent_uploads_all_succeed() {
     let app = TestApp::spawn().await;
     let u = app.user("busy").await;
