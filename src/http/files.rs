@@ -25,6 +25,7 @@ use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{PageQuery, Principal, decode_time_cursor, encode_time_cursor};
 use crate::ids::{FileId, Timestamp};
+use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
 use crate::lifecycle;
@@ -173,6 +174,8 @@ async fn receive_multipart(
     );
     // The idle timeout covers every part, not only the file.
     let body = IdleTimeout::new(body.into_data_stream(), idle(state));
+    // Only part bodies stream: the preamble and part headers are held until they end.
+    let body = MultipartFraming::new(body, &boundary);
     let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
     let failed = move |e| multipart_failure(e, limit);
     let field = loop {

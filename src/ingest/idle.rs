@@ -19,6 +19,9 @@ pub enum BodyError {
     /// Nothing arrived for too long.
     #[error("the request body stalled")]
     Idle,
+    /// A multipart preamble or part header block longer than the parser may buffer.
+    #[error("a multipart preamble or part header is too long")]
+    Framing,
     /// The connection failed or the client went away.
     #[error("the request body broke off: {0}")]
     Broken(#[from] axum::Error),

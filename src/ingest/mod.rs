@@ -8,6 +8,7 @@
 //! sizes, never by the file size.
 
 pub mod filename;
+pub mod framing;
 pub mod idle;
 pub mod policy;
 pub mod quota;
@@ -81,6 +82,9 @@ impl From<idle::BodyError> for IngestError {
     fn from(e: idle::BodyError) -> Self {
         match e {
             idle::BodyError::Idle => Self::Idle,
+            idle::BodyError::Framing => {
+                Self::BadBody("a multipart preamble or part header is too long".into())
+            }
             idle::BodyError::Broken(_) => Self::ClientAborted,
         }
     }

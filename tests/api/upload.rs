@@ -207,6 +207,23 @@ async fn multipart_needs_exactly_one_named_file_part() {
         .await
         .unwrap();
     problem(r, 400).await;
+    // A preamble or a part header longer than 16 KiB is refused, not buffered.
+    let form = "--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nDATA\r\n--xyz--\r\n";
+    let long_preamble = format!("{}\r\n{form}", "p".repeat(64 * 1024));
+    let long_header = format!(
+        "--xyz\r\nX-Pad: {}\r\n\r\nDATA\r\n--xyz--",
+        "h".repeat(64 * 1024)
+    );
+    for body in [long_preamble, long_header] {
+        let r = app
+            .authed(Method::POST, "/api/v1/files", &u.token)
+            .header("content-type", "multipart/form-data; boundary=xyz")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        problem(r, 400).await;
+    }
     assert!(app.blob_files().is_empty());
     assert!(app.temp_files().is_empty());
 }
