@@ -298,7 +298,8 @@ async fn request_starts(stream: &tokio::net::TcpStream, limit: Duration) -> bool
     matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(true)))
 }
 
-/// Open connections per client address (trusted proxies are exempt: everyone is behind them).
+/// Open connections per client (an IPv4 address, an IPv6 /64; trusted proxies are exempt:
+/// everyone is behind them).
 #[derive(Clone)]
 struct PerIp {
     max: usize,
@@ -328,15 +329,17 @@ impl PerIp {
                 ip: None,
             });
         }
+        // Counted like the rate limits: an IPv6 host by its /64, which it usually owns whole.
+        let key = crate::http::client_ip::network_key(ip);
         let mut open = self.open.lock().ok()?;
-        let n = open.entry(ip).or_insert(0);
+        let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
         Some(IpSlot {
             owner: self.clone(),
-            ip: Some(ip),
+            ip: Some(key),
         })
     }
 }
@@ -391,4 +394,23 @@ async fn limiter_housekeeping(state: AppState) {
 /// Bind a listener (with `SO_REUSEADDR`, as tokio sets by default on Unix).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ipv6_host_cannot_take_more_slots_by_changing_its_address() {
+        let per_ip = PerIp::new(2, Vec::new());
+        let addr = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a = per_ip.admit(addr("2001:db8:1:2::1")).unwrap();
+        let _b = per_ip.admit(addr("2001:db8:1:2::2")).unwrap();
+        assert!(per_ip.admit(addr("2001:db8:1:2:ffff::3")).is_none());
+        // Another /64 and IPv4 addresses have their own counts; a closed slot is reusable.
+        assert!(per_ip.admit(addr("2001:db8:1:3::1")).is_some());
+        assert!(per_ip.admit(addr("192.0.2.1")).is_some());
+        drop(a);
+        assert!(per_ip.admit(addr("2001:db8:1:2::9")).is_some());
+    }
 }
