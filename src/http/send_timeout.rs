@@ -11,14 +11,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// A connection whose writes fail once they have been blocked for `limit`.
 pub struct SendTimeout<T> {
     inner: T,
     limit: Duration,
-    /// Armed while a write is blocked.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// When a write last went through.
+    progress: Instant,
+    /// Fires at `progress + limit` (or later); made at the first blocked write and moved only
+    /// when it fires, so a busy connection does not touch the timer wheel per write.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> SendTimeout<T> {
@@ -27,27 +30,33 @@ impl<T> SendTimeout<T> {
         Self {
             inner,
             limit,
-            stalled: None,
+            progress: Instant::now(),
+            timer: None,
         }
     }
 
-    /// Pass on a write's result; while it is blocked, fail it once the deadline passes.
+    /// Pass on a write's result; while it is blocked, fail it once `limit` has passed since
+    /// the last write that went through.
     fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if r.is_ready() {
-            self.stalled = None;
+            self.progress = Instant::now();
             return r;
         }
-        let limit = self.limit;
+        let deadline = self.progress + self.limit;
         let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer accepted no data within the send timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer accepted no data within the send timeout",
+                )));
+            }
+            // Writes went through since it was set: wait for the current deadline.
+            timer.as_mut().reset(deadline);
         }
+        Poll::Pending
     }
 }
 

@@ -311,7 +311,7 @@ struct Processed {
 /// free, so it keeps working while bytes arrive...
 const BATCH_MIN: usize = 64 * 1024;
 /// ...and at most this many, waiting for it to be free (back-pressure).
-const BATCH_MAX: usize = 1024 * 1024;
+const BATCH_MAX: usize = 256 * 1024;
 
 impl Sink {
     async fn open(state: &AppState, id: FileId, text: bool) -> Result<Self, IngestError> {
