@@ -1,8 +1,9 @@
 //! The upload path below the HTTP layer.
 //!
 //! Mode byte 0 (`b % 3 == 0`): `[mode][limit][chunking][body...]` — `multer` with the fixed
-//! boundary `fuzzboundary` and the constraints `src/http/files.rs` sets (size limits scaled
-//! down so the fuzzer reaches them), read the way `receive_multipart` reads it, and the part
+//! boundary `fuzzboundary`, behind the `MultipartFraming` guard, and the constraints
+//! `src/http/files.rs` sets (size limits scaled down so the fuzzer reaches them), read the
+//! way `receive_multipart` reads it, and the part
 //! named `file` fed through the same checks `ingest::stage` makes (sanitised name, extension
 //! rule, sniffed head, streaming UTF-8 check). Never panics; never delivers more than the
 //! limit allows; whatever is accepted satisfies the type policy.
@@ -28,6 +29,8 @@ use coffer::crypto::DataKey;
 use coffer::crypto::segment::{self, Opener, SEGMENT, Sealer};
 use coffer::ids::FileId;
 use coffer::ingest::filename;
+use coffer::ingest::framing::MultipartFraming;
+use coffer::ingest::idle::BodyError;
 use coffer::ingest::policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
 use futures_util::{Stream, StreamExt};
 use libfuzzer_sys::fuzz_target;
@@ -131,7 +134,9 @@ async fn receive(chunks: Vec<Bytes>, limit: u64) -> Outcome {
             .per_field(OTHER_PART_LIMIT)
             .for_field("file", limit.saturating_add(1)),
     );
-    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, BodyError>));
+    // As in `receive_multipart`: the preamble and part headers are bounded before multer.
+    let stream = MultipartFraming::new(stream, BOUNDARY);
     let mut form = multer::Multipart::with_constraints(stream, BOUNDARY, constraints);
     let mut field = loop {
         match form.next_field().await {
