@@ -3,9 +3,9 @@
 //! Mode byte 0 (`b % 3 == 0`): `[mode][limit][chunking][body...]` — `multer` with the fixed
 //! boundary `fuzzboundary`, behind the `MultipartFraming` guard, and the constraints
 //! `src/http/files.rs` sets (size limits scaled down so the fuzzer reaches them), read the
-//! way `receive_multipart` reads it, and the part
-//! named `file` fed through the same checks `ingest::stage` makes (sanitised name, extension
-//! rule, sniffed head, streaming UTF-8 check). Never panics; never delivers more than the
+//! way `receive_multipart` reads it, and the part named `file` fed through the same checks
+//! `ingest::stage` makes (sanitised name, extension rule, sniffed head, streaming UTF-8
+//! check). Never panics; never delivers more than the
 //! limit allows; whatever is accepted satisfies the type policy.
 //!
 //! Mode 1: a well-formed form built from the input (other parts before and after, chunked
