@@ -417,10 +417,11 @@ async fn a_client_that_disconnects_leaves_nothing() {
 
 #[tokio::test]
 async fn trickling_uploads_hold_no_threads() {
-    // Fewer blocking threads than stalled uploads: if an upload held one while waiting for
-    // bytes, the database-backed routes below would wait forever.
+    // Two blocking threads (the least allowed) and many uploads: if an upload held one while
+    // waiting for bytes, or a batch waited for other blocking work, everything below would
+    // hang.
     let app = TestApp::builder()
-        .env("COFFER_SERVER__BLOCKING_THREADS", "4")
+        .env("COFFER_SERVER__BLOCKING_THREADS", "2")
         .spawn()
         .await;
     let u = app.user("trickler").await;
@@ -432,7 +433,8 @@ async fn trickling_uploads_hold_no_threads() {
             u.token
         );
         s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(&png(20_000)).await.unwrap();
+        // More than one batch, so each upload has been through the blocking pool.
+        s.write_all(&png(300_000)).await.unwrap();
         held.push(s);
     }
     app.eventually("every upload has its temp file", || {
@@ -440,7 +442,7 @@ async fn trickling_uploads_hold_no_threads() {
     })
     .await;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
     let me = client
@@ -459,6 +461,17 @@ async fn trickling_uploads_hold_no_threads() {
         .await
         .unwrap();
     assert_eq!(login.status(), 200);
+    // Uploads that do flow, more of them than threads, all complete meanwhile.
+    let uploads = (0..8).map(|i| {
+        client
+            .post(app.url(&format!("/api/v1/files?filename=fast{i}.png")))
+            .bearer_auth(&u.token)
+            .body(png(2 * 1024 * 1024))
+            .send()
+    });
+    for r in futures_util::future::join_all(uploads).await {
+        assert_eq!(r.expect("a flowing upload completes").status(), 201);
+    }
     drop(held);
     app.eventually("the stalled uploads leave nothing", || {
         app.temp_files().is_empty()
