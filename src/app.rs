@@ -323,7 +323,8 @@ impl PerIp {
     }
 
     fn admit(&self, ip: std::net::IpAddr) -> Option<IpSlot> {
-        if self.exempt.iter().any(|n| n.contains(&ip)) {
+        let peer = crate::http::client_ip::canonical(ip);
+        if self.exempt.iter().any(|n| n.contains(&peer)) {
             return Some(IpSlot {
                 owner: self.clone(),
                 ip: None,
@@ -412,5 +413,9 @@ mod tests {
         assert!(per_ip.admit(addr("192.0.2.1")).is_some());
         drop(a);
         assert!(per_ip.admit(addr("2001:db8:1:2::9")).is_some());
+        // A trusted proxy is exempt however a dual-stack listener spells its address.
+        let behind = PerIp::new(1, vec!["10.0.0.1/32".parse().unwrap()]);
+        let _p = behind.admit(addr("::ffff:10.0.0.1")).unwrap();
+        assert!(behind.admit(addr("::ffff:10.0.0.1")).is_some());
     }
 }

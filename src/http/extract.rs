@@ -5,7 +5,7 @@
 //! expiry, type and revocation state, or its API key's hash and expiry, were checked against
 //! the database. The role comes from the database on every request.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -35,45 +35,80 @@ impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for App
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Parsed in two steps, so a body that misses several fields gets all of them named.
-        let value = match axum::Json::<Value>::from_request(req, state).await {
-            Ok(axum::Json(v)) => v,
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                return Err(AppError::UnsupportedMediaType(
-                    "the body must be application/json".into(),
-                ));
-            }
-            Err(JsonRejection::BytesRejection(e)) if e.status().as_u16() == 413 => {
-                return Err(AppError::PayloadTooLarge { limit: 0 });
-            }
-            Err(JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_)) => {
-                return Err(AppError::BadRequest("the body is not valid JSON".into()));
-            }
-            Err(_) => return Err(AppError::BadRequest("the body could not be read".into())),
-        };
-        parse(value).map(Self).map_err(AppError::Validation)
+        if !is_json(req.headers()) {
+            return Err(AppError::UnsupportedMediaType(
+                "the body must be application/json".into(),
+            ));
+        }
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|e| match e.status().as_u16() {
+                    413 => AppError::PayloadTooLarge { limit: 0 },
+                    _ => AppError::BadRequest("the body could not be read".into()),
+                })?;
+        parse(&bytes).map(Self)
     }
 }
 
-/// A JSON value as `T`, or what is wrong with it, field by field. A body whose schema is an
-/// object must be a JSON object (serde would also take a struct's fields from an array), and
-/// every required field it lacks is named, not only the first.
-fn parse<T: DeserializeOwned + PartialSchema>(value: Value) -> Result<T, Vec<FieldError>> {
-    if let RefOr::T(Schema::Object(schema)) = T::schema() {
-        let Value::Object(present) = &value else {
-            return Err(vec![FieldError::new("body", "must be an object")]);
+/// `application/json` or `application/*+json`, parameters aside.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// A JSON body as `T`, strictly: straight from the bytes, so unknown fields, duplicate keys
+/// and wrong types are refused by serde itself. A body whose schema is an object must be a
+/// JSON object (serde would also take a struct's fields from an array), and every required
+/// field it lacks is named, not only the first.
+fn parse<T: DeserializeOwned + PartialSchema>(bytes: &[u8]) -> Result<T, AppError> {
+    let not_json = || AppError::BadRequest("the body is not valid JSON".into());
+    let schema = match T::schema() {
+        RefOr::T(Schema::Object(o)) => Some(o),
+        _ => None,
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if schema.is_some() && first != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(AppError::Validation(vec![FieldError::new(
+                "body",
+                "must be an object",
+            )])),
+            Err(_) => Err(not_json()),
         };
-        let missing: Vec<_> = schema
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let e = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => return de.end().map(|()| v).map_err(|_| not_json()),
+        Err(e) => e,
+    };
+    if !e.inner().is_data() {
+        return Err(not_json());
+    }
+    let mut errors = vec![data_error(&e.to_string())];
+    if errors.iter().any(|f| f.message == "is required")
+        && let (Some(schema), Ok(Value::Object(present))) =
+            (schema, serde_json::from_slice::<Value>(bytes))
+    {
+        errors = schema
             .required
             .iter()
             .filter(|f| !present.contains_key(f.as_str()))
             .map(|f| FieldError::new(f.clone(), "is required"))
             .collect();
-        if !missing.is_empty() {
-            return Err(missing);
-        }
     }
-    serde_path_to_error::deserialize(value).map_err(|e| vec![data_error(&e.to_string())])
+    Err(AppError::Validation(errors))
 }
 
 /// Turn serde's message into a field error. serde names the field in backticks for missing
@@ -88,6 +123,8 @@ fn data_error(detail: &str) -> FieldError {
     };
     let (field, message) = if let Some(f) = named("unknown field `") {
         (f, "unknown field".to_owned())
+    } else if let Some(f) = named("duplicate field `") {
+        (f, "is given more than once".to_owned())
     } else if let Some(f) = named("missing field `") {
         (f, "is required".to_owned())
     } else if let Some((path, msg)) = detail
@@ -114,8 +151,12 @@ fn data_error(detail: &str) -> FieldError {
 }
 
 /// serde's name for what it expected, in JSON's words: never a Rust type name.
-fn json_kind(expected: &str) -> &str {
-    match expected {
+fn json_kind(expected: &str) -> std::borrow::Cow<'_, str> {
+    // An enum: serde lists the accepted values in backticks.
+    if expected.contains('`') {
+        return format!("one of {expected}").into();
+    }
+    std::borrow::Cow::Borrowed(match expected {
         "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
         "f32" | "f64" => "a number",
@@ -123,7 +164,7 @@ fn json_kind(expected: &str) -> &str {
         e if e.starts_with("struct ") || e.starts_with("a map") => "an object",
         e if e.starts_with("a sequence") || e.starts_with("a tuple") => "an array",
         _ => "of another type",
-    }
+    })
 }
 
 /// How the caller authenticated.
@@ -416,20 +457,47 @@ mod tests {
         password: String,
         days: Option<i64>,
         tags: Option<Vec<String>>,
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        User,
+        Admin,
+    }
+
+    fn raw_errors(body: &str) -> Vec<(String, String)> {
+        match parse::<Body>(body.as_bytes()) {
+            Err(AppError::Validation(v)) => v.into_iter().map(|e| (e.field, e.message)).collect(),
+            other => panic!("not a validation error: {:?}", other.map(|_| ())),
+        }
     }
 
     fn errors(body: Value) -> Vec<(String, String)> {
-        parse::<Body>(body)
-            .unwrap_err()
-            .into_iter()
-            .map(|e| (e.field, e.message))
-            .collect()
+        raw_errors(&body.to_string())
     }
 
     #[test]
     fn serde_errors_name_the_field() {
         let pair = |f: &str, m: &str| (f.to_owned(), m.to_owned());
-        assert!(parse::<Body>(json!({"username": "a", "password": "b"})).is_ok());
+        assert!(parse::<Body>(br#"{"username": "a", "password": "b"}"#).is_ok());
+        // Not JSON, or trailing garbage: 400, not 422.
+        for bad in [
+            &b"{"[..],
+            b"{\"username\": \"a\", \"password\": \"b\"} x",
+            b"[1,",
+        ] {
+            assert!(matches!(parse::<Body>(bad), Err(AppError::BadRequest(_))));
+        }
+        // A key given twice is refused, not resolved one way or the other.
+        let dup = raw_errors(r#"{"username": "a", "password": "b", "password": "c"}"#);
+        assert_eq!(dup, [pair("password", "is given more than once")]);
+        // Unknown fields are named before missing ones.
+        assert_eq!(
+            raw_errors(r#"{"usernme": "a"}"#),
+            [pair("usernme", "unknown field")]
+        );
         assert_eq!(
             errors(json!({})),
             [
@@ -455,6 +523,10 @@ mod tests {
             [pair("tags", "must be an array")]
         );
         assert_eq!(errors(json!([1, 2])), [pair("body", "must be an object")]);
+        assert_eq!(
+            errors(json!({"username": "a", "password": "b", "kind": "root"})),
+            [pair("kind", "must be one of `user` or `admin`")]
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ enum Stage {
     Headers,
     /// A part body, up to `\r\n--boundary`.
     Body,
+    /// After the closing `--boundary--`: the parser is done, the rest passes.
+    Epilogue,
 }
 
 /// Wraps a multipart body stream; see the module docs.
@@ -43,6 +45,8 @@ pub struct MultipartFraming<S> {
     seen: usize,
     /// The last bytes of the current stage, for a marker split between chunks.
     carry: Vec<u8>,
+    /// The first two bytes after a boundary (`--` closes the form).
+    line_start: Vec<u8>,
 }
 
 impl<S> MultipartFraming<S> {
@@ -54,6 +58,7 @@ impl<S> MultipartFraming<S> {
             delimiter: [b"\r\n--", boundary.as_bytes()].concat(),
             seen: 0,
             carry: Vec::new(),
+            line_start: Vec::new(),
         }
     }
 
@@ -61,6 +66,7 @@ impl<S> MultipartFraming<S> {
         match self.stage {
             Stage::Preamble => self.delimiter.get(2..).unwrap_or_default(),
             Stage::BoundaryLine => b"\r\n",
+            Stage::Epilogue => b"",
             Stage::Headers => b"\r\n\r\n",
             Stage::Body => &self.delimiter,
         }
@@ -68,7 +74,15 @@ impl<S> MultipartFraming<S> {
 
     /// Follow the stages through one chunk.
     fn scan(&mut self, mut chunk: &[u8]) -> Result<(), BodyError> {
-        while !chunk.is_empty() {
+        while !chunk.is_empty() && self.stage != Stage::Epilogue {
+            if self.stage == Stage::BoundaryLine && self.line_start.len() < 2 {
+                let take = chunk.get(..(2 - self.line_start.len()).min(chunk.len()));
+                self.line_start.extend_from_slice(take.unwrap_or_default());
+                if self.line_start == b"--" {
+                    self.stage = Stage::Epilogue;
+                    break;
+                }
+            }
             let marker = self.marker();
             let (found, tail) = (
                 find_across(&self.carry, chunk, marker),
@@ -86,9 +100,11 @@ impl<S> MultipartFraming<S> {
                         Stage::Preamble | Stage::Body => Stage::BoundaryLine,
                         Stage::BoundaryLine => Stage::Headers,
                         Stage::Headers => Stage::Body,
+                        Stage::Epilogue => Stage::Epilogue,
                     };
                     self.seen = 0;
                     self.carry.clear();
+                    self.line_start.clear();
                 }
                 None => keep_tail(&mut self.carry, done, tail),
             }
@@ -155,8 +171,8 @@ mod tests {
     #[test]
     fn a_normal_form_passes_in_any_chunking() {
         for split in [1, 2, 3, 5, 7, 64, 4096] {
-            // After the closing `--XyZ--` line: the epilogue, which the parser never reads.
-            assert_eq!(run(FORM, split).unwrap(), Stage::Headers, "split {split}");
+            // After the closing `--XyZ--`: the epilogue, which passes whatever its length.
+            assert_eq!(run(FORM, split).unwrap(), Stage::Epilogue, "split {split}");
         }
     }
 
@@ -181,6 +197,9 @@ mod tests {
         ]
         .concat();
         assert!(run(&body, 1500).is_ok());
+        // Whatever follows the closing delimiter passes, however long.
+        let epilogue = [FORM.to_vec(), vec![b'e'; 4 * HEAD_LIMIT]].concat();
+        assert_eq!(run(&epilogue, 777).unwrap(), Stage::Epilogue);
     }
 
     proptest! {

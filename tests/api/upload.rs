@@ -207,13 +207,11 @@ async fn multipart_needs_exactly_one_named_file_part() {
         .await
         .unwrap();
     problem(r, 400).await;
-    // A preamble or a part header longer than 16 KiB is refused, not buffered.
-    let form = "--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nDATA\r\n--xyz--\r\n";
-    let long_preamble = format!("{}\r\n{form}", "p".repeat(64 * 1024));
-    let long_header = format!(
-        "--xyz\r\nX-Pad: {}\r\n\r\nDATA\r\n--xyz--",
-        "h".repeat(64 * 1024)
-    );
+    // A preamble or a part header longer than 16 KiB is refused, not buffered. The bodies
+    // end just past the limit, so the server has read all of them when it answers (else the
+    // unread rest could reset the connection before the client reads the 400).
+    let long_preamble = "p".repeat(16 * 1024 + 1);
+    let long_header = format!("--xyz\r\nX-Pad: {}", "h".repeat(16 * 1024));
     for body in [long_preamble, long_header] {
         let r = app
             .authed(Method::POST, "/api/v1/files", &u.token)
@@ -222,7 +220,8 @@ async fn multipart_needs_exactly_one_named_file_part() {
             .send()
             .await
             .unwrap();
-        problem(r, 400).await;
+        let v = problem(r, 400).await;
+        assert!(v["detail"].as_str().unwrap().contains("too long"), "{v}");
     }
     assert!(app.blob_files().is_empty());
     assert!(app.temp_files().is_empty());
