@@ -191,6 +191,7 @@ impl App {
         );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
+        let http2 = cfg.http2;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -221,8 +222,12 @@ impl App {
                 let _slots = (permit, ip_slot);
                 // hyper's header timeout starts once it knows the protocol; a peer that never
                 // sends enough to tell would otherwise hold the connection forever.
-                if !request_starts(&stream, header_timeout).await {
-                    return;
+                match request_starts(&stream, header_timeout).await {
+                    Some(Opening::Http1) => {}
+                    Some(Opening::Http2) if http2 => {}
+                    // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream
+                    // is not bounded by the send timeout).
+                    Some(Opening::Http2) | None => return,
                 }
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -276,9 +281,18 @@ impl App {
     }
 }
 
+/// What a new connection speaks, judged from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Not the HTTP/2 preface: HTTP/1.
+    Http1,
+    /// The HTTP/2 prior-knowledge preface (h2c).
+    Http2,
+}
+
 /// Wait (bounded) until the peer has sent enough to choose HTTP/1 or HTTP/2: any byte that
-/// breaks the HTTP/2 preface, or the whole preface. `false` when it sends nothing in time.
-async fn request_starts(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+/// breaks the HTTP/2 preface, or the whole preface. `None` when it sends nothing in time.
+async fn request_starts(stream: &tokio::net::TcpStream, limit: Duration) -> Option<Opening> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; PREFACE.len()];
     let wait = async {
@@ -286,16 +300,19 @@ async fn request_starts(stream: &tokio::net::TcpStream, limit: Duration) -> bool
             let n = stream.peek(&mut buf).await?;
             let seen = buf.get(..n).unwrap_or_default();
             if n == 0 {
-                return Ok::<_, std::io::Error>(false);
+                return Ok::<_, std::io::Error>(None);
             }
-            if n >= PREFACE.len() || !PREFACE.starts_with(seen) {
-                return Ok(true);
+            if !PREFACE.starts_with(seen) {
+                return Ok(Some(Opening::Http1));
+            }
+            if n >= PREFACE.len() {
+                return Ok(Some(Opening::Http2));
             }
             // Part of a preface: peek would return at once; give the peer a moment.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(true)))
+    tokio::time::timeout(limit, wait).await.ok()?.ok()?
 }
 
 /// Open connections per client (an IPv4 address, an IPv6 /64; trusted proxies are exempt:

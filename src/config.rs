@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub send_timeout_secs: u64,
     /// Threads for blocking work (SQLite, file I/O, hashing batches), at most.
     pub blocking_threads: usize,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge).
+    pub http2: bool,
 }
 
 /// `[storage]`
