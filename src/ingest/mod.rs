@@ -358,14 +358,8 @@ impl Sink {
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
         self.busy = Some(tokio::task::spawn_blocking(move || {
-            let span = pipeline.span.clone();
-            span.in_scope(|| {
-                let out = batch
-                    .into_iter()
-                    .map(|chunk| pipeline.update(chunk))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((pipeline, out))
-            })
+            let out = pipeline.process(batch)?;
+            Ok((pipeline, out))
         }));
         Ok(())
     }
@@ -390,13 +384,17 @@ impl Sink {
         state: &AppState,
         id: FileId,
     ) -> Result<(Box<dyn BlobWriter>, String, Option<files::Sealing>), IngestError> {
-        self.dispatch().await?;
-        let pipeline = self.settle().await?;
-        let done = tokio::task::spawn_blocking(move || pipeline.finish())
-            .await
-            .map_err(lost)??;
-        if let Some(tail) = &done.tail {
-            self.writer.write(tail).await?;
+        // The last bytes and the end of the stream in one hand-off (a small upload's only one).
+        let mut pipeline = self.settle().await?;
+        let batch = std::mem::take(&mut self.pending);
+        let (out, done) = tokio::task::spawn_blocking(move || {
+            let out = pipeline.process(batch)?;
+            Ok::<_, IngestError>((out, pipeline.finish()?))
+        })
+        .await
+        .map_err(lost)??;
+        for bytes in out.iter().chain(&done.tail) {
+            self.writer.write(bytes).await?;
         }
         let sealing = match done.data_key {
             Some(key) => Some(state.keyring.wrap(id, &key).ok_or(BlobError::Integrity)?),
@@ -412,7 +410,13 @@ fn lost(e: impl ToString) -> IngestError {
 }
 
 impl Pipeline {
-    /// Hash, check and seal one chunk (on a blocking thread); the bytes to store.
+    /// Hash, check and seal a batch (on a blocking thread); the bytes to store, in order.
+    fn process(&mut self, batch: Vec<Bytes>) -> Result<Vec<Bytes>, IngestError> {
+        let span = self.span.clone();
+        span.in_scope(|| batch.into_iter().map(|chunk| self.update(chunk)).collect())
+    }
+
+    /// Hash, check and seal one chunk; the bytes to store.
     fn update(&mut self, chunk: Bytes) -> Result<Bytes, IngestError> {
         self.hasher.update(&chunk);
         if let Some(t) = &mut self.text {
@@ -424,7 +428,7 @@ impl Pipeline {
         })
     }
 
-    /// The end of the stream: last text check, last sealed segment (on a blocking thread).
+    /// The end of the stream: last text check, last sealed segment.
     fn finish(mut self: Box<Self>) -> Result<Processed, IngestError> {
         if let Some(t) = self.text.take() {
             t.finish()?;
