@@ -314,7 +314,16 @@ impl From<crate::blob::BlobError> for AppError {
         match e {
             crate::blob::BlobError::NotFound => Self::NotFound,
             crate::blob::BlobError::StorageFull => Self::InsufficientStorage,
-            crate::blob::BlobError::Integrity => Self::Integrity,
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::crypto::read::ReadError> for AppError {
+    fn from(e: crate::crypto::read::ReadError) -> Self {
+        match e {
+            crate::crypto::read::ReadError::Tampered => Self::Integrity,
+            crate::crypto::read::ReadError::Blob(b) => b.into(),
             other => Self::Internal(other.into()),
         }
     }

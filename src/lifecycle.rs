@@ -126,7 +126,7 @@ pub async fn finish_interrupted_deletes(
     meta: &MetaStore,
     blobs: &BlobStore,
 ) -> Result<usize, RemoveError> {
-    let trash = blobs.inventory().await?.trash;
+    let trash = blobs.list().await?.trash;
     for key in &trash {
         // Only when the row still points at this blob (encrypt-existing trashes a file's old
         // plain blob while the row lives on with the sealed one).

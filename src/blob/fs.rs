@@ -187,8 +187,9 @@ fn open_or_create(parent: &OwnedFd, name: &str, create: bool) -> Result<OwnedFd,
 }
 
 impl BlobBackend for LocalFs {
-    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>> {
+    fn put(&self, key: &BlobKey) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>> {
         let this = self.clone();
+        let key = key.clone();
         Box::pin(async move {
             let w = blocking::run(move || -> Result<_, BlobError> {
                 let tmp = &this.dirs.tmp;
@@ -206,6 +207,7 @@ impl BlobBackend for LocalFs {
                 .map_err(io)?;
                 Ok(FsWriter {
                     fs: this,
+                    key,
                     name,
                     file: Arc::new(File::from(fd)),
                     buf: BytesMut::with_capacity(WRITE_CHUNK),
@@ -220,7 +222,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn read_range(
+    fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
@@ -247,7 +249,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>> {
+    fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>> {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
@@ -334,7 +336,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>> {
         let root = self.root.clone();
         Box::pin(async move { blocking::run(move || walk(&root)).await.map_err(join_err)? })
     }
@@ -351,7 +353,7 @@ impl BlobBackend for LocalFs {
         )
     }
 
-    fn writable(&self) -> BoxFuture<'_, bool> {
+    fn ready(&self) -> BoxFuture<'_, bool> {
         let this = self.clone();
         Box::pin(async move {
             // By path, not through the folders held open: a root that was moved or removed,
@@ -373,11 +375,10 @@ impl BlobBackend for LocalFs {
 }
 
 fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError> {
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| BlobError::Integrity)?];
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| BlobError::Short)?];
     match file.read_exact_at(&mut buf, offset) {
         Ok(()) => Ok(Bytes::from(buf)),
-        // The blob is shorter than its row says: truncated on disk.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(BlobError::Integrity),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(BlobError::Short),
         Err(e) => Err(BlobError::from_io(e)),
     }
 }
@@ -524,6 +525,9 @@ pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
 /// A blob being written to `tmp/`.
 struct FsWriter {
     fs: LocalFs,
+    /// Where the blob goes at commit.
+    key: BlobKey,
+    /// Its temp file's name in `tmp/`.
     name: String,
     file: Arc<File>,
     buf: BytesMut,
@@ -588,8 +592,9 @@ impl BlobWriter for FsWriter {
         })
     }
 
-    fn commit(mut self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BlobError>> {
         Box::pin(async move {
+            let key = self.key.clone();
             self.flush_buf(true).await?;
             self.settle().await?;
             let file = self.file.clone();
@@ -660,34 +665,49 @@ mod tests {
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
         let key = BlobKey::for_file(FileId::new(), false);
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let mut w = store.create().await.unwrap();
+        let mut w = store.put(&key).await.unwrap();
         for chunk in data.chunks(70_000) {
             w.write(chunk).await.unwrap();
         }
-        w.commit(key.clone()).await.unwrap();
-        assert_eq!(store.len(&key).await.unwrap(), data.len() as u64);
+        w.commit().await.unwrap();
+        assert_eq!(store.stat(&key).await.unwrap(), data.len() as u64);
         assert_eq!(
-            collect(store.read_range(&key, 0, data.len() as u64).await.unwrap()).await,
+            collect(store.get_range(&key, 0, data.len() as u64).await.unwrap()).await,
             data
         );
         assert_eq!(
-            collect(store.read_range(&key, 10, 5).await.unwrap()).await,
+            collect(store.get_range(&key, 10, 5).await.unwrap()).await,
             &data[10..15]
         );
+        // Past the end: the bytes that exist, then `Short`, never a silent short body.
+        let short = match store.get_range(&key, data.len() as u64 - 3, 10).await {
+            Err(e) => e,
+            Ok(mut s) => loop {
+                match s.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e,
+                    None => panic!("a range past the end ended silently"),
+                }
+            },
+        };
+        assert!(matches!(short, BlobError::Short));
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
 
         store.trash(&key).await.unwrap();
-        assert!(matches!(store.len(&key).await, Err(BlobError::NotFound)));
-        assert_eq!(store.inventory().await.unwrap().trash, vec![key.clone()]);
+        assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
+        assert_eq!(store.list().await.unwrap().trash, vec![key.clone()]);
         store.purge(&key).await.unwrap();
-        assert!(store.inventory().await.unwrap().trash.is_empty());
+        assert!(store.list().await.unwrap().trash.is_empty());
     }
 
     #[tokio::test]
     async fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
-        let mut w = store.create().await.unwrap();
+        let mut w = store
+            .put(&BlobKey::for_file(FileId::new(), false))
+            .await
+            .unwrap();
         w.write(&[1u8; 1_000_000]).await.unwrap();
         drop(w);
         tokio::task::yield_now().await;
@@ -707,7 +727,7 @@ mod tests {
         std::fs::write(&secret, b"outside").unwrap();
         std::os::unix::fs::symlink(&secret, shard.join(name)).unwrap();
         assert!(matches!(
-            store.read_range(&key, 0, 3).await,
+            store.get_range(&key, 0, 3).await,
             Err(BlobError::Unsafe)
         ));
 
@@ -718,7 +738,7 @@ mod tests {
             let level = fs.root().join(BLOBS).join(a2);
             std::fs::remove_dir(&level).unwrap();
             std::os::unix::fs::symlink(dir.path(), &level).unwrap();
-            assert!(store.read_range(&key2, 0, 3).await.is_err());
+            assert!(store.get_range(&key2, 0, 3).await.is_err());
         }
     }
 }

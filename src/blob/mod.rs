@@ -1,9 +1,9 @@
-//! The blob boundary: every byte of file content goes in and out through [`BlobStore`].
-//!
-//! A backend stages a new blob, makes it durable and visible under a [`BlobKey`] in one step
-//! (`commit`), streams byte ranges back, and deletes in two steps (to trash, then purge) so a
-//! crash between "blob gone" and "row gone" stays explainable. The local filesystem is the
-//! backend today; an S3-compatible one (Garage) plugs in behind the same trait.
+//! The blob boundary: a byte store and nothing more. Every byte of file content goes in and
+//! out through [`BlobStore`]: put (staged, then made durable and visible under its key in one
+//! step), get a byte range, stat, delete, list. Who may read a blob, and in what form
+//! (decrypted, authenticated), is decided above this module (`crate::crypto::read`); a
+//! backend never sees rows, keys of the keyring, or HTTP. The local filesystem is one backend;
+//! an S3-compatible object store is another.
 //!
 //! Invariant: keys are made from a file's fresh UUID only ([`BlobKey::for_file`]) or parsed
 //! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
@@ -15,11 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 
-use crate::crypto::{KeyError, Keyring, segment};
 use crate::ids::FileId;
-use crate::meta::files::StoredFile;
 
 /// A boxed future, for the object-safe backend trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,9 +36,9 @@ pub enum BlobError {
     /// A symlink or foreign object sits where a blob or shard directory should be.
     #[error("refusing a symlink or non-regular file inside the storage root")]
     Unsafe,
-    /// Sealed content failed authentication, or the blob is shorter than its row says.
-    #[error("blob failed its integrity check")]
-    Integrity,
+    /// The blob ended before the requested range did.
+    #[error("blob is shorter than the requested range")]
+    Short,
     /// Any other I/O failure.
     #[error("blob i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -121,8 +119,9 @@ impl std::fmt::Display for BlobKey {
 pub trait BlobWriter: Send {
     /// Append bytes.
     fn write<'a>(&'a mut self, buf: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>>;
-    /// Make the bytes durable and visible under `key`; never replaces an existing blob.
-    fn commit(self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>>;
+    /// Make the bytes durable and visible under the key given to [`BlobBackend::put`]; never
+    /// replaces an existing blob.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), BlobError>>;
 }
 
 /// One blob as maintenance sees it.
@@ -149,17 +148,19 @@ pub struct Inventory {
 
 /// A storage backend. Object-safe so the store can pick one at startup from configuration.
 pub trait BlobBackend: Send + Sync + 'static {
-    /// Start a new blob.
-    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
-    /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts.
-    fn read_range(
+    /// Start writing the blob that will live under `key` once committed.
+    fn put(&self, key: &BlobKey) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
+    /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts; a
+    /// blob that ends before the range does fails with [`BlobError::Short`] (before or during
+    /// the stream), never with a silently short stream.
+    fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
         len: u64,
     ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
     /// The blob's length, or `NotFound`.
-    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
+    fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
     /// Move a blob out of the live namespace (first half of a delete).
     fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
     /// Undo [`BlobBackend::trash`] (the row could not be deleted).
@@ -169,9 +170,9 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// Remove staging leftovers of a crash; returns how many.
     fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>>;
     /// Everything stored, for consistency checks.
-    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
     /// Whether new blobs can be written now (for `/readyz`).
-    fn writable(&self) -> BoxFuture<'_, bool>;
+    fn ready(&self) -> BoxFuture<'_, bool>;
     /// Read a small range right here, for callers already on a blocking thread; `None` when
     /// the backend has no cheap synchronous path (a network store).
     fn read_blocking(
@@ -196,24 +197,24 @@ impl BlobStore {
         Self { backend }
     }
 
-    /// Start writing a new blob.
-    pub async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        self.backend.create().await
+    /// Start writing the blob for `key`.
+    pub async fn put(&self, key: &BlobKey) -> Result<Box<dyn BlobWriter>, BlobError> {
+        self.backend.put(key).await
     }
 
     /// Stream a byte range.
-    pub async fn read_range(
+    pub async fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
         len: u64,
     ) -> Result<ByteStream, BlobError> {
-        self.backend.read_range(key, offset, len).await
+        self.backend.get_range(key, offset, len).await
     }
 
     /// A blob's length.
-    pub async fn len(&self, key: &BlobKey) -> Result<u64, BlobError> {
-        self.backend.len(key).await
+    pub async fn stat(&self, key: &BlobKey) -> Result<u64, BlobError> {
+        self.backend.stat(key).await
     }
 
     /// First half of a delete.
@@ -237,72 +238,24 @@ impl BlobStore {
     }
 
     /// List everything.
-    pub async fn inventory(&self) -> Result<Inventory, BlobError> {
-        self.backend.inventory().await
+    pub async fn list(&self) -> Result<Inventory, BlobError> {
+        self.backend.list().await
     }
 
     /// Whether writes work now.
-    pub async fn writable(&self) -> bool {
-        self.backend.writable().await
+    pub async fn ready(&self) -> bool {
+        self.backend.ready().await
     }
 
-    /// Plaintext bytes `[start, end)` of a stored file, decrypting (and authenticating) a
-    /// sealed blob segment by segment.
-    pub async fn read_file(
+    /// A small range read on the calling (blocking) thread, when the backend has a cheap
+    /// synchronous path (the local filesystem); `None` otherwise.
+    pub fn read_blocking(
         &self,
-        keyring: &Keyring,
-        f: &StoredFile,
-        start: u64,
-        end: u64,
-    ) -> Result<ByteStream, BlobError> {
-        // A stored key is re-checked: even an edited row cannot reach outside the blob tree.
-        let key = BlobKey::parse(&f.blob_key).ok_or(BlobError::Unsafe)?;
-        match &f.sealing {
-            None => self.read_range(&key, start, end - start).await,
-            Some(sealing) => {
-                let data_key = keyring.unwrap(f.file.id, sealing).map_err(|e| match e {
-                    KeyError::Corrupt => BlobError::Integrity,
-                    other => BlobError::Io(std::io::Error::other(other)),
-                })?;
-                let (offset, len, _) = segment::cipher_span(f.file.size, start, end);
-                // The opener checks the header first: one read when the span starts right
-                // after it, else the header and the span.
-                let header = segment::HEADER_LEN as u64;
-                let inner: ByteStream = if offset == header {
-                    self.read_range(&key, 0, header + len).await?
-                } else {
-                    let head = self.read_range(&key, 0, header).await?;
-                    Box::pin(head.chain(self.read_range(&key, offset, len).await?))
-                };
-                Ok(Box::pin(segment::Opener::new(
-                    inner,
-                    &data_key,
-                    f.file.id,
-                    f.file.size,
-                    start,
-                    end,
-                )))
-            }
-        }
-    }
-
-    /// A small plaintext file's whole content, read on the calling (blocking) thread, so a
-    /// download can fetch row and bytes in one hop. `None` when not applicable or on any
-    /// error (the caller then takes the normal path, which reports errors properly).
-    pub fn prefetch_small(&self, f: &StoredFile, max: u64) -> Option<Bytes> {
-        if f.sealing.is_some() || f.file.size > max || f.file.size == 0 {
-            return None;
-        }
-        let key = BlobKey::parse(&f.blob_key)?;
-        self.backend.read_blocking(&key, 0, f.file.size)?.ok()
-    }
-
-    /// The stored length a file's blob must have.
-    pub fn expected_len(f: &StoredFile) -> u64 {
-        match f.sealing {
-            Some(_) => segment::sealed_len(f.file.size),
-            None => f.file.size,
-        }
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> Option<Result<Bytes, BlobError>> {
+        self.backend.read_blocking(key, offset, len)
     }
 }
 

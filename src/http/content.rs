@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use crate::app::AppState;
 use crate::audit::{Event, Record};
-use crate::blob::{BlobError, ByteStream};
+use crate::crypto::read::{self, PlainStream, ReadError};
 use crate::download::{self, Disposition, Plan};
 use crate::error::AppError;
 use crate::meta::files::StoredFile;
@@ -60,7 +60,7 @@ pub struct ContentRequest<'a> {
 pub const PREFETCH_MAX: u64 = 64 * 1024;
 
 /// Stream the bytes of `f` the way the request asks. `prefetched` is the whole plaintext when
-/// the caller already read it ([`crate::blob::BlobStore::prefetch_small`]).
+/// the caller already read it ([`read::prefetch_small`]).
 pub async fn respond(
     state: &AppState,
     f: &StoredFile,
@@ -125,31 +125,30 @@ pub async fn respond(
             all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)),
         )
     } else {
-        let mut stream = match open(state, f, start, end).await {
-            Err(AppError::Integrity) => {
-                integrity_failure(state, f, client_ip);
-                return Err(AppError::Integrity);
+        let failed = |e: ReadError| {
+            match e {
+                ReadError::Tampered => integrity_failure(state, f, client_ip),
+                // The row exists, so a missing blob is our fault, not a 404 for the client.
+                ReadError::Blob(crate::blob::BlobError::NotFound) => {
+                    let why = format!("blob {} of file {} is missing", f.blob_key, f.file.id);
+                    return AppError::Internal(anyhow::anyhow!(why));
+                }
+                _ => {}
             }
-            // The row exists, so a missing blob is our fault, not a 404 for the client.
-            Err(AppError::NotFound) => {
-                let why = format!("blob {} of file {} is missing", f.blob_key, f.file.id);
-                return Err(AppError::Internal(anyhow::anyhow!(why)));
-            }
-            other => other?,
+            AppError::from(e)
         };
+        let mut stream = open(state, f, start, end).await.map_err(failed)?;
         // Pull the first chunk before answering, so a blob that fails authentication at its
         // start gets a clean error instead of a 200 that breaks off.
         let first = match stream.next().await {
             Some(Ok(chunk)) => chunk,
-            Some(Err(BlobError::Integrity)) | None => {
-                integrity_failure(state, f, client_ip);
-                return Err(AppError::Integrity);
-            }
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) => return Err(failed(e)),
+            // A non-empty range that yields nothing was cut short.
+            None => return Err(failed(ReadError::Tampered)),
         };
         let (audit_state, file, ip) = (state.clone(), f.clone(), client_ip);
         let rest = stream.map_err(move |e| {
-            if matches!(e, BlobError::Integrity) {
+            if matches!(e, ReadError::Tampered) {
                 integrity_failure(&audit_state, &file, ip);
             }
             // An error mid-body makes hyper abort the connection: the client sees a
@@ -183,6 +182,6 @@ pub async fn open(
     f: &StoredFile,
     start: u64,
     end: u64,
-) -> Result<ByteStream, AppError> {
-    Ok(state.blobs.read_file(&state.keyring, f, start, end).await?)
+) -> Result<PlainStream, ReadError> {
+    read::read(&state.blobs, &state.keyring, &f.source(), start, end).await
 }

@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::audit::{Event, Record};
+use crate::crypto::read;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
@@ -400,7 +401,7 @@ async fn file_content(
             let f = files::get_visible(c, id, scope, Timestamp::now())?;
             Ok(f.map(|f| {
                 let bytes = if prefetch {
-                    blobs.prefetch_small(&f, content::PREFETCH_MAX)
+                    read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX)
                 } else {
                     None
                 };

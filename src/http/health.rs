@@ -44,7 +44,7 @@ async fn healthz() -> Json<Health> {
         (status = 503, description = "Not ready", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Health>> {
-    let (db, storage) = tokio::join!(state.meta.ping(), state.blobs.writable());
+    let (db, storage) = tokio::join!(state.meta.ping(), state.blobs.ready());
     match (db, storage) {
         (true, true) => Ok(Json(Health { status: "ready" })),
         (false, _) => Err(AppError::Unavailable("the database is not usable")),

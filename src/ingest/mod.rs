@@ -90,6 +90,13 @@ impl From<idle::BodyError> for IngestError {
     }
 }
 
+impl From<crate::crypto::CryptoError> for IngestError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        // Sealing never meets stored bytes: any failure is an internal one.
+        Self::Blob(BlobError::Io(std::io::Error::other(e)))
+    }
+}
+
 impl From<QuotaError> for IngestError {
     fn from(e: QuotaError) -> Self {
         match e {
@@ -245,7 +252,8 @@ where
     let content_type = UploadPolicy::decide(&rule, &head)?;
 
     let id = FileId::new();
-    let mut sink = Sink::open(state, id, rule == Rule::Text).await?;
+    let key = BlobKey::for_file(id, state.keyring.enabled());
+    let mut sink = Sink::open(state, id, &key, rule == Rule::Text).await?;
     sink.feed(head.freeze()).await?;
     if !eof {
         while let Some(chunk) = body.next().await.transpose()? {
@@ -268,7 +276,7 @@ where
             expires_at: up.expires_at,
         },
         owner_id: up.owner,
-        blob_key: BlobKey::for_file(id, sealing.is_some()).as_str().to_owned(),
+        blob_key: key.as_str().to_owned(),
         sealing,
     };
     Ok((writer, stored, reservation))
@@ -320,8 +328,13 @@ const BATCH_MIN: usize = 64 * 1024;
 const BATCH_MAX: usize = 256 * 1024;
 
 impl Sink {
-    async fn open(state: &AppState, id: FileId, text: bool) -> Result<Self, IngestError> {
-        let writer = state.blobs.create().await?;
+    async fn open(
+        state: &AppState,
+        id: FileId,
+        key: &BlobKey,
+        text: bool,
+    ) -> Result<Self, IngestError> {
+        let writer = state.blobs.put(key).await?;
         let data_key = state.keyring.enabled().then(DataKey::generate);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
@@ -383,7 +396,7 @@ impl Sink {
         mut self,
         state: &AppState,
         id: FileId,
-    ) -> Result<(Box<dyn BlobWriter>, String, Option<files::Sealing>), IngestError> {
+    ) -> Result<(Box<dyn BlobWriter>, String, Option<crate::crypto::Sealing>), IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
         let mut pipeline = self.settle().await?;
         let batch = std::mem::take(&mut self.pending);
@@ -397,7 +410,12 @@ impl Sink {
             self.writer.write(bytes).await?;
         }
         let sealing = match done.data_key {
-            Some(key) => Some(state.keyring.wrap(id, &key).ok_or(BlobError::Integrity)?),
+            Some(key) => Some(
+                state
+                    .keyring
+                    .wrap(id, &key)
+                    .ok_or_else(|| lost("cannot wrap the data key"))?,
+            ),
             None => None,
         };
         Ok((self.writer, done.sha256, sealing))
@@ -457,7 +475,7 @@ impl Staged {
 
     async fn commit_inner(mut self, state: &AppState) -> Result<FileObject, IngestError> {
         let key = BlobKey::for_file(self.stored.file.id, self.stored.sealing.is_some());
-        if let Err(e) = self.writer.commit(key.clone()).await {
+        if let Err(e) = self.writer.commit().await {
             let e = IngestError::from(e);
             self.outcome.reason = Some(e.reason());
             return Err(e);

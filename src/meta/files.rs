@@ -9,6 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::crypto::Sealing;
+use crate::crypto::read::Source;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::Page;
 
@@ -31,15 +33,6 @@ pub struct FileObject {
     pub expires_at: Option<Timestamp>,
 }
 
-/// How the blob is sealed, when it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealing {
-    /// Id of the master key that wraps the data key.
-    pub key_id: String,
-    /// The wrapped data key.
-    pub wrapped_key: Vec<u8>,
-}
-
 /// A file row with what serving it needs.
 #[derive(Debug, Clone)]
 pub struct StoredFile {
@@ -51,6 +44,18 @@ pub struct StoredFile {
     pub blob_key: String,
     /// Encryption, if the blob is sealed.
     pub sealing: Option<Sealing>,
+}
+
+impl StoredFile {
+    /// What reading its plaintext needs.
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            blob_key: &self.blob_key,
+            file: self.file.id,
+            size: self.file.size,
+            sealing: self.sealing.as_ref(),
+        }
+    }
 }
 
 const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key";

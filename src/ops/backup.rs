@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::blob::{BlobKey, BlobStore};
+use crate::blob::BlobKey;
 use crate::blocking;
 use crate::ids::{FileId, Timestamp};
 use crate::meta::files;
@@ -112,7 +112,7 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
                 "id": f.file.id,
                 "blob": f.blob_key,
                 "size": f.file.size,
-                "stored_size": BlobStore::expected_len(f),
+                "stored_size": f.source().stored_len(),
                 "sha256": f.file.sha256,
                 "sealed": f.sealing.is_some(),
             })

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
+use crate::crypto::read::{self, ReadError};
 use crate::ids::FileId;
 use crate::meta::files::{self, StoredFile};
 use crate::meta::{MetaStore, audit};
@@ -87,7 +88,7 @@ pub async fn scan(
     blobs: &BlobStore,
     deep: Option<&Keyring>,
 ) -> anyhow::Result<Report> {
-    let inventory = blobs.inventory().await?;
+    let inventory = blobs.list().await?;
     let mut on_disk: BTreeMap<BlobKey, StoredBlob> = inventory
         .blobs
         .into_iter()
@@ -113,7 +114,7 @@ pub async fn scan(
                 report.missing.push((f.file.id, key));
                 continue;
             };
-            let want = BlobStore::expected_len(f);
+            let want = f.source().stored_len();
             if len != want {
                 report.size_mismatch.push((f.file.id, want, len));
                 continue;
@@ -137,8 +138,7 @@ async fn verify_content(
     keyring: &Keyring,
     f: &StoredFile,
 ) -> Result<(), String> {
-    let mut stream = blobs
-        .read_file(keyring, f, 0, f.file.size)
+    let mut stream = read::read(blobs, keyring, &f.source(), 0, f.file.size)
         .await
         .map_err(describe)?;
     let mut hasher = Sha256::new();
@@ -152,9 +152,9 @@ async fn verify_content(
     }
 }
 
-fn describe(e: BlobError) -> String {
+fn describe(e: ReadError) -> String {
     match e {
-        BlobError::Integrity => "its blob failed authentication (tampered or truncated)".into(),
+        ReadError::Tampered => "its blob failed authentication (tampered or truncated)".into(),
         other => format!("cannot read it: {other}"),
     }
 }
@@ -210,7 +210,7 @@ pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> any
     remove_orphans(meta, blobs, report, REPAIR_GRACE).await?;
     for (id, key) in &report.missing {
         // Still gone? (The inventory was taken before the rows were read.)
-        match blobs.len(key).await {
+        match blobs.stat(key).await {
             Err(BlobError::NotFound) => {}
             _ => continue,
         }

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::blob::{BlobKey, BlobStore};
+use crate::crypto::read;
 use crate::crypto::segment::Sealer;
 use crate::crypto::{DataKey, Keyring};
 use crate::ids::FileId;
@@ -103,9 +104,10 @@ async fn seal_one(
         .wrap(id, &data_key)
         .ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
     let mut sealer = Sealer::new(&data_key, id);
-    let mut writer = blobs.create().await?;
+    let new_key = BlobKey::for_file(id, true);
+    let mut writer = blobs.put(&new_key).await?;
     let mut hasher = Sha256::new();
-    let mut plain = blobs.read_file(keyring, row, 0, row.file.size).await?;
+    let mut plain = read::read(blobs, keyring, &row.source(), 0, row.file.size).await?;
     while let Some(chunk) = plain.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
@@ -116,8 +118,7 @@ async fn seal_one(
         return Ok(false);
     }
     writer.write(&sealer.finish()?).await?;
-    let new_key = BlobKey::for_file(id, true);
-    writer.commit(new_key.clone()).await?;
+    writer.commit().await?;
     let (old_key, new_str) = (row.blob_key.clone(), new_key.as_str().to_owned());
     let switched = meta
         .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing))
