@@ -288,8 +288,7 @@ fn blob_store(c: &mut Criterion) {
                     }
                     writer.commit().await.unwrap();
                     total += start.elapsed();
-                    store.trash(&key).await.unwrap();
-                    store.purge(&key).await.unwrap();
+                    store.delete(&key).await.unwrap();
                 }
                 total
             })

@@ -379,7 +379,7 @@ impl Drop for IpSlot {
 /// Crash recovery before serving.
 async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow::Result<()> {
     let temp = blobs.clear_staging().await?;
-    let trashed = lifecycle::finish_interrupted_deletes(meta, blobs).await?;
+    let trashed = lifecycle::purge_queued(meta, blobs).await?;
     if temp + trashed > 0 {
         tracing::info!(
             temp_files = temp,

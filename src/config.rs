@@ -85,7 +85,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The data root: `blobs/`, `tmp/`, `trash/` and `coffer.db` live here.
+    /// The data root: `blobs/`, `tmp/` and `coffer.db` live here.
     pub root: PathBuf,
     /// Read connections in the SQLite pool (writes go through one serialised connection).
     pub db_readers: usize,

@@ -1,13 +1,14 @@
 //! Removing files and accounts: shared by the delete routes, the retention sweeper, admin
 //! account deletion and `coffer check --repair`.
 //!
-//! Invariant: a file is removed blob-first, in two steps: the blob moves to `trash/`, the row
-//! is deleted, the trashed blob is purged. A crash at any point leaves either a row whose blob
-//! sits in the trash (the deletion is finished at the next start) or nothing: never a row that
-//! silently points at nothing.
+//! Invariant: a file is removed row-first. Deleting its row queues its blob in the same
+//! transaction (`blob_deletions`); the blob is deleted after the commit and then dequeued. A
+//! crash, or a store that fails, at any point leaves a queued blob that the next start or
+//! sweep deletes ([`purge_queued`]): never a row that silently points at nothing, never a
+//! blob nobody will remove.
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
-use crate::ids::UserId;
+use crate::ids::{Timestamp, UserId};
 use crate::meta::files::{self, StoredFile};
 use crate::meta::users::{self, Role};
 use crate::meta::{MetaError, MetaStore};
@@ -46,35 +47,36 @@ pub async fn remove_file(
     blobs: &BlobStore,
     f: &StoredFile,
 ) -> Result<bool, RemoveError> {
-    let key = BlobKey::parse(&f.blob_key);
-    let trashed = match &key {
-        Some(k) => match blobs.trash(k).await {
-            Ok(()) => true,
-            // Already gone (an operator, or a concurrent delete): the row still goes.
-            Err(BlobError::NotFound) => false,
-            Err(e) => return Err(e.into()),
-        },
-        None => false,
-    };
     let id = f.file.id;
-    let deleted = match meta.write(move |tx| files::delete(tx, id)).await {
-        Ok(d) => d,
-        Err(e) => {
-            if let (true, Some(k)) = (trashed, &key)
-                && let Err(re) = blobs.restore(k).await
-            {
-                tracing::error!(file.id = %id, error = %re, "cannot restore a trashed blob");
-            }
-            return Err(e.into());
-        }
+    let Some(key) = meta
+        .write(move |tx| files::delete(tx, id, Timestamp::now()))
+        .await?
+    else {
+        return Ok(false);
     };
-    if let (true, Some(k)) = (trashed, &key)
-        && let Err(e) = blobs.purge(k).await
-    {
-        // Harmless: the trash is emptied at the next start.
-        tracing::warn!(file.id = %id, error = %e, "cannot purge a trashed blob");
+    // The file is gone for everyone now; its blob follows, or a later sweep takes it.
+    if let Err(e) = purge_blob(meta, blobs, &key).await {
+        tracing::warn!(file.id = %id, error = %e, "cannot delete a removed file's blob yet; queued");
     }
-    Ok(deleted)
+    Ok(true)
+}
+
+/// Delete a queued blob and dequeue it. A blob already gone is fine.
+pub async fn purge_blob(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    stored: &str,
+) -> Result<(), RemoveError> {
+    // A key that is not one we make cannot be deleted safely; it only leaves the queue.
+    if let Some(key) = BlobKey::parse(stored) {
+        match blobs.delete(&key).await {
+            Ok(()) | Err(BlobError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let k = stored.to_owned();
+    meta.write(move |tx| files::deletion_done(tx, &k)).await?;
+    Ok(())
 }
 
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
@@ -120,22 +122,21 @@ pub async fn remove_user(
     }
 }
 
-/// Finish deletions a crash interrupted: trashed blobs whose row still exists lose the row,
-/// and every trashed blob is purged. Returns how many blobs were purged.
-pub async fn finish_interrupted_deletes(
-    meta: &MetaStore,
-    blobs: &BlobStore,
-) -> Result<usize, RemoveError> {
-    let trash = blobs.list().await?.trash;
-    for key in &trash {
-        // Only when the row still points at this blob (encrypt-existing trashes a file's old
-        // plain blob while the row lives on with the sealed one).
-        if let Some(id) = key.file_id() {
-            let k = key.as_str().to_owned();
-            meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ()))
-                .await?;
+/// Delete every queued blob: deletions a crash or a failing store interrupted. Returns how
+/// many were finished; the first failure stops the pass (the next one retries).
+pub async fn purge_queued(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, RemoveError> {
+    const BATCH: usize = 256;
+    let mut done = 0;
+    loop {
+        let queued = meta
+            .read(move |c| files::queued_deletions(c, BATCH))
+            .await?;
+        for key in &queued {
+            purge_blob(meta, blobs, key).await?;
+            done += 1;
         }
-        blobs.purge(key).await?;
+        if queued.len() < BATCH {
+            return Ok(done);
+        }
     }
-    Ok(trash.len())
 }

@@ -34,6 +34,10 @@ pub async fn sweeper(state: AppState) {
 
 /// One sweep. Returns the number of files removed.
 pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
+    // Blob deletions a failing store left queued; retried next time if it still fails.
+    if let Err(e) = lifecycle::purge_queued(&state.meta, &state.blobs).await {
+        tracing::warn!(error = %e, "cannot finish queued blob deletions yet");
+    }
     let now = Timestamp::now();
     let mut removed = 0;
     loop {

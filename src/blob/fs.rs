@@ -1,5 +1,4 @@
-//! The local-filesystem backend: `<root>/blobs/ab/cd/<uuid>`, staged in `<root>/tmp`, deleted
-//! through `<root>/trash`.
+//! The local-filesystem backend: `<root>/blobs/ab/cd/<uuid>`, staged in `<root>/tmp`.
 //!
 //! Invariant: every path is opened component by component from the canonical root with
 //! `O_NOFOLLOW`, so a symlink planted anywhere under the root is refused, never followed; blob
@@ -25,7 +24,8 @@ use crate::blocking;
 
 const BLOBS: &str = "blobs";
 const TMP: &str = "tmp";
-const TRASH: &str = "trash";
+/// Where deletions were staged before they were queued in the database; emptied at open.
+const LEGACY_TRASH: &str = "trash";
 /// Ranges up to this size are served from a single read.
 const READ_CHUNK: usize = 256 * 1024;
 /// Larger ranges stream in chunks that start at this size (what a client that never reads
@@ -50,7 +50,6 @@ pub struct LocalFs {
 struct Dirs {
     blobs: OwnedFd,
     tmp: OwnedFd,
-    trash: OwnedFd,
     /// Whether `openat2` works here (it may be missing, or refused by a seccomp filter).
     openat2: AtomicBool,
 }
@@ -101,9 +100,14 @@ impl LocalFs {
         let dirs = Dirs {
             blobs,
             tmp: sub(TMP)?,
-            trash: sub(TRASH)?,
             openat2: AtomicBool::new(true),
         };
+        // Blobs an earlier version was deleting (their rows were going too): finish the job.
+        // A row such a crash left behind is reported by `coffer check` as missing its blob.
+        match std::fs::remove_dir_all(root.join(LEGACY_TRASH)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(Self {
             root: Arc::new(root),
             dirs: Arc::new(dirs),
@@ -265,49 +269,16 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+    fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
             blocking::run(move || {
                 let dir = this.shard(&key, false)?;
-                let trash = &this.dirs.trash;
-                let name = key.parts().2;
-                rustix::fs::renameat(&dir, name, trash, name).map_err(io)?;
-                rustix::fs::fsync(trash).map_err(io)?;
+                // unlinkat never follows a symlink: a planted link is removed, not its target.
+                rustix::fs::unlinkat(&dir, key.parts().2, AtFlags::empty()).map_err(io)?;
+                // The name's removal survives a crash once its directory is synced.
                 rustix::fs::fsync(&dir).map_err(io)
-            })
-            .await
-            .map_err(join_err)?
-        })
-    }
-
-    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
-        let this = self.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            blocking::run(move || {
-                let dir = this.shard(&key, true)?;
-                let trash = &this.dirs.trash;
-                let name = key.parts().2;
-                rustix::fs::renameat(trash, name, &dir, name).map_err(io)?;
-                rustix::fs::fsync(&dir).map_err(io)
-            })
-            .await
-            .map_err(join_err)?
-        })
-    }
-
-    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
-        let this = self.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            blocking::run(move || {
-                let trash = &this.dirs.trash;
-                match rustix::fs::unlinkat(trash, key.parts().2, AtFlags::empty()) {
-                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-                    Err(e) => Err(io(e)),
-                }
             })
             .await
             .map_err(join_err)?
@@ -360,7 +331,7 @@ impl BlobBackend for LocalFs {
             // made read-only or remounted read-only must make the service unready. A check,
             // not a test write, so a flood of probes costs no disk I/O.
             blocking::run(move || {
-                [BLOBS, TMP, TRASH].iter().all(|d| {
+                [BLOBS, TMP].iter().all(|d| {
                     rustix::fs::access(
                         this.root.join(d),
                         rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
@@ -468,19 +439,6 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
             }
         }
     }
-    for name in read_dir_sorted(&root.join(TRASH))? {
-        // Trash names are the blob's file name; rebuild the key from the id.
-        let (id, sealed) = match name.strip_suffix(".s") {
-            Some(id) => (id, true),
-            None => (name.as_str(), false),
-        };
-        match crate::ids::FileId::parse(id) {
-            Some(id) if BlobKey::for_file(id, sealed).parts().2 == name => {
-                inv.trash.push(BlobKey::for_file(id, sealed));
-            }
-            _ => inv.strays.push(format!("{TRASH}/{name}")),
-        }
-    }
     Ok(inv)
 }
 
@@ -504,22 +462,6 @@ fn read_dir_sorted(p: &Path) -> Result<Vec<String>, BlobError> {
     }
     names.sort();
     Ok(names)
-}
-
-/// Remove a stray or orphan path under the root (maintenance). Refuses anything outside.
-pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
-    let p = root.join(rel);
-    if rel.contains("..") || !p.starts_with(root) {
-        return Err(std::io::Error::other(
-            "refusing a path outside the storage root",
-        ));
-    }
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
-        Ok(_) => std::fs::remove_file(&p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// A blob being written to `tmp/`.
@@ -660,7 +602,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn write_commit_read_trash_purge() {
+    async fn write_commit_read_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
         let key = BlobKey::for_file(FileId::new(), false);
@@ -693,11 +635,11 @@ mod tests {
         assert!(matches!(short, BlobError::Short));
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
 
-        store.trash(&key).await.unwrap();
+        assert_eq!(store.list().await.unwrap().blobs.len(), 1);
+        store.delete(&key).await.unwrap();
         assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
-        assert_eq!(store.list().await.unwrap().trash, vec![key.clone()]);
-        store.purge(&key).await.unwrap();
-        assert!(store.list().await.unwrap().trash.is_empty());
+        assert!(matches!(store.delete(&key).await, Err(BlobError::NotFound)));
+        assert!(store.list().await.unwrap().blobs.is_empty());
     }
 
     #[tokio::test]

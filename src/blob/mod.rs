@@ -140,8 +140,6 @@ pub struct StoredBlob {
 pub struct Inventory {
     /// Live blobs.
     pub blobs: Vec<StoredBlob>,
-    /// Names in the trash (deletions in progress).
-    pub trash: Vec<BlobKey>,
     /// Anything else inside the blob tree (not a blob we would write).
     pub strays: Vec<String>,
 }
@@ -161,12 +159,8 @@ pub trait BlobBackend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
     /// The blob's length, or `NotFound`.
     fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
-    /// Move a blob out of the live namespace (first half of a delete).
-    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Undo [`BlobBackend::trash`] (the row could not be deleted).
-    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Remove a trashed blob for good (second half).
-    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Delete a blob, durably; `NotFound` when there was none.
+    fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
     /// Remove staging leftovers of a crash; returns how many.
     fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>>;
     /// Everything stored, for consistency checks.
@@ -217,19 +211,9 @@ impl BlobStore {
         self.backend.stat(key).await
     }
 
-    /// First half of a delete.
-    pub async fn trash(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.trash(key).await
-    }
-
-    /// Undo a trash.
-    pub async fn restore(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.restore(key).await
-    }
-
-    /// Second half of a delete.
-    pub async fn purge(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.purge(key).await
+    /// Delete a blob.
+    pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
+        self.backend.delete(key).await
     }
 
     /// Remove staging leftovers.

@@ -483,8 +483,10 @@ impl Staged {
         let row = self.stored.clone();
         if let Err(e) = state.meta.write(move |tx| files::insert(tx, &row)).await {
             // The row is the commit point: without it the blob must go too.
-            if state.blobs.trash(&key).await.is_ok() {
-                let _ = state.blobs.purge(&key).await;
+            // Never referenced, so not queued: if this fails too, it is a crash's orphan,
+            // which start-up's scan (or `coffer check --repair`) removes.
+            if let Err(de) = state.blobs.delete(&key).await {
+                tracing::warn!(error = %de, "cannot delete the blob of a failed upload");
             }
             let e = IngestError::from(e);
             self.outcome.reason = Some(e.reason());

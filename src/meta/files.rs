@@ -1,8 +1,10 @@
 //! The `files` table.
 //!
-//! Invariant: a row is inserted only after its blob is durably in place, and a row is deleted
-//! only after its blob was moved out of `blobs/` (to `trash/`). So every row has a blob unless
-//! an operator removed it by hand, and `coffer check` can explain every difference.
+//! Invariant: a row is inserted only after its blob is durably in place; deleting a row (or
+//! pointing it at another blob) queues its old blob in `blob_deletions` in the same
+//! transaction, and the blob is deleted only after that commits. So every row has a blob
+//! unless an operator removed it by hand, every blob without a row is queued or an orphan of a
+//! crash, and `coffer check` can explain every difference.
 //! An expired file is invisible to owners at once, before the sweeper removes it.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -152,19 +154,58 @@ pub fn list_owned(
     Ok(Page::from_overfetch(rows, limit))
 }
 
-/// Delete a row (links cascade). `false` when it was already gone.
-pub fn delete(c: &Connection, id: FileId) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("DELETE FROM files WHERE id = ?1")?
-        .execute([id])?
-        == 1)
+/// Delete a row (links cascade) and queue its blob for deletion. The blob's key, or `None`
+/// when the row was already gone.
+pub fn delete(c: &Connection, id: FileId, now: Timestamp) -> rusqlite::Result<Option<String>> {
+    let key: Option<String> = c
+        .prepare_cached("DELETE FROM files WHERE id = ?1 RETURNING blob_key")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    if let Some(k) = &key {
+        queue_blob_deletion(c, k, now)?;
+    }
+    Ok(key)
 }
 
-/// Delete a row only while it still points at `blob_key`.
-pub fn delete_if_blob(c: &Connection, id: FileId, blob_key: &str) -> rusqlite::Result<bool> {
-    Ok(c.execute(
+/// Delete a row only while it still points at `blob_key` (its blob is queued, in case it
+/// reappears).
+pub fn delete_if_blob(
+    c: &Connection,
+    id: FileId,
+    blob_key: &str,
+    now: Timestamp,
+) -> rusqlite::Result<bool> {
+    let gone = c.execute(
         "DELETE FROM files WHERE id = ?1 AND blob_key = ?2",
         params![id, blob_key],
-    )? == 1)
+    )? == 1;
+    if gone {
+        queue_blob_deletion(c, blob_key, now)?;
+    }
+    Ok(gone)
+}
+
+fn queue_blob_deletion(c: &Connection, blob_key: &str, now: Timestamp) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO blob_deletions (blob_key, queued_at) VALUES (?1, ?2)
+         ON CONFLICT (blob_key) DO NOTHING",
+    )?
+    .execute(params![blob_key, now])?;
+    Ok(())
+}
+
+/// Blobs queued for deletion, oldest first.
+pub fn queued_deletions(c: &Connection, limit: usize) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT blob_key FROM blob_deletions ORDER BY queued_at LIMIT ?1")?
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get(0))?
+        .collect()
+}
+
+/// A queued blob is gone.
+pub fn deletion_done(c: &Connection, blob_key: &str) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM blob_deletions WHERE blob_key = ?1")?
+        .execute([blob_key])?;
+    Ok(())
 }
 
 /// Every file of a user (for account deletion).
@@ -209,19 +250,24 @@ pub fn blob_key_exists(c: &Connection, key: &str) -> rusqlite::Result<bool> {
 }
 
 /// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still points
-/// at `old_blob`.
+/// at `old_blob`, which is then queued for deletion.
 pub fn seal_blob(
     c: &Connection,
     id: FileId,
     old_blob: &str,
     new_blob: &str,
     sealing: &Sealing,
+    now: Timestamp,
 ) -> rusqlite::Result<bool> {
-    Ok(c.execute(
+    let switched = c.execute(
         "UPDATE files SET blob_key = ?2, enc_key_id = ?3, enc_wrapped_key = ?4
          WHERE id = ?1 AND blob_key = ?5 AND enc_key_id IS NULL",
         params![id, new_blob, sealing.key_id, sealing.wrapped_key, old_blob],
-    )? == 1)
+    )? == 1;
+    if switched {
+        queue_blob_deletion(c, old_blob, now)?;
+    }
+    Ok(switched)
 }
 
 /// Replace a wrapped data key (rotate-key); only if it is still the one that was read.

@@ -114,6 +114,15 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     ) STRICT;
     "#,
+    // v2: blob deletions are queued in the transaction that deletes (or replaces) their row, and
+    // carried out after it commits: a crash in between leaves a queued entry that the next start
+    // or sweep finishes, never a row without its blob nor an unexplained blob.
+    r#"
+    CREATE TABLE blob_deletions (
+        blob_key  TEXT PRIMARY KEY,
+        queued_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The version this binary writes.

@@ -121,7 +121,7 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     manifest.flush()?;
     manifest.get_ref().sync_all()?;
     for id in &vanished {
-        files::delete(&dst, *id)?;
+        files::delete(&dst, *id, Timestamp::now())?;
     }
     drop(dst);
     // The copy is durable before we say it exists.

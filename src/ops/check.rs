@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError};
-use crate::ids::FileId;
+use crate::ids::{FileId, Timestamp};
+use crate::lifecycle;
 use crate::meta::files::{self, StoredFile};
 use crate::meta::{MetaStore, audit};
 
@@ -30,6 +31,9 @@ pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
 pub struct Report {
     /// Blobs with no row.
     pub orphans: Vec<StoredBlob>,
+    /// Deletions that were queued but not finished (a crash, or a store that failed): the
+    /// next start, the sweeper or `--repair` finishes them.
+    pub deleting: Vec<String>,
     /// Rows whose blob is missing, with the blob they point at.
     pub missing: Vec<(FileId, BlobKey)>,
     /// Rows whose blob has the wrong length: `(file, expected, actual)`.
@@ -53,6 +57,9 @@ impl Report {
                 .iter()
                 .map(|b| format!("orphan blob: {} (no database row)", b.key)),
         );
+        out.extend(self.deleting.iter().map(|k| {
+            format!("interrupted deletion: blob {k} (the next start, the sweeper or --repair finishes it)")
+        }));
         out.extend(
             self.missing
                 .iter()
@@ -129,6 +136,16 @@ pub async fn scan(
             break;
         }
     }
+    // Queued deletions are not orphans, whether or not their blob is still there.
+    let queued = meta
+        .read(|c| files::queued_deletions(c, usize::MAX))
+        .await?;
+    for key in &queued {
+        if let Some(k) = BlobKey::parse(key) {
+            on_disk.remove(&k);
+        }
+    }
+    report.deleting = queued;
     report.orphans = on_disk.into_values().collect();
     Ok(report)
 }
@@ -193,11 +210,10 @@ pub async fn remove_orphans(
         if meta.read(move |c| files::blob_key_exists(c, &k)).await? {
             continue;
         }
-        match blobs.trash(&orphan.key).await {
+        match blobs.delete(&orphan.key).await {
             Ok(()) | Err(BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        blobs.purge(&orphan.key).await?;
         n += 1;
     }
     Ok(n)
@@ -215,8 +231,10 @@ pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> any
             _ => continue,
         }
         let (id, k) = (*id, key.as_str().to_owned());
-        meta.write(move |tx| files::delete_if_blob(tx, id, &k))
+        meta.write(move |tx| files::delete_if_blob(tx, id, &k, Timestamp::now()))
             .await?;
     }
+    // Last: removing a row above queued its (already missing) blob.
+    lifecycle::purge_queued(meta, blobs).await?;
     Ok(())
 }

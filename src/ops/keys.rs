@@ -12,7 +12,8 @@ use crate::blob::{BlobKey, BlobStore};
 use crate::crypto::read;
 use crate::crypto::segment::Sealer;
 use crate::crypto::{DataKey, Keyring};
-use crate::ids::FileId;
+use crate::ids::{FileId, Timestamp};
+use crate::lifecycle;
 use crate::meta::MetaStore;
 use crate::meta::files::{self, StoredFile};
 
@@ -121,21 +122,17 @@ async fn seal_one(
     writer.commit().await?;
     let (old_key, new_str) = (row.blob_key.clone(), new_key.as_str().to_owned());
     let switched = meta
-        .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing))
+        .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing, Timestamp::now()))
         .await?;
-    // Whichever blob is no longer referenced goes: the old one, or ours if the row moved on.
-    let stale = if switched {
-        BlobKey::parse(&row.blob_key)
+    // Whichever blob is no longer referenced goes: the old one (queued with the switch), or
+    // ours if the row moved on meanwhile (never referenced: a crash here leaves an orphan).
+    if switched {
+        lifecycle::purge_blob(meta, blobs, &row.blob_key).await?;
     } else {
-        Some(new_key)
-    };
-    if let Some(stale) = stale {
-        match blobs.trash(&stale).await {
-            // The server deleted the file meanwhile: already gone.
+        match blobs.delete(&new_key).await {
             Ok(()) | Err(crate::blob::BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        blobs.purge(&stale).await?;
     }
     Ok(switched)
 }

@@ -35,7 +35,6 @@ async fn kill_9_mid_upload_then_restart_leaves_a_consistent_store() {
         .join(&orphan_id[2..4]);
     std::fs::create_dir_all(&shard).unwrap();
     std::fs::write(shard.join(&orphan_id), png(100)).unwrap();
-    // And a deletion interrupted after the blob moved to the trash.
     app.kill9();
     drop(s);
     assert!(
@@ -90,11 +89,28 @@ async fn an_interrupted_delete_is_finished_at_start_up() {
     let f = app.stored(&u.token, "gone.png", png(500)).await;
     let id = f["id"].as_str().unwrap().to_owned();
     app.kill9();
-    // The blob already moved to the trash, the row not yet deleted: the crash window of a delete.
-    let blob = files_under(&app.root.join("blobs")).pop().unwrap();
-    std::fs::rename(&blob, app.root.join("trash").join(&id)).unwrap();
+    // The crash window of a delete: the row is gone and its blob queued (one transaction),
+    // the blob itself not yet deleted.
+    let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
+    let key: String = db
+        .query_row(
+            "DELETE FROM files WHERE id = ?1 RETURNING blob_key",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "INSERT INTO blob_deletions (blob_key, queued_at) VALUES (?1, 0)",
+        [&key],
+    )
+    .unwrap();
+    drop(db);
+    assert_eq!(app.blob_files().len(), 1);
     let app = app.relaunch().spawn().await;
-    assert!(files_under(&app.root.join("trash")).is_empty());
+    assert!(
+        app.blob_files().is_empty(),
+        "the queued blob is deleted at start-up"
+    );
     assert_eq!(
         app.authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
             .send()
