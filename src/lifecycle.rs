@@ -3,8 +3,13 @@
 //!
 //! Invariant: a file is removed blob-first, in two steps: the blob moves to `trash/`, the row
 //! is deleted, the trashed blob is purged. A crash at any point leaves either a row whose blob
-//! sits in the trash (the deletion is finished at the next start) or nothing: never a row that
-//! silently points at nothing.
+//! sits in the trash (the deletion is finished at the next start or by `coffer check
+//! --repair`) or nothing: never a row that silently points at nothing.
+//!
+//! An account is locked before anything else is removed: from that commit on, none of its
+//! credentials works (the database refuses them, and the caller's `on_locked` empties its
+//! credential cache) and no file row can be added to it (`files::insert` refuses a locked
+//! owner), so its files only decrease.
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::ids::UserId;
@@ -78,14 +83,19 @@ pub async fn remove_file(
 }
 
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
+///
+/// `on_locked` runs as soon as the lock has committed, before any file is removed: the place to
+/// forget cached credentials, so that none outlives the lock in this process (a credential
+/// check that began before it cannot re-cache the account either: see `auth::cache`).
 pub async fn remove_user(
     meta: &MetaStore,
     blobs: &BlobStore,
     id: UserId,
+    on_locked: impl FnOnce(),
 ) -> Result<usize, RemoveError> {
     // Lock first, in one transaction with the last-admin check: from here on the account
-    // can do nothing (no login, no live token or key), and two admins deleting each other
-    // at once cannot both succeed.
+    // can do nothing (no login, no live token or key, no new file), and two admins deleting
+    // each other at once cannot both succeed.
     let locked = meta
         .write(move |tx| {
             let Some(target) = users::get(tx, id)? else {
@@ -99,6 +109,7 @@ pub async fn remove_user(
         })
         .await?;
     locked?;
+    on_locked();
     let mut removed = 0;
     // An upload already past its checks may still land: repeat until nothing is left.
     for _ in 0..8 {

@@ -181,8 +181,10 @@ pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
     Ok(u64::try_from(v).unwrap_or(0))
 }
 
-/// The `password_hash` of an account being deleted: no password verifies against it.
-const LOCKED: &str = "!locked";
+/// The `password_hash` of an account being deleted: no password verifies against it, and
+/// every query that lets an account act (`sessions::live_principal`, `api_keys::find_by_prefix`,
+/// `files::insert`) refuses an owner marked with it.
+pub(crate) const LOCKED: &str = "!locked";
 
 /// Number of admins who can still log in (an account being deleted no longer counts).
 pub fn count_admins(c: &Connection) -> rusqlite::Result<u64> {
@@ -271,6 +273,40 @@ mod tests {
         dup.email = "Alice@Example.com".into();
         assert_eq!(insert(&c, &dup).unwrap(), Inserted::EmailTaken);
         assert!(credentials_by_username(&c, "Alice").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_locked_account_gains_no_file() {
+        use crate::ids::FileId;
+        use crate::meta::{api_keys, files};
+        let c = test_conn();
+        let u = new_user("leaving");
+        insert(&c, &u).unwrap();
+        let file = |id: FileId| files::StoredFile {
+            file: files::FileObject {
+                id,
+                filename: "a.txt".into(),
+                size: 1,
+                content_type: "text/plain; charset=utf-8".into(),
+                sha256: "00".into(),
+                created_at: Timestamp::now(),
+                expires_at: None,
+            },
+            owner_id: u.id,
+            blob_key: id.to_string(),
+            sealing: None,
+        };
+        assert_eq!(
+            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::Inserted::Inserted
+        );
+        assert!(lock(&c, u.id).unwrap());
+        assert_eq!(
+            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::Inserted::OwnerGone,
+            "an upload that authenticated before the lock cannot land after it"
+        );
+        assert!(api_keys::find_by_prefix(&c, "nothing").unwrap().is_none());
     }
 
     #[test]
