@@ -207,10 +207,33 @@ pub fn lock(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
     )? == 1)
 }
 
-/// Delete an account row (its sessions, keys and revocations cascade). The caller removes its
-/// files first.
-pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
-    Ok(c.execute("DELETE FROM users WHERE id = ?1", [id])? == 1)
+/// What [`delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The row is gone (its sessions and keys with it).
+    Deleted,
+    /// The account still owns files: nothing was deleted.
+    OwnsFiles,
+    /// No such account.
+    NoUser,
+}
+
+/// Delete an account row (its sessions and keys cascade), only when it owns no file: the caller
+/// removes the files (and their blobs) first, and a file that slipped in meanwhile is an
+/// outcome to act on, not a foreign-key failure.
+pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<Deleted> {
+    let n = c.execute(
+        "DELETE FROM users WHERE id = ?1
+           AND NOT EXISTS (SELECT 1 FROM files WHERE owner_id = ?1)",
+        [id],
+    )?;
+    if n == 1 {
+        Ok(Deleted::Deleted)
+    } else if get(c, id)?.is_some() {
+        Ok(Deleted::OwnsFiles)
+    } else {
+        Ok(Deleted::NoUser)
+    }
 }
 
 /// Change a role.
@@ -276,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn a_locked_account_gains_no_file() {
+    fn a_locked_account_gains_no_file_and_goes_only_once_empty() {
         use crate::ids::FileId;
         use crate::meta::{api_keys, files};
         let c = test_conn();
@@ -296,8 +319,9 @@ mod tests {
             blob_key: id.to_string(),
             sealing: None,
         };
+        let kept = FileId::new();
         assert_eq!(
-            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::insert(&c, &file(kept)).unwrap(),
             files::Inserted::Inserted
         );
         assert!(lock(&c, u.id).unwrap());
@@ -307,6 +331,15 @@ mod tests {
             "an upload that authenticated before the lock cannot land after it"
         );
         assert!(api_keys::find_by_prefix(&c, "nothing").unwrap().is_none());
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::OwnsFiles);
+        assert!(files::delete(&c, kept).unwrap());
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::Deleted);
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::NoUser);
+        assert_eq!(
+            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::Inserted::OwnerGone,
+            "nor after the account is gone (no foreign-key error)"
+        );
     }
 
     #[test]

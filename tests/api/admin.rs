@@ -351,3 +351,64 @@ async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
     );
     assert_nothing_left(&app, &victim.id, "after the deletion").await;
 }
+
+#[tokio::test]
+async fn deleting_a_user_who_keeps_uploading_answers_204_and_leaves_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("reaper").await;
+    // Light and heavy uploaders: a few files slipping in after the last pass (the final
+    // delete failed on the foreign key: 500), or so many that passes never caught up (408).
+    for (run, loops) in [2, 3, 4, 6].into_iter().enumerate() {
+        let victim = app.user(&format!("busy{run}")).await;
+        let key = api_key(&app, &victim).await;
+        let seeded = seed_files(&app, &victim, 10).await;
+        let link = app
+            .authed(
+                Method::POST,
+                &format!("/api/v1/files/{}/links", seeded[0]),
+                &victim.token,
+            )
+            .json(&json!({"expires_in": 3600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(link.status(), 201);
+
+        let t0 = Instant::now();
+        let stop = AtomicBool::new(false);
+        let uploads = futures_util::future::join_all((0..loops).map(|i| {
+            let cred = if i % 3 == 2 {
+                Cred::Key(key.clone())
+            } else {
+                Cred::Token(victim.token.clone())
+            };
+            keep_uploading(&app, cred, &stop, t0)
+        }));
+        let delete = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = app
+                .authed(
+                    Method::DELETE,
+                    &format!("/api/v1/admin/users/{}", victim.id),
+                    &admin.token,
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.store(true, Ordering::Relaxed);
+            (status, body)
+        };
+        let (attempts, (status, body)) = tokio::join!(uploads, delete);
+        assert_eq!(status, 204, "run {run}: {body}");
+        let unexpected: Vec<Attempt> = attempts
+            .into_iter()
+            .flatten()
+            .filter(|a| ![201, 401, 404].contains(&a.status))
+            .collect();
+        assert!(unexpected.is_empty(), "run {run}: {unexpected:?}");
+        assert_nothing_left(&app, &victim.id, &format!("run {run}")).await;
+    }
+}
