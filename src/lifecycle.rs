@@ -149,14 +149,33 @@ pub async fn finish_interrupted_deletes(
 ) -> Result<usize, RemoveError> {
     let trash = blobs.inventory().await?.trash;
     for key in &trash {
-        // Only when the row still points at this blob (encrypt-existing trashes a file's old
-        // plain blob while the row lives on with the sealed one).
-        if let Some(id) = key.file_id() {
-            let k = key.as_str().to_owned();
-            meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ()))
-                .await?;
-        }
-        blobs.purge(key).await?;
+        finish_delete(meta, blobs, key).await?;
     }
     Ok(trash.len())
+}
+
+/// Finish one interrupted deletion, whose blob `key` sits in the trash: the file's row goes
+/// if it still points at this blob, then the trashed blob is purged. A blob that is live
+/// again (a failed delete restored it) keeps its row. Start-up and `coffer check --repair`
+/// both use it.
+pub async fn finish_delete(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    key: &BlobKey,
+) -> Result<(), RemoveError> {
+    // Only when the row still points at this blob (encrypt-existing trashes a file's old
+    // plain blob while the row lives on with the sealed one).
+    if let Some(id) = key.file_id() {
+        match blobs.len(key).await {
+            Err(BlobError::NotFound) => {
+                let k = key.as_str().to_owned();
+                meta.write(move |tx| files::delete_if_blob(tx, id, &k).map(|_| ()))
+                    .await?;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    blobs.purge(key).await?;
+    Ok(())
 }

@@ -3,10 +3,12 @@
 //! Every row must have its blob with the expected length; with `--deep`, every blob is read
 //! back, sealed ones authenticated segment by segment, and the plaintext's SHA-256 compared
 //! with the row. Blobs without a row (orphans) and anything else inside the blob tree are
-//! reported, and so is a broken audit hash chain. `--repair` removes orphans and rows whose
-//! blob is gone.
+//! reported, and so is a broken audit hash chain. A row whose blob is in `trash/` is a
+//! deletion a crash interrupted, not a missing blob: it is reported as such, as is a trashed
+//! blob no row points at. `--repair` removes orphans and rows whose blob is gone, and
+//! finishes interrupted deletions as the next start would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -16,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
 use crate::ids::FileId;
+use crate::lifecycle;
 use crate::meta::files::{self, StoredFile};
 use crate::meta::{MetaStore, audit};
 
@@ -31,6 +34,10 @@ pub struct Report {
     pub orphans: Vec<StoredBlob>,
     /// Rows whose blob is missing, with the blob they point at.
     pub missing: Vec<(FileId, BlobKey)>,
+    /// Rows whose blob is in the trash: deletions a crash interrupted after moving the blob.
+    pub interrupted: Vec<(FileId, BlobKey)>,
+    /// Blobs in the trash that no row points at: deletions interrupted before the purge.
+    pub trashed: Vec<BlobKey>,
     /// Rows whose blob has the wrong length: `(file, expected, actual)`.
     pub size_mismatch: Vec<(FileId, u64, u64)>,
     /// Rows whose content fails its hash or authentication (`--deep`).
@@ -57,6 +64,18 @@ impl Report {
                 .iter()
                 .map(|(id, _)| format!("missing blob: file {id} has no blob")),
         );
+        out.extend(self.interrupted.iter().map(|(id, _)| {
+            format!(
+                "interrupted deletion: file {id} (its blob is in the trash; the next start \
+                 or `coffer check --repair` finishes deleting it)"
+            )
+        }));
+        out.extend(self.trashed.iter().map(|key| {
+            format!(
+                "interrupted deletion: blob {key} left in the trash (the next start or \
+                 `coffer check --repair` removes it)"
+            )
+        }));
         out.extend(self.size_mismatch.iter().map(|(id, want, got)| {
             format!("size mismatch: file {id} blob is {got} bytes, expected {want}")
         }));
@@ -93,6 +112,7 @@ pub async fn scan(
         .into_iter()
         .map(|b| (b.key.clone(), b))
         .collect();
+    let mut trash: BTreeSet<BlobKey> = inventory.trash.into_iter().collect();
     let mut report = Report {
         strays: inventory.strays,
         ..Report::default()
@@ -110,7 +130,11 @@ pub async fn scan(
                 continue;
             };
             let Some(len) = on_disk.remove(&key).map(|b| b.len) else {
-                report.missing.push((f.file.id, key));
+                if trash.remove(&key) {
+                    report.interrupted.push((f.file.id, key));
+                } else {
+                    report.missing.push((f.file.id, key));
+                }
                 continue;
             };
             let want = BlobStore::expected_len(f);
@@ -129,6 +153,7 @@ pub async fn scan(
         }
     }
     report.orphans = on_disk.into_values().collect();
+    report.trashed = trash.into_iter().collect();
     Ok(report)
 }
 
@@ -203,11 +228,16 @@ pub async fn remove_orphans(
     Ok(n)
 }
 
-/// `--repair`: remove orphans, and rows whose blob is gone (with their links), each
-/// re-checked just before. Size mismatches and corrupt contents are left for an operator:
-/// deleting them would destroy the only evidence.
+/// `--repair`: remove orphans, finish interrupted deletions (as start-up does), and remove
+/// rows whose blob is gone (with their links), each re-checked just before. Size mismatches
+/// and corrupt contents are left for an operator: deleting them would destroy the only
+/// evidence.
 pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<()> {
     remove_orphans(meta, blobs, report, REPAIR_GRACE).await?;
+    let trashed = report.interrupted.iter().map(|(_, key)| key);
+    for key in trashed.chain(&report.trashed) {
+        lifecycle::finish_delete(meta, blobs, key).await?;
+    }
     for (id, key) in &report.missing {
         // Still gone? (The inventory was taken before the rows were read.)
         match blobs.len(key).await {

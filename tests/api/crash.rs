@@ -1,4 +1,5 @@
-//! Crash safety: `kill -9` in the middle of an upload, then a restart on the same root.
+//! Crash safety: `kill -9` in the middle of an upload or a deletion, then `coffer check` or a
+//! restart on the same root.
 
 use std::time::Duration;
 
@@ -104,4 +105,81 @@ async fn an_interrupted_delete_is_finished_at_start_up() {
         404
     );
     assert!(app.cli(&["check"]).output().unwrap().status.success());
+}
+
+/// Run a CLI command: exit code and everything it printed.
+fn run(cmd: &mut std::process::Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn check_reports_an_interrupted_delete_and_repair_finishes_it() {
+    let mut app = TestApp::spawn().await;
+    let u = app.user("halfchecked").await;
+    let kept = app.stored(&u.token, "kept.png", png(700)).await;
+    let f = app.stored(&u.token, "gone.png", png(500)).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    app.kill9();
+    // The crash window of a delete: the blob moved to the trash, the row not yet deleted.
+    let blob = app
+        .blob_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&id))
+        .unwrap();
+    let trash = app.root.join("trash");
+    std::fs::rename(&blob, trash.join(&id)).unwrap();
+    // And a later one: the row deleted, the trashed blob not yet purged.
+    let leftover = uuid::Uuid::new_v4().to_string();
+    std::fs::write(trash.join(&leftover), b"old bytes").unwrap();
+
+    // Before the next start, check says what happened and what finishes it.
+    let (code, out) = run(&mut app.cli(&["check"]));
+    assert_eq!(code, 1, "a state that needs action: {out}");
+    assert!(
+        out.contains(&format!("interrupted deletion: file {id}"))
+            && out.contains("coffer check --repair"),
+        "{out}"
+    );
+    assert!(
+        out.contains("interrupted deletion: blob") && out.contains(&leftover),
+        "{out}"
+    );
+    assert!(!out.contains("missing blob"), "{out}");
+
+    let (code, out) = run(&mut app.cli(&["check", "--repair"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(files_under(&trash).is_empty(), "the trash is emptied");
+    let (code, out) = run(&mut app.cli(&["check"]));
+    assert_eq!(code, 0, "{out}");
+    let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
+    let rows = |file: &str| -> i64 {
+        db.query_row("SELECT COUNT(*) FROM files WHERE id = ?1", [file], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(rows(&id), 0, "the interrupted deletion is finished");
+    assert_eq!(rows(kept["id"].as_str().unwrap()), 1);
+
+    let app = app.relaunch().spawn().await;
+    assert_eq!(
+        app.authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = app
+        .download(&u.token, kept["id"].as_str().unwrap(), &[])
+        .await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &png(700)[..]);
 }
