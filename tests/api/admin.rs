@@ -305,7 +305,8 @@ async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
     let attempts: Vec<Attempt> = attempts.into_iter().flatten().collect();
 
     assert!(
-        done - issued >= Duration::from_millis(300),
+        // 0.75 s to 7 s on the 2-core build machine; the first refusal comes within ~20 ms.
+        done - issued >= Duration::from_millis(150),
         "the deletion took only {:?}: too quick to race; seed more files",
         done - issued
     );
