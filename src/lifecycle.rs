@@ -158,7 +158,7 @@ pub async fn finish_interrupted_deletes(
 /// if it still points at this blob, then the trashed blob is purged. A blob that is live
 /// again (a failed delete restored it) keeps its row. Start-up and `coffer check --repair`
 /// both use it.
-pub async fn finish_delete(
+pub(crate) async fn finish_delete(
     meta: &MetaStore,
     blobs: &BlobStore,
     key: &BlobKey,
