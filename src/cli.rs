@@ -2,7 +2,8 @@
 //! `encrypt-existing`.
 //!
 //! Exit codes: 0 success; 1 a failure, or `check` found problems; 2 a configuration or secret
-//! error (the message says what to fix).
+//! error, or a backup destination inside the storage root or containing it (the message says
+//! what to fix).
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, SocketAddr};
@@ -65,7 +66,8 @@ enum Command {
     },
     /// Write a consistent copy of the database, blobs and a manifest into DEST.
     Backup {
-        /// Destination folder (created if missing; must not hold a backup already).
+        /// Destination folder (created if missing; must not hold a backup already; outside
+        /// the storage root and not containing it, symlinks resolved).
         dest: PathBuf,
         /// Copy only the database and manifest, not the blobs.
         #[arg(long)]
@@ -397,7 +399,15 @@ async fn create_user(
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
     let (fs, _, _) = open_stores(&config).await?;
-    let s = ops::backup::run(fs.root(), dest, with_blobs).await?;
+    let s = match ops::backup::run(fs.root(), dest, with_blobs).await {
+        Ok(s) => s,
+        // DEST inside the storage root or containing it: the operator must pick another.
+        Err(ops::backup::BackupError::Destination(
+            e @ (ops::backup::DestError::InsideRoot { .. }
+            | ops::backup::DestError::ContainsRoot { .. }),
+        )) => return Err(Failure::Config(e.to_string())),
+        Err(e) => return Err(Failure::Other(e.into())),
+    };
     println!(
         "backup written to {}: {} files, {} blobs, {} deleted during the backup",
         dest.display(),

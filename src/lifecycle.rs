@@ -6,6 +6,11 @@
 //! crash, or a store that fails, at any point leaves a queued blob that the next start or
 //! sweep deletes ([`purge_queued`]): never a row that silently points at nothing, never a
 //! blob nobody will remove.
+//!
+//! An account is locked before anything else is removed: from that commit on, none of its
+//! credentials works (the database refuses them, and the caller's `on_locked` empties its
+//! credential cache) and no file row can be added to it (`files::insert` refuses a locked
+//! owner), so its files only decrease and the deletion always ends.
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::ids::{Timestamp, UserId};
@@ -28,6 +33,10 @@ pub enum RemoveError {
     /// No such account.
     #[error("no such user")]
     NoUser,
+    /// Files of a locked account were still there after every pass (never expected: a locked
+    /// account gains no file).
+    #[error("the account still owns files after {MAX_ROUNDS} passes")]
+    FilesRemain,
 }
 
 impl From<RemoveError> for crate::error::AppError {
@@ -37,6 +46,7 @@ impl From<RemoveError> for crate::error::AppError {
             RemoveError::Meta(m) => m.into(),
             RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
             RemoveError::NoUser => Self::NotFound,
+            e @ RemoveError::FilesRemain => Self::Internal(e.into()),
         }
     }
 }
@@ -79,15 +89,25 @@ pub async fn purge_blob(
     Ok(())
 }
 
+/// Passes over an account's files before giving up. Once the account is locked no file can be
+/// added to it, so the first pass empties it; more only when another remover (the sweeper, a
+/// second admin) holds one of its files at the same moment.
+const MAX_ROUNDS: usize = 16;
+
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
+///
+/// `on_locked` runs as soon as the lock has committed, before any file is removed: the place to
+/// forget cached credentials, so that none outlives the lock in this process (a credential
+/// check that began before it cannot re-cache the account either: see `auth::cache`).
 pub async fn remove_user(
     meta: &MetaStore,
     blobs: &BlobStore,
     id: UserId,
+    on_locked: impl FnOnce(),
 ) -> Result<usize, RemoveError> {
     // Lock first, in one transaction with the last-admin check: from here on the account
-    // can do nothing (no login, no live token or key), and two admins deleting each other
-    // at once cannot both succeed.
+    // can do nothing (no login, no live token or key, no new file), and two admins deleting
+    // each other at once cannot both succeed.
     let locked = meta
         .write(move |tx| {
             let Some(target) = users::get(tx, id)? else {
@@ -101,25 +121,26 @@ pub async fn remove_user(
         })
         .await?;
     locked?;
+    on_locked();
     let mut removed = 0;
-    // An upload already past its checks may still land: repeat until nothing is left.
-    for _ in 0..8 {
+    for _ in 0..MAX_ROUNDS {
+        // Read after the lock committed: every file the account will ever have is listed.
         let owned = meta.read(move |c| files::all_of_owner(c, id)).await?;
-        if owned.is_empty() {
-            break;
-        }
         for f in &owned {
             if remove_file(meta, blobs, f).await? {
                 removed += 1;
             }
         }
+        // The row goes only with no file left, checked in the same statement: never a
+        // foreign-key failure, whatever happened meanwhile.
+        match meta.write(move |tx| users::delete(tx, id)).await? {
+            users::Deleted::Deleted => return Ok(removed),
+            // A concurrent deletion of the same account finished first.
+            users::Deleted::NoUser => return Err(RemoveError::NoUser),
+            users::Deleted::OwnsFiles => {}
+        }
     }
-    // Fails on the foreign key if a file still slipped in: nothing is lost, retry the delete.
-    if meta.write(move |tx| users::delete(tx, id)).await? {
-        Ok(removed)
-    } else {
-        Err(RemoveError::NoUser)
-    }
+    Err(RemoveError::FilesRemain)
 }
 
 /// Delete every queued blob: deletions a crash or a failing store interrupted. Returns how

@@ -93,13 +93,14 @@ async fn delete_user(
     let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
     // In its own task: a client that gives up (or a request timeout) must not stop a
     // deletion halfway.
-    let (meta, blobs) = (state.meta.clone(), state.blobs.clone());
-    let files = tokio::spawn(async move { lifecycle::remove_user(&meta, &blobs, id).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
-    // Even a partial failure may have removed the account: forget cached credentials.
-    state.principals.invalidate();
-    let files = files?;
+    let task_state = state.clone();
+    let files = tokio::spawn(async move {
+        let s = &task_state;
+        // The account's credentials die with the lock, not when its last file is gone.
+        lifecycle::remove_user(&s.meta, &s.blobs, id, || s.principals.invalidate()).await
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
     state.audit.record(
         Record::new(Event::AdminUserDelete)
             .actor(principal.user_id)

@@ -3,8 +3,9 @@
 //! and writes to a staged blob; then commit: blob into place, row into the database.
 //!
 //! Invariant: a file either ends up whole (blob durable, then row committed) or leaves nothing:
-//! every failure, including a client that disconnects mid-stream, drops the staged blob (its
-//! temp file is removed) and releases the reservation. Memory use is bounded by the chunk
+//! every failure, including a client that disconnects mid-stream or an owner locked for
+//! deletion before the row went in, drops the staged blob (its temp file is removed) and
+//! releases the reservation. Memory use is bounded by the chunk
 //! sizes, never by the file size.
 
 pub mod filename;
@@ -55,6 +56,10 @@ pub enum IngestError {
     /// The client sent nothing for too long (408).
     #[error("upload idle for too long")]
     Idle,
+    /// The owner was locked for deletion (or deleted) while the upload ran (401: its
+    /// credentials are dead now).
+    #[error("the owner's account is being deleted")]
+    OwnerGone,
     /// Blob storage failed (507 when full).
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -72,6 +77,7 @@ impl IngestError {
             Self::BadBody(_) => "bad_body",
             Self::ClientAborted => "client_aborted",
             Self::Idle => "idle_timeout",
+            Self::OwnerGone => "account_deleted",
             Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
@@ -117,6 +123,9 @@ impl From<IngestError> for AppError {
                 AppError::BadRequest("the upload body was cut off".into())
             }
             IngestError::Idle => AppError::RequestTimeout,
+            IngestError::OwnerGone => {
+                AppError::Unauthorized("missing, invalid or expired credentials")
+            }
             IngestError::Blob(b) => b.into(),
             IngestError::Meta(m) => m.into(),
         }
@@ -481,14 +490,19 @@ impl Staged {
             return Err(e);
         }
         let row = self.stored.clone();
-        if let Err(e) = state.meta.write(move |tx| files::insert(tx, &row)).await {
+        let inserted = match state.meta.write(move |tx| files::insert(tx, &row)).await {
+            Ok(files::Inserted::Inserted) => Ok(()),
+            // The owner was locked for deletion after this upload authenticated.
+            Ok(files::Inserted::OwnerGone) => Err(IngestError::OwnerGone),
+            Err(e) => Err(IngestError::from(e)),
+        };
+        if let Err(e) = inserted {
             // The row is the commit point: without it the blob must go too.
             // Never referenced, so not queued: if this fails too, it is a crash's orphan,
             // which start-up's scan (or `coffer check --repair`) removes.
             if let Err(de) = state.blobs.delete(&key).await {
                 tracing::warn!(error = %de, "cannot delete the blob of a failed upload");
             }
-            let e = IngestError::from(e);
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }

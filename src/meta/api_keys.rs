@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::ids::{ApiKeyId, Timestamp, UserId};
 use crate::meta::is_unique_violation;
-use crate::meta::users::Role;
+use crate::meta::users::{self, Role};
 
 /// An API key as listed (no secret, no hash).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -74,13 +74,15 @@ pub fn insert(c: &Connection, k: &NewApiKey) -> rusqlite::Result<bool> {
     }
 }
 
-/// The key row and owner for a prefix.
+/// The key row and owner for a prefix; none when the owner is locked for deletion (even for
+/// a key created after the lock by a request authenticated just before it).
 pub fn find_by_prefix(c: &Connection, prefix: &str) -> rusqlite::Result<Option<KeyMatch>> {
     c.prepare_cached(
         "SELECT k.id, k.user_id, u.role, k.hash, k.expires_at
-         FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = ?1",
+         FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.prefix = ?1 AND u.password_hash != ?2",
     )?
-    .query_row([prefix], |r| {
+    .query_row(params![prefix, users::LOCKED], |r| {
         Ok(KeyMatch {
             id: r.get(0)?,
             user_id: r.get(1)?,

@@ -5,7 +5,9 @@
 //! transaction, and the blob is deleted only after that commits. So every row has a blob
 //! unless an operator removed it by hand, every blob without a row is queued or an orphan of a
 //! crash, and `coffer check` can explain every difference.
-//! An expired file is invisible to owners at once, before the sweeper removes it.
+//! A row is never inserted for an owner locked for deletion (or gone), so an account's files
+//! only decrease once it is locked. An expired file is invisible to owners at once, before
+//! the sweeper removes it.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -15,6 +17,7 @@ use crate::crypto::Sealing;
 use crate::crypto::read::Source;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::Page;
+use crate::meta::users::LOCKED;
 
 /// A file as clients see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -85,31 +88,50 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     })
 }
 
-/// Insert a file row (usage is added by trigger).
-pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<()> {
+/// What [`insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The row is committed with the caller's transaction.
+    Inserted,
+    /// The owner is gone or locked for deletion: no row was written.
+    OwnerGone,
+}
+
+/// Insert a file row (usage is added by trigger), unless its owner is locked for deletion or
+/// gone. Checked in the insert itself, so an upload that passed authentication before its
+/// owner was locked cannot add a file to an account being deleted: from the lock on, an
+/// account's files can only decrease.
+pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
     let (key_id, wrapped) = match &f.sealing {
         Some(s) => (Some(s.key_id.as_str()), Some(s.wrapped_key.as_slice())),
         None => (None, None),
     };
-    c.prepare_cached(
-        "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
+    let n = c
+        .prepare_cached(
+            "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
                             expires_at, blob_key, enc_key_id, enc_wrapped_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        f.file.id,
-        f.owner_id,
-        f.file.filename,
-        i64::try_from(f.file.size).unwrap_or(i64::MAX),
-        f.file.content_type,
-        f.file.sha256,
-        f.file.created_at,
-        f.file.expires_at,
-        f.blob_key,
-        key_id,
-        wrapped,
-    ])?;
-    Ok(())
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+         WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash != ?12)",
+        )?
+        .execute(params![
+            f.file.id,
+            f.owner_id,
+            f.file.filename,
+            i64::try_from(f.file.size).unwrap_or(i64::MAX),
+            f.file.content_type,
+            f.file.sha256,
+            f.file.created_at,
+            f.file.expires_at,
+            f.blob_key,
+            key_id,
+            wrapped,
+            LOCKED,
+        ])?;
+    Ok(if n == 1 {
+        Inserted::Inserted
+    } else {
+        Inserted::OwnerGone
+    })
 }
 
 /// A live (unexpired) file, if `owner` may see it (`None` = any owner, for admins).

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ids::{SessionId, Timestamp, UserId};
-use crate::meta::users::Role;
+use crate::meta::users::{self, Role};
 
 /// Start a login with its first refresh token.
 pub fn create(
@@ -126,7 +126,9 @@ pub fn revoke_access_token(
 }
 
 /// Who an access token speaks for, if its login and user are still live and it is not revoked.
-/// The role comes from the database, so a demotion applies at once.
+/// The role comes from the database, so a demotion applies at once. An account locked for
+/// deletion speaks for no one, even through a login that started after the lock (a password
+/// verified just before it).
 pub fn live_principal(
     c: &Connection,
     session: SessionId,
@@ -137,9 +139,12 @@ pub fn live_principal(
     c.prepare_cached(
         "SELECT u.role FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.id = ?1 AND s.user_id = ?2 AND s.revoked_at IS NULL AND s.expires_at > ?4
+           AND u.password_hash != ?5
            AND NOT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?3)",
     )?
-    .query_row(params![session, user, jti, now], |r| r.get(0))
+    .query_row(params![session, user, jti, now, users::LOCKED], |r| {
+        r.get(0)
+    })
     .optional()
 }
 
@@ -208,6 +213,18 @@ mod tests {
             rotate(&c, &[9; 32], &[5; 32], now, later).unwrap(),
             Rotation::Invalid
         );
+    }
+
+    #[test]
+    fn a_locked_account_is_no_principal() {
+        let c = test_conn();
+        let uid = user(&c);
+        let now = Timestamp::now();
+        users::lock(&c, uid).unwrap();
+        // A login whose password was verified just before the lock, stored just after it.
+        let sid = SessionId::new();
+        create(&c, sid, uid, &[1; 32], now, now.plus_secs(60)).unwrap();
+        assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), None);
     }
 
     #[test]

@@ -181,8 +181,10 @@ pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
     Ok(u64::try_from(v).unwrap_or(0))
 }
 
-/// The `password_hash` of an account being deleted: no password verifies against it.
-const LOCKED: &str = "!locked";
+/// The `password_hash` of an account being deleted: no password verifies against it, and
+/// every query that lets an account act (`sessions::live_principal`, `api_keys::find_by_prefix`,
+/// `files::insert`) refuses an owner marked with it.
+pub(crate) const LOCKED: &str = "!locked";
 
 /// Number of admins who can still log in (an account being deleted no longer counts).
 pub fn count_admins(c: &Connection) -> rusqlite::Result<u64> {
@@ -205,10 +207,33 @@ pub fn lock(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
     )? == 1)
 }
 
-/// Delete an account row (its sessions, keys and revocations cascade). The caller removes its
-/// files first.
-pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<bool> {
-    Ok(c.execute("DELETE FROM users WHERE id = ?1", [id])? == 1)
+/// What [`delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The row is gone (its sessions and keys with it).
+    Deleted,
+    /// The account still owns files: nothing was deleted.
+    OwnsFiles,
+    /// No such account.
+    NoUser,
+}
+
+/// Delete an account row (its sessions and keys cascade), only when it owns no file: the caller
+/// removes the files (and their blobs) first, and a file that slipped in meanwhile is an
+/// outcome to act on, not a foreign-key failure.
+pub fn delete(c: &Connection, id: UserId) -> rusqlite::Result<Deleted> {
+    let n = c.execute(
+        "DELETE FROM users WHERE id = ?1
+           AND NOT EXISTS (SELECT 1 FROM files WHERE owner_id = ?1)",
+        [id],
+    )?;
+    if n == 1 {
+        Ok(Deleted::Deleted)
+    } else if get(c, id)?.is_some() {
+        Ok(Deleted::OwnsFiles)
+    } else {
+        Ok(Deleted::NoUser)
+    }
 }
 
 /// Change a role.
@@ -271,6 +296,50 @@ mod tests {
         dup.email = "Alice@Example.com".into();
         assert_eq!(insert(&c, &dup).unwrap(), Inserted::EmailTaken);
         assert!(credentials_by_username(&c, "Alice").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_locked_account_gains_no_file_and_goes_only_once_empty() {
+        use crate::ids::FileId;
+        use crate::meta::{api_keys, files};
+        let c = test_conn();
+        let u = new_user("leaving");
+        insert(&c, &u).unwrap();
+        let file = |id: FileId| files::StoredFile {
+            file: files::FileObject {
+                id,
+                filename: "a.txt".into(),
+                size: 1,
+                content_type: "text/plain; charset=utf-8".into(),
+                sha256: "00".into(),
+                created_at: Timestamp::now(),
+                expires_at: None,
+            },
+            owner_id: u.id,
+            blob_key: id.to_string(),
+            sealing: None,
+        };
+        let kept = FileId::new();
+        assert_eq!(
+            files::insert(&c, &file(kept)).unwrap(),
+            files::Inserted::Inserted
+        );
+        assert!(lock(&c, u.id).unwrap());
+        assert_eq!(
+            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::Inserted::OwnerGone,
+            "an upload that authenticated before the lock cannot land after it"
+        );
+        assert!(api_keys::find_by_prefix(&c, "nothing").unwrap().is_none());
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::OwnsFiles);
+        assert!(files::delete(&c, kept, Timestamp(1)).unwrap().is_some());
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::Deleted);
+        assert_eq!(delete(&c, u.id).unwrap(), Deleted::NoUser);
+        assert_eq!(
+            files::insert(&c, &file(FileId::new())).unwrap(),
+            files::Inserted::OwnerGone,
+            "nor after the account is gone (no foreign-key error)"
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //!
 //! Invariant: DEST is itself a valid storage root that passes `coffer check`: a file deleted
 //! (or re-encrypted under a new blob) between the snapshot and the blob copy is dropped from
-//! the copy's database too. With `--no-blobs` only the database and manifest are written;
-//! restoring then needs the blobs from elsewhere.
+//! the copy's database too. DEST is never inside the storage root nor contains it, symlinks
+//! resolved (a copy under `tmp/` would be wiped at the next start, one under `blobs/` would
+//! fail `coffer check`). With `--no-blobs` only the database and manifest are
+//! written; restoring then needs the blobs from elsewhere.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
@@ -33,10 +35,127 @@ pub struct Summary {
     pub vanished: usize,
 }
 
-/// Back up the store at `root` into `dest`.
-pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary> {
+/// Why a backup did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// DEST is not a place a backup may go (an operator error).
+    #[error(transparent)]
+    Destination(#[from] DestError),
+    /// Reading the store or writing the copy failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// A refused backup destination.
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    /// DEST is the storage root or lies inside it.
+    #[error(
+        "backup destination {} (resolved: {}) is inside the storage root {}; \
+         back up to a folder outside it",
+        dest.display(), resolved.display(), root.display()
+    )]
+    InsideRoot {
+        /// As given.
+        dest: PathBuf,
+        /// With symlinks resolved.
+        resolved: PathBuf,
+        /// The canonical storage root.
+        root: PathBuf,
+    },
+    /// The storage root lies inside DEST.
+    #[error(
+        "backup destination {} (resolved: {}) contains the storage root {}; \
+         back up to a folder outside it",
+        dest.display(), resolved.display(), root.display()
+    )]
+    ContainsRoot {
+        /// As given.
+        dest: PathBuf,
+        /// With symlinks resolved.
+        resolved: PathBuf,
+        /// The canonical storage root.
+        root: PathBuf,
+    },
+    /// Where DEST leads cannot be told (a dangling symlink, an unreadable folder).
+    #[error("backup destination {}: cannot resolve it: {source}", dest.display())]
+    Unresolvable {
+        /// As given.
+        dest: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Back up the store at `root` (canonical) into `dest`.
+pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, BackupError> {
     let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
-    blocking::run(move || backup(&root, &dest, with_blobs)).await?
+    blocking::run(move || {
+        let target = destination(&root, &dest)?;
+        Ok(backup(&root, &target, with_blobs)?)
+    })
+    .await
+    .map_err(|e| BackupError::Failed(e.into()))?
+}
+
+/// Where `dest` leads, refused when it is inside the storage root or contains it. The folder is
+/// then created at the resolved path, so what was checked is what is written.
+fn destination(root: &Path, dest: &Path) -> Result<PathBuf, DestError> {
+    let resolved = resolve(dest).map_err(|source| DestError::Unresolvable {
+        dest: dest.to_path_buf(),
+        source,
+    })?;
+    let (dest, root) = (dest.to_path_buf(), root.to_path_buf());
+    if resolved.starts_with(&root) {
+        Err(DestError::InsideRoot {
+            dest,
+            resolved,
+            root,
+        })
+    } else if root.starts_with(&resolved) {
+        Err(DestError::ContainsRoot {
+            dest,
+            resolved,
+            root,
+        })
+    } else {
+        Ok(resolved)
+    }
+}
+
+/// `path` made absolute with every symlink resolved, though it may not exist yet: its nearest
+/// existing ancestor is canonicalised and the components still to be created are appended (a
+/// `..` among those cancels the one before it, which will be a real folder we create).
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let mut resolved = PathBuf::from("/");
+    // How many trailing components of `resolved` do not exist yet.
+    let mut missing = 0usize;
+    for part in std::path::absolute(path)?.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+                missing = missing.saturating_sub(1);
+            }
+            Component::Normal(name) if missing > 0 => {
+                resolved.push(name);
+                missing += 1;
+            }
+            Component::Normal(name) => {
+                let next = resolved.join(name);
+                match std::fs::symlink_metadata(&next) {
+                    // A dangling symlink fails here (NotFound from canonicalize): refused.
+                    Ok(_) => resolved = next.canonicalize()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        resolved = next;
+                        missing = 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary> {
@@ -168,5 +287,45 @@ fn copy_blob(root: &Path, dest: &Path, key: &BlobKey) -> std::io::Result<()> {
             std::io::copy(&mut &source, &mut out)?;
             out.sync_all()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_inside_or_around_the_root_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let root = base.join("storage");
+        std::fs::create_dir_all(root.join("blobs")).unwrap();
+        std::os::unix::fs::symlink(root.join("blobs"), base.join("into")).unwrap();
+        std::os::unix::fs::symlink(base.join("nowhere"), base.join("dangling")).unwrap();
+        let inside =
+            |d: PathBuf| matches!(destination(&root, &d), Err(DestError::InsideRoot { .. }));
+        assert!(inside(root.clone()));
+        assert!(inside(root.join("tmp/new/deeper")));
+        assert!(inside(base.join("into/x")));
+        // A `..` after a folder still to be created, then a symlink: followed as mkdir would.
+        assert!(inside(base.join("new/../into/x")));
+        assert!(inside(base.join("storage/../storage/./x")));
+        assert!(matches!(
+            destination(&root, &base),
+            Err(DestError::ContainsRoot { .. })
+        ));
+        assert!(matches!(
+            destination(&root, Path::new("/")),
+            Err(DestError::ContainsRoot { .. })
+        ));
+        assert!(matches!(
+            destination(&root, &base.join("dangling/x")),
+            Err(DestError::Unresolvable { .. })
+        ));
+        // A sibling whose name merely starts like the root's is fine.
+        assert_eq!(
+            destination(&root, &base.join("storage-backup/../storage2")).unwrap(),
+            base.join("storage2")
+        );
     }
 }

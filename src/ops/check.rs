@@ -219,9 +219,10 @@ pub async fn remove_orphans(
     Ok(n)
 }
 
-/// `--repair`: remove orphans, and rows whose blob is gone (with their links), each
-/// re-checked just before. Size mismatches and corrupt contents are left for an operator:
-/// deleting them would destroy the only evidence.
+/// `--repair`: remove orphans, remove rows whose blob is gone (with their links), each
+/// re-checked just before, and finish interrupted deletions (as start-up does). Size
+/// mismatches and corrupt contents are left for an operator: deleting them would destroy the
+/// only evidence.
 pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<()> {
     remove_orphans(meta, blobs, report, REPAIR_GRACE).await?;
     for (id, key) in &report.missing {

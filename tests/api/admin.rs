@@ -1,9 +1,13 @@
-//! Administration: listing users page by page.
+//! Administration: listing users page by page, roles, and deleting accounts that are in use.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, problem};
+use crate::helpers::{TestApp, TestUser, files_under, problem};
 
 #[tokio::test]
 async fn user_pages_cover_everyone_once() {
@@ -128,4 +132,291 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
         .map(|e| e["event"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(events.iter().filter(|e| *e == "admin.user_role").count(), 2);
+}
+
+/// How a user being deleted authenticates its uploads.
+#[derive(Clone)]
+enum Cred {
+    Token(String),
+    Key(String),
+}
+
+/// One upload attempt, timed from the test's start.
+#[derive(Debug)]
+struct Attempt {
+    sent: Duration,
+    answered: Duration,
+    status: u16,
+}
+
+/// Upload one-byte text files back to back until `stop` is set.
+async fn keep_uploading(app: &TestApp, cred: Cred, stop: &AtomicBool, t0: Instant) -> Vec<Attempt> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let req = app
+            .req(Method::POST, "/api/v1/files")
+            .query(&[("filename", format!("f{}.txt", out.len()))])
+            .body("x");
+        let req = match &cred {
+            Cred::Token(t) => req.bearer_auth(t),
+            Cred::Key(k) => req.header("x-api-key", k),
+        };
+        let sent = t0.elapsed();
+        // 0: the connection failed (never expected).
+        let status = req.send().await.map_or(0, |r| r.status().as_u16());
+        out.push(Attempt {
+            sent,
+            answered: t0.elapsed(),
+            status,
+        });
+        if status != 201 {
+            // Refused: keep trying, without hammering the server.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    out
+}
+
+/// An API key of `u`.
+async fn api_key(app: &TestApp, u: &TestUser) -> String {
+    let r = app
+        .authed(Method::POST, "/api/v1/api-keys", &u.token)
+        .json(&json!({"name": "uploader"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `n` small files of `u`, uploaded a few at a time.
+async fn seed_files(app: &TestApp, u: &TestUser, n: usize) -> Vec<String> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let f = app
+                .stored(&u.token, &format!("seed{i}.txt"), b"seed".to_vec())
+                .await;
+            f["id"].as_str().unwrap().to_owned()
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+/// What is left of a user in the database (rows per table) and in the storage root (files
+/// under `blobs/` and `tmp/`, blobs queued for deletion); empty when the account is gone
+/// without a trace.
+fn leftovers(app: &TestApp, user_id: &str) -> Vec<String> {
+    let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
+    let mut left = Vec::new();
+    for (what, sql) in [
+        ("users", "SELECT COUNT(*) FROM users WHERE id = ?1"),
+        ("files", "SELECT COUNT(*) FROM files WHERE owner_id = ?1"),
+        (
+            "sessions",
+            "SELECT COUNT(*) FROM sessions WHERE user_id = ?1",
+        ),
+        (
+            "api_keys",
+            "SELECT COUNT(*) FROM api_keys WHERE user_id = ?1",
+        ),
+        (
+            "links",
+            "SELECT COUNT(*) FROM links l LEFT JOIN files f ON f.id = l.file_id
+             WHERE f.id IS NULL OR f.owner_id = ?1",
+        ),
+    ] {
+        let n: i64 = db.query_row(sql, [user_id], |r| r.get(0)).unwrap();
+        if n > 0 {
+            left.push(format!("{n} rows in {what}"));
+        }
+    }
+    let queued: i64 = db
+        .query_row("SELECT COUNT(*) FROM blob_deletions", [], |r| r.get(0))
+        .unwrap();
+    if queued > 0 {
+        left.push(format!("{queued} blobs queued for deletion"));
+    }
+    for dir in ["blobs", "tmp"] {
+        let files = files_under(&app.root.join(dir));
+        if !files.is_empty() {
+            left.push(format!("{} files under {dir}/", files.len()));
+        }
+    }
+    left
+}
+
+/// Wait (bounded) until nothing of the user is left; fail naming what is.
+async fn assert_nothing_left(app: &TestApp, user_id: &str, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(app, user_id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("remover").await;
+    let victim = app.user("leaver").await;
+    let key = api_key(&app, &victim).await;
+    // Enough files that removing them takes a good while.
+    seed_files(&app, &victim, 300).await;
+
+    let t0 = Instant::now();
+    let stop = AtomicBool::new(false);
+    let creds = [
+        Cred::Token(victim.token.clone()),
+        Cred::Token(victim.token.clone()),
+        Cred::Key(key.clone()),
+        Cred::Key(key),
+    ];
+    let uploads = futures_util::future::join_all(
+        creds
+            .into_iter()
+            .map(|c| keep_uploading(&app, c, &stop, t0)),
+    );
+    let delete = async {
+        // The victim is uploading already when the admin acts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let issued = t0.elapsed();
+        let r = app
+            .authed(
+                Method::DELETE,
+                &format!("/api/v1/admin/users/{}", victim.id),
+                &admin.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        let done = t0.elapsed();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        // Let the victim try a little longer after the deletion.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        (issued, done, status, body)
+    };
+    let (attempts, (issued, done, status, body)) = tokio::join!(uploads, delete);
+    let attempts: Vec<Attempt> = attempts.into_iter().flatten().collect();
+
+    assert!(
+        // 0.75 s to 7 s on the 2-core build machine; the first refusal comes within ~20 ms.
+        done - issued >= Duration::from_millis(150),
+        "the deletion took only {:?}: too quick to race; seed more files",
+        done - issued
+    );
+    let unexpected: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| ![201, 401, 404].contains(&a.status))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    // The lock is the first thing a deletion does: the victim's credentials are dead from the
+    // first refusal on, which comes early in the deletion, not at its end.
+    let first_refusal = attempts
+        .iter()
+        .filter(|a| a.status != 201)
+        .map(|a| a.answered)
+        .min()
+        .expect("the victim was refused at some point");
+    let succeeded_meanwhile = attempts
+        .iter()
+        .filter(|a| a.status == 201 && a.sent >= issued)
+        .count();
+    assert!(
+        first_refusal < issued + (done - issued) / 2,
+        "the victim was first refused {:?} after the DELETE was issued, which took {:?}; \
+         {succeeded_meanwhile} uploads sent meanwhile succeeded",
+        first_refusal - issued,
+        done - issued
+    );
+    let late: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.status == 201 && a.sent > first_refusal)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "uploads succeeded after the lock: {late:?}"
+    );
+    assert_eq!(status, 204, "{body}");
+    eprintln!(
+        "deletion took {:?}; first refusal {:?} after it was issued; {} uploads tried, \
+         {succeeded_meanwhile} sent after the DELETE was issued succeeded (they beat the lock)",
+        done - issued,
+        first_refusal - issued,
+        attempts.len()
+    );
+    assert_nothing_left(&app, &victim.id, "after the deletion").await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_who_keeps_uploading_answers_204_and_leaves_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("reaper").await;
+    // Light and heavy uploaders: a few files slipping in after the last pass (the final
+    // delete failed on the foreign key: 500), or so many that passes never caught up (408).
+    for (run, loops) in [2, 3, 4, 6].into_iter().enumerate() {
+        let victim = app.user(&format!("busy{run}")).await;
+        let key = api_key(&app, &victim).await;
+        let seeded = seed_files(&app, &victim, 10).await;
+        let link = app
+            .authed(
+                Method::POST,
+                &format!("/api/v1/files/{}/links", seeded[0]),
+                &victim.token,
+            )
+            .json(&json!({"expires_in": 3600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(link.status(), 201);
+
+        let t0 = Instant::now();
+        let stop = AtomicBool::new(false);
+        let uploads = futures_util::future::join_all((0..loops).map(|i| {
+            let cred = if i % 3 == 2 {
+                Cred::Key(key.clone())
+            } else {
+                Cred::Token(victim.token.clone())
+            };
+            keep_uploading(&app, cred, &stop, t0)
+        }));
+        let delete = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = app
+                .authed(
+                    Method::DELETE,
+                    &format!("/api/v1/admin/users/{}", victim.id),
+                    &admin.token,
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.store(true, Ordering::Relaxed);
+            (status, body)
+        };
+        let (attempts, (status, body)) = tokio::join!(uploads, delete);
+        assert_eq!(status, 204, "run {run}: {body}");
+        let unexpected: Vec<Attempt> = attempts
+            .into_iter()
+            .flatten()
+            .filter(|a| ![201, 401, 404].contains(&a.status))
+            .collect();
+        assert!(unexpected.is_empty(), "run {run}: {unexpected:?}");
+        assert_nothing_left(&app, &victim.id, &format!("run {run}")).await;
+    }
 }

@@ -255,3 +255,58 @@ async fn backup_while_uploading_yields_a_consistent_store() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(files_under(&dest_path.join("blobs")).len() as i64, n);
 }
+
+#[tokio::test]
+async fn backup_refuses_a_destination_inside_or_around_the_storage_root() {
+    let app = TestApp::spawn().await;
+    let u = app.user("careful").await;
+    app.stored(&u.token, "a.png", png(500)).await;
+    let root = app.root.canonicalize().unwrap();
+    let parent = root.parent().unwrap().to_path_buf();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let links = elsewhere.path();
+    std::os::unix::fs::symlink(root.join("blobs"), links.join("into-blobs")).unwrap();
+    std::os::unix::fs::symlink(&root, links.join("to-root")).unwrap();
+    std::os::unix::fs::symlink(&parent, links.join("to-parent")).unwrap();
+    let refused = [
+        root.join("x"),
+        root.join("tmp/x"),
+        root.join("blobs"),
+        root.join("blobs/ab/new"),
+        root.clone(),
+        parent.clone(),
+        links.join("into-blobs"),
+        links.join("into-blobs/x"),
+        links.join("to-root/tmp/x"),
+        links.join("to-parent"),
+        // `new` does not exist yet: mkdir would make it, then follow the link.
+        links.join("new/../into-blobs/y"),
+    ];
+    for dest in &refused {
+        let (code, out) = run(&mut app.cli(&["backup", dest.to_str().unwrap()]));
+        assert_eq!(code, 2, "{}: {out}", dest.display());
+        assert!(
+            out.contains("backup destination") && out.contains("storage root"),
+            "{}: {out}",
+            dest.display()
+        );
+    }
+    // Nothing was written: no new folder, no copy in the root or around it, and the store
+    // still checks clean.
+    for dest in [root.join("x"), root.join("tmp/x"), links.join("new")] {
+        assert!(!dest.exists(), "{} was created", dest.display());
+    }
+    assert!(!parent.join("coffer.db").exists() && !parent.join("manifest.jsonl").exists());
+    assert!(app.temp_files().is_empty());
+    let (code, out) = run(&mut app.cli(&["check"]));
+    assert_eq!(code, 0, "{out}");
+
+    // A sibling of the root is fine, and is a valid root itself.
+    let sibling = parent.join("backup");
+    let (code, out) = run(&mut app.cli(&["backup", sibling.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}");
+    let mut check = app.cli(&["check", "--deep"]);
+    check.env("COFFER_STORAGE__ROOT", &sibling);
+    let (code, out) = run(&mut check);
+    assert_eq!(code, 0, "{out}");
+}
