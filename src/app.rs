@@ -110,7 +110,8 @@ impl App {
         let fs = LocalFs::open(&config.storage.root)
             .map_err(|e| anyhow::anyhow!("storage root {}: {e}", config.storage.root.display()))?;
         let blobs = BlobStore::new(Arc::new(fs.clone()));
-        let meta = MetaStore::open(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
+        let meta =
+            MetaStore::open_sqlite(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
         recover(&config, &meta, &blobs).await?;
 
         let passwords = Passwords::new(&config.auth)?;

@@ -207,11 +207,9 @@ async fn store(
     key: &std::sync::Arc<audit::ChainKey>,
     batch: Vec<audit::AuditEntry>,
 ) {
-    let batch = std::sync::Arc::new(batch);
     for wait_ms in [0u64, 100, 500, 2000] {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        let (b, k) = (batch.clone(), key.clone());
-        match meta.write(move |tx| audit::append(tx, &k, &b)).await {
+        match meta.audit().append(key, batch.clone()).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "cannot store audit entries yet"),
         }

@@ -291,7 +291,7 @@ async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore),
             config.storage.root.display()
         ))
     })?;
-    let meta = MetaStore::open(&fs.root().join("coffer.db"), 2).await?;
+    let meta = MetaStore::open_sqlite(&fs.root().join("coffer.db"), 2).await?;
     let blobs = BlobStore::new(Arc::new(fs.clone()));
     Ok((fs, meta, blobs))
 }

@@ -14,8 +14,8 @@
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::ids::{Timestamp, UserId};
-use crate::meta::files::{self, StoredFile};
-use crate::meta::users::{self, Role};
+use crate::meta::files::StoredFile;
+use crate::meta::users::{Deleted, Locked};
 use crate::meta::{MetaError, MetaStore};
 
 /// Why a removal failed.
@@ -58,10 +58,7 @@ pub async fn remove_file(
     f: &StoredFile,
 ) -> Result<bool, RemoveError> {
     let id = f.file.id;
-    let Some(key) = meta
-        .write(move |tx| files::delete(tx, id, Timestamp::now()))
-        .await?
-    else {
+    let Some(key) = meta.files().delete(id, Timestamp::now()).await? else {
         return Ok(false);
     };
     // The file is gone for everyone now; its blob follows, or a later sweep takes it.
@@ -84,8 +81,7 @@ pub async fn purge_blob(
             Err(e) => return Err(e.into()),
         }
     }
-    let k = stored.to_owned();
-    meta.write(move |tx| files::deletion_done(tx, &k)).await?;
+    meta.files().deletion_done(stored.to_owned()).await?;
     Ok(())
 }
 
@@ -108,24 +104,16 @@ pub async fn remove_user(
     // Lock first, in one transaction with the last-admin check: from here on the account
     // can do nothing (no login, no live token or key, no new file), and two admins deleting
     // each other at once cannot both succeed.
-    let locked = meta
-        .write(move |tx| {
-            let Some(target) = users::get(tx, id)? else {
-                return Ok(Err(RemoveError::NoUser));
-            };
-            if target.role == Role::Admin && users::count_admins(tx)? <= 1 {
-                return Ok(Err(RemoveError::LastAdmin));
-            }
-            users::lock(tx, id)?;
-            Ok(Ok(()))
-        })
-        .await?;
-    locked?;
+    match meta.users().lock(id).await? {
+        Locked::Locked => {}
+        Locked::LastAdmin => return Err(RemoveError::LastAdmin),
+        Locked::NoUser => return Err(RemoveError::NoUser),
+    }
     on_locked();
     let mut removed = 0;
     for _ in 0..MAX_ROUNDS {
         // Read after the lock committed: every file the account will ever have is listed.
-        let owned = meta.read(move |c| files::all_of_owner(c, id)).await?;
+        let owned = meta.files().all_of_owner(id).await?;
         for f in &owned {
             if remove_file(meta, blobs, f).await? {
                 removed += 1;
@@ -133,11 +121,11 @@ pub async fn remove_user(
         }
         // The row goes only with no file left, checked in the same statement: never a
         // foreign-key failure, whatever happened meanwhile.
-        match meta.write(move |tx| users::delete(tx, id)).await? {
-            users::Deleted::Deleted => return Ok(removed),
+        match meta.users().delete(id).await? {
+            Deleted::Deleted => return Ok(removed),
             // A concurrent deletion of the same account finished first.
-            users::Deleted::NoUser => return Err(RemoveError::NoUser),
-            users::Deleted::OwnsFiles => {}
+            Deleted::NoUser => return Err(RemoveError::NoUser),
+            Deleted::OwnsFiles => {}
         }
     }
     Err(RemoveError::FilesRemain)
@@ -149,9 +137,7 @@ pub async fn purge_queued(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, 
     const BATCH: usize = 256;
     let mut done = 0;
     loop {
-        let queued = meta
-            .read(move |c| files::queued_deletions(c, BATCH))
-            .await?;
+        let queued = meta.files().queued_deletions(BATCH).await?;
         for key in &queued {
             purge_blob(meta, blobs, key).await?;
             done += 1;

@@ -11,7 +11,6 @@ use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::ids::Timestamp;
 use crate::lifecycle;
-use crate::meta::{audit, files, links, sessions};
 
 /// Files handled per batch.
 const BATCH: usize = 256;
@@ -41,10 +40,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let now = Timestamp::now();
     let mut removed = 0;
     loop {
-        let batch = state
-            .meta
-            .read(move |c| files::expired(c, now, BATCH))
-            .await?;
+        let batch = state.meta.files().expired(now, BATCH).await?;
         let full = batch.len() == BATCH;
         let before = removed;
         for f in batch {
@@ -73,20 +69,15 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             .saturating_sub(i64::try_from(LINK_GRACE_SECS * 1_000_000).unwrap_or(0)),
     );
     let audit_days = state.config.audit.retention_days;
-    let pruned = state
-        .meta
-        .write(move |tx| {
-            let mut n = sessions::prune(tx, now)?;
-            n += links::prune_expired(tx, link_cutoff)?;
-            if audit_days > 0 {
-                let cutoff = now.0.saturating_sub(
-                    i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),
-                );
-                n += audit::prune(tx, Timestamp(cutoff))?;
-            }
-            Ok(n)
-        })
-        .await?;
+    let meta = &state.meta;
+    let mut pruned = meta.sessions().prune(now).await?;
+    pruned += meta.links().prune_expired(link_cutoff).await?;
+    if audit_days > 0 {
+        let cutoff = now.0.saturating_sub(
+            i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),
+        );
+        pruned += meta.audit().prune(Timestamp(cutoff)).await?;
+    }
     if removed + pruned > 0 {
         tracing::info!(files = removed, rows = pruned, "retention sweep");
     }

@@ -10,7 +10,7 @@ use crate::config::AuthConfig;
 use crate::error::{AppError, FieldError};
 use crate::ids::{Timestamp, UserId};
 use crate::meta::MetaStore;
-use crate::meta::users::{self, Inserted, NewUser, Role, User};
+use crate::meta::users::{Inserted, NewUser, Role, User};
 
 /// What a new account needs.
 pub struct NewAccount {
@@ -97,8 +97,7 @@ pub async fn create(
         role: a.role,
         created_at: Timestamp::now(),
     };
-    let row = new.clone();
-    match meta.write(move |tx| users::insert(tx, &row)).await? {
+    match meta.users().insert(new.clone()).await? {
         Inserted::Created => Ok(User {
             id: new.id,
             username: new.username,

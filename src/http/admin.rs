@@ -21,8 +21,8 @@ use crate::http::extract::{
 };
 use crate::ids::UserId;
 use crate::lifecycle;
-use crate::meta::audit::{self, AuditEntry};
-use crate::meta::users::{self, Role, User};
+use crate::meta::audit::AuditEntry;
+use crate::meta::users::{Role, RoleChange, User};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -58,10 +58,7 @@ async fn list_users(
         .as_deref()
         .map(|c| decode_time_cursor(c, UserId::parse))
         .transpose()?;
-    let page = state
-        .meta
-        .read(move |c| users::list(c, after, limit))
-        .await?;
+    let page = state.meta.users().list(after, limit).await?;
     let next_cursor = if page.more {
         page.items
             .last()
@@ -139,21 +136,15 @@ async fn set_role(
     principal.require_admin()?;
     let id = UserId::parse(&id).ok_or(AppError::NotFound)?;
     let role = req.role;
-    let user = state
-        .meta
-        .write(move |tx| {
-            let Some(user) = users::get(tx, id)? else {
-                return Ok(Err(AppError::NotFound));
-            };
-            if user.role == Role::Admin && role == Role::User && users::count_admins(tx)? <= 1 {
-                return Ok(Err(AppError::Conflict(
-                    "cannot demote the last administrator".into(),
-                )));
-            }
-            users::set_role(tx, id, role)?;
-            Ok(Ok(User { role, ..user }))
-        })
-        .await??;
+    let user = match state.meta.users().set_role(id, role).await? {
+        RoleChange::Changed(user) => user,
+        RoleChange::NoUser => return Err(AppError::NotFound),
+        RoleChange::LastAdmin => {
+            return Err(AppError::Conflict(
+                "cannot demote the last administrator".into(),
+            ));
+        }
+    };
     state.principals.invalidate();
     state.audit.record(
         Record::new(Event::AdminUserRole)
@@ -196,10 +187,7 @@ async fn list_audit(
     };
     // What was recorded before this request is in the answer.
     state.audit.flush().await;
-    let page = state
-        .meta
-        .read(move |c| audit::list(c, before, limit))
-        .await?;
+    let page = state.meta.audit().list(before, limit).await?;
     let next_cursor = if page.more {
         page.items.last().map(|e| encode_cursor(&e.seq.to_string()))
     } else {

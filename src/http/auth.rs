@@ -21,8 +21,8 @@ use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
 use crate::ids::{SessionId, Timestamp, UserId};
-use crate::meta::sessions::{self, Rotation};
-use crate::meta::users::{self, Role, User};
+use crate::meta::sessions::{NewSession, Rotation};
+use crate::meta::users::{Role, User};
 
 /// Routes that spend the login budget.
 pub(crate) fn login_router() -> OpenApiRouter<AppState> {
@@ -129,11 +129,7 @@ async fn login(
             retry_after_secs: wait,
         });
     }
-    let lookup = username.clone();
-    let creds = state
-        .meta
-        .read(move |c| users::credentials_by_username(c, &lookup))
-        .await?;
+    let creds = state.meta.users().credentials(&username).await?;
     let stored = creds.as_ref().map(|c| c.password_hash.clone());
     let password = SecretString::from(req.password);
     let verdict = state
@@ -172,11 +168,7 @@ fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
     tokio::spawn(async move {
         match state.passwords.hash(password).await {
             Ok(hash) => {
-                if let Err(e) = state
-                    .meta
-                    .write(move |tx| users::set_password_hash(tx, user, &hash))
-                    .await
-                {
+                if let Err(e) = state.meta.users().set_password_hash(user, hash).await {
                     tracing::warn!(error = %e, "cannot store the upgraded password hash");
                 }
             }
@@ -189,11 +181,16 @@ async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
     let now = Timestamp::now();
     let session = SessionId::new();
     let refresh = random_token::<32>();
-    let hash = token_hash(&refresh);
-    let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
     state
         .meta
-        .write(move |tx| sessions::create(tx, session, user, &hash, now, expires))
+        .sessions()
+        .create(NewSession {
+            id: session,
+            user,
+            refresh_hash: token_hash(&refresh),
+            created_at: now,
+            expires_at: now.plus_secs(state.config.auth.refresh_ttl_secs),
+        })
         .await?;
     pair(state, user, session, refresh, now)
 }
@@ -244,11 +241,7 @@ async fn refresh(
     let fresh = random_token::<32>();
     let new = token_hash(&fresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    match state
-        .meta
-        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires))
-        .await?
-    {
+    match state.meta.sessions().rotate(old, new, now, expires).await? {
         Rotation::Rotated { session, user } => {
             state.audit.record(
                 Record::new(Event::Refresh)
@@ -285,14 +278,10 @@ async fn logout(
     principal: Principal,
 ) -> AppResult<StatusCode> {
     let (session, jti, expires_at) = principal.require_token()?;
-    let jti = jti.to_owned();
-    let now = Timestamp::now();
     state
         .meta
-        .write(move |tx| {
-            sessions::revoke(tx, session, now)?;
-            sessions::revoke_access_token(tx, &jti, expires_at)
-        })
+        .sessions()
+        .logout(session, jti.to_owned(), expires_at, Timestamp::now())
         .await?;
     state.principals.invalidate();
     state.audit.record(
@@ -309,10 +298,10 @@ async fn logout(
     responses((status = 200, description = "The caller", body = User)),
     security(("bearer" = []), ("api_key" = [])))]
 async fn me(State(state): State<AppState>, principal: Principal) -> AppResult<Json<User>> {
-    let id = principal.user_id;
     let user = state
         .meta
-        .read(move |c| users::get(c, id))
+        .users()
+        .get(principal.user_id)
         .await?
         .ok_or(AppError::NotFound)?;
     Ok(Json(user))

@@ -25,7 +25,6 @@ use crate::auth::token_hash;
 use crate::error::{AppError, FieldError};
 use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
 use crate::meta::users::Role;
-use crate::meta::{api_keys, sessions};
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
 /// fields and wrong types 422 naming the field.
@@ -288,10 +287,10 @@ async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError
         }) if u == user && s == session => role,
         _ => {
             let epoch = state.principals.epoch();
-            let jti = access.jti.clone();
             let role = state
                 .meta
-                .read(move |c| sessions::live_principal(c, session, user, &jti, Timestamp::now()))
+                .sessions()
+                .live_principal(session, user, access.jti.clone(), Timestamp::now())
                 .await?
                 .ok_or(BAD_CREDENTIALS)?;
             let left = time_left(access.expires_at);
@@ -341,10 +340,7 @@ async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError
         });
     }
     let epoch = state.principals.epoch();
-    let found = state
-        .meta
-        .read(move |c| api_keys::find_by_prefix(c, &prefix))
-        .await?;
+    let found = state.meta.api_keys().find_by_prefix(&prefix).await?;
     let Some(found) = found else {
         // Same work as a hit, so timing does not reveal which prefixes exist.
         let _ = api_key::matches(&key, &[0; 32]);

@@ -30,7 +30,7 @@ use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
 use crate::lifecycle;
-use crate::meta::files::{self, FileObject, StoredFile};
+use crate::meta::files::{AfterRead, FileObject, StoredFile};
 
 /// Room for multipart framing and small ignored fields on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
@@ -283,7 +283,8 @@ async fn list_files(
     let owner = principal.user_id;
     let page = state
         .meta
-        .read(move |c| files::list_owned(c, owner, after, limit, Timestamp::now()))
+        .files()
+        .list_owned(owner, after, limit, Timestamp::now())
         .await?;
     let next_cursor = if page.more {
         page.items
@@ -308,7 +309,8 @@ pub(crate) async fn visible_file(
     let scope = principal.file_scope();
     state
         .meta
-        .read(move |c| files::get_visible(c, id, scope, Timestamp::now()))
+        .files()
+        .get_visible(id, scope, Timestamp::now())
         .await?
         .ok_or(AppError::NotFound)
 }
@@ -395,21 +397,16 @@ async fn file_content(
         && !headers.contains_key(header::IF_MODIFIED_SINCE);
     let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
     // Row and (for small files) bytes in one trip to the blocking pool.
-    let (f, prefetched) = state
-        .meta
-        .read(move |c| {
-            let f = files::get_visible(c, id, scope, Timestamp::now())?;
-            Ok(f.map(|f| {
-                let bytes = if prefetch {
-                    read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX)
-                } else {
-                    None
-                };
-                (f, bytes)
-            }))
-        })
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let files = state.meta.files();
+    let now = Timestamp::now();
+    let found = if prefetch {
+        let small: AfterRead =
+            Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
+        files.get_visible_then(id, scope, now, small).await?
+    } else {
+        files.get_visible(id, scope, now).await?.map(|f| (f, None))
+    };
+    let (f, prefetched) = found.ok_or(AppError::NotFound)?;
     let req = ContentRequest {
         method: &method,
         headers: &headers,

@@ -19,7 +19,7 @@ use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
 use crate::ids::{ApiKeyId, Timestamp};
-use crate::meta::api_keys::{self, ApiKey, NewApiKey};
+use crate::meta::api_keys::{ApiKey, NewApiKey};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -108,11 +108,7 @@ async fn create_api_key(
             hash: new.hash,
         };
         let public = row.key.clone();
-        if state
-            .meta
-            .write(move |tx| api_keys::insert(tx, &row))
-            .await?
-        {
+        if state.meta.api_keys().insert(row).await? {
             state.audit.record(
                 Record::new(Event::ApiKeyCreate)
                     .actor(owner)
@@ -151,7 +147,7 @@ async fn list_api_keys(
     principal: Principal,
 ) -> AppResult<Json<KeyList>> {
     let owner = principal.user_id;
-    let items = state.meta.read(move |c| api_keys::list(c, owner)).await?;
+    let items = state.meta.api_keys().list(owner).await?;
     Ok(Json(KeyList { items }))
 }
 
@@ -169,11 +165,7 @@ async fn delete_api_key(
     principal.require_token()?;
     let id = ApiKeyId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
-    if !state
-        .meta
-        .write(move |tx| api_keys::delete(tx, owner, id))
-        .await?
-    {
+    if !state.meta.api_keys().delete(owner, id).await? {
         return Err(AppError::NotFound);
     }
     state.principals.invalidate();

@@ -23,8 +23,7 @@ use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{AppJson, Principal};
 use crate::http::files::ContentQuery;
 use crate::ids::{FileId, LinkId, Timestamp};
-use crate::meta::files;
-use crate::meta::links::{self, LinkState, NewLink};
+use crate::meta::links::{LinkState, NewLink};
 
 /// Link management (JSON).
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -117,16 +116,11 @@ async fn create_link(
         expires_at: now.plus_secs(expires_in),
         max_downloads,
     };
-    let row = link.clone();
     // Check and insert in one transaction: a file deleted in between is a 404, not a 500.
     let created = state
         .meta
-        .write(
-            move |tx| match files::get_visible(tx, file_id, Some(owner), now)? {
-                Some(_) => links::insert(tx, &row).map(|()| true),
-                None => Ok(false),
-            },
-        )
+        .links()
+        .insert_for_owner(link.clone(), owner, now)
         .await?;
     if !created {
         return Err(AppError::NotFound);
@@ -172,11 +166,7 @@ async fn link_content(
     }
     let hash = token_hash(&token);
     let now = Timestamp::now();
-    let (link, f) = match state
-        .meta
-        .read(move |c| links::resolve(c, &hash, now))
-        .await?
-    {
+    let (link, f) = match state.meta.links().resolve(hash, now).await? {
         LinkState::Unknown => return Err(AppError::NotFound),
         LinkState::Expired => return Err(AppError::Gone("this link has expired")),
         LinkState::UsedUp => return Err(AppError::Gone("this link has been used up")),
@@ -191,11 +181,7 @@ async fn link_content(
     let served = content::respond(&state, &f, &req, None).await?;
     if method == Method::GET && matches!(served.plan, Plan::Full | Plan::Partial { .. }) {
         // Count it now; a racing GET that lost is told the link is used up.
-        if !state
-            .meta
-            .write(move |tx| links::consume(tx, link, Timestamp::now()))
-            .await?
-        {
+        if !state.meta.links().consume(link, Timestamp::now()).await? {
             return Err(AppError::Gone("this link has been used up"));
         }
         state
@@ -222,7 +208,8 @@ async fn delete_link(
     let owner = principal.user_id;
     let file = state
         .meta
-        .write(move |tx| links::delete_owned(tx, id, owner))
+        .links()
+        .delete_owned(id, owner)
         .await?
         .ok_or(AppError::NotFound)?;
     state.audit.record(

@@ -489,8 +489,7 @@ impl Staged {
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }
-        let row = self.stored.clone();
-        let inserted = match state.meta.write(move |tx| files::insert(tx, &row)).await {
+        let inserted = match state.meta.files().insert(self.stored.clone()).await {
             Ok(files::Inserted::Inserted) => Ok(()),
             // The owner was locked for deletion after this upload authenticated.
             Ok(files::Inserted::OwnerGone) => Err(IngestError::OwnerGone),

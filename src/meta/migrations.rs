@@ -128,8 +128,8 @@ const MIGRATIONS: &[&str] = &[
 /// The version this binary writes.
 pub const LATEST: usize = MIGRATIONS.len();
 
-/// Bring the database to [`LATEST`].
-pub fn run(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Bring a SQLite database to [`LATEST`].
+pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
     let current: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
         .map(|v| usize::try_from(v).unwrap_or(usize::MAX))?;
@@ -166,8 +166,8 @@ mod tests {
     #[test]
     fn migrations_apply_once_and_are_idempotent() {
         let mut c = Connection::open_in_memory().unwrap();
-        run(&mut c).unwrap();
-        run(&mut c).unwrap();
+        run_sqlite(&mut c).unwrap();
+        run_sqlite(&mut c).unwrap();
         let v: i64 = c
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();

@@ -16,13 +16,10 @@
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
-use rusqlite::backup::Backup;
-use rusqlite::{Connection, OpenFlags};
-
 use crate::blob::BlobKey;
 use crate::blocking;
 use crate::ids::{FileId, Timestamp};
-use crate::meta::files;
+use crate::meta::sqlite::snapshot::Snapshot;
 
 /// What a backup did.
 #[derive(Debug, Default)]
@@ -171,34 +168,8 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
             db.display()
         );
     }
-    let src =
-        Connection::open_with_flags(root.join("coffer.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    src.busy_timeout(std::time::Duration::from_secs(30))?;
-    let mut dst = Connection::open(&db)?;
-    {
-        let backup = Backup::new(&src, &mut dst)?;
-        // -1: all pages in one step, i.e. one read transaction, i.e. one consistent snapshot.
-        backup.step(-1)?;
-    }
-    drop(src);
-    dst.pragma_update(None, "journal_mode", "DELETE")?;
-    // Deleting a vanished file below must take its links with it.
-    dst.pragma_update(None, "foreign_keys", "ON")?;
-
-    let rows = {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = files::scan(&dst, after, 1000)?;
-            after = page.last().map(|f| f.file.id);
-            let done = page.len() < 1000;
-            all.extend(page);
-            if done {
-                break;
-            }
-        }
-        all
-    };
+    let snapshot = Snapshot::take(&root.join("coffer.db"), &db)?;
+    let rows = snapshot.files()?;
     let mut summary = Summary {
         files: rows.len(),
         ..Summary::default()
@@ -239,10 +210,8 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     }
     manifest.flush()?;
     manifest.get_ref().sync_all()?;
-    for id in &vanished {
-        files::delete(&dst, *id, Timestamp::now())?;
-    }
-    drop(dst);
+    snapshot.forget(&vanished)?;
+    drop(snapshot);
     // The copy is durable before we say it exists.
     std::fs::File::open(dest)?.sync_all()?;
     summary.vanished = vanished.len();

@@ -18,7 +18,7 @@ use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError};
 use crate::ids::{FileId, Timestamp};
 use crate::lifecycle;
-use crate::meta::files::{self, StoredFile};
+use crate::meta::files::StoredFile;
 use crate::meta::{MetaStore, audit};
 
 /// Rows read per page.
@@ -107,7 +107,7 @@ pub async fn scan(
     };
     let mut after = None;
     loop {
-        let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
+        let rows = meta.files().scan(after, PAGE).await?;
         after = rows.last().map(|f| f.file.id);
         for f in &rows {
             report.files += 1;
@@ -137,9 +137,7 @@ pub async fn scan(
         }
     }
     // Queued deletions are not orphans, whether or not their blob is still there.
-    let queued = meta
-        .read(|c| files::queued_deletions(c, usize::MAX))
-        .await?;
+    let queued = meta.files().queued_deletions(usize::MAX).await?;
     for key in &queued {
         if let Some(k) = BlobKey::parse(key) {
             on_disk.remove(&k);
@@ -182,7 +180,7 @@ pub async fn check_audit(
     key: audit::ChainKey,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    report.audit = meta.read(move |c| audit::verify_chain(c, &key)).await?;
+    report.audit = meta.audit().verify_chain(&key).await?;
     Ok(())
 }
 
@@ -207,7 +205,7 @@ pub async fn remove_orphans(
     let mut n = 0;
     for orphan in &report.orphans {
         let k = orphan.key.as_str().to_owned();
-        if meta.read(move |c| files::blob_key_exists(c, &k)).await? {
+        if meta.files().blob_key_exists(k).await? {
             continue;
         }
         match blobs.delete(&orphan.key).await {
@@ -232,8 +230,7 @@ pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> any
             _ => continue,
         }
         let (id, k) = (*id, key.as_str().to_owned());
-        meta.write(move |tx| files::delete_if_blob(tx, id, &k, Timestamp::now()))
-            .await?;
+        meta.files().delete_if_blob(id, k, Timestamp::now()).await?;
     }
     // Last: removing a row above queued its (already missing) blob.
     lifecycle::purge_queued(meta, blobs).await?;

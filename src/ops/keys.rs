@@ -15,7 +15,7 @@ use crate::crypto::{DataKey, Keyring};
 use crate::ids::{FileId, Timestamp};
 use crate::lifecycle;
 use crate::meta::MetaStore;
-use crate::meta::files::{self, StoredFile};
+use crate::meta::files::StoredFile;
 
 const PAGE: usize = 500;
 
@@ -25,7 +25,7 @@ async fn each_file(
 ) -> anyhow::Result<()> {
     let mut after: Option<FileId> = None;
     loop {
-        let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
+        let rows = meta.files().scan(after, PAGE).await?;
         after = rows.last().map(|r| r.file.id);
         let done = rows.len() < PAGE;
         for row in rows {
@@ -56,10 +56,7 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
             .map_err(|e| anyhow::anyhow!("file {}: {e}", row.file.id))?
             .ok_or_else(|| anyhow::anyhow!("file {}: cannot re-wrap", row.file.id))?;
         let id = row.file.id;
-        if meta
-            .write(move |tx| files::rewrap(tx, id, &old, &new))
-            .await?
-        {
+        if meta.files().rewrap(id, old, new).await? {
             n += 1;
         }
         Ok(())
@@ -120,9 +117,15 @@ async fn seal_one(
     }
     writer.write(&sealer.finish()?).await?;
     writer.commit().await?;
-    let (old_key, new_str) = (row.blob_key.clone(), new_key.as_str().to_owned());
     let switched = meta
-        .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing, Timestamp::now()))
+        .files()
+        .seal_blob(
+            id,
+            row.blob_key.clone(),
+            new_key.as_str().to_owned(),
+            sealing,
+            Timestamp::now(),
+        )
         .await?;
     // Whichever blob is no longer referenced goes: the old one (queued with the switch), or
     // ours if the row moved on meanwhile (never referenced: a crash here leaves an orphan).

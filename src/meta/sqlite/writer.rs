@@ -18,7 +18,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 use tracing::Span;
 
-use super::{MetaError, classify};
+use super::conn::classify;
+use crate::meta::error::MetaError;
 
 /// Most closures committed together.
 const MAX_GROUP: usize = 128;
