@@ -18,5 +18,6 @@ mod openapi;
 mod rate_limit;
 mod repo;
 mod retention;
+mod stack_smoke;
 mod startup;
 mod upload;
