@@ -1,7 +1,8 @@
 //! Accounts and tokens: register, login, refresh, logout, me.
 //!
-//! Invariant: login answers an unknown user and a wrong password with the same status and
-//! body after the same work (one database read, one argon2 verification).
+//! Invariant: a failed login answers with the same status and body after the same work
+//! whatever the account's state (unknown, locked, hashed with older argon2 parameters): the
+//! same database reads, and argon2 work for every cost in use (see `auth::password`).
 
 use axum::Json;
 use axum::extract::State;
@@ -130,15 +131,20 @@ async fn login(
         });
     }
     let lookup = username.clone();
-    let creds = state
+    let (creds, costs) = state
         .meta
-        .read(move |c| users::credentials_by_username(c, &lookup))
+        .read(move |c| {
+            Ok((
+                users::credentials_by_username(c, &lookup)?,
+                users::password_costs(c)?,
+            ))
+        })
         .await?;
     let stored = creds.as_ref().map(|c| c.password_hash.clone());
     let password = SecretString::from(req.password);
     let verdict = state
         .passwords
-        .verify(password.clone(), stored)
+        .verify(password.clone(), stored, costs)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     let Some(creds) = creds.as_ref().filter(|_| verdict.ok) else {

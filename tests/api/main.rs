@@ -13,6 +13,7 @@ mod download;
 mod encryption;
 mod health;
 mod links;
+mod login_timing;
 mod middleware;
 mod openapi;
 mod rate_limit;
