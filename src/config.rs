@@ -158,7 +158,7 @@ pub struct AuthConfig {
     /// Upper bound of that wait.
     pub login_max_delay_secs: u64,
     /// How long a checked credential is trusted without asking the database again; every
-    /// revocation made by this process empties the cache at once. 0 disables it.
+    /// revocation made by this process drops what it revoked at once. 0 disables it.
     pub principal_cache_secs: u64,
 }
 

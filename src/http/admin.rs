@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::audit::{Event, Record};
+use crate::auth::cache::Revoked;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{
@@ -98,7 +99,7 @@ async fn delete_user(
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     // Even a partial failure may have removed the account: forget cached credentials.
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::User(id));
     let files = files?;
     state.audit.record(
         Record::new(Event::AdminUserDelete)
@@ -153,7 +154,7 @@ async fn set_role(
             Ok(Ok(User { role, ..user }))
         })
         .await??;
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::User(id));
     state.audit.record(
         Record::new(Event::AdminUserRole)
             .actor(principal.user_id)

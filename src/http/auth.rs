@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::accounts::{self, NewAccount};
+use crate::auth::cache::Revoked;
 use crate::auth::{random_token, token_hash};
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
@@ -265,7 +266,7 @@ async fn refresh(
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {
-            state.principals.invalidate();
+            state.principals.invalidate(Revoked::Session(session));
             state.audit.record(
                 Record::new(Event::RefreshReuse)
                     .subject(session)
@@ -300,7 +301,7 @@ async fn logout(
             sessions::revoke_access_token(tx, &jti, expires_at)
         })
         .await?;
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::Session(session));
     state.audit.record(
         Record::new(Event::Logout)
             .actor(principal.user_id)
