@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::accounts::{self, NewAccount};
 use crate::auth::cache::Revoked;
-use crate::auth::{random_token, token_hash};
+use crate::auth::token_hash;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
@@ -195,7 +195,7 @@ fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
 async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
     let now = Timestamp::now();
     let session = SessionId::new();
-    let refresh = random_token::<32>();
+    let refresh = state.refresh_tokens.first();
     let hash = token_hash(&refresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
     state
@@ -233,7 +233,9 @@ pub struct RefreshRequest {
 }
 
 /// Rotate a refresh token: the old one is spent, a new pair is returned. Presenting a spent
-/// token revokes its whole login.
+/// token revokes its whole login, unless `auth.refresh_reuse_grace_secs` is set and it is the
+/// token rotated last, within that many seconds: then the answer is the same new refresh
+/// token (with a fresh access token of the same login).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses((status = 200, description = "A new token pair", body = TokenPair)))]
@@ -248,21 +250,26 @@ async fn refresh(
     }
     let now = Timestamp::now();
     let old = token_hash(&req.refresh_token);
-    let fresh = random_token::<32>();
+    // Derived, not drawn: a replay within the grace period recomputes the same token.
+    let fresh = state.refresh_tokens.next(&req.refresh_token);
     let new = token_hash(&fresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    match state
+    let grace = state.config.auth.refresh_reuse_grace_secs;
+    let grace_since = (grace > 0).then(|| now.minus_secs(grace));
+    let rotation = state
         .meta
-        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires))
-        .await?
-    {
-        Rotation::Rotated { session, user } => {
-            state.audit.record(
-                Record::new(Event::Refresh)
-                    .actor(user)
-                    .subject(session)
-                    .ip(ip),
-            );
+        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires, grace_since))
+        .await?;
+    match rotation {
+        Rotation::Rotated { session, user } | Rotation::Replayed { session, user } => {
+            let mut record = Record::new(Event::Refresh)
+                .actor(user)
+                .subject(session)
+                .ip(ip);
+            if matches!(rotation, Rotation::Replayed { .. }) {
+                record = record.detail(serde_json::json!({ "replayed_within_grace": true }));
+            }
+            state.audit.record(record);
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {

@@ -18,6 +18,7 @@ mod middleware;
 mod openapi;
 mod principal_cache;
 mod rate_limit;
+mod refresh_grace;
 mod repo;
 mod retention;
 mod startup;
