@@ -23,6 +23,18 @@ async fn metric(app: &TestApp, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Create an API key: the 201 body.
+async fn create_key(app: &TestApp, token: &str, name: &str) -> Value {
+    let r = app
+        .authed(Method::POST, "/api/v1/api-keys", token)
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn another_users_key_churn_leaves_a_cached_credential_cached() {
     let app = TestApp::builder()
@@ -31,15 +43,7 @@ async fn another_users_key_churn_leaves_a_cached_credential_cached() {
         .await;
     let churner = app.user("churner").await;
     let bystander = app.user("bystander").await;
-    let key: Value = app
-        .authed(Method::POST, "/api/v1/api-keys", &bystander.token)
-        .json(&json!({"name": "backend"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = create_key(&app, &bystander.token, "backend").await;
     let key = key["key"].as_str().unwrap().to_owned();
     let me_by_token = || {
         app.authed(Method::GET, "/api/v1/users/me", &bystander.token)
@@ -57,15 +61,7 @@ async fn another_users_key_churn_leaves_a_cached_credential_cached() {
     // The other user creates, uses (so it is cached too) and deletes keys in a loop: each
     // deleted key stops working at once.
     for i in 0..20 {
-        let created: Value = app
-            .authed(Method::POST, "/api/v1/api-keys", &churner.token)
-            .json(&json!({"name": format!("k{i}")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = create_key(&app, &churner.token, &format!("k{i}")).await;
         let k = created["key"].as_str().unwrap();
         assert_eq!(me_by_key(k).await.unwrap().status(), 200);
         let id = created["id"].as_str().unwrap();
