@@ -25,6 +25,7 @@ use crate::audit::AuditLog;
 use crate::auth::cache::PrincipalCache;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::refresh::RefreshTokens;
 use crate::auth::throttle::LoginThrottle;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
@@ -64,6 +65,8 @@ pub struct AppInner {
     pub blobs: BlobStore,
     /// Access-token keys.
     pub tokens: TokenKeys,
+    /// Derives each rotated refresh token from the one presented.
+    pub refresh_tokens: RefreshTokens,
     /// Password hashing.
     pub passwords: Passwords,
     /// Failed-login counters.
@@ -123,6 +126,7 @@ impl App {
                 &config.auth.issuer,
                 config.auth.access_ttl_secs,
             )?,
+            refresh_tokens: RefreshTokens::new(&secrets.secret_key),
             principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
             throttle: LoginThrottle::new(
                 config.auth.login_failures_before_delay,

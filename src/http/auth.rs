@@ -1,7 +1,8 @@
 //! Accounts and tokens: register, login, refresh, logout, me.
 //!
-//! Invariant: login answers an unknown user and a wrong password with the same status and
-//! body after the same work (one database read, one argon2 verification).
+//! Invariant: a failed login answers with the same status and body after the same work
+//! whatever the account's state (unknown, locked, hashed with older argon2 parameters): the
+//! same database reads, and argon2 work for every cost in use (see `auth::password`).
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +17,8 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::accounts::{self, NewAccount};
-use crate::auth::{random_token, token_hash};
+use crate::auth::cache::Revoked;
+use crate::auth::token_hash;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
@@ -130,15 +132,20 @@ async fn login(
         });
     }
     let lookup = username.clone();
-    let creds = state
+    let (creds, costs) = state
         .meta
-        .read(move |c| users::credentials_by_username(c, &lookup))
+        .read(move |c| {
+            Ok((
+                users::credentials_by_username(c, &lookup)?,
+                users::password_costs(c)?,
+            ))
+        })
         .await?;
     let stored = creds.as_ref().map(|c| c.password_hash.clone());
     let password = SecretString::from(req.password);
     let verdict = state
         .passwords
-        .verify(password.clone(), stored)
+        .verify(password.clone(), stored, costs)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     let Some(creds) = creds.as_ref().filter(|_| verdict.ok) else {
@@ -188,7 +195,7 @@ fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
 async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
     let now = Timestamp::now();
     let session = SessionId::new();
-    let refresh = random_token::<32>();
+    let refresh = state.refresh_tokens.first();
     let hash = token_hash(&refresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
     state
@@ -226,7 +233,9 @@ pub struct RefreshRequest {
 }
 
 /// Rotate a refresh token: the old one is spent, a new pair is returned. Presenting a spent
-/// token revokes its whole login.
+/// token revokes its whole login, unless `auth.refresh_reuse_grace_secs` is set and it is the
+/// token rotated last, within that many seconds: then the answer is the same new refresh
+/// token (with a fresh access token of the same login).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses((status = 200, description = "A new token pair", body = TokenPair)))]
@@ -241,25 +250,30 @@ async fn refresh(
     }
     let now = Timestamp::now();
     let old = token_hash(&req.refresh_token);
-    let fresh = random_token::<32>();
+    // Derived, not drawn: a replay within the grace period recomputes the same token.
+    let fresh = state.refresh_tokens.next(&req.refresh_token);
     let new = token_hash(&fresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    match state
+    let grace = state.config.auth.refresh_reuse_grace_secs;
+    let grace_since = (grace > 0).then(|| now.minus_secs(grace));
+    let rotation = state
         .meta
-        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires))
-        .await?
-    {
-        Rotation::Rotated { session, user } => {
-            state.audit.record(
-                Record::new(Event::Refresh)
-                    .actor(user)
-                    .subject(session)
-                    .ip(ip),
-            );
+        .write(move |tx| sessions::rotate(tx, &old, &new, now, expires, grace_since))
+        .await?;
+    match rotation {
+        Rotation::Rotated { session, user } | Rotation::Replayed { session, user } => {
+            let mut record = Record::new(Event::Refresh)
+                .actor(user)
+                .subject(session)
+                .ip(ip);
+            if matches!(rotation, Rotation::Replayed { .. }) {
+                record = record.detail(serde_json::json!({ "replayed_within_grace": true }));
+            }
+            state.audit.record(record);
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {
-            state.principals.invalidate();
+            state.principals.invalidate(Revoked::Session(session));
             state.audit.record(
                 Record::new(Event::RefreshReuse)
                     .subject(session)
@@ -294,7 +308,7 @@ async fn logout(
             sessions::revoke_access_token(tx, &jti, expires_at)
         })
         .await?;
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::Session(session));
     state.audit.record(
         Record::new(Event::Logout)
             .actor(principal.user_id)
