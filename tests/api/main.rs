@@ -20,3 +20,4 @@ mod repo;
 mod retention;
 mod startup;
 mod upload;
+mod wire;

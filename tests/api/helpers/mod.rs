@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod fixtures;
+pub mod raw;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
