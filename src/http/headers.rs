@@ -31,8 +31,9 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
     res
 }
 
-/// The security headers of the contract, on any response. A content response's own CSP and
-/// cache policy are kept; `Server` is dropped.
+/// The security headers of the contract, on any response (also the HTTP/1 parser's own error
+/// answers, see [`crate::http::parser_errors`]). A content response's own CSP and cache policy
+/// are kept; `Server` is dropped.
 pub(crate) fn set_security_headers(h: &mut HeaderMap, hsts: bool) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -75,15 +76,13 @@ pub async fn trusted_hosts(State(state): State<AppState>, req: Request, next: Ne
     let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
     let names: Vec<&[u8]> = host.into_iter().chain(authority).collect();
     let is_allowed = |name: &[u8]| {
-        std::str::from_utf8(name)
-            .map(strip_port)
-            .is_ok_and(|h| {
-                allowed.iter().any(|a| {
-                    a.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .eq_ignore_ascii_case(h)
-                })
+        std::str::from_utf8(name).map(strip_port).is_ok_and(|h| {
+            allowed.iter().any(|a| {
+                a.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .eq_ignore_ascii_case(h)
             })
+        })
     };
     if !names.is_empty() && names.into_iter().all(is_allowed) {
         next.run(req).await
@@ -122,8 +121,8 @@ fn valid_host(v: &[u8]) -> bool {
                 return false;
             };
             let (literal, after) = rest.split_at(end);
-            let ok = std::str::from_utf8(literal)
-                .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+            let ok =
+                std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
             if !ok {
                 return false;
             }

@@ -80,7 +80,11 @@ impl RawConn {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
             }
-            assert!(self.fill().await > 0, "closed before a whole head: {:?}", self.text());
+            assert!(
+                self.fill().await > 0,
+                "closed before a whole head: {:?}",
+                self.text()
+            );
         };
         let head_text = String::from_utf8(self.buf[..end - 4].to_vec()).unwrap();
         let mut lines = head_text.split("\r\n");

@@ -1,0 +1,771 @@
+//! Answers for requests that hyper's HTTP/1 parser refuses before the service sees them: 400 for
+//! a malformed request, 414 for an over-long target, 431 for a header section past the read
+//! buffer.
+//!
+//! hyper writes those answers itself, bare (a status line, `connection: close`,
+//! `content-length: 0`, `date`), then closes the connection, and offers no hook to shape them.
+//! [`ParserErrors`] sits between hyper and the socket and follows the framing of what hyper
+//! writes: each response head, then its body by `Content-Length` or chunked coding (none after
+//! a 1xx, a 204, a 304 or an answer to HEAD). Every request hyper hands to the service is
+//! counted first ([`Dispatched`]), so a response head that starts while no request is waiting
+//! for one can only be the parser's. That head is dropped and a complete answer goes out in its
+//! place: the security headers of [`headers::set_security_headers`], a fresh `X-Request-Id` and
+//! a problem+json body. The connection is then closed in stages, as RFC 9112 §9.6 advises:
+//! the write side first, then what the client still sends is read and discarded (bounded), so
+//! that closing with unread bytes does not send a reset that can destroy the answer before the
+//! client, or a proxy in front, has read it.
+//!
+//! Invariant: the bytes of every answer the service produced pass unchanged and in order; what
+//! is followed is hyper's own output, never the client's, and a body that happens to contain an
+//! HTTP head is skipped by its length, never taken for one. Whatever cannot be followed (a
+//! close-delimited body, an upgrade, a head that is not a bare 4xx or 5xx) turns the
+//! replacement off for the rest of the connection: at worst hyper's bare answer goes out, never
+//! a corrupted stream.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use memchr::memmem;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::error::{PROBLEM_JSON, problem_body};
+use crate::http::headers;
+use crate::http::request_id::{X_REQUEST_ID, fresh_id};
+
+/// The longest response head or chunk line followed (the service's heads stay under 8 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+/// After a replaced answer, what the client still sends is read and discarded for at most this
+/// long...
+const LINGER: Duration = Duration::from_secs(2);
+/// ...and at most this much.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// What a dispatched request means for its answer's framing, beyond the answer's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// HEAD: the answer has no body, whatever its head announces.
+    Head,
+    /// CONNECT: a 2xx answer makes the connection a tunnel.
+    Connect,
+    /// Anything else.
+    Other,
+}
+
+/// The requests hyper has handed to the service on one connection whose answers have not
+/// started on the wire yet, oldest first (HTTP/1 answers in request order).
+#[derive(Clone, Default)]
+pub(crate) struct Dispatched(Arc<Mutex<VecDeque<Asked>>>);
+
+impl Dispatched {
+    /// Count a request. Call it when the service is handed the request, before it can answer.
+    pub(crate) fn push(&self, method: &Method) {
+        let asked = if method == Method::HEAD {
+            Asked::Head
+        } else if method == Method::CONNECT {
+            Asked::Connect
+        } else {
+            Asked::Other
+        };
+        // A poisoned lock is seen by the writer too, which then stops replacing anything.
+        if let Ok(mut waiting) = self.0.lock() {
+            waiting.push_back(asked);
+        }
+    }
+}
+
+/// Where the bytes written so far stand in the stream of answers.
+#[derive(Debug, Clone)]
+enum Frame {
+    /// In a response head, or before one (empty); holds its bytes so far.
+    Head(Vec<u8>),
+    /// In a body of known length: the bytes left.
+    Body(u64),
+    /// In a chunk-size line; holds it so far.
+    ChunkSize(Vec<u8>),
+    /// In a chunk's data: the bytes left.
+    ChunkData(u64),
+    /// In the CRLF after a chunk's data: the bytes left.
+    ChunkEnd(u8),
+    /// After the last chunk, up to the empty line that ends the trailers; starts with the last
+    /// chunk line's CRLF, so the end is always a CRLF CRLF.
+    Trailers(Vec<u8>),
+    /// No longer followed: everything passes, nothing is replaced.
+    Opaque,
+}
+
+/// The queue of dispatched requests as seen while walking over bytes not yet committed: the
+/// first `taken` have had their answer heads in the bytes walked.
+struct Waiting<'a> {
+    queue: &'a VecDeque<Asked>,
+    taken: usize,
+}
+
+impl Waiting<'_> {
+    fn any(&self) -> bool {
+        self.queue.len() > self.taken
+    }
+
+    fn take(&mut self) -> Option<Asked> {
+        let next = self.queue.get(self.taken).copied();
+        self.taken += usize::from(next.is_some());
+        next
+    }
+}
+
+impl Frame {
+    /// At the start of a head that no dispatched request is waiting for: the parser's own.
+    fn unclaimed(&self, waiting: &Waiting<'_>) -> bool {
+        matches!(self, Self::Head(b) if b.is_empty()) && !waiting.any()
+    }
+
+    /// Take bytes from the front of `bytes` (not empty) up to the end of the current part and
+    /// move on to the next; returns how many were taken.
+    fn step(&mut self, bytes: &[u8], waiting: &mut Waiting<'_>) -> usize {
+        let (taken, next) = match self {
+            Self::Opaque => return bytes.len(),
+            Self::Body(left) => {
+                let n = count_down(left, bytes);
+                (n, (*left == 0).then(|| Self::Head(Vec::new())))
+            }
+            Self::ChunkData(left) => {
+                let n = count_down(left, bytes);
+                (n, (*left == 0).then_some(Self::ChunkEnd(2)))
+            }
+            Self::ChunkEnd(left) => {
+                let n = usize::from(*left).min(bytes.len());
+                *left -= n as u8;
+                (n, (*left == 0).then(|| Self::ChunkSize(Vec::new())))
+            }
+            Self::Head(buf) => match memmem::find(bytes, b"\r\n\r\n") {
+                // The usual case, a whole head in one buffer: read in place, nothing copied.
+                Some(i) if buf.is_empty() => {
+                    let head = bytes.get(..i + 4).unwrap_or(bytes);
+                    (head.len(), Some(after_head(head, waiting)))
+                }
+                _ => {
+                    let (n, done) = gather(buf, bytes, b"\r\n\r\n");
+                    (n, done.then(|| after_head(buf, waiting)))
+                }
+            },
+            Self::ChunkSize(buf) => {
+                let (n, done) = gather(buf, bytes, b"\r\n");
+                (n, done.then(|| after_chunk_size(buf)))
+            }
+            Self::Trailers(buf) => {
+                let (n, done) = gather(buf, bytes, b"\r\n\r\n");
+                (n, done.then(|| Self::Head(Vec::new())))
+            }
+        };
+        if let Some(next) = next {
+            *self = next;
+        } else if matches!(self, Self::Head(b) | Self::ChunkSize(b) | Self::Trailers(b) if b.len() > MAX_HEAD)
+        {
+            *self = Self::Opaque;
+        }
+        taken
+    }
+}
+
+/// Take up to `left` bytes of `bytes`; returns how many.
+fn count_down(left: &mut u64, bytes: &[u8]) -> usize {
+    let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
+    *left -= n as u64;
+    n
+}
+
+/// Append the front of `bytes` to `buf` up to and including the first `end` mark (which may
+/// straddle calls); returns how many bytes were taken and whether the mark was reached.
+fn gather(buf: &mut Vec<u8>, bytes: &[u8], end: &[u8]) -> (usize, bool) {
+    let old = buf.len();
+    // A mark never lies wholly in `buf` (it would have ended the part), but may begin there.
+    let from = old.saturating_sub(end.len() - 1);
+    let take = bytes.len().min((MAX_HEAD + 1).saturating_sub(old)).max(1);
+    buf.extend_from_slice(bytes.get(..take).unwrap_or(bytes));
+    match memmem::find(buf.get(from..).unwrap_or_default(), end) {
+        Some(i) => {
+            let stop = from + i + end.len();
+            buf.truncate(stop);
+            (stop.saturating_sub(old), true)
+        }
+        None => (take, false),
+    }
+}
+
+/// What follows a complete response head.
+fn after_head(head: &[u8], waiting: &mut Waiting<'_>) -> Frame {
+    let Some(facts) = parse_head(head) else {
+        return Frame::Opaque;
+    };
+    match facts.status {
+        // Switching protocols: what follows is not HTTP/1.
+        101 => return Frame::Opaque,
+        // Informational (100 Continue): the final answer follows.
+        100..=199 => return Frame::Head(Vec::new()),
+        _ => {}
+    }
+    let Some(asked) = waiting.take() else {
+        return Frame::Opaque;
+    };
+    let tunnel = asked == Asked::Connect && (200..300).contains(&facts.status);
+    if tunnel {
+        Frame::Opaque
+    } else if asked == Asked::Head || facts.status == 204 || facts.status == 304 {
+        Frame::Head(Vec::new())
+    } else {
+        match (facts.coding, facts.length) {
+            (Coding::Chunked, _) => Frame::ChunkSize(Vec::new()),
+            (Coding::Other, _) | (Coding::None, None) => Frame::Opaque,
+            (Coding::None, Some(0)) => Frame::Head(Vec::new()),
+            (Coding::None, Some(n)) => Frame::Body(n),
+        }
+    }
+}
+
+/// What follows a chunk-size line: the chunk's data, or the trailers after the last chunk.
+fn after_chunk_size(line: &[u8]) -> Frame {
+    let digits = line
+        .split(|&b| b == b';' || b == b'\r')
+        .next()
+        .unwrap_or_default();
+    let size = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| u64::from_str_radix(d.trim(), 16).ok());
+    match size {
+        Some(0) => Frame::Trailers(b"\r\n".to_vec()),
+        Some(n) => Frame::ChunkData(n),
+        None => Frame::Opaque,
+    }
+}
+
+/// A body's transfer coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    None,
+    Chunked,
+    /// A coding that does not end in `chunked`: the body runs to the connection's end.
+    Other,
+}
+
+/// What a response head says about the body after it.
+#[derive(Debug)]
+struct HeadFacts {
+    status: u16,
+    length: Option<u64>,
+    coding: Coding,
+}
+
+/// Read a response head (hyper's own output: ASCII names, one value per line).
+fn parse_head(head: &[u8]) -> Option<HeadFacts> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let (_, status) = status_line(lines.next()?)?;
+    let mut facts = HeadFacts {
+        status,
+        length: None,
+        coding: Coding::None,
+    };
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = std::str::from_utf8(value.get(1..).unwrap_or_default())
+            .ok()?
+            .trim();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            facts.length = Some(value.parse().ok()?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(',').next().unwrap_or_default().trim();
+            facts.coding = if last.eq_ignore_ascii_case("chunked") {
+                Coding::Chunked
+            } else {
+                Coding::Other
+            };
+        }
+    }
+    Some(facts)
+}
+
+/// `HTTP/1.x NNN ...`: the version and the status.
+fn status_line(line: &[u8]) -> Option<(&[u8], u16)> {
+    let version = line.get(..8)?;
+    if !(version == b"HTTP/1.1" || version == b"HTTP/1.0") || line.get(8) != Some(&b' ') {
+        return None;
+    }
+    let digits = line.get(9..12)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((version, status))
+}
+
+/// Where the replacement stands.
+enum Answer {
+    /// Nothing replaced (yet).
+    None,
+    /// The replacement, and how much of it is written.
+    Sending(Vec<u8>, usize),
+    /// Written and shut down: discarding what the client still sends.
+    Lingering { until: Pin<Box<Sleep>>, left: usize },
+    /// Done.
+    Closed,
+}
+
+/// A connection whose HTTP/1 parser-made error answers are replaced by complete ones.
+pub(crate) struct ParserErrors<T> {
+    inner: T,
+    dispatched: Dispatched,
+    frame: Frame,
+    answer: Answer,
+    /// Whether answers carry HSTS (`server.behind_tls_proxy`).
+    hsts: bool,
+    /// For the log line of a refusal.
+    peer: IpAddr,
+}
+
+impl<T> ParserErrors<T> {
+    /// Follow an HTTP/1 connection whose requests are counted in `dispatched`.
+    pub(crate) fn new(inner: T, dispatched: Dispatched, hsts: bool, peer: IpAddr) -> Self {
+        Self {
+            inner,
+            dispatched,
+            frame: Frame::Head(Vec::new()),
+            answer: Answer::None,
+            hsts,
+            peer,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ParserErrors<T> {
+    fn poll_write_bufs(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if !matches!(self.answer, Answer::None) {
+            // hyper writes nothing after its error head; were it to, it goes with the head.
+            return Poll::Ready(Ok(total));
+        }
+        if matches!(self.frame, Frame::Opaque) {
+            return write_prefix(&mut self.inner, cx, bufs, total, total);
+        }
+        let Self {
+            inner,
+            dispatched,
+            frame,
+            ..
+        } = self;
+        let Ok(mut queue) = dispatched.0.lock() else {
+            *frame = Frame::Opaque;
+            return write_prefix(inner, cx, bufs, total, total);
+        };
+        // Walk ahead to the first head nobody waits for, if any.
+        let mut ahead = frame.clone();
+        let mut waiting = Waiting {
+            queue: &queue,
+            taken: 0,
+        };
+        let limit = walk(&mut ahead, bufs, total, &mut waiting, true);
+        let taken = waiting.taken;
+        if limit == 0 && total > 0 {
+            drop(queue);
+            return match self.replacement(bufs) {
+                Some(answer) => {
+                    self.answer = Answer::Sending(answer, 0);
+                    Poll::Ready(Ok(total))
+                }
+                None => {
+                    self.frame = Frame::Opaque;
+                    write_prefix(&mut self.inner, cx, bufs, total, total)
+                }
+            };
+        }
+        let n = ready!(write_prefix(inner, cx, bufs, limit, total))?;
+        if n == limit {
+            *frame = ahead;
+            queue.drain(..taken);
+        } else {
+            // A short write: follow only what went out.
+            let mut waiting = Waiting {
+                queue: &queue,
+                taken: 0,
+            };
+            walk(frame, bufs, n, &mut waiting, false);
+            let taken = waiting.taken;
+            queue.drain(..taken);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// The complete answer to put in place of hyper's bare one, which starts `bufs`; `None`
+    /// when `bufs` does not start with a bare error head (then nothing is replaced).
+    fn replacement(&self, bufs: &[IoSlice<'_>]) -> Option<Vec<u8>> {
+        let mut start = Vec::with_capacity(256);
+        for b in bufs {
+            start.extend_from_slice(b.get(..b.len().min(1024 - start.len())).unwrap_or_default());
+        }
+        let line_end = memmem::find(&start, b"\r\n")?;
+        let (version, status) = status_line(start.get(..line_end)?)?;
+        let status = StatusCode::from_u16(status).ok()?;
+        // Anything but hyper's bare error head: leave it alone.
+        let ours = memmem::find(&start.to_ascii_lowercase(), b"\r\nx-request-id:").is_some();
+        if !(status.is_client_error() || status.is_server_error()) || ours {
+            return None;
+        }
+        let id = fresh_id();
+        tracing::info!(
+            status = status.as_u16(),
+            request_id = id.to_str().unwrap_or("-"),
+            client.ip = %self.peer,
+            "refused a request the HTTP/1 parser could not read"
+        );
+        Some(answer(version, status, id, self.hsts))
+    }
+
+    /// Write out the replacement (a no-op unless there is one).
+    fn poll_send_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Answer::Sending(bytes, at) = &mut self.answer {
+            let rest = bytes.get(*at..).unwrap_or_default();
+            if rest.is_empty() {
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Walk `frame` over the first `limit` bytes of `bufs`; with `stop`, stop before a head nobody
+/// waits for. Returns the bytes walked.
+fn walk(
+    frame: &mut Frame,
+    bufs: &[IoSlice<'_>],
+    limit: usize,
+    waiting: &mut Waiting<'_>,
+    stop: bool,
+) -> usize {
+    let mut walked = 0;
+    for buf in bufs {
+        let mut rest = buf.get(..buf.len().min(limit - walked)).unwrap_or_default();
+        while !rest.is_empty() {
+            if stop && frame.unclaimed(waiting) {
+                return walked;
+            }
+            let n = frame.step(rest, waiting);
+            walked += n;
+            rest = rest.get(n..).unwrap_or_default();
+        }
+        if walked == limit {
+            break;
+        }
+    }
+    walked
+}
+
+/// Write at most the first `limit` of the `total` bytes in `bufs`.
+fn write_prefix<T: AsyncWrite + Unpin>(
+    inner: &mut T,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+    limit: usize,
+    total: usize,
+) -> Poll<io::Result<usize>> {
+    if limit == total {
+        return match bufs {
+            [one] => Pin::new(inner).poll_write(cx, one),
+            _ => Pin::new(inner).poll_write_vectored(cx, bufs),
+        };
+    }
+    let mut cut = Vec::with_capacity(bufs.len());
+    let mut left = limit;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let n = b.len().min(left);
+        cut.push(IoSlice::new(b.get(..n).unwrap_or_default()));
+        left -= n;
+    }
+    Pin::new(inner).poll_write_vectored(cx, &cut)
+}
+
+/// The whole answer for a refused request: like every other error of the service, with the
+/// security headers, a request id and a problem body.
+fn answer(version: &[u8], status: StatusCode, id: HeaderValue, hsts: bool) -> Vec<u8> {
+    let detail = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "the request's header section is too large",
+        StatusCode::URI_TOO_LONG => "the request target is too long",
+        _ => "the request is not valid HTTP/1.1",
+    };
+    let body = problem_body(status, detail, id.to_str().unwrap_or("-"));
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // The request's framing is lost: hyper closes the connection after it, and says so.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert(header::DATE, date);
+    }
+    h.insert(X_REQUEST_ID, id);
+    headers::set_security_headers(&mut h, hsts);
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let mut out = Vec::with_capacity(512 + body.len());
+    out.extend_from_slice(version);
+    out.extend_from_slice(format!(" {} {reason}\r\n", status.as_str()).as_bytes());
+    for (name, value) in &h {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Read and discard until the client stops sending, closes, `until` passes or `left` runs out.
+fn poll_linger<T: AsyncRead + Unpin>(
+    inner: &mut T,
+    cx: &mut Context<'_>,
+    until: &mut Pin<Box<Sleep>>,
+    left: &mut usize,
+) -> Poll<()> {
+    let mut scratch = [0u8; 8192];
+    loop {
+        if *left == 0 || until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *inner).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                *left = left.saturating_sub(buf.filled().len());
+            }
+            // Closed or broken: the client is gone.
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ParserErrors<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ParserErrors<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_bufs(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_bufs(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_answer(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_answer(cx))?;
+        loop {
+            match &mut this.answer {
+                Answer::None => return Pin::new(&mut this.inner).poll_shutdown(cx),
+                Answer::Sending(..) => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.answer = Answer::Lingering {
+                        until: Box::pin(tokio::time::sleep(LINGER)),
+                        left: LINGER_BYTES,
+                    };
+                }
+                Answer::Lingering { until, left } => {
+                    ready!(poll_linger(&mut this.inner, cx, until, left));
+                    this.answer = Answer::Closed;
+                }
+                Answer::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const HYPER_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 23:45:06 GMT\r\n\r\n";
+
+    /// What the service answered, in order, with the request each answers; a chunked body
+    /// and a body that holds a fake error head among them.
+    fn answers() -> Vec<(Method, &'static [u8])> {
+        vec![
+            (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-request-id: a\r\n\r\nhello"),
+            (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-request-id: b\r\n\r\n"),
+            (
+                Method::POST,
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1c\r\nHTTP/1.1 400 Bad Request\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: y\r\n\r\n",
+            ),
+            (Method::GET, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"),
+            (
+                Method::GET,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 27\r\n\r\nHTTP/1.1 400 Bad Request\r\n\r",
+            ),
+        ]
+    }
+
+    /// Run the answers, then hyper's 431, through a wrapper, cutting the answers into writes of
+    /// `piece` bytes (vectored, in slices of `slice` bytes) over a pipe of `pipe` bytes. hyper
+    /// hands over its error head whole (it encodes a head before writing it), here in one write
+    /// with the end of the last answer.
+    async fn run(piece: usize, slice: usize, pipe: usize) -> Vec<u8> {
+        let (a, mut b) = tokio::io::duplex(pipe);
+        let dispatched = Dispatched::default();
+        let mut w = ParserErrors::new(a, dispatched.clone(), false, [127, 0, 0, 1].into());
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = b.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return out;
+                }
+                out.extend_from_slice(&chunk[..n]);
+                // The server lingers until the client stops sending: stop as soon as the
+                // answer is whole.
+                if out.ends_with(b"}") {
+                    b.shutdown().await.unwrap();
+                }
+            }
+        });
+        let mut stream = Vec::new();
+        for (method, bytes) in answers() {
+            dispatched.push(&method);
+            stream.extend_from_slice(bytes);
+        }
+        let mut parts: Vec<Vec<u8>> = stream.chunks(piece).map(<[u8]>::to_vec).collect();
+        parts.last_mut().unwrap().extend_from_slice(HYPER_431);
+        for part in &parts {
+            let mut part = &part[..];
+            while !part.is_empty() {
+                let slices: Vec<IoSlice<'_>> = part.chunks(slice).map(IoSlice::new).collect();
+                let n = w.write_vectored(&slices).await.unwrap();
+                part = &part[n..];
+            }
+        }
+        w.flush().await.unwrap();
+        w.shutdown().await.unwrap();
+        reader.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_parsers_own_answer_is_replaced_however_writes_are_cut() {
+        let legit: Vec<u8> = answers()
+            .into_iter()
+            .flat_map(|(_, b)| b.to_vec())
+            .collect();
+        for (piece, slice, pipe) in [
+            (1 << 20, 1 << 20, 1 << 20),
+            (1, 1, 1 << 20),
+            (7, 3, 5),
+            (64, 16, 9),
+        ] {
+            let out = run(piece, slice, pipe).await;
+            assert!(
+                out.starts_with(&legit),
+                "({piece}, {slice}, {pipe}) changed an answer"
+            );
+            let rest = String::from_utf8(out[legit.len()..].to_vec()).unwrap();
+            assert!(
+                rest.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                "{rest}"
+            );
+            for line in [
+                "content-type: application/problem+json",
+                "connection: close",
+                "x-content-type-options: nosniff",
+                "x-frame-options: DENY",
+                "cache-control: no-store",
+            ] {
+                assert!(
+                    rest.contains(&format!("\r\n{line}\r\n")),
+                    "{line} in {rest}"
+                );
+            }
+            let (head, body) = rest.split_once("\r\n\r\n").unwrap();
+            let id = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-request-id: "))
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["status"], 431);
+            assert_eq!(v["request_id"], id);
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+        }
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_followed_passes_unchanged() {
+        for first in [
+            // A body that runs to the connection's end, then an upgrade.
+            &b"HTTP/1.0 200 OK\r\n\r\nstreamed"[..],
+            &b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"[..],
+        ] {
+            let (a, mut b) = tokio::io::duplex(1 << 16);
+            let dispatched = Dispatched::default();
+            let mut w = ParserErrors::new(a, dispatched.clone(), false, [127, 0, 0, 1].into());
+            dispatched.push(&Method::GET);
+            w.write_all(first).await.unwrap();
+            w.write_all(HYPER_431).await.unwrap();
+            w.shutdown().await.unwrap();
+            drop(w);
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, [first, HYPER_431].concat());
+        }
+        // A head nobody waits for that is not a bare error: left alone, and so is the rest.
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut w = ParserErrors::new(a, Dispatched::default(), false, [127, 0, 0, 1].into());
+        let odd = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        w.write_all(odd).await.unwrap();
+        w.write_all(HYPER_431).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, [&odd[..], HYPER_431].concat());
+    }
+}
