@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Confidential};
 use crate::auth::cache::PrincipalCache;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
@@ -118,7 +118,13 @@ impl App {
 
         let passwords = Passwords::new(&config.auth)?;
         let chain = crate::meta::audit::ChainKey(secrets.secret_key.derive(AUDIT_CHAIN_LABEL));
-        let (audit, audit_task) = AuditLog::start(meta.clone(), chain);
+        // With encryption at rest on, a file's hash or name stays out of the log.
+        let confidential = if secrets.keyring.enabled() {
+            Confidential::TrailOnly
+        } else {
+            Confidential::Logged
+        };
+        let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let state = AppState(Arc::new(AppInner {
             tokens: TokenKeys::new(
