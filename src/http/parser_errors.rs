@@ -5,8 +5,8 @@
 //! hyper writes those answers itself, bare (a status line, `connection: close`,
 //! `content-length: 0`, `date`), then closes the connection, and offers no hook to shape them.
 //! [`ParserErrors`] sits between hyper and the socket and follows the framing of what hyper
-//! writes: each response head, then its body by `Content-Length` or chunked coding (none after
-//! a 1xx, a 204, a 304 or an answer to HEAD). Every request hyper hands to the service is
+//! writes ([`framing`]): each response head, then its body by `Content-Length` or chunked coding
+//! (none after a 1xx, a 204, a 304 or an answer to HEAD). Every request hyper hands to the service is
 //! counted first ([`Dispatched`]), so a response head that starts while no request is waiting
 //! for one can only be the parser's. That head is dropped and a complete answer goes out in its
 //! place: the security headers of [`headers::set_security_headers`], a fresh `X-Request-Id` and
@@ -21,6 +21,8 @@
 //! close-delimited body, an upgrade, a head that is not a bare 4xx or 5xx) turns the
 //! replacement off for the rest of the connection: at worst hyper's bare answer goes out, never
 //! a corrupted stream.
+
+mod framing;
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -38,25 +40,13 @@ use tokio::time::Sleep;
 use crate::error::{PROBLEM_JSON, problem_body};
 use crate::http::headers;
 use crate::http::request_id::{X_REQUEST_ID, fresh_id};
+use framing::{Asked, Frame, Waiting, status_line, walk};
 
-/// The longest response head or chunk line followed (the service's heads stay under 8 KiB).
-const MAX_HEAD: usize = 64 * 1024;
 /// After a replaced answer, what the client still sends is read and discarded for at most this
 /// long...
 const LINGER: Duration = Duration::from_secs(2);
 /// ...and at most this much.
 const LINGER_BYTES: usize = 1024 * 1024;
-
-/// What a dispatched request means for its answer's framing, beyond the answer's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Asked {
-    /// HEAD: the answer has no body, whatever its head announces.
-    Head,
-    /// CONNECT: a 2xx answer makes the connection a tunnel.
-    Connect,
-    /// Anything else.
-    Other,
-}
 
 /// The requests hyper has handed to the service on one connection whose answers have not
 /// started on the wire yet, oldest first (HTTP/1 answers in request order).
@@ -66,246 +56,12 @@ pub(crate) struct Dispatched(Arc<Mutex<VecDeque<Asked>>>);
 impl Dispatched {
     /// Count a request. Call it when the service is handed the request, before it can answer.
     pub(crate) fn push(&self, method: &Method) {
-        let asked = if method == Method::HEAD {
-            Asked::Head
-        } else if method == Method::CONNECT {
-            Asked::Connect
-        } else {
-            Asked::Other
-        };
+        let asked = Asked::of(method);
         // A poisoned lock is seen by the writer too, which then stops replacing anything.
         if let Ok(mut waiting) = self.0.lock() {
             waiting.push_back(asked);
         }
     }
-}
-
-/// Where the bytes written so far stand in the stream of answers.
-#[derive(Debug, Clone)]
-enum Frame {
-    /// In a response head, or before one (empty); holds its bytes so far.
-    Head(Vec<u8>),
-    /// In a body of known length: the bytes left.
-    Body(u64),
-    /// In a chunk-size line; holds it so far.
-    ChunkSize(Vec<u8>),
-    /// In a chunk's data: the bytes left.
-    ChunkData(u64),
-    /// In the CRLF after a chunk's data: the bytes left.
-    ChunkEnd(u8),
-    /// After the last chunk, up to the empty line that ends the trailers; starts with the last
-    /// chunk line's CRLF, so the end is always a CRLF CRLF.
-    Trailers(Vec<u8>),
-    /// No longer followed: everything passes, nothing is replaced.
-    Opaque,
-}
-
-/// The queue of dispatched requests as seen while walking over bytes not yet committed: the
-/// first `taken` have had their answer heads in the bytes walked.
-struct Waiting<'a> {
-    queue: &'a VecDeque<Asked>,
-    taken: usize,
-}
-
-impl Waiting<'_> {
-    fn any(&self) -> bool {
-        self.queue.len() > self.taken
-    }
-
-    fn take(&mut self) -> Option<Asked> {
-        let next = self.queue.get(self.taken).copied();
-        self.taken += usize::from(next.is_some());
-        next
-    }
-}
-
-impl Frame {
-    /// At the start of a head that no dispatched request is waiting for: the parser's own.
-    fn unclaimed(&self, waiting: &Waiting<'_>) -> bool {
-        matches!(self, Self::Head(b) if b.is_empty()) && !waiting.any()
-    }
-
-    /// Take bytes from the front of `bytes` (not empty) up to the end of the current part and
-    /// move on to the next; returns how many were taken.
-    fn step(&mut self, bytes: &[u8], waiting: &mut Waiting<'_>) -> usize {
-        let (taken, next) = match self {
-            Self::Opaque => return bytes.len(),
-            Self::Body(left) => {
-                let n = count_down(left, bytes);
-                (n, (*left == 0).then(|| Self::Head(Vec::new())))
-            }
-            Self::ChunkData(left) => {
-                let n = count_down(left, bytes);
-                (n, (*left == 0).then_some(Self::ChunkEnd(2)))
-            }
-            Self::ChunkEnd(left) => {
-                let n = usize::from(*left).min(bytes.len());
-                *left -= n as u8;
-                (n, (*left == 0).then(|| Self::ChunkSize(Vec::new())))
-            }
-            Self::Head(buf) => match memmem::find(bytes, b"\r\n\r\n") {
-                // The usual case, a whole head in one buffer: read in place, nothing copied.
-                Some(i) if buf.is_empty() => {
-                    let head = bytes.get(..i + 4).unwrap_or(bytes);
-                    (head.len(), Some(after_head(head, waiting)))
-                }
-                _ => {
-                    let (n, done) = gather(buf, bytes, b"\r\n\r\n");
-                    (n, done.then(|| after_head(buf, waiting)))
-                }
-            },
-            Self::ChunkSize(buf) => {
-                let (n, done) = gather(buf, bytes, b"\r\n");
-                (n, done.then(|| after_chunk_size(buf)))
-            }
-            Self::Trailers(buf) => {
-                let (n, done) = gather(buf, bytes, b"\r\n\r\n");
-                (n, done.then(|| Self::Head(Vec::new())))
-            }
-        };
-        if let Some(next) = next {
-            *self = next;
-        } else if matches!(self, Self::Head(b) | Self::ChunkSize(b) | Self::Trailers(b) if b.len() > MAX_HEAD)
-        {
-            *self = Self::Opaque;
-        }
-        taken
-    }
-}
-
-/// Take up to `left` bytes of `bytes`; returns how many.
-fn count_down(left: &mut u64, bytes: &[u8]) -> usize {
-    let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
-    *left -= n as u64;
-    n
-}
-
-/// Append the front of `bytes` to `buf` up to and including the first `end` mark (which may
-/// straddle calls); returns how many bytes were taken and whether the mark was reached.
-fn gather(buf: &mut Vec<u8>, bytes: &[u8], end: &[u8]) -> (usize, bool) {
-    let old = buf.len();
-    // A mark never lies wholly in `buf` (it would have ended the part), but may begin there.
-    let from = old.saturating_sub(end.len() - 1);
-    let take = bytes.len().min((MAX_HEAD + 1).saturating_sub(old)).max(1);
-    buf.extend_from_slice(bytes.get(..take).unwrap_or(bytes));
-    match memmem::find(buf.get(from..).unwrap_or_default(), end) {
-        Some(i) => {
-            let stop = from + i + end.len();
-            buf.truncate(stop);
-            (stop.saturating_sub(old), true)
-        }
-        None => (take, false),
-    }
-}
-
-/// What follows a complete response head.
-fn after_head(head: &[u8], waiting: &mut Waiting<'_>) -> Frame {
-    let Some(facts) = parse_head(head) else {
-        return Frame::Opaque;
-    };
-    match facts.status {
-        // Switching protocols: what follows is not HTTP/1.
-        101 => return Frame::Opaque,
-        // Informational (100 Continue): the final answer follows.
-        100..=199 => return Frame::Head(Vec::new()),
-        _ => {}
-    }
-    let Some(asked) = waiting.take() else {
-        return Frame::Opaque;
-    };
-    let tunnel = asked == Asked::Connect && (200..300).contains(&facts.status);
-    if tunnel {
-        Frame::Opaque
-    } else if asked == Asked::Head || facts.status == 204 || facts.status == 304 {
-        Frame::Head(Vec::new())
-    } else {
-        match (facts.coding, facts.length) {
-            (Coding::Chunked, _) => Frame::ChunkSize(Vec::new()),
-            (Coding::Other, _) | (Coding::None, None) => Frame::Opaque,
-            (Coding::None, Some(0)) => Frame::Head(Vec::new()),
-            (Coding::None, Some(n)) => Frame::Body(n),
-        }
-    }
-}
-
-/// What follows a chunk-size line: the chunk's data, or the trailers after the last chunk.
-fn after_chunk_size(line: &[u8]) -> Frame {
-    let digits = line
-        .split(|&b| b == b';' || b == b'\r')
-        .next()
-        .unwrap_or_default();
-    let size = std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| u64::from_str_radix(d.trim(), 16).ok());
-    match size {
-        Some(0) => Frame::Trailers(b"\r\n".to_vec()),
-        Some(n) => Frame::ChunkData(n),
-        None => Frame::Opaque,
-    }
-}
-
-/// A body's transfer coding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coding {
-    None,
-    Chunked,
-    /// A coding that does not end in `chunked`: the body runs to the connection's end.
-    Other,
-}
-
-/// What a response head says about the body after it.
-#[derive(Debug)]
-struct HeadFacts {
-    status: u16,
-    length: Option<u64>,
-    coding: Coding,
-}
-
-/// Read a response head (hyper's own output: ASCII names, one value per line).
-fn parse_head(head: &[u8]) -> Option<HeadFacts> {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let (_, status) = status_line(lines.next()?)?;
-    let mut facts = HeadFacts {
-        status,
-        length: None,
-        coding: Coding::None,
-    };
-    for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = line.split_at(colon);
-        let value = std::str::from_utf8(value.get(1..).unwrap_or_default())
-            .ok()?
-            .trim();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            facts.length = Some(value.parse().ok()?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(',').next().unwrap_or_default().trim();
-            facts.coding = if last.eq_ignore_ascii_case("chunked") {
-                Coding::Chunked
-            } else {
-                Coding::Other
-            };
-        }
-    }
-    Some(facts)
-}
-
-/// `HTTP/1.x NNN ...`: the version and the status.
-fn status_line(line: &[u8]) -> Option<(&[u8], u16)> {
-    let version = line.get(..8)?;
-    if !(version == b"HTTP/1.1" || version == b"HTTP/1.0") || line.get(8) != Some(&b' ') {
-        return None;
-    }
-    let digits = line.get(9..12)?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let status = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((version, status))
 }
 
 /// Where the replacement stands.
@@ -338,7 +94,7 @@ impl<T> ParserErrors<T> {
         Self {
             inner,
             dispatched,
-            frame: Frame::Head(Vec::new()),
+            frame: Frame::start(),
             answer: Answer::None,
             hsts,
             peer,
@@ -372,12 +128,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ParserErrors<T> {
         };
         // Walk ahead to the first head nobody waits for, if any.
         let mut ahead = frame.clone();
-        let mut waiting = Waiting {
-            queue: &queue,
-            taken: 0,
-        };
+        let mut waiting = Waiting::new(&queue);
         let limit = walk(&mut ahead, bufs, total, &mut waiting, true);
-        let taken = waiting.taken;
+        let taken = waiting.taken();
         if limit == 0 && total > 0 {
             drop(queue);
             return match self.replacement(bufs) {
@@ -397,12 +150,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ParserErrors<T> {
             queue.drain(..taken);
         } else {
             // A short write: follow only what went out.
-            let mut waiting = Waiting {
-                queue: &queue,
-                taken: 0,
-            };
+            let mut waiting = Waiting::new(&queue);
             walk(frame, bufs, n, &mut waiting, false);
-            let taken = waiting.taken;
+            let taken = waiting.taken();
             queue.drain(..taken);
         }
         Poll::Ready(Ok(n))
@@ -448,33 +198,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ParserErrors<T> {
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// Walk `frame` over the first `limit` bytes of `bufs`; with `stop`, stop before a head nobody
-/// waits for. Returns the bytes walked.
-fn walk(
-    frame: &mut Frame,
-    bufs: &[IoSlice<'_>],
-    limit: usize,
-    waiting: &mut Waiting<'_>,
-    stop: bool,
-) -> usize {
-    let mut walked = 0;
-    for buf in bufs {
-        let mut rest = buf.get(..buf.len().min(limit - walked)).unwrap_or_default();
-        while !rest.is_empty() {
-            if stop && frame.unclaimed(waiting) {
-                return walked;
-            }
-            let n = frame.step(rest, waiting);
-            walked += n;
-            rest = rest.get(n..).unwrap_or_default();
-        }
-        if walked == limit {
-            break;
-        }
-    }
-    walked
 }
 
 /// Write at most the first `limit` of the `total` bytes in `bufs`.
