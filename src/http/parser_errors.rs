@@ -1,27 +1,27 @@
 //! Answers for requests that hyper's HTTP/1 parser refuses before the service sees them: 400 for
-//! a malformed request, 414 for an over-long target, 431 for a header section past the read
-//! buffer.
+//! a malformed request, 414 for an over-long target, 431 for a request head over the limit.
 //!
 //! hyper writes those answers itself, bare (a status line, `connection: close`,
 //! `content-length: 0`, `date`), then closes the connection, and offers no hook to shape them.
 //! [`ParserErrors`] sits between hyper and the socket and follows the framing of what hyper
-//! writes ([`framing`]): each response head, then its body by `Content-Length` or chunked coding
-//! (none after a 1xx, a 204, a 304 or an answer to HEAD). Every request hyper hands to the service is
-//! counted first ([`Dispatched`]), so a response head that starts while no request is waiting
-//! for one can only be the parser's. That head is dropped and a complete answer goes out in its
-//! place: the security headers of [`headers::set_security_headers`], a fresh `X-Request-Id` and
-//! a problem+json body. The connection is then closed in stages, as RFC 9112 §9.6 advises:
-//! the write side first, then what the client still sends is read and discarded (bounded), so
-//! that closing with unread bytes does not send a reset that can destroy the answer before the
-//! client, or a proxy in front, has read it.
+//! writes ([`framing`]): each response head, then its body by `Content-Length` or chunked
+//! coding (none after a 1xx, a 204, a 304 or an answer to HEAD). Every request hyper hands to
+//! the service is counted first ([`Dispatched`]), so a response head that starts while no
+//! request is waiting for one can only be the parser's. That head is dropped and a complete
+//! answer goes out in its place ([`answer`]): the middleware's security headers, a fresh
+//! `X-Request-Id` and a problem+json body. The connection is then closed in stages, as RFC
+//! 9112 §9.6 advises: the write side first, then what the client still sends is read and
+//! discarded (bounded), so that closing with unread bytes does not send a reset that can
+//! destroy the answer before the client, or a proxy in front, has read it.
 //!
 //! Invariant: the bytes of every answer the service produced pass unchanged and in order; what
 //! is followed is hyper's own output, never the client's, and a body that happens to contain an
 //! HTTP head is skipped by its length, never taken for one. Whatever cannot be followed (a
-//! close-delimited body, an upgrade, a head that is not a bare 4xx or 5xx) turns the
-//! replacement off for the rest of the connection: at worst hyper's bare answer goes out, never
-//! a corrupted stream.
+//! close-delimited body, an upgrade, a head that is not a bare 4xx or 5xx, a count that is off)
+//! stops the counting and the replacing for the rest of the connection: at worst hyper's bare
+//! answer goes out, never a corrupted stream.
 
+mod answer;
 mod framing;
 
 use std::collections::VecDeque;
@@ -30,17 +30,14 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use memchr::memmem;
+use axum::http::Method;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::error::{PROBLEM_JSON, problem_body};
-use crate::http::headers;
-use crate::http::request_id::{X_REQUEST_ID, fresh_id};
-use framing::{Asked, Frame, Waiting, status_line, walk};
+use answer::replacement;
+use framing::{Asked, Frame, Waiting, walk};
 
 /// After a replaced answer, what the client still sends is read and discarded for at most this
 /// long...
@@ -51,16 +48,38 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// The requests hyper has handed to the service on one connection whose answers have not
 /// started on the wire yet, oldest first (HTTP/1 answers in request order).
 #[derive(Clone, Default)]
-pub(crate) struct Dispatched(Arc<Mutex<VecDeque<Asked>>>);
+pub(crate) struct Dispatched(Arc<Mutex<Queue>>);
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Asked>,
+    /// Set when the answers are no longer followed: nothing is counted or replaced any more.
+    stopped: bool,
+}
+
+/// More requests waiting than this means the count is off (hyper dispatches the next
+/// request only once the previous answer is written, so about two at most): stop.
+const MAX_WAITING: usize = 16;
 
 impl Dispatched {
     /// Count a request. Call it when the service is handed the request, before it can answer.
     pub(crate) fn push(&self, method: &Method) {
-        let asked = Asked::of(method);
         // A poisoned lock is seen by the writer too, which then stops replacing anything.
-        if let Ok(mut waiting) = self.0.lock() {
-            waiting.push_back(asked);
+        if let Ok(mut q) = self.0.lock()
+            && !q.stopped
+        {
+            q.waiting.push_back(Asked::of(method));
+            if q.waiting.len() > MAX_WAITING {
+                q.stop();
+            }
         }
+    }
+}
+
+impl Queue {
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.waiting = VecDeque::new();
     }
 }
 
@@ -120,67 +139,46 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ParserErrors<T> {
             inner,
             dispatched,
             frame,
-            ..
+            answer,
+            hsts,
+            peer,
         } = self;
-        let Ok(mut queue) = dispatched.0.lock() else {
-            *frame = Frame::Opaque;
-            return write_prefix(inner, cx, bufs, total, total);
+        let mut queue = match dispatched.0.lock() {
+            Ok(q) if !q.stopped => q,
+            _ => {
+                *frame = Frame::Opaque;
+                return write_prefix(inner, cx, bufs, total, total);
+            }
         };
         // Walk ahead to the first head nobody waits for, if any.
         let mut ahead = frame.clone();
-        let mut waiting = Waiting::new(&queue);
+        let mut waiting = Waiting::new(&queue.waiting);
         let limit = walk(&mut ahead, bufs, total, &mut waiting, true);
         let taken = waiting.taken();
         if limit == 0 && total > 0 {
-            drop(queue);
-            return match self.replacement(bufs) {
-                Some(answer) => {
-                    self.answer = Answer::Sending(answer, 0);
-                    Poll::Ready(Ok(total))
-                }
-                None => {
-                    self.frame = Frame::Opaque;
-                    write_prefix(&mut self.inner, cx, bufs, total, total)
-                }
-            };
+            if let Some(bytes) = replacement(bufs, *hsts, *peer) {
+                *answer = Answer::Sending(bytes, 0);
+                return Poll::Ready(Ok(total));
+            }
+            *frame = Frame::Opaque;
+            queue.stop();
+            return write_prefix(inner, cx, bufs, total, total);
         }
         let n = ready!(write_prefix(inner, cx, bufs, limit, total))?;
-        if n == limit {
+        let taken = if n == limit {
             *frame = ahead;
-            queue.drain(..taken);
+            taken
         } else {
             // A short write: follow only what went out.
-            let mut waiting = Waiting::new(&queue);
+            let mut waiting = Waiting::new(&queue.waiting);
             walk(frame, bufs, n, &mut waiting, false);
-            let taken = waiting.taken();
-            queue.drain(..taken);
+            waiting.taken()
+        };
+        queue.waiting.drain(..taken);
+        if matches!(frame, Frame::Opaque) {
+            queue.stop();
         }
         Poll::Ready(Ok(n))
-    }
-
-    /// The complete answer to put in place of hyper's bare one, which starts `bufs`; `None`
-    /// when `bufs` does not start with a bare error head (then nothing is replaced).
-    fn replacement(&self, bufs: &[IoSlice<'_>]) -> Option<Vec<u8>> {
-        let mut start = Vec::with_capacity(256);
-        for b in bufs {
-            start.extend_from_slice(b.get(..b.len().min(1024 - start.len())).unwrap_or_default());
-        }
-        let line_end = memmem::find(&start, b"\r\n")?;
-        let (version, status) = status_line(start.get(..line_end)?)?;
-        let status = StatusCode::from_u16(status).ok()?;
-        // Anything but hyper's bare error head: leave it alone.
-        let ours = memmem::find(&start.to_ascii_lowercase(), b"\r\nx-request-id:").is_some();
-        if !(status.is_client_error() || status.is_server_error()) || ours {
-            return None;
-        }
-        let id = fresh_id();
-        tracing::info!(
-            status = status.as_u16(),
-            request_id = id.to_str().unwrap_or("-"),
-            client.ip = %self.peer,
-            "refused a request the HTTP/1 parser could not read"
-        );
-        Some(answer(version, status, id, self.hsts))
     }
 
     /// Write out the replacement (a no-op unless there is one).
@@ -225,40 +223,6 @@ fn write_prefix<T: AsyncWrite + Unpin>(
         left -= n;
     }
     Pin::new(inner).poll_write_vectored(cx, &cut)
-}
-
-/// The whole answer for a refused request: like every other error of the service, with the
-/// security headers, a request id and a problem body.
-fn answer(version: &[u8], status: StatusCode, id: HeaderValue, hsts: bool) -> Vec<u8> {
-    let detail = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "the request's header section is too large",
-        StatusCode::URI_TOO_LONG => "the request target is too long",
-        _ => "the request is not valid HTTP/1.1",
-    };
-    let body = problem_body(status, detail, id.to_str().unwrap_or("-"));
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    // The request's framing is lost: hyper closes the connection after it, and says so.
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-        h.insert(header::DATE, date);
-    }
-    h.insert(X_REQUEST_ID, id);
-    headers::set_security_headers(&mut h, hsts);
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let mut out = Vec::with_capacity(512 + body.len());
-    out.extend_from_slice(version);
-    out.extend_from_slice(format!(" {} {reason}\r\n", status.as_str()).as_bytes());
-    for (name, value) in &h {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    out
 }
 
 /// Read and discard until the client stops sending, closes, `until` passes or `left` runs out.
@@ -350,22 +314,38 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    const HYPER_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 23:45:06 GMT\r\n\r\n";
+    /// What hyper writes for a request head over the limit.
+    const HYPER_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+        connection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 23:45:06 GMT\r\n\r\n";
 
     /// What the service answered, in order, with the request each answers; a chunked body
     /// and a body that holds a fake error head among them.
     fn answers() -> Vec<(Method, &'static [u8])> {
         vec![
-            (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-request-id: a\r\n\r\nhello"),
-            (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-request-id: b\r\n\r\n"),
-            (
-                Method::POST,
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1c\r\nHTTP/1.1 400 Bad Request\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: y\r\n\r\n",
-            ),
-            (Method::GET, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"),
             (
                 Method::GET,
-                b"HTTP/1.1 404 Not Found\r\ncontent-length: 27\r\n\r\nHTTP/1.1 400 Bad Request\r\n\r",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-request-id: a\r\n\r\nhello",
+            ),
+            (
+                Method::HEAD,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-request-id: b\r\n\r\n",
+            ),
+            (
+                Method::POST,
+                b"HTTP/1.1 100 Continue\r\n\r\n\
+                HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\
+                1c\r\nHTTP/1.1 400 Bad Request\r\n\r\n\r\n\
+                3;ext=1\r\nabc\r\n\
+                0\r\nx-trailer: y\r\n\r\n",
+            ),
+            (
+                Method::GET,
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+            ),
+            (
+                Method::GET,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 27\r\n\r\n\
+                HTTP/1.1 400 Bad Request\r\n\r",
             ),
         ]
     }
@@ -479,11 +459,32 @@ mod tests {
             b.read_to_end(&mut out).await.unwrap();
             assert_eq!(out, [first, HYPER_431].concat());
         }
+        // A count that is off (more waiting than hyper ever has) stops the replacing: the
+        // queue is emptied, and a head nobody waits for then passes as it is.
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let dispatched = Dispatched::default();
+        let mut w = ParserErrors::new(a, dispatched.clone(), false, [127, 0, 0, 1].into());
+        for _ in 0..=MAX_WAITING {
+            dispatched.push(&Method::GET);
+        }
+        dispatched.push(&Method::GET);
+        assert!(dispatched.0.lock().unwrap().waiting.is_empty());
+        w.write_all(HYPER_431).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, HYPER_431);
         // A head nobody waits for that is not a bare error: left alone, and so is the rest.
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut w = ParserErrors::new(a, Dispatched::default(), false, [127, 0, 0, 1].into());
         let odd = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         w.write_all(odd).await.unwrap();
+        w.dispatched.push(&Method::GET);
+        assert!(
+            w.dispatched.0.lock().unwrap().waiting.is_empty(),
+            "not counted"
+        );
         w.write_all(HYPER_431).await.unwrap();
         w.shutdown().await.unwrap();
         drop(w);

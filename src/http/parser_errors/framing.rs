@@ -137,10 +137,13 @@ impl Frame {
                 (n, done.then(|| Self::Head(Vec::new())))
             }
         };
+        let overlong = match self {
+            Self::Head(b) | Self::ChunkSize(b) | Self::Trailers(b) => b.len() > MAX_HEAD,
+            _ => false,
+        };
         if let Some(next) = next {
             *self = next;
-        } else if matches!(self, Self::Head(b) | Self::ChunkSize(b) | Self::Trailers(b) if b.len() > MAX_HEAD)
-        {
+        } else if overlong {
             *self = Self::Opaque;
         }
         taken
