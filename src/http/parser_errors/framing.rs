@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::LazyLock;
 
 use axum::http::Method;
 use memchr::memmem;
@@ -117,23 +118,23 @@ impl Frame {
                 *left -= n as u8;
                 (n, (*left == 0).then(|| Self::ChunkSize(Vec::new())))
             }
-            Self::Head(buf) => match memmem::find(bytes, b"\r\n\r\n") {
+            Self::Head(buf) => match HEAD_END.find(bytes) {
                 // The usual case, a whole head in one buffer: read in place, nothing copied.
                 Some(i) if buf.is_empty() => {
                     let head = bytes.get(..i + 4).unwrap_or(bytes);
                     (head.len(), Some(after_head(head, waiting)))
                 }
                 _ => {
-                    let (n, done) = gather(buf, bytes, b"\r\n\r\n");
+                    let (n, done) = gather(buf, bytes, &HEAD_END);
                     (n, done.then(|| after_head(buf, waiting)))
                 }
             },
             Self::ChunkSize(buf) => {
-                let (n, done) = gather(buf, bytes, b"\r\n");
+                let (n, done) = gather(buf, bytes, &LINE_END);
                 (n, done.then(|| after_chunk_size(buf)))
             }
             Self::Trailers(buf) => {
-                let (n, done) = gather(buf, bytes, b"\r\n\r\n");
+                let (n, done) = gather(buf, bytes, &HEAD_END);
                 (n, done.then(|| Self::Head(Vec::new())))
             }
         };
@@ -150,6 +151,11 @@ impl Frame {
     }
 }
 
+/// The end of a head or of the trailers, and of a line: searchers built once.
+static HEAD_END: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+static LINE_END: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n"));
+
 /// Take up to `left` bytes of `bytes`; returns how many.
 fn count_down(left: &mut u64, bytes: &[u8]) -> usize {
     let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
@@ -159,15 +165,16 @@ fn count_down(left: &mut u64, bytes: &[u8]) -> usize {
 
 /// Append the front of `bytes` to `buf` up to and including the first `end` mark (which may
 /// straddle calls); returns how many bytes were taken and whether the mark was reached.
-fn gather(buf: &mut Vec<u8>, bytes: &[u8], end: &[u8]) -> (usize, bool) {
+fn gather(buf: &mut Vec<u8>, bytes: &[u8], end: &memmem::Finder<'_>) -> (usize, bool) {
     let old = buf.len();
+    let mark = end.needle().len();
     // A mark never lies wholly in `buf` (it would have ended the part), but may begin there.
-    let from = old.saturating_sub(end.len() - 1);
+    let from = old.saturating_sub(mark - 1);
     let take = bytes.len().min((MAX_HEAD + 1).saturating_sub(old)).max(1);
     buf.extend_from_slice(bytes.get(..take).unwrap_or(bytes));
-    match memmem::find(buf.get(from..).unwrap_or_default(), end) {
+    match end.find(buf.get(from..).unwrap_or_default()) {
         Some(i) => {
-            let stop = from + i + end.len();
+            let stop = from + i + mark;
             buf.truncate(stop);
             (stop.saturating_sub(old), true)
         }
@@ -250,16 +257,22 @@ fn parse_head(head: &[u8]) -> Option<HeadFacts> {
         coding: Coding::None,
     };
     for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = line.split_at(colon);
+        // Only two headers matter; the others' values are not even read (this runs once per
+        // answer).
+        let length = name.eq_ignore_ascii_case(b"content-length");
+        if !length && !name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
         let value = std::str::from_utf8(value.get(1..).unwrap_or_default())
             .ok()?
             .trim();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if length {
             facts.length = Some(value.parse().ok()?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else {
             let last = value.rsplit(',').next().unwrap_or_default().trim();
             facts.coding = if last.eq_ignore_ascii_case("chunked") {
                 Coding::Chunked
@@ -344,5 +357,8 @@ mod tests {
             Coding::Other
         );
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_none());
+        // Other headers' values are not read: a byte that is not UTF-8 there changes nothing.
+        let odd = parse_head(b"HTTP/1.1 200 OK\r\nx-odd: \xff\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(odd.unwrap().length, Some(3));
     }
 }
