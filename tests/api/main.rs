@@ -24,3 +24,4 @@ mod retention;
 mod stack_smoke;
 mod startup;
 mod upload;
+mod wire;
