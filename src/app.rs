@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -21,16 +20,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Confidential};
 use crate::auth::cache::PrincipalCache;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::refresh::RefreshTokens;
 use crate::auth::throttle::LoginThrottle;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::http::metrics::Metrics;
+use crate::http::parser_errors::{Dispatched, ParserErrors};
 use crate::http::rate_limit::RateLimits;
 use crate::http::send_timeout::SendTimeout;
 use crate::ingest::policy::UploadPolicy;
@@ -38,6 +39,9 @@ use crate::ingest::quota::Quota;
 use crate::meta::MetaStore;
 use crate::secrets::SecretKey;
 use crate::{http, lifecycle, ops, retention};
+
+/// The largest HTTP/1 request head (request line and header section); a larger one gets 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The label of the subkey that chains the audit trail.
 pub const AUDIT_CHAIN_LABEL: &str = "coffer/audit-chain/v1";
@@ -64,6 +68,8 @@ pub struct AppInner {
     pub blobs: BlobStore,
     /// Access-token keys.
     pub tokens: TokenKeys,
+    /// Derives each rotated refresh token from the one presented.
+    pub refresh_tokens: RefreshTokens,
     /// Password hashing.
     pub passwords: Passwords,
     /// Failed-login counters.
@@ -116,7 +122,13 @@ impl App {
 
         let passwords = Passwords::new(&config.auth)?;
         let chain = crate::meta::audit::ChainKey(secrets.secret_key.derive(AUDIT_CHAIN_LABEL));
-        let (audit, audit_task) = AuditLog::start(meta.clone(), chain);
+        // With encryption at rest on, a file's hash or name stays out of the log.
+        let confidential = if secrets.keyring.enabled() {
+            Confidential::TrailOnly
+        } else {
+            Confidential::Logged
+        };
+        let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let state = AppState(Arc::new(AppInner {
             tokens: TokenKeys::new(
@@ -124,6 +136,7 @@ impl App {
                 &config.auth.issuer,
                 config.auth.access_ttl_secs,
             )?,
+            refresh_tokens: RefreshTokens::new(&secrets.secret_key),
             principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
             throttle: LoginThrottle::new(
                 config.auth.login_failures_before_delay,
@@ -171,14 +184,18 @@ impl App {
     ) -> std::io::Result<()> {
         let cfg = &self.state.config.server;
         let header_timeout = Duration::from_secs(cfg.header_read_timeout_secs);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // The opening bytes already tell the protocol (`request_starts`), so each has its own
+        // builder.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
+            .max_buf_size(MAX_HEAD_BYTES)
+            // Exact: the buffer limit alone is checked only while a head is incomplete, so a
+            // head that arrives whole in one read could pass it (up to about twice the size).
+            .max_header_size(MAX_HEAD_BYTES);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(128)
             // A silent HTTP/2 peer is dropped: it must answer pings.
@@ -192,7 +209,8 @@ impl App {
         );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
-        let http2 = cfg.http2;
+        let http2_on = cfg.http2;
+        let hsts = cfg.behind_tls_proxy;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -217,29 +235,48 @@ impl App {
             };
             let _ = stream.set_nodelay(true);
             let router = self.router.clone();
-            let builder = builder.clone();
+            let (http1, http2) = (http1.clone(), http2.clone());
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _slots = (permit, ip_slot);
                 // hyper's header timeout starts once it knows the protocol; a peer that never
                 // sends enough to tell would otherwise hold the connection forever.
-                match request_starts(&stream, header_timeout).await {
-                    Some(Opening::Http1) => {}
-                    Some(Opening::Http2) if http2 => {}
+                let opening = match request_starts(&stream, header_timeout).await {
+                    Some(Opening::Http1) => Opening::Http1,
+                    Some(Opening::Http2) if http2_on => Opening::Http2,
                     // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream
                     // is not bounded by the send timeout).
                     Some(Opening::Http2) | None => return,
-                }
+                };
+                // HTTP/1 requests are counted as the service is handed them, so that an answer
+                // no request waits for (the parser's own 400 or 431) can be told and replaced.
+                let dispatched = Dispatched::default();
+                let counted = (opening == Opening::Http1).then(|| dispatched.clone());
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(counted) = &counted {
+                            counted.push(req.method());
+                        }
                         req.extensions_mut()
                             .insert(axum::extract::ConnectInfo(peer));
                         router.clone().oneshot(req.map(axum::body::Body::new))
                     },
                 );
-                let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
-                let conn = builder.serve_connection_with_upgrades(io, service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                let timed = SendTimeout::new(stream, send_timeout);
+                let ended = match opening {
+                    Opening::Http1 => {
+                        let io = ParserErrors::new(timed, dispatched, hsts, peer.ip());
+                        watcher
+                            .watch(http1.serve_connection(TokioIo::new(io), service))
+                            .await
+                    }
+                    Opening::Http2 => {
+                        watcher
+                            .watch(http2.serve_connection(TokioIo::new(timed), service))
+                            .await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });

@@ -5,10 +5,14 @@
 //! Invariant: entries are appended in the order they were recorded. Reading the trail first
 //! flushes what is queued, so a client that acted and then reads the trail sees its action.
 //! Details never contain a password, token, key or link token: callers pass ids and sizes.
+//! A file's hash or name goes in an entry's confidential facts ([`Record::confidential`]):
+//! stored in the trail, inside the protected store, but logged only while encryption at rest is
+//! off ([`Confidential`]), since logs leave the host and a hash or name in them lets anyone who
+//! reads them confirm a guessed file.
 
 use std::net::IpAddr;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -82,6 +86,8 @@ pub struct Record {
     subject: Option<String>,
     ip: Option<IpAddr>,
     detail: Value,
+    /// Facts for the trail that the log may not carry (see [`Confidential`]).
+    confidential: Map<String, Value>,
 }
 
 impl Record {
@@ -93,6 +99,7 @@ impl Record {
             subject: None,
             ip: None,
             detail: Value::Object(Default::default()),
+            confidential: Map::new(),
         }
     }
 
@@ -119,6 +126,37 @@ impl Record {
         self.detail = detail;
         self
     }
+
+    /// A fact about a file's identity (its hash or name): stored in the detail like the others,
+    /// but in the log only as [`Confidential`] allows.
+    pub fn confidential(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.confidential.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Where an entry's confidential facts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confidential {
+    /// The trail and the log (encryption at rest is off: the hash stays useful in the log, to
+    /// match uploads against lists of known-bad files).
+    Logged,
+    /// The trail only (encryption at rest is on: no log line carries a file's hash or name).
+    TrailOnly,
+}
+
+/// The detail stored in the trail: `detail` with the confidential facts added.
+fn stored_detail(detail: Value, confidential: Map<String, Value>) -> Value {
+    if confidential.is_empty() {
+        return detail;
+    }
+    let mut all = match detail {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => Map::from_iter([("detail".to_owned(), other)]),
+    };
+    all.extend(confidential);
+    Value::Object(all)
 }
 
 enum Msg {
@@ -130,25 +168,33 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Msg>,
+    confidential: Confidential,
 }
 
 impl AuditLog {
     /// Start the writer task; `key` chains the trail.
-    pub fn start(meta: MetaStore, key: audit::ChainKey) -> (Self, JoinHandle<()>) {
+    pub fn start(
+        meta: MetaStore,
+        key: audit::ChainKey,
+        confidential: Confidential,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(writer(meta, std::sync::Arc::new(key), rx));
-        (Self { tx }, task)
+        (Self { tx, confidential }, task)
     }
 
     /// Record an event: logged now, stored by the writer shortly.
     pub fn record(&self, r: Record) {
         let ip = r.ip.map(|ip| ip.to_string());
+        let withheld = self.confidential == Confidential::TrailOnly && !r.confidential.is_empty();
+        let public = withheld.then(|| r.detail.clone());
+        let detail = stored_detail(r.detail, r.confidential);
         tracing::info!(
             audit.event = r.event.as_str(),
             audit.actor = r.actor.as_deref().unwrap_or("-"),
             audit.subject = r.subject.as_deref().unwrap_or("-"),
             client.ip = ip.as_deref().unwrap_or("-"),
-            detail = %r.detail,
+            detail = %public.as_ref().unwrap_or(&detail),
             "audit {}",
             r.event.as_str()
         );
@@ -159,7 +205,7 @@ impl AuditLog {
             actor_id: r.actor,
             subject_id: r.subject,
             client_ip: ip,
-            detail: r.detail,
+            detail,
         };
         if self.tx.send(Msg::Entry(entry)).is_err() {
             tracing::error!("audit writer has stopped; entry logged but not stored");
@@ -237,5 +283,23 @@ fn drain(
             Ok(msg) => take(msg, entries, acks),
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn confidential_facts_join_the_stored_detail() {
+        let plain = json!({ "size": 3 });
+        assert_eq!(stored_detail(plain.clone(), Map::new()), plain);
+        let facts = Map::from_iter([("sha256".to_owned(), json!("ab"))]);
+        assert_eq!(
+            stored_detail(plain, facts.clone()),
+            json!({ "size": 3, "sha256": "ab" })
+        );
+        assert_eq!(stored_detail(Value::Null, facts), json!({ "sha256": "ab" }));
     }
 }

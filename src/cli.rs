@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::app::{App, Secrets};
-use crate::audit::{AuditLog, Event, Record};
+use crate::audit::{AuditLog, Confidential, Event, Record};
 use crate::auth::accounts::{self, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
@@ -366,7 +366,9 @@ async fn create_user(
             match SecretKey::from_env() {
                 Ok(secret) => {
                     let chain = ChainKey(secret.derive(crate::app::AUDIT_CHAIN_LABEL));
-                    let (audit, task) = AuditLog::start(meta.clone(), chain);
+                    // No file facts here; the strict setting, should one ever be added.
+                    let (audit, task) =
+                        AuditLog::start(meta.clone(), chain, Confidential::TrailOnly);
                     audit.record(
                         Record::new(Event::UserCreate)
                             .subject(user.id)

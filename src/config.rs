@@ -133,6 +133,10 @@ pub struct AuthConfig {
     pub access_ttl_secs: u64,
     /// Refresh-token lifetime (each rotation starts a new one).
     pub refresh_ttl_secs: u64,
+    /// Seconds after a rotation during which the token just rotated may be presented again
+    /// and answers the same new refresh token instead of counting as reuse; 0 = off, at most
+    /// 60.
+    pub refresh_reuse_grace_secs: u64,
     /// The `iss` claim written and required.
     pub issuer: String,
     /// Password policy: shortest accepted password, in characters.
@@ -158,7 +162,7 @@ pub struct AuthConfig {
     /// Upper bound of that wait.
     pub login_max_delay_secs: u64,
     /// How long a checked credential is trusted without asking the database again; every
-    /// revocation made by this process empties the cache at once. 0 disables it.
+    /// revocation made by this process drops what it revoked at once. 0 disables it.
     pub principal_cache_secs: u64,
 }
 
@@ -370,6 +374,10 @@ impl Config {
         need(
             self.auth.refresh_ttl_secs > self.auth.access_ttl_secs,
             "auth.refresh_ttl_secs must be longer than auth.access_ttl_secs",
+        );
+        need(
+            self.auth.refresh_reuse_grace_secs <= 60,
+            "auth.refresh_reuse_grace_secs must be at most 60 (seconds during which a replayed refresh token is not detected)",
         );
         need(
             !self.auth.issuer.is_empty(),
@@ -588,6 +596,20 @@ mod tests {
         let e = Config::load_from(None, env(&[("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots")]))
             .unwrap_err();
         assert!(e.to_string().contains("limits.max_upload_bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_refresh_grace_period_is_off_by_default_and_at_most_a_minute() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.auth.refresh_reuse_grace_secs, 0);
+        let grace =
+            |v: &str| Config::load_from(None, env(&[("COFFER_AUTH__REFRESH_REUSE_GRACE_SECS", v)]));
+        assert_eq!(grace("60").unwrap().auth.refresh_reuse_grace_secs, 60);
+        let e = grace("61").unwrap_err();
+        assert!(
+            e.to_string().contains("auth.refresh_reuse_grace_secs"),
+            "{e}"
+        );
     }
 
     #[test]

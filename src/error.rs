@@ -207,10 +207,12 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         410 => "gone",
         411 => "length-required",
         413 => "payload-too-large",
+        414 => "uri-too-long",
         415 => "unsupported-media-type",
         416 => "range-not-satisfiable",
         422 => "validation-failed",
         429 => "rate-limited",
+        431 => "request-header-fields-too-large",
         503 => "service-unavailable",
         507 => "insufficient-storage",
         s if s >= 500 => "internal-error",
@@ -221,15 +223,35 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 /// A problem response for a status with no richer error behind it (fallback 404, 405, layer
 /// rejections). Keeps the caller's headers out: it is a fresh response.
 pub fn problem_response(status: StatusCode, code: &'static str, detail: String) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error");
-    render(Problem {
+    render(bare_problem(status, code, detail, current_request_id()))
+}
+
+/// The body of a problem for a bare status, for answers written below the router (where no
+/// request id is in scope, so it is passed).
+pub(crate) fn problem_body(status: StatusCode, detail: &str, request_id: &str) -> Vec<u8> {
+    let problem = bare_problem(
+        status,
+        code_for_status(status),
+        detail.to_owned(),
+        Some(request_id.to_owned()),
+    );
+    serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+fn bare_problem(
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    request_id: Option<String>,
+) -> Problem {
+    Problem {
         kind: format!("urn:coffer:problem:{code}"),
-        title,
+        title: status.canonical_reason().unwrap_or("Error"),
         status: status.as_u16(),
         detail,
         errors: None,
-        request_id: current_request_id(),
-    })
+        request_id,
+    }
 }
 
 fn current_request_id() -> Option<String> {

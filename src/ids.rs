@@ -103,6 +103,14 @@ impl Timestamp {
         Self(self.0.saturating_add(us))
     }
 
+    /// This time minus `secs` seconds (saturating).
+    pub fn minus_secs(self, secs: u64) -> Self {
+        let us = i64::try_from(secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        Self(self.0.saturating_sub(us))
+    }
+
     /// Whole seconds since the epoch.
     pub fn unix_secs(self) -> i64 {
         self.0.div_euclid(1_000_000)

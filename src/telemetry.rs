@@ -3,7 +3,9 @@
 //!
 //! Invariant: no code path logs a header value, a body, a query string or a token; the
 //! sensitive-headers layer additionally marks `Authorization`, `Cookie` and `X-API-Key` so even
-//! a debug dump of a request prints them as `Sensitive`.
+//! a debug dump of a request prints them as `Sensitive`. No log line names a file, and with
+//! encryption at rest on none carries a file's hash (the audit trail keeps it: see
+//! `audit::Confidential`).
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;

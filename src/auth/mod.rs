@@ -1,4 +1,5 @@
-//! Authentication: passwords, access and refresh tokens, API keys, login throttling.
+//! Authentication: passwords, access and refresh tokens, API keys, login throttling, and the
+//! cache of checked credentials.
 //!
 //! Invariant: secrets (passwords, tokens, keys) are only ever compared as hashes or through
 //! constant-time MACs, never logged, and never stored in plaintext.
@@ -8,6 +9,7 @@ pub mod api_key;
 pub mod cache;
 pub mod jwt;
 pub mod password;
+pub mod refresh;
 pub mod throttle;
 
 use sha2::{Digest, Sha256};

@@ -3,9 +3,10 @@
 //! Invariant: hashing and verification run on their own threads, one per core, at the lowest
 //! scheduling priority (nice 19), behind a semaphore sized to that pool: a login storm queues
 //! and soaks up idle CPU, but every other request is scheduled first, so it cannot starve
-//! downloads. Unknown users are verified against a dummy hash, so their answer takes as long
-//! as a wrong password's. A hashing thread keeps its argon2 memory while callers are waiting
-//! and frees it when none is, so a storm reuses it and an idle server does not hold it.
+//! downloads. A failed verification does the same argon2 work whatever the account's state
+//! (unknown, locked, hashed with older parameters): one hash of every cost the stored hashes
+//! use (see [`Passwords::verify`]). A hashing thread keeps its argon2 memory while callers are
+//! waiting and frees it when none is, so a storm reuses it and an idle server does not hold it.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -43,8 +44,12 @@ pub struct HashError(String);
 pub struct Passwords {
     params: Params,
     pool: HashPool,
-    dummy: Arc<String>,
+    /// The cost (see [`cost_of`]) of the hashes made with `params`.
+    current_cost: Arc<str>,
 }
+
+/// The salt of dummy hashes (16 bytes, like real ones): its value changes nothing.
+const DUMMY_SALT: &str = "ZHVtbXktc2FsdC1jb2ZmZXI";
 
 /// The result of a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +61,7 @@ pub struct Verified {
 }
 
 impl Passwords {
-    /// Build from config: start the hashing threads and compute the dummy hash.
+    /// Build from config: start the hashing threads.
     pub fn new(cfg: &AuthConfig) -> Result<Self, HashError> {
         let params = Params::new(
             cfg.argon2_memory_kib,
@@ -72,14 +77,18 @@ impl Passwords {
                 .map_or(1, |n| usize::from(n).saturating_sub(1).max(1)),
             n => n,
         };
-        let mut this = Self {
+        // What the argon2 crate writes for these parameters and its default 32-byte output.
+        let current_cost = format!(
+            "$argon2id$v=19$m={},t={},p={}$43",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        );
+        Ok(Self {
             params,
             pool: HashPool::start(threads)?,
-            dummy: Arc::default(),
-        };
-        let dummy = this.hash_now(&crate::auth::random_token::<24>())?;
-        this.dummy = Arc::new(dummy);
-        Ok(this)
+            current_cost: current_cost.into(),
+        })
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -101,40 +110,101 @@ impl Passwords {
             .await?
     }
 
-    /// Verify against `stored`, or against the dummy hash when there is no user (`None`), in
-    /// which case the answer is always `ok: false` after the same amount of work.
+    /// Verify `password` against `stored`, the account's hash (`None`: no such account).
+    ///
+    /// `costs` are the costs every stored hash uses (`meta::users::password_costs`). When the
+    /// password does not match, this verifies a dummy hash of each of them that the account's
+    /// own hash did not already cover, so a failure does the same work whatever the account's
+    /// state: unknown, locked, or hashed with other parameters than configured (which it keeps
+    /// until its next successful login; the review of issue 20 measured 194 ms for such an
+    /// account against 9 ms for an unknown name). Work rather than a time floor: the same work
+    /// slows down alike under load, where a floor calibrated at rest lets the costliest case
+    /// show through. The price: while several costs are in use, a failure costs their sum.
     pub async fn verify(
         &self,
         password: SecretString,
         stored: Option<String>,
+        costs: Vec<String>,
     ) -> Result<Verified, HashError> {
         let this = self.clone();
         self.pool
-            .run(move || this.verify_now(password.expose_secret(), stored))
+            .run(move || this.verify_now(password.expose_secret(), stored.as_deref(), &costs))
             .await
     }
 
-    fn verify_now(&self, password: &str, stored: Option<String>) -> Verified {
-        let real = stored.is_some();
-        let phc_text = stored.unwrap_or_else(|| self.dummy.to_string());
-        let Ok(phc) = PasswordHash::new(&phc_text) else {
+    fn verify_now(&self, password: &str, stored: Option<&str>, costs: &[String]) -> Verified {
+        let own = stored.and_then(|s| PasswordHash::new(s).ok().map(|phc| (phc, cost_of(s))));
+        if let Some((phc, _)) = &own
+            && verify_with_reused_memory(password.as_bytes(), phc)
+        {
             return Verified {
-                ok: false,
-                needs_rehash: false,
+                ok: true,
+                needs_rehash: !self.is_current(phc),
             };
-        };
-        let ok = verify_with_reused_memory(password.as_bytes(), &phc) && real;
-        let current = phc.algorithm.as_str() == "argon2id"
-            && Params::try_from(&phc).is_ok_and(|p| {
+        }
+        let own_cost = own.and_then(|(_, cost)| cost);
+        let mut dummies: Vec<&str> = costs
+            .iter()
+            .map(String::as_str)
+            .filter(|c| Some(*c) != own_cost.as_deref())
+            .collect();
+        if own_cost.is_none() && dummies.is_empty() {
+            // No stored hash at all: still answer after a verification's work.
+            dummies.push(&self.current_cost);
+        }
+        for cost in dummies {
+            let text = dummy_of(cost);
+            match text.as_deref().map(PasswordHash::new) {
+                Some(Ok(phc)) => {
+                    let _ = verify_with_reused_memory(password.as_bytes(), &phc);
+                }
+                _ => tracing::debug!(cost, "a stored password cost cannot be dummied"),
+            }
+        }
+        Verified {
+            ok: false,
+            needs_rehash: false,
+        }
+    }
+
+    /// Whether a hash uses the configured algorithm and parameters.
+    fn is_current(&self, phc: &PasswordHash) -> bool {
+        phc.algorithm.as_str() == "argon2id"
+            && Params::try_from(phc).is_ok_and(|p| {
                 p.m_cost() == self.params.m_cost()
                     && p.t_cost() == self.params.t_cost()
                     && p.p_cost() == self.params.p_cost()
-            });
-        Verified {
-            ok,
-            needs_rehash: ok && !current,
-        }
+            })
     }
+}
+
+/// What a PHC string's verification costs: everything before its salt, then the length of its
+/// hash in base64 characters (`$argon2id$v=19$m=19456,t=2,p=1$43`); `None` unless shaped like
+/// an argon2 PHC string. The same expression as the `users.password_cost` column (migration
+/// v2), so an account's own cost is recognised among the stored ones.
+pub(crate) fn cost_of(phc: &str) -> Option<String> {
+    // SQL: `password_hash LIKE '$argon2%$%$%$%'`.
+    let shaped = phc
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("$argon2"))
+        && phc
+            .get(7..)
+            .is_some_and(|rest| rest.matches('$').count() >= 3);
+    if !shaped {
+        return None;
+    }
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    let before_hash = phc.trim_end_matches(b64);
+    let params = before_hash.trim_end_matches('$').trim_end_matches(b64);
+    Some(format!("{params}{}", phc.len() - before_hash.len()))
+}
+
+/// A PHC string of cost `cost` that no password matches (an all-zero hash).
+fn dummy_of(cost: &str) -> Option<String> {
+    let (params, hash_len) = cost.rsplit_once('$')?;
+    // At most a 64-byte hash (86 characters), argon2's own limit.
+    let hash_len = hash_len.parse::<usize>().ok().filter(|n| *n <= 86)?;
+    Some(format!("{params}${DUMMY_SALT}${}", "A".repeat(hash_len)))
 }
 
 thread_local! {
@@ -158,6 +228,8 @@ fn verify_with_reused_memory(password: &[u8], phc: &PasswordHash) -> bool {
     ) else {
         return false;
     };
+    #[cfg(test)]
+    tests::ARGON2_RUNS.with(|n| n.set(n.get() + 1));
     let blocks_needed = params.block_count();
     let mut out = [0u8; Output::MAX_LENGTH];
     let Some(out) = out.get_mut(..expected.len()) else {
@@ -309,6 +381,11 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    thread_local! {
+        /// Argon2 computations run on this thread.
+        pub(super) static ARGON2_RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
     fn cfg() -> AuthConfig {
         let mut c = Config::load_from(None, Vec::new()).unwrap().auth;
         c.argon2_memory_kib = 64;
@@ -370,43 +447,103 @@ mod tests {
         let p = Passwords::new(&cfg()).unwrap();
         let h = p.hash(SecretString::from("Correct-Horse-9")).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        let v = p
-            .verify(SecretString::from("Correct-Horse-9"), Some(h.clone()))
-            .await
-            .unwrap();
+        let costs = vec![p.current_cost.to_string()];
+        let verify = async |p: &Passwords, pw: &str, stored: Option<&String>| {
+            p.verify(SecretString::from(pw), stored.cloned(), costs.clone())
+                .await
+                .unwrap()
+        };
         assert_eq!(
-            v,
+            verify(&p, "Correct-Horse-9", Some(&h)).await,
             Verified {
                 ok: true,
                 needs_rehash: false
             }
         );
+        assert!(!verify(&p, "wrong", Some(&h)).await.ok);
+        assert!(!verify(&p, "anything", None).await.ok);
         assert!(
-            !p.verify(SecretString::from("wrong"), Some(h.clone()))
+            !verify(&p, "Correct-Horse-9", Some(&"!locked".to_owned()))
                 .await
-                .unwrap()
-                .ok
-        );
-        assert!(
-            !p.verify(SecretString::from("anything"), None)
-                .await
-                .unwrap()
                 .ok
         );
 
         let mut stronger = cfg();
         stronger.argon2_iterations = 2;
         let p2 = Passwords::new(&stronger).unwrap();
-        let v = p2
-            .verify(SecretString::from("Correct-Horse-9"), Some(h))
-            .await
-            .unwrap();
         assert_eq!(
-            v,
+            verify(&p2, "Correct-Horse-9", Some(&h)).await,
             Verified {
                 ok: true,
                 needs_rehash: true
             }
         );
+    }
+
+    #[test]
+    fn costs_are_computed_as_the_database_does() {
+        use crate::ids::{Timestamp, UserId};
+        use crate::meta::sqlite::{test_conn, users};
+        use crate::meta::users::{NewUser, Role};
+        let c = test_conn();
+        let p = Passwords::new(&cfg()).unwrap();
+        let hashes = [
+            p.hash_now("Correct-Horse-9").unwrap(),
+            "$argon2i$m=4096,t=3,p=1$c29tZXNhbHQ$q+/Zk1yWQ1I9QTwdP3h3Y+oRQe/n+9cWpY0h9QKo".into(),
+            "$ARGON2D$v=16$m=8,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAA".into(),
+            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$".into(),
+            "$argon2id$dummy".into(),
+            "!locked".into(),
+            "x".into(),
+        ];
+        let mut expected = Vec::new();
+        for (i, h) in hashes.iter().enumerate() {
+            let u = NewUser {
+                id: UserId::new(),
+                username: format!("user{i}"),
+                email: format!("user{i}@example.com"),
+                password_hash: h.clone(),
+                role: Role::User,
+                created_at: Timestamp::now(),
+            };
+            users::insert(&c, &u).unwrap();
+            expected.extend(cost_of(h));
+        }
+        expected.sort();
+        assert_eq!(expected.len(), 4);
+        assert_eq!(users::password_costs(&c).unwrap(), expected);
+    }
+
+    #[test]
+    fn costs_name_the_work_and_dummies_have_it() {
+        let p = Passwords::new(&cfg()).unwrap();
+        let h = p.hash_now("Correct-Horse-9").unwrap();
+        assert_eq!(cost_of(&h).as_deref(), Some(&*p.current_cost));
+        assert_eq!(&*p.current_cost, "$argon2id$v=19$m=64,t=1,p=1$43");
+        let dummy = dummy_of(&p.current_cost).unwrap();
+        assert_eq!(cost_of(&dummy).as_deref(), Some(&*p.current_cost));
+        let phc = PasswordHash::new(&dummy).unwrap();
+        assert_eq!(Params::try_from(&phc).unwrap().m_cost(), 64);
+        assert!(!verify_with_reused_memory(b"", &phc));
+        assert_eq!(cost_of("!locked"), None);
+        assert_eq!(dummy_of("$argon2id$v=19$m=64,t=1,p=1$9999"), None);
+        // Every failure verifies a dummy of each cost its own hash did not cover, whatever
+        // the account: the work is one verification per cost in use.
+        let other = "$argon2id$v=19$m=128,t=1,p=1$43".to_owned();
+        let costs = [p.current_cost.to_string(), other];
+        for stored in [
+            None,
+            Some("!locked"),
+            Some(h.as_str()),
+            Some(dummy.as_str()),
+        ] {
+            ARGON2_RUNS.with(|n| n.set(0));
+            assert!(!p.verify_now("Wrong-1", stored, &costs).ok);
+            assert_eq!(ARGON2_RUNS.with(std::cell::Cell::get), 2, "{stored:?}");
+        }
+        // No stored hash at all: still one verification.
+        ARGON2_RUNS.with(|n| n.set(0));
+        assert!(!p.verify_now("Wrong-1", None, &[]).ok);
+        assert_eq!(ARGON2_RUNS.with(std::cell::Cell::get), 1);
     }
 }

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::audit::{Event, Record};
+use crate::auth::cache::Revoked;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{
@@ -94,7 +95,10 @@ async fn delete_user(
     let files = tokio::spawn(async move {
         let s = &task_state;
         // The account's credentials die with the lock, not when its last file is gone.
-        lifecycle::remove_user(&s.meta, &s.blobs, id, || s.principals.invalidate()).await
+        lifecycle::remove_user(&s.meta, &s.blobs, id, || {
+            s.principals.invalidate(Revoked::User(id));
+        })
+        .await
     })
     .await
     .map_err(|e| AppError::Internal(e.into()))??;
@@ -145,7 +149,7 @@ async fn set_role(
             ));
         }
     };
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::User(id));
     state.audit.record(
         Record::new(Event::AdminUserRole)
             .actor(principal.user_id)

@@ -1,7 +1,8 @@
 //! Accounts and tokens: register, login, refresh, logout, me.
 //!
-//! Invariant: login answers an unknown user and a wrong password with the same status and
-//! body after the same work (one database read, one argon2 verification).
+//! Invariant: a failed login answers with the same status and body after the same work
+//! whatever the account's state (unknown, locked, hashed with older argon2 parameters): the
+//! same database reads, and argon2 work for every cost in use (see `auth::password`).
 
 use axum::Json;
 use axum::extract::State;
@@ -16,13 +17,14 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::accounts::{self, NewAccount};
-use crate::auth::{random_token, token_hash};
+use crate::auth::cache::Revoked;
+use crate::auth::token_hash;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
 use crate::ids::{SessionId, Timestamp, UserId};
 use crate::meta::sessions::{NewSession, Rotation};
-use crate::meta::users::{Role, User};
+use crate::meta::users::{ForLogin, Role, User};
 
 /// Routes that spend the login budget.
 pub(crate) fn login_router() -> OpenApiRouter<AppState> {
@@ -129,12 +131,15 @@ async fn login(
             retry_after_secs: wait,
         });
     }
-    let creds = state.meta.users().credentials(&username).await?;
+    let ForLogin {
+        credentials: creds,
+        costs,
+    } = state.meta.users().for_login(&username).await?;
     let stored = creds.as_ref().map(|c| c.password_hash.clone());
     let password = SecretString::from(req.password);
     let verdict = state
         .passwords
-        .verify(password.clone(), stored)
+        .verify(password.clone(), stored, costs)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     let Some(creds) = creds.as_ref().filter(|_| verdict.ok) else {
@@ -180,7 +185,7 @@ fn upgrade_hash(state: &AppState, user: UserId, password: SecretString) {
 async fn start_session(state: &AppState, user: UserId) -> AppResult<TokenPair> {
     let now = Timestamp::now();
     let session = SessionId::new();
-    let refresh = random_token::<32>();
+    let refresh = state.refresh_tokens.first();
     state
         .meta
         .sessions()
@@ -223,7 +228,9 @@ pub struct RefreshRequest {
 }
 
 /// Rotate a refresh token: the old one is spent, a new pair is returned. Presenting a spent
-/// token revokes its whole login.
+/// token revokes its whole login, unless `auth.refresh_reuse_grace_secs` is set and it is the
+/// token rotated last, within that many seconds: then the answer is the same new refresh
+/// token (with a fresh access token of the same login).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses((status = 200, description = "A new token pair", body = TokenPair)))]
@@ -238,21 +245,31 @@ async fn refresh(
     }
     let now = Timestamp::now();
     let old = token_hash(&req.refresh_token);
-    let fresh = random_token::<32>();
+    // Derived, not drawn: a replay within the grace period recomputes the same token.
+    let fresh = state.refresh_tokens.next(&req.refresh_token);
     let new = token_hash(&fresh);
     let expires = now.plus_secs(state.config.auth.refresh_ttl_secs);
-    match state.meta.sessions().rotate(old, new, now, expires).await? {
-        Rotation::Rotated { session, user } => {
-            state.audit.record(
-                Record::new(Event::Refresh)
-                    .actor(user)
-                    .subject(session)
-                    .ip(ip),
-            );
+    let grace = state.config.auth.refresh_reuse_grace_secs;
+    let grace_since = (grace > 0).then(|| now.minus_secs(grace));
+    let rotation = state
+        .meta
+        .sessions()
+        .rotate(old, new, now, expires, grace_since)
+        .await?;
+    match rotation {
+        Rotation::Rotated { session, user } | Rotation::Replayed { session, user } => {
+            let mut record = Record::new(Event::Refresh)
+                .actor(user)
+                .subject(session)
+                .ip(ip);
+            if matches!(rotation, Rotation::Replayed { .. }) {
+                record = record.detail(serde_json::json!({ "replayed_within_grace": true }));
+            }
+            state.audit.record(record);
             Ok(Json(pair(&state, user, session, fresh, now)?))
         }
         Rotation::Reused { session, user } => {
-            state.principals.invalidate();
+            state.principals.invalidate(Revoked::Session(session));
             state.audit.record(
                 Record::new(Event::RefreshReuse)
                     .subject(session)
@@ -283,7 +300,7 @@ async fn logout(
         .sessions()
         .logout(session, jti.to_owned(), expires_at, Timestamp::now())
         .await?;
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::Session(session));
     state.audit.record(
         Record::new(Event::Logout)
             .actor(principal.user_id)

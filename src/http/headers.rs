@@ -1,11 +1,13 @@
-//! Response security headers, the trusted-`Host` check, and turning framework-made errors
-//! (fallback 404, 405, body-limit 413, timeouts) into problem documents.
+//! Response security headers, the `Host` checks (RFC 9112 framing, then the trusted hosts), and
+//! turning framework-made errors (fallback 404, 405, body-limit 413, timeouts) into problem
+//! documents.
 //!
 //! Invariant: every response, errors and 404s included, carries the headers of the contract;
-//! every error response is `application/problem+json`.
+//! every error response is `application/problem+json`; no request with a missing (HTTP/1.1),
+//! repeated or malformed `Host` reaches a route.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -25,7 +27,14 @@ pub fn is_probe(path: &str) -> bool {
 /// Add the security headers to whatever the inner service answered.
 pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    let h = res.headers_mut();
+    set_security_headers(res.headers_mut(), state.config.server.behind_tls_proxy);
+    res
+}
+
+/// The security headers of the contract, on any response (also the HTTP/1 parser's own error
+/// answers, see [`crate::http::parser_errors`]). A content response's own CSP and cache policy
+/// are kept; `Server` is dropped.
+pub(crate) fn set_security_headers(h: &mut HeaderMap, hsts: bool) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -40,41 +49,100 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
         .or_insert(HeaderValue::from_static(API_CSP));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    if state.config.server.behind_tls_proxy {
+    if hsts {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static(HSTS),
         );
     }
     h.remove(header::SERVER);
-    res
 }
 
-/// Refuse a `Host` outside `server.allowed_hosts` (compared without port, case-insensitively).
+/// Refuse a request whose `Host` breaks RFC 9112 §3.2 (on every route, probes included), then
+/// one naming a host outside `server.allowed_hosts` (compared without port,
+/// case-insensitively; probes exempt).
 pub async fn trusted_hosts(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(fault) = host_fault(req.version(), req.headers(), req.uri()) {
+        return AppError::BadRequest(fault.into()).into_response();
+    }
     let allowed = &state.config.server.allowed_hosts;
     if allowed.is_empty() || is_probe(req.uri().path()) {
         return next.run(req).await;
     }
-    // HTTP/2 carries the host in :authority, which hyper exposes through the URI.
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let ok = host.as_deref().map(strip_port).is_some_and(|h| {
-        allowed.iter().any(|a| {
-            a.trim_start_matches('[')
-                .trim_end_matches(']')
-                .eq_ignore_ascii_case(h)
+    // Every name the request gives must be allowed: the `Host` header and the target's
+    // authority (absolute form, which RFC 9112 §3.2.2 says wins; HTTP/2's `:authority`, which
+    // hyper puts there). A request that gives none is refused.
+    let host = req.headers().get(header::HOST).map(HeaderValue::as_bytes);
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let names: Vec<&[u8]> = host.into_iter().chain(authority).collect();
+    let is_allowed = |name: &[u8]| {
+        std::str::from_utf8(name).map(strip_port).is_ok_and(|h| {
+            allowed.iter().any(|a| {
+                a.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .eq_ignore_ascii_case(h)
+            })
         })
-    });
-    if ok {
+    };
+    if !names.is_empty() && names.into_iter().all(is_allowed) {
         next.run(req).await
     } else {
         AppError::BadRequest("the Host header is not allowed".into()).into_response()
     }
+}
+
+/// What is wrong with a request's `Host`, by RFC 9112 §3.2: an HTTP/1.1 request needs exactly
+/// one, any request at most one, and its value must be a valid `uri-host [":" port]`.
+/// HTTP/1.0 predates `Host` and may omit it; HTTP/2 may carry the authority in `:authority`
+/// instead (RFC 9113 §8.3.1).
+fn host_fault(version: Version, headers: &HeaderMap, uri: &Uri) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("a request may carry only one Host header");
+    }
+    match first {
+        Some(v) if !valid_host(v.as_bytes()) => Some("the Host header is not a valid host"),
+        Some(_) => None,
+        None if version == Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        None if version == Version::HTTP_2 && uri.authority().is_none() => {
+            Some("an HTTP/2 request needs an :authority or a Host header")
+        }
+        None => None,
+    }
+}
+
+/// `uri-host [":" port]` (RFC 3986 §3.2.2-3, as RFC 9110 §7.2 uses it), with a non-empty host
+/// (RFC 9110 §4.2.1: an `http` URI never has an empty one) and no userinfo.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (literal, after) = rest.split_at(end);
+            let ok =
+                std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+            if !ok {
+                return false;
+            }
+            (&b"[]"[..], after.get(1..).unwrap_or_default())
+        }
+        None => match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (
+                v.get(..i).unwrap_or_default(),
+                v.get(i..).unwrap_or_default(),
+            ),
+            None => (v, &b""[..]),
+        },
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    !host.is_empty() && (host == b"[]" || host.iter().all(reg_name)) && port_ok
 }
 
 fn strip_port(host: &str) -> &str {
@@ -156,5 +224,61 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:8080"), "::1");
         assert_eq!(strip_port("[::1]"), "::1");
+    }
+
+    #[test]
+    fn host_values_follow_rfc_3986() {
+        for ok in [
+            "example.com",
+            "EXAMPLE.com:8443",
+            "localhost:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "xn--bcher-kva.example",
+            "a_b.example~%41",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "user@example.com",
+            "example.com:80x",
+            "example.com:123456",
+            "exa mple.com",
+            "example.com/path",
+            "[::1",
+            "[not-v6]:80",
+            "[::1]x",
+            "ex\u{e4}mple.com",
+            "a:b:c",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_must_come_once_except_in_http_1_0_and_2() {
+        let one = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(header::HOST, HeaderValue::from_static(v));
+            h
+        };
+        let origin: Uri = "/healthz".parse().unwrap();
+        let absolute: Uri = "http://example.com/healthz".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut two = one("example.com");
+        two.append(header::HOST, HeaderValue::from_static("example.com"));
+        assert!(host_fault(Version::HTTP_11, &none, &origin).is_some());
+        assert!(host_fault(Version::HTTP_11, &none, &absolute).is_some());
+        assert!(host_fault(Version::HTTP_11, &one("example.com"), &origin).is_none());
+        assert!(host_fault(Version::HTTP_11, &two, &origin).is_some());
+        assert!(host_fault(Version::HTTP_10, &none, &origin).is_none());
+        assert!(host_fault(Version::HTTP_10, &two, &origin).is_some());
+        assert!(host_fault(Version::HTTP_10, &one("a@b"), &origin).is_some());
+        assert!(host_fault(Version::HTTP_2, &none, &absolute).is_none());
+        assert!(host_fault(Version::HTTP_2, &none, &origin).is_some());
+        assert!(host_fault(Version::HTTP_2, &two, &absolute).is_some());
     }
 }

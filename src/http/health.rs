@@ -61,7 +61,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        state.metrics.render(state.principals.stats()),
     )
         .into_response()
 }

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::api_key;
+use crate::auth::cache::Revoked;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
@@ -168,7 +169,7 @@ async fn delete_api_key(
     if !state.meta.api_keys().delete(owner, id).await? {
         return Err(AppError::NotFound);
     }
-    state.principals.invalidate();
+    state.principals.invalidate(Revoked::ApiKey(id));
     state.audit.record(
         Record::new(Event::ApiKeyDelete)
             .actor(owner)

@@ -1,5 +1,6 @@
 //! Prometheus metrics in the text exposition format (version 0.0.4): requests by route and
-//! status, latency histograms by route, bytes in and out, rate-limit rejections, uploads.
+//! status, latency histograms by route, bytes in and out, rate-limit rejections, uploads, and
+//! the credential cache's hits, misses and revoked entries.
 //!
 //! Invariant: label values come from route templates and fixed strings only, never from raw
 //! paths, so cardinality is bounded and no token in a path can reach the metrics.
@@ -16,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::app::AppState;
+use crate::auth::cache::CacheStats;
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -80,8 +82,8 @@ impl Metrics {
         }
     }
 
-    /// Render the text format.
-    pub fn render(&self) -> String {
+    /// Render the text format, with the credential cache's counters.
+    pub fn render(&self, cache: CacheStats) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP coffer_http_requests_total HTTP requests by method, route and status.\n",
@@ -157,6 +159,38 @@ impl Metrics {
             "coffer_rate_limited_total{{bucket=\"login\"}} {}",
             self.rate_limited_login.load(Ordering::Relaxed)
         );
+        let series: [(&str, &str, &str, u64); 4] = [
+            (
+                "coffer_principal_cache_hits_total",
+                "counter",
+                "Credential checks answered from the in-process cache.",
+                cache.hits,
+            ),
+            (
+                "coffer_principal_cache_misses_total",
+                "counter",
+                "Credential checks that read the database.",
+                cache.misses,
+            ),
+            (
+                "coffer_principal_cache_revoked_total",
+                "counter",
+                "Cached credentials dropped because a revocation covered them.",
+                cache.revoked,
+            ),
+            (
+                "coffer_principal_cache_entries",
+                "gauge",
+                "Credentials cached now.",
+                cache.entries,
+            ),
+        ];
+        for (name, kind, help, v) in series {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
         out
     }
 }

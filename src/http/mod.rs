@@ -1,7 +1,9 @@
 //! The HTTP surface: routers per resource, merged under one middleware stack.
 //!
 //! Invariant: every response passes through the whole stack (404s and errors included), so
-//! request ids, security headers, CORS and problem bodies apply uniformly. JSON routes get a
+//! request ids, security headers, CORS and problem bodies apply uniformly; the one exception,
+//! the HTTP/1 parser's own 400 and 431 made before there is a request to route, gets the same
+//! security headers, a request id and a problem body from `parser_errors`. JSON routes get a
 //! 64 KiB body limit and a request timeout; the streaming routes (upload, content, links) get
 //! neither, because their own idle timeouts and size limits bound them.
 
@@ -17,6 +19,7 @@ pub mod keys;
 pub mod links;
 pub mod metrics;
 pub mod openapi;
+pub(crate) mod parser_errors;
 pub mod rate_limit;
 pub mod request_id;
 pub mod send_timeout;

@@ -25,7 +25,7 @@ pub fn acceptable(v: &HeaderValue) -> bool {
 
 /// A new id: 64 random bits drawn once per process, then a counter. Unique, cheap (no system
 /// call per request) and not a secret, so it need not be unpredictable.
-fn fresh_id() -> HeaderValue {
+pub(crate) fn fresh_id() -> HeaderValue {
     static PREFIX: std::sync::LazyLock<u64> =
         std::sync::LazyLock::new(|| u64::from_le_bytes(crate::secrets::random_bytes::<8>()));
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

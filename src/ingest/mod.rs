@@ -516,9 +516,9 @@ impl Staged {
                 .detail(serde_json::json!({
                     "size": f.size,
                     "content_type": f.content_type,
-                    "sha256": f.sha256,
                     "encrypted": self.stored.sealing.is_some(),
-                })),
+                }))
+                .confidential("sha256", f.sha256.as_str()),
         );
         Ok(self.stored.file)
     }

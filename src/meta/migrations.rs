@@ -114,7 +114,54 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     ) STRICT;
     "#,
-    // v2: blob deletions are queued in the transaction that deletes (or replaces) their row, and
+    // v2: the argon2 costs stored hashes use, so a failed login can do the same work whatever
+    // the account's state (see `auth::password`). An argon2 PHC string is
+    // `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>` (salt and hash in unpadded base64); its
+    // cost is everything before the salt followed by the hash's length in base64 characters:
+    // `$argon2id$v=19$m=19456,t=2,p=1$43`. Locked accounts (`!locked`) and anything not shaped
+    // like an argon2 PHC string have none.
+    r#"
+    ALTER TABLE users ADD COLUMN password_cost TEXT GENERATED ALWAYS AS (
+        CASE WHEN password_hash LIKE '$argon2%$%$%$%' THEN
+            rtrim(rtrim(rtrim(password_hash,
+                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'), '$'),
+                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')
+            || (length(password_hash) - length(rtrim(password_hash,
+                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')))
+        END) VIRTUAL;
+
+    -- Each cost in use and how many accounts use it; kept by the triggers below, whichever
+    -- process writes (the server, `coffer user create`).
+    CREATE TABLE password_costs (
+        cost     TEXT PRIMARY KEY,
+        accounts INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO password_costs (cost, accounts)
+        SELECT password_cost, count(*) FROM users
+        WHERE password_cost IS NOT NULL GROUP BY password_cost;
+
+    CREATE TRIGGER password_cost_add AFTER INSERT ON users
+    WHEN NEW.password_cost IS NOT NULL BEGIN
+        INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
+            ON CONFLICT DO UPDATE SET accounts = accounts + 1;
+    END;
+    CREATE TRIGGER password_cost_leave AFTER UPDATE OF password_hash ON users
+    WHEN OLD.password_cost IS NOT NULL BEGIN
+        UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
+        DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
+    END;
+    CREATE TRIGGER password_cost_join AFTER UPDATE OF password_hash ON users
+    WHEN NEW.password_cost IS NOT NULL BEGIN
+        INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
+            ON CONFLICT DO UPDATE SET accounts = accounts + 1;
+    END;
+    CREATE TRIGGER password_cost_remove AFTER DELETE ON users
+    WHEN OLD.password_cost IS NOT NULL BEGIN
+        UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
+        DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
+    END;
+    "#,
+    // v3: blob deletions are queued in the transaction that deletes (or replaces) their row, and
     // carried out after it commits: a crash in between leaves a queued entry that the next start
     // or sweep finishes, never a row without its blob nor an unexplained blob.
     r#"

@@ -1,9 +1,11 @@
 //! Logins (`sessions`), their rotating refresh tokens, and revoked access-token ids.
 //!
 //! Invariant: a refresh token is stored only as its SHA-256; presenting one that was already
-//! rotated revokes its whole login (RFC 6819 section 5.2.2.3, OAuth 2.1 section 4.3.1). A
-//! revoked login stops every access token that carries its id. An account locked for deletion
-//! speaks for no one, whatever login it holds.
+//! rotated revokes its whole login (RFC 6819 section 5.2.2.3, OAuth 2.1 section 4.3.1), except
+//! the token rotated last, presented again within the grace period the caller gives and while
+//! its successor is unused (`auth.refresh_reuse_grace_secs`, off by default). A revoked login
+//! stops every access token that carries its id. An account locked for deletion speaks for no
+//! one, whatever login it holds.
 
 use async_trait::async_trait;
 
@@ -23,6 +25,14 @@ pub enum Rotation {
     },
     /// Unknown, expired, or its login is revoked.
     Invalid,
+    /// Rotated moments ago (within the grace period) into `new`, which is still unused:
+    /// nothing changed, the caller answers `new` again.
+    Replayed {
+        /// The login.
+        session: SessionId,
+        /// Its owner.
+        user: UserId,
+    },
     /// Already rotated: the login has been revoked in response.
     Reused {
         /// The revoked login.
@@ -54,13 +64,16 @@ pub trait Sessions: Send + Sync {
     async fn create(&self, session: NewSession) -> Result<(), MetaError>;
 
     /// Spend the refresh token `old` and record `new` in its place (one transaction); reuse
-    /// of a spent token revokes the login.
+    /// of a spent token revokes the login. `new` must be a function of `old` (see
+    /// `auth::refresh`): then a replay of `old` rotated at or after `grace_since` (`None`: no
+    /// grace), into a `new` still unused, is [`Rotation::Replayed`] rather than reuse.
     async fn rotate(
         &self,
         old: [u8; 32],
         new: [u8; 32],
         now: Timestamp,
         expires_at: Timestamp,
+        grace_since: Option<Timestamp>,
     ) -> Result<Rotation, MetaError>;
 
     /// End a login and revoke the access token that asked for it (until it would expire).

@@ -95,6 +95,17 @@ pub enum Inserted {
     EmailTaken,
 }
 
+/// What a login attempt reads, in one go: the account (if any) and every argon2 cost the
+/// stored hashes use, so a failed login can do the same work whatever the account's state.
+#[derive(Debug, Clone)]
+pub struct ForLogin {
+    /// The account and its hash.
+    pub credentials: Option<Credentials>,
+    /// Each cost in use, e.g. `$argon2id$v=19$m=19456,t=2,p=1$43`: the PHC string up to its
+    /// salt, then the length of its hash in base64 characters.
+    pub costs: Vec<String>,
+}
+
 /// What a role change did.
 #[derive(Debug, Clone)]
 pub enum RoleChange {
@@ -134,9 +145,9 @@ pub trait Users: Send + Sync {
     /// Insert an account; a uniqueness conflict is an outcome, not an error.
     async fn insert(&self, user: NewUser) -> Result<Inserted, MetaError>;
 
-    /// The account and hash for a username (case-insensitive); none for a locked account's
-    /// hash is still returned (it verifies nothing), so the caller spends the same work.
-    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, MetaError>;
+    /// The account and hash for a username (case-insensitive; a locked account's hash is
+    /// returned too: it verifies nothing) and the costs in use, read together.
+    async fn for_login(&self, username: &str) -> Result<ForLogin, MetaError>;
 
     /// One account.
     async fn get(&self, id: UserId) -> Result<Option<User>, MetaError>;

@@ -370,3 +370,112 @@ async fn files_from_before_encryption_still_download_and_can_be_converted() {
             .success()
     );
 }
+
+/// Everything a user does with files, with a name no log may repeat; the hashes of what was
+/// stored, and the id of the last file (deleted last).
+async fn file_activity(app: &TestApp, token: &str, stem: &str) -> Vec<String> {
+    let mut hashes = Vec::new();
+    let raw = app
+        .stored(token, &format!("{stem}.txt"), marked_text(70_000))
+        .await;
+    let r = app
+        .upload_multipart(token, &format!("{stem} (2).png"), png(5_000))
+        .await;
+    assert_eq!(r.status(), 201);
+    let multi: Value = r.json().await.unwrap();
+    let refused = app
+        .upload(token, &format!("{stem}.exe"), b"MZ\x90\x00".to_vec())
+        .await;
+    problem(refused, 415).await;
+    for f in [&raw, &multi] {
+        let id = f["id"].as_str().unwrap();
+        let etag = format!("\"{}\"", f["sha256"].as_str().unwrap());
+        hashes.push(f["sha256"].as_str().unwrap().to_owned());
+        assert_eq!(app.download(token, id, &[]).await.status(), 200);
+        let r = app
+            .download(
+                token,
+                id,
+                &[("if-none-match", &etag), ("range", "bytes=0-9")],
+            )
+            .await;
+        assert_eq!(r.status(), 304);
+        let head = app
+            .authed(Method::HEAD, &format!("/api/v1/files/{id}/content"), token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        let r = app
+            .authed(Method::GET, &format!("/api/v1/files/{id}"), token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let link: Value = app
+            .authed(Method::POST, &format!("/api/v1/files/{id}/links"), token)
+            .json(&serde_json::json!({"expires_in": 60}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = app
+            .req(Method::GET, link["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(app.pages("/api/v1/files", token, 1).await.len(), 2);
+    for f in [&raw, &multi] {
+        let id = f["id"].as_str().unwrap();
+        let r = app
+            .authed(Method::DELETE, &format!("/api/v1/files/{id}"), token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    hashes
+}
+
+#[tokio::test]
+async fn logs_carry_no_file_hash_or_name_when_encrypted() {
+    const STEM: &str = "zq-distinctive-name-7c41";
+    for encrypted in [true, false] {
+        // Debug level: stricter than what operators run.
+        let mut builder = TestApp::builder().env("COFFER_LOG__LEVEL", "debug");
+        if encrypted {
+            builder = builder.env("COFFER_ENCRYPTION_KEY", secret());
+        }
+        let app = builder.spawn().await;
+        let admin = app.admin("auditor").await;
+        let u = app.user("namer").await;
+        let hashes = file_activity(&app, &u.token, STEM).await;
+        // The audit trail, inside the protected store, keeps the hashes.
+        let trail = serde_json::to_string(&app.audit(&admin.token).await).unwrap();
+        app.eventually("the log caught up", || {
+            app.logs().matches("audit file.delete").count() == 2
+        })
+        .await;
+        let logs = app.logs();
+        for hash in &hashes {
+            assert!(trail.contains(hash.as_str()), "hash not in the audit trail");
+            // Without encryption the hash stays in the log (unchanged, and useful to match
+            // uploads against lists of known-bad files); with it, the log never has it.
+            assert_eq!(
+                logs.contains(hash.as_str()),
+                !encrypted,
+                "hash in the log (encrypted: {encrypted})"
+            );
+        }
+        // Names are never logged, encrypted or not.
+        assert!(!logs.contains(STEM), "name in the log:\n{logs}");
+        assert!(
+            !logs.contains("zq-distinctive"),
+            "part of a name in the log"
+        );
+    }
+}

@@ -30,13 +30,17 @@ pub fn create(
     Ok(())
 }
 
-/// Spend `old` and record `new` in its place, in the caller's write transaction.
+/// Spend `old` and record `new` in its place, in the caller's write transaction. `new` must
+/// be a function of `old` (see `auth::refresh`): then a replay of `old` that was rotated at
+/// or after `grace_since` (`None`: no grace), into a `new` still unused, is
+/// [`Rotation::Replayed`] rather than reuse.
 pub fn rotate(
     c: &Connection,
     old: &[u8; 32],
     new: &[u8; 32],
     now: Timestamp,
     expires_at: Timestamp,
+    grace_since: Option<Timestamp>,
 ) -> rusqlite::Result<Rotation> {
     let row = c
         .query_row(
@@ -61,7 +65,12 @@ pub fn rotate(
     if revoked_at.is_some() {
         return Ok(Rotation::Invalid);
     }
-    if used_at.is_some() {
+    if let Some(used_at) = used_at {
+        if grace_since.is_some_and(|since| used_at >= since.0)
+            && successor_is_unused(c, new, session, now)?
+        {
+            return Ok(Rotation::Replayed { session, user });
+        }
         revoke(c, session, now)?;
         return Ok(Rotation::Reused { session, user });
     }
@@ -81,6 +90,22 @@ pub fn rotate(
         params![session, expires_at],
     )?;
     Ok(Rotation::Rotated { session, user })
+}
+
+/// Whether `hash` is a live, unused refresh token of `session`.
+fn successor_is_unused(
+    c: &Connection,
+    hash: &[u8; 32],
+    session: SessionId,
+    now: Timestamp,
+) -> rusqlite::Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM refresh_tokens
+             WHERE hash = ?1 AND session_id = ?2 AND used_at IS NULL AND expires_at > ?3",
+    )?
+    .query_row(params![&hash[..], session, now], |_| Ok(()))
+    .optional()?
+    .is_some())
 }
 
 /// Revoke a login: its refresh tokens and access tokens stop working.
@@ -149,8 +174,9 @@ impl Sessions for Sqlite {
         new: [u8; 32],
         now: Timestamp,
         expires_at: Timestamp,
+        grace_since: Option<Timestamp>,
     ) -> Result<Rotation, MetaError> {
-        self.write(move |c| rotate(c, &old, &new, now, expires_at))
+        self.write(move |c| rotate(c, &old, &new, now, expires_at, grace_since))
             .await
     }
 
@@ -216,7 +242,7 @@ mod tests {
         );
 
         assert_eq!(
-            rotate(&c, &[1; 32], &[2; 32], now, later).unwrap(),
+            rotate(&c, &[1; 32], &[2; 32], now, later, None).unwrap(),
             Rotation::Rotated {
                 session: sid,
                 user: uid
@@ -224,19 +250,19 @@ mod tests {
         );
         // Presenting the spent token again revokes the family, including the fresh token.
         assert_eq!(
-            rotate(&c, &[1; 32], &[3; 32], now, later).unwrap(),
+            rotate(&c, &[1; 32], &[3; 32], now, later, None).unwrap(),
             Rotation::Reused {
                 session: sid,
                 user: uid
             }
         );
         assert_eq!(
-            rotate(&c, &[2; 32], &[4; 32], now, later).unwrap(),
+            rotate(&c, &[2; 32], &[4; 32], now, later, None).unwrap(),
             Rotation::Invalid
         );
         assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), None);
         assert_eq!(
-            rotate(&c, &[9; 32], &[5; 32], now, later).unwrap(),
+            rotate(&c, &[9; 32], &[5; 32], now, later, None).unwrap(),
             Rotation::Invalid
         );
     }
@@ -251,6 +277,68 @@ mod tests {
         let sid = SessionId::new();
         create(&c, sid, uid, &[1; 32], now, now.plus_secs(60)).unwrap();
         assert_eq!(live_principal(&c, sid, uid, "j1", now).unwrap(), None);
+    }
+
+    #[test]
+    fn within_grace_only_the_token_rotated_last_replays() {
+        let c = test_conn();
+        let uid = user(&c);
+        let sid = SessionId::new();
+        let now = Timestamp::now();
+        let later = now.plus_secs(3600);
+        let grace = Some(now.minus_secs(5));
+        create(&c, sid, uid, &[1; 32], now, later).unwrap();
+        let rotated = Rotation::Rotated {
+            session: sid,
+            user: uid,
+        };
+        let replayed = Rotation::Replayed {
+            session: sid,
+            user: uid,
+        };
+        assert_eq!(
+            rotate(&c, &[1; 32], &[2; 32], now, later, grace).unwrap(),
+            rotated
+        );
+        // Again, and again: the same successor, nothing changes.
+        for _ in 0..2 {
+            assert_eq!(
+                rotate(&c, &[1; 32], &[2; 32], now, later, grace).unwrap(),
+                replayed
+            );
+        }
+        // A successor that is not the one the token rotated into is reuse.
+        assert_eq!(
+            rotate(&c, &[1; 32], &[7; 32], now, later, grace).unwrap(),
+            Rotation::Reused {
+                session: sid,
+                user: uid
+            }
+        );
+        assert_eq!(live_principal(&c, sid, uid, "j", now).unwrap(), None);
+
+        // A token rotated before the grace period began, or two rotations ago, is reuse.
+        let sid = SessionId::new();
+        create(&c, sid, uid, &[3; 32], now, later).unwrap();
+        rotate(&c, &[3; 32], &[4; 32], now, later, grace).unwrap();
+        let after = Some(now.plus_secs(1));
+        assert!(matches!(
+            rotate(&c, &[3; 32], &[4; 32], now, later, after).unwrap(),
+            Rotation::Reused { .. }
+        ));
+        let sid = SessionId::new();
+        create(&c, sid, uid, &[5; 32], now, later).unwrap();
+        rotate(&c, &[5; 32], &[6; 32], now, later, grace).unwrap();
+        rotate(&c, &[6; 32], &[8; 32], now, later, grace).unwrap();
+        assert!(matches!(
+            rotate(&c, &[5; 32], &[6; 32], now, later, grace).unwrap(),
+            Rotation::Reused { .. }
+        ));
+        assert_eq!(
+            rotate(&c, &[8; 32], &[9; 32], now, later, grace).unwrap(),
+            Rotation::Invalid,
+            "the login is revoked"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::ids::{Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
 use crate::meta::users::{
-    Credentials, Deleted, Inserted, Locked, NewUser, Role, RoleChange, User, Users,
+    Credentials, Deleted, ForLogin, Inserted, Locked, NewUser, Role, RoleChange, User, Users,
 };
 
 impl rusqlite::types::FromSql for Role {
@@ -76,6 +76,15 @@ pub fn credentials_by_username(
         })
     })
     .optional()
+}
+
+/// Every argon2 cost the stored hashes use (kept by triggers, see migration v2), e.g.
+/// `$argon2id$v=19$m=19456,t=2,p=1$43`: the PHC string up to its salt, then the length of its
+/// hash in base64 characters.
+pub fn password_costs(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT cost FROM password_costs ORDER BY cost")?
+        .query_map([], |r| r.get(0))?
+        .collect()
 }
 
 /// One account.
@@ -188,10 +197,15 @@ impl Users for Sqlite {
         self.write(move |c| insert(c, &user)).await
     }
 
-    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, MetaError> {
+    async fn for_login(&self, username: &str) -> Result<ForLogin, MetaError> {
         let username = username.to_owned();
-        self.read(move |c| credentials_by_username(c, &username))
-            .await
+        self.read(move |c| {
+            Ok(ForLogin {
+                credentials: credentials_by_username(c, &username)?,
+                costs: password_costs(c)?,
+            })
+        })
+        .await
     }
 
     async fn get(&self, id: UserId) -> Result<Option<User>, MetaError> {
@@ -340,5 +354,37 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 7);
+    }
+
+    #[test]
+    fn password_costs_follow_the_stored_hashes() {
+        let c = test_conn();
+        let phc = |m: u32| {
+            format!(
+                "$argon2id$v=19$m={m},t=2,p=1$c29tZXNhbHRzb21lc2FsdA$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY"
+            )
+        };
+        let cost = |m: u32| format!("$argon2id$v=19$m={m},t=2,p=1$43");
+        let mut a = new_user("alice");
+        a.password_hash = phc(19456);
+        let mut b = new_user("bob");
+        b.password_hash = phc(65536);
+        // Not argon2: counts for nothing.
+        let carol = new_user("carol");
+        for u in [&a, &b, &carol] {
+            insert(&c, u).unwrap();
+        }
+        assert_eq!(password_costs(&c).unwrap(), [cost(19456), cost(65536)]);
+        // A rehash moves bob to the common cost; the stronger one is no longer in use.
+        set_password_hash(&c, b.id, &phc(19456)).unwrap();
+        assert_eq!(password_costs(&c).unwrap(), [cost(19456)]);
+        set_password_hash(&c, carol.id, &phc(4096)).unwrap();
+        assert_eq!(password_costs(&c).unwrap(), [cost(19456), cost(4096)]);
+        // Locking and deleting accounts take their costs with them.
+        lock(&c, carol.id).unwrap();
+        delete(&c, a.id).unwrap();
+        assert_eq!(password_costs(&c).unwrap(), [cost(19456)]);
+        delete(&c, b.id).unwrap();
+        assert!(password_costs(&c).unwrap().is_empty());
     }
 }

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod fixtures;
+pub mod raw;
+pub mod stack;
 
 /// The binary under test.
 pub fn bin() -> &'static str {

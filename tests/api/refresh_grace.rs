@@ -1,0 +1,115 @@
+//! Refresh-token rotation with `auth.refresh_reuse_grace_secs` (issue 20, item 9): by default a
+//! replayed refresh token revokes its login; with a grace period, the token rotated just now
+//! may be presented again and answers the same new refresh token, so a client that retries
+//! after a lost response (or two tabs refreshing at once) stays logged in.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, problem};
+
+async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post_json("/api/v1/auth/refresh", &json!({"refresh_token": token}))
+        .await
+}
+
+/// Refresh, expecting a new pair: (access, refresh).
+async fn rotated(app: &TestApp, token: &str) -> (String, String) {
+    let r = refresh(app, token).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    (
+        v["access_token"].as_str().unwrap().to_owned(),
+        v["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn me(app: &TestApp, access: &str) -> StatusCode {
+    app.authed(Method::GET, "/api/v1/users/me", access)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn with_grace(secs: u64) -> crate::helpers::TestAppBuilder {
+    TestApp::builder().env("COFFER_AUTH__REFRESH_REUSE_GRACE_SECS", secs.to_string())
+}
+
+/// Two refreshes of one token at once.
+async fn refresh_twice_at_once(app: &TestApp, u: &TestUser) -> [reqwest::Response; 2] {
+    let (a, b) = tokio::join!(refresh(app, &u.refresh), refresh(app, &u.refresh));
+    [a, b]
+}
+
+#[tokio::test]
+async fn without_grace_a_concurrent_double_refresh_revokes_the_login() {
+    let app = TestApp::spawn().await;
+    let u = app.user("racer").await;
+    let [a, b] = refresh_twice_at_once(&app, &u).await;
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "one rotates, the other is reuse");
+    let won: Value = if a.status() == 200 { a } else { b }.json().await.unwrap();
+    // Reuse detection, the contract's default: the winner's new pair died with the login.
+    assert_eq!(me(&app, won["access_token"].as_str().unwrap()).await, 401);
+    problem(
+        refresh(&app, won["refresh_token"].as_str().unwrap()).await,
+        401,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_grace_a_replay_answers_the_same_pair_until_the_window_closes() {
+    let app = with_grace(1).spawn().await;
+    let u = app.user("retrier").await;
+    let (access2, refresh2) = rotated(&app, &u.refresh).await;
+    // The response was lost; the client retries with the token it still holds.
+    let (access2b, refresh2b) = rotated(&app, &u.refresh).await;
+    assert_eq!(refresh2b, refresh2, "the same refresh token");
+    for access in [&access2, &access2b] {
+        assert_eq!(me(&app, access).await, 200);
+    }
+    // After the window the same replay is reuse: 401 and the whole login is revoked.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    problem(refresh(&app, &u.refresh).await, 401).await;
+    assert_eq!(me(&app, &access2).await, 401);
+    problem(refresh(&app, &refresh2).await, 401).await;
+    // The user's other logins are untouched.
+    let (other, _) = app.login("retrier", &u.password).await;
+    assert_eq!(me(&app, &other).await, 200);
+}
+
+#[tokio::test]
+async fn with_grace_only_the_token_rotated_last_is_forgiven() {
+    let app = with_grace(30).spawn().await;
+    let u = app.user("keeper").await;
+    let (_, refresh2) = rotated(&app, &u.refresh).await;
+    assert_eq!(rotated(&app, &u.refresh).await.1, refresh2);
+    // The login lives on: the new token rotates normally.
+    let (access3, refresh3) = rotated(&app, &refresh2).await;
+    assert_ne!(refresh3, refresh2);
+    assert_eq!(me(&app, &access3).await, 200);
+    // The first token is now two rotations old: reuse, the login is revoked.
+    problem(refresh(&app, &u.refresh).await, 401).await;
+    assert_eq!(me(&app, &access3).await, 401);
+    problem(refresh(&app, &refresh3).await, 401).await;
+}
+
+#[tokio::test]
+async fn with_grace_a_concurrent_double_refresh_gives_both_the_same_pair() {
+    let app = with_grace(30).spawn().await;
+    let u = app.user("twotabs").await;
+    let [a, b] = refresh_twice_at_once(&app, &u).await;
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["refresh_token"], b["refresh_token"]);
+    for pair in [&a, &b] {
+        assert_eq!(me(&app, pair["access_token"].as_str().unwrap()).await, 200);
+    }
+    let (access, _) = rotated(&app, a["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(me(&app, &access).await, 200);
+}
