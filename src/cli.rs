@@ -14,7 +14,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::app::{App, Secrets};
 use crate::audit::{AuditLog, Confidential, Event, Record};
 use crate::auth::accounts::{self, NewAccount};
 use crate::auth::password::Passwords;
@@ -22,11 +21,13 @@ use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::http::server::App;
 use crate::meta::MetaStore;
 use crate::meta::audit::ChainKey;
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, SecretKey};
+use crate::state::Secrets;
 
 /// coffer: a secure file-storage service.
 #[derive(Parser)]
@@ -247,7 +248,7 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
             "encryption at rest is on"
         );
     }
-    let listener = crate::app::bind(config.server.bind).await?;
+    let listener = crate::http::server::bind(config.server.bind).await?;
     let addr = listener.local_addr()?;
     let app = App::build(
         config,
@@ -299,7 +300,7 @@ async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore),
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
     // The audit chain is keyed by the service secret: without it, it cannot be verified.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Some(k.derive(crate::app::AUDIT_CHAIN_LABEL)),
+        Ok(k) => Some(k.derive(crate::state::AUDIT_CHAIN_LABEL)),
         Err(e) => {
             eprintln!("note: {e}; the audit chain is not verified");
             None
@@ -365,7 +366,7 @@ async fn create_user(
             // The entry is chained with the service secret; without it, say so instead.
             match SecretKey::from_env() {
                 Ok(secret) => {
-                    let chain = ChainKey(secret.derive(crate::app::AUDIT_CHAIN_LABEL));
+                    let chain = ChainKey(secret.derive(crate::state::AUDIT_CHAIN_LABEL));
                     // No file facts here; the strict setting, should one ever be added.
                     let (audit, task) =
                         AuditLog::start(meta.clone(), chain, Confidential::TrailOnly);

@@ -1,13 +1,19 @@
 //! coffer: a secure file-storage service.
 //!
-//! Uploads are streamed to disk under a hard size limit, checked by extension and magic bytes,
-//! hashed on the way and stored under fresh UUID names; downloads are authenticated and never
-//! leave the canonical storage root. See `README.md` for the architecture and `SECURITY.md` for
-//! the threat model.
+//! Uploads are streamed to storage under a hard size limit, checked by extension and magic
+//! bytes, hashed on the way and stored under fresh UUID names; downloads are authenticated
+//! and never leave the store's own key space. `ARCHITECTURE.md` (at the repository's top)
+//! maps the layers, what may import what, and where each kind of work lives; `SECURITY.md`
+//! holds the threat model.
+//!
+//! Layers, top to bottom (a module imports only from layers below its own):
+//! entry ([`cli`], [`config`]) -> [`http`] -> [`state`] -> domain ([`auth`], [`ingest`],
+//! [`download`], [`audit`], [`removal`], [`ops`], [`metrics`], [`limits`]) -> stores
+//! ([`meta`], [`blob`], [`crypto`]) -> foundations ([`ids`], [`secrets`], [`net`],
+//! [`blocking`], [`telemetry`]).
 
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod blob;
@@ -20,12 +26,15 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod ingest;
-pub mod lifecycle;
+pub mod limits;
 pub mod meta;
+pub mod metrics;
+pub mod net;
 pub mod ops;
-pub mod retention;
+pub mod removal;
 pub mod secrets;
+pub mod state;
 pub mod telemetry;
 
-pub use app::App;
 pub use config::Config;
+pub use http::server::App;

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::http::client_ip::network_key;
+use crate::net::network_key;
 
 /// Entries forgotten after this long without a failure.
 const WINDOW: Duration = Duration::from_secs(15 * 60);

@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::crypto::read::{self, PlainStream, ReadError};
 use crate::download::{self, Disposition, Plan};
 use crate::error::AppError;
 use crate::meta::files::StoredFile;
+use crate::state::AppState;
 
 /// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
 /// same-origin access) even if a browser decides to render it.

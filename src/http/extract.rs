@@ -1,4 +1,4 @@
-//! Extractors: strict JSON bodies, the authenticated [`Principal`], and paging parameters.
+//! Extractors: strict JSON bodies and the authenticated [`Principal`].
 //!
 //! Invariant: credentials are read from `Authorization: Bearer` and `X-API-Key` only (never a
 //! query string or cookie); a request only becomes a `Principal` after its token's signature,
@@ -9,14 +9,12 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa::PartialSchema;
 use utoipa::openapi::{RefOr, Schema};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use std::time::Duration;
 
 use crate::auth::api_key;
@@ -364,73 +362,6 @@ async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError
     })
 }
 
-/// `?limit=&cursor=` for listings.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// Page size, 1-1000 (default 50).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
-    pub limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// Default and largest page sizes.
-pub const DEFAULT_LIMIT: usize = 50;
-/// The largest page.
-pub const MAX_LIMIT: usize = 1000;
-
-impl PageQuery {
-    /// The validated page size.
-    pub fn limit(&self) -> Result<usize, AppError> {
-        match self.limit.as_deref().map(|s| s.trim().parse::<usize>()) {
-            None => Ok(DEFAULT_LIMIT),
-            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(AppError::field(
-                "limit",
-                "must be an integer between 1 and 1000",
-            )),
-        }
-    }
-}
-
-/// Opaque cursors: base64url of `v1:<text>`.
-pub fn encode_cursor(text: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{text}"))
-}
-
-/// Decode a cursor made by [`encode_cursor`] (400 otherwise).
-pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
-    let bad = || AppError::BadRequest("invalid cursor".into());
-    if cursor.len() > 256 {
-        return Err(bad());
-    }
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    text.strip_prefix("v1:").map(str::to_owned).ok_or_else(bad)
-}
-
-/// A `(created_at, id)` keyset cursor.
-pub fn decode_time_cursor<I>(
-    cursor: &str,
-    parse: impl Fn(&str) -> Option<I>,
-) -> Result<(Timestamp, I), AppError> {
-    let text = decode_cursor(cursor)?;
-    let (at, id) = text
-        .split_once('/')
-        .ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
-    let at = at
-        .parse::<i64>()
-        .map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
-    let id = parse(id).ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
-    Ok((Timestamp(at), id))
-}
-
-/// Encode a `(created_at, id)` cursor.
-pub fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
-    encode_cursor(&format!("{}/{id}", at.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,16 +454,5 @@ mod tests {
             errors(json!({"username": "a", "password": "b", "kind": "root"})),
             [pair("kind", "must be one of `user` or `admin`")]
         );
-    }
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let c = encode_time_cursor(Timestamp(42), "x");
-        assert_eq!(
-            decode_time_cursor(&c, |s| Some(s.to_owned())).unwrap(),
-            (Timestamp(42), "x".to_owned())
-        );
-        assert!(decode_cursor("!!!").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
     }
 }

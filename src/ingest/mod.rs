@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
@@ -29,6 +28,7 @@ use crate::error::AppError;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
 use crate::meta::files::{self, FileObject, StoredFile};
+use crate::state::AppState;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
 use quota::{QuotaError, Reservation};
 

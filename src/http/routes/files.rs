@@ -18,19 +18,20 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::crypto::read;
 use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
-use crate::http::extract::{PageQuery, Principal, decode_time_cursor, encode_time_cursor};
+use crate::http::extract::Principal;
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
-use crate::lifecycle;
 use crate::meta::files::{AfterRead, FileObject, StoredFile};
+use crate::removal;
+use crate::state::AppState;
 
 /// Room for multipart framing and small ignored fields on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
@@ -286,13 +287,7 @@ async fn list_files(
         .files()
         .list_owned(owner, after, limit, Timestamp::now())
         .await?;
-    let next_cursor = if page.more {
-        page.items
-            .last()
-            .map(|f| encode_time_cursor(f.created_at, f.id))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |f| encode_time_cursor(f.created_at, f.id));
     Ok(Json(FileList {
         items: page.items,
         next_cursor,
@@ -342,7 +337,7 @@ async fn delete_file(
     let f = visible_file(&state, &principal, &id).await?;
     // In its own task: a client that gives up must not stop a deletion between its steps.
     let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
-    let removed = tokio::spawn(async move { lifecycle::remove_file(&meta, &blobs, &target).await })
+    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
         .await
         .map_err(|e| AppError::Internal(e.into()))??;
     if !removed {

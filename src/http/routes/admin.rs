@@ -11,19 +11,19 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::cache::Revoked;
 use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
-use crate::http::extract::{
-    AppJson, PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor,
-    encode_time_cursor,
+use crate::http::extract::{AppJson, Principal};
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::paging::{
+    PageQuery, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, next_cursor,
 };
 use crate::ids::UserId;
-use crate::lifecycle;
 use crate::meta::audit::AuditEntry;
 use crate::meta::users::{Role, RoleChange, User};
+use crate::removal;
+use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,13 +60,7 @@ async fn list_users(
         .map(|c| decode_time_cursor(c, UserId::parse))
         .transpose()?;
     let page = state.meta.users().list(after, limit).await?;
-    let next_cursor = if page.more {
-        page.items
-            .last()
-            .map(|u| encode_time_cursor(u.created_at, u.id))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |u| encode_time_cursor(u.created_at, u.id));
     Ok(Json(UserList {
         items: page.items,
         next_cursor,
@@ -95,7 +89,7 @@ async fn delete_user(
     let files = tokio::spawn(async move {
         let s = &task_state;
         // The account's credentials die with the lock, not when its last file is gone.
-        lifecycle::remove_user(&s.meta, &s.blobs, id, || {
+        removal::remove_user(&s.meta, &s.blobs, id, || {
             s.principals.invalidate(Revoked::User(id));
         })
         .await
@@ -192,11 +186,7 @@ async fn list_audit(
     // What was recorded before this request is in the answer.
     state.audit.flush().await;
     let page = state.meta.audit().list(before, limit).await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|e| encode_cursor(&e.seq.to_string()))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |e| encode_cursor(&e.seq.to_string()));
     Ok(Json(AuditList {
         items: page.items.into_iter().map(|e| e.entry).collect(),
         next_cursor,

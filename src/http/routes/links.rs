@@ -13,17 +13,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
 use crate::error::{AppError, AppResult, FieldError};
-use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
 use crate::http::extract::{AppJson, Principal};
-use crate::http::files::ContentQuery;
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::routes::files::ContentQuery;
 use crate::ids::{FileId, LinkId, Timestamp};
 use crate::meta::links::{LinkState, NewLink};
+use crate::state::AppState;
 
 /// Link management (JSON).
 pub(crate) fn router() -> OpenApiRouter<AppState> {

@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
-use crate::http::client_ip::network_key;
+use crate::net::network_key;
 
 type Keyed =
     RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;

@@ -14,31 +14,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
 
-use crate::app::AppState;
+use crate::net::canonical;
+use crate::state::AppState;
 
 /// The resolved client address, stored in request extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
-
-/// An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) as IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// The unit a client is counted as: an IPv4 address as it is, an IPv6 address by its /64
-/// (one host usually owns the whole prefix), an IPv4-mapped IPv6 address as IPv4.
-pub fn network_key(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-        v4 => v4,
-    }
-}
 
 /// Parse one `X-Forwarded-For` element (`1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`).
 fn parse_hop(s: &str) -> Option<IpAddr> {

@@ -14,17 +14,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::accounts::{self, NewAccount};
 use crate::auth::cache::Revoked;
 use crate::auth::token_hash;
 use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
+use crate::http::middleware::client_ip::ClientIp;
 use crate::ids::{SessionId, Timestamp, UserId};
 use crate::meta::sessions::{NewSession, Rotation};
 use crate::meta::users::{ForLogin, Role, User};
+use crate::state::AppState;
 
 /// Routes that spend the login budget.
 pub(crate) fn login_router() -> OpenApiRouter<AppState> {

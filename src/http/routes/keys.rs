@@ -12,15 +12,15 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::api_key;
 use crate::auth::cache::Revoked;
 use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AppJson, Principal};
+use crate::http::middleware::client_ip::ClientIp;
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::meta::api_keys::{ApiKey, NewApiKey};
+use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

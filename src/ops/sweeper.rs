@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::ids::Timestamp;
-use crate::lifecycle;
+use crate::removal;
+use crate::state::AppState;
 
 /// Files handled per batch.
 const BATCH: usize = 256;
@@ -34,7 +34,7 @@ pub async fn sweeper(state: AppState) {
 /// One sweep. Returns the number of files removed.
 pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     // Blob deletions a failing store left queued; retried next time if it still fails.
-    if let Err(e) = lifecycle::purge_queued(&state.meta, &state.blobs).await {
+    if let Err(e) = removal::purge_queued(&state.meta, &state.blobs).await {
         tracing::warn!(error = %e, "cannot finish queued blob deletions yet");
     }
     let now = Timestamp::now();
@@ -44,7 +44,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         let full = batch.len() == BATCH;
         let before = removed;
         for f in batch {
-            match lifecycle::remove_file(&state.meta, &state.blobs, &f).await {
+            match removal::remove_file(&state.meta, &state.blobs, &f).await {
                 Ok(true) => {
                     removed += 1;
                     // A system action: no actor; the owner is in the detail.

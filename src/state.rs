@@ -1,0 +1,141 @@
+//! The shared state every handler sees: the configuration, the stores, the keys, and the
+//! services built on them, opened once at start-up.
+//!
+//! Invariant: this module names nothing of the HTTP layer (no route, no middleware); the HTTP
+//! server builds its router on top of it. Opening the state recovers from a crash first, so
+//! nothing is served before interrupted uploads and deletions are cleaned up.
+
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use tokio::task::JoinHandle;
+
+use crate::audit::{AuditLog, Confidential};
+use crate::auth::cache::PrincipalCache;
+use crate::auth::jwt::TokenKeys;
+use crate::auth::password::Passwords;
+use crate::auth::refresh::RefreshTokens;
+use crate::auth::throttle::LoginThrottle;
+use crate::blob::BlobStore;
+use crate::blob::fs::LocalFs;
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::ingest::policy::UploadPolicy;
+use crate::ingest::quota::Quota;
+use crate::limits::RateLimits;
+use crate::meta::MetaStore;
+use crate::metrics::Metrics;
+use crate::ops::recovery;
+use crate::secrets::SecretKey;
+
+/// The label of the subkey that chains the audit trail.
+pub const AUDIT_CHAIN_LABEL: &str = "coffer/audit-chain/v1";
+
+/// The state every handler sees. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppInner {
+    /// The validated configuration.
+    pub config: Config,
+    /// Metadata (SQLite).
+    pub meta: MetaStore,
+    /// Blob storage.
+    pub blobs: BlobStore,
+    /// Access-token keys.
+    pub tokens: TokenKeys,
+    /// Derives each rotated refresh token from the one presented.
+    pub refresh_tokens: RefreshTokens,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Failed-login counters.
+    pub throttle: LoginThrottle,
+    /// Recently checked credentials.
+    pub principals: PrincipalCache,
+    /// Per-address rate limits.
+    pub limits: RateLimits,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Storage quotas.
+    pub quota: Quota,
+    /// The upload type policy.
+    pub policy: UploadPolicy,
+    /// Encryption-at-rest master keys.
+    pub keyring: Keyring,
+    /// Prometheus counters (recorded by the HTTP layer).
+    pub metrics: Metrics,
+    /// Parsed `server.trusted_proxies`.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The serialised OpenAPI document.
+    pub openapi: OnceLock<Bytes>,
+}
+
+/// The secrets the service runs with.
+pub struct Secrets {
+    /// Signs tokens.
+    pub secret_key: SecretKey,
+    /// Encryption-at-rest keys.
+    pub keyring: Keyring,
+}
+
+impl AppState {
+    /// Open the stores, recover from any crash and build the state. The audit writer's task
+    /// is returned so a clean shutdown can wait for it.
+    pub async fn open(config: Config, secrets: Secrets) -> anyhow::Result<(Self, JoinHandle<()>)> {
+        let fs = LocalFs::open(&config.storage.root)
+            .map_err(|e| anyhow::anyhow!("storage root {}: {e}", config.storage.root.display()))?;
+        let blobs = BlobStore::new(Arc::new(fs.clone()));
+        let meta =
+            MetaStore::open_sqlite(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
+        recovery::recover(&meta, &blobs, config.storage.scan_on_startup).await?;
+
+        let passwords = Passwords::new(&config.auth)?;
+        let chain = crate::meta::audit::ChainKey(secrets.secret_key.derive(AUDIT_CHAIN_LABEL));
+        // With encryption at rest on, a file's hash or name stays out of the log.
+        let confidential = if secrets.keyring.enabled() {
+            Confidential::TrailOnly
+        } else {
+            Confidential::Logged
+        };
+        let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
+        let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
+        let state = Self(Arc::new(AppInner {
+            tokens: TokenKeys::new(
+                &secrets.secret_key,
+                &config.auth.issuer,
+                config.auth.access_ttl_secs,
+            )?,
+            refresh_tokens: RefreshTokens::new(&secrets.secret_key),
+            principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
+            throttle: LoginThrottle::new(
+                config.auth.login_failures_before_delay,
+                config.auth.login_max_delay_secs,
+            ),
+            limits: RateLimits::new(&config.rate_limit),
+            quota: Quota::new(config.limits.user_quota_bytes, meta.clone()),
+            policy: UploadPolicy::new(&config.uploads.allowed),
+            keyring: secrets.keyring,
+            metrics: Metrics::default(),
+            openapi: OnceLock::new(),
+            trusted_proxies,
+            passwords,
+            audit,
+            meta,
+            blobs,
+            config,
+        }));
+        Ok((state, audit_task))
+    }
+}
