@@ -23,6 +23,7 @@ use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::ingest::Ingest;
 use crate::ingest::policy::UploadPolicy;
 use crate::ingest::quota::Quota;
 use crate::limits::RateLimits;
@@ -50,7 +51,7 @@ impl Deref for AppState {
 pub struct AppInner {
     /// The validated configuration.
     pub config: Config,
-    /// Metadata (SQLite).
+    /// Metadata.
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
@@ -68,12 +69,10 @@ pub struct AppInner {
     pub limits: RateLimits,
     /// The audit trail.
     pub audit: AuditLog,
-    /// Storage quotas.
-    pub quota: Quota,
-    /// The upload type policy.
-    pub policy: UploadPolicy,
+    /// The upload pipeline (policy, quota, sealing, commit).
+    pub ingest: Ingest,
     /// Encryption-at-rest master keys.
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
     /// Prometheus counters (recorded by the HTTP layer).
     pub metrics: Metrics,
     /// Parsed `server.trusted_proxies`.
@@ -111,6 +110,7 @@ impl AppState {
         };
         let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
+        let keyring = Arc::new(secrets.keyring);
         let state = Self(Arc::new(AppInner {
             tokens: TokenKeys::new(
                 &secrets.secret_key,
@@ -124,9 +124,16 @@ impl AppState {
                 config.auth.login_max_delay_secs,
             ),
             limits: RateLimits::new(&config.rate_limit),
-            quota: Quota::new(config.limits.user_quota_bytes, meta.clone()),
-            policy: UploadPolicy::new(&config.uploads.allowed),
-            keyring: secrets.keyring,
+            ingest: Ingest {
+                max_upload_bytes: config.limits.max_upload_bytes,
+                policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
+                quota: Arc::new(Quota::new(config.limits.user_quota_bytes, meta.clone())),
+                blobs: blobs.clone(),
+                meta: meta.clone(),
+                keyring: keyring.clone(),
+                audit: audit.clone(),
+            },
+            keyring,
             metrics: Metrics::default(),
             openapi: OnceLock::new(),
             trusted_proxies,

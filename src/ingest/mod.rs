@@ -15,22 +15,26 @@ pub mod policy;
 pub mod quota;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
+use crate::audit::AuditLog;
 use crate::audit::{Event, Record};
+use crate::blob::BlobStore;
 use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
+use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
 use crate::error::AppError;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
+use crate::meta::MetaStore;
 use crate::meta::files::{self, FileObject, StoredFile};
-use crate::state::AppState;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
-use quota::{QuotaError, Reservation};
+use quota::{Quota, QuotaError, Reservation};
 
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +153,29 @@ pub struct Upload {
     pub exact_length: bool,
 }
 
+/// The upload pipeline and what it works with. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    /// `limits.max_upload_bytes`.
+    pub max_upload_bytes: u64,
+    /// Which extensions are accepted, and as what.
+    pub policy: Arc<UploadPolicy>,
+    /// Per-user storage quotas, with reservations for uploads in flight.
+    pub quota: Arc<Quota>,
+    /// Where the bytes go.
+    pub blobs: BlobStore,
+    /// Where the row goes.
+    pub meta: MetaStore,
+    /// The keys that seal blobs, when encryption at rest is on.
+    pub keyring: Arc<Keyring>,
+    /// Where uploads and rejections are recorded.
+    pub audit: AuditLog,
+}
+
 /// Records `file.upload_rejected` if the upload ends any way but committed, including a
 /// dropped future (client disconnect).
 struct Outcome {
-    state: AppState,
+    audit: AuditLog,
     owner: UserId,
     ip: IpAddr,
     bytes: u64,
@@ -163,7 +186,7 @@ struct Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            self.state.audit.record(
+            self.audit.record(
                 Record::new(Event::FileUploadRejected)
                     .actor(self.owner)
                     .ip(self.ip)
@@ -184,14 +207,23 @@ pub struct Staged {
     outcome: Outcome,
 }
 
-/// Receive and validate an upload. `body` yields the file's bytes only (multipart framing
-/// already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
-pub async fn stage<S>(state: &AppState, up: Upload, body: S) -> Result<Staged, IngestError>
+impl Ingest {
+    /// Receive and validate an upload. `body` yields the file's bytes only (multipart
+    /// framing already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
+    pub async fn stage<S>(&self, up: Upload, body: S) -> Result<Staged, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        stage(self, up, body).await
+    }
+}
+
+async fn stage<S>(state: &Ingest, up: Upload, body: S) -> Result<Staged, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
     let mut outcome = Outcome {
-        state: state.clone(),
+        audit: state.audit.clone(),
         owner: up.owner,
         ip: up.client_ip,
         bytes: 0,
@@ -213,7 +245,7 @@ where
 }
 
 async fn receive<S>(
-    state: &AppState,
+    state: &Ingest,
     up: &Upload,
     mut body: S,
     outcome: &mut Outcome,
@@ -221,7 +253,7 @@ async fn receive<S>(
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = state.max_upload_bytes;
     let name = filename::sanitize(&up.raw_name);
     let rule = state
         .policy
@@ -338,7 +370,7 @@ const BATCH_MAX: usize = 256 * 1024;
 
 impl Sink {
     async fn open(
-        state: &AppState,
+        state: &Ingest,
         id: FileId,
         key: &BlobKey,
         text: bool,
@@ -403,7 +435,7 @@ impl Sink {
 
     async fn finish(
         mut self,
-        state: &AppState,
+        state: &Ingest,
         id: FileId,
     ) -> Result<(Box<dyn BlobWriter>, String, Option<crate::crypto::Sealing>), IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
@@ -475,14 +507,14 @@ impl Pipeline {
 impl Staged {
     /// Make the upload visible: blob into place (durably), then the row. Runs to completion
     /// even if the client goes away, so it never stops between the two steps.
-    pub async fn commit(self, state: &AppState) -> Result<FileObject, IngestError> {
+    pub async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
         let state = state.clone();
         tokio::spawn(async move { self.commit_inner(&state).await })
             .await
             .map_err(|e| IngestError::Blob(BlobError::Io(std::io::Error::other(e))))?
     }
 
-    async fn commit_inner(mut self, state: &AppState) -> Result<FileObject, IngestError> {
+    async fn commit_inner(mut self, state: &Ingest) -> Result<FileObject, IngestError> {
         let key = BlobKey::for_file(self.stored.file.id, self.stored.sealing.is_some());
         if let Err(e) = self.writer.commit().await {
             let e = IngestError::from(e);

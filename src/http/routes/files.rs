@@ -130,12 +130,12 @@ async fn upload_file(
         if declared.is_none() {
             let metrics = state.clone();
             let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
-            ingest::stage(&state, up, Box::pin(counted)).await?
+            state.ingest.stage(up, Box::pin(counted)).await?
         } else {
-            ingest::stage(&state, up, stream).await?
+            state.ingest.stage(up, stream).await?
         }
     };
-    let file = staged.commit(&state).await?;
+    let file = staged.commit(&state.ingest).await?;
     let location = format!("/api/v1/files/{}", file.id);
     Ok((
         StatusCode::CREATED,
@@ -200,7 +200,10 @@ async fn receive_multipart(
         raw_name: name,
         ..up
     };
-    let staged = ingest::stage(state, up, Box::pin(field.map_err(failed))).await?;
+    let staged = state
+        .ingest
+        .stage(up, Box::pin(field.map_err(failed)))
+        .await?;
     while let Some(next) = form.next_field().await.map_err(failed)? {
         if next.name() == Some("file") {
             return Err(IngestError::BadBody(

@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::http::stack;
-use crate::ops::sweeper;
+use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
 use accept::{Opening, PerIp, request_starts};
 use parser_errors::{Dispatched, ParserErrors};
@@ -51,7 +51,16 @@ impl App {
         let doc = serde_json::to_vec(&doc)?;
         let _ = state.openapi.set(Bytes::from(doc));
         let tasks = vec![
-            tokio::spawn(sweeper::sweeper(state.clone())),
+            tokio::spawn(
+                Sweeper {
+                    meta: state.meta.clone(),
+                    blobs: state.blobs.clone(),
+                    audit: state.audit.clone(),
+                    interval: Duration::from_secs(state.config.retention.sweep_interval_secs),
+                    audit_retention_days: state.config.audit.retention_days,
+                }
+                .run(),
+            ),
             tokio::spawn(limiter_housekeeping(state.clone())),
         ];
         Ok(Self {
