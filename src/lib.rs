@@ -7,10 +7,10 @@
 //! holds the threat model.
 //!
 //! Layers, top to bottom (a module imports only from layers below its own):
-//! entry ([`cli`], [`config`]) -> [`http`] -> [`state`] -> domain ([`auth`], [`ingest`],
-//! [`download`], [`audit`], [`removal`], [`ops`], [`metrics`], [`limits`]) -> stores
-//! ([`meta`], [`blob`], [`crypto`]) -> foundations ([`ids`], [`secrets`], [`net`],
-//! [`blocking`], [`telemetry`]).
+//! entry ([`cli`], [`config`], [`telemetry`]) -> [`http`] -> [`state`] -> domain ([`auth`],
+//! [`ingest`], [`download`], [`audit`], [`removal`], [`ops`], [`metrics`], [`limits`]) ->
+//! stores ([`meta`], [`blob`], [`crypto`]) -> foundations ([`ids`], [`secrets`], [`net`],
+//! [`blocking`]). `scripts/layers` checks it.
 
 #![forbid(unsafe_code)]
 
