@@ -13,6 +13,7 @@ pub mod framing;
 pub mod idle;
 pub mod policy;
 pub mod quota;
+pub mod scan;
 
 use std::net::IpAddr;
 use std::sync::Arc;
