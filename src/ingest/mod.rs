@@ -12,6 +12,7 @@ pub mod filename;
 pub mod framing;
 pub mod idle;
 pub mod policy;
+pub mod polyglot;
 pub mod quota;
 pub mod scan;
 
