@@ -463,10 +463,10 @@ impl Config {
                     .into(),
             );
         }
-        if let Some(addr) = self.scan.clamd.as_deref().filter(|s| !s.trim().is_empty()) {
-            if let Err(e) = crate::ingest::scan::ClamdAddr::parse(addr.trim()) {
-                errs.push(format!("scan.clamd: {e}"));
-            }
+        if let Some(addr) = self.scan.clamd.as_deref().filter(|s| !s.trim().is_empty())
+            && let Err(e) = crate::ingest::scan::ClamdAddr::parse(addr.trim())
+        {
+            errs.push(format!("scan.clamd: {e}"));
         }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());

@@ -230,10 +230,10 @@ impl ScanSession {
             return v;
         }
         let frame = std::mem::take(&mut self.frame);
-        if !frame.is_empty() {
-            if let Err(v) = self.send(&frame).await {
-                return v;
-            }
+        if !frame.is_empty()
+            && let Err(v) = self.send(&frame).await
+        {
+            return v;
         }
         if let Err(v) = self.send(&[]).await {
             return v;
@@ -334,10 +334,11 @@ pub fn parse(answer: &str) -> Verdict {
     if let Some(name) = answer
         .strip_prefix("stream: ")
         .and_then(|r| r.strip_suffix(" FOUND"))
+        && !name.is_empty()
+        && name.len() <= 256
+        && name.bytes().all(|b| b.is_ascii_graphic())
     {
-        if !name.is_empty() && name.len() <= 256 && name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Verdict::Infected(name.to_owned());
-        }
+        return Verdict::Infected(name.to_owned());
     }
     if answer.ends_with(" ERROR") {
         return Verdict::Unavailable(format!("clamd: {}", clip(answer)));
