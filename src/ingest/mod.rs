@@ -11,6 +11,7 @@
 pub mod filename;
 pub mod framing;
 pub mod idle;
+pub mod media;
 pub mod policy;
 pub mod polyglot;
 pub mod quota;
