@@ -54,8 +54,18 @@ pub(crate) fn orientation(tiff: &[u8]) -> Option<u16> {
     })
 }
 
+/// The size of [`minimal`]'s block.
+pub(crate) const MINIMAL_LEN: usize = 26;
+
+/// The Orientation worth keeping from `tiff`, the whole EXIF block of `len` bytes: only when
+/// the block is at least as long as its replacement, so stripping never makes a file larger
+/// (a real EXIF block always is; a 22-byte one with nothing but the tag is not worth it).
+pub(crate) fn kept_orientation(tiff: &[u8], len: u64) -> Option<u16> {
+    orientation(tiff).filter(|_| len >= MINIMAL_LEN as u64)
+}
+
 /// A big-endian TIFF structure whose IFD0 holds only Orientation (26 bytes).
-pub(crate) fn minimal(orientation: u16) -> [u8; 26] {
+pub(crate) fn minimal(orientation: u16) -> [u8; MINIMAL_LEN] {
     let [hi, lo] = orientation.to_be_bytes();
     [
         b'M', b'M', 0, 42, 0, 0, 0, 8, // header, IFD0 at 8

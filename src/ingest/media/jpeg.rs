@@ -234,7 +234,10 @@ impl Jpeg {
                 // APP0 JFIF / APP1 EXIF, read whole: rewritten.
                 let rewritten = match m {
                     APP0 => jfif_without_thumbnail(&head),
-                    _ => head.get(6..).and_then(exif::orientation).map(minimal_app1),
+                    _ => head
+                        .get(6..)
+                        .and_then(|t| exif::kept_orientation(t, t.len() as u64))
+                        .map(minimal_app1),
                 };
                 if let Some(seg) = rewritten {
                     out.copy(&seg);

@@ -123,7 +123,11 @@ impl Png {
                     if !input.fill(&mut self.buf, want) {
                         return Ok(());
                     }
-                    if let Some(o) = self.buf.get(8..).and_then(exif::orientation) {
+                    if let Some(o) = self
+                        .buf
+                        .get(8..)
+                        .and_then(|t| exif::kept_orientation(t, len.into()))
+                    {
                         out.copy(&minimal_exif_chunk(o));
                     }
                     let read = self.buf.len() as u64 - 8;

@@ -256,15 +256,16 @@ impl Webp {
                 )
             }
             b"ANMF" => (le24(p, 6).map(|w| w + 1), le24(p, 9).map(|h| h + 1)),
-            _ => (Some(1), Some(1)),
+            // ALPH, ICCP, ANIM: nothing to measure.
+            _ => (None, None),
         };
-        let (Some(w), Some(h)) = (w, h) else {
-            return Err(MediaError::Unreadable("a malformed WebP image header"));
+        let dims = match (w, h, need) {
+            (Some(w), Some(h), _) => Some(check(w, h, self.max_pixels)?),
+            (_, _, 0) => None,
+            _ => return Err(MediaError::Unreadable("a malformed WebP image header")),
         };
-        let dims = check(w, h, self.max_pixels)?;
-        let first = self.dims.is_none();
-        if first {
-            self.dims = Some(dims);
+        if self.dims.is_none() {
+            self.dims = dims;
             if !self.strip {
                 return Ok(State::Done);
             }
