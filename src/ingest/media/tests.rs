@@ -484,6 +484,15 @@ fn webp_past_the_look_ahead_is_zeroed_in_place_and_still_decodes() {
     }
 }
 
+/// Found by the fuzzer: a stream ending exactly after the header of a chunk with nothing to
+/// read first (an empty ANIM) ended the walk mid-chunk, so stripping was not idempotent.
+#[test]
+fn webp_may_end_right_after_an_empty_chunk() {
+    let (_, expected, _) = dirty_webp();
+    let data = riff(&[expected[12..].to_vec(), riff_chunk(b"ANIM", b"")]);
+    assert!(strip(Format::Webp, &data) == data);
+}
+
 #[test]
 fn gif_is_measured_and_stored_unchanged() {
     let img = image::RgbaImage::from_fn(30, 20, |x, y| {
@@ -741,4 +750,13 @@ proptest! {
             prop_assert!(out.len() <= data.len());
         }
     }
+}
+
+/// The pipeline runs these on the blocking pool, one batch at a time on any thread.
+#[test]
+fn walkers_and_checks_can_move_between_threads() {
+    fn send<T: Send + 'static>() {}
+    send::<MediaWalker>();
+    send::<crate::ingest::polyglot::PolyglotScan>();
+    send::<crate::ingest::scan::ScanSession>();
 }

@@ -220,6 +220,10 @@ impl Webp {
         if size < need as u64 {
             return Err(MediaError::Unreadable("a WebP image header is too short"));
         }
+        if need == 0 {
+            // Nothing more to read first: go on now, since the stream may end right here.
+            return self.head(kind, padded, 0, out);
+        }
         Ok(State::Head { kind, padded, need })
     }
 
