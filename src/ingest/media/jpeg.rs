@@ -15,7 +15,7 @@
 //! every other segment and all entropy-coded data stream through (scanned for markers with
 //! `memchr`).
 
-use super::io::{Input, Out, be16};
+use super::io::{Input, Out, array, be16};
 use super::{Dimensions, MediaError, check, exif};
 
 /// APPn markers.
@@ -271,36 +271,73 @@ impl Jpeg {
             };
         }
         let data = input.rest();
-        let mut at = 0;
-        loop {
-            let Some(p) = data
-                .get(at..)
-                .and_then(|d| memchr::memchr(0xFF, d))
-                .map(|k| at + k)
-            else {
-                let n = data.len();
-                out.bytes(input.slice(n));
-                return Ok(State::Entropy { ff: false });
-            };
-            match data.get(p + 1).copied() {
-                None => {
-                    out.bytes(input.slice(p));
-                    input.advance(1);
-                    return Ok(State::Entropy { ff: true });
-                }
-                Some(0x00 | 0xD0..=0xD7) => at = p + 2,
-                Some(next) => {
-                    out.bytes(input.slice(p));
-                    input.advance(2);
-                    return if next == 0xFF {
-                        Ok(State::Code)
-                    } else {
-                        self.marker(next, out)
-                    };
-                }
+        let Some(p) = scan_end(data) else {
+            let n = data.len();
+            out.bytes(input.slice(n));
+            return Ok(State::Entropy { ff: false });
+        };
+        let next = data.get(p + 1).copied();
+        out.bytes(input.slice(p));
+        match next {
+            None => {
+                input.advance(1);
+                Ok(State::Entropy { ff: true })
+            }
+            Some(0xFF) => {
+                input.advance(2);
+                Ok(State::Code)
+            }
+            Some(m) => {
+                input.advance(2);
+                self.marker(m, out)
             }
         }
     }
+}
+
+/// Where entropy-coded data in `data` ends: the first FF that is neither a stuffed zero
+/// (FF 00) nor a restart marker (FF D0-D7), or an FF with its next byte not in `data`.
+///
+/// Real scans hold an FF every ~256 bytes, nearly all stuffed, so finding each FF with
+/// `memchr` costs a call per 256 bytes; this looks at 32 bytes per step instead, each 8-byte
+/// word beside the word one byte on (its followers), and falls back to the byte-exact scan in
+/// the one block that holds the answer. Measured on 64 MiB (benches/media.rs): about 2x
+/// faster than `memchr` per FF.
+fn scan_end(data: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(block) = data.get(at..at + 33) {
+        let word = |o: usize| u64::from_le_bytes(array(block, o).unwrap_or_default());
+        let ends = (0..4).fold(0, |acc, k| acc | ends_in(word(8 * k), word(8 * k + 1)));
+        if ends != 0 {
+            break;
+        }
+        at += 32;
+    }
+    let rest = data.get(at..)?;
+    let mut from = 0;
+    loop {
+        let p = from + memchr::memchr(0xFF, rest.get(from..)?)?;
+        match rest.get(p + 1) {
+            Some(0x00 | 0xD0..=0xD7) => from = p + 2,
+            _ => return Some(at + p),
+        }
+    }
+}
+
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+
+/// The high bit of each byte of `x` that is zero, and no other bit (no carries between bytes).
+fn zero_bytes(x: u64) -> u64 {
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// Non-zero when a byte of `x` is FF and the byte after it (the same byte of `next`, the word
+/// one byte further on) is neither 00 nor D0-D7.
+fn ends_in(x: u64, next: u64) -> u64 {
+    let ff = zero_bytes(!x);
+    let stuffed = zero_bytes(next);
+    let restart = zero_bytes((next & 0xF8F8_F8F8_F8F8_F8F8) ^ 0xD0D0_D0D0_D0D0_D0D0);
+    ff & !(stuffed | restart)
 }
 
 /// SOF0-3, 5-7, 9-11, 13-15 (not DHT C4, JPG C8, DAC CC).
@@ -342,4 +379,39 @@ fn minimal_app1(orientation: u16) -> Vec<u8> {
     seg.extend_from_slice(b"Exif\0\0");
     seg.extend_from_slice(&tiff);
     seg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The plain definition `scan_end` must agree with.
+    fn naive(data: &[u8]) -> Option<usize> {
+        (0..data.len())
+            .find(|&i| data[i] == 0xFF && !matches!(data.get(i + 1), Some(0x00 | 0xD0..=0xD7)))
+    }
+
+    proptest! {
+        #[test]
+        fn scan_end_agrees_with_the_definition(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(0xFFu8), Just(0x00), Just(0xD3), Just(0xD9), any::<u8>()],
+                0..300,
+            ),
+        ) {
+            prop_assert_eq!(scan_end(&bytes), naive(&bytes));
+            // And with the interesting byte at every distance from a block edge.
+            let mut long = vec![0x11; 97];
+            long.extend(&bytes);
+            prop_assert_eq!(scan_end(&long), naive(&long));
+        }
+    }
+
+    #[test]
+    fn zero_bytes_is_exact() {
+        assert_eq!(zero_bytes(0x0100_FF00_0001_0000), 0x0080_0080_8000_8080);
+        assert_eq!(zero_bytes(u64::MAX), 0);
+        assert_eq!(zero_bytes(0), 0x8080_8080_8080_8080);
+    }
 }
