@@ -350,3 +350,23 @@ impl From<crate::crypto::read::ReadError> for AppError {
         }
     }
 }
+
+impl From<crate::auth::accounts::AccountError> for AppError {
+    fn from(e: crate::auth::accounts::AccountError) -> Self {
+        use crate::auth::accounts::AccountError;
+        match e {
+            AccountError::Invalid(fields) => Self::Validation(
+                fields
+                    .into_iter()
+                    .map(|f| FieldError::new(f.field, f.message))
+                    .collect(),
+            ),
+            // Their words are the client's answer.
+            e @ (AccountError::UsernameTaken | AccountError::EmailTaken) => {
+                Self::Conflict(e.to_string().into())
+            }
+            AccountError::Hash(h) => Self::Internal(h.into()),
+            AccountError::Meta(m) => m.into(),
+        }
+    }
+}

@@ -5,12 +5,49 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::auth::password::{self, Passwords};
+use crate::auth::password::{self, HashError, Passwords};
 use crate::config::AuthConfig;
-use crate::error::{AppError, FieldError};
 use crate::ids::{Timestamp, UserId};
-use crate::meta::MetaStore;
 use crate::meta::users::{Inserted, NewUser, Role, User};
+use crate::meta::{MetaError, MetaStore};
+
+/// Why an account was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Fields that break their rules: every one of them, not only the first.
+    #[error("invalid account fields")]
+    Invalid(Vec<InvalidField>),
+    /// The words are the answer the client gets too.
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// The words are the answer the client gets too.
+    #[error("that email is already registered")]
+    EmailTaken,
+    /// Hashing the password failed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// A field of a new account that breaks its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// The field's name, as the request and the command line spell it.
+    pub field: &'static str,
+    /// What is wrong with it, in words for the person who typed it.
+    pub message: String,
+}
+
+impl InvalidField {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 /// What a new account needs.
 pub struct NewAccount {
@@ -59,36 +96,34 @@ pub fn valid_email(e: &str) -> bool {
 }
 
 /// Every problem with a new account's fields.
-pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<FieldError> {
+pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<InvalidField> {
     let mut errs = Vec::new();
     if !valid_username(&a.username) {
-        errs.push(FieldError::new(
+        errs.push(InvalidField::new(
             "username",
             "must be 3-50 characters of letters, digits and _",
         ));
     }
     if !valid_email(&a.email) {
-        errs.push(FieldError::new("email", "must be a valid email address"));
+        errs.push(InvalidField::new("email", "must be a valid email address"));
     }
-    errs.extend(password::check_policy(cfg, a.password.expose_secret()));
+    let weak = password::check_policy(cfg, a.password.expose_secret());
+    errs.extend(weak.into_iter().map(|m| InvalidField::new("password", m)));
     errs
 }
 
-/// Validate, hash and insert. Conflicts are 409, validation failures 422.
+/// Validate, hash and insert; uniqueness is the database's answer.
 pub async fn create(
     meta: &MetaStore,
     passwords: &Passwords,
     cfg: &AuthConfig,
     a: NewAccount,
-) -> Result<User, AppError> {
+) -> Result<User, AccountError> {
     let errs = validate(cfg, &a);
     if !errs.is_empty() {
-        return Err(AppError::Validation(errs));
+        return Err(AccountError::Invalid(errs));
     }
-    let hash = passwords
-        .hash(a.password)
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+    let hash = passwords.hash(a.password).await?;
     let new = NewUser {
         id: UserId::new(),
         username: a.username,
@@ -105,10 +140,8 @@ pub async fn create(
             role: new.role,
             created_at: new.created_at,
         }),
-        Inserted::UsernameTaken => Err(AppError::Conflict("that username is taken".into())),
-        Inserted::EmailTaken => Err(AppError::Conflict(
-            "that email is already registered".into(),
-        )),
+        Inserted::UsernameTaken => Err(AccountError::UsernameTaken),
+        Inserted::EmailTaken => Err(AccountError::EmailTaken),
     }
 }
 

@@ -19,7 +19,6 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::AuthConfig;
-use crate::error::FieldError;
 
 /// The bundled list of common passwords (lower case, most common first).
 static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
@@ -348,10 +347,10 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, waiting: &AtomicUsize) {
     }
 }
 
-/// Check a new password against the policy; the errors name the field `password`.
-pub fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<FieldError> {
+/// Check a new password against the policy: what is wrong with it, every rule it breaks.
+pub fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<String> {
     let mut errs = Vec::new();
-    let mut fail = |m: String| errs.push(FieldError::new("password", m));
+    let mut fail = |m: String| errs.push(m);
     let chars = password.chars().count();
     if chars < cfg.password_min_length || chars > cfg.password_max_length {
         fail(format!(
