@@ -123,6 +123,10 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The one answer to a credential that is missing a piece, malformed, unknown, expired or
+/// revoked, whatever the cause.
+const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+
 /// Shorthand for handler results.
 pub type AppResult<T> = Result<T, AppError>;
 
@@ -347,6 +351,25 @@ impl From<crate::crypto::read::ReadError> for AppError {
             crate::crypto::read::ReadError::Tampered => Self::Integrity,
             crate::crypto::read::ReadError::Blob(b) => b.into(),
             other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for AppError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing => Self::Unauthorized("authentication required"),
+            AuthError::TwoCredentials => Self::Unauthorized("send one credential, not two"),
+            AuthError::Invalid => Self::Unauthorized(BAD_CREDENTIALS),
+            AuthError::NotAdmin => Self::Forbidden("administrators only"),
+            AuthError::AdminNeedsLogin => {
+                Self::Forbidden("administration needs a login, not an API key")
+            }
+            AuthError::NeedsLogin => Self::Forbidden("API keys cannot manage credentials; log in"),
+            AuthError::Meta(m) => m.into(),
+            AuthError::Hash(h) => Self::Internal(h.into()),
+            AuthError::Token(t) => Self::Internal(t.into()),
         }
     }
 }

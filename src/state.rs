@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::audit::{AuditLog, Confidential};
 use crate::auth::cache::PrincipalCache;
+use crate::auth::credentials::Credentials;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::RefreshTokens;
@@ -56,7 +57,7 @@ pub struct AppInner {
     /// Blob storage.
     pub blobs: BlobStore,
     /// Access-token keys.
-    pub tokens: TokenKeys,
+    pub tokens: Arc<TokenKeys>,
     /// Derives each rotated refresh token from the one presented.
     pub refresh_tokens: RefreshTokens,
     /// Password hashing.
@@ -64,7 +65,9 @@ pub struct AppInner {
     /// Failed-login counters.
     pub throttle: LoginThrottle,
     /// Recently checked credentials.
-    pub principals: PrincipalCache,
+    pub principals: Arc<PrincipalCache>,
+    /// Resolves a request's bearer token or API key into its principal.
+    pub(crate) credentials: Credentials,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.
@@ -111,14 +114,23 @@ impl AppState {
         let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);
+        let tokens = Arc::new(TokenKeys::new(
+            &secrets.secret_key,
+            &config.auth.issuer,
+            config.auth.access_ttl_secs,
+        )?);
+        let principals = Arc::new(PrincipalCache::new(Duration::from_secs(
+            config.auth.principal_cache_secs,
+        )));
         let state = Self(Arc::new(AppInner {
-            tokens: TokenKeys::new(
-                &secrets.secret_key,
-                &config.auth.issuer,
-                config.auth.access_ttl_secs,
-            )?,
+            credentials: Credentials {
+                tokens: tokens.clone(),
+                principals: principals.clone(),
+                meta: meta.clone(),
+            },
+            tokens,
             refresh_tokens: RefreshTokens::new(&secrets.secret_key),
-            principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
+            principals,
             throttle: LoginThrottle::new(
                 config.auth.login_failures_before_delay,
                 config.auth.login_max_delay_secs,

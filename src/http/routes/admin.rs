@@ -13,8 +13,9 @@ use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
 use crate::auth::cache::Revoked;
+use crate::auth::principal::Principal;
 use crate::error::{AppError, AppResult};
-use crate::http::extract::{AppJson, Principal};
+use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{
     PageQuery, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, next_cursor,

@@ -19,10 +19,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
+use crate::auth::principal::Principal;
 use crate::crypto::read;
 use crate::error::{AppError, AppResult};
 use crate::http::content::{self, ContentRequest};
-use crate::http::extract::Principal;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::ids::{FileId, Timestamp};

@@ -14,11 +14,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
+use crate::auth::principal::Principal;
 use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
 use crate::error::{AppError, AppResult, FieldError};
 use crate::http::content::{self, ContentRequest};
-use crate::http::extract::{AppJson, Principal};
+use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::routes::files::ContentQuery;
 use crate::ids::{FileId, LinkId, Timestamp};
