@@ -19,6 +19,7 @@ use crate::auth::credentials::Credentials;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::RefreshTokens;
+use crate::auth::sessions::Sessions;
 use crate::auth::throttle::LoginThrottle;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
@@ -56,18 +57,13 @@ pub struct AppInner {
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
-    /// Access-token keys.
-    pub tokens: Arc<TokenKeys>,
-    /// Derives each rotated refresh token from the one presented.
-    pub refresh_tokens: RefreshTokens,
-    /// Password hashing.
-    pub passwords: Passwords,
-    /// Failed-login counters.
-    pub throttle: LoginThrottle,
-    /// Recently checked credentials.
+    /// Recently checked credentials, shared with `credentials` and `sessions`: every
+    /// revocation, whichever route makes it, drops what it revoked.
     pub principals: Arc<PrincipalCache>,
     /// Resolves a request's bearer token or API key into its principal.
     pub(crate) credentials: Credentials,
+    /// Register, login, refresh, logout.
+    pub(crate) sessions: Sessions,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.
@@ -128,13 +124,20 @@ impl AppState {
                 principals: principals.clone(),
                 meta: meta.clone(),
             },
-            tokens,
-            refresh_tokens: RefreshTokens::new(&secrets.secret_key),
+            sessions: Sessions {
+                config: config.auth.clone(),
+                meta: meta.clone(),
+                passwords,
+                throttle: LoginThrottle::new(
+                    config.auth.login_failures_before_delay,
+                    config.auth.login_max_delay_secs,
+                ),
+                tokens,
+                refresh_tokens: RefreshTokens::new(&secrets.secret_key),
+                principals: principals.clone(),
+                audit: audit.clone(),
+            },
             principals,
-            throttle: LoginThrottle::new(
-                config.auth.login_failures_before_delay,
-                config.auth.login_max_delay_secs,
-            ),
             limits: RateLimits::new(&config.rate_limit),
             ingest: Ingest {
                 max_upload_bytes: config.limits.max_upload_bytes,
@@ -149,7 +152,6 @@ impl AppState {
             metrics: Metrics::default(),
             openapi: OnceLock::new(),
             trusted_proxies,
-            passwords,
             audit,
             meta,
             blobs,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::auth::cache::{Cached, CachedVia, PrincipalCache};
 use crate::auth::jwt::TokenKeys;
-use crate::auth::principal::{Principal, Via};
+use crate::auth::principal::{Principal, TokenLogin, Via};
 use crate::auth::{AuthError, api_key, token_hash};
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
@@ -93,11 +93,11 @@ impl Credentials {
         Ok(Principal {
             user_id: user,
             role,
-            via: Via::Token {
+            via: Via::Token(TokenLogin {
                 session,
                 jti: access.jti,
                 expires_at: access.expires_at,
-            },
+            }),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Authentication: resolving credentials into a principal ([`credentials`], [`principal`]),
-//! accounts, passwords, access and refresh tokens, API keys, login throttling, and the cache
-//! of checked credentials.
+//! sessions ([`sessions`]: register, login, refresh, logout), accounts, passwords, access and
+//! refresh tokens, API keys, login throttling, and the cache of checked credentials.
 //!
 //! Invariant: secrets (passwords, tokens, keys) are only ever compared as hashes or through
 //! constant-time MACs, never logged, and never stored in plaintext. Nothing here knows HTTP:
@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod password;
 pub(crate) mod principal;
 pub mod refresh;
+pub(crate) mod sessions;
 pub mod throttle;
 
 use sha2::{Digest, Sha256};

@@ -11,17 +11,19 @@ use crate::meta::users::Role;
 /// How the caller authenticated.
 #[derive(Debug, Clone)]
 pub(crate) enum Via {
-    /// An access token.
-    Token {
-        /// The login it belongs to.
-        session: SessionId,
-        /// The token's own id (`jti`), revoked on logout.
-        jti: String,
-        /// When the token expires.
-        expires_at: Timestamp,
-    },
+    Token(TokenLogin),
     /// An API key (which one matters only to the cache, which keeps it for revocations).
     ApiKey,
+}
+
+/// The login an access token belongs to, and the token itself: what a logout revokes.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenLogin {
+    pub(crate) session: SessionId,
+    /// The token's own id (`jti`).
+    pub(crate) jti: String,
+    /// When the token expires: its revocation is kept until then.
+    pub(crate) expires_at: Timestamp,
 }
 
 /// The authenticated caller.
@@ -39,20 +41,16 @@ impl Principal {
     /// delete users or read the audit trail.
     pub(crate) fn require_admin(&self) -> Result<(), AuthError> {
         match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => Ok(()),
+            (Role::Admin, Via::Token(_)) => Ok(()),
             (Role::Admin, Via::ApiKey) => Err(AuthError::AdminNeedsLogin),
             (Role::User, _) => Err(AuthError::NotAdmin),
         }
     }
 
     /// Routes that manage credentials need a login, not an API key (403 otherwise).
-    pub(crate) fn require_token(&self) -> Result<(SessionId, &str, Timestamp), AuthError> {
+    pub(crate) fn require_token(&self) -> Result<&TokenLogin, AuthError> {
         match &self.via {
-            Via::Token {
-                session,
-                jti,
-                expires_at,
-            } => Ok((*session, jti, *expires_at)),
+            Via::Token(login) => Ok(login),
             Via::ApiKey => Err(AuthError::NeedsLogin),
         }
     }
@@ -61,7 +59,7 @@ impl Principal {
     /// sees its owner's.
     pub(crate) fn file_scope(&self) -> Option<UserId> {
         match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => None,
+            (Role::Admin, Via::Token(_)) => None,
             _ => Some(self.user_id),
         }
     }
