@@ -1,4 +1,6 @@
-//! The one error type every handler returns, and its RFC 9457 `application/problem+json` body.
+//! The one error type every handler returns, its RFC 9457 `application/problem+json` body,
+//! and every conversion into it from the errors of the domain and the stores (the end of the
+//! file), so the answer to each failure is decided in one place.
 //!
 //! Invariant: what reaches the client is a stable `type`, a fixed `title`, a detail written for
 //! clients, and the request id. Causes of internal errors go to the log, never into a body.
@@ -390,6 +392,37 @@ impl From<crate::auth::accounts::AccountError> for AppError {
             }
             AccountError::Hash(h) => Self::Internal(h.into()),
             AccountError::Meta(m) => m.into(),
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for AppError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError;
+        match e {
+            IngestError::Refused(r) => Self::UnsupportedMediaType(r.to_string().into()),
+            IngestError::TooLarge { limit } => Self::PayloadTooLarge { limit },
+            IngestError::Quota => Self::QuotaExceeded,
+            IngestError::BadBody(d) => Self::BadRequest(d.into()),
+            IngestError::ClientAborted => Self::BadRequest("the upload body was cut off".into()),
+            IngestError::Idle => Self::RequestTimeout,
+            // The owner's account is being deleted: its credentials are dead now.
+            IngestError::OwnerGone => Self::Unauthorized(BAD_CREDENTIALS),
+            IngestError::Blob(b) => b.into(),
+            IngestError::Meta(m) => m.into(),
+        }
+    }
+}
+
+impl From<crate::removal::RemoveError> for AppError {
+    fn from(e: crate::removal::RemoveError) -> Self {
+        use crate::removal::RemoveError;
+        match e {
+            RemoveError::Blob(b) => b.into(),
+            RemoveError::Meta(m) => m.into(),
+            RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
+            RemoveError::NoUser => Self::NotFound,
+            e @ RemoveError::FilesRemain => Self::Internal(e.into()),
         }
     }
 }

@@ -39,18 +39,6 @@ pub enum RemoveError {
     FilesRemain,
 }
 
-impl From<RemoveError> for crate::error::AppError {
-    fn from(e: RemoveError) -> Self {
-        match e {
-            RemoveError::Blob(b) => b.into(),
-            RemoveError::Meta(m) => m.into(),
-            RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
-            RemoveError::NoUser => Self::NotFound,
-            e @ RemoveError::FilesRemain => Self::Internal(e.into()),
-        }
-    }
-}
-
 /// Remove one file. Returns `false` when its row was already gone.
 pub async fn remove_file(
     meta: &MetaStore,

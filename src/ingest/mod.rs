@@ -28,7 +28,6 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
-use crate::error::AppError;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
@@ -112,26 +111,6 @@ impl From<QuotaError> for IngestError {
         match e {
             QuotaError::Exceeded => Self::Quota,
             QuotaError::Meta(m) => Self::Meta(m),
-        }
-    }
-}
-
-impl From<IngestError> for AppError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Refused(r) => AppError::UnsupportedMediaType(r.to_string().into()),
-            IngestError::TooLarge { limit } => AppError::PayloadTooLarge { limit },
-            IngestError::Quota => AppError::QuotaExceeded,
-            IngestError::BadBody(d) => AppError::BadRequest(d.into()),
-            IngestError::ClientAborted => {
-                AppError::BadRequest("the upload body was cut off".into())
-            }
-            IngestError::Idle => AppError::RequestTimeout,
-            IngestError::OwnerGone => {
-                AppError::Unauthorized("missing, invalid or expired credentials")
-            }
-            IngestError::Blob(b) => b.into(),
-            IngestError::Meta(m) => m.into(),
         }
     }
 }
