@@ -22,7 +22,6 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod download;
-pub mod error;
 pub mod http;
 pub mod ids;
 pub mod ingest;

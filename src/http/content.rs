@@ -16,7 +16,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::audit::{Event, Record};
 use crate::crypto::read::{self, PlainStream, ReadError};
 use crate::download::{self, Disposition, Plan};
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::meta::files::StoredFile;
 use crate::state::AppState;
 

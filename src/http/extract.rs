@@ -16,7 +16,7 @@ use utoipa::openapi::{RefOr, Schema};
 
 use crate::auth::credentials::Header;
 use crate::auth::principal::Principal;
-use crate::error::{AppError, FieldError};
+use crate::http::error::{AppError, FieldError};
 use crate::state::AppState;
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown

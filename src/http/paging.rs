@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::ids::Timestamp;
 use crate::meta::Page;
 

@@ -103,7 +103,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// Paths no route matches. The wording differs from a missing resource's only so the
 /// OpenAPI coverage test can tell an unrouted path from a routed 404.
 async fn fallback() -> Response {
-    crate::error::problem_response(
+    crate::http::error::problem_response(
         StatusCode::NOT_FOUND,
         "not-found",
         "no route matches this path".into(),

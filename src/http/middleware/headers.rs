@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::{AppError, PROBLEM_JSON, code_for_status, problem_response};
+use crate::http::error::{AppError, PROBLEM_JSON, code_for_status, problem_response};
 use crate::state::AppState;
 
 /// The CSP of API responses (content responses set their own sandboxing one).

@@ -9,7 +9,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::error::REQUEST_ID;
+use crate::http::error::REQUEST_ID;
 
 /// The header name.
 pub const X_REQUEST_ID: &str = "x-request-id";

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use crate::audit::{Event, Record};
 use crate::auth::cache::Revoked;
 use crate::auth::principal::Principal;
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{
@@ -73,7 +73,7 @@ async fn list_users(
     params(("id" = String, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn delete_user(
@@ -122,7 +122,7 @@ pub struct RoleRequest {
     request_body = RoleRequest,
     responses(
         (status = 200, description = "The updated user", body = User),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn set_role(

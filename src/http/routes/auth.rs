@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::auth::accounts::NewAccount;
 use crate::auth::principal::Principal;
 use crate::auth::sessions::{LoginOutcome, RefreshOutcome, Tokens};
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::meta::users::{Role, User};
@@ -58,8 +58,8 @@ pub struct RegisterRequest {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Account created", body = User),
-        (status = 403, description = "Registration is closed", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Username or email taken", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Registration is closed", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username or email taken", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn register(
     State(state): State<AppState>,

@@ -21,8 +21,8 @@ use utoipa_axum::routes;
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::crypto::read;
-use crate::error::{AppError, AppResult};
 use crate::http::content::{self, ContentRequest};
+use crate::http::error::{AppError, AppResult};
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::ids::{FileId, Timestamp};
@@ -75,7 +75,7 @@ pub struct UploadQuery {
     responses(
         (status = 201, description = "Stored", body = FileObject,
             headers(("Location" = String, description = "The file's URL"))),
-        (status = 507, description = "The storage volume is full", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn upload_file(
@@ -375,7 +375,7 @@ pub struct ContentQuery {
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
-        (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn file_content(

@@ -16,7 +16,7 @@ use crate::audit::{Event, Record};
 use crate::auth::api_key;
 use crate::auth::cache::Revoked;
 use crate::auth::principal::Principal;
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::ids::{ApiKeyId, Timestamp};
@@ -73,7 +73,7 @@ async fn create_api_key(
     let name = req.name.trim().to_owned();
     let mut errs = Vec::new();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        errs.push(crate::error::FieldError::new(
+        errs.push(crate::http::error::FieldError::new(
             "name",
             "must be 1-100 printable characters",
         ));
@@ -82,7 +82,7 @@ async fn create_api_key(
         None => None,
         Some(d @ 1..=3650) => Some(d.unsigned_abs()),
         Some(_) => {
-            errs.push(crate::error::FieldError::new(
+            errs.push(crate::http::error::FieldError::new(
                 "expires_in_days",
                 "must be between 1 and 3650",
             ));

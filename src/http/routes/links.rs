@@ -17,8 +17,8 @@ use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
-use crate::error::{AppError, AppResult, FieldError};
 use crate::http::content::{self, ContentRequest};
+use crate::http::error::{AppError, AppResult, FieldError};
 use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::routes::files::ContentQuery;
@@ -151,8 +151,8 @@ async fn create_link(
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
-        (status = 410, description = "Expired or used up", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Expired or used up", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn link_content(
     State(state): State<AppState>,
