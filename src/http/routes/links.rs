@@ -50,6 +50,39 @@ pub struct CreateLinkRequest {
     max_downloads: Option<i64>,
 }
 
+impl CreateLinkRequest {
+    /// The lifetime in seconds and the download budget, or every field that is wrong.
+    fn checked(&self, max_secs: u64) -> AppResult<(u64, Option<u32>)> {
+        let mut errs = Vec::new();
+        let expires_in = u64::try_from(self.expires_in)
+            .ok()
+            .filter(|s| (1..=max_secs).contains(s));
+        if expires_in.is_none() {
+            errs.push(FieldError::new(
+                "expires_in",
+                format!("must be from 1 to {max_secs} seconds"),
+            ));
+        }
+        let max_downloads = match self.max_downloads {
+            None => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    errs.push(FieldError::new(
+                        "max_downloads",
+                        "must be from 1 to 4294967295",
+                    ));
+                    None
+                }
+            },
+        };
+        match expires_in.filter(|_| errs.is_empty()) {
+            Some(expires_in) => Ok((expires_in, max_downloads)),
+            None => Err(AppError::Validation(errs)),
+        }
+    }
+}
+
 /// A new share link.
 #[derive(Serialize, ToSchema)]
 pub struct CreatedLink {
@@ -77,33 +110,7 @@ async fn create_link(
     Path(id): Path<String>,
     AppJson(req): AppJson<CreateLinkRequest>,
 ) -> AppResult<impl IntoResponse> {
-    let max_secs = state.config.links.max_expires_secs;
-    let mut errs = Vec::new();
-    let expires_in = u64::try_from(req.expires_in)
-        .ok()
-        .filter(|s| (1..=max_secs).contains(s));
-    if expires_in.is_none() {
-        errs.push(FieldError::new(
-            "expires_in",
-            format!("must be from 1 to {max_secs} seconds"),
-        ));
-    }
-    let max_downloads = match req.max_downloads {
-        None => None,
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if n >= 1 => Some(n),
-            _ => {
-                errs.push(FieldError::new(
-                    "max_downloads",
-                    "must be from 1 to 4294967295",
-                ));
-                None
-            }
-        },
-    };
-    let Some(expires_in) = expires_in.filter(|_| errs.is_empty()) else {
-        return Err(AppError::Validation(errs));
-    };
+    let (expires_in, max_downloads) = req.checked(state.config.links.max_expires_secs)?;
     // Links are minted by the file's owner only (even admins do not publish others' files).
     let file_id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
