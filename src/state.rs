@@ -61,9 +61,9 @@ pub struct AppInner {
     /// revocation, whichever route makes it, drops what it revoked.
     pub principals: Arc<PrincipalCache>,
     /// Resolves a request's bearer token or API key into its principal.
-    pub(crate) credentials: Credentials,
+    pub credentials: Credentials,
     /// Register, login, refresh, logout.
-    pub(crate) sessions: Sessions,
+    pub sessions: Sessions,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.

@@ -13,7 +13,7 @@ use crate::meta::{MetaError, MetaStore};
 
 /// Why an account was not created.
 #[derive(Debug, thiserror::Error)]
-pub enum AccountError {
+pub(crate) enum AccountError {
     /// Fields that break their rules: every one of them, not only the first.
     #[error("invalid account fields")]
     Invalid(Vec<InvalidField>),
@@ -33,11 +33,11 @@ pub enum AccountError {
 
 /// A field of a new account that breaks its rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidField {
+pub(crate) struct InvalidField {
     /// The field's name, as the request and the command line spell it.
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// What is wrong with it, in words for the person who typed it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl InvalidField {
@@ -50,24 +50,23 @@ impl InvalidField {
 }
 
 /// What a new account needs.
-pub struct NewAccount {
+pub(crate) struct NewAccount {
     /// 3-50 of `[A-Za-z0-9_]`.
-    pub username: String,
+    pub(crate) username: String,
     /// An email address.
-    pub email: String,
+    pub(crate) email: String,
     /// The password (checked against the policy, then hashed).
-    pub password: SecretString,
-    /// Its role.
-    pub role: Role,
+    pub(crate) password: SecretString,
+    pub(crate) role: Role,
 }
 
 /// Whether a username is 3-50 of `[A-Za-z0-9_]`.
-pub fn valid_username(u: &str) -> bool {
+pub(crate) fn valid_username(u: &str) -> bool {
     (3..=50).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A pragmatic address check: one `@`, a plausible local part, a dotted domain of LDH labels.
-pub fn valid_email(e: &str) -> bool {
+pub(crate) fn valid_email(e: &str) -> bool {
     if e.len() > 254 {
         return false;
     }
@@ -96,7 +95,7 @@ pub fn valid_email(e: &str) -> bool {
 }
 
 /// Every problem with a new account's fields.
-pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<InvalidField> {
+pub(crate) fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<InvalidField> {
     let mut errs = Vec::new();
     if !valid_username(&a.username) {
         errs.push(InvalidField::new(
@@ -113,7 +112,7 @@ pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<InvalidField> {
 }
 
 /// Validate, hash and insert; uniqueness is the database's answer.
-pub async fn create(
+pub(crate) async fn create(
     meta: &MetaStore,
     passwords: &Passwords,
     cfg: &AuthConfig,

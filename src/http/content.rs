@@ -22,10 +22,13 @@ use crate::state::AppState;
 
 /// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
 /// same-origin access) even if a browser decides to render it.
-pub const CONTENT_CSP: &str = "default-src 'none'; sandbox";
+pub(crate) const CONTENT_CSP: &str = "default-src 'none'; sandbox";
 
 /// `?disposition=` (absent = attachment; unknown = 400; inline only for safe types).
-pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Disposition, AppError> {
+pub(crate) fn disposition(
+    query: Option<&str>,
+    content_type: &str,
+) -> Result<Disposition, AppError> {
     match query {
         None | Some("attachment") => Ok(Disposition::Attachment),
         Some("inline") if download::inline_safe(content_type) => Ok(Disposition::Inline),
@@ -37,31 +40,30 @@ pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Dispositio
 }
 
 /// What the responder decided (callers count link downloads on `Full` and `Partial` GETs).
-pub struct Served {
-    /// The response.
-    pub response: Response,
+pub(crate) struct Served {
+    pub(crate) response: Response,
     /// The plan it followed.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
 }
 
 /// What a content request asks for.
-pub struct ContentRequest<'a> {
+pub(crate) struct ContentRequest<'a> {
     /// GET or HEAD.
-    pub method: &'a Method,
+    pub(crate) method: &'a Method,
     /// Its headers (conditionals, `Range`).
-    pub headers: &'a HeaderMap,
+    pub(crate) headers: &'a HeaderMap,
     /// `attachment` or `inline`.
-    pub disposition: Disposition,
+    pub(crate) disposition: Disposition,
     /// For the audit trail.
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
 }
 
 /// Largest file whose bytes are read together with its row (one blocking hop, not two).
-pub const PREFETCH_MAX: u64 = 64 * 1024;
+pub(crate) const PREFETCH_MAX: u64 = 64 * 1024;
 
 /// Stream the bytes of `f` the way the request asks. `prefetched` is the whole plaintext when
 /// the caller already read it ([`read::prefetch_small`]).
-pub async fn respond(
+pub(crate) async fn respond(
     state: &AppState,
     f: &StoredFile,
     req: &ContentRequest<'_>,
@@ -203,7 +205,7 @@ fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
 }
 
 /// Plaintext bytes `[start, end)` of a file, decrypting when its blob is sealed.
-pub async fn open(
+pub(crate) async fn open(
     state: &AppState,
     f: &StoredFile,
     start: u64,

@@ -14,24 +14,24 @@ use utoipa::ToSchema;
 
 tokio::task_local! {
     /// The current request's id, so an error body can carry it (set by the request-id layer).
-    pub static REQUEST_ID: HeaderValue;
+    pub(crate) static REQUEST_ID: HeaderValue;
 }
 
 /// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One invalid input field.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FieldError {
+pub(crate) struct FieldError {
     /// The request's name for the field.
-    pub field: String,
+    pub(crate) field: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl FieldError {
     /// A field error.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -41,28 +41,28 @@ impl FieldError {
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// A stable URI naming the kind of problem; its last segment is a short code.
     #[serde(rename = "type")]
     #[schema(example = "urn:coffer:problem:not-found")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// A fixed summary of the kind.
-    pub title: &'static str,
+    pub(crate) title: &'static str,
     /// The HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// What happened, for humans.
-    pub detail: String,
+    pub(crate) detail: String,
     /// Field errors, on validation failures only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<FieldError>>,
+    pub(crate) errors: Option<Vec<FieldError>>,
     /// The `X-Request-Id` of the request, to quote in support requests.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 /// Everything a request can fail with, named by what the client should do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// Malformed input that is not a field validation failure.
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
@@ -130,16 +130,16 @@ pub enum AppError {
 const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
 
 /// Shorthand for handler results.
-pub type AppResult<T> = Result<T, AppError>;
+pub(crate) type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     /// A validation failure on one field.
-    pub fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -160,7 +160,7 @@ impl AppError {
     }
 
     /// The stable code at the end of the problem `type`.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::QuotaExceeded => "quota-exceeded",
             Self::Validation(_) => "validation-failed",
@@ -201,7 +201,7 @@ impl AppError {
 }
 
 /// The problem code for a bare status (framework-made errors use this too).
-pub fn code_for_status(status: StatusCode) -> &'static str {
+pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "bad-request",
         401 => "unauthorized",
@@ -228,7 +228,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 
 /// A problem response for a status with no richer error behind it (fallback 404, 405, layer
 /// rejections). Keeps the caller's headers out: it is a fresh response.
-pub fn problem_response(status: StatusCode, code: &'static str, detail: String) -> Response {
+pub(crate) fn problem_response(status: StatusCode, code: &'static str, detail: String) -> Response {
     render(bare_problem(status, code, detail, current_request_id()))
 }
 

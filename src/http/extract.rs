@@ -21,7 +21,7 @@ use crate::state::AppState;
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
 /// fields and wrong types 422 naming the field.
-pub struct AppJson<T>(pub T);
+pub(crate) struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;

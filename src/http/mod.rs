@@ -9,12 +9,12 @@
 //! the domain answers in its own errors and outcomes, turned into HTTP answers here (every
 //! conversion in [`error`]).
 
-pub mod content;
-pub mod error;
-pub mod extract;
-pub mod middleware;
-pub mod openapi;
-pub mod paging;
-pub mod routes;
-pub mod server;
-pub mod stack;
+pub(crate) mod content;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod middleware;
+pub(crate) mod openapi;
+pub(crate) mod paging;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod stack;

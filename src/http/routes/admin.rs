@@ -36,7 +36,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// A page of users.
 #[derive(Serialize, ToSchema)]
-pub struct UserList {
+pub(crate) struct UserList {
     /// Newest first.
     items: Vec<User>,
     /// The next page's cursor, or null.
@@ -110,7 +110,7 @@ async fn delete_user(
 /// `POST /admin/users/{id}/role` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleRequest {
+pub(crate) struct RoleRequest {
     /// The new role.
     role: Role,
 }
@@ -157,7 +157,7 @@ async fn set_role(
 
 /// A page of audit entries.
 #[derive(Serialize, ToSchema)]
-pub struct AuditList {
+pub(crate) struct AuditList {
     /// Newest first.
     items: Vec<AuditEntry>,
     /// The next page's cursor, or null.

@@ -41,7 +41,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// `POST /auth/register` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
+pub(crate) struct RegisterRequest {
     /// 3-50 of `[A-Za-z0-9_]`.
     #[schema(example = "alice")]
     username: String,
@@ -84,7 +84,7 @@ async fn register(
 /// `POST /auth/login` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     /// The username (case-insensitive).
     username: String,
     /// The password.
@@ -93,7 +93,7 @@ pub struct LoginRequest {
 
 /// A token pair.
 #[derive(Serialize, ToSchema)]
-pub struct TokenPair {
+pub(crate) struct TokenPair {
     /// The JWT to send as `Authorization: Bearer`.
     access_token: String,
     /// Opaque; exchange at `/auth/refresh`. Each use rotates it.
@@ -139,7 +139,7 @@ async fn login(
 /// `POST /auth/refresh` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     /// The current refresh token.
     refresh_token: String,
 }

@@ -55,7 +55,7 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 /// `POST /files` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct UploadQuery {
+pub(crate) struct UploadQuery {
     /// The original filename (raw-body uploads only; multipart uses the part's filename).
     filename: Option<String>,
     /// Delete the file after this many seconds (at most `retention.max_expires_secs`).
@@ -287,7 +287,7 @@ fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Tim
 
 /// A page of files.
 #[derive(Serialize, ToSchema)]
-pub struct FileList {
+pub(crate) struct FileList {
     /// Newest first.
     items: Vec<FileObject>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -406,7 +406,7 @@ async fn visible_file_and_bytes(
 /// `?disposition=`
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ContentQuery {
+pub(crate) struct ContentQuery {
     /// `attachment` (default) or `inline` (honoured for images, PDF and plain text only).
     #[param(value_type = Option<String>, pattern = "^(attachment|inline)$")]
     pub(crate) disposition: Option<String>,

@@ -32,7 +32,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// `POST /api-keys` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKeyRequest {
+pub(crate) struct CreateKeyRequest {
     /// A label, 1-100 characters.
     #[schema(example = "backend-prod")]
     name: String,
@@ -73,7 +73,7 @@ impl CreateKeyRequest {
 
 /// A new key, with the secret shown this once.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedKey {
+pub(crate) struct CreatedKey {
     /// Id.
     id: ApiKeyId,
     /// Label.
@@ -156,7 +156,7 @@ async fn insert_new_key(
 
 /// The caller's keys.
 #[derive(Serialize, ToSchema)]
-pub struct KeyList {
+pub(crate) struct KeyList {
     /// Newest first; never the keys themselves.
     items: Vec<ApiKey>,
 }

@@ -41,7 +41,7 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 /// `POST /files/{id}/links` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateLinkRequest {
+pub(crate) struct CreateLinkRequest {
     /// Lifetime in seconds, 1 to `links.max_expires_secs`.
     #[schema(minimum = 1, example = 3600)]
     expires_in: i64,
@@ -85,7 +85,7 @@ impl CreateLinkRequest {
 
 /// A new share link.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedLink {
+pub(crate) struct CreatedLink {
     /// The link's id (for revoking; not the token).
     id: LinkId,
     /// The capability URL, relative to the service.
