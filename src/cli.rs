@@ -402,7 +402,7 @@ async fn create_user(
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
     let (fs, _, _) = open_stores(&config).await?;
-    let s = match ops::backup::run(fs.root(), dest, with_blobs).await {
+    let s = match ops::backup::create(fs.root(), dest, with_blobs).await {
         Ok(s) => s,
         // DEST inside the storage root or containing it: the operator must pick another.
         Err(ops::backup::BackupError::Destination(

@@ -59,7 +59,7 @@ impl App {
                     interval: Duration::from_secs(state.config.retention.sweep_interval_secs),
                     audit_retention_days: state.config.audit.retention_days,
                 }
-                .run(),
+                .sweep_periodically(),
             ),
             tokio::spawn(limiter_housekeeping(state.clone())),
         ];
