@@ -122,7 +122,8 @@ async fn create_api_key(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Store a fresh key of `owner`'s: its row, and the key itself, which exists only here now.
+/// Draw a fresh key for `owner` and store its row; the key itself is returned, and exists
+/// nowhere else.
 async fn insert_new_key(
     state: &AppState,
     owner: UserId,
