@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::audit::{AuditLog, Confidential, Event, Record};
-use crate::auth::accounts::{self, NewAccount};
+use crate::auth::accounts::{self, AccountError, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
@@ -386,14 +386,14 @@ async fn create_user(
             println!("{}", serde_json::to_string(&user)?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(crate::error::AppError::Validation(errs)) => {
+        Err(AccountError::Invalid(errs)) => {
             for e in errs {
                 eprintln!("coffer: {}: {}", e.field, e.message);
             }
             Ok(ExitCode::FAILURE)
         }
-        Err(crate::error::AppError::Conflict(msg)) => {
-            eprintln!("coffer: {msg}");
+        Err(e @ (AccountError::UsernameTaken | AccountError::EmailTaken)) => {
+            eprintln!("coffer: {e}");
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(Failure::Other(e.into())),
@@ -402,7 +402,7 @@ async fn create_user(
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
     let (fs, _, _) = open_stores(&config).await?;
-    let s = match ops::backup::run(fs.root(), dest, with_blobs).await {
+    let s = match ops::backup::create(fs.root(), dest, with_blobs).await {
         Ok(s) => s,
         // DEST inside the storage root or containing it: the operator must pick another.
         Err(ops::backup::BackupError::Destination(

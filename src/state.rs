@@ -15,9 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::audit::{AuditLog, Confidential};
 use crate::auth::cache::PrincipalCache;
+use crate::auth::credentials::Credentials;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::RefreshTokens;
+use crate::auth::sessions::Sessions;
 use crate::auth::throttle::LoginThrottle;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
@@ -55,16 +57,13 @@ pub struct AppInner {
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
-    /// Access-token keys.
-    pub tokens: TokenKeys,
-    /// Derives each rotated refresh token from the one presented.
-    pub refresh_tokens: RefreshTokens,
-    /// Password hashing.
-    pub passwords: Passwords,
-    /// Failed-login counters.
-    pub throttle: LoginThrottle,
-    /// Recently checked credentials.
-    pub principals: PrincipalCache,
+    /// Recently checked credentials, shared with `credentials` and `sessions`: every
+    /// revocation, whichever route makes it, drops what it revoked.
+    pub principals: Arc<PrincipalCache>,
+    /// Resolves a request's bearer token or API key into its principal.
+    pub credentials: Credentials,
+    /// Register, login, refresh, logout.
+    pub sessions: Sessions,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.
@@ -111,18 +110,34 @@ impl AppState {
         let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);
+        let tokens = Arc::new(TokenKeys::new(
+            &secrets.secret_key,
+            &config.auth.issuer,
+            config.auth.access_ttl_secs,
+        )?);
+        let principals = Arc::new(PrincipalCache::new(Duration::from_secs(
+            config.auth.principal_cache_secs,
+        )));
         let state = Self(Arc::new(AppInner {
-            tokens: TokenKeys::new(
-                &secrets.secret_key,
-                &config.auth.issuer,
-                config.auth.access_ttl_secs,
-            )?,
-            refresh_tokens: RefreshTokens::new(&secrets.secret_key),
-            principals: PrincipalCache::new(Duration::from_secs(config.auth.principal_cache_secs)),
-            throttle: LoginThrottle::new(
-                config.auth.login_failures_before_delay,
-                config.auth.login_max_delay_secs,
-            ),
+            credentials: Credentials {
+                tokens: tokens.clone(),
+                principals: principals.clone(),
+                meta: meta.clone(),
+            },
+            sessions: Sessions {
+                config: config.auth.clone(),
+                meta: meta.clone(),
+                passwords,
+                throttle: LoginThrottle::new(
+                    config.auth.login_failures_before_delay,
+                    config.auth.login_max_delay_secs,
+                ),
+                tokens,
+                refresh_tokens: RefreshTokens::new(&secrets.secret_key),
+                principals: principals.clone(),
+                audit: audit.clone(),
+            },
+            principals,
             limits: RateLimits::new(&config.rate_limit),
             ingest: Ingest {
                 max_upload_bytes: config.limits.max_upload_bytes,
@@ -137,7 +152,6 @@ impl AppState {
             metrics: Metrics::default(),
             openapi: OnceLock::new(),
             trusted_proxies,
-            passwords,
             audit,
             meta,
             blobs,
