@@ -73,6 +73,7 @@ impl IngestError {
             Self::ClientAborted => "client_aborted",
             Self::Idle => "idle_timeout",
             Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
+            Self::Blob(BlobError::Unavailable(_)) => "storage_unavailable",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
     }
