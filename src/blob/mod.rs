@@ -3,12 +3,13 @@
 //! step), get a byte range, stat, delete, list. Who may read a blob, and in what form
 //! (decrypted, authenticated), is decided above this module (`crate::crypto::read`); a
 //! backend never sees rows, keys of the keyring, or HTTP. The local filesystem is one backend;
-//! an S3-compatible object store is another.
+//! an S3-compatible object store ([`s3`]) is another.
 //!
 //! Invariant: keys are made from a file's fresh UUID only ([`BlobKey::for_file`]) or parsed
 //! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
 
 pub mod fs;
+pub mod s3;
 
 use std::future::Future;
 use std::pin::Pin;
