@@ -28,7 +28,8 @@ use crate::auth::password::Passwords;
 use crate::auth::throttle::LoginThrottle;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
-use crate::config::Config;
+use crate::blob::s3::{S3Settings, S3Store};
+use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
 use crate::http::metrics::Metrics;
 use crate::http::rate_limit::RateLimits;
@@ -36,7 +37,7 @@ use crate::http::send_timeout::SendTimeout;
 use crate::ingest::policy::UploadPolicy;
 use crate::ingest::quota::Quota;
 use crate::meta::MetaStore;
-use crate::secrets::SecretKey;
+use crate::secrets::{S3Credentials, SecretKey};
 use crate::{http, lifecycle, ops, retention};
 
 /// The label of the subkey that chains the audit trail.
@@ -94,6 +95,8 @@ pub struct Secrets {
     pub secret_key: SecretKey,
     /// Encryption-at-rest keys.
     pub keyring: Keyring,
+    /// The object store's credentials (`storage.backend = "s3"`).
+    pub s3: Option<S3Credentials>,
 }
 
 /// A built application, ready to serve.
@@ -107,10 +110,8 @@ pub struct App {
 impl App {
     /// Open the stores, recover from any crash, start background work and build the router.
     pub async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
-        let fs = LocalFs::open(&config.storage.root)
-            .map_err(|e| anyhow::anyhow!("storage root {}: {e}", config.storage.root.display()))?;
-        let blobs = BlobStore::new(Arc::new(fs.clone()));
-        let meta = MetaStore::open(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
+        let (root, blobs) = open_storage(&config, secrets.s3.as_ref())?;
+        let meta = MetaStore::open(&root.join("coffer.db"), config.storage.db_readers).await?;
         recover(&config, &meta, &blobs).await?;
 
         let passwords = Passwords::new(&config.auth)?;
@@ -376,6 +377,45 @@ impl Drop for IpSlot {
     }
 }
 
+/// Open the storage root (created with mode 0700 when missing; the database lives there
+/// whatever the backend) and the blob store that `storage.backend` names. Returns the
+/// canonical root.
+pub fn open_storage(
+    config: &Config,
+    s3: Option<&S3Credentials>,
+) -> anyhow::Result<(std::path::PathBuf, BlobStore)> {
+    let root = &config.storage.root;
+    let in_root = |e: std::io::Error| anyhow::anyhow!("storage root {}: {e}", root.display());
+    match config.storage.backend {
+        StorageBackend::Fs => {
+            let fs = LocalFs::open(root).map_err(in_root)?;
+            Ok((fs.root().to_path_buf(), BlobStore::new(Arc::new(fs))))
+        }
+        StorageBackend::S3 => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(in_root)?;
+            let root = root.canonicalize().map_err(in_root)?;
+            let creds = s3.ok_or_else(|| anyhow::anyhow!("no credentials for the object store"))?;
+            let c = &config.s3;
+            let store = S3Store::open(&S3Settings {
+                endpoint: c.endpoint.clone(),
+                region: c.region.clone(),
+                bucket: c.bucket.clone(),
+                prefix: c.prefix.clone(),
+                force_path_style: c.force_path_style,
+                access_key_id: creds.access_key_id.clone(),
+                secret_access_key: creds.secret_access_key.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("object store: {e}"))?;
+            Ok((root, BlobStore::new(Arc::new(store))))
+        }
+    }
+}
+
 /// Crash recovery before serving.
 async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow::Result<()> {
     let temp = blobs.clear_staging().await?;
@@ -389,8 +429,14 @@ async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow
     }
     if config.storage.scan_on_startup {
         let report = ops::check::scan(meta, blobs, None).await?;
-        // Nothing else runs on this root yet: no grace needed.
-        let orphans = ops::check::remove_orphans(meta, blobs, &report, Duration::ZERO).await?;
+        // Nothing else runs on a local root yet: no grace needed. A bucket may be shared by
+        // other processes (a `coffer check --repair`, a second node), so a blob committed
+        // moments ago gets the repair's grace before it counts as an orphan.
+        let grace = match config.storage.backend {
+            StorageBackend::Fs => Duration::ZERO,
+            StorageBackend::S3 => ops::check::REPAIR_GRACE,
+        };
+        let orphans = ops::check::remove_orphans(meta, blobs, &report, grace).await?;
         if orphans > 0 {
             tracing::warn!(orphans, "removed blobs that had no database row");
         }
