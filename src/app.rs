@@ -416,8 +416,33 @@ pub fn open_storage(
     }
 }
 
-/// Crash recovery before serving.
+/// Crash recovery before serving. An object store that does not answer yet is no reason not
+/// to start: the node serves, unready (503), until it answers; the sweeper finishes queued
+/// deletions then, and orphans wait for the next start or `coffer check --repair`.
 async fn recover(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow::Result<()> {
+    match recover_blobs(config, meta, blobs).await {
+        Err(e) if blobs_unavailable(&e) => {
+            tracing::warn!(error = %e, "the blob store does not answer; starting without crash recovery");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn blobs_unavailable(e: &anyhow::Error) -> bool {
+    use crate::blob::BlobError;
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BlobError>(),
+            Some(BlobError::Unavailable(_))
+        ) || matches!(
+            cause.downcast_ref::<lifecycle::RemoveError>(),
+            Some(lifecycle::RemoveError::Blob(BlobError::Unavailable(_)))
+        )
+    })
+}
+
+async fn recover_blobs(config: &Config, meta: &MetaStore, blobs: &BlobStore) -> anyhow::Result<()> {
     let temp = blobs.clear_staging().await?;
     let trashed = lifecycle::purge_queued(meta, blobs).await?;
     if temp + trashed > 0 {

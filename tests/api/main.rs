@@ -18,5 +18,6 @@ mod openapi;
 mod rate_limit;
 mod repo;
 mod retention;
+mod s3;
 mod startup;
 mod upload;
