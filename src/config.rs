@@ -503,6 +503,13 @@ impl Config {
         }
         if self.storage.backend == StorageBackend::S3 {
             errs.extend(self.s3.problems());
+            // A sealed blob is a little longer than its file (a tag per 64 KiB segment).
+            let most = crate::blob::s3::MAX_OBJECT_BYTES / 100 * 99;
+            if self.limits.max_upload_bytes > most {
+                errs.push(format!(
+                    "limits.max_upload_bytes must be at most {most} with storage.backend = \"s3\" (10,000 multipart parts)"
+                ));
+            }
         }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());
@@ -733,6 +740,7 @@ mod tests {
             ("COFFER_S3__PREFIX", "/abs"),
             ("COFFER_S3__PREFIX", "a//b"),
             ("COFFER_S3__REGION", ""),
+            ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "60000000000"),
         ] {
             let mut vars = vec![
                 ("COFFER_STORAGE__BACKEND", "s3"),

@@ -10,3 +10,4 @@
 mod backends;
 mod conformance;
 mod faults;
+mod throughput;
