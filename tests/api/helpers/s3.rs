@@ -56,7 +56,7 @@ impl S3Env {
             NOTE.call_once(|| {
                 let _ = writeln!(
                     std::io::stderr(),
-                    "skipped: {test} and the other S3 tests need the Garage stack; run scripts/test-stack"
+                    "skipped: the S3 tests of the API (first: {test}) need the Garage stack; run scripts/test-stack"
                 );
             });
         }
