@@ -296,3 +296,65 @@ async fn an_object_store_outage_is_503_and_the_node_recovers_by_itself() {
     .await;
     assert!(!app.logs().contains("internal error"), "{}", app.logs());
 }
+
+#[tokio::test]
+async fn s3_credentials_come_from_the_environment_only() {
+    use std::process::Command;
+
+    use crate::helpers::{bin, clean_env};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "file-secret-value\n").unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin());
+        clean_env(&mut cmd);
+        cmd.arg("serve")
+            .env("COFFER_SECRET_KEY", secret())
+            .env("COFFER_STORAGE__ROOT", dir.path().join("root"))
+            .env("COFFER_SERVER__BIND", "127.0.0.1:0")
+            .env("COFFER_STORAGE__BACKEND", "s3")
+            .env("COFFER_S3__ENDPOINT", "http://127.0.0.1:9")
+            .env("COFFER_S3__BUCKET", "coffer");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = file.to_str().unwrap();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[], "COFFER_S3_ACCESS_KEY_ID"),
+        (
+            &[("COFFER_S3_ACCESS_KEY_ID", "GK1")],
+            "COFFER_S3_SECRET_ACCESS_KEY",
+        ),
+        (
+            &[
+                ("COFFER_S3_ACCESS_KEY_ID", "GK1"),
+                ("COFFER_S3_SECRET_ACCESS_KEY", "env-secret-value"),
+                ("COFFER_S3_SECRET_ACCESS_KEY_FILE", path),
+            ],
+            "both COFFER_S3_SECRET_ACCESS_KEY and COFFER_S3_SECRET_ACCESS_KEY_FILE",
+        ),
+        // In the configuration, a secret is an unknown key, not a setting.
+        (
+            &[
+                ("COFFER_S3_ACCESS_KEY_ID", "GK1"),
+                ("COFFER_S3__SECRET_ACCESS_KEY", "env-secret-value"),
+            ],
+            "secret_access_key",
+        ),
+    ];
+    for (vars, says) in cases {
+        let (code, stderr) = run(vars);
+        assert_eq!(code, Some(2), "{vars:?}: {stderr}");
+        assert!(stderr.contains(says), "{vars:?}: {stderr}");
+        assert!(
+            !stderr.contains("env-secret-value") && !stderr.contains("file-secret-value"),
+            "a secret in the message: {stderr}"
+        );
+    }
+}
