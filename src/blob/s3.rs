@@ -40,8 +40,8 @@ pub const MAX_OBJECT_BYTES: u64 = 10_000 * PART_SIZE as u64;
 /// Parts one writer uploads at once while the next one fills, so a writer holds at most
 /// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` = 15 MiB. Measured through this backend, 1 GiB into
 /// Garage (3 nodes, replication 3, 2 cores): 5 MiB x 2 stored 67-71 MB/s and kept a whole
-/// coffer process under 42 MiB during a 1 GiB upload; 5 MiB x 3 and x 4 (106-120 MB/s) went
-/// to 47-49 and 52 MiB, past the 48 MiB budget; 8 MiB x 1 stored 44 MB/s.
+/// coffer process under 42 MiB during a 1 GiB upload; 5 MiB x 3 and x 4 (x 4: 106-120 MB/s)
+/// took it to 47-49 and 52 MiB, past the 48 MiB budget; 8 MiB x 2 stored 78-88 MB/s.
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// Establishing a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,8 +53,10 @@ const READY_DEADLINE: Duration = Duration::from_secs(2);
 /// A request carrying bytes (a PUT, a part) gets [`CALL_DEADLINE`] plus one second per
 /// this many bytes: a store must take at least 1 MiB/s.
 const MIN_BYTES_PER_SEC: u64 = 1024 * 1024;
-/// No byte for this long while a request is sent or its answer read: the connection is
-/// stalled. Per read, not per request, so a large download is never cut for its length.
+/// The connection is stalled: no response this long after a request started (its body sent
+/// included), or no body bytes this long between two reads. Per read once the body flows, so
+/// a large download is never cut for its length (and a slow reader never trips it: the clock
+/// runs only while a read waits).
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections are dropped before a store's own keep-alive cut-off.
 const POOL_IDLE: Duration = Duration::from_secs(20);
