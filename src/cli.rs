@@ -9,7 +9,6 @@ use std::io::BufRead as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -18,15 +17,14 @@ use crate::audit::{AuditLog, Confidential, Event, Record};
 use crate::auth::accounts::{self, AccountError, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
-use crate::blob::fs::LocalFs;
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
 use crate::http::server::App;
 use crate::meta::MetaStore;
 use crate::meta::audit::ChainKey;
 use crate::meta::users::Role;
 use crate::ops;
-use crate::secrets::{self, SecretKey};
+use crate::secrets::{self, S3Credentials, SecretKey};
 use crate::state::Secrets;
 
 /// coffer: a secure file-storage service.
@@ -242,6 +240,7 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
             SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
     }
     let keyring = keyring()?;
+    let s3 = s3_credentials(&config)?;
     if keyring.enabled() {
         tracing::info!(
             key_id = keyring.current_id().unwrap_or("-"),
@@ -255,6 +254,7 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
         Secrets {
             secret_key,
             keyring,
+            s3,
         },
     )
     .await?;
@@ -284,17 +284,23 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Open the storage root (creating and migrating it when empty).
-async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore), Failure> {
-    let fs = LocalFs::open(&config.storage.root).map_err(|e| {
-        Failure::Other(anyhow::anyhow!(
-            "storage root {}: {e}",
-            config.storage.root.display()
-        ))
-    })?;
-    let meta = MetaStore::open_sqlite(&fs.root().join("coffer.db"), 2).await?;
-    let blobs = BlobStore::new(Arc::new(fs.clone()));
-    Ok((fs, meta, blobs))
+/// The object store's credentials from the environment, when the configuration uses one.
+fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
+    match config.storage.backend {
+        StorageBackend::Fs => Ok(None),
+        StorageBackend::S3 => S3Credentials::from_env()
+            .map(Some)
+            .map_err(|e| Failure::Config(e.to_string())),
+    }
+}
+
+/// Open the storage root (creating and migrating it when empty) and the blob store; returns
+/// the canonical root.
+async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore), Failure> {
+    let s3 = s3_credentials(config)?;
+    let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;
+    let meta = MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?;
+    Ok((root, meta, blobs))
 }
 
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
@@ -401,8 +407,15 @@ async fn create_user(
 }
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
-    let (fs, _, _) = open_stores(&config).await?;
-    let s = match ops::backup::create(fs.root(), dest, with_blobs).await {
+    if with_blobs && config.storage.backend == StorageBackend::S3 {
+        return Err(Failure::Config(
+            "backup copies blobs from a local storage root only; with storage.backend = \"s3\" \
+             run it with --no-blobs and copy the bucket with the object store's own tools"
+                .into(),
+        ));
+    }
+    let (root, _, _) = open_stores(&config).await?;
+    let s = match ops::backup::create(&root, dest, with_blobs).await {
         Ok(s) => s,
         // DEST inside the storage root or containing it: the operator must pick another.
         Err(ops::backup::BackupError::Destination(

@@ -342,6 +342,10 @@ impl From<crate::blob::BlobError> for AppError {
         match e {
             crate::blob::BlobError::NotFound => Self::NotFound,
             crate::blob::BlobError::StorageFull => Self::InsufficientStorage,
+            // Its cause was logged where it was classified; the client learns only to retry.
+            crate::blob::BlobError::Unavailable(_) => {
+                Self::Unavailable("the blob store is not answering; retry shortly")
+            }
             other => Self::Internal(other.into()),
         }
     }

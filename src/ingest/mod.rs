@@ -79,6 +79,7 @@ impl IngestError {
             Self::Idle => "idle_timeout",
             Self::OwnerGone => "account_deleted",
             Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
+            Self::Blob(BlobError::Unavailable(_)) => "storage_unavailable",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
     }

@@ -37,7 +37,8 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the database answers and the storage root is writable, else 503.
+/// Readiness: 200 when the database answers and the blob store is usable (the storage root
+/// writable, or the object store answering), else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -48,7 +49,7 @@ async fn readyz(State(state): State<AppState>) -> AppResult<Json<Health>> {
     match (db, storage) {
         (true, true) => Ok(Json(Health { status: "ready" })),
         (false, _) => Err(AppError::Unavailable("the database is not usable")),
-        (_, false) => Err(AppError::Unavailable("the storage root is not writable")),
+        (_, false) => Err(AppError::Unavailable("the blob store is not usable")),
     }
 }
 

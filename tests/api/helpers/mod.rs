@@ -19,6 +19,7 @@ use tempfile::TempDir;
 
 pub mod fixtures;
 pub mod raw;
+pub mod s3;
 pub mod stack;
 
 /// The binary under test.
@@ -58,6 +59,7 @@ pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     root: Option<PathBuf>,
     args: Vec<String>,
+    wait_ready: bool,
 }
 
 impl TestAppBuilder {
@@ -86,8 +88,16 @@ impl TestAppBuilder {
         self
     }
 
-    /// Start the server and wait until it listens.
+    /// Return once the server listens, without waiting for `/readyz` to say 200 (a test of
+    /// a server that starts unready).
+    pub fn unready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    /// Start the server and wait until it listens (and, unless [`Self::unready`], is ready).
     pub async fn spawn(self) -> TestApp {
+        let wait_ready = self.wait_ready;
         let tmp = TempDir::new().unwrap();
         let root = self
             .root
@@ -136,7 +146,9 @@ impl TestAppBuilder {
                 .unwrap(),
             env: self.env,
         };
-        app.wait_ready().await;
+        if wait_ready {
+            app.wait_ready().await;
+        }
         app
     }
 
@@ -223,6 +235,7 @@ impl TestApp {
             env: base_env(),
             root: None,
             args: Vec::new(),
+            wait_ready: true,
         }
         .env("COFFER_SECRET_KEY", secret())
     }
