@@ -1,5 +1,6 @@
 //! The black-box harness: every test starts the real `coffer` binary on a free loopback port
-//! with a fresh storage root and a random secret, and talks to it over HTTP.
+//! with a fresh storage root and a random secret, and talks to it over HTTP. Dropping a
+//! [`TestApp`] stops it and fails the test if it left a temp file in the storage root.
 //!
 //! `TEST_LOG=1` echoes the server's log to stderr.
 
@@ -145,6 +146,7 @@ impl TestAppBuilder {
                 .build()
                 .unwrap(),
             env: self.env,
+            leftovers_expected: false,
         };
         if wait_ready {
             app.wait_ready().await;
@@ -208,6 +210,8 @@ pub struct TestApp {
     /// An HTTP client that follows no redirects.
     pub client: Client,
     env: Vec<(String, String)>,
+    /// Set by [`TestApp::expect_leftovers`]: the drop check is off.
+    leftovers_expected: bool,
 }
 
 /// A registered, logged-in user.
@@ -490,6 +494,12 @@ impl TestApp {
         panic!("timed out waiting for: {what}");
     }
 
+    /// Declare that this server's storage root may keep temp files when the test ends: a test
+    /// that kills it with SIGKILL mid-upload leaves them by design. Turns the drop check off.
+    pub fn expect_leftovers(&mut self) {
+        self.leftovers_expected = true;
+    }
+
     /// Kill the server with SIGKILL (crash tests) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -522,9 +532,32 @@ impl TestApp {
     }
 }
 
+/// How long a dropped server may take to remove the temp file of an upload it refused or lost
+/// a moment ago (the removal runs after the answer).
+const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for TestApp {
+    /// Stops the server, then checks that it left no temp file in the storage root's `tmp/`
+    /// (every refused, aborted or failed upload must clean up after itself), unless the test
+    /// said otherwise ([`TestApp::expect_leftovers`]) or has already failed.
     fn drop(&mut self) {
+        let check = !self.leftovers_expected && !std::thread::panicking();
+        if check && self.child.is_some() {
+            let deadline = Instant::now() + LEFTOVER_GRACE;
+            while !self.temp_files().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         self.kill9();
+        if check {
+            let left = self.temp_files();
+            assert!(
+                left.is_empty(),
+                "the server left {} temp file(s) in the storage root: {left:?}\nlog:\n{}",
+                left.len(),
+                self.logs()
+            );
+        }
     }
 }
 
