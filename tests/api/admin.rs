@@ -1,4 +1,5 @@
-//! Administration: listing users page by page, roles, and deleting accounts that are in use.
+//! Administration: the admin role (and what an admin's API key may not do), listing users page
+//! by page, roles, and deleting accounts with everything they own, even while they are in use.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use futures_util::StreamExt as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::helpers::fixtures::png;
 use crate::helpers::{TestApp, TestUser, files_under, problem};
 
 #[tokio::test]
@@ -132,6 +134,226 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
         .map(|e| e["event"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(events.iter().filter(|e| *e == "admin.user_role").count(), 2);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_role() {
+    let app = TestApp::spawn().await;
+    let u = app.user("kim").await;
+    for path in ["/api/v1/admin/users", "/api/v1/admin/audit"] {
+        problem(app.req(Method::GET, path).send().await.unwrap(), 401).await;
+        problem(
+            app.authed(Method::GET, path, &u.token)
+                .send()
+                .await
+                .unwrap(),
+            403,
+        )
+        .await;
+    }
+    problem(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", u.id),
+            &u.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+        403,
+    )
+    .await;
+    let admin = app.admin("chief").await;
+    let r = app
+        .authed(Method::GET, "/api/v1/admin/users", &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The last admin cannot be deleted.
+    problem(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", admin.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+        409,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_admins_api_key_has_no_admin_powers() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("boss").await;
+    let u = app.user("mona").await;
+    let theirs: Value = app
+        .upload(&u.token, "m.png", png(2000))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key: Value = app
+        .authed(Method::POST, "/api/v1/api-keys", &admin.token)
+        .json(&json!({"name": "backend"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let with_key = |m: Method, p: &str| app.req(m, p).header("x-api-key", key.clone());
+    for path in ["/api/v1/admin/users", "/api/v1/admin/audit"] {
+        problem(with_key(Method::GET, path).send().await.unwrap(), 403).await;
+    }
+    problem(
+        with_key(Method::POST, &format!("/api/v1/admin/users/{}/role", u.id))
+            .json(&json!({"role": "admin"}))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    problem(
+        with_key(Method::DELETE, &format!("/api/v1/admin/users/{}", u.id))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    // The key acts as its owner for files: another user's file is not found.
+    let id = theirs["id"].as_str().unwrap();
+    problem(
+        with_key(Method::GET, &format!("/api/v1/files/{id}"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    // The admin's login still can.
+    let r = app
+        .authed(Method::GET, &format!("/api/v1/files/{id}"), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn admins_see_any_file_and_delete_users_with_everything() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("root").await;
+    let u = app.user("leaving").await;
+    let keep = app.user("staying").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.stored(&u.token, &format!("l{i}.png"), png(200)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.stored(&keep.token, "k.png", png(200)).await;
+    let link: Value = app
+        .authed(
+            Method::POST,
+            &format!("/api/v1/files/{}/links", ids[0]),
+            &u.token,
+        )
+        .json(&serde_json::json!({"expires_in": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authed(
+            Method::GET,
+            &format!("/api/v1/files/{}", ids[0]),
+            &admin.token
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    let users: Value = app
+        .authed(Method::GET, "/api/v1/admin/users?limit=2", &admin.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["items"].as_array().unwrap().len(), 2);
+    assert!(users["next_cursor"].is_string());
+    assert!(!users.to_string().contains("argon2"));
+
+    assert_eq!(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", u.id),
+            &admin.token
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        204
+    );
+    assert_eq!(
+        app.blob_files().len(),
+        1,
+        "only the other user's blob is left"
+    );
+    problem(
+        app.req(Method::GET, link["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    for id in &ids {
+        problem(
+            app.authed(Method::GET, &format!("/api/v1/files/{id}"), &admin.token)
+                .send()
+                .await
+                .unwrap(),
+            404,
+        )
+        .await;
+    }
+    problem(
+        app.authed(
+            Method::DELETE,
+            &format!("/api/v1/admin/users/{}", u.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    let events: Vec<String> = app
+        .audit(&admin.token)
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(events.contains(&"admin.user_delete".to_owned()));
+    assert!(events.contains(&"file.upload".to_owned()));
 }
 
 /// How a user being deleted authenticates its uploads.

@@ -283,29 +283,3 @@ async fn request_ids_are_echoed_only_when_plain() {
     let v = problem(r, 404).await;
     assert_eq!(v["request_id"], id.as_str());
 }
-
-#[tokio::test]
-async fn cleartext_http2_is_off_unless_configured() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    // The HTTP/2 preface, then an empty SETTINGS frame.
-    const OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-    async fn first_frame_type(app: &TestApp) -> Option<u8> {
-        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-        s.write_all(OPENING).await.unwrap();
-        let mut head = [0u8; 9];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
-                .await
-                .expect("the server answers or closes");
-        read.ok().map(|_| head[3])
-    }
-    // Off by default: the connection is closed without an HTTP/2 answer.
-    let app = TestApp::spawn().await;
-    assert_eq!(first_frame_type(&app).await, None);
-    // On: the server's SETTINGS frame (type 4) comes back.
-    let app = TestApp::builder()
-        .env("COFFER_SERVER__HTTP2", "true")
-        .spawn()
-        .await;
-    assert_eq!(first_frame_type(&app).await, Some(4));
-}

@@ -615,22 +615,3 @@ async fn a_stalled_upload_is_cut_off_with_408_wherever_it_stalls() {
     app.eventually("temp files removed", || app.temp_files().is_empty())
         .await;
 }
-
-#[tokio::test]
-async fn a_connection_that_never_speaks_is_dropped() {
-    let app = TestApp::builder()
-        .env("COFFER_SERVER__HEADER_READ_TIMEOUT_SECS", "1")
-        .spawn()
-        .await;
-    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let mut partial_h2 = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    partial_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    for s in [&mut silent, &mut partial_h2] {
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("still open")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "closed without an answer");
-    }
-}
