@@ -18,10 +18,14 @@ use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+pub mod calls;
 pub mod fixtures;
 pub mod raw;
+pub mod request;
 pub mod s3;
 pub mod stack;
+
+pub use calls::account;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
