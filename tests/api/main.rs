@@ -21,6 +21,7 @@ mod login;
 mod login_timing;
 mod middleware;
 mod openapi;
+mod paging;
 mod principal_cache;
 mod rate_limit;
 mod refresh_grace;

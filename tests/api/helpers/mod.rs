@@ -25,7 +25,8 @@ pub mod request;
 pub mod s3;
 pub mod stack;
 
-pub use calls::account;
+pub use calls::{account, each_once};
+pub use request::{Refusal, file_form};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
