@@ -600,6 +600,9 @@ pub async fn problem(r: Response, status: u16) -> Value {
     );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], status);
-    assert!(v["type"].is_string() && v["title"].is_string(), "{v}");
+    assert!(
+        v["type"].is_string() && v["title"].is_string() && v["detail"].is_string(),
+        "{v}"
+    );
     v
 }

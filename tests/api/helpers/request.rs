@@ -184,7 +184,11 @@ impl Refusal {
             .as_str()
             .and_then(|t| t.strip_prefix("urn:coffer:problem:"))
         {
-            Some(k) if v["status"] == status && v["title"].is_string() => k.to_owned(),
+            Some(k)
+                if v["status"] == status && v["title"].is_string() && v["detail"].is_string() =>
+            {
+                k.to_owned()
+            }
             _ => format!("(malformed problem: {v})"),
         };
         let fields = v["errors"]
