@@ -33,4 +33,5 @@ mod stack_smoke;
 mod startup;
 mod tokens;
 mod upload;
+mod upload_limits;
 mod wire;
