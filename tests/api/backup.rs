@@ -1,20 +1,17 @@
 //! `coffer backup`: a consistent copy while uploads go on, which is itself a storage root, and
 //! never inside or around the root it copies.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::helpers::fixtures::png;
-use crate::helpers::{TestApp, files_under};
+use crate::helpers::{TestApp, files_under, outcome};
 
-fn run(cmd: &mut std::process::Command) -> (i32, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+/// `coffer check --deep` on another storage root (a backup) with the server's settings.
+fn check_deep(app: &TestApp, root: &Path) -> (i32, String) {
+    outcome(
+        app.cli(&["check", "--deep"])
+            .env("COFFER_STORAGE__ROOT", root),
     )
 }
 
@@ -36,14 +33,9 @@ async fn backup_while_uploading_yields_a_consistent_store() {
         }
     };
     let mut cmd = app.cli(&["backup", dest_path.to_str().unwrap()]);
-    let backup = tokio::task::spawn_blocking(move || cmd.output().unwrap());
-    let (out, ()) = tokio::join!(backup, uploads);
-    let out = out.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let backup = tokio::task::spawn_blocking(move || outcome(&mut cmd));
+    let ((code, out), ()) = tokio::join!(async { backup.await.unwrap() }, uploads);
+    assert_eq!(code, 0, "{out}");
     assert!(dest_path.join("coffer.db").is_file() && dest_path.join("manifest.jsonl").is_file());
     let db = rusqlite::Connection::open(dest_path.join("coffer.db")).unwrap();
     let n: i64 = db
@@ -53,9 +45,7 @@ async fn backup_while_uploading_yields_a_consistent_store() {
     let manifest = std::fs::read_to_string(dest_path.join("manifest.jsonl")).unwrap();
     assert_eq!(manifest.lines().count() as i64, n + 1);
     // The backup is itself a storage root that passes check.
-    let mut check = app.cli(&["check", "--deep"]);
-    check.env("COFFER_STORAGE__ROOT", &dest_path);
-    let (code, text) = run(&mut check);
+    let (code, text) = check_deep(&app, &dest_path);
     assert_eq!(code, 0, "{text}");
     assert_eq!(files_under(&dest_path.join("blobs")).len() as i64, n);
 }
@@ -87,7 +77,7 @@ async fn backup_refuses_a_destination_inside_or_around_the_storage_root() {
         links.join("new/../into-blobs/y"),
     ];
     for dest in &refused {
-        let (code, out) = run(&mut app.cli(&["backup", dest.to_str().unwrap()]));
+        let (code, out) = app.run_cli(&["backup", dest.to_str().unwrap()]);
         assert_eq!(code, 2, "{}: {out}", dest.display());
         assert!(
             out.contains("backup destination") && out.contains("storage root"),
@@ -102,15 +92,13 @@ async fn backup_refuses_a_destination_inside_or_around_the_storage_root() {
     }
     assert!(!parent.join("coffer.db").exists() && !parent.join("manifest.jsonl").exists());
     assert!(app.temp_files().is_empty());
-    let (code, out) = run(&mut app.cli(&["check"]));
+    let (code, out) = app.run_cli(&["check"]);
     assert_eq!(code, 0, "{out}");
 
     // A sibling of the root is fine, and is a valid root itself.
     let sibling = parent.join("backup");
-    let (code, out) = run(&mut app.cli(&["backup", sibling.to_str().unwrap()]));
+    let (code, out) = app.run_cli(&["backup", sibling.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    let mut check = app.cli(&["check", "--deep"]);
-    check.env("COFFER_STORAGE__ROOT", &sibling);
-    let (code, out) = run(&mut check);
+    let (code, out) = check_deep(&app, &sibling);
     assert_eq!(code, 0, "{out}");
 }

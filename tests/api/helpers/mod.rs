@@ -25,7 +25,7 @@ pub mod request;
 pub mod s3;
 pub mod stack;
 
-pub use calls::{account, each_once};
+pub use calls::{account, each_once, outcome};
 pub use request::{Refusal, file_form};
 
 /// The binary under test.
