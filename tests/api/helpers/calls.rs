@@ -79,6 +79,13 @@ impl TestApp {
         self.get(&format!("/api/v1/files/{id}/content"))
     }
 
+    /// A whole file's content as its owner (the bearer of `token`) downloads it (200 expected).
+    pub async fn content_of(&self, token: &str, id: &str) -> Vec<u8> {
+        let r = self.content(id).bearer(token).send().await;
+        assert_eq!(r.status(), 200, "download {id}");
+        r.bytes().await.unwrap().to_vec()
+    }
+
     /// `DELETE /api/v1/files/{id}`.
     pub fn delete_file(&self, id: &str) -> Req {
         self.delete(&format!("/api/v1/files/{id}"))

@@ -26,7 +26,7 @@ pub mod s3;
 pub mod stack;
 
 pub use calls::{account, each_once, outcome};
-pub use request::{Refusal, file_form};
+pub use request::{Refusal, assert_problem, file_form};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
