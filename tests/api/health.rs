@@ -1,16 +1,12 @@
 //! Liveness, readiness, metrics, graceful shutdown.
 
-use reqwest::Method;
-
 use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn healthz_and_readyz() {
     let app = TestApp::spawn().await;
-    let r = app.req(Method::GET, "/healthz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.get("/healthz").status().await, 200);
+    assert_eq!(app.get("/readyz").status().await, 200);
 }
 
 #[tokio::test]
@@ -18,19 +14,17 @@ async fn readyz_follows_the_storage_root() {
     let app = TestApp::spawn().await;
     let moved = app.root.with_extension("moved");
     std::fs::rename(&app.root, &moved).unwrap();
-    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(app.get("/readyz").status().await, 503);
     std::fs::rename(&moved, &app.root).unwrap();
-    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.get("/readyz").status().await, 200);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_route() {
     let app = TestApp::spawn().await;
-    app.req(Method::GET, "/healthz").send().await.unwrap();
-    app.req(Method::GET, "/no/such/thing").send().await.unwrap();
-    let r = app.req(Method::GET, "/metrics").send().await.unwrap();
+    app.get("/healthz").send().await;
+    app.get("/no/such/thing").send().await;
+    let r = app.get("/metrics").send().await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
