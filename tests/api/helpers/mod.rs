@@ -584,14 +584,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A response's `Content-Type` (empty when it has none).
+pub fn content_type(r: &Response) -> String {
+    r.headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 /// Assert a response is a problem document with `status`, returning its body.
 pub async fn problem(r: Response, status: u16) -> Value {
     let got = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let ct = content_type(&r);
     let body = r.text().await.unwrap();
     assert_eq!(got, status, "body: {body}");
     assert!(

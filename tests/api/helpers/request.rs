@@ -9,7 +9,7 @@ use reqwest::{Body, Method, RequestBuilder, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{TestApp, TestUser, problem};
+use super::{TestApp, TestUser, content_type, problem};
 
 /// A request to the server under test, not sent yet.
 #[must_use = "a request does nothing until it is sent"]
@@ -164,11 +164,7 @@ impl Refusal {
     /// Read an answer.
     pub async fn of(r: Response) -> Self {
         let status = r.status().as_u16();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or_default().to_owned())
-            .unwrap_or_default();
+        let content_type = content_type(&r);
         let text = r.text().await.unwrap();
         let problem = serde_json::from_str::<Value>(&text)
             .ok()
