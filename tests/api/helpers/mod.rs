@@ -2,6 +2,21 @@
 //! with a fresh storage root and a random secret, and talks to it over HTTP. Dropping a
 //! [`TestApp`] stops it and fails the test if it left a temp file in the storage root.
 //!
+//! A case reads as the request and what must come back:
+//!
+//! ```ignore
+//! let u = app.user("alice").await;
+//! let f = app.stored(&u.token, "a.png", png(100)).await;            // 201 or the test fails
+//! app.file(id).as_user(&thief).problem(404).await;                  // calls.rs: one per route
+//! assert_eq!(app.me().api_key(&key).status().await, 200);
+//! for (row, body, want) in [("no lifetime", json!({"expires_in": 0}),
+//!                            (422, "validation-failed", "expires_in"))] {
+//!     assert_eq!(app.create_link(id, &body).as_user(&u).refusal().await, want, "{row}");
+//! }
+//! ```
+//!
+//! `request.rs` has `Req` and `Refusal`, `calls.rs` the per-route calls and the audit,
+//! blob and CLI helpers, `raw.rs` requests no client library sends, `fixtures.rs` the files.
 //! `TEST_LOG=1` echoes the server's log to stderr.
 
 #![allow(dead_code)]
