@@ -128,7 +128,7 @@ impl TestAppBuilder {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start coffer");
         let logs = Arc::new(Mutex::new(String::new()));
-        pump(child.stderr.take().unwrap(), logs.clone());
+        let log_pump = pump(child.stderr.take().unwrap(), logs.clone());
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -139,15 +139,19 @@ impl TestAppBuilder {
             let mut sink = Vec::new();
             let _ = stdout.read_to_end(&mut sink);
         });
+        let started = Instant::now();
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         let addr: SocketAddr = match line.trim().strip_prefix("coffer listening on http://") {
             Some(a) => a.parse().unwrap(),
             None => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let status = child.wait();
+                // The log ends when the process does: read all of it before saying why.
+                let _ = log_pump.join();
+                let log = logs.lock().unwrap().clone();
                 panic!(
-                    "server did not start; stdout: {line:?}\nlog:\n{}",
-                    logs.lock().unwrap()
+                    "server did not start ({status:?} after {:?}); stdout: {line:?}\nlog:\n{log}",
+                    started.elapsed()
                 );
             }
         };
@@ -197,7 +201,10 @@ pub fn clean_env(cmd: &mut Command) {
     cmd.current_dir(std::env::temp_dir());
 }
 
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn pump(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     let echo = std::env::var_os("TEST_LOG").is_some();
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
@@ -213,7 +220,7 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
                 }
             }
         }
-    });
+    })
 }
 
 /// A running server.
