@@ -62,7 +62,7 @@ impl Deref for AppState {
 pub struct AppInner {
     /// The validated configuration.
     pub config: Config,
-    /// Metadata (SQLite).
+    /// Metadata (SQLite, or a PostgreSQL database shared with other nodes).
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
@@ -116,8 +116,13 @@ impl App {
         let fs = LocalFs::open(&config.storage.root)
             .map_err(|e| anyhow::anyhow!("storage root {}: {e}", config.storage.root.display()))?;
         let blobs = BlobStore::new(Arc::new(fs.clone()));
-        let meta =
-            MetaStore::open_sqlite(&fs.root().join("coffer.db"), config.storage.db_readers).await?;
+        let meta = match config.database.postgres() {
+            Some(pg) => MetaStore::open_postgres(&pg).await?,
+            None => {
+                let db = fs.root().join("coffer.db");
+                MetaStore::open_sqlite(&db, config.storage.db_readers).await?
+            }
+        };
         recover(&config, &meta, &blobs).await?;
 
         let passwords = Passwords::new(&config.auth)?;

@@ -291,7 +291,10 @@ async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore),
             config.storage.root.display()
         ))
     })?;
-    let meta = MetaStore::open_sqlite(&fs.root().join("coffer.db"), 2).await?;
+    let meta = match config.database.postgres() {
+        Some(pg) => MetaStore::open_postgres(&pg).await?,
+        None => MetaStore::open_sqlite(&fs.root().join("coffer.db"), 2).await?,
+    };
     let blobs = BlobStore::new(Arc::new(fs.clone()));
     Ok((fs, meta, blobs))
 }
@@ -400,8 +403,14 @@ async fn create_user(
 }
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
-    let (fs, _, _) = open_stores(&config).await?;
-    let s = match ops::backup::run(fs.root(), dest, with_blobs).await {
+    let (fs, meta, _) = open_stores(&config).await?;
+    let postgres = config.database.postgres().is_some();
+    let done = if postgres {
+        ops::backup::run_without_database(&meta, fs.root(), dest, with_blobs).await
+    } else {
+        ops::backup::run(fs.root(), dest, with_blobs).await
+    };
+    let s = match done {
         Ok(s) => s,
         // DEST inside the storage root or containing it: the operator must pick another.
         Err(ops::backup::BackupError::Destination(
@@ -417,6 +426,12 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
         s.blobs,
         s.vanished
     );
+    if postgres {
+        println!(
+            "the database is PostgreSQL and is not in this backup: back it up with pg_dump \
+             (e.g. pg_dump --format=custom), which takes a consistent snapshot while coffer runs"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
