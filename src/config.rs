@@ -108,7 +108,8 @@ pub struct DatabaseConfig {
     /// Longest wait for a new connection.
     pub connect_timeout_secs: u64,
     /// Longest one metadata call may take (waiting for a connection, its statements, its
-    /// retries); also the server-side `statement_timeout`. Past it the request gets 503.
+    /// retries); three quarters of it is the server-side `statement_timeout`. Past it the
+    /// request gets 503.
     pub call_timeout_secs: u64,
 }
 

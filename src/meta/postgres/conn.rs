@@ -2,10 +2,14 @@
 //!
 //! Invariant: nothing waits on the database without a bound. Connecting is bounded by
 //! `connect_timeout`; every call of the engine (waiting for a pooled connection, connecting,
-//! its statements, its retries) by `call_timeout`, which is also the server's
-//! `statement_timeout`; a connection abandoned at that bound is closed, never reused. So a
-//! database that is down, restarting or silent answers `Unavailable` within seconds, and the
-//! pool opens fresh connections once it is back: no restart of coffer is needed.
+//! its statements, its retries) by `call_timeout`, and a connection abandoned at that bound is
+//! closed, never reused. So a database that is down, restarting or silent answers
+//! `Unavailable` within seconds, and the pool opens fresh connections once it is back: no
+//! restart of coffer is needed. The server's `statement_timeout` is three quarters of
+//! `call_timeout`: a statement stuck behind a lock or an overloaded server is cancelled by the
+//! server first (`Busy`, and the connection stays usable), and only a server that does not
+//! answer at all meets the client's deadline (`Unavailable`). It also ends a statement whose
+//! client is gone, so no lock outlives its caller for long.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,8 +34,8 @@ pub struct Settings {
     pub pool_size: usize,
     /// Longest wait for a new connection (TCP, TLS, authentication).
     pub connect_timeout: Duration,
-    /// Longest one call of the engine may take, retries included; also the server-side
-    /// `statement_timeout`.
+    /// Longest one call of the engine may take, retries included (three quarters of it is the
+    /// server-side `statement_timeout`).
     pub call_timeout: Duration,
 }
 
@@ -115,10 +119,11 @@ pub(crate) fn pool(settings: &Settings) -> Result<Pool, MetaError> {
         mut config,
         root_file,
     } = parse(&settings.url).map_err(MetaError::Config)?;
-    let statement_ms = settings.call_timeout.as_millis();
+    let call_ms = settings.call_timeout.as_millis();
+    let statement_ms = (call_ms * 3 / 4).max(1);
     // A transaction left open by a frozen node would hold its row and advisory locks for
     // every other node: the server ends it.
-    let idle_ms = statement_ms.saturating_mul(2);
+    let idle_ms = call_ms.saturating_mul(2);
     let options = format!(
         "{} -c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}",
         config.get_options().unwrap_or_default()

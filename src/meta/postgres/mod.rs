@@ -54,7 +54,7 @@ pub const MAX_RETRIES: u32 = 10;
 
 /// Advisory lock keys (one 64-bit space per database, shared with anything else using it,
 /// hence the `coffer` prefix in the high bytes).
-pub(crate) mod lock_keys {
+pub mod lock_keys {
     /// Held while migrating, so several nodes starting at once migrate exactly once.
     pub const MIGRATIONS: i64 = 0x636f_6666_6572_0001;
     /// Held by every audit append and prune: one chain, appended from its tail.
@@ -219,5 +219,54 @@ impl Maintenance for Postgres {
     async fn checkpoint(&self) -> Result<(), MetaError> {
         // Every commit is durable on the server already.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pool exhaustion, which no interface call can cause by itself (every call gives its
+    /// connection back by its own deadline): a connection held here, a call that needs one.
+    /// Needs a server (`COFFER_TEST_DATABASE_URL`, set by `scripts/test-stack`); no schema.
+    #[tokio::test]
+    async fn an_empty_pool_is_unavailable_at_the_call_deadline_and_refills() {
+        let Some(url) = std::env::var("COFFER_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: needs COFFER_TEST_DATABASE_URL (scripts/test-stack)");
+            return;
+        };
+        let settings = Settings {
+            url,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_millis(700),
+        };
+        let pg = Postgres {
+            pool: conn::pool(&settings).unwrap(),
+            call_timeout: settings.call_timeout,
+        };
+        fn select<'c>(c: &'c Client, (): &'c ()) -> BoxFuture<'c, PgResult<()>> {
+            Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })
+        }
+        pg.one((), select).await.unwrap();
+        let held = pg.pool.get().await.unwrap();
+        let started = std::time::Instant::now();
+        let err = pg.one((), select).await.unwrap_err();
+        assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(650),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(held);
+        pg.one((), select).await.unwrap();
     }
 }
