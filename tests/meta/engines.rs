@@ -44,11 +44,50 @@ impl Engine {
         }
     }
 
+    /// Begin a transaction of another connection, run `sql` in it with `{id}` bound to `id`,
+    /// and leave it open: what another node (or process) in the middle of a write looks like.
+    pub async fn uncommitted(&self, sql: &str, id: uuid::Uuid) -> OpenTx {
+        match &self.at {
+            Where::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                c.execute(&sql.replace("{id}", "?1"), [id.to_string()])
+                    .unwrap();
+                OpenTx::Sqlite(c)
+            }
+            Where::Postgres { db, .. } => {
+                let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                c.batch_execute("BEGIN").await.unwrap();
+                c.execute(&sql.replace("{id}", "$1"), &[&id]).await.unwrap();
+                OpenTx::Postgres(c)
+            }
+        }
+    }
+
     /// The PostgreSQL test database, if this is that engine.
     pub fn postgres(&self) -> Option<&TestDb> {
         match &self.at {
             Where::Postgres { db, .. } => Some(db),
             Where::Sqlite { .. } => None,
+        }
+    }
+}
+
+/// A transaction left open by [`Engine::uncommitted`].
+pub enum OpenTx {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl OpenTx {
+    /// Commit it.
+    pub async fn commit(self) {
+        match self {
+            Self::Sqlite(c) => c.execute_batch("COMMIT").unwrap(),
+            Self::Postgres(c) => c.batch_execute("COMMIT").await.unwrap(),
         }
     }
 }

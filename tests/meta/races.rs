@@ -69,6 +69,44 @@ async fn race_a_one_use_link_is_consumed_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_a_download_waits_for_one_in_progress_and_finds_the_link_used_up() {
+    for e in
+        engines::all("race_a_download_waits_for_one_in_progress_and_finds_the_link_used_up").await
+    {
+        let owner = add_user(&e.store, "owner", Role::User).await;
+        let f = add_file(&e.store, owner, 1).await;
+        let now = Timestamp::now();
+        let l = link(f.file.id, 1, now.plus_secs(60), Some(1));
+        assert!(
+            e.store
+                .links()
+                .insert_for_owner(l.clone(), owner, now)
+                .await
+                .unwrap()
+        );
+        // What `Links::consume` writes, on another node, not yet committed.
+        let open = e
+            .uncommitted(
+                "UPDATE links SET downloads = downloads + 1 WHERE id = {id}",
+                l.id.0,
+            )
+            .await;
+        let consume = {
+            let store = e.store.clone();
+            tokio::spawn(async move { store.links().consume(l.id, now).await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(!consume.is_finished(), "{}: the download must wait", e.name);
+        open.commit().await;
+        assert!(
+            !consume.await.unwrap(),
+            "{}: the budget was spent meanwhile",
+            e.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn race_concurrent_audit_appends_make_one_contiguous_chain() {
     for e in engines::all("race_concurrent_audit_appends_make_one_contiguous_chain").await {
         let stores = [e.store.clone(), e.another().await];
@@ -205,6 +243,47 @@ async fn race_a_file_insert_racing_the_owners_lock_lands_before_it_or_not_at_all
         eprintln!(
             "{}: {landed} inserts landed before the lock, {refused} refused",
             e.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_a_file_insert_waits_for_a_lock_in_progress_and_is_refused_once_it_commits() {
+    for e in engines::all(
+        "race_a_file_insert_waits_for_a_lock_in_progress_and_is_refused_once_it_commits",
+    )
+    .await
+    {
+        let owner = add_user(&e.store, "owner", Role::User).await;
+        // What `Users::lock` writes, on another node, not yet committed.
+        let open = e
+            .uncommitted(
+                "UPDATE users SET password_hash = '!locked' WHERE id = {id}",
+                owner.0,
+            )
+            .await;
+        let insert = {
+            let store = e.store.clone();
+            tokio::spawn(async move {
+                let f = file(owner, 1, Timestamp::now(), None);
+                store.files().insert(f).await.unwrap()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(
+            !insert.is_finished(),
+            "{}: the insert must wait for the lock",
+            e.name
+        );
+        open.commit().await;
+        assert_eq!(insert.await.unwrap(), Inserted::OwnerGone, "{}", e.name);
+        assert!(
+            e.store
+                .files()
+                .all_of_owner(owner)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }
