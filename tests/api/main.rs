@@ -16,6 +16,7 @@ mod links;
 mod login_timing;
 mod middleware;
 mod openapi;
+mod postgres;
 mod principal_cache;
 mod rate_limit;
 mod refresh_grace;
