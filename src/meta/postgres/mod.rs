@@ -235,6 +235,10 @@ mod tests {
             .ok()
             .filter(|u| !u.is_empty())
         else {
+            assert!(
+                std::env::var("COFFER_TEST_REQUIRE_STACK").as_deref() != Ok("1"),
+                "COFFER_TEST_REQUIRE_STACK=1 but COFFER_TEST_DATABASE_URL is not set"
+            );
             eprintln!("skipped: needs COFFER_TEST_DATABASE_URL (scripts/test-stack)");
             return;
         };
