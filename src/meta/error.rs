@@ -15,7 +15,7 @@ pub enum MetaError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL reported an error that is neither a conflict nor an outage.
-    #[error("postgres: {}", crate::meta::postgres::describe(.0))]
+    #[error("postgres: {}", describe(.0))]
     Postgres(tokio_postgres::Error),
     /// Another writer held the database lock for longer than the busy timeout.
     #[error("database busy")]
@@ -41,4 +41,16 @@ pub enum MetaError {
     /// The database holds something this binary cannot read (a newer schema, a bad value).
     #[error("unexpected database content: {0}")]
     Corrupt(String),
+}
+
+/// An error with its causes, on one line (tokio-postgres puts what happened in the source).
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -10,8 +10,6 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::meta::error::MetaError;
-
 /// One schema version, written for each engine: the same tables, columns, constraints and
 /// triggers, so that every interface method means the same on both.
 pub struct Migration {
@@ -384,31 +382,50 @@ pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The PostgreSQL advisory lock key held while migrating (a `coffer` prefix in the high bytes:
+/// the key space is shared with anything else using the database).
+pub const POSTGRES_LOCK: i64 = 0x636f_6666_6572_0001;
+
+/// Why a PostgreSQL database was not migrated.
+#[derive(Debug)]
+pub enum PgMigrationError {
+    /// The database failed or could not be reached.
+    Postgres(tokio_postgres::Error),
+    /// It is at a version this binary does not know.
+    Newer {
+        /// Its version.
+        found: usize,
+    },
+}
+
+impl From<tokio_postgres::Error> for PgMigrationError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
 /// Bring a PostgreSQL database to [`LATEST`], under a session-level advisory lock so that
 /// nodes starting at once take turns (the later ones find nothing left to do). `client`
 /// should be a connection of its own: its timeouts are lifted for the migration.
-pub async fn run_postgres(client: &mut tokio_postgres::Client) -> Result<(), MetaError> {
-    use crate::meta::postgres::lock_keys::MIGRATIONS as LOCK;
-    let pg = crate::meta::postgres::classify;
+pub async fn run_postgres(client: &mut tokio_postgres::Client) -> Result<(), PgMigrationError> {
     // Another node may hold the lock for as long as its migration takes.
     client
         .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
-        .await
-        .map_err(pg)?;
+        .await?;
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
-        .await
-        .map_err(pg)?;
+        .execute("SELECT pg_advisory_lock($1)", &[&POSTGRES_LOCK])
+        .await?;
     let result = migrate_postgres_locked(client).await;
     // Also released when the connection closes, which the caller does next anyway.
     let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .execute("SELECT pg_advisory_unlock($1)", &[&POSTGRES_LOCK])
         .await;
     result
 }
 
-async fn migrate_postgres_locked(client: &mut tokio_postgres::Client) -> Result<(), MetaError> {
-    let pg = crate::meta::postgres::classify;
+async fn migrate_postgres_locked(
+    client: &mut tokio_postgres::Client,
+) -> Result<(), PgMigrationError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS coffer_schema (
@@ -416,31 +433,25 @@ async fn migrate_postgres_locked(client: &mut tokio_postgres::Client) -> Result<
                 applied_at BIGINT NOT NULL
             )",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let current: Option<i32> = client
         .query_one("SELECT max(version) FROM coffer_schema", &[])
-        .await
-        .map_err(pg)?
-        .try_get(0)
-        .map_err(pg)?;
+        .await?
+        .try_get(0)?;
     let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
     if current > LATEST {
-        return Err(MetaError::Corrupt(format!(
-            "database schema v{current} is newer than this binary (v{LATEST})"
-        )));
+        return Err(PgMigrationError::Newer { found: current });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        let tx = client.transaction().await.map_err(pg)?;
-        tx.batch_execute(m.postgres).await.map_err(pg)?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(m.postgres).await?;
         tx.execute(
             "INSERT INTO coffer_schema (version, applied_at) VALUES ($1, $2)",
             &[&version, &crate::ids::Timestamp::now().0],
         )
-        .await
-        .map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
+        .await?;
+        tx.commit().await?;
         tracing::info!(version, "migrated the PostgreSQL schema");
     }
     Ok(())

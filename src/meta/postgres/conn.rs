@@ -22,7 +22,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
 use super::tls::MakeRustls;
-use crate::meta::error::MetaError;
+use crate::meta::error::{MetaError, describe};
 
 /// How to reach the database and how long to wait for it.
 #[derive(Clone)]
@@ -212,18 +212,6 @@ fn is_connection_error(e: &tokio_postgres::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-/// An error with its causes, one line.
-pub(crate) fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// What a failure to get a pooled connection means.

@@ -35,8 +35,7 @@ use tokio::time::{Instant, timeout_at};
 pub use tokio_postgres::IsolationLevel;
 
 pub use conn::{Settings, check_url, is_postgres_url, url_has_password};
-pub(crate) use conn::{classify, describe};
-use conn::{is_retryable, pool_error};
+use conn::{classify, is_retryable, pool_error};
 
 use crate::meta::error::MetaError;
 use crate::meta::maintenance::Maintenance;
@@ -56,7 +55,7 @@ pub const MAX_RETRIES: u32 = 10;
 /// hence the `coffer` prefix in the high bytes).
 pub mod lock_keys {
     /// Held while migrating, so several nodes starting at once migrate exactly once.
-    pub const MIGRATIONS: i64 = 0x636f_6666_6572_0001;
+    pub const MIGRATIONS: i64 = crate::meta::migrations::POSTGRES_LOCK;
     /// Held by every audit append and prune: one chain, appended from its tail.
     pub const AUDIT_CHAIN: i64 = 0x636f_6666_6572_0002;
     /// Held by every change that can lower the number of administrators who can log in.
@@ -78,7 +77,16 @@ impl Postgres {
         let migrated = migrations::run_postgres(&mut client).await;
         // Its own session (it held a session lock, changed its timeouts): never pooled.
         drop(deadpool_postgres::Object::take(client));
-        migrated?;
+        match migrated {
+            Ok(()) => {}
+            Err(migrations::PgMigrationError::Postgres(e)) => return Err(classify(e)),
+            Err(migrations::PgMigrationError::Newer { found }) => {
+                return Err(MetaError::Corrupt(format!(
+                    "database schema v{found} is newer than this binary (v{})",
+                    migrations::LATEST
+                )));
+            }
+        }
         Ok(Self {
             pool,
             call_timeout: settings.call_timeout,
