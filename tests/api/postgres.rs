@@ -158,7 +158,10 @@ async fn postgres_accounts_files_links_administration_and_check_work_end_to_end(
     let manifest = std::fs::read_to_string(dest.path().join("b/manifest.jsonl")).unwrap();
     assert_eq!(manifest.lines().count(), 2, "{manifest}");
     assert!(!dest.path().join("b/coffer.db").exists());
-    assert_eq!(crate::helpers::files_under(&dest.path().join("b/blobs")).len(), 1);
+    assert_eq!(
+        crate::helpers::files_under(&dest.path().join("b/blobs")).len(),
+        1
+    );
     // Nothing of the metadata went to the storage root.
     assert!(!app.root.join("coffer.db").exists());
 }
