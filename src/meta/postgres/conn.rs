@@ -51,7 +51,7 @@ impl fmt::Debug for Settings {
 }
 
 /// Whether `url` names a PostgreSQL database (else the embedded SQLite is used).
-pub fn is_postgres_url(url: &str) -> bool {
+fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 

@@ -34,7 +34,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::{Instant, timeout_at};
 pub use tokio_postgres::IsolationLevel;
 
-pub use conn::{Settings, check_url, is_postgres_url, url_has_password};
+pub use conn::{Settings, check_url, url_has_password};
 use conn::{classify, is_retryable, pool_error};
 
 use crate::meta::error::MetaError;
