@@ -294,12 +294,15 @@ fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
     }
 }
 
-/// Open the storage root (creating and migrating it when empty) and the blob store; returns
-/// the canonical root.
+/// Open the storage root (creating and migrating it when empty), the metadata store (SQLite
+/// under the root, or PostgreSQL) and the blob store; returns the canonical root.
 async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore), Failure> {
     let s3 = s3_credentials(config)?;
     let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;
-    let meta = MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?;
+    let meta = match config.database.postgres() {
+        Some(pg) => MetaStore::open_postgres(&pg).await?,
+        None => MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?,
+    };
     Ok((root, meta, blobs))
 }
 
@@ -414,8 +417,14 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
                 .into(),
         ));
     }
-    let (root, _, _) = open_stores(&config).await?;
-    let s = match ops::backup::create(&root, dest, with_blobs).await {
+    let (root, meta, _) = open_stores(&config).await?;
+    let postgres = config.database.postgres().is_some();
+    let done = if postgres {
+        ops::backup::run_without_database(&meta, &root, dest, with_blobs).await
+    } else {
+        ops::backup::create(&root, dest, with_blobs).await
+    };
+    let s = match done {
         Ok(s) => s,
         // DEST inside the storage root or containing it: the operator must pick another.
         Err(ops::backup::BackupError::Destination(
@@ -431,6 +440,12 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
         s.blobs,
         s.vanished
     );
+    if postgres {
+        println!(
+            "the database is PostgreSQL and is not in this backup: back it up with pg_dump \
+             (e.g. pg_dump --format=custom), which takes a consistent snapshot while coffer runs"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

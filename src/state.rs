@@ -54,7 +54,7 @@ impl Deref for AppState {
 pub struct AppInner {
     /// The validated configuration.
     pub config: Config,
-    /// Metadata.
+    /// Metadata (SQLite, or a PostgreSQL database shared with other nodes).
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
@@ -96,8 +96,13 @@ impl AppState {
     /// is returned so a clean shutdown can wait for it.
     pub async fn open(config: Config, secrets: Secrets) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let (root, blobs) = open_storage(&config, secrets.s3.as_ref())?;
-        let meta =
-            MetaStore::open_sqlite(&root.join("coffer.db"), config.storage.db_readers).await?;
+        let meta = match config.database.postgres() {
+            Some(pg) => MetaStore::open_postgres(&pg).await?,
+            None => {
+                let db = root.join("coffer.db");
+                MetaStore::open_sqlite(&db, config.storage.db_readers).await?
+            }
+        };
         // A bucket may be shared with other processes (a `coffer check --repair`, a second
         // node): a blob committed moments ago gets the repair's grace before it is an orphan.
         let grace = match config.storage.backend {

@@ -332,6 +332,11 @@ impl From<crate::meta::MetaError> for AppError {
             crate::meta::MetaError::Busy => {
                 Self::Unavailable("the database is busy; retry shortly")
             }
+            crate::meta::MetaError::Unavailable(why) => {
+                // The cause (which host, which error) is for the log only.
+                tracing::warn!(error = %why, "the database is unavailable");
+                Self::Unavailable("the database is unavailable; retry shortly")
+            }
             other => Self::Internal(other.into()),
         }
     }

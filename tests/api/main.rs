@@ -22,6 +22,7 @@ mod login_timing;
 mod middleware;
 mod openapi;
 mod paging;
+mod postgres;
 mod principal_cache;
 mod rate_limit;
 mod refresh_grace;

@@ -151,6 +151,58 @@ fn unknown_keys_and_bad_values_stop_start_up() {
     }
 }
 
+#[test]
+fn database_url_secrets_come_from_the_environment_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, "postgres://coffer:hunter2@127.0.0.1:9/coffer\n").unwrap();
+    let config = dir.path().join("coffer.toml");
+    std::fs::write(
+        &config,
+        "[database]\nurl = \"postgres://coffer:hunter2@127.0.0.1:9/coffer\"\n",
+    )
+    .unwrap();
+    let url_file = url_file.to_str().unwrap();
+    let config = config.to_str().unwrap();
+    /// Environment, arguments before `serve`, and what the error must say.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &[
+                (
+                    "COFFER_DATABASE_URL",
+                    "postgres://coffer@127.0.0.1:9/coffer",
+                ),
+                ("COFFER_DATABASE_URL_FILE", url_file),
+            ],
+            &[],
+            "both COFFER_DATABASE_URL and COFFER_DATABASE_URL_FILE",
+        ),
+        (&[], &["--config", config], "carries a password"),
+        (
+            &[("COFFER_DATABASE_URL", "mysql://127.0.0.1/coffer")],
+            &[],
+            "postgres://",
+        ),
+    ];
+    for (env, args, says) in cases {
+        let mut cmd = Command::new(bin());
+        clean_env(&mut cmd);
+        cmd.args(args)
+            .arg("serve")
+            .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+            .env("COFFER_SECRET_KEY", secret());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?} {args:?}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn storage_root_is_created_private() {
     use std::os::unix::fs::PermissionsExt as _;

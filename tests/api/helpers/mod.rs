@@ -80,6 +80,7 @@ pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     root: Option<PathBuf>,
     args: Vec<String>,
+    database: Option<Arc<stack::TestDb>>,
     wait_ready: bool,
 }
 
@@ -100,6 +101,19 @@ impl TestAppBuilder {
     /// Serve an existing storage root (restart tests).
     pub fn root(mut self, root: &Path) -> Self {
         self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Keep the metadata in a fresh database of the test stack's PostgreSQL
+    /// (`COFFER_DATABASE_URL`), dropped once the server is gone.
+    pub fn postgres(self, stack: &stack::Stack) -> Self {
+        self.database(Arc::new(stack.fresh_database()))
+    }
+
+    /// Keep the metadata in `db`, which another server may share (several nodes).
+    pub fn database(mut self, db: Arc<stack::TestDb>) -> Self {
+        self = self.env("COFFER_DATABASE_URL", db.url.clone());
+        self.database = Some(db);
         self
     }
 
@@ -160,6 +174,7 @@ impl TestAppBuilder {
             base: format!("http://{addr}"),
             root,
             _tmp: tmp,
+            database: self.database,
             child: Some(child),
             logs,
             // Idle pooled connections are dropped well before the server's idle cut-off, so
@@ -232,6 +247,8 @@ pub struct TestApp {
     /// Its storage root.
     pub root: PathBuf,
     _tmp: TempDir,
+    /// The PostgreSQL database it serves, if any (dropped after the server stops).
+    pub database: Option<Arc<stack::TestDb>>,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
     /// An HTTP client that follows no redirects.
@@ -266,6 +283,7 @@ impl TestApp {
             env: base_env(),
             root: None,
             args: Vec::new(),
+            database: None,
             wait_ready: true,
         }
         .env("COFFER_SECRET_KEY", secret())
@@ -315,9 +333,13 @@ impl TestApp {
 
     /// A builder for a new server on this one's root with its secret (stop this one first).
     pub fn relaunch(&self) -> TestAppBuilder {
-        TestApp::builder()
+        let builder = TestApp::builder()
             .root(&self.root)
-            .env("COFFER_SECRET_KEY", self.secret())
+            .env("COFFER_SECRET_KEY", self.secret());
+        match &self.database {
+            Some(db) => builder.database(db.clone()),
+            None => builder,
+        }
     }
 
     /// Walk a paged listing (`items` / `next_cursor`); returns each page's items.
