@@ -26,9 +26,9 @@ use sha2::{Digest, Sha256};
 
 use coffer::auth::jwt::TokenKeys;
 use coffer::blob::fs::LocalFs;
-use coffer::blob::{BlobKey, BlobStore, ByteStream};
+use coffer::blob::{BlobKey, BlobStore};
 use coffer::crypto::DataKey;
-use coffer::crypto::segment::{Opener, Sealer};
+use coffer::crypto::segment::{CipherStream, Opener, Sealer};
 use coffer::download::{self, parse_range};
 use coffer::ids::{FileId, SessionId, Timestamp, UserId};
 use coffer::ingest::filename;
@@ -172,11 +172,11 @@ fn open_1mib(c: &mut Criterion) {
             // The blob store hands over 256 KiB reads of header + span (here the whole blob);
             // the opener re-frames them in segments.
             let body = blob.clone();
-            let reads: Vec<Result<Bytes, _>> = (0..body.len())
+            let reads: Vec<std::io::Result<Bytes>> = (0..body.len())
                 .step_by(256 * 1024)
                 .map(|i| Ok(body.slice(i..(i + 256 * 1024).min(body.len()))))
                 .collect();
-            let inner: ByteStream = Box::pin(futures_util::stream::iter(reads));
+            let inner: CipherStream = Box::pin(futures_util::stream::iter(reads));
             let mut opener = Opener::new(inner, &key, file, MIB as u64, 0, MIB as u64);
             rt.block_on(async {
                 let mut n = 0;
@@ -282,14 +282,13 @@ fn blob_store(c: &mut Criterion) {
                 for _ in 0..iters {
                     let key = BlobKey::for_file(FileId::new(), false);
                     let start = Instant::now();
-                    let mut writer = store.create().await.unwrap();
+                    let mut writer = store.put(&key).await.unwrap();
                     for chunk in data.chunks(CHUNK) {
                         writer.write(chunk).await.unwrap();
                     }
-                    writer.commit(key.clone()).await.unwrap();
+                    writer.commit().await.unwrap();
                     total += start.elapsed();
-                    store.trash(&key).await.unwrap();
-                    store.purge(&key).await.unwrap();
+                    store.delete(&key).await.unwrap();
                 }
                 total
             })
@@ -298,15 +297,15 @@ fn blob_store(c: &mut Criterion) {
 
     let key = BlobKey::for_file(FileId::new(), false);
     rt.block_on(async {
-        let mut writer = store.create().await.unwrap();
+        let mut writer = store.put(&key).await.unwrap();
         writer.write(&data).await.unwrap();
-        writer.commit(key.clone()).await.unwrap();
+        writer.commit().await.unwrap();
     });
     // From the page cache: the cost of the read path itself (blocking reader + channel).
     g.bench_function("read 64 MiB", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut stream = store.read_range(&key, 0, SIZE as u64).await.unwrap();
+                let mut stream = store.get_range(&key, 0, SIZE as u64).await.unwrap();
                 let mut n = 0;
                 while let Some(chunk) = stream.next().await {
                     n += chunk.unwrap().len();

@@ -26,7 +26,6 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(missing_docs, reason = "each variant is its event name")]
 pub enum Event {
     Register,
     Login,
@@ -253,11 +252,9 @@ async fn store(
     key: &std::sync::Arc<audit::ChainKey>,
     batch: Vec<audit::AuditEntry>,
 ) {
-    let batch = std::sync::Arc::new(batch);
     for wait_ms in [0u64, 100, 500, 2000] {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        let (b, k) = (batch.clone(), key.clone());
-        match meta.write(move |tx| audit::append(tx, &k, &b)).await {
+        match meta.audit().append(key, batch.clone()).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "cannot store audit entries yet"),
         }

@@ -1,5 +1,4 @@
-//! The local-filesystem backend: `<root>/blobs/ab/cd/<uuid>`, staged in `<root>/tmp`, deleted
-//! through `<root>/trash`.
+//! The local-filesystem backend: `<root>/blobs/ab/cd/<uuid>`, staged in `<root>/tmp`.
 //!
 //! Invariant: every path is opened component by component from the canonical root with
 //! `O_NOFOLLOW`, so a symlink planted anywhere under the root is refused, never followed; blob
@@ -25,7 +24,8 @@ use crate::blocking;
 
 const BLOBS: &str = "blobs";
 const TMP: &str = "tmp";
-const TRASH: &str = "trash";
+/// Where deletions were staged before they were queued in the database; emptied at open.
+const LEGACY_TRASH: &str = "trash";
 /// Ranges up to this size are served from a single read.
 const READ_CHUNK: usize = 256 * 1024;
 /// Larger ranges stream in chunks that start at this size (what a client that never reads
@@ -50,7 +50,6 @@ pub struct LocalFs {
 struct Dirs {
     blobs: OwnedFd,
     tmp: OwnedFd,
-    trash: OwnedFd,
     /// Whether `openat2` works here (it may be missing, or refused by a seccomp filter).
     openat2: AtomicBool,
 }
@@ -101,9 +100,14 @@ impl LocalFs {
         let dirs = Dirs {
             blobs,
             tmp: sub(TMP)?,
-            trash: sub(TRASH)?,
             openat2: AtomicBool::new(true),
         };
+        // Blobs an earlier version was deleting (their rows were going too): finish the job.
+        // A row such a crash left behind is reported by `coffer check` as missing its blob.
+        match std::fs::remove_dir_all(root.join(LEGACY_TRASH)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(Self {
             root: Arc::new(root),
             dirs: Arc::new(dirs),
@@ -187,8 +191,9 @@ fn open_or_create(parent: &OwnedFd, name: &str, create: bool) -> Result<OwnedFd,
 }
 
 impl BlobBackend for LocalFs {
-    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>> {
+    fn put(&self, key: &BlobKey) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>> {
         let this = self.clone();
+        let key = key.clone();
         Box::pin(async move {
             let w = blocking::run(move || -> Result<_, BlobError> {
                 let tmp = &this.dirs.tmp;
@@ -206,6 +211,7 @@ impl BlobBackend for LocalFs {
                 .map_err(io)?;
                 Ok(FsWriter {
                     fs: this,
+                    key,
                     name,
                     file: Arc::new(File::from(fd)),
                     buf: BytesMut::with_capacity(WRITE_CHUNK),
@@ -220,7 +226,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn read_range(
+    fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
@@ -247,7 +253,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>> {
+    fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>> {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
@@ -263,16 +269,15 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+    fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
         let this = self.clone();
         let key = key.clone();
         Box::pin(async move {
             blocking::run(move || {
                 let dir = this.shard(&key, false)?;
-                let trash = &this.dirs.trash;
-                let name = key.parts().2;
-                rustix::fs::renameat(&dir, name, trash, name).map_err(io)?;
-                rustix::fs::fsync(trash).map_err(io)?;
+                // unlinkat never follows a symlink: a planted link is removed, not its target.
+                rustix::fs::unlinkat(&dir, key.parts().2, AtFlags::empty()).map_err(io)?;
+                // The name's removal survives a crash once its directory is synced.
                 rustix::fs::fsync(&dir).map_err(io)
             })
             .await
@@ -280,29 +285,22 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
+    /// `id` is a temp file's name in `tmp/` (the key is not needed: the name is unique). Only
+    /// the exact shape this backend makes (`<uuid>.part`) is accepted, so a recorded id can
+    /// never name anything outside `tmp/`.
+    fn abort_staged<'a>(
+        &'a self,
+        _key: &'a BlobKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
         let this = self.clone();
-        let key = key.clone();
+        let name = id.to_owned();
         Box::pin(async move {
+            if !is_temp_name(&name) {
+                return Err(BlobError::Unsafe);
+            }
             blocking::run(move || {
-                let dir = this.shard(&key, true)?;
-                let trash = &this.dirs.trash;
-                let name = key.parts().2;
-                rustix::fs::renameat(trash, name, &dir, name).map_err(io)?;
-                rustix::fs::fsync(&dir).map_err(io)
-            })
-            .await
-            .map_err(join_err)?
-        })
-    }
-
-    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>> {
-        let this = self.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            blocking::run(move || {
-                let trash = &this.dirs.trash;
-                match rustix::fs::unlinkat(trash, key.parts().2, AtFlags::empty()) {
+                match rustix::fs::unlinkat(&this.dirs.tmp, &*name, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
                     Err(e) => Err(io(e)),
                 }
@@ -334,7 +332,7 @@ impl BlobBackend for LocalFs {
         })
     }
 
-    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>> {
         let root = self.root.clone();
         Box::pin(async move { blocking::run(move || walk(&root)).await.map_err(join_err)? })
     }
@@ -351,14 +349,14 @@ impl BlobBackend for LocalFs {
         )
     }
 
-    fn writable(&self) -> BoxFuture<'_, bool> {
+    fn ready(&self) -> BoxFuture<'_, bool> {
         let this = self.clone();
         Box::pin(async move {
             // By path, not through the folders held open: a root that was moved or removed,
             // made read-only or remounted read-only must make the service unready. A check,
             // not a test write, so a flood of probes costs no disk I/O.
             blocking::run(move || {
-                [BLOBS, TMP, TRASH].iter().all(|d| {
+                [BLOBS, TMP].iter().all(|d| {
                     rustix::fs::access(
                         this.root.join(d),
                         rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
@@ -372,12 +370,18 @@ impl BlobBackend for LocalFs {
     }
 }
 
+/// A temp file name as [`LocalFs::put`] makes it: `<uuid>.part`.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_suffix(".part")
+        .and_then(|id| uuid::Uuid::try_parse(id).ok())
+        .is_some_and(|u| format!("{u}.part") == name)
+}
+
 fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError> {
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| BlobError::Integrity)?];
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| BlobError::Short)?];
     match file.read_exact_at(&mut buf, offset) {
         Ok(()) => Ok(Bytes::from(buf)),
-        // The blob is shorter than its row says: truncated on disk.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(BlobError::Integrity),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(BlobError::Short),
         Err(e) => Err(BlobError::from_io(e)),
     }
 }
@@ -467,19 +471,6 @@ fn walk(root: &Path) -> Result<Inventory, BlobError> {
             }
         }
     }
-    for name in read_dir_sorted(&root.join(TRASH))? {
-        // Trash names are the blob's file name; rebuild the key from the id.
-        let (id, sealed) = match name.strip_suffix(".s") {
-            Some(id) => (id, true),
-            None => (name.as_str(), false),
-        };
-        match crate::ids::FileId::parse(id) {
-            Some(id) if BlobKey::for_file(id, sealed).parts().2 == name => {
-                inv.trash.push(BlobKey::for_file(id, sealed));
-            }
-            _ => inv.strays.push(format!("{TRASH}/{name}")),
-        }
-    }
     Ok(inv)
 }
 
@@ -505,25 +496,12 @@ fn read_dir_sorted(p: &Path) -> Result<Vec<String>, BlobError> {
     Ok(names)
 }
 
-/// Remove a stray or orphan path under the root (maintenance). Refuses anything outside.
-pub fn remove_under_root(root: &Path, rel: &str) -> std::io::Result<()> {
-    let p = root.join(rel);
-    if rel.contains("..") || !p.starts_with(root) {
-        return Err(std::io::Error::other(
-            "refusing a path outside the storage root",
-        ));
-    }
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
-        Ok(_) => std::fs::remove_file(&p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// A blob being written to `tmp/`.
 struct FsWriter {
     fs: LocalFs,
+    /// Where the blob goes at commit.
+    key: BlobKey,
+    /// Its temp file's name in `tmp/`.
     name: String,
     file: Arc<File>,
     buf: BytesMut,
@@ -577,6 +555,11 @@ impl FsWriter {
 }
 
 impl BlobWriter for FsWriter {
+    /// The temp file's name in `tmp/`, from the start (the file exists from `put` on).
+    fn staging_id(&self) -> Option<String> {
+        (!self.done).then(|| self.name.clone())
+    }
+
     fn write<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>> {
         Box::pin(async move {
             self.buf.extend_from_slice(data);
@@ -588,8 +571,9 @@ impl BlobWriter for FsWriter {
         })
     }
 
-    fn commit(mut self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BlobError>> {
         Box::pin(async move {
+            let key = self.key.clone();
             self.flush_buf(true).await?;
             self.settle().await?;
             let file = self.file.clone();
@@ -655,43 +639,82 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn write_commit_read_trash_purge() {
+    async fn write_commit_read_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
         let key = BlobKey::for_file(FileId::new(), false);
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let mut w = store.create().await.unwrap();
+        let mut w = store.put(&key).await.unwrap();
         for chunk in data.chunks(70_000) {
             w.write(chunk).await.unwrap();
         }
-        w.commit(key.clone()).await.unwrap();
-        assert_eq!(store.len(&key).await.unwrap(), data.len() as u64);
+        w.commit().await.unwrap();
+        assert_eq!(store.stat(&key).await.unwrap(), data.len() as u64);
         assert_eq!(
-            collect(store.read_range(&key, 0, data.len() as u64).await.unwrap()).await,
+            collect(store.get_range(&key, 0, data.len() as u64).await.unwrap()).await,
             data
         );
         assert_eq!(
-            collect(store.read_range(&key, 10, 5).await.unwrap()).await,
+            collect(store.get_range(&key, 10, 5).await.unwrap()).await,
             &data[10..15]
         );
+        // Past the end: the bytes that exist, then `Short`, never a silent short body.
+        let short = match store.get_range(&key, data.len() as u64 - 3, 10).await {
+            Err(e) => e,
+            Ok(mut s) => loop {
+                match s.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e,
+                    None => panic!("a range past the end ended silently"),
+                }
+            },
+        };
+        assert!(matches!(short, BlobError::Short));
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
 
-        store.trash(&key).await.unwrap();
-        assert!(matches!(store.len(&key).await, Err(BlobError::NotFound)));
-        assert_eq!(store.inventory().await.unwrap().trash, vec![key.clone()]);
-        store.purge(&key).await.unwrap();
-        assert!(store.inventory().await.unwrap().trash.is_empty());
+        assert_eq!(store.list().await.unwrap().blobs.len(), 1);
+        store.delete(&key).await.unwrap();
+        assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
+        assert!(matches!(store.delete(&key).await, Err(BlobError::NotFound)));
+        assert!(store.list().await.unwrap().blobs.is_empty());
     }
 
     #[tokio::test]
     async fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
-        let mut w = store.create().await.unwrap();
+        let mut w = store
+            .put(&BlobKey::for_file(FileId::new(), false))
+            .await
+            .unwrap();
         w.write(&[1u8; 1_000_000]).await.unwrap();
         drop(w);
         tokio::task::yield_now().await;
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn staged_files_can_be_aborted_by_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let mut w = store.put(&key).await.unwrap();
+        w.write(b"staged").await.unwrap();
+        let id = w.staging_id().unwrap();
+        // A crash: the writer's Drop never runs.
+        std::mem::forget(w);
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 1);
+        store.abort_staged(&key, &id).await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+        // Again, and for ids that were never staged: harmless.
+        store.abort_staged(&key, &id).await.unwrap();
+        // Anything but a temp name we make is refused, never resolved as a path.
+        for bad in ["../blobs", "x.part", "", "../tmp/0.part"] {
+            assert!(matches!(
+                store.abort_staged(&key, bad).await,
+                Err(BlobError::Unsafe)
+            ));
+        }
     }
 
     #[tokio::test]
@@ -707,7 +730,7 @@ mod tests {
         std::fs::write(&secret, b"outside").unwrap();
         std::os::unix::fs::symlink(&secret, shard.join(name)).unwrap();
         assert!(matches!(
-            store.read_range(&key, 0, 3).await,
+            store.get_range(&key, 0, 3).await,
             Err(BlobError::Unsafe)
         ));
 
@@ -718,7 +741,7 @@ mod tests {
             let level = fs.root().join(BLOBS).join(a2);
             std::fs::remove_dir(&level).unwrap();
             std::os::unix::fs::symlink(dir.path(), &level).unwrap();
-            assert!(store.read_range(&key2, 0, 3).await.is_err());
+            assert!(store.get_range(&key2, 0, 3).await.is_err());
         }
     }
 }

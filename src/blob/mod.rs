@@ -1,25 +1,24 @@
-//! The blob boundary: every byte of file content goes in and out through [`BlobStore`].
-//!
-//! A backend stages a new blob, makes it durable and visible under a [`BlobKey`] in one step
-//! (`commit`), streams byte ranges back, and deletes in two steps (to trash, then purge) so a
-//! crash between "blob gone" and "row gone" stays explainable. The local filesystem is the
-//! backend today; an S3-compatible one (Garage) plugs in behind the same trait.
+//! The blob boundary: a byte store and nothing more. Every byte of file content goes in and
+//! out through [`BlobStore`]: put (staged, then made durable and visible under its key in one
+//! step), get a byte range, stat, delete, list. Who may read a blob, and in what form
+//! (decrypted, authenticated), is decided above this module (`crate::crypto::read`); a
+//! backend never sees rows, keys of the keyring, or HTTP. The local filesystem is one backend;
+//! an S3-compatible object store ([`s3`]) is another.
 //!
 //! Invariant: keys are made from a file's fresh UUID only ([`BlobKey::for_file`]) or parsed
 //! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
 
 pub mod fs;
+pub mod s3;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 
-use crate::crypto::{KeyError, Keyring, segment};
 use crate::ids::FileId;
-use crate::meta::files::StoredFile;
 
 /// A boxed future, for the object-safe backend trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,9 +37,14 @@ pub enum BlobError {
     /// A symlink or foreign object sits where a blob or shard directory should be.
     #[error("refusing a symlink or non-regular file inside the storage root")]
     Unsafe,
-    /// Sealed content failed authentication, or the blob is shorter than its row says.
-    #[error("blob failed its integrity check")]
-    Integrity,
+    /// The blob ended before the requested range did.
+    #[error("blob is shorter than the requested range")]
+    Short,
+    /// The store did not answer in time, refused the connection or answered that it cannot
+    /// serve now (5xx): worth retrying later, not a fault of the request. The text is the
+    /// cause, for the log only.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
     /// Any other I/O failure.
     #[error("blob i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -121,8 +125,15 @@ impl std::fmt::Display for BlobKey {
 pub trait BlobWriter: Send {
     /// Append bytes.
     fn write<'a>(&'a mut self, buf: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>>;
-    /// Make the bytes durable and visible under `key`; never replaces an existing blob.
-    fn commit(self: Box<Self>, key: BlobKey) -> BoxFuture<'static, Result<(), BlobError>>;
+    /// What this writer has staged in the store so far, named so that
+    /// [`BlobBackend::abort_staged`] can discard it after a crash (when `Drop` never ran):
+    /// the multipart upload id on S3, the temp file's name on the local filesystem. `None`
+    /// while nothing is staged outside this process; it may turn `Some` after a `write`, so
+    /// a caller that records it asks again after writing.
+    fn staging_id(&self) -> Option<String>;
+    /// Make the bytes durable and visible under the key given to [`BlobBackend::put`]; never
+    /// replaces an existing blob.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), BlobError>>;
 }
 
 /// One blob as maintenance sees it.
@@ -141,37 +152,44 @@ pub struct StoredBlob {
 pub struct Inventory {
     /// Live blobs.
     pub blobs: Vec<StoredBlob>,
-    /// Names in the trash (deletions in progress).
-    pub trash: Vec<BlobKey>,
     /// Anything else inside the blob tree (not a blob we would write).
     pub strays: Vec<String>,
 }
 
 /// A storage backend. Object-safe so the store can pick one at startup from configuration.
 pub trait BlobBackend: Send + Sync + 'static {
-    /// Start a new blob.
-    fn create(&self) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
-    /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts.
-    fn read_range(
+    /// Start writing the blob that will live under `key` once committed.
+    fn put(&self, key: &BlobKey) -> BoxFuture<'_, Result<Box<dyn BlobWriter>, BlobError>>;
+    /// Stream `len` bytes from `offset`. Fails with `NotFound` before the stream starts; a
+    /// blob that ends before the range does fails with [`BlobError::Short`] (before or during
+    /// the stream), never with a silently short stream.
+    fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
         len: u64,
     ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
     /// The blob's length, or `NotFound`.
-    fn len(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
-    /// Move a blob out of the live namespace (first half of a delete).
-    fn trash(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Undo [`BlobBackend::trash`] (the row could not be deleted).
-    fn restore(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Remove a trashed blob for good (second half).
-    fn purge(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Remove staging leftovers of a crash; returns how many.
+    fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
+    /// Delete a blob, durably; `NotFound` when there was none, or `Ok` where the store cannot
+    /// tell (S3's DeleteObject is idempotent): callers accept either.
+    fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Discard what a writer for `key` had staged under `id` ([`BlobWriter::staging_id`]):
+    /// for a crash's leftovers, recorded before the crash. Harmless when it is already gone
+    /// (committed, aborted, never existed): `Ok`.
+    fn abort_staged<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// Remove staging leftovers of a crash; returns how many. Only a backend that knows no
+    /// other process stages beside it can do this by looking (the local filesystem); others
+    /// answer 0 and rely on [`BlobBackend::abort_staged`] with recorded ids.
     fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>>;
     /// Everything stored, for consistency checks.
-    fn inventory(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
     /// Whether new blobs can be written now (for `/readyz`).
-    fn writable(&self) -> BoxFuture<'_, bool>;
+    fn ready(&self) -> BoxFuture<'_, bool>;
     /// Read a small range right here, for callers already on a blocking thread; `None` when
     /// the backend has no cheap synchronous path (a network store).
     fn read_blocking(
@@ -196,39 +214,34 @@ impl BlobStore {
         Self { backend }
     }
 
-    /// Start writing a new blob.
-    pub async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        self.backend.create().await
+    /// Start writing the blob for `key`.
+    pub async fn put(&self, key: &BlobKey) -> Result<Box<dyn BlobWriter>, BlobError> {
+        self.backend.put(key).await
     }
 
     /// Stream a byte range.
-    pub async fn read_range(
+    pub async fn get_range(
         &self,
         key: &BlobKey,
         offset: u64,
         len: u64,
     ) -> Result<ByteStream, BlobError> {
-        self.backend.read_range(key, offset, len).await
+        self.backend.get_range(key, offset, len).await
     }
 
     /// A blob's length.
-    pub async fn len(&self, key: &BlobKey) -> Result<u64, BlobError> {
-        self.backend.len(key).await
+    pub async fn stat(&self, key: &BlobKey) -> Result<u64, BlobError> {
+        self.backend.stat(key).await
     }
 
-    /// First half of a delete.
-    pub async fn trash(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.trash(key).await
+    /// Delete a blob.
+    pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
+        self.backend.delete(key).await
     }
 
-    /// Undo a trash.
-    pub async fn restore(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.restore(key).await
-    }
-
-    /// Second half of a delete.
-    pub async fn purge(&self, key: &BlobKey) -> Result<(), BlobError> {
-        self.backend.purge(key).await
+    /// Discard what a crashed writer had staged (see [`BlobWriter::staging_id`]).
+    pub async fn abort_staged(&self, key: &BlobKey, id: &str) -> Result<(), BlobError> {
+        self.backend.abort_staged(key, id).await
     }
 
     /// Remove staging leftovers.
@@ -237,72 +250,24 @@ impl BlobStore {
     }
 
     /// List everything.
-    pub async fn inventory(&self) -> Result<Inventory, BlobError> {
-        self.backend.inventory().await
+    pub async fn list(&self) -> Result<Inventory, BlobError> {
+        self.backend.list().await
     }
 
     /// Whether writes work now.
-    pub async fn writable(&self) -> bool {
-        self.backend.writable().await
+    pub async fn ready(&self) -> bool {
+        self.backend.ready().await
     }
 
-    /// Plaintext bytes `[start, end)` of a stored file, decrypting (and authenticating) a
-    /// sealed blob segment by segment.
-    pub async fn read_file(
+    /// A small range read on the calling (blocking) thread, when the backend has a cheap
+    /// synchronous path (the local filesystem); `None` otherwise.
+    pub fn read_blocking(
         &self,
-        keyring: &Keyring,
-        f: &StoredFile,
-        start: u64,
-        end: u64,
-    ) -> Result<ByteStream, BlobError> {
-        // A stored key is re-checked: even an edited row cannot reach outside the blob tree.
-        let key = BlobKey::parse(&f.blob_key).ok_or(BlobError::Unsafe)?;
-        match &f.sealing {
-            None => self.read_range(&key, start, end - start).await,
-            Some(sealing) => {
-                let data_key = keyring.unwrap(f.file.id, sealing).map_err(|e| match e {
-                    KeyError::Corrupt => BlobError::Integrity,
-                    other => BlobError::Io(std::io::Error::other(other)),
-                })?;
-                let (offset, len, _) = segment::cipher_span(f.file.size, start, end);
-                // The opener checks the header first: one read when the span starts right
-                // after it, else the header and the span.
-                let header = segment::HEADER_LEN as u64;
-                let inner: ByteStream = if offset == header {
-                    self.read_range(&key, 0, header + len).await?
-                } else {
-                    let head = self.read_range(&key, 0, header).await?;
-                    Box::pin(head.chain(self.read_range(&key, offset, len).await?))
-                };
-                Ok(Box::pin(segment::Opener::new(
-                    inner,
-                    &data_key,
-                    f.file.id,
-                    f.file.size,
-                    start,
-                    end,
-                )))
-            }
-        }
-    }
-
-    /// A small plaintext file's whole content, read on the calling (blocking) thread, so a
-    /// download can fetch row and bytes in one hop. `None` when not applicable or on any
-    /// error (the caller then takes the normal path, which reports errors properly).
-    pub fn prefetch_small(&self, f: &StoredFile, max: u64) -> Option<Bytes> {
-        if f.sealing.is_some() || f.file.size > max || f.file.size == 0 {
-            return None;
-        }
-        let key = BlobKey::parse(&f.blob_key)?;
-        self.backend.read_blocking(&key, 0, f.file.size)?.ok()
-    }
-
-    /// The stored length a file's blob must have.
-    pub fn expected_len(f: &StoredFile) -> u64 {
-        match f.sealing {
-            Some(_) => segment::sealed_len(f.file.size),
-            None => f.file.size,
-        }
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+    ) -> Option<Result<Bytes, BlobError>> {
+        self.backend.read_blocking(key, offset, len)
     }
 }
 

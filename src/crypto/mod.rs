@@ -7,7 +7,9 @@
 //!
 //! Invariant: plaintext data keys exist only in memory, zeroised on drop; a wrapped key is
 //! bound (as AAD) to its file id and master key id, so it cannot be moved to another row.
+//! Nothing here knows where bytes are stored: [`read`] joins the blob store and the keys.
 
+pub mod read;
 pub mod segment;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -16,11 +18,31 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::ids::FileId;
-use crate::meta::files::Sealing;
 use crate::secrets::random_bytes;
 
 const WRAP_NONCE: usize = 12;
 const TAG: usize = 16;
+
+/// How a blob is sealed: the data key wrapped by a master key, and that key's id (stored in the
+/// file's row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealing {
+    /// Id of the master key that wraps the data key.
+    pub key_id: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+}
+
+/// Sealed bytes could not be turned back into plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The stored bytes failed authentication: flipped, truncated, reordered or moved.
+    #[error("sealed content failed authentication")]
+    Tampered,
+    /// The stored bytes could not be read, or a decryption task was lost: not tampering.
+    #[error("cannot read sealed content: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// A master key and its public id.
 pub struct MasterKey {

@@ -9,7 +9,8 @@
 //! touches are read and decrypted.
 //!
 //! Invariant: [`Opener`] yields plaintext only from segments that authenticated; on the first
-//! failure it yields `Integrity` and nothing after.
+//! failure it yields [`CryptoError::Tampered`] and nothing after. A failure to read the stored
+//! bytes, or a lost decryption task, is [`CryptoError::Io`]: never reported as tampering.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,9 +21,11 @@ use aes_gcm::aead::Nonce;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
 
-use super::DataKey;
-use crate::blob::{BlobError, ByteStream};
+use super::{CryptoError, DataKey};
 use crate::ids::FileId;
+
+/// The stored bytes an [`Opener`] reads: the blob's header, then the ciphertext span.
+pub type CipherStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// Plaintext bytes per segment.
 pub const SEGMENT: usize = 64 * 1024;
@@ -105,7 +108,7 @@ impl Sealer {
 
     /// Feed plaintext; returns sealed bytes ready to store (possibly empty). A full segment is
     /// held back until more data arrives, because only then is it known not to be the last.
-    pub fn update(&mut self, mut data: &[u8]) -> Result<Vec<u8>, BlobError> {
+    pub fn update(&mut self, mut data: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::new();
         if !self.header_sent {
             out.extend_from_slice(&header());
@@ -124,7 +127,7 @@ impl Sealer {
     }
 
     /// Seal what is left as the final segment.
-    pub fn finish(mut self) -> Result<Vec<u8>, BlobError> {
+    pub fn finish(mut self) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::new();
         if !self.header_sent {
             out.extend_from_slice(&header());
@@ -133,7 +136,7 @@ impl Sealer {
         Ok(out)
     }
 
-    fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), BlobError> {
+    fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let tag = self
             .cipher
             .encrypt_inout_detached(
@@ -141,7 +144,8 @@ impl Sealer {
                 &aad(self.file),
                 self.pending.as_mut().into(),
             )
-            .map_err(|_| BlobError::Integrity)?;
+            // Only a segment beyond AES-GCM's length limit fails, which SEGMENT rules out.
+            .map_err(|_| CryptoError::Io(std::io::Error::other("segment too long to seal")))?;
         out.extend_from_slice(&self.pending);
         out.extend_from_slice(&tag);
         self.pending.clear();
@@ -157,7 +161,7 @@ const BATCH: u64 = 16;
 /// range. Decryption runs on the blocking pool, one batch of segments per task and one batch
 /// ahead, so it overlaps with sending the previous batch and uses both cores.
 pub struct Opener {
-    out: ByteStream,
+    out: Pin<Box<dyn Stream<Item = Result<Bytes, CryptoError>> + Send>>,
 }
 
 impl Opener {
@@ -165,7 +169,7 @@ impl Opener {
     /// must yield the blob's 16-byte header followed by the ciphertext from the offset
     /// [`cipher_span`] gave. Needs a tokio runtime.
     pub fn new(
-        inner: ByteStream,
+        inner: CipherStream,
         key: &DataKey,
         file: FileId,
         plain_len: u64,
@@ -195,7 +199,7 @@ impl Opener {
                     decrypt_batch(&cipher, file, plain_len, first, data)
                 })
                 .await
-                .unwrap_or(Err(BlobError::Integrity))
+                .unwrap_or_else(|e| Err(lost_task(e)))
             }
         })
         .buffered(2);
@@ -227,7 +231,7 @@ impl Opener {
 }
 
 impl Stream for Opener {
-    type Item = Result<Bytes, BlobError>;
+    type Item = Result<Bytes, CryptoError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.out.as_mut().poll_next(cx)
@@ -236,7 +240,7 @@ impl Stream for Opener {
 
 /// Cuts the ciphertext stream into batches of whole segments.
 struct Batcher {
-    inner: ByteStream,
+    inner: CipherStream,
     buf: BytesMut,
     header_checked: bool,
     /// Index of the next segment to hand out.
@@ -258,7 +262,7 @@ impl Batcher {
     fn poll_batch(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<(u64, BytesMut), BlobError>>> {
+    ) -> Poll<Option<Result<(u64, BytesMut), CryptoError>>> {
         loop {
             if self.done || self.next > self.last_needed {
                 return Poll::Ready(None);
@@ -268,7 +272,7 @@ impl Batcher {
                 // fail too: "a flipped byte is never served" means any byte.
                 if self.buf.split_to(HEADER_LEN)[..] != header()[..] {
                     self.done = true;
-                    return Poll::Ready(Some(Err(BlobError::Integrity)));
+                    return Poll::Ready(Some(Err(CryptoError::Tampered)));
                 }
                 self.header_checked = true;
             }
@@ -294,17 +298,28 @@ impl Batcher {
                 Poll::Ready(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
+                    // A source that says it ended early was cut short: truncated, like an end.
+                    let e = match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => CryptoError::Tampered,
+                        _ => CryptoError::Io(e),
+                    };
                     return Poll::Ready(Some(Err(e)));
                 }
                 // The blob ended before the segments the row promises: truncated.
                 Poll::Ready(None) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(BlobError::Integrity)));
+                    return Poll::Ready(Some(Err(CryptoError::Tampered)));
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
+
+/// A decryption task that panicked or was cancelled lost its batch: an I/O failure, never
+/// tampering (that would answer `integrity-error` and audit a false alarm).
+pub(crate) fn lost_task(e: tokio::task::JoinError) -> CryptoError {
+    CryptoError::Io(std::io::Error::other(e))
 }
 
 /// Decrypt a batch of whole segments in place and pack their plaintexts together.
@@ -314,15 +329,17 @@ fn decrypt_batch(
     plain_len: u64,
     first: u64,
     mut data: BytesMut,
-) -> Result<Bytes, BlobError> {
+) -> Result<Bytes, CryptoError> {
     let last_index = segment_count(plain_len) - 1;
     let (mut read, mut write, mut index) = (0usize, 0usize, first);
     while read < data.len() {
         let len = stored_segment_len(plain_len, index);
         let body = len - TAG;
-        let seg = data.get_mut(read..read + len).ok_or(BlobError::Integrity)?;
+        let seg = data
+            .get_mut(read..read + len)
+            .ok_or(CryptoError::Tampered)?;
         let (ct, tag) = seg.split_at_mut(body);
-        let tag = <[u8; TAG]>::try_from(&*tag).map_err(|_| BlobError::Integrity)?;
+        let tag = <[u8; TAG]>::try_from(&*tag).map_err(|_| CryptoError::Tampered)?;
         cipher
             .decrypt_inout_detached(
                 &nonce(index, index == last_index),
@@ -330,7 +347,7 @@ fn decrypt_batch(
                 ct.into(),
                 &tag.into(),
             )
-            .map_err(|_| BlobError::Integrity)?;
+            .map_err(|_| CryptoError::Tampered)?;
         data.copy_within(read..read + body, write);
         read += len;
         write += body;
@@ -363,14 +380,14 @@ mod tests {
         plain_len: u64,
         start: u64,
         end: u64,
-    ) -> Result<Vec<u8>, BlobError> {
+    ) -> Result<Vec<u8>, CryptoError> {
         let (off, len, _) = cipher_span(plain_len, start, end);
         let mut slice = blob[..HEADER_LEN.min(blob.len())].to_vec();
         slice.extend_from_slice(
             blob.get(off as usize..(off + len) as usize)
                 .unwrap_or(&blob[(off as usize).min(blob.len())..]),
         );
-        let inner: ByteStream = Box::pin(futures_util::stream::iter(
+        let inner: CipherStream = Box::pin(futures_util::stream::iter(
             slice
                 .chunks(5000)
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -411,25 +428,25 @@ mod tests {
         header[3] ^= 1;
         assert!(matches!(
             open(&key, file, &header, n, 0, n),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
         assert!(matches!(
             open(&key, file, &header, n, 150_000, 150_001),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
 
         let mut flipped = blob.clone();
         flipped[HEADER_LEN + 100] ^= 1;
         assert!(matches!(
             open(&key, file, &flipped, n, 0, n),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
 
         // Truncated exactly at a segment boundary: the missing last flag gives it away.
         let cut = &blob[..HEADER_LEN + 2 * (SEGMENT + TAG)];
         assert!(matches!(
             open(&key, file, cut, n, 0, n),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
 
         let mut swapped = blob.clone();
@@ -438,13 +455,13 @@ mod tests {
         a.swap_with_slice(b);
         assert!(matches!(
             open(&key, file, &swapped, n, 0, n),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
 
         // Another file's id (blob moved between rows) fails too.
         assert!(matches!(
             open(&key, FileId::new(), &blob, n, 0, n),
-            Err(BlobError::Integrity)
+            Err(CryptoError::Tampered)
         ));
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::ids::UserId;
-use crate::meta::{MetaError, MetaStore, users};
+use crate::meta::{MetaError, MetaStore};
 
 /// The reservation ledger.
 #[derive(Clone)]
@@ -92,7 +92,7 @@ impl Quota {
         // twice (held before, stored after), never not at all. The other order would let a
         // commit-and-release slip between the two reads and overshoot the quota.
         let held = self.held(user)?;
-        let stored = self.meta.read(move |c| users::used_bytes(c, user)).await?;
+        let stored = self.meta.users().used_bytes(user).await?;
         let free = self.limit.saturating_sub(stored).saturating_sub(held);
         let bytes = if exact { want } else { want.min(free) };
         if bytes > free || (bytes == 0 && want > 0) {

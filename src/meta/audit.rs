@@ -1,21 +1,24 @@
-//! The `audit` table: an append-only, hash-chained trail of security events.
+//! The audit trail: an append-only, hash-chained record of security events.
 //!
 //! Invariant: entry `n` stores `HMAC-SHA256(K, hash(n-1) || encode(entry n))`, the first entry
 //! chains from the anchor (all zeros, or the last entry removed by retention). `K` is derived
 //! from `COFFER_SECRET_KEY`, which never touches the disk, so someone who can write the
 //! database but does not hold the secret cannot forge or re-chain entries: editing, inserting
-//! or deleting any entry breaks the chain from that point, which [`verify_chain`] reports.
-//! (Cutting entries off the *end* leaves a shorter valid chain; ship the log elsewhere too.)
-//! No route updates or deletes entries; only retention trims the oldest, moving the anchor.
+//! or deleting any entry breaks the chain from that point, which [`Audit::verify_chain`]
+//! reports. (Cutting entries off the *end* leaves a shorter valid chain; ship the log
+//! elsewhere too.) Appends are serialised by each engine, so there is one chain however many
+//! writers (processes, nodes) append. No route updates or deletes entries; only retention
+//! trims the oldest, moving the anchor.
 
+use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Sha256;
 use utoipa::ToSchema;
 
 use crate::ids::Timestamp;
-use crate::meta::Page;
+use crate::meta::error::MetaError;
+use crate::meta::page::Page;
 
 /// One audit entry as clients see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -38,7 +41,7 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// An entry with its chain position (internal).
+/// An entry with its chain position, as stored.
 #[derive(Debug, Clone)]
 pub struct ChainedEntry {
     /// Position in the chain.
@@ -51,6 +54,28 @@ pub struct ChainedEntry {
     pub detail_raw: String,
 }
 
+/// The key that chains the trail (derived from the service secret).
+pub struct ChainKey(pub [u8; 32]);
+
+/// A chain position: the sequence number and hash the next entry chains from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The last sequence number (0 before the first entry).
+    pub seq: i64,
+    /// Its hash (all zeros before the first entry).
+    pub hash: Vec<u8>,
+}
+
+impl Link {
+    /// Where an empty trail starts.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: vec![0; 32],
+        }
+    }
+}
+
 fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => {
@@ -60,9 +85,6 @@ fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
         None => buf.extend_from_slice(&u32::MAX.to_be_bytes()),
     }
 }
-
-/// The key that chains the trail (derived from the service secret).
-pub struct ChainKey(pub [u8; 32]);
 
 /// The chain hash of an entry at `seq` following `prev`; `detail` is the stored JSON text.
 pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 32] {
@@ -82,197 +104,111 @@ pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail:
     mac.finalize().into_bytes().into()
 }
 
-fn last_link(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
-    let last = c
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    match last {
-        Some(l) => Ok(l),
-        None => anchor(c),
-    }
-}
-
-fn anchor(c: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
-    Ok(
-        c.query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+/// Chain `entries` after `tail`: each with its sequence number, stored detail and hash.
+pub fn chain(key: &ChainKey, tail: Link, entries: &[AuditEntry]) -> Vec<ChainedEntry> {
+    let Link { mut seq, hash } = tail;
+    let mut prev = hash;
+    entries
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let detail = e.detail.to_string();
+            let hash = chain_hash(key, &prev, seq, e, &detail).to_vec();
+            prev.clone_from(&hash);
+            ChainedEntry {
+                seq,
+                entry: e.clone(),
+                hash,
+                detail_raw: detail,
+            }
         })
-        .optional()?
-        .unwrap_or((0, vec![0; 32])),
-    )
+        .collect()
 }
 
-/// Append entries in order, chaining from the current tail (read inside the caller's write
-/// transaction, so another process appending too cannot fork the chain).
-pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlite::Result<()> {
-    let (mut seq, mut prev) = last_link(c)?;
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    for e in entries {
-        seq += 1;
-        let detail = e.detail.to_string();
-        let hash = chain_hash(key, &prev, seq, e, &detail);
-        stmt.execute(params![
-            seq,
-            e.id.hyphenated().to_string(),
-            e.at,
-            e.event,
-            e.actor_id,
-            e.subject_id,
-            e.client_ip,
-            detail,
-            &hash[..],
-        ])?;
-        prev = hash.to_vec();
-    }
-    Ok(())
+/// Checks stored entries, in order, against the chain; each problem is one line.
+pub struct ChainCheck<'k> {
+    key: &'k ChainKey,
+    expect: i64,
+    prev: Vec<u8>,
+    /// What is wrong so far.
+    pub problems: Vec<String>,
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEntry> {
-    let id: String = r.get(1)?;
-    let detail: String = r.get(7)?;
-    Ok(ChainedEntry {
-        seq: r.get(0)?,
-        entry: AuditEntry {
-            id: uuid::Uuid::try_parse(&id).unwrap_or_default(),
-            at: r.get(2)?,
-            event: r.get(3)?,
-            actor_id: r.get(4)?,
-            subject_id: r.get(5)?,
-            client_ip: r.get(6)?,
-            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-        },
-        hash: r.get(8)?,
-        detail_raw: detail,
-    })
-}
-
-const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash";
-
-/// Newest first, after the `seq` cursor.
-pub fn list(
-    c: &Connection,
-    before_seq: Option<i64>,
-    limit: usize,
-) -> rusqlite::Result<Page<ChainedEntry>> {
-    let rows = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2"
-        ))?
-        .query_map(
-            params![before_seq, i64::try_from(limit + 1).unwrap_or(i64::MAX)],
-            row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page::from_overfetch(rows, limit))
-}
-
-/// Remove entries older than `cutoff`, moving the anchor to the last one removed.
-pub fn prune(c: &Connection, cutoff: Timestamp) -> rusqlite::Result<usize> {
-    let last: Option<(i64, Vec<u8>)> = c
-        .query_row(
-            "SELECT seq, hash FROM audit WHERE at < ?1 ORDER BY seq DESC LIMIT 1",
-            [cutoff],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((seq, hash)) = last else {
-        return Ok(0);
-    };
-    let n = c.execute("DELETE FROM audit WHERE seq <= ?1", [seq])?;
-    c.execute(
-        "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        params![seq, hash],
-    )?;
-    Ok(n)
-}
-
-/// Walk the whole chain; each problem is one line.
-pub fn verify_chain(c: &Connection, key: &ChainKey) -> rusqlite::Result<Vec<String>> {
-    let (mut expect_seq, mut prev) = anchor(c)?;
-    let mut problems = Vec::new();
-    let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let e = row(r)?;
-        expect_seq += 1;
-        if e.seq != expect_seq {
-            problems.push(format!(
-                "audit chain broken: entry {} missing (next present is {})",
-                expect_seq, e.seq
-            ));
-            expect_seq = e.seq;
+impl<'k> ChainCheck<'k> {
+    /// Start at the anchor.
+    pub fn new(key: &'k ChainKey, anchor: Link) -> Self {
+        Self {
+            key,
+            expect: anchor.seq,
+            prev: anchor.hash,
+            problems: Vec::new(),
         }
-        let want = chain_hash(key, &prev, e.seq, &e.entry, &e.detail_raw);
+    }
+
+    /// The next stored entry.
+    pub fn next(&mut self, e: ChainedEntry) {
+        self.expect += 1;
+        if e.seq != self.expect {
+            self.problems.push(format!(
+                "audit chain broken: entry {} missing (next present is {})",
+                self.expect, e.seq
+            ));
+            self.expect = e.seq;
+        }
+        let want = chain_hash(self.key, &self.prev, e.seq, &e.entry, &e.detail_raw);
         if want[..] != e.hash[..] {
-            problems.push(format!(
+            self.problems.push(format!(
                 "audit chain broken: entry {} ({}) was altered",
                 e.seq, e.entry.id
             ));
         }
-        prev = e.hash;
+        self.prev = e.hash;
     }
-    Ok(problems)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::meta::test_conn;
+/// The `audit` table and its anchor.
+#[async_trait]
+pub trait Audit: Send + Sync {
+    /// Append entries in order, chained from the current tail read in the same (serialised)
+    /// transaction, so concurrent writers cannot fork the chain.
+    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError>;
 
-    const K: ChainKey = ChainKey([7; 32]);
+    /// Newest first, before the `seq` cursor.
+    async fn list(
+        &self,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ChainedEntry>, MetaError>;
 
-    fn entry(event: &str) -> AuditEntry {
-        AuditEntry {
-            id: uuid::Uuid::now_v7(),
-            at: Timestamp::now(),
-            event: event.into(),
-            actor_id: None,
-            subject_id: Some("s".into()),
-            client_ip: Some("127.0.0.1".into()),
-            detail: serde_json::json!({"k": 1}),
+    /// Remove entries older than `cutoff`, moving the anchor to the last one removed.
+    async fn prune(&self, cutoff: Timestamp) -> Result<usize, MetaError>;
+
+    /// Where the stored chain starts.
+    async fn anchor(&self) -> Result<Link, MetaError>;
+
+    /// Entries in chain order after `after_seq`, at most `limit`.
+    async fn chain_page(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainedEntry>, MetaError>;
+
+    /// Walk the whole chain; each problem is one line.
+    async fn verify_chain(&self, key: &ChainKey) -> Result<Vec<String>, MetaError> {
+        const PAGE: usize = 1000;
+        let anchor = self.anchor().await?;
+        let mut after = anchor.seq;
+        let mut check = ChainCheck::new(key, anchor);
+        loop {
+            let page = self.chain_page(after, PAGE).await?;
+            let full = page.len() == PAGE;
+            for e in page {
+                after = e.seq;
+                check.next(e);
+            }
+            if !full {
+                return Ok(check.problems);
+            }
         }
-    }
-
-    #[test]
-    fn chain_detects_edits_and_deletions() {
-        let c = test_conn();
-        append(&c, &K, &[entry("a"), entry("b"), entry("c")]).unwrap();
-        append(&c, &K, &[entry("d")]).unwrap();
-        assert!(verify_chain(&c, &K).unwrap().is_empty());
-
-        c.execute("UPDATE audit SET event = 'x' WHERE seq = 2", [])
-            .unwrap();
-        assert_eq!(verify_chain(&c, &K).unwrap().len(), 1);
-        c.execute("UPDATE audit SET event = 'b' WHERE seq = 2", [])
-            .unwrap();
-        assert!(verify_chain(&c, &K).unwrap().is_empty());
-
-        c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
-        assert!(!verify_chain(&c, &K).unwrap().is_empty());
-        // Without the key the chain cannot be verified, let alone recomputed.
-        assert!(!verify_chain(&c, &ChainKey([8; 32])).unwrap().is_empty());
-    }
-
-    #[test]
-    fn pruning_keeps_the_chain_verifiable() {
-        let c = test_conn();
-        let mut old = entry("old");
-        old.at = Timestamp::from_unix_secs(1);
-        append(&c, &K, &[old, entry("new1"), entry("new2")]).unwrap();
-        assert_eq!(prune(&c, Timestamp::from_unix_secs(100)).unwrap(), 1);
-        assert!(verify_chain(&c, &K).unwrap().is_empty());
-        append(&c, &K, &[entry("new3")]).unwrap();
-        assert!(verify_chain(&c, &K).unwrap().is_empty());
-        // Removing the oldest remaining entry without moving the anchor is detected.
-        c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
-        assert!(!verify_chain(&c, &K).unwrap().is_empty());
     }
 }

@@ -1,19 +1,24 @@
-//! The `files` table.
+//! Files: what the rest of the crate may ask of the `files` table, whatever the engine.
 //!
-//! Invariant: a row is inserted only after its blob is durably in place, and a row is deleted
-//! only after its blob was moved out of `blobs/` (to `trash/`). So every row has a blob unless
-//! an operator removed it by hand, and `coffer check` can explain every difference.
-//! A row is never inserted for an owner locked for deletion (or gone), so an account's files
-//! only decrease once it is locked. An expired file is invisible to owners at once, before
-//! the sweeper removes it.
+//! Invariant: a row is inserted only after its blob is durably in place; deleting a row (or
+//! pointing it at another blob) queues its old blob in `blob_deletions` in the same
+//! transaction, and the blob is deleted only after that commits. So every row has a blob
+//! unless an operator removed it by hand, every blob without a row is queued or an orphan of a
+//! crash, and `coffer check` can explain every difference. A row is never inserted for an
+//! owner locked for deletion (or gone), so an account's files only decrease once it is
+//! locked. An expired file is invisible to owners at once, before the sweeper removes it.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::blocking;
+use crate::crypto::Sealing;
+use crate::crypto::read::Source;
 use crate::ids::{FileId, Timestamp, UserId};
-use crate::meta::Page;
-use crate::meta::users::LOCKED;
+use crate::meta::error::MetaError;
+use crate::meta::page::Page;
 
 /// A file as clients see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -34,15 +39,6 @@ pub struct FileObject {
     pub expires_at: Option<Timestamp>,
 }
 
-/// How the blob is sealed, when it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealing {
-    /// Id of the master key that wraps the data key.
-    pub key_id: String,
-    /// The wrapped data key.
-    pub wrapped_key: Vec<u8>,
-}
-
 /// A file row with what serving it needs.
 #[derive(Debug, Clone)]
 pub struct StoredFile {
@@ -56,196 +52,120 @@ pub struct StoredFile {
     pub sealing: Option<Sealing>,
 }
 
-const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key";
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
-    let size: i64 = r.get(2)?;
-    let key_id: Option<String> = r.get(9)?;
-    let wrapped: Option<Vec<u8>> = r.get(10)?;
-    Ok(StoredFile {
-        file: FileObject {
-            id: r.get(0)?,
-            filename: r.get(1)?,
-            size: u64::try_from(size).unwrap_or(0),
-            content_type: r.get(3)?,
-            sha256: r.get(4)?,
-            created_at: r.get(5)?,
-            expires_at: r.get(6)?,
-        },
-        owner_id: r.get(7)?,
-        blob_key: r.get(8)?,
-        sealing: key_id.zip(wrapped).map(|(key_id, wrapped_key)| Sealing {
-            key_id,
-            wrapped_key,
-        }),
-    })
+impl StoredFile {
+    /// What reading its plaintext needs.
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            blob_key: &self.blob_key,
+            file: self.file.id,
+            size: self.file.size,
+            sealing: self.sealing.as_ref(),
+        }
+    }
 }
 
-/// What [`insert`] did.
+/// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
-    /// The row is committed with the caller's transaction.
+    /// The row is committed.
     Inserted,
     /// The owner is gone or locked for deletion: no row was written.
     OwnerGone,
 }
 
-/// Insert a file row (usage is added by trigger), unless its owner is locked for deletion or
-/// gone. Checked in the insert itself, so an upload that passed authentication before its
-/// owner was locked cannot add a file to an account being deleted: from the lock on, an
-/// account's files can only decrease.
-pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
-    let (key_id, wrapped) = match &f.sealing {
-        Some(s) => (Some(s.key_id.as_str()), Some(s.wrapped_key.as_slice())),
-        None => (None, None),
-    };
-    let n = c
-        .prepare_cached(
-            "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
-                            expires_at, blob_key, enc_key_id, enc_wrapped_key)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-         WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash != ?12)",
-        )?
-        .execute(params![
-            f.file.id,
-            f.owner_id,
-            f.file.filename,
-            i64::try_from(f.file.size).unwrap_or(i64::MAX),
-            f.file.content_type,
-            f.file.sha256,
-            f.file.created_at,
-            f.file.expires_at,
-            f.blob_key,
-            key_id,
-            wrapped,
-            LOCKED,
-        ])?;
-    Ok(if n == 1 {
-        Inserted::Inserted
-    } else {
-        Inserted::OwnerGone
-    })
-}
+/// Work on a row right after it is read, on the thread that read it: a small file's bytes
+/// come with its row in one trip to the blocking pool, not two.
+pub type AfterRead = Box<dyn FnOnce(&StoredFile) -> Option<Bytes> + Send>;
 
-/// A live (unexpired) file, if `owner` may see it (`None` = any owner, for admins).
-pub fn get_visible(
-    c: &Connection,
-    id: FileId,
-    owner: Option<UserId>,
-    now: Timestamp,
-) -> rusqlite::Result<Option<StoredFile>> {
-    c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM files WHERE id = ?1 AND (?2 IS NULL OR owner_id = ?2)
-           AND (expires_at IS NULL OR expires_at > ?3)"
-    ))?
-    .query_row(params![id, owner, now], row)
-    .optional()
-}
+/// The `files` table and the blob-deletion queue.
+#[async_trait]
+pub trait Files: Send + Sync {
+    /// Insert a row (the owner's usage grows with it), unless its owner is locked for
+    /// deletion or gone: checked in the insert itself, so an upload authenticated before the
+    /// lock cannot add a file to an account being deleted.
+    async fn insert(&self, file: StoredFile) -> Result<Inserted, MetaError>;
 
-/// The owner's live files, newest first, after the `(created_at, id)` cursor.
-pub fn list_owned(
-    c: &Connection,
-    owner: UserId,
-    after: Option<(Timestamp, FileId)>,
-    limit: usize,
-    now: Timestamp,
-) -> rusqlite::Result<Page<FileObject>> {
-    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-    let (at, id) = match after {
-        Some((at, id)) => (Some(at), Some(id)),
-        None => (None, None),
-    };
-    let rows = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM files
-             WHERE owner_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
-               AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
-             ORDER BY created_at DESC, id DESC LIMIT ?5"
-        ))?
-        .query_map(params![owner, now, at, id, fetch], |r| {
-            row(r).map(|s| s.file)
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page::from_overfetch(rows, limit))
-}
+    /// A live (unexpired) file, if `owner` may see it (`None` = any owner, for admins).
+    async fn get_visible(
+        &self,
+        id: FileId,
+        owner: Option<UserId>,
+        now: Timestamp,
+    ) -> Result<Option<StoredFile>, MetaError>;
 
-/// Delete a row (links cascade). `false` when it was already gone.
-pub fn delete(c: &Connection, id: FileId) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("DELETE FROM files WHERE id = ?1")?
-        .execute([id])?
-        == 1)
-}
+    /// [`Files::get_visible`], then `then` on the row, on a blocking thread: the one that read
+    /// the row where the engine reads on one.
+    async fn get_visible_then(
+        &self,
+        id: FileId,
+        owner: Option<UserId>,
+        now: Timestamp,
+        then: AfterRead,
+    ) -> Result<Option<(StoredFile, Option<Bytes>)>, MetaError> {
+        let Some(f) = self.get_visible(id, owner, now).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            blocking::run(move || {
+                let extra = then(&f);
+                (f, extra)
+            })
+            .await?,
+        ))
+    }
 
-/// Delete a row only while it still points at `blob_key`.
-pub fn delete_if_blob(c: &Connection, id: FileId, blob_key: &str) -> rusqlite::Result<bool> {
-    Ok(c.execute(
-        "DELETE FROM files WHERE id = ?1 AND blob_key = ?2",
-        params![id, blob_key],
-    )? == 1)
-}
+    /// The owner's live files, newest first, keyset-paginated after `(created_at, id)`.
+    async fn list_owned(
+        &self,
+        owner: UserId,
+        after: Option<(Timestamp, FileId)>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page<FileObject>, MetaError>;
 
-/// Every file of a user (for account deletion).
-pub fn all_of_owner(c: &Connection, owner: UserId) -> rusqlite::Result<Vec<StoredFile>> {
-    c.prepare(&format!("SELECT {COLUMNS} FROM files WHERE owner_id = ?1"))?
-        .query_map([owner], row)?
-        .collect()
-}
+    /// Delete a row (its links go with it) and queue its blob for deletion, in one
+    /// transaction. The blob's key, or `None` when the row was already gone.
+    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError>;
 
-/// Files whose retention ran out, oldest expiry first.
-pub fn expired(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<StoredFile>> {
-    c.prepare(&format!(
-        "SELECT {COLUMNS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?1
-         ORDER BY expires_at LIMIT ?2"
-    ))?
-    .query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], row)?
-    .collect()
-}
+    /// Delete a row only while it still points at `blob_key` (which is queued too, in case
+    /// it reappears). `false` when it did not.
+    async fn delete_if_blob(
+        &self,
+        id: FileId,
+        blob_key: String,
+        now: Timestamp,
+    ) -> Result<bool, MetaError>;
 
-/// Every row, in id order, one page at a time (maintenance walks).
-pub fn scan(
-    c: &Connection,
-    after: Option<FileId>,
-    limit: usize,
-) -> rusqlite::Result<Vec<StoredFile>> {
-    c.prepare(&format!(
-        "SELECT {COLUMNS} FROM files WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
-    ))?
-    .query_map(
-        params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
-        row,
-    )?
-    .collect()
-}
+    /// Blobs queued for deletion, oldest first.
+    async fn queued_deletions(&self, limit: usize) -> Result<Vec<String>, MetaError>;
 
-/// Whether a blob key belongs to a row.
-pub fn blob_key_exists(c: &Connection, key: &str) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM files WHERE blob_key = ?1")?
-        .query_row([key], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-}
+    /// A queued blob is gone: dequeue it.
+    async fn deletion_done(&self, blob_key: String) -> Result<(), MetaError>;
 
-/// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still points
-/// at `old_blob`.
-pub fn seal_blob(
-    c: &Connection,
-    id: FileId,
-    old_blob: &str,
-    new_blob: &str,
-    sealing: &Sealing,
-) -> rusqlite::Result<bool> {
-    Ok(c.execute(
-        "UPDATE files SET blob_key = ?2, enc_key_id = ?3, enc_wrapped_key = ?4
-         WHERE id = ?1 AND blob_key = ?5 AND enc_key_id IS NULL",
-        params![id, new_blob, sealing.key_id, sealing.wrapped_key, old_blob],
-    )? == 1)
-}
+    /// Every file of a user (account deletion).
+    async fn all_of_owner(&self, owner: UserId) -> Result<Vec<StoredFile>, MetaError>;
 
-/// Replace a wrapped data key (rotate-key); only if it is still the one that was read.
-pub fn rewrap(c: &Connection, id: FileId, old: &Sealing, new: &Sealing) -> rusqlite::Result<bool> {
-    Ok(c.execute(
-        "UPDATE files SET enc_key_id = ?2, enc_wrapped_key = ?3
-         WHERE id = ?1 AND enc_key_id = ?4 AND enc_wrapped_key = ?5",
-        params![id, new.key_id, new.wrapped_key, old.key_id, old.wrapped_key],
-    )? == 1)
+    /// Files whose retention ran out, oldest expiry first.
+    async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<StoredFile>, MetaError>;
+
+    /// Every row in id order, one page at a time (maintenance walks).
+    async fn scan(&self, after: Option<FileId>, limit: usize)
+    -> Result<Vec<StoredFile>, MetaError>;
+
+    /// Whether a blob key belongs to a row.
+    async fn blob_key_exists(&self, blob_key: String) -> Result<bool, MetaError>;
+
+    /// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still
+    /// points at `old_blob`, which is then queued for deletion (one transaction).
+    async fn seal_blob(
+        &self,
+        id: FileId,
+        old_blob: String,
+        new_blob: String,
+        sealing: Sealing,
+        now: Timestamp,
+    ) -> Result<bool, MetaError>;
+
+    /// Replace a wrapped data key (rotate-key), only if it is still the one that was read.
+    async fn rewrap(&self, id: FileId, old: Sealing, new: Sealing) -> Result<bool, MetaError>;
 }

@@ -3,12 +3,10 @@
 //! Every row must have its blob with the expected length; with `--deep`, every blob is read
 //! back, sealed ones authenticated segment by segment, and the plaintext's SHA-256 compared
 //! with the row. Blobs without a row (orphans) and anything else inside the blob tree are
-//! reported, and so is a broken audit hash chain. A row whose blob is in `trash/` is a
-//! deletion a crash interrupted, not a missing blob: it is reported as such, as is a trashed
-//! blob no row points at. `--repair` removes orphans and rows whose blob is gone, and
-//! finishes interrupted deletions as the next start would.
+//! reported, and so is a broken audit hash chain. `--repair` removes orphans and rows whose
+//! blob is gone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -17,10 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
-use crate::ids::FileId;
-use crate::lifecycle;
-use crate::meta::files::{self, StoredFile};
+use crate::crypto::read::{self, ReadError};
+use crate::ids::{FileId, Timestamp};
+use crate::meta::files::StoredFile;
 use crate::meta::{MetaStore, audit};
+use crate::removal;
 
 /// Rows read per page.
 const PAGE: usize = 500;
@@ -32,12 +31,11 @@ pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
 pub struct Report {
     /// Blobs with no row.
     pub orphans: Vec<StoredBlob>,
+    /// Deletions that were queued but not finished (a crash, or a store that failed): the
+    /// next start, the sweeper or `--repair` finishes them.
+    pub deleting: Vec<String>,
     /// Rows whose blob is missing, with the blob they point at.
     pub missing: Vec<(FileId, BlobKey)>,
-    /// Rows whose blob is in the trash: deletions a crash interrupted after moving the blob.
-    pub interrupted: Vec<(FileId, BlobKey)>,
-    /// Blobs in the trash that no row points at: deletions interrupted before the purge.
-    pub trashed: Vec<BlobKey>,
     /// Rows whose blob has the wrong length: `(file, expected, actual)`.
     pub size_mismatch: Vec<(FileId, u64, u64)>,
     /// Rows whose content fails its hash or authentication (`--deep`).
@@ -59,23 +57,14 @@ impl Report {
                 .iter()
                 .map(|b| format!("orphan blob: {} (no database row)", b.key)),
         );
+        out.extend(self.deleting.iter().map(|k| {
+            format!("interrupted deletion: blob {k} (the next start, the sweeper or --repair finishes it)")
+        }));
         out.extend(
             self.missing
                 .iter()
                 .map(|(id, _)| format!("missing blob: file {id} has no blob")),
         );
-        out.extend(self.interrupted.iter().map(|(id, _)| {
-            format!(
-                "interrupted deletion: file {id} (its blob is in the trash; the next start \
-                 or `coffer check --repair` finishes deleting it)"
-            )
-        }));
-        out.extend(self.trashed.iter().map(|key| {
-            format!(
-                "interrupted deletion: blob {key} left in the trash (the next start or \
-                 `coffer check --repair` removes it)"
-            )
-        }));
         out.extend(self.size_mismatch.iter().map(|(id, want, got)| {
             format!("size mismatch: file {id} blob is {got} bytes, expected {want}")
         }));
@@ -106,20 +95,19 @@ pub async fn scan(
     blobs: &BlobStore,
     deep: Option<&Keyring>,
 ) -> anyhow::Result<Report> {
-    let inventory = blobs.inventory().await?;
+    let inventory = blobs.list().await?;
     let mut on_disk: BTreeMap<BlobKey, StoredBlob> = inventory
         .blobs
         .into_iter()
         .map(|b| (b.key.clone(), b))
         .collect();
-    let mut trash: BTreeSet<BlobKey> = inventory.trash.into_iter().collect();
     let mut report = Report {
         strays: inventory.strays,
         ..Report::default()
     };
     let mut after = None;
     loop {
-        let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
+        let rows = meta.files().scan(after, PAGE).await?;
         after = rows.last().map(|f| f.file.id);
         for f in &rows {
             report.files += 1;
@@ -130,14 +118,10 @@ pub async fn scan(
                 continue;
             };
             let Some(len) = on_disk.remove(&key).map(|b| b.len) else {
-                if trash.remove(&key) {
-                    report.interrupted.push((f.file.id, key));
-                } else {
-                    report.missing.push((f.file.id, key));
-                }
+                report.missing.push((f.file.id, key));
                 continue;
             };
-            let want = BlobStore::expected_len(f);
+            let want = f.source().stored_len();
             if len != want {
                 report.size_mismatch.push((f.file.id, want, len));
                 continue;
@@ -152,8 +136,15 @@ pub async fn scan(
             break;
         }
     }
+    // Queued deletions are not orphans, whether or not their blob is still there.
+    let queued = meta.files().queued_deletions(usize::MAX).await?;
+    for key in &queued {
+        if let Some(k) = BlobKey::parse(key) {
+            on_disk.remove(&k);
+        }
+    }
+    report.deleting = queued;
     report.orphans = on_disk.into_values().collect();
-    report.trashed = trash.into_iter().collect();
     Ok(report)
 }
 
@@ -162,8 +153,7 @@ async fn verify_content(
     keyring: &Keyring,
     f: &StoredFile,
 ) -> Result<(), String> {
-    let mut stream = blobs
-        .read_file(keyring, f, 0, f.file.size)
+    let mut stream = read::read(blobs, keyring, &f.source(), 0, f.file.size)
         .await
         .map_err(describe)?;
     let mut hasher = Sha256::new();
@@ -177,9 +167,9 @@ async fn verify_content(
     }
 }
 
-fn describe(e: BlobError) -> String {
+fn describe(e: ReadError) -> String {
     match e {
-        BlobError::Integrity => "its blob failed authentication (tampered or truncated)".into(),
+        ReadError::Tampered => "its blob failed authentication (tampered or truncated)".into(),
         other => format!("cannot read it: {other}"),
     }
 }
@@ -190,7 +180,7 @@ pub async fn check_audit(
     key: audit::ChainKey,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    report.audit = meta.read(move |c| audit::verify_chain(c, &key)).await?;
+    report.audit = meta.audit().verify_chain(&key).await?;
     Ok(())
 }
 
@@ -215,38 +205,34 @@ pub async fn remove_orphans(
     let mut n = 0;
     for orphan in &report.orphans {
         let k = orphan.key.as_str().to_owned();
-        if meta.read(move |c| files::blob_key_exists(c, &k)).await? {
+        if meta.files().blob_key_exists(k).await? {
             continue;
         }
-        match blobs.trash(&orphan.key).await {
+        match blobs.delete(&orphan.key).await {
             Ok(()) | Err(BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        blobs.purge(&orphan.key).await?;
         n += 1;
     }
     Ok(n)
 }
 
-/// `--repair`: remove orphans, finish interrupted deletions (as start-up does), and remove
-/// rows whose blob is gone (with their links), each re-checked just before. Size mismatches
-/// and corrupt contents are left for an operator: deleting them would destroy the only
-/// evidence.
+/// `--repair`: remove orphans, remove rows whose blob is gone (with their links), each
+/// re-checked just before, and finish interrupted deletions (as start-up does). Size
+/// mismatches and corrupt contents are left for an operator: deleting them would destroy the
+/// only evidence.
 pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> anyhow::Result<()> {
     remove_orphans(meta, blobs, report, REPAIR_GRACE).await?;
-    let trashed = report.interrupted.iter().map(|(_, key)| key);
-    for key in trashed.chain(&report.trashed) {
-        lifecycle::finish_delete(meta, blobs, key).await?;
-    }
     for (id, key) in &report.missing {
         // Still gone? (The inventory was taken before the rows were read.)
-        match blobs.len(key).await {
+        match blobs.stat(key).await {
             Err(BlobError::NotFound) => {}
             _ => continue,
         }
         let (id, k) = (*id, key.as_str().to_owned());
-        meta.write(move |tx| files::delete_if_blob(tx, id, &k))
-            .await?;
+        meta.files().delete_if_blob(id, k, Timestamp::now()).await?;
     }
+    // Last: removing a row above queued its (already missing) blob.
+    removal::purge_queued(meta, blobs).await?;
     Ok(())
 }

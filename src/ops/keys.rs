@@ -9,11 +9,13 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::blob::{BlobKey, BlobStore};
+use crate::crypto::read;
 use crate::crypto::segment::Sealer;
 use crate::crypto::{DataKey, Keyring};
-use crate::ids::FileId;
+use crate::ids::{FileId, Timestamp};
 use crate::meta::MetaStore;
-use crate::meta::files::{self, StoredFile};
+use crate::meta::files::StoredFile;
+use crate::removal;
 
 const PAGE: usize = 500;
 
@@ -23,7 +25,7 @@ async fn each_file(
 ) -> anyhow::Result<()> {
     let mut after: Option<FileId> = None;
     loop {
-        let rows = meta.read(move |c| files::scan(c, after, PAGE)).await?;
+        let rows = meta.files().scan(after, PAGE).await?;
         after = rows.last().map(|r| r.file.id);
         let done = rows.len() < PAGE;
         for row in rows {
@@ -54,10 +56,7 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
             .map_err(|e| anyhow::anyhow!("file {}: {e}", row.file.id))?
             .ok_or_else(|| anyhow::anyhow!("file {}: cannot re-wrap", row.file.id))?;
         let id = row.file.id;
-        if meta
-            .write(move |tx| files::rewrap(tx, id, &old, &new))
-            .await?
-        {
+        if meta.files().rewrap(id, old, new).await? {
             n += 1;
         }
         Ok(())
@@ -103,9 +102,10 @@ async fn seal_one(
         .wrap(id, &data_key)
         .ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
     let mut sealer = Sealer::new(&data_key, id);
-    let mut writer = blobs.create().await?;
+    let new_key = BlobKey::for_file(id, true);
+    let mut writer = blobs.put(&new_key).await?;
     let mut hasher = Sha256::new();
-    let mut plain = blobs.read_file(keyring, row, 0, row.file.size).await?;
+    let mut plain = read::read(blobs, keyring, &row.source(), 0, row.file.size).await?;
     while let Some(chunk) = plain.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
@@ -116,25 +116,26 @@ async fn seal_one(
         return Ok(false);
     }
     writer.write(&sealer.finish()?).await?;
-    let new_key = BlobKey::for_file(id, true);
-    writer.commit(new_key.clone()).await?;
-    let (old_key, new_str) = (row.blob_key.clone(), new_key.as_str().to_owned());
+    writer.commit().await?;
     let switched = meta
-        .write(move |tx| files::seal_blob(tx, id, &old_key, &new_str, &sealing))
+        .files()
+        .seal_blob(
+            id,
+            row.blob_key.clone(),
+            new_key.as_str().to_owned(),
+            sealing,
+            Timestamp::now(),
+        )
         .await?;
-    // Whichever blob is no longer referenced goes: the old one, or ours if the row moved on.
-    let stale = if switched {
-        BlobKey::parse(&row.blob_key)
+    // Whichever blob is no longer referenced goes: the old one (queued with the switch), or
+    // ours if the row moved on meanwhile (never referenced: a crash here leaves an orphan).
+    if switched {
+        removal::purge_blob(meta, blobs, &row.blob_key).await?;
     } else {
-        Some(new_key)
-    };
-    if let Some(stale) = stale {
-        match blobs.trash(&stale).await {
-            // The server deleted the file meanwhile: already gone.
+        match blobs.delete(&new_key).await {
             Ok(()) | Err(crate::blob::BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        blobs.purge(&stale).await?;
     }
     Ok(switched)
 }

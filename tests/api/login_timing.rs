@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use coffer::ids::UserId;
-use serde_json::json;
 
 use crate::helpers::TestApp;
 
@@ -50,8 +49,11 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
     app.user("normal").await;
     // No route holds an account in the locked state (a deletion passes through it), so put
     // it there as `DELETE /admin/users/{id}` does first, straight in the database file.
-    let db = coffer::meta::open_writer(&app.root.join("coffer.db")).unwrap();
-    assert!(coffer::meta::users::lock(&db, UserId::parse(&doomed.id).unwrap()).unwrap());
+    let db = coffer::meta::MetaStore::open_sqlite(&app.root.join("coffer.db"), 1)
+        .await
+        .unwrap();
+    let locked = db.users().lock(UserId::parse(&doomed.id).unwrap()).await;
+    assert_eq!(locked.unwrap(), coffer::meta::users::Locked::Locked);
     drop(db);
 
     let names = ["nobody_at_all", "normal", "dormant", "doomed"];
@@ -59,11 +61,11 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
     for round in 0..=ROUNDS {
         for k in 0..names.len() {
             let i = (round + k) % names.len();
-            let body = json!({"username": names[i], "password": "Wrong-Pass-42"});
+            let attempt = app.try_login(names[i], "Wrong-Pass-42");
             let start = Instant::now();
-            let r = app.post_json("/api/v1/auth/login", &body).await;
+            let status = attempt.status().await;
             let took = start.elapsed().as_secs_f64();
-            assert_eq!(r.status(), 401, "{}", names[i]);
+            assert_eq!(status, 401, "{}", names[i]);
             if round > 0 {
                 times[i].push(took);
             }

@@ -1,0 +1,461 @@
+//! Files: upload (multipart or raw), list, metadata, content, delete.
+//!
+//! Invariant: every route resolves the file through the caller's scope, so another user's file
+//! is a 404 indistinguishable from a missing one; ids that are not UUIDs are 404s before any
+//! storage access.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit::{Event, Record};
+use crate::auth::principal::Principal;
+use crate::crypto::read;
+use crate::http::content::{self, ContentRequest};
+use crate::http::error::{AppError, AppResult};
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
+use crate::ids::{FileId, Timestamp};
+use crate::ingest::framing::MultipartFraming;
+use crate::ingest::idle::{BodyError, IdleTimeout};
+use crate::ingest::{self, IngestError, Upload};
+use crate::meta::files::{AfterRead, FileObject, StoredFile};
+use crate::removal;
+use crate::state::AppState;
+
+/// Room for multipart framing and small ignored fields on top of the file itself.
+const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
+/// Largest ignored (non-`file`) multipart part.
+const OTHER_PART_LIMIT: u64 = 64 * 1024;
+
+/// Metadata routes (JSON bodies, small limits).
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_files))
+        .routes(routes!(get_file, delete_file))
+}
+
+/// Streaming routes (no JSON limit, no request timeout).
+pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload_file))
+        .routes(routes!(file_content))
+}
+
+/// `POST /files` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadQuery {
+    /// The original filename (raw-body uploads only; multipart uses the part's filename).
+    filename: Option<String>,
+    /// Delete the file after this many seconds (at most `retention.max_expires_secs`).
+    #[param(value_type = Option<u64>, minimum = 1)]
+    expires_in: Option<String>,
+}
+
+/// Upload a file, as `multipart/form-data` with one part named `file`, or as the raw body
+/// with `?filename=`. Streamed to disk; the size limit is enforced while streaming.
+#[utoipa::path(post, path = "/api/v1/files", tag = "files",
+    params(UploadQuery),
+    request_body(description = "multipart/form-data with a `file` part, or the raw bytes",
+        content(
+            (Vec<u8> = "application/octet-stream"),
+            (UploadForm = "multipart/form-data"),
+        )),
+    responses(
+        (status = 201, description = "Stored", body = FileObject,
+            headers(("Location" = String, description = "The file's URL"))),
+        (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn upload_file(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
+    let up = Upload {
+        owner: principal.user_id,
+        client_ip: ip,
+        raw_name: String::new(),
+        expires_at: retention(&state, q.expires_in.as_deref())?,
+        length_hint: headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+        exact_length: false,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let staged = if content_type.to_ascii_lowercase().starts_with("multipart/") {
+        stage_multipart(&state, up, content_type, body).await?
+    } else {
+        stage_raw(&state, up, q.filename, body).await?
+    };
+    let file = staged.commit(&state.ingest).await?;
+    let location = format!("/api/v1/files/{}", file.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(file),
+    )
+        .into_response())
+}
+
+/// A raw-body upload named by `?filename=`. A declared length over the limit is refused
+/// before the body is read.
+async fn stage_raw(
+    state: &AppState,
+    up: Upload,
+    filename: Option<String>,
+    body: Body,
+) -> AppResult<ingest::Staged> {
+    let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
+        AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
+    })?;
+    let limit = state.config.limits.max_upload_bytes;
+    if up.length_hint.is_some_and(|n| n > limit) {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let up = Upload {
+        raw_name: name,
+        exact_length: up.length_hint.is_some(),
+        ..up
+    };
+    let stream = IdleTimeout::new(body.into_data_stream(), idle(state)).map_err(IngestError::from);
+    if up.length_hint.is_none() {
+        let metrics = state.clone();
+        let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
+        Ok(state.ingest.stage(up, Box::pin(counted)).await?)
+    } else {
+        Ok(state.ingest.stage(up, stream).await?)
+    }
+}
+
+/// A `multipart/form-data` upload. A declared length over the limit (with room for the
+/// framing) is refused before the body is read.
+async fn stage_multipart(
+    state: &AppState,
+    up: Upload,
+    content_type: &str,
+    body: Body,
+) -> AppResult<ingest::Staged> {
+    let limit = state.config.limits.max_upload_bytes;
+    if up
+        .length_hint
+        .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
+    {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| AppError::BadRequest("malformed multipart Content-Type".into()))?;
+    Ok(receive_multipart(state, up, boundary, body).await?)
+}
+
+/// The multipart form, for the OpenAPI document.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "documents the multipart shape; the parser is streaming"
+)]
+struct UploadForm {
+    /// The file; its part's filename is the original name.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: Vec<u8>,
+}
+
+fn idle(state: &AppState) -> Duration {
+    Duration::from_secs(state.config.limits.upload_idle_timeout_secs)
+}
+
+async fn receive_multipart(
+    state: &AppState,
+    up: Upload,
+    boundary: String,
+    body: Body,
+) -> Result<ingest::Staged, IngestError> {
+    let limit = state.config.limits.max_upload_bytes;
+    // The idle timeout covers every part, not only the file.
+    let body = IdleTimeout::new(body.into_data_stream(), idle(state));
+    // Only part bodies stream: the preamble and part headers are held until they end.
+    let body = MultipartFraming::new(body, &boundary);
+    let mut form = multer::Multipart::with_constraints(body, boundary, constraints(limit));
+    let failed = move |e| multipart_failure(e, limit);
+    let field = loop {
+        match form.next_field().await.map_err(failed)? {
+            None => {
+                return Err(IngestError::BadBody(
+                    "the form has no part named file".into(),
+                ));
+            }
+            Some(f) if f.name() == Some("file") => break f,
+            Some(other) => drain(other, limit).await?,
+        }
+    };
+    let name = field
+        .file_name()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| IngestError::BadBody("the file part has no filename".into()))?
+        .to_owned();
+    let up = Upload {
+        raw_name: name,
+        ..up
+    };
+    let staged = state
+        .ingest
+        .stage(up, Box::pin(field.map_err(failed)))
+        .await?;
+    while let Some(next) = form.next_field().await.map_err(failed)? {
+        if next.name() == Some("file") {
+            return Err(IngestError::BadBody(
+                "send exactly one part named file".into(),
+            ));
+        }
+        drain(next, limit).await?;
+    }
+    Ok(staged)
+}
+
+/// The sizes multer holds a form to while parsing it: the whole form, the file part, each
+/// other part (the pipeline applies the exact limit and the quota to the file itself).
+fn constraints(limit: u64) -> multer::Constraints {
+    multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit.saturating_add(MULTIPART_OVERHEAD))
+            .per_field(OTHER_PART_LIMIT)
+            .for_field("file", limit.saturating_add(1)),
+    )
+}
+
+async fn drain(
+    mut field: impl Stream<Item = Result<Bytes, multer::Error>> + Unpin,
+    limit: u64,
+) -> Result<(), IngestError> {
+    while let Some(chunk) = field.next().await {
+        chunk.map_err(|e| multipart_failure(e, limit))?;
+    }
+    Ok(())
+}
+
+fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
+    match e {
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+            IngestError::TooLarge { limit }
+        }
+        multer::Error::StreamReadFailed(cause) => match cause.downcast::<BodyError>() {
+            Ok(body) => IngestError::from(*body),
+            Err(_) => IngestError::ClientAborted,
+        },
+        _ => IngestError::BadBody("malformed multipart body".into()),
+    }
+}
+
+/// `?expires_in=` -> an expiry, or the deployment default.
+fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Timestamp>> {
+    let cfg = &state.config.retention;
+    let secs = match expires_in {
+        None => (cfg.default_ttl_secs > 0).then_some(cfg.default_ttl_secs),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(s) if (1..=cfg.max_expires_secs).contains(&s) => Some(s),
+            _ => {
+                return Err(AppError::field(
+                    "expires_in",
+                    format!(
+                        "must be an integer from 1 to {} seconds",
+                        cfg.max_expires_secs
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(secs.map(|s| Timestamp::now().plus_secs(s)))
+}
+
+/// A page of files.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FileList {
+    /// Newest first.
+    items: Vec<FileObject>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The caller's files, newest first.
+#[utoipa::path(get, path = "/api/v1/files", tag = "files",
+    params(PageQuery),
+    responses((status = 200, description = "A page of files", body = FileList)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn list_files(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<PageQuery>,
+) -> AppResult<Json<FileList>> {
+    let limit = q.limit()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_time_cursor(c, FileId::parse))
+        .transpose()?;
+    let owner = principal.user_id;
+    let page = state
+        .meta
+        .files()
+        .list_owned(owner, after, limit, Timestamp::now())
+        .await?;
+    let next_cursor = next_cursor(&page, |f| encode_time_cursor(f.created_at, f.id));
+    Ok(Json(FileList {
+        items: page.items,
+        next_cursor,
+    }))
+}
+
+/// Look a file up in the caller's scope; 404 for anything else.
+pub(crate) async fn visible_file(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> AppResult<StoredFile> {
+    let id = FileId::parse(id).ok_or(AppError::NotFound)?;
+    let scope = principal.file_scope();
+    state
+        .meta
+        .files()
+        .get_visible(id, scope, Timestamp::now())
+        .await?
+        .ok_or(AppError::NotFound)
+}
+
+/// One file's metadata.
+#[utoipa::path(get, path = "/api/v1/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 200, description = "The file", body = FileObject)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn get_file(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> AppResult<Json<FileObject>> {
+    Ok(Json(visible_file(&state, &principal, &id).await?.file))
+}
+
+/// Delete a file and its blob (its share links die with it).
+#[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 204, description = "Deleted")),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn delete_file(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    let f = visible_file(&state, &principal, &id).await?;
+    // In its own task: a client that gives up must not stop a deletion between its steps.
+    let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
+    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    if !removed {
+        return Err(AppError::NotFound);
+    }
+    state.audit.record(
+        Record::new(Event::FileDelete)
+            .actor(principal.user_id)
+            .subject(f.file.id)
+            .ip(ip)
+            .detail(serde_json::json!({ "size": f.file.size, "owner": f.owner_id })),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A file in the caller's scope (404 otherwise) and, when `prefetch` and the file is small,
+/// its bytes: row and bytes in one trip to the blocking pool.
+async fn visible_file_and_bytes(
+    state: &AppState,
+    principal: &Principal,
+    id: FileId,
+    prefetch: bool,
+) -> AppResult<(StoredFile, Option<Bytes>)> {
+    let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
+    let files = state.meta.files();
+    let now = Timestamp::now();
+    let found = if prefetch {
+        let small: AfterRead =
+            Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
+        files.get_visible_then(id, scope, now, small).await?
+    } else {
+        files.get_visible(id, scope, now).await?.map(|f| (f, None))
+    };
+    found.ok_or(AppError::NotFound)
+}
+
+/// `?disposition=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ContentQuery {
+    /// `attachment` (default) or `inline` (honoured for images, PDF and plain text only).
+    #[param(value_type = Option<String>, pattern = "^(attachment|inline)$")]
+    pub(crate) disposition: Option<String>,
+}
+
+/// The file's bytes. Supports `Range` (one range), `If-None-Match`, `If-Range` and `HEAD`.
+#[utoipa::path(method(get, head), path = "/api/v1/files/{id}/content", tag = "files",
+    params(("id" = String, Path, description = "File id"), ContentQuery,
+        ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags"),
+        ("If-Range" = Option<String>, Header, description = "ETag or date")),
+    responses(
+        (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn file_content(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ContentQuery>,
+) -> AppResult<Response> {
+    let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
+    let get = method == Method::GET;
+    // A conditional request will likely be a 304: fetch bytes only when they will be sent.
+    let prefetch = get
+        && !headers.contains_key(header::IF_NONE_MATCH)
+        && !headers.contains_key(header::IF_MODIFIED_SINCE);
+    let (f, prefetched) = visible_file_and_bytes(&state, &principal, id, prefetch).await?;
+    let req = ContentRequest {
+        method: &method,
+        headers: &headers,
+        disposition: content::disposition(q.disposition.as_deref(), &f.file.content_type)?,
+        client_ip: ip,
+    };
+    let served = content::respond(&state, &f, &req, prefetched).await?;
+    if get && served.response.status().is_success() {
+        state.audit.record(
+            Record::new(Event::FileDownload)
+                .actor(principal.user_id)
+                .subject(f.file.id)
+                .ip(ip)
+                .detail(serde_json::json!({ "status": served.response.status().as_u16() })),
+        );
+    }
+    Ok(served.response)
+}

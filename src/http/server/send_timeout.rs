@@ -1,0 +1,128 @@
+//! A send deadline for connections: a peer that accepts no bytes for the configured time has
+//! its connection closed.
+//!
+//! Invariant: a client that stops reading a response holds its buffers and open file for at
+//! most `server.send_timeout_secs`, after which the connection fails and everything is
+//! dropped. Writes that make progress, however slowly, reset the deadline.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A connection whose writes fail once they have been blocked for `limit`.
+pub(crate) struct SendTimeout<T> {
+    inner: T,
+    limit: Duration,
+    /// When a write last went through.
+    progress: Instant,
+    /// Fires at `progress + limit` (or later); made at the first blocked write and moved only
+    /// when it fires, so a busy connection does not touch the timer wheel per write.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> SendTimeout<T> {
+    /// Wrap `inner`.
+    pub(crate) fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            progress: Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// Pass on a write's result; while it is blocked, fail it once `limit` has passed since
+    /// the last write that went through.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.progress = Instant::now();
+            return r;
+        }
+        let deadline = self.progress + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer accepted no data within the send timeout",
+                )));
+            }
+            // Writes went through since it was set: wait for the current deadline.
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_blocked_write_fails_after_the_limit_and_progress_resets_it() {
+        // A pipe whose reader never reads: writes block once its buffer is full.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = SendTimeout::new(a, Duration::from_millis(200));
+        w.write_all(&[0; 1024]).await.unwrap();
+        // Draining makes room: the next writes succeed (progress resets the deadline).
+        let mut sink = vec![0; 1024];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut sink)
+            .await
+            .unwrap();
+        w.write_all(&[0; 1024]).await.unwrap();
+        // Now nothing reads: the write fails with TimedOut once the limit passes.
+        let err = w.write_all(&[0; 10]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

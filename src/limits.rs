@@ -1,0 +1,154 @@
+//! Per-client rate limits (GCRA, via `governor`): one bucket per address for every route, and
+//! a stricter shared bucket for login and register.
+//!
+//! Invariant: tracked state stays bounded. Buckets that have refilled are indistinguishable
+//! from new ones and are dropped every few seconds; beyond `max_tracked_clients` they are
+//! dropped at once, and if an address-spraying attack still fills the table, requests pass
+//! unlimited until buckets refill: failing closed would let the sprayer lock out every client.
+//! IPv6 clients are keyed by their /64, since one host usually owns the whole prefix.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+
+use crate::config::RateLimitConfig;
+use crate::net::network_key;
+
+type Keyed =
+    RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// One keyed limiter with its housekeeping.
+pub struct Bucket {
+    limiter: Keyed,
+    max_keys: usize,
+    last_sweep_ms: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(quota: Quota, max_keys: usize) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            max_keys,
+            last_sweep_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// `Err(seconds to wait)` when the address is over its budget.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.limiter.len() >= self.max_keys {
+            self.sweep();
+            if self.limiter.len() >= self.max_keys {
+                // Spraying faster than buckets refill. Refusing everyone would hand the sprayer
+                // a denial of service against all clients; tracking more would grow memory
+                // without bound. So requests pass unchecked until buckets refill (the
+                // per-account login throttle still applies).
+                return Ok(());
+            }
+        }
+        self.limiter
+            .check_key(&network_key(ip))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            })
+    }
+
+    /// Drop refilled buckets; at most once a second.
+    pub fn sweep(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000 && last != 0 {
+            return;
+        }
+        self.last_sweep_ms.store(now.max(1), Ordering::Relaxed);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Addresses tracked now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// The service's limiters.
+pub struct RateLimits {
+    /// Every route but health checks.
+    pub global: Bucket,
+    /// Login and register, one shared budget.
+    pub login: Bucket,
+}
+
+impl RateLimits {
+    /// From `[rate_limit]` (validated: all positive).
+    pub fn new(cfg: &RateLimitConfig) -> Self {
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let per = Duration::from_secs_f64(1.0 / f64::from(cfg.requests_per_second.max(1)));
+        let global = Quota::with_period(per)
+            .unwrap_or_else(|| Quota::per_second(nz(cfg.requests_per_second)))
+            .allow_burst(nz(cfg.burst));
+        let login = Quota::per_minute(nz(cfg.login_per_minute));
+        Self {
+            global: Bucket::new(global, cfg.max_tracked_clients),
+            login: Bucket::new(login, cfg.max_tracked_clients),
+        }
+    }
+
+    /// Periodic housekeeping.
+    pub fn sweep(&self) {
+        self.global.sweep();
+        self.login.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(rps: u32, burst: u32, login: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            requests_per_second: rps,
+            burst,
+            login_per_minute: login,
+            max_tracked_clients: 16,
+        }
+    }
+
+    #[test]
+    fn login_budget_allows_five_then_refuses() {
+        let r = RateLimits::new(&cfg(50, 100, 5));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..5 {
+            assert!(r.login.check(ip).is_ok());
+        }
+        let wait = r.login.check(ip).unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(r.login.check("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let r = RateLimits::new(&cfg(1, 1, 5));
+        assert!(r.global.check("2001:db8::1".parse().unwrap()).is_ok());
+        assert!(r.global.check("2001:db8::2".parse().unwrap()).is_err());
+        assert!(r.global.check("2001:db8:0:1::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn spraying_stays_bounded() {
+        let r = RateLimits::new(&cfg(1, 1, 5));
+        for i in 0..10_000u32 {
+            let _ = r.global.check(IpAddr::from(i.to_be_bytes()));
+        }
+        assert!(r.global.len() <= 16, "{}", r.global.len());
+        // Full of sprayed addresses: a newcomer is not refused.
+        assert!(r.global.check("198.51.100.200".parse().unwrap()).is_ok());
+    }
+}
