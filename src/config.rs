@@ -27,6 +27,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where blobs and the database live.
     pub storage: StorageConfig,
+    /// A shared PostgreSQL database instead of the embedded SQLite.
+    pub database: DatabaseConfig,
+    /// The S3-compatible object store (used when `storage.backend = "s3"`).
+    pub s3: S3Config,
     /// Size limits.
     pub limits: LimitsConfig,
     /// The upload type policy.
@@ -87,12 +91,146 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The data root: `blobs/`, `tmp/` and `coffer.db` live here.
+    /// The data root: `coffer.db` lives here, and with the `fs` backend `blobs/` and `tmp/`.
     pub root: PathBuf,
+    /// Where blobs are stored.
+    pub backend: StorageBackend,
     /// Read connections in the SQLite pool (writes go through one serialised connection).
     pub db_readers: usize,
     /// Whether startup scans every blob for orphans (a crash between rename and commit).
     pub scan_on_startup: bool,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://` or `postgresql://` URL of a PostgreSQL database several nodes may share;
+    /// empty = SQLite under `storage.root`. From a file it never carries a password (see
+    /// [`Config::load_from`]).
+    pub url: DatabaseUrl,
+    /// Most connections this process holds.
+    pub pool_size: usize,
+    /// Longest wait for a new connection.
+    pub connect_timeout_secs: u64,
+    /// Longest one metadata call may take (waiting for a connection, its statements, its
+    /// retries); three quarters of it is the server-side `statement_timeout`. Past it the
+    /// request gets 503.
+    pub call_timeout_secs: u64,
+}
+
+impl DatabaseConfig {
+    /// The PostgreSQL settings, or `None` for the embedded SQLite.
+    pub fn postgres(&self) -> Option<crate::meta::postgres::Settings> {
+        (!self.url.0.is_empty()).then(|| crate::meta::postgres::Settings {
+            url: self.url.0.clone(),
+            pool_size: self.pool_size,
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout_secs),
+            call_timeout: std::time::Duration::from_secs(self.call_timeout_secs),
+        })
+    }
+}
+
+/// A database URL: it may carry a password, so `Debug` never shows it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
+/// The variable that may hold the whole database URL (a secret: it may carry a password).
+pub const DATABASE_URL_VAR: &str = "COFFER_DATABASE_URL";
+
+/// Where blobs are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Under `storage.root` on the local filesystem.
+    Fs,
+    /// In an S3-compatible object store (`[s3]`).
+    S3,
+}
+
+/// `[s3]`. The credentials come from the environment only (see [`crate::secrets`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://host:port` or `https://host`.
+    pub endpoint: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object key, with a `/` added when it does not end in one.
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as Garage and MinIO expect by default.
+    pub force_path_style: bool,
+}
+
+impl S3Config {
+    /// Every problem with these settings, for a configuration that uses them.
+    fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        let e = &self.endpoint;
+        let rest = e
+            .strip_prefix("https://")
+            .or_else(|| e.strip_prefix("http://"));
+        match rest {
+            None if e.is_empty() => {
+                errs.push("s3.endpoint is required when storage.backend = \"s3\"".into())
+            }
+            None => errs.push(format!(
+                "s3.endpoint: {e:?} must start with http:// or https://"
+            )),
+            Some(host) if host.is_empty() || host.contains(['?', '#', ' ', '@']) => {
+                errs.push(format!(
+                    "s3.endpoint: {e:?} must be scheme://host[:port][/path] without credentials"
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.bucket.is_empty() {
+            errs.push("s3.bucket is required when storage.backend = \"s3\"".into());
+        } else if !(3..=63).contains(&self.bucket.len())
+            || !self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            errs.push(format!(
+                "s3.bucket: {:?} is not a bucket name (3-63 of a-z, 0-9, '.', '-')",
+                self.bucket
+            ));
+        }
+        if self.region.is_empty() {
+            errs.push("s3.region must not be empty".into());
+        }
+        // Every segment plain, so the key we write is the key the store shows back.
+        let prefix = self.prefix.strip_suffix('/').unwrap_or(&self.prefix);
+        let plain = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !prefix.is_empty() && (prefix.len() > 512 || !prefix.split('/').all(plain)) {
+            errs.push(format!(
+                "s3.prefix: {:?} must be /-separated segments of A-Z, a-z, 0-9, '.', '_', '-' (no empty, . or .. segment)",
+                self.prefix
+            ));
+        }
+        errs
+    }
 }
 
 /// `[limits]`
@@ -289,10 +427,16 @@ impl Config {
     }
 
     /// [`Config::load`] with an explicit environment, for tests.
+    ///
+    /// `database.url` may also come from `COFFER_DATABASE_URL`, or from the file named by
+    /// `COFFER_DATABASE_URL_FILE` (trailing newline stripped), which win over the file; both
+    /// set is an error. A URL with a password in the config file is refused: secrets come
+    /// from the environment.
     pub fn load_from(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let mut merged = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
@@ -303,9 +447,19 @@ impl Config {
                 ConfigError::one(format!("cannot read config file {}: {e}", file.display()))
             })?;
             let layer = parse_toml(&text, &file.display().to_string())?;
+            refuse_database_password(&layer, &file)?;
             merge(&mut merged, layer);
         }
+        let database_url = secret_from_env(&env, DATABASE_URL_VAR)?;
         merge(&mut merged, env_layer(env)?);
+        if let Some(url) = database_url {
+            let mut section = toml::Table::new();
+            section.insert("url".into(), toml::Value::String(url));
+            merge(
+                &mut merged,
+                toml::Table::from_iter([("database".to_owned(), toml::Value::Table(section))]),
+            );
+        }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
             .map_err(|e| ConfigError::one(format!("{}: {}", e.path(), e.inner())))?;
         config.validate()?;
@@ -316,7 +470,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 23] = [
+        let minimums: [(&str, u64, u64); 26] = [
+            ("database.pool_size", as_u64(self.database.pool_size), 1),
+            (
+                "database.connect_timeout_secs",
+                self.database.connect_timeout_secs,
+                1,
+            ),
+            (
+                "database.call_timeout_secs",
+                self.database.call_timeout_secs,
+                1,
+            ),
             ("scan.timeout_secs", self.scan.timeout_secs, 1),
             ("scan.max_bytes", self.scan.max_bytes, 1),
             ("uploads.max_image_pixels", self.uploads.max_image_pixels, 1),
@@ -442,6 +607,15 @@ impl Config {
             http::HeaderValue::from_str(&self.downloads.cache_control).is_ok(),
             "downloads.cache_control is not a valid header value",
         );
+        need(
+            self.database.call_timeout_secs < self.server.request_timeout_secs,
+            "database.call_timeout_secs must be shorter than server.request_timeout_secs (a request waiting on the database answers 503 before it times out)",
+        );
+        if !self.database.url.0.is_empty()
+            && let Err(e) = crate::meta::postgres::check_url(&self.database.url.0)
+        {
+            errs.push(format!("database.url: {e}"));
+        }
         if let Err(e) = self.trusted_proxies() {
             errs.push(e);
         }
@@ -454,6 +628,16 @@ impl Config {
             if host.is_empty() || (host.contains(['/', ' ', ':']) && !host.starts_with('[')) {
                 errs.push(format!(
                     "server.allowed_hosts: {host:?} is not a host name (no port)"
+                ));
+            }
+        }
+        if self.storage.backend == StorageBackend::S3 {
+            errs.extend(self.s3.problems());
+            // A sealed blob is a little longer than its file (a tag per 64 KiB segment).
+            let most = crate::blob::s3::MAX_OBJECT_BYTES / 100 * 99;
+            if self.limits.max_upload_bytes > most {
+                errs.push(format!(
+                    "limits.max_upload_bytes must be at most {most} with storage.backend = \"s3\" (10,000 multipart parts)"
                 ));
             }
         }
@@ -515,6 +699,49 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
         return Err("not a valid header value");
     }
     Ok(())
+}
+
+/// A config file's `database.url` must not carry a password: the file is read by more people
+/// and tools than the process environment (backups, support bundles, version control).
+fn refuse_database_password(layer: &toml::Table, file: &Path) -> Result<(), ConfigError> {
+    let url = layer
+        .get("database")
+        .and_then(|d| d.get("url"))
+        .and_then(toml::Value::as_str);
+    if url.is_some_and(crate::meta::postgres::url_has_password) {
+        return Err(ConfigError::one(format!(
+            "{}: database.url carries a password; secrets come from the environment only: put \
+             the whole URL in {DATABASE_URL_VAR}, or in a file named by {DATABASE_URL_VAR}_FILE",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `var`'s value from `env`, or the content of the file `var_FILE` names (Docker secrets),
+/// without its trailing newline. Both set is an error; neither, or an empty value, is `None`.
+fn secret_from_env(env: &[(String, String)], var: &str) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{var}_FILE");
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    };
+    match (get(var), get(&file_var)) {
+        (Some(_), Some(_)) => Err(ConfigError::one(format!(
+            "both {var} and {file_var} are set; set only one"
+        ))),
+        (Some(v), None) => Ok(Some(v.to_owned())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::one(format!("{file_var}: cannot read {path}: {e}")))?;
+            let value = text
+                .strip_suffix('\n')
+                .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+            Ok(Some(value.to_owned()).filter(|v| !v.is_empty()))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn parse_toml(text: &str, what: &str) -> Result<toml::Table, ConfigError> {
@@ -660,6 +887,63 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_comes_from_the_environment_or_a_file_it_names() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.database.postgres().is_none(), "SQLite by default");
+        let url = "postgres://coffer:hunter2@db.internal:5432/coffer";
+        let c = Config::load_from(None, env(&[("COFFER_DATABASE_URL", url)])).unwrap();
+        let pg = c.database.postgres().unwrap();
+        assert_eq!(pg.url, url);
+        assert_eq!(pg.pool_size, 16);
+        assert!(!format!("{c:?}").contains("hunter2"), "never printed");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::load_from(None, env(&[("COFFER_DATABASE_URL_FILE", path)])).unwrap();
+        assert_eq!(c.database.postgres().unwrap().url, url, "newline stripped");
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_DATABASE_URL", url),
+                ("COFFER_DATABASE_URL_FILE", path),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("both COFFER_DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn a_database_password_in_a_config_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[database]\nurl = \"postgres://coffer:hunter2@db/coffer\"\n",
+        )
+        .unwrap();
+        let e = Config::load_from(Some(&file), env(&[])).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("carries a password"), "{msg}");
+        assert!(msg.contains("COFFER_DATABASE_URL"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        // Without the password the file may name the database; the environment supplies it.
+        std::fs::write(&file, "[database]\nurl = \"postgres://coffer@db/coffer\"\n").unwrap();
+        let c = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert!(c.database.postgres().is_some());
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_DATABASE_URL", "mysql://db/coffer"),
+                ("COFFER_DATABASE__CALL_TIMEOUT_SECS", "30"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
     fn content_safety_defaults_follow_the_contract() {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(c.scan.clamd, None);
@@ -717,5 +1001,59 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn s3_settings_are_checked_only_when_used() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Fs);
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__ENDPOINT", "http://127.0.0.1:3900"),
+                ("COFFER_S3__BUCKET", "coffer"),
+                ("COFFER_S3__PREFIX", "tenant-1/files"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        assert!(c.s3.force_path_style);
+
+        // Every problem at once: no endpoint, no bucket, a prefix that walks.
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__PREFIX", "a/../b"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.to_string().contains("s3.endpoint"), "{e}");
+        assert!(e.to_string().contains("s3.bucket"), "{e}");
+        assert!(e.to_string().contains("s3.prefix"), "{e}");
+
+        for (key, bad) in [
+            ("COFFER_S3__ENDPOINT", "ftp://x"),
+            ("COFFER_S3__ENDPOINT", "http://user:pw@host"),
+            ("COFFER_S3__BUCKET", "Bad_Bucket"),
+            ("COFFER_S3__PREFIX", "/abs"),
+            ("COFFER_S3__PREFIX", "a//b"),
+            ("COFFER_S3__REGION", ""),
+            ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "60000000000"),
+        ] {
+            let mut vars = vec![
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__ENDPOINT", "https://s3.example.com"),
+                ("COFFER_S3__BUCKET", "coffer"),
+            ];
+            vars.retain(|(k, _)| *k != key);
+            vars.push((key, bad));
+            let e = Config::load_from(None, env(&vars)).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{key}={bad}: {e}");
+        }
+        // Secrets have no key here: an attempt is an unknown key, not a silent setting.
+        assert!(Config::load_from(None, env(&[("COFFER_S3__SECRET_ACCESS_KEY", "x")])).is_err());
     }
 }

@@ -7,34 +7,31 @@
 //! holds the threat model.
 //!
 //! Layers, top to bottom (a module imports only from layers below its own):
-//! entry ([`cli`], [`config`], [`telemetry`]) -> [`http`] -> [`state`] -> domain ([`auth`],
-//! [`ingest`], [`download`], [`audit`], [`removal`], [`ops`], [`metrics`], [`limits`]) ->
-//! stores ([`meta`], [`blob`], [`crypto`]) -> foundations ([`ids`], [`secrets`], [`net`],
-//! [`blocking`]). `scripts/layers` checks it.
+//! entry (`cli`, `config`, `telemetry`) -> `http` -> `state` -> domain (`auth`, `ingest`,
+//! `download`, `audit`, `removal`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
+//! `crypto`) -> foundations (`ids`, `secrets`, `net`, `blocking`). `scripts/layers` checks it.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
+// `pub` only what the binary (`cli`), the black-box tests, the benchmarks and the fuzz
+// targets use; everything else is the crate's own.
+pub(crate) mod audit;
 pub mod auth;
 pub mod blob;
-pub mod blocking;
+pub(crate) mod blocking;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod crypto;
 pub mod download;
-pub mod error;
-pub mod http;
+pub(crate) mod http;
 pub mod ids;
 pub mod ingest;
-pub mod limits;
+pub(crate) mod limits;
 pub mod meta;
-pub mod metrics;
-pub mod net;
-pub mod ops;
-pub mod removal;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod ops;
+pub(crate) mod removal;
 pub mod secrets;
-pub mod state;
-pub mod telemetry;
-
-pub use config::Config;
-pub use http::server::App;
+pub(crate) mod state;
+pub(crate) mod telemetry;

@@ -72,13 +72,9 @@ impl Bucket {
     }
 
     /// Addresses tracked now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.limiter.len()
-    }
-
-    /// Whether nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
     }
 }
 

@@ -1,32 +1,27 @@
-//! Extractors: strict JSON bodies and the authenticated [`Principal`].
+//! Extractors: strict JSON bodies, and the authenticated [`Principal`] (resolved by
+//! `auth::credentials`; this only reads the two headers it looks at).
 //!
-//! Invariant: credentials are read from `Authorization: Bearer` and `X-API-Key` only (never a
-//! query string or cookie); a request only becomes a `Principal` after its token's signature,
-//! expiry, type and revocation state, or its API key's hash and expiry, were checked against
-//! the database. The role comes from the database on every request.
+//! Invariant: a JSON body is refused unless it is `application/json` and exactly the type's
+//! shape (unknown, duplicate, missing and mistyped fields are named, never guessed at); a
+//! request's principal is resolved once, then kept in its extensions.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa::PartialSchema;
 use utoipa::openapi::{RefOr, Schema};
 
+use crate::auth::credentials::Header;
+use crate::auth::principal::Principal;
+use crate::http::error::{AppError, FieldError};
 use crate::state::AppState;
-use std::time::Duration;
-
-use crate::auth::api_key;
-use crate::auth::cache::{Cached, CachedVia};
-use crate::auth::token_hash;
-use crate::error::{AppError, FieldError};
-use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
-use crate::meta::users::Role;
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
 /// fields and wrong types 422 naming the field.
-pub struct AppJson<T>(pub T);
+pub(crate) struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;
@@ -164,72 +159,7 @@ fn json_kind(expected: &str) -> std::borrow::Cow<'_, str> {
     })
 }
 
-/// How the caller authenticated.
-#[derive(Debug, Clone)]
-pub enum Via {
-    /// An access token.
-    Token {
-        /// Its login.
-        session: SessionId,
-        /// Its id.
-        jti: String,
-        /// Its expiry.
-        expires_at: Timestamp,
-    },
-    /// An API key.
-    ApiKey(ApiKeyId),
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Who.
-    pub user_id: UserId,
-    /// Their role now.
-    pub role: Role,
-    /// With what.
-    pub via: Via,
-}
-
-impl Principal {
-    /// Admins only, logged in (403 otherwise): an API key acts as its owner for files and
-    /// links, never with the owner's admin powers, so a leaked backend key cannot promote,
-    /// delete users or read the audit trail.
-    pub fn require_admin(&self) -> Result<(), AppError> {
-        match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => Ok(()),
-            (Role::Admin, Via::ApiKey(_)) => Err(AppError::Forbidden(
-                "administration needs a login, not an API key",
-            )),
-            (Role::User, _) => Err(AppError::Forbidden("administrators only")),
-        }
-    }
-
-    /// Routes that manage credentials need a login, not an API key (403 otherwise).
-    pub fn require_token(&self) -> Result<(SessionId, &str, Timestamp), AppError> {
-        match &self.via {
-            Via::Token {
-                session,
-                jti,
-                expires_at,
-            } => Ok((*session, jti, *expires_at)),
-            Via::ApiKey(_) => Err(AppError::Forbidden(
-                "API keys cannot manage credentials; log in",
-            )),
-        }
-    }
-
-    /// The owner filter for file lookups: logged-in admins see everyone's files; an API key
-    /// sees its owner's.
-    pub fn file_scope(&self) -> Option<UserId> {
-        match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => None,
-            _ => Some(self.user_id),
-        }
-    }
-}
-
-const BAD_CREDENTIALS: AppError = AppError::Unauthorized("missing, invalid or expired credentials");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
@@ -241,140 +171,23 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let bearer = parts.headers.get(header::AUTHORIZATION);
-        let key = parts.headers.get("x-api-key");
-        let principal = match (bearer, key) {
-            (Some(_), Some(_)) => {
-                return Err(AppError::Unauthorized("send one credential, not two"));
-            }
-            (Some(v), None) => {
-                let token = v
-                    .to_str()
-                    .ok()
-                    .and_then(bearer_token)
-                    .ok_or(BAD_CREDENTIALS)?;
-                from_token(state, token).await?
-            }
-            (None, Some(v)) => {
-                from_api_key(state, v.to_str().map_err(|_| BAD_CREDENTIALS)?).await?
-            }
-            (None, None) => return Err(AppError::Unauthorized("authentication required")),
+        let read = |name: &HeaderName| match parts.headers.get(name) {
+            None => Header::Absent,
+            Some(v) => v.to_str().map_or(Header::Unreadable, Header::Value),
         };
+        let principal = state
+            .credentials
+            .authenticate(read(&header::AUTHORIZATION), read(&X_API_KEY))
+            .await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
-}
-
-/// The token of `Bearer <token>` (scheme case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError> {
-    // Signature, algorithm, issuer, expiry and type: checked on every request, cache or not.
-    let access = state.tokens.verify(token).map_err(|_| BAD_CREDENTIALS)?;
-    let (session, user) = (access.session, access.user);
-    let key = [b"t:".as_slice(), access.jti.as_bytes()].concat();
-    let role = match state.principals.get(&key) {
-        Some(Cached {
-            user: u,
-            role,
-            via: CachedVia::Session(s),
-        }) if u == user && s == session => role,
-        _ => {
-            let epoch = state.principals.epoch();
-            let role = state
-                .meta
-                .sessions()
-                .live_principal(session, user, access.jti.clone(), Timestamp::now())
-                .await?
-                .ok_or(BAD_CREDENTIALS)?;
-            let left = time_left(access.expires_at);
-            state.principals.put(
-                key,
-                Cached {
-                    user,
-                    role,
-                    via: CachedVia::Session(session),
-                },
-                epoch,
-                left,
-            );
-            role
-        }
-    };
-    Ok(Principal {
-        user_id: user,
-        role,
-        via: Via::Token {
-            session,
-            jti: access.jti,
-            expires_at: access.expires_at,
-        },
-    })
-}
-
-fn time_left(until: Timestamp) -> Duration {
-    Duration::from_micros(u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0))
-}
-
-async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError> {
-    let key = key.trim().to_owned();
-    let prefix = api_key::prefix_of(&key).ok_or(BAD_CREDENTIALS)?.to_owned();
-    // Keyed by the hash of the whole key: only the exact key can ever hit.
-    let cache_key = [b"k:".as_slice(), &token_hash(&key)].concat();
-    if let Some(Cached {
-        user,
-        role,
-        via: CachedVia::ApiKey(id),
-    }) = state.principals.get(&cache_key)
-    {
-        return Ok(Principal {
-            user_id: user,
-            role,
-            via: Via::ApiKey(id),
-        });
-    }
-    let epoch = state.principals.epoch();
-    let found = state.meta.api_keys().find_by_prefix(&prefix).await?;
-    let Some(found) = found else {
-        // Same work as a hit, so timing does not reveal which prefixes exist.
-        let _ = api_key::matches(&key, &[0; 32]);
-        return Err(BAD_CREDENTIALS);
-    };
-    let now = Timestamp::now();
-    if !api_key::matches(&key, &found.hash) || found.expires_at.is_some_and(|e| e <= now) {
-        return Err(BAD_CREDENTIALS);
-    }
-    let left = found.expires_at.map_or(Duration::MAX, time_left);
-    let value = Cached {
-        user: found.user_id,
-        role: found.role,
-        via: CachedVia::ApiKey(found.id),
-    };
-    state.principals.put(cache_key, value, epoch, left);
-    Ok(Principal {
-        user_id: found.user_id,
-        role: found.role,
-        via: Via::ApiKey(found.id),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-    }
 
     #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]

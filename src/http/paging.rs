@@ -7,29 +7,29 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::ids::Timestamp;
 use crate::meta::Page;
 
 /// `?limit=&cursor=` for listings.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// Page size, 1-1000 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
-    pub limit: Option<String>,
+    pub(crate) limit: Option<String>,
     /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 /// Default and largest page sizes.
-pub const DEFAULT_LIMIT: usize = 50;
+pub(crate) const DEFAULT_LIMIT: usize = 50;
 /// The largest page.
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 
 impl PageQuery {
     /// The validated page size.
-    pub fn limit(&self) -> Result<usize, AppError> {
+    pub(crate) fn limit(&self) -> Result<usize, AppError> {
         match self.limit.as_deref().map(|s| s.trim().parse::<usize>()) {
             None => Ok(DEFAULT_LIMIT),
             Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -42,12 +42,12 @@ impl PageQuery {
 }
 
 /// Opaque cursors: base64url of `v1:<text>`.
-pub fn encode_cursor(text: &str) -> String {
+pub(crate) fn encode_cursor(text: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("v1:{text}"))
 }
 
 /// Decode a cursor made by [`encode_cursor`] (400 otherwise).
-pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<String, AppError> {
     let bad = || AppError::BadRequest("invalid cursor".into());
     if cursor.len() > 256 {
         return Err(bad());
@@ -58,7 +58,7 @@ pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
 }
 
 /// A `(created_at, id)` keyset cursor.
-pub fn decode_time_cursor<I>(
+pub(crate) fn decode_time_cursor<I>(
     cursor: &str,
     parse: impl Fn(&str) -> Option<I>,
 ) -> Result<(Timestamp, I), AppError> {
@@ -74,12 +74,12 @@ pub fn decode_time_cursor<I>(
 }
 
 /// Encode a `(created_at, id)` cursor.
-pub fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
+pub(crate) fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
     encode_cursor(&format!("{}/{id}", at.0))
 }
 
 /// The cursor of the page after `page`, or `None` on the last page.
-pub fn next_cursor<T>(page: &Page<T>, cursor_of: impl Fn(&T) -> String) -> Option<String> {
+pub(crate) fn next_cursor<T>(page: &Page<T>, cursor_of: impl Fn(&T) -> String) -> Option<String> {
     if page.more {
         page.items.last().map(cursor_of)
     } else {

@@ -33,7 +33,7 @@ use crate::http::routes::{admin, auth, files, health, keys, links};
 use crate::state::AppState;
 
 /// Build the application router and its OpenAPI document.
-pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let cfg = &state.config;
     let json_limit = cfg.limits.json_body_bytes;
     let timeout = Duration::from_secs(cfg.server.request_timeout_secs);
@@ -103,7 +103,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// Paths no route matches. The wording differs from a missing resource's only so the
 /// OpenAPI coverage test can tell an unrouted path from a routed 404.
 async fn fallback() -> Response {
-    crate::error::problem_response(
+    crate::http::error::problem_response(
         StatusCode::NOT_FOUND,
         "not-found",
         "no route matches this path".into(),

@@ -14,7 +14,7 @@ pub mod idle;
 pub mod media;
 pub mod policy;
 pub mod polyglot;
-pub mod quota;
+pub(crate) mod quota;
 pub mod scan;
 
 use std::net::IpAddr;
@@ -31,7 +31,6 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
-use crate::error::AppError;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
@@ -41,16 +40,13 @@ use quota::{Quota, QuotaError, Reservation};
 
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// Type policy (415).
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// More bytes than `limits.max_upload_bytes` (413).
     #[error("upload larger than {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: u64,
-    },
+    TooLarge { limit: u64 },
     /// The owner's quota (413, quota-exceeded).
     #[error("quota exceeded")]
     Quota,
@@ -86,6 +82,7 @@ impl IngestError {
             Self::Idle => "idle_timeout",
             Self::OwnerGone => "account_deleted",
             Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
+            Self::Blob(BlobError::Unavailable(_)) => "storage_unavailable",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
     }
@@ -119,60 +116,39 @@ impl From<QuotaError> for IngestError {
     }
 }
 
-impl From<IngestError> for AppError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Refused(r) => AppError::UnsupportedMediaType(r.to_string().into()),
-            IngestError::TooLarge { limit } => AppError::PayloadTooLarge { limit },
-            IngestError::Quota => AppError::QuotaExceeded,
-            IngestError::BadBody(d) => AppError::BadRequest(d.into()),
-            IngestError::ClientAborted => {
-                AppError::BadRequest("the upload body was cut off".into())
-            }
-            IngestError::Idle => AppError::RequestTimeout,
-            IngestError::OwnerGone => {
-                AppError::Unauthorized("missing, invalid or expired credentials")
-            }
-            IngestError::Blob(b) => b.into(),
-            IngestError::Meta(m) => m.into(),
-        }
-    }
-}
-
 /// What the handler knows about an upload before its body.
 #[derive(Debug, Clone)]
-pub struct Upload {
-    /// Owner.
-    pub owner: UserId,
+pub(crate) struct Upload {
+    pub(crate) owner: UserId,
     /// Client address (audit).
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
     /// The client's filename, unsanitised.
-    pub raw_name: String,
-    /// Retention.
-    pub expires_at: Option<Timestamp>,
+    pub(crate) raw_name: String,
+    /// When the file expires (`None`: kept until deleted).
+    pub(crate) expires_at: Option<Timestamp>,
     /// Upper bound of the content length, when the request says (Content-Length).
-    pub length_hint: Option<u64>,
+    pub(crate) length_hint: Option<u64>,
     /// Whether `length_hint` is the exact content length (raw bodies).
-    pub exact_length: bool,
+    pub(crate) exact_length: bool,
 }
 
 /// The upload pipeline and what it works with. Cheap to clone.
 #[derive(Clone)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     /// `limits.max_upload_bytes`.
-    pub max_upload_bytes: u64,
+    pub(crate) max_upload_bytes: u64,
     /// Which extensions are accepted, and as what.
-    pub policy: Arc<UploadPolicy>,
+    pub(crate) policy: Arc<UploadPolicy>,
     /// Per-user storage quotas, with reservations for uploads in flight.
-    pub quota: Arc<Quota>,
+    pub(crate) quota: Arc<Quota>,
     /// Where the bytes go.
-    pub blobs: BlobStore,
+    pub(crate) blobs: BlobStore,
     /// Where the row goes.
-    pub meta: MetaStore,
+    pub(crate) meta: MetaStore,
     /// The keys that seal blobs, when encryption at rest is on.
-    pub keyring: Arc<Keyring>,
+    pub(crate) keyring: Arc<Keyring>,
     /// Where uploads and rejections are recorded.
-    pub audit: AuditLog,
+    pub(crate) audit: AuditLog,
 }
 
 /// Records `file.upload_rejected` if the upload ends any way but committed, including a
@@ -203,7 +179,7 @@ impl Drop for Outcome {
 }
 
 /// A fully received, validated upload whose blob is staged but not yet visible.
-pub struct Staged {
+pub(crate) struct Staged {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
     reservation: Reservation,
@@ -213,7 +189,7 @@ pub struct Staged {
 impl Ingest {
     /// Receive and validate an upload. `body` yields the file's bytes only (multipart
     /// framing already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
-    pub async fn stage<S>(&self, up: Upload, body: S) -> Result<Staged, IngestError>
+    pub(crate) async fn stage<S>(&self, up: Upload, body: S) -> Result<Staged, IngestError>
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
@@ -510,7 +486,7 @@ impl Pipeline {
 impl Staged {
     /// Make the upload visible: blob into place (durably), then the row. Runs to completion
     /// even if the client goes away, so it never stops between the two steps.
-    pub async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
+    pub(crate) async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
         let state = state.clone();
         tokio::spawn(async move { self.commit_inner(&state).await })
             .await

@@ -1,175 +1,351 @@
-//! Embedded, versioned schema migrations, tracked by `PRAGMA user_version`.
+//! Embedded, versioned schema migrations: the one ordered list of schema versions, each
+//! written for SQLite and for PostgreSQL. SQLite tracks its version in `PRAGMA user_version`;
+//! PostgreSQL in the table `coffer_schema` (one row per version applied).
 //!
 //! Invariant: migrations only ever append; each runs in its own transaction, so a database is
-//! always at exactly one version. A database newer than this binary is refused.
+//! always at exactly one version, and both engines are at the same schema for the same
+//! number. Each engine migrates under its own lock (SQLite's write lock; a PostgreSQL advisory
+//! lock), so processes or nodes starting together migrate exactly once. A database newer than
+//! this binary is refused.
 
 use rusqlite::{Connection, TransactionBehavior};
 
+/// One schema version, written for each engine: the same tables, columns, constraints and
+/// triggers, so that every interface method means the same on both.
+pub struct Migration {
+    /// The SQLite text.
+    pub sqlite: &'static str,
+    /// The PostgreSQL text.
+    pub postgres: &'static str,
+}
+
 /// The schema, one entry per version (index 0 is version 1).
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[Migration] = &[
     // v1: accounts, logins, keys, files, links, audit.
-    r#"
-    CREATE TABLE users (
-        id            TEXT PRIMARY KEY,
-        username      TEXT NOT NULL COLLATE NOCASE UNIQUE,
-        email         TEXT NOT NULL COLLATE NOCASE UNIQUE,
-        password_hash TEXT NOT NULL,
-        role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
-        created_at    INTEGER NOT NULL,
-        used_bytes    INTEGER NOT NULL DEFAULT 0 CHECK (used_bytes >= 0)
-    ) STRICT;
-    CREATE INDEX users_by_created ON users (created_at DESC, id DESC);
+    Migration {
+        sqlite: r#"
+        CREATE TABLE users (
+            id            TEXT PRIMARY KEY,
+            username      TEXT NOT NULL COLLATE NOCASE UNIQUE,
+            email         TEXT NOT NULL COLLATE NOCASE UNIQUE,
+            password_hash TEXT NOT NULL,
+            role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+            created_at    INTEGER NOT NULL,
+            used_bytes    INTEGER NOT NULL DEFAULT 0 CHECK (used_bytes >= 0)
+        ) STRICT;
+        CREATE INDEX users_by_created ON users (created_at DESC, id DESC);
 
-    -- A login: one refresh-token family. Access tokens carry its id.
-    CREATE TABLE sessions (
-        id         TEXT PRIMARY KEY,
-        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    ) STRICT;
-    CREATE INDEX sessions_by_user ON sessions (user_id);
+        -- A login: one refresh-token family. Access tokens carry its id.
+        CREATE TABLE sessions (
+            id         TEXT PRIMARY KEY,
+            user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        ) STRICT;
+        CREATE INDEX sessions_by_user ON sessions (user_id);
 
-    -- Refresh tokens, by SHA-256 of the token. used_at set = rotated; presenting it again is reuse.
-    CREATE TABLE refresh_tokens (
-        hash       BLOB PRIMARY KEY,
-        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        used_at    INTEGER
-    ) STRICT;
-    CREATE INDEX refresh_by_session ON refresh_tokens (session_id);
+        -- Refresh tokens, by SHA-256 of the token. used_at set = rotated; presenting it again is reuse.
+        CREATE TABLE refresh_tokens (
+            hash       BLOB PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            used_at    INTEGER
+        ) STRICT;
+        CREATE INDEX refresh_by_session ON refresh_tokens (session_id);
 
-    -- Access-token ids revoked before their expiry (logout).
-    CREATE TABLE revoked_tokens (
-        jti        TEXT PRIMARY KEY,
-        expires_at INTEGER NOT NULL
-    ) STRICT, WITHOUT ROWID;
+        -- Access-token ids revoked before their expiry (logout).
+        CREATE TABLE revoked_tokens (
+            jti        TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
 
-    CREATE TABLE api_keys (
-        id         TEXT PRIMARY KEY,
-        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        name       TEXT NOT NULL,
-        prefix     TEXT NOT NULL UNIQUE,
-        hash       BLOB NOT NULL,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER
-    ) STRICT;
-    CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at DESC);
+        CREATE TABLE api_keys (
+            id         TEXT PRIMARY KEY,
+            user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            name       TEXT NOT NULL,
+            prefix     TEXT NOT NULL UNIQUE,
+            hash       BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER
+        ) STRICT;
+        CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at DESC);
 
-    -- Files. No cascade from users: blobs must be removed by code before their rows.
-    CREATE TABLE files (
-        id              TEXT PRIMARY KEY,
-        owner_id        TEXT NOT NULL REFERENCES users (id),
-        filename        TEXT NOT NULL,
-        size            INTEGER NOT NULL CHECK (size >= 0),
-        content_type    TEXT NOT NULL,
-        sha256          TEXT NOT NULL,
-        created_at      INTEGER NOT NULL,
-        expires_at      INTEGER,
-        blob_key        TEXT NOT NULL UNIQUE,
-        enc_key_id      TEXT,
-        enc_wrapped_key BLOB,
-        CHECK ((enc_key_id IS NULL) = (enc_wrapped_key IS NULL))
-    ) STRICT;
-    CREATE INDEX files_by_owner ON files (owner_id, created_at DESC, id DESC);
-    CREATE INDEX files_by_expiry ON files (expires_at) WHERE expires_at IS NOT NULL;
-    CREATE TRIGGER files_usage_add AFTER INSERT ON files BEGIN
-        UPDATE users SET used_bytes = used_bytes + NEW.size WHERE id = NEW.owner_id;
-    END;
-    CREATE TRIGGER files_usage_sub AFTER DELETE ON files BEGIN
-        UPDATE users SET used_bytes = used_bytes - OLD.size WHERE id = OLD.owner_id;
-    END;
+        -- Files. No cascade from users: blobs must be removed by code before their rows.
+        CREATE TABLE files (
+            id              TEXT PRIMARY KEY,
+            owner_id        TEXT NOT NULL REFERENCES users (id),
+            filename        TEXT NOT NULL,
+            size            INTEGER NOT NULL CHECK (size >= 0),
+            content_type    TEXT NOT NULL,
+            sha256          TEXT NOT NULL,
+            created_at      INTEGER NOT NULL,
+            expires_at      INTEGER,
+            blob_key        TEXT NOT NULL UNIQUE,
+            enc_key_id      TEXT,
+            enc_wrapped_key BLOB,
+            CHECK ((enc_key_id IS NULL) = (enc_wrapped_key IS NULL))
+        ) STRICT;
+        CREATE INDEX files_by_owner ON files (owner_id, created_at DESC, id DESC);
+        CREATE INDEX files_by_expiry ON files (expires_at) WHERE expires_at IS NOT NULL;
+        CREATE TRIGGER files_usage_add AFTER INSERT ON files BEGIN
+            UPDATE users SET used_bytes = used_bytes + NEW.size WHERE id = NEW.owner_id;
+        END;
+        CREATE TRIGGER files_usage_sub AFTER DELETE ON files BEGIN
+            UPDATE users SET used_bytes = used_bytes - OLD.size WHERE id = OLD.owner_id;
+        END;
 
-    -- Share links, by SHA-256 of the token; they die with their file.
-    CREATE TABLE links (
-        id            TEXT PRIMARY KEY,
-        file_id       TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
-        token_hash    BLOB NOT NULL UNIQUE,
-        created_at    INTEGER NOT NULL,
-        expires_at    INTEGER NOT NULL,
-        max_downloads INTEGER CHECK (max_downloads IS NULL OR max_downloads >= 1),
-        downloads     INTEGER NOT NULL DEFAULT 0
-    ) STRICT;
-    CREATE INDEX links_by_file ON links (file_id);
-    CREATE INDEX links_by_expiry ON links (expires_at);
+        -- Share links, by SHA-256 of the token; they die with their file.
+        CREATE TABLE links (
+            id            TEXT PRIMARY KEY,
+            file_id       TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            token_hash    BLOB NOT NULL UNIQUE,
+            created_at    INTEGER NOT NULL,
+            expires_at    INTEGER NOT NULL,
+            max_downloads INTEGER CHECK (max_downloads IS NULL OR max_downloads >= 1),
+            downloads     INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        CREATE INDEX links_by_file ON links (file_id);
+        CREATE INDEX links_by_expiry ON links (expires_at);
 
-    -- The audit trail: append-only, each row chained to the one before by `hash`.
-    CREATE TABLE audit (
-        seq        INTEGER PRIMARY KEY,
-        id         TEXT NOT NULL UNIQUE,
-        at         INTEGER NOT NULL,
-        event      TEXT NOT NULL,
-        actor_id   TEXT,
-        subject_id TEXT,
-        client_ip  TEXT,
-        detail     TEXT NOT NULL,
-        hash       BLOB NOT NULL
-    ) STRICT;
-    CREATE INDEX audit_by_at ON audit (at);
-    -- The last entry removed by retention, so the chain's start stays verifiable.
-    CREATE TABLE audit_anchor (
-        id   INTEGER PRIMARY KEY CHECK (id = 1),
-        seq  INTEGER NOT NULL,
-        hash BLOB NOT NULL
-    ) STRICT;
-    "#,
+        -- The audit trail: append-only, each row chained to the one before by `hash`.
+        CREATE TABLE audit (
+            seq        INTEGER PRIMARY KEY,
+            id         TEXT NOT NULL UNIQUE,
+            at         INTEGER NOT NULL,
+            event      TEXT NOT NULL,
+            actor_id   TEXT,
+            subject_id TEXT,
+            client_ip  TEXT,
+            detail     TEXT NOT NULL,
+            hash       BLOB NOT NULL
+        ) STRICT;
+        CREATE INDEX audit_by_at ON audit (at);
+        -- The last entry removed by retention, so the chain's start stays verifiable.
+        CREATE TABLE audit_anchor (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  INTEGER NOT NULL,
+            hash BLOB NOT NULL
+        ) STRICT;
+        "#,
+        postgres: r#"
+        CREATE TABLE users (
+            id            UUID PRIMARY KEY,
+            username      TEXT NOT NULL,
+            email         TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+            created_at    BIGINT NOT NULL,
+            used_bytes    BIGINT NOT NULL DEFAULT 0 CHECK (used_bytes >= 0)
+        );
+        -- SQLite's NOCASE folds ASCII letters only; so does lower() under the "C" collation,
+        -- whatever the database's locale.
+        CREATE UNIQUE INDEX users_username_nocase ON users (lower(username COLLATE "C"));
+        CREATE UNIQUE INDEX users_email_nocase ON users (lower(email COLLATE "C"));
+        CREATE INDEX users_by_created ON users (created_at DESC, id DESC);
+
+        CREATE TABLE sessions (
+            id         UUID PRIMARY KEY,
+            user_id    UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT
+        );
+        CREATE INDEX sessions_by_user ON sessions (user_id);
+
+        CREATE TABLE refresh_tokens (
+            hash       BYTEA PRIMARY KEY,
+            session_id UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at    BIGINT
+        );
+        CREATE INDEX refresh_by_session ON refresh_tokens (session_id);
+
+        CREATE TABLE revoked_tokens (
+            jti        TEXT PRIMARY KEY,
+            expires_at BIGINT NOT NULL
+        );
+
+        CREATE TABLE api_keys (
+            id         UUID PRIMARY KEY,
+            user_id    UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            name       TEXT NOT NULL,
+            prefix     TEXT NOT NULL UNIQUE,
+            hash       BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT
+        );
+        CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at DESC);
+
+        CREATE TABLE files (
+            id              UUID PRIMARY KEY,
+            owner_id        UUID NOT NULL REFERENCES users (id),
+            filename        TEXT NOT NULL,
+            size            BIGINT NOT NULL CHECK (size >= 0),
+            content_type    TEXT NOT NULL,
+            sha256          TEXT NOT NULL,
+            created_at      BIGINT NOT NULL,
+            expires_at      BIGINT,
+            blob_key        TEXT NOT NULL UNIQUE,
+            enc_key_id      TEXT,
+            enc_wrapped_key BYTEA,
+            CHECK ((enc_key_id IS NULL) = (enc_wrapped_key IS NULL))
+        );
+        CREATE INDEX files_by_owner ON files (owner_id, created_at DESC, id DESC);
+        CREATE INDEX files_by_expiry ON files (expires_at) WHERE expires_at IS NOT NULL;
+        CREATE FUNCTION files_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                UPDATE users SET used_bytes = used_bytes + NEW.size WHERE id = NEW.owner_id;
+            ELSE
+                UPDATE users SET used_bytes = used_bytes - OLD.size WHERE id = OLD.owner_id;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER files_usage_add AFTER INSERT ON files
+            FOR EACH ROW EXECUTE FUNCTION files_usage();
+        CREATE TRIGGER files_usage_sub AFTER DELETE ON files
+            FOR EACH ROW EXECUTE FUNCTION files_usage();
+
+        CREATE TABLE links (
+            id            UUID PRIMARY KEY,
+            file_id       UUID NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            token_hash    BYTEA NOT NULL UNIQUE,
+            created_at    BIGINT NOT NULL,
+            expires_at    BIGINT NOT NULL,
+            max_downloads BIGINT CHECK (max_downloads IS NULL OR max_downloads >= 1),
+            downloads     BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX links_by_file ON links (file_id);
+        CREATE INDEX links_by_expiry ON links (expires_at);
+
+        -- `detail` is the JSON text exactly as hashed (jsonb would normalise it).
+        CREATE TABLE audit (
+            seq        BIGINT PRIMARY KEY,
+            id         UUID NOT NULL UNIQUE,
+            at         BIGINT NOT NULL,
+            event      TEXT NOT NULL,
+            actor_id   TEXT,
+            subject_id TEXT,
+            client_ip  TEXT,
+            detail     TEXT NOT NULL,
+            hash       BYTEA NOT NULL
+        );
+        CREATE INDEX audit_by_at ON audit (at);
+        CREATE TABLE audit_anchor (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  BIGINT NOT NULL,
+            hash BYTEA NOT NULL
+        );
+        "#,
+    },
     // v2: the argon2 costs stored hashes use, so a failed login can do the same work whatever
     // the account's state (see `auth::password`). An argon2 PHC string is
     // `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>` (salt and hash in unpadded base64); its
     // cost is everything before the salt followed by the hash's length in base64 characters:
     // `$argon2id$v=19$m=19456,t=2,p=1$43`. Locked accounts (`!locked`) and anything not shaped
     // like an argon2 PHC string have none.
-    r#"
-    ALTER TABLE users ADD COLUMN password_cost TEXT GENERATED ALWAYS AS (
-        CASE WHEN password_hash LIKE '$argon2%$%$%$%' THEN
-            rtrim(rtrim(rtrim(password_hash,
-                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'), '$'),
-                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')
-            || (length(password_hash) - length(rtrim(password_hash,
-                'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')))
-        END) VIRTUAL;
+    Migration {
+        sqlite: r#"
+        ALTER TABLE users ADD COLUMN password_cost TEXT GENERATED ALWAYS AS (
+            CASE WHEN password_hash LIKE '$argon2%$%$%$%' THEN
+                rtrim(rtrim(rtrim(password_hash,
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'), '$'),
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')
+                || (length(password_hash) - length(rtrim(password_hash,
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')))
+            END) VIRTUAL;
 
-    -- Each cost in use and how many accounts use it; kept by the triggers below, whichever
-    -- process writes (the server, `coffer user create`).
-    CREATE TABLE password_costs (
-        cost     TEXT PRIMARY KEY,
-        accounts INTEGER NOT NULL
-    ) STRICT, WITHOUT ROWID;
-    INSERT INTO password_costs (cost, accounts)
-        SELECT password_cost, count(*) FROM users
-        WHERE password_cost IS NOT NULL GROUP BY password_cost;
+        -- Each cost in use and how many accounts use it; kept by the triggers below, whichever
+        -- process writes (the server, `coffer user create`).
+        CREATE TABLE password_costs (
+            cost     TEXT PRIMARY KEY,
+            accounts INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        INSERT INTO password_costs (cost, accounts)
+            SELECT password_cost, count(*) FROM users
+            WHERE password_cost IS NOT NULL GROUP BY password_cost;
 
-    CREATE TRIGGER password_cost_add AFTER INSERT ON users
-    WHEN NEW.password_cost IS NOT NULL BEGIN
-        INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
-            ON CONFLICT DO UPDATE SET accounts = accounts + 1;
-    END;
-    CREATE TRIGGER password_cost_leave AFTER UPDATE OF password_hash ON users
-    WHEN OLD.password_cost IS NOT NULL BEGIN
-        UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
-        DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
-    END;
-    CREATE TRIGGER password_cost_join AFTER UPDATE OF password_hash ON users
-    WHEN NEW.password_cost IS NOT NULL BEGIN
-        INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
-            ON CONFLICT DO UPDATE SET accounts = accounts + 1;
-    END;
-    CREATE TRIGGER password_cost_remove AFTER DELETE ON users
-    WHEN OLD.password_cost IS NOT NULL BEGIN
-        UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
-        DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
-    END;
-    "#,
+        CREATE TRIGGER password_cost_add AFTER INSERT ON users
+        WHEN NEW.password_cost IS NOT NULL BEGIN
+            INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
+                ON CONFLICT DO UPDATE SET accounts = accounts + 1;
+        END;
+        CREATE TRIGGER password_cost_leave AFTER UPDATE OF password_hash ON users
+        WHEN OLD.password_cost IS NOT NULL BEGIN
+            UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
+            DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
+        END;
+        CREATE TRIGGER password_cost_join AFTER UPDATE OF password_hash ON users
+        WHEN NEW.password_cost IS NOT NULL BEGIN
+            INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
+                ON CONFLICT DO UPDATE SET accounts = accounts + 1;
+        END;
+        CREATE TRIGGER password_cost_remove AFTER DELETE ON users
+        WHEN OLD.password_cost IS NOT NULL BEGIN
+            UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
+            DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
+        END;
+        "#,
+        postgres: r#"
+        -- STORED: PostgreSQL before 18 has no virtual generated columns. ILIKE: SQLite's LIKE
+        -- ignores ASCII case.
+        ALTER TABLE users ADD COLUMN password_cost TEXT COLLATE "C" GENERATED ALWAYS AS (
+            CASE WHEN password_hash ILIKE '$argon2%$%$%$%' THEN
+                rtrim(rtrim(rtrim(password_hash,
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'), '$'),
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')
+                || (length(password_hash) - length(rtrim(password_hash,
+                    'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/')))::text
+            END) STORED;
+
+        CREATE TABLE password_costs (
+            cost     TEXT COLLATE "C" PRIMARY KEY,
+            accounts BIGINT NOT NULL
+        );
+        INSERT INTO password_costs (cost, accounts)
+            SELECT password_cost, count(*) FROM users
+            WHERE password_cost IS NOT NULL GROUP BY password_cost;
+
+        CREATE FUNCTION password_costs_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.password_cost IS NOT NULL THEN
+                UPDATE password_costs SET accounts = accounts - 1 WHERE cost = OLD.password_cost;
+                DELETE FROM password_costs WHERE cost = OLD.password_cost AND accounts <= 0;
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.password_cost IS NOT NULL THEN
+                INSERT INTO password_costs (cost, accounts) VALUES (NEW.password_cost, 1)
+                    ON CONFLICT (cost) DO UPDATE SET accounts = password_costs.accounts + 1;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER password_cost_add AFTER INSERT ON users
+            FOR EACH ROW EXECUTE FUNCTION password_costs_follow();
+        CREATE TRIGGER password_cost_change AFTER UPDATE OF password_hash ON users
+            FOR EACH ROW EXECUTE FUNCTION password_costs_follow();
+        CREATE TRIGGER password_cost_remove AFTER DELETE ON users
+            FOR EACH ROW EXECUTE FUNCTION password_costs_follow();
+        "#,
+    },
     // v3: blob deletions are queued in the transaction that deletes (or replaces) their row, and
     // carried out after it commits: a crash in between leaves a queued entry that the next start
     // or sweep finishes, never a row without its blob nor an unexplained blob.
-    r#"
-    CREATE TABLE blob_deletions (
-        blob_key  TEXT PRIMARY KEY,
-        queued_at INTEGER NOT NULL
-    ) STRICT, WITHOUT ROWID;
-    "#,
+    Migration {
+        sqlite: r#"
+        CREATE TABLE blob_deletions (
+            blob_key  TEXT PRIMARY KEY,
+            queued_at INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        "#,
+        postgres: r#"
+        CREATE TABLE blob_deletions (
+            blob_key  TEXT PRIMARY KEY,
+            queued_at BIGINT NOT NULL
+        );
+        "#,
+    },
 ];
 
 /// The version this binary writes.
@@ -188,20 +364,95 @@ pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
             )),
         ));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another process may have migrated while we waited for the lock.
         let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if usize::try_from(now).unwrap_or(usize::MAX) > i {
             continue;
         }
-        tx.execute_batch(sql)?;
+        tx.execute_batch(m.sqlite)?;
         tx.pragma_update(
             None,
             "user_version",
             i64::try_from(i + 1).unwrap_or(i64::MAX),
         )?;
         tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The PostgreSQL advisory lock key held while migrating (a `coffer` prefix in the high bytes:
+/// the key space is shared with anything else using the database).
+pub const POSTGRES_LOCK: i64 = 0x636f_6666_6572_0001;
+
+/// Why a PostgreSQL database was not migrated.
+#[derive(Debug)]
+pub enum PgMigrationError {
+    /// The database failed or could not be reached.
+    Postgres(tokio_postgres::Error),
+    /// It is at a version this binary does not know.
+    Newer {
+        /// Its version.
+        found: usize,
+    },
+}
+
+impl From<tokio_postgres::Error> for PgMigrationError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
+/// Bring a PostgreSQL database to [`LATEST`], under a session-level advisory lock so that
+/// nodes starting at once take turns (the later ones find nothing left to do). `client`
+/// should be a connection of its own: its timeouts are lifted for the migration.
+pub async fn run_postgres(client: &mut tokio_postgres::Client) -> Result<(), PgMigrationError> {
+    // Another node may hold the lock for as long as its migration takes.
+    client
+        .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&POSTGRES_LOCK])
+        .await?;
+    let result = migrate_postgres_locked(client).await;
+    // Also released when the connection closes, which the caller does next anyway.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&POSTGRES_LOCK])
+        .await;
+    result
+}
+
+async fn migrate_postgres_locked(
+    client: &mut tokio_postgres::Client,
+) -> Result<(), PgMigrationError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS coffer_schema (
+                version    INTEGER PRIMARY KEY,
+                applied_at BIGINT NOT NULL
+            )",
+        )
+        .await?;
+    let current: Option<i32> = client
+        .query_one("SELECT max(version) FROM coffer_schema", &[])
+        .await?
+        .try_get(0)?;
+    let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
+    if current > LATEST {
+        return Err(PgMigrationError::Newer { found: current });
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        let tx = client.transaction().await?;
+        tx.batch_execute(m.postgres).await?;
+        tx.execute(
+            "INSERT INTO coffer_schema (version, applied_at) VALUES ($1, $2)",
+            &[&version, &crate::ids::Timestamp::now().0],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, "migrated the PostgreSQL schema");
     }
     Ok(())
 }

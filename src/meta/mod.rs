@@ -6,7 +6,9 @@
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
-//! embedded default. Schema changes are one ordered list ([`migrations`]).
+//! embedded default, and [`postgres`], which several nodes can share: every rule above holds
+//! on it across nodes, enforced by the database. Schema changes are one ordered list
+//! ([`migrations`]), written for both.
 //!
 //! Invariant: nothing outside this module names an engine's types or writes SQL; every value
 //! is bound, never formatted into a statement.
@@ -19,6 +21,7 @@ pub mod links;
 pub mod maintenance;
 pub mod migrations;
 pub mod page;
+pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod users;
@@ -51,6 +54,11 @@ impl MetaStore {
     /// `readers` pooled read connections.
     pub async fn open_sqlite(path: &Path, readers: usize) -> Result<Self, MetaError> {
         Ok(Self(Arc::new(sqlite::Sqlite::open(path, readers).await?)))
+    }
+
+    /// Connect to PostgreSQL (migrating it when needed, once across nodes).
+    pub async fn open_postgres(settings: &postgres::Settings) -> Result<Self, MetaError> {
+        Ok(Self(Arc::new(postgres::Postgres::open(settings).await?)))
     }
 
     /// Accounts.

@@ -6,9 +6,13 @@
 //!    immutable, so a link is a copy), or copied when DEST is on another filesystem.
 //! 3. `DEST/manifest.jsonl` lists each file's blob, sizes and SHA-256.
 //!
-//! Invariant: DEST is itself a valid storage root that passes `coffer check`: a file deleted
-//! (or re-encrypted under a new blob) between the snapshot and the blob copy is dropped from
-//! the copy's database too. DEST is never inside the storage root nor contains it, symlinks
+//! With the metadata in PostgreSQL, only steps 2 and 3 run, over the rows as they are read
+//! (page by page); the database itself is backed up with `pg_dump`, which takes a consistent
+//! snapshot of it while the nodes keep writing.
+//!
+//! Invariant: DEST is itself a valid storage root that passes `coffer check` (SQLite): a file
+//! deleted (or re-encrypted under a new blob) between the snapshot and the blob copy is
+//! dropped from the copy's database too; with PostgreSQL it is left out of the manifest. DEST is never inside the storage root nor contains it, symlinks
 //! resolved (a copy under `tmp/` would be wiped at the next start, one under `blobs/` would
 //! fail `coffer check`). With `--no-blobs` only the database and manifest are
 //! written; restoring then needs the blobs from elsewhere.
@@ -19,6 +23,8 @@ use std::path::{Component, Path, PathBuf};
 use crate::blob::BlobKey;
 use crate::blocking;
 use crate::ids::{FileId, Timestamp};
+use crate::meta::MetaStore;
+use crate::meta::files::StoredFile;
 use crate::meta::sqlite::snapshot::Snapshot;
 
 /// What a backup did.
@@ -85,7 +91,7 @@ pub enum DestError {
 }
 
 /// Back up the store at `root` (canonical) into `dest`.
-pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, BackupError> {
+pub async fn create(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, BackupError> {
     let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
     blocking::run(move || {
         let target = destination(&root, &dest)?;
@@ -93,6 +99,40 @@ pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, 
     })
     .await
     .map_err(|e| BackupError::Failed(e.into()))?
+}
+
+/// Back up the blobs and manifest of a store whose metadata is in PostgreSQL (the database
+/// itself is for `pg_dump`). `root` is the canonical storage root.
+pub async fn run_without_database(
+    meta: &MetaStore,
+    root: &Path,
+    dest: &Path,
+    with_blobs: bool,
+) -> Result<Summary, BackupError> {
+    let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
+    let (r, d) = (root.clone(), dest.clone());
+    let target = blocking::run(move || destination(&r, &d))
+        .await
+        .map_err(|e| BackupError::Failed(e.into()))??;
+    const PAGE: usize = 1000;
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let page = meta
+            .files()
+            .scan(after, PAGE)
+            .await
+            .map_err(|e| BackupError::Failed(e.into()))?;
+        after = page.last().map(|f| f.file.id);
+        let done = page.len() < PAGE;
+        rows.extend(page);
+        if done {
+            break;
+        }
+    }
+    blocking::run(move || Ok(backup_without_database(&root, &target, &rows, with_blobs)?))
+        .await
+        .map_err(|e| BackupError::Failed(e.into()))?
 }
 
 /// Where `dest` leads, refused when it is inside the storage root or contains it. The folder is
@@ -156,11 +196,7 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dest)?;
+    create_dest(dest)?;
     let db = dest.join("coffer.db");
     if db.exists() {
         anyhow::bail!(
@@ -170,6 +206,51 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     }
     let snapshot = Snapshot::take(&root.join("coffer.db"), &db)?;
     let rows = snapshot.files()?;
+    let (summary, vanished) = copy_and_list(root, dest, &rows, with_blobs, Some("coffer.db"))?;
+    snapshot.forget(&vanished)?;
+    drop(snapshot);
+    // The copy is durable before we say it exists.
+    std::fs::File::open(dest)?.sync_all()?;
+    Ok(summary)
+}
+
+fn backup_without_database(
+    root: &Path,
+    dest: &Path,
+    rows: &[StoredFile],
+    with_blobs: bool,
+) -> anyhow::Result<Summary> {
+    create_dest(dest)?;
+    let manifest = dest.join("manifest.jsonl");
+    if manifest.exists() {
+        anyhow::bail!(
+            "{} already exists; back up into an empty folder",
+            manifest.display()
+        );
+    }
+    let (summary, _) = copy_and_list(root, dest, rows, with_blobs, None)?;
+    std::fs::File::open(dest)?.sync_all()?;
+    Ok(summary)
+}
+
+fn create_dest(dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dest)
+}
+
+/// Copy (or link) the blobs of `rows` into `dest` and write `manifest.jsonl`, whose first line
+/// names the database file (`null`: not in the backup). The ids of rows whose blob vanished
+/// meanwhile are returned; they are left out of the manifest.
+fn copy_and_list(
+    root: &Path,
+    dest: &Path,
+    rows: &[StoredFile],
+    with_blobs: bool,
+    database: Option<&str>,
+) -> anyhow::Result<(Summary, Vec<FileId>)> {
     let mut summary = Summary {
         files: rows.len(),
         ..Summary::default()
@@ -178,10 +259,10 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     writeln!(
         manifest,
         "{}",
-        serde_json::json!({ "coffer_backup": 1, "created_at": Timestamp::now(), "database": "coffer.db", "files": rows.len() })
+        serde_json::json!({ "coffer_backup": 1, "created_at": Timestamp::now(), "database": database, "files": rows.len() })
     )?;
     let mut vanished: Vec<FileId> = Vec::new();
-    for f in &rows {
+    for f in rows {
         let Some(key) = BlobKey::parse(&f.blob_key) else {
             continue;
         };
@@ -210,12 +291,8 @@ fn backup(root: &Path, dest: &Path, with_blobs: bool) -> anyhow::Result<Summary>
     }
     manifest.flush()?;
     manifest.get_ref().sync_all()?;
-    snapshot.forget(&vanished)?;
-    drop(snapshot);
-    // The copy is durable before we say it exists.
-    std::fs::File::open(dest)?.sync_all()?;
     summary.vanished = vanished.len();
-    Ok(summary)
+    Ok((summary, vanished))
 }
 
 fn blob_path(root: &Path, key: &BlobKey) -> PathBuf {

@@ -1,17 +1,54 @@
 //! Start-up recovery: before anything is served, clean up what an interrupted run left.
 //!
 //! Invariant: temp files of interrupted uploads are removed, queued blob deletions finished,
-//! and (when asked) blobs without a row removed, before the first request is accepted.
+//! and (when asked) blobs without a row removed, before the first request is accepted. A blob
+//! store that does not answer yet is no reason not to start: the node serves, unready (503),
+//! until it answers; the sweeper then finishes queued deletions, and orphans wait for the
+//! next start or `coffer check --repair`.
 
 use std::time::Duration;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobError, BlobStore};
 use crate::meta::MetaStore;
 use crate::ops::check;
-use crate::removal;
+use crate::removal::{self, RemoveError};
 
-/// Crash recovery before serving.
-pub async fn recover(meta: &MetaStore, blobs: &BlobStore, scan: bool) -> anyhow::Result<()> {
+/// Crash recovery before serving. `scan` looks for blobs without a row too; `grace` is how
+/// old such a blob must be before it counts as an orphan (zero when nothing else can be
+/// writing to the store).
+pub async fn recover(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    scan: bool,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    match recover_blobs(meta, blobs, scan, grace).await {
+        Err(e) if blobs_unavailable(&e) => {
+            tracing::warn!(error = %e, "the blob store does not answer; starting without crash recovery");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn blobs_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BlobError>(),
+            Some(BlobError::Unavailable(_))
+        ) || matches!(
+            cause.downcast_ref::<RemoveError>(),
+            Some(RemoveError::Blob(BlobError::Unavailable(_)))
+        )
+    })
+}
+
+async fn recover_blobs(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    scan: bool,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let temp = blobs.clear_staging().await?;
     let trashed = removal::purge_queued(meta, blobs).await?;
     if temp + trashed > 0 {
@@ -23,8 +60,7 @@ pub async fn recover(meta: &MetaStore, blobs: &BlobStore, scan: bool) -> anyhow:
     }
     if scan {
         let report = check::scan(meta, blobs, None).await?;
-        // Nothing else runs on this root yet: no grace needed.
-        let orphans = check::remove_orphans(meta, blobs, &report, Duration::ZERO).await?;
+        let orphans = check::remove_orphans(meta, blobs, &report, grace).await?;
         if orphans > 0 {
             tracing::warn!(orphans, "removed blobs that had no database row");
         }

@@ -34,8 +34,8 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// Run forever (aborted at shutdown).
-    pub async fn run(self) {
+    /// Sweep every `interval`, forever (aborted at shutdown).
+    pub async fn sweep_periodically(self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

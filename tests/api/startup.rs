@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use crate::helpers::fixtures::png;
 use crate::helpers::{TestApp, bin, clean_env, secret};
 
 fn serve_with_secret(secret: Option<&str>) -> std::process::Output {
@@ -87,9 +88,7 @@ async fn env_overrides_win_over_the_config_file() {
         .spawn()
         .await;
     let u = app.user("fileonly").await;
-    let r = app
-        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-        .await;
+    let r = app.upload(&u.token, "a.png", png(100)).await;
     assert_eq!(r.status(), 413);
     drop(app);
     // The environment wins over the file.
@@ -99,9 +98,7 @@ async fn env_overrides_win_over_the_config_file() {
         .spawn()
         .await;
     let u = app.user("envwins").await;
-    let r = app
-        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-        .await;
+    let r = app.upload(&u.token, "a.png", png(100)).await;
     assert_eq!(r.status(), 201);
 }
 
@@ -119,12 +116,7 @@ async fn config_flag_wins_over_coffer_config() {
         .spawn()
         .await;
     let u = app.user("flagwins").await;
-    assert_eq!(
-        app.upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(app.upload(&u.token, "a.png", png(100)).await.status(), 201);
 }
 
 #[test]
@@ -156,6 +148,58 @@ fn unknown_keys_and_bad_values_stop_start_up() {
             ) || err.contains("cors"),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn database_url_secrets_come_from_the_environment_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, "postgres://coffer:hunter2@127.0.0.1:9/coffer\n").unwrap();
+    let config = dir.path().join("coffer.toml");
+    std::fs::write(
+        &config,
+        "[database]\nurl = \"postgres://coffer:hunter2@127.0.0.1:9/coffer\"\n",
+    )
+    .unwrap();
+    let url_file = url_file.to_str().unwrap();
+    let config = config.to_str().unwrap();
+    /// Environment, arguments before `serve`, and what the error must say.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &[
+                (
+                    "COFFER_DATABASE_URL",
+                    "postgres://coffer@127.0.0.1:9/coffer",
+                ),
+                ("COFFER_DATABASE_URL_FILE", url_file),
+            ],
+            &[],
+            "both COFFER_DATABASE_URL and COFFER_DATABASE_URL_FILE",
+        ),
+        (&[], &["--config", config], "carries a password"),
+        (
+            &[("COFFER_DATABASE_URL", "mysql://127.0.0.1/coffer")],
+            &[],
+            "postgres://",
+        ),
+    ];
+    for (env, args, says) in cases {
+        let mut cmd = Command::new(bin());
+        clean_env(&mut cmd);
+        cmd.args(args)
+            .arg("serve")
+            .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+            .env("COFFER_SECRET_KEY", secret());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?} {args:?}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }
 

@@ -19,7 +19,7 @@ use crate::state::AppState;
 
 /// The resolved client address, stored in request extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
+pub(crate) struct ClientIp(pub IpAddr);
 
 /// Parse one `X-Forwarded-For` element (`1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`).
 fn parse_hop(s: &str) -> Option<IpAddr> {
@@ -31,7 +31,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// Resolve the client address for a request from `peer`.
-pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
@@ -56,7 +56,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 }
 
 /// Middleware: resolve once per request and store it.
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

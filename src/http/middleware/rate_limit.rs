@@ -10,7 +10,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::middleware::headers;
 use crate::metrics::Limiter;

@@ -13,8 +13,9 @@ use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
 use crate::auth::cache::Revoked;
-use crate::error::{AppError, AppResult};
-use crate::http::extract::{AppJson, Principal};
+use crate::auth::principal::Principal;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{
     PageQuery, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, next_cursor,
@@ -35,7 +36,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// A page of users.
 #[derive(Serialize, ToSchema)]
-pub struct UserList {
+pub(crate) struct UserList {
     /// Newest first.
     items: Vec<User>,
     /// The next page's cursor, or null.
@@ -72,7 +73,7 @@ async fn list_users(
     params(("id" = String, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn delete_user(
@@ -109,7 +110,7 @@ async fn delete_user(
 /// `POST /admin/users/{id}/role` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleRequest {
+pub(crate) struct RoleRequest {
     /// The new role.
     role: Role,
 }
@@ -121,7 +122,7 @@ pub struct RoleRequest {
     request_body = RoleRequest,
     responses(
         (status = 200, description = "The updated user", body = User),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn set_role(
@@ -156,7 +157,7 @@ async fn set_role(
 
 /// A page of audit entries.
 #[derive(Serialize, ToSchema)]
-pub struct AuditList {
+pub(crate) struct AuditList {
     /// Newest first.
     items: Vec<AuditEntry>,
     /// The next page's cursor, or null.

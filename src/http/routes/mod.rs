@@ -2,9 +2,9 @@
 //! use, written just above them. Authorisation is written in each handler, where a reviewer
 //! sees it.
 
-pub mod admin;
-pub mod auth;
-pub mod files;
-pub mod health;
-pub mod keys;
-pub mod links;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod files;
+pub(crate) mod health;
+pub(crate) mod keys;
+pub(crate) mod links;

@@ -9,7 +9,7 @@
 
 mod accept;
 pub(crate) mod parser_errors;
-pub mod send_timeout;
+pub(crate) mod send_timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use send_timeout::SendTimeout;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A built application, ready to serve.
-pub struct App {
+pub(crate) struct App {
     state: AppState,
     router: Router,
     tasks: Vec<JoinHandle<()>>,
@@ -45,7 +45,7 @@ pub struct App {
 
 impl App {
     /// Open the state (stores, crash recovery), build the router and start background work.
-    pub async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
+    pub(crate) async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
         let (state, audit_task) = AppState::open(config, secrets).await?;
         let (router, doc) = stack::router(state.clone());
         let doc = serde_json::to_vec(&doc)?;
@@ -59,7 +59,7 @@ impl App {
                     interval: Duration::from_secs(state.config.retention.sweep_interval_secs),
                     audit_retention_days: state.config.audit.retention_days,
                 }
-                .run(),
+                .sweep_periodically(),
             ),
             tokio::spawn(limiter_housekeeping(state.clone())),
         ];
@@ -71,14 +71,9 @@ impl App {
         })
     }
 
-    /// The shared state (tests and tools).
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serve on `listener` until `shutdown` completes, then drain in-flight requests (bounded
     /// by `server.shutdown_grace_secs`) and flush the audit trail.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
@@ -229,6 +224,6 @@ async fn limiter_housekeeping(state: AppState) {
 }
 
 /// Bind a listener (with `SO_REUSEADDR`, as tokio sets by default on Unix).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use memchr::memmem;
 
 use super::framing::status_line;
-use crate::error::{PROBLEM_JSON, problem_body};
+use crate::http::error::{PROBLEM_JSON, problem_body};
 use crate::http::middleware::headers;
 use crate::http::middleware::request_id::{X_REQUEST_ID, fresh_id};
 

@@ -1,0 +1,240 @@
+//! The `audit` table and its anchor in PostgreSQL.
+//!
+//! Invariant: there is one chain however many nodes append. Every append (and every prune,
+//! which moves the anchor) first takes the `AUDIT_CHAIN` advisory lock for its transaction,
+//! then reads the tail. The transaction must be `READ COMMITTED`: each statement then takes
+//! its snapshot after the lock is held, so the tail read includes whatever the previous holder
+//! committed (PostgreSQL makes a commit visible before it releases the committer's locks).
+//! Under `REPEATABLE READ` the snapshot would date from before the wait, and two appenders
+//! would chain from the same tail (the `seq` primary key would then refuse the second).
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::{IsolationLevel, PgResult, Postgres, Tx, lock_keys};
+use crate::ids::Timestamp;
+use crate::meta::audit::{Audit, AuditEntry, ChainKey, ChainedEntry, Link, chain};
+use crate::meta::error::MetaError;
+use crate::meta::page::Page;
+
+const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash";
+
+fn row(r: &Row) -> PgResult<ChainedEntry> {
+    let detail: String = r.try_get(7)?;
+    Ok(ChainedEntry {
+        seq: r.try_get(0)?,
+        entry: AuditEntry {
+            id: r.try_get(1)?,
+            at: r.try_get(2)?,
+            event: r.try_get(3)?,
+            actor_id: r.try_get(4)?,
+            subject_id: r.try_get(5)?,
+            client_ip: r.try_get(6)?,
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        },
+        hash: r.try_get(8)?,
+        detail_raw: detail,
+    })
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn lock_chain(t: &Tx<'_>) -> PgResult<()> {
+    t.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&lock_keys::AUDIT_CHAIN],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where the stored chain starts.
+pub async fn anchor(c: &impl GenericClient) -> PgResult<Link> {
+    let st = c
+        .prepare_cached("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+        .await?;
+    Ok(match c.query_opt(&st, &[]).await? {
+        Some(r) => Link {
+            seq: r.try_get(0)?,
+            hash: r.try_get(1)?,
+        },
+        None => Link::genesis(),
+    })
+}
+
+async fn last_link(t: &Tx<'_>) -> PgResult<Link> {
+    let st = t
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .await?;
+    match t.query_opt(&st, &[]).await? {
+        Some(r) => Ok(Link {
+            seq: r.try_get(0)?,
+            hash: r.try_get(1)?,
+        }),
+        None => anchor(t).await,
+    }
+}
+
+/// Append entries in order, chained from the tail read under the chain lock, in one insert.
+pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    lock_chain(t).await?;
+    let chained = chain(key, last_link(t).await?, entries);
+    let seq: Vec<i64> = chained.iter().map(|e| e.seq).collect();
+    let id: Vec<uuid::Uuid> = chained.iter().map(|e| e.entry.id).collect();
+    let at: Vec<i64> = chained.iter().map(|e| e.entry.at.0).collect();
+    let event: Vec<&str> = chained.iter().map(|e| e.entry.event.as_str()).collect();
+    let actor: Vec<Option<&str>> = chained
+        .iter()
+        .map(|e| e.entry.actor_id.as_deref())
+        .collect();
+    let subject: Vec<Option<&str>> = chained
+        .iter()
+        .map(|e| e.entry.subject_id.as_deref())
+        .collect();
+    let ip: Vec<Option<&str>> = chained
+        .iter()
+        .map(|e| e.entry.client_ip.as_deref())
+        .collect();
+    let detail: Vec<&str> = chained.iter().map(|e| e.detail_raw.as_str()).collect();
+    let hash: Vec<&[u8]> = chained.iter().map(|e| e.hash.as_slice()).collect();
+    let st = t
+        .prepare_cached(
+            "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash)
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[],
+                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])",
+        )
+        .await?;
+    t.execute(
+        &st,
+        &[
+            &seq, &id, &at, &event, &actor, &subject, &ip, &detail, &hash,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Newest first, before the `seq` cursor.
+pub async fn list(
+    c: &impl GenericClient,
+    before_seq: Option<i64>,
+    limit: usize,
+) -> PgResult<Page<ChainedEntry>> {
+    let fetch = count(limit.saturating_add(1));
+    let found = match before_seq {
+        None => {
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM audit ORDER BY seq DESC LIMIT $1"
+                ))
+                .await?;
+            c.query(&st, &[&fetch]).await?
+        }
+        Some(before) => {
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+                ))
+                .await?;
+            c.query(&st, &[&before, &fetch]).await?
+        }
+    };
+    let found = found.iter().map(row).collect::<PgResult<Vec<_>>>()?;
+    Ok(Page::from_overfetch(found, limit))
+}
+
+/// Remove entries older than `cutoff`, moving the anchor to the last one removed.
+pub async fn prune(t: &Tx<'_>, cutoff: Timestamp) -> PgResult<usize> {
+    lock_chain(t).await?;
+    let last = t
+        .query_opt(
+            "SELECT seq, hash FROM audit WHERE at < $1 ORDER BY seq DESC LIMIT 1",
+            &[&cutoff],
+        )
+        .await?;
+    let Some(last) = last else {
+        return Ok(0);
+    };
+    let seq: i64 = last.try_get(0)?;
+    let hash: Vec<u8> = last.try_get(1)?;
+    let n = t
+        .execute("DELETE FROM audit WHERE seq <= $1", &[&seq])
+        .await?;
+    t.execute(
+        "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        &[&seq, &hash],
+    )
+    .await?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Entries in chain order after `after_seq`.
+pub async fn chain_page(
+    c: &impl GenericClient,
+    after_seq: i64,
+    limit: usize,
+) -> PgResult<Vec<ChainedEntry>> {
+    let st = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .await?;
+    c.query(&st, &[&after_seq, &count(limit)])
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+}
+
+#[async_trait]
+impl Audit for Postgres {
+    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError> {
+        // READ COMMITTED on purpose: see the module comment.
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (ChainKey(key.0), entries),
+            |t, (key, entries)| Box::pin(append(t, key, entries)),
+        )
+        .await
+    }
+
+    async fn list(
+        &self,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ChainedEntry>, MetaError> {
+        self.one((before_seq, limit), |c, &(before, limit)| {
+            Box::pin(list(c, before, limit))
+        })
+        .await
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> Result<usize, MetaError> {
+        self.tx(IsolationLevel::ReadCommitted, cutoff, |t, &cutoff| {
+            Box::pin(prune(t, cutoff))
+        })
+        .await
+    }
+
+    async fn anchor(&self) -> Result<Link, MetaError> {
+        self.one((), |c, ()| Box::pin(anchor(c))).await
+    }
+
+    async fn chain_page(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainedEntry>, MetaError> {
+        self.one((after_seq, limit), |c, &(after, limit)| {
+            Box::pin(chain_page(c, after, limit))
+        })
+        .await
+    }
+}
