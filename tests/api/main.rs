@@ -12,6 +12,7 @@ mod audit;
 mod backup;
 mod check;
 mod connections;
+mod content_safety;
 mod crash;
 mod download;
 mod encryption;

@@ -1,12 +1,15 @@
 //! `coffer::ingest::scan` against the real clamd of the test stack (Debian's clamav-daemon,
 //! loading only `tests/fixtures/clamav/coffer-test.ndb`, which knows the EICAR string):
-//! clean data, EICAR cut across every frame and chunk boundary, clamd's own size limit, and
-//! clamd stopped before or during a scan. Without the stack these pass after the skip note.
+//! clean data, EICAR cut across every frame and chunk boundary, clamd's own size limit; and
+//! against a clamd of the test's own (the stack's is shared, never stopped) killed before or
+//! during a scan, and a listener that never answers. Without the stack (or clamd) these pass
+//! after the skip note.
 
 use std::time::{Duration, Instant};
 
 use coffer::ingest::scan::{Clamd, ClamdAddr, FRAME, Verdict};
 
+use crate::helpers::clamd::{OwnClamd, SilentClamd};
 use crate::helpers::stack::{self, Stack, eicar};
 
 const SIGNATURE: &str = "Coffer.Test.EICAR.UNOFFICIAL";
@@ -89,13 +92,17 @@ async fn scan_reports_clamds_own_size_limit_as_too_large() {
 
 #[tokio::test]
 async fn scan_with_clamd_stopped_is_unavailable_at_once() {
-    let Some(stack) = stack::require_exclusive("scan_with_clamd_stopped_is_unavailable_at_once")
-    else {
+    // A clamd of this test's own: the stack's is shared and never stopped.
+    let Some(mut own) = OwnClamd::start("scan_with_clamd_stopped_is_unavailable_at_once") else {
         return;
     };
-    let clamd = clamd(&stack, 26_214_400);
+    let clamd = Clamd::new(ClamdAddr::parse(&own.addr()).unwrap(), TIMEOUT, 26_214_400);
     clamd.ping().await.unwrap();
-    stack.clamd_stop();
+    assert_eq!(
+        scan_in(&clamd, &eicar(), 10).await,
+        Verdict::Infected(SIGNATURE.into())
+    );
+    own.kill();
     let started = Instant::now();
     assert!(clamd.ping().await.is_err());
     let v = scan_in(&clamd, &eicar(), 10).await;
@@ -105,65 +112,60 @@ async fn scan_with_clamd_stopped_is_unavailable_at_once() {
         "{:?}",
         started.elapsed()
     );
-    stack.clamd_start();
-    clamd.ping().await.unwrap();
-    assert_eq!(
-        scan_in(&clamd, &eicar(), 10).await,
-        Verdict::Infected(SIGNATURE.into())
-    );
 }
 
 #[tokio::test]
 async fn scan_with_clamd_killed_mid_stream_is_unavailable() {
-    let Some(stack) = stack::require_exclusive("scan_with_clamd_killed_mid_stream_is_unavailable")
-    else {
+    let Some(mut own) = OwnClamd::start("scan_with_clamd_killed_mid_stream_is_unavailable") else {
         return;
     };
-    let clamd = clamd(&stack, 26_214_400);
+    let clamd = Clamd::new(ClamdAddr::parse(&own.addr()).unwrap(), TIMEOUT, 26_214_400);
     let mut s = clamd.session().await;
     let piece = filler(256 * 1024);
     for _ in 0..8 {
         s.feed(&piece).await.unwrap();
     }
-    // Stop clamd while the stream is open, and go on sending as an upload would.
-    let stopping = std::thread::spawn({
-        let dir = stack.dir.clone();
-        move || {
-            let out = std::process::Command::new(stack::script())
-                .arg("--dir")
-                .arg(dir)
-                .arg("clamd-stop")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    });
+    // Kill clamd while the stream is open, and go on sending as an upload would.
+    own.kill();
     let started = Instant::now();
     let mut early = None;
-    while !stopping.is_finished() {
+    for _ in 0..16 {
         if let Err(v) = s.feed(&piece).await {
             early = Some(v);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stopping.join().unwrap();
-    // The stack restarts clamd when this test's Stack is dropped; note that it stopped.
-    stack.clamd_stop();
     let v = match early {
         Some(v) => v,
-        None => {
-            let _ = s.feed(&piece).await;
-            s.verdict().await
-        }
+        None => s.verdict().await,
     };
     assert!(matches!(v, Verdict::Unavailable(_)), "{v:?}");
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
     eprintln!(
-        "clamd stopped mid-stream: {v:?} after {:?}",
+        "clamd killed mid-stream: {v:?} after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn scan_of_a_clamd_that_never_answers_is_unavailable_after_the_timeout() {
+    let silent = SilentClamd::start().await;
+    let clamd = Clamd::new(
+        ClamdAddr::parse(&silent.addr).unwrap(),
+        Duration::from_millis(500),
+        26_214_400,
+    );
+    let started = Instant::now();
+    assert!(clamd.ping().await.is_err());
+    // Small: everything fits in the socket buffers, the answer never comes. Large: the
+    // writes stall.
+    for len in [1000, 16 << 20] {
+        let v = scan_in(&clamd, &filler(len), 64 * 1024).await;
+        assert!(matches!(v, Verdict::Unavailable(_)), "{len}: {v:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
         started.elapsed()
     );
 }

@@ -34,7 +34,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod calls;
+pub mod clamd;
 pub mod fixtures;
+pub mod images;
 pub mod raw;
 pub mod request;
 pub mod s3;

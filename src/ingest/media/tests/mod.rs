@@ -334,7 +334,14 @@ fn exiftool(bytes: &[u8], ext: &str) -> Option<serde_json::Map<String, serde_jso
         .output()
     {
         Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // CI installs it and sets this: there a missing exiftool is a failure.
+            assert!(
+                std::env::var("COFFER_TEST_REQUIRE_EXIFTOOL").as_deref() != Ok("1"),
+                "COFFER_TEST_REQUIRE_EXIFTOOL=1 but exiftool is not installed"
+            );
+            return None;
+        }
         Err(e) => panic!("exiftool: {e}"),
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
