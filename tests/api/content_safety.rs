@@ -571,3 +571,129 @@ async fn content_safety_on_postgres_and_s3() {
         "t"
     );
 }
+
+// ---- Measurements (not tests) ----------------------------------------------------------------
+
+/// A 64 MiB baseline JPEG: a real encoder's headers with EXIF, XMP and a comment, then 64 MiB
+/// of entropy-coded-like data (pseudo-random, every FF stuffed with 00, as a camera writes
+/// it), then EOI. The walker does not decode, so only the byte statistics matter.
+fn big_jpeg(len: usize) -> Vec<u8> {
+    let (dirty, _) = jpeg_with_metadata(1);
+    let sos = dirty.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let header = usize::from(u16::from_be_bytes([dirty[sos + 2], dirty[sos + 3]]));
+    let mut j = dirty[..sos + 2 + header].to_vec();
+    for b in noise(len, 11) {
+        j.push(b);
+        if b == 0xFF {
+            j.push(0);
+        }
+    }
+    j.extend_from_slice(&[0xFF, 0xD9]);
+    j
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn timed_upload(app: &TestApp, token: &str, name: &str, body: &[u8]) -> Duration {
+    let started = Instant::now();
+    let r = app.upload(token, name, body.to_vec()).await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 201, "{name}");
+    let f: Value = r.json().await.unwrap();
+    let gone = app
+        .delete_file(f["id"].as_str().unwrap())
+        .bearer(token)
+        .status()
+        .await;
+    assert_eq!(gone, 204);
+    took
+}
+
+/// Upload throughput of a 64 MiB JPEG with stripping on and off, and the latency clamd adds
+/// to a 20 MiB upload next to clamd's own time for the same bytes. Run against a release
+/// build and the stack:
+/// `cargo build --release && . /work/stack/env && COFFER_TEST_BIN=target/release/coffer
+///  cargo test --test api measure_ -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement to report, not a test"]
+async fn measure_stripping_throughput_and_scan_latency() {
+    let rounds = 7;
+    let big = big_jpeg(64 << 20);
+    let server = |strip: bool| {
+        TestApp::builder()
+            .env(
+                "COFFER_LIMITS__MAX_UPLOAD_BYTES",
+                (128u64 << 20).to_string(),
+            )
+            .env("COFFER_LIMITS__USER_QUOTA_BYTES", "0")
+            .env("COFFER_LOG__LEVEL", "warn")
+            .env("COFFER_UPLOADS__STRIP_METADATA", strip.to_string())
+    };
+    let on = server(true).spawn().await;
+    let off = server(false).spawn().await;
+    let (u_on, u_off) = (on.user("on").await, off.user("off").await);
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        t_on.push(timed_upload(&on, &u_on.token, "big.jpg", &big).await);
+        t_off.push(timed_upload(&off, &u_off.token, "big.jpg", &big).await);
+    }
+    let mib = big.len() as f64 / f64::from(1 << 20);
+    let (m_on, m_off) = (median(t_on), median(t_off));
+    eprintln!(
+        "64 MiB JPEG upload, median of {rounds}: strip on {m_on:?} ({:.0} MiB/s), off {m_off:?} ({:.0} MiB/s), ratio on/off {:.3}",
+        mib / m_on.as_secs_f64(),
+        mib / m_off.as_secs_f64(),
+        m_off.as_secs_f64() / m_on.as_secs_f64()
+    );
+    drop((on, off));
+
+    let Some(stack) = stack::require("measure_stripping_throughput_and_scan_latency") else {
+        return;
+    };
+    let body = text(20 << 20);
+    let scanning = server(true)
+        .env("COFFER_SCAN__CLAMD", &stack.clamd)
+        .spawn()
+        .await;
+    let plain = server(true).spawn().await;
+    let (u_s, u_p) = (scanning.user("s").await, plain.user("p").await);
+    let (mut t_s, mut t_p, mut t_c, mut t_after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        t_s.push(timed_upload(&scanning, &u_s.token, "b.txt", &body).await);
+        t_p.push(timed_upload(&plain, &u_p.token, "b.txt", &body).await);
+        // clamd alone: the same bytes straight to its socket, and its answer after the end.
+        let (total, after) = direct_scan(&stack, &body);
+        t_c.push(total);
+        t_after.push(after);
+    }
+    let (s, p, c, after) = (median(t_s), median(t_p), median(t_c), median(t_after));
+    let added = s.saturating_sub(p);
+    eprintln!(
+        "20 MiB upload, median of {rounds}: with clamd {s:?}, without {p:?}, added {added:?}; \
+         clamd alone {c:?} (its answer {after:?} after the stream ended); coffer's overhead over \
+         clamd's own scan time: {:.1}%",
+        (added.as_secs_f64() - after.as_secs_f64()) / after.as_secs_f64() * 100.0
+    );
+}
+
+/// INSTREAM straight to clamd: the whole time, and the wait for the answer after the end.
+fn direct_scan(stack: &stack::Stack, bytes: &[u8]) -> (Duration, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(stack.clamd_socket()).unwrap();
+    s.write_all(b"zINSTREAM\0").unwrap();
+    for chunk in bytes.chunks(64 * 1024) {
+        s.write_all(&u32::try_from(chunk.len()).unwrap().to_be_bytes())
+            .unwrap();
+        s.write_all(chunk).unwrap();
+    }
+    s.write_all(&0u32.to_be_bytes()).unwrap();
+    let ended = Instant::now();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"stream: OK"), "{answer:?}");
+    (started.elapsed(), ended.elapsed())
+}
