@@ -230,7 +230,9 @@ fn give_up(scanner: &Scanner, v: Verdict) -> Result<&'static str, IngestError> {
             Ok("scanner_unavailable")
         }
         Verdict::Unavailable(why) => Err(IngestError::ScanUnavailable(why)),
-        // Not a failure; callers handle it before asking.
-        Verdict::Clean => Ok("clean"),
+        // Callers handle a clean verdict before asking; were one to get here, fail closed.
+        Verdict::Clean => Err(IngestError::ScanUnavailable(
+            "a clean verdict where none was due".into(),
+        )),
     }
 }

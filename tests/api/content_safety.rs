@@ -140,6 +140,34 @@ async fn eicar_is_refused_on_raw_and_multipart_uploads_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn with_encryption_at_rest_clamd_and_the_walkers_see_the_plaintext() {
+    let Some(stack) =
+        stack::require("with_encryption_at_rest_clamd_and_the_walkers_see_the_plaintext")
+    else {
+        return;
+    };
+    let app = TestApp::builder()
+        .env("COFFER_SCAN__CLAMD", &stack.clamd)
+        .env("COFFER_ENCRYPTION_KEY", crate::helpers::secret())
+        .spawn()
+        .await;
+    let u = app.user("sealed").await;
+    infected_422(app.upload(&u.token, "e.txt", infected(300_000)).await).await;
+    nothing_stored(&app, &u).await;
+    let (jpeg, clean) = jpeg_with_metadata(1);
+    let f = app.stored(&u.token, "photo.jpg", jpeg).await;
+    let id = f["id"].as_str().unwrap();
+    assert!(f["scanned_at"].is_string());
+    assert_eq!(f["sha256"], sha256_hex(&clean));
+    assert!(app.content_of(&u.token, id).await == clean);
+    let sealed = std::fs::read(app.blob_of(id)).unwrap();
+    assert!(
+        !sealed.windows(16).any(|w| w == &clean[..16]),
+        "the blob is sealed"
+    );
+}
+
+#[tokio::test]
 async fn clamd_killed_mid_upload_answers_503_and_stores_nothing() {
     let Some(mut clamd) = OwnClamd::start("clamd_killed_mid_upload_answers_503") else {
         return;
