@@ -11,7 +11,7 @@ use reqwest::{Body, Response};
 
 use serde_json::Value;
 
-use crate::helpers::clamd::{OwnClamd, SilentClamd};
+use crate::helpers::clamd::OwnClamd;
 use crate::helpers::fixtures::{noise, pdf, png, sha256_hex};
 use crate::helpers::images::{
     entropy_coded, exiftool, idat, jpeg_with_metadata, leaked_tags, pixels, png_with_metadata,
@@ -221,9 +221,14 @@ async fn clamd_killed_mid_upload_answers_503_and_stores_nothing() {
 
 #[tokio::test]
 async fn a_clamd_that_never_answers_makes_uploads_503_within_the_timeout() {
-    let silent = SilentClamd::start().await;
+    let Some(own) =
+        OwnClamd::start("a_clamd_that_never_answers_makes_uploads_503_within_the_timeout")
+    else {
+        return;
+    };
+    own.freeze();
     let app = TestApp::builder()
-        .env("COFFER_SCAN__CLAMD", &silent.addr)
+        .env("COFFER_SCAN__CLAMD", own.addr())
         .env("COFFER_SCAN__TIMEOUT_SECS", "1")
         .unready()
         .spawn()
@@ -265,7 +270,7 @@ async fn a_clamd_that_never_answers_makes_uploads_503_within_the_timeout() {
         started.elapsed()
     );
     eprintln!(
-        "a silent clamd stalled the upload after {sent} bytes; 503 after {:?}",
+        "a frozen clamd stalled the upload after {sent} bytes; 503 after {:?}",
         started.elapsed()
     );
     nothing_stored(&app, &u).await;

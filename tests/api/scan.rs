@@ -2,14 +2,14 @@
 //! loading only `tests/fixtures/clamav/coffer-test.ndb`, which knows the EICAR string):
 //! clean data, EICAR cut across every frame and chunk boundary, clamd's own size limit; and
 //! against a clamd of the test's own (the stack's is shared, never stopped) killed before or
-//! during a scan, and a listener that never answers. Without the stack (or clamd) these pass
+//! during a scan, or frozen (SIGSTOP) so it never answers. Without the stack (or clamd) these pass
 //! after the skip note.
 
 use std::time::{Duration, Instant};
 
 use coffer::ingest::scan::{Clamd, ClamdAddr, FRAME, Verdict};
 
-use crate::helpers::clamd::{OwnClamd, SilentClamd};
+use crate::helpers::clamd::OwnClamd;
 use crate::helpers::stack::{self, Stack, eicar};
 
 const SIGNATURE: &str = "Coffer.Test.EICAR.UNOFFICIAL";
@@ -149,9 +149,14 @@ async fn scan_with_clamd_killed_mid_stream_is_unavailable() {
 
 #[tokio::test]
 async fn scan_of_a_clamd_that_never_answers_is_unavailable_after_the_timeout() {
-    let silent = SilentClamd::start().await;
+    let Some(own) =
+        OwnClamd::start("scan_of_a_clamd_that_never_answers_is_unavailable_after_the_timeout")
+    else {
+        return;
+    };
+    own.freeze();
     let clamd = Clamd::new(
-        ClamdAddr::parse(&silent.addr).unwrap(),
+        ClamdAddr::parse(&own.addr()).unwrap(),
         Duration::from_millis(500),
         26_214_400,
     );

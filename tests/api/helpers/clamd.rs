@@ -1,4 +1,4 @@
-//! clamd daemons of a test's own, for tests that kill one or need one that never answers. The
+//! clamd daemons of a test's own, for tests that kill one or freeze one so it never answers. The
 //! stack's clamd is shared with other test runs (and other people's), so it is never stopped:
 //! a test that needs clamd to die starts its own (Debian's `clamd`, the project's EICAR-only
 //! signature database, a unix socket in a temporary directory) and kills that one.
@@ -6,8 +6,8 @@
 //! ```ignore
 //! let Some(mut clamd) = OwnClamd::start("my_test") else { return };
 //! let app = TestApp::builder().env("COFFER_SCAN__CLAMD", clamd.addr()).spawn().await;
+//! clamd.freeze(); // SIGSTOP: the socket still takes connections, nothing is read or answered
 //! clamd.kill();
-//! let silent = SilentClamd::start().await; // accepts, reads nothing, never answers
 //! ```
 
 use std::io::{Read, Write};
@@ -116,6 +116,19 @@ impl OwnClamd {
         }
     }
 
+    /// Freeze it (SIGSTOP): a clamd that hangs. The kernel still queues connections on its
+    /// socket and takes writes until the buffers fill, but nothing is read or answered.
+    /// Killing it later (or dropping it) still works.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status()
+                .expect("run kill -STOP");
+            assert!(status.success(), "kill -STOP clamd: {status}");
+        }
+    }
+
     /// Kill it (SIGKILL: no goodbye to open sessions) and wait until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -128,35 +141,5 @@ impl OwnClamd {
 impl Drop for OwnClamd {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A listener that accepts connections and never reads or answers: a clamd that hangs. Not a
-/// stand-in for clamd's verdicts (it gives none); the connections it accepted stay open
-/// until it is dropped.
-pub struct SilentClamd {
-    /// `tcp://127.0.0.1:PORT`.
-    pub addr: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SilentClamd {
-    /// Listen on a loopback port.
-    pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("tcp://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        });
-        Self { addr, task }
-    }
-}
-
-impl Drop for SilentClamd {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
