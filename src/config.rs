@@ -35,6 +35,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The upload type policy.
     pub uploads: UploadsConfig,
+    /// Virus scanning with clamd.
+    pub scan: ScanConfig,
     /// Download response policy.
     pub downloads: DownloadsConfig,
     /// Accounts, passwords and tokens.
@@ -251,6 +253,37 @@ pub struct LimitsConfig {
 pub struct UploadsConfig {
     /// Extension (lower-case, no dot) -> the content type its bytes must be.
     pub allowed: BTreeMap<String, String>,
+    /// Store JPEG, PNG and WebP without EXIF, XMP, IPTC, comments or thumbnails.
+    pub strip_metadata: bool,
+    /// The most pixels an image's header may declare (per frame and canvas).
+    pub max_image_pixels: u64,
+    /// Refuse images and PDFs that are also ZIP archives or carry markup near an end.
+    pub reject_polyglots: bool,
+}
+
+/// `[scan]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    /// `unix:/PATH` or `tcp://HOST:PORT`; absent (or empty), uploads are not scanned.
+    #[serde(default)]
+    pub clamd: Option<String>,
+    /// Longest wait for any one step of a scan (connect, a write, the verdict).
+    pub timeout_secs: u64,
+    /// Store files unscanned (and audit it) when clamd cannot answer, instead of 503.
+    pub fail_open: bool,
+    /// Largest file scanned; clamd's own `StreamMaxLength` should be at least this.
+    pub max_bytes: u64,
+    /// Store larger files unscanned (audited) instead of refusing them with 413.
+    pub skip_larger: bool,
+}
+
+impl ScanConfig {
+    /// The configured clamd, parsed (validation guarantees it parses).
+    pub fn clamd_addr(&self) -> Option<crate::ingest::scan::ClamdAddr> {
+        let s = self.clamd.as_deref().filter(|s| !s.trim().is_empty())?;
+        crate::ingest::scan::ClamdAddr::parse(s.trim()).ok()
+    }
 }
 
 /// `[downloads]`
@@ -437,7 +470,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 23] = [
+        let minimums: [(&str, u64, u64); 26] = [
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -449,6 +482,9 @@ impl Config {
                 self.database.call_timeout_secs,
                 1,
             ),
+            ("scan.timeout_secs", self.scan.timeout_secs, 1),
+            ("scan.max_bytes", self.scan.max_bytes, 1),
+            ("uploads.max_image_pixels", self.uploads.max_image_pixels, 1),
             ("server.send_timeout_secs", self.server.send_timeout_secs, 1),
             (
                 "server.blocking_threads",
@@ -604,6 +640,17 @@ impl Config {
                     "limits.max_upload_bytes must be at most {most} with storage.backend = \"s3\" (10,000 multipart parts)"
                 ));
             }
+        }
+        if self.scan.timeout_secs > 3600 {
+            errs.push(
+                "scan.timeout_secs must be at most 3600 (an upload waits that long for each step)"
+                    .into(),
+            );
+        }
+        if let Some(addr) = self.scan.clamd.as_deref().filter(|s| !s.trim().is_empty())
+            && let Err(e) = crate::ingest::scan::ClamdAddr::parse(addr.trim())
+        {
+            errs.push(format!("scan.clamd: {e}"));
         }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());
@@ -894,6 +941,52 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn content_safety_defaults_follow_the_contract() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.scan.clamd, None);
+        assert_eq!(c.scan.clamd_addr(), None);
+        assert_eq!(c.scan.timeout_secs, 30);
+        assert!(!c.scan.fail_open);
+        assert_eq!(c.scan.max_bytes, 26_214_400);
+        assert!(!c.scan.skip_larger);
+        assert!(c.uploads.strip_metadata);
+        assert_eq!(c.uploads.max_image_pixels, 100_000_000);
+        assert!(c.uploads.reject_polyglots);
+    }
+
+    #[test]
+    fn clamd_addresses_are_checked_at_load() {
+        let c = Config::load_from(None, env(&[("COFFER_SCAN__CLAMD", "unix:/run/clamd.sock")]))
+            .unwrap();
+        assert_eq!(
+            c.scan.clamd_addr(),
+            Some(crate::ingest::scan::ClamdAddr::Unix(
+                "/run/clamd.sock".into()
+            ))
+        );
+        let c =
+            Config::load_from(None, env(&[("COFFER_SCAN__CLAMD", "tcp://clamav:3310")])).unwrap();
+        assert!(c.scan.clamd_addr().is_some());
+        // Empty means "no scanner", as unset does.
+        let c = Config::load_from(None, env(&[("COFFER_SCAN__CLAMD", "")])).unwrap();
+        assert_eq!(c.scan.clamd_addr(), None);
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_SCAN__CLAMD", "clamav:3310"),
+                ("COFFER_SCAN__TIMEOUT_SECS", "0"),
+                ("COFFER_SCAN__MAX_BYTES", "0"),
+                ("COFFER_UPLOADS__MAX_IMAGE_PIXELS", "0"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(e.to_string().contains("scan.clamd"), "{e}");
+        let e = Config::load_from(None, env(&[("COFFER_SCAN__FAIL_OPEN", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("scan.fail_open"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::crypto::Keyring;
 use crate::ingest::Ingest;
 use crate::ingest::policy::UploadPolicy;
 use crate::ingest::quota::Quota;
+use crate::ingest::safety::Safety;
 use crate::limits::RateLimits;
 use crate::meta::MetaStore;
 use crate::metrics::Metrics;
@@ -159,6 +160,7 @@ impl AppState {
                 meta: meta.clone(),
                 keyring: keyring.clone(),
                 audit: audit.clone(),
+                safety: Safety::new(&config.scan, &config.uploads),
             },
             keyring,
             metrics: Metrics::default(),

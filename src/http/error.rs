@@ -93,6 +93,15 @@ pub(crate) enum AppError {
     /// Wrong content type for the route, or an upload whose type is not allowed.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(Cow<'static, str>),
+    /// An image or PDF that is also an archive or carries markup (API.md "Polyglots").
+    #[error("polyglot: {0}")]
+    Polyglot(String),
+    /// The virus scanner found a signature in an upload; its name.
+    #[error("infected: {0}")]
+    Infected(String),
+    /// The virus scanner gave no verdict (unreachable, erroring, too slow): nothing stored.
+    #[error("the virus scanner is unavailable")]
+    ScannerUnavailable,
     /// A `Range` no byte of the file satisfies.
     #[error("range not satisfiable (size {size})")]
     RangeNotSatisfiable {
@@ -148,7 +157,9 @@ impl AppError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
             Self::PayloadTooLarge { .. } | Self::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType(_) | Self::Polyglot(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Infected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ScannerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -163,6 +174,8 @@ impl AppError {
     pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::QuotaExceeded => "quota-exceeded",
+            Self::Polyglot(_) => "polyglot",
+            Self::Infected(_) => "infected",
             Self::Validation(_) => "validation-failed",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::Integrity => "integrity-error",
@@ -178,6 +191,13 @@ impl AppError {
                 Cow::Borrowed(d)
             }
             Self::NotFound => "no such resource".into(),
+            Self::Polyglot(why) => format!("{why}; refused as a polyglot").into(),
+            Self::Infected(signature) => {
+                format!("the virus scanner found {signature}; nothing was stored").into()
+            }
+            Self::ScannerUnavailable => {
+                "the virus scanner did not answer; nothing was stored, retry later".into()
+            }
             Self::PayloadTooLarge { limit: 0 } => "the body is too large".into(),
             Self::PayloadTooLarge { limit } => {
                 format!("the body exceeds the limit of {limit} bytes").into()
@@ -303,6 +323,10 @@ impl IntoResponse for AppError {
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // clamd restarting (loading its database) takes seconds, not one.
+            Self::ScannerUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            }
             Self::TooManyRequests { retry_after_secs } => {
                 headers.insert(
                     header::RETRY_AFTER,
@@ -410,7 +434,17 @@ impl From<crate::ingest::IngestError> for AppError {
         use crate::ingest::IngestError;
         match e {
             IngestError::Refused(r) => Self::UnsupportedMediaType(r.to_string().into()),
-            IngestError::TooLarge { limit } => Self::PayloadTooLarge { limit },
+            IngestError::TooLarge { limit } | IngestError::TooLargeToScan { limit } => {
+                Self::PayloadTooLarge { limit }
+            }
+            IngestError::Polyglot(p) => Self::Polyglot(p.to_string()),
+            IngestError::Image(m) => Self::UnsupportedMediaType(m.to_string().into()),
+            IngestError::Infected(signature) => Self::Infected(signature),
+            IngestError::ScanUnavailable(why) => {
+                // Why goes to the log (a socket path, clamd's words), never to the client.
+                tracing::warn!(error = %why, "upload refused: no verdict from clamd");
+                Self::ScannerUnavailable
+            }
             IngestError::Quota => Self::QuotaExceeded,
             IngestError::BadBody(d) => Self::BadRequest(d.into()),
             IngestError::ClientAborted => Self::BadRequest("the upload body was cut off".into()),

@@ -1,18 +1,26 @@
 //! The upload pipeline, top to bottom: name and extension policy, quota reservation, sniffing
-//! the head, then one pass that counts, hashes, validates text, seals (when encryption is on)
-//! and writes to a staged blob; then commit: blob into place, row into the database.
+//! the head, then one pass that counts, checks content safety (polyglots, image headers,
+//! metadata stripping: `safety`), hashes, validates text, seals (when encryption is on) and
+//! writes to a staged blob while clamd scans the same bytes; the verdict; then commit: blob
+//! into place, row into the database.
 //!
 //! Invariant: a file either ends up whole (blob durable, then row committed) or leaves nothing:
 //! every failure, including a client that disconnects mid-stream or an owner locked for
 //! deletion before the row went in, drops the staged blob (its temp file is removed) and
-//! releases the reservation. Memory use is bounded by the chunk
-//! sizes, never by the file size.
+//! releases the reservation. A file refused by content safety (infected, a polyglot, an image
+//! bomb, clamd without a verdict) is refused before the commit, so it too leaves nothing.
+//! `size` and `sha256` describe the stored bytes (after stripping). Memory use is bounded by
+//! the chunk sizes, never by the file size.
 
 pub mod filename;
 pub mod framing;
 pub mod idle;
+pub mod media;
 pub mod policy;
+pub mod polyglot;
 pub(crate) mod quota;
+pub(crate) mod safety;
+pub mod scan;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,8 +40,11 @@ use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
 use crate::meta::files::{self, FileObject, StoredFile};
+use media::MediaError;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
+use polyglot::Polyglot;
 use quota::{Quota, QuotaError, Reservation};
+use safety::{Checks, Safety, Scan, Scanned};
 
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +55,22 @@ pub(crate) enum IngestError {
     /// More bytes than `limits.max_upload_bytes` (413).
     #[error("upload larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    /// An image or PDF that is also a ZIP archive or carries markup (415, polyglot).
+    #[error(transparent)]
+    Polyglot(#[from] Polyglot),
+    /// An image whose header declares too many pixels, or that cannot be read (415).
+    #[error(transparent)]
+    Image(#[from] MediaError),
+    /// clamd found a signature; its name (422, infected).
+    #[error("infected: {0}")]
+    Infected(String),
+    /// More bytes than `scan.max_bytes`, without `scan.skip_larger` (413).
+    #[error("larger than the {limit} bytes the scanner takes")]
+    TooLargeToScan { limit: u64 },
+    /// clamd unreachable, erroring or too slow, without `scan.fail_open` (503); why, for
+    /// the log only.
+    #[error("no verdict from the virus scanner: {0}")]
+    ScanUnavailable(String),
     /// The owner's quota (413, quota-exceeded).
     #[error("quota exceeded")]
     Quota,
@@ -73,6 +100,11 @@ impl IngestError {
         match self {
             Self::Refused(r) => r.reason(),
             Self::TooLarge { .. } => "too_large",
+            Self::Polyglot(_) => "polyglot",
+            Self::Image(e) => e.reason(),
+            Self::Infected(_) => "infected",
+            Self::TooLargeToScan { .. } => "too_large_to_scan",
+            Self::ScanUnavailable(_) => "scanner_unavailable",
             Self::Quota => "quota_exceeded",
             Self::BadBody(_) => "bad_body",
             Self::ClientAborted => "client_aborted",
@@ -146,32 +178,40 @@ pub(crate) struct Ingest {
     pub(crate) keyring: Arc<Keyring>,
     /// Where uploads and rejections are recorded.
     pub(crate) audit: AuditLog,
+    /// Virus scanning, image limits and stripping, polyglot refusal.
+    pub(crate) safety: Safety,
 }
 
 /// Records `file.upload_rejected` if the upload ends any way but committed, including a
-/// dropped future (client disconnect).
+/// dropped future (client disconnect); `file.infected` instead when clamd found a signature.
 struct Outcome {
     audit: AuditLog,
     owner: UserId,
     ip: IpAddr,
     bytes: u64,
     reason: Option<&'static str>,
+    /// The signature clamd named.
+    signature: Option<String>,
     done: bool,
 }
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        if !self.done {
-            self.audit.record(
-                Record::new(Event::FileUploadRejected)
-                    .actor(self.owner)
-                    .ip(self.ip)
-                    .detail(serde_json::json!({
-                        "reason": self.reason.unwrap_or("client_aborted"),
-                        "bytes_received": self.bytes,
-                    })),
-            );
+        if self.done {
+            return;
         }
+        let reason = self.reason.unwrap_or("client_aborted");
+        let record = match self.signature.take() {
+            Some(signature) => Record::new(Event::FileInfected).detail(serde_json::json!({
+                "signature": signature,
+                "bytes_received": self.bytes,
+            })),
+            None => Record::new(Event::FileUploadRejected).detail(serde_json::json!({
+                "reason": reason,
+                "bytes_received": self.bytes,
+            })),
+        };
+        self.audit.record(record.actor(self.owner).ip(self.ip));
     }
 }
 
@@ -179,6 +219,7 @@ impl Drop for Outcome {
 pub(crate) struct Staged {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
+    scanned: Scanned,
     reservation: Reservation,
     outcome: Outcome,
 }
@@ -204,20 +245,38 @@ where
         ip: up.client_ip,
         bytes: 0,
         reason: None,
+        signature: None,
         done: false,
     };
     match receive(state, &up, body, &mut outcome).await {
-        Ok((writer, stored, reservation)) => Ok(Staged {
+        Ok(Received {
             writer,
             stored,
+            scanned,
+            reservation,
+        }) => Ok(Staged {
+            writer,
+            stored,
+            scanned,
             reservation,
             outcome,
         }),
         Err(e) => {
             outcome.reason = Some(e.reason());
+            if let IngestError::Infected(signature) = &e {
+                outcome.signature = Some(signature.clone());
+            }
             Err(e)
         }
     }
+}
+
+/// A body received whole, checked and scanned, its blob staged.
+struct Received {
+    writer: Box<dyn BlobWriter>,
+    stored: StoredFile,
+    scanned: Scanned,
+    reservation: Reservation,
 }
 
 async fn receive<S>(
@@ -225,7 +284,7 @@ async fn receive<S>(
     up: &Upload,
     mut body: S,
     outcome: &mut Outcome,
-) -> Result<(Box<dyn BlobWriter>, StoredFile, Reservation), IngestError>
+) -> Result<Received, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
@@ -270,7 +329,8 @@ where
 
     let id = FileId::new();
     let key = BlobKey::for_file(id, state.keyring.enabled());
-    let mut sink = Sink::open(state, id, &key, rule == Rule::Text).await?;
+    let checks = Checks::for_type(&state.safety, &content_type);
+    let mut sink = Sink::open(state, id, &key, rule == Rule::Text, checks).await?;
     sink.feed(head.freeze()).await?;
     if !eof {
         while let Some(chunk) = body.next().await.transpose()? {
@@ -281,25 +341,32 @@ where
             sink.feed(chunk).await?;
         }
     }
-    let (writer, sha256, sealing) = sink.finish(state, id).await?;
+    let done = sink.finish(state, id).await?;
     let stored = StoredFile {
         file: FileObject {
             id,
             filename: name,
-            size: outcome.bytes,
+            size: done.size,
             content_type,
-            sha256,
+            sha256: done.sha256,
             created_at: Timestamp::now(),
             expires_at: up.expires_at,
+            scanned_at: done.scanned.scanned_at(),
         },
         owner_id: up.owner,
         blob_key: key.as_str().to_owned(),
-        sealing,
+        sealing: done.sealing,
     };
-    Ok((writer, stored, reservation))
+    Ok(Received {
+        writer: done.writer,
+        stored,
+        scanned: done.scanned,
+        reservation,
+    })
 }
 
-/// Where validated bytes go: hasher, text check, sealer, blob writer. The per-byte work runs
+/// Where validated bytes go: content-safety checks (and stripping), hasher, text check,
+/// sealer, then blob writer and clamd side by side. The per-byte work runs
 /// on the blocking pool one batch at a time, one batch in flight while the next is received,
 /// so hashing and sealing overlap with the network (on 2 cores, the difference between one
 /// core doing everything and both working). No thread is held between batches: a client that
@@ -308,6 +375,8 @@ where
 /// waits for other blocking work and the pool cannot deadlock however many uploads run.
 struct Sink {
     writer: Box<dyn BlobWriter>,
+    /// The clamd session, fed with the stored plaintext as the writer takes its bytes.
+    scan: Scan,
     /// The pipeline, when no batch is in flight.
     idle: Option<Box<Pipeline>>,
     /// The batch being processed; it hands back the pipeline and the bytes to store.
@@ -317,24 +386,47 @@ struct Sink {
     pending_len: usize,
 }
 
-/// A processed batch: the pipeline back, and the bytes to store in order.
-type Batch = (Box<Pipeline>, Vec<Bytes>);
+/// A processed batch: the pipeline back, and its output.
+type Batch = (Box<Pipeline>, Output);
+
+/// What a batch yields: the bytes to write (sealed when encrypting), and the same bytes in
+/// plaintext for clamd (only while a scan wants them; zero-copy when not sealing).
+#[derive(Default)]
+struct Output {
+    store: Vec<Bytes>,
+    plain: Vec<Bytes>,
+}
 
 /// The per-byte state of one upload.
 struct Pipeline {
     span: tracing::Span,
+    checks: Checks,
     hasher: Sha256,
+    /// Bytes stored so far (after stripping, before sealing): the file's `size`.
+    size: u64,
     text: Option<Utf8Check>,
     sealer: Option<Sealer>,
     data_key: Option<DataKey>,
+    /// Whether [`Output::plain`] is filled.
+    scanning: bool,
 }
 
 /// What the pipeline hands back at the end.
 struct Processed {
     sha256: String,
+    size: u64,
     data_key: Option<DataKey>,
     /// The last sealed segment, when sealing.
     tail: Option<Bytes>,
+}
+
+/// What a finished sink hands back.
+struct Finished {
+    writer: Box<dyn BlobWriter>,
+    sha256: String,
+    size: u64,
+    sealing: Option<crate::crypto::Sealing>,
+    scanned: Scanned,
 }
 
 /// Bytes handed to the blocking pool at once: at least this many as soon as the pipeline is
@@ -350,18 +442,25 @@ impl Sink {
         id: FileId,
         key: &BlobKey,
         text: bool,
+        checks: Checks,
     ) -> Result<Self, IngestError> {
+        // The scanner first: without it (and without `scan.fail_open`) no blob is started.
+        let scan = Scan::start(&state.safety).await?;
         let writer = state.blobs.put(key).await?;
         let data_key = state.keyring.enabled().then(DataKey::generate);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
+            checks,
             hasher: Sha256::new(),
+            size: 0,
             text: text.then(Utf8Check::default),
             sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
             data_key,
+            scanning: scan.wants_bytes(),
         };
         Ok(Self {
             writer,
+            scan,
             idle: Some(Box::new(pipeline)),
             busy: None,
             pending: Vec::new(),
@@ -387,6 +486,7 @@ impl Sink {
         let mut pipeline = self.settle().await?;
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
+        pipeline.scanning = self.scan.wants_bytes();
         self.busy = Some(tokio::task::spawn_blocking(move || {
             let out = pipeline.process(batch)?;
             Ok((pipeline, out))
@@ -394,13 +494,24 @@ impl Sink {
         Ok(())
     }
 
+    /// Write a batch's bytes and feed them to clamd, both at once.
+    async fn store(&mut self, out: Output) -> Result<(), IngestError> {
+        let writer = &mut self.writer;
+        let write = async {
+            for bytes in &out.store {
+                writer.write(bytes).await?;
+            }
+            Ok::<(), IngestError>(())
+        };
+        futures_util::future::try_join(write, self.scan.feed(&out.plain)).await?;
+        Ok(())
+    }
+
     /// The pipeline, once the batch in flight (if any) is done and its bytes are written.
     async fn settle(&mut self) -> Result<Box<Pipeline>, IngestError> {
         if let Some(busy) = self.busy.take() {
             let (pipeline, out) = busy.await.map_err(lost)??;
-            for bytes in &out {
-                self.writer.write(bytes).await?;
-            }
+            self.store(out).await?;
             return Ok(pipeline);
         }
         // A previous batch failed and its error was returned; the sink is not used after.
@@ -409,23 +520,23 @@ impl Sink {
             .ok_or_else(|| lost("upload pipeline is gone"))
     }
 
-    async fn finish(
-        mut self,
-        state: &Ingest,
-        id: FileId,
-    ) -> Result<(Box<dyn BlobWriter>, String, Option<crate::crypto::Sealing>), IngestError> {
+    /// The last bytes, the end of the stream, and clamd's verdict: refused here, an upload
+    /// has written only its staged blob, which dropping the sink removes.
+    async fn finish(mut self, state: &Ingest, id: FileId) -> Result<Finished, IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
         let mut pipeline = self.settle().await?;
         let batch = std::mem::take(&mut self.pending);
-        let (out, done) = tokio::task::spawn_blocking(move || {
-            let out = pipeline.process(batch)?;
-            Ok::<_, IngestError>((out, pipeline.finish()?))
+        pipeline.scanning = self.scan.wants_bytes();
+        let (mut out, done) = tokio::task::spawn_blocking(move || {
+            let mut out = pipeline.process(batch)?;
+            let done = pipeline.finish(&mut out)?;
+            Ok::<_, IngestError>((out, done))
         })
         .await
         .map_err(lost)??;
-        for bytes in out.iter().chain(&done.tail) {
-            self.writer.write(bytes).await?;
-        }
+        out.store.extend(done.tail.clone());
+        self.store(out).await?;
+        let scanned = self.scan.verdict().await?;
         let sealing = match done.data_key {
             Some(key) => Some(
                 state
@@ -435,7 +546,13 @@ impl Sink {
             ),
             None => None,
         };
-        Ok((self.writer, done.sha256, sealing))
+        Ok(Finished {
+            writer: self.writer,
+            sha256: done.sha256,
+            size: done.size,
+            sealing,
+            scanned,
+        })
     }
 }
 
@@ -445,26 +562,54 @@ fn lost(e: impl ToString) -> IngestError {
 }
 
 impl Pipeline {
-    /// Hash, check and seal a batch (on a blocking thread); the bytes to store, in order.
-    fn process(&mut self, batch: Vec<Bytes>) -> Result<Vec<Bytes>, IngestError> {
+    /// Check, strip, hash and seal a batch (on a blocking thread); the bytes to store, in
+    /// order.
+    fn process(&mut self, batch: Vec<Bytes>) -> Result<Output, IngestError> {
         let span = self.span.clone();
-        span.in_scope(|| batch.into_iter().map(|chunk| self.update(chunk)).collect())
-    }
-
-    /// Hash, check and seal one chunk; the bytes to store.
-    fn update(&mut self, chunk: Bytes) -> Result<Bytes, IngestError> {
-        self.hasher.update(&chunk);
-        if let Some(t) = &mut self.text {
-            t.update(&chunk)?;
-        }
-        Ok(match &mut self.sealer {
-            Some(s) => Bytes::from(s.update(&chunk)?),
-            None => chunk,
+        span.in_scope(|| {
+            let mut kept = Vec::with_capacity(batch.len());
+            for chunk in batch {
+                self.checks.update(chunk, &mut kept)?;
+            }
+            self.keep(kept)
         })
     }
 
-    /// The end of the stream: last text check, last sealed segment.
-    fn finish(mut self: Box<Self>) -> Result<Processed, IngestError> {
+    /// Hash, check and seal the bytes to store.
+    fn keep(&mut self, kept: Vec<Bytes>) -> Result<Output, IngestError> {
+        let mut out = Output {
+            store: Vec::with_capacity(kept.len()),
+            plain: Vec::new(),
+        };
+        for piece in kept {
+            self.hasher.update(&piece);
+            self.size += piece.len() as u64;
+            if let Some(t) = &mut self.text {
+                t.update(&piece)?;
+            }
+            let stored = match &mut self.sealer {
+                Some(s) => Bytes::from(s.update(&piece)?),
+                None => piece.clone(),
+            };
+            if self.scanning {
+                out.plain.push(piece);
+            }
+            out.store.push(stored);
+        }
+        Ok(out)
+    }
+
+    /// The end of the stream: the last checks and stripped bytes (added to `out`), last text
+    /// check, last sealed segment.
+    fn finish(mut self: Box<Self>, out: &mut Output) -> Result<Processed, IngestError> {
+        let span = self.span.clone();
+        let _in = span.enter();
+        let checks = std::mem::replace(&mut self.checks, Checks::none());
+        let mut kept = Vec::new();
+        checks.finish(&mut kept)?;
+        let last = self.keep(kept)?;
+        out.store.extend(last.store);
+        out.plain.extend(last.plain);
         if let Some(t) = self.text.take() {
             t.finish()?;
         }
@@ -474,6 +619,7 @@ impl Pipeline {
         };
         Ok(Processed {
             sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
             data_key: self.data_key,
             tail,
         })
@@ -516,6 +662,15 @@ impl Staged {
         drop(self.reservation);
         self.outcome.done = true;
         let f = &self.stored.file;
+        if let Scanned::Unscanned(reason) = self.scanned {
+            state.audit.record(
+                Record::new(Event::FileUnscanned)
+                    .actor(self.stored.owner_id)
+                    .subject(f.id)
+                    .ip(self.outcome.ip)
+                    .detail(serde_json::json!({ "reason": reason, "size": f.size })),
+            );
+        }
         state.audit.record(
             Record::new(Event::FileUpload)
                 .actor(self.stored.owner_id)
@@ -525,6 +680,8 @@ impl Staged {
                     "size": f.size,
                     "content_type": f.content_type,
                     "encrypted": self.stored.sealing.is_some(),
+                    "scanned": self.stored.file.scanned_at.is_some(),
+                    "bytes_received": self.outcome.bytes,
                 }))
                 .confidential("sha256", f.sha256.as_str()),
         );

@@ -37,6 +37,10 @@ pub struct FileObject {
     pub created_at: Timestamp,
     /// When the file will be deleted; null = kept.
     pub expires_at: Option<Timestamp>,
+    /// When the virus scanner found the stored bytes clean; null when no scanner was
+    /// configured or the file was stored unscanned (too large to scan, or the scanner down
+    /// with `scan.fail_open`).
+    pub scanned_at: Option<Timestamp>,
 }
 
 /// A file row with what serving it needs.

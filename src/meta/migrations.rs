@@ -346,6 +346,16 @@ pub const MIGRATIONS: &[Migration] = &[
         );
         "#,
     },
+    // v4: when clamd found a file clean (API.md "Content safety"); NULL when no scanner was
+    // configured, or the file was stored unscanned (`scan.fail_open`, `scan.skip_larger`).
+    Migration {
+        sqlite: r#"
+        ALTER TABLE files ADD COLUMN scanned_at INTEGER;
+        "#,
+        postgres: r#"
+        ALTER TABLE files ADD COLUMN scanned_at BIGINT;
+        "#,
+    },
 ];
 
 /// The version this binary writes.

@@ -73,6 +73,9 @@ fn security_md_cites_only_real_tests() {
                 .join(format!("{}.rs", parts.join("/"))),
             root.join("src").join(format!("{}.rs", parts.join("/"))),
             root.join("src").join(parts.join("/")).join("mod.rs"),
+            // Unit tests in a file of their own: `src/ingest/scan/tests.rs`, `.../tests/mod.rs`.
+            root.join("src").join(parts.join("/")).join("tests.rs"),
+            root.join("src").join(parts.join("/")).join("tests/mod.rs"),
         ];
         let found = candidates
             .iter()

@@ -90,9 +90,13 @@ async fn wrong_types_are_415_and_leave_nothing() {
     }
     assert!(app.blob_files().is_empty());
     assert!(app.temp_files().is_empty());
-    // A polyglot that really is a PNG is stored as a PNG, whatever its name suggests.
+    // A PNG that carries markup at its end is a polyglot (API.md 1.1, "Polyglots"): refused
+    // as one, not stored as a PNG whatever its name suggests (tests/api/content_safety.rs has
+    // the rest). A real PNG with a dangerous-looking name is stored as a PNG.
     let poly = [png(64), html].concat();
-    let f = app.stored(&u.token, "shell.php.png", poly).await;
+    let r = Refusal::of(app.upload(&u.token, "shell.php.png", poly).await).await;
+    assert_eq!(r, (415, "polyglot", ""));
+    let f = app.stored(&u.token, "shell.php.png", png(64)).await;
     assert_eq!(f["content_type"], "image/png");
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use reqwest::Body;
 
-use crate::helpers::fixtures::{noise, png};
+use crate::helpers::fixtures::{PNG_FRAME, PNG_TAIL, noise, png, png_head};
 use crate::helpers::raw::{RawConn, upload_head};
 use crate::helpers::{Refusal, TestApp, problem};
 
@@ -237,13 +237,19 @@ async fn a_large_upload_streams_in_bounded_memory() {
         .spawn()
         .await;
     let u = app.user("bulk").await;
+    // One PNG whose IDAT chunk is 1 GiB of noise (the PNG walker streams it through).
     let chunk = noise(1 << 20, 9);
-    let mut head = png(64);
-    head.extend_from_slice(&chunk[64..]);
-    let stream =
-        futures_util::stream::iter((0..1024).map(move |i| {
-            Ok::<_, std::io::Error>(if i == 0 { head.clone() } else { chunk.clone() })
-        }));
+    let mut head = png_head(size - PNG_FRAME);
+    head.extend_from_slice(&chunk[head.len()..]);
+    let mut tail = chunk[..chunk.len() - PNG_TAIL.len()].to_vec();
+    tail.extend_from_slice(PNG_TAIL);
+    let stream = futures_util::stream::iter((0..1024).map(move |i| {
+        Ok::<_, std::io::Error>(match i {
+            0 => head.clone(),
+            1023 => tail.clone(),
+            _ => chunk.clone(),
+        })
+    }));
     let f = app
         .post("/api/v1/files")
         .as_user(&u)

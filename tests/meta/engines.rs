@@ -172,6 +172,7 @@ pub fn file(
             sha256: "00".repeat(32),
             created_at,
             expires_at,
+            scanned_at: None,
         },
         owner_id: owner,
         blob_key: format!("blobs/{id}"),

@@ -64,7 +64,9 @@ pub(crate) struct UploadQuery {
 }
 
 /// Upload a file, as `multipart/form-data` with one part named `file`, or as the raw body
-/// with `?filename=`. Streamed to disk; the size limit is enforced while streaming.
+/// with `?filename=`. Streamed to storage; the size limit, content safety (image limits,
+/// metadata stripping, polyglots) and the virus scan run while it streams, and the verdict
+/// comes before the file exists.
 #[utoipa::path(post, path = "/api/v1/files", tag = "files",
     params(UploadQuery),
     request_body(description = "multipart/form-data with a `file` part, or the raw bytes",
@@ -75,6 +77,10 @@ pub(crate) struct UploadQuery {
     responses(
         (status = 201, description = "Stored", body = FileObject,
             headers(("Location" = String, description = "The file's URL"))),
+        (status = 413, description = "Larger than `limits.max_upload_bytes`, the quota, or (without `scan.skip_larger`) `scan.max_bytes`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Type not allowed or not matching its extension; an image bomb or unreadable image; a polyglot (`type` ending in `polyglot`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The virus scanner found a signature (`type` ending in `infected`, the signature in `detail`); nothing stored", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The virus scanner gave no verdict; nothing stored (`Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]

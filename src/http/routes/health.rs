@@ -37,19 +37,28 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the database answers and the blob store is usable (the storage root
-/// writable, or the object store answering), else 503.
+/// Readiness: 200 when the database answers, the blob store is usable (the storage root
+/// writable, or the object store answering) and, with `scan.clamd` set, clamd answers
+/// `PING`; else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Not ready", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Health>> {
-    let (db, storage) = tokio::join!(state.meta.ping(), state.blobs.ready());
-    match (db, storage) {
-        (true, true) => Ok(Json(Health { status: "ready" })),
-        (false, _) => Err(AppError::Unavailable("the database is not usable")),
-        (_, false) => Err(AppError::Unavailable("the blob store is not usable")),
+    let (db, storage, scanner) = tokio::join!(
+        state.meta.ping(),
+        state.blobs.ready(),
+        state.ingest.safety.ready()
+    );
+    match (db, storage, scanner) {
+        (true, true, Ok(())) => Ok(Json(Health { status: "ready" })),
+        (false, _, _) => Err(AppError::Unavailable("the database is not usable")),
+        (_, false, _) => Err(AppError::Unavailable("the blob store is not usable")),
+        (_, _, Err(why)) => {
+            tracing::warn!(error = %why, "readiness: clamd does not answer PING");
+            Err(AppError::Unavailable("the virus scanner does not answer"))
+        }
     }
 }
 

@@ -62,7 +62,8 @@ pub async fn resolve(
             // The file's columns in `files::row_at`'s order, after the link's four.
             "SELECT l.id, l.expires_at, l.max_downloads, l.downloads,
                     f.id, f.filename, f.size, f.content_type, f.sha256, f.created_at,
-                    f.expires_at, f.owner_id, f.blob_key, f.enc_key_id, f.enc_wrapped_key
+                    f.expires_at, f.owner_id, f.blob_key, f.enc_key_id, f.enc_wrapped_key,
+                    f.scanned_at
              FROM links l JOIN files f ON f.id = l.file_id
              WHERE l.token_hash = $1",
         )

@@ -307,6 +307,7 @@ mod tests {
                 sha256: "00".into(),
                 created_at: Timestamp::now(),
                 expires_at: None,
+                scanned_at: None,
             },
             owner_id: u.id,
             blob_key: id.to_string(),

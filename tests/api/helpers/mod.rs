@@ -34,7 +34,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod calls;
+pub mod clamd;
 pub mod fixtures;
+pub mod images;
 pub mod raw;
 pub mod request;
 pub mod s3;
@@ -43,9 +45,16 @@ pub mod stack;
 pub use calls::{account, each_once, outcome};
 pub use request::{Refusal, assert_problem, file_form};
 
-/// The binary under test.
+/// The binary under test: this build's, or `COFFER_TEST_BIN` (a release build, for the
+/// measurements marked `#[ignore]`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_coffer")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("COFFER_TEST_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_coffer").to_owned())
+    })
 }
 
 /// A fresh strong secret.

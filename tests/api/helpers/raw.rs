@@ -65,6 +65,15 @@ impl RawConn {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// Send bytes unless the server stops taking them: false when the write fails or does
+    /// not finish within `patience` (what is not written by then is dropped).
+    pub async fn send_while_taken(&mut self, bytes: &[u8], patience: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(patience, self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Read one answer to a request other than HEAD.
     pub async fn response(&mut self) -> RawResponse {
         self.read_response(false).await
