@@ -26,7 +26,6 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(missing_docs, reason = "each variant is its event name")]
 pub enum Event {
     Register,
     Login,

@@ -9,24 +9,23 @@ use std::io::BufRead as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::app::{App, Secrets};
 use crate::audit::{AuditLog, Confidential, Event, Record};
-use crate::auth::accounts::{self, NewAccount};
+use crate::auth::accounts::{self, AccountError, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
-use crate::blob::fs::LocalFs;
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
+use crate::http::server::App;
 use crate::meta::MetaStore;
 use crate::meta::audit::ChainKey;
 use crate::meta::users::Role;
 use crate::ops;
-use crate::secrets::{self, SecretKey};
+use crate::secrets::{self, S3Credentials, SecretKey};
+use crate::state::Secrets;
 
 /// coffer: a secure file-storage service.
 #[derive(Parser)]
@@ -241,19 +240,21 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
             SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
     }
     let keyring = keyring()?;
+    let s3 = s3_credentials(&config)?;
     if keyring.enabled() {
         tracing::info!(
             key_id = keyring.current_id().unwrap_or("-"),
             "encryption at rest is on"
         );
     }
-    let listener = crate::app::bind(config.server.bind).await?;
+    let listener = crate::http::server::bind(config.server.bind).await?;
     let addr = listener.local_addr()?;
     let app = App::build(
         config,
         Secrets {
             secret_key,
             keyring,
+            s3,
         },
     )
     .await?;
@@ -283,26 +284,32 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Open the storage root (creating and migrating it when empty).
-async fn open_stores(config: &Config) -> Result<(LocalFs, MetaStore, BlobStore), Failure> {
-    let fs = LocalFs::open(&config.storage.root).map_err(|e| {
-        Failure::Other(anyhow::anyhow!(
-            "storage root {}: {e}",
-            config.storage.root.display()
-        ))
-    })?;
+/// The object store's credentials from the environment, when the configuration uses one.
+fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
+    match config.storage.backend {
+        StorageBackend::Fs => Ok(None),
+        StorageBackend::S3 => S3Credentials::from_env()
+            .map(Some)
+            .map_err(|e| Failure::Config(e.to_string())),
+    }
+}
+
+/// Open the storage root (creating and migrating it when empty) and the blob store; returns
+/// the canonical root.
+async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore), Failure> {
+    let s3 = s3_credentials(config)?;
+    let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;
     let meta = match config.database.postgres() {
         Some(pg) => MetaStore::open_postgres(&pg).await?,
-        None => MetaStore::open_sqlite(&fs.root().join("coffer.db"), 2).await?,
+        None => MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?,
     };
-    let blobs = BlobStore::new(Arc::new(fs.clone()));
-    Ok((fs, meta, blobs))
+    Ok((root, meta, blobs))
 }
 
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
     // The audit chain is keyed by the service secret: without it, it cannot be verified.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Some(k.derive(crate::app::AUDIT_CHAIN_LABEL)),
+        Ok(k) => Some(k.derive(crate::state::AUDIT_CHAIN_LABEL)),
         Err(e) => {
             eprintln!("note: {e}; the audit chain is not verified");
             None
@@ -368,7 +375,7 @@ async fn create_user(
             // The entry is chained with the service secret; without it, say so instead.
             match SecretKey::from_env() {
                 Ok(secret) => {
-                    let chain = ChainKey(secret.derive(crate::app::AUDIT_CHAIN_LABEL));
+                    let chain = ChainKey(secret.derive(crate::state::AUDIT_CHAIN_LABEL));
                     // No file facts here; the strict setting, should one ever be added.
                     let (audit, task) =
                         AuditLog::start(meta.clone(), chain, Confidential::TrailOnly);
@@ -388,14 +395,14 @@ async fn create_user(
             println!("{}", serde_json::to_string(&user)?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(crate::error::AppError::Validation(errs)) => {
+        Err(AccountError::Invalid(errs)) => {
             for e in errs {
                 eprintln!("coffer: {}: {}", e.field, e.message);
             }
             Ok(ExitCode::FAILURE)
         }
-        Err(crate::error::AppError::Conflict(msg)) => {
-            eprintln!("coffer: {msg}");
+        Err(e @ (AccountError::UsernameTaken | AccountError::EmailTaken)) => {
+            eprintln!("coffer: {e}");
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(Failure::Other(e.into())),
@@ -403,12 +410,19 @@ async fn create_user(
 }
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
-    let (fs, meta, _) = open_stores(&config).await?;
+    if with_blobs && config.storage.backend == StorageBackend::S3 {
+        return Err(Failure::Config(
+            "backup copies blobs from a local storage root only; with storage.backend = \"s3\" \
+             run it with --no-blobs and copy the bucket with the object store's own tools"
+                .into(),
+        ));
+    }
+    let (root, meta, _) = open_stores(&config).await?;
     let postgres = config.database.postgres().is_some();
     let done = if postgres {
-        ops::backup::run_without_database(&meta, fs.root(), dest, with_blobs).await
+        ops::backup::run_without_database(&meta, &root, dest, with_blobs).await
     } else {
-        ops::backup::run(fs.root(), dest, with_blobs).await
+        ops::backup::create(&root, dest, with_blobs).await
     };
     let s = match done {
         Ok(s) => s,

@@ -29,6 +29,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// A shared PostgreSQL database instead of the embedded SQLite.
     pub database: DatabaseConfig,
+    /// The S3-compatible object store (used when `storage.backend = "s3"`).
+    pub s3: S3Config,
     /// Size limits.
     pub limits: LimitsConfig,
     /// The upload type policy.
@@ -87,8 +89,10 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The data root: `blobs/`, `tmp/` and `coffer.db` live here.
+    /// The data root: `coffer.db` lives here, and with the `fs` backend `blobs/` and `tmp/`.
     pub root: PathBuf,
+    /// Where blobs are stored.
+    pub backend: StorageBackend,
     /// Read connections in the SQLite pool (writes go through one serialised connection).
     pub db_readers: usize,
     /// Whether startup scans every blob for orphans (a crash between rename and commit).
@@ -142,6 +146,91 @@ impl std::fmt::Debug for DatabaseUrl {
 
 /// The variable that may hold the whole database URL (a secret: it may carry a password).
 pub const DATABASE_URL_VAR: &str = "COFFER_DATABASE_URL";
+
+
+/// Where blobs are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Under `storage.root` on the local filesystem.
+    Fs,
+    /// In an S3-compatible object store (`[s3]`).
+    S3,
+}
+
+/// `[s3]`. The credentials come from the environment only (see [`crate::secrets`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://host:port` or `https://host`.
+    pub endpoint: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object key, with a `/` added when it does not end in one.
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as Garage and MinIO expect by default.
+    pub force_path_style: bool,
+}
+
+impl S3Config {
+    /// Every problem with these settings, for a configuration that uses them.
+    fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        let e = &self.endpoint;
+        let rest = e
+            .strip_prefix("https://")
+            .or_else(|| e.strip_prefix("http://"));
+        match rest {
+            None if e.is_empty() => {
+                errs.push("s3.endpoint is required when storage.backend = \"s3\"".into())
+            }
+            None => errs.push(format!(
+                "s3.endpoint: {e:?} must start with http:// or https://"
+            )),
+            Some(host) if host.is_empty() || host.contains(['?', '#', ' ', '@']) => {
+                errs.push(format!(
+                    "s3.endpoint: {e:?} must be scheme://host[:port][/path] without credentials"
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.bucket.is_empty() {
+            errs.push("s3.bucket is required when storage.backend = \"s3\"".into());
+        } else if !(3..=63).contains(&self.bucket.len())
+            || !self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            errs.push(format!(
+                "s3.bucket: {:?} is not a bucket name (3-63 of a-z, 0-9, '.', '-')",
+                self.bucket
+            ));
+        }
+        if self.region.is_empty() {
+            errs.push("s3.region must not be empty".into());
+        }
+        // Every segment plain, so the key we write is the key the store shows back.
+        let prefix = self.prefix.strip_suffix('/').unwrap_or(&self.prefix);
+        let plain = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !prefix.is_empty() && (prefix.len() > 512 || !prefix.split('/').all(plain)) {
+            errs.push(format!(
+                "s3.prefix: {:?} must be /-separated segments of A-Z, a-z, 0-9, '.', '_', '-' (no empty, . or .. segment)",
+                self.prefix
+            ));
+        }
+        errs
+    }
+}
 
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
@@ -507,6 +596,16 @@ impl Config {
                 ));
             }
         }
+        if self.storage.backend == StorageBackend::S3 {
+            errs.extend(self.s3.problems());
+            // A sealed blob is a little longer than its file (a tag per 64 KiB segment).
+            let most = crate::blob::s3::MAX_OBJECT_BYTES / 100 * 99;
+            if self.limits.max_upload_bytes > most {
+                errs.push(format!(
+                    "limits.max_upload_bytes must be at most {most} with storage.backend = \"s3\" (10,000 multipart parts)"
+                ));
+            }
+        }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());
         }
@@ -810,5 +909,59 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn s3_settings_are_checked_only_when_used() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Fs);
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__ENDPOINT", "http://127.0.0.1:3900"),
+                ("COFFER_S3__BUCKET", "coffer"),
+                ("COFFER_S3__PREFIX", "tenant-1/files"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        assert!(c.s3.force_path_style);
+
+        // Every problem at once: no endpoint, no bucket, a prefix that walks.
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__PREFIX", "a/../b"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.to_string().contains("s3.endpoint"), "{e}");
+        assert!(e.to_string().contains("s3.bucket"), "{e}");
+        assert!(e.to_string().contains("s3.prefix"), "{e}");
+
+        for (key, bad) in [
+            ("COFFER_S3__ENDPOINT", "ftp://x"),
+            ("COFFER_S3__ENDPOINT", "http://user:pw@host"),
+            ("COFFER_S3__BUCKET", "Bad_Bucket"),
+            ("COFFER_S3__PREFIX", "/abs"),
+            ("COFFER_S3__PREFIX", "a//b"),
+            ("COFFER_S3__REGION", ""),
+            ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "60000000000"),
+        ] {
+            let mut vars = vec![
+                ("COFFER_STORAGE__BACKEND", "s3"),
+                ("COFFER_S3__ENDPOINT", "https://s3.example.com"),
+                ("COFFER_S3__BUCKET", "coffer"),
+            ];
+            vars.retain(|(k, _)| *k != key);
+            vars.push((key, bad));
+            let e = Config::load_from(None, env(&vars)).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{key}={bad}: {e}");
+        }
+        // Secrets have no key here: an attempt is an unknown key, not a silent setting.
+        assert!(Config::load_from(None, env(&[("COFFER_S3__SECRET_ACCESS_KEY", "x")])).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP semantics of file content (RFC 9110): validators, conditional requests, single byte
 //! ranges and `Content-Disposition` (RFC 6266 with RFC 8187 `filename*`). Pure functions,
-//! property-tested and fuzzed; [`crate::http::content`] turns a [`Plan`] into a response.
+//! property-tested and fuzzed; `http::content` turns a [`Plan`] into a response.
 //!
 //! Invariant: a plan never names a byte outside `0..len`; anything that is not exactly one
 //! satisfiable or unsatisfiable `bytes` range is served whole, as RFC 9110 section 14.2

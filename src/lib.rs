@@ -1,31 +1,37 @@
 //! coffer: a secure file-storage service.
 //!
-//! Uploads are streamed to disk under a hard size limit, checked by extension and magic bytes,
-//! hashed on the way and stored under fresh UUID names; downloads are authenticated and never
-//! leave the canonical storage root. See `README.md` for the architecture and `SECURITY.md` for
-//! the threat model.
+//! Uploads are streamed to storage under a hard size limit, checked by extension and magic
+//! bytes, hashed on the way and stored under fresh UUID names; downloads are authenticated
+//! and never leave the store's own key space. `ARCHITECTURE.md` (at the repository's top)
+//! maps the layers, what may import what, and where each kind of work lives; `SECURITY.md`
+//! holds the threat model.
+//!
+//! Layers, top to bottom (a module imports only from layers below its own):
+//! entry (`cli`, `config`, `telemetry`) -> `http` -> `state` -> domain (`auth`, `ingest`,
+//! `download`, `audit`, `removal`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
+//! `crypto`) -> foundations (`ids`, `secrets`, `net`, `blocking`). `scripts/layers` checks it.
 
 #![forbid(unsafe_code)]
 
-pub mod app;
-pub mod audit;
+// `pub` only what the binary (`cli`), the black-box tests, the benchmarks and the fuzz
+// targets use; everything else is the crate's own.
+pub(crate) mod audit;
 pub mod auth;
 pub mod blob;
-pub mod blocking;
+pub(crate) mod blocking;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod crypto;
 pub mod download;
-pub mod error;
-pub mod http;
+pub(crate) mod http;
 pub mod ids;
 pub mod ingest;
-pub mod lifecycle;
+pub(crate) mod limits;
 pub mod meta;
-pub mod ops;
-pub mod retention;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod ops;
+pub(crate) mod removal;
 pub mod secrets;
-pub mod telemetry;
-
-pub use app::App;
-pub use config::Config;
+pub(crate) mod state;
+pub(crate) mod telemetry;

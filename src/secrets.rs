@@ -1,5 +1,5 @@
-//! Secrets from the environment: `COFFER_SECRET_KEY` (required; signs tokens) and the optional
-//! encryption master keys.
+//! Secrets from the environment: `COFFER_SECRET_KEY` (required; signs tokens), the optional
+//! encryption master keys, and the object store's credentials (`storage.backend = "s3"`).
 //!
 //! Invariant: a [`SecretKey`] holds at least 32 bytes that are not a placeholder and not a
 //! trivially repeated pattern. Secret bytes are zeroised on drop and never printed by `Debug`.
@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use sha2::Sha256;
 
 /// Name of the required signing secret.
@@ -18,6 +18,11 @@ pub const SECRET_KEY_FILE_VAR: &str = "COFFER_SECRET_KEY_FILE";
 pub const ENCRYPTION_KEY_VAR: &str = "COFFER_ENCRYPTION_KEY";
 /// Earlier master keys that may still wrap data keys.
 pub const ENCRYPTION_OLD_KEYS_VAR: &str = "COFFER_ENCRYPTION_OLD_KEYS";
+
+/// The object store's access key id (or `..._FILE`).
+pub const S3_ACCESS_KEY_ID_VAR: &str = "COFFER_S3_ACCESS_KEY_ID";
+/// The object store's secret access key (or `..._FILE`).
+pub const S3_SECRET_ACCESS_KEY_VAR: &str = "COFFER_S3_SECRET_ACCESS_KEY";
 
 /// Fewest bytes a secret key may have.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -82,6 +87,20 @@ pub enum SecretError {
         "{var} must be exactly 32 bytes, hex or base64 encoded (`coffer gen-secret` makes one)"
     )]
     BadEncryptionKey {
+        /// The variable.
+        var: &'static str,
+    },
+    /// A credential the configuration needs is not set.
+    #[error(
+        "{var} (or {var}_FILE) is not set; storage.backend = \"s3\" needs the object store's access key id and secret access key"
+    )]
+    MissingCredential {
+        /// The variable.
+        var: &'static str,
+    },
+    /// Both a variable and its `_FILE` twin are set: which one is meant is unclear.
+    #[error("both {var} and {var}_FILE are set; set only one")]
+    Ambiguous {
         /// The variable.
         var: &'static str,
     },
@@ -169,6 +188,65 @@ impl SecretKey {
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         mac.update(label.as_bytes());
         mac.finalize().into_bytes().into()
+    }
+}
+
+/// The object store's credentials. `Debug` never shows them.
+#[derive(Debug, Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: SecretString,
+    /// Secret access key.
+    pub secret_access_key: SecretString,
+}
+
+impl S3Credentials {
+    /// Read `COFFER_S3_ACCESS_KEY_ID` and `COFFER_S3_SECRET_ACCESS_KEY`, each from the
+    /// variable or from the file its `_FILE` twin names (one trailing newline stripped).
+    pub fn from_env() -> Result<Self, SecretError> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    fn from_lookup(
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, SecretError> {
+        let read = |var| {
+            var_or_file(var, &lookup)?
+                .map(SecretString::from)
+                .ok_or(SecretError::MissingCredential { var })
+        };
+        Ok(Self {
+            access_key_id: read(S3_ACCESS_KEY_ID_VAR)?,
+            secret_access_key: read(S3_SECRET_ACCESS_KEY_VAR)?,
+        })
+    }
+}
+
+/// `var`'s value, or the content of the file `var_FILE` names (Docker secrets), without its
+/// trailing newline. Both set is an error; neither, or an empty value, is `None`.
+fn var_or_file(
+    var: &'static str,
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Option<String>, SecretError> {
+    let not_text = SecretError::Weak {
+        var,
+        why: "it is not UTF-8 text",
+    };
+    let direct = lookup(var).filter(|v| !v.is_empty());
+    let file = lookup(&format!("{var}_FILE")).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(SecretError::Ambiguous { var }),
+        (Some(v), None) => v.into_string().map(Some).map_err(|_| not_text),
+        (None, Some(path)) => {
+            let text = std::fs::read(path).map_err(|source| SecretError::File { var, source })?;
+            let text = String::from_utf8(text).map_err(|_| not_text)?;
+            let value = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text);
+            Ok(Some(value.to_owned()).filter(|v| !v.is_empty()))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -308,6 +386,43 @@ mod tests {
         let k = SecretKey::parse(&generate_hex()).unwrap();
         assert_ne!(k.derive("a"), k.derive("b"));
         assert_eq!(k.derive("a"), k.derive("a"));
+    }
+
+    #[test]
+    fn s3_credentials_come_from_variables_or_files() {
+        use std::collections::HashMap;
+        use std::ffi::OsString;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let env = |pairs: &[(&str, &OsString)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        let id = OsString::from("GK123");
+        let path = file.clone().into_os_string();
+        let vars = env(&[
+            ("COFFER_S3_ACCESS_KEY_ID", &id),
+            ("COFFER_S3_SECRET_ACCESS_KEY_FILE", &path),
+        ]);
+        let c = S3Credentials::from_lookup(|k| vars.get(k).cloned()).unwrap();
+        assert_eq!(c.access_key_id.expose_secret(), "GK123");
+        assert_eq!(c.secret_access_key.expose_secret(), "from-a-file");
+        assert!(!format!("{c:?}").contains("from-a-file"));
+
+        let both = env(&[
+            ("COFFER_S3_ACCESS_KEY_ID", &id),
+            ("COFFER_S3_SECRET_ACCESS_KEY", &id),
+            ("COFFER_S3_SECRET_ACCESS_KEY_FILE", &path),
+        ]);
+        let e = S3Credentials::from_lookup(|k| both.get(k).cloned()).unwrap_err();
+        assert!(matches!(e, SecretError::Ambiguous { .. }), "{e}");
+
+        let missing = env(&[("COFFER_S3_ACCESS_KEY_ID", &id)]);
+        let e = S3Credentials::from_lookup(|k| missing.get(k).cloned()).unwrap_err();
+        assert!(e.to_string().contains("COFFER_S3_SECRET_ACCESS_KEY"), "{e}");
     }
 
     #[test]

@@ -5,32 +5,68 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::auth::password::{self, Passwords};
+use crate::auth::password::{self, HashError, Passwords};
 use crate::config::AuthConfig;
-use crate::error::{AppError, FieldError};
 use crate::ids::{Timestamp, UserId};
-use crate::meta::MetaStore;
 use crate::meta::users::{Inserted, NewUser, Role, User};
+use crate::meta::{MetaError, MetaStore};
+
+/// Why an account was not created.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AccountError {
+    /// Fields that break their rules: every one of them, not only the first.
+    #[error("invalid account fields")]
+    Invalid(Vec<InvalidField>),
+    /// The words are the answer the client gets too.
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// The words are the answer the client gets too.
+    #[error("that email is already registered")]
+    EmailTaken,
+    /// Hashing the password failed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// A field of a new account that breaks its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InvalidField {
+    /// The field's name, as the request and the command line spell it.
+    pub(crate) field: &'static str,
+    /// What is wrong with it, in words for the person who typed it.
+    pub(crate) message: String,
+}
+
+impl InvalidField {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 /// What a new account needs.
-pub struct NewAccount {
+pub(crate) struct NewAccount {
     /// 3-50 of `[A-Za-z0-9_]`.
-    pub username: String,
+    pub(crate) username: String,
     /// An email address.
-    pub email: String,
+    pub(crate) email: String,
     /// The password (checked against the policy, then hashed).
-    pub password: SecretString,
-    /// Its role.
-    pub role: Role,
+    pub(crate) password: SecretString,
+    pub(crate) role: Role,
 }
 
 /// Whether a username is 3-50 of `[A-Za-z0-9_]`.
-pub fn valid_username(u: &str) -> bool {
+pub(crate) fn valid_username(u: &str) -> bool {
     (3..=50).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A pragmatic address check: one `@`, a plausible local part, a dotted domain of LDH labels.
-pub fn valid_email(e: &str) -> bool {
+pub(crate) fn valid_email(e: &str) -> bool {
     if e.len() > 254 {
         return false;
     }
@@ -59,36 +95,34 @@ pub fn valid_email(e: &str) -> bool {
 }
 
 /// Every problem with a new account's fields.
-pub fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<FieldError> {
+pub(crate) fn validate(cfg: &AuthConfig, a: &NewAccount) -> Vec<InvalidField> {
     let mut errs = Vec::new();
     if !valid_username(&a.username) {
-        errs.push(FieldError::new(
+        errs.push(InvalidField::new(
             "username",
             "must be 3-50 characters of letters, digits and _",
         ));
     }
     if !valid_email(&a.email) {
-        errs.push(FieldError::new("email", "must be a valid email address"));
+        errs.push(InvalidField::new("email", "must be a valid email address"));
     }
-    errs.extend(password::check_policy(cfg, a.password.expose_secret()));
+    let weak = password::check_policy(cfg, a.password.expose_secret());
+    errs.extend(weak.into_iter().map(|m| InvalidField::new("password", m)));
     errs
 }
 
-/// Validate, hash and insert. Conflicts are 409, validation failures 422.
-pub async fn create(
+/// Validate, hash and insert; uniqueness is the database's answer.
+pub(crate) async fn create(
     meta: &MetaStore,
     passwords: &Passwords,
     cfg: &AuthConfig,
     a: NewAccount,
-) -> Result<User, AppError> {
+) -> Result<User, AccountError> {
     let errs = validate(cfg, &a);
     if !errs.is_empty() {
-        return Err(AppError::Validation(errs));
+        return Err(AccountError::Invalid(errs));
     }
-    let hash = passwords
-        .hash(a.password)
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+    let hash = passwords.hash(a.password).await?;
     let new = NewUser {
         id: UserId::new(),
         username: a.username,
@@ -105,10 +139,8 @@ pub async fn create(
             role: new.role,
             created_at: new.created_at,
         }),
-        Inserted::UsernameTaken => Err(AppError::Conflict("that username is taken".into())),
-        Inserted::EmailTaken => Err(AppError::Conflict(
-            "that email is already registered".into(),
-        )),
+        Inserted::UsernameTaken => Err(AccountError::UsernameTaken),
+        Inserted::EmailTaken => Err(AccountError::EmailTaken),
     }
 }
 

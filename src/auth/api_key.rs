@@ -15,17 +15,17 @@ pub const PREFIX_LEN: usize = 12;
 const ID_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
 /// A freshly generated key: shown once, then only its hash exists.
-pub struct NewKey {
+pub(crate) struct NewKey {
     /// The full key.
-    pub key: String,
+    pub(crate) key: String,
     /// Its public prefix.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// SHA-256 of the full key.
-    pub hash: [u8; 32],
+    pub(crate) hash: [u8; 32],
 }
 
 /// Make a new key (40 bits of public id, 256 bits of secret).
-pub fn generate() -> NewKey {
+pub(crate) fn generate() -> NewKey {
     let raw = crate::secrets::random_bytes::<8>();
     let id: String = raw
         .iter()
@@ -47,7 +47,7 @@ pub fn prefix_of(key: &str) -> Option<&str> {
 }
 
 /// Constant-time check of a presented key against a stored hash.
-pub fn matches(key: &str, stored: &[u8]) -> bool {
+pub(crate) fn matches(key: &str, stored: &[u8]) -> bool {
     token_hash(key).ct_eq(stored).into()
 }
 

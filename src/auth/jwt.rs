@@ -17,7 +17,7 @@ use crate::ids::{SessionId, Timestamp, UserId};
 use crate::secrets::SecretKey;
 
 /// Leeway for clock skew on `exp` and `nbf`.
-pub const LEEWAY_SECS: u64 = 2;
+pub(crate) const LEEWAY_SECS: u64 = 2;
 /// The `type` claim of access tokens.
 pub const ACCESS: &str = "access";
 
@@ -46,13 +46,13 @@ pub struct Claims {
 /// A verified access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    /// Who.
+    /// The user it speaks for.
     pub user: UserId,
-    /// Which login.
+    /// The login it was issued to: revoking the login revokes it.
     pub session: SessionId,
-    /// Token id.
+    /// Its own id, for revoking it alone (logout).
     pub jti: String,
-    /// Expiry.
+    /// When it stops being accepted (`exp`).
     pub expires_at: Timestamp,
 }
 
@@ -103,7 +103,7 @@ impl TokenKeys {
     }
 
     /// Access-token lifetime.
-    pub fn ttl_secs(&self) -> u64 {
+    pub(crate) fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }
 

@@ -19,7 +19,6 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::AuthConfig;
-use crate::error::FieldError;
 
 /// The bundled list of common passwords (lower case, most common first).
 static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
@@ -37,11 +36,11 @@ const HASH_NICE: i32 = 19;
 /// Argon2 failed (never because of a wrong password: that is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
 #[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub(crate) struct HashError(String);
 
 /// The password hasher.
 #[derive(Clone)]
-pub struct Passwords {
+pub(crate) struct Passwords {
     params: Params,
     pool: HashPool,
     /// The cost (see [`cost_of`]) of the hashes made with `params`.
@@ -53,16 +52,16 @@ const DUMMY_SALT: &str = "ZHVtbXktc2FsdC1jb2ZmZXI";
 
 /// The result of a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// The password matched.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// The stored hash uses other parameters than configured: store a fresh one.
-    pub needs_rehash: bool,
+    pub(crate) needs_rehash: bool,
 }
 
 impl Passwords {
     /// Build from config: start the hashing threads.
-    pub fn new(cfg: &AuthConfig) -> Result<Self, HashError> {
+    pub(crate) fn new(cfg: &AuthConfig) -> Result<Self, HashError> {
         let params = Params::new(
             cfg.argon2_memory_kib,
             cfg.argon2_iterations,
@@ -103,7 +102,7 @@ impl Passwords {
     }
 
     /// Hash a password (PHC string).
-    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+    pub(crate) async fn hash(&self, password: SecretString) -> Result<String, HashError> {
         let this = self.clone();
         self.pool
             .run(move || this.hash_now(password.expose_secret()))
@@ -120,7 +119,7 @@ impl Passwords {
     /// account against 9 ms for an unknown name). Work rather than a time floor: the same work
     /// slows down alike under load, where a floor calibrated at rest lets the costliest case
     /// show through. The price: while several costs are in use, a failure costs their sum.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         password: SecretString,
         stored: Option<String>,
@@ -348,10 +347,10 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, waiting: &AtomicUsize) {
     }
 }
 
-/// Check a new password against the policy; the errors name the field `password`.
-pub fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<FieldError> {
+/// Check a new password against the policy: what is wrong with it, every rule it breaks.
+pub(crate) fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<String> {
     let mut errs = Vec::new();
-    let mut fail = |m: String| errs.push(FieldError::new("password", m));
+    let mut fail = |m: String| errs.push(m);
     let chars = password.chars().count();
     if chars < cfg.password_min_length || chars > cfg.password_max_length {
         fail(format!(
@@ -372,7 +371,8 @@ pub fn check_policy(cfg: &AuthConfig, password: &str) -> Vec<FieldError> {
 }
 
 /// How many common passwords are bundled.
-pub fn common_password_count() -> usize {
+#[cfg(test)]
+fn common_password_count() -> usize {
     COMMON.len()
 }
 

@@ -20,25 +20,25 @@ use crate::secrets::SecretKey;
 const LABEL: &str = "coffer/refresh-rotation/v1";
 
 /// Makes refresh tokens.
-pub struct RefreshTokens {
+pub(crate) struct RefreshTokens {
     key: Zeroizing<[u8; 32]>,
 }
 
 impl RefreshTokens {
     /// Derive the subkey from the service secret.
-    pub fn new(secret: &SecretKey) -> Self {
+    pub(crate) fn new(secret: &SecretKey) -> Self {
         Self {
             key: Zeroizing::new(secret.derive(LABEL)),
         }
     }
 
     /// The first refresh token of a login: 256 random bits.
-    pub fn first(&self) -> String {
+    pub(crate) fn first(&self) -> String {
         crate::auth::random_token::<32>()
     }
 
     /// The token that rotating `presented` yields (same length and alphabet as the first).
-    pub fn next(&self, presented: &str) -> String {
+    pub(crate) fn next(&self, presented: &str) -> String {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.as_slice())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         mac.update(presented.as_bytes());

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::http::client_ip::network_key;
+use crate::net::network_key;
 
 /// Entries forgotten after this long without a failure.
 const WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -39,7 +39,7 @@ const KNOWN_PER_ACCOUNT: usize = 8;
 const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
 
 /// The failure counters.
-pub struct LoginThrottle {
+pub(crate) struct LoginThrottle {
     threshold: u32,
     max_delay: Duration,
     entries: Mutex<HashMap<(String, Option<IpAddr>), Entry>>,
@@ -49,7 +49,7 @@ pub struct LoginThrottle {
 
 impl LoginThrottle {
     /// A throttle with the configured threshold and cap.
-    pub fn new(threshold: u32, max_delay_secs: u64) -> Self {
+    pub(crate) fn new(threshold: u32, max_delay_secs: u64) -> Self {
         Self {
             threshold: threshold.max(1),
             max_delay: Duration::from_secs(max_delay_secs.max(1)),
@@ -59,7 +59,7 @@ impl LoginThrottle {
     }
 
     /// `Err(seconds)` when this attempt must wait.
-    pub fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
+    pub(crate) fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
         let (user, net) = (username.to_lowercase(), network_key(ip));
         let trusted = self.is_known(&user, net, now);
@@ -93,7 +93,7 @@ impl LoginThrottle {
     }
 
     /// Count a failed attempt.
-    pub fn failed(&self, username: &str, ip: IpAddr) {
+    pub(crate) fn failed(&self, username: &str, ip: IpAddr) {
         let now = Instant::now();
         let Ok(mut map) = self.entries.lock() else {
             return;
@@ -134,7 +134,7 @@ impl LoginThrottle {
     }
 
     /// A success clears its network's counter and vouches for the network.
-    pub fn succeeded(&self, username: &str, ip: IpAddr) {
+    pub(crate) fn succeeded(&self, username: &str, ip: IpAddr) {
         let (user, net, now) = (username.to_lowercase(), network_key(ip), Instant::now());
         if let Ok(mut map) = self.entries.lock() {
             map.remove(&(user.clone(), Some(net)));

@@ -285,6 +285,31 @@ impl BlobBackend for LocalFs {
         })
     }
 
+    /// `id` is a temp file's name in `tmp/` (the key is not needed: the name is unique). Only
+    /// the exact shape this backend makes (`<uuid>.part`) is accepted, so a recorded id can
+    /// never name anything outside `tmp/`.
+    fn abort_staged<'a>(
+        &'a self,
+        _key: &'a BlobKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
+        let this = self.clone();
+        let name = id.to_owned();
+        Box::pin(async move {
+            if !is_temp_name(&name) {
+                return Err(BlobError::Unsafe);
+            }
+            blocking::run(move || {
+                match rustix::fs::unlinkat(&this.dirs.tmp, &*name, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(io(e)),
+                }
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
     fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>> {
         let root = self.root.clone();
         Box::pin(async move {
@@ -343,6 +368,13 @@ impl BlobBackend for LocalFs {
             .unwrap_or(false)
         })
     }
+}
+
+/// A temp file name as [`LocalFs::put`] makes it: `<uuid>.part`.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_suffix(".part")
+        .and_then(|id| uuid::Uuid::try_parse(id).ok())
+        .is_some_and(|u| format!("{u}.part") == name)
 }
 
 fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError> {
@@ -523,6 +555,11 @@ impl FsWriter {
 }
 
 impl BlobWriter for FsWriter {
+    /// The temp file's name in `tmp/`, from the start (the file exists from `put` on).
+    fn staging_id(&self) -> Option<String> {
+        (!self.done).then(|| self.name.clone())
+    }
+
     fn write<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>> {
         Box::pin(async move {
             self.buf.extend_from_slice(data);
@@ -654,6 +691,30 @@ mod tests {
         drop(w);
         tokio::task::yield_now().await;
         assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn staged_files_can_be_aborted_by_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let mut w = store.put(&key).await.unwrap();
+        w.write(b"staged").await.unwrap();
+        let id = w.staging_id().unwrap();
+        // A crash: the writer's Drop never runs.
+        std::mem::forget(w);
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 1);
+        store.abort_staged(&key, &id).await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+        // Again, and for ids that were never staged: harmless.
+        store.abort_staged(&key, &id).await.unwrap();
+        // Anything but a temp name we make is refused, never resolved as a path.
+        for bad in ["../blobs", "x.part", "", "../tmp/0.part"] {
+            assert!(matches!(
+                store.abort_staged(&key, bad).await,
+                Err(BlobError::Unsafe)
+            ));
+        }
     }
 
     #[tokio::test]

@@ -3,12 +3,13 @@
 //! step), get a byte range, stat, delete, list. Who may read a blob, and in what form
 //! (decrypted, authenticated), is decided above this module (`crate::crypto::read`); a
 //! backend never sees rows, keys of the keyring, or HTTP. The local filesystem is one backend;
-//! an S3-compatible object store is another.
+//! an S3-compatible object store ([`s3`]) is another.
 //!
 //! Invariant: keys are made from a file's fresh UUID only ([`BlobKey::for_file`]) or parsed
 //! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
 
 pub mod fs;
+pub mod s3;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,11 @@ pub enum BlobError {
     /// The blob ended before the requested range did.
     #[error("blob is shorter than the requested range")]
     Short,
+    /// The store did not answer in time, refused the connection or answered that it cannot
+    /// serve now (5xx): worth retrying later, not a fault of the request. The text is the
+    /// cause, for the log only.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
     /// Any other I/O failure.
     #[error("blob i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -119,6 +125,12 @@ impl std::fmt::Display for BlobKey {
 pub trait BlobWriter: Send {
     /// Append bytes.
     fn write<'a>(&'a mut self, buf: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// What this writer has staged in the store so far, named so that
+    /// [`BlobBackend::abort_staged`] can discard it after a crash (when `Drop` never ran):
+    /// the multipart upload id on S3, the temp file's name on the local filesystem. `None`
+    /// while nothing is staged outside this process; it may turn `Some` after a `write`, so
+    /// a caller that records it asks again after writing.
+    fn staging_id(&self) -> Option<String>;
     /// Make the bytes durable and visible under the key given to [`BlobBackend::put`]; never
     /// replaces an existing blob.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), BlobError>>;
@@ -159,9 +171,20 @@ pub trait BlobBackend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
     /// The blob's length, or `NotFound`.
     fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
-    /// Delete a blob, durably; `NotFound` when there was none.
+    /// Delete a blob, durably; `NotFound` when there was none, or `Ok` where the store cannot
+    /// tell (S3's DeleteObject is idempotent): callers accept either.
     fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
-    /// Remove staging leftovers of a crash; returns how many.
+    /// Discard what a writer for `key` had staged under `id` ([`BlobWriter::staging_id`]):
+    /// for a crash's leftovers, recorded before the crash. Harmless when it is already gone
+    /// (committed, aborted, never existed): `Ok`.
+    fn abort_staged<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// Remove staging leftovers of a crash; returns how many. Only a backend that knows no
+    /// other process stages beside it can do this by looking (the local filesystem); others
+    /// answer 0 and rely on [`BlobBackend::abort_staged`] with recorded ids.
     fn clear_staging(&self) -> BoxFuture<'_, Result<usize, BlobError>>;
     /// Everything stored, for consistency checks.
     fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
@@ -214,6 +237,11 @@ impl BlobStore {
     /// Delete a blob.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
         self.backend.delete(key).await
+    }
+
+    /// Discard what a crashed writer had staged (see [`BlobWriter::staging_id`]).
+    pub async fn abort_staged(&self, key: &BlobKey, id: &str) -> Result<(), BlobError> {
+        self.backend.abort_staged(key, id).await
     }
 
     /// Remove staging leftovers.

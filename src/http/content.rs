@@ -13,19 +13,22 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::crypto::read::{self, PlainStream, ReadError};
 use crate::download::{self, Disposition, Plan};
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::meta::files::StoredFile;
+use crate::state::AppState;
 
 /// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
 /// same-origin access) even if a browser decides to render it.
-pub const CONTENT_CSP: &str = "default-src 'none'; sandbox";
+pub(crate) const CONTENT_CSP: &str = "default-src 'none'; sandbox";
 
 /// `?disposition=` (absent = attachment; unknown = 400; inline only for safe types).
-pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Disposition, AppError> {
+pub(crate) fn disposition(
+    query: Option<&str>,
+    content_type: &str,
+) -> Result<Disposition, AppError> {
     match query {
         None | Some("attachment") => Ok(Disposition::Attachment),
         Some("inline") if download::inline_safe(content_type) => Ok(Disposition::Inline),
@@ -37,65 +40,39 @@ pub fn disposition(query: Option<&str>, content_type: &str) -> Result<Dispositio
 }
 
 /// What the responder decided (callers count link downloads on `Full` and `Partial` GETs).
-pub struct Served {
-    /// The response.
-    pub response: Response,
+pub(crate) struct Served {
+    pub(crate) response: Response,
     /// The plan it followed.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
 }
 
 /// What a content request asks for.
-pub struct ContentRequest<'a> {
+pub(crate) struct ContentRequest<'a> {
     /// GET or HEAD.
-    pub method: &'a Method,
+    pub(crate) method: &'a Method,
     /// Its headers (conditionals, `Range`).
-    pub headers: &'a HeaderMap,
+    pub(crate) headers: &'a HeaderMap,
     /// `attachment` or `inline`.
-    pub disposition: Disposition,
+    pub(crate) disposition: Disposition,
     /// For the audit trail.
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
 }
 
 /// Largest file whose bytes are read together with its row (one blocking hop, not two).
-pub const PREFETCH_MAX: u64 = 64 * 1024;
+pub(crate) const PREFETCH_MAX: u64 = 64 * 1024;
 
 /// Stream the bytes of `f` the way the request asks. `prefetched` is the whole plaintext when
 /// the caller already read it ([`read::prefetch_small`]).
-pub async fn respond(
+pub(crate) async fn respond(
     state: &AppState,
     f: &StoredFile,
     req: &ContentRequest<'_>,
     prefetched: Option<Bytes>,
 ) -> Result<Served, AppError> {
-    let (method, req_headers, kind, client_ip) =
-        (req.method, req.headers, req.disposition, req.client_ip);
     let len = f.file.size;
     let etag = download::etag(&f.file.sha256);
-    let plan = download::plan(method, req_headers, len, &etag, f.file.created_at);
-    let mut headers = HeaderMap::new();
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| AppError::Internal(e.into()));
-    headers.insert(header::ETAG, value(&etag)?);
-    headers.insert(
-        header::LAST_MODIFIED,
-        value(&f.file.created_at.to_http_date())?,
-    );
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(
-        header::CACHE_CONTROL,
-        value(&state.config.downloads.cache_control)?,
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_CSP),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        download::content_disposition(kind, &f.file.filename),
-    );
+    let plan = download::plan(req.method, req.headers, len, &etag, f.file.created_at);
+    let mut headers = representation_headers(state, f, &etag, req.disposition)?;
     let (status, (start, end)) = match plan {
         Plan::NotModified => {
             let mut res = StatusCode::NOT_MODIFIED.into_response();
@@ -110,52 +87,22 @@ pub async fn respond(
         Plan::Partial { start, end } => {
             headers.insert(
                 header::CONTENT_RANGE,
-                value(&format!("bytes {start}-{end}/{len}"))?,
+                header_value(&format!("bytes {start}-{end}/{len}"))?,
             );
             (StatusCode::PARTIAL_CONTENT, plan.span(len))
         }
     };
-    headers.insert(header::CONTENT_TYPE, value(&f.file.content_type)?);
+    headers.insert(header::CONTENT_TYPE, header_value(&f.file.content_type)?);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
 
-    let body = if *method == Method::HEAD || start == end {
+    let body = if *req.method == Method::HEAD || start == end {
         Body::empty()
     } else if let Some(all) = prefetched.filter(|b| b.len() as u64 == len) {
         Body::from(
             all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)),
         )
     } else {
-        let failed = |e: ReadError| {
-            match e {
-                ReadError::Tampered => integrity_failure(state, f, client_ip),
-                // The row exists, so a missing blob is our fault, not a 404 for the client.
-                ReadError::Blob(crate::blob::BlobError::NotFound) => {
-                    let why = format!("blob {} of file {} is missing", f.blob_key, f.file.id);
-                    return AppError::Internal(anyhow::anyhow!(why));
-                }
-                _ => {}
-            }
-            AppError::from(e)
-        };
-        let mut stream = open(state, f, start, end).await.map_err(failed)?;
-        // Pull the first chunk before answering, so a blob that fails authentication at its
-        // start gets a clean error instead of a 200 that breaks off.
-        let first = match stream.next().await {
-            Some(Ok(chunk)) => chunk,
-            Some(Err(e)) => return Err(failed(e)),
-            // A non-empty range that yields nothing was cut short.
-            None => return Err(failed(ReadError::Tampered)),
-        };
-        let (audit_state, file, ip) = (state.clone(), f.clone(), client_ip);
-        let rest = stream.map_err(move |e| {
-            if matches!(e, ReadError::Tampered) {
-                integrity_failure(&audit_state, &file, ip);
-            }
-            // An error mid-body makes hyper abort the connection: the client sees a
-            // truncated transfer, never wrong bytes.
-            std::io::Error::other(e)
-        });
-        Body::from_stream(futures_util::stream::once(async move { Ok(first) }).chain(rest))
+        stream_range(state, f, start, end, req.client_ip).await?
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -164,6 +111,87 @@ pub async fn respond(
         response: res,
         plan,
     })
+}
+
+/// The headers of every answer about `f`, a 304 included: validators, caching, and the
+/// headers that keep a browser from running it.
+fn representation_headers(
+    state: &AppState,
+    f: &StoredFile,
+    etag: &str,
+    kind: Disposition,
+) -> Result<HeaderMap, AppError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, header_value(etag)?);
+    headers.insert(
+        header::LAST_MODIFIED,
+        header_value(&f.file.created_at.to_http_date())?,
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        header_value(&state.config.downloads.cache_control)?,
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        download::content_disposition(kind, &f.file.filename),
+    );
+    Ok(headers)
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, AppError> {
+    HeaderValue::from_str(s).map_err(|e| AppError::Internal(e.into()))
+}
+
+/// Bytes `[start, end)` of `f` (non-empty) as a streamed body. The first chunk is read before
+/// answering, so a blob that fails authentication at its start gets a clean error instead of
+/// a 200 that breaks off; a later failure aborts the connection.
+async fn stream_range(
+    state: &AppState,
+    f: &StoredFile,
+    start: u64,
+    end: u64,
+    client_ip: IpAddr,
+) -> Result<Body, AppError> {
+    let failed = |e: ReadError| {
+        match e {
+            ReadError::Tampered => integrity_failure(state, f, client_ip),
+            // The row exists, so a missing blob is our fault, not a 404 for the client.
+            ReadError::Blob(crate::blob::BlobError::NotFound) => {
+                let why = format!("blob {} of file {} is missing", f.blob_key, f.file.id);
+                return AppError::Internal(anyhow::anyhow!(why));
+            }
+            _ => {}
+        }
+        AppError::from(e)
+    };
+    let mut stream = open(state, f, start, end).await.map_err(failed)?;
+    let first = match stream.next().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(failed(e)),
+        // A non-empty range that yields nothing was cut short.
+        None => return Err(failed(ReadError::Tampered)),
+    };
+    let (audit_state, file, ip) = (state.clone(), f.clone(), client_ip);
+    let rest = stream.map_err(move |e| {
+        if matches!(e, ReadError::Tampered) {
+            integrity_failure(&audit_state, &file, ip);
+        }
+        // An error mid-body makes hyper abort the connection: the client sees a
+        // truncated transfer, never wrong bytes.
+        std::io::Error::other(e)
+    });
+    Ok(Body::from_stream(
+        futures_util::stream::once(async move { Ok(first) }).chain(rest),
+    ))
 }
 
 fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
@@ -177,7 +205,7 @@ fn integrity_failure(state: &AppState, f: &StoredFile, ip: IpAddr) {
 }
 
 /// Plaintext bytes `[start, end)` of a file, decrypting when its blob is sealed.
-pub async fn open(
+pub(crate) async fn open(
     state: &AppState,
     f: &StoredFile,
     start: u64,

@@ -1,34 +1,27 @@
-//! Extractors: strict JSON bodies, the authenticated [`Principal`], and paging parameters.
+//! Extractors: strict JSON bodies, and the authenticated [`Principal`] (resolved by
+//! `auth::credentials`; this only reads the two headers it looks at).
 //!
-//! Invariant: credentials are read from `Authorization: Bearer` and `X-API-Key` only (never a
-//! query string or cookie); a request only becomes a `Principal` after its token's signature,
-//! expiry, type and revocation state, or its API key's hash and expiry, were checked against
-//! the database. The role comes from the database on every request.
+//! Invariant: a JSON body is refused unless it is `application/json` and exactly the type's
+//! shape (unknown, duplicate, missing and mistyped fields are named, never guessed at); a
+//! request's principal is resolved once, then kept in its extensions.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use axum::http::{HeaderName, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa::PartialSchema;
 use utoipa::openapi::{RefOr, Schema};
 
-use crate::app::AppState;
-use std::time::Duration;
-
-use crate::auth::api_key;
-use crate::auth::cache::{Cached, CachedVia};
-use crate::auth::token_hash;
-use crate::error::{AppError, FieldError};
-use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
-use crate::meta::users::Role;
+use crate::auth::credentials::Header;
+use crate::auth::principal::Principal;
+use crate::http::error::{AppError, FieldError};
+use crate::state::AppState;
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
 /// fields and wrong types 422 naming the field.
-pub struct AppJson<T>(pub T);
+pub(crate) struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;
@@ -166,72 +159,7 @@ fn json_kind(expected: &str) -> std::borrow::Cow<'_, str> {
     })
 }
 
-/// How the caller authenticated.
-#[derive(Debug, Clone)]
-pub enum Via {
-    /// An access token.
-    Token {
-        /// Its login.
-        session: SessionId,
-        /// Its id.
-        jti: String,
-        /// Its expiry.
-        expires_at: Timestamp,
-    },
-    /// An API key.
-    ApiKey(ApiKeyId),
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Who.
-    pub user_id: UserId,
-    /// Their role now.
-    pub role: Role,
-    /// With what.
-    pub via: Via,
-}
-
-impl Principal {
-    /// Admins only, logged in (403 otherwise): an API key acts as its owner for files and
-    /// links, never with the owner's admin powers, so a leaked backend key cannot promote,
-    /// delete users or read the audit trail.
-    pub fn require_admin(&self) -> Result<(), AppError> {
-        match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => Ok(()),
-            (Role::Admin, Via::ApiKey(_)) => Err(AppError::Forbidden(
-                "administration needs a login, not an API key",
-            )),
-            (Role::User, _) => Err(AppError::Forbidden("administrators only")),
-        }
-    }
-
-    /// Routes that manage credentials need a login, not an API key (403 otherwise).
-    pub fn require_token(&self) -> Result<(SessionId, &str, Timestamp), AppError> {
-        match &self.via {
-            Via::Token {
-                session,
-                jti,
-                expires_at,
-            } => Ok((*session, jti, *expires_at)),
-            Via::ApiKey(_) => Err(AppError::Forbidden(
-                "API keys cannot manage credentials; log in",
-            )),
-        }
-    }
-
-    /// The owner filter for file lookups: logged-in admins see everyone's files; an API key
-    /// sees its owner's.
-    pub fn file_scope(&self) -> Option<UserId> {
-        match (self.role, &self.via) {
-            (Role::Admin, Via::Token { .. }) => None,
-            _ => Some(self.user_id),
-        }
-    }
-}
-
-const BAD_CREDENTIALS: AppError = AppError::Unauthorized("missing, invalid or expired credentials");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
@@ -243,207 +171,23 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let bearer = parts.headers.get(header::AUTHORIZATION);
-        let key = parts.headers.get("x-api-key");
-        let principal = match (bearer, key) {
-            (Some(_), Some(_)) => {
-                return Err(AppError::Unauthorized("send one credential, not two"));
-            }
-            (Some(v), None) => {
-                let token = v
-                    .to_str()
-                    .ok()
-                    .and_then(bearer_token)
-                    .ok_or(BAD_CREDENTIALS)?;
-                from_token(state, token).await?
-            }
-            (None, Some(v)) => {
-                from_api_key(state, v.to_str().map_err(|_| BAD_CREDENTIALS)?).await?
-            }
-            (None, None) => return Err(AppError::Unauthorized("authentication required")),
+        let read = |name: &HeaderName| match parts.headers.get(name) {
+            None => Header::Absent,
+            Some(v) => v.to_str().map_or(Header::Unreadable, Header::Value),
         };
+        let principal = state
+            .credentials
+            .authenticate(read(&header::AUTHORIZATION), read(&X_API_KEY))
+            .await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
-}
-
-/// The token of `Bearer <token>` (scheme case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-async fn from_token(state: &AppState, token: &str) -> Result<Principal, AppError> {
-    // Signature, algorithm, issuer, expiry and type: checked on every request, cache or not.
-    let access = state.tokens.verify(token).map_err(|_| BAD_CREDENTIALS)?;
-    let (session, user) = (access.session, access.user);
-    let key = [b"t:".as_slice(), access.jti.as_bytes()].concat();
-    let role = match state.principals.get(&key) {
-        Some(Cached {
-            user: u,
-            role,
-            via: CachedVia::Session(s),
-        }) if u == user && s == session => role,
-        _ => {
-            let epoch = state.principals.epoch();
-            let role = state
-                .meta
-                .sessions()
-                .live_principal(session, user, access.jti.clone(), Timestamp::now())
-                .await?
-                .ok_or(BAD_CREDENTIALS)?;
-            let left = time_left(access.expires_at);
-            state.principals.put(
-                key,
-                Cached {
-                    user,
-                    role,
-                    via: CachedVia::Session(session),
-                },
-                epoch,
-                left,
-            );
-            role
-        }
-    };
-    Ok(Principal {
-        user_id: user,
-        role,
-        via: Via::Token {
-            session,
-            jti: access.jti,
-            expires_at: access.expires_at,
-        },
-    })
-}
-
-fn time_left(until: Timestamp) -> Duration {
-    Duration::from_micros(u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0))
-}
-
-async fn from_api_key(state: &AppState, key: &str) -> Result<Principal, AppError> {
-    let key = key.trim().to_owned();
-    let prefix = api_key::prefix_of(&key).ok_or(BAD_CREDENTIALS)?.to_owned();
-    // Keyed by the hash of the whole key: only the exact key can ever hit.
-    let cache_key = [b"k:".as_slice(), &token_hash(&key)].concat();
-    if let Some(Cached {
-        user,
-        role,
-        via: CachedVia::ApiKey(id),
-    }) = state.principals.get(&cache_key)
-    {
-        return Ok(Principal {
-            user_id: user,
-            role,
-            via: Via::ApiKey(id),
-        });
-    }
-    let epoch = state.principals.epoch();
-    let found = state.meta.api_keys().find_by_prefix(&prefix).await?;
-    let Some(found) = found else {
-        // Same work as a hit, so timing does not reveal which prefixes exist.
-        let _ = api_key::matches(&key, &[0; 32]);
-        return Err(BAD_CREDENTIALS);
-    };
-    let now = Timestamp::now();
-    if !api_key::matches(&key, &found.hash) || found.expires_at.is_some_and(|e| e <= now) {
-        return Err(BAD_CREDENTIALS);
-    }
-    let left = found.expires_at.map_or(Duration::MAX, time_left);
-    let value = Cached {
-        user: found.user_id,
-        role: found.role,
-        via: CachedVia::ApiKey(found.id),
-    };
-    state.principals.put(cache_key, value, epoch, left);
-    Ok(Principal {
-        user_id: found.user_id,
-        role: found.role,
-        via: Via::ApiKey(found.id),
-    })
-}
-
-/// `?limit=&cursor=` for listings.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// Page size, 1-1000 (default 50).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
-    pub limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// Default and largest page sizes.
-pub const DEFAULT_LIMIT: usize = 50;
-/// The largest page.
-pub const MAX_LIMIT: usize = 1000;
-
-impl PageQuery {
-    /// The validated page size.
-    pub fn limit(&self) -> Result<usize, AppError> {
-        match self.limit.as_deref().map(|s| s.trim().parse::<usize>()) {
-            None => Ok(DEFAULT_LIMIT),
-            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(AppError::field(
-                "limit",
-                "must be an integer between 1 and 1000",
-            )),
-        }
-    }
-}
-
-/// Opaque cursors: base64url of `v1:<text>`.
-pub fn encode_cursor(text: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{text}"))
-}
-
-/// Decode a cursor made by [`encode_cursor`] (400 otherwise).
-pub fn decode_cursor(cursor: &str) -> Result<String, AppError> {
-    let bad = || AppError::BadRequest("invalid cursor".into());
-    if cursor.len() > 256 {
-        return Err(bad());
-    }
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    text.strip_prefix("v1:").map(str::to_owned).ok_or_else(bad)
-}
-
-/// A `(created_at, id)` keyset cursor.
-pub fn decode_time_cursor<I>(
-    cursor: &str,
-    parse: impl Fn(&str) -> Option<I>,
-) -> Result<(Timestamp, I), AppError> {
-    let text = decode_cursor(cursor)?;
-    let (at, id) = text
-        .split_once('/')
-        .ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
-    let at = at
-        .parse::<i64>()
-        .map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
-    let id = parse(id).ok_or_else(|| AppError::BadRequest("invalid cursor".into()))?;
-    Ok((Timestamp(at), id))
-}
-
-/// Encode a `(created_at, id)` cursor.
-pub fn encode_time_cursor(at: Timestamp, id: impl std::fmt::Display) -> String {
-    encode_cursor(&format!("{}/{id}", at.0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-    }
 
     #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
@@ -523,16 +267,5 @@ mod tests {
             errors(json!({"username": "a", "password": "b", "kind": "root"})),
             [pair("kind", "must be one of `user` or `admin`")]
         );
-    }
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let c = encode_time_cursor(Timestamp(42), "x");
-        assert_eq!(
-            decode_time_cursor(&c, |s| Some(s.to_owned())).unwrap(),
-            (Timestamp(42), "x".to_owned())
-        );
-        assert!(decode_cursor("!!!").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
     }
 }

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
-use crate::error::{FieldError, Problem};
+use crate::http::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
 #[openapi(

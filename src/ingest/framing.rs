@@ -155,7 +155,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn run(body: &[u8], split: usize) -> Result<Stage, BodyError> {
+    fn scan_in_pieces(body: &[u8], split: usize) -> Result<Stage, BodyError> {
         let mut g = MultipartFraming::new(
             futures_util::stream::empty::<Result<Bytes, BodyError>>(),
             "XyZ",
@@ -172,23 +172,33 @@ mod tests {
     fn a_normal_form_passes_in_any_chunking() {
         for split in [1, 2, 3, 5, 7, 64, 4096] {
             // After the closing `--XyZ--`: the epilogue, which passes whatever its length.
-            assert_eq!(run(FORM, split).unwrap(), Stage::Epilogue, "split {split}");
+            assert_eq!(
+                scan_in_pieces(FORM, split).unwrap(),
+                Stage::Epilogue,
+                "split {split}"
+            );
         }
     }
 
     #[test]
     fn long_preambles_and_headers_fail_long_bodies_do_not() {
         let preamble = [vec![b'p'; HEAD_LIMIT + 1], FORM.to_vec()].concat();
-        assert!(matches!(run(&preamble, 1000), Err(BodyError::Framing)));
+        assert!(matches!(
+            scan_in_pieces(&preamble, 1000),
+            Err(BodyError::Framing)
+        ));
         let header = format!("--XyZ\r\nX-Pad: {}\r\n\r\n", "h".repeat(HEAD_LIMIT));
         assert!(matches!(
-            run(header.as_bytes(), 999),
+            scan_in_pieces(header.as_bytes(), 999),
             Err(BodyError::Framing)
         ));
         // A blank line right after the boundary line starts the headers; it does not end them
         // (as in the parser), so it cannot smuggle header bytes into a part body.
         let smuggle = [b"--XyZ\r\n\r\n".to_vec(), vec![b'h'; HEAD_LIMIT + 1]].concat();
-        assert!(matches!(run(&smuggle, 4096), Err(BodyError::Framing)));
+        assert!(matches!(
+            scan_in_pieces(&smuggle, 4096),
+            Err(BodyError::Framing)
+        ));
         let body = [
             b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
                 .to_vec(),
@@ -196,18 +206,18 @@ mod tests {
             b"\r\n--XyZ--".to_vec(),
         ]
         .concat();
-        assert!(run(&body, 1500).is_ok());
+        assert!(scan_in_pieces(&body, 1500).is_ok());
         // Whatever follows the closing delimiter passes, however long.
         let epilogue = [FORM.to_vec(), vec![b'e'; 4 * HEAD_LIMIT]].concat();
-        assert_eq!(run(&epilogue, 777).unwrap(), Stage::Epilogue);
+        assert_eq!(scan_in_pieces(&epilogue, 777).unwrap(), Stage::Epilogue);
     }
 
     proptest! {
         #[test]
         fn chunking_never_changes_the_outcome(cut in 1usize..200, pad in 0usize..40) {
             let body = [vec![b'-'; pad], FORM.to_vec()].concat();
-            let whole = run(&body, body.len()).map_err(|e| e.to_string());
-            let split = run(&body, cut).map_err(|e| e.to_string());
+            let whole = scan_in_pieces(&body, body.len()).map_err(|e| e.to_string());
+            let split = scan_in_pieces(&body, cut).map_err(|e| e.to_string());
             prop_assert_eq!(whole, split);
         }
     }

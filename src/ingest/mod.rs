@@ -12,38 +12,38 @@ pub mod filename;
 pub mod framing;
 pub mod idle;
 pub mod policy;
-pub mod quota;
+pub(crate) mod quota;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::audit::AuditLog;
 use crate::audit::{Event, Record};
+use crate::blob::BlobStore;
 use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
+use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
-use crate::error::AppError;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::MetaError;
+use crate::meta::MetaStore;
 use crate::meta::files::{self, FileObject, StoredFile};
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
-use quota::{QuotaError, Reservation};
+use quota::{Quota, QuotaError, Reservation};
 
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// Type policy (415).
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// More bytes than `limits.max_upload_bytes` (413).
     #[error("upload larger than {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: u64,
-    },
+    TooLarge { limit: u64 },
     /// The owner's quota (413, quota-exceeded).
     #[error("quota exceeded")]
     Quota,
@@ -79,6 +79,7 @@ impl IngestError {
             Self::Idle => "idle_timeout",
             Self::OwnerGone => "account_deleted",
             Self::Blob(BlobError::StorageFull) | Self::Meta(MetaError::Full) => "storage_full",
+            Self::Blob(BlobError::Unavailable(_)) => "storage_unavailable",
             Self::Blob(_) | Self::Meta(_) => "internal_error",
         }
     }
@@ -112,47 +113,45 @@ impl From<QuotaError> for IngestError {
     }
 }
 
-impl From<IngestError> for AppError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Refused(r) => AppError::UnsupportedMediaType(r.to_string().into()),
-            IngestError::TooLarge { limit } => AppError::PayloadTooLarge { limit },
-            IngestError::Quota => AppError::QuotaExceeded,
-            IngestError::BadBody(d) => AppError::BadRequest(d.into()),
-            IngestError::ClientAborted => {
-                AppError::BadRequest("the upload body was cut off".into())
-            }
-            IngestError::Idle => AppError::RequestTimeout,
-            IngestError::OwnerGone => {
-                AppError::Unauthorized("missing, invalid or expired credentials")
-            }
-            IngestError::Blob(b) => b.into(),
-            IngestError::Meta(m) => m.into(),
-        }
-    }
-}
-
 /// What the handler knows about an upload before its body.
 #[derive(Debug, Clone)]
-pub struct Upload {
-    /// Owner.
-    pub owner: UserId,
+pub(crate) struct Upload {
+    pub(crate) owner: UserId,
     /// Client address (audit).
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
     /// The client's filename, unsanitised.
-    pub raw_name: String,
-    /// Retention.
-    pub expires_at: Option<Timestamp>,
+    pub(crate) raw_name: String,
+    /// When the file expires (`None`: kept until deleted).
+    pub(crate) expires_at: Option<Timestamp>,
     /// Upper bound of the content length, when the request says (Content-Length).
-    pub length_hint: Option<u64>,
+    pub(crate) length_hint: Option<u64>,
     /// Whether `length_hint` is the exact content length (raw bodies).
-    pub exact_length: bool,
+    pub(crate) exact_length: bool,
+}
+
+/// The upload pipeline and what it works with. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    /// `limits.max_upload_bytes`.
+    pub(crate) max_upload_bytes: u64,
+    /// Which extensions are accepted, and as what.
+    pub(crate) policy: Arc<UploadPolicy>,
+    /// Per-user storage quotas, with reservations for uploads in flight.
+    pub(crate) quota: Arc<Quota>,
+    /// Where the bytes go.
+    pub(crate) blobs: BlobStore,
+    /// Where the row goes.
+    pub(crate) meta: MetaStore,
+    /// The keys that seal blobs, when encryption at rest is on.
+    pub(crate) keyring: Arc<Keyring>,
+    /// Where uploads and rejections are recorded.
+    pub(crate) audit: AuditLog,
 }
 
 /// Records `file.upload_rejected` if the upload ends any way but committed, including a
 /// dropped future (client disconnect).
 struct Outcome {
-    state: AppState,
+    audit: AuditLog,
     owner: UserId,
     ip: IpAddr,
     bytes: u64,
@@ -163,7 +162,7 @@ struct Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            self.state.audit.record(
+            self.audit.record(
                 Record::new(Event::FileUploadRejected)
                     .actor(self.owner)
                     .ip(self.ip)
@@ -177,21 +176,30 @@ impl Drop for Outcome {
 }
 
 /// A fully received, validated upload whose blob is staged but not yet visible.
-pub struct Staged {
+pub(crate) struct Staged {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
     reservation: Reservation,
     outcome: Outcome,
 }
 
-/// Receive and validate an upload. `body` yields the file's bytes only (multipart framing
-/// already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
-pub async fn stage<S>(state: &AppState, up: Upload, body: S) -> Result<Staged, IngestError>
+impl Ingest {
+    /// Receive and validate an upload. `body` yields the file's bytes only (multipart
+    /// framing already removed) and enforces the idle timeout ([`idle::IdleTimeout`]).
+    pub(crate) async fn stage<S>(&self, up: Upload, body: S) -> Result<Staged, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        stage(self, up, body).await
+    }
+}
+
+async fn stage<S>(state: &Ingest, up: Upload, body: S) -> Result<Staged, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
     let mut outcome = Outcome {
-        state: state.clone(),
+        audit: state.audit.clone(),
         owner: up.owner,
         ip: up.client_ip,
         bytes: 0,
@@ -213,7 +221,7 @@ where
 }
 
 async fn receive<S>(
-    state: &AppState,
+    state: &Ingest,
     up: &Upload,
     mut body: S,
     outcome: &mut Outcome,
@@ -221,7 +229,7 @@ async fn receive<S>(
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = state.max_upload_bytes;
     let name = filename::sanitize(&up.raw_name);
     let rule = state
         .policy
@@ -338,7 +346,7 @@ const BATCH_MAX: usize = 256 * 1024;
 
 impl Sink {
     async fn open(
-        state: &AppState,
+        state: &Ingest,
         id: FileId,
         key: &BlobKey,
         text: bool,
@@ -403,7 +411,7 @@ impl Sink {
 
     async fn finish(
         mut self,
-        state: &AppState,
+        state: &Ingest,
         id: FileId,
     ) -> Result<(Box<dyn BlobWriter>, String, Option<crate::crypto::Sealing>), IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
@@ -475,14 +483,14 @@ impl Pipeline {
 impl Staged {
     /// Make the upload visible: blob into place (durably), then the row. Runs to completion
     /// even if the client goes away, so it never stops between the two steps.
-    pub async fn commit(self, state: &AppState) -> Result<FileObject, IngestError> {
+    pub(crate) async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
         let state = state.clone();
         tokio::spawn(async move { self.commit_inner(&state).await })
             .await
             .map_err(|e| IngestError::Blob(BlobError::Io(std::io::Error::other(e))))?
     }
 
-    async fn commit_inner(mut self, state: &AppState) -> Result<FileObject, IngestError> {
+    async fn commit_inner(mut self, state: &Ingest) -> Result<FileObject, IngestError> {
         let key = BlobKey::for_file(self.stored.file.id, self.stored.sealing.is_some());
         if let Err(e) = self.writer.commit().await {
             let e = IngestError::from(e);

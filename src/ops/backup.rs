@@ -91,7 +91,7 @@ pub enum DestError {
 }
 
 /// Back up the store at `root` (canonical) into `dest`.
-pub async fn run(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, BackupError> {
+pub async fn create(root: &Path, dest: &Path, with_blobs: bool) -> Result<Summary, BackupError> {
     let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
     blocking::run(move || {
         let target = destination(&root, &dest)?;

@@ -17,9 +17,9 @@ use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError};
 use crate::ids::{FileId, Timestamp};
-use crate::lifecycle;
 use crate::meta::files::StoredFile;
 use crate::meta::{MetaStore, audit};
+use crate::removal;
 
 /// Rows read per page.
 const PAGE: usize = 500;
@@ -233,6 +233,6 @@ pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> any
         meta.files().delete_if_blob(id, k, Timestamp::now()).await?;
     }
     // Last: removing a row above queued its (already missing) blob.
-    lifecycle::purge_queued(meta, blobs).await?;
+    removal::purge_queued(meta, blobs).await?;
     Ok(())
 }

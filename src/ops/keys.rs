@@ -13,9 +13,9 @@ use crate::crypto::read;
 use crate::crypto::segment::Sealer;
 use crate::crypto::{DataKey, Keyring};
 use crate::ids::{FileId, Timestamp};
-use crate::lifecycle;
 use crate::meta::MetaStore;
 use crate::meta::files::StoredFile;
+use crate::removal;
 
 const PAGE: usize = 500;
 
@@ -130,7 +130,7 @@ async fn seal_one(
     // Whichever blob is no longer referenced goes: the old one (queued with the switch), or
     // ours if the row moved on meanwhile (never referenced: a crash here leaves an orphan).
     if switched {
-        lifecycle::purge_blob(meta, blobs, &row.blob_key).await?;
+        removal::purge_blob(meta, blobs, &row.blob_key).await?;
     } else {
         match blobs.delete(&new_key).await {
             Ok(()) | Err(crate::blob::BlobError::NotFound) => {}

@@ -1,6 +1,9 @@
-//! Operator commands that work on a storage root directly (the CLI), safe beside a running
-//! server: consistency checks, backups and key management.
+//! Operations: the commands an operator runs on a storage root (consistency checks, backups,
+//! key management), safe beside a running server, and the work that keeps a store tidy
+//! (start-up recovery, the sweeper).
 
 pub mod backup;
 pub mod check;
 pub mod keys;
+pub mod recovery;
+pub mod sweeper;

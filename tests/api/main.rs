@@ -22,6 +22,7 @@ mod rate_limit;
 mod refresh_grace;
 mod repo;
 mod retention;
+mod s3;
 mod stack_smoke;
 mod startup;
 mod upload;

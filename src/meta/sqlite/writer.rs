@@ -53,7 +53,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("coffer-sqlite-writer".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || commit_in_groups(conn, rx))?;
         Ok(Self { tx })
     }
 
@@ -108,7 +108,10 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Msg>) {
+/// The writer thread: writes that arrive together are committed in one transaction (at most
+/// `MAX_GROUP`), a raw job runs alone after everything queued before it; it ends when every
+/// sender is gone.
+fn commit_in_groups(conn: Connection, rx: mpsc::Receiver<Msg>) {
     // The writer is the only thread here; SQLite's own lock still guards against the CLI.
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = rx.recv() {

@@ -19,6 +19,7 @@ use tempfile::TempDir;
 
 pub mod fixtures;
 pub mod raw;
+pub mod s3;
 pub mod stack;
 
 /// The binary under test.
@@ -59,6 +60,7 @@ pub struct TestAppBuilder {
     root: Option<PathBuf>,
     args: Vec<String>,
     database: Option<Arc<stack::TestDb>>,
+    wait_ready: bool,
 }
 
 impl TestAppBuilder {
@@ -100,8 +102,16 @@ impl TestAppBuilder {
         self
     }
 
-    /// Start the server and wait until it listens.
+    /// Return once the server listens, without waiting for `/readyz` to say 200 (a test of
+    /// a server that starts unready).
+    pub fn unready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    /// Start the server and wait until it listens (and, unless [`Self::unready`], is ready).
     pub async fn spawn(self) -> TestApp {
+        let wait_ready = self.wait_ready;
         let tmp = TempDir::new().unwrap();
         let root = self
             .root
@@ -151,7 +161,9 @@ impl TestAppBuilder {
                 .unwrap(),
             env: self.env,
         };
-        app.wait_ready().await;
+        if wait_ready {
+            app.wait_ready().await;
+        }
         app
     }
 
@@ -241,6 +253,7 @@ impl TestApp {
             root: None,
             args: Vec::new(),
             database: None,
+            wait_ready: true,
         }
         .env("COFFER_SECRET_KEY", secret())
     }

@@ -1,4 +1,6 @@
-//! The one error type every handler returns, and its RFC 9457 `application/problem+json` body.
+//! The one error type every handler returns, its RFC 9457 `application/problem+json` body,
+//! and every conversion into it from the errors of the domain and the stores (the end of the
+//! file), so the answer to each failure is decided in one place.
 //!
 //! Invariant: what reaches the client is a stable `type`, a fixed `title`, a detail written for
 //! clients, and the request id. Causes of internal errors go to the log, never into a body.
@@ -12,24 +14,24 @@ use utoipa::ToSchema;
 
 tokio::task_local! {
     /// The current request's id, so an error body can carry it (set by the request-id layer).
-    pub static REQUEST_ID: HeaderValue;
+    pub(crate) static REQUEST_ID: HeaderValue;
 }
 
 /// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One invalid input field.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FieldError {
+pub(crate) struct FieldError {
     /// The request's name for the field.
-    pub field: String,
+    pub(crate) field: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl FieldError {
     /// A field error.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -39,28 +41,28 @@ impl FieldError {
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// A stable URI naming the kind of problem; its last segment is a short code.
     #[serde(rename = "type")]
     #[schema(example = "urn:coffer:problem:not-found")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// A fixed summary of the kind.
-    pub title: &'static str,
+    pub(crate) title: &'static str,
     /// The HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// What happened, for humans.
-    pub detail: String,
+    pub(crate) detail: String,
     /// Field errors, on validation failures only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<FieldError>>,
+    pub(crate) errors: Option<Vec<FieldError>>,
     /// The `X-Request-Id` of the request, to quote in support requests.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 /// Everything a request can fail with, named by what the client should do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// Malformed input that is not a field validation failure.
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
@@ -123,17 +125,21 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The one answer to a credential that is missing a piece, malformed, unknown, expired or
+/// revoked, whatever the cause.
+const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+
 /// Shorthand for handler results.
-pub type AppResult<T> = Result<T, AppError>;
+pub(crate) type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     /// A validation failure on one field.
-    pub fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -154,7 +160,7 @@ impl AppError {
     }
 
     /// The stable code at the end of the problem `type`.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::QuotaExceeded => "quota-exceeded",
             Self::Validation(_) => "validation-failed",
@@ -195,7 +201,7 @@ impl AppError {
 }
 
 /// The problem code for a bare status (framework-made errors use this too).
-pub fn code_for_status(status: StatusCode) -> &'static str {
+pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "bad-request",
         401 => "unauthorized",
@@ -222,7 +228,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 
 /// A problem response for a status with no richer error behind it (fallback 404, 405, layer
 /// rejections). Keeps the caller's headers out: it is a fresh response.
-pub fn problem_response(status: StatusCode, code: &'static str, detail: String) -> Response {
+pub(crate) fn problem_response(status: StatusCode, code: &'static str, detail: String) -> Response {
     render(bare_problem(status, code, detail, current_request_id()))
 }
 
@@ -341,6 +347,10 @@ impl From<crate::blob::BlobError> for AppError {
         match e {
             crate::blob::BlobError::NotFound => Self::NotFound,
             crate::blob::BlobError::StorageFull => Self::InsufficientStorage,
+            // Its cause was logged where it was classified; the client learns only to retry.
+            crate::blob::BlobError::Unavailable(_) => {
+                Self::Unavailable("the blob store is not answering; retry shortly")
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -352,6 +362,76 @@ impl From<crate::crypto::read::ReadError> for AppError {
             crate::crypto::read::ReadError::Tampered => Self::Integrity,
             crate::crypto::read::ReadError::Blob(b) => b.into(),
             other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for AppError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing => Self::Unauthorized("authentication required"),
+            AuthError::TwoCredentials => Self::Unauthorized("send one credential, not two"),
+            AuthError::Invalid => Self::Unauthorized(BAD_CREDENTIALS),
+            AuthError::NotAdmin => Self::Forbidden("administrators only"),
+            AuthError::AdminNeedsLogin => {
+                Self::Forbidden("administration needs a login, not an API key")
+            }
+            AuthError::NeedsLogin => Self::Forbidden("API keys cannot manage credentials; log in"),
+            AuthError::Meta(m) => m.into(),
+            AuthError::Hash(h) => Self::Internal(h.into()),
+            AuthError::Token(t) => Self::Internal(t.into()),
+        }
+    }
+}
+
+impl From<crate::auth::accounts::AccountError> for AppError {
+    fn from(e: crate::auth::accounts::AccountError) -> Self {
+        use crate::auth::accounts::AccountError;
+        match e {
+            AccountError::Invalid(fields) => Self::Validation(
+                fields
+                    .into_iter()
+                    .map(|f| FieldError::new(f.field, f.message))
+                    .collect(),
+            ),
+            // Their words are the client's answer.
+            e @ (AccountError::UsernameTaken | AccountError::EmailTaken) => {
+                Self::Conflict(e.to_string().into())
+            }
+            AccountError::Hash(h) => Self::Internal(h.into()),
+            AccountError::Meta(m) => m.into(),
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for AppError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError;
+        match e {
+            IngestError::Refused(r) => Self::UnsupportedMediaType(r.to_string().into()),
+            IngestError::TooLarge { limit } => Self::PayloadTooLarge { limit },
+            IngestError::Quota => Self::QuotaExceeded,
+            IngestError::BadBody(d) => Self::BadRequest(d.into()),
+            IngestError::ClientAborted => Self::BadRequest("the upload body was cut off".into()),
+            IngestError::Idle => Self::RequestTimeout,
+            // The owner's account is being deleted: its credentials are dead now.
+            IngestError::OwnerGone => Self::Unauthorized(BAD_CREDENTIALS),
+            IngestError::Blob(b) => b.into(),
+            IngestError::Meta(m) => m.into(),
+        }
+    }
+}
+
+impl From<crate::removal::RemoveError> for AppError {
+    fn from(e: crate::removal::RemoveError) -> Self {
+        use crate::removal::RemoveError;
+        match e {
+            RemoveError::Blob(b) => b.into(),
+            RemoveError::Meta(m) => m.into(),
+            RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
+            RemoveError::NoUser => Self::NotFound,
+            e @ RemoveError::FilesRemain => Self::Internal(e.into()),
         }
     }
 }

@@ -11,19 +11,20 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::cache::Revoked;
-use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
-use crate::http::extract::{
-    AppJson, PageQuery, Principal, decode_cursor, decode_time_cursor, encode_cursor,
-    encode_time_cursor,
+use crate::auth::principal::Principal;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::AppJson;
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::paging::{
+    PageQuery, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, next_cursor,
 };
 use crate::ids::UserId;
-use crate::lifecycle;
 use crate::meta::audit::AuditEntry;
 use crate::meta::users::{Role, RoleChange, User};
+use crate::removal;
+use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,7 +36,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// A page of users.
 #[derive(Serialize, ToSchema)]
-pub struct UserList {
+pub(crate) struct UserList {
     /// Newest first.
     items: Vec<User>,
     /// The next page's cursor, or null.
@@ -60,13 +61,7 @@ async fn list_users(
         .map(|c| decode_time_cursor(c, UserId::parse))
         .transpose()?;
     let page = state.meta.users().list(after, limit).await?;
-    let next_cursor = if page.more {
-        page.items
-            .last()
-            .map(|u| encode_time_cursor(u.created_at, u.id))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |u| encode_time_cursor(u.created_at, u.id));
     Ok(Json(UserList {
         items: page.items,
         next_cursor,
@@ -78,7 +73,7 @@ async fn list_users(
     params(("id" = String, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn delete_user(
@@ -95,7 +90,7 @@ async fn delete_user(
     let files = tokio::spawn(async move {
         let s = &task_state;
         // The account's credentials die with the lock, not when its last file is gone.
-        lifecycle::remove_user(&s.meta, &s.blobs, id, || {
+        removal::remove_user(&s.meta, &s.blobs, id, || {
             s.principals.invalidate(Revoked::User(id));
         })
         .await
@@ -115,7 +110,7 @@ async fn delete_user(
 /// `POST /admin/users/{id}/role` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleRequest {
+pub(crate) struct RoleRequest {
     /// The new role.
     role: Role,
 }
@@ -127,7 +122,7 @@ pub struct RoleRequest {
     request_body = RoleRequest,
     responses(
         (status = 200, description = "The updated user", body = User),
-        (status = 409, description = "The last administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last administrator", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn set_role(
@@ -162,7 +157,7 @@ async fn set_role(
 
 /// A page of audit entries.
 #[derive(Serialize, ToSchema)]
-pub struct AuditList {
+pub(crate) struct AuditList {
     /// Newest first.
     items: Vec<AuditEntry>,
     /// The next page's cursor, or null.
@@ -192,11 +187,7 @@ async fn list_audit(
     // What was recorded before this request is in the answer.
     state.audit.flush().await;
     let page = state.meta.audit().list(before, limit).await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|e| encode_cursor(&e.seq.to_string()))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |e| encode_cursor(&e.seq.to_string()));
     Ok(Json(AuditList {
         items: page.items.into_iter().map(|e| e.entry).collect(),
         next_cursor,

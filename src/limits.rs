@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
-use crate::http::client_ip::network_key;
+use crate::net::network_key;
 
 type Keyed =
     RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
@@ -72,13 +72,9 @@ impl Bucket {
     }
 
     /// Addresses tracked now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.limiter.len()
-    }
-
-    /// Whether nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
     }
 }
 

@@ -12,15 +12,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
 use crate::auth::api_key;
 use crate::auth::cache::Revoked;
-use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
-use crate::http::extract::{AppJson, Principal};
-use crate::ids::{ApiKeyId, Timestamp};
+use crate::auth::principal::Principal;
+use crate::http::error::{AppError, AppResult, FieldError};
+use crate::http::extract::AppJson;
+use crate::http::middleware::client_ip::ClientIp;
+use crate::ids::{ApiKeyId, Timestamp, UserId};
 use crate::meta::api_keys::{ApiKey, NewApiKey};
+use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,7 +32,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// `POST /api-keys` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKeyRequest {
+pub(crate) struct CreateKeyRequest {
     /// A label, 1-100 characters.
     #[schema(example = "backend-prod")]
     name: String,
@@ -40,9 +41,39 @@ pub struct CreateKeyRequest {
     expires_in_days: Option<i64>,
 }
 
+impl CreateKeyRequest {
+    /// The trimmed label and the lifetime in days, or every field that is wrong.
+    fn checked(&self) -> AppResult<(String, Option<u64>)> {
+        let name = self.name.trim().to_owned();
+        let mut errs = Vec::new();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            errs.push(FieldError::new(
+                "name",
+                "must be 1-100 printable characters",
+            ));
+        }
+        let days = match self.expires_in_days {
+            None => None,
+            Some(d @ 1..=3650) => Some(d.unsigned_abs()),
+            Some(_) => {
+                errs.push(FieldError::new(
+                    "expires_in_days",
+                    "must be between 1 and 3650",
+                ));
+                None
+            }
+        };
+        if errs.is_empty() {
+            Ok((name, days))
+        } else {
+            Err(AppError::Validation(errs))
+        }
+    }
+}
+
 /// A new key, with the secret shown this once.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedKey {
+pub(crate) struct CreatedKey {
     /// Id.
     id: ApiKeyId,
     /// Label.
@@ -69,31 +100,37 @@ async fn create_api_key(
     AppJson(req): AppJson<CreateKeyRequest>,
 ) -> AppResult<impl IntoResponse> {
     principal.require_token()?;
-    let name = req.name.trim().to_owned();
-    let mut errs = Vec::new();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        errs.push(crate::error::FieldError::new(
-            "name",
-            "must be 1-100 printable characters",
-        ));
-    }
-    let days = match req.expires_in_days {
-        None => None,
-        Some(d @ 1..=3650) => Some(d.unsigned_abs()),
-        Some(_) => {
-            errs.push(crate::error::FieldError::new(
-                "expires_in_days",
-                "must be between 1 and 3650",
-            ));
-            None
-        }
-    };
-    if !errs.is_empty() {
-        return Err(AppError::Validation(errs));
-    }
+    let (name, days) = req.checked()?;
     let now = Timestamp::now();
     let expires_at = days.map(|d| now.plus_secs(d * 86_400));
     let owner = principal.user_id;
+    let (public, key) = insert_new_key(&state, owner, name, now, expires_at).await?;
+    state.audit.record(
+        Record::new(Event::ApiKeyCreate)
+            .actor(owner)
+            .subject(public.id)
+            .ip(ip),
+    );
+    let body = CreatedKey {
+        id: public.id,
+        name: public.name,
+        key,
+        prefix: public.prefix,
+        created_at: now,
+        expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Draw a fresh key for `owner` and store its row; the key itself is returned, and exists
+/// nowhere else.
+async fn insert_new_key(
+    state: &AppState,
+    owner: UserId,
+    name: String,
+    now: Timestamp,
+    expires_at: Option<Timestamp>,
+) -> AppResult<(ApiKey, String)> {
     // A prefix collision (40 random bits) is possible in principle: draw again.
     for _ in 0..4 {
         let new = api_key::generate();
@@ -110,21 +147,7 @@ async fn create_api_key(
         };
         let public = row.key.clone();
         if state.meta.api_keys().insert(row).await? {
-            state.audit.record(
-                Record::new(Event::ApiKeyCreate)
-                    .actor(owner)
-                    .subject(public.id)
-                    .ip(ip),
-            );
-            let body = CreatedKey {
-                id: public.id,
-                name: public.name,
-                key: new.key,
-                prefix: public.prefix,
-                created_at: now,
-                expires_at,
-            };
-            return Ok((StatusCode::CREATED, Json(body)));
+            return Ok((public, new.key));
         }
     }
     Err(AppError::Internal(anyhow::anyhow!(
@@ -134,7 +157,7 @@ async fn create_api_key(
 
 /// The caller's keys.
 #[derive(Serialize, ToSchema)]
-pub struct KeyList {
+pub(crate) struct KeyList {
     /// Newest first; never the keys themselves.
     items: Vec<ApiKey>,
 }

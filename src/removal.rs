@@ -20,7 +20,7 @@ use crate::meta::{MetaError, MetaStore};
 
 /// Why a removal failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RemoveError {
+pub(crate) enum RemoveError {
     /// Blob storage failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -39,20 +39,8 @@ pub enum RemoveError {
     FilesRemain,
 }
 
-impl From<RemoveError> for crate::error::AppError {
-    fn from(e: RemoveError) -> Self {
-        match e {
-            RemoveError::Blob(b) => b.into(),
-            RemoveError::Meta(m) => m.into(),
-            RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
-            RemoveError::NoUser => Self::NotFound,
-            e @ RemoveError::FilesRemain => Self::Internal(e.into()),
-        }
-    }
-}
-
 /// Remove one file. Returns `false` when its row was already gone.
-pub async fn remove_file(
+pub(crate) async fn remove_file(
     meta: &MetaStore,
     blobs: &BlobStore,
     f: &StoredFile,
@@ -69,7 +57,7 @@ pub async fn remove_file(
 }
 
 /// Delete a queued blob and dequeue it. A blob already gone is fine.
-pub async fn purge_blob(
+pub(crate) async fn purge_blob(
     meta: &MetaStore,
     blobs: &BlobStore,
     stored: &str,
@@ -95,7 +83,7 @@ const MAX_ROUNDS: usize = 16;
 /// `on_locked` runs as soon as the lock has committed, before any file is removed: the place to
 /// forget cached credentials, so that none outlives the lock in this process (a credential
 /// check that began before it cannot re-cache the account either: see `auth::cache`).
-pub async fn remove_user(
+pub(crate) async fn remove_user(
     meta: &MetaStore,
     blobs: &BlobStore,
     id: UserId,
@@ -133,7 +121,10 @@ pub async fn remove_user(
 
 /// Delete every queued blob: deletions a crash or a failing store interrupted. Returns how
 /// many were finished; the first failure stops the pass (the next one retries).
-pub async fn purge_queued(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, RemoveError> {
+pub(crate) async fn purge_queued(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+) -> Result<usize, RemoveError> {
     const BATCH: usize = 256;
     let mut done = 0;
     loop {

@@ -9,13 +9,13 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::error::REQUEST_ID;
+use crate::http::error::REQUEST_ID;
 
 /// The header name.
-pub const X_REQUEST_ID: &str = "x-request-id";
+pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
 /// Whether a client-supplied id can be echoed.
-pub fn acceptable(v: &HeaderValue) -> bool {
+pub(crate) fn acceptable(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 64
@@ -36,10 +36,10 @@ pub(crate) fn fresh_id() -> HeaderValue {
 
 /// The request id, as the trace span and handlers see it.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub(crate) struct RequestId(pub HeaderValue);
 
 /// Middleware: settle the id, then run the request inside its scope.
-pub async fn layer(mut req: Request, next: Next) -> Response {
+pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if acceptable(v) => v.clone(),
         _ => fresh_id(),

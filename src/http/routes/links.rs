@@ -13,17 +13,18 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
+use crate::auth::principal::Principal;
 use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
-use crate::error::{AppError, AppResult, FieldError};
-use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
-use crate::http::extract::{AppJson, Principal};
-use crate::http::files::ContentQuery;
+use crate::http::error::{AppError, AppResult, FieldError};
+use crate::http::extract::AppJson;
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::routes::files::ContentQuery;
 use crate::ids::{FileId, LinkId, Timestamp};
 use crate::meta::links::{LinkState, NewLink};
+use crate::state::AppState;
 
 /// Link management (JSON).
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -40,7 +41,7 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 /// `POST /files/{id}/links` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateLinkRequest {
+pub(crate) struct CreateLinkRequest {
     /// Lifetime in seconds, 1 to `links.max_expires_secs`.
     #[schema(minimum = 1, example = 3600)]
     expires_in: i64,
@@ -49,9 +50,42 @@ pub struct CreateLinkRequest {
     max_downloads: Option<i64>,
 }
 
+impl CreateLinkRequest {
+    /// The lifetime in seconds and the download budget, or every field that is wrong.
+    fn checked(&self, max_secs: u64) -> AppResult<(u64, Option<u32>)> {
+        let mut errs = Vec::new();
+        let expires_in = u64::try_from(self.expires_in)
+            .ok()
+            .filter(|s| (1..=max_secs).contains(s));
+        if expires_in.is_none() {
+            errs.push(FieldError::new(
+                "expires_in",
+                format!("must be from 1 to {max_secs} seconds"),
+            ));
+        }
+        let max_downloads = match self.max_downloads {
+            None => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    errs.push(FieldError::new(
+                        "max_downloads",
+                        "must be from 1 to 4294967295",
+                    ));
+                    None
+                }
+            },
+        };
+        match expires_in.filter(|_| errs.is_empty()) {
+            Some(expires_in) => Ok((expires_in, max_downloads)),
+            None => Err(AppError::Validation(errs)),
+        }
+    }
+}
+
 /// A new share link.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedLink {
+pub(crate) struct CreatedLink {
     /// The link's id (for revoking; not the token).
     id: LinkId,
     /// The capability URL, relative to the service.
@@ -76,33 +110,7 @@ async fn create_link(
     Path(id): Path<String>,
     AppJson(req): AppJson<CreateLinkRequest>,
 ) -> AppResult<impl IntoResponse> {
-    let max_secs = state.config.links.max_expires_secs;
-    let mut errs = Vec::new();
-    let expires_in = u64::try_from(req.expires_in)
-        .ok()
-        .filter(|s| (1..=max_secs).contains(s));
-    if expires_in.is_none() {
-        errs.push(FieldError::new(
-            "expires_in",
-            format!("must be from 1 to {max_secs} seconds"),
-        ));
-    }
-    let max_downloads = match req.max_downloads {
-        None => None,
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if n >= 1 => Some(n),
-            _ => {
-                errs.push(FieldError::new(
-                    "max_downloads",
-                    "must be from 1 to 4294967295",
-                ));
-                None
-            }
-        },
-    };
-    let Some(expires_in) = expires_in.filter(|_| errs.is_empty()) else {
-        return Err(AppError::Validation(errs));
-    };
+    let (expires_in, max_downloads) = req.checked(state.config.links.max_expires_secs)?;
     // Links are minted by the file's owner only (even admins do not publish others' files).
     let file_id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let owner = principal.user_id;
@@ -150,8 +158,8 @@ async fn create_link(
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
-        (status = 410, description = "Expired or used up", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Expired or used up", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn link_content(
     State(state): State<AppState>,

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
+use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -25,7 +25,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// A health answer.
 #[derive(Serialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok` or `ready`.
     status: &'static str,
 }
@@ -37,18 +37,19 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the database answers and the storage root is writable, else 503.
+/// Readiness: 200 when the database answers and the blob store is usable (the storage root
+/// writable, or the object store answering), else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Not ready", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Health>> {
     let (db, storage) = tokio::join!(state.meta.ping(), state.blobs.ready());
     match (db, storage) {
         (true, true) => Ok(Json(Health { status: "ready" })),
         (false, _) => Err(AppError::Unavailable("the database is not usable")),
-        (_, false) => Err(AppError::Unavailable("the storage root is not writable")),
+        (_, false) => Err(AppError::Unavailable("the blob store is not usable")),
     }
 }
 

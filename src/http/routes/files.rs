@@ -18,19 +18,20 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::{Event, Record};
+use crate::auth::principal::Principal;
 use crate::crypto::read;
-use crate::error::{AppError, AppResult};
-use crate::http::client_ip::ClientIp;
 use crate::http::content::{self, ContentRequest};
-use crate::http::extract::{PageQuery, Principal, decode_time_cursor, encode_time_cursor};
+use crate::http::error::{AppError, AppResult};
+use crate::http::middleware::client_ip::ClientIp;
+use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
-use crate::lifecycle;
 use crate::meta::files::{AfterRead, FileObject, StoredFile};
+use crate::removal;
+use crate::state::AppState;
 
 /// Room for multipart framing and small ignored fields on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
@@ -54,7 +55,7 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 /// `POST /files` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct UploadQuery {
+pub(crate) struct UploadQuery {
     /// The original filename (raw-body uploads only; multipart uses the part's filename).
     filename: Option<String>,
     /// Delete the file after this many seconds (at most `retention.max_expires_secs`).
@@ -74,7 +75,7 @@ pub struct UploadQuery {
     responses(
         (status = 201, description = "Stored", body = FileObject,
             headers(("Location" = String, description = "The file's URL"))),
-        (status = 507, description = "The storage volume is full", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn upload_file(
@@ -85,56 +86,27 @@ async fn upload_file(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    let expires_at = retention(&state, q.expires_in.as_deref())?;
-    let limit = state.config.limits.max_upload_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let up = Upload {
         owner: principal.user_id,
         client_ip: ip,
         raw_name: String::new(),
-        expires_at,
-        length_hint: declared,
+        expires_at: retention(&state, q.expires_in.as_deref())?,
+        length_hint: headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
         exact_length: false,
     };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let staged = if content_type.to_ascii_lowercase().starts_with("multipart/") {
-        if declared.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
-            return Err(AppError::PayloadTooLarge { limit });
-        }
-        let boundary = multer::parse_boundary(content_type)
-            .map_err(|_| AppError::BadRequest("malformed multipart Content-Type".into()))?;
-        receive_multipart(&state, up, boundary, body).await?
+        stage_multipart(&state, up, content_type, body).await?
     } else {
-        let name = q.filename.filter(|n| !n.is_empty()).ok_or_else(|| {
-            AppError::BadRequest(
-                "raw uploads need ?filename=NAME (or send multipart/form-data)".into(),
-            )
-        })?;
-        if declared.is_some_and(|n| n > limit) {
-            return Err(AppError::PayloadTooLarge { limit });
-        }
-        let up = Upload {
-            raw_name: name,
-            exact_length: declared.is_some(),
-            ..up
-        };
-        let stream =
-            IdleTimeout::new(body.into_data_stream(), idle(&state)).map_err(IngestError::from);
-        if declared.is_none() {
-            let metrics = state.clone();
-            let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
-            ingest::stage(&state, up, Box::pin(counted)).await?
-        } else {
-            ingest::stage(&state, up, stream).await?
-        }
+        stage_raw(&state, up, q.filename, body).await?
     };
-    let file = staged.commit(&state).await?;
+    let file = staged.commit(&state.ingest).await?;
     let location = format!("/api/v1/files/{}", file.id);
     Ok((
         StatusCode::CREATED,
@@ -142,6 +114,56 @@ async fn upload_file(
         Json(file),
     )
         .into_response())
+}
+
+/// A raw-body upload named by `?filename=`. A declared length over the limit is refused
+/// before the body is read.
+async fn stage_raw(
+    state: &AppState,
+    up: Upload,
+    filename: Option<String>,
+    body: Body,
+) -> AppResult<ingest::Staged> {
+    let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
+        AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
+    })?;
+    let limit = state.config.limits.max_upload_bytes;
+    if up.length_hint.is_some_and(|n| n > limit) {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let up = Upload {
+        raw_name: name,
+        exact_length: up.length_hint.is_some(),
+        ..up
+    };
+    let stream = IdleTimeout::new(body.into_data_stream(), idle(state)).map_err(IngestError::from);
+    if up.length_hint.is_none() {
+        let metrics = state.clone();
+        let counted = stream.inspect_ok(move |c| metrics.metrics.add_bytes_in(c.len() as u64));
+        Ok(state.ingest.stage(up, Box::pin(counted)).await?)
+    } else {
+        Ok(state.ingest.stage(up, stream).await?)
+    }
+}
+
+/// A `multipart/form-data` upload. A declared length over the limit (with room for the
+/// framing) is refused before the body is read.
+async fn stage_multipart(
+    state: &AppState,
+    up: Upload,
+    content_type: &str,
+    body: Body,
+) -> AppResult<ingest::Staged> {
+    let limit = state.config.limits.max_upload_bytes;
+    if up
+        .length_hint
+        .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
+    {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| AppError::BadRequest("malformed multipart Content-Type".into()))?;
+    Ok(receive_multipart(state, up, boundary, body).await?)
 }
 
 /// The multipart form, for the OpenAPI document.
@@ -167,17 +189,11 @@ async fn receive_multipart(
     body: Body,
 ) -> Result<ingest::Staged, IngestError> {
     let limit = state.config.limits.max_upload_bytes;
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .whole_stream(limit.saturating_add(MULTIPART_OVERHEAD))
-            .per_field(OTHER_PART_LIMIT)
-            .for_field("file", limit.saturating_add(1)),
-    );
     // The idle timeout covers every part, not only the file.
     let body = IdleTimeout::new(body.into_data_stream(), idle(state));
     // Only part bodies stream: the preamble and part headers are held until they end.
     let body = MultipartFraming::new(body, &boundary);
-    let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
+    let mut form = multer::Multipart::with_constraints(body, boundary, constraints(limit));
     let failed = move |e| multipart_failure(e, limit);
     let field = loop {
         match form.next_field().await.map_err(failed)? {
@@ -199,7 +215,10 @@ async fn receive_multipart(
         raw_name: name,
         ..up
     };
-    let staged = ingest::stage(state, up, Box::pin(field.map_err(failed))).await?;
+    let staged = state
+        .ingest
+        .stage(up, Box::pin(field.map_err(failed)))
+        .await?;
     while let Some(next) = form.next_field().await.map_err(failed)? {
         if next.name() == Some("file") {
             return Err(IngestError::BadBody(
@@ -209,6 +228,17 @@ async fn receive_multipart(
         drain(next, limit).await?;
     }
     Ok(staged)
+}
+
+/// The sizes multer holds a form to while parsing it: the whole form, the file part, each
+/// other part (the pipeline applies the exact limit and the quota to the file itself).
+fn constraints(limit: u64) -> multer::Constraints {
+    multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit.saturating_add(MULTIPART_OVERHEAD))
+            .per_field(OTHER_PART_LIMIT)
+            .for_field("file", limit.saturating_add(1)),
+    )
 }
 
 async fn drain(
@@ -257,7 +287,7 @@ fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Tim
 
 /// A page of files.
 #[derive(Serialize, ToSchema)]
-pub struct FileList {
+pub(crate) struct FileList {
     /// Newest first.
     items: Vec<FileObject>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -286,13 +316,7 @@ async fn list_files(
         .files()
         .list_owned(owner, after, limit, Timestamp::now())
         .await?;
-    let next_cursor = if page.more {
-        page.items
-            .last()
-            .map(|f| encode_time_cursor(f.created_at, f.id))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |f| encode_time_cursor(f.created_at, f.id));
     Ok(Json(FileList {
         items: page.items,
         next_cursor,
@@ -342,7 +366,7 @@ async fn delete_file(
     let f = visible_file(&state, &principal, &id).await?;
     // In its own task: a client that gives up must not stop a deletion between its steps.
     let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
-    let removed = tokio::spawn(async move { lifecycle::remove_file(&meta, &blobs, &target).await })
+    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
         .await
         .map_err(|e| AppError::Internal(e.into()))??;
     if !removed {
@@ -358,10 +382,31 @@ async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A file in the caller's scope (404 otherwise) and, when `prefetch` and the file is small,
+/// its bytes: row and bytes in one trip to the blocking pool.
+async fn visible_file_and_bytes(
+    state: &AppState,
+    principal: &Principal,
+    id: FileId,
+    prefetch: bool,
+) -> AppResult<(StoredFile, Option<Bytes>)> {
+    let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
+    let files = state.meta.files();
+    let now = Timestamp::now();
+    let found = if prefetch {
+        let small: AfterRead =
+            Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
+        files.get_visible_then(id, scope, now, small).await?
+    } else {
+        files.get_visible(id, scope, now).await?.map(|f| (f, None))
+    };
+    found.ok_or(AppError::NotFound)
+}
+
 /// `?disposition=`
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ContentQuery {
+pub(crate) struct ContentQuery {
     /// `attachment` (default) or `inline` (honoured for images, PDF and plain text only).
     #[param(value_type = Option<String>, pattern = "^(attachment|inline)$")]
     pub(crate) disposition: Option<String>,
@@ -377,7 +422,7 @@ pub struct ContentQuery {
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
-        (status = 416, description = "Unsatisfiable range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = [])))]
 async fn file_content(
@@ -395,18 +440,7 @@ async fn file_content(
     let prefetch = get
         && !headers.contains_key(header::IF_NONE_MATCH)
         && !headers.contains_key(header::IF_MODIFIED_SINCE);
-    let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
-    // Row and (for small files) bytes in one trip to the blocking pool.
-    let files = state.meta.files();
-    let now = Timestamp::now();
-    let found = if prefetch {
-        let small: AfterRead =
-            Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
-        files.get_visible_then(id, scope, now, small).await?
-    } else {
-        files.get_visible(id, scope, now).await?.map(|f| (f, None))
-    };
-    let (f, prefetched) = found.ok_or(AppError::NotFound)?;
+    let (f, prefetched) = visible_file_and_bytes(&state, &principal, id, prefetch).await?;
     let req = ContentRequest {
         method: &method,
         headers: &headers,

@@ -354,7 +354,7 @@ mod tests {
     /// `piece` bytes (vectored, in slices of `slice` bytes) over a pipe of `pipe` bytes. hyper
     /// hands over its error head whole (it encodes a head before writing it), here in one write
     /// with the end of the last answer.
-    async fn run(piece: usize, slice: usize, pipe: usize) -> Vec<u8> {
+    async fn write_through(piece: usize, slice: usize, pipe: usize) -> Vec<u8> {
         let (a, mut b) = tokio::io::duplex(pipe);
         let dispatched = Dispatched::default();
         let mut w = ParserErrors::new(a, dispatched.clone(), false, [127, 0, 0, 1].into());
@@ -406,7 +406,7 @@ mod tests {
             (7, 3, 5),
             (64, 16, 9),
         ] {
-            let out = run(piece, slice, pipe).await;
+            let out = write_through(piece, slice, pipe).await;
             assert!(
                 out.starts_with(&legit),
                 "({piece}, {slice}, {pipe}) changed an answer"

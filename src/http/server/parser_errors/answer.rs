@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use memchr::memmem;
 
 use super::framing::status_line;
-use crate::error::{PROBLEM_JSON, problem_body};
-use crate::http::headers;
-use crate::http::request_id::{X_REQUEST_ID, fresh_id};
+use crate::http::error::{PROBLEM_JSON, problem_body};
+use crate::http::middleware::headers;
+use crate::http::middleware::request_id::{X_REQUEST_ID, fresh_id};
 
 /// The complete answer to put in place of hyper's bare one, which starts `bufs`; `None`
 /// when `bufs` does not start with a bare error head (then nothing is replaced).

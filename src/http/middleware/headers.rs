@@ -11,21 +11,25 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
-use crate::error::{AppError, PROBLEM_JSON, code_for_status, problem_response};
+use crate::http::error::{AppError, PROBLEM_JSON, code_for_status, problem_response};
+use crate::state::AppState;
 
 /// The CSP of API responses (content responses set their own sandboxing one).
-pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+pub(crate) const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 const PERMISSIONS: &str = "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
 /// Paths load balancers probe by IP: exempt from the host check and rate limiting.
-pub fn is_probe(path: &str) -> bool {
+pub(crate) fn is_probe(path: &str) -> bool {
     path == "/healthz" || path == "/readyz"
 }
 
 /// Add the security headers to whatever the inner service answered.
-pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut res = next.run(req).await;
     set_security_headers(res.headers_mut(), state.config.server.behind_tls_proxy);
     res
@@ -61,7 +65,11 @@ pub(crate) fn set_security_headers(h: &mut HeaderMap, hsts: bool) {
 /// Refuse a request whose `Host` breaks RFC 9112 §3.2 (on every route, probes included), then
 /// one naming a host outside `server.allowed_hosts` (compared without port,
 /// case-insensitively; probes exempt).
-pub async fn trusted_hosts(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn trusted_hosts(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(fault) = host_fault(req.version(), req.headers(), req.uri()) {
         return AppError::BadRequest(fault.into()).into_response();
     }
@@ -157,7 +165,7 @@ fn strip_port(host: &str) -> &str {
 
 /// Give error responses that did not come from [`AppError`] a problem body, keeping their
 /// meaningful headers (`Allow`, `Retry-After`, `WWW-Authenticate`, `Content-Range`).
-pub async fn problem_errors(req: Request, next: Next) -> Response {
+pub(crate) async fn problem_errors(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -204,7 +212,7 @@ fn default_detail(status: StatusCode) -> &'static str {
 }
 
 /// The response a caught panic becomes (the panic message itself goes to the log only).
-pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let msg = err
         .downcast_ref::<String>()
         .map(String::as_str)

@@ -1,4 +1,4 @@
-//! Prometheus metrics in the text exposition format (version 0.0.4): requests by route and
+//! The service's counters, exposed at `/metrics` in the Prometheus text exposition format (version 0.0.4): requests by route and
 //! status, latency histograms by route, bytes in and out, rate-limit rejections, uploads, and
 //! the credential cache's hits, misses and revoked entries.
 //!
@@ -9,14 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
-
-use crate::app::AppState;
 use crate::auth::cache::CacheStats;
 
 /// Latency bucket bounds, seconds.
@@ -66,7 +59,26 @@ impl Metrics {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn observe(&self, method: &'static str, route: &'static str, status: u16, secs: f64) {
+    /// Count response body bytes announced by `Content-Length`.
+    pub fn add_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Record one answered request: its method, its route template (never a raw path) and
+    /// status, and how long it took.
+    pub fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
+        // A fixed set: extension methods must not mint new series.
+        let method: &'static str = match method {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "OPTIONS" => "OPTIONS",
+            "PATCH" => "PATCH",
+            _ => "OTHER",
+        };
+        let route = intern(route);
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((method, route, status)).or_insert(0) += 1;
         }
@@ -216,47 +228,4 @@ fn intern(route: &str) -> &'static str {
     let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
     v.push(leaked);
     leaked
-}
-
-/// Middleware: time and count every request.
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| intern(p.as_str()));
-    let len = |h: &axum::http::HeaderMap| {
-        h.get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    state
-        .metrics
-        .bytes_in
-        .fetch_add(len(req.headers()), Ordering::Relaxed);
-    let res = next.run(req).await;
-    state
-        .metrics
-        .bytes_out
-        .fetch_add(len(res.headers()), Ordering::Relaxed);
-    // A fixed set: extension methods must not mint new series.
-    let method: &'static str = match method.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "OPTIONS" => "OPTIONS",
-        "PATCH" => "PATCH",
-        _ => "OTHER",
-    };
-    state.metrics.observe(
-        method,
-        route,
-        res.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    res
 }

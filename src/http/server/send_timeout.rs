@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// A connection whose writes fail once they have been blocked for `limit`.
-pub struct SendTimeout<T> {
+pub(crate) struct SendTimeout<T> {
     inner: T,
     limit: Duration,
     /// When a write last went through.
@@ -26,7 +26,7 @@ pub struct SendTimeout<T> {
 
 impl<T> SendTimeout<T> {
     /// Wrap `inner`.
-    pub fn new(inner: T, limit: Duration) -> Self {
+    pub(crate) fn new(inner: T, limit: Duration) -> Self {
         Self {
             inner,
             limit,

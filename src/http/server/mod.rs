@@ -1,0 +1,229 @@
+//! The HTTP server: binds, accepts, applies the connection policies ([`accept`]: protocol
+//! detection, connection caps), serves each connection with hyper behind the send timeout
+//! ([`send_timeout`]) and the parser-error answers ([`parser_errors`]), and shuts down
+//! gracefully.
+//!
+//! Invariant: nothing is served before [`AppState::open`] has recovered from a crash; on
+//! shutdown, in-flight requests are drained (bounded), then the audit trail is flushed and the
+//! database checkpointed.
+
+mod accept;
+pub(crate) mod parser_errors;
+pub(crate) mod send_timeout;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
+
+use crate::config::Config;
+use crate::http::stack;
+use crate::ops::sweeper::Sweeper;
+use crate::state::{AppState, Secrets};
+use accept::{Opening, PerIp, request_starts};
+use parser_errors::{Dispatched, ParserErrors};
+use send_timeout::SendTimeout;
+
+/// The largest HTTP/1 request head (request line and header section); a larger one gets 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A built application, ready to serve.
+pub(crate) struct App {
+    state: AppState,
+    router: Router,
+    tasks: Vec<JoinHandle<()>>,
+    audit_task: JoinHandle<()>,
+}
+
+impl App {
+    /// Open the state (stores, crash recovery), build the router and start background work.
+    pub(crate) async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
+        let (state, audit_task) = AppState::open(config, secrets).await?;
+        let (router, doc) = stack::router(state.clone());
+        let doc = serde_json::to_vec(&doc)?;
+        let _ = state.openapi.set(Bytes::from(doc));
+        let tasks = vec![
+            tokio::spawn(
+                Sweeper {
+                    meta: state.meta.clone(),
+                    blobs: state.blobs.clone(),
+                    audit: state.audit.clone(),
+                    interval: Duration::from_secs(state.config.retention.sweep_interval_secs),
+                    audit_retention_days: state.config.audit.retention_days,
+                }
+                .sweep_periodically(),
+            ),
+            tokio::spawn(limiter_housekeeping(state.clone())),
+        ];
+        Ok(Self {
+            state,
+            router,
+            tasks,
+            audit_task,
+        })
+    }
+
+    /// Serve on `listener` until `shutdown` completes, then drain in-flight requests (bounded
+    /// by `server.shutdown_grace_secs`) and flush the audit trail.
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let cfg = &self.state.config.server;
+        let header_timeout = Duration::from_secs(cfg.header_read_timeout_secs);
+        // The opening bytes already tell the protocol (`request_starts`), so each has its own
+        // builder.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            // Exact: the buffer limit alone is checked only while a head is incomplete, so a
+            // head that arrives whole in one read could pass it (up to about twice the size).
+            .max_header_size(MAX_HEAD_BYTES);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            // A silent HTTP/2 peer is dropped: it must answer pings.
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let per_ip = PerIp::new(
+            cfg.max_connections_per_ip,
+            self.state.trusted_proxies.clone(),
+        );
+        let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
+        let http2_on = cfg.http2;
+        let hsts = cfg.behind_tls_proxy;
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // One address cannot hold every connection slot.
+            let Some(ip_slot) = per_ip.admit(peer.ip()) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.router.clone();
+            let (http1, http2) = (http1.clone(), http2.clone());
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _slots = (permit, ip_slot);
+                // hyper's header timeout starts once it knows the protocol; a peer that never
+                // sends enough to tell would otherwise hold the connection forever.
+                let opening = match request_starts(&stream, header_timeout).await {
+                    Some(Opening::Http1) => Opening::Http1,
+                    Some(Opening::Http2) if http2_on => Opening::Http2,
+                    // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream
+                    // is not bounded by the send timeout).
+                    Some(Opening::Http2) | None => return,
+                };
+                // HTTP/1 requests are counted as the service is handed them, so that an answer
+                // no request waits for (the parser's own 400 or 431) can be told and replaced.
+                let dispatched = Dispatched::default();
+                let counted = (opening == Opening::Http1).then(|| dispatched.clone());
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(counted) = &counted {
+                            counted.push(req.method());
+                        }
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let timed = SendTimeout::new(stream, send_timeout);
+                let ended = match opening {
+                    Opening::Http1 => {
+                        let io = ParserErrors::new(timed, dispatched, hsts, peer.ip());
+                        watcher
+                            .watch(http1.serve_connection(TokioIo::new(io), service))
+                            .await
+                    }
+                    Opening::Http2 => {
+                        watcher
+                            .watch(http2.serve_connection(TokioIo::new(timed), service))
+                            .await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; exiting with requests still open");
+        }
+        // The audit writer stops once every handle to it is gone: the router's, the background
+        // tasks' and the state's. A connection still open past the grace period holds one; the
+        // wait for the writer is bounded for that case.
+        let Self {
+            state,
+            router,
+            tasks,
+            audit_task,
+        } = self;
+        drop(router);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        state.audit.flush().await;
+        let _ = state.meta.checkpoint().await;
+        drop(state);
+        if tokio::time::timeout(Duration::from_secs(5), audit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audit writer still has handles after shutdown; not waiting further");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn limiter_housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        state.limits.sweep();
+    }
+}
+
+/// Bind a listener (with `SO_REUSEADDR`, as tokio sets by default on Unix).
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
