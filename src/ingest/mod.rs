@@ -28,7 +28,7 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
 use crate::meta::files::{self, FileObject, StoredFile};
@@ -236,8 +236,15 @@ where
         .rule_for(filename::extension(&name).as_deref())?
         .clone();
 
+    // The id and blob key first: the reservation names them, so a sweeper can clean up after
+    // this node if it dies mid-upload.
+    let id = FileId::new();
+    let key = BlobKey::for_file(id, state.keyring.enabled());
     let want = up.length_hint.unwrap_or(limit).min(limit);
-    let reservation = state.quota.reserve(up.owner, want, up.exact_length).await?;
+    let mut reservation = state
+        .quota
+        .reserve(UploadId::new(), up.owner, want, up.exact_length, &key)
+        .await?;
     // The most this upload may hold: the size limit, or less when the quota leaves less.
     let cap = reservation.bytes().min(limit);
     let over = |n: u64| {
@@ -268,8 +275,6 @@ where
     }
     let content_type = UploadPolicy::decide(&rule, &head)?;
 
-    let id = FileId::new();
-    let key = BlobKey::for_file(id, state.keyring.enabled());
     let mut sink = Sink::open(state, id, &key, rule == Rule::Text).await?;
     sink.feed(head.freeze()).await?;
     if !eof {
@@ -279,9 +284,16 @@ where
                 return Err(over(outcome.bytes));
             }
             sink.feed(chunk).await?;
+            reservation.touch().await;
+            if let Some(staging) = sink.newly_staged() {
+                reservation.staged(staging).await?;
+            }
         }
     }
-    let (writer, sha256, sealing) = sink.finish(state, id).await?;
+    let (writer, sha256, sealing, staged_late) = sink.finish(state, id).await?;
+    if let Some(staging) = staged_late {
+        reservation.staged(staging).await?;
+    }
     let stored = StoredFile {
         file: FileObject {
             id,
@@ -315,7 +327,18 @@ struct Sink {
     /// Received bytes not yet handed over.
     pending: Vec<Bytes>,
     pending_len: usize,
+    /// The writer's staging id as last reported by [`Sink::newly_staged`].
+    staging: Option<String>,
 }
+
+/// What [`Sink::finish`] hands back: the writer, the SHA-256, the sealing, and a staging id
+/// that appeared with the last bytes (to record).
+type Finished = (
+    Box<dyn BlobWriter>,
+    String,
+    Option<crate::crypto::Sealing>,
+    Option<String>,
+);
 
 /// A processed batch: the pipeline back, and the bytes to store in order.
 type Batch = (Box<Pipeline>, Vec<Bytes>);
@@ -366,7 +389,19 @@ impl Sink {
             busy: None,
             pending: Vec::new(),
             pending_len: 0,
+            staging: None,
         })
+    }
+
+    /// The writer's staging id when it is new since the last call (a multipart upload just
+    /// started): the caller records it.
+    fn newly_staged(&mut self) -> Option<String> {
+        let now = self.writer.staging_id();
+        if now.is_some() && now != self.staging {
+            self.staging.clone_from(&now);
+            return now;
+        }
+        None
     }
 
     /// Take a chunk. Pending bytes go to the blocking pool when the pipeline is free and has
@@ -413,7 +448,7 @@ impl Sink {
         mut self,
         state: &Ingest,
         id: FileId,
-    ) -> Result<(Box<dyn BlobWriter>, String, Option<crate::crypto::Sealing>), IngestError> {
+    ) -> Result<Finished, IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
         let mut pipeline = self.settle().await?;
         let batch = std::mem::take(&mut self.pending);
@@ -435,7 +470,8 @@ impl Sink {
             ),
             None => None,
         };
-        Ok((self.writer, done.sha256, sealing))
+        let staged_late = self.newly_staged();
+        Ok((self.writer, done.sha256, sealing, staged_late))
     }
 }
 
@@ -497,7 +533,9 @@ impl Staged {
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }
-        let inserted = match state.meta.files().insert(self.stored.clone()).await {
+        // The row in and the reservation out, in one transaction.
+        let upload = self.reservation.id();
+        let inserted = match state.meta.uploads().commit(upload, self.stored.clone()).await {
             Ok(files::Inserted::Inserted) => Ok(()),
             // The owner was locked for deletion after this upload authenticated.
             Ok(files::Inserted::OwnerGone) => Err(IngestError::OwnerGone),
@@ -513,7 +551,7 @@ impl Staged {
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }
-        drop(self.reservation);
+        self.reservation.settle();
         self.outcome.done = true;
         let f = &self.stored.file;
         state.audit.record(

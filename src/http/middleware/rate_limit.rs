@@ -60,7 +60,7 @@ pub(crate) async fn global(State(state): State<AppState>, req: Request, next: Ne
 
 /// The login and register budget.
 pub(crate) async fn login(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match state.limits.login.check(client(&req)) {
+    match state.limits.check_login(client(&req)).await {
         Ok(()) => next.run(req).await,
         Err(wait) => {
             state.metrics.rate_limited(Limiter::Login);

@@ -21,10 +21,14 @@ pub mod api_keys;
 pub mod audit;
 mod conn;
 pub mod files;
+mod leases;
 pub mod links;
+mod listener;
 pub mod sessions;
+mod throttle;
 mod tls;
 mod types;
+pub mod uploads;
 pub mod users;
 
 use std::time::Duration;
@@ -38,8 +42,9 @@ pub use conn::{Settings, check_url, url_has_password};
 use conn::{classify, is_retryable, pool_error};
 
 use crate::meta::error::MetaError;
-use crate::meta::maintenance::Maintenance;
+use crate::meta::maintenance::{Cluster, Maintenance};
 use crate::meta::migrations;
+use crate::meta::revocations::{Hub, Revoked};
 
 /// A pooled connection.
 pub(crate) type Client = deadpool_postgres::Object;
@@ -62,10 +67,19 @@ pub mod lock_keys {
     pub const ADMINS: i64 = 0x636f_6666_6572_0003;
 }
 
+/// The channel revocations travel on between nodes (`NOTIFY` / `LISTEN`).
+pub const REVOCATIONS_CHANNEL: &str = "coffer_revoked";
+
 /// The PostgreSQL engine: a pool of connections and the bound on each call.
 pub struct Postgres {
     pool: deadpool_postgres::Pool,
     call_timeout: Duration,
+    /// For the listener's own connection.
+    settings: Settings,
+    /// Revocations: announced here after each commit, and to the other nodes by `NOTIFY`.
+    hub: Hub,
+    /// Whether the listener runs.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl Postgres {
@@ -90,7 +104,24 @@ impl Postgres {
         Ok(Self {
             pool,
             call_timeout: settings.call_timeout,
+            settings: settings.clone(),
+            // Not live until the listener listens: until then nothing is served from memory.
+            hub: Hub::new(false),
+            listening: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// What travels to the other nodes for `what`: `<node> <revocation>`.
+    pub(crate) fn payload(&self, what: Revoked) -> String {
+        format!("{} {}", self.hub.node(), what.encode())
+    }
+
+    /// After a revoking transaction committed (its `NOTIFY` went to the other nodes with it):
+    /// tell this process's caches.
+    pub(crate) fn announce(&self, what: Option<Revoked>) {
+        if let Some(what) = what {
+            self.hub.publish(what);
+        }
     }
 
     /// Run `f` on a pooled connection outside an explicit transaction: each statement it sends
@@ -212,6 +243,31 @@ async fn backoff(retries: u32, deadline: Instant) {
     tokio::time::sleep_until(until).await;
 }
 
+impl Cluster for Postgres {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn listen(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.listening.swap(true, Ordering::AcqRel) {
+            tokio::spawn(listener::run(self.settings.clone(), self.hub.clone()));
+        }
+    }
+
+    fn login_throttles(&self) -> Option<&dyn crate::meta::throttle::LoginThrottles> {
+        Some(self)
+    }
+}
+
+/// `SELECT pg_notify(channel, payload)` in the caller's transaction: delivered to every
+/// listening node when it commits, never if it rolls back.
+pub(crate) async fn notify(c: &impl deadpool_postgres::GenericClient, payload: &str) -> PgResult<()> {
+    let st = c.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    c.execute(&st, &[&REVOCATIONS_CHANNEL, &payload]).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Maintenance for Postgres {
     async fn ping(&self) -> bool {
@@ -259,6 +315,9 @@ mod tests {
         let pg = Postgres {
             pool: conn::pool(&settings).unwrap(),
             call_timeout: settings.call_timeout,
+            settings: settings.clone(),
+            hub: Hub::new(false),
+            listening: std::sync::atomic::AtomicBool::new(false),
         };
         fn select<'c>(c: &'c Client, (): &'c ()) -> BoxFuture<'c, PgResult<()>> {
             Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })

@@ -10,6 +10,7 @@ use super::Sqlite;
 use super::conn::is_unique_violation;
 use crate::ids::{Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::revocations::Revoked;
 use crate::meta::page::Page;
 use crate::meta::users::{
     Credentials, Deleted, ForLogin, Inserted, Locked, NewUser, Role, RoleChange, User, Users,
@@ -229,7 +230,7 @@ impl Users for Sqlite {
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<RoleChange, MetaError> {
-        self.write(move |c| {
+        let change = self.write(move |c| {
             let Some(user) = get(c, id)? else {
                 return Ok(RoleChange::NoUser);
             };
@@ -239,11 +240,15 @@ impl Users for Sqlite {
             set_role(c, id, role)?;
             Ok(RoleChange::Changed(User { role, ..user }))
         })
-        .await
+        .await?;
+        if let RoleChange::Changed(u) = &change {
+            self.announce(Some(Revoked::User(u.id)));
+        }
+        Ok(change)
     }
 
     async fn lock(&self, id: UserId) -> Result<Locked, MetaError> {
-        self.write(move |c| {
+        let locked = self.write(move |c| {
             let Some(target) = get(c, id)? else {
                 return Ok(Locked::NoUser);
             };
@@ -253,7 +258,11 @@ impl Users for Sqlite {
             lock(c, id)?;
             Ok(Locked::Locked)
         })
-        .await
+        .await?;
+        if locked == Locked::Locked {
+            self.announce(Some(Revoked::User(id)));
+        }
+        Ok(locked)
     }
 
     async fn delete(&self, id: UserId) -> Result<Deleted, MetaError> {
