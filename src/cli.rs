@@ -294,8 +294,8 @@ fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
     }
 }
 
-/// Open the storage root (creating and migrating it when empty) and the blob store; returns
-/// the canonical root.
+/// Open the storage root (creating and migrating it when empty), the metadata store (SQLite
+/// under the root, or PostgreSQL) and the blob store; returns the canonical root.
 async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore), Failure> {
     let s3 = s3_credentials(config)?;
     let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;

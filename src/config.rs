@@ -147,7 +147,6 @@ impl std::fmt::Debug for DatabaseUrl {
 /// The variable that may hold the whole database URL (a secret: it may carry a password).
 pub const DATABASE_URL_VAR: &str = "COFFER_DATABASE_URL";
 
-
 /// Where blobs are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

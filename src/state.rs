@@ -99,7 +99,8 @@ impl AppState {
         let meta = match config.database.postgres() {
             Some(pg) => MetaStore::open_postgres(&pg).await?,
             None => {
-                MetaStore::open_sqlite(&root.join("coffer.db"), config.storage.db_readers).await?
+                let db = root.join("coffer.db");
+                MetaStore::open_sqlite(&db, config.storage.db_readers).await?
             }
         };
         // A bucket may be shared with other processes (a `coffer check --repair`, a second

@@ -14,7 +14,7 @@
 //!
 //! Mode 2: the sealed-segment format. `Sealer` then `Opener` round-trips every range; an
 //! edited blob (flips, insertions, removals, truncation, swapped spans) and arbitrary
-//! ciphertext give `Err(Integrity)` or exactly the plaintext, never a panic.
+//! ciphertext give `Err(Tampered)` or exactly the plaintext, never a panic.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -24,9 +24,8 @@ use std::task::{Context, Poll, Waker};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use coffer::blob::{BlobError, ByteStream};
-use coffer::crypto::DataKey;
-use coffer::crypto::segment::{self, Opener, SEGMENT, Sealer};
+use coffer::crypto::segment::{self, CipherStream, Opener, SEGMENT, Sealer};
+use coffer::crypto::{CryptoError, DataKey};
 use coffer::ids::FileId;
 use coffer::ingest::filename;
 use coffer::ingest::framing::MultipartFraming;
@@ -404,7 +403,7 @@ fn open(
     start: u64,
     end: u64,
     chunk: usize,
-) -> Result<Vec<u8>, BlobError> {
+) -> Result<Vec<u8>, CryptoError> {
     let (off, len, _) = segment::cipher_span(plain_len, start, end);
     let from = usize::try_from(off).unwrap_or(usize::MAX).min(blob.len());
     let to = usize::try_from(off.saturating_add(len))
@@ -413,11 +412,11 @@ fn open(
     // What the blob store hands the opener: the header, then the span.
     let mut slice = blob[..segment::HEADER_LEN.min(blob.len())].to_vec();
     slice.extend_from_slice(&blob[from..to]);
-    let chunks: Vec<Result<Bytes, BlobError>> = slice
+    let chunks: Vec<std::io::Result<Bytes>> = slice
         .chunks(chunk.max(1))
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
-    let inner: ByteStream = Box::pin(futures_util::stream::iter(chunks));
+    let inner: CipherStream = Box::pin(futures_util::stream::iter(chunks));
     // The opener decrypts on tokio's blocking pool, so it needs a real runtime.
     OPEN_RT.block_on(async {
         let mut o = Opener::new(inner, &KEY, *FILE, plain_len, start, end);
@@ -491,7 +490,7 @@ fn sealed(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         // Arbitrary ciphertext: nothing but an empty range may come out of it.
         match open(garbage, len, start, end, read_chunk) {
             Ok(out) => assert!(out.is_empty() && start == end, "forged plaintext {out:?}"),
-            Err(e) => assert!(matches!(e, BlobError::Integrity), "{e:?}"),
+            Err(e) => assert!(matches!(e, CryptoError::Tampered), "{e:?}"),
         }
         return Ok(());
     }
@@ -527,7 +526,7 @@ fn sealed(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 "edited ciphertext accepted (span {range:?})"
             );
         }
-        Err(e) => assert!(matches!(e, BlobError::Integrity), "{e:?}"),
+        Err(e) => assert!(matches!(e, CryptoError::Tampered), "{e:?}"),
     }
     Ok(())
 }

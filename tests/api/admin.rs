@@ -1,13 +1,58 @@
-//! Administration: listing users page by page, roles, and deleting accounts that are in use.
+//! Administration: the admin role (and what an admin's API key may not do), listing users page
+//! by page, roles, and deleting accounts with everything they own, even while they are in use.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{TestApp, TestUser, files_under, problem};
+use crate::helpers::fixtures::png;
+use crate::helpers::{TestApp, TestUser, each_once, files_under};
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_role() {
+    let app = TestApp::spawn().await;
+    let u = app.user("kim").await;
+    for path in ["/api/v1/admin/users", "/api/v1/admin/audit"] {
+        app.get(path).problem(401).await;
+        app.get(path).as_user(&u).problem(403).await;
+    }
+    app.delete_user(&u.id).as_user(&u).problem(403).await;
+    let admin = app.admin("chief").await;
+    let users = app.get("/api/v1/admin/users").as_user(&admin);
+    assert_eq!(users.status().await, 200);
+    // The last admin cannot be deleted.
+    app.delete_user(&admin.id)
+        .as_user(&admin)
+        .problem(409)
+        .await;
+}
+
+#[tokio::test]
+async fn an_admins_api_key_has_no_admin_powers() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("boss").await;
+    let u = app.user("mona").await;
+    let theirs = app.stored(&u.token, "m.png", png(2000)).await;
+    let key = app.new_api_key(&admin.token, "backend").await;
+    let key = key["key"].as_str().unwrap();
+    for (row, req) in [
+        ("list users", app.get("/api/v1/admin/users")),
+        ("read the audit trail", app.get("/api/v1/admin/audit")),
+        ("promote a user", app.set_role(&u.id, "admin")),
+        ("delete a user", app.delete_user(&u.id)),
+    ] {
+        let refusal = req.api_key(key).refusal().await;
+        assert_eq!(refusal, (403, "forbidden", ""), "{row}");
+    }
+    // The key acts as its owner for files: another user's file is not found.
+    let id = theirs["id"].as_str().unwrap();
+    app.file(id).api_key(key).problem(404).await;
+    // The admin's login still can.
+    assert_eq!(app.file(id).as_user(&admin).status().await, 200);
+}
 
 #[tokio::test]
 async fn user_pages_cover_everyone_once() {
@@ -21,23 +66,9 @@ async fn user_pages_cover_everyone_once() {
         .await
         .concat();
     assert!(users.iter().all(|u| u.as_object().unwrap().len() == 5));
-    let mut seen: Vec<String> = users
-        .iter()
-        .map(|u| u["username"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(seen.first().unwrap(), "member5", "newest first");
-    let n = seen.len();
-    seen.sort();
-    seen.dedup();
-    assert_eq!((n, seen.len()), (7, 7));
-    problem(
-        app.authed(Method::GET, "/api/v1/admin/users?cursor=xyz", &admin.token)
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let names = each_once(&users, "username");
+    assert_eq!(names.first().unwrap(), "member5", "newest first");
+    assert_eq!(names.len(), 7);
 }
 
 #[tokio::test]
@@ -45,38 +76,9 @@ async fn an_admin_may_delete_another_admin_but_not_the_last() {
     let app = TestApp::spawn().await;
     let a = app.admin("first").await;
     let b = app.admin("second").await;
-    assert_eq!(
-        app.authed(
-            Method::DELETE,
-            &format!("/api/v1/admin/users/{}", b.id),
-            &a.token
-        )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        204
-    );
-    problem(
-        app.authed(
-            Method::DELETE,
-            &format!("/api/v1/admin/users/{}", a.id),
-            &a.token,
-        )
-        .send()
-        .await
-        .unwrap(),
-        409,
-    )
-    .await;
-    problem(
-        app.authed(Method::DELETE, "/api/v1/admin/users/not-a-uuid", &a.token)
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    assert_eq!(app.delete_user(&b.id).as_user(&a).status().await, 204);
+    app.delete_user(&a.id).as_user(&a).problem(409).await;
+    app.delete_user("not-a-uuid").as_user(&a).problem(404).await;
 }
 
 #[tokio::test]
@@ -84,54 +86,71 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
     let app = TestApp::spawn().await;
     let admin = app.admin("promoter").await;
     let u = app.user("climber").await;
-    let role = |id: &str, role: &str| {
-        app.authed(
-            Method::POST,
-            &format!("/api/v1/admin/users/{id}/role"),
-            &admin.token,
-        )
-        .json(&serde_json::json!({ "role": role }))
-        .send()
-    };
-    problem(
-        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        403,
-    )
-    .await;
-    let r = role(&u.id, "admin").await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["role"], "admin");
+    let list_users = || app.get("/api/v1/admin/users").as_user(&u);
+    list_users().problem(403).await;
+    let promoted = app
+        .set_role(&u.id, "admin")
+        .as_user(&admin)
+        .expect(200)
+        .await;
+    assert_eq!(promoted["role"], "admin");
     // The same token, no new login: admin now.
-    assert_eq!(
-        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(role(&u.id, "user").await.unwrap().status(), 200);
-    problem(
-        app.authed(Method::GET, "/api/v1/admin/users", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        403,
-    )
-    .await;
+    assert_eq!(list_users().status().await, 200);
+    app.set_role(&u.id, "user")
+        .as_user(&admin)
+        .expect(200)
+        .await;
+    list_users().problem(403).await;
     // The last admin cannot demote itself; unknown roles are 422.
-    problem(role(&admin.id, "user").await.unwrap(), 409).await;
-    problem(role(&u.id, "root").await.unwrap(), 422).await;
-    let events: Vec<String> = app
-        .audit(&admin.token)
-        .await
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_owned())
-        .collect();
+    let demote_self = app.set_role(&admin.id, "user").as_user(&admin);
+    demote_self.problem(409).await;
+    app.set_role(&u.id, "root")
+        .as_user(&admin)
+        .problem(422)
+        .await;
+    let events = app.audit_events(&admin.token).await;
     assert_eq!(events.iter().filter(|e| *e == "admin.user_role").count(), 2);
+}
+
+#[tokio::test]
+async fn admins_see_any_file_and_delete_users_with_everything() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("root").await;
+    let u = app.user("leaving").await;
+    let keep = app.user("staying").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = app.stored(&u.token, &format!("l{i}.png"), png(200)).await;
+        ids.push(f["id"].as_str().unwrap().to_owned());
+    }
+    app.stored(&keep.token, "k.png", png(200)).await;
+    let link = app
+        .new_link(&u.token, &ids[0], &json!({"expires_in": 600}))
+        .await;
+    assert_eq!(app.file(&ids[0]).as_user(&admin).status().await, 200);
+    let users = app
+        .get("/api/v1/admin/users?limit=2")
+        .as_user(&admin)
+        .expect(200)
+        .await;
+    assert_eq!(users["items"].as_array().unwrap().len(), 2);
+    assert!(users["next_cursor"].is_string());
+    assert!(!users.to_string().contains("argon2"));
+
+    assert_eq!(app.delete_user(&u.id).as_user(&admin).status().await, 204);
+    assert_eq!(
+        app.blob_files().len(),
+        1,
+        "only the other user's blob is left"
+    );
+    app.get(link["url"].as_str().unwrap()).problem(404).await;
+    for id in &ids {
+        app.file(id).as_user(&admin).problem(404).await;
+    }
+    app.delete_user(&u.id).as_user(&admin).problem(404).await;
+    let events = app.audit_events(&admin.token).await;
+    assert!(events.iter().any(|e| e == "admin.user_delete"));
+    assert!(events.iter().any(|e| e == "file.upload"));
 }
 
 /// How a user being deleted authenticates its uploads.
@@ -175,21 +194,6 @@ async fn keep_uploading(app: &TestApp, cred: Cred, stop: &AtomicBool, t0: Instan
         }
     }
     out
-}
-
-/// An API key of `u`.
-async fn api_key(app: &TestApp, u: &TestUser) -> String {
-    let r = app
-        .authed(Method::POST, "/api/v1/api-keys", &u.token)
-        .json(&json!({"name": "uploader"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// `n` small files of `u`, uploaded a few at a time.
@@ -270,7 +274,8 @@ async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
     let app = TestApp::spawn().await;
     let admin = app.admin("remover").await;
     let victim = app.user("leaver").await;
-    let key = api_key(&app, &victim).await;
+    let key = app.new_api_key(&victim.token, "uploader").await;
+    let key = key["key"].as_str().unwrap().to_owned();
     // Enough files that removing them takes a good while.
     seed_files(&app, &victim, 300).await;
 
@@ -291,15 +296,7 @@ async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
         // The victim is uploading already when the admin acts.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let issued = t0.elapsed();
-        let r = app
-            .authed(
-                Method::DELETE,
-                &format!("/api/v1/admin/users/{}", victim.id),
-                &admin.token,
-            )
-            .send()
-            .await
-            .unwrap();
+        let r = app.delete_user(&victim.id).as_user(&admin).send().await;
         let done = t0.elapsed();
         let status = r.status().as_u16();
         let body = r.text().await.unwrap();
@@ -368,19 +365,11 @@ async fn deleting_a_user_who_keeps_uploading_answers_204_and_leaves_nothing() {
     // delete failed on the foreign key: 500), or so many that passes never caught up (408).
     for (run, loops) in [2, 3, 4, 6].into_iter().enumerate() {
         let victim = app.user(&format!("busy{run}")).await;
-        let key = api_key(&app, &victim).await;
+        let key = app.new_api_key(&victim.token, "uploader").await;
+        let key = key["key"].as_str().unwrap().to_owned();
         let seeded = seed_files(&app, &victim, 10).await;
-        let link = app
-            .authed(
-                Method::POST,
-                &format!("/api/v1/files/{}/links", seeded[0]),
-                &victim.token,
-            )
-            .json(&json!({"expires_in": 3600}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(link.status(), 201);
+        app.new_link(&victim.token, &seeded[0], &json!({"expires_in": 3600}))
+            .await;
 
         let t0 = Instant::now();
         let stop = AtomicBool::new(false);
@@ -394,15 +383,7 @@ async fn deleting_a_user_who_keeps_uploading_answers_204_and_leaves_nothing() {
         }));
         let delete = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let r = app
-                .authed(
-                    Method::DELETE,
-                    &format!("/api/v1/admin/users/{}", victim.id),
-                    &admin.token,
-                )
-                .send()
-                .await
-                .unwrap();
+            let r = app.delete_user(&victim.id).as_user(&admin).send().await;
             let status = r.status().as_u16();
             let body = r.text().await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;

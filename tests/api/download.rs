@@ -1,11 +1,10 @@
 //! Downloads, listing, metadata and deletion: byte-exact round trips, HTTP semantics, safe
 //! headers, and no way into another user's files.
 
-use reqwest::Method;
-use serde_json::Value;
+use serde_json::json;
 
 use crate::helpers::fixtures::{pdf, png};
-use crate::helpers::{TestApp, problem};
+use crate::helpers::{Refusal, TestApp, each_once, file_form, problem};
 
 #[tokio::test]
 async fn round_trips_are_byte_identical() {
@@ -24,16 +23,11 @@ async fn round_trips_are_byte_identical() {
     }
     // An empty text file.
     let f = app.stored(&u.token, "empty.txt", Vec::new()).await;
-    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    let id = f["id"].as_str().unwrap();
+    let r = app.download(&u.token, id, &[]).await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = app
-        .download(
-            &u.token,
-            f["id"].as_str().unwrap(),
-            &[("range", "bytes=0-")],
-        )
-        .await;
+    let r = app.download(&u.token, id, &[("range", "bytes=0-")]).await;
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */0");
 }
@@ -43,15 +37,12 @@ async fn content_headers_are_safe() {
     let app = TestApp::spawn().await;
     let u = app.user("headers").await;
     let name = "r\u{e9}sum\u{e9} \"final\";.pdf";
-    let bytes = pdf(2000);
-    let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_owned());
-    let r = app
-        .authed(Method::POST, "/api/v1/files", &u.token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    let f: Value = r.json().await.unwrap();
+    let f = app
+        .post("/api/v1/files")
+        .as_user(&u)
+        .multipart(file_form(name, pdf(2000)))
+        .expect(201)
+        .await;
     let id = f["id"].as_str().unwrap();
     let r = app.download(&u.token, id, &[]).await;
     let h = r.headers();
@@ -73,53 +64,21 @@ async fn content_headers_are_safe() {
     );
 
     // inline only for safe types; unknown values are 400.
-    let r = app
-        .authed(
-            Method::GET,
-            &format!("/api/v1/files/{id}/content?disposition=inline"),
-            &u.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.headers()["content-disposition"]
-            .to_str()
-            .unwrap()
-            .starts_with("inline;")
-    );
-    let r = app
-        .authed(
-            Method::GET,
-            &format!("/api/v1/files/{id}/content?disposition=evil"),
-            &u.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    problem(r, 400).await;
+    let disposition =
+        |id: &str, value: &str| app.content(id).as_user(&u).query(&[("disposition", value)]);
+    let r = disposition(id, "inline").send().await;
+    let cd = r.headers()["content-disposition"].to_str().unwrap();
+    assert!(cd.starts_with("inline;"), "{cd}");
+    disposition(id, "evil").problem(400).await;
     let txt = app
         .stored(&u.token, "t.txt", b"<script>alert(1)</script>".to_vec())
         .await;
-    let r = app
-        .authed(
-            Method::GET,
-            &format!(
-                "/api/v1/files/{}/content?disposition=inline",
-                txt["id"].as_str().unwrap()
-            ),
-            &u.token,
-        )
+    let r = disposition(txt["id"].as_str().unwrap(), "inline")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
-    assert!(
-        r.headers()["content-disposition"]
-            .to_str()
-            .unwrap()
-            .starts_with("inline;")
-    );
+    let cd = r.headers()["content-disposition"].to_str().unwrap();
+    assert!(cd.starts_with("inline;"), "{cd}");
 }
 
 #[tokio::test]
@@ -142,31 +101,28 @@ async fn ranges_conditionals_and_head() {
     ] {
         let r = range(spec).await;
         assert_eq!(r.status(), 206, "{spec}");
+        let h = r.headers();
         assert_eq!(
-            r.headers()["content-range"],
+            h["content-range"],
             format!("bytes {from}-{to}/1000").as_str(),
             "{spec}"
         );
-        assert_eq!(
-            r.headers()["content-length"],
-            (to - from + 1).to_string().as_str()
-        );
-        assert_eq!(
-            r.bytes().await.unwrap().as_ref(),
-            &bytes[from..=to],
-            "{spec}"
-        );
+        let len = (to - from + 1).to_string();
+        assert_eq!(h["content-length"], len.as_str(), "{spec}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(body.as_ref(), &bytes[from..=to], "{spec}");
     }
     for spec in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
         let r = range(spec).await;
         assert_eq!(r.headers()["content-range"], "bytes */1000", "{spec}");
-        problem(r, 416).await;
+        let refusal = Refusal::of(r).await;
+        assert_eq!(refusal, (416, "range-not-satisfiable", ""), "{spec}");
     }
     // Several ranges, other units and garbage: the whole file.
     for spec in ["bytes=0-1,5-6", "items=0-1", "bytes=x-y", "bytes=9-1"] {
         let r = range(spec).await;
         assert_eq!(r.status(), 200, "{spec}");
-        assert_eq!(r.bytes().await.unwrap().len(), 1000);
+        assert_eq!(r.bytes().await.unwrap().len(), 1000, "{spec}");
     }
     // If-None-Match.
     for inm in [
@@ -177,53 +133,30 @@ async fn ranges_conditionals_and_head() {
     ] {
         let r = app.download(&u.token, id, &[("if-none-match", inm)]).await;
         assert_eq!(r.status(), 304, "{inm}");
-        assert_eq!(r.headers()["etag"], etag.as_str());
-        assert!(r.bytes().await.unwrap().is_empty());
+        assert_eq!(r.headers()["etag"], etag.as_str(), "{inm}");
+        assert!(r.bytes().await.unwrap().is_empty(), "{inm}");
     }
-    assert_eq!(
-        app.download(&u.token, id, &[("if-none-match", "\"nope\"")])
-            .await
-            .status(),
-        200
-    );
+    let r = app
+        .download(&u.token, id, &[("if-none-match", "\"nope\"")])
+        .await;
+    assert_eq!(r.status(), 200);
     // If-Range: the range applies only while the validator matches.
     let r = app
         .download(&u.token, id, &[("range", "bytes=0-9"), ("if-range", &etag)])
         .await;
     assert_eq!(r.status(), 206);
-    let r = app
-        .download(
-            &u.token,
-            id,
-            &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
-        )
-        .await;
+    let stale = [("range", "bytes=0-9"), ("if-range", "\"stale\"")];
+    let r = app.download(&u.token, id, &stale).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 1000);
     // HEAD: the headers of a GET, no body.
-    let r = app
-        .authed(
-            Method::HEAD,
-            &format!("/api/v1/files/{id}/content"),
-            &u.token,
-        )
-        .send()
-        .await
-        .unwrap();
+    let head = || app.head(&format!("/api/v1/files/{id}/content")).as_user(&u);
+    let r = head().send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "1000");
     assert_eq!(r.headers()["etag"], etag.as_str());
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = app
-        .authed(
-            Method::HEAD,
-            &format!("/api/v1/files/{id}/content"),
-            &u.token,
-        )
-        .header("range", "bytes=1-2")
-        .send()
-        .await
-        .unwrap();
+    let r = head().header("range", "bytes=1-2").send().await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-length"], "2");
 }
@@ -237,73 +170,29 @@ async fn other_users_files_are_404_everywhere() {
     let id = f["id"].as_str().unwrap();
     let missing = uuid::Uuid::new_v4().to_string();
     for target in [id, missing.as_str()] {
-        let a = problem(
-            app.authed(
-                Method::GET,
-                &format!("/api/v1/files/{target}"),
-                &thief.token,
-            )
-            .send()
-            .await
-            .unwrap(),
-            404,
-        )
-        .await;
-        problem(
-            app.authed(
-                Method::GET,
-                &format!("/api/v1/files/{target}/content"),
-                &thief.token,
-            )
-            .send()
-            .await
-            .unwrap(),
-            404,
-        )
-        .await;
-        let r = app
-            .authed(
-                Method::HEAD,
-                &format!("/api/v1/files/{target}/content"),
-                &thief.token,
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        problem(
-            app.authed(
-                Method::DELETE,
-                &format!("/api/v1/files/{target}"),
-                &thief.token,
-            )
-            .send()
-            .await
-            .unwrap(),
-            404,
-        )
-        .await;
-        let r = app
-            .authed(
-                Method::POST,
-                &format!("/api/v1/files/{target}/links"),
-                &thief.token,
-            )
-            .json(&serde_json::json!({"expires_in": 60}))
-            .send()
-            .await
-            .unwrap();
-        let b = problem(r, 404).await;
-        assert_eq!(a["detail"], b["detail"]);
+        let content = format!("/api/v1/files/{target}/content");
+        // Every refusal says the same as a file that does not exist.
+        let answers = [
+            ("the file", app.file(target)),
+            ("its content", app.content(target)),
+            ("a delete", app.delete_file(target)),
+            (
+                "a new link",
+                app.create_link(target, &json!({"expires_in": 60})),
+            ),
+        ];
+        let mut details = Vec::new();
+        for (row, req) in answers {
+            let v = req.as_user(&thief).problem(404).await;
+            details.push((row, v["detail"].clone()));
+        }
+        assert!(
+            details.iter().all(|(_, d)| *d == details[0].1),
+            "{details:?}"
+        );
+        assert_eq!(app.head(&content).as_user(&thief).status().await, 404);
     }
-    let list: Value = app
-        .authed(Method::GET, "/api/v1/files", &thief.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.files().as_user(&thief).expect(200).await;
     assert!(list["items"].as_array().unwrap().is_empty());
     // The owner still has it.
     assert_eq!(app.download(&owner.token, id, &[]).await.status(), 200);
@@ -326,21 +215,14 @@ async fn hostile_ids_never_reach_the_filesystem() {
         "00000000-0000-0000-0000-000000000000%00",
         "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
     ] {
-        for path in [
-            format!("/api/v1/files/{id}"),
-            format!("/api/v1/files/{id}/content"),
-        ] {
-            let r = app
-                .authed(Method::GET, &path, &u.token)
-                .send()
-                .await
-                .unwrap();
-            let s = r.status().as_u16();
+        for req in [app.file(id), app.content(id)] {
+            let r = req.as_user(&u).send().await;
+            let (s, path) = (r.status().as_u16(), r.url().path().to_owned());
             assert!(s == 404 || s == 400, "{path}: {s}");
             let body = r.text().await.unwrap();
             assert!(
                 !body.contains("SQLite") && !body.contains("/storage") && !body.contains("root:"),
-                "{body}"
+                "{path}: {body}"
             );
         }
     }
@@ -352,86 +234,37 @@ async fn pagination_returns_every_file_exactly_once() {
     let u = app.user("pager").await;
     let mut ids = Vec::new();
     for i in 0..23 {
-        ids.push(
-            app.stored(&u.token, &format!("p{i}.png"), png(50 + i))
-                .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        let f = app
+            .stored(&u.token, &format!("p{i}.png"), png(50 + i))
+            .await;
+        ids.push(f["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
-    let mut first = true;
     loop {
-        let mut req = app
-            .authed(Method::GET, "/api/v1/files", &u.token)
-            .query(&[("limit", "5")]);
+        let mut page = app.files().as_user(&u).query(&[("limit", "5")]);
         if let Some(c) = &cursor {
-            req = req.query(&[("cursor", c)]);
+            page = page.query(&[("cursor", c)]);
         }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        let v = page.expect(200).await;
         let items = v["items"].as_array().unwrap();
         assert!(items.len() <= 5);
-        seen.extend(items.iter().map(|f| f["id"].as_str().unwrap().to_owned()));
-        if first {
+        if seen.is_empty() {
             // Newest first; an upload landing mid-walk must not disturb the pages after it.
             assert_eq!(items[0]["id"], ids.last().unwrap().as_str());
             app.stored(&u.token, "late.png", png(60)).await;
-            first = false;
         }
+        seen.extend(items.iter().cloned());
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
         }
     }
-    let mut sorted = seen.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), seen.len(), "duplicates");
+    let seen = each_once(&seen, "id");
     for id in &ids {
         assert!(seen.contains(id), "{id} missing");
     }
-    problem(
-        app.authed(Method::GET, "/api/v1/files?limit=0", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        422,
-    )
-    .await;
-    problem(
-        app.authed(Method::GET, "/api/v1/files?limit=1001", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        422,
-    )
-    .await;
-    problem(
-        app.authed(Method::GET, "/api/v1/files?limit=abc", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        422,
-    )
-    .await;
-    problem(
-        app.authed(Method::GET, "/api/v1/files?cursor=not-a-cursor", &u.token)
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    let v: Value = app
-        .authed(Method::GET, "/api/v1/files", &u.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.files().as_user(&u).expect(200).await;
     assert_eq!(v["items"].as_array().unwrap().len(), 24);
     assert!(v["next_cursor"].is_null());
 }
@@ -443,141 +276,10 @@ async fn delete_removes_row_and_blob() {
     let f = app.stored(&u.token, "d.png", png(500)).await;
     let id = f["id"].as_str().unwrap();
     assert_eq!(app.blob_files().len(), 1);
-    assert_eq!(
-        app.authed(Method::DELETE, &format!("/api/v1/files/{id}"), &u.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(app.delete_file(id).as_user(&u).status().await, 204);
     assert!(app.blob_files().is_empty());
-    problem(
-        app.authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    problem(
-        app.authed(Method::DELETE, &format!("/api/v1/files/{id}"), &u.token)
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn admins_see_any_file_and_delete_users_with_everything() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin("root").await;
-    let u = app.user("leaving").await;
-    let keep = app.user("staying").await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            app.stored(&u.token, &format!("l{i}.png"), png(200)).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    app.stored(&keep.token, "k.png", png(200)).await;
-    let link: Value = app
-        .authed(
-            Method::POST,
-            &format!("/api/v1/files/{}/links", ids[0]),
-            &u.token,
-        )
-        .json(&serde_json::json!({"expires_in": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        app.authed(
-            Method::GET,
-            &format!("/api/v1/files/{}", ids[0]),
-            &admin.token
-        )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        200
-    );
-    let users: Value = app
-        .authed(Method::GET, "/api/v1/admin/users?limit=2", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(users["items"].as_array().unwrap().len(), 2);
-    assert!(users["next_cursor"].is_string());
-    assert!(!users.to_string().contains("argon2"));
-
-    assert_eq!(
-        app.authed(
-            Method::DELETE,
-            &format!("/api/v1/admin/users/{}", u.id),
-            &admin.token
-        )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        204
-    );
-    assert_eq!(
-        app.blob_files().len(),
-        1,
-        "only the other user's blob is left"
-    );
-    problem(
-        app.req(Method::GET, link["url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    for id in &ids {
-        problem(
-            app.authed(Method::GET, &format!("/api/v1/files/{id}"), &admin.token)
-                .send()
-                .await
-                .unwrap(),
-            404,
-        )
-        .await;
-    }
-    problem(
-        app.authed(
-            Method::DELETE,
-            &format!("/api/v1/admin/users/{}", u.id),
-            &admin.token,
-        )
-        .send()
-        .await
-        .unwrap(),
-        404,
-    )
-    .await;
-    let events: Vec<String> = app
-        .audit(&admin.token)
-        .await
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(events.contains(&"admin.user_delete".to_owned()));
-    assert!(events.contains(&"file.upload".to_owned()));
+    app.file(id).as_user(&u).problem(404).await;
+    app.delete_file(id).as_user(&u).problem(404).await;
 }
 
 #[tokio::test]

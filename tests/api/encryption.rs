@@ -2,11 +2,10 @@
 //! is caught, keys rotate, old files keep working.
 
 use futures_util::StreamExt as _;
-use reqwest::Method;
-use serde_json::Value;
+use serde_json::json;
 
 use crate::helpers::fixtures::png;
-use crate::helpers::{TestApp, files_under, problem, secret};
+use crate::helpers::{TestApp, assert_problem, files_under, problem, secret};
 
 const MARKER: &str = "PLAINTEXT-MARKER-7f3a9c";
 
@@ -85,11 +84,8 @@ async fn every_range_shape_returns_the_right_bytes() {
     ] {
         let r = app.download(&u.token, id, &[("range", &spec)]).await;
         assert_eq!(r.status(), 206, "{spec}");
-        assert_eq!(
-            r.bytes().await.unwrap().as_ref(),
-            &data[from..=to],
-            "{spec}"
-        );
+        let body = r.bytes().await.unwrap();
+        assert_eq!(body.as_ref(), &data[from..=to], "{spec}");
     }
     let r = app
         .download(&u.token, id, &[("range", "bytes=300000-")])
@@ -119,6 +115,14 @@ async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, Vec<u8>> {
     Ok(got)
 }
 
+/// Rewrite a file's sealed blob on disk.
+fn tamper(app: &TestApp, file: &serde_json::Value, edit: impl FnOnce(&mut Vec<u8>)) {
+    let blob = app.blob_of(file["id"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    edit(&mut bytes);
+    std::fs::write(&blob, &bytes).unwrap();
+}
+
 #[tokio::test]
 async fn tampering_fails_cleanly_and_is_audited() {
     let app = encrypted_app(&secret()).await;
@@ -127,82 +131,39 @@ async fn tampering_fails_cleanly_and_is_audited() {
     let data = png(300_000);
     let stride = 65_536 + 16;
     let header = 16;
+    let get = async |f: &serde_json::Value, headers: &[(&str, &str)]| {
+        app.download(&u.token, f["id"].as_str().unwrap(), headers)
+            .await
+    };
 
     // A flipped byte in the first segment: a 500 integrity-error before any byte.
     let f = app.stored(&u.token, "flip.png", data.clone()).await;
-    let blob = app
-        .blob_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
-        .unwrap();
-    let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[header + 10] ^= 0x01;
-    std::fs::write(&blob, &bytes).unwrap();
-    let v = problem(
-        app.download(&u.token, f["id"].as_str().unwrap(), &[]).await,
-        500,
-    )
-    .await;
-    assert!(
-        v["type"].as_str().unwrap().ends_with("integrity-error"),
-        "{v}"
-    );
+    tamper(&app, &f, |b| b[header + 10] ^= 0x01);
+    assert_problem(get(&f, &[]).await, 500, "integrity-error").await;
     assert_eq!(integrity_events(&app, &admin.token).await, 1);
 
     // A flipped byte in the blob's header is refused too, even for a range far from it.
     let f = app.stored(&u.token, "head.png", data.clone()).await;
-    let blob = app
-        .blob_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
-        .unwrap();
-    let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[2] ^= 0x01;
-    std::fs::write(&blob, &bytes).unwrap();
-    let r = app
-        .download(
-            &u.token,
-            f["id"].as_str().unwrap(),
-            &[("range", "bytes=200000-200009")],
-        )
-        .await;
+    tamper(&app, &f, |b| b[2] ^= 0x01);
+    let r = get(&f, &[("range", "bytes=200000-200009")]).await;
     problem(r, 500).await;
 
     // A flipped byte in a later segment: the transfer breaks off; the bytes before are genuine.
     // Segments are opened 16 at a time (1 MiB), so "later" means past the first 16.
     let big = png(1_400_000);
     let f = app.stored(&u.token, "late.png", big.clone()).await;
-    let blob = app
-        .blob_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
-        .unwrap();
-    let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[header + 18 * stride + 5] ^= 0x80;
-    std::fs::write(&blob, &bytes).unwrap();
-    let got = read_all(app.download(&u.token, f["id"].as_str().unwrap(), &[]).await).await;
+    tamper(&app, &f, |b| b[header + 18 * stride + 5] ^= 0x80);
+    let got = read_all(get(&f, &[]).await).await;
     let got = got.expect_err("a tampered transfer must not complete");
     assert!(got.len() < big.len() && big.starts_with(&got));
     // A range inside the tampered segment is refused up front.
-    let r = app
-        .download(
-            &u.token,
-            f["id"].as_str().unwrap(),
-            &[("range", "bytes=1180000-1180010")],
-        )
-        .await;
+    let r = get(&f, &[("range", "bytes=1180000-1180010")]).await;
     problem(r, 500).await;
 
     // Truncated at a segment boundary (the final-segment flag is gone).
     let f = app.stored(&u.token, "cut.png", data.clone()).await;
-    let blob = app
-        .blob_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
-        .unwrap();
-    let bytes = std::fs::read(&blob).unwrap();
-    std::fs::write(&blob, &bytes[..header + 2 * stride]).unwrap();
-    let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
+    tamper(&app, &f, |b| b.truncate(header + 2 * stride));
+    let r = get(&f, &[]).await;
     if r.status() == 200 {
         let got = read_all(r)
             .await
@@ -211,31 +172,15 @@ async fn tampering_fails_cleanly_and_is_audited() {
     } else {
         problem(r, 500).await;
     }
-    let r = app
-        .download(
-            &u.token,
-            f["id"].as_str().unwrap(),
-            &[("range", "bytes=-5")],
-        )
-        .await;
-    problem(r, 500).await;
+    problem(get(&f, &[("range", "bytes=-5")]).await, 500).await;
 
     // Two segments swapped.
     let f = app.stored(&u.token, "swap.png", data.clone()).await;
-    let blob = app
-        .blob_files()
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(f["id"].as_str().unwrap()))
-        .unwrap();
-    let mut bytes = std::fs::read(&blob).unwrap();
-    let (a, b) = bytes[header..header + 2 * stride].split_at_mut(stride);
-    a.swap_with_slice(b);
-    std::fs::write(&blob, &bytes).unwrap();
-    problem(
-        app.download(&u.token, f["id"].as_str().unwrap(), &[]).await,
-        500,
-    )
-    .await;
+    tamper(&app, &f, |b| {
+        let (x, y) = b[header..header + 2 * stride].split_at_mut(stride);
+        x.swap_with_slice(y);
+    });
+    problem(get(&f, &[]).await, 500).await;
 
     assert!(integrity_events(&app, &admin.token).await >= 6);
     // `check --deep` finds all five.
@@ -256,7 +201,7 @@ async fn key_rotation_keeps_every_file_readable() {
     let u = app.user("rotator").await;
     let data = marked_text(100_000);
     let f = app.stored(&u.token, "r.txt", data.clone()).await;
-    let id = f["id"].as_str().unwrap().to_owned();
+    let id = f["id"].as_str().unwrap();
     app.terminate();
 
     // New key, old key still listed: old files read, new files use the new key.
@@ -266,22 +211,12 @@ async fn key_rotation_keeps_every_file_readable() {
         .env("COFFER_ENCRYPTION_OLD_KEYS", old_key.clone())
         .spawn()
         .await;
-    assert_eq!(
-        app.download(&u.token, &id, &[])
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
-        &data[..]
-    );
+    assert!(app.content_of(&u.token, id).await == data);
     let out = app.cli(&["rotate-key"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("re-wrapped 1"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("re-wrapped 1"), "{stdout}");
     app.terminate();
 
     // After rotation the old key is no longer needed.
@@ -290,22 +225,9 @@ async fn key_rotation_keeps_every_file_readable() {
         .env("COFFER_ENCRYPTION_KEY", new_key)
         .spawn()
         .await;
-    assert_eq!(
-        app.download(&u.token, &id, &[])
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
-        &data[..]
-    );
-    assert!(
-        app.cli(&["check", "--deep"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    assert!(app.content_of(&u.token, id).await == data);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[tokio::test]
@@ -314,7 +236,7 @@ async fn files_from_before_encryption_still_download_and_can_be_converted() {
     let u = app.user("legacy").await;
     let data = marked_text(150_000);
     let f = app.stored(&u.token, "old.txt", data.clone()).await;
-    let id = f["id"].as_str().unwrap().to_owned();
+    let id = f["id"].as_str().unwrap();
     app.terminate();
 
     let key = secret();
@@ -323,23 +245,13 @@ async fn files_from_before_encryption_still_download_and_can_be_converted() {
         .env("COFFER_ENCRYPTION_KEY", key)
         .spawn()
         .await;
-    assert_eq!(
-        app.download(&u.token, &id, &[])
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
-        &data[..]
-    );
+    assert!(app.content_of(&u.token, id).await == data);
     let fresh = app.stored(&u.token, "new.txt", data.clone()).await;
     let out = app.cli(&["encrypt-existing"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("encrypted 1 files"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("encrypted 1 files"), "{stdout}");
     for blob in app.blob_files() {
         assert!(
             !contains(&std::fs::read(&blob).unwrap(), MARKER.as_bytes()),
@@ -347,34 +259,21 @@ async fn files_from_before_encryption_still_download_and_can_be_converted() {
             blob.display()
         );
     }
-    for fid in [id.as_str(), fresh["id"].as_str().unwrap()] {
+    for fid in [id, fresh["id"].as_str().unwrap()] {
         let r = app
             .download(&u.token, fid, &[("range", "bytes=70000-70099")])
             .await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), &data[70_000..70_100]);
     }
-    let v: Value = app
-        .authed(Method::GET, &format!("/api/v1/files/{id}"), &u.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.file(id).as_user(&u).expect(200).await;
     assert_eq!(v["sha256"], f["sha256"]);
-    assert!(
-        app.cli(&["check", "--deep"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 /// Everything a user does with files, with a name no log may repeat; the hashes of what was
-/// stored, and the id of the last file (deleted last).
+/// stored.
 async fn file_activity(app: &TestApp, token: &str, stem: &str) -> Vec<String> {
-    let mut hashes = Vec::new();
     let raw = app
         .stored(token, &format!("{stem}.txt"), marked_text(70_000))
         .await;
@@ -382,61 +281,29 @@ async fn file_activity(app: &TestApp, token: &str, stem: &str) -> Vec<String> {
         .upload_multipart(token, &format!("{stem} (2).png"), png(5_000))
         .await;
     assert_eq!(r.status(), 201);
-    let multi: Value = r.json().await.unwrap();
+    let multi: serde_json::Value = r.json().await.unwrap();
     let refused = app
         .upload(token, &format!("{stem}.exe"), b"MZ\x90\x00".to_vec())
         .await;
     problem(refused, 415).await;
+    let mut hashes = Vec::new();
     for f in [&raw, &multi] {
         let id = f["id"].as_str().unwrap();
         let etag = format!("\"{}\"", f["sha256"].as_str().unwrap());
         hashes.push(f["sha256"].as_str().unwrap().to_owned());
         assert_eq!(app.download(token, id, &[]).await.status(), 200);
-        let r = app
-            .download(
-                token,
-                id,
-                &[("if-none-match", &etag), ("range", "bytes=0-9")],
-            )
-            .await;
-        assert_eq!(r.status(), 304);
-        let head = app
-            .authed(Method::HEAD, &format!("/api/v1/files/{id}/content"), token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(head.status(), 200);
-        let r = app
-            .authed(Method::GET, &format!("/api/v1/files/{id}"), token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let link: Value = app
-            .authed(Method::POST, &format!("/api/v1/files/{id}/links"), token)
-            .json(&serde_json::json!({"expires_in": 60}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let r = app
-            .req(Method::GET, link["url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let unchanged = [("if-none-match", etag.as_str()), ("range", "bytes=0-9")];
+        assert_eq!(app.download(token, id, &unchanged).await.status(), 304);
+        let head = app.head(&format!("/api/v1/files/{id}/content"));
+        assert_eq!(head.bearer(token).status().await, 200);
+        assert_eq!(app.file(id).bearer(token).status().await, 200);
+        let link = app.new_link(token, id, &json!({"expires_in": 60})).await;
+        assert_eq!(app.get(link["url"].as_str().unwrap()).status().await, 200);
     }
     assert_eq!(app.pages("/api/v1/files", token, 1).await.len(), 2);
     for f in [&raw, &multi] {
         let id = f["id"].as_str().unwrap();
-        let r = app
-            .authed(Method::DELETE, &format!("/api/v1/files/{id}"), token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
+        assert_eq!(app.delete_file(id).bearer(token).status().await, 204);
     }
     hashes
 }

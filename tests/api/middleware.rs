@@ -4,7 +4,7 @@
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::helpers::{TestApp, problem};
+use crate::helpers::{Refusal, TestApp, account, problem};
 
 fn assert_security_headers(r: &Response) {
     let h = r.headers();
@@ -28,31 +28,21 @@ fn assert_security_headers(r: &Response) {
 async fn security_headers_on_200_404_405_413_429() {
     let app = TestApp::builder()
         .env("COFFER_RATE_LIMIT__REQUESTS_PER_SECOND", "1")
-        .env("COFFER_RATE_LIMIT__BURST", "3")
+        .env("COFFER_RATE_LIMIT__BURST", "4")
         .spawn()
         .await;
-    let ok = app
-        .req(Method::GET, "/api/v1/openapi.json")
-        .send()
-        .await
-        .unwrap();
+    let ok = app.get("/api/v1/openapi.json").send().await;
     assert_eq!(ok.status(), 200);
     assert_security_headers_except_cache(&ok);
-    let nf = app.req(Method::GET, "/api/v1/nope").send().await.unwrap();
+    let nf = app.get("/api/v1/nope").send().await;
     assert_eq!(nf.status(), 404);
     assert_security_headers(&nf);
-    assert!(
-        nf.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("frame-ancestors 'none'")
-    );
-    let big = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"username": "x".repeat(70_000), "password": "y"}),
-        )
-        .await;
+    let csp = nf.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let wrong_method = app.request(Method::PUT, "/api/v1/files").send().await;
+    assert_eq!(wrong_method.status(), 405);
+    assert_security_headers(&wrong_method);
+    let big = app.try_login(&"x".repeat(70_000), "y").send().await;
     assert_eq!(big.status(), 413);
     assert_security_headers(&big);
     let mut limited = None;
@@ -85,47 +75,57 @@ fn assert_security_headers_except_cache(r: &Response) {
 #[tokio::test]
 async fn errors_from_the_framework_are_problems() {
     let app = TestApp::spawn().await;
-    let r = app.req(Method::PUT, "/api/v1/files").send().await.unwrap();
-    assert!(r.headers().get("allow").is_some());
-    problem(r, 405).await;
-    problem(app.req(Method::GET, "/nowhere").send().await.unwrap(), 404).await;
-    let r = app
-        .req(Method::POST, "/api/v1/auth/login")
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    problem(r, 415).await;
-    let r = app
-        .req(Method::POST, "/api/v1/auth/login")
-        .header("content-type", "application/json")
-        .body("{nope")
-        .send()
-        .await
-        .unwrap();
-    problem(r, 400).await;
-    let r = app
-        .post_json("/api/v1/auth/login", &json!({"username": "a"}))
-        .await;
-    let v = problem(r, 422).await;
-    assert_eq!(v["errors"][0]["field"], "password");
-    let r = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"username": 5, "password": "x"}),
-        )
-        .await;
-    let v = problem(r, 422).await;
-    assert_eq!(v["errors"][0]["field"], "username");
+    // Methods a route does not have: 405 with Allow.
+    for (method, path) in [
+        (Method::PUT, "/api/v1/files"),
+        (Method::DELETE, "/api/v1/auth/login"),
+        (Method::PATCH, "/api/v1/users/me"),
+    ] {
+        let r = app.request(method.clone(), path).send().await;
+        let row = format!("{method} {path}");
+        assert!(r.headers().get("allow").is_some(), "{row}: no Allow");
+        let got = Refusal::of(r).await;
+        assert_eq!(got, (405, "method-not-allowed", ""), "{row}");
+    }
+    let login = |content_type: &str, body: &str| {
+        app.post("/api/v1/auth/login")
+            .header("content-type", content_type)
+            .body(body.to_owned())
+    };
+    for (row, req, want) in [
+        ("no such path", app.get("/nowhere"), (404, "not-found", "")),
+        (
+            "JSON sent as text",
+            login("text/plain", "{}"),
+            (415, "unsupported-media-type", ""),
+        ),
+        (
+            "malformed JSON",
+            login("application/json", "{nope"),
+            (400, "bad-request", ""),
+        ),
+        (
+            "a missing field",
+            app.post("/api/v1/auth/login")
+                .json(&json!({"username": "a"})),
+            (422, "validation-failed", "password"),
+        ),
+        (
+            "a field of the wrong type",
+            app.post("/api/v1/auth/login")
+                .json(&json!({"username": 5, "password": "x"})),
+            (422, "validation-failed", "username"),
+        ),
+    ] {
+        assert_eq!(req.refusal().await, want, "{row}");
+    }
 }
 
 #[tokio::test]
 async fn oversized_json_is_413() {
     let app = TestApp::spawn().await;
-    let body =
-        json!({"username": "a", "email": "a@example.com", "password": "x".repeat(65 * 1024)});
-    problem(app.post_json("/api/v1/auth/register", &body).await, 413).await;
+    let body = account("a", "a@example.com", &"x".repeat(65 * 1024));
+    app.register(&body).problem(413).await;
 }
 
 #[tokio::test]
@@ -135,13 +135,12 @@ async fn cors_answers_configured_origins_only() {
         .spawn()
         .await;
     let pre = app
-        .req(Method::OPTIONS, "/api/v1/files")
+        .request(Method::OPTIONS, "/api/v1/files")
         .header("origin", "https://app.example.com")
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", "authorization")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(pre.status(), 204);
     let h = pre.headers();
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
@@ -162,11 +161,10 @@ async fn cors_answers_configured_origins_only() {
     assert!(h.get("access-control-allow-credentials").is_none());
 
     let r = app
-        .req(Method::GET, "/healthz")
+        .get("/healthz")
         .header("origin", "https://app.example.com")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         r.headers()["access-control-allow-origin"],
         "https://app.example.com"
@@ -186,12 +184,11 @@ async fn cors_answers_configured_origins_only() {
     );
 
     let evil = app
-        .req(Method::OPTIONS, "/api/v1/files")
+        .request(Method::OPTIONS, "/api/v1/files")
         .header("origin", "https://evil.example.com")
         .header("access-control-request-method", "POST")
         .send()
-        .await
-        .unwrap();
+        .await;
     let no_cors = |h: &reqwest::header::HeaderMap| {
         let cors: Vec<_> = h
             .keys()
@@ -204,11 +201,11 @@ async fn cors_answers_configured_origins_only() {
     };
     no_cors(evil.headers());
     for origin in [Some("https://evil.example.com"), None] {
-        let mut req = app.req(Method::GET, "/healthz");
+        let mut req = app.get("/healthz");
         if let Some(o) = origin {
             req = req.header("origin", o);
         }
-        no_cors(req.send().await.unwrap().headers());
+        no_cors(req.send().await.headers());
     }
 }
 
@@ -219,35 +216,33 @@ async fn hosts_outside_the_allow_list_are_refused() {
         .spawn()
         .await;
     let r = app
-        .req(Method::GET, "/api/v1/openapi.json")
+        .get("/api/v1/openapi.json")
         .header("host", "evil.example.com")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_security_headers(&r);
     problem(r, 400).await;
     let r = app
-        .req(Method::GET, "/api/v1/openapi.json")
+        .get("/api/v1/openapi.json")
         .header("host", "FILES.example.com:8443")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     // Load balancers probe by IP.
-    let r = app.req(Method::GET, "/healthz").send().await.unwrap();
+    let r = app.get("/healthz").send().await;
     assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
 async fn hsts_only_behind_tls() {
     let app = TestApp::spawn().await;
-    let r = app.req(Method::GET, "/healthz").send().await.unwrap();
+    let r = app.get("/healthz").send().await;
     assert!(r.headers().get("strict-transport-security").is_none());
     let app = TestApp::builder()
         .env("COFFER_SERVER__BEHIND_TLS_PROXY", "true")
         .spawn()
         .await;
-    let r = app.req(Method::GET, "/nope").send().await.unwrap();
+    let r = app.get("/nope").send().await;
     assert_eq!(
         r.headers()["strict-transport-security"],
         "max-age=63072000; includeSubDomains"
@@ -258,54 +253,21 @@ async fn hsts_only_behind_tls() {
 async fn request_ids_are_echoed_only_when_plain() {
     let app = TestApp::spawn().await;
     let r = app
-        .req(Method::GET, "/healthz")
+        .get("/healthz")
         .header("x-request-id", "abc-123.X_y")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.headers()["x-request-id"], "abc-123.X_y");
     let r = app
-        .req(Method::GET, "/healthz")
+        .get("/healthz")
         .header("x-request-id", "bad id\twith tabs")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_ne!(r.headers()["x-request-id"], "bad id\twith tabs");
     let long = "a".repeat(65);
-    let r = app
-        .req(Method::GET, "/nope")
-        .header("x-request-id", &long)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/nope").header("x-request-id", &long).send().await;
     let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_ne!(id, long);
     let v = problem(r, 404).await;
     assert_eq!(v["request_id"], id.as_str());
-}
-
-#[tokio::test]
-async fn cleartext_http2_is_off_unless_configured() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    // The HTTP/2 preface, then an empty SETTINGS frame.
-    const OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-    async fn first_frame_type(app: &TestApp) -> Option<u8> {
-        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-        s.write_all(OPENING).await.unwrap();
-        let mut head = [0u8; 9];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
-                .await
-                .expect("the server answers or closes");
-        read.ok().map(|_| head[3])
-    }
-    // Off by default: the connection is closed without an HTTP/2 answer.
-    let app = TestApp::spawn().await;
-    assert_eq!(first_frame_type(&app).await, None);
-    // On: the server's SETTINGS frame (type 4) comes back.
-    let app = TestApp::builder()
-        .env("COFFER_SERVER__HTTP2", "true")
-        .spawn()
-        .await;
-    assert_eq!(first_frame_type(&app).await, Some(4));
 }

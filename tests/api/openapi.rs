@@ -35,13 +35,7 @@ const CONTRACT: &[(&str, &str)] = &[
 ];
 
 async fn document(app: &TestApp) -> Value {
-    let r = app
-        .req(Method::GET, "/api/v1/openapi.json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    app.get("/api/v1/openapi.json").expect(200).await
 }
 
 #[tokio::test]
@@ -74,7 +68,7 @@ async fn every_documented_operation_is_routed() {
                 .replace("{id}", "00000000-0000-4000-8000-000000000000")
                 .replace("{link}", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let r = app.req(m, &concrete).send().await.unwrap();
+            let r = app.request(m, &concrete).send().await;
             assert_ne!(r.status(), 405, "{method} {path}");
             if r.status() == 404 && *method != "head" {
                 let v: Value = r.json().await.unwrap();
@@ -114,12 +108,6 @@ fn routes_are_only_registered_through_the_documenting_macro() {
 #[tokio::test]
 async fn an_undocumented_path_hits_the_fallback() {
     let app = TestApp::spawn().await;
-    let r = app
-        .req(Method::GET, "/api/v1/secret-admin-panel")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let v: Value = r.json().await.unwrap();
+    let v = app.get("/api/v1/secret-admin-panel").problem(404).await;
     assert_eq!(v["detail"], "no route matches this path");
 }

@@ -5,42 +5,34 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::helpers::{TestApp, TestUser, problem};
-
-async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
-    app.post_json("/api/v1/auth/refresh", &json!({"refresh_token": token}))
-        .await
-}
+use crate::helpers::{TestApp, TestAppBuilder, TestUser};
 
 /// Refresh, expecting a new pair: (access, refresh).
 async fn rotated(app: &TestApp, token: &str) -> (String, String) {
-    let r = refresh(app, token).await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v = app.refresh(token).expect(200).await;
     (
         v["access_token"].as_str().unwrap().to_owned(),
         v["refresh_token"].as_str().unwrap().to_owned(),
     )
 }
 
-async fn me(app: &TestApp, access: &str) -> StatusCode {
-    app.authed(Method::GET, "/api/v1/users/me", access)
-        .send()
-        .await
-        .unwrap()
-        .status()
+/// What `GET /users/me` answers to an access token.
+async fn me(app: &TestApp, access: &str) -> u16 {
+    app.me().bearer(access).status().await
 }
 
-fn with_grace(secs: u64) -> crate::helpers::TestAppBuilder {
+fn with_grace(secs: u64) -> TestAppBuilder {
     TestApp::builder().env("COFFER_AUTH__REFRESH_REUSE_GRACE_SECS", secs.to_string())
 }
 
 /// Two refreshes of one token at once.
 async fn refresh_twice_at_once(app: &TestApp, u: &TestUser) -> [reqwest::Response; 2] {
-    let (a, b) = tokio::join!(refresh(app, &u.refresh), refresh(app, &u.refresh));
+    let (a, b) = tokio::join!(
+        app.refresh(&u.refresh).send(),
+        app.refresh(&u.refresh).send()
+    );
     [a, b]
 }
 
@@ -55,11 +47,9 @@ async fn without_grace_a_concurrent_double_refresh_revokes_the_login() {
     let won: Value = if a.status() == 200 { a } else { b }.json().await.unwrap();
     // Reuse detection, the contract's default: the winner's new pair died with the login.
     assert_eq!(me(&app, won["access_token"].as_str().unwrap()).await, 401);
-    problem(
-        refresh(&app, won["refresh_token"].as_str().unwrap()).await,
-        401,
-    )
-    .await;
+    app.refresh(won["refresh_token"].as_str().unwrap())
+        .problem(401)
+        .await;
 }
 
 #[tokio::test]
@@ -75,9 +65,9 @@ async fn with_grace_a_replay_answers_the_same_pair_until_the_window_closes() {
     }
     // After the window the same replay is reuse: 401 and the whole login is revoked.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    problem(refresh(&app, &u.refresh).await, 401).await;
+    app.refresh(&u.refresh).problem(401).await;
     assert_eq!(me(&app, &access2).await, 401);
-    problem(refresh(&app, &refresh2).await, 401).await;
+    app.refresh(&refresh2).problem(401).await;
     // The user's other logins are untouched.
     let (other, _) = app.login("retrier", &u.password).await;
     assert_eq!(me(&app, &other).await, 200);
@@ -94,9 +84,9 @@ async fn with_grace_only_the_token_rotated_last_is_forgiven() {
     assert_ne!(refresh3, refresh2);
     assert_eq!(me(&app, &access3).await, 200);
     // The first token is now two rotations old: reuse, the login is revoked.
-    problem(refresh(&app, &u.refresh).await, 401).await;
+    app.refresh(&u.refresh).problem(401).await;
     assert_eq!(me(&app, &access3).await, 401);
-    problem(refresh(&app, &refresh3).await, 401).await;
+    app.refresh(&refresh3).problem(401).await;
 }
 
 #[tokio::test]
@@ -104,7 +94,7 @@ async fn with_grace_a_concurrent_double_refresh_gives_both_the_same_pair() {
     let app = with_grace(30).spawn().await;
     let u = app.user("twotabs").await;
     let [a, b] = refresh_twice_at_once(&app, &u).await;
-    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     assert_eq!(a["refresh_token"], b["refresh_token"]);
     for pair in [&a, &b] {

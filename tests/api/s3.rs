@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use coffer::blob::s3::PART_SIZE;
 use object_store::ObjectStoreExt as _;
-use reqwest::{Method, Response};
+use reqwest::Response;
 use serde_json::Value;
 
 use crate::helpers::s3::{Gate, Mode, S3Env, fresh_prefix, within};
-use crate::helpers::{TestApp, problem, secret};
+use crate::helpers::{TestApp, assert_problem, problem, secret};
 
 /// ASCII text (an allowed `.txt` upload) of `len` bytes whose content depends on position.
 fn text(len: usize, marker: &str) -> Vec<u8> {
@@ -32,24 +32,12 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 /// A 503 problem that tells the client when to retry.
 async fn unavailable(r: Response) {
     let retry = r.headers().get("retry-after").cloned();
-    let body = problem(r, 503).await;
+    let body = assert_problem(r, 503, "service-unavailable").await;
     assert!(retry.is_some(), "no Retry-After on {body}");
-    assert!(
-        body["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("service-unavailable"),
-        "{body}"
-    );
 }
 
 async fn ready(app: &TestApp) -> u16 {
-    app.req(Method::GET, "/readyz")
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    app.get("/readyz").status().await
 }
 
 #[tokio::test]
@@ -107,12 +95,7 @@ async fn s3_files_round_trip_with_ranges_and_deletes() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"small and whole\n");
 
     // Deleting a file deletes its object.
-    let r = app
-        .authed(Method::DELETE, &format!("/api/v1/files/{id}"), &u.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete_file(id).as_user(&u).status().await, 204);
     let keys = s3.keys(&prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(!keys.iter().any(|k| k.ends_with(id)));
@@ -265,12 +248,7 @@ async fn an_object_store_outage_is_503_and_the_node_recovers_by_itself() {
         );
     }
     // Deleting while the store is down: the row goes at once, the object when it is back.
-    let r = app
-        .authed(Method::DELETE, &format!("/api/v1/files/{doomed}"), &u.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete_file(&doomed).as_user(&u).status().await, 204);
 
     gate.set(Mode::Open);
     within(Duration::from_secs(5), "ready again", || async {

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use crate::helpers::fixtures::png;
 use crate::helpers::{TestApp, bin, clean_env, secret};
 
 fn serve_with_secret(secret: Option<&str>) -> std::process::Output {
@@ -87,9 +88,7 @@ async fn env_overrides_win_over_the_config_file() {
         .spawn()
         .await;
     let u = app.user("fileonly").await;
-    let r = app
-        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-        .await;
+    let r = app.upload(&u.token, "a.png", png(100)).await;
     assert_eq!(r.status(), 413);
     drop(app);
     // The environment wins over the file.
@@ -99,9 +98,7 @@ async fn env_overrides_win_over_the_config_file() {
         .spawn()
         .await;
     let u = app.user("envwins").await;
-    let r = app
-        .upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-        .await;
+    let r = app.upload(&u.token, "a.png", png(100)).await;
     assert_eq!(r.status(), 201);
 }
 
@@ -119,12 +116,7 @@ async fn config_flag_wins_over_coffer_config() {
         .spawn()
         .await;
     let u = app.user("flagwins").await;
-    assert_eq!(
-        app.upload(&u.token, "a.png", crate::helpers::fixtures::png(100))
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(app.upload(&u.token, "a.png", png(100)).await.status(), 201);
 }
 
 #[test]

@@ -1,6 +1,22 @@
 //! The black-box harness: every test starts the real `coffer` binary on a free loopback port
-//! with a fresh storage root and a random secret, and talks to it over HTTP.
+//! with a fresh storage root and a random secret, and talks to it over HTTP. Dropping a
+//! [`TestApp`] stops it and fails the test if it left a temp file in the storage root.
 //!
+//! A case reads as the request and what must come back:
+//!
+//! ```ignore
+//! let u = app.user("alice").await;
+//! let f = app.stored(&u.token, "a.png", png(100)).await;            // 201 or the test fails
+//! app.file(id).as_user(&thief).problem(404).await;                  // calls.rs: one per route
+//! assert_eq!(app.me().api_key(&key).status().await, 200);
+//! for (row, body, want) in [("no lifetime", json!({"expires_in": 0}),
+//!                            (422, "validation-failed", "expires_in"))] {
+//!     assert_eq!(app.create_link(id, &body).as_user(&u).refusal().await, want, "{row}");
+//! }
+//! ```
+//!
+//! `request.rs` has `Req` and `Refusal`, `calls.rs` the per-route calls and the audit,
+//! blob and CLI helpers, `raw.rs` requests no client library sends, `fixtures.rs` the files.
 //! `TEST_LOG=1` echoes the server's log to stderr.
 
 #![allow(dead_code)]
@@ -17,10 +33,15 @@ use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+pub mod calls;
 pub mod fixtures;
 pub mod raw;
+pub mod request;
 pub mod s3;
 pub mod stack;
+
+pub use calls::{account, each_once, outcome};
+pub use request::{Refusal, assert_problem, file_form};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -121,7 +142,7 @@ impl TestAppBuilder {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start coffer");
         let logs = Arc::new(Mutex::new(String::new()));
-        pump(child.stderr.take().unwrap(), logs.clone());
+        let log_pump = pump(child.stderr.take().unwrap(), logs.clone());
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -132,15 +153,19 @@ impl TestAppBuilder {
             let mut sink = Vec::new();
             let _ = stdout.read_to_end(&mut sink);
         });
+        let started = Instant::now();
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         let addr: SocketAddr = match line.trim().strip_prefix("coffer listening on http://") {
             Some(a) => a.parse().unwrap(),
             None => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let status = child.wait();
+                // The log ends when the process does: read all of it before saying why.
+                let _ = log_pump.join();
+                let log = logs.lock().unwrap().clone();
                 panic!(
-                    "server did not start; stdout: {line:?}\nlog:\n{}",
-                    logs.lock().unwrap()
+                    "server did not start ({status:?} after {:?}); stdout: {line:?}\nlog:\n{log}",
+                    started.elapsed()
                 );
             }
         };
@@ -160,6 +185,7 @@ impl TestAppBuilder {
                 .build()
                 .unwrap(),
             env: self.env,
+            leftovers_expected: false,
         };
         if wait_ready {
             app.wait_ready().await;
@@ -190,7 +216,10 @@ pub fn clean_env(cmd: &mut Command) {
     cmd.current_dir(std::env::temp_dir());
 }
 
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn pump(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     let echo = std::env::var_os("TEST_LOG").is_some();
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
@@ -206,7 +235,7 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
                 }
             }
         }
-    });
+    })
 }
 
 /// A running server.
@@ -225,6 +254,8 @@ pub struct TestApp {
     /// An HTTP client that follows no redirects.
     pub client: Client,
     env: Vec<(String, String)>,
+    /// Set by [`TestApp::expect_leftovers`]: the drop check is off.
+    leftovers_expected: bool,
 }
 
 /// A registered, logged-in user.
@@ -512,6 +543,12 @@ impl TestApp {
         panic!("timed out waiting for: {what}");
     }
 
+    /// Declare that this server's storage root may keep temp files when the test ends: a test
+    /// that kills it with SIGKILL mid-upload leaves them by design. Turns the drop check off.
+    pub fn expect_leftovers(&mut self) {
+        self.leftovers_expected = true;
+    }
+
     /// Kill the server with SIGKILL (crash tests) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -544,9 +581,32 @@ impl TestApp {
     }
 }
 
+/// How long a dropped server may take to remove the temp file of an upload it refused or lost
+/// a moment ago (the removal runs after the answer).
+const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for TestApp {
+    /// Stops the server, then checks that it left no temp file in the storage root's `tmp/`
+    /// (every refused, aborted or failed upload must clean up after itself), unless the test
+    /// said otherwise ([`TestApp::expect_leftovers`]) or has already failed.
     fn drop(&mut self) {
+        let check = !self.leftovers_expected && !std::thread::panicking();
+        if check && self.child.is_some() {
+            let deadline = Instant::now() + LEFTOVER_GRACE;
+            while !self.temp_files().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         self.kill9();
+        if check {
+            let left = self.temp_files();
+            assert!(
+                left.is_empty(),
+                "the server left {} temp file(s) in the storage root: {left:?}\nlog:\n{}",
+                left.len(),
+                self.logs()
+            );
+        }
     }
 }
 
@@ -568,14 +628,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A response's `Content-Type` (empty when it has none).
+pub fn content_type(r: &Response) -> String {
+    r.headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 /// Assert a response is a problem document with `status`, returning its body.
 pub async fn problem(r: Response, status: u16) -> Value {
     let got = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let ct = content_type(&r);
     let body = r.text().await.unwrap();
     assert_eq!(got, status, "body: {body}");
     assert!(
@@ -584,6 +648,9 @@ pub async fn problem(r: Response, status: u16) -> Value {
     );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], status);
-    assert!(v["type"].is_string() && v["title"].is_string(), "{v}");
+    assert!(
+        v["type"].is_string() && v["title"].is_string() && v["detail"].is_string(),
+        "{v}"
+    );
     v
 }

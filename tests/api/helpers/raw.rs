@@ -141,6 +141,23 @@ impl RawConn {
     }
 }
 
+/// The head of a raw-body upload of `filename` that announces `content_length` bytes (and a
+/// `Content-Type`, when given), for a test that sends the body itself, or part of it.
+pub fn upload_head(
+    token: &str,
+    filename: &str,
+    content_length: u64,
+    content_type: Option<&str>,
+) -> Vec<u8> {
+    let content_type = content_type
+        .map(|t| format!("Content-Type: {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /api/v1/files?filename={filename} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {content_length}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// Send one request on a fresh connection and read its answer.
 pub async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut c = RawConn::open(addr).await;
