@@ -554,7 +554,8 @@ impl Config {
             }
         };
         need(
-            self.uploads.abandoned_after_secs >= self.limits.upload_idle_timeout_secs.saturating_mul(2),
+            self.uploads.abandoned_after_secs
+                >= self.limits.upload_idle_timeout_secs.saturating_mul(2),
             "uploads.abandoned_after_secs must be at least twice limits.upload_idle_timeout_secs (a live upload sends a byte that often, or is aborted)",
         );
         need(

@@ -201,7 +201,13 @@ impl PrincipalCache {
         let Ok(missed) = usize::try_from(missed) else {
             return;
         };
-        if missed > s.recent.len() || s.recent.iter().rev().take(missed).any(|r| covers(*r, &value)) {
+        if missed > s.recent.len()
+            || s.recent
+                .iter()
+                .rev()
+                .take(missed)
+                .any(|r| covers(*r, &value))
+        {
             return;
         }
         if s.entries.len() >= MAX_ENTRIES {
@@ -402,7 +408,11 @@ mod tests {
         assert!(c.is_live());
         assert_eq!(c.get(b"t"), None, "what was cached before is gone");
         c.put(b"t".to_vec(), v, started, MINUTE);
-        assert_eq!(c.get(b"t"), None, "a check from before the outage cannot put it back");
+        assert_eq!(
+            c.get(b"t"),
+            None,
+            "a check from before the outage cannot put it back"
+        );
         c.put(b"t".to_vec(), v, c.epoch(), MINUTE);
         assert!(c.get(b"t").is_some());
     }

@@ -140,7 +140,10 @@ impl LoginThrottle {
             return self.succeeded_here(username, ip);
         };
         let (user, net) = (username.to_lowercase(), network_key(ip).to_string());
-        if let Err(e) = t.succeeded(&user, &net, Timestamp::now(), self.rules()).await {
+        if let Err(e) = t
+            .succeeded(&user, &net, Timestamp::now(), self.rules())
+            .await
+        {
             tracing::warn!(error = %e, "cannot record a login in the shared throttle");
         }
     }
@@ -295,7 +298,9 @@ mod tests {
         for i in 0..40u8 {
             t.failed_here("bob", IpAddr::from([10, 0, 0, i]));
         }
-        let wait = t.check_here("bob", "192.0.2.1".parse().unwrap()).unwrap_err();
+        let wait = t
+            .check_here("bob", "192.0.2.1".parse().unwrap())
+            .unwrap_err();
         assert!(wait <= 30, "{wait}");
     }
 }

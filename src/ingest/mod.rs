@@ -31,7 +31,8 @@ use crate::crypto::segment::Sealer;
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
-use crate::meta::files::{self, FileObject, StoredFile};
+use crate::meta::files::{FileObject, StoredFile};
+use crate::meta::uploads::Committed;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
 use quota::{Quota, QuotaError, Reservation};
 
@@ -444,11 +445,7 @@ impl Sink {
             .ok_or_else(|| lost("upload pipeline is gone"))
     }
 
-    async fn finish(
-        mut self,
-        state: &Ingest,
-        id: FileId,
-    ) -> Result<Finished, IngestError> {
+    async fn finish(mut self, state: &Ingest, id: FileId) -> Result<Finished, IngestError> {
         // The last bytes and the end of the stream in one hand-off (a small upload's only one).
         let mut pipeline = self.settle().await?;
         let batch = std::mem::take(&mut self.pending);
@@ -535,10 +532,19 @@ impl Staged {
         }
         // The row in and the reservation out, in one transaction.
         let upload = self.reservation.id();
-        let inserted = match state.meta.uploads().commit(upload, self.stored.clone()).await {
-            Ok(files::Inserted::Inserted) => Ok(()),
+        let inserted = match state
+            .meta
+            .uploads()
+            .commit(upload, self.stored.clone())
+            .await
+        {
+            Ok(Committed::Inserted) => Ok(()),
             // The owner was locked for deletion after this upload authenticated.
-            Ok(files::Inserted::OwnerGone) => Err(IngestError::OwnerGone),
+            Ok(Committed::OwnerGone) => Err(IngestError::OwnerGone),
+            // Stalled so long (the database unreachable) that a sweeper took it for abandoned.
+            Ok(Committed::Swept) => Err(IngestError::Meta(MetaError::Unavailable(
+                "the upload was taken for abandoned while it committed".into(),
+            ))),
             Err(e) => Err(IngestError::from(e)),
         };
         if let Err(e) = inserted {

@@ -163,7 +163,13 @@ mod tests {
         ] {
             assert_eq!(Revoked::decode(&r.encode()), Some(r));
         }
-        for bad in ["", "s:", "x:00000000-0000-0000-0000-000000000000", "u:nope", "**"] {
+        for bad in [
+            "",
+            "s:",
+            "x:00000000-0000-0000-0000-000000000000",
+            "u:nope",
+            "**",
+        ] {
             assert_eq!(Revoked::decode(bad), None, "{bad}");
         }
     }

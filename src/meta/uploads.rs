@@ -16,6 +16,15 @@ use crate::ids::{Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::files::{Inserted, StoredFile};
 
+impl From<Inserted> for Committed {
+    fn from(i: Inserted) -> Self {
+        match i {
+            Inserted::Inserted => Self::Inserted,
+            Inserted::OwnerGone => Self::OwnerGone,
+        }
+    }
+}
+
 /// A reservation to grant.
 #[derive(Debug, Clone)]
 pub struct NewReservation {
@@ -62,6 +71,18 @@ pub enum Reserved {
     Exceeded,
 }
 
+/// What committing an upload came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The row is in and the reservation ended.
+    Inserted,
+    /// The owner is gone or locked for deletion: no row; the reservation ended.
+    OwnerGone,
+    /// The reservation was gone: a sweeper took the upload for abandoned and is cleaning up
+    /// after it (or has). No row was written, and none will be for this upload.
+    Swept,
+}
+
 /// An upload nobody has touched for too long: its node died (or lost the database).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abandoned {
@@ -89,21 +110,27 @@ pub trait Uploads: Send + Sync {
     /// Bytes arrived: the upload is alive.
     async fn touch(&self, id: UploadId, now: Timestamp) -> Result<(), MetaError>;
 
-    /// Insert the upload's file row and end its reservation, in one transaction (the
-    /// reservation ends whether or not the owner could take the row).
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Inserted, MetaError>;
+    /// End the upload's reservation and insert its file row, in one transaction (the
+    /// reservation ends whether or not the owner could take the row). Without the
+    /// reservation (a sweeper claimed it) nothing is written: the sweeper may be deleting the
+    /// blob, so no row may point at it.
+    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError>;
 
-    /// End a reservation (the upload failed, or a sweeper cleaned up after it); `false` when
-    /// it was already gone.
+    /// End a reservation (the upload failed, or a sweeper claims it to clean up after it);
+    /// `false` when it was already gone. Whoever removes the row owns what comes next.
     async fn release(&self, id: UploadId) -> Result<bool, MetaError>;
+
+    /// Claim an abandoned upload for clean-up, in one transaction: end its reservation and,
+    /// unless a file row points at its blob key, queue that key for deletion (a blob its node
+    /// committed before dying; the queue's worker deletes it, retrying until the store
+    /// answers). `false` when the reservation was already gone (another sweeper, or the
+    /// upload committed after all).
+    async fn claim_abandoned(&self, id: UploadId, now: Timestamp) -> Result<bool, MetaError>;
 
     /// Bytes the owner's uploads in flight hold now.
     async fn reserved_bytes(&self, owner: UserId) -> Result<u64, MetaError>;
 
     /// Reservations last touched before `before`, oldest first.
-    async fn abandoned(
-        &self,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<Abandoned>, MetaError>;
+    async fn abandoned(&self, before: Timestamp, limit: usize)
+    -> Result<Vec<Abandoned>, MetaError>;
 }

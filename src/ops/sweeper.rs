@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use crate::audit::{AuditLog, Event, Record};
-use crate::blob::{BlobError, BlobKey, BlobStore};
+use crate::blob::{BlobKey, BlobStore};
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
 use crate::meta::throttle::ThrottleRules;
@@ -161,28 +161,29 @@ impl Sweeper {
     }
 
     async fn clean_up(&self, upload: &Abandoned) -> anyhow::Result<()> {
-        // A key that is not one we make is not touched; the reservation still goes.
-        if let Some(key) = upload.blob_key.as_deref().and_then(BlobKey::parse) {
-            if let Some(staging) = &upload.staging_id {
-                self.blobs.abort_staged(&key, staging).await?;
-            }
-            // Committed into place, but the node died before the row went in: nobody else
-            // will ever reference this key (it was made from the upload's fresh id).
-            if !self
-                .meta
-                .files()
-                .blob_key_exists(key.as_str().to_owned())
-                .await?
-            {
-                match self.blobs.delete(&key).await {
-                    Ok(()) | Err(BlobError::NotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        let key = upload.blob_key.as_deref().and_then(BlobKey::parse);
+        // What it staged first (harmless when already gone): while this fails the reservation
+        // stays, and the next sweep tries again.
+        if let (Some(key), Some(staging)) = (&key, &upload.staging_id) {
+            self.blobs.abort_staged(key, staging).await?;
         }
-        if self.meta.uploads().release(upload.id).await? {
-            tracing::info!(upload.id = %upload.id, owner = %upload.owner, node = %upload.node, "cleaned up an abandoned upload");
+        // Then claim it: whoever removes the reservation owns the clean-up, and from then on
+        // the upload's own commit (were its node alive but stalled) writes no row. A blob it
+        // committed without a row is queued for deletion in the same transaction.
+        if !self
+            .meta
+            .uploads()
+            .claim_abandoned(upload.id, Timestamp::now())
+            .await?
+        {
+            return Ok(());
         }
+        if let Some(key) = &key
+            && let Err(e) = removal::purge_blob(&self.meta, &self.blobs, key.as_str()).await
+        {
+            tracing::warn!(error = %e, upload.id = %upload.id, "cannot delete an abandoned upload's blob yet; it stays queued");
+        }
+        tracing::info!(upload.id = %upload.id, owner = %upload.owner, node = %upload.node, "cleaned up an abandoned upload");
         Ok(())
     }
 }

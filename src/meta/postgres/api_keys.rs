@@ -98,10 +98,11 @@ pub async fn delete(
              SELECT pg_notify($3, $4) FROM gone",
         )
         .await?;
-    Ok(c
-        .execute(&st, &[&id, &user, &REVOCATIONS_CHANNEL, &payload])
-        .await?
-        == 1)
+    Ok(
+        c.execute(&st, &[&id, &user, &REVOCATIONS_CHANNEL, &payload])
+            .await?
+            == 1,
+    )
 }
 
 #[async_trait]

@@ -20,9 +20,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::tls::MakeRustls;
 use crate::meta::error::{MetaError, describe};
@@ -196,8 +196,10 @@ pub(crate) async fn dedicated(
 }
 
 /// Drive a dedicated connection, passing on its notifications; ends with it.
-async fn forward<S, T>(mut conn: tokio_postgres::Connection<S, T>, tx: mpsc::UnboundedSender<String>)
-where
+async fn forward<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: mpsc::UnboundedSender<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {

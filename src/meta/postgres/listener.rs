@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
-use super::conn::{self, Settings};
 use super::REVOCATIONS_CHANNEL;
+use super::conn::{self, Settings};
 use crate::meta::revocations::{Hub, Revoked};
 
 /// How often an idle listener checks that its connection still answers.
@@ -63,7 +63,11 @@ pub(super) async fn run(settings: Settings, hub: Hub) {
 }
 
 /// Apply notifications until the connection ends or stops answering.
-async fn serve(client: &tokio_postgres::Client, rx: &mut mpsc::UnboundedReceiver<String>, hub: &Hub) {
+async fn serve(
+    client: &tokio_postgres::Client,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    hub: &Hub,
+) {
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;

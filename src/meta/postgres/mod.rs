@@ -262,7 +262,10 @@ impl Cluster for Postgres {
 
 /// `SELECT pg_notify(channel, payload)` in the caller's transaction: delivered to every
 /// listening node when it commits, never if it rolls back.
-pub(crate) async fn notify(c: &impl deadpool_postgres::GenericClient, payload: &str) -> PgResult<()> {
+pub(crate) async fn notify(
+    c: &impl deadpool_postgres::GenericClient,
+    payload: &str,
+) -> PgResult<()> {
     let st = c.prepare_cached("SELECT pg_notify($1, $2)").await?;
     c.execute(&st, &[&REVOCATIONS_CHANNEL, &payload]).await?;
     Ok(())

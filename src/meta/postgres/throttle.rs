@@ -24,16 +24,20 @@ async fn bump(
     let st = c
         .prepare_cached(
             "INSERT INTO login_failures AS f (username, network, failures, last_at, until_at)
-             VALUES ($1, $2, 1, $3,
-                     CASE WHEN 1 >= $4 THEN $3 + LEAST(1000000, $5) ELSE $3 END)
+             VALUES ($1, $2, 1, $3::BIGINT,
+                     CASE WHEN 1 >= $4::INT THEN $3::BIGINT + LEAST(1000000, $5::BIGINT)
+                          ELSE $3::BIGINT END)
              ON CONFLICT (username, network) DO UPDATE SET
-                 failures = CASE WHEN $3 - f.last_at >= $6 THEN 1 ELSE f.failures + 1 END,
-                 last_at = $3,
+                 failures = CASE WHEN $3::BIGINT - f.last_at >= $6::BIGINT THEN 1
+                                 ELSE f.failures + 1 END,
+                 last_at = $3::BIGINT,
                  until_at = CASE
-                     WHEN (CASE WHEN $3 - f.last_at >= $6 THEN 1 ELSE f.failures + 1 END) >= $4
-                     THEN $3 + LEAST((1::BIGINT << LEAST(
-                         (CASE WHEN $3 - f.last_at >= $6 THEN 1 ELSE f.failures + 1 END) - $4,
-                         20)) * 1000000, $5)
+                     WHEN (CASE WHEN $3::BIGINT - f.last_at >= $6::BIGINT THEN 1
+                                ELSE f.failures + 1 END) >= $4::INT
+                     THEN $3::BIGINT + LEAST((1::BIGINT << LEAST(
+                         (CASE WHEN $3::BIGINT - f.last_at >= $6::BIGINT THEN 1
+                               ELSE f.failures + 1 END) - $4::INT,
+                         20)) * 1000000, $5::BIGINT)
                      ELSE f.until_at END",
         )
         .await?;
@@ -72,7 +76,7 @@ impl LoginThrottles for Postgres {
                            AND (network = $2
                                 OR (network = '' AND NOT EXISTS (
                                     SELECT 1 FROM login_known
-                                    WHERE username = $1 AND network = $2 AND at > $3 - $4)))",
+                                    WHERE username = $1 AND network = $2 AND at > $3::BIGINT - $4::BIGINT)))",
                     )
                     .await?;
                 let until: Option<i64> = c
@@ -133,10 +137,10 @@ impl LoginThrottles for Postgres {
                     // The freshest few, none stale.
                     let keep = i64::from(rules.known_per_account);
                     t.execute(
-                        "DELETE FROM login_known WHERE username = $1 AND (at <= $2 - $3
+                        "DELETE FROM login_known WHERE username = $1 AND (at <= $2::BIGINT - $3::BIGINT
                              OR network NOT IN (SELECT network FROM login_known
                                                 WHERE username = $1
-                                                ORDER BY at DESC LIMIT $4))",
+                                                ORDER BY at DESC LIMIT $4::BIGINT))",
                         &[user, now, &rules.known_for_us, &keep],
                     )
                     .await?;
@@ -162,9 +166,11 @@ impl LoginThrottles for Postgres {
                 // a request conforms while that stays within the burst's tolerance of now.
                 let st = c
                     .prepare_cached(
-                        "INSERT INTO login_budget AS b (network, tat) VALUES ($1, $2 + $3)
-                         ON CONFLICT (network) DO UPDATE SET tat = GREATEST(b.tat, $2) + $3
-                         WHERE GREATEST(b.tat, $2) + $3 - $2 <= $4
+                        "INSERT INTO login_budget AS b (network, tat) VALUES ($1, $2::BIGINT + $3::BIGINT)
+                         ON CONFLICT (network) DO UPDATE
+                             SET tat = GREATEST(b.tat, $2::BIGINT) + $3::BIGINT
+                         WHERE GREATEST(b.tat, $2::BIGINT) + $3::BIGINT - $2::BIGINT
+                               <= $4::BIGINT
                          RETURNING tat",
                     )
                     .await?;
@@ -193,13 +199,13 @@ impl LoginThrottles for Postgres {
             Box::pin(async move {
                 let mut n = t
                     .execute(
-                        "DELETE FROM login_failures WHERE until_at <= $1 AND last_at <= $1 - $2",
+                        "DELETE FROM login_failures WHERE until_at <= $1 AND last_at <= $1::BIGINT - $2::BIGINT",
                         &[now, &rules.window_us],
                     )
                     .await?;
                 n += t
                     .execute(
-                        "DELETE FROM login_known WHERE at <= $1 - $2",
+                        "DELETE FROM login_known WHERE at <= $1::BIGINT - $2::BIGINT",
                         &[now, &rules.known_for_us],
                     )
                     .await?;

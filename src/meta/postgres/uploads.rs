@@ -12,8 +12,8 @@ use deadpool_postgres::GenericClient;
 use super::{IsolationLevel, PgResult, Postgres, Tx};
 use crate::ids::{Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
-use crate::meta::files::{Inserted, StoredFile};
-use crate::meta::uploads::{Abandoned, NewReservation, Reserved, Uploads};
+use crate::meta::files::StoredFile;
+use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -130,9 +130,7 @@ impl Uploads for Postgres {
         self.one((id, now), |c, (id, now)| {
             Box::pin(async move {
                 let st = c
-                    .prepare_cached(
-                        "UPDATE upload_reservations SET touched_at = $2 WHERE id = $1",
-                    )
+                    .prepare_cached("UPDATE upload_reservations SET touched_at = $2 WHERE id = $1")
                     .await?;
                 c.execute(&st, &[id, now]).await.map(|_| ())
             })
@@ -140,12 +138,15 @@ impl Uploads for Postgres {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Inserted, MetaError> {
+    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
         self.tx(IsolationLevel::ReadCommitted, (id, file), |t, (id, f)| {
             Box::pin(async move {
-                let inserted = super::files::insert(t, f).await?;
-                release(t, *id).await?;
-                Ok(inserted)
+                // The delete locks the reservation: a sweeper claiming it waits for this
+                // commit and then finds it gone (and the row in), or took it first.
+                if !release(t, *id).await? {
+                    return Ok(Committed::Swept);
+                }
+                Ok(super::files::insert(t, f).await?.into())
             })
         })
         .await
@@ -153,6 +154,31 @@ impl Uploads for Postgres {
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
         self.one(id, |c, &id| Box::pin(release(c, id))).await
+    }
+
+    async fn claim_abandoned(&self, id: UploadId, now: Timestamp) -> Result<bool, MetaError> {
+        self.one((id, now), |c, (id, now)| {
+            Box::pin(async move {
+                // One statement: the delete locks the reservation (a stalled upload's commit
+                // waits, then finds it gone), the key is queued unless a row holds it.
+                let st = c
+                    .prepare_cached(
+                        "WITH gone AS (
+                             DELETE FROM upload_reservations WHERE id = $1 RETURNING blob_key),
+                              queued AS (
+                             INSERT INTO blob_deletions (blob_key, queued_at)
+                             SELECT blob_key, $2 FROM gone
+                             WHERE blob_key IS NOT NULL
+                               AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blob_key = gone.blob_key)
+                             ON CONFLICT (blob_key) DO NOTHING)
+                         SELECT count(*) FROM gone",
+                    )
+                    .await?;
+                let n: i64 = c.query_one(&st, &[id, now]).await?.try_get(0)?;
+                Ok(n == 1)
+            })
+        })
+        .await
     }
 
     async fn reserved_bytes(&self, owner: UserId) -> Result<u64, MetaError> {

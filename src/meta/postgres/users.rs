@@ -297,9 +297,11 @@ impl Users for Postgres {
     async fn lock(&self, id: UserId) -> Result<Locked, MetaError> {
         let payload = self.payload(Revoked::User(id));
         let locked = self
-            .tx(IsolationLevel::ReadCommitted, (id, payload), |t, (id, p)| {
-                Box::pin(lock(t, *id, p))
-            })
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, payload),
+                |t, (id, p)| Box::pin(lock(t, *id, p)),
+            )
             .await?;
         if locked == Locked::Locked {
             self.announce(Some(Revoked::User(id)));

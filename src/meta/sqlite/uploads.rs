@@ -3,13 +3,13 @@
 //! transaction is exact.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Sqlite;
 use crate::ids::{Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
-use crate::meta::files::{Inserted, StoredFile};
-use crate::meta::uploads::{Abandoned, NewReservation, Reserved, Uploads};
+use crate::meta::files::StoredFile;
+use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -73,9 +73,11 @@ fn abandoned(c: &Connection, before: Timestamp, limit: usize) -> rusqlite::Resul
 }
 
 fn release(c: &Connection, id: UploadId) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
-        .execute([id])?
-        == 1)
+    Ok(
+        c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
+            .execute([id])?
+            == 1,
+    )
 }
 
 #[async_trait]
@@ -102,17 +104,37 @@ impl Uploads for Sqlite {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Inserted, MetaError> {
+    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
         self.write(move |c| {
-            let inserted = super::files::insert(c, &file)?;
-            release(c, id)?;
-            Ok(inserted)
+            if !release(c, id)? {
+                return Ok(Committed::Swept);
+            }
+            Ok(super::files::insert(c, &file)?.into())
         })
         .await
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
         self.write(move |c| release(c, id)).await
+    }
+
+    async fn claim_abandoned(&self, id: UploadId, now: Timestamp) -> Result<bool, MetaError> {
+        self.write(move |c| {
+            let key: Option<Option<String>> = c
+                .prepare_cached("DELETE FROM upload_reservations WHERE id = ?1 RETURNING blob_key")?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            let Some(key) = key else {
+                return Ok(false);
+            };
+            if let Some(key) = key
+                && !super::files::blob_key_exists(c, &key)?
+            {
+                super::files::queue_blob_deletion(c, &key, now)?;
+            }
+            Ok(true)
+        })
+        .await
     }
 
     async fn reserved_bytes(&self, owner: UserId) -> Result<u64, MetaError> {
