@@ -9,12 +9,23 @@
 //! rolled-back change); each node listens on a connection of its own and publishes what it
 //! hears (`postgres::listener`).
 //!
+//! "At once" on the other nodes: the committing node does not return until its own listener
+//! has heard the announcement come back ([`Hub::echo`]). PostgreSQL hands a committed
+//! notification to every listening session at the same moment, so by then the other nodes'
+//! listeners have it too, and the caller's next request, wherever it lands, finds the entry
+//! dropped. The wait is bounded ([`ECHO_WAIT`]); the revocation is in the database either way.
+//!
 //! Invariant: a sink serves from memory only while its feed is live. A node that may have
 //! missed an announcement (its listener lost its connection, the database restarted) tells
 //! its sinks the feed is down, and when it is live again, that everything may have been
 //! revoked meanwhile.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use crate::ids::{ApiKeyId, SessionId, UserId};
 
@@ -74,8 +85,14 @@ pub trait RevocationSink: Send + Sync {
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
 
+/// The longest a revoking call waits for its own announcement to come back.
+pub const ECHO_WAIT: Duration = Duration::from_secs(1);
+
 struct HubInner {
     node: String,
+    /// Announcements of this node waiting to be heard back, by id.
+    echoes: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_echo: AtomicU64,
     /// Whether announcements from other nodes arrive (always, with one node).
     live: RwLock<bool>,
     sinks: RwLock<Vec<Arc<dyn RevocationSink>>>,
@@ -86,6 +103,8 @@ impl Hub {
     pub fn new(live: bool) -> Self {
         Self(Arc::new(HubInner {
             node: new_node_id(),
+            echoes: Mutex::new(HashMap::new()),
+            next_echo: AtomicU64::new(1),
             live: RwLock::new(live),
             sinks: RwLock::new(Vec::new()),
         }))
@@ -95,6 +114,34 @@ impl Hub {
     /// twice; reservations and leases name their holder with it).
     pub fn node(&self) -> &str {
         &self.0.node
+    }
+
+    /// Whether announcements from the other nodes arrive now.
+    pub fn is_live(&self) -> bool {
+        self.0.live.read().map(|l| *l).unwrap_or(false)
+    }
+
+    /// A fresh announcement of this node, to be awaited ([`Echo::heard`]) once its
+    /// transaction committed. Its [`Echo::origin`] begins the notification's payload.
+    pub fn echo(&self) -> Echo {
+        let id = self.0.next_echo.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut e) = self.0.echoes.lock() {
+            e.insert(id, tx);
+        }
+        Echo {
+            hub: self.clone(),
+            id,
+            rx: Some(rx),
+        }
+    }
+
+    /// The listener heard this node's announcement `id` come back.
+    pub fn heard(&self, id: u64) {
+        let waiting = self.0.echoes.lock().ok().and_then(|mut e| e.remove(&id));
+        if let Some(tx) = waiting {
+            let _ = tx.send(());
+        }
     }
 
     /// Add a sink; it learns at once whether the feed is live.
@@ -129,6 +176,38 @@ impl Hub {
     }
 }
 
+/// One announcement of this node on its way: its id travels in the payload
+/// (`<node> <id> <revocation>`), and the listener reports it heard back.
+pub struct Echo {
+    hub: Hub,
+    id: u64,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Echo {
+    /// `<node> <id>`: what the payload starts with.
+    pub fn origin(&self) -> String {
+        format!("{} {}", self.hub.node(), self.id)
+    }
+
+    /// Wait (at most [`ECHO_WAIT`], and not at all while the feed is down) until the
+    /// announcement has come back to this node, and so reached the other nodes' listeners.
+    pub async fn heard(mut self) {
+        let Some(rx) = self.rx.take() else { return };
+        if self.hub.is_live() && tokio::time::timeout(ECHO_WAIT, rx).await.is_err() {
+            tracing::debug!("a revocation's announcement did not come back in time");
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Ok(mut e) = self.hub.0.echoes.lock() {
+            e.remove(&self.id);
+        }
+    }
+}
+
 /// A fresh node id: the host name (for people reading the tables) and 8 random hex digits.
 fn new_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -152,6 +231,19 @@ fn new_node_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_echo_ends_the_wait_when_heard_and_is_forgotten_when_dropped() {
+        let hub = Hub::new(true);
+        let e = hub.echo();
+        let id: u64 = e.origin().rsplit_once(' ').unwrap().1.parse().unwrap();
+        hub.heard(id);
+        let started = std::time::Instant::now();
+        e.heard().await;
+        assert!(started.elapsed() < ECHO_WAIT);
+        drop(hub.echo());
+        assert!(hub.0.echoes.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn revocations_travel_as_text_and_back() {

@@ -121,13 +121,15 @@ impl ApiKeys for Postgres {
     }
 
     async fn delete(&self, user: UserId, id: ApiKeyId) -> Result<bool, MetaError> {
-        let payload = self.payload(Revoked::ApiKey(id));
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::ApiKey(id));
         let deleted = self
             .one((user, id, payload), |c, (user, id, p)| {
                 Box::pin(delete(c, *user, *id, p))
             })
             .await?;
-        self.announce(deleted.then_some(Revoked::ApiKey(id)));
+        self.announce(deleted.then_some(Revoked::ApiKey(id)), echo)
+            .await;
         Ok(deleted)
     }
 }

@@ -87,13 +87,18 @@ async fn serve(
     }
 }
 
-/// One notification: `<node> <revocation>`; this node's own were applied when they committed.
+/// One notification: `<node> <echo id> <revocation>`. This node's own were applied when they
+/// committed; hearing one back ends its caller's wait.
 fn apply(hub: &Hub, payload: &str) {
-    let Some((node, what)) = payload.split_once(' ') else {
+    let mut parts = payload.splitn(3, ' ');
+    let (Some(node), Some(echo), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
         tracing::warn!("ignoring a malformed revocation notification");
         return;
     };
     if node == hub.node() {
+        if let Ok(id) = echo.parse() {
+            hub.heard(id);
+        }
         return;
     }
     match Revoked::decode(what) {

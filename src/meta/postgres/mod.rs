@@ -44,7 +44,7 @@ use conn::{classify, is_retryable, pool_error};
 use crate::meta::error::MetaError;
 use crate::meta::maintenance::{Cluster, Maintenance};
 use crate::meta::migrations;
-use crate::meta::revocations::{Hub, Revoked};
+use crate::meta::revocations::{Echo, Hub, Revoked};
 
 /// A pooled connection.
 pub(crate) type Client = deadpool_postgres::Object;
@@ -111,16 +111,18 @@ impl Postgres {
         })
     }
 
-    /// What travels to the other nodes for `what`: `<node> <revocation>`.
-    pub(crate) fn payload(&self, what: Revoked) -> String {
-        format!("{} {}", self.hub.node(), what.encode())
+    /// What travels to the other nodes for `what`: `<node> <echo id> <revocation>`.
+    pub(crate) fn payload(echo: &Echo, what: Revoked) -> String {
+        format!("{} {}", echo.origin(), what.encode())
     }
 
     /// After a revoking transaction committed (its `NOTIFY` went to the other nodes with it):
-    /// tell this process's caches.
-    pub(crate) fn announce(&self, what: Option<Revoked>) {
+    /// tell this process's caches, then wait until the announcement came back to this node's
+    /// listener, and so reached the other nodes' (see `meta::revocations`).
+    pub(crate) async fn announce(&self, what: Option<Revoked>, echo: Echo) {
         if let Some(what) = what {
             self.hub.publish(what);
+            echo.heard().await;
         }
     }
 

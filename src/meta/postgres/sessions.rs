@@ -52,8 +52,8 @@ pub struct RotateArgs {
     pub expires_at: Timestamp,
     /// Replays of a token rotated at or after this are not reuse.
     pub grace_since: Option<Timestamp>,
-    /// This node, named in the announcement of a revocation.
-    pub node: String,
+    /// `<node> <echo id>`: how the announcement of a revocation begins.
+    pub origin: String,
 }
 
 /// Spend `old` and record `new` in its place, in the caller's serializable transaction (the
@@ -84,7 +84,7 @@ pub async fn rotate(t: &Tx<'_>, a: &RotateArgs) -> PgResult<Rotation> {
             return Ok(Rotation::Replayed { session, user });
         }
         revoke(t, session, a.now).await?;
-        let payload = format!("{} {}", a.node, Revoked::Session(session).encode());
+        let payload = format!("{} {}", a.origin, Revoked::Session(session).encode());
         notify(t, &payload).await?;
         return Ok(Rotation::Reused { session, user });
     }
@@ -224,13 +224,14 @@ impl Sessions for Postgres {
         expires_at: Timestamp,
         grace_since: Option<Timestamp>,
     ) -> Result<Rotation, MetaError> {
+        let echo = self.hub.echo();
         let args = RotateArgs {
             old,
             new,
             now,
             expires_at,
             grace_since,
-            node: self.hub.node().to_owned(),
+            origin: echo.origin(),
         };
         let rotation = self
             .tx(IsolationLevel::Serializable, args, |t, a| {
@@ -238,7 +239,7 @@ impl Sessions for Postgres {
             })
             .await?;
         if let Rotation::Reused { session, .. } = rotation {
-            self.announce(Some(Revoked::Session(session)));
+            self.announce(Some(Revoked::Session(session)), echo).await;
         }
         Ok(rotation)
     }
@@ -250,7 +251,8 @@ impl Sessions for Postgres {
         token_expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<(), MetaError> {
-        let payload = self.payload(Revoked::Session(session));
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::Session(session));
         self.one(
             (session, jti, token_expires_at, now, payload),
             |c, (session, jti, expires, now, payload)| {
@@ -258,7 +260,7 @@ impl Sessions for Postgres {
             },
         )
         .await?;
-        self.announce(Some(Revoked::Session(session)));
+        self.announce(Some(Revoked::Session(session)), echo).await;
         Ok(())
     }
 

@@ -280,7 +280,8 @@ impl Users for Postgres {
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<RoleChange, MetaError> {
-        let payload = self.payload(Revoked::User(id));
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::User(id));
         let change = self
             .tx(
                 IsolationLevel::ReadCommitted,
@@ -289,13 +290,14 @@ impl Users for Postgres {
             )
             .await?;
         if let RoleChange::Changed(_) = change {
-            self.announce(Some(Revoked::User(id)));
+            self.announce(Some(Revoked::User(id)), echo).await;
         }
         Ok(change)
     }
 
     async fn lock(&self, id: UserId) -> Result<Locked, MetaError> {
-        let payload = self.payload(Revoked::User(id));
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::User(id));
         let locked = self
             .tx(
                 IsolationLevel::ReadCommitted,
@@ -304,7 +306,7 @@ impl Users for Postgres {
             )
             .await?;
         if locked == Locked::Locked {
-            self.announce(Some(Revoked::User(id)));
+            self.announce(Some(Revoked::User(id)), echo).await;
         }
         Ok(locked)
     }
