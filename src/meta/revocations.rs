@@ -9,23 +9,25 @@
 //! rolled-back change); each node listens on a connection of its own and publishes what it
 //! hears (`postgres::listener`).
 //!
-//! "At once" on the other nodes: the committing node does not return until its own listener
-//! has heard the announcement come back ([`Hub::echo`]). PostgreSQL hands a committed
-//! notification to every listening session at the same moment, so by then the other nodes'
-//! listeners have it too, and the caller's next request, wherever it lands, finds the entry
-//! dropped. The wait is bounded ([`ECHO_WAIT`]); the revocation is in the database either way.
+//! "At once" on the other nodes: the committing node does not return until every other node
+//! listening has confirmed that its caches dropped the announcement ([`Hub::echo`]: each
+//! listener acknowledges what it applied, and the committing node waits for as many
+//! acknowledgements as other listeners are connected), so the caller's next request,
+//! wherever it lands, finds the entry gone. The wait is bounded ([`ECHO_WAIT`]): a node that
+//! does not confirm in time is one whose listener is failing, and it soon serves nothing from
+//! memory; the revocation is in the database either way.
 //!
 //! Invariant: a sink serves from memory only while its feed is live. A node that may have
 //! missed an announcement (its listener lost its connection, the database restarted) tells
 //! its sinks the feed is down, and when it is live again, that everything may have been
 //! revoked meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::ids::{ApiKeyId, SessionId, UserId};
 
@@ -85,13 +87,13 @@ pub trait RevocationSink: Send + Sync {
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
 
-/// The longest a revoking call waits for its own announcement to come back.
+/// The longest a revoking call waits for the other nodes to confirm its announcement.
 pub const ECHO_WAIT: Duration = Duration::from_secs(1);
 
 struct HubInner {
     node: String,
-    /// Announcements of this node waiting to be heard back, by id.
-    echoes: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Announcements of this node in flight, by id: the nodes that confirmed each so far.
+    echoes: Mutex<HashMap<u64, watch::Sender<HashSet<String>>>>,
     next_echo: AtomicU64,
     /// Whether announcements from other nodes arrive (always, with one node).
     live: RwLock<bool>,
@@ -121,26 +123,30 @@ impl Hub {
         self.0.live.read().map(|l| *l).unwrap_or(false)
     }
 
-    /// A fresh announcement of this node, to be awaited ([`Echo::heard`]) once its
+    /// A fresh announcement of this node, to be awaited ([`Echo::confirmed`]) once its
     /// transaction committed. Its [`Echo::origin`] begins the notification's payload.
+    /// Confirmations that arrive before the wait begins are kept.
     pub fn echo(&self) -> Echo {
         let id = self.0.next_echo.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = watch::channel(HashSet::new());
         if let Ok(mut e) = self.0.echoes.lock() {
             e.insert(id, tx);
         }
         Echo {
             hub: self.clone(),
             id,
-            rx: Some(rx),
+            rx,
         }
     }
 
-    /// The listener heard this node's announcement `id` come back.
-    pub fn heard(&self, id: u64) {
-        let waiting = self.0.echoes.lock().ok().and_then(|mut e| e.remove(&id));
-        if let Some(tx) = waiting {
-            let _ = tx.send(());
+    /// Node `by` applied this node's announcement `id` (its listener said so).
+    pub fn confirmed(&self, id: u64, by: &str) {
+        if let Ok(e) = self.0.echoes.lock()
+            && let Some(tx) = e.get(&id)
+        {
+            tx.send_modify(|nodes| {
+                nodes.insert(by.to_owned());
+            });
         }
     }
 
@@ -177,11 +183,11 @@ impl Hub {
 }
 
 /// One announcement of this node on its way: its id travels in the payload
-/// (`<node> <id> <revocation>`), and the listener reports it heard back.
+/// (`<node> <id> <revocation>`), and the other nodes' confirmations come back with it.
 pub struct Echo {
     hub: Hub,
     id: u64,
-    rx: Option<oneshot::Receiver<()>>,
+    rx: watch::Receiver<HashSet<String>>,
 }
 
 impl Echo {
@@ -190,12 +196,18 @@ impl Echo {
         format!("{} {}", self.hub.node(), self.id)
     }
 
-    /// Wait (at most [`ECHO_WAIT`], and not at all while the feed is down) until the
-    /// announcement has come back to this node, and so reached the other nodes' listeners.
-    pub async fn heard(mut self) {
-        let Some(rx) = self.rx.take() else { return };
-        if self.hub.is_live() && tokio::time::timeout(ECHO_WAIT, rx).await.is_err() {
-            tracing::debug!("a revocation's announcement did not come back in time");
+    /// Wait (at most [`ECHO_WAIT`], and not at all while the feed is down) until `others`
+    /// other nodes have confirmed that they applied the announcement.
+    pub async fn confirmed(mut self, others: usize) {
+        if others == 0 || !self.hub.is_live() {
+            return;
+        }
+        let all = self.rx.wait_for(|nodes| nodes.len() >= others);
+        if !matches!(tokio::time::timeout(ECHO_WAIT, all).await, Ok(Ok(_))) {
+            tracing::warn!(
+                others,
+                "a revocation was not confirmed by every other node in time; a node whose listener fails serves nothing from memory once it notices"
+            );
         }
     }
 }
@@ -232,15 +244,35 @@ fn new_node_id() -> String {
 mod tests {
     use super::*;
 
+    fn id_of(e: &Echo) -> u64 {
+        e.origin().rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
     #[tokio::test]
-    async fn an_echo_ends_the_wait_when_heard_and_is_forgotten_when_dropped() {
+    async fn an_echo_waits_for_every_other_node_and_is_forgotten_when_dropped() {
         let hub = Hub::new(true);
+        // Confirmed by both others (one of them twice, one before the wait began): no wait.
         let e = hub.echo();
-        let id: u64 = e.origin().rsplit_once(' ').unwrap().1.parse().unwrap();
-        hub.heard(id);
+        let id = id_of(&e);
+        hub.confirmed(id, "b");
+        hub.confirmed(id, "b");
+        let waiter = tokio::spawn(e.confirmed(2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one confirmation of two");
         let started = std::time::Instant::now();
-        e.heard().await;
-        assert!(started.elapsed() < ECHO_WAIT);
+        hub.confirmed(id, "c");
+        waiter.await.unwrap();
+        assert!(started.elapsed() < ECHO_WAIT / 2);
+        // Missing a confirmation: the wait ends at ECHO_WAIT.
+        let e = hub.echo();
+        let started = std::time::Instant::now();
+        e.confirmed(1).await;
+        assert!(started.elapsed() >= ECHO_WAIT);
+        // No other node, or the feed down: no wait at all.
+        let started = std::time::Instant::now();
+        hub.echo().confirmed(0).await;
+        Hub::new(false).echo().confirmed(3).await;
+        assert!(started.elapsed() < ECHO_WAIT / 2);
         drop(hub.echo());
         assert!(hub.0.echoes.lock().unwrap().is_empty());
     }

@@ -162,11 +162,17 @@ pub(crate) fn pool(settings: &Settings) -> Result<Pool, MetaError> {
         .map_err(|e| MetaError::Config(format!("database pool: {e}")))
 }
 
-/// A connection of its own (never pooled), for `LISTEN`: the client, and the payloads of the
-/// notifications it receives, in order. The channel closes when the connection ends.
+/// A connection of its own (never pooled), for `LISTEN`: the client, and the notifications
+/// it receives, in order. The channel closes when the connection ends.
 pub(crate) async fn dedicated(
     settings: &Settings,
-) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<String>), MetaError> {
+) -> Result<
+    (
+        tokio_postgres::Client,
+        mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    MetaError,
+> {
     let Parsed {
         mut config,
         root_file,
@@ -175,9 +181,8 @@ pub(crate) async fn dedicated(
         .connect_timeout(settings.connect_timeout)
         .tcp_user_timeout(settings.call_timeout)
         .keepalives_idle(Duration::from_secs(30));
-    if config.get_application_name().is_none() {
-        config.application_name("coffer-listener");
-    }
+    // Always this name: the nodes count each other's listeners by it (`Postgres::announce`).
+    config.application_name(super::LISTENER_NAME);
     let (tx, rx) = mpsc::unbounded_channel();
     let client = match config.get_ssl_mode() {
         SslMode::Disable => {
@@ -198,7 +203,7 @@ pub(crate) async fn dedicated(
 /// Drive a dedicated connection, passing on its notifications; ends with it.
 async fn forward<S, T>(
     mut conn: tokio_postgres::Connection<S, T>,
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<tokio_postgres::Notification>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -207,7 +212,7 @@ async fn forward<S, T>(
     while let Some(m) = messages.next().await {
         match m {
             Ok(AsyncMessage::Notification(n)) => {
-                if tx.send(n.payload().to_owned()).is_err() {
+                if tx.send(n).is_err() {
                     return;
                 }
             }
