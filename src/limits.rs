@@ -9,8 +9,10 @@
 //!
 //! With several nodes on one PostgreSQL database the login budget is the service's, not a
 //! node's (`login_per_minute` is per address for the whole service): the same GCRA, one upsert
-//! per attempt in `meta::throttle`, falling back to this node's bucket while the database
-//! fails. The general bucket stays per node: behind N nodes a client gets up to N times
+//! per attempt in `meta::throttle`. While the database does not answer, the attempt is refused
+//! as unavailable at once (a login or a registration needs the database anyway, and waiting
+//! for it twice would double the time to a 503); any other database failure falls back to this
+//! node's bucket. The general bucket stays per node: behind N nodes a client gets up to N times
 //! `requests_per_second` (see the README).
 
 use std::net::IpAddr;
@@ -23,7 +25,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
 use crate::ids::Timestamp;
-use crate::meta::MetaStore;
+use crate::meta::{MetaError, MetaStore};
 use crate::net::network_key;
 
 type Keyed =
@@ -96,6 +98,15 @@ pub struct RateLimits {
     login_shared: Option<SharedBudget>,
 }
 
+/// Why a login or registration may not go on.
+#[derive(Debug)]
+pub enum LoginRefused {
+    /// Over the address's budget: retry in this many seconds.
+    Wait(u64),
+    /// The shared budget's database does not answer.
+    Unavailable(MetaError),
+}
+
 /// The login budget in the shared database: one request per `interval_us`, bursts of `burst`.
 struct SharedBudget {
     meta: MetaStore,
@@ -134,12 +145,12 @@ impl RateLimits {
     }
 
     /// Take one login or register attempt of `ip` from its budget; `Err(seconds to wait)`.
-    pub async fn check_login(&self, ip: IpAddr) -> Result<(), u64> {
+    pub async fn check_login(&self, ip: IpAddr) -> Result<(), LoginRefused> {
         let Some(b) = &self.login_shared else {
-            return self.login.check(ip);
+            return self.login.check(ip).map_err(LoginRefused::Wait);
         };
         let Some(t) = b.meta.login_throttles() else {
-            return self.login.check(ip);
+            return self.login.check(ip).map_err(LoginRefused::Wait);
         };
         let net = network_key(ip).to_string();
         match t
@@ -149,12 +160,15 @@ impl RateLimits {
             Ok(None) => Ok(()),
             Ok(Some(wait_us)) => {
                 let wait = u64::try_from(wait_us).unwrap_or(1);
-                Err(wait.div_ceil(1_000_000).max(1))
+                Err(LoginRefused::Wait(wait.div_ceil(1_000_000).max(1)))
+            }
+            Err(e @ (MetaError::Unavailable(_) | MetaError::Busy)) => {
+                Err(LoginRefused::Unavailable(e))
             }
             Err(e) => {
                 // This node's bucket meanwhile: a limit per node rather than none.
                 tracing::warn!(error = %e, "cannot read the shared login budget; using this node's");
-                self.login.check(ip)
+                self.login.check(ip).map_err(LoginRefused::Wait)
             }
         }
     }

@@ -98,7 +98,7 @@ impl Sessions {
         ip: IpAddr,
     ) -> Result<LoginOutcome, AuthError> {
         let username: String = username.chars().take(64).collect();
-        if let Err(wait) = self.throttle.check(&username, ip).await {
+        if let Err(wait) = self.throttle.check(&username, ip).await? {
             return Ok(LoginOutcome::Throttled {
                 retry_after_secs: wait,
             });

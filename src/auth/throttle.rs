@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ids::Timestamp;
-use crate::meta::MetaStore;
 use crate::meta::throttle::{DelayRule, ThrottleRules};
+use crate::meta::{MetaError, MetaStore};
 use crate::net::network_key;
 
 /// Entries forgotten after this long without a failure.
@@ -102,24 +102,26 @@ impl LoginThrottle {
         }
     }
 
-    /// `Err(seconds)` when this attempt must wait.
-    pub(crate) async fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
+    /// `Ok(Err(seconds))` when this attempt must wait. A shared throttle that cannot be read
+    /// fails the attempt (never an unthrottled login).
+    pub(crate) async fn check(
+        &self,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<Result<(), u64>, MetaError> {
         let Some(t) = self.shared.as_ref().and_then(|m| m.login_throttles()) else {
-            return self.check_here(username, ip);
+            return Ok(self.check_here(username, ip));
         };
         let (user, net, now) = (username.to_lowercase(), network_key(ip), Timestamp::now());
         match t
             .wait_until(&user, &net.to_string(), now, micros(KNOWN_FOR))
             .await
         {
-            Ok(Some(until)) => Err(wait_secs(Duration::from_micros(
+            Ok(Some(until)) => Ok(Err(wait_secs(Duration::from_micros(
                 u64::try_from(until.0 - now.0).unwrap_or(0),
-            ))),
-            Ok(None) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the shared login throttle");
-                Ok(())
-            }
+            )))),
+            Ok(None) => Ok(Ok(())),
+            Err(e) => Err(e),
         }
     }
 
