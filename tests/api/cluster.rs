@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::fixtures::png;
 use crate::helpers::raw::{RawConn, upload_head};
-use crate::helpers::s3::S3Env;
+use crate::helpers::s3::{Gate, Mode, S3Env, within};
 use crate::helpers::stack::{Stack, TestDb};
-use crate::helpers::{TestApp, TestAppBuilder, TestUser, stack};
+use crate::helpers::{TestApp, TestAppBuilder, TestUser, assert_problem, stack};
 
 /// One node of a cluster on `db` and `prefix`, through Garage node `garage` (1-based).
 fn node(stack: &Stack, db: &Arc<TestDb>, prefix: &str, garage: usize) -> TestAppBuilder {
@@ -499,4 +499,132 @@ async fn cluster_uploads_and_downloads_go_on_with_a_garage_node_down() {
 
     tokio::task::block_in_place(|| stack.garage_start(3));
     assert_eq!(a.content_of(&u.token, &during_id).await, during);
+}
+
+/// A 503 problem (`service-unavailable`) that says when to retry.
+async fn unavailable(r: reqwest::Response, what: &str) {
+    let retry = r.headers().get("retry-after").cloned();
+    let body = assert_problem(r, 503, "service-unavailable").await;
+    assert!(retry.is_some(), "{what}: no Retry-After on {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_a_database_down_or_silent_is_503_with_retry_after_on_both_nodes_until_it_is_back()
+{
+    let Some(stack) = stack::require(
+        "cluster_a_database_down_or_silent_is_503_with_retry_after_on_both_nodes_until_it_is_back",
+    ) else {
+        return;
+    };
+    // Both nodes reach PostgreSQL through one gate: down (connections refused and cut) or
+    // silent (a network that drops everything), the rest of the stack untouched.
+    let db = Arc::new(stack.fresh_database());
+    let (head, tail) = db.url.rsplit_once('@').expect("user@host in the URL");
+    let (hostport, name) = tail.split_once('/').expect("/database in the URL");
+    let gate = Gate::start(hostport).await;
+    let gated = format!(
+        "{head}@{}/{name}",
+        gate.endpoint.trim_start_matches("http://")
+    );
+    let prefix = stack.fresh_prefix();
+    let env = [
+        ("COFFER_DATABASE__CALL_TIMEOUT_SECS", "2"),
+        ("COFFER_SERVER__REQUEST_TIMEOUT_SECS", "10"),
+    ];
+    let mut a = node(&stack, &db, &prefix, 1).env("COFFER_DATABASE_URL", gated.clone());
+    for (k, v) in env {
+        a = a.env(k, v);
+    }
+    let a = a.spawn().await;
+    let mut b = node(&stack, &db, &prefix, 2)
+        .env("COFFER_DATABASE_URL", gated.clone())
+        .env("COFFER_SECRET_KEY", a.secret());
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let b = b.spawn().await;
+    let u = a.user("weathered").await;
+    let f = a.stored(&u.token, "kept.png", png(5000)).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let link = a.new_link(&u.token, &id, &json!({"expires_in": 600})).await;
+    let url = link["url"].as_str().unwrap().to_owned();
+    // Cached on both: the outage must not be hidden behind the cache for long either.
+    for app in [&a, &b] {
+        assert_eq!(me(app, &u.token).await, 200);
+    }
+
+    // No answer may take longer than a database call's deadline and a little.
+    let limit = Duration::from_secs(5);
+    for mode in [Mode::Refuse, Mode::Silent] {
+        gate.set(mode);
+        for (name, app) in [("a", &a), ("b", &b)] {
+            within(Duration::from_secs(15), "unready", || async {
+                app.get("/readyz").status().await == 503
+            })
+            .await;
+            // The credential cache stops serving once the node knows its revocation feed is
+            // gone (at once when refused, after a missed heartbeat when silent).
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let t = Instant::now();
+                let r = app.me().bearer(&u.token).send().await;
+                assert!(
+                    t.elapsed() < limit,
+                    "{mode:?} {name}: me took {:?}",
+                    t.elapsed()
+                );
+                if r.status() != 200 {
+                    unavailable(r, "me").await;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{mode:?} {name}: still served from memory"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let calls: [(&str, crate::helpers::request::Req); 4] = [
+                (
+                    "login",
+                    app.try_login("weathered", crate::helpers::PASSWORD),
+                ),
+                (
+                    "upload",
+                    app.post("/api/v1/files")
+                        .bearer(&u.token)
+                        .query(&[("filename", "new.png")])
+                        .body(png(3000)),
+                ),
+                ("download", app.content(&id).bearer(&u.token)),
+                ("link", app.get(&url)),
+            ];
+            for (what, call) in calls {
+                let t = Instant::now();
+                let r = call.send().await;
+                assert!(
+                    t.elapsed() < limit,
+                    "{mode:?} {name}: {what} took {:?}",
+                    t.elapsed()
+                );
+                unavailable(r, what).await;
+            }
+        }
+    }
+
+    // Back: both nodes serve again without a restart, the revocation feed included.
+    gate.set(Mode::Open);
+    for app in [&a, &b] {
+        within(Duration::from_secs(20), "ready again", || async {
+            app.get("/readyz").status().await == 200
+        })
+        .await;
+        within(Duration::from_secs(20), "serving again", || async {
+            me(app, &u.token).await == 200
+        })
+        .await;
+    }
+    assert_eq!(a.content_of(&u.token, &id).await, png(5000));
+    assert_eq!(b.get(&url).status().await, 200);
+    let logs = format!("{}{}", a.logs(), b.logs());
+    assert!(!logs.contains("internal error"), "{logs}");
 }
