@@ -628,3 +628,78 @@ async fn cluster_a_database_down_or_silent_is_503_with_retry_after_on_both_nodes
     let logs = format!("{}{}", a.logs(), b.logs());
     assert!(!logs.contains("internal error"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_an_object_store_without_quorum_is_503_with_retry_after_on_both_nodes_until_it_is_back()
+ {
+    let Some(stack) = stack::require_exclusive(
+        "cluster_an_object_store_without_quorum_is_503_with_retry_after_on_both_nodes_until_it_is_back",
+    ) else {
+        return;
+    };
+    // A talks to Garage node 1, B to node 2. Nodes 2 and 3 go away: B's endpoint refuses,
+    // A's answers but cannot reach a quorum (replication 3, consistent mode).
+    let (a, b, _) = two_nodes(&stack, &[]).await;
+    let u = a.user("outaged").await;
+    let kept = png(4000);
+    let f = a.stored(&u.token, "kept.png", kept.clone()).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let big = png(6 * 1024 * 1024);
+
+    tokio::task::block_in_place(|| {
+        stack.garage_stop(2);
+        stack.garage_stop(3);
+    });
+    // Within a call's deadline (5 s) and a little, never the request timeout.
+    let limit = Duration::from_secs(9);
+    for (name, app) in [("a", &a), ("b", &b)] {
+        within(Duration::from_secs(20), "unready", || async {
+            app.get("/readyz").status().await == 503
+        })
+        .await;
+        // What needs no blob goes on.
+        assert_eq!(me(app, &u.token).await, 200, "{name}");
+        assert_eq!(app.files().as_user(&u).status().await, 200, "{name}");
+        let calls = [
+            ("download", app.content(&id).bearer(&u.token)),
+            (
+                "upload",
+                app.post("/api/v1/files")
+                    .bearer(&u.token)
+                    .query(&[("filename", "new.png")])
+                    .body(png(3000)),
+            ),
+            (
+                "large upload",
+                app.post("/api/v1/files")
+                    .bearer(&u.token)
+                    .query(&[("filename", "big.png")])
+                    .body(big.clone()),
+            ),
+        ];
+        for (what, call) in calls {
+            let t = Instant::now();
+            let r = call.send().await;
+            assert!(t.elapsed() < limit, "{name}: {what} took {:?}", t.elapsed());
+            unavailable(r, what).await;
+        }
+    }
+
+    tokio::task::block_in_place(|| {
+        stack.garage_start(2);
+        stack.garage_start(3);
+    });
+    for app in [&a, &b] {
+        within(Duration::from_secs(20), "ready again", || async {
+            app.get("/readyz").status().await == 200
+        })
+        .await;
+        assert_eq!(app.content_of(&u.token, &id).await, kept);
+        app.stored(&u.token, "after.png", png(5000)).await;
+    }
+    // Nothing of the refused uploads was kept.
+    let listed = a.files().as_user(&u).expect(200).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+    let logs = format!("{}{}", a.logs(), b.logs());
+    assert!(!logs.contains("internal error"), "{logs}");
+}
