@@ -61,10 +61,10 @@ async fn me(app: &TestApp, token: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cluster_a_logout_or_key_deletion_on_one_node_ends_the_credential_on_the_other_at_once() {
-    let Some(stack) = stack::require(
-        "cluster_a_logout_or_key_deletion_on_one_node_ends_the_credential_on_the_other_at_once",
-    ) else {
+async fn cluster_a_revocation_on_one_node_ends_the_credential_on_the_other_at_once() {
+    let Some(stack) =
+        stack::require("cluster_a_revocation_on_one_node_ends_the_credential_on_the_other_at_once")
+    else {
         return;
     };
     let (a, b, _) = two_nodes(&stack, &[]).await;
@@ -96,6 +96,44 @@ async fn cluster_a_logout_or_key_deletion_on_one_node_ends_the_credential_on_the
             "round {round}: the very next request"
         );
     }
+    // Refresh-token reuse detected on B ends the login on A at once (its rotated token too).
+    for round in 0..5 {
+        let (token, refresh) = a.login("roaming", crate::helpers::PASSWORD).await;
+        let rotated = a.refresh(&refresh).expect(200).await;
+        let new_token = rotated["access_token"].as_str().unwrap().to_owned();
+        for t in [&token, &new_token] {
+            assert_eq!(me(&a, t).await, 200);
+            assert_eq!(me(&a, t).await, 200);
+        }
+        assert_eq!(
+            b.refresh(&refresh).status().await,
+            401,
+            "round {round}: reuse"
+        );
+        for t in [&token, &new_token] {
+            assert_eq!(me(&a, t).await, 401, "round {round}: the very next request");
+        }
+    }
+    // An account deleted on B: its token and key die on A at once.
+    let admin = b.admin("remover").await;
+    let doomed = b.user("doomed").await;
+    let key = b.new_api_key(&doomed.token, "doomed-key").await;
+    let secret = key["key"].as_str().unwrap();
+    assert_eq!(me(&a, &doomed.token).await, 200);
+    assert_eq!(a.me().api_key(secret).status().await, 200);
+    assert_eq!(
+        b.delete_user(&doomed.id)
+            .bearer(&admin.token)
+            .status()
+            .await,
+        204
+    );
+    assert_eq!(
+        me(&a, &doomed.token).await,
+        401,
+        "deleted: the very next request"
+    );
+    assert_eq!(a.me().api_key(secret).status().await, 401);
     // A demotion on B reaches A's cache: the admin's token stops working as an admin there.
     let admin = a.admin("boss").await;
     let other = a.admin("boss2").await;
