@@ -253,12 +253,24 @@ pub struct LimitsConfig {
 pub struct UploadsConfig {
     /// Extension (lower-case, no dot) -> the content type its bytes must be.
     pub allowed: BTreeMap<String, String>,
+    /// An upload whose last byte arrived this long ago counts as abandoned (its node died):
+    /// a sweeper aborts what it staged and releases its quota.
+    pub abandoned_after_secs: u64,
     /// Store JPEG, PNG and WebP without EXIF, XMP, IPTC, comments or thumbnails.
     pub strip_metadata: bool,
     /// The most pixels an image's header may declare (per frame and canvas).
     pub max_image_pixels: u64,
     /// Refuse images and PDFs that are also ZIP archives or carry markup near an end.
     pub reject_polyglots: bool,
+}
+
+impl UploadsConfig {
+    /// How often at most an upload in flight records that bytes arrive: a quarter of
+    /// `abandoned_after_secs`, between 1 s and 60 s (so a live upload never looks abandoned,
+    /// and a fast one costs a handful of writes at most).
+    pub fn touch_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs((self.abandoned_after_secs / 4).clamp(1, 60))
+    }
 }
 
 /// `[scan]`
@@ -470,7 +482,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 26] = [
+        let minimums: [(&str, u64, u64); 27] = [
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -557,6 +569,11 @@ impl Config {
                 1,
             ),
             (
+                "uploads.abandoned_after_secs",
+                self.uploads.abandoned_after_secs,
+                2,
+            ),
+            (
                 "auth.password_min_length",
                 as_u64(self.auth.password_min_length),
                 4,
@@ -572,6 +589,11 @@ impl Config {
                 errs.push(msg.to_owned());
             }
         };
+        need(
+            self.uploads.abandoned_after_secs
+                >= self.limits.upload_idle_timeout_secs.saturating_mul(2),
+            "uploads.abandoned_after_secs must be at least twice limits.upload_idle_timeout_secs (a live upload sends a byte that often, or is aborted)",
+        );
         need(
             self.auth.refresh_ttl_secs > self.auth.access_ttl_secs,
             "auth.refresh_ttl_secs must be longer than auth.access_ttl_secs",

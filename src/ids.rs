@@ -83,6 +83,10 @@ uuid_id!(
     /// A login: one refresh-token family and its access tokens.
     SessionId
 );
+uuid_id!(
+    /// An upload in flight (its quota reservation).
+    UploadId
+);
 
 /// A point in time, microseconds since the Unix epoch (UTC). Serialised as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

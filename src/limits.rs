@@ -6,6 +6,14 @@
 //! dropped at once, and if an address-spraying attack still fills the table, requests pass
 //! unlimited until buckets refill: failing closed would let the sprayer lock out every client.
 //! IPv6 clients are keyed by their /64, since one host usually owns the whole prefix.
+//!
+//! With several nodes on one PostgreSQL database the login budget is the service's, not a
+//! node's (`login_per_minute` is per address for the whole service): the same GCRA, one upsert
+//! per attempt in `meta::throttle`. While the database does not answer, the attempt is refused
+//! as unavailable at once (a login or a registration needs the database anyway, and waiting
+//! for it twice would double the time to a 503); any other database failure falls back to this
+//! node's bucket. The general bucket stays per node: behind N nodes a client gets up to N times
+//! `requests_per_second` (see the README).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -16,6 +24,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
+use crate::ids::Timestamp;
+use crate::meta::{MetaError, MetaStore};
 use crate::net::network_key;
 
 type Keyed =
@@ -82,8 +92,26 @@ impl Bucket {
 pub struct RateLimits {
     /// Every route but health checks.
     pub global: Bucket,
-    /// Login and register, one shared budget.
+    /// Login and register, one shared budget (this node's; see [`RateLimits::check_login`]).
     pub login: Bucket,
+    /// The login budget shared by every node, when the database is shared.
+    login_shared: Option<SharedBudget>,
+}
+
+/// Why a login or registration may not go on.
+#[derive(Debug)]
+pub enum LoginRefused {
+    /// Over the address's budget: retry in this many seconds.
+    Wait(u64),
+    /// The shared budget's database does not answer.
+    Unavailable(MetaError),
+}
+
+/// The login budget in the shared database: one request per `interval_us`, bursts of `burst`.
+struct SharedBudget {
+    meta: MetaStore,
+    interval_us: i64,
+    burst: u32,
 }
 
 impl RateLimits {
@@ -98,6 +126,50 @@ impl RateLimits {
         Self {
             global: Bucket::new(global, cfg.max_tracked_clients),
             login: Bucket::new(login, cfg.max_tracked_clients),
+            login_shared: None,
+        }
+    }
+
+    /// The same limits, with the login budget kept in `meta`'s shared tables when it has them
+    /// (PostgreSQL): the same rate and burst as the in-memory bucket, for the whole service.
+    pub fn shared_by(mut self, meta: &MetaStore, cfg: &RateLimitConfig) -> Self {
+        if meta.login_throttles().is_some() {
+            let per_minute = i64::from(cfg.login_per_minute.max(1));
+            self.login_shared = Some(SharedBudget {
+                meta: meta.clone(),
+                interval_us: 60_000_000 / per_minute,
+                burst: cfg.login_per_minute.max(1),
+            });
+        }
+        self
+    }
+
+    /// Take one login or register attempt of `ip` from its budget; `Err(seconds to wait)`.
+    pub async fn check_login(&self, ip: IpAddr) -> Result<(), LoginRefused> {
+        let Some(b) = &self.login_shared else {
+            return self.login.check(ip).map_err(LoginRefused::Wait);
+        };
+        let Some(t) = b.meta.login_throttles() else {
+            return self.login.check(ip).map_err(LoginRefused::Wait);
+        };
+        let net = network_key(ip).to_string();
+        match t
+            .take_budget(&net, Timestamp::now(), b.interval_us, b.burst)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(wait_us)) => {
+                let wait = u64::try_from(wait_us).unwrap_or(1);
+                Err(LoginRefused::Wait(wait.div_ceil(1_000_000).max(1)))
+            }
+            Err(e @ (MetaError::Unavailable(_) | MetaError::Busy)) => {
+                Err(LoginRefused::Unavailable(e))
+            }
+            Err(e) => {
+                // This node's bucket meanwhile: a limit per node rather than none.
+                tracing::warn!(error = %e, "cannot read the shared login budget; using this node's");
+                self.login.check(ip).map_err(LoginRefused::Wait)
+            }
         }
     }
 

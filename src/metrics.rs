@@ -171,7 +171,7 @@ impl Metrics {
             "coffer_rate_limited_total{{bucket=\"login\"}} {}",
             self.rate_limited_login.load(Ordering::Relaxed)
         );
-        let series: [(&str, &str, &str, u64); 4] = [
+        let series: [(&str, &str, &str, u64); 5] = [
             (
                 "coffer_principal_cache_hits_total",
                 "counter",
@@ -195,6 +195,12 @@ impl Metrics {
                 "gauge",
                 "Credentials cached now.",
                 cache.entries,
+            ),
+            (
+                "coffer_principal_cache_live",
+                "gauge",
+                "1 while revocations from every node reach the cache; 0 while they may be missed (every credential is then checked against the database).",
+                u64::from(cache.live),
             ),
         ];
         for (name, kind, help, v) in series {

@@ -8,8 +8,8 @@
 //! blob nobody will remove.
 //!
 //! An account is locked before anything else is removed: from that commit on, none of its
-//! credentials works (the database refuses them, and the caller's `on_locked` empties its
-//! credential cache) and no file row can be added to it (`files::insert` refuses a locked
+//! credentials works (the database refuses them, and the engine announces the lock to every
+//! node's credential cache) and no file row can be added to it (`files::insert` refuses a locked
 //! owner), so its files only decrease and the deletion always ends.
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
@@ -79,15 +79,11 @@ pub(crate) async fn purge_blob(
 const MAX_ROUNDS: usize = 16;
 
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
-///
-/// `on_locked` runs as soon as the lock has committed, before any file is removed: the place to
-/// forget cached credentials, so that none outlives the lock in this process (a credential
-/// check that began before it cannot re-cache the account either: see `auth::cache`).
+/// Its credentials stop working everywhere when the lock commits (the engine announces it).
 pub(crate) async fn remove_user(
     meta: &MetaStore,
     blobs: &BlobStore,
     id: UserId,
-    on_locked: impl FnOnce(),
 ) -> Result<usize, RemoveError> {
     // Lock first, in one transaction with the last-admin check: from here on the account
     // can do nothing (no login, no live token or key, no new file), and two admins deleting
@@ -97,7 +93,6 @@ pub(crate) async fn remove_user(
         Locked::LastAdmin => return Err(RemoveError::LastAdmin),
         Locked::NoUser => return Err(RemoveError::NoUser),
     }
-    on_locked();
     let mut removed = 0;
     for _ in 0..MAX_ROUNDS {
         // Read after the lock committed: every file the account will ever have is listed.

@@ -59,8 +59,8 @@ pub struct AppInner {
     pub meta: MetaStore,
     /// Blob storage.
     pub blobs: BlobStore,
-    /// Recently checked credentials, shared with `credentials` and `sessions`: every
-    /// revocation, whichever route makes it, drops what it revoked.
+    /// Recently checked credentials, shared with `credentials`: every revocation, whichever
+    /// node commits it, drops what it revoked (the metadata engine announces it).
     pub principals: Arc<PrincipalCache>,
     /// Resolves a request's bearer token or API key into its principal.
     pub credentials: Credentials,
@@ -131,6 +131,9 @@ impl AppState {
         let principals = Arc::new(PrincipalCache::new(Duration::from_secs(
             config.auth.principal_cache_secs,
         )));
+        // Every revocation, made here or on another node, reaches the cache (PostgreSQL: this
+        // starts the node's listener; the cache serves nothing until it listens).
+        meta.subscribe_revocations(principals.clone());
         let state = Self(Arc::new(AppInner {
             credentials: Credentials {
                 tokens: tokens.clone(),
@@ -144,18 +147,22 @@ impl AppState {
                 throttle: LoginThrottle::new(
                     config.auth.login_failures_before_delay,
                     config.auth.login_max_delay_secs,
-                ),
+                )
+                .shared_by(&meta),
                 tokens,
                 refresh_tokens: RefreshTokens::new(&secrets.secret_key),
-                principals: principals.clone(),
                 audit: audit.clone(),
             },
             principals,
-            limits: RateLimits::new(&config.rate_limit),
+            limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
             ingest: Ingest {
                 max_upload_bytes: config.limits.max_upload_bytes,
                 policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
-                quota: Arc::new(Quota::new(config.limits.user_quota_bytes, meta.clone())),
+                quota: Arc::new(Quota::new(
+                    config.limits.user_quota_bytes,
+                    meta.clone(),
+                    config.uploads.touch_every(),
+                )),
                 blobs: blobs.clone(),
                 meta: meta.clone(),
                 keyring: keyring.clone(),

@@ -1,24 +1,28 @@
 //! A short-lived, in-process mirror of "this credential is live", so an authenticated request
 //! does not need a database round trip every time.
 //!
-//! Invariant: the cache never outlives a revocation made by this process. Every change that
-//! can end or weaken a credential (logout, refresh-token reuse, account deletion, role change,
-//! API-key deletion) calls [`PrincipalCache::invalidate`] with what it revoked ([`Revoked`]),
-//! which drops exactly the entries that revocation covers, so other users' entries survive
-//! (one user creating and deleting keys in a loop cannot empty everyone's cache). A check
-//! that started before a revocation cannot put a revoked credential back: it carries the
-//! epoch it started at, and a put is refused when a revocation made since covers it (or when
-//! too many were made since to tell). Entries also expire after `auth.principal_cache_secs`
-//! (bounding how long a revocation written by another process could go unseen; 0 disables
-//! the cache) and never outlive their token.
+//! Invariant: the cache never outlives a revocation, made by this node or another. Every
+//! change that can end or weaken a credential (logout, refresh-token reuse, account deletion,
+//! role change, API-key deletion) is announced by the metadata engine that committed it
+//! ([`crate::meta::revocations`]), on this node before the change's call returns and on the
+//! others as their listener hears it; the cache is a [`RevocationSink`] and drops exactly the
+//! entries that revocation covers, so other users' entries survive (one user creating and
+//! deleting keys in a loop cannot empty everyone's cache). While the announcements from other
+//! nodes may be missed (the listener lost its connection) the cache serves nothing, and it
+//! starts empty when they resume. A check that started before a revocation cannot put a
+//! revoked credential back: it carries the epoch it started at, and a put is refused when a
+//! revocation made since covers it (or when too many were made since to tell). Entries also
+//! expire after `auth.principal_cache_secs` (0 disables the cache) and never outlive their
+//! token.
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ids::{ApiKeyId, SessionId, UserId};
+use crate::meta::revocations::{RevocationSink, Revoked};
 use crate::meta::users::Role;
 
 /// Entries held at most; beyond this the cache starts over (it is only a shortcut).
@@ -46,36 +50,13 @@ pub(crate) enum CachedVia {
     ApiKey(ApiKeyId),
 }
 
-/// What a revocation ended, as precisely as its caller knows. Small and `Copy`, so that it can
-/// also be sent to other nodes when several share one database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Revoked {
-    /// One login (logout, refresh-token reuse): every access token that carries its id.
-    Session(SessionId),
-    /// One API key (deletion).
-    ApiKey(ApiKeyId),
-    /// Every credential of one user (account deletion, role change).
-    User(UserId),
-    /// Everything (when what was revoked is not known).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no revocation of unknown extent is made yet; one relayed from another node would be"
-        )
-    )]
-    Everything,
-}
-
-impl Revoked {
-    /// Whether this revocation ends `c`.
-    pub(crate) fn covers(self, c: &Cached) -> bool {
-        match self {
-            Self::Session(s) => c.via == CachedVia::Session(s),
-            Self::ApiKey(k) => c.via == CachedVia::ApiKey(k),
-            Self::User(u) => c.user == u,
-            Self::Everything => true,
-        }
+/// Whether revocation `r` ends `c`.
+fn covers(r: Revoked, c: &Cached) -> bool {
+    match r {
+        Revoked::Session(s) => c.via == CachedVia::Session(s),
+        Revoked::ApiKey(k) => c.via == CachedVia::ApiKey(k),
+        Revoked::User(u) => c.user == u,
+        Revoked::Everything => true,
     }
 }
 
@@ -90,6 +71,8 @@ pub(crate) struct CacheStats {
     pub(crate) revoked: u64,
     /// Entries held now.
     pub(crate) entries: u64,
+    /// Whether revocations from every node reach the cache (else it serves nothing).
+    pub(crate) live: bool,
 }
 
 struct Entry {
@@ -157,6 +140,8 @@ impl State {
 /// The cache, keyed by the token's `jti` or the API key's hash.
 pub(crate) struct PrincipalCache {
     ttl: Duration,
+    /// Whether revocations made elsewhere reach this cache now; without them it serves nothing.
+    live: AtomicBool,
     /// Revocations so far; changed only with `state` locked.
     epoch: AtomicU64,
     state: Mutex<State>,
@@ -169,6 +154,7 @@ impl PrincipalCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
+            live: AtomicBool::new(true),
             epoch: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             hits: AtomicU64::new(0),
@@ -178,7 +164,7 @@ impl PrincipalCache {
 
     /// A live entry for `key`, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Cached> {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || !self.live.load(Ordering::Acquire) {
             return None;
         }
         let found = self.state.lock().ok().and_then(|mut s| {
@@ -202,7 +188,7 @@ impl PrincipalCache {
     /// [`PrincipalCache::epoch`] *before* the check, so a revocation racing the check wins),
     /// for at most `ttl` and never past `limit` (the token's own expiry).
     pub(crate) fn put(&self, key: Vec<u8>, value: Cached, epoch: u64, limit: Duration) {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || !self.live.load(Ordering::Acquire) {
             return;
         }
         let until = Instant::now() + self.ttl.min(limit);
@@ -215,7 +201,13 @@ impl PrincipalCache {
         let Ok(missed) = usize::try_from(missed) else {
             return;
         };
-        if missed > s.recent.len() || s.recent.iter().rev().take(missed).any(|r| r.covers(&value)) {
+        if missed > s.recent.len()
+            || s.recent
+                .iter()
+                .rev()
+                .take(missed)
+                .any(|r| covers(*r, &value))
+        {
             return;
         }
         if s.entries.len() >= MAX_ENTRIES {
@@ -253,6 +245,11 @@ impl PrincipalCache {
         s.revoked += dropped;
     }
 
+    /// Whether the cache serves from memory now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
     /// Counters for `/metrics`.
     pub(crate) fn stats(&self) -> CacheStats {
         let (revoked, entries) = self
@@ -265,6 +262,25 @@ impl PrincipalCache {
             misses: self.misses.load(Ordering::Relaxed),
             revoked,
             entries,
+            live: self.is_live(),
+        }
+    }
+}
+
+impl RevocationSink for PrincipalCache {
+    fn revoked(&self, what: Revoked) {
+        self.invalidate(what);
+    }
+
+    fn feed(&self, live: bool) {
+        if live {
+            // Announcements may have been missed while the feed was down: forget everything,
+            // and refuse the puts of checks that began before now.
+            self.invalidate(Revoked::Everything);
+            self.live.store(true, Ordering::Release);
+        } else {
+            self.live.store(false, Ordering::Release);
+            self.invalidate(Revoked::Everything);
         }
     }
 }
@@ -376,6 +392,29 @@ mod tests {
         }
         c.put(b"b2".to_vec(), token(bob, login_b), started, MINUTE);
         assert_eq!(c.get(b"b2"), None);
+    }
+
+    #[test]
+    fn a_cache_whose_feed_is_down_serves_nothing_and_starts_empty_when_it_is_back() {
+        let c = PrincipalCache::new(MINUTE);
+        let v = token(UserId::new(), SessionId::new());
+        c.put(b"t".to_vec(), v, c.epoch(), MINUTE);
+        let started = c.epoch();
+        c.feed(false);
+        assert_eq!(c.get(b"t"), None);
+        c.put(b"u".to_vec(), v, c.epoch(), MINUTE);
+        assert_eq!(c.get(b"u"), None, "nothing is cached while down");
+        c.feed(true);
+        assert!(c.is_live());
+        assert_eq!(c.get(b"t"), None, "what was cached before is gone");
+        c.put(b"t".to_vec(), v, started, MINUTE);
+        assert_eq!(
+            c.get(b"t"),
+            None,
+            "a check from before the outage cannot put it back"
+        );
+        c.put(b"t".to_vec(), v, c.epoch(), MINUTE);
+        assert!(c.get(b"t").is_some());
     }
 
     #[test]

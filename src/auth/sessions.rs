@@ -7,7 +7,7 @@
 //! same database reads, and argon2 work for every cost in use (see `auth::password`). A
 //! refresh token is spent by its use: the next one is derived from it (`auth::refresh`), a
 //! replay of the token rotated last within `auth.refresh_reuse_grace_secs` answers the same
-//! pair, and any other reuse revokes the login in the store and in the principal cache.
+//! pair, and any other reuse revokes the login (the store announces it to every node's credential cache).
 //! Logout revokes the login the same two ways. No audit entry carries a secret.
 
 use std::net::IpAddr;
@@ -17,7 +17,6 @@ use secrecy::SecretString;
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::auth::accounts::{self, AccountError, NewAccount};
-use crate::auth::cache::{PrincipalCache, Revoked};
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::principal::TokenLogin;
@@ -30,8 +29,8 @@ use crate::meta::MetaStore;
 use crate::meta::sessions::{NewSession, Rotation};
 use crate::meta::users::{ForLogin, User};
 
-/// Logins and what they need: the store, the hasher, the throttle, the token makers, the
-/// cache that revocations empty, and the audit trail.
+/// Logins and what they need: the store (which announces what it revokes to every node's
+/// credential cache), the hasher, the throttle, the token makers, and the audit trail.
 pub(crate) struct Sessions {
     /// `[auth]`: password policy, refresh-token lifetime and grace period.
     pub(crate) config: AuthConfig,
@@ -40,7 +39,6 @@ pub(crate) struct Sessions {
     pub(crate) throttle: LoginThrottle,
     pub(crate) tokens: Arc<TokenKeys>,
     pub(crate) refresh_tokens: RefreshTokens,
-    pub(crate) principals: Arc<PrincipalCache>,
     pub(crate) audit: AuditLog,
 }
 
@@ -100,7 +98,7 @@ impl Sessions {
         ip: IpAddr,
     ) -> Result<LoginOutcome, AuthError> {
         let username: String = username.chars().take(64).collect();
-        if let Err(wait) = self.throttle.check(&username, ip) {
+        if let Err(wait) = self.throttle.check(&username, ip).await? {
             return Ok(LoginOutcome::Throttled {
                 retry_after_secs: wait,
             });
@@ -115,7 +113,7 @@ impl Sessions {
             .verify(password.clone(), stored, costs)
             .await?;
         let Some(creds) = creds.as_ref().filter(|_| verdict.ok) else {
-            self.throttle.failed(&username, ip);
+            self.throttle.failed(&username, ip).await;
             // Name the account only when it exists: people type passwords into the username
             // field, and those must not end up in the trail.
             let mut record = Record::new(Event::LoginFailed).ip(ip);
@@ -127,7 +125,7 @@ impl Sessions {
             self.audit.record(record);
             return Ok(LoginOutcome::Refused);
         };
-        self.throttle.succeeded(&username, ip);
+        self.throttle.succeeded(&username, ip).await;
         let user = creds.user.id;
         if verdict.needs_rehash {
             self.upgrade_hash(user, password);
@@ -219,7 +217,6 @@ impl Sessions {
                 Ok(RefreshOutcome::Refreshed(tokens))
             }
             Rotation::Reused { session, user } => {
-                self.principals.invalidate(Revoked::Session(session));
                 self.audit.record(
                     Record::new(Event::RefreshReuse)
                         .subject(session)
@@ -251,7 +248,6 @@ impl Sessions {
                 Timestamp::now(),
             )
             .await?;
-        self.principals.invalidate(Revoked::Session(session));
         self.audit.record(
             Record::new(Event::Logout)
                 .actor(user)

@@ -8,14 +8,23 @@
 //! guessing spread over many networks) only imposes short waits, and never on a network the
 //! owner has logged in from before, so an attacker cannot lock the owner out.
 //!
+//! Several nodes on one PostgreSQL database share this state (`meta::throttle`): a guesser
+//! spreading attempts over the nodes meets the same counters, with the same numbers. One
+//! SQLite node keeps it in memory.
+//!
 //! Invariant: memory is bounded: idle entries are forgotten after the window, and the map never
-//! holds more than `MAX_ENTRIES`.
+//! holds more than `MAX_ENTRIES`; shared rows that can no longer delay anyone are pruned by the
+//! sweeper. A database that fails a throttle call is logged and the attempt goes on to the
+//! login itself, which needs the same database.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::ids::Timestamp;
+use crate::meta::throttle::{DelayRule, ThrottleRules};
+use crate::meta::{MetaError, MetaStore};
 use crate::net::network_key;
 
 /// Entries forgotten after this long without a failure.
@@ -45,21 +54,104 @@ pub(crate) struct LoginThrottle {
     entries: Mutex<HashMap<(String, Option<IpAddr>), Entry>>,
     /// Networks each account logged in from recently: exempt from the account-wide delay.
     known: Mutex<HashMap<String, Vec<(IpAddr, Instant)>>>,
+    /// The shared tables, when several nodes may serve (PostgreSQL); else the maps above.
+    shared: Option<MetaStore>,
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Whole seconds to wait for `d` (at least 1), as `Retry-After` says it.
+fn wait_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl LoginThrottle {
-    /// A throttle with the configured threshold and cap.
+    /// A throttle with the configured threshold and cap, kept in memory.
     pub(crate) fn new(threshold: u32, max_delay_secs: u64) -> Self {
         Self {
             threshold: threshold.max(1),
             max_delay: Duration::from_secs(max_delay_secs.max(1)),
             entries: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            shared: None,
         }
     }
 
-    /// `Err(seconds)` when this attempt must wait.
-    pub(crate) fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
+    /// The same throttle, kept in `meta`'s shared tables when it has them (PostgreSQL).
+    pub(crate) fn shared_by(mut self, meta: &MetaStore) -> Self {
+        self.shared = meta.login_throttles().is_some().then(|| meta.clone());
+        self
+    }
+
+    /// The rules in the units the shared tables use.
+    pub(crate) fn rules(&self) -> ThrottleRules {
+        ThrottleRules {
+            network: DelayRule {
+                threshold: self.threshold,
+                max_delay_us: micros(self.max_delay),
+            },
+            account: DelayRule {
+                threshold: self.threshold.saturating_mul(ACCOUNT_FACTOR),
+                max_delay_us: micros(ACCOUNT_MAX_DELAY.min(self.max_delay)),
+            },
+            window_us: micros(WINDOW),
+            known_for_us: micros(KNOWN_FOR),
+            known_per_account: u32::try_from(KNOWN_PER_ACCOUNT).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `Ok(Err(seconds))` when this attempt must wait. A shared throttle that cannot be read
+    /// fails the attempt (never an unthrottled login).
+    pub(crate) async fn check(
+        &self,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<Result<(), u64>, MetaError> {
+        let Some(t) = self.shared.as_ref().and_then(|m| m.login_throttles()) else {
+            return Ok(self.check_here(username, ip));
+        };
+        let (user, net, now) = (username.to_lowercase(), network_key(ip), Timestamp::now());
+        match t
+            .wait_until(&user, &net.to_string(), now, micros(KNOWN_FOR))
+            .await
+        {
+            Ok(Some(until)) => Ok(Err(wait_secs(Duration::from_micros(
+                u64::try_from(until.0 - now.0).unwrap_or(0),
+            )))),
+            Ok(None) => Ok(Ok(())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Count a failed attempt.
+    pub(crate) async fn failed(&self, username: &str, ip: IpAddr) {
+        let Some(t) = self.shared.as_ref().and_then(|m| m.login_throttles()) else {
+            return self.failed_here(username, ip);
+        };
+        let (user, net) = (username.to_lowercase(), network_key(ip).to_string());
+        if let Err(e) = t.failed(&user, &net, Timestamp::now(), self.rules()).await {
+            tracing::warn!(error = %e, "cannot count a failed login in the shared throttle");
+        }
+    }
+
+    /// A success clears its network's counter and vouches for the network.
+    pub(crate) async fn succeeded(&self, username: &str, ip: IpAddr) {
+        let Some(t) = self.shared.as_ref().and_then(|m| m.login_throttles()) else {
+            return self.succeeded_here(username, ip);
+        };
+        let (user, net) = (username.to_lowercase(), network_key(ip).to_string());
+        if let Err(e) = t
+            .succeeded(&user, &net, Timestamp::now(), self.rules())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a login in the shared throttle");
+        }
+    }
+
+    /// [`LoginThrottle::check`] in this process's memory.
+    fn check_here(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
         let (user, net) = (username.to_lowercase(), network_key(ip));
         let trusted = self.is_known(&user, net, now);
@@ -78,7 +170,7 @@ impl LoginThrottle {
             .map(|e| e.until - now)
             .max();
         match wait {
-            Some(w) => Err(w.as_secs_f64().ceil().max(1.0) as u64),
+            Some(w) => Err(wait_secs(w)),
             None => Ok(()),
         }
     }
@@ -92,8 +184,8 @@ impl LoginThrottle {
         })
     }
 
-    /// Count a failed attempt.
-    pub(crate) fn failed(&self, username: &str, ip: IpAddr) {
+    /// [`LoginThrottle::failed`] in this process's memory.
+    fn failed_here(&self, username: &str, ip: IpAddr) {
         let now = Instant::now();
         let Ok(mut map) = self.entries.lock() else {
             return;
@@ -133,8 +225,8 @@ impl LoginThrottle {
         );
     }
 
-    /// A success clears its network's counter and vouches for the network.
-    pub(crate) fn succeeded(&self, username: &str, ip: IpAddr) {
+    /// [`LoginThrottle::succeeded`] in this process's memory.
+    fn succeeded_here(&self, username: &str, ip: IpAddr) {
         let (user, net, now) = (username.to_lowercase(), network_key(ip), Instant::now());
         if let Ok(mut map) = self.entries.lock() {
             map.remove(&(user.clone(), Some(net)));
@@ -163,41 +255,41 @@ mod tests {
         let attacker: IpAddr = "203.0.113.9".parse().unwrap();
         let owner: IpAddr = "198.51.100.7".parse().unwrap();
         for _ in 0..2 {
-            t.failed("alice", attacker);
-            assert!(t.check("alice", attacker).is_ok());
+            t.failed_here("alice", attacker);
+            assert!(t.check_here("alice", attacker).is_ok());
         }
-        t.failed("alice", attacker);
-        assert!(t.check("ALICE", attacker).is_err());
+        t.failed_here("alice", attacker);
+        assert!(t.check_here("ALICE", attacker).is_err());
         assert!(
-            t.check("alice", owner).is_ok(),
+            t.check_here("alice", owner).is_ok(),
             "the owner's address is not locked"
         );
-        t.succeeded("alice", attacker);
-        assert!(t.check("alice", attacker).is_ok());
+        t.succeeded_here("alice", attacker);
+        assert!(t.check_here("alice", attacker).is_ok());
     }
 
     #[test]
     fn the_owner_is_never_locked_out_by_a_distributed_attack() {
         let t = LoginThrottle::new(2, 900);
         let home: IpAddr = "198.51.100.7".parse().unwrap();
-        t.succeeded("carol", home);
+        t.succeeded_here("carol", home);
         for i in 0..40u8 {
-            t.failed("carol", IpAddr::from([10, 0, 0, i]));
+            t.failed_here("carol", IpAddr::from([10, 0, 0, i]));
         }
         assert!(
-            t.check("carol", "192.0.2.1".parse().unwrap()).is_err(),
+            t.check_here("carol", "192.0.2.1".parse().unwrap()).is_err(),
             "strangers wait"
         );
         assert!(
-            t.check("carol", home).is_ok(),
+            t.check_here("carol", home).is_ok(),
             "the owner's network does not"
         );
         // An IPv6 host hopping inside its /64 is one network.
         for i in 0..3u16 {
-            t.failed("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]));
+            t.failed_here("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]));
         }
         assert!(
-            t.check("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 99]))
+            t.check_here("dave", IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 99]))
                 .is_err()
         );
     }
@@ -206,9 +298,11 @@ mod tests {
     fn account_wide_delay_is_short() {
         let t = LoginThrottle::new(2, 900);
         for i in 0..40u8 {
-            t.failed("bob", IpAddr::from([10, 0, 0, i]));
+            t.failed_here("bob", IpAddr::from([10, 0, 0, i]));
         }
-        let wait = t.check("bob", "192.0.2.1".parse().unwrap()).unwrap_err();
+        let wait = t
+            .check_here("bob", "192.0.2.1".parse().unwrap())
+            .unwrap_err();
         assert!(wait <= 30, "{wait}");
     }
 }

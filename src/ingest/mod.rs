@@ -36,10 +36,11 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
-use crate::meta::files::{self, FileObject, StoredFile};
+use crate::meta::files::{FileObject, StoredFile};
+use crate::meta::uploads::Committed;
 use media::MediaError;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
 use polyglot::Polyglot;
@@ -295,8 +296,15 @@ where
         .rule_for(filename::extension(&name).as_deref())?
         .clone();
 
+    // The id and blob key first: the reservation names them, so a sweeper can clean up after
+    // this node if it dies mid-upload.
+    let id = FileId::new();
+    let key = BlobKey::for_file(id, state.keyring.enabled());
     let want = up.length_hint.unwrap_or(limit).min(limit);
-    let reservation = state.quota.reserve(up.owner, want, up.exact_length).await?;
+    let mut reservation = state
+        .quota
+        .reserve(UploadId::new(), up.owner, want, up.exact_length, &key)
+        .await?;
     // The most this upload may hold: the size limit, or less when the quota leaves less.
     let cap = reservation.bytes().min(limit);
     let over = |n: u64| {
@@ -327,8 +335,6 @@ where
     }
     let content_type = UploadPolicy::decide(&rule, &head)?;
 
-    let id = FileId::new();
-    let key = BlobKey::for_file(id, state.keyring.enabled());
     let checks = Checks::for_type(&state.safety, &content_type);
     let mut sink = Sink::open(state, id, &key, rule == Rule::Text, checks).await?;
     sink.feed(head.freeze()).await?;
@@ -339,9 +345,16 @@ where
                 return Err(over(outcome.bytes));
             }
             sink.feed(chunk).await?;
+            reservation.touch().await;
+            if let Some(staging) = sink.newly_staged() {
+                reservation.staged(staging).await?;
+            }
         }
     }
     let done = sink.finish(state, id).await?;
+    if let Some(staging) = &done.staged_late {
+        reservation.staged(staging.clone()).await?;
+    }
     let stored = StoredFile {
         file: FileObject {
             id,
@@ -384,6 +397,8 @@ struct Sink {
     /// Received bytes not yet handed over.
     pending: Vec<Bytes>,
     pending_len: usize,
+    /// The writer's staging id as last reported by [`Sink::newly_staged`].
+    staging: Option<String>,
 }
 
 /// A processed batch: the pipeline back, and its output.
@@ -427,6 +442,8 @@ struct Finished {
     size: u64,
     sealing: Option<crate::crypto::Sealing>,
     scanned: Scanned,
+    /// A staging id that appeared with the last bytes (to record in the reservation).
+    staged_late: Option<String>,
 }
 
 /// Bytes handed to the blocking pool at once: at least this many as soon as the pipeline is
@@ -465,7 +482,19 @@ impl Sink {
             busy: None,
             pending: Vec::new(),
             pending_len: 0,
+            staging: None,
         })
+    }
+
+    /// The writer's staging id when it is new since the last call (a multipart upload just
+    /// started): the caller records it.
+    fn newly_staged(&mut self) -> Option<String> {
+        let now = self.writer.staging_id();
+        if now.is_some() && now != self.staging {
+            self.staging.clone_from(&now);
+            return now;
+        }
+        None
     }
 
     /// Take a chunk. Pending bytes go to the blocking pool when the pipeline is free and has
@@ -536,6 +565,7 @@ impl Sink {
         .map_err(lost)??;
         out.store.extend(done.tail.clone());
         self.store(out).await?;
+        let staged_late = self.newly_staged();
         let scanned = self.scan.verdict().await?;
         let sealing = match done.data_key {
             Some(key) => Some(
@@ -552,6 +582,7 @@ impl Sink {
             size: done.size,
             sealing,
             scanned,
+            staged_late,
         })
     }
 }
@@ -643,10 +674,21 @@ impl Staged {
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }
-        let inserted = match state.meta.files().insert(self.stored.clone()).await {
-            Ok(files::Inserted::Inserted) => Ok(()),
+        // The row in and the reservation out, in one transaction.
+        let upload = self.reservation.id();
+        let inserted = match state
+            .meta
+            .uploads()
+            .commit(upload, self.stored.clone())
+            .await
+        {
+            Ok(Committed::Inserted) => Ok(()),
             // The owner was locked for deletion after this upload authenticated.
-            Ok(files::Inserted::OwnerGone) => Err(IngestError::OwnerGone),
+            Ok(Committed::OwnerGone) => Err(IngestError::OwnerGone),
+            // Stalled so long (the database unreachable) that a sweeper took it for abandoned.
+            Ok(Committed::Swept) => Err(IngestError::Meta(MetaError::Unavailable(
+                "the upload was taken for abandoned while it committed".into(),
+            ))),
             Err(e) => Err(IngestError::from(e)),
         };
         if let Err(e) = inserted {
@@ -659,7 +701,7 @@ impl Staged {
             self.outcome.reason = Some(e.reason());
             return Err(e);
         }
-        drop(self.reservation);
+        self.reservation.settle();
         self.outcome.done = true;
         let f = &self.stored.file;
         if let Scanned::Unscanned(reason) = self.scanned {

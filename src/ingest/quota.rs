@@ -1,25 +1,28 @@
-//! Per-user storage quota with reservations for uploads in flight.
+//! Per-user storage quota with reservations for uploads in flight, kept in the database
+//! (`meta::uploads`) so that every node sees what every other node has promised.
 //!
-//! Invariant: at every instant, `stored + reserved <= quota` for each user. An upload reserves
-//! its maximum size before reading the body; its row is committed (moving bytes from
-//! "reserved" to "stored" via the usage trigger) before the reservation is released, so the
-//! sum can only over-count, never under-count. Two concurrent uploads therefore cannot both
-//! slip under the quota.
+//! Invariant: at every instant, `stored + reserved <= quota` for each user, across nodes. An
+//! upload reserves its maximum size before reading the body, in one transaction that locks the
+//! owner; its row is inserted in the same transaction that ends the reservation (moving bytes
+//! from "reserved" to "stored"), so the sum never under-counts. An upload that fails releases
+//! its reservation when its guard drops; one whose node died is found by the sweeper after
+//! `uploads.abandoned_after_secs` without bytes ([`Reservation::touch`] keeps a live one
+//! fresh, at a bounded rate).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::ids::UserId;
+use crate::blob::BlobKey;
+use crate::ids::{Timestamp, UploadId, UserId};
+use crate::meta::uploads::{NewReservation, Reserved};
 use crate::meta::{MetaError, MetaStore};
 
-/// The reservation ledger.
+/// The quota and where reservations live.
 #[derive(Clone)]
 pub struct Quota {
     limit: u64,
     meta: MetaStore,
-    reserved: Arc<Mutex<HashMap<UserId, u64>>>,
-    /// Serialises the check-then-reserve step (an async lock: it is held across a DB read).
-    gate: Arc<tokio::sync::Mutex<()>>,
+    /// How often at most an upload records that bytes arrived.
+    touch_every: Duration,
 }
 
 /// Why a reservation failed.
@@ -28,87 +31,120 @@ pub enum QuotaError {
     /// Nothing (or not enough) is left.
     #[error("quota exceeded")]
     Exceeded,
-    /// The usage could not be read.
+    /// The database failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
 }
 
-/// Bytes held for an upload in flight; released on drop.
+/// Bytes held for an upload in flight; released on drop unless the upload committed.
 pub struct Reservation {
-    ledger: Option<Arc<Mutex<HashMap<UserId, u64>>>>,
-    user: UserId,
+    id: UploadId,
     bytes: u64,
+    meta: MetaStore,
+    touch_every: Duration,
+    touched: Instant,
+    /// Ended in the database already (by the commit).
+    settled: bool,
 }
 
 impl Reservation {
+    /// The upload's id (its reservation row).
+    pub fn id(&self) -> UploadId {
+        self.id
+    }
+
     /// How many bytes this upload may store.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes arrived: tell the database the upload is alive, at most once per `touch_every`.
+    /// A failure is only logged: the upload goes on, and is at worst taken for abandoned later.
+    pub async fn touch(&mut self) {
+        if self.touched.elapsed() < self.touch_every {
+            return;
+        }
+        self.touched = Instant::now();
+        if let Err(e) = self.meta.uploads().touch(self.id, Timestamp::now()).await {
+            tracing::warn!(error = %e, "cannot record an upload's progress");
+        }
+    }
+
+    /// Record what the writer staged, so a sweeper can abort it if this node dies.
+    pub async fn staged(&self, staging_id: String) -> Result<(), MetaError> {
+        self.meta.uploads().staged(self.id, staging_id).await
+    }
+
+    /// The reservation ended with the commit that inserted the row.
+    pub fn settle(mut self) {
+        self.settled = true;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let Some(ledger) = &self.ledger else { return };
-        if let Ok(mut map) = ledger.lock()
-            && let Some(v) = map.get_mut(&self.user)
-        {
-            *v = v.saturating_sub(self.bytes);
-            if *v == 0 {
-                map.remove(&self.user);
-            }
+        if self.settled {
+            return;
+        }
+        // Released off the caller's path; if the database cannot be reached now, the sweeper
+        // takes the row once it counts as abandoned.
+        let (meta, id) = (self.meta.clone(), self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = meta.uploads().release(id).await {
+                    tracing::warn!(error = %e, upload.id = %id, "cannot release an upload's quota; the sweeper will");
+                }
+            });
         }
     }
 }
 
 impl Quota {
-    /// A ledger enforcing `limit` bytes per user (0 = unlimited).
-    pub fn new(limit: u64, meta: MetaStore) -> Self {
+    /// Reservations enforcing `limit` bytes per user (0 = unlimited, still recorded so that a
+    /// dead node's upload can be cleaned up), touched at most every `touch_every`.
+    pub fn new(limit: u64, meta: MetaStore, touch_every: Duration) -> Self {
         Self {
             limit,
             meta,
-            reserved: Arc::default(),
-            gate: Arc::default(),
+            touch_every,
         }
     }
 
-    /// Reserve up to `want` bytes. With `exact`, anything less than `want` fails; otherwise
-    /// (length unknown in advance) the reservation may be smaller, down to 1 byte.
+    /// Reserve up to `want` bytes for the upload `id`, whose blob will be `blob_key`. With
+    /// `exact`, anything less than `want` fails; otherwise (length unknown in advance) the
+    /// reservation may be smaller, down to 1 byte.
     pub async fn reserve(
         &self,
+        id: UploadId,
         user: UserId,
         want: u64,
         exact: bool,
+        blob_key: &BlobKey,
     ) -> Result<Reservation, QuotaError> {
-        if self.limit == 0 {
-            return Ok(Reservation {
-                ledger: None,
-                user,
-                bytes: want,
-            });
+        let granted = self
+            .meta
+            .uploads()
+            .reserve(NewReservation {
+                id,
+                owner: user,
+                want,
+                exact,
+                quota: self.limit,
+                blob_key: blob_key.as_str().to_owned(),
+                node: self.meta.node().to_owned(),
+                now: Timestamp::now(),
+            })
+            .await?;
+        match granted {
+            Reserved::Granted(bytes) => Ok(Reservation {
+                id,
+                bytes,
+                meta: self.meta.clone(),
+                touch_every: self.touch_every,
+                touched: Instant::now(),
+                settled: false,
+            }),
+            Reserved::Exceeded => Err(QuotaError::Exceeded),
         }
-        let _gate = self.gate.lock().await;
-        // Reservations only, then storage: an upload that commits in between is then counted
-        // twice (held before, stored after), never not at all. The other order would let a
-        // commit-and-release slip between the two reads and overshoot the quota.
-        let held = self.held(user)?;
-        let stored = self.meta.users().used_bytes(user).await?;
-        let free = self.limit.saturating_sub(stored).saturating_sub(held);
-        let bytes = if exact { want } else { want.min(free) };
-        if bytes > free || (bytes == 0 && want > 0) {
-            return Err(QuotaError::Exceeded);
-        }
-        let mut map = self.reserved.lock().map_err(|_| QuotaError::Exceeded)?;
-        *map.entry(user).or_insert(0) += bytes;
-        Ok(Reservation {
-            ledger: Some(self.reserved.clone()),
-            user,
-            bytes,
-        })
-    }
-
-    fn held(&self, user: UserId) -> Result<u64, QuotaError> {
-        let map = self.reserved.lock().map_err(|_| QuotaError::Exceeded)?;
-        Ok(map.get(&user).copied().unwrap_or(0))
     }
 }

@@ -356,6 +356,94 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE files ADD COLUMN scanned_at BIGINT;
         "#,
     },
+    // v5: what several nodes must agree on. Uploads in flight hold their quota here (not in a
+    // node's memory), with what a sweeper needs to clean up after a node that died mid-upload;
+    // leases say which node runs background work; login throttling and the login budget are
+    // shared (PostgreSQL; an SQLite node keeps them in memory, the tables stay empty).
+    // No foreign key from a reservation to its owner: an account may go while a dead node's
+    // upload is still to be cleaned up, and the sweeper still needs the row.
+    Migration {
+        sqlite: r#"
+        CREATE TABLE upload_reservations (
+            id         TEXT PRIMARY KEY,
+            owner_id   TEXT NOT NULL,
+            bytes      INTEGER NOT NULL CHECK (bytes >= 0),
+            blob_key   TEXT,
+            staging_id TEXT,
+            node       TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            touched_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX upload_reservations_by_owner ON upload_reservations (owner_id);
+        CREATE INDEX upload_reservations_by_touch ON upload_reservations (touched_at);
+
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+
+        -- network '' = the account-wide counter.
+        CREATE TABLE login_failures (
+            username TEXT NOT NULL,
+            network  TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            last_at  INTEGER NOT NULL,
+            until_at INTEGER NOT NULL,
+            PRIMARY KEY (username, network)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE login_known (
+            username TEXT NOT NULL,
+            network  TEXT NOT NULL,
+            at       INTEGER NOT NULL,
+            PRIMARY KEY (username, network)
+        ) STRICT, WITHOUT ROWID;
+        -- GCRA: the theoretical arrival time of the next request of each network.
+        CREATE TABLE login_budget (
+            network TEXT PRIMARY KEY,
+            tat     INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        "#,
+        postgres: r#"
+        CREATE TABLE upload_reservations (
+            id         UUID PRIMARY KEY,
+            owner_id   UUID NOT NULL,
+            bytes      BIGINT NOT NULL CHECK (bytes >= 0),
+            blob_key   TEXT,
+            staging_id TEXT,
+            node       TEXT NOT NULL,
+            started_at BIGINT NOT NULL,
+            touched_at BIGINT NOT NULL
+        );
+        CREATE INDEX upload_reservations_by_owner ON upload_reservations (owner_id);
+        CREATE INDEX upload_reservations_by_touch ON upload_reservations (touched_at);
+
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+
+        CREATE TABLE login_failures (
+            username TEXT NOT NULL,
+            network  TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            last_at  BIGINT NOT NULL,
+            until_at BIGINT NOT NULL,
+            PRIMARY KEY (username, network)
+        );
+        CREATE TABLE login_known (
+            username TEXT NOT NULL,
+            network  TEXT NOT NULL,
+            at       BIGINT NOT NULL,
+            PRIMARY KEY (username, network)
+        );
+        CREATE TABLE login_budget (
+            network TEXT PRIMARY KEY,
+            tat     BIGINT NOT NULL
+        );
+        "#,
+    },
 ];
 
 /// The version this binary writes.

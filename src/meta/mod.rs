@@ -2,13 +2,20 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`maintenance::Maintenance`]). Each
+//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`uploads::Uploads`],
+//! [`leases::Leases`], [`maintenance::Maintenance`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
 //! embedded default, and [`postgres`], which several nodes can share: every rule above holds
 //! on it across nodes, enforced by the database. Schema changes are one ordered list
 //! ([`migrations`]), written for both.
+//!
+//! What several nodes must agree on lives in the database, never only in one node's memory:
+//! quota reservations of uploads in flight ([`uploads`]), who runs background work
+//! ([`leases`]), login throttling ([`throttle`], PostgreSQL only: one SQLite node keeps it in
+//! memory), and revocations, which each engine announces to every node's credential caches
+//! ([`revocations`]).
 //!
 //! Invariant: nothing outside this module names an engine's types or writes SQL; every value
 //! is bound, never formatted into a statement.
@@ -17,13 +24,17 @@ pub mod api_keys;
 pub mod audit;
 pub mod error;
 pub mod files;
+pub mod leases;
 pub mod links;
 pub mod maintenance;
 pub mod migrations;
 pub mod page;
 pub mod postgres;
+pub mod revocations;
 pub mod sessions;
 pub mod sqlite;
+pub mod throttle;
+pub mod uploads;
 pub mod users;
 
 use std::path::Path;
@@ -35,15 +46,26 @@ pub use page::Page;
 use api_keys::ApiKeys;
 use audit::Audit;
 use files::Files;
+use leases::Leases;
 use links::Links;
-use maintenance::Maintenance;
+use maintenance::{Cluster, Maintenance};
+use revocations::RevocationSink;
 use sessions::Sessions;
+use throttle::LoginThrottles;
+use uploads::Uploads;
 use users::Users;
 
 /// Everything an engine implements.
-pub trait Engine: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance {}
+pub trait Engine:
+    Users + Sessions + ApiKeys + Files + Links + Audit + Uploads + Leases + Maintenance + Cluster
+{
+}
 
-impl<T: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance> Engine for T {}
+impl<
+    T: Users + Sessions + ApiKeys + Files + Links + Audit + Uploads + Leases + Maintenance + Cluster,
+> Engine for T
+{
+}
 
 /// The metadata store handed to the rest of the crate. Cheap to clone.
 #[derive(Clone)]
@@ -89,6 +111,34 @@ impl MetaStore {
     /// The audit trail.
     pub fn audit(&self) -> &dyn Audit {
         &*self.0
+    }
+
+    /// Quota reservations of uploads in flight.
+    pub fn uploads(&self) -> &dyn Uploads {
+        &*self.0
+    }
+
+    /// Which node runs background work.
+    pub fn leases(&self) -> &dyn Leases {
+        &*self.0
+    }
+
+    /// Login throttling shared by every node, where the engine serves several
+    /// (PostgreSQL); `None` for the embedded SQLite, whose one node keeps it in memory.
+    pub fn login_throttles(&self) -> Option<&dyn LoginThrottles> {
+        self.0.login_throttles()
+    }
+
+    /// This process's id among the nodes (reservations and leases name it).
+    pub fn node(&self) -> &str {
+        self.0.hub().node()
+    }
+
+    /// Have `sink` told of every revocation committed from now on, on this node or any other
+    /// (PostgreSQL: this starts the node's listener), and of whether that feed is live.
+    pub fn subscribe_revocations(&self, sink: std::sync::Arc<dyn RevocationSink>) {
+        self.0.hub().subscribe(sink);
+        self.0.listen();
     }
 
     /// Whether the database answers now (`/readyz`).

@@ -11,6 +11,7 @@ mod api_keys;
 mod audit;
 mod backup;
 mod check;
+mod cluster;
 mod connections;
 mod content_safety;
 mod crash;

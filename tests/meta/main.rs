@@ -14,6 +14,7 @@ mod engines;
 
 mod accounts;
 mod audit;
+mod cluster;
 mod files;
 mod links;
 mod postgres;

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use crate::http::error::AppError;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::middleware::headers;
+use crate::limits::LoginRefused;
 use crate::metrics::Limiter;
 use crate::state::AppState;
 
@@ -60,9 +61,10 @@ pub(crate) async fn global(State(state): State<AppState>, req: Request, next: Ne
 
 /// The login and register budget.
 pub(crate) async fn login(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match state.limits.login.check(client(&req)) {
+    match state.limits.check_login(client(&req)).await {
         Ok(()) => next.run(req).await,
-        Err(wait) => {
+        Err(LoginRefused::Unavailable(e)) => AppError::from(e).into_response(),
+        Err(LoginRefused::Wait(wait)) => {
             state.metrics.rate_limited(Limiter::Login);
             AppError::TooManyRequests {
                 retry_after_secs: wait,

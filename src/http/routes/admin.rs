@@ -12,7 +12,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
-use crate::auth::cache::Revoked;
 use crate::auth::principal::Principal;
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
@@ -89,11 +88,9 @@ async fn delete_user(
     let task_state = state.clone();
     let files = tokio::spawn(async move {
         let s = &task_state;
-        // The account's credentials die with the lock, not when its last file is gone.
-        removal::remove_user(&s.meta, &s.blobs, id, || {
-            s.principals.invalidate(Revoked::User(id));
-        })
-        .await
+        // The account's credentials die with the lock (the engine announces it to every
+        // node's cache), not when its last file is gone.
+        removal::remove_user(&s.meta, &s.blobs, id).await
     })
     .await
     .map_err(|e| AppError::Internal(e.into()))??;
@@ -144,7 +141,6 @@ async fn set_role(
             ));
         }
     };
-    state.principals.invalidate(Revoked::User(id));
     state.audit.record(
         Record::new(Event::AdminUserRole)
             .actor(principal.user_id)

@@ -14,7 +14,6 @@ use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
 use crate::auth::api_key;
-use crate::auth::cache::Revoked;
 use crate::auth::principal::Principal;
 use crate::http::error::{AppError, AppResult, FieldError};
 use crate::http::extract::AppJson;
@@ -192,7 +191,6 @@ async fn delete_api_key(
     if !state.meta.api_keys().delete(owner, id).await? {
         return Err(AppError::NotFound);
     }
-    state.principals.invalidate(Revoked::ApiKey(id));
     state.audit.record(
         Record::new(Event::ApiKeyDelete)
             .actor(owner)

@@ -58,6 +58,8 @@ impl App {
                     audit: state.audit.clone(),
                     interval: Duration::from_secs(state.config.retention.sweep_interval_secs),
                     audit_retention_days: state.config.audit.retention_days,
+                    abandoned_after: Duration::from_secs(state.config.uploads.abandoned_after_secs),
+                    throttle: state.sessions.throttle.rules(),
                 }
                 .sweep_periodically(),
             ),

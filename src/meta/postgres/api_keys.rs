@@ -6,10 +6,11 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::users::LOCKED;
-use super::{PgResult, Postgres};
+use super::{PgResult, Postgres, REVOCATIONS_CHANNEL};
 use crate::ids::{ApiKeyId, UserId};
 use crate::meta::api_keys::{ApiKey, ApiKeys, KeyMatch, NewApiKey};
 use crate::meta::error::MetaError;
+use crate::meta::revocations::Revoked;
 
 /// Insert; `false` when the prefix (or the id) collided: the caller draws a new key.
 pub async fn insert(c: &impl GenericClient, k: &NewApiKey) -> PgResult<bool> {
@@ -85,11 +86,23 @@ pub async fn list(c: &impl GenericClient, user: UserId) -> PgResult<Vec<ApiKey>>
 }
 
 /// Delete one of the user's keys; `false` when there is no such key of theirs.
-pub async fn delete(c: &impl GenericClient, user: UserId, id: ApiKeyId) -> PgResult<bool> {
+pub async fn delete(
+    c: &impl GenericClient,
+    user: UserId,
+    id: ApiKeyId,
+    payload: &str,
+) -> PgResult<bool> {
     let st = c
-        .prepare_cached("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM api_keys WHERE id = $1 AND user_id = $2 RETURNING 1)
+             SELECT pg_notify($3, $4) FROM gone",
+        )
         .await?;
-    Ok(c.execute(&st, &[&id, &user]).await? == 1)
+    Ok(
+        c.execute(&st, &[&id, &user, &REVOCATIONS_CHANNEL, &payload])
+            .await?
+            == 1,
+    )
 }
 
 #[async_trait]
@@ -108,7 +121,15 @@ impl ApiKeys for Postgres {
     }
 
     async fn delete(&self, user: UserId, id: ApiKeyId) -> Result<bool, MetaError> {
-        self.one((user, id), |c, &(user, id)| Box::pin(delete(c, user, id)))
-            .await
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::ApiKey(id));
+        let deleted = self
+            .one((user, id, payload), |c, (user, id, p)| {
+                Box::pin(delete(c, *user, *id, p))
+            })
+            .await?;
+        self.announce(deleted.then_some(Revoked::ApiKey(id)), echo)
+            .await;
+        Ok(deleted)
     }
 }

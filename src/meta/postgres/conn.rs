@@ -17,9 +17,12 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::tls::MakeRustls;
 use crate::meta::error::{MetaError, describe};
@@ -157,6 +160,69 @@ pub(crate) fn pool(settings: &Settings) -> Result<Pool, MetaError> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| MetaError::Config(format!("database pool: {e}")))
+}
+
+/// A connection of its own (never pooled), for `LISTEN`: the client, and the notifications
+/// it receives, in order. The channel closes when the connection ends.
+pub(crate) async fn dedicated(
+    settings: &Settings,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    MetaError,
+> {
+    let Parsed {
+        mut config,
+        root_file,
+    } = parse(&settings.url).map_err(MetaError::Config)?;
+    config
+        .connect_timeout(settings.connect_timeout)
+        .tcp_user_timeout(settings.call_timeout)
+        .keepalives_idle(Duration::from_secs(30));
+    // Always this name: the nodes count each other's listeners by it (`Postgres::announce`).
+    config.application_name(super::LISTENER_NAME);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = match config.get_ssl_mode() {
+        SslMode::Disable => {
+            let (client, conn) = config.connect(NoTls).await.map_err(classify)?;
+            tokio::spawn(forward(conn, tx));
+            client
+        }
+        _ => {
+            let tls = MakeRustls::new(root_file.as_deref()).map_err(MetaError::Config)?;
+            let (client, conn) = config.connect(tls).await.map_err(classify)?;
+            tokio::spawn(forward(conn, tx));
+            client
+        }
+    };
+    Ok((client, rx))
+}
+
+/// Drive a dedicated connection, passing on its notifications; ends with it.
+async fn forward<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: mpsc::UnboundedSender<tokio_postgres::Notification>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) => {
+                if tx.send(n).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %describe(&e), "the listener's connection ended");
+                return;
+            }
+        }
+    }
 }
 
 /// Whether retrying the whole transaction may succeed: another transaction won a conflict.

@@ -21,12 +21,18 @@ pub mod api_keys;
 pub mod audit;
 mod conn;
 pub mod files;
+mod leases;
 pub mod links;
+mod listener;
 pub mod sessions;
+mod throttle;
 mod tls;
 mod types;
+pub mod uploads;
 pub mod users;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,8 +44,9 @@ pub use conn::{Settings, check_url, url_has_password};
 use conn::{classify, is_retryable, pool_error};
 
 use crate::meta::error::MetaError;
-use crate::meta::maintenance::Maintenance;
+use crate::meta::maintenance::{Cluster, Maintenance};
 use crate::meta::migrations;
+use crate::meta::revocations::{ECHO_WAIT, Echo, Hub, Revoked};
 
 /// A pooled connection.
 pub(crate) type Client = deadpool_postgres::Object;
@@ -62,10 +69,25 @@ pub mod lock_keys {
     pub const ADMINS: i64 = 0x636f_6666_6572_0003;
 }
 
+/// The channel revocations travel on between nodes (`NOTIFY` / `LISTEN`).
+pub const REVOCATIONS_CHANNEL: &str = "coffer_revoked";
+/// The channel on which each node confirms a revocation it applied to the node that made it.
+pub const CONFIRMATIONS_CHANNEL: &str = "coffer_revoked_ok";
+/// The `application_name` of every node's listening session: a node counts the others by it.
+pub const LISTENER_NAME: &str = "coffer-listener";
+
 /// The PostgreSQL engine: a pool of connections and the bound on each call.
 pub struct Postgres {
     pool: deadpool_postgres::Pool,
     call_timeout: Duration,
+    /// For the listener's own connection.
+    settings: Settings,
+    /// Revocations: announced here after each commit, and to the other nodes by `NOTIFY`.
+    hub: Hub,
+    /// Whether the listener runs.
+    listening: std::sync::atomic::AtomicBool,
+    /// The listening session's backend pid while it listens, else 0.
+    listener_pid: Arc<AtomicI32>,
 }
 
 impl Postgres {
@@ -90,7 +112,39 @@ impl Postgres {
         Ok(Self {
             pool,
             call_timeout: settings.call_timeout,
+            settings: settings.clone(),
+            // Not live until the listener listens: until then nothing is served from memory.
+            hub: Hub::new(false),
+            listening: std::sync::atomic::AtomicBool::new(false),
+            listener_pid: Arc::new(AtomicI32::new(0)),
         })
+    }
+
+    /// What travels to the other nodes for `what`: `<node> <echo id> <revocation>`.
+    pub(crate) fn payload(echo: &Echo, what: Revoked) -> String {
+        format!("{} {}", echo.origin(), what.encode())
+    }
+
+    /// After a revoking transaction committed (its `NOTIFY` went to the other nodes with it):
+    /// tell this process's caches, then wait (bounded) until every other node listening now
+    /// has confirmed it applied the announcement (see `meta::revocations`).
+    pub(crate) async fn announce(&self, what: Option<Revoked>, echo: Echo) {
+        let Some(what) = what else { return };
+        self.hub.publish(what);
+        let own = self.listener_pid.load(Ordering::Acquire);
+        if own == 0 || !self.hub.is_live() {
+            return;
+        }
+        let deadline = Instant::now() + ECHO_WAIT;
+        let others = self
+            .one_until(deadline, own, |c, own| Box::pin(other_listeners(c, *own)))
+            .await;
+        match others {
+            Ok(n) => echo.confirmed(n).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the other nodes to confirm a revocation")
+            }
+        }
     }
 
     /// Run `f` on a pooled connection outside an explicit transaction: each statement it sends
@@ -212,6 +266,53 @@ async fn backoff(retries: u32, deadline: Instant) {
     tokio::time::sleep_until(until).await;
 }
 
+impl Cluster for Postgres {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn listen(&self) {
+        if !self.listening.swap(true, Ordering::AcqRel) {
+            tokio::spawn(listener::run(
+                self.settings.clone(),
+                self.hub.clone(),
+                self.listener_pid.clone(),
+            ));
+        }
+    }
+
+    fn login_throttles(&self) -> Option<&dyn crate::meta::throttle::LoginThrottles> {
+        Some(self)
+    }
+}
+
+/// The listening sessions of other nodes on this database now (every session named
+/// [`LISTENER_NAME`] but `own`).
+async fn other_listeners(c: &Client, own: i32) -> PgResult<usize> {
+    let st = c
+        .prepare_cached(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1 AND pid <> $2",
+        )
+        .await?;
+    let n: i64 = c
+        .query_one(&st, &[&LISTENER_NAME, &own])
+        .await?
+        .try_get(0)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// `SELECT pg_notify(channel, payload)` in the caller's transaction: delivered to every
+/// listening node when it commits, never if it rolls back.
+pub(crate) async fn notify(
+    c: &impl deadpool_postgres::GenericClient,
+    payload: &str,
+) -> PgResult<()> {
+    let st = c.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    c.execute(&st, &[&REVOCATIONS_CHANNEL, &payload]).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Maintenance for Postgres {
     async fn ping(&self) -> bool {
@@ -259,6 +360,10 @@ mod tests {
         let pg = Postgres {
             pool: conn::pool(&settings).unwrap(),
             call_timeout: settings.call_timeout,
+            settings: settings.clone(),
+            hub: Hub::new(false),
+            listening: std::sync::atomic::AtomicBool::new(false),
+            listener_pid: Arc::new(AtomicI32::new(0)),
         };
         fn select<'c>(c: &'c Client, (): &'c ()) -> BoxFuture<'c, PgResult<()>> {
             Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
 use super::users::LOCKED;
-use super::{IsolationLevel, PgResult, Postgres, Tx};
+use super::{IsolationLevel, PgResult, Postgres, REVOCATIONS_CHANNEL, Tx, notify};
 use crate::ids::{SessionId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::revocations::Revoked;
 use crate::meta::sessions::{NewSession, Rotation, Sessions};
 use crate::meta::users::Role;
 
@@ -51,6 +52,8 @@ pub struct RotateArgs {
     pub expires_at: Timestamp,
     /// Replays of a token rotated at or after this are not reuse.
     pub grace_since: Option<Timestamp>,
+    /// `<node> <echo id>`: how the announcement of a revocation begins.
+    pub origin: String,
 }
 
 /// Spend `old` and record `new` in its place, in the caller's serializable transaction (the
@@ -81,6 +84,8 @@ pub async fn rotate(t: &Tx<'_>, a: &RotateArgs) -> PgResult<Rotation> {
             return Ok(Rotation::Replayed { session, user });
         }
         revoke(t, session, a.now).await?;
+        let payload = format!("{} {}", a.origin, Revoked::Session(session).encode());
+        notify(t, &payload).await?;
         return Ok(Rotation::Reused { session, user });
     }
     if token_expiry <= a.now {
@@ -133,24 +138,38 @@ async fn revoke(t: &Tx<'_>, id: SessionId, now: Timestamp) -> PgResult<()> {
     Ok(())
 }
 
-/// End a login and revoke the access token that asked for it (one statement).
+/// End a login, revoke the access token that asked for it, and announce it to the other
+/// nodes (one statement, so one transaction: the announcement leaves on its commit).
 pub async fn logout(
     c: &impl GenericClient,
     session: SessionId,
     jti: &str,
     token_expires_at: Timestamp,
     now: Timestamp,
+    payload: &str,
 ) -> PgResult<()> {
     let st = c
         .prepare_cached(
             "WITH ended AS (
-                 UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL)
-             INSERT INTO revoked_tokens (jti, expires_at) VALUES ($3, $4)
-             ON CONFLICT (jti) DO NOTHING",
+                 UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL),
+             spent AS (
+                 INSERT INTO revoked_tokens (jti, expires_at) VALUES ($3, $4)
+                 ON CONFLICT (jti) DO NOTHING)
+             SELECT pg_notify($5, $6)",
         )
         .await?;
-    c.execute(&st, &[&session, &now, &jti, &token_expires_at])
-        .await?;
+    c.execute(
+        &st,
+        &[
+            &session,
+            &now,
+            &jti,
+            &token_expires_at,
+            &REVOCATIONS_CHANNEL,
+            &payload,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -205,17 +224,24 @@ impl Sessions for Postgres {
         expires_at: Timestamp,
         grace_since: Option<Timestamp>,
     ) -> Result<Rotation, MetaError> {
+        let echo = self.hub.echo();
         let args = RotateArgs {
             old,
             new,
             now,
             expires_at,
             grace_since,
+            origin: echo.origin(),
         };
-        self.tx(IsolationLevel::Serializable, args, |t, a| {
-            Box::pin(rotate(t, a))
-        })
-        .await
+        let rotation = self
+            .tx(IsolationLevel::Serializable, args, |t, a| {
+                Box::pin(rotate(t, a))
+            })
+            .await?;
+        if let Rotation::Reused { session, .. } = rotation {
+            self.announce(Some(Revoked::Session(session)), echo).await;
+        }
+        Ok(rotation)
     }
 
     async fn logout(
@@ -225,11 +251,17 @@ impl Sessions for Postgres {
         token_expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<(), MetaError> {
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::Session(session));
         self.one(
-            (session, jti, token_expires_at, now),
-            |c, (session, jti, expires, now)| Box::pin(logout(c, *session, jti, *expires, *now)),
+            (session, jti, token_expires_at, now, payload),
+            |c, (session, jti, expires, now, payload)| {
+                Box::pin(logout(c, *session, jti, *expires, *now, payload))
+            },
         )
-        .await
+        .await?;
+        self.announce(Some(Revoked::Session(session)), echo).await;
+        Ok(())
     }
 
     async fn live_principal(

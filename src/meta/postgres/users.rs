@@ -11,10 +11,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use super::{IsolationLevel, PgResult, Postgres, Tx, lock_keys};
+use super::{IsolationLevel, PgResult, Postgres, Tx, lock_keys, notify};
 use crate::ids::{Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
+use crate::meta::revocations::Revoked;
 use crate::meta::users::{
     Credentials, Deleted, ForLogin, Inserted, Locked, NewUser, Role, RoleChange, User, Users,
 };
@@ -175,8 +176,9 @@ async fn lock_and_count_admins(t: &Tx<'_>) -> PgResult<i64> {
     t.query_one(&st, &[&LOCKED]).await?.try_get(0)
 }
 
-/// Change a role, refusing to demote the last administrator who can still log in.
-pub async fn set_role(t: &Tx<'_>, id: UserId, role: Role) -> PgResult<RoleChange> {
+/// Change a role, refusing to demote the last administrator who can still log in; a change
+/// is announced (`payload`) to the other nodes.
+pub async fn set_role(t: &Tx<'_>, id: UserId, role: Role, payload: &str) -> PgResult<RoleChange> {
     let admins = lock_and_count_admins(t).await?;
     let Some(user) = get(t, id).await? else {
         return Ok(RoleChange::NoUser);
@@ -186,12 +188,14 @@ pub async fn set_role(t: &Tx<'_>, id: UserId, role: Role) -> PgResult<RoleChange
     }
     t.execute("UPDATE users SET role = $2 WHERE id = $1", &[&id, &role])
         .await?;
+    notify(t, payload).await?;
     Ok(RoleChange::Changed(User { role, ..user }))
 }
 
 /// First step of deleting an account: its logins and API keys go, and it can no longer log
-/// in; refused for the last administrator who can still log in.
-pub async fn lock(t: &Tx<'_>, id: UserId) -> PgResult<Locked> {
+/// in (announced, `payload`, to the other nodes); refused for the last administrator who can
+/// still log in.
+pub async fn lock(t: &Tx<'_>, id: UserId, payload: &str) -> PgResult<Locked> {
     let admins = lock_and_count_admins(t).await?;
     let Some(target) = get(t, id).await? else {
         return Ok(Locked::NoUser);
@@ -210,6 +214,7 @@ pub async fn lock(t: &Tx<'_>, id: UserId) -> PgResult<Locked> {
         &[&id, &LOCKED],
     )
     .await?;
+    notify(t, payload).await?;
     Ok(Locked::Locked)
 }
 
@@ -275,19 +280,35 @@ impl Users for Postgres {
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<RoleChange, MetaError> {
-        self.tx(
-            IsolationLevel::ReadCommitted,
-            (id, role),
-            |t, &(id, role)| Box::pin(set_role(t, id, role)),
-        )
-        .await
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::User(id));
+        let change = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, role, payload),
+                |t, (id, role, payload)| Box::pin(set_role(t, *id, *role, payload)),
+            )
+            .await?;
+        if let RoleChange::Changed(_) = change {
+            self.announce(Some(Revoked::User(id)), echo).await;
+        }
+        Ok(change)
     }
 
     async fn lock(&self, id: UserId) -> Result<Locked, MetaError> {
-        self.tx(IsolationLevel::ReadCommitted, id, |t, &id| {
-            Box::pin(lock(t, id))
-        })
-        .await
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::User(id));
+        let locked = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, payload),
+                |t, (id, p)| Box::pin(lock(t, *id, p)),
+            )
+            .await?;
+        if locked == Locked::Locked {
+            self.announce(Some(Revoked::User(id)), echo).await;
+        }
+        Ok(locked)
     }
 
     async fn delete(&self, id: UserId) -> Result<Deleted, MetaError> {

@@ -9,6 +9,7 @@ use super::users::LOCKED;
 use crate::ids::{ApiKeyId, UserId};
 use crate::meta::api_keys::{ApiKey, ApiKeys, KeyMatch, NewApiKey};
 use crate::meta::error::MetaError;
+use crate::meta::revocations::Revoked;
 
 /// Insert; `false` when the prefix collided (the caller draws a new key).
 pub fn insert(c: &Connection, k: &NewApiKey) -> rusqlite::Result<bool> {
@@ -94,6 +95,8 @@ impl ApiKeys for Sqlite {
     }
 
     async fn delete(&self, user: UserId, id: ApiKeyId) -> Result<bool, MetaError> {
-        self.write(move |c| delete(c, user, id)).await
+        let deleted = self.write(move |c| delete(c, user, id)).await?;
+        self.announce(deleted.then_some(Revoked::ApiKey(id)));
+        Ok(deleted)
     }
 }

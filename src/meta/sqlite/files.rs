@@ -148,7 +148,12 @@ pub fn delete_if_blob(
     Ok(gone)
 }
 
-fn queue_blob_deletion(c: &Connection, blob_key: &str, now: Timestamp) -> rusqlite::Result<()> {
+/// Queue a blob for deletion (once).
+pub(crate) fn queue_blob_deletion(
+    c: &Connection,
+    blob_key: &str,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO blob_deletions (blob_key, queued_at) VALUES (?1, ?2)
          ON CONFLICT (blob_key) DO NOTHING",

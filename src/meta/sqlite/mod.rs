@@ -14,9 +14,11 @@ pub mod api_keys;
 pub mod audit;
 mod conn;
 pub mod files;
+mod leases;
 pub mod links;
 pub mod sessions;
 pub mod snapshot;
+pub mod uploads;
 pub mod users;
 mod writer;
 
@@ -29,8 +31,9 @@ use tokio::sync::Semaphore;
 
 use crate::blocking;
 use crate::meta::error::MetaError;
-use crate::meta::maintenance::Maintenance;
+use crate::meta::maintenance::{Cluster, Maintenance};
 use crate::meta::migrations;
+use crate::meta::revocations::{Hub, Revoked};
 #[cfg(test)]
 pub(crate) use conn::test_conn;
 use conn::{classify, open_reader, open_writer};
@@ -41,6 +44,8 @@ pub struct Sqlite {
     readers: Mutex<Vec<Connection>>,
     read_permits: Semaphore,
     writer: writer::Writer,
+    /// Revocations are announced in-process only: one SQLite file, one node.
+    hub: Hub,
 }
 
 impl Sqlite {
@@ -62,7 +67,15 @@ impl Sqlite {
             readers: Mutex::new(pool),
             read_permits: Semaphore::new(readers),
             writer: writer::Writer::start(writer)?,
+            hub: Hub::new(true),
         })
+    }
+
+    /// After a revoking write committed: tell this process's caches.
+    pub(crate) fn announce(&self, what: Option<Revoked>) {
+        if let Some(what) = what {
+            self.hub.publish(what);
+        }
     }
 
     /// Run a read-only closure on a pooled connection.
@@ -108,6 +121,12 @@ impl Sqlite {
         T: Send + 'static,
     {
         self.writer.write(f).await
+    }
+}
+
+impl Cluster for Sqlite {
+    fn hub(&self) -> &Hub {
+        &self.hub
     }
 }
 

@@ -7,6 +7,7 @@ use super::Sqlite;
 use super::users::LOCKED;
 use crate::ids::{SessionId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::revocations::Revoked;
 use crate::meta::sessions::{NewSession, Rotation, Sessions};
 use crate::meta::users::Role;
 
@@ -176,8 +177,13 @@ impl Sessions for Sqlite {
         expires_at: Timestamp,
         grace_since: Option<Timestamp>,
     ) -> Result<Rotation, MetaError> {
-        self.write(move |c| rotate(c, &old, &new, now, expires_at, grace_since))
-            .await
+        let rotation = self
+            .write(move |c| rotate(c, &old, &new, now, expires_at, grace_since))
+            .await?;
+        if let Rotation::Reused { session, .. } = rotation {
+            self.announce(Some(Revoked::Session(session)));
+        }
+        Ok(rotation)
     }
 
     async fn logout(
@@ -191,7 +197,9 @@ impl Sessions for Sqlite {
             revoke(c, session, now)?;
             revoke_access_token(c, &jti, token_expires_at)
         })
-        .await
+        .await?;
+        self.announce(Some(Revoked::Session(session)));
+        Ok(())
     }
 
     async fn live_principal(

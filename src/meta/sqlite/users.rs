@@ -11,6 +11,7 @@ use super::conn::is_unique_violation;
 use crate::ids::{Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
+use crate::meta::revocations::Revoked;
 use crate::meta::users::{
     Credentials, Deleted, ForLogin, Inserted, Locked, NewUser, Role, RoleChange, User, Users,
 };
@@ -229,31 +230,41 @@ impl Users for Sqlite {
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<RoleChange, MetaError> {
-        self.write(move |c| {
-            let Some(user) = get(c, id)? else {
-                return Ok(RoleChange::NoUser);
-            };
-            if user.role == Role::Admin && role == Role::User && count_admins(c)? <= 1 {
-                return Ok(RoleChange::LastAdmin);
-            }
-            set_role(c, id, role)?;
-            Ok(RoleChange::Changed(User { role, ..user }))
-        })
-        .await
+        let change = self
+            .write(move |c| {
+                let Some(user) = get(c, id)? else {
+                    return Ok(RoleChange::NoUser);
+                };
+                if user.role == Role::Admin && role == Role::User && count_admins(c)? <= 1 {
+                    return Ok(RoleChange::LastAdmin);
+                }
+                set_role(c, id, role)?;
+                Ok(RoleChange::Changed(User { role, ..user }))
+            })
+            .await?;
+        if let RoleChange::Changed(u) = &change {
+            self.announce(Some(Revoked::User(u.id)));
+        }
+        Ok(change)
     }
 
     async fn lock(&self, id: UserId) -> Result<Locked, MetaError> {
-        self.write(move |c| {
-            let Some(target) = get(c, id)? else {
-                return Ok(Locked::NoUser);
-            };
-            if target.role == Role::Admin && count_admins(c)? <= 1 {
-                return Ok(Locked::LastAdmin);
-            }
-            lock(c, id)?;
-            Ok(Locked::Locked)
-        })
-        .await
+        let locked = self
+            .write(move |c| {
+                let Some(target) = get(c, id)? else {
+                    return Ok(Locked::NoUser);
+                };
+                if target.role == Role::Admin && count_admins(c)? <= 1 {
+                    return Ok(Locked::LastAdmin);
+                }
+                lock(c, id)?;
+                Ok(Locked::Locked)
+            })
+            .await?;
+        if locked == Locked::Locked {
+            self.announce(Some(Revoked::User(id)));
+        }
+        Ok(locked)
     }
 
     async fn delete(&self, id: UserId) -> Result<Deleted, MetaError> {
