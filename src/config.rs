@@ -13,6 +13,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::ingest::policy;
 
+mod sources;
+use sources::Origins;
+
 /// The committed `config.toml`, compiled in so the binary runs with no file at all.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
 
@@ -404,7 +407,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let mut merged = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
+        let defaults = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
+        let mut merged = defaults.clone();
+        let mut origins = Origins::default();
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
@@ -415,11 +420,22 @@ impl Config {
             })?;
             let layer = parse_toml(&text, &file.display().to_string())?;
             refuse_database_password(&layer, &file)?;
+            origins.add_file(&text, &file.display().to_string());
             merge(&mut merged, layer);
         }
-        let database_url = secret_from_env(&env, DATABASE_URL_VAR)?;
-        merge(&mut merged, env_layer(env)?);
+        let mut problems = Vec::new();
+        let database_url = match secret_from_env(&env, DATABASE_URL_VAR) {
+            Ok(url) => url,
+            Err(e) => {
+                problems.extend(e.0);
+                None
+            }
+        };
+        let (layer, env_problems) = env_layer(env, &mut origins);
+        problems.extend(env_problems);
+        merge(&mut merged, layer);
         if let Some(url) = database_url {
+            origins.add_env("database.url".into(), DATABASE_URL_VAR);
             let mut section = toml::Table::new();
             section.insert("url".into(), toml::Value::String(url));
             merge(
@@ -427,10 +443,17 @@ impl Config {
                 toml::Table::from_iter([("database".to_owned(), toml::Value::Table(section))]),
             );
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| ConfigError::one(format!("{}: {}", e.path(), e.inner())))?;
-        config.validate()?;
-        Ok(config)
+        let (config, type_problems) = sources::deserialize_all(merged, &defaults, &origins);
+        problems.extend(type_problems);
+        // Values are judged even when some keys had the wrong type (those are at their
+        // defaults now), so one run lists everything to fix.
+        if let Some(Err(ConfigError(invalid))) = config.as_ref().map(Config::validate) {
+            problems.extend(invalid.into_iter().map(|m| origins.annotate(m)));
+        }
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError(problems)),
+        }
     }
 
     /// Check every value for sense, reporting all problems at once.
@@ -721,8 +744,12 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 
 /// `COFFER_LIMITS__MAX_UPLOAD_BYTES=5` becomes `limits.max_upload_bytes = 5`. Values parse as
 /// TOML when they can (`5`, `true`, `["a"]`, `{ png = "image/png" }`), else as strings.
-fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
+fn env_layer(
+    env: impl IntoIterator<Item = (String, String)>,
+    origins: &mut Origins,
+) -> (toml::Table, Vec<String>) {
     let mut table = toml::Table::new();
+    let mut problems = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -731,23 +758,31 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Ta
             continue;
         };
         if section.is_empty() || key.is_empty() || key.contains("__") {
-            return Err(ConfigError::one(format!(
-                "{name}: expected COFFER_<SECTION>__<KEY>"
-            )));
+            problems.push(format!("{name}: expected COFFER_<SECTION>__<KEY>"));
+            continue;
         }
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
+        let section_name = section;
         let section = table
             .entry(section.to_ascii_lowercase())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(section) = section {
             section.insert(key.to_ascii_lowercase(), value);
         }
+        origins.add_env(
+            format!(
+                "{}.{}",
+                section_name.to_ascii_lowercase(),
+                key.to_ascii_lowercase()
+            ),
+            &name,
+        );
     }
-    Ok(table)
+    (table, problems)
 }
 
 /// Lists may be written as TOML arrays or, handy in environment variables, as one

@@ -222,4 +222,66 @@ async fn dev_mode_runs_without_a_secret_on_loopback() {
     assert!(app.addr.ip().is_loopback());
     app.eventually("the dev-mode warning", || app.logs().contains("DEV MODE"))
         .await;
+    // Its ephemeral secret never signs anything in the configured (real) store.
+    app.user("devuser").await;
+    let dev_root = app.root.with_file_name("storage-dev");
+    assert!(dev_root.join("coffer.db").is_file(), "{}", app.logs());
+    assert!(!app.root.exists(), "dev mode wrote into the real store");
+}
+
+/// Every configuration problem at once, each with the file line or the variable that set it.
+#[test]
+fn every_config_problem_is_listed_with_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coffer.toml");
+    std::fs::write(
+        &file,
+        "# six mistakes\n\
+         [server]\n\
+         bind = \"not an address\"\n\
+         max_connections = \"many\"\n\
+         colour = \"blue\"\n\
+         \n\
+         [limits]\n\
+         max_upload_bytes = 0\n\
+         \n\
+         [cors]\n\
+         allowed_origins = [\"*\"]\n\
+         [nonsense]\n\
+         a = 1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd);
+    let out = cmd
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+        .env("COFFER_SECRET_KEY", secret())
+        .env("COFFER_AUTH__ACCESS_TTL_SECS", "soon")
+        .env("COFFER_RATE_LIMIT__BURSTY", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = file.display().to_string();
+    for (key, origin) in [
+        ("server.bind", format!("{f}:3")),
+        ("server.max_connections", format!("{f}:4")),
+        ("server.colour", format!("{f}:5")),
+        ("limits.max_upload_bytes", format!("{f}:8")),
+        ("cors.allowed_origins", format!("{f}:11")),
+        ("nonsense", format!("{f}:12")),
+        (
+            "auth.access_ttl_secs",
+            "COFFER_AUTH__ACCESS_TTL_SECS".to_owned(),
+        ),
+        ("rate_limit.bursty", "COFFER_RATE_LIMIT__BURSTY".to_owned()),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(key) && l.contains(&format!("set in {origin})"))),
+            "{key} from {origin} not reported:\n{err}"
+        );
+    }
+    assert!(!out.status.success() && !dir.path().join("s").exists());
 }
