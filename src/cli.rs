@@ -21,7 +21,7 @@ use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
 use crate::http::server::App;
 use crate::meta::MetaStore;
-use crate::meta::audit::ChainKey;
+use crate::meta::audit::{ChainKey, ChainKeys};
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, S3Credentials, SecretKey};
@@ -224,9 +224,14 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
     let secret_key = match SecretKey::from_env() {
         Ok(k) => k,
         Err(secrets::SecretError::Missing { .. }) if dev => {
+            keep_dev_data_apart(&mut config);
             tracing::warn!("==================================================================");
             tracing::warn!(
                 " DEV MODE: using an EPHEMERAL secret key. Tokens die with this process."
+            );
+            tracing::warn!(
+                " Data goes to {} (SQLite), apart from any real store.",
+                config.storage.root.display()
             );
             tracing::warn!(" Never run production like this: set COFFER_SECRET_KEY instead.");
             tracing::warn!("==================================================================");
@@ -239,6 +244,7 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
         config.server.bind =
             SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
     }
+    let old_secret_keys = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
     let keyring = keyring()?;
     let s3 = s3_credentials(&config)?;
     if keyring.enabled() {
@@ -253,6 +259,7 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
         config,
         Secrets {
             secret_key,
+            old_secret_keys,
             keyring,
             s3,
         },
@@ -263,6 +270,24 @@ async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
     println!("coffer listening on http://{addr}");
     app.serve(listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With an ephemeral secret, `--dev` writes to its own store: `<storage.root>-dev` with SQLite
+/// and local blobs. An audit chain signed with a key that dies with the process must never
+/// be mixed into a real store (its `coffer check` could not verify those entries), and a
+/// throwaway server must not touch a shared database or bucket.
+fn keep_dev_data_apart(config: &mut Config) {
+    let root = &config.storage.root;
+    config.storage.root = match root.file_name() {
+        Some(name) => {
+            let mut name = name.to_os_string();
+            name.push("-dev");
+            root.with_file_name(name)
+        }
+        None => root.join("coffer-dev"),
+    };
+    config.storage.backend = StorageBackend::Fs;
+    config.database.url = crate::config::DatabaseUrl::default();
 }
 
 async fn shutdown_signal() {
@@ -301,26 +326,66 @@ async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore),
     let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;
     let meta = match config.database.postgres() {
         Some(pg) => MetaStore::open_postgres(&pg).await?,
-        None => MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?,
+        None => MetaStore::open_sqlite(&root.join(crate::state::SQLITE_FILE), 2).await?,
     };
     Ok((root, meta, blobs))
 }
 
+/// The storage root of a store that already exists, absolute, for the commands that work on
+/// one (`check`, `backup`): they never create a store, since a wrong `storage.root` or working
+/// directory would otherwise "check" a fresh empty one and report it consistent.
+fn existing_store(config: &Config) -> Result<PathBuf, Failure> {
+    let root = &config.storage.root;
+    let shown = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+    let missing = |what: &str| {
+        Failure::Config(format!(
+            "no store at {}: {what}. check and backup work on an existing store only; point \
+             storage.root (--config, COFFER_CONFIG or COFFER_STORAGE__ROOT) at it",
+            shown.display()
+        ))
+    };
+    let sqlite = config.database.postgres().is_none();
+    let needs_root = sqlite || config.storage.backend == StorageBackend::Fs;
+    if needs_root && !root.is_dir() {
+        return Err(missing("the storage root does not exist"));
+    }
+    if sqlite && !root.join(crate::state::SQLITE_FILE).is_file() {
+        return Err(missing("it holds no database"));
+    }
+    Ok(root.canonicalize().unwrap_or(shown))
+}
+
+/// One line naming the store a command works on.
+fn describe_store(config: &Config, root: &Path) -> String {
+    let db = match config.database.postgres() {
+        Some(_) => "PostgreSQL (database.url)".to_owned(),
+        None => format!("SQLite {}", root.join(crate::state::SQLITE_FILE).display()),
+    };
+    let blobs = match config.storage.backend {
+        StorageBackend::Fs => format!("blobs under {}", root.display()),
+        StorageBackend::S3 => format!("blobs in s3 bucket {}", config.s3.bucket),
+    };
+    format!("store at {}: metadata in {db}, {blobs}", root.display())
+}
+
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
+    let root = existing_store(&config)?;
+    println!("{}", describe_store(&config, &root));
     // The audit chain is keyed by the service secret: without it, it cannot be verified.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Some(k.derive(crate::state::AUDIT_CHAIN_LABEL)),
-        Err(e) => {
+        Ok(k) => Some(chain_keys(&k)?),
+        Err(e @ secrets::SecretError::Missing { .. }) => {
             eprintln!("note: {e}; the audit chain is not verified");
             None
         }
+        Err(e) => return Err(Failure::Config(e.to_string())),
     };
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
     let scan = async || -> Result<ops::check::Report, Failure> {
         let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
-        if let Some(chain) = chain {
-            ops::check::check_audit(&meta, ChainKey(chain), &mut report).await?;
+        if let Some(chain) = &chain {
+            ops::check::check_audit(&meta, chain, &mut report).await?;
         }
         Ok(report)
     };
@@ -343,9 +408,20 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     }
 }
 
+/// The keys the audit chain may have been signed with: the current secret's, then those of
+/// `COFFER_SECRET_OLD_KEYS` (as `COFFER_ENCRYPTION_OLD_KEYS` names earlier encryption keys).
+fn chain_keys(current: &SecretKey) -> Result<ChainKeys, Failure> {
+    let old = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    Ok(ChainKeys::new(
+        std::iter::once(current)
+            .chain(old.iter())
+            .map(|k| ChainKey(k.derive(crate::state::AUDIT_CHAIN_LABEL))),
+    ))
+}
+
 fn read_password() -> Result<SecretString, Failure> {
-    if let Ok(p) = std::env::var("COFFER_PASSWORD") {
-        return Ok(SecretString::from(p));
+    if let Some(p) = secrets::password_from_env().map_err(|e| Failure::Config(e.to_string()))? {
+        return Ok(p);
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -417,6 +493,8 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
                 .into(),
         ));
     }
+    let root = existing_store(&config)?;
+    println!("{}", describe_store(&config, &root));
     let (root, meta, _) = open_stores(&config).await?;
     let postgres = config.database.postgres().is_some();
     let done = if postgres {
@@ -434,8 +512,11 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
         Err(e) => return Err(Failure::Other(e.into())),
     };
     println!(
-        "backup written to {}: {} files, {} blobs, {} deleted during the backup",
-        dest.display(),
+        "backup of {} written to {}: {} files, {} blobs, {} deleted during the backup",
+        root.display(),
+        std::path::absolute(dest)
+            .unwrap_or_else(|_| dest.to_path_buf())
+            .display(),
         s.files,
         s.blobs,
         s.vanished

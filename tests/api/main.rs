@@ -30,6 +30,7 @@ mod registration;
 mod repo;
 mod retention;
 mod s3;
+mod secrets;
 mod stack_smoke;
 mod startup;
 mod tokens;
