@@ -13,19 +13,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
+mod serve;
+
 use crate::audit::{AuditLog, Confidential, Event, Record};
 use crate::auth::accounts::{self, AccountError, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
 use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
-use crate::http::server::App;
 use crate::meta::MetaStore;
 use crate::meta::audit::{ChainKey, ChainKeys};
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, S3Credentials, SecretKey};
-use crate::state::Secrets;
 
 /// coffer: a secure file-storage service.
 #[derive(Parser)]
@@ -185,7 +185,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 async fn dispatch(command: Command, config: Config) -> ExitCode {
     let result = match command {
-        Command::Serve { dev } => serve(config, dev).await,
+        Command::Serve { dev } => serve::serve(config, dev).await,
         Command::Check { deep, repair } => check(config, deep, repair).await,
         Command::User {
             command:
@@ -218,95 +218,6 @@ fn keyring() -> Result<Keyring, Failure> {
     let (current, old) =
         secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
     Ok(Keyring::new(current, &old))
-}
-
-async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
-    let secret_key = match SecretKey::from_env() {
-        Ok(k) => k,
-        Err(secrets::SecretError::Missing { .. }) if dev => {
-            keep_dev_data_apart(&mut config);
-            tracing::warn!("==================================================================");
-            tracing::warn!(
-                " DEV MODE: using an EPHEMERAL secret key. Tokens die with this process."
-            );
-            tracing::warn!(
-                " Data goes to {} (SQLite), apart from any real store.",
-                config.storage.root.display()
-            );
-            tracing::warn!(" Never run production like this: set COFFER_SECRET_KEY instead.");
-            tracing::warn!("==================================================================");
-            SecretKey::ephemeral()
-        }
-        Err(e) => return Err(Failure::Config(e.to_string())),
-    };
-    if dev && !config.server.bind.ip().is_loopback() {
-        tracing::warn!(requested = %config.server.bind, "dev mode listens on loopback only");
-        config.server.bind =
-            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
-    }
-    let old_secret_keys = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
-    let keyring = keyring()?;
-    let s3 = s3_credentials(&config)?;
-    if keyring.enabled() {
-        tracing::info!(
-            key_id = keyring.current_id().unwrap_or("-"),
-            "encryption at rest is on"
-        );
-    }
-    let listener = crate::http::server::bind(config.server.bind).await?;
-    let addr = listener.local_addr()?;
-    let app = App::build(
-        config,
-        Secrets {
-            secret_key,
-            old_secret_keys,
-            keyring,
-            s3,
-        },
-    )
-    .await?;
-    tracing::info!(%addr, "listening");
-    // One line on stdout, for supervisors and test harnesses that bind port 0.
-    println!("coffer listening on http://{addr}");
-    app.serve(listener, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// With an ephemeral secret, `--dev` writes to its own store: `<storage.root>-dev` with SQLite
-/// and local blobs. An audit chain signed with a key that dies with the process must never
-/// be mixed into a real store (its `coffer check` could not verify those entries), and a
-/// throwaway server must not touch a shared database or bucket.
-fn keep_dev_data_apart(config: &mut Config) {
-    let root = &config.storage.root;
-    config.storage.root = match root.file_name() {
-        Some(name) => {
-            let mut name = name.to_os_string();
-            name.push("-dev");
-            root.with_file_name(name)
-        }
-        None => root.join("coffer-dev"),
-    };
-    config.storage.backend = StorageBackend::Fs;
-    config.database.url = crate::config::DatabaseUrl::default();
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }
 
 /// The object store's credentials from the environment, when the configuration uses one.

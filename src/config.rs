@@ -54,6 +54,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Where the values came from, for the start-up summary: the embedded defaults, the file
+    /// read (if any), the names of the variables that overrode keys.
+    #[serde(skip)]
+    pub sources: Vec<String>,
 }
 
 /// `[server]`
@@ -410,6 +414,7 @@ impl Config {
         let defaults = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
         let mut merged = defaults.clone();
         let mut origins = Origins::default();
+        let mut sources = vec!["defaults".to_owned()];
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
@@ -421,6 +426,12 @@ impl Config {
             let layer = parse_toml(&text, &file.display().to_string())?;
             refuse_database_password(&layer, &file)?;
             origins.add_file(&text, &file.display().to_string());
+            sources.push(
+                std::path::absolute(&file)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string(),
+            );
             merge(&mut merged, layer);
         }
         let mut problems = Vec::new();
@@ -431,6 +442,16 @@ impl Config {
                 None
             }
         };
+        sources.extend(
+            env.iter()
+                .map(|(k, _)| k)
+                .filter(|k| {
+                    k.strip_prefix(ENV_PREFIX).is_some_and(|r| r.contains("__"))
+                        || (*k == DATABASE_URL_VAR
+                            || k.strip_suffix("_FILE") == Some(DATABASE_URL_VAR))
+                })
+                .cloned(),
+        );
         let (layer, env_problems) = env_layer(env, &mut origins);
         problems.extend(env_problems);
         merge(&mut merged, layer);
@@ -451,7 +472,10 @@ impl Config {
             problems.extend(invalid.into_iter().map(|m| origins.annotate(m)));
         }
         match config {
-            Some(config) if problems.is_empty() => Ok(config),
+            Some(mut config) if problems.is_empty() => {
+                config.sources = sources;
+                Ok(config)
+            }
             _ => Err(ConfigError(problems)),
         }
     }

@@ -285,3 +285,61 @@ fn every_config_problem_is_listed_with_where_it_was_set() {
     }
     assert!(!out.status.success() && !dir.path().join("s").exists());
 }
+
+/// One summary line at start; a warning when anyone on the network may register.
+#[tokio::test]
+async fn start_up_prints_one_summary_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[auth]\nopen_registration = true\n").unwrap();
+    let app = TestApp::builder()
+        .arg("--config")
+        .arg(file.to_str().unwrap())
+        .env("COFFER_SERVER__BIND", "0.0.0.0:0")
+        .spawn()
+        .await;
+    app.eventually("the summary", || app.logs().contains("starting: config"))
+        .await;
+    let logs = app.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("starting: config"))
+        .unwrap();
+    let root = std::path::absolute(&app.root).unwrap();
+    for want in [
+        format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        format!("defaults + {}", file.display()),
+        "COFFER_SERVER__BIND".to_owned(),
+        format!("storage {}", root.display()),
+        format!("bind 0.0.0.0:{}", app.addr.port()),
+        "TLS off".to_owned(),
+        "encryption at rest off".to_owned(),
+        "registration open".to_owned(),
+    ] {
+        assert!(line.contains(&want), "{want:?} not in {line}");
+    }
+    assert_eq!(logs.matches("starting: config").count(), 1);
+    assert!(logs.contains("registration is open"), "{logs}");
+}
+
+#[test]
+fn an_address_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd);
+    let out = cmd
+        .arg("serve")
+        .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+        .env("COFFER_SECRET_KEY", secret())
+        .env("COFFER_SERVER__BIND", &addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
