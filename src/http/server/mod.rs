@@ -48,6 +48,8 @@ impl App {
     pub(crate) async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
         let (state, audit_task) = AppState::open(config, secrets).await?;
         let (router, doc) = stack::router(state.clone());
+        let mut doc = serde_json::to_value(&doc)?;
+        crate::http::openapi::apply_config(&mut doc, &state.config);
         let doc = serde_json::to_vec(&doc)?;
         let _ = state.openapi.set(Bytes::from(doc));
         let tasks = vec![
