@@ -463,13 +463,22 @@ async fn healthcheck(config: &Config, addr: Option<SocketAddr>) -> Result<ExitCo
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::from([127, 0, 0, 1]));
     }
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+    async fn ask(
+        mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) -> std::io::Result<bool> {
         s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
+        Ok(head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
+    }
+    // With native TLS the probe speaks it too, trusting exactly the configured certificate.
+    let cert = config.tls.files().map(|(cert, _)| cert.to_path_buf());
+    let probe = async {
+        match &cert {
+            Some(cert) => ask(crate::http::server::tls::connect_own(addr, cert).await?).await,
+            None => ask(tokio::net::TcpStream::connect(addr).await?).await,
+        }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
         Ok(Ok(true)) => Ok(ExitCode::SUCCESS),

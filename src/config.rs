@@ -54,6 +54,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Native TLS (off unless a certificate and key are configured).
+    pub tls: TlsConfig,
     /// Where the values came from, for the start-up summary: the embedded defaults, the file
     /// read (if any), the names of the variables that overrode keys.
     #[serde(skip)]
@@ -90,6 +92,31 @@ pub struct ServerConfig {
     pub blocking_threads: usize,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge).
     pub http2: bool,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). With `key_file`, `server.bind` speaks HTTPS only.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate (also from `COFFER_TLS_KEY_FILE`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A plain-HTTP listener that answers every request with 308 to HTTPS.
+    #[serde(default)]
+    pub redirect_bind: Option<SocketAddr>,
+}
+
+/// The variable that may name `tls.key_file` (as the `_FILE` twins of secrets do).
+pub const TLS_KEY_FILE_VAR: &str = "COFFER_TLS_KEY_FILE";
+
+impl TlsConfig {
+    /// The certificate and key files, when native TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 /// `[storage]`
@@ -452,7 +479,7 @@ impl Config {
                 })
                 .cloned(),
         );
-        let (layer, env_problems) = env_layer(env, &mut origins);
+        let (layer, env_problems) = env_layer(env.iter().cloned(), &mut origins);
         problems.extend(env_problems);
         merge(&mut merged, layer);
         if let Some(url) = database_url {
@@ -463,6 +490,26 @@ impl Config {
                 &mut merged,
                 toml::Table::from_iter([("database".to_owned(), toml::Value::Table(section))]),
             );
+        }
+        if let Some((_, path)) = env
+            .iter()
+            .find(|(k, v)| k == TLS_KEY_FILE_VAR && !v.is_empty())
+        {
+            let mut section = toml::Table::new();
+            section.insert("key_file".into(), toml::Value::String(path.clone()));
+            let tls = toml::Table::from_iter([("tls".to_owned(), toml::Value::Table(section))]);
+            if let Some(other) = env
+                .iter()
+                .find(|(k, v)| k == "COFFER_TLS__KEY_FILE" && v != path)
+            {
+                problems.push(format!(
+                    "both {TLS_KEY_FILE_VAR} and COFFER_TLS__KEY_FILE are set ({:?} and {:?}); set only one",
+                    path, other.1
+                ));
+            }
+            origins.add_env("tls.key_file".into(), TLS_KEY_FILE_VAR);
+            sources.push(TLS_KEY_FILE_VAR.to_owned());
+            merge(&mut merged, tls);
         }
         let (config, type_problems) = sources::deserialize_all(merged, &defaults, &origins);
         problems.extend(type_problems);
@@ -652,6 +699,24 @@ impl Config {
                 ));
             }
         }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => errs.push(format!(
+                "tls.cert_file is set but tls.key_file is not (nor {TLS_KEY_FILE_VAR}); set both or neither"
+            )),
+            (None, Some(_)) => {
+                errs.push("tls.key_file is set but tls.cert_file is not; set both or neither".into())
+            }
+            _ => {}
+        }
+        if let Some(redirect) = self.tls.redirect_bind {
+            if self.tls.files().is_none() {
+                errs.push(
+                    "tls.redirect_bind needs native TLS (tls.cert_file and tls.key_file)".into(),
+                );
+            } else if redirect == self.server.bind && redirect.port() != 0 {
+                errs.push("tls.redirect_bind must differ from server.bind".into());
+            }
+        }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());
         }
@@ -665,6 +730,12 @@ impl Config {
         } else {
             Err(ConfigError(errs))
         }
+    }
+
+    /// Whether clients reach this server over HTTPS: native TLS, or a TLS proxy in front
+    /// (`server.behind_tls_proxy`). Then every answer carries HSTS.
+    pub fn https(&self) -> bool {
+        self.server.behind_tls_proxy || self.tls.files().is_some()
     }
 
     /// The parsed `server.trusted_proxies`.
@@ -871,6 +942,50 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(c.uploads.allowed.len(), 1);
+    }
+
+    #[test]
+    fn native_tls_needs_both_files_and_the_key_may_come_from_its_variable() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.tls.files().is_none() && !c.https());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_TLS__CERT_FILE", "/c.pem"),
+                ("COFFER_TLS_KEY_FILE", "/k.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.files(),
+            Some((Path::new("/c.pem"), Path::new("/k.pem")))
+        );
+        assert!(c.https());
+        for (pairs, want) in [
+            (
+                &[("COFFER_TLS__CERT_FILE", "/c.pem")][..],
+                "tls.key_file is not",
+            ),
+            (
+                &[("COFFER_TLS__KEY_FILE", "/k.pem")][..],
+                "tls.cert_file is not",
+            ),
+            (
+                &[("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:80")][..],
+                "tls.redirect_bind needs native TLS",
+            ),
+            (
+                &[
+                    ("COFFER_TLS__CERT_FILE", "/c.pem"),
+                    ("COFFER_TLS__KEY_FILE", "/a.pem"),
+                    ("COFFER_TLS_KEY_FILE", "/b.pem"),
+                ][..],
+                "set only one",
+            ),
+        ] {
+            let e = Config::load_from(None, env(pairs)).unwrap_err().to_string();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

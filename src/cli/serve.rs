@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::{Failure, keyring, s3_credentials};
 use crate::config::{Config, StorageBackend};
-use crate::http::server::App;
+use crate::http::server::{App, Tls};
 use crate::secrets::{self, SecretKey};
 use crate::state::Secrets;
 
@@ -44,10 +44,25 @@ pub(super) async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Fai
             "encryption at rest is on"
         );
     }
+    // A missing or unreadable certificate or key is a configuration error (exit 2) naming it.
+    let tls = match config.tls.files() {
+        Some((cert, key)) => {
+            Some(Tls::load(cert, key).map_err(|e| Failure::Config(e.to_string()))?)
+        }
+        None => None,
+    };
     let bind = config.server.bind;
     let listener = crate::http::server::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (server.bind): {e}"))?;
+    let redirect = match config.tls.redirect_bind.filter(|_| tls.is_some()) {
+        Some(at) => Some(
+            crate::http::server::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {at} (tls.redirect_bind): {e}"))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!("{}", summary(&config, addr, keyring.enabled()));
     if config.auth.open_registration && !addr.ip().is_loopback() {
@@ -66,10 +81,18 @@ pub(super) async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Fai
         },
     )
     .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(redirect) = &redirect {
+        tracing::info!(
+            redirect = %redirect.local_addr()?,
+            "plain HTTP answers with a redirect to HTTPS"
+        );
+    }
     tracing::info!(%addr, "listening");
     // One line on stdout, for supervisors and test harnesses that bind port 0.
-    println!("coffer listening on http://{addr}");
-    app.serve(listener, shutdown_signal()).await?;
+    println!("coffer listening on {scheme}://{addr}");
+    app.serve(listener, tls, redirect, shutdown_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,10 +109,10 @@ fn summary(config: &Config, addr: SocketAddr, encryption: bool) -> String {
         StorageBackend::S3 => "s3",
     };
     let on = |b: bool| if b { "on" } else { "off" };
-    let tls = if config.server.behind_tls_proxy {
-        "at a proxy (server.behind_tls_proxy)"
-    } else {
-        "off"
+    let tls = match config.tls.files() {
+        Some((cert, _)) => format!("on (native, {})", cert.display()),
+        None if config.server.behind_tls_proxy => "at a proxy (server.behind_tls_proxy)".into(),
+        None => "off".into(),
     };
     format!(
         "coffer {} starting: config {}; storage {} (metadata {metadata}, blobs {blobs}); \

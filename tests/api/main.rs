@@ -33,6 +33,7 @@ mod s3;
 mod secrets;
 mod stack_smoke;
 mod startup;
+mod tls;
 mod tokens;
 mod upload;
 mod upload_limits;

@@ -35,6 +35,11 @@ impl<T> SendTimeout<T> {
         }
     }
 
+    /// The wrapped connection.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     /// Pass on a write's result; while it is blocked, fail it once `limit` has passed since
     /// the last write that went through.
     fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
