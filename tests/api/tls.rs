@@ -249,6 +249,30 @@ async fn https_only_with_h2_and_http1_by_alpn_hsts_and_the_api_working() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
 
+    // The server picks the suite by its own order (strongest first), not the client's.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.reverse();
+    let client_first = provider.cipher_suites[0].suite();
+    let reversed = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(ca.issuer.der().to_vec()))
+                .unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(reversed))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let chosen = conn.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_ne!(chosen, client_first, "the client's order was followed");
+    assert_eq!(chosen, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+
     // Plain HTTP on the TLS port gets no HTTP answer.
     let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")

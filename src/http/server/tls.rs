@@ -92,6 +92,8 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server's order of suites (strongest first), not the client's.
+        config.ignore_client_order = true;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certs,
