@@ -113,6 +113,16 @@ fn binary(media_type: &str) -> serde_json::Value {
     })
 }
 
+/// A download's body: text (checked UTF-8 on upload) as a string of its type, anything else as
+/// binary. Generators then hand text files over as text and other files as bytes.
+fn served_schema(media_type: &str) -> serde_json::Value {
+    if media_type.starts_with("text/") {
+        serde_json::json!({ "type": "string", "contentMediaType": media_type })
+    } else {
+        binary(media_type)
+    }
+}
+
 /// The content types downloads are served as: each allowed type as stored (text types as
 /// `text/plain; charset=utf-8`).
 fn served_types(config: &Config) -> Vec<String> {
@@ -237,6 +247,15 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
+        // One handler serves GET and HEAD; operation ids must still be unique (a generator
+        // keys its functions by them, and HEAD would replace GET).
+        let get_id = item.get("get").and_then(|g| g.get("operationId")).cloned();
+        if let Some(head) = item.get_mut("head").and_then(Value::as_object_mut)
+            && let Some(id) = get_id.as_ref().and_then(Value::as_str)
+            && head.get("operationId").and_then(Value::as_str) == Some(id)
+        {
+            head.insert("operationId".into(), json!(format!("{id}_head")));
+        }
         // Operations only: `get_mut`, never indexing, so that nothing is added to an entry
         // (a path-level `parameters` list, say) that lacks the key.
         for op in item.values_mut().filter(|op| op.is_object()) {
@@ -278,7 +297,7 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
                 };
                 if content.remove("*/*").is_some() {
                     for t in &served {
-                        content.insert(t.clone(), json!({ "schema": binary(t) }));
+                        content.insert(t.clone(), json!({ "schema": served_schema(t) }));
                     }
                 }
             }

@@ -141,10 +141,20 @@ async fn bytes_are_binary_and_enforced_constraints_are_stated() {
             let content = &doc["paths"][path]["get"]["responses"][status]["content"];
             assert!(content.get("*/*").is_none(), "{path} {status}: {content}");
             binary(&content["image/png"]["schema"], "image/png");
-            binary(
-                &content["text/plain; charset=utf-8"]["schema"],
-                "text/plain; charset=utf-8",
-            );
+            // Text files (UTF-8, checked on upload) are text.
+            let text = &content["text/plain; charset=utf-8"]["schema"];
+            assert_eq!(text["type"], "string", "{text}");
+            assert_eq!(text["contentMediaType"], "text/plain; charset=utf-8");
+            assert!(text.get("format").is_none(), "{text}");
+        }
+    }
+    // Operation ids are unique (GET and HEAD of one handler too).
+    let mut ids = std::collections::BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            }
         }
     }
     let param = |op: &Value, name: &str| {
