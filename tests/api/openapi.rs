@@ -269,3 +269,23 @@ async fn schema_valid_values_are_accepted() {
         assert_eq!(app.get(path).as_user(&admin).status().await, 200, "{path}");
     }
 }
+
+/// The contract ships with the repository: `docs/openapi.json` is the document a server on
+/// the embedded defaults serves, byte for byte (pretty-printed). After a change to the API,
+/// `COFFER_UPDATE_DOCS=1 cargo test --test api openapi::the_shipped` rewrites it.
+#[tokio::test]
+async fn the_shipped_document_is_the_served_one() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let served = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    if std::env::var_os("COFFER_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &served).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        shipped == served,
+        "docs/openapi.json is not the served document; run \
+         COFFER_UPDATE_DOCS=1 cargo test --test api openapi::the_shipped"
+    );
+}
