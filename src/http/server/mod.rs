@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -31,7 +31,7 @@ use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
 use accept::{Opening, PerIp, request_starts};
 use parser_errors::{Dispatched, ParserErrors};
-use send_timeout::SendTimeout;
+use send_timeout::{SendTimeout, StreamBody, StreamExec};
 pub(crate) use tls::Tls;
 
 /// The largest HTTP/1 request head (request line and header section); a larger one gets 431.
@@ -96,7 +96,11 @@ impl App {
             // Exact: the buffer limit alone is checked only while a head is incomplete, so a
             // head that arrives whole in one read could pass it (up to about twice the size).
             .max_header_size(MAX_HEAD_BYTES);
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
+        // Each stream's task runs under the send timeout of its own (see `StreamExec`).
+        let mut http2 = hyper::server::conn::http2::Builder::new(StreamExec {
+            limit: send_timeout,
+        });
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(128)
@@ -110,7 +114,6 @@ impl App {
             self.state.trusted_proxies.clone(),
         );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
         let http2_on = cfg.http2;
         let hsts = self.state.config.https();
         // Native TLS: the certificate follows its files; plain HTTP may redirect to it.
@@ -236,7 +239,7 @@ struct Conn {
     router: Router,
     peer: SocketAddr,
     http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<StreamExec>,
     hsts: bool,
 }
 
@@ -265,7 +268,10 @@ impl Conn {
                 }
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                router.clone().oneshot(req.map(axum::body::Body::new))
+                let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                // Wrapped inside the stream's task: over HTTP/2 the body reports its progress
+                // to the stream's send timeout (over HTTP/1 it passes through).
+                async move { answer.await.map(|res| res.map(StreamBody::new)) }
             });
         let ended = match opening {
             Opening::Http1 => {
