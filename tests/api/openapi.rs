@@ -249,14 +249,13 @@ async fn schema_valid_values_are_accepted() {
         let got = app.create_link(id, &bad).as_user(&admin).refusal().await;
         assert_eq!(got, (422, "validation-failed", "expires_in"), "{bad}");
     }
-    // A raw body's type comes from its name: without one it has none (415); an empty name
-    // is a bad filename (400).
+    // A raw body needs its name: none, or an empty one, is a bad request (400).
     let raw = |q: &str| {
         app.post(&format!("/api/v1/files{q}"))
             .as_user(&admin)
             .body(crate::helpers::fixtures::png(100))
     };
-    assert_eq!(raw("").status().await, 415);
+    assert_eq!(raw("").status().await, 400);
     assert_eq!(raw("?filename=").status().await, 400);
     assert_eq!(raw("?filename=..%2Fx%00.PnG.%20").status().await, 201);
     for path in [

@@ -130,11 +130,10 @@ async fn filenames_are_sanitised() {
     let name = f["filename"].as_str().unwrap();
     assert_eq!(name.len(), 255);
     assert!(name.ends_with(".png"));
-    // An empty ?filename= is a bad request. None at all leaves a raw body without a type (its
-    // name's extension decides it), refused like a name without an extension: 415.
+    // An empty ?filename= is a bad request; so is none.
     problem(app.upload(&u.token, "", png(10)).await, 400).await;
     let unnamed = app.post("/api/v1/files").as_user(&u).body(png(10));
-    unnamed.problem(415).await;
+    unnamed.problem(400).await;
 }
 
 #[tokio::test]

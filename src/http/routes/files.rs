@@ -57,7 +57,7 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub(crate) struct UploadQuery {
     /// The original filename (raw-body uploads only; multipart uses the part's filename).
-    /// Its extension decides the type; a raw body without it is refused with 415.
+    /// Required with a raw body (400 without it); its extension decides the type.
     #[param(min_length = 1)]
     filename: Option<String>,
     /// Delete the file after this many seconds (at most `retention.max_expires_secs`).
@@ -126,19 +126,11 @@ async fn stage_raw(
     filename: Option<String>,
     body: Body,
 ) -> AppResult<ingest::Staged> {
-    // The name's extension decides the type: without a name a raw body has no type, like a
-    // name without an extension (415); an empty `?filename=` is a bad filename (400).
-    let name = match filename {
-        None => {
-            return Err(AppError::UnsupportedMediaType(
-                "a raw upload needs ?filename=NAME, whose extension decides the type (or send multipart/form-data)".into(),
-            ));
-        }
-        Some(n) if n.is_empty() => {
-            return Err(AppError::BadRequest("?filename= must not be empty".into()));
-        }
-        Some(n) => n,
-    };
+    // A raw body needs its name (API.md: "a raw body with the query ?filename=NAME"); none, or
+    // an empty one, is a bad request (400). The name's extension then decides the type.
+    let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
+        AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
+    })?;
     let limit = state.config.limits.max_upload_bytes;
     if up.length_hint.is_some_and(|n| n > limit) {
         return Err(AppError::PayloadTooLarge { limit });
