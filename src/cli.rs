@@ -13,19 +13,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
+mod serve;
+
 use crate::audit::{AuditLog, Confidential, Event, Record};
 use crate::auth::accounts::{self, AccountError, NewAccount};
 use crate::auth::password::Passwords;
 use crate::blob::BlobStore;
 use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
-use crate::http::server::App;
 use crate::meta::MetaStore;
-use crate::meta::audit::ChainKey;
+use crate::meta::audit::{ChainKey, ChainKeys};
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, S3Credentials, SecretKey};
-use crate::state::Secrets;
 
 /// coffer: a secure file-storage service.
 #[derive(Parser)]
@@ -185,7 +185,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 async fn dispatch(command: Command, config: Config) -> ExitCode {
     let result = match command {
-        Command::Serve { dev } => serve(config, dev).await,
+        Command::Serve { dev } => serve::serve(config, dev).await,
         Command::Check { deep, repair } => check(config, deep, repair).await,
         Command::User {
             command:
@@ -220,70 +220,6 @@ fn keyring() -> Result<Keyring, Failure> {
     Ok(Keyring::new(current, &old))
 }
 
-async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Failure> {
-    let secret_key = match SecretKey::from_env() {
-        Ok(k) => k,
-        Err(secrets::SecretError::Missing { .. }) if dev => {
-            tracing::warn!("==================================================================");
-            tracing::warn!(
-                " DEV MODE: using an EPHEMERAL secret key. Tokens die with this process."
-            );
-            tracing::warn!(" Never run production like this: set COFFER_SECRET_KEY instead.");
-            tracing::warn!("==================================================================");
-            SecretKey::ephemeral()
-        }
-        Err(e) => return Err(Failure::Config(e.to_string())),
-    };
-    if dev && !config.server.bind.ip().is_loopback() {
-        tracing::warn!(requested = %config.server.bind, "dev mode listens on loopback only");
-        config.server.bind =
-            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.server.bind.port());
-    }
-    let keyring = keyring()?;
-    let s3 = s3_credentials(&config)?;
-    if keyring.enabled() {
-        tracing::info!(
-            key_id = keyring.current_id().unwrap_or("-"),
-            "encryption at rest is on"
-        );
-    }
-    let listener = crate::http::server::bind(config.server.bind).await?;
-    let addr = listener.local_addr()?;
-    let app = App::build(
-        config,
-        Secrets {
-            secret_key,
-            keyring,
-            s3,
-        },
-    )
-    .await?;
-    tracing::info!(%addr, "listening");
-    // One line on stdout, for supervisors and test harnesses that bind port 0.
-    println!("coffer listening on http://{addr}");
-    app.serve(listener, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
-}
-
 /// The object store's credentials from the environment, when the configuration uses one.
 fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
     match config.storage.backend {
@@ -301,26 +237,66 @@ async fn open_stores(config: &Config) -> Result<(PathBuf, MetaStore, BlobStore),
     let (root, blobs) = crate::state::open_storage(config, s3.as_ref())?;
     let meta = match config.database.postgres() {
         Some(pg) => MetaStore::open_postgres(&pg).await?,
-        None => MetaStore::open_sqlite(&root.join("coffer.db"), 2).await?,
+        None => MetaStore::open_sqlite(&root.join(crate::state::SQLITE_FILE), 2).await?,
     };
     Ok((root, meta, blobs))
 }
 
+/// The storage root of a store that already exists, absolute, for the commands that work on
+/// one (`check`, `backup`): they never create a store, since a wrong `storage.root` or working
+/// directory would otherwise "check" a fresh empty one and report it consistent.
+fn existing_store(config: &Config) -> Result<PathBuf, Failure> {
+    let root = &config.storage.root;
+    let shown = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+    let missing = |what: &str| {
+        Failure::Config(format!(
+            "no store at {}: {what}. check and backup work on an existing store only; point \
+             storage.root (--config, COFFER_CONFIG or COFFER_STORAGE__ROOT) at it",
+            shown.display()
+        ))
+    };
+    let sqlite = config.database.postgres().is_none();
+    let needs_root = sqlite || config.storage.backend == StorageBackend::Fs;
+    if needs_root && !root.is_dir() {
+        return Err(missing("the storage root does not exist"));
+    }
+    if sqlite && !root.join(crate::state::SQLITE_FILE).is_file() {
+        return Err(missing("it holds no database"));
+    }
+    Ok(root.canonicalize().unwrap_or(shown))
+}
+
+/// One line naming the store a command works on.
+fn describe_store(config: &Config, root: &Path) -> String {
+    let db = match config.database.postgres() {
+        Some(_) => "PostgreSQL (database.url)".to_owned(),
+        None => format!("SQLite {}", root.join(crate::state::SQLITE_FILE).display()),
+    };
+    let blobs = match config.storage.backend {
+        StorageBackend::Fs => format!("blobs under {}", root.display()),
+        StorageBackend::S3 => format!("blobs in s3 bucket {}", config.s3.bucket),
+    };
+    format!("store at {}: metadata in {db}, {blobs}", root.display())
+}
+
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
+    let root = existing_store(&config)?;
+    println!("{}", describe_store(&config, &root));
     // The audit chain is keyed by the service secret: without it, it cannot be verified.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Some(k.derive(crate::state::AUDIT_CHAIN_LABEL)),
-        Err(e) => {
+        Ok(k) => Some(chain_keys(&k)?),
+        Err(e @ secrets::SecretError::Missing { .. }) => {
             eprintln!("note: {e}; the audit chain is not verified");
             None
         }
+        Err(e) => return Err(Failure::Config(e.to_string())),
     };
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
     let scan = async || -> Result<ops::check::Report, Failure> {
         let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
-        if let Some(chain) = chain {
-            ops::check::check_audit(&meta, ChainKey(chain), &mut report).await?;
+        if let Some(chain) = &chain {
+            ops::check::check_audit(&meta, chain, &mut report).await?;
         }
         Ok(report)
     };
@@ -343,9 +319,20 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     }
 }
 
+/// The keys the audit chain may have been signed with: the current secret's, then those of
+/// `COFFER_SECRET_OLD_KEYS` (as `COFFER_ENCRYPTION_OLD_KEYS` names earlier encryption keys).
+fn chain_keys(current: &SecretKey) -> Result<ChainKeys, Failure> {
+    let old = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    Ok(ChainKeys::new(
+        std::iter::once(current)
+            .chain(old.iter())
+            .map(|k| ChainKey(k.derive(crate::state::AUDIT_CHAIN_LABEL))),
+    ))
+}
+
 fn read_password() -> Result<SecretString, Failure> {
-    if let Ok(p) = std::env::var("COFFER_PASSWORD") {
-        return Ok(SecretString::from(p));
+    if let Some(p) = secrets::password_from_env().map_err(|e| Failure::Config(e.to_string()))? {
+        return Ok(p);
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -417,6 +404,8 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
                 .into(),
         ));
     }
+    let root = existing_store(&config)?;
+    println!("{}", describe_store(&config, &root));
     let (root, meta, _) = open_stores(&config).await?;
     let postgres = config.database.postgres().is_some();
     let done = if postgres {
@@ -434,8 +423,11 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
         Err(e) => return Err(Failure::Other(e.into())),
     };
     println!(
-        "backup written to {}: {} files, {} blobs, {} deleted during the backup",
-        dest.display(),
+        "backup of {} written to {}: {} files, {} blobs, {} deleted during the backup",
+        root.display(),
+        std::path::absolute(dest)
+            .unwrap_or_else(|_| dest.to_path_buf())
+            .display(),
         s.files,
         s.blobs,
         s.vanished
@@ -471,13 +463,22 @@ async fn healthcheck(config: &Config, addr: Option<SocketAddr>) -> Result<ExitCo
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::from([127, 0, 0, 1]));
     }
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+    async fn ask(
+        mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) -> std::io::Result<bool> {
         s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
+        Ok(head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
+    }
+    // With native TLS the probe speaks it too, trusting exactly the configured certificate.
+    let cert = config.tls.files().map(|(cert, _)| cert.to_path_buf());
+    let probe = async {
+        match &cert {
+            Some(cert) => ask(crate::http::server::tls::connect_own(addr, cert).await?).await,
+            None => ask(tokio::net::TcpStream::connect(addr).await?).await,
+        }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
         Ok(Ok(true)) => Ok(ExitCode::SUCCESS),

@@ -13,6 +13,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::ingest::policy;
 
+mod sources;
+use sources::Origins;
+
 /// The committed `config.toml`, compiled in so the binary runs with no file at all.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
 
@@ -53,6 +56,12 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Native TLS (off unless a certificate and key are configured).
+    pub tls: TlsConfig,
+    /// Where the values came from, for the start-up summary: the embedded defaults, the file
+    /// read (if any), the names of the variables that overrode keys.
+    #[serde(skip)]
+    pub sources: Vec<String>,
 }
 
 /// `[server]`
@@ -85,6 +94,31 @@ pub struct ServerConfig {
     pub blocking_threads: usize,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge).
     pub http2: bool,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). With `key_file`, `server.bind` speaks HTTPS only.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate (also from `COFFER_TLS_KEY_FILE`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A plain-HTTP listener that answers every request with 308 to HTTPS.
+    #[serde(default)]
+    pub redirect_bind: Option<SocketAddr>,
+}
+
+/// The variable that may name `tls.key_file` (as the `_FILE` twins of secrets do).
+pub const TLS_KEY_FILE_VAR: &str = "COFFER_TLS_KEY_FILE";
+
+impl TlsConfig {
+    /// The certificate and key files, when native TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 /// `[storage]`
@@ -449,7 +483,10 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let mut merged = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
+        let defaults = parse_toml(EMBEDDED_DEFAULTS, "embedded defaults")?;
+        let mut merged = defaults.clone();
+        let mut origins = Origins::default();
+        let mut sources = vec!["defaults".to_owned()];
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
@@ -460,11 +497,38 @@ impl Config {
             })?;
             let layer = parse_toml(&text, &file.display().to_string())?;
             refuse_database_password(&layer, &file)?;
+            origins.add_file(&text, &file.display().to_string());
+            sources.push(
+                std::path::absolute(&file)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string(),
+            );
             merge(&mut merged, layer);
         }
-        let database_url = secret_from_env(&env, DATABASE_URL_VAR)?;
-        merge(&mut merged, env_layer(env)?);
+        let mut problems = Vec::new();
+        let database_url = match secret_from_env(&env, DATABASE_URL_VAR) {
+            Ok(url) => url,
+            Err(e) => {
+                problems.extend(e.0);
+                None
+            }
+        };
+        sources.extend(
+            env.iter()
+                .map(|(k, _)| k)
+                .filter(|k| {
+                    k.strip_prefix(ENV_PREFIX).is_some_and(|r| r.contains("__"))
+                        || (*k == DATABASE_URL_VAR
+                            || k.strip_suffix("_FILE") == Some(DATABASE_URL_VAR))
+                })
+                .cloned(),
+        );
+        let (layer, env_problems) = env_layer(env.iter().cloned(), &mut origins);
+        problems.extend(env_problems);
+        merge(&mut merged, layer);
         if let Some(url) = database_url {
+            origins.add_env("database.url".into(), DATABASE_URL_VAR);
             let mut section = toml::Table::new();
             section.insert("url".into(), toml::Value::String(url));
             merge(
@@ -472,10 +536,40 @@ impl Config {
                 toml::Table::from_iter([("database".to_owned(), toml::Value::Table(section))]),
             );
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| ConfigError::one(format!("{}: {}", e.path(), e.inner())))?;
-        config.validate()?;
-        Ok(config)
+        if let Some((_, path)) = env
+            .iter()
+            .find(|(k, v)| k == TLS_KEY_FILE_VAR && !v.is_empty())
+        {
+            let mut section = toml::Table::new();
+            section.insert("key_file".into(), toml::Value::String(path.clone()));
+            let tls = toml::Table::from_iter([("tls".to_owned(), toml::Value::Table(section))]);
+            if let Some(other) = env
+                .iter()
+                .find(|(k, v)| k == "COFFER_TLS__KEY_FILE" && v != path)
+            {
+                problems.push(format!(
+                    "both {TLS_KEY_FILE_VAR} and COFFER_TLS__KEY_FILE are set ({:?} and {:?}); set only one",
+                    path, other.1
+                ));
+            }
+            origins.add_env("tls.key_file".into(), TLS_KEY_FILE_VAR);
+            sources.push(TLS_KEY_FILE_VAR.to_owned());
+            merge(&mut merged, tls);
+        }
+        let (config, type_problems) = sources::deserialize_all(merged, &defaults, &origins);
+        problems.extend(type_problems);
+        // Values are judged even when some keys had the wrong type (those are at their
+        // defaults now), so one run lists everything to fix.
+        if let Some(Err(ConfigError(invalid))) = config.as_ref().map(Config::validate) {
+            problems.extend(invalid.into_iter().map(|m| origins.annotate(m)));
+        }
+        match config {
+            Some(mut config) if problems.is_empty() => {
+                config.sources = sources;
+                Ok(config)
+            }
+            _ => Err(ConfigError(problems)),
+        }
     }
 
     /// Check every value for sense, reporting all problems at once.
@@ -674,6 +768,24 @@ impl Config {
         {
             errs.push(format!("scan.clamd: {e}"));
         }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => errs.push(format!(
+                "tls.cert_file is set but tls.key_file is not (nor {TLS_KEY_FILE_VAR}); set both or neither"
+            )),
+            (None, Some(_)) => {
+                errs.push("tls.key_file is set but tls.cert_file is not; set both or neither".into())
+            }
+            _ => {}
+        }
+        if let Some(redirect) = self.tls.redirect_bind {
+            if self.tls.files().is_none() {
+                errs.push(
+                    "tls.redirect_bind needs native TLS (tls.cert_file and tls.key_file)".into(),
+                );
+            } else if redirect == self.server.bind && redirect.port() != 0 {
+                errs.push("tls.redirect_bind must differ from server.bind".into());
+            }
+        }
         if self.uploads.allowed.is_empty() {
             errs.push("uploads.allowed must list at least one extension".into());
         }
@@ -687,6 +799,12 @@ impl Config {
         } else {
             Err(ConfigError(errs))
         }
+    }
+
+    /// Whether clients reach this server over HTTPS: native TLS, or a TLS proxy in front
+    /// (`server.behind_tls_proxy`). Then every answer carries HSTS.
+    pub fn https(&self) -> bool {
+        self.server.behind_tls_proxy || self.tls.files().is_some()
     }
 
     /// The parsed `server.trusted_proxies`.
@@ -790,8 +908,12 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 
 /// `COFFER_LIMITS__MAX_UPLOAD_BYTES=5` becomes `limits.max_upload_bytes = 5`. Values parse as
 /// TOML when they can (`5`, `true`, `["a"]`, `{ png = "image/png" }`), else as strings.
-fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
+fn env_layer(
+    env: impl IntoIterator<Item = (String, String)>,
+    origins: &mut Origins,
+) -> (toml::Table, Vec<String>) {
     let mut table = toml::Table::new();
+    let mut problems = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -800,23 +922,31 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Ta
             continue;
         };
         if section.is_empty() || key.is_empty() || key.contains("__") {
-            return Err(ConfigError::one(format!(
-                "{name}: expected COFFER_<SECTION>__<KEY>"
-            )));
+            problems.push(format!("{name}: expected COFFER_<SECTION>__<KEY>"));
+            continue;
         }
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
+        let section_name = section;
         let section = table
             .entry(section.to_ascii_lowercase())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(section) = section {
             section.insert(key.to_ascii_lowercase(), value);
         }
+        origins.add_env(
+            format!(
+                "{}.{}",
+                section_name.to_ascii_lowercase(),
+                key.to_ascii_lowercase()
+            ),
+            &name,
+        );
     }
-    Ok(table)
+    (table, problems)
 }
 
 /// Lists may be written as TOML arrays or, handy in environment variables, as one
@@ -881,6 +1011,50 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(c.uploads.allowed.len(), 1);
+    }
+
+    #[test]
+    fn native_tls_needs_both_files_and_the_key_may_come_from_its_variable() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.tls.files().is_none() && !c.https());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("COFFER_TLS__CERT_FILE", "/c.pem"),
+                ("COFFER_TLS_KEY_FILE", "/k.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.files(),
+            Some((Path::new("/c.pem"), Path::new("/k.pem")))
+        );
+        assert!(c.https());
+        for (pairs, want) in [
+            (
+                &[("COFFER_TLS__CERT_FILE", "/c.pem")][..],
+                "tls.key_file is not",
+            ),
+            (
+                &[("COFFER_TLS__KEY_FILE", "/k.pem")][..],
+                "tls.cert_file is not",
+            ),
+            (
+                &[("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:80")][..],
+                "tls.redirect_bind needs native TLS",
+            ),
+            (
+                &[
+                    ("COFFER_TLS__CERT_FILE", "/c.pem"),
+                    ("COFFER_TLS__KEY_FILE", "/a.pem"),
+                    ("COFFER_TLS_KEY_FILE", "/b.pem"),
+                ][..],
+                "set only one",
+            ),
+        ] {
+            let e = Config::load_from(None, env(pairs)).unwrap_err().to_string();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

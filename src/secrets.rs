@@ -14,10 +14,16 @@ use sha2::Sha256;
 pub const SECRET_KEY_VAR: &str = "COFFER_SECRET_KEY";
 /// Docker-secrets style alternative: a file holding the secret.
 pub const SECRET_KEY_FILE_VAR: &str = "COFFER_SECRET_KEY_FILE";
+/// Earlier service secrets (comma-separated), kept so that `coffer check` can verify the
+/// audit entries they signed.
+pub const SECRET_OLD_KEYS_VAR: &str = "COFFER_SECRET_OLD_KEYS";
 /// Current encryption master key (turns on encryption at rest).
 pub const ENCRYPTION_KEY_VAR: &str = "COFFER_ENCRYPTION_KEY";
 /// Earlier master keys that may still wrap data keys.
 pub const ENCRYPTION_OLD_KEYS_VAR: &str = "COFFER_ENCRYPTION_OLD_KEYS";
+
+/// The password `coffer user create` reads (or `..._FILE`; else standard input).
+pub const PASSWORD_VAR: &str = "COFFER_PASSWORD";
 
 /// The object store's access key id (or `..._FILE`).
 pub const S3_ACCESS_KEY_ID_VAR: &str = "COFFER_S3_ACCESS_KEY_ID";
@@ -105,7 +111,7 @@ pub enum SecretError {
         var: &'static str,
     },
     /// The secret file could not be read.
-    #[error("cannot read {var}: {source}")]
+    #[error("cannot read the file {var}_FILE names: {source}")]
     File {
         /// The variable.
         var: &'static str,
@@ -125,31 +131,34 @@ impl std::fmt::Debug for SecretKey {
 }
 
 impl SecretKey {
-    /// Read from `COFFER_SECRET_KEY` (or the file named by `COFFER_SECRET_KEY_FILE`).
+    /// Read from `COFFER_SECRET_KEY` (or the file named by `COFFER_SECRET_KEY_FILE`; both
+    /// set is an error).
     pub fn from_env() -> Result<Self, SecretError> {
-        let raw = match std::env::var(SECRET_KEY_VAR) {
-            Ok(v) => v,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(SecretError::Weak {
-                    var: SECRET_KEY_VAR,
-                    why: "it is not text; give it as hex or base64",
-                });
-            }
-            Err(std::env::VarError::NotPresent) => match std::env::var_os(SECRET_KEY_FILE_VAR) {
-                Some(path) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                    .map_err(|source| SecretError::File {
-                        var: SECRET_KEY_FILE_VAR,
-                        source,
-                    })?,
-                None => {
-                    return Err(SecretError::Missing {
-                        var: SECRET_KEY_VAR,
-                    });
-                }
-            },
-        };
-        Self::parse(&raw)
+        match var_or_file(SECRET_KEY_VAR, |n| std::env::var_os(n))? {
+            Some(raw) => Self::parse(&raw),
+            None => Err(SecretError::Missing {
+                var: SECRET_KEY_VAR,
+            }),
+        }
+    }
+
+    /// Earlier secrets from `COFFER_SECRET_OLD_KEYS` (or its `_FILE` twin): comma- or
+    /// newline-separated, each judged as `COFFER_SECRET_KEY` is.
+    pub fn old_from_env() -> Result<Vec<Self>, SecretError> {
+        match var_or_file(SECRET_OLD_KEYS_VAR, |n| std::env::var_os(n))? {
+            Some(list) => split_list(&list)
+                .map(|k| {
+                    Self::parse(k).map_err(|e| match e {
+                        SecretError::Weak { why, .. } => SecretError::Weak {
+                            var: SECRET_OLD_KEYS_VAR,
+                            why,
+                        },
+                        other => other,
+                    })
+                })
+                .collect(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Decode and judge a secret: hex or base64 is decoded, anything else is raw bytes.
@@ -224,7 +233,7 @@ impl S3Credentials {
 
 /// `var`'s value, or the content of the file `var_FILE` names (Docker secrets), without its
 /// trailing newline. Both set is an error; neither, or an empty value, is `None`.
-fn var_or_file(
+pub(crate) fn var_or_file(
     var: &'static str,
     lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<Option<String>, SecretError> {
@@ -290,10 +299,8 @@ fn decode_hex(t: &str) -> Option<Vec<u8>> {
 }
 
 fn decode_base64(t: &str) -> Option<Vec<u8>> {
-    // Hex-looking text was tried first; only accept base64 long enough to matter.
-    if t.len() < 40 {
-        return None;
-    }
+    // Hex was tried first. Any valid base64 is decoded, whatever its length: 32 base64
+    // characters are 24 bytes, too short, and must not pass as 32 raw bytes (the contract).
     [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
         .into_iter()
         .find_map(|engine| engine.decode(t).ok())
@@ -329,20 +336,31 @@ pub type EncryptionKeys = (Option<[u8; 32]>, Vec<[u8; 32]>);
 
 /// Read `COFFER_ENCRYPTION_KEY` and `COFFER_ENCRYPTION_OLD_KEYS`.
 pub fn encryption_keys_from_env() -> Result<EncryptionKeys, SecretError> {
-    let current = match std::env::var(ENCRYPTION_KEY_VAR) {
-        Ok(v) if !v.trim().is_empty() => Some(parse_encryption_key(&v, ENCRYPTION_KEY_VAR)?),
+    let lookup = |n: &str| std::env::var_os(n);
+    let current = match var_or_file(ENCRYPTION_KEY_VAR, lookup)? {
+        Some(v) if !v.trim().is_empty() => Some(parse_encryption_key(&v, ENCRYPTION_KEY_VAR)?),
         _ => None,
     };
-    let old = match std::env::var(ENCRYPTION_OLD_KEYS_VAR) {
-        Ok(v) => v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+    let old = match var_or_file(ENCRYPTION_OLD_KEYS_VAR, lookup)? {
+        Some(v) => split_list(&v)
             .map(|k| parse_encryption_key(k, ENCRYPTION_OLD_KEYS_VAR))
             .collect::<Result<Vec<_>, _>>()?,
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     };
     Ok((current, old))
+}
+
+/// A comma- (or newline-, for files) separated list of keys.
+fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// The password for `coffer user create`: `COFFER_PASSWORD` or the file `COFFER_PASSWORD_FILE`
+/// names (both set is an error); `None` when neither is set.
+pub fn password_from_env() -> Result<Option<SecretString>, SecretError> {
+    Ok(var_or_file(PASSWORD_VAR, |n| std::env::var_os(n))?.map(SecretString::from))
 }
 
 #[cfg(test)]
@@ -374,6 +392,41 @@ mod tests {
         ] {
             assert!(SecretKey::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn base64_is_decoded_whatever_its_length() {
+        // 32 characters of base64 are 24 bytes: too short (not 32 raw bytes).
+        let short = STANDARD.encode(&random_bytes::<32>()[..24]);
+        assert_eq!(short.len(), 32);
+        let e = SecretKey::parse(&short).unwrap_err();
+        assert!(e.to_string().contains("COFFER_SECRET_KEY"), "{e}");
+        let no_pad = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+        assert!(SecretKey::parse(&no_pad).is_ok());
+        let hex_short = hex::encode(&random_bytes::<32>()[..20]);
+        assert!(SecretKey::parse(&hex_short).is_err());
+    }
+
+    #[test]
+    fn a_variable_and_its_file_twin_together_are_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, "value\n").unwrap();
+        let path = file.into_os_string();
+        let both = |n: &str| match n {
+            "X" => Some("value".into()),
+            "X_FILE" => Some(path.clone()),
+            _ => None,
+        };
+        assert!(matches!(
+            var_or_file("X", both),
+            Err(SecretError::Ambiguous { .. })
+        ));
+        let file_only = |n: &str| (n == "X_FILE").then(|| path.clone());
+        assert_eq!(
+            var_or_file("X", file_only).unwrap().as_deref(),
+            Some("value")
+        );
     }
 
     #[test]

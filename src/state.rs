@@ -36,6 +36,9 @@ use crate::metrics::Metrics;
 use crate::ops::recovery;
 use crate::secrets::{S3Credentials, SecretKey};
 
+/// The SQLite database's file name inside the storage root.
+pub const SQLITE_FILE: &str = "coffer.db";
+
 /// The label of the subkey that chains the audit trail.
 pub const AUDIT_CHAIN_LABEL: &str = "coffer/audit-chain/v1";
 
@@ -86,6 +89,9 @@ pub struct AppInner {
 pub struct Secrets {
     /// Signs tokens.
     pub secret_key: SecretKey,
+    /// Earlier service secrets (`COFFER_SECRET_OLD_KEYS`): only to tell whether the stored
+    /// audit chain's key is still known.
+    pub old_secret_keys: Vec<SecretKey>,
     /// Encryption-at-rest keys.
     pub keyring: Keyring,
     /// The object store's credentials (`storage.backend = "s3"`).
@@ -100,7 +106,7 @@ impl AppState {
         let meta = match config.database.postgres() {
             Some(pg) => MetaStore::open_postgres(&pg).await?,
             None => {
-                let db = root.join("coffer.db");
+                let db = root.join(SQLITE_FILE);
                 MetaStore::open_sqlite(&db, config.storage.db_readers).await?
             }
         };
@@ -120,6 +126,17 @@ impl AppState {
         } else {
             Confidential::Logged
         };
+        let known = crate::meta::audit::ChainKeys::new(
+            std::iter::once(crate::meta::audit::ChainKey(chain.0)).chain(
+                secrets
+                    .old_secret_keys
+                    .iter()
+                    .map(|k| crate::meta::audit::ChainKey(k.derive(AUDIT_CHAIN_LABEL))),
+            ),
+        );
+        if let Some(warning) = crate::ops::check::unverifiable_tail(&meta, &known).await? {
+            tracing::warn!("{warning}");
+        }
         let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);

@@ -159,6 +159,76 @@ fn json_kind(expected: &str) -> std::borrow::Cow<'_, str> {
     })
 }
 
+/// JSON integers as JSON Schema counts them (`"type": "integer"`): `5` and `5.0` alike, since
+/// the document promises that any number without a fraction is an integer; never `5.5` or
+/// `"5"`. For `#[serde(deserialize_with = "...")]` on `i64` fields.
+pub(crate) mod json_int {
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    struct Int;
+
+    impl Visitor<'_> for Int {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // serde's own name, which the field error turns into "an integer".
+            f.write_str("i64")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            // Exactly representable and in range: |v| < 2^63.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if v.is_finite() && v.fract() == 0.0 && v.abs() < LIMIT {
+                #[allow(clippy::cast_possible_truncation)]
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_type(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    struct OptInt;
+
+    impl<'de> Visitor<'de> for OptInt {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("i64")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            required(d).map(Some)
+        }
+    }
+
+    /// An integer field.
+    pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(Int)
+    }
+
+    /// An optional integer field (null or absent: `None`; pair with `#[serde(default)]`).
+    pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_option(OptInt)
+    }
+}
+
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 impl FromRequestParts<AppState> for Principal {
@@ -207,8 +277,23 @@ mod tests {
         Admin,
     }
 
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Ints {
+        #[serde(deserialize_with = "json_int::required")]
+        a: i64,
+        #[serde(default, deserialize_with = "json_int::optional")]
+        b: Option<i64>,
+    }
+
     fn raw_errors(body: &str) -> Vec<(String, String)> {
-        match parse::<Body>(body.as_bytes()) {
+        raw_errors_of::<Body>(body)
+    }
+
+    fn raw_errors_of<T: DeserializeOwned + PartialSchema + std::fmt::Debug>(
+        body: &str,
+    ) -> Vec<(String, String)> {
+        match parse::<T>(body.as_bytes()) {
             Err(AppError::Validation(v)) => v.into_iter().map(|e| (e.field, e.message)).collect(),
             other => panic!("not a validation error: {:?}", other.map(|_| ())),
         }
@@ -253,6 +338,30 @@ mod tests {
             errors(json!({"username": 5, "password": "b"})),
             [pair("username", "must be a string")]
         );
+        // An integer is any number without a fraction, as JSON Schema counts it.
+        assert_eq!(
+            parse::<Ints>(br#"{"a": 434.0, "b": 7}"#)
+                .map(|i| (i.a, i.b))
+                .ok(),
+            Some((434, Some(7)))
+        );
+        assert_eq!(
+            parse::<Ints>(br#"{"a": 1, "b": null}"#)
+                .map(|i| (i.a, i.b))
+                .ok(),
+            Some((1, None))
+        );
+        assert_eq!(parse::<Ints>(br#"{"a": 1}"#).map(|i| i.b).ok(), Some(None));
+        for bad in [
+            r#"{"a": 1.5}"#,
+            r#"{"a": "1"}"#,
+            r#"{"a": 1e19}"#,
+            r#"{"a": 1, "b": 2.5}"#,
+        ] {
+            let errs = raw_errors_of::<Ints>(bad);
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert_eq!(errs[0].1, "must be an integer", "{bad}");
+        }
         // Never a Rust type name.
         assert_eq!(
             errors(json!({"username": "a", "password": "b", "days": "5"})),

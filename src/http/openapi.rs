@@ -11,6 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
+use crate::config::Config;
 use crate::http::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -96,6 +97,209 @@ pub(crate) fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
                     .responses
                     .entry((*status).to_owned())
                     .or_insert_with(|| problem().description(*description).build().into());
+            }
+        }
+    }
+}
+
+/// A binary body of one media type, the OpenAPI 3.1 way (`contentMediaType`), with
+/// `format: binary` for tools that still read bodies the 3.0 way (openapi-python-client,
+/// openapi-typescript): the bytes as they are, never an array of integers.
+fn binary(media_type: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "string",
+        "format": "binary",
+        "contentMediaType": media_type,
+    })
+}
+
+/// A download's body: text (checked UTF-8 on upload) as a string of its type, anything else as
+/// binary. Generators then hand text files over as text and other files as bytes.
+fn served_schema(media_type: &str) -> serde_json::Value {
+    if media_type.starts_with("text/") {
+        serde_json::json!({ "type": "string", "contentMediaType": media_type })
+    } else {
+        binary(media_type)
+    }
+}
+
+/// The content types downloads are served as: each allowed type as stored (text types as
+/// `text/plain; charset=utf-8`).
+fn served_types(config: &Config) -> Vec<String> {
+    let mut types: Vec<String> = config
+        .uploads
+        .allowed
+        .values()
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            if m.starts_with("text/") {
+                crate::ingest::policy::TEXT_PLAIN.to_owned()
+            } else {
+                m
+            }
+        })
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+/// Exactly the names the server takes (the contract's sanitising, then an allowed extension,
+/// in any case): a path is dropped up to the last `/` or `\`; control, quote, angle-bracket
+/// and bidirectional-control characters are removed wherever they are; trailing dots and
+/// spaces are trimmed; what is left needs a stem that is not only dots and an allowed
+/// extension after its last dot.
+fn filename_pattern(config: &Config) -> String {
+    const REMOVED: &str =
+        r#"\u0000-\u001f\u007f-\u009f"'<>\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"#;
+    let removed = format!("[{REMOVED}]");
+    let exts: Vec<String> = config
+        .uploads
+        .allowed
+        .keys()
+        .map(|e| {
+            // Each letter in either case, removed characters allowed between them.
+            e.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| {
+                    let (l, u) = (c.to_ascii_lowercase(), c.to_ascii_uppercase());
+                    if l == u {
+                        c.to_string()
+                    } else {
+                        format!("[{l}{u}]")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(&format!("{removed}*"))
+        })
+        .filter(|e| !e.is_empty())
+        .collect();
+    format!(
+        r"^(?:[\s\S]*[/\\])?[^/\\]*[^/\\.{REMOVED}][^/\\]*\.{removed}*(?:{})(?:{removed}|[. ])*$",
+        exts.join("|")
+    )
+}
+
+/// Set `key` in the object at `pointer`, when the document has that object.
+fn set(doc: &mut serde_json::Value, pointer: &str, key: &str, value: serde_json::Value) {
+    if let Some(object) = doc
+        .pointer_mut(pointer)
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        object.insert(key.to_owned(), value);
+    }
+}
+
+/// State in the document what this server's configuration enforces, so that generated
+/// clients and form validators refuse what the server would: the password policy, the
+/// longest share-link and retention lifetimes, and file bytes as binary of the real types.
+pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
+    use serde_json::{Value, json};
+    let auth = &config.auth;
+    let mut needs = Vec::new();
+    if auth.password_require_digit {
+        needs.push("[0-9]");
+    }
+    if auth.password_require_uppercase {
+        needs.push("[A-Z]");
+    }
+    // Any order of the required classes, without lookaheads (which many regex engines
+    // behind schema tools lack); [\s\S] is "any character" including newlines.
+    let any = r"[\s\S]*";
+    let pattern = match needs.as_slice() {
+        [] => format!("^{any}$"),
+        [one] => format!("^{any}{one}{any}$"),
+        [a, b, ..] => format!("^{any}({a}{any}{b}|{b}{any}{a}){any}$"),
+    };
+    let password = "/components/schemas/RegisterRequest/properties/password";
+    set(doc, password, "minLength", json!(auth.password_min_length));
+    set(doc, password, "maxLength", json!(auth.password_max_length));
+    set(doc, password, "pattern", json!(pattern));
+    set(
+        doc,
+        "/components/schemas/CreateLinkRequest/properties/expires_in",
+        "maximum",
+        json!(config.links.max_expires_secs),
+    );
+    let form = "/components/schemas/UploadForm";
+    set(
+        doc,
+        &format!("{form}/properties"),
+        "file",
+        binary("application/octet-stream"),
+    );
+    // Other parts (text fields) are ignored, whatever their names, as long as their headers
+    // are HTTP headers: a name may hold no control character (a form encoder escapes CR, LF
+    // and `"`).
+    set(
+        doc,
+        form,
+        "patternProperties",
+        json!({ "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$": { "type": "string" } }),
+    );
+    set(doc, form, "additionalProperties", json!(false));
+
+    let served = served_types(config);
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        // One handler serves GET and HEAD; operation ids must still be unique (a generator
+        // keys its functions by them, and HEAD would replace GET).
+        let get_id = item.get("get").and_then(|g| g.get("operationId")).cloned();
+        if let Some(head) = item.get_mut("head").and_then(Value::as_object_mut)
+            && let Some(id) = get_id.as_ref().and_then(Value::as_str)
+            && head.get("operationId").and_then(Value::as_str) == Some(id)
+        {
+            head.insert("operationId".into(), json!(format!("{id}_head")));
+        }
+        // Operations only: `get_mut`, never indexing, so that nothing is added to an entry
+        // (a path-level `parameters` list, say) that lacks the key.
+        for op in item.values_mut().filter(|op| op.is_object()) {
+            if path == "/api/v1/files"
+                && let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut)
+            {
+                for p in params.iter_mut().filter(|p| p["name"] == "expires_in") {
+                    if let Some(schema) = p.get_mut("schema").and_then(Value::as_object_mut) {
+                        schema.insert("maximum".into(), json!(config.retention.max_expires_secs));
+                    }
+                }
+                // The name of a raw-body upload (multipart takes the part's filename); without
+                // one, a raw body has no type and is refused like a name without extension.
+                for p in params.iter_mut().filter(|p| p["name"] == "filename") {
+                    if let Some(schema) = p.get_mut("schema").and_then(Value::as_object_mut) {
+                        schema.insert("pattern".into(), json!(filename_pattern(config)));
+                    }
+                }
+            }
+            if let Some(raw) = op
+                .pointer_mut("/requestBody/content/application~1octet-stream")
+                .and_then(Value::as_object_mut)
+            {
+                raw.insert("schema".into(), binary("application/octet-stream"));
+            }
+            // An absent raw body is an empty file, which is stored like any other.
+            if path == "/api/v1/files"
+                && let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut)
+            {
+                body.insert("required".into(), json!(false));
+            }
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                let Some(content) = response.get_mut("content").and_then(Value::as_object_mut)
+                else {
+                    continue;
+                };
+                if content.remove("*/*").is_some() {
+                    for t in &served {
+                        content.insert(t.clone(), json!({ "schema": served_schema(t) }));
+                    }
+                }
             }
         }
     }

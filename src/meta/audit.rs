@@ -9,6 +9,13 @@
 //! elsewhere too.) Appends are serialised by each engine, so there is one chain however many
 //! writers (processes, nodes) append. No route updates or deletes entries; only retention
 //! trims the oldest, moving the anchor.
+//!
+//! Each entry also records the fingerprint of the key that chained it ([`ChainKey::fingerprint`],
+//! one-way: it names the key without revealing it), so the chain survives a change of the
+//! service secret: entries are verified with the key that signed them, and an entry signed
+//! with a key that is not given is reported as such, not as tampering. (The fingerprint is not
+//! under the HMAC: relabelling an entry makes it unverifiable or wrong, never valid.) Entries
+//! written before fingerprints were recorded have none and are tried with every key given.
 
 use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
@@ -52,10 +59,43 @@ pub struct ChainedEntry {
     pub hash: Vec<u8>,
     /// The detail exactly as stored (what the hash covers).
     pub detail_raw: String,
+    /// The fingerprint of the key that chained it (`None`: written before they were kept).
+    pub key_id: Option<String>,
 }
 
 /// The key that chains the trail (derived from the service secret).
 pub struct ChainKey(pub [u8; 32]);
+
+impl ChainKey {
+    /// A short public name for the key: 16 hex digits of HMAC-SHA256(key, label). It tells
+    /// keys apart without revealing anything about them.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(b"coffer/audit-key-fingerprint/v1");
+        let tag = mac.finalize().into_bytes();
+        hex::encode(tag.get(..8).unwrap_or_default())
+    }
+}
+
+/// The keys `coffer check` may verify entries with: the current one and earlier ones.
+pub struct ChainKeys(Vec<(String, ChainKey)>);
+
+impl ChainKeys {
+    /// The current key first, then older ones.
+    pub fn new(keys: impl IntoIterator<Item = ChainKey>) -> Self {
+        Self(keys.into_iter().map(|k| (k.fingerprint(), k)).collect())
+    }
+
+    fn by_id(&self, id: &str) -> Option<&ChainKey> {
+        self.0.iter().find(|(f, _)| f == id).map(|(_, k)| k)
+    }
+
+    /// Whether the key with this fingerprint is among them.
+    pub fn has(&self, id: &str) -> bool {
+        self.by_id(id).is_some()
+    }
+}
 
 /// A chain position: the sequence number and hash the next entry chains from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +160,7 @@ pub fn chain(key: &ChainKey, tail: Link, entries: &[AuditEntry]) -> Vec<ChainedE
                 entry: e.clone(),
                 hash,
                 detail_raw: detail,
+                key_id: Some(key.fingerprint()),
             }
         })
         .collect()
@@ -127,20 +168,23 @@ pub fn chain(key: &ChainKey, tail: Link, entries: &[AuditEntry]) -> Vec<ChainedE
 
 /// Checks stored entries, in order, against the chain; each problem is one line.
 pub struct ChainCheck<'k> {
-    key: &'k ChainKey,
+    keys: &'k ChainKeys,
     expect: i64,
     prev: Vec<u8>,
+    /// A run of entries signed with a key not given: `(fingerprint, first seq, last seq)`.
+    unknown: Option<(String, i64, i64)>,
     /// What is wrong so far.
     pub problems: Vec<String>,
 }
 
 impl<'k> ChainCheck<'k> {
     /// Start at the anchor.
-    pub fn new(key: &'k ChainKey, anchor: Link) -> Self {
+    pub fn new(keys: &'k ChainKeys, anchor: Link) -> Self {
         Self {
-            key,
+            keys,
             expect: anchor.seq,
             prev: anchor.hash,
+            unknown: None,
             problems: Vec::new(),
         }
     }
@@ -155,14 +199,63 @@ impl<'k> ChainCheck<'k> {
             ));
             self.expect = e.seq;
         }
-        let want = chain_hash(self.key, &self.prev, e.seq, &e.entry, &e.detail_raw);
-        if want[..] != e.hash[..] {
-            self.problems.push(format!(
-                "audit chain broken: entry {} ({}) was altered",
-                e.seq, e.entry.id
-            ));
+        let prev = std::mem::take(&mut self.prev);
+        let hash_with = |k: &ChainKey| chain_hash(k, &prev, e.seq, &e.entry, &e.detail_raw);
+        let keys = self.keys;
+        match e.key_id.as_deref() {
+            Some(id) => match keys.by_id(id) {
+                Some(k) => {
+                    self.end_unknown_run();
+                    if hash_with(k)[..] != e.hash[..] {
+                        self.problems.push(format!(
+                            "audit chain broken: entry {} ({}) was altered",
+                            e.seq, e.entry.id
+                        ));
+                    }
+                }
+                None => match &mut self.unknown {
+                    Some((run_id, _, last)) if run_id == id => *last = e.seq,
+                    _ => {
+                        self.end_unknown_run();
+                        self.unknown = Some((id.to_owned(), e.seq, e.seq));
+                    }
+                },
+            },
+            None => {
+                self.end_unknown_run();
+                if !keys.0.iter().any(|(_, k)| hash_with(k)[..] == e.hash[..]) {
+                    self.problems.push(format!(
+                        "audit chain broken: entry {} ({}) was altered, or was signed with a \
+                         secret not given (it predates key fingerprints; earlier secrets go in \
+                         COFFER_SECRET_OLD_KEYS)",
+                        e.seq, e.entry.id
+                    ));
+                }
+            }
         }
         self.prev = e.hash;
+    }
+
+    /// Report the run of entries signed with a key not given, if one is open.
+    fn end_unknown_run(&mut self) {
+        if let Some((id, first, last)) = self.unknown.take() {
+            let which = if first == last {
+                format!("entry {first}")
+            } else {
+                format!("entries {first} to {last}")
+            };
+            self.problems.push(format!(
+                "audit chain: {which} signed with another key (fingerprint {id}), not given, so \
+                 not verified; not a sign of tampering by itself. Give that earlier \
+                 COFFER_SECRET_KEY in COFFER_SECRET_OLD_KEYS to verify them"
+            ));
+        }
+    }
+
+    /// Every problem, once the last entry was seen.
+    pub fn finish(mut self) -> Vec<String> {
+        self.end_unknown_run();
+        self.problems
     }
 }
 
@@ -193,12 +286,44 @@ pub trait Audit: Send + Sync {
         limit: usize,
     ) -> Result<Vec<ChainedEntry>, MetaError>;
 
-    /// Walk the whole chain; each problem is one line.
+    /// The fingerprint of the key that signed the newest entry, and whether it is one of
+    /// `keys` (an entry from before fingerprints is tried with each). `None` when empty.
+    async fn tail_key(&self, keys: &ChainKeys) -> Result<Option<(String, bool)>, MetaError> {
+        let newest = self.list(None, 2).await?.items;
+        let mut newest = newest.into_iter();
+        let Some(last) = newest.next() else {
+            return Ok(None);
+        };
+        if let Some(id) = last.key_id.clone() {
+            let known = keys.has(&id);
+            return Ok(Some((id, known)));
+        }
+        let prev = match newest.next() {
+            Some(p) => p.hash,
+            None => self.anchor().await?.hash,
+        };
+        let known = keys.0.iter().find(|(_, k)| {
+            chain_hash(k, &prev, last.seq, &last.entry, &last.detail_raw)[..] == last.hash[..]
+        });
+        Ok(Some(match known {
+            Some((id, _)) => (id.clone(), true),
+            None => ("unknown (written before fingerprints)".to_owned(), false),
+        }))
+    }
+
+    /// Walk the whole chain with one key; each problem is one line.
     async fn verify_chain(&self, key: &ChainKey) -> Result<Vec<String>, MetaError> {
+        self.verify_chain_with(&ChainKeys::new([ChainKey(key.0)]))
+            .await
+    }
+
+    /// Walk the whole chain, each entry checked with the key that signed it; each problem is
+    /// one line.
+    async fn verify_chain_with(&self, keys: &ChainKeys) -> Result<Vec<String>, MetaError> {
         const PAGE: usize = 1000;
         let anchor = self.anchor().await?;
         let mut after = anchor.seq;
-        let mut check = ChainCheck::new(key, anchor);
+        let mut check = ChainCheck::new(keys, anchor);
         loop {
             let page = self.chain_page(after, PAGE).await?;
             let full = page.len() == PAGE;
@@ -207,7 +332,7 @@ pub trait Audit: Send + Sync {
                 check.next(e);
             }
             if !full {
-                return Ok(check.problems);
+                return Ok(check.finish());
             }
         }
     }

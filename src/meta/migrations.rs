@@ -444,6 +444,17 @@ pub const MIGRATIONS: &[Migration] = &[
         );
         "#,
     },
+    // v6: each audit entry names the key that chained it (a one-way fingerprint), so the chain
+    // survives a change of the service secret and `check` verifies each entry with its own key.
+    // Entries written before stay NULL: they are tried with every key given.
+    Migration {
+        sqlite: r#"
+        ALTER TABLE audit ADD COLUMN key_id TEXT;
+        "#,
+        postgres: r#"
+        ALTER TABLE audit ADD COLUMN key_id TEXT;
+        "#,
+    },
 ];
 
 /// The version this binary writes.

@@ -174,14 +174,33 @@ fn describe(e: ReadError) -> String {
     }
 }
 
-/// Add the audit chain's problems to a report.
+/// Add the audit chain's problems to a report; each entry is checked with the key (the
+/// current secret's or an earlier one's) that signed it.
 pub async fn check_audit(
     meta: &MetaStore,
-    key: audit::ChainKey,
+    keys: &audit::ChainKeys,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    report.audit = meta.audit().verify_chain(&key).await?;
+    report.audit = meta.audit().verify_chain_with(keys).await?;
     Ok(())
+}
+
+/// A warning when the newest audit entry was signed with a key none of `keys` is (the
+/// service secret changed without the old one in `COFFER_SECRET_OLD_KEYS`): the chain goes on
+/// under the current key, but `coffer check` cannot verify what came before.
+pub async fn unverifiable_tail(
+    meta: &MetaStore,
+    keys: &audit::ChainKeys,
+) -> anyhow::Result<Option<String>> {
+    Ok(match meta.audit().tail_key(keys).await? {
+        Some((id, false)) => Some(format!(
+            "the stored audit chain was signed with another key (fingerprint {id}) than \
+             COFFER_SECRET_KEY: new entries continue the chain under the current key, but \
+             `coffer check` can verify the earlier ones only with that secret in \
+             COFFER_SECRET_OLD_KEYS"
+        )),
+        _ => None,
+    })
 }
 
 /// Remove the orphans of a report. A blob renamed into place moments ago may belong to an

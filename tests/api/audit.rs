@@ -98,3 +98,58 @@ async fn audit_pages_cover_everything_once() {
     let ids = each_once(&pages.concat(), "id");
     assert!(ids.len() >= 8);
 }
+
+/// A new service secret continues the chain; `check` verifies each entry with the key that
+/// signed it (earlier secrets in `COFFER_SECRET_OLD_KEYS`), and without the old one reports
+/// "signed with another key", never tampering. `serve` warns when it cannot vouch for the
+/// stored chain.
+#[tokio::test]
+async fn the_audit_chain_survives_a_change_of_secret() {
+    let mut app = TestApp::spawn().await;
+    let old_secret = app.secret();
+    let admin = app.admin("rotator").await;
+    app.audit(&admin.token).await; // flushes the queue
+    app.terminate();
+
+    let new_secret = crate::helpers::secret();
+    let app2 = app
+        .relaunch()
+        .env("COFFER_SECRET_KEY", new_secret.clone())
+        .spawn()
+        .await;
+    app2.eventually("the unknown-key warning", || {
+        app2.logs().contains("signed with another key (fingerprint")
+    })
+    .await;
+    let (token, _) = app2.login("rotator", PASSWORD).await;
+    app2.audit(&token).await;
+
+    // Only the new secret: the old entries are unverifiable, not altered.
+    let (code, out) = app2.run_cli(&["check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("signed with another key (fingerprint "),
+        "{out}"
+    );
+    assert!(!out.contains("altered"), "{out}");
+    // With the old secret named, every entry verifies.
+    let (code, out) = crate::helpers::outcome(
+        app2.cli(&["check"])
+            .env("COFFER_SECRET_OLD_KEYS", &old_secret),
+    );
+    assert_eq!(code, 0, "{out}");
+    // A server given the chain's newest key among its old ones says nothing.
+    drop(app2);
+    let app3 = app
+        .relaunch()
+        .env("COFFER_SECRET_KEY", old_secret)
+        .env("COFFER_SECRET_OLD_KEYS", new_secret)
+        .spawn()
+        .await;
+    app3.user("quiet").await;
+    assert!(
+        !app3.logs().contains("signed with another key"),
+        "{}",
+        app3.logs()
+    );
+}

@@ -69,3 +69,55 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
         assert!(out.contains("audit chain"), "{row}: {out}");
     }
 }
+
+/// `check` and `backup` where no store is: exit 2 naming the absolute root, nothing created
+/// (a wrong working directory must not "check" a fresh empty store and call it consistent).
+#[test]
+fn check_and_backup_never_create_a_store() {
+    use crate::helpers::{bin, clean_env, secret};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    std::fs::create_dir(base.join("empty")).unwrap();
+    let dest = base.join("dest");
+    for root in ["absent", "empty"] {
+        for args in [vec!["check"], vec!["backup", dest.to_str().unwrap()]] {
+            let mut cmd = std::process::Command::new(bin());
+            clean_env(&mut cmd);
+            // A relative root, resolved against the working directory.
+            cmd.current_dir(&base)
+                .env("COFFER_STORAGE__ROOT", root)
+                .env("COFFER_SECRET_KEY", secret())
+                .args(&args);
+            let (code, out) = crate::helpers::outcome(&mut cmd);
+            assert_eq!(code, 2, "{root} {args:?}: {out}");
+            let abs = base.join(root);
+            assert!(
+                out.contains("no store at") && out.contains(abs.to_str().unwrap()),
+                "{root} {args:?}: {out}"
+            );
+            assert_eq!(abs.exists(), root == "empty", "{root} {args:?} created it");
+            assert!(!dest.exists(), "{args:?} created the destination");
+        }
+        assert_eq!(std::fs::read_dir(base.join("empty")).unwrap().count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn check_and_backup_name_the_absolute_root() {
+    let app = TestApp::spawn().await;
+    let root = app.root.canonicalize().unwrap();
+    let (code, out) = app.run_cli(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("store at {}", root.display())),
+        "{out}"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let dest = dest.path().join("b");
+    let (code, out) = app.run_cli(&["backup", dest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("store at {}", root.display())),
+        "{out}"
+    );
+}

@@ -347,3 +347,71 @@ async fn a_reader_that_stops_reading_is_cut_off() {
     let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
     assert_eq!(r.bytes().await.unwrap().len(), size);
 }
+
+/// Over HTTP/2 a reader that keeps its stream's flow-control window shut cannot be cut off by
+/// the connection's send timeout (the connection goes on serving other streams and pings):
+/// that stream alone is reset once the window has stayed shut for `send_timeout_secs`, and
+/// the connection keeps serving.
+#[tokio::test]
+async fn an_http2_stream_whose_window_stays_shut_is_reset_and_the_connection_lives_on() {
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__SEND_TIMEOUT_SECS", "1")
+        .env("COFFER_SERVER__HTTP2", "true")
+        .spawn()
+        .await;
+    let u = app.user("h2stalled").await;
+    let size = 4 * 1024 * 1024;
+    let f = app.stored(&u.token, "big.png", png(size)).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // A 16 KiB stream window that this client never opens again (no capacity is released).
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", app.addr))
+            .header("authorization", format!("Bearer {}", u.token))
+            .body(())
+            .unwrap()
+    };
+    let path = format!("/api/v1/files/{}/content", f["id"].as_str().unwrap());
+    let (answer, _) = client.send_request(get(&path), true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    // Read what the window let through, without releasing capacity, until the stream ends.
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), body.data()).await {
+            Err(_) => panic!("the stalled stream was never reset ({got} bytes)"),
+            Ok(None) => break None,
+            Ok(Some(Ok(chunk))) => got += chunk.len(),
+            Ok(Some(Err(e))) => break Some(e),
+        }
+    };
+    let e = ended.expect("the stream ended cleanly although the window never opened");
+    assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}");
+    assert!(got < size, "{got} bytes");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    // The same connection serves the next request, and a reader that reads (and so opens
+    // its window again) gets the whole file however small the window.
+    let mut client = client.ready().await.unwrap();
+    let (answer, _) = client.send_request(get("/healthz"), true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    let mut client = client.ready().await.unwrap();
+    let (answer, _) = client.send_request(get(&path), true).unwrap();
+    let mut body = answer.await.unwrap().into_body();
+    let mut whole = 0usize;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        whole += chunk.len();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(whole, size);
+}

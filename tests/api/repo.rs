@@ -88,3 +88,63 @@ fn security_md_cites_only_real_tests() {
     }
     assert!(cited >= 40, "only {cited} tests cited");
 }
+
+/// `contrib/coffer.service` keeps the hardening the README promises, and its exposure as
+/// `systemd-analyze security --offline=yes` rates it is at most 2.0 and is what the README
+/// states. Without systemd-analyze the rating is skipped (with a note), unless
+/// `COFFER_TEST_REQUIRE_STACK=1` (CI), where that is a failure.
+#[test]
+fn the_systemd_unit_is_hardened_and_rated_as_the_readme_says() {
+    let unit = read("contrib/coffer.service");
+    for directive in [
+        "DynamicUser=yes",
+        "StateDirectory=coffer",
+        "LoadCredential=secret-key:",
+        "Environment=COFFER_SECRET_KEY_FILE=%d/secret-key",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=\n",
+        "PrivateDevices=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    ] {
+        assert!(
+            unit.contains(directive),
+            "contrib/coffer.service lacks {directive:?}"
+        );
+    }
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/coffer.service");
+    let out = match std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&unit_path)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var("COFFER_TEST_REQUIRE_STACK").as_deref() != Ok("1"),
+                "systemd-analyze is needed to rate contrib/coffer.service: {e}"
+            );
+            eprintln!("skipped: rating contrib/coffer.service needs systemd-analyze ({e})");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exposure above 2.0:\n{text}");
+    let rating = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for coffer.service: ")
+                .nth(1)
+        })
+        .expect("an overall rating");
+    let score: String = rating
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        read("README.md").contains(&format!("exposure {score}")),
+        "README.md must state the unit's rating: exposure {score}"
+    );
+}

@@ -222,4 +222,124 @@ async fn dev_mode_runs_without_a_secret_on_loopback() {
     assert!(app.addr.ip().is_loopback());
     app.eventually("the dev-mode warning", || app.logs().contains("DEV MODE"))
         .await;
+    // Its ephemeral secret never signs anything in the configured (real) store.
+    app.user("devuser").await;
+    let dev_root = app.root.with_file_name("storage-dev");
+    assert!(dev_root.join("coffer.db").is_file(), "{}", app.logs());
+    assert!(!app.root.exists(), "dev mode wrote into the real store");
+}
+
+/// Every configuration problem at once, each with the file line or the variable that set it.
+#[test]
+fn every_config_problem_is_listed_with_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coffer.toml");
+    std::fs::write(
+        &file,
+        "# six mistakes\n\
+         [server]\n\
+         bind = \"not an address\"\n\
+         max_connections = \"many\"\n\
+         colour = \"blue\"\n\
+         \n\
+         [limits]\n\
+         max_upload_bytes = 0\n\
+         \n\
+         [cors]\n\
+         allowed_origins = [\"*\"]\n\
+         [nonsense]\n\
+         a = 1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd);
+    let out = cmd
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+        .env("COFFER_SECRET_KEY", secret())
+        .env("COFFER_AUTH__ACCESS_TTL_SECS", "soon")
+        .env("COFFER_RATE_LIMIT__BURSTY", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = file.display().to_string();
+    for (key, origin) in [
+        ("server.bind", format!("{f}:3")),
+        ("server.max_connections", format!("{f}:4")),
+        ("server.colour", format!("{f}:5")),
+        ("limits.max_upload_bytes", format!("{f}:8")),
+        ("cors.allowed_origins", format!("{f}:11")),
+        ("nonsense", format!("{f}:12")),
+        (
+            "auth.access_ttl_secs",
+            "COFFER_AUTH__ACCESS_TTL_SECS".to_owned(),
+        ),
+        ("rate_limit.bursty", "COFFER_RATE_LIMIT__BURSTY".to_owned()),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(key) && l.contains(&format!("set in {origin})"))),
+            "{key} from {origin} not reported:\n{err}"
+        );
+    }
+    assert!(!out.status.success() && !dir.path().join("s").exists());
+}
+
+/// One summary line at start; a warning when anyone on the network may register.
+#[tokio::test]
+async fn start_up_prints_one_summary_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[auth]\nopen_registration = true\n").unwrap();
+    let app = TestApp::builder()
+        .arg("--config")
+        .arg(file.to_str().unwrap())
+        .env("COFFER_SERVER__BIND", "0.0.0.0:0")
+        .spawn()
+        .await;
+    app.eventually("the summary", || app.logs().contains("starting: config"))
+        .await;
+    let logs = app.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("starting: config"))
+        .unwrap();
+    let root = std::path::absolute(&app.root).unwrap();
+    for want in [
+        format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        format!("defaults + {}", file.display()),
+        "COFFER_SERVER__BIND".to_owned(),
+        format!("storage {}", root.display()),
+        format!("bind 0.0.0.0:{}", app.addr.port()),
+        "TLS off".to_owned(),
+        "encryption at rest off".to_owned(),
+        "registration open".to_owned(),
+    ] {
+        assert!(line.contains(&want), "{want:?} not in {line}");
+    }
+    assert_eq!(logs.matches("starting: config").count(), 1);
+    assert!(logs.contains("registration is open"), "{logs}");
+}
+
+#[test]
+fn an_address_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd);
+    let out = cmd
+        .arg("serve")
+        .env("COFFER_STORAGE__ROOT", dir.path().join("s"))
+        .env("COFFER_SECRET_KEY", secret())
+        .env("COFFER_SERVER__BIND", &addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
 }

@@ -31,7 +31,7 @@ pub(crate) async fn security_headers(
     next: Next,
 ) -> Response {
     let mut res = next.run(req).await;
-    set_security_headers(res.headers_mut(), state.config.server.behind_tls_proxy);
+    set_security_headers(res.headers_mut(), state.config.https());
     res
 }
 

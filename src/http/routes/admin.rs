@@ -17,7 +17,7 @@ use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{
-    PageQuery, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, next_cursor,
+    PageQuery, SeqPageQuery, decode_time_cursor, encode_seq, encode_time_cursor, next_cursor,
 };
 use crate::ids::UserId;
 use crate::meta::audit::AuditEntry;
@@ -162,28 +162,21 @@ pub(crate) struct AuditList {
 
 /// The security audit trail, newest first.
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
-    params(PageQuery),
+    params(SeqPageQuery),
     responses((status = 200, description = "A page of audit entries", body = AuditList)),
     security(("bearer" = []), ("api_key" = [])))]
 async fn list_audit(
     State(state): State<AppState>,
     principal: Principal,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<SeqPageQuery>,
 ) -> AppResult<Json<AuditList>> {
     principal.require_admin()?;
     let limit = q.limit()?;
-    let before = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            decode_cursor(c)?
-                .parse::<i64>()
-                .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
-        ),
-    };
+    let before = q.before()?;
     // What was recorded before this request is in the answer.
     state.audit.flush().await;
     let page = state.meta.audit().list(before, limit).await?;
-    let next_cursor = next_cursor(&page, |e| encode_cursor(&e.seq.to_string()));
+    let next_cursor = next_cursor(&page, |e| encode_seq(e.seq));
     Ok(Json(AuditList {
         items: page.items.into_iter().map(|e| e.entry).collect(),
         next_cursor,

@@ -43,12 +43,24 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
     /// 3-50 of `[A-Za-z0-9_]`.
-    #[schema(example = "alice")]
+    #[schema(
+        example = "alice",
+        min_length = 3,
+        max_length = 50,
+        pattern = "^[A-Za-z0-9_]{3,50}$"
+    )]
     username: String,
-    /// An email address.
-    #[schema(example = "alice@example.com")]
+    /// An email address. The server accepts dotted local parts too (`a.b@example.com`);
+    /// the pattern states a simpler form every address of which it accepts.
+    #[schema(
+        example = "alice@example.com",
+        max_length = 254,
+        pattern = r"^[A-Za-z0-9!#$%&*+/=?^_`{|}~-]{1,64}@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,4}[A-Za-z]{2,24}$"
+    )]
     email: String,
-    /// Per the password policy.
+    /// Per the password policy: the length and the characters it requires are stated by
+    /// `minLength`, `maxLength` and `pattern` from the server's configuration; a well-known
+    /// common password is refused too.
     #[schema(example = "Correct-Horse-9")]
     password: String,
 }

@@ -57,6 +57,8 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub(crate) struct UploadQuery {
     /// The original filename (raw-body uploads only; multipart uses the part's filename).
+    /// Required with a raw body (400 without it); its extension decides the type.
+    #[param(min_length = 1)]
     filename: Option<String>,
     /// Delete the file after this many seconds (at most `retention.max_expires_secs`).
     #[param(value_type = Option<u64>, minimum = 1)]
@@ -130,6 +132,8 @@ async fn stage_raw(
     filename: Option<String>,
     body: Body,
 ) -> AppResult<ingest::Staged> {
+    // A raw body needs its name (API.md: "a raw body with the query ?filename=NAME"); none, or
+    // an empty one, is a bad request (400). The name's extension then decides the type.
     let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
         AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
     })?;

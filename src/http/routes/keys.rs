@@ -32,11 +32,17 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKeyRequest {
-    /// A label, 1-100 characters.
-    #[schema(example = "backend-prod")]
+    /// A label: 1-100 characters, no control characters, not only spaces (trimmed).
+    #[schema(
+        example = "backend-prod",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// Lifetime in days, 1-3650; omitted = no expiry.
     #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "crate::http::extract::json_int::optional")]
     expires_in_days: Option<i64>,
 }
 
@@ -45,7 +51,9 @@ impl CreateKeyRequest {
     fn checked(&self) -> AppResult<(String, Option<u64>)> {
         let name = self.name.trim().to_owned();
         let mut errs = Vec::new();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        // Judged as sent, so the rule is exactly the pattern the OpenAPI document states.
+        let raw = &self.name;
+        if name.is_empty() || raw.chars().count() > 100 || raw.chars().any(char::is_control) {
             errs.push(FieldError::new(
                 "name",
                 "must be 1-100 printable characters",

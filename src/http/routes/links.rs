@@ -44,9 +44,11 @@ pub(crate) fn streaming_router() -> OpenApiRouter<AppState> {
 pub(crate) struct CreateLinkRequest {
     /// Lifetime in seconds, 1 to `links.max_expires_secs`.
     #[schema(minimum = 1, example = 3600)]
+    #[serde(deserialize_with = "crate::http::extract::json_int::required")]
     expires_in: i64,
-    /// Downloads allowed (>= 1); omitted = unlimited until expiry.
-    #[schema(minimum = 1)]
+    /// Downloads allowed (1 to 4294967295); omitted = unlimited until expiry.
+    #[schema(minimum = 1, maximum = 4_294_967_295_i64)]
+    #[serde(default, deserialize_with = "crate::http::extract::json_int::optional")]
     max_downloads: Option<i64>,
 }
 

@@ -10,6 +10,7 @@
 mod accept;
 pub(crate) mod parser_errors;
 pub(crate) mod send_timeout;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -30,7 +31,8 @@ use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
 use accept::{Opening, PerIp, request_starts};
 use parser_errors::{Dispatched, ParserErrors};
-use send_timeout::SendTimeout;
+use send_timeout::{SendTimeout, StreamBody, StreamExec};
+pub(crate) use tls::Tls;
 
 /// The largest HTTP/1 request head (request line and header section); a larger one gets 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -48,6 +50,8 @@ impl App {
     pub(crate) async fn build(config: Config, secrets: Secrets) -> anyhow::Result<Self> {
         let (state, audit_task) = AppState::open(config, secrets).await?;
         let (router, doc) = stack::router(state.clone());
+        let mut doc = serde_json::to_value(&doc)?;
+        crate::http::openapi::apply_config(&mut doc, &state.config);
         let doc = serde_json::to_vec(&doc)?;
         let _ = state.openapi.set(Bytes::from(doc));
         let tasks = vec![
@@ -78,6 +82,8 @@ impl App {
     pub(crate) async fn serve(
         self,
         listener: TcpListener,
+        tls: Option<Tls>,
+        redirect: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let cfg = &self.state.config.server;
@@ -92,7 +98,11 @@ impl App {
             // Exact: the buffer limit alone is checked only while a head is incomplete, so a
             // head that arrives whole in one read could pass it (up to about twice the size).
             .max_header_size(MAX_HEAD_BYTES);
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
+        // Each stream's task runs under the send timeout of its own (see `StreamExec`).
+        let mut http2 = hyper::server::conn::http2::Builder::new(StreamExec {
+            limit: send_timeout,
+        });
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(128)
@@ -106,9 +116,22 @@ impl App {
             self.state.trusted_proxies.clone(),
         );
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-        let send_timeout = Duration::from_secs(cfg.send_timeout_secs);
         let http2_on = cfg.http2;
-        let hsts = cfg.behind_tls_proxy;
+        let hsts = self.state.config.https();
+        // Native TLS: the certificate follows its files; plain HTTP may redirect to it.
+        let mut helpers = Vec::new();
+        if let Some(tls) = &tls {
+            helpers.push(tokio::spawn(tls.clone().reload_on_change()));
+            if let Some(redirect) = redirect {
+                let port = listener.local_addr()?.port();
+                helpers.push(tokio::spawn(tls::redirect(
+                    redirect,
+                    port,
+                    Arc::new(self.state.config.server.allowed_hosts.clone()),
+                    header_timeout,
+                )));
+            }
+        }
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -135,49 +158,45 @@ impl App {
             let router = self.router.clone();
             let (http1, http2) = (http1.clone(), http2.clone());
             let watcher = graceful.watcher();
+            let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
             tokio::spawn(async move {
                 let _slots = (permit, ip_slot);
+                let conn = Conn {
+                    router,
+                    peer,
+                    http1,
+                    http2,
+                    hsts,
+                };
+                let timed = SendTimeout::new(stream, send_timeout);
+                if let Some(acceptor) = acceptor {
+                    // The handshake is bounded like a request head; ALPN names the protocol.
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(timed)).await
+                    else {
+                        return;
+                    };
+                    let opening = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Opening::Http2,
+                        _ => Opening::Http1,
+                    };
+                    conn.serve(tls, opening, watcher).await;
+                    return;
+                }
                 // hyper's header timeout starts once it knows the protocol; a peer that never
                 // sends enough to tell would otherwise hold the connection forever.
-                let opening = match request_starts(&stream, header_timeout).await {
+                let opening = match request_starts(timed.get_ref(), header_timeout).await {
                     Some(Opening::Http1) => Opening::Http1,
                     Some(Opening::Http2) if http2_on => Opening::Http2,
                     // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream
                     // is not bounded by the send timeout).
                     Some(Opening::Http2) | None => return,
                 };
-                // HTTP/1 requests are counted as the service is handed them, so that an answer
-                // no request waits for (the parser's own 400 or 431) can be told and replaced.
-                let dispatched = Dispatched::default();
-                let counted = (opening == Opening::Http1).then(|| dispatched.clone());
-                let service = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        if let Some(counted) = &counted {
-                            counted.push(req.method());
-                        }
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        router.clone().oneshot(req.map(axum::body::Body::new))
-                    },
-                );
-                let timed = SendTimeout::new(stream, send_timeout);
-                let ended = match opening {
-                    Opening::Http1 => {
-                        let io = ParserErrors::new(timed, dispatched, hsts, peer.ip());
-                        watcher
-                            .watch(http1.serve_connection(TokioIo::new(io), service))
-                            .await
-                    }
-                    Opening::Http2 => {
-                        watcher
-                            .watch(http2.serve_connection(TokioIo::new(timed), service))
-                            .await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+                conn.serve(timed, opening, watcher).await;
             });
+        }
+        for h in &helpers {
+            h.abort();
         }
         drop(listener);
         tracing::info!("shutting down: draining in-flight requests");
@@ -214,6 +233,64 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// One accepted connection's share of the server: what it needs to be served.
+struct Conn {
+    router: Router,
+    peer: SocketAddr,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<StreamExec>,
+    hsts: bool,
+}
+
+impl Conn {
+    /// Serve `io` (plain or TLS, behind the send timeout) as `opening` says, until it ends or
+    /// the graceful shutdown closes it.
+    async fn serve<I>(self, io: I, opening: Opening, watcher: hyper_util::server::graceful::Watcher)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            router,
+            peer,
+            http1,
+            http2,
+            hsts,
+        } = self;
+        // HTTP/1 requests are counted as the service is handed them, so that an answer no
+        // request waits for (the parser's own 400 or 431) can be told and replaced.
+        let dispatched = Dispatched::default();
+        let counted = (opening == Opening::Http1).then(|| dispatched.clone());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(counted) = &counted {
+                    counted.push(req.method());
+                }
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                // Wrapped inside the stream's task: over HTTP/2 the body reports its progress
+                // to the stream's send timeout (over HTTP/1 it passes through).
+                async move { answer.await.map(|res| res.map(StreamBody::new)) }
+            });
+        let ended = match opening {
+            Opening::Http1 => {
+                let io = ParserErrors::new(io, dispatched, hsts, peer.ip());
+                watcher
+                    .watch(http1.serve_connection(TokioIo::new(io), service))
+                    .await
+            }
+            Opening::Http2 => {
+                watcher
+                    .watch(http2.serve_connection(TokioIo::new(io), service))
+                    .await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! A send deadline for connections: a peer that accepts no bytes for the configured time has
-//! its connection closed.
+//! Send deadlines: a peer that accepts no bytes for the configured time has its connection
+//! closed ([`SendTimeout`]), and an HTTP/2 stream whose flow-control window stays shut that
+//! long is reset ([`StreamExec`], [`StreamBody`]).
 //!
 //! Invariant: a client that stops reading a response holds its buffers and open file for at
-//! most `server.send_timeout_secs`, after which the connection fails and everything is
+//! most `server.send_timeout_secs`, after which the connection fails (or, over HTTP/2, the
+//! stream is reset while the connection and its other streams go on) and everything is
 //! dropped. Writes that make progress, however slowly, reset the deadline.
 
 use std::io;
@@ -33,6 +35,11 @@ impl<T> SendTimeout<T> {
             progress: Instant::now(),
             timer: None,
         }
+    }
+
+    /// The wrapped connection.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
     }
 
     /// Pass on a write's result; while it is blocked, fail it once `limit` has passed since
@@ -101,6 +108,135 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch(cx, r)
+    }
+}
+
+/// Per HTTP/2 stream: when the response body last handed hyper a chunk that has not been
+/// sent on yet (hyper asks for the next chunk only once the previous one is passed to the
+/// connection, which a shut flow-control window prevents).
+#[derive(Debug, Default)]
+pub(crate) struct StreamProgress {
+    waiting_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl StreamProgress {
+    fn set(&self, since: Option<Instant>) {
+        if let Ok(mut w) = self.waiting_since.lock() {
+            *w = since;
+        }
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since.lock().ok().and_then(|w| *w)
+    }
+}
+
+tokio::task_local! {
+    /// The progress of the HTTP/2 stream whose task is running (set by [`StreamExec`]).
+    static STREAM: std::sync::Arc<StreamProgress>;
+}
+
+/// The executor of an HTTP/2 connection's stream tasks: each runs with its own
+/// [`StreamProgress`], and is dropped (h2 then resets the stream with CANCEL) once its body has
+/// waited `limit` for the peer to open its window.
+#[derive(Clone)]
+pub(crate) struct StreamExec {
+    pub(crate) limit: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let progress = std::sync::Arc::new(StreamProgress::default());
+        let watched = Watched {
+            inner: Box::pin(STREAM.scope(progress.clone(), fut)),
+            progress,
+            limit: self.limit,
+            timer: None,
+        };
+        tokio::spawn(watched);
+    }
+}
+
+/// A stream task that ends early when its body stalls on a shut window.
+struct Watched<F> {
+    inner: Pin<Box<tokio::task::futures::TaskLocalFuture<std::sync::Arc<StreamProgress>, F>>>,
+    progress: std::sync::Arc<StreamProgress>,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(since) = self.progress.waiting_since() else {
+            return Poll::Pending;
+        };
+        let deadline = since + self.limit;
+        if Instant::now() >= deadline {
+            tracing::debug!(
+                "HTTP/2 stream reset: the peer kept its window shut past the send timeout"
+            );
+            return Poll::Ready(());
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// A response body over HTTP/2 that reports to its stream's [`StreamProgress`]: a chunk handed
+/// over starts the wait for the peer, the next poll (the chunk went on) ends it.
+pub(crate) struct StreamBody {
+    inner: axum::body::Body,
+    progress: Option<std::sync::Arc<StreamProgress>>,
+}
+
+impl StreamBody {
+    /// Wrap `inner`, inside the stream's task (outside one, it reports nowhere).
+    pub(crate) fn new(inner: axum::body::Body) -> Self {
+        Self {
+            inner,
+            progress: STREAM.try_with(std::sync::Arc::clone).ok(),
+        }
+    }
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(p) = &self.progress {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() => p.set(Some(Instant::now())),
+                _ => p.set(None),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -18,7 +18,7 @@ use crate::meta::audit::{Audit, AuditEntry, ChainKey, ChainedEntry, Link, chain}
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
 
-const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash";
+const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash, key_id";
 
 fn row(r: &Row) -> PgResult<ChainedEntry> {
     let detail: String = r.try_get(7)?;
@@ -35,6 +35,7 @@ fn row(r: &Row) -> PgResult<ChainedEntry> {
         },
         hash: r.try_get(8)?,
         detail_raw: detail,
+        key_id: r.try_get(9)?,
     })
 }
 
@@ -103,17 +104,20 @@ pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgRes
         .collect();
     let detail: Vec<&str> = chained.iter().map(|e| e.detail_raw.as_str()).collect();
     let hash: Vec<&[u8]> = chained.iter().map(|e| e.hash.as_slice()).collect();
+    let key_id: Vec<Option<&str>> = chained.iter().map(|e| e.key_id.as_deref()).collect();
     let st = t
         .prepare_cached(
-            "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash)
+            "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash,
+                                key_id)
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[],
-                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])",
+                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[],
+                                  $10::text[])",
         )
         .await?;
     t.execute(
         &st,
         &[
-            &seq, &id, &at, &event, &actor, &subject, &ip, &detail, &hash,
+            &seq, &id, &at, &event, &actor, &subject, &ip, &detail, &hash, &key_id,
         ],
     )
     .await?;

@@ -46,8 +46,9 @@ fn anchor(c: &Connection) -> rusqlite::Result<Link> {
 /// transaction, so another process appending too cannot fork the chain).
 pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(
-        "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash,
+                            key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for e in chain(key, last_link(c)?, entries) {
         stmt.execute(params![
@@ -60,6 +61,7 @@ pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlit
             e.entry.client_ip,
             e.detail_raw,
             e.hash,
+            e.key_id,
         ])?;
     }
     Ok(())
@@ -81,10 +83,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEntry> {
         },
         hash: r.get(8)?,
         detail_raw: detail,
+        key_id: r.get(9)?,
     })
 }
 
-const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash";
+const COLUMNS: &str = "seq, id, at, event, actor_id, subject_id, client_ip, detail, hash, key_id";
 
 /// Newest first, after the `seq` cursor.
 pub fn list(
@@ -176,20 +179,24 @@ impl Audit for Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::audit::ChainCheck;
+    use crate::meta::audit::{ChainCheck, ChainKeys};
     use crate::meta::sqlite::test_conn;
 
     const K: ChainKey = ChainKey([7; 32]);
 
     /// What `Audit::verify_chain` does, on one connection.
     fn verify_chain(c: &Connection, key: &ChainKey) -> rusqlite::Result<Vec<String>> {
+        verify_with(c, &ChainKeys::new([ChainKey(key.0)]))
+    }
+
+    fn verify_with(c: &Connection, keys: &ChainKeys) -> rusqlite::Result<Vec<String>> {
         let start = anchor(c)?;
         let after = start.seq;
-        let mut check = ChainCheck::new(key, start);
+        let mut check = ChainCheck::new(keys, start);
         for e in chain_page(c, after, usize::MAX)? {
             check.next(e);
         }
-        Ok(check.problems)
+        Ok(check.finish())
     }
 
     fn entry(event: &str) -> AuditEntry {
@@ -222,6 +229,41 @@ mod tests {
         assert!(!verify_chain(&c, &K).unwrap().is_empty());
         // Without the key the chain cannot be verified, let alone recomputed.
         assert!(!verify_chain(&c, &ChainKey([8; 32])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_secret_continues_the_chain_and_each_entry_is_checked_with_its_own_key() {
+        const NEW: ChainKey = ChainKey([9; 32]);
+        let c = test_conn();
+        append(&c, &K, &[entry("a"), entry("b")]).unwrap();
+        // Written before fingerprints were kept: no key id.
+        c.execute("UPDATE audit SET key_id = NULL WHERE seq = 1", [])
+            .unwrap();
+        append(&c, &NEW, &[entry("c"), entry("d")]).unwrap();
+        let both = ChainKeys::new([ChainKey(NEW.0), ChainKey(K.0)]);
+        assert_eq!(verify_with(&c, &both).unwrap(), Vec::<String>::new());
+
+        // Only the new key: the old entries are "signed with another key", not altered.
+        let only_new = ChainKeys::new([ChainKey(NEW.0)]);
+        let problems = verify_with(&c, &only_new).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("predates key fingerprints"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("entry 2 signed with another key")
+                && problems[1].contains(&K.fingerprint()),
+            "{problems:?}"
+        );
+        assert!(!problems.iter().any(|p| p.contains("was altered\n")));
+
+        // An edit under a key that is given is still tampering.
+        c.execute("UPDATE audit SET event = 'x' WHERE seq = 4", [])
+            .unwrap();
+        let problems = verify_with(&c, &both).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("entry 4") && problems[0].contains("altered"));
     }
 
     #[test]

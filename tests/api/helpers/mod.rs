@@ -91,6 +91,7 @@ pub struct TestAppBuilder {
     args: Vec<String>,
     database: Option<Arc<stack::TestDb>>,
     wait_ready: bool,
+    tls_root: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +133,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// The server speaks HTTPS (native TLS configured by the test): its client trusts this
+    /// PEM certificate, and nothing else.
+    pub fn tls_root(mut self, pem: &str) -> Self {
+        self.tls_root = Some(pem.to_owned());
+        self
+    }
+
     /// Return once the server listens, without waiting for `/readyz` to say 200 (a test of
     /// a server that starts unready).
     pub fn unready(mut self) -> Self {
@@ -164,8 +172,10 @@ impl TestAppBuilder {
         });
         let started = Instant::now();
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let addr: SocketAddr = match line.trim().strip_prefix("coffer listening on http://") {
-            Some(a) => a.parse().unwrap(),
+        let listening = line.trim().strip_prefix("coffer listening on ");
+        let scheme_addr = listening.and_then(|l| l.split_once("://"));
+        let (scheme, addr): (&str, SocketAddr) = match scheme_addr {
+            Some((scheme, a)) => (scheme, a.parse().unwrap()),
             None => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -178,9 +188,25 @@ impl TestAppBuilder {
                 );
             }
         };
+        assert_eq!(
+            scheme,
+            if self.tls_root.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            "the scheme the server announced"
+        );
+        let mut client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(5));
+        if let Some(pem) = &self.tls_root {
+            client =
+                client.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
+        }
         let app = TestApp {
             addr,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             root,
             _tmp: tmp,
             database: self.database,
@@ -188,11 +214,7 @@ impl TestAppBuilder {
             logs,
             // Idle pooled connections are dropped well before the server's idle cut-off, so
             // no request races a connection the server is closing.
-            client: Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
+            client: client.build().unwrap(),
             env: self.env,
             leftovers_expected: false,
         };
@@ -294,6 +316,7 @@ impl TestApp {
             args: Vec::new(),
             database: None,
             wait_ready: true,
+            tls_root: None,
         }
         .env("COFFER_SECRET_KEY", secret())
     }
