@@ -356,6 +356,16 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE files ADD COLUMN scanned_at BIGINT;
         "#,
     },
+    // View URLs: each owner's view-key generation, bound into every view token the owner
+    // mints. Revoking them all is one increment, seen by every node at its next check.
+    Migration {
+        sqlite: r#"
+        ALTER TABLE users ADD COLUMN view_generation INTEGER NOT NULL DEFAULT 0;
+        "#,
+        postgres: r#"
+        ALTER TABLE users ADD COLUMN view_generation BIGINT NOT NULL DEFAULT 0;
+        "#,
+    },
 ];
 
 /// The version this binary writes.

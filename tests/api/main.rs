@@ -37,4 +37,5 @@ mod startup;
 mod tokens;
 mod upload;
 mod upload_limits;
+mod view_urls;
 mod wire;

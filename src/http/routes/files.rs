@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
+use crate::auth::view::{ViewError, ViewKeys};
 use crate::crypto::read;
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
@@ -418,9 +419,22 @@ pub(crate) struct ContentQuery {
     pub(crate) disposition: Option<String>,
 }
 
+/// `GET /files/{id}/content` query: `?disposition=` and `?view=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FileContentQuery {
+    /// `attachment` (default) or `inline` (honoured for images, PDF and plain text only).
+    #[param(value_type = Option<String>, pattern = "^(attachment|inline)$")]
+    disposition: Option<String>,
+    /// A view token (from `POST /files/{id}/view-url`): read with no credentials.
+    #[param(value_type = Option<String>)]
+    view: Option<String>,
+}
+
 /// The file's bytes. Supports `Range` (one range), `If-None-Match`, `If-Range` and `HEAD`.
+/// With `?view=<token>` (a view URL) no credentials are needed, and the read is not counted.
 #[utoipa::path(method(get, head), path = "/api/v1/files/{id}/content", tag = "files",
-    params(("id" = String, Path, description = "File id"), ContentQuery,
+    params(("id" = String, Path, description = "File id"), FileContentQuery,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
         ("If-None-Match" = Option<String>, Header, description = "ETags"),
         ("If-Range" = Option<String>, Header, description = "ETag or date")),
@@ -428,18 +442,23 @@ pub(crate) struct ContentQuery {
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
+        (status = 401, description = "No credentials, or a view token that is malformed, expired, revoked or for another file", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security((), ("bearer" = []), ("api_key" = [])))]
 async fn file_content(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    principal: Result<Principal, AppError>,
     method: Method,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ContentQuery>,
+    Query(q): Query<FileContentQuery>,
 ) -> AppResult<Response> {
+    if let Some(token) = q.view.as_deref() {
+        return view_content(&state, ip, &method, &headers, &id, token, q.disposition).await;
+    }
+    let principal = principal?;
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let get = method == Method::GET;
     // A conditional request will likely be a 304: fetch bytes only when they will be sent.
@@ -461,6 +480,44 @@ async fn file_content(
                 .subject(f.file.id)
                 .ip(ip)
                 .detail(serde_json::json!({ "status": served.response.status().as_u16() })),
+        );
+    }
+    Ok(served.response)
+}
+
+/// Content through a view URL: the token, not a credential, opens the file (401 whatever is
+/// wrong with it); then exactly the owner's download. The first use of each token is audited.
+async fn view_content(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    method: &Method,
+    headers: &HeaderMap,
+    id: &str,
+    token: &str,
+    disposition: Option<String>,
+) -> AppResult<Response> {
+    let now = Timestamp::now();
+    let token = ViewKeys::parse(token, now)?;
+    // An id that is not a UUID opens nothing: the same 401 as any other wrong token.
+    let id = FileId::parse(id).ok_or(ViewError::Gone)?;
+    let f = state.views.resolve(&state.meta, &token, id, now).await?;
+    let req = ContentRequest {
+        method,
+        headers,
+        disposition: content::disposition(disposition.as_deref(), &f.file.content_type)?,
+        client_ip: ip,
+    };
+    let served = content::respond(state, &f, &req, None).await?;
+    if state.views.first_use(&token, now) {
+        state.audit.record(
+            Record::new(Event::FileView)
+                .subject(f.file.id)
+                .ip(ip)
+                .detail(serde_json::json!({
+                    "owner": f.owner_id,
+                    "status": served.response.status().as_u16(),
+                    "expires_at": token.expires_at(),
+                })),
         );
     }
     Ok(served.response)
