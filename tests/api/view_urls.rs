@@ -375,3 +375,93 @@ async fn postgres_a_revocation_on_one_node_reaches_the_other_at_once() {
     assert_eq!(b.get(url).status().await, 401, "revoked on a, refused by b");
     assert_eq!(a.get(url).status().await, 401);
 }
+
+#[tokio::test]
+async fn inline_content_may_be_framed_only_by_the_configured_origins() {
+    const APP: &str = "http://127.0.0.1:9";
+    let framing = TestApp::builder()
+        .env(
+            "COFFER_SERVING__FRAME_ANCESTORS",
+            format!("{APP}, https://b.example"),
+        )
+        .env("COFFER_CORS__ALLOWED_ORIGINS", APP)
+        .env("COFFER_CORS__MAX_AGE_SECS", "1234")
+        .spawn()
+        .await;
+    let closed = TestApp::spawn().await;
+    let ancestors = format!("frame-ancestors {APP} https://b.example");
+    for (app, open) in [(&framing, true), (&closed, false)] {
+        let u = app.user("framer").await;
+        let image = app.stored(&u.token, "i.png", png(100)).await;
+        let doc = app.stored(&u.token, "d.pdf", pdf(100)).await;
+        let text = app
+            .stored(&u.token, "t.txt", b"<script>alert(1)</script>".to_vec())
+            .await;
+        for f in [&image, &doc, &text] {
+            let id = f["id"].as_str().unwrap();
+            let view = mint(app, &u.token, id, json!({})).await;
+            let view = view["url"].as_str().unwrap().to_owned();
+            let owner_inline = format!("/api/v1/files/{id}/content?disposition=inline");
+            for (what, inline, req) in [
+                (
+                    "view, inline",
+                    true,
+                    app.get(&format!("{view}&disposition=inline")),
+                ),
+                ("owner, inline", true, app.get(&owner_inline).as_user(&u)),
+                ("view, attachment", false, app.get(&view)),
+                ("owner, attachment", false, app.content(id).as_user(&u)),
+            ] {
+                let r = req.send().await;
+                assert_eq!(r.status(), 200, "{what}");
+                let h = r.headers();
+                let csp = h["content-security-policy"].to_str().unwrap();
+                assert!(csp.starts_with("default-src 'none';"), "{what}: {csp}");
+                if open && inline {
+                    // Still no script, PDFs included (Chromium's viewer renders them
+                    // sandboxed: tests/browser).
+                    let want = format!("default-src 'none'; sandbox; {ancestors}");
+                    assert_eq!(csp, want, "{what}");
+                    assert!(h.get("x-frame-options").is_none(), "{what}");
+                } else {
+                    assert_eq!(csp, "default-src 'none'; sandbox", "{what}");
+                    assert_eq!(h["x-frame-options"], "DENY", "{what}");
+                }
+            }
+            // A 304 of frameable content says the same.
+            let etag = format!("\"{}\"", f["sha256"].as_str().unwrap());
+            let r = app
+                .get(&format!("{view}&disposition=inline"))
+                .header("if-none-match", &etag)
+                .send()
+                .await;
+            assert_eq!(r.status(), 304);
+            assert_eq!(r.headers().get("x-frame-options").is_none(), open);
+        }
+        // Every other response keeps DENY and frame-ancestors 'none'.
+        for r in [
+            app.get("/api/v1/files").as_user(&u).send().await,
+            app.get("/api/v1/nope").send().await,
+            app.get(&format!(
+                "/api/v1/files/{}/content?view=bad",
+                image["id"].as_str().unwrap()
+            ))
+            .send()
+            .await,
+        ] {
+            assert_eq!(r.headers()["x-frame-options"], "DENY");
+            let csp = r.headers()["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        }
+    }
+    // cors.max_age_secs on preflights.
+    let pre = framing
+        .request(Method::OPTIONS, "/api/v1/files")
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await;
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["access-control-max-age"], "1234");
+}
