@@ -10,6 +10,7 @@ mod admin;
 mod api_keys;
 mod audit;
 mod backup;
+mod browser;
 mod check;
 mod connections;
 mod content_safety;
