@@ -33,9 +33,20 @@ function check(name, ok, detail = '') {
   }
 }
 
-// Both origins serve one empty page; everything else happens in page.evaluate.
+// Both origins serve one empty page (everything else happens in page.evaluate), Uppy's
+// bundle and the README's Uppy recipe.
+const MODULES = {
+  '/uppy.min.mjs': new URL('./node_modules/uppy/dist/uppy.min.mjs', import.meta.url),
+  '/uppy_recipe.mjs': new URL('./uppy_recipe.mjs', import.meta.url),
+};
 function serve(port) {
   const server = http.createServer((req, res) => {
+    const module = MODULES[req.url];
+    if (module) {
+      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' });
+      res.end(fs.readFileSync(module));
+      return;
+    }
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end('<!doctype html><meta charset="utf-8"><title>app</title><body></body>');
   });
@@ -326,6 +337,8 @@ async function run(context) {
     JSON.stringify({ aloneDialogs, dialogs, scripts, messages }));
   await alone.close();
 
+  await uppyRecipe(page);
+
   // Revocation: the next request through any earlier view URL is a 401. (The browser turns a
   // 401 problem+json answer to an <img> into a network error (ORB), so the status is read
   // from the server's own counters.)
@@ -344,6 +357,49 @@ async function run(context) {
   check('after revocation the <img> fails, its request answered 401', !loaded && refusedImg === 1, JSON.stringify({ loaded, refusedImg }));
   const direct = await page.evaluate(async ({ views }) => (await fetch(views.webm, { headers: { Range: 'bytes=0-99' } })).status, { views });
   check('after revocation a fetch of the video view URL is a 401', direct === 401, `${direct}`);
+}
+
+/// The README's Uppy recipe: coffer's problem detail is the error, a refusal is sent once, a
+/// network failure is retried.
+async function uppyRecipe(page) {
+  const refusedBefore = await uploadStatus(415);
+  const r = await page.evaluate(async ({ API, TOKEN }) => {
+    const { Uppy, XHRUpload } = await import('/uppy.min.mjs');
+    const { cofferUppy } = await import('/uppy_recipe.mjs');
+    const uppy = cofferUppy({ Uppy, XHRUpload }, { api: API, getToken: () => TOKEN });
+    const errors = [];
+    uppy.on('upload-error', (file, error) => errors.push(error.message));
+    uppy.addFile({ name: 'hello.txt', type: 'text/plain', data: new Blob(['hello from uppy']) });
+    uppy.addFile({ name: 'tool.exe', type: 'application/octet-stream', data: new Blob(['MZ not welcome']) });
+    const result = await uppy.upload();
+    // What coffer itself says about that file.
+    const direct = await fetch(`${API}/api/v1/files?filename=tool.exe`, {
+      method: 'POST', headers: { Authorization: `Bearer ${TOKEN}` }, body: 'MZ not welcome',
+    });
+    const detail = (await direct.json()).detail;
+    // The server is unreachable: retried (three more tries), then reported.
+    const attempts = [];
+    const down = cofferUppy({ Uppy, XHRUpload }, { api: 'http://127.0.0.1:9', getToken: () => TOKEN, onAttempt: (n) => attempts.push(n) });
+    down.addFile({ name: 'later.txt', type: 'text/plain', data: new Blob(['later']) });
+    const offline = await down.upload();
+    return {
+      ok: result.successful.map((f) => [f.name, f.response.status, f.response.body.filename]),
+      failed: result.failed.map((f) => [f.name, f.error]),
+      errors, detail, attempts, offline: offline.failed.length,
+    };
+  }, { API, TOKEN });
+  const refused = (await uploadStatus(415)) - refusedBefore;
+  check('Uppy (the recipe) uploads through CORS', JSON.stringify(r.ok) === JSON.stringify([['hello.txt', 201, 'hello.txt']]), JSON.stringify(r));
+  check("Uppy shows coffer's problem detail", r.failed.length === 1 && r.failed[0][1] === r.detail && r.errors[0] === r.detail && /not accepted/.test(r.detail), JSON.stringify(r));
+  check('Uppy does not retry a refusal (one 415 from Uppy, one from the direct call)', refused === 2, `${refused}`);
+  check('Uppy retries a network failure', JSON.stringify(r.attempts) === '[0,1,2,3]' && r.offline === 1, JSON.stringify(r.attempts));
+}
+
+/// Answers of the upload route with this status so far (the server's metrics).
+async function uploadStatus(status) {
+  const text = await (await fetch(`${API}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('coffer_http_requests_total{method="POST",route="/api/v1/files",status="' + status + '"}'));
+  return line ? Number(line.split(' ').pop()) : 0;
 }
 
 /// Answers of the content route with this status so far (the server's metrics).
