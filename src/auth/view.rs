@@ -9,7 +9,8 @@
 //! Invariant: a token works only for the file it was minted for, until its expiry, while its
 //! file and its owner exist and the owner's view-key generation is the one it was minted
 //! under (`POST /users/me/revoke-view-urls` moves it on: one write, seen by every node). MACs
-//! are compared in constant time; tokens are never stored, logged or audited.
+//! are compared in constant time; tokens are never stored (their first use is remembered by
+//! a digest of the MAC), logged or audited.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::ids::{FileId, Timestamp, UserId};
@@ -34,8 +35,9 @@ const VERSION: u8 = 1;
 const RAW_LEN: usize = 1 + 8 + 32;
 /// Longer than any token of this format: refused before decoding.
 const MAX_TOKEN_CHARS: usize = 64;
-/// Tokens remembered for the one-audit-entry-per-token rule before expired ones are dropped
-/// (a full table of live ones is forgotten at once: at worst a token is audited twice).
+/// Tokens this process remembers having seen before expired ones are dropped (a full table of
+/// live ones is forgotten at once: at worst a token's first use is asked of the database
+/// again, which still records it once).
 const SEEN_CAPACITY: usize = 65_536;
 
 /// A token as parsed, not yet checked against its file.
@@ -49,6 +51,17 @@ impl ViewToken {
     /// When it stops working.
     pub(crate) fn expires_at(&self) -> Timestamp {
         Timestamp::from_unix_secs(self.expires)
+    }
+
+    /// The name its uses are remembered by: a digest of its MAC (never the MAC, the secret
+    /// part of the token, which a copy of the database must not yield).
+    pub(crate) fn use_key(&self) -> [u8; 16] {
+        let digest = Sha256::digest(self.mac);
+        let mut key = [0u8; 16];
+        for (k, d) in key.iter_mut().zip(digest.iter()) {
+            *k = *d;
+        }
+        key
     }
 }
 
@@ -76,7 +89,7 @@ pub(crate) enum ViewError {
 /// Mints and checks view tokens; remembers which were already audited.
 pub(crate) struct ViewKeys {
     key: Zeroizing<[u8; 32]>,
-    /// First 16 bytes of each audited token's MAC -> its expiry (Unix seconds).
+    /// [`ViewToken::use_key`] of each token seen -> its expiry (Unix seconds).
     seen: Mutex<HashMap<[u8; 16], i64>>,
 }
 
@@ -176,11 +189,11 @@ impl ViewKeys {
         Ok(f)
     }
 
-    /// Whether this is the first use of the token this process has seen (for the one
-    /// `file.view` audit entry per token). Memory only: no database write per request.
+    /// Whether this is the first use of the token this process has seen: only then is the
+    /// database asked whether it is the first use anywhere (`meta::views`), so there is no
+    /// database write per request.
     pub(crate) fn first_use(&self, token: &ViewToken, now: Timestamp) -> bool {
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&token.mac[..16]);
+        let key = token.use_key();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains_key(&key) {
             return false;

@@ -2,7 +2,7 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`maintenance::Maintenance`]). Each
+//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`maintenance::Maintenance`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
@@ -25,6 +25,7 @@ pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod users;
+pub mod views;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,11 +40,12 @@ use links::Links;
 use maintenance::Maintenance;
 use sessions::Sessions;
 use users::Users;
+use views::Views;
 
 /// Everything an engine implements.
-pub trait Engine: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance {}
+pub trait Engine: Users + Sessions + ApiKeys + Files + Links + Views + Audit + Maintenance {}
 
-impl<T: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance> Engine for T {}
+impl<T: Users + Sessions + ApiKeys + Files + Links + Views + Audit + Maintenance> Engine for T {}
 
 /// The metadata store handed to the rest of the crate. Cheap to clone.
 #[derive(Clone)]
@@ -83,6 +85,11 @@ impl MetaStore {
 
     /// Share links.
     pub fn links(&self) -> &dyn Links {
+        &*self.0
+    }
+
+    /// First uses of view URLs.
+    pub fn views(&self) -> &dyn Views {
         &*self.0
     }
 

@@ -1,6 +1,6 @@
 //! The retention sweeper: every `retention.sweep_interval_secs` it deletes expired files (blob
-//! and row, links with them), spent revocation entries and logins, long-expired links, and
-//! audit entries older than `audit.retention_days`.
+//! and row, links with them), spent revocation entries and logins, long-expired links, the
+//! first uses of expired view URLs, and audit entries older than `audit.retention_days`.
 //!
 //! Invariant: each expired file's deletion is audited (`file.expire`); a failure on one file
 //! is logged and retried on the next sweep, never aborting the sweeper.
@@ -87,6 +87,7 @@ impl Sweeper {
         let meta = &self.meta;
         let mut pruned = meta.sessions().prune(now).await?;
         pruned += meta.links().prune_expired(link_cutoff).await?;
+        pruned += meta.views().prune_views(now).await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

@@ -392,6 +392,18 @@ async fn postgres_a_revocation_on_one_node_reaches_the_other_at_once() {
         StatusCode::OK,
         "minted on a, read on b"
     );
+    for _ in 0..3 {
+        assert_eq!(a.get(url).status().await, 200);
+        assert_eq!(b.get(url).status().await, 200);
+    }
+    // One `file.view` entry for the token, though both nodes saw its first use.
+    let admin = a.admin("twonodesadmin").await;
+    a.audited(&admin.token, "file.view", |e| e["event"] == "file.view")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trail = a.audit(&admin.token).await;
+    let views = trail.iter().filter(|e| e["event"] == "file.view").count();
+    assert_eq!(views, 1, "{trail:#?}");
     revoke(&a, &u).await;
     assert_eq!(b.get(url).status().await, 401, "revoked on a, refused by b");
     assert_eq!(a.get(url).status().await, 401);

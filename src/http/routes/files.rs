@@ -509,16 +509,29 @@ async fn view_content(
     };
     let served = content::respond(state, &f, &req, None).await?;
     if state.views.first_use(&token, now) {
-        state.audit.record(
-            Record::new(Event::FileView)
-                .subject(f.file.id)
-                .ip(ip)
-                .detail(serde_json::json!({
-                    "owner": f.owner_id,
-                    "status": served.response.status().as_u16(),
-                    "expires_at": token.expires_at(),
-                })),
-        );
+        let record = Record::new(Event::FileView)
+            .subject(f.file.id)
+            .ip(ip)
+            .detail(serde_json::json!({
+                "owner": f.owner_id,
+                "status": served.response.status().as_u16(),
+                "expires_at": token.expires_at(),
+            }));
+        // The first use this node sees; whether it is the first anywhere is one insert, made
+        // off the answer's path. If the database cannot say, the entry is written anyway: a
+        // duplicate in the trail is better than a read missing from it.
+        let (meta, audit) = (state.meta.clone(), state.audit.clone());
+        let (key, expires_at) = (token.use_key().to_vec(), token.expires_at());
+        tokio::spawn(async move {
+            match meta.views().first_view(key, expires_at).await {
+                Ok(false) => {}
+                Ok(true) => audit.record(record),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a view URL's first use");
+                    audit.record(record);
+                }
+            }
+        });
     }
     Ok(served.response)
 }

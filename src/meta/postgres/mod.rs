@@ -26,6 +26,7 @@ pub mod sessions;
 mod tls;
 mod types;
 pub mod users;
+pub mod views;
 
 use std::time::Duration;
 

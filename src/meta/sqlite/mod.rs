@@ -18,6 +18,7 @@ pub mod links;
 pub mod sessions;
 pub mod snapshot;
 pub mod users;
+pub mod views;
 mod writer;
 
 use std::path::{Path, PathBuf};
