@@ -20,12 +20,12 @@ use utoipa_axum::routes;
 
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
-use crate::auth::view::{ViewError, ViewKeys};
 use crate::crypto::read;
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
+use crate::http::routes::views;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
@@ -456,7 +456,7 @@ async fn file_content(
     Query(q): Query<FileContentQuery>,
 ) -> AppResult<Response> {
     if let Some(token) = q.view.as_deref() {
-        return view_content(&state, ip, &method, &headers, &id, token, q.disposition).await;
+        return views::view_content(&state, ip, &method, &headers, &id, token, q.disposition).await;
     }
     let principal = principal?;
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
@@ -481,57 +481,6 @@ async fn file_content(
                 .ip(ip)
                 .detail(serde_json::json!({ "status": served.response.status().as_u16() })),
         );
-    }
-    Ok(served.response)
-}
-
-/// Content through a view URL: the token, not a credential, opens the file (401 whatever is
-/// wrong with it); then exactly the owner's download. The first use of each token is audited.
-async fn view_content(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    method: &Method,
-    headers: &HeaderMap,
-    id: &str,
-    token: &str,
-    disposition: Option<String>,
-) -> AppResult<Response> {
-    let now = Timestamp::now();
-    let token = ViewKeys::parse(token, now)?;
-    // An id that is not a UUID opens nothing: the same 401 as any other wrong token.
-    let id = FileId::parse(id).ok_or(ViewError::Gone)?;
-    let f = state.views.resolve(&state.meta, &token, id, now).await?;
-    let req = ContentRequest {
-        method,
-        headers,
-        disposition: content::disposition(disposition.as_deref(), &f.file.content_type)?,
-        client_ip: ip,
-    };
-    let served = content::respond(state, &f, &req, None).await?;
-    if state.views.first_use(&token, now) {
-        let record = Record::new(Event::FileView)
-            .subject(f.file.id)
-            .ip(ip)
-            .detail(serde_json::json!({
-                "owner": f.owner_id,
-                "status": served.response.status().as_u16(),
-                "expires_at": token.expires_at(),
-            }));
-        // The first use this node sees; whether it is the first anywhere is one insert, made
-        // off the answer's path. If the database cannot say, the entry is written anyway: a
-        // duplicate in the trail is better than a read missing from it.
-        let (meta, audit) = (state.meta.clone(), state.audit.clone());
-        let (key, expires_at) = (token.use_key().to_vec(), token.expires_at());
-        tokio::spawn(async move {
-            match meta.views().first_view(key, expires_at).await {
-                Ok(false) => {}
-                Ok(true) => audit.record(record),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record a view URL's first use");
-                    audit.record(record);
-                }
-            }
-        });
     }
     Ok(served.response)
 }
