@@ -43,12 +43,14 @@ pub enum Event {
     FileDelete,
     FileExpire,
     FileIntegrityError,
+    FileView,
     LinkCreate,
     LinkUse,
     LinkDelete,
     AdminUserDelete,
     AdminUserRole,
     UserCreate,
+    ViewRevoke,
 }
 
 impl Event {
@@ -71,12 +73,14 @@ impl Event {
             Self::FileDelete => "file.delete",
             Self::FileExpire => "file.expire",
             Self::FileIntegrityError => "file.integrity_error",
+            Self::FileView => "file.view",
             Self::LinkCreate => "link.create",
             Self::LinkUse => "link.use",
             Self::LinkDelete => "link.delete",
             Self::AdminUserDelete => "admin.user_delete",
             Self::AdminUserRole => "admin.user_role",
             Self::UserCreate => "admin.user_create",
+            Self::ViewRevoke => "view.revoke",
         }
     }
 }

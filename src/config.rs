@@ -42,6 +42,8 @@ pub struct Config {
     pub scan: ScanConfig,
     /// Download response policy.
     pub downloads: DownloadsConfig,
+    /// How content may be embedded by other pages.
+    pub serving: ServingConfig,
     /// Accounts, passwords and tokens.
     pub auth: AuthConfig,
     /// Per-client rate limits.
@@ -340,6 +342,16 @@ pub struct DownloadsConfig {
     pub cache_control: String,
 }
 
+/// `[serving]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Origins (`scheme://host[:port]`) whose pages may frame content served with
+    /// `?disposition=inline`; empty = nothing may frame anything.
+    #[serde(deserialize_with = "string_or_list")]
+    pub frame_ancestors: Vec<String>,
+}
+
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,6 +416,8 @@ pub struct CorsConfig {
     /// Exact origins (`scheme://host[:port]`) allowed to call the API from a browser.
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+    pub max_age_secs: u64,
 }
 
 /// `[links]`
@@ -412,6 +426,8 @@ pub struct CorsConfig {
 pub struct LinksConfig {
     /// Longest lifetime of a share link.
     pub max_expires_secs: u64,
+    /// Longest lifetime of a view URL.
+    pub max_view_secs: u64,
 }
 
 /// `[retention]`
@@ -576,7 +592,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 27] = [
+        let minimums: [(&str, u64, u64); 28] = [
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -652,6 +668,7 @@ impl Config {
                 16,
             ),
             ("links.max_expires_secs", self.links.max_expires_secs, 1),
+            ("links.max_view_secs", self.links.max_view_secs, 1),
             (
                 "retention.max_expires_secs",
                 self.retention.max_expires_secs,
@@ -716,6 +733,14 @@ impl Config {
             "auth.argon2_* are not valid Argon2 parameters",
         );
         need(
+            self.cors.max_age_secs <= 86_400,
+            "cors.max_age_secs must be at most 86400 (browsers cap it there: Firefox at 24 h, Chromium at 2 h)",
+        );
+        need(
+            self.links.max_view_secs <= 604_800,
+            "links.max_view_secs must be at most 604800 (7 days): a view URL cannot be revoked one by one",
+        );
+        need(
             self.retention.default_ttl_secs <= self.retention.max_expires_secs,
             "retention.default_ttl_secs must be <= retention.max_expires_secs",
         );
@@ -738,6 +763,11 @@ impl Config {
         for origin in &self.cors.allowed_origins {
             if let Err(e) = check_origin(origin) {
                 errs.push(format!("cors.allowed_origins: {origin:?}: {e}"));
+            }
+        }
+        for origin in &self.serving.frame_ancestors {
+            if let Err(e) = check_origin(origin).and_then(|()| check_csp_source(origin)) {
+                errs.push(format!("serving.frame_ancestors: {origin:?}: {e}"));
             }
         }
         for host in &self.server.allowed_hosts {
@@ -839,6 +869,19 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
         return Err("not a valid header value");
     }
     Ok(())
+}
+
+/// An origin goes into a `Content-Security-Policy` source list as is: only the characters of
+/// `scheme://host[:port]` (no `;`, `,` or quote could then end the directive early).
+fn check_csp_source(origin: &str) -> Result<(), &'static str> {
+    let ok = origin
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:/[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("may hold only letters, digits and . - : [ ] after the scheme")
+    }
 }
 
 /// A config file's `database.url` must not carry a password: the file is read by more people

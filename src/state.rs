@@ -21,6 +21,7 @@ use crate::auth::password::Passwords;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::sessions::Sessions;
 use crate::auth::throttle::LoginThrottle;
+use crate::auth::view::ViewKeys;
 use crate::blob::BlobStore;
 use crate::blob::fs::LocalFs;
 use crate::blob::s3::{S3Settings, S3Store};
@@ -69,6 +70,8 @@ pub struct AppInner {
     pub credentials: Credentials,
     /// Register, login, refresh, logout.
     pub sessions: Sessions,
+    /// Mints and checks view URLs.
+    pub(crate) views: ViewKeys,
     /// Per-address rate limits.
     pub limits: RateLimits,
     /// The audit trail.
@@ -171,6 +174,7 @@ impl AppState {
                 audit: audit.clone(),
             },
             principals,
+            views: ViewKeys::new(&secrets.secret_key),
             limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
             ingest: Ingest {
                 max_upload_bytes: config.limits.max_upload_bytes,

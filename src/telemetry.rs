@@ -1,5 +1,6 @@
 //! Logging setup. Request logs carry the method, the route *template* (never the raw path, which
-//! may hold a share-link token), the status, the latency, the client address and the request id.
+//! may hold a share-link token, nor the query string, which may hold a view token), the status,
+//! the latency, the client address and the request id.
 //!
 //! Invariant: no code path logs a header value, a body, a query string or a token; the
 //! sensitive-headers layer additionally marks `Authorization`, `Cookie` and `X-API-Key` so even

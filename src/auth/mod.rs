@@ -16,6 +16,7 @@ pub(crate) mod principal;
 pub(crate) mod refresh;
 pub(crate) mod sessions;
 pub(crate) mod throttle;
+pub(crate) mod view;
 
 use sha2::{Digest, Sha256};
 

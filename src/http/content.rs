@@ -17,12 +17,30 @@ use crate::audit::{Event, Record};
 use crate::crypto::read::{self, PlainStream, ReadError};
 use crate::download::{self, Disposition, Plan};
 use crate::http::error::AppError;
+use crate::http::middleware::headers::Frameable;
 use crate::meta::files::StoredFile;
 use crate::state::AppState;
 
 /// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
 /// same-origin access) even if a browser decides to render it.
 pub(crate) const CONTENT_CSP: &str = "default-src 'none'; sandbox";
+
+/// The CSP of inline content that `serving.frame_ancestors` lets those origins frame (see
+/// `frameable_csp`); `None` when nothing may frame it (the plain [`CONTENT_CSP`] and
+/// `X-Frame-Options: DENY` then apply).
+fn frame_policy(state: &AppState, kind: Disposition) -> Option<Result<HeaderValue, AppError>> {
+    let origins = &state.config.serving.frame_ancestors;
+    (kind == Disposition::Inline && !origins.is_empty())
+        .then(|| header_value(&frameable_csp(origins)))
+}
+
+/// The plain content CSP (`default-src 'none'`: nothing loads; `sandbox`: no script runs)
+/// with `frame-ancestors` the configured origins (validated at load to hold only origin
+/// characters). PDFs keep `sandbox` too: Chromium's viewer renders a sandboxed PDF in a
+/// frame (checked by the browser test, tests/browser/view_urls.mjs).
+fn frameable_csp(origins: &[String]) -> String {
+    format!("{CONTENT_CSP}; frame-ancestors {}", origins.join(" "))
+}
 
 /// `?disposition=` (absent = attachment; unknown = 400; inline only for safe types).
 pub(crate) fn disposition(
@@ -72,11 +90,14 @@ pub(crate) async fn respond(
     let len = f.file.size;
     let etag = download::etag(&f.file.sha256);
     let plan = download::plan(req.method, req.headers, len, &etag, f.file.created_at);
-    let mut headers = representation_headers(state, f, &etag, req.disposition)?;
+    let (mut headers, framed) = representation_headers(state, f, &etag, req.disposition)?;
     let (status, (start, end)) = match plan {
         Plan::NotModified => {
             let mut res = StatusCode::NOT_MODIFIED.into_response();
             res.headers_mut().extend(headers);
+            if framed {
+                res.extensions_mut().insert(Frameable);
+            }
             return Ok(Served {
                 response: res,
                 plan,
@@ -107,6 +128,9 @@ pub(crate) async fn respond(
     let mut res = Response::new(body);
     *res.status_mut() = status;
     res.headers_mut().extend(headers);
+    if framed {
+        res.extensions_mut().insert(Frameable);
+    }
     Ok(Served {
         response: res,
         plan,
@@ -114,13 +138,13 @@ pub(crate) async fn respond(
 }
 
 /// The headers of every answer about `f`, a 304 included: validators, caching, and the
-/// headers that keep a browser from running it.
+/// headers that keep a browser from running it; and whether other origins may frame it.
 fn representation_headers(
     state: &AppState,
     f: &StoredFile,
     etag: &str,
     kind: Disposition,
-) -> Result<HeaderMap, AppError> {
+) -> Result<(HeaderMap, bool), AppError> {
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, header_value(etag)?);
     headers.insert(
@@ -132,10 +156,19 @@ fn representation_headers(
         header::CACHE_CONTROL,
         header_value(&state.config.downloads.cache_control)?,
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_CSP),
-    );
+    let framed = match frame_policy(state, kind) {
+        Some(csp) => {
+            headers.insert(header::CONTENT_SECURITY_POLICY, csp?);
+            true
+        }
+        None => {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CONTENT_CSP),
+            );
+            false
+        }
+    };
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -144,7 +177,7 @@ fn representation_headers(
         header::CONTENT_DISPOSITION,
         download::content_disposition(kind, &f.file.filename),
     );
-    Ok(headers)
+    Ok((headers, framed))
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, AppError> {

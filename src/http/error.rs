@@ -390,6 +390,21 @@ impl From<crate::crypto::read::ReadError> for AppError {
     }
 }
 
+impl From<crate::auth::view::ViewError> for AppError {
+    fn from(e: crate::auth::view::ViewError) -> Self {
+        use crate::auth::view::ViewError;
+        match e {
+            ViewError::Meta(m) => m.into(),
+            // One answer whatever the cause: a prober learns nothing about the file.
+            ViewError::Malformed | ViewError::Expired | ViewError::Gone | ViewError::Mismatch => {
+                Self::Unauthorized(
+                    "this view URL is not valid (malformed, expired, revoked, or for another file)",
+                )
+            }
+        }
+    }
+}
+
 impl From<crate::auth::AuthError> for AppError {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::AuthError;

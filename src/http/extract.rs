@@ -43,6 +43,35 @@ impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for App
     }
 }
 
+/// An optional JSON body: a request with no body and no `Content-Type` is `None`; anything
+/// else is held to [`AppJson`]'s rules.
+impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> axum::extract::OptionalFromRequest<S>
+    for AppJson<T>
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let declared = req.headers().contains_key(header::CONTENT_TYPE);
+        let json = is_json(req.headers());
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|e| match e.status().as_u16() {
+                    413 => AppError::PayloadTooLarge { limit: 0 },
+                    _ => AppError::BadRequest("the body could not be read".into()),
+                })?;
+        if bytes.is_empty() && !declared {
+            return Ok(None);
+        }
+        if !json {
+            return Err(AppError::UnsupportedMediaType(
+                "the body must be application/json".into(),
+            ));
+        }
+        parse(&bytes).map(|v| Some(Self(v)))
+    }
+}
+
 /// `application/json` or `application/*+json`, parameters aside.
 fn is_json(headers: &axum::http::HeaderMap) -> bool {
     let Some(ct) = headers

@@ -455,6 +455,28 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE audit ADD COLUMN key_id TEXT;
         "#,
     },
+    // v7: view URLs. Each owner's view-key generation, bound into every view token the owner
+    // mints (revoking them all is one increment, seen by every node at its next check); and
+    // the first use of each token (by a digest), kept until it expires, so a token is
+    // audited once across nodes.
+    Migration {
+        sqlite: r#"
+        ALTER TABLE users ADD COLUMN view_generation INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE view_uses (
+            key        BLOB PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX view_uses_expiry ON view_uses (expires_at);
+        "#,
+        postgres: r#"
+        ALTER TABLE users ADD COLUMN view_generation BIGINT NOT NULL DEFAULT 0;
+        CREATE TABLE view_uses (
+            key        BYTEA PRIMARY KEY,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX view_uses_expiry ON view_uses (expires_at);
+        "#,
+    },
 ];
 
 /// The version this binary writes.

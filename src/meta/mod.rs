@@ -2,7 +2,7 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`uploads::Uploads`],
+//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`],
 //! [`leases::Leases`], [`maintenance::Maintenance`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
@@ -36,6 +36,7 @@ pub mod sqlite;
 pub mod throttle;
 pub mod uploads;
 pub mod users;
+pub mod views;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,15 +55,36 @@ use sessions::Sessions;
 use throttle::LoginThrottles;
 use uploads::Uploads;
 use users::Users;
+use views::Views;
 
 /// Everything an engine implements.
 pub trait Engine:
-    Users + Sessions + ApiKeys + Files + Links + Audit + Uploads + Leases + Maintenance + Cluster
+    Users
+    + Sessions
+    + ApiKeys
+    + Files
+    + Links
+    + Views
+    + Audit
+    + Uploads
+    + Leases
+    + Maintenance
+    + Cluster
 {
 }
 
 impl<
-    T: Users + Sessions + ApiKeys + Files + Links + Audit + Uploads + Leases + Maintenance + Cluster,
+    T: Users
+        + Sessions
+        + ApiKeys
+        + Files
+        + Links
+        + Views
+        + Audit
+        + Uploads
+        + Leases
+        + Maintenance
+        + Cluster,
 > Engine for T
 {
 }
@@ -105,6 +127,11 @@ impl MetaStore {
 
     /// Share links.
     pub fn links(&self) -> &dyn Links {
+        &*self.0
+    }
+
+    /// First uses of view URLs.
+    pub fn views(&self) -> &dyn Views {
         &*self.0
     }
 

@@ -177,4 +177,12 @@ pub trait Users: Send + Sync {
 
     /// Delete an account row (its sessions and keys go with it), only when it owns no file.
     async fn delete(&self, id: UserId) -> Result<Deleted, MetaError>;
+
+    /// The account's view-key generation, bound into the view tokens it mints; `None` when
+    /// the account is gone or locked for deletion (its view URLs are dead).
+    async fn view_generation(&self, id: UserId) -> Result<Option<i64>, MetaError>;
+
+    /// Move the account's view-key generation on: every view token minted before stops
+    /// working. One write, so every node sees it at its next check.
+    async fn bump_view_generation(&self, id: UserId) -> Result<(), MetaError>;
 }

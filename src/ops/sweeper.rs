@@ -1,7 +1,7 @@
 //! The retention sweeper: every `retention.sweep_interval_secs` it finishes queued blob
 //! deletions, cleans up after uploads whose node died, deletes expired files (blob and row,
-//! links with them), spent revocation entries and logins, long-expired links, stale login
-//! throttle rows, and audit entries older than `audit.retention_days`.
+//! links with them), spent revocation entries and logins, long-expired links, the first
+//! uses of expired view URLs, stale login throttle rows, and audit entries older than `audit.retention_days`.
 //!
 //! With several nodes, one sweeps at a time: each tick a node takes (or renews) the `sweeper`
 //! lease in the database and sweeps only while it holds it; a dead holder's lease expires
@@ -127,6 +127,7 @@ impl Sweeper {
         let meta = &self.meta;
         let mut pruned = meta.sessions().prune(now).await?;
         pruned += meta.links().prune_expired(link_cutoff).await?;
+        pruned += meta.views().prune_views(now).await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

@@ -25,6 +25,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/links/{link}"),
     ("head", "/api/v1/links/{link}"),
     ("delete", "/api/v1/links/{link}"),
+    ("post", "/api/v1/files/{id}/view-url"),
+    ("post", "/api/v1/users/me/revoke-view-urls"),
     ("get", "/api/v1/admin/users"),
     ("delete", "/api/v1/admin/users/{id}"),
     ("get", "/api/v1/admin/audit"),

@@ -125,6 +125,13 @@ fn unknown_keys_and_bad_values_stop_start_up() {
         ("COFFER_LIMITS__MAX_UPLOADZ", "1"),
         ("COFFER_LIMITS__MAX_UPLOAD_BYTES", "lots"),
         ("COFFER_CORS__ALLOWED_ORIGINS", "*"),
+        ("COFFER_CORS__MAX_AGE_SECS", "100000"),
+        (
+            "COFFER_SERVING__FRAME_ANCESTORS",
+            "https://a.example;script-src",
+        ),
+        ("COFFER_SERVING__FRAME_ANCESTORS", "*"),
+        ("COFFER_LINKS__MAX_VIEW_SECS", "0"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin());

@@ -42,7 +42,8 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             header::RETRY_AFTER,
             HeaderName::from_static("x-request-id"),
         ])
-        .max_age(Duration::from_secs(600))
+        // Chromium caps this at 7200 s: a page then preflights each URL once in two hours.
+        .max_age(Duration::from_secs(cfg.max_age_secs))
 }
 
 /// Tidies what the CORS layer answers. It sends its method, header and exposed-header lists

@@ -24,6 +24,12 @@ pub(crate) fn is_probe(path: &str) -> bool {
     path == "/healthz" || path == "/readyz"
 }
 
+/// On a response that `serving.frame_ancestors` lets other origins frame (inline content,
+/// whose own CSP names them in `frame-ancestors`): no `X-Frame-Options: DENY`, which would
+/// forbid what the CSP allows in browsers that read only it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frameable;
+
 /// Add the security headers to whatever the inner service answered.
 pub(crate) async fn security_headers(
     State(state): State<AppState>,
@@ -32,6 +38,9 @@ pub(crate) async fn security_headers(
 ) -> Response {
     let mut res = next.run(req).await;
     set_security_headers(res.headers_mut(), state.config.https());
+    if res.extensions().get::<Frameable>().is_some() {
+        res.headers_mut().remove(header::X_FRAME_OPTIONS);
+    }
     res
 }
 

@@ -25,6 +25,7 @@ use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
+use crate::http::routes::views;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::framing::MultipartFraming;
 use crate::ingest::idle::{BodyError, IdleTimeout};
@@ -422,9 +423,22 @@ pub(crate) struct ContentQuery {
     pub(crate) disposition: Option<String>,
 }
 
+/// `GET /files/{id}/content` query: `?disposition=` and `?view=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FileContentQuery {
+    /// `attachment` (default) or `inline` (honoured for images, PDF and plain text only).
+    #[param(value_type = Option<String>, pattern = "^(attachment|inline)$")]
+    disposition: Option<String>,
+    /// A view token (from `POST /files/{id}/view-url`): read with no credentials.
+    #[param(value_type = Option<String>)]
+    view: Option<String>,
+}
+
 /// The file's bytes. Supports `Range` (one range), `If-None-Match`, `If-Range` and `HEAD`.
+/// With `?view=<token>` (a view URL) no credentials are needed, and the read is not counted.
 #[utoipa::path(method(get, head), path = "/api/v1/files/{id}/content", tag = "files",
-    params(("id" = String, Path, description = "File id"), ContentQuery,
+    params(("id" = String, Path, description = "File id"), FileContentQuery,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
         ("If-None-Match" = Option<String>, Header, description = "ETags"),
         ("If-Range" = Option<String>, Header, description = "ETag or date")),
@@ -432,18 +446,23 @@ pub(crate) struct ContentQuery {
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
+        (status = 401, description = "No credentials, or a view token that is malformed, expired, revoked or for another file", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 416, description = "Unsatisfiable range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security((), ("bearer" = []), ("api_key" = [])))]
 async fn file_content(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    principal: Result<Principal, AppError>,
     method: Method,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ContentQuery>,
+    Query(q): Query<FileContentQuery>,
 ) -> AppResult<Response> {
+    if let Some(token) = q.view.as_deref() {
+        return views::view_content(&state, ip, &method, &headers, &id, token, q.disposition).await;
+    }
+    let principal = principal?;
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let get = method == Method::GET;
     // A conditional request will likely be a 304: fetch bytes only when they will be sent.

@@ -8,3 +8,4 @@ pub(crate) mod files;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
+pub(crate) mod views;

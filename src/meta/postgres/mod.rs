@@ -30,6 +30,7 @@ mod tls;
 mod types;
 pub mod uploads;
 pub mod users;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -121,6 +121,26 @@ pub async fn set_password_hash(c: &impl GenericClient, id: UserId, hash: &str) -
     Ok(())
 }
 
+/// The view-key generation of a live (not locked) account.
+pub async fn view_generation(c: &impl GenericClient, id: UserId) -> PgResult<Option<i64>> {
+    let st = c
+        .prepare_cached("SELECT view_generation FROM users WHERE id = $1 AND password_hash <> $2")
+        .await?;
+    match c.query_opt(&st, &[&id, &LOCKED]).await? {
+        Some(r) => Ok(Some(r.try_get(0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Move an account's view-key generation on.
+pub async fn bump_view_generation(c: &impl GenericClient, id: UserId) -> PgResult<()> {
+    let st = c
+        .prepare_cached("UPDATE users SET view_generation = view_generation + 1 WHERE id = $1")
+        .await?;
+    c.execute(&st, &[&id]).await?;
+    Ok(())
+}
+
 /// Bytes the user stores now.
 pub async fn used_bytes(c: &impl GenericClient, id: UserId) -> PgResult<u64> {
     let st = c
@@ -266,6 +286,16 @@ impl Users for Postgres {
 
     async fn used_bytes(&self, id: UserId) -> Result<u64, MetaError> {
         self.one(id, |c, &id| Box::pin(used_bytes(c, id))).await
+    }
+
+    async fn view_generation(&self, id: UserId) -> Result<Option<i64>, MetaError> {
+        self.one(id, |c, &id| Box::pin(view_generation(c, id)))
+            .await
+    }
+
+    async fn bump_view_generation(&self, id: UserId) -> Result<(), MetaError> {
+        self.one(id, |c, &id| Box::pin(bump_view_generation(c, id)))
+            .await
     }
 
     async fn list(

@@ -20,6 +20,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod uploads;
 pub mod users;
+pub mod views;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -115,6 +115,22 @@ pub fn used_bytes(c: &Connection, id: UserId) -> rusqlite::Result<u64> {
     Ok(u64::try_from(v).unwrap_or(0))
 }
 
+/// The view-key generation of a live (not locked) account.
+pub fn view_generation(c: &Connection, id: UserId) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached("SELECT view_generation FROM users WHERE id = ?1 AND password_hash != ?2")?
+        .query_row(params![id, LOCKED], |r| r.get(0))
+        .optional()
+}
+
+/// Move an account's view-key generation on.
+pub fn bump_view_generation(c: &Connection, id: UserId) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE users SET view_generation = view_generation + 1 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
 /// The `password_hash` of an account being deleted: no password verifies against it, and
 /// every query that lets an account act (`sessions::live_principal`, `api_keys::find_by_prefix`,
 /// `files::insert`) refuses an owner marked with it.
@@ -221,6 +237,14 @@ impl Users for Sqlite {
         self.read(move |c| used_bytes(c, id)).await
     }
 
+    async fn view_generation(&self, id: UserId) -> Result<Option<i64>, MetaError> {
+        self.read(move |c| view_generation(c, id)).await
+    }
+
+    async fn bump_view_generation(&self, id: UserId) -> Result<(), MetaError> {
+        self.write(move |c| bump_view_generation(c, id)).await
+    }
+
     async fn list(
         &self,
         after: Option<(Timestamp, UserId)>,
@@ -276,6 +300,24 @@ impl Users for Sqlite {
 mod tests {
     use super::*;
     use crate::meta::sqlite::test_conn;
+
+    #[test]
+    fn the_view_generation_moves_on_and_dies_with_the_lock() {
+        let c = test_conn();
+        let u = new_user("viewgen");
+        insert(&c, &u).unwrap();
+        assert_eq!(view_generation(&c, u.id).unwrap(), Some(0));
+        bump_view_generation(&c, u.id).unwrap();
+        bump_view_generation(&c, u.id).unwrap();
+        assert_eq!(view_generation(&c, u.id).unwrap(), Some(2));
+        assert_eq!(view_generation(&c, UserId::new()).unwrap(), None);
+        assert!(lock(&c, u.id).unwrap());
+        assert_eq!(
+            view_generation(&c, u.id).unwrap(),
+            None,
+            "locked: no view URL works"
+        );
+    }
 
     pub(crate) fn new_user(name: &str) -> NewUser {
         NewUser {

@@ -1,0 +1,43 @@
+// The README's Uppy recipe ("From a browser"), as the browser test runs it. In an app, import
+// from '@uppy/core' and '@uppy/xhr-upload' (or the `uppy` bundle) instead of passing them in.
+//
+// coffer answers every refusal with application/problem+json; Uppy's defaults show "This
+// looks like a network error" for all of them and retry each 3 more times. This shows the
+// problem's `detail` and retries only what can succeed later: a network failure (status 0),
+// 429 and 5xx.
+
+/** Whether a failed upload is worth another try. */
+export function retriable(xhr) {
+  return xhr.status === 0 || xhr.status === 429 || xhr.status >= 500;
+}
+
+/** coffer's problem `detail` for a failed answer (or its status when there is none). */
+export function problemDetail(xhr) {
+  try {
+    const problem = JSON.parse(xhr.responseText);
+    if (typeof problem.detail === 'string') return problem.detail;
+  } catch {
+    // Not a problem document (a proxy's own page, say).
+  }
+  return `upload failed (HTTP ${xhr.status})`;
+}
+
+/**
+ * An Uppy that uploads to coffer with a bearer token from `getToken()` (or an upload grant's
+ * URL as `endpoint`, once grants exist).
+ */
+export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, onAttempt = () => {} }) {
+  return new Uppy().use(XHRUpload, {
+    endpoint: `${api}/api/v1/files`,
+    fieldName: 'file',
+    headers: () => ({ Authorization: `Bearer ${getToken()}` }),
+    limit: 4,
+    shouldRetry: retriable,
+    onBeforeRequest: (xhr, retryCount) => onAttempt(retryCount),
+    // Throwing here makes the problem's detail the error Uppy reports (uppy.on('upload-error'),
+    // the Dashboard's message); shouldRetry still decides whether it is tried again.
+    onAfterResponse: (xhr) => {
+      if (xhr.status >= 400) throw new Error(problemDetail(xhr));
+    },
+  });
+}
