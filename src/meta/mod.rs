@@ -2,7 +2,7 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`maintenance::Maintenance`]). Each
+//! [`files::Files`], [`links::Links`], [`audit::Audit`], [`maintenance::Maintenance`], [`transfer::Transfer`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
@@ -24,6 +24,7 @@ pub mod page;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
+pub mod transfer;
 pub mod users;
 
 use std::path::Path;
@@ -38,12 +39,16 @@ use files::Files;
 use links::Links;
 use maintenance::Maintenance;
 use sessions::Sessions;
+use transfer::Transfer;
 use users::Users;
 
 /// Everything an engine implements.
-pub trait Engine: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance {}
+pub trait Engine:
+    Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance + Transfer
+{
+}
 
-impl<T: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance> Engine for T {}
+impl<T: Users + Sessions + ApiKeys + Files + Links + Audit + Maintenance + Transfer> Engine for T {}
 
 /// The metadata store handed to the rest of the crate. Cheap to clone.
 #[derive(Clone)]
@@ -88,6 +93,11 @@ impl MetaStore {
 
     /// The audit trail.
     pub fn audit(&self) -> &dyn Audit {
+        &*self.0
+    }
+
+    /// Whole rows, for copying the store into another engine (`coffer migrate`).
+    pub fn transfer(&self) -> &dyn Transfer {
         &*self.0
     }
 

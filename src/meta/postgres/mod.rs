@@ -24,6 +24,7 @@ pub mod files;
 pub mod links;
 pub mod sessions;
 mod tls;
+pub mod transfer;
 mod types;
 pub mod users;
 

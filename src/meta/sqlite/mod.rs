@@ -17,6 +17,7 @@ pub mod files;
 pub mod links;
 pub mod sessions;
 pub mod snapshot;
+pub mod transfer;
 pub mod users;
 mod writer;
 
