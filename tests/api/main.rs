@@ -20,6 +20,7 @@ mod links;
 mod login;
 mod login_timing;
 mod middleware;
+mod migrate;
 mod openapi;
 mod paging;
 mod postgres;
