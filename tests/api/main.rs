@@ -21,6 +21,7 @@ mod login;
 mod login_timing;
 mod middleware;
 mod migrate;
+mod multinode;
 mod openapi;
 mod paging;
 mod postgres;

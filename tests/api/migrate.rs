@@ -60,7 +60,10 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     };
     let enc_key = secret();
     // The source: the embedded default, first plain, then with encryption at rest on.
-    let mut source = TestApp::builder().spawn().await;
+    let mut source = TestApp::builder()
+        .single_node("the source of a migration is the embedded SQLite store on local disk")
+        .spawn()
+        .await;
     let admin = source.admin("root").await;
     let alice = source.user("alice").await;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -76,6 +79,7 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     let mut source = source
         .relaunch()
         .env("COFFER_ENCRYPTION_KEY", enc_key.clone())
+        .single_node("the source of a migration is the embedded SQLite store on local disk")
         .spawn()
         .await;
     for i in 0..24 {
@@ -137,6 +141,7 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
 
     // A server on the target serves the same store.
     let target = TestApp::builder()
+        .single_node("serves the migrated PostgreSQL + S3 store of this test")
         .root(&dir.path().join("target-root"))
         .database(db.clone())
         .s3(&s3, &prefix)
@@ -200,7 +205,10 @@ async fn migrate_refuses_a_corrupt_source_blob_and_a_foreign_target() {
     else {
         return;
     };
-    let mut source = TestApp::builder().spawn().await;
+    let mut source = TestApp::builder()
+        .single_node("corrupts a blob file of the embedded store on local disk")
+        .spawn()
+        .await;
     let u = source.user("bob").await;
     let good = source.stored(&u.token, "good.png", png(4000)).await;
     let bad = source.stored(&u.token, "bad.png", png(5000)).await;
@@ -242,7 +250,10 @@ async fn migrate_refuses_a_corrupt_source_blob_and_a_foreign_target() {
     assert_eq!(code, 0, "{out}");
 
     // Another store into that (non-empty) target: refused, exit 2.
-    let other = TestApp::builder().spawn().await;
+    let other = TestApp::builder()
+        .single_node("the source of a migration is the embedded SQLite store on local disk")
+        .spawn()
+        .await;
     other.user("carol").await;
     let (code, out) = outcome(&mut migrate(&other, &config, &db, &stack));
     assert_eq!(code, 2, "{out}");
