@@ -83,7 +83,10 @@ async fn an_admin_may_delete_another_admin_but_not_the_last() {
 
 #[tokio::test]
 async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .awaits_cluster("a role change must reach the other node's principal cache at once")
+        .spawn()
+        .await;
     let admin = app.admin("promoter").await;
     let u = app.user("climber").await;
     let list_users = || app.get("/api/v1/admin/users").as_user(&u);
@@ -271,7 +274,10 @@ async fn assert_nothing_left(app: &TestApp, user_id: &str, context: &str) {
 
 #[tokio::test]
 async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("counts the user's rows in the SQLite file")
+        .spawn()
+        .await;
     let admin = app.admin("remover").await;
     let victim = app.user("leaver").await;
     let key = app.new_api_key(&victim.token, "uploader").await;
@@ -359,7 +365,10 @@ async fn a_user_being_deleted_can_upload_nothing_once_the_account_is_locked() {
 
 #[tokio::test]
 async fn deleting_a_user_who_keeps_uploading_answers_204_and_leaves_nothing() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("counts the user's rows in the SQLite file")
+        .spawn()
+        .await;
     let admin = app.admin("reaper").await;
     // Light and heavy uploaders: a few files slipping in after the last pass (the final
     // delete failed on the foreign key: 500), or so many that passes never caught up (408).

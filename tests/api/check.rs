@@ -5,7 +5,10 @@ use crate::helpers::fixtures::png;
 
 #[tokio::test]
 async fn check_reports_orphans_missing_blobs_and_repairs_them() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("plants and removes blob files on local disk")
+        .spawn()
+        .await;
     let u = app.user("checked").await;
     let a = app.stored(&u.token, "a.png", png(500)).await;
     let a_id = a["id"].as_str().unwrap();
@@ -56,7 +59,10 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
             "DELETE FROM audit WHERE seq = (SELECT MIN(seq) + 1 FROM audit)",
         ),
     ] {
-        let app = TestApp::spawn().await;
+        let app = TestApp::builder()
+            .single_node("edits the audit table in the SQLite file")
+            .spawn()
+            .await;
         let admin = app.admin("chain").await;
         app.user("somebody").await;
         app.audit(&admin.token).await; // flushes the queue

@@ -7,7 +7,10 @@ use crate::helpers::raw::{RawConn, upload_head};
 
 #[tokio::test]
 async fn kill_9_mid_upload_then_restart_leaves_a_consistent_store() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        .single_node("watches the local temp file and blob files around a kill -9")
+        .spawn()
+        .await;
     let u = app.user("crasher").await;
     let kept = app.stored(&u.token, "kept.png", png(5000)).await;
     let kept = kept["id"].as_str().unwrap();
@@ -73,7 +76,10 @@ fn crash_mid_delete(app: &TestApp, id: &str) -> String {
 
 #[tokio::test]
 async fn an_interrupted_delete_is_finished_at_start_up() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        .single_node("makes the crash window in the SQLite file")
+        .spawn()
+        .await;
     let u = app.user("halfdeleted").await;
     let f = app.stored(&u.token, "gone.png", png(500)).await;
     let id = f["id"].as_str().unwrap();
@@ -92,7 +98,10 @@ async fn an_interrupted_delete_is_finished_at_start_up() {
 
 #[tokio::test]
 async fn check_reports_an_interrupted_delete_and_repair_finishes_it() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        .single_node("makes the crash window in the SQLite file")
+        .spawn()
+        .await;
     let u = app.user("halfchecked").await;
     let kept = app.stored(&u.token, "kept.png", png(700)).await;
     let f = app.stored(&u.token, "gone.png", png(500)).await;

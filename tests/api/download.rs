@@ -284,7 +284,10 @@ async fn delete_removes_row_and_blob() {
 
 #[tokio::test]
 async fn internal_errors_reveal_nothing() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("breaks blob files on local disk")
+        .spawn()
+        .await;
     let u = app.user("unlucky").await;
     let f = app.stored(&u.token, "lost.png", png(100)).await;
     // An operator deletes the blob by hand: the row now points at nothing.

@@ -33,7 +33,13 @@ async fn encrypted_app(key: &str) -> TestApp {
 
 #[tokio::test]
 async fn blobs_reveal_nothing_and_differ_for_the_same_file() {
-    let app = encrypted_app(&secret()).await;
+    let app = TestApp::builder()
+        .single_node(
+            "reads blob files on local disk (s3::s3_objects_hold_no_plaintext covers the bucket)",
+        )
+        .env("COFFER_ENCRYPTION_KEY", secret())
+        .spawn()
+        .await;
     let u = app.user("sealed").await;
     let data = marked_text(200_000);
     let a = app.stored(&u.token, "a.txt", data.clone()).await;
@@ -125,7 +131,11 @@ fn tamper(app: &TestApp, file: &serde_json::Value, edit: impl FnOnce(&mut Vec<u8
 
 #[tokio::test]
 async fn tampering_fails_cleanly_and_is_audited() {
-    let app = encrypted_app(&secret()).await;
+    let app = TestApp::builder()
+        .single_node("edits blob files on local disk")
+        .env("COFFER_ENCRYPTION_KEY", secret())
+        .spawn()
+        .await;
     let admin = app.admin("tamperwatch").await;
     let u = app.user("victim").await;
     let data = png(300_000);
@@ -232,7 +242,10 @@ async fn key_rotation_keeps_every_file_readable() {
 
 #[tokio::test]
 async fn files_from_before_encryption_still_download_and_can_be_converted() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        .single_node("reads blob files on local disk")
+        .spawn()
+        .await;
     let u = app.user("legacy").await;
     let data = marked_text(150_000);
     let f = app.stored(&u.token, "old.txt", data.clone()).await;

@@ -30,6 +30,7 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
     // Accounts made while the server hashed with stronger parameters, as before an operator
     // lowered them (or as `coffer user create` run with other settings leaves them).
     let mut strong = TestApp::builder()
+        .single_node("locks an account through the SQLite file")
         .env("COFFER_AUTH__ARGON2_MEMORY_KIB", "32768")
         .env("COFFER_AUTH__ARGON2_ITERATIONS", "3")
         .env(no_delay.0, no_delay.1)
