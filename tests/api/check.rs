@@ -59,17 +59,15 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
             "DELETE FROM audit WHERE seq = (SELECT MIN(seq) + 1 FROM audit)",
         ),
     ] {
-        let app = TestApp::builder()
-            .single_node("edits the audit table in the SQLite file")
-            .spawn()
-            .await;
+        let app = TestApp::spawn().await;
         let admin = app.admin("chain").await;
         app.user("somebody").await;
-        app.audit(&admin.token).await; // flushes the queue
+        // Every entry written (on two nodes, each appends just after its answer).
+        app.audit_with(&admin.token, &["auth.register", "auth.login"])
+            .await;
         let (code, out) = app.run_cli(&["check"]);
         assert_eq!(code, 0, "{row}, before: {out}");
-        let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
-        db.execute(tampering, []).unwrap();
+        app.sql_exec(tampering);
         let (code, out) = app.run_cli(&["check"]);
         assert_eq!(code, 1, "{row}: {out}");
         assert!(out.contains("audit chain"), "{row}: {out}");

@@ -857,6 +857,36 @@ impl TestApp {
             .concat()
     }
 
+    /// One number from the server's metadata, whichever engine holds it: `sql` (written for
+    /// both dialects, values inlined) on PostgreSQL with psql, or on the SQLite file.
+    pub fn sql_number(&self, sql: &str) -> i64 {
+        match &self.database {
+            Some(db) => db
+                .psql(sql)
+                .parse()
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            None => rusqlite::Connection::open(self.root.join("coffer.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// Run `sql` (written for both dialects) on the server's metadata behind its back.
+    pub fn sql_exec(&self, sql: &str) {
+        match &self.database {
+            Some(db) => {
+                db.psql(sql);
+            }
+            None => {
+                rusqlite::Connection::open(self.root.join("coffer.db"))
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+
     /// Every regular file under the storage root's `blobs/`. Multi-node apps keep blobs in
     /// the bucket: there, the object keys under the app's prefix, for counting (a test that
     /// reads or edits a blob file is a single-node test).
