@@ -5,10 +5,7 @@ use crate::helpers::fixtures::png;
 
 #[tokio::test]
 async fn check_reports_orphans_missing_blobs_and_repairs_them() {
-    let app = TestApp::builder()
-        .single_node("plants and removes blob files on local disk")
-        .spawn()
-        .await;
+    let app = TestApp::spawn().await;
     let u = app.user("checked").await;
     let a = app.stored(&u.token, "a.png", png(500)).await;
     let a_id = a["id"].as_str().unwrap();
@@ -18,7 +15,7 @@ async fn check_reports_orphans_missing_blobs_and_repairs_them() {
 
     // An orphan blob, and a row whose blob is gone.
     let orphan = app.plant_orphan_blob(b"stray");
-    std::fs::remove_file(app.blob_of(a_id)).unwrap();
+    app.remove_blob(&app.blob_of(a_id));
     let (code, out) = app.run_cli(&["check"]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -32,13 +29,13 @@ async fn check_reports_orphans_missing_blobs_and_repairs_them() {
         .into_iter()
         .find(|p| !p.to_string_lossy().contains(&orphan))
         .unwrap();
-    let mut bytes = std::fs::read(&b_blob).unwrap();
+    let mut bytes = app.read_blob(&b_blob);
     bytes.push(0);
-    std::fs::write(&b_blob, &bytes).unwrap();
+    app.write_blob(&b_blob, &bytes);
     let (_, out) = app.run_cli(&["check"]);
     assert!(out.contains("size mismatch"), "{out}");
     bytes.pop();
-    std::fs::write(&b_blob, &bytes).unwrap();
+    app.write_blob(&b_blob, &bytes);
 
     let (code, out) = app.run_cli(&["check", "--repair"]);
     assert_eq!(code, 0, "{out}");

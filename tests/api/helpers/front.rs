@@ -125,19 +125,50 @@ impl Prefix {
 }
 
 impl Prefix {
-    /// The keys below the prefix now (from a thread of its own: callers may be inside the
-    /// test's runtime, in a synchronous closure).
-    pub fn keys(&self) -> Vec<String> {
-        let (s3, prefix) = (self.s3.clone(), self.prefix.clone());
+    /// Run `f` on the bucket from a thread and runtime of its own: callers may be inside the
+    /// test's runtime, in a synchronous closure.
+    fn blocking<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
+        &self,
+        f: impl FnOnce(S3Env) -> F + Send + 'static,
+    ) -> T {
+        let s3 = self.s3.clone();
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async move { s3.keys(&prefix).await })
+                .block_on(f(s3))
         })
         .join()
         .unwrap()
+    }
+
+    /// The keys below the prefix now.
+    pub fn keys(&self) -> Vec<String> {
+        let prefix = self.prefix.clone();
+        self.blocking(move |s3| async move { s3.keys(&prefix).await })
+    }
+
+    /// An object's bytes.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let key = key.to_owned();
+        self.blocking(move |s3| async move { s3.object(&key).await })
+    }
+
+    /// Write an object (behind the nodes' backs).
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let (key, bytes) = (ObjectPath::from(key), bytes.to_vec());
+        self.blocking(move |s3| async move {
+            s3.raw().put(&key, bytes.into()).await.unwrap();
+        });
+    }
+
+    /// Delete an object (behind the nodes' backs).
+    pub fn delete(&self, key: &str) {
+        let key = ObjectPath::from(key);
+        self.blocking(move |s3| async move {
+            s3.raw().delete(&key).await.unwrap();
+        });
     }
 }
 

@@ -598,6 +598,11 @@ impl TestApp {
         }
     }
 
+    /// In multi-node mode, the bucket prefix the nodes keep their blobs under.
+    pub fn bucket_prefix(&self) -> Option<&str> {
+        self.prefix.as_deref().map(|p| p.prefix.as_str())
+    }
+
     /// Whether this app is several nodes behind a front.
     pub fn is_multinode(&self) -> bool {
         self.front.is_some()
@@ -894,6 +899,31 @@ impl TestApp {
         match &self.prefix {
             Some(prefix) => prefix.keys().into_iter().map(PathBuf::from).collect(),
             None => files_under(&self.root.join("blobs")),
+        }
+    }
+
+    /// The bytes of a blob that [`Self::blob_files`] or `blob_of` named (a file, or an
+    /// object of the bucket).
+    pub fn read_blob(&self, blob: &Path) -> Vec<u8> {
+        match &self.prefix {
+            Some(prefix) => prefix.get(&blob.to_string_lossy()),
+            None => std::fs::read(blob).unwrap(),
+        }
+    }
+
+    /// Overwrite a blob behind the server's back (corruption tests).
+    pub fn write_blob(&self, blob: &Path, bytes: &[u8]) {
+        match &self.prefix {
+            Some(prefix) => prefix.put(&blob.to_string_lossy(), bytes),
+            None => std::fs::write(blob, bytes).unwrap(),
+        }
+    }
+
+    /// Remove a blob behind the server's back, as an operator's mistake would.
+    pub fn remove_blob(&self, blob: &Path) {
+        match &self.prefix {
+            Some(prefix) => prefix.delete(&blob.to_string_lossy()),
+            None => std::fs::remove_file(blob).unwrap(),
         }
     }
 
