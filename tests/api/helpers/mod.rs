@@ -877,6 +877,18 @@ impl TestApp {
         }
     }
 
+    /// One text value from the server's metadata (as [`Self::sql_number`]); statements such
+    /// as `DELETE ... RETURNING` change it too.
+    pub fn sql_text(&self, sql: &str) -> String {
+        match &self.database {
+            Some(db) => db.psql(sql),
+            None => rusqlite::Connection::open(self.root.join("coffer.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
     /// Run `sql` (written for both dialects) on the server's metadata behind its back.
     pub fn sql_exec(&self, sql: &str) {
         match &self.database {
