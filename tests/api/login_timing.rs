@@ -30,7 +30,6 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
     // Accounts made while the server hashed with stronger parameters, as before an operator
     // lowered them (or as `coffer user create` run with other settings leaves them).
     let mut strong = TestApp::builder()
-        .single_node("locks an account through the SQLite file")
         .env("COFFER_AUTH__ARGON2_MEMORY_KIB", "32768")
         .env("COFFER_AUTH__ARGON2_ITERATIONS", "3")
         .env(no_delay.0, no_delay.1)
@@ -49,10 +48,8 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
         .await;
     app.user("normal").await;
     // No route holds an account in the locked state (a deletion passes through it), so put
-    // it there as `DELETE /admin/users/{id}` does first, straight in the database file.
-    let db = coffer::meta::MetaStore::open_sqlite(&app.root.join("coffer.db"), 1)
-        .await
-        .unwrap();
+    // it there as `DELETE /admin/users/{id}` does first, straight in the database.
+    let db = app.meta_store().await;
     let locked = db.users().lock(UserId::parse(&doomed.id).unwrap()).await;
     assert_eq!(locked.unwrap(), coffer::meta::users::Locked::Locked);
     drop(db);

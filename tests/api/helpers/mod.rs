@@ -889,6 +889,24 @@ impl TestApp {
         }
     }
 
+    /// The server's metadata store opened through the library, behind its back (a state no
+    /// route makes, e.g. an account locked mid-deletion).
+    pub async fn meta_store(&self) -> coffer::meta::MetaStore {
+        match &self.database {
+            Some(db) => coffer::meta::MetaStore::open_postgres(&coffer::meta::postgres::Settings {
+                url: db.url.clone(),
+                pool_size: 1,
+                connect_timeout: Duration::from_secs(10),
+                call_timeout: Duration::from_secs(10),
+            })
+            .await
+            .unwrap(),
+            None => coffer::meta::MetaStore::open_sqlite(&self.root.join("coffer.db"), 1)
+                .await
+                .unwrap(),
+        }
+    }
+
     /// Run `sql` (written for both dialects) on the server's metadata behind its back.
     pub fn sql_exec(&self, sql: &str) {
         match &self.database {
