@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjectPath;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::s3::S3Env;
@@ -88,15 +89,29 @@ impl Drop for Front {
     }
 }
 
-async fn relay(mut conn: TcpStream, to: SocketAddr) {
+async fn relay(conn: TcpStream, to: SocketAddr) {
     let _ = conn.set_nodelay(true);
     // A node that is down: the client sees its connection closed, as behind a balancer
     // without retries.
-    let Ok(mut upstream) = TcpStream::connect(to).await else {
+    let Ok(upstream) = TcpStream::connect(to).await else {
         return;
     };
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+    let (mut from_client, mut to_client) = conn.into_split();
+    let (mut from_node, mut to_node) = upstream.into_split();
+    // Each direction on its own, as the two halves of a direct connection: a node that
+    // answers early (a 413 before the whole body) and closes makes the client's direction
+    // fail, while its answer still reaches the client. (copy_bidirectional would give up on
+    // the first error and drop the answer.)
+    let up = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_node).await;
+        let _ = to_node.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from_node, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 /// A test's own prefix of the bucket, emptied when the last server using it is gone (the
