@@ -53,6 +53,14 @@ fn s3_env(stack: &Stack) -> S3Env {
     }
 }
 
+/// A stored file's id and the bytes the source serves for it (what the target must serve:
+/// the upload policy may have rewritten what was sent).
+async fn served(source: &TestApp, token: &str, file: &serde_json::Value) -> (String, Vec<u8>) {
+    let id = file["id"].as_str().unwrap().to_owned();
+    let bytes = source.content_of(token, &id).await;
+    (id, bytes)
+}
+
 #[tokio::test]
 async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     let Some(stack) = stack::require("migrate_copies_sqlite_and_files_into_postgres_and_s3") else {
@@ -71,9 +79,9 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
         let mut bytes = png(64);
         bytes.extend(noise(300_000 + i * 1000, i as u64));
         let f = source
-            .stored(&alice.token, &format!("n{i}.png"), bytes.clone())
+            .stored(&alice.token, &format!("n{i}.png"), bytes)
             .await;
-        files.push((f["id"].as_str().unwrap().to_owned(), bytes));
+        files.push(served(&source, &alice.token, &f).await);
     }
     source.terminate();
     let mut source = source
@@ -85,9 +93,9 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     for i in 0..24 {
         let bytes = png(250_000 + i * 777);
         let f = source
-            .stored(&alice.token, &format!("s{i}.png"), bytes.clone())
+            .stored(&alice.token, &format!("s{i}.png"), bytes)
             .await;
-        files.push((f["id"].as_str().unwrap().to_owned(), bytes));
+        files.push(served(&source, &alice.token, &f).await);
     }
     let link = source
         .new_link(&alice.token, &files[0].0, &json!({"expires_in": 3600}))
