@@ -216,7 +216,8 @@ impl S3Credentials {
         Self::from_lookup(|name| std::env::var_os(name))
     }
 
-    fn from_lookup(
+    /// The same, looking variables up with `lookup` (another environment).
+    pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Self, SecretError> {
         let read = |var| {

@@ -122,6 +122,28 @@ pub async fn read(
     Ok(Box::pin(opener.map_err(ReadError::from)))
 }
 
+/// The whole plaintext of a stored file from `stored`, its blob's bytes from the first one,
+/// however they were obtained (a caller copying them elsewhere checks what it copies as it
+/// goes). The same guarantees as [`read`]: a sealed blob is authenticated segment by
+/// segment; a blob that ends early is [`ReadError::Tampered`]. A plain blob's bytes pass
+/// through as they are (its caller checks their length and hash).
+pub fn open_whole(
+    keyring: &Keyring,
+    src: &Source<'_>,
+    stored: ByteStream,
+) -> Result<PlainStream, ReadError> {
+    let Some(sealing) = src.sealing else {
+        return Ok(Box::pin(stored.map_err(ReadError::from_blob)));
+    };
+    let data_key = keyring.unwrap(src.file, sealing).map_err(|e| match e {
+        KeyError::Corrupt => ReadError::Tampered,
+        other => ReadError::Key(other),
+    })?;
+    let cipher: CipherStream = Box::pin(stored.map_err(into_io));
+    let opener = Opener::new(cipher, &data_key, src.file, src.size, 0, src.size);
+    Ok(Box::pin(opener.map_err(ReadError::from)))
+}
+
 /// A blob error as the opener's I/O error, recoverable with `downcast`. A short blob keeps
 /// its meaning on the way: the opener treats an early end of its source as truncation.
 fn into_io(e: BlobError) -> std::io::Error {

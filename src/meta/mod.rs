@@ -3,7 +3,8 @@
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
 //! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`],
-//! [`leases::Leases`], [`maintenance::Maintenance`]). Each
+//! [`leases::Leases`], [`maintenance::Maintenance`],
+//! [`transfer::Transfer`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
@@ -34,6 +35,7 @@ pub mod revocations;
 pub mod sessions;
 pub mod sqlite;
 pub mod throttle;
+pub mod transfer;
 pub mod uploads;
 pub mod users;
 pub mod views;
@@ -53,6 +55,7 @@ use maintenance::{Cluster, Maintenance};
 use revocations::RevocationSink;
 use sessions::Sessions;
 use throttle::LoginThrottles;
+use transfer::Transfer;
 use uploads::Uploads;
 use users::Users;
 use views::Views;
@@ -70,6 +73,7 @@ pub trait Engine:
     + Leases
     + Maintenance
     + Cluster
+    + Transfer
 {
 }
 
@@ -84,7 +88,8 @@ impl<
         + Uploads
         + Leases
         + Maintenance
-        + Cluster,
+        + Cluster
+        + Transfer,
 > Engine for T
 {
 }
@@ -166,6 +171,11 @@ impl MetaStore {
     pub fn subscribe_revocations(&self, sink: std::sync::Arc<dyn RevocationSink>) {
         self.0.hub().subscribe(sink);
         self.0.listen();
+    }
+
+    /// Whole rows, for copying the store into another engine (`coffer migrate`).
+    pub fn transfer(&self) -> &dyn Transfer {
+        &*self.0
     }
 
     /// Whether the database answers now (`/readyz`).

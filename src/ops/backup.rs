@@ -6,6 +6,9 @@
 //!    immutable, so a link is a copy), or copied when DEST is on another filesystem.
 //! 3. `DEST/manifest.jsonl` lists each file's blob, sizes and SHA-256.
 //!
+//! With the blobs in an object store, step 2 streams each blob into `DEST/blobs`
+//! ([`run_from_store`]).
+//!
 //! With the metadata in PostgreSQL, only steps 2 and 3 run, over the rows as they are read
 //! (page by page); the database itself is backed up with `pg_dump`, which takes a consistent
 //! snapshot of it while the nodes keep writing.
@@ -20,7 +23,8 @@
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
-use crate::blob::BlobKey;
+use crate::blob::fs::LocalFs;
+use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::blocking;
 use crate::ids::{FileId, Timestamp};
 use crate::meta::MetaStore;
@@ -114,6 +118,14 @@ pub async fn run_without_database(
     let target = blocking::run(move || destination(&r, &d))
         .await
         .map_err(|e| BackupError::Failed(e.into()))??;
+    let rows = all_rows(meta).await?;
+    blocking::run(move || Ok(backup_without_database(&root, &target, &rows, with_blobs)?))
+        .await
+        .map_err(|e| BackupError::Failed(e.into()))?
+}
+
+/// Every file row, read page by page.
+async fn all_rows(meta: &MetaStore) -> Result<Vec<StoredFile>, BackupError> {
     const PAGE: usize = 1000;
     let mut rows = Vec::new();
     let mut after = None;
@@ -127,12 +139,113 @@ pub async fn run_without_database(
         let done = page.len() < PAGE;
         rows.extend(page);
         if done {
-            break;
+            return Ok(rows);
         }
     }
-    blocking::run(move || Ok(backup_without_database(&root, &target, &rows, with_blobs)?))
+}
+
+/// Back up a store whose blobs are in an object store (or any [`BlobStore`]): each blob is
+/// streamed into `DEST/blobs` (the layout of a local storage root, checked for its length),
+/// then the manifest is written; the database (PostgreSQL: `pg_dump`; SQLite beside an
+/// object store: its file is copied with the online backup API first) as for the others.
+pub async fn run_from_store(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    root: &Path,
+    dest: &Path,
+    with_blobs: bool,
+    sqlite: bool,
+) -> Result<Summary, BackupError> {
+    let fail = |e: anyhow::Error| BackupError::Failed(e);
+    let (r, d) = (root.to_path_buf(), dest.to_path_buf());
+    let target = blocking::run(move || destination(&r, &d))
         .await
-        .map_err(|e| BackupError::Failed(e.into()))?
+        .map_err(|e| fail(e.into()))??;
+    let t = target.clone();
+    let local = blocking::run(move || -> anyhow::Result<LocalFs> {
+        create_dest(&t)?;
+        for name in ["manifest.jsonl", "coffer.db"] {
+            if t.join(name).exists() {
+                anyhow::bail!(
+                    "{} already exists; back up into an empty folder",
+                    t.join(name).display()
+                );
+            }
+        }
+        Ok(LocalFs::open(&t)?)
+    })
+    .await
+    .map_err(|e| fail(e.into()))?
+    .map_err(fail)?;
+    let local = BlobStore::new(std::sync::Arc::new(local));
+    let (database, rows, snapshot) = if sqlite {
+        let (from, to) = (root.join("coffer.db"), target.join("coffer.db"));
+        let (snapshot, rows) = blocking::run(move || -> anyhow::Result<_> {
+            let snapshot = Snapshot::take(&from, &to)?;
+            let rows = snapshot.files()?;
+            Ok((snapshot, rows))
+        })
+        .await
+        .map_err(|e| fail(e.into()))?
+        .map_err(fail)?;
+        (Some("coffer.db"), rows, Some(snapshot))
+    } else {
+        (None, all_rows(meta).await?, None)
+    };
+    let mut summary = Summary {
+        files: rows.len(),
+        ..Summary::default()
+    };
+    let mut vanished = Vec::new();
+    if with_blobs {
+        for f in &rows {
+            let Some(key) = BlobKey::parse(&f.blob_key) else {
+                continue;
+            };
+            match stream_blob(blobs, &local, &key, f.source().stored_len()).await {
+                Ok(()) => summary.blobs += 1,
+                Err(BlobError::NotFound) => vanished.push(f.file.id),
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
+    }
+    summary.vanished = vanished.len();
+    blocking::run(move || -> anyhow::Result<()> {
+        write_manifest(&target, &rows, &vanished, database)?;
+        if let Some(snapshot) = snapshot {
+            snapshot.forget(&vanished)?;
+        }
+        // The copy's tmp/ is empty: the local store made it; a restore recreates it.
+        let _ = std::fs::remove_dir(target.join("tmp"));
+        std::fs::File::open(&target)?.sync_all()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| fail(e.into()))?
+    .map_err(fail)?;
+    Ok(summary)
+}
+
+/// Copy one blob from `from` to `to`, checking its length.
+async fn stream_blob(
+    from: &BlobStore,
+    to: &BlobStore,
+    key: &BlobKey,
+    len: u64,
+) -> Result<(), BlobError> {
+    use futures_util::StreamExt as _;
+    let mut stream = from.get_range(key, 0, len).await?;
+    let mut writer = to.put(key).await?;
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        n += chunk.len() as u64;
+        writer.write(&chunk).await?;
+    }
+    if n != len {
+        return Err(BlobError::Short);
+    }
+    writer.commit().await
 }
 
 /// Where `dest` leads, refused when it is inside the storage root or contains it. The folder is
@@ -251,30 +364,48 @@ fn copy_and_list(
     with_blobs: bool,
     database: Option<&str>,
 ) -> anyhow::Result<(Summary, Vec<FileId>)> {
-    let mut summary = Summary {
-        files: rows.len(),
-        ..Summary::default()
-    };
+    let mut blobs = 0;
+    let mut vanished: Vec<FileId> = Vec::new();
+    if with_blobs {
+        for f in rows {
+            let Some(key) = BlobKey::parse(&f.blob_key) else {
+                continue;
+            };
+            match copy_blob(root, dest, &key) {
+                Ok(()) => blobs += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => vanished.push(f.file.id),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    write_manifest(dest, rows, &vanished, database)?;
+    Ok((
+        Summary {
+            files: rows.len(),
+            blobs,
+            vanished: vanished.len(),
+        },
+        vanished,
+    ))
+}
+
+/// `dest/manifest.jsonl`: a header line, then one line per file of `rows` (those in `left_out`
+/// excepted, and those whose blob key is malformed).
+fn write_manifest(
+    dest: &Path,
+    rows: &[StoredFile],
+    left_out: &[FileId],
+    database: Option<&str>,
+) -> anyhow::Result<()> {
     let mut manifest = std::io::BufWriter::new(std::fs::File::create(dest.join("manifest.jsonl"))?);
     writeln!(
         manifest,
         "{}",
         serde_json::json!({ "coffer_backup": 1, "created_at": Timestamp::now(), "database": database, "files": rows.len() })
     )?;
-    let mut vanished: Vec<FileId> = Vec::new();
     for f in rows {
-        let Some(key) = BlobKey::parse(&f.blob_key) else {
+        if BlobKey::parse(&f.blob_key).is_none() || left_out.contains(&f.file.id) {
             continue;
-        };
-        if with_blobs {
-            match copy_blob(root, dest, &key) {
-                Ok(()) => summary.blobs += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    vanished.push(f.file.id);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
         }
         writeln!(
             manifest,
@@ -291,8 +422,7 @@ fn copy_and_list(
     }
     manifest.flush()?;
     manifest.get_ref().sync_all()?;
-    summary.vanished = vanished.len();
-    Ok((summary, vanished))
+    Ok(())
 }
 
 fn blob_path(root: &Path, key: &BlobKey) -> PathBuf {

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::fixtures::png;
-use crate::helpers::{TestApp, TestUser, each_once, files_under};
+use crate::helpers::{TestApp, TestUser, each_once};
 
 #[tokio::test]
 async fn admin_routes_need_the_admin_role() {
@@ -83,7 +83,10 @@ async fn an_admin_may_delete_another_admin_but_not_the_last() {
 
 #[tokio::test]
 async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .awaits_cluster("a role change must reach the other node's principal cache at once")
+        .spawn()
+        .await;
     let admin = app.admin("promoter").await;
     let u = app.user("climber").await;
     let list_users = || app.get("/api/v1/admin/users").as_user(&u);
@@ -214,38 +217,37 @@ async fn seed_files(app: &TestApp, u: &TestUser, n: usize) -> Vec<String> {
 /// under `blobs/` and `tmp/`, blobs queued for deletion); empty when the account is gone
 /// without a trace.
 fn leftovers(app: &TestApp, user_id: &str) -> Vec<String> {
-    let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
     let mut left = Vec::new();
     for (what, sql) in [
-        ("users", "SELECT COUNT(*) FROM users WHERE id = ?1"),
-        ("files", "SELECT COUNT(*) FROM files WHERE owner_id = ?1"),
+        ("users", "SELECT COUNT(*) FROM users WHERE id = '{id}'"),
+        (
+            "files",
+            "SELECT COUNT(*) FROM files WHERE owner_id = '{id}'",
+        ),
         (
             "sessions",
-            "SELECT COUNT(*) FROM sessions WHERE user_id = ?1",
+            "SELECT COUNT(*) FROM sessions WHERE user_id = '{id}'",
         ),
         (
             "api_keys",
-            "SELECT COUNT(*) FROM api_keys WHERE user_id = ?1",
+            "SELECT COUNT(*) FROM api_keys WHERE user_id = '{id}'",
         ),
         (
             "links",
             "SELECT COUNT(*) FROM links l LEFT JOIN files f ON f.id = l.file_id
-             WHERE f.id IS NULL OR f.owner_id = ?1",
+             WHERE f.id IS NULL OR f.owner_id = '{id}'",
         ),
     ] {
-        let n: i64 = db.query_row(sql, [user_id], |r| r.get(0)).unwrap();
+        let n = app.sql_number(&sql.replace("{id}", user_id));
         if n > 0 {
             left.push(format!("{n} rows in {what}"));
         }
     }
-    let queued: i64 = db
-        .query_row("SELECT COUNT(*) FROM blob_deletions", [], |r| r.get(0))
-        .unwrap();
+    let queued = app.sql_number("SELECT COUNT(*) FROM blob_deletions");
     if queued > 0 {
         left.push(format!("{queued} blobs queued for deletion"));
     }
-    for dir in ["blobs", "tmp"] {
-        let files = files_under(&app.root.join(dir));
+    for (dir, files) in [("blobs", app.blob_files()), ("tmp", app.temp_files())] {
         if !files.is_empty() {
             left.push(format!("{} files under {dir}/", files.len()));
         }

@@ -17,7 +17,10 @@ fn check_deep(app: &TestApp, root: &Path) -> (i32, String) {
 
 #[tokio::test]
 async fn backup_while_uploading_yields_a_consistent_store() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("checks the SQLite copy and the blob files of the embedded store")
+        .spawn()
+        .await;
     let u = app.user("backedup").await;
     for i in 0..5 {
         app.stored(&u.token, &format!("pre{i}.png"), png(20_000))
@@ -52,7 +55,10 @@ async fn backup_while_uploading_yields_a_consistent_store() {
 
 #[tokio::test]
 async fn backup_refuses_a_destination_inside_or_around_the_storage_root() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("symlinks into the local blobs/ folder")
+        .spawn()
+        .await;
     let u = app.user("careful").await;
     app.stored(&u.token, "a.png", png(500)).await;
     let root = app.root.canonicalize().unwrap();

@@ -15,7 +15,7 @@ async fn check_reports_orphans_missing_blobs_and_repairs_them() {
 
     // An orphan blob, and a row whose blob is gone.
     let orphan = app.plant_orphan_blob(b"stray");
-    std::fs::remove_file(app.blob_of(a_id)).unwrap();
+    app.remove_blob(&app.blob_of(a_id));
     let (code, out) = app.run_cli(&["check"]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -29,13 +29,13 @@ async fn check_reports_orphans_missing_blobs_and_repairs_them() {
         .into_iter()
         .find(|p| !p.to_string_lossy().contains(&orphan))
         .unwrap();
-    let mut bytes = std::fs::read(&b_blob).unwrap();
+    let mut bytes = app.read_blob(&b_blob);
     bytes.push(0);
-    std::fs::write(&b_blob, &bytes).unwrap();
+    app.write_blob(&b_blob, &bytes);
     let (_, out) = app.run_cli(&["check"]);
     assert!(out.contains("size mismatch"), "{out}");
     bytes.pop();
-    std::fs::write(&b_blob, &bytes).unwrap();
+    app.write_blob(&b_blob, &bytes);
 
     let (code, out) = app.run_cli(&["check", "--repair"]);
     assert_eq!(code, 0, "{out}");
@@ -59,11 +59,12 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
         let app = TestApp::spawn().await;
         let admin = app.admin("chain").await;
         app.user("somebody").await;
-        app.audit(&admin.token).await; // flushes the queue
+        // Every entry written (on two nodes, each appends just after its answer).
+        app.audit_with(&admin.token, &["auth.register", "auth.login"])
+            .await;
         let (code, out) = app.run_cli(&["check"]);
         assert_eq!(code, 0, "{row}, before: {out}");
-        let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
-        db.execute(tampering, []).unwrap();
+        app.sql_exec(tampering);
         let (code, out) = app.run_cli(&["check"]);
         assert_eq!(code, 1, "{row}: {out}");
         assert!(out.contains("audit chain"), "{row}: {out}");

@@ -39,6 +39,7 @@ async fn a_connection_that_never_speaks_is_dropped() {
 #[tokio::test]
 async fn one_address_cannot_hold_every_connection() {
     let app = TestApp::builder()
+        .single_node("counts one server's connections per address")
         .env("COFFER_SERVER__MAX_CONNECTIONS_PER_IP", "2")
         .spawn()
         .await;

@@ -7,7 +7,10 @@ use crate::helpers::raw::{RawConn, upload_head};
 
 #[tokio::test]
 async fn kill_9_mid_upload_then_restart_leaves_a_consistent_store() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        .single_node("watches the local temp file and blob files around a kill -9")
+        .spawn()
+        .await;
     let u = app.user("crasher").await;
     let kept = app.stored(&u.token, "kept.png", png(5000)).await;
     let kept = kept["id"].as_str().unwrap();
@@ -52,22 +55,15 @@ async fn kill_9_mid_upload_then_restart_leaves_a_consistent_store() {
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 
-/// The crash window of a delete, made on disk after a `kill -9`: the row is gone and its blob
-/// queued (one transaction), the blob itself not yet deleted. Returns the blob's key.
+/// The crash window of a delete, made in the database after a `kill -9`: the row is gone and
+/// its blob queued (one transaction), the blob itself not yet deleted. Returns the blob's key.
 fn crash_mid_delete(app: &TestApp, id: &str) -> String {
-    let db = rusqlite::Connection::open(app.root.join("coffer.db")).unwrap();
-    let key: String = db
-        .query_row(
-            "DELETE FROM files WHERE id = ?1 RETURNING blob_key",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    db.execute(
-        "INSERT INTO blob_deletions (blob_key, queued_at) VALUES (?1, 0)",
-        [&key],
-    )
-    .unwrap();
+    let key = app.sql_text(&format!(
+        "DELETE FROM files WHERE id = '{id}' RETURNING blob_key"
+    ));
+    app.sql_exec(&format!(
+        "INSERT INTO blob_deletions (blob_key, queued_at) VALUES ('{key}', 0)"
+    ));
     key
 }
 
@@ -103,7 +99,7 @@ async fn check_reports_an_interrupted_delete_and_repair_finishes_it() {
     let key = crash_mid_delete(&app, id);
     // And one whose blob was already deleted when the process died, before it was dequeued.
     let other_key = crash_mid_delete(&app, other);
-    std::fs::remove_file(app.blob_of(other)).unwrap();
+    app.remove_blob(&app.blob_of(other));
 
     // Before the next start, check says what happened and what finishes it.
     let (code, out) = app.run_cli(&["check"]);

@@ -289,7 +289,7 @@ async fn internal_errors_reveal_nothing() {
     let f = app.stored(&u.token, "lost.png", png(100)).await;
     // An operator deletes the blob by hand: the row now points at nothing.
     for p in app.blob_files() {
-        std::fs::remove_file(p).unwrap();
+        app.remove_blob(&p);
     }
     let r = app.download(&u.token, f["id"].as_str().unwrap(), &[]).await;
     let v = problem(r, 500).await;

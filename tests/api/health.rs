@@ -11,7 +11,10 @@ async fn healthz_and_readyz() {
 
 #[tokio::test]
 async fn readyz_follows_the_storage_root() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("makes the local storage root unwritable")
+        .spawn()
+        .await;
     let moved = app.root.with_extension("moved");
     std::fs::rename(&app.root, &moved).unwrap();
     assert_eq!(app.get("/readyz").status().await, 503);
@@ -21,7 +24,10 @@ async fn readyz_follows_the_storage_root() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("metrics count one process's requests")
+        .spawn()
+        .await;
     app.get("/healthz").send().await;
     app.get("/no/such/thing").send().await;
     let r = app.get("/metrics").send().await;

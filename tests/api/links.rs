@@ -197,7 +197,7 @@ async fn link_use_is_audited_by_id_not_token() {
         .await;
     let url = l["url"].as_str().unwrap();
     assert_eq!(app.get(url).status().await, 200);
-    let entries = app.audit(&admin.token).await;
+    let entries = app.audit_with(&admin.token, &["link.use"]).await;
     let uses: Vec<_> = entries
         .iter()
         .filter(|e| e["event"] == "link.use")

@@ -48,10 +48,8 @@ async fn failed_logins_take_the_same_time_whatever_the_account_state() {
         .await;
     app.user("normal").await;
     // No route holds an account in the locked state (a deletion passes through it), so put
-    // it there as `DELETE /admin/users/{id}` does first, straight in the database file.
-    let db = coffer::meta::MetaStore::open_sqlite(&app.root.join("coffer.db"), 1)
-        .await
-        .unwrap();
+    // it there as `DELETE /admin/users/{id}` does first, straight in the database.
+    let db = app.meta_store().await;
     let locked = db.users().lock(UserId::parse(&doomed.id).unwrap()).await;
     assert_eq!(locked.unwrap(), coffer::meta::users::Locked::Locked);
     drop(db);

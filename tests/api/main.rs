@@ -23,6 +23,8 @@ mod links;
 mod login;
 mod login_timing;
 mod middleware;
+mod migrate;
+mod multinode;
 mod openapi;
 mod paging;
 mod postgres;

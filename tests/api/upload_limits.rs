@@ -64,6 +64,7 @@ async fn content_length_alone_gets_413_before_the_body() {
 #[tokio::test]
 async fn quota_holds_under_concurrent_uploads() {
     let app = TestApp::builder()
+        .awaits_cluster("quota reservations must be shared by the nodes")
         .env("COFFER_LIMITS__USER_QUOTA_BYTES", "100000")
         .spawn()
         .await;
@@ -139,7 +140,10 @@ async fn a_stalled_upload_is_cut_off_with_408_wherever_it_stalls() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_leaves_nothing() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder()
+        .single_node("watches the local temp file of an upload in flight")
+        .spawn()
+        .await;
     let admin = app.admin("watcher").await;
     let u = app.user("quitter").await;
     let mut c = RawConn::open(app.addr).await;
@@ -172,6 +176,7 @@ async fn trickling_uploads_hold_no_threads() {
     // waiting for bytes, or a batch waited for other blocking work, everything below would
     // hang.
     let app = TestApp::builder()
+        .single_node("watches the local temp files of uploads in flight")
         .env("COFFER_SERVER__BLOCKING_THREADS", "2")
         .spawn()
         .await;
@@ -231,7 +236,7 @@ async fn trickling_uploads_hold_no_threads() {
 async fn a_large_upload_streams_in_bounded_memory() {
     // 1 GiB through the whole pipeline (and back); the server's peak RSS stays far below it.
     let size = 1024 * 1024 * 1024usize;
-    let app = TestApp::builder()
+    let app = TestApp::builder().single_node("measures one process's peak RSS; 1 GiB would be 3 GiB of Garage replicas on the shared disk")
         .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", size.to_string())
         .env("COFFER_LIMITS__USER_QUOTA_BYTES", "0")
         .spawn()

@@ -53,6 +53,39 @@ impl fmt::Debug for Settings {
     }
 }
 
+impl Settings {
+    /// Where the database is, without credentials: `host:port/dbname` (for messages and
+    /// for telling two stores apart).
+    pub fn location(&self) -> String {
+        let Ok(p) = parse(&self.url) else {
+            return "an invalid URL".into();
+        };
+        let hosts = p
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let ports = p
+            .config
+            .get_ports()
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let db = p
+            .config
+            .get_dbname()
+            .or(p.config.get_user())
+            .unwrap_or_default();
+        format!("{hosts}:{ports}/{db}")
+    }
+}
+
 /// Whether `url` names a PostgreSQL database (else the embedded SQLite is used).
 fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")

@@ -27,6 +27,7 @@ mod listener;
 pub mod sessions;
 mod throttle;
 mod tls;
+pub mod transfer;
 mod types;
 pub mod uploads;
 pub mod users;

@@ -18,6 +18,7 @@ mod leases;
 pub mod links;
 pub mod sessions;
 pub mod snapshot;
+pub mod transfer;
 pub mod uploads;
 pub mod users;
 pub mod views;

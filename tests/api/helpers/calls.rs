@@ -159,6 +159,11 @@ impl TestApp {
     /// Put a blob no row points at where a file's blob would be; returns its id.
     pub fn plant_orphan_blob(&self, bytes: &[u8]) -> String {
         let id = uuid::Uuid::new_v4().to_string();
+        if let Some(prefix) = self.bucket_prefix() {
+            let key = format!("{prefix}blobs/{}/{}/{id}", &id[..2], &id[2..4]);
+            self.write_blob(std::path::Path::new(&key), bytes);
+            return id;
+        }
         let shard = self.root.join("blobs").join(&id[..2]).join(&id[2..4]);
         std::fs::create_dir_all(&shard).unwrap();
         std::fs::write(shard.join(&id), bytes).unwrap();

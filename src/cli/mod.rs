@@ -1,9 +1,10 @@
 //! The command line: `serve`, `gen-secret`, `check`, `user create`, `backup`, `rotate-key`,
-//! `encrypt-existing`.
+//! `encrypt-existing`, `migrate`.
 //!
-//! Exit codes: 0 success; 1 a failure, or `check` found problems; 2 a configuration or secret
-//! error, or a backup destination inside the storage root or containing it (the message says
-//! what to fix).
+//! Exit codes: 0 success; 1 a failure, or `check` found problems, or `migrate` left files out
+//! (a source blob that fails verification); 2 a configuration or secret error, a backup
+//! destination inside the storage root or containing it, or a `migrate` target that is the
+//! source or holds another store (the message says what to fix).
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,8 @@ use crate::meta::audit::{ChainKey, ChainKeys};
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, S3Credentials, SecretKey};
+
+mod migrate;
 
 /// coffer: a secure file-storage service.
 #[derive(Parser)]
@@ -71,6 +74,18 @@ enum Command {
         /// Copy only the database and manifest, not the blobs.
         #[arg(long)]
         no_blobs: bool,
+    },
+    /// Copy the whole store (accounts, logins, keys, files and their blobs, links, the audit
+    /// chain) into the backends CONFIG names, verifying every blob's size and SHA-256.
+    /// Resumable: run it again to continue an interrupted run, or to copy what changed
+    /// since (stop the source first for the last run). Secrets of the target come from
+    /// COFFER_TO_* variables (COFFER_TO_DATABASE_URL, COFFER_TO_S3_ACCESS_KEY_ID, ...: any
+    /// COFFER_TO_X acts as COFFER_X for the target only); without COFFER_TO_S3_* the S3
+    /// credentials are COFFER_S3_*.
+    Migrate {
+        /// The target's configuration file.
+        #[arg(long, value_name = "CONFIG")]
+        to: PathBuf,
     },
     /// Re-wrap every data key under COFFER_ENCRYPTION_KEY (old keys in COFFER_ENCRYPTION_OLD_KEYS).
     RotateKey,
@@ -196,6 +211,7 @@ async fn dispatch(command: Command, config: Config) -> ExitCode {
                 },
         } => create_user(config, username, email, admin).await,
         Command::Backup { dest, no_blobs } => backup(config, &dest, !no_blobs).await,
+        Command::Migrate { to } => migrate::run(config, &to).await,
         Command::RotateKey => rotate_key(config).await,
         Command::EncryptExisting => encrypt_existing(config).await,
         Command::Healthcheck { addr } => healthcheck(&config, addr).await,
@@ -397,21 +413,18 @@ async fn create_user(
 }
 
 async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCode, Failure> {
-    if with_blobs && config.storage.backend == StorageBackend::S3 {
-        return Err(Failure::Config(
-            "backup copies blobs from a local storage root only; with storage.backend = \"s3\" \
-             run it with --no-blobs and copy the bucket with the object store's own tools"
-                .into(),
-        ));
-    }
     let root = existing_store(&config)?;
     println!("{}", describe_store(&config, &root));
-    let (root, meta, _) = open_stores(&config).await?;
+    let (root, meta, blobs) = open_stores(&config).await?;
     let postgres = config.database.postgres().is_some();
-    let done = if postgres {
-        ops::backup::run_without_database(&meta, &root, dest, with_blobs).await
-    } else {
-        ops::backup::create(&root, dest, with_blobs).await
+    let done = match (config.storage.backend, postgres) {
+        (StorageBackend::S3, _) => {
+            ops::backup::run_from_store(&meta, &blobs, &root, dest, with_blobs, !postgres).await
+        }
+        (StorageBackend::Fs, true) => {
+            ops::backup::run_without_database(&meta, &root, dest, with_blobs).await
+        }
+        (StorageBackend::Fs, false) => ops::backup::create(&root, dest, with_blobs).await,
     };
     let s = match done {
         Ok(s) => s,
