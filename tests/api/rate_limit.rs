@@ -76,7 +76,6 @@ async fn trusted_proxies_forward_the_client_address() {
 #[tokio::test]
 async fn sixth_login_in_a_minute_is_429() {
     let app = TestApp::builder()
-        .awaits_cluster("the login throttle must be shared by the nodes")
         .env("COFFER_RATE_LIMIT__LOGIN_PER_MINUTE", "5")
         .spawn()
         .await;
@@ -95,7 +94,6 @@ async fn sixth_login_in_a_minute_is_429() {
 #[tokio::test]
 async fn repeated_failures_against_one_account_are_slowed_not_locked_for_others() {
     let app = TestApp::builder()
-        .awaits_cluster("the login throttle must be shared by the nodes")
         .env("COFFER_AUTH__LOGIN_FAILURES_BEFORE_DELAY", "3")
         .env("COFFER_SERVER__TRUSTED_PROXIES", "127.0.0.0/8")
         .spawn()

@@ -64,7 +64,6 @@ async fn content_length_alone_gets_413_before_the_body() {
 #[tokio::test]
 async fn quota_holds_under_concurrent_uploads() {
     let app = TestApp::builder()
-        .awaits_cluster("quota reservations must be shared by the nodes")
         .env("COFFER_LIMITS__USER_QUOTA_BYTES", "100000")
         .spawn()
         .await;

@@ -108,17 +108,7 @@ impl TestAppBuilder {
     /// the suite runs in multi-node mode, because of `reason` (the test looks at that one
     /// server's disk, signals its process, counts its connections...).
     pub fn single_node(mut self, reason: &'static str) -> Self {
-        self.single_node = Some(OneNode::ByNature(reason));
-        self
-    }
-
-    /// Run one embedded server even in multi-node mode because the rule the test checks does
-    /// not hold across nodes yet: `reason` names it (issue 13's cross-node work: revocation
-    /// and cache invalidation, the shared login throttle, quota reservations). Remove the
-    /// mark with the change that makes the rule hold on several nodes;
-    /// `COFFER_TEST_AWAITS_CLUSTER=run` ignores these marks, to see which still fail.
-    pub fn awaits_cluster(mut self, reason: &'static str) -> Self {
-        self.single_node = Some(OneNode::AwaitsCluster(reason));
+        self.single_node = Some(OneNode(reason));
         self
     }
 
@@ -195,14 +185,7 @@ impl TestAppBuilder {
 
     /// The single-node mark that applies in this run.
     fn one_node(&self) -> Option<OneNode> {
-        match self.single_node {
-            Some(OneNode::AwaitsCluster(_))
-                if std::env::var("COFFER_TEST_AWAITS_CLUSTER").as_deref() == Ok("run") =>
-            {
-                None
-            }
-            mark => mark,
-        }
+        self.single_node
     }
 
     /// Start the server and wait until it listens (and, unless [`Self::unready`], is ready);
@@ -356,14 +339,10 @@ impl TestAppBuilder {
     }
 }
 
-/// Why a test's app stays one embedded server in multi-node mode.
+/// Why a test's app stays one embedded server in multi-node mode: it needs one process or the
+/// embedded store by its nature.
 #[derive(Debug, Clone, Copy)]
-enum OneNode {
-    /// The test needs one process or the embedded store by its nature.
-    ByNature(&'static str),
-    /// The rule it checks does not hold across nodes yet.
-    AwaitsCluster(&'static str),
-}
+struct OneNode(&'static str);
 
 impl OneNode {
     /// Say once per test, on the process's stderr (not captured), that it runs on one node
@@ -375,12 +354,7 @@ impl OneNode {
         if noted.contains(&test) {
             return;
         }
-        let line = match self {
-            Self::ByNature(why) => format!("single node: {test}: {why}"),
-            Self::AwaitsCluster(why) => {
-                format!("single node: {test}: awaits cross-node work (feature/cluster): {why}")
-            }
-        };
+        let line = format!("single node: {test}: {}", self.0);
         noted.push(test);
         let _ = writeln!(std::io::stderr(), "{line}");
     }
