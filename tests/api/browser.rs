@@ -64,6 +64,7 @@ async fn a_page_on_another_origin_uses_view_urls_frames_pdfs_and_caches_prefligh
     let (page_port, other_port) = (free_port(), free_port());
     let page = format!("http://127.0.0.1:{page_port}");
     let app = TestApp::builder()
+        .single_node("counts one process's preflights and view-URL answers in its /metrics")
         .env("COFFER_CORS__ALLOWED_ORIGINS", page.clone())
         .env("COFFER_SERVING__FRAME_ANCESTORS", page)
         .env(

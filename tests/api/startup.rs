@@ -221,6 +221,7 @@ async fn storage_root_is_created_private() {
 #[tokio::test]
 async fn dev_mode_runs_without_a_secret_on_loopback() {
     let app = TestApp::builder()
+        .single_node("dev mode makes its own user and secret in one process")
         .without("COFFER_SECRET_KEY")
         .arg("--dev")
         .env("COFFER_SERVER__BIND", "0.0.0.0:0")
@@ -300,6 +301,7 @@ async fn start_up_prints_one_summary_line() {
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "[auth]\nopen_registration = true\n").unwrap();
     let app = TestApp::builder()
+        .single_node("reads one process's start-up line")
         .arg("--config")
         .arg(file.to_str().unwrap())
         .env("COFFER_SERVER__BIND", "0.0.0.0:0")

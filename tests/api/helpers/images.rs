@@ -183,8 +183,9 @@ pub fn exiftool(path: &std::path::Path) -> Option<serde_json::Map<String, serde_
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "exiftool output: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "exiftool output: {e}: {}; its errors: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         )
     });
     v.as_array()
