@@ -659,7 +659,7 @@ async fn timed_upload(app: &TestApp, token: &str, name: &str, body: &[u8]) -> Du
 /// Upload throughput of a 64 MiB JPEG with stripping on and off, and the latency clamd adds
 /// to a 20 MiB upload next to clamd's own time for the same bytes. Run against a release
 /// build and the stack:
-/// `cargo build --release && . /work/stack/env && COFFER_TEST_BIN=target/release/coffer
+/// `cargo build --release && . target/stack/env && COFFER_TEST_BIN=target/release/coffer
 ///  cargo test --test api measure_ -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement to report, not a test"]
@@ -678,7 +678,7 @@ async fn measure_stripping_throughput_and_scan_latency() {
     };
     let on = server(true).spawn().await;
     let off = server(false).spawn().await;
-    let (u_on, u_off) = (on.user("on").await, off.user("off").await);
+    let (u_on, u_off) = (on.user("strip_on").await, off.user("strip_off").await);
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         t_on.push(timed_upload(&on, &u_on.token, "big.jpg", &big).await);
@@ -703,7 +703,10 @@ async fn measure_stripping_throughput_and_scan_latency() {
         .spawn()
         .await;
     let plain = server(true).spawn().await;
-    let (u_s, u_p) = (scanning.user("s").await, plain.user("p").await);
+    let (u_s, u_p) = (
+        scanning.user("scanned").await,
+        plain.user("unscanned").await,
+    );
     let (mut t_s, mut t_p, mut t_c, mut t_after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         t_s.push(timed_upload(&scanning, &u_s.token, "b.txt", &body).await);
