@@ -52,10 +52,6 @@ async fn two_nodes(stack: &Stack, env: &[(&str, &str)]) -> (TestApp, TestApp, St
     (a, b.spawn().await, prefix)
 }
 
-fn s3(test: &str) -> S3Env {
-    S3Env::require(test).expect("the stack's S3 variables are set with its directory")
-}
-
 async fn me(app: &TestApp, token: &str) -> u16 {
     app.me().bearer(token).status().await
 }
@@ -261,7 +257,7 @@ async fn cluster_the_sweepers_work_is_done_once() {
     let Some(stack) = stack::require("cluster_the_sweepers_work_is_done_once") else {
         return;
     };
-    let s3 = s3("cluster_the_sweepers_work_is_done_once");
+    let s3 = S3Env::of(&stack);
     let (a, b, prefix) = two_nodes(&stack, &[("COFFER_RETENTION__SWEEP_INTERVAL_SECS", "1")]).await;
     let admin = a.admin("root").await;
     let mut ids = expiring(&a, &admin, 6).await;
@@ -373,7 +369,7 @@ async fn cluster_a_node_killed_mid_upload_leaves_no_row_object_or_quota_after_th
     let Some(stack) = stack::require(test) else {
         return;
     };
-    let s3 = s3(test);
+    let s3 = S3Env::of(&stack);
     let quota = 30_000_000u64;
     let env = [
         ("COFFER_LIMITS__USER_QUOTA_BYTES", "30000000"),

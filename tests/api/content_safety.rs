@@ -562,9 +562,7 @@ async fn content_safety_on_postgres_and_s3() {
     let Some(stack) = stack::require("content_safety_on_postgres_and_s3") else {
         return;
     };
-    let Some(s3) = S3Env::require("content_safety_on_postgres_and_s3") else {
-        return;
-    };
+    let s3 = S3Env::of(&stack);
     let prefix = fresh_prefix();
     let app = TestApp::builder()
         .postgres(&stack)

@@ -43,16 +43,6 @@ fn migrate(source: &TestApp, config: &Path, db: &TestDb, stack: &Stack) -> Comma
     cmd
 }
 
-fn s3_env(stack: &Stack) -> S3Env {
-    S3Env {
-        endpoint: stack.s3_endpoint.clone(),
-        region: stack.s3_region.clone(),
-        bucket: stack.s3_bucket.clone(),
-        access_key_id: stack.s3_access_key_id.clone(),
-        secret_access_key: stack.s3_secret_access_key.clone(),
-    }
-}
-
 /// A stored file's id and the bytes the source serves for it (what the target must serve:
 /// the upload policy may have rewritten what was sent).
 async fn served(source: &TestApp, token: &str, file: &serde_json::Value) -> (String, Vec<u8>) {
@@ -109,7 +99,7 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     let db = std::sync::Arc::new(stack.fresh_database());
     let prefix = stack.fresh_prefix();
     let config = target_config(dir.path(), &stack, &prefix);
-    let s3 = s3_env(&stack);
+    let s3 = S3Env::of(&stack);
 
     // Interrupted: killed once the first blob is in the bucket.
     let mut child = migrate(&source, &config, &db, &stack)
@@ -243,7 +233,7 @@ async fn migrate_refuses_a_corrupt_source_blob_and_a_foreign_target() {
         db.psql("SELECT id::text FROM files"),
         good["id"].as_str().unwrap()
     );
-    assert_eq!(s3_env(&stack).keys(&prefix).await.len(), 1);
+    assert_eq!(S3Env::of(&stack).keys(&prefix).await.len(), 1);
 
     // The target, as far as it goes, is whole.
     let mut check = Command::new(crate::helpers::bin());

@@ -175,13 +175,7 @@ async fn an_unreachable_object_store_makes_the_node_unready_and_answers_503() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let nowhere = S3Env {
-        endpoint: closed,
-        region: "garage".into(),
-        bucket: "coffer".into(),
-        access_key_id: "GK0000000000000000000000".into(),
-        secret_access_key: "0".repeat(64),
-    };
+    let nowhere = S3Env::unreachable(closed);
     // It starts (serving, unready) rather than refusing to: it recovers by itself later.
     let app = TestApp::builder()
         .s3(&nowhere, "down/")

@@ -128,13 +128,7 @@ impl Prefix {
     pub fn fresh(stack: &Stack) -> Arc<Self> {
         Arc::new(Self {
             prefix: stack.fresh_prefix(),
-            s3: S3Env {
-                endpoint: stack.s3_endpoint.clone(),
-                region: stack.s3_region.clone(),
-                bucket: stack.s3_bucket.clone(),
-                access_key_id: stack.s3_access_key_id.clone(),
-                secret_access_key: stack.s3_secret_access_key.clone(),
-            },
+            s3: S3Env::of(stack),
         })
     }
 }

@@ -4,12 +4,14 @@
 //! store does (refuse connections, or accept them and never answer).
 //!
 //! Without the variables a test that needs the bucket passes after one `skipped:` line on
-//! stderr; with `COFFER_TEST_REQUIRE_STACK=1` their absence fails it.
+//! stderr; with `COFFER_TEST_REQUIRE_STACK=1` their absence fails it. A test holds the stack's
+//! shared lock while it uses the bucket, so a test that stops Garage nodes (which takes the
+//! lock exclusively) never runs beside it.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use object_store::path::Path;
@@ -18,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::TestAppBuilder;
+use super::stack::{self, Stack};
 
 /// Where the test bucket is.
 #[derive(Debug, Clone)]
@@ -32,11 +35,50 @@ pub struct S3Env {
     pub access_key_id: String,
     /// Secret access key.
     pub secret_access_key: String,
+    /// The stack, held (its shared lock) while the test uses the bucket; `None` where the
+    /// caller holds it, or no stack directory is named.
+    held: Option<Arc<Stack>>,
 }
 
 impl S3Env {
+    /// The bucket of a stack the caller holds.
+    pub fn of(stack: &Stack) -> Self {
+        Self {
+            endpoint: stack.s3_endpoint.clone(),
+            region: stack.s3_region.clone(),
+            bucket: stack.s3_bucket.clone(),
+            access_key_id: stack.s3_access_key_id.clone(),
+            secret_access_key: stack.s3_secret_access_key.clone(),
+            held: None,
+        }
+    }
+
+    /// This bucket, with the stack held until the last clone is dropped.
+    fn holding(self, stack: Stack) -> Self {
+        Self {
+            held: Some(Arc::new(stack)),
+            ..self
+        }
+    }
+
+    /// A store at `endpoint` that no request reaches (nothing listens there).
+    pub fn unreachable(endpoint: String) -> Self {
+        Self {
+            endpoint,
+            region: "garage".into(),
+            bucket: "coffer".into(),
+            access_key_id: "GK0000000000000000000000".into(),
+            secret_access_key: "0".repeat(64),
+            held: None,
+        }
+    }
+
     /// The bucket for test `test`, or `None` after the skip note.
     pub fn require(test: &str) -> Option<Self> {
+        if std::env::var_os(stack::STACK_DIR).is_some() {
+            let stack = stack::require(test)?;
+            return Some(Self::of(&stack).holding(stack));
+        }
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
         let env = (|| {
             Some(Self {
@@ -45,6 +87,7 @@ impl S3Env {
                 bucket: var("COFFER_TEST_S3_BUCKET")?,
                 access_key_id: var("COFFER_TEST_S3_ACCESS_KEY_ID")?,
                 secret_access_key: var("COFFER_TEST_S3_SECRET_ACCESS_KEY")?,
+                held: None,
             })
         })();
         if env.is_none() {
