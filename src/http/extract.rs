@@ -43,8 +43,9 @@ impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> FromRequest<S> for App
     }
 }
 
-/// An optional JSON body: a request with no body and no `Content-Type` is `None`; anything
-/// else is held to [`AppJson`]'s rules.
+/// An optional JSON body: a request with no body and no `Content-Type` is `None`, and so is a
+/// JSON `null` (the document describes an optional body as nullable); anything else is held
+/// to [`AppJson`]'s rules.
 impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> axum::extract::OptionalFromRequest<S>
     for AppJson<T>
 {
@@ -67,6 +68,9 @@ impl<T: DeserializeOwned + PartialSchema, S: Send + Sync> axum::extract::Optiona
             return Err(AppError::UnsupportedMediaType(
                 "the body must be application/json".into(),
             ));
+        }
+        if bytes.trim_ascii() == b"null" {
+            return Ok(None);
         }
         parse(&bytes).map(|v| Some(Self(v)))
     }

@@ -221,6 +221,12 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
         "maximum",
         json!(config.links.max_expires_secs),
     );
+    set(
+        doc,
+        "/components/schemas/ViewUrlRequest/properties/expires_in",
+        "maximum",
+        json!(config.links.max_view_secs),
+    );
     let form = "/components/schemas/UploadForm";
     set(
         doc,

@@ -216,6 +216,10 @@ async fn bytes_are_binary_and_enforced_constraints_are_stated() {
     );
     let link = &schemas["CreateLinkRequest"]["properties"];
     assert_eq!(link["expires_in"]["maximum"], 7200);
+    assert_eq!(
+        schemas["ViewUrlRequest"]["properties"]["expires_in"]["maximum"],
+        3600
+    );
     assert_eq!(link["max_downloads"]["maximum"], 4_294_967_295_u64);
     let key = &schemas["CreateKeyRequest"]["properties"]["name"];
     assert_eq!(

@@ -40,6 +40,7 @@ const DEFAULT_VIEW_SECS: u64 = 300;
 pub(crate) struct ViewUrlRequest {
     /// Lifetime in seconds, 1 to `links.max_view_secs` (default 3600); default 300.
     #[schema(minimum = 1, example = 300)]
+    #[serde(default, deserialize_with = "crate::http::extract::json_int::optional")]
     expires_in: Option<i64>,
 }
 
