@@ -274,8 +274,11 @@ async fn a_large_upload_streams_in_bounded_memory() {
         .parse()
         .unwrap();
     eprintln!("peak RSS after a 1 GiB upload: {hwm_kib} KiB");
+    // Memory must not follow the file's size. This is a debug build: the release figure (the
+    // bench's, 48 MiB budget) was 25 MiB, while a debug server in CI, with the suite running
+    // beside it, peaked at 48.0 MiB once. 64 MiB leaves room for that, still far below 1 GiB.
     assert!(
-        hwm_kib < 48 * 1024,
+        hwm_kib < 64 * 1024,
         "peak RSS {hwm_kib} KiB for a {size}-byte upload"
     );
     // And it downloads back byte for byte.
