@@ -8,9 +8,11 @@
 //! shared lock while it uses the bucket, so a test that stops Garage nodes (which takes the
 //! lock exclusively) never runs beside it.
 
+#[path = "../../shared/s3_uploads.rs"]
+mod s3_uploads;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
@@ -151,32 +153,15 @@ impl S3Env {
     /// Keys of unfinished multipart uploads under `prefix` (ListMultipartUploads through
     /// curl's SigV4: object_store does not offer it); `None` without curl.
     pub fn multipart_uploads(&self, prefix: &str) -> Option<Vec<String>> {
-        let url = format!(
-            "{}/{}?prefix={}&uploads=",
-            self.endpoint.trim_end_matches('/'),
-            self.bucket,
-            prefix.replace('/', "%2F")
-        );
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "--aws-sigv4"])
-            .arg(format!("aws:amz:{}:s3", self.region))
-            .arg("--user")
-            .arg(format!("{}:{}", self.access_key_id, self.secret_access_key))
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(url)
-            .output()
-            .ok()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let xml = String::from_utf8(out.stdout).unwrap();
-        Some(
-            xml.split("<Key>")
-                .skip(1)
-                .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_owned()))
-                .collect(),
+        s3_uploads::multipart_uploads(
+            &s3_uploads::Bucket {
+                endpoint: &self.endpoint,
+                bucket: &self.bucket,
+                region: &self.region,
+                access_key_id: &self.access_key_id,
+                secret_access_key: &self.secret_access_key,
+            },
+            prefix,
         )
     }
 }
