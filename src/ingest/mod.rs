@@ -234,6 +234,15 @@ impl Ingest {
     {
         stage(self, up, body).await
     }
+
+    /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
+    /// before a byte of any body is read.
+    pub(crate) fn admit_name(&self, raw: &str) -> Result<String, IngestError> {
+        let name = filename::sanitize(raw);
+        self.policy
+            .rule_for(filename::extension(&name).as_deref())?;
+        Ok(name)
+    }
 }
 
 async fn stage<S>(state: &Ingest, up: Upload, body: S) -> Result<Staged, IngestError>

@@ -197,6 +197,24 @@ async fn multipart_needs_exactly_one_named_file_part() {
 }
 
 #[tokio::test]
+async fn a_query_filename_beside_multipart_is_still_checked() {
+    let app = TestApp::spawn().await;
+    let u = app.user("both").await;
+    let with_query = |q: &str| {
+        app.post(&format!("/api/v1/files?filename={q}"))
+            .as_user(&u)
+            .multipart(file_form("a.png", png(10)))
+    };
+    // The part names the file; the parameter beside it must still be a name the server takes.
+    with_query("").problem(400).await;
+    with_query("no-extension%13").problem(415).await;
+    with_query("a.exe").problem(415).await;
+    assert!(app.blob_files().is_empty());
+    let f = with_query("other.png").expect(201).await;
+    assert_eq!(f["filename"], "a.png");
+}
+
+#[tokio::test]
 async fn fifty_concurrent_uploads_all_succeed() {
     let app = TestApp::spawn().await;
     let u = app.user("busy").await;

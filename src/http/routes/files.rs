@@ -111,6 +111,14 @@ async fn upload_file(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let staged = if content_type.to_ascii_lowercase().starts_with("multipart/") {
+        // The part names the file; a `?filename=` sent beside it must still be a name the
+        // server would take, so that a malformed parameter is never silently accepted.
+        if let Some(name) = &q.filename {
+            if name.is_empty() {
+                return Err(AppError::BadRequest("?filename= is empty".into()));
+            }
+            state.ingest.admit_name(name)?;
+        }
         stage_multipart(&state, up, content_type, body).await?
     } else {
         stage_raw(&state, up, q.filename, body).await?
