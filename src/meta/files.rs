@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::blocking;
 use crate::crypto::Sealing;
 use crate::crypto::read::Source;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
 
@@ -41,6 +41,8 @@ pub struct FileObject {
     /// configured or the file was stored unscanned (too large to scan, or the scanner down
     /// with `scan.fail_open`).
     pub scanned_at: Option<Timestamp>,
+    /// The upload grant it was uploaded with; null when its owner uploaded it.
+    pub grant_id: Option<GrantId>,
 }
 
 /// A file row with what serving it needs.

@@ -477,6 +477,53 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX view_uses_expiry ON view_uses (expires_at);
         "#,
     },
+    // v8: upload grants (API.md "Upload grants"): found by the SHA-256 of their token, never
+    // the token. `uses` counts uploads started and not failed: a use is taken in the
+    // transaction that reserves the upload's quota (the reservation names its grant) and given
+    // back in the one that releases it, so a crashed node's uses come back with its swept
+    // reservations. Revoking deletes the row; files keep the id they were uploaded with.
+    Migration {
+        sqlite: r#"
+        CREATE TABLE upload_grants (
+            id              TEXT PRIMARY KEY,
+            user_id         TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            token_hash      BLOB NOT NULL UNIQUE,
+            created_at      INTEGER NOT NULL,
+            expires_at      INTEGER NOT NULL,
+            max_bytes       INTEGER NOT NULL CHECK (max_bytes >= 1),
+            extensions      TEXT NOT NULL,
+            max_uploads     INTEGER NOT NULL CHECK (max_uploads >= 1),
+            uses            INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0),
+            file_expires_in INTEGER,
+            sha256          TEXT
+        ) STRICT;
+        CREATE INDEX upload_grants_by_user ON upload_grants (user_id, created_at);
+        CREATE INDEX upload_grants_by_expiry ON upload_grants (expires_at);
+        ALTER TABLE files ADD COLUMN grant_id TEXT;
+        CREATE INDEX files_by_grant ON files (grant_id) WHERE grant_id IS NOT NULL;
+        ALTER TABLE upload_reservations ADD COLUMN grant_id TEXT;
+        "#,
+        postgres: r#"
+        CREATE TABLE upload_grants (
+            id              UUID PRIMARY KEY,
+            user_id         UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            token_hash      BYTEA NOT NULL UNIQUE,
+            created_at      BIGINT NOT NULL,
+            expires_at      BIGINT NOT NULL,
+            max_bytes       BIGINT NOT NULL CHECK (max_bytes >= 1),
+            extensions      TEXT NOT NULL,
+            max_uploads     BIGINT NOT NULL CHECK (max_uploads >= 1),
+            uses            BIGINT NOT NULL DEFAULT 0 CHECK (uses >= 0),
+            file_expires_in BIGINT,
+            sha256          TEXT
+        );
+        CREATE INDEX upload_grants_by_user ON upload_grants (user_id, created_at);
+        CREATE INDEX upload_grants_by_expiry ON upload_grants (expires_at);
+        ALTER TABLE files ADD COLUMN grant_id UUID;
+        CREATE INDEX files_by_grant ON files (grant_id) WHERE grant_id IS NOT NULL;
+        ALTER TABLE upload_reservations ADD COLUMN grant_id UUID;
+        "#,
+    },
 ];
 
 /// The version this binary writes.

@@ -25,6 +25,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod error;
 pub mod files;
+pub mod grants;
 pub mod leases;
 pub mod links;
 pub mod maintenance;
@@ -49,6 +50,7 @@ pub use page::Page;
 use api_keys::ApiKeys;
 use audit::Audit;
 use files::Files;
+use grants::Grants;
 use leases::Leases;
 use links::Links;
 use maintenance::{Cluster, Maintenance};
@@ -68,6 +70,7 @@ pub trait Engine:
     + Files
     + Links
     + Views
+    + Grants
     + Audit
     + Uploads
     + Leases
@@ -84,6 +87,7 @@ impl<
         + Files
         + Links
         + Views
+        + Grants
         + Audit
         + Uploads
         + Leases
@@ -137,6 +141,11 @@ impl MetaStore {
 
     /// First uses of view URLs.
     pub fn views(&self) -> &dyn Views {
+        &*self.0
+    }
+
+    /// Upload grants.
+    pub fn grants(&self) -> &dyn Grants {
         &*self.0
     }
 

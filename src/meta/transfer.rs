@@ -117,6 +117,22 @@ pub const TABLES: &[Table] = &[
             ("expires_at", Int),
         ],
     },
+    Table {
+        name: "upload_grants",
+        columns: &[
+            ("id", Uuid),
+            ("user_id", Uuid),
+            ("token_hash", Bytes),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("max_bytes", Int),
+            ("extensions", Text),
+            ("max_uploads", Int),
+            ("uses", Int),
+            ("file_expires_in", Int),
+            ("sha256", Text),
+        ],
+    },
     FILES,
     Table {
         name: "links",
@@ -185,6 +201,7 @@ pub const FILES: Table = Table {
         ("enc_key_id", Text),
         ("enc_wrapped_key", Bytes),
         ("scanned_at", Int),
+        ("grant_id", Uuid),
     ],
 };
 

@@ -21,7 +21,7 @@ use crate::meta::page::Page;
 macro_rules! columns {
     () => {
         "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, \
-         enc_key_id, enc_wrapped_key, scanned_at"
+         enc_key_id, enc_wrapped_key, scanned_at, grant_id"
     };
 }
 
@@ -44,6 +44,7 @@ pub(super) fn row_at(r: &Row, at: usize) -> PgResult<StoredFile> {
             created_at: r.try_get(at + 5)?,
             expires_at: r.try_get(at + 6)?,
             scanned_at: r.try_get(at + 11)?,
+            grant_id: r.try_get(at + 12)?,
         },
         owner_id: r.try_get(at + 7)?,
         blob_key: r.try_get(at + 8)?,
@@ -78,8 +79,9 @@ pub async fn insert(c: &impl GenericClient, f: &StoredFile) -> PgResult<Inserted
                  SELECT id FROM users WHERE id = $2 AND password_hash <> $12
                  FOR NO KEY UPDATE)
              INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
-                                expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at)
-             SELECT $1, owner.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13 FROM owner",
+                                expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at,
+                                grant_id)
+             SELECT $1, owner.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14 FROM owner",
         )
         .await?;
     let n = c
@@ -99,6 +101,7 @@ pub async fn insert(c: &impl GenericClient, f: &StoredFile) -> PgResult<Inserted
                 &wrapped,
                 &LOCKED,
                 &f.file.scanned_at,
+                &f.file.grant_id,
             ],
         )
         .await?;

@@ -63,7 +63,7 @@ pub async fn resolve(
             "SELECT l.id, l.expires_at, l.max_downloads, l.downloads,
                     f.id, f.filename, f.size, f.content_type, f.sha256, f.created_at,
                     f.expires_at, f.owner_id, f.blob_key, f.enc_key_id, f.enc_wrapped_key,
-                    f.scanned_at
+                    f.scanned_at, f.grant_id
              FROM links l JOIN files f ON f.id = l.file_id
              WHERE l.token_hash = $1",
         )

@@ -11,7 +11,7 @@ use crate::meta::error::MetaError;
 use crate::meta::files::{AfterRead, FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
 
-const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key, scanned_at";
+const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key, scanned_at, grant_id";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     let size: i64 = r.get(2)?;
@@ -27,6 +27,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
             created_at: r.get(5)?,
             expires_at: r.get(6)?,
             scanned_at: r.get(11)?,
+            grant_id: r.get(12)?,
         },
         owner_id: r.get(7)?,
         blob_key: r.get(8)?,
@@ -49,8 +50,9 @@ pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
     let n = c
         .prepare_cached(
             "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
-                            expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?13
+                            expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at,
+                            grant_id)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?13, ?14
          WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash != ?12)",
         )?
         .execute(params![
@@ -67,6 +69,7 @@ pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
             wrapped,
             LOCKED,
             f.file.scanned_at,
+            f.file.grant_id,
         ])?;
     Ok(if n == 1 {
         Inserted::Inserted

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod audit;
 mod conn;
 pub mod files;
+pub mod grants;
 mod leases;
 pub mod links;
 pub mod sessions;
