@@ -52,6 +52,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Share links.
     pub links: LinksConfig,
+    /// Upload grants.
+    pub grants: GrantsConfig,
     /// File expiry and the background sweeper.
     pub retention: RetentionConfig,
     /// The audit trail.
@@ -430,6 +432,14 @@ pub struct LinksConfig {
     pub max_view_secs: u64,
 }
 
+/// `[grants]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Longest lifetime of an upload grant.
+    pub max_expires_secs: u64,
+}
+
 /// `[retention]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,7 +602,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 28] = [
+        let minimums: [(&str, u64, u64); 29] = [
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -669,6 +679,7 @@ impl Config {
             ),
             ("links.max_expires_secs", self.links.max_expires_secs, 1),
             ("links.max_view_secs", self.links.max_view_secs, 1),
+            ("grants.max_expires_secs", self.grants.max_expires_secs, 1),
             (
                 "retention.max_expires_secs",
                 self.retention.max_expires_secs,

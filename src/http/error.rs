@@ -99,6 +99,9 @@ pub(crate) enum AppError {
     /// The virus scanner found a signature in an upload; its name.
     #[error("infected: {0}")]
     Infected(String),
+    /// An upload made with a grant that names its sha256 hashed to something else.
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
     /// The virus scanner gave no verdict (unreachable, erroring, too slow): nothing stored.
     #[error("the virus scanner is unavailable")]
     ScannerUnavailable,
@@ -136,7 +139,10 @@ pub(crate) enum AppError {
 
 /// The one answer to a credential that is missing a piece, malformed, unknown, expired or
 /// revoked, whatever the cause.
-const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+pub(crate) const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+
+/// The one answer to an upload grant that is unknown, revoked, expired or used up.
+pub(crate) const BAD_GRANT: &str = "the upload grant is unknown, revoked, expired or used up";
 
 /// Shorthand for handler results.
 pub(crate) type AppResult<T> = Result<T, AppError>;
@@ -158,7 +164,7 @@ impl AppError {
             Self::Gone(_) => StatusCode::GONE,
             Self::PayloadTooLarge { .. } | Self::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) | Self::Polyglot(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Infected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Infected(_) | Self::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ScannerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -176,6 +182,7 @@ impl AppError {
             Self::QuotaExceeded => "quota-exceeded",
             Self::Polyglot(_) => "polyglot",
             Self::Infected(_) => "infected",
+            Self::ChecksumMismatch => "checksum-mismatch",
             Self::Validation(_) => "validation-failed",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::Integrity => "integrity-error",
@@ -197,6 +204,9 @@ impl AppError {
             }
             Self::ScannerUnavailable => {
                 "the virus scanner did not answer; nothing was stored, retry later".into()
+            }
+            Self::ChecksumMismatch => {
+                "the upload does not hash to the grant's sha256; nothing was stored".into()
             }
             Self::PayloadTooLarge { limit: 0 } => "the body is too large".into(),
             Self::PayloadTooLarge { limit } => {
@@ -461,6 +471,8 @@ impl From<crate::ingest::IngestError> for AppError {
                 Self::ScannerUnavailable
             }
             IngestError::Quota => Self::QuotaExceeded,
+            IngestError::GrantRefused => Self::Unauthorized(BAD_GRANT),
+            IngestError::ChecksumMismatch => Self::ChecksumMismatch,
             IngestError::BadBody(d) => Self::BadRequest(d.into()),
             IngestError::ClientAborted => Self::BadRequest("the upload body was cut off".into()),
             IngestError::Idle => Self::RequestTimeout,

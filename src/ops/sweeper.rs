@@ -30,6 +30,8 @@ pub const LEASE: &str = "sweeper";
 const BATCH: usize = 256;
 /// Expired links are kept this long so clients get 410 rather than 404.
 const LINK_GRACE_SECS: u64 = 7 * 86_400;
+/// How long an expired upload grant stays listed before it is forgotten: 7 days.
+const GRANT_GRACE_SECS: i64 = 7 * 86_400;
 
 /// What the sweeper works on, and how often.
 #[derive(Clone)]
@@ -128,6 +130,10 @@ impl Sweeper {
         let mut pruned = meta.sessions().prune(now).await?;
         pruned += meta.links().prune_expired(link_cutoff).await?;
         pruned += meta.views().prune_views(now).await?;
+        // Expired grants stay listed (with their files) for a while, for the backend that
+        // minted them.
+        let grant_cutoff = Timestamp(now.0.saturating_sub(GRANT_GRACE_SECS * 1_000_000));
+        pruned += meta.grants().prune_grants(grant_cutoff).await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

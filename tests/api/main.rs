@@ -18,6 +18,7 @@ mod content_safety;
 mod crash;
 mod download;
 mod encryption;
+mod grants;
 mod health;
 mod links;
 mod login;

@@ -23,14 +23,15 @@ export function problemDetail(xhr) {
 }
 
 /**
- * An Uppy that uploads to coffer with a bearer token from `getToken()` (or an upload grant's
- * URL as `endpoint`, once grants exist).
+ * An Uppy that uploads to coffer with a bearer token from `getToken()`, or with only an
+ * upload grant from `getGrant()` (minted by the app's backend with its API key: the page
+ * never holds a user's token or the backend's key).
  */
-export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, onAttempt = () => {} }) {
+export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, getGrant, onAttempt = () => {} }) {
   return new Uppy().use(XHRUpload, {
     endpoint: `${api}/api/v1/files`,
     fieldName: 'file',
-    headers: () => ({ Authorization: `Bearer ${getToken()}` }),
+    headers: () => (getGrant ? { 'Upload-Grant': getGrant() } : { Authorization: `Bearer ${getToken()}` }),
     limit: 4,
     shouldRetry: retriable,
     onBeforeRequest: (xhr, retryCount) => onAttempt(retryCount),

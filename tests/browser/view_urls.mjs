@@ -4,6 +4,8 @@
 //   COFFER_API=http://127.0.0.1:<port>   the server (CORS allows the page origin, and
 //                                        serving.frame_ancestors lists it)
 //   COFFER_TOKEN=<access token>          a user's bearer token
+//   COFFER_API_KEY=<API key>             the same user's API key (the app's backend, which
+//                                        mints upload grants for the page)
 //   PAGE_PORT, OTHER_PORT                two free loopback ports: the page's origin (allowed)
 //                                        and another origin (neither CORS nor framing)
 //   CHROMIUM=/usr/bin/chromium           the browser
@@ -19,6 +21,7 @@ import { chromium } from 'playwright-core';
 
 const API = process.env.COFFER_API;
 const TOKEN = process.env.COFFER_TOKEN;
+const API_KEY = process.env.COFFER_API_KEY;
 const PAGE = `http://127.0.0.1:${process.env.PAGE_PORT}`;
 const OTHER = `http://127.0.0.1:${process.env.OTHER_PORT}`;
 const SHOTS = process.env.SHOTS;
@@ -338,6 +341,7 @@ async function run(context) {
   await alone.close();
 
   await uppyRecipe(page);
+  await uppyWithGrant(page);
 
   // Revocation: the next request through any earlier view URL is a 401. (The browser turns a
   // 401 problem+json answer to an <img> into a network error (ORB), so the status is read
@@ -393,6 +397,44 @@ async function uppyRecipe(page) {
   check("Uppy shows coffer's problem detail", r.failed.length === 1 && r.failed[0][1] === r.detail && r.errors[0] === r.detail && /not accepted/.test(r.detail), JSON.stringify(r));
   check('Uppy does not retry a refusal (one 415 from Uppy, one from the direct call)', refused === 2, `${refused}`);
   check('Uppy retries a network failure', JSON.stringify(r.attempts) === '[0,1,2,3]' && r.offline === 1, JSON.stringify(r.attempts));
+}
+
+/// The recipe with only an upload grant: the backend (this script, with its API key) mints
+/// it, the page uploads with it through Uppy, and the backend then lists the grant's files.
+async function uppyWithGrant(page) {
+  const minted = await fetch(`${API}/api/v1/upload-grants`, {
+    method: 'POST',
+    headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ max_uploads: 2, extensions: ['txt', 'png'], expires_in: 300 }),
+  });
+  const grant = await minted.json();
+  check('the backend mints a grant with its API key', minted.status === 201 && grant.token.startsWith('cgr_'), JSON.stringify(grant));
+  const r = await page.evaluate(async ({ API, GRANT }) => {
+    const { Uppy, XHRUpload } = await import('/uppy.min.mjs');
+    const { cofferUppy } = await import('/uppy_recipe.mjs');
+    const uppy = cofferUppy({ Uppy, XHRUpload }, { api: API, getGrant: () => GRANT });
+    const errors = [];
+    uppy.on('upload-error', (file, error) => errors.push(error.message));
+    uppy.addFile({ name: 'one.txt', type: 'text/plain', data: new Blob(['granted one']) });
+    uppy.addFile({ name: 'two.txt', type: 'text/plain', data: new Blob(['granted two']) });
+    const first = await uppy.upload();
+    // Used up now: a third file is refused, with coffer's words.
+    uppy.addFile({ name: 'three.txt', type: 'text/plain', data: new Blob(['one too many']) });
+    const third = await uppy.upload();
+    // The grant is no credential for anything else.
+    const list = await fetch(`${API}/api/v1/files`, { headers: { 'Upload-Grant': GRANT } });
+    return {
+      ok: first.successful.map((f) => [f.name, f.response.status, f.response.body.id, f.response.body.grant_id]),
+      failed: third.failed.map((f) => f.name),
+      errors, listStatus: list.status,
+    };
+  }, { API, GRANT: grant.token });
+  const ids = r.ok.map((f) => f[2]).sort();
+  check('Uppy uploads with only a grant', r.ok.length === 2 && r.ok.every((f) => f[1] === 201 && f[3] === grant.id), JSON.stringify(r));
+  check('a used-up grant is refused, in coffer\'s words', r.failed.length === 1 && /grant/.test(r.errors[0] || ''), JSON.stringify(r));
+  check('a grant cannot list files', r.listStatus === 401, `${r.listStatus}`);
+  const detail = await (await fetch(`${API}/api/v1/upload-grants/${grant.id}`, { headers: { 'X-API-Key': API_KEY } })).json();
+  check("the backend lists the grant's files", detail.uses === 2 && JSON.stringify([...detail.file_ids].sort()) === JSON.stringify(ids), JSON.stringify(detail));
 }
 
 /// Answers of the upload route with this status so far (the server's metrics).

@@ -23,6 +23,7 @@ use crate::auth::principal::Principal;
 use crate::crypto::read;
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Uploader;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::http::routes::views;
@@ -86,25 +87,31 @@ pub(crate) struct UploadQuery {
         (status = 503, description = "The virus scanner gave no verdict; nothing stored (`Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn upload_file(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    uploader: Uploader,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
+    // A grant's retention is the grant's; otherwise the client's `expires_in`.
+    let expires_at = match uploader.grant.as_ref().and_then(|g| g.file_expires_in) {
+        Some(secs) => Some(Timestamp::now().plus_secs(secs)),
+        None => retention(&state, q.expires_in.as_deref())?,
+    };
     let up = Upload {
-        owner: principal.user_id,
+        owner: uploader.owner,
         client_ip: ip,
         raw_name: String::new(),
-        expires_at: retention(&state, q.expires_in.as_deref())?,
+        expires_at,
         length_hint: headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok()),
         exact_length: false,
+        grant: uploader.grant,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -146,7 +153,7 @@ async fn stage_raw(
     let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
         AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
     })?;
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     if up.length_hint.is_some_and(|n| n > limit) {
         return Err(AppError::PayloadTooLarge { limit });
     }
@@ -173,7 +180,7 @@ async fn stage_multipart(
     content_type: &str,
     body: Body,
 ) -> AppResult<ingest::Staged> {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     if up
         .length_hint
         .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
@@ -207,7 +214,7 @@ async fn receive_multipart(
     boundary: String,
     body: Body,
 ) -> Result<ingest::Staged, IngestError> {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     // The idle timeout covers every part, not only the file.
     let body = IdleTimeout::new(body.into_data_stream(), idle(state));
     // Only part bodies stream: the preamble and part headers are held until they end.

@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod files;
+pub(crate) mod grants;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
