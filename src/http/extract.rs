@@ -282,10 +282,23 @@ pub(crate) struct Uploader {
     pub(crate) grant: Option<Grant>,
 }
 
-/// The `?grant=` of a query string (other parameters are the route's business).
-#[derive(serde::Deserialize)]
-struct GrantQuery {
-    grant: Option<String>,
+/// The `grant` parameters of a query string (other parameters are the route's business),
+/// decoded as a form does. Every one counts, however it is spelled or encoded, so that a
+/// query the route's own parser would refuse can never hide a grant.
+fn grants_in_query(query: Option<&str>) -> Vec<String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key) == "grant").then(|| decode(value))
+        })
+        .collect()
 }
 
 impl FromRequestParts<AppState> for Uploader {
@@ -299,10 +312,11 @@ impl FromRequestParts<AppState> for Uploader {
             return Ok(u.clone());
         }
         let in_header = parts.headers.get(&UPLOAD_GRANT);
-        let in_query = axum::extract::Query::<GrantQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|q| q.0.grant);
-        let token = match (in_header, in_query) {
+        let mut in_query = grants_in_query(parts.uri.query());
+        if in_query.len() > 1 {
+            return Err(AuthError::TwoCredentials.into());
+        }
+        let token = match (in_header, in_query.pop()) {
             (None, None) => {
                 let p = Principal::from_request_parts(parts, state).await?;
                 return Ok(Self {

@@ -73,6 +73,7 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             header::AUTHORIZATION,
             header::COOKIE,
             HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("upload-grant"),
         ]))
         .layer(from_fn(request_id::layer))
         .layer(from_fn_with_state(state.clone(), client_ip::layer))

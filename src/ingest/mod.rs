@@ -212,6 +212,8 @@ struct Outcome {
     audit: AuditLog,
     owner: UserId,
     ip: IpAddr,
+    /// The upload grant it was made with.
+    grant: Option<crate::ids::GrantId>,
     bytes: u64,
     reason: Option<&'static str>,
     /// The signature clamd named.
@@ -233,6 +235,7 @@ impl Drop for Outcome {
             None => Record::new(Event::FileUploadRejected).detail(serde_json::json!({
                 "reason": reason,
                 "bytes_received": self.bytes,
+                "grant_id": self.grant,
             })),
         };
         self.audit.record(record.actor(self.owner).ip(self.ip));
@@ -287,6 +290,7 @@ where
         audit: state.audit.clone(),
         owner: up.owner,
         ip: up.client_ip,
+        grant: up.grant.as_ref().map(|g| g.id),
         bytes: 0,
         reason: None,
         signature: None,
@@ -746,6 +750,14 @@ impl Pipeline {
 }
 
 impl Staged {
+    /// Give the upload up (the request failed after its file was received): its staged blob
+    /// is dropped, its quota and any grant use released before the caller answers, and the
+    /// refusal audited with `e`'s reason.
+    pub(crate) async fn abort(mut self, e: &IngestError) {
+        self.outcome.reason = Some(e.reason());
+        self.reservation.release().await;
+    }
+
     /// Make the upload visible: blob into place (durably), then the row. Runs to completion
     /// even if the client goes away, so it never stops between the two steps.
     pub(crate) async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
@@ -790,6 +802,8 @@ impl Staged {
                 tracing::warn!(error = %de, "cannot delete the blob of a failed upload");
             }
             self.outcome.reason = Some(e.reason());
+            // Usually ended by the commit's own transaction already; not when it failed.
+            self.reservation.release().await;
             return Err(e);
         }
         self.reservation.settle();

@@ -136,32 +136,41 @@ impl Quota {
         blob_key: &BlobKey,
         grant: Option<GrantId>,
     ) -> Result<Reservation, QuotaError> {
-        let granted = self
-            .meta
-            .uploads()
-            .reserve(NewReservation {
-                id,
-                owner: user,
-                want,
-                exact,
-                quota: self.limit,
-                blob_key: blob_key.as_str().to_owned(),
-                node: self.meta.node().to_owned(),
-                grant,
-                now: Timestamp::now(),
-            })
-            .await?;
-        match granted {
-            Reserved::Granted(bytes) => Ok(Reservation {
-                id,
-                bytes,
-                meta: self.meta.clone(),
-                touch_every: self.touch_every,
-                touched: Instant::now(),
-                settled: false,
-            }),
-            Reserved::Exceeded => Err(QuotaError::Exceeded),
-            Reserved::GrantRefused => Err(QuotaError::GrantRefused),
-        }
+        // In a task of its own, run to completion: if the caller goes away after the database
+        // granted the reservation, the guard is still made (and dropped), releasing it.
+        let meta = self.meta.clone();
+        let touch_every = self.touch_every;
+        let limit = self.limit;
+        let blob_key = blob_key.as_str().to_owned();
+        tokio::spawn(async move {
+            let granted = meta
+                .uploads()
+                .reserve(NewReservation {
+                    id,
+                    owner: user,
+                    want,
+                    exact,
+                    quota: limit,
+                    node: meta.node().to_owned(),
+                    blob_key,
+                    grant,
+                    now: Timestamp::now(),
+                })
+                .await?;
+            match granted {
+                Reserved::Granted(bytes) => Ok(Reservation {
+                    id,
+                    bytes,
+                    meta,
+                    touch_every,
+                    touched: Instant::now(),
+                    settled: false,
+                }),
+                Reserved::Exceeded => Err(QuotaError::Exceeded),
+                Reserved::GrantRefused => Err(QuotaError::GrantRefused),
+            }
+        })
+        .await
+        .map_err(|e| QuotaError::Meta(MetaError::Unavailable(format!("reservation task: {e}"))))?
     }
 }

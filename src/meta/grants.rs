@@ -23,14 +23,18 @@ pub struct Grant {
     /// When uploads can no longer start with it.
     pub expires_at: Timestamp,
     /// The largest file it lets through, in bytes.
+    #[schema(minimum = 1)]
     pub max_bytes: u64,
     /// The extensions it allows (lowercase, without the dot).
     pub extensions: Vec<String>,
     /// How many uploads it allows.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_uploads: u32,
     /// Uploads started with it and not failed (finished, or still under way).
     pub uses: u32,
-    /// The retention of the files uploaded with it, in seconds; null = kept.
+    /// The retention of the files uploaded with it, in seconds; null = the service's
+    /// (`retention.default_ttl_secs`).
+    #[schema(minimum = 1)]
     pub file_expires_in: Option<u64>,
     /// The lowercase hex SHA-256 the (single) upload must have; null = any content.
     pub sha256: Option<String>,

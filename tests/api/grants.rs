@@ -224,6 +224,20 @@ async fn a_grant_is_no_credential_outside_the_upload_routes() {
         .send()
         .await;
     assert_problem(r, 401, "unauthorized").await;
+    // However the query spells it, a grant is a grant: beside a token, or twice, refused.
+    for query in [
+        format!("filename=x.png&grant={t}&grant={t}"),
+        format!("filename=x.png&gr%61nt={t}"),
+        format!("filename=x.png&grant={t}&grant="),
+    ] {
+        let r = app
+            .post(&format!("/api/v1/files?{query}"))
+            .as_user(&u)
+            .body(png(100))
+            .send()
+            .await;
+        assert_eq!(r.status(), 401, "{query}");
+    }
     // Unknown and malformed tokens.
     for bad in [
         "cgr_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
@@ -267,6 +281,32 @@ async fn limits_hold_and_a_failed_upload_gives_its_use_back() {
     // Content that is not what its name says.
     let r = upload(&app, t, "fake.png", jpeg(500)).await;
     assert_problem(r, 415, "unsupported-media-type").await;
+    // The browser does not choose the retention: the grant does.
+    let r = app
+        .post("/api/v1/files?filename=short.png&expires_in=1")
+        .header("upload-grant", t)
+        .body(png(100))
+        .send()
+        .await;
+    let p = assert_problem(r, 422, "validation-failed").await;
+    assert_eq!(p["errors"][0]["field"], "expires_in", "{p}");
+    // A form refused after its file part gives the use back before the answer: the very
+    // next upload may take it.
+    let two_files = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png(500)).file_name("one.png"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png(500)).file_name("two.png"),
+        );
+    app.post("/api/v1/files")
+        .header("upload-grant", t)
+        .multipart(two_files)
+        .problem(400)
+        .await;
+    assert_eq!(grant_of(&app, &u, gid).await["uses"], 0);
     // An aborted body gives its use back too.
     let (tx, req) = held_upload(&app, t, "cut.png");
     tx.send(png(9_000)[..3_000].to_vec()).await.unwrap();

@@ -96,9 +96,16 @@ async fn upload_file(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    // A grant's retention is the grant's; otherwise the client's `expires_in`.
-    let expires_at = match uploader.grant.as_ref().and_then(|g| g.file_expires_in) {
-        Some(secs) => Some(Timestamp::now().plus_secs(secs)),
+    // With a grant the backend that minted it decides the retention (its `file_expires_in`,
+    // else the service's default), never the browser holding it.
+    let expires_at = match &uploader.grant {
+        Some(_) if q.expires_in.is_some() => {
+            return Err(AppError::field(
+                "expires_in",
+                "is set by the upload grant (file_expires_in), not by its holder",
+            ));
+        }
+        Some(g) => retention_of_grant(&state, g.file_expires_in),
         None => retention(&state, q.expires_in.as_deref())?,
     };
     let up = Upload {
@@ -245,15 +252,27 @@ async fn receive_multipart(
         .ingest
         .stage(up, Box::pin(field.map_err(failed)))
         .await?;
-    while let Some(next) = form.next_field().await.map_err(failed)? {
-        if next.name() == Some("file") {
-            return Err(IngestError::BadBody(
-                "send exactly one part named file".into(),
-            ));
+    // The parts after the file: a failure there ends the staged upload before the answer
+    // (its quota and any grant use released, its reason audited).
+    let rest = async {
+        while let Some(next) = form.next_field().await.map_err(failed)? {
+            if next.name() == Some("file") {
+                return Err(IngestError::BadBody(
+                    "send exactly one part named file".into(),
+                ));
+            }
+            drain(next, limit).await?;
         }
-        drain(next, limit).await?;
+        Ok(())
     }
-    Ok(staged)
+    .await;
+    match rest {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            staged.abort(&e).await;
+            Err(e)
+        }
+    }
 }
 
 /// The sizes multer holds a form to while parsing it: the whole form, the file part, each
@@ -291,6 +310,15 @@ fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
 }
 
 /// `?expires_in=` -> an expiry, or the deployment default.
+/// When a file uploaded with a grant expires: the grant's `file_expires_in`, else the
+/// service's default retention.
+fn retention_of_grant(state: &AppState, file_expires_in: Option<u64>) -> Option<Timestamp> {
+    let default = state.config.retention.default_ttl_secs;
+    file_expires_in
+        .or((default > 0).then_some(default))
+        .map(|s| Timestamp::now().plus_secs(s))
+}
+
 fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Timestamp>> {
     let cfg = &state.config.retention;
     let secs = match expires_in {

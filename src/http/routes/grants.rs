@@ -223,7 +223,7 @@ async fn create_grant(
     let (token, token_hash) = grant::new_token();
     let grant = Grant {
         id: GrantId::new(),
-        expires_at: Timestamp::from_unix_secs(now.unix_secs()).plus_secs(terms.expires_in),
+        expires_at: now.plus_secs(terms.expires_in),
         max_bytes: terms.max_bytes,
         extensions: terms.extensions,
         max_uploads: terms.max_uploads,

@@ -48,10 +48,14 @@ fn grant(r: &Row) -> PgResult<Grant> {
 async fn insert(c: &impl GenericClient, g: &NewGrant) -> PgResult<bool> {
     let st = c
         .prepare_cached(
-            "INSERT INTO upload_grants (id, user_id, token_hash, created_at, expires_at,
+            // The owner's row locked as a file insert locks it: ordered against the account's
+            // lock for deletion on every node (before it, or refused after it).
+            "WITH owner AS (
+                 SELECT id FROM users WHERE id = $2 AND password_hash <> $11
+                 FOR NO KEY UPDATE)
+             INSERT INTO upload_grants (id, user_id, token_hash, created_at, expires_at,
                  max_bytes, extensions, max_uploads, uses, file_expires_in, sha256)
-             SELECT $1, id, $3, $4, $5, $6, $7, $8, 0, $9, $10
-             FROM users WHERE id = $2 AND password_hash <> $11",
+             SELECT $1, owner.id, $3, $4, $5, $6, $7, $8, 0, $9, $10 FROM owner",
         )
         .await?;
     let n = c
@@ -165,11 +169,12 @@ pub async fn give_back(c: &impl GenericClient, id: GrantId) -> PgResult<()> {
     Ok(())
 }
 
-/// Whether the grant still exists (was not revoked). `FOR SHARE`: a revocation waits for the
-/// commit that checked it, or the commit sees it gone.
+/// Whether the grant still exists (was not revoked). `FOR KEY SHARE`: a revocation waits for
+/// the commit that checked it, or the commit sees it gone; uses taken meanwhile by other
+/// uploads (which update no key) do not wait.
 pub async fn exists(c: &impl GenericClient, id: GrantId) -> PgResult<bool> {
     let st = c
-        .prepare_cached("SELECT 1 FROM upload_grants WHERE id = $1 FOR SHARE")
+        .prepare_cached("SELECT 1 FROM upload_grants WHERE id = $1 FOR KEY SHARE")
         .await?;
     Ok(c.query_opt(&st, &[&id]).await?.is_some())
 }
