@@ -232,7 +232,22 @@ impl Ingest {
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        stage(self, up, body).await
+        stage(self, up, None, body).await
+    }
+
+    /// [`Ingest::stage`] for an upload whose id and quota were settled beforehand (a
+    /// resumable upload: its id is announced at creation, its whole length reserved then).
+    pub(crate) async fn stage_reserved<S>(
+        &self,
+        up: Upload,
+        id: FileId,
+        reservation: Reservation,
+        body: S,
+    ) -> Result<Staged, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        stage(self, up, Some((id, reservation)), body).await
     }
 
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
@@ -245,7 +260,12 @@ impl Ingest {
     }
 }
 
-async fn stage<S>(state: &Ingest, up: Upload, body: S) -> Result<Staged, IngestError>
+async fn stage<S>(
+    state: &Ingest,
+    up: Upload,
+    pre: Option<(FileId, Reservation)>,
+    body: S,
+) -> Result<Staged, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
@@ -258,7 +278,7 @@ where
         signature: None,
         done: false,
     };
-    match receive(state, &up, body, &mut outcome).await {
+    match receive(state, &up, pre, body, &mut outcome).await {
         Ok(Received {
             writer,
             stored,
@@ -292,6 +312,7 @@ struct Received {
 async fn receive<S>(
     state: &Ingest,
     up: &Upload,
+    pre: Option<(FileId, Reservation)>,
     mut body: S,
     outcome: &mut Outcome,
 ) -> Result<Received, IngestError>
@@ -307,13 +328,20 @@ where
 
     // The id and blob key first: the reservation names them, so a sweeper can clean up after
     // this node if it dies mid-upload.
-    let id = FileId::new();
+    let (id, mut reservation) = match pre {
+        Some(pre) => pre,
+        None => {
+            let id = FileId::new();
+            let key = BlobKey::for_file(id, state.keyring.enabled());
+            let want = up.length_hint.unwrap_or(limit).min(limit);
+            let reservation = state
+                .quota
+                .reserve(UploadId::new(), up.owner, want, up.exact_length, &key)
+                .await?;
+            (id, reservation)
+        }
+    };
     let key = BlobKey::for_file(id, state.keyring.enabled());
-    let want = up.length_hint.unwrap_or(limit).min(limit);
-    let mut reservation = state
-        .quota
-        .reserve(UploadId::new(), up.owner, want, up.exact_length, &key)
-        .await?;
     // The most this upload may hold: the size limit, or less when the quota leaves less.
     let cap = reservation.bytes().min(limit);
     let over = |n: u64| {

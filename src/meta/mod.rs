@@ -2,7 +2,7 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`],
+//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`], [`resumable::Resumables`],
 //! [`leases::Leases`], [`maintenance::Maintenance`],
 //! [`transfer::Transfer`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
@@ -31,6 +31,7 @@ pub mod maintenance;
 pub mod migrations;
 pub mod page;
 pub mod postgres;
+pub mod resumable;
 pub mod revocations;
 pub mod sessions;
 pub mod sqlite;
@@ -52,6 +53,7 @@ use files::Files;
 use leases::Leases;
 use links::Links;
 use maintenance::{Cluster, Maintenance};
+use resumable::Resumables;
 use revocations::RevocationSink;
 use sessions::Sessions;
 use throttle::LoginThrottles;
@@ -70,6 +72,7 @@ pub trait Engine:
     + Views
     + Audit
     + Uploads
+    + Resumables
     + Leases
     + Maintenance
     + Cluster
@@ -86,6 +89,7 @@ impl<
         + Views
         + Audit
         + Uploads
+        + Resumables
         + Leases
         + Maintenance
         + Cluster
@@ -147,6 +151,11 @@ impl MetaStore {
 
     /// Quota reservations of uploads in flight.
     pub fn uploads(&self) -> &dyn Uploads {
+        &*self.0
+    }
+
+    /// Unfinished resumable (tus) uploads and their staged chunks.
+    pub fn resumables(&self) -> &dyn Resumables {
         &*self.0
     }
 

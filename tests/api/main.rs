@@ -35,6 +35,7 @@ mod readme;
 mod refresh_grace;
 mod registration;
 mod repo;
+mod resumable;
 mod retention;
 mod s3;
 mod scan;

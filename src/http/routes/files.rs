@@ -284,7 +284,10 @@ fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
 }
 
 /// `?expires_in=` -> an expiry, or the deployment default.
-fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Timestamp>> {
+pub(crate) fn retention(
+    state: &AppState,
+    expires_in: Option<&str>,
+) -> AppResult<Option<Timestamp>> {
     let cfg = &state.config.retention;
     let secs = match expires_in {
         None => (cfg.default_ttl_secs > 0).then_some(cfg.default_ttl_secs),

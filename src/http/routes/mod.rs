@@ -8,4 +8,5 @@ pub(crate) mod files;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
+pub(crate) mod uploads;
 pub(crate) mod views;

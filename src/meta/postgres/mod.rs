@@ -24,6 +24,7 @@ pub mod files;
 mod leases;
 pub mod links;
 mod listener;
+pub mod resumable;
 pub mod sessions;
 mod throttle;
 mod tls;

@@ -16,6 +16,7 @@ mod conn;
 pub mod files;
 mod leases;
 pub mod links;
+pub mod resumable;
 pub mod sessions;
 pub mod snapshot;
 pub mod transfer;
