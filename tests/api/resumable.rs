@@ -6,6 +6,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt as _;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
 
@@ -65,7 +66,8 @@ async fn patch(
     extra: &[(&str, &str)],
 ) -> reqwest::Response {
     let off = offset.to_string();
-    // An answer given before the body is read closes the connection (API.md): never reuse it.
+    // A fresh connection each time: an answer given before the body is read may close one
+    // (API.md), and the client must not race that by reusing it.
     let mut h = vec![
         TUS,
         ("connection", "close"),
@@ -139,7 +141,7 @@ async fn protocol(app: &TestApp) {
     )
     .await;
     // A wrong offset (409), a missing one (400), a wrong type (415), no Tus-Resumable (412).
-    problem(patch(app, &u, &loc, 5, b.to_vec(), &[]).await, 409).await;
+    problem(patch(app, &u, &loc, 5, Vec::new(), &[]).await, 409).await;
     let r = app
         .request(Method::PATCH, &loc)
         .as_user(&u)
@@ -148,7 +150,6 @@ async fn protocol(app: &TestApp) {
             ("connection", "close"),
             ("content-type", "application/offset+octet-stream"),
         ])
-        .body(b.to_vec())
         .send()
         .await;
     problem(r, 400).await;
@@ -158,10 +159,10 @@ async fn protocol(app: &TestApp) {
             .as_user(&u)
             .headers(&[
                 TUS,
+                ("connection", "close"),
                 ("upload-offset", garbage),
                 ("content-type", "application/offset+octet-stream"),
             ])
-            .body(b.to_vec())
             .send()
             .await;
         assert_eq!(r.status(), 400, "offset {garbage:?}");
@@ -171,10 +172,10 @@ async fn protocol(app: &TestApp) {
         .as_user(&u)
         .headers(&[
             TUS,
+            ("connection", "close"),
             ("upload-offset", "100000"),
             ("content-type", "application/octet-stream"),
         ])
-        .body(b.to_vec())
         .send()
         .await;
     problem(r, 415).await;
@@ -182,10 +183,10 @@ async fn protocol(app: &TestApp) {
         .request(Method::PATCH, &loc)
         .as_user(&u)
         .headers(&[
+            ("connection", "close"),
             ("upload-offset", "100000"),
             ("content-type", "application/offset+octet-stream"),
         ])
-        .body(b.to_vec())
         .send()
         .await;
     assert_eq!(r.status(), 412);
@@ -219,11 +220,25 @@ async fn protocol(app: &TestApp) {
     )
     .await;
     assert_eq!(offset_of(app, &u, &loc).await.1, "100000");
-    // A body that would pass the length: 413, offset unchanged.
+    // A body that would pass the length: 413, offset unchanged. Streamed without a length, so
+    // the server finds out at its last byte (a declared one is refused before the body).
     let mut long = b.to_vec();
     long.extend_from_slice(c);
-    long.extend_from_slice(b"x");
-    problem(patch(app, &u, &loc, 100_000, long, &[]).await, 413).await;
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(long), Ok(b"x".to_vec())];
+    let r = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "100000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await;
+    problem(r, 413).await;
     assert_eq!(offset_of(app, &u, &loc).await.1, "100000");
     // X-HTTP-Method-Override: a POST that is a PATCH.
     let sha = STANDARD.encode(Sha256::digest(b));
@@ -557,35 +572,132 @@ fn tus() -> (&'static str, String) {
 }
 
 #[tokio::test]
-async fn the_pending_limit_is_429_and_leaks_nothing() {
+async fn four_thousand_creations_keep_twenty_pending_and_leak_nothing() {
     let app = TestApp::builder()
-        .env("COFFER_UPLOADS__MAX_PENDING_PER_USER", "5")
+        .env("COFFER_RATE_LIMIT__REQUESTS_PER_SECOND", "100000")
+        .env("COFFER_RATE_LIMIT__BURST", "100000")
         .spawn()
         .await;
     let u = app.user("hoarder").await;
-    let mut locs = Vec::new();
-    for i in 0..5 {
-        locs.push(created(&app, &u, &format!("p{i}.png"), 1000).await);
-    }
-    for _ in 0..20 {
-        let r = create(&app, &u, "more.png", 1000).await;
-        assert_eq!(r.status(), 429);
-        assert!(r.headers().get("retry-after").is_none());
-    }
-    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 5);
-    assert_eq!(reserved(&app).await, 5000);
-    // Another user is not affected; finishing one frees a slot.
+    // 4,000 creations, 16 at a time: exactly the default 20 get 201, the rest 429 without
+    // Retry-After (not a rate), and nothing else is held.
+    let statuses: Vec<(u16, bool, String)> = futures_util::stream::iter(0..4000)
+        .map(|i| {
+            let (app, u) = (&app, &u);
+            async move {
+                let r = create(app, u, &format!("p{i}.png"), 1000).await;
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry, header(&r, "location"))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let created: Vec<&String> = statuses
+        .iter()
+        .filter(|s| s.0 == 201)
+        .map(|s| &s.2)
+        .collect();
+    assert_eq!(created.len(), 20);
+    assert!(statuses.iter().all(|s| s.0 == 201 || (s.0 == 429 && !s.1)));
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 20);
+    assert_eq!(reserved(&app).await, 20_000);
+    // Another user is not affected; terminating one frees a slot.
     let v = app.user("neighbour").await;
-    created(&app, &v, "mine.png", 1000).await;
+    created_loc(&app, &v).await;
     assert_eq!(
-        app.delete(&locs[0])
+        app.delete(created[0])
             .as_user(&u)
             .headers(&[TUS])
             .status()
             .await,
         204
     );
-    created(&app, &u, "again.png", 1000).await;
+    created_loc(&app, &u).await;
+    assert_eq!(create(&app, &u, "over.png", 1000).await.status(), 429);
+    assert_eq!(reserved(&app).await, 21_000);
+}
+
+async fn created_loc(app: &TestApp, u: &TestUser) -> String {
+    created(app, u, "slot.png", 1000).await
+}
+
+#[tokio::test]
+async fn cors_lets_a_page_on_an_allowed_origin_speak_tus() {
+    let origin = "http://app.example.test";
+    let app = TestApp::builder()
+        .env("COFFER_CORS__ALLOWED_ORIGINS", origin)
+        .spawn()
+        .await;
+    let u = app.user("pagey").await;
+    let r = app
+        .request(Method::OPTIONS, "/api/v1/uploads/00000000-0000-4000-8000-000000000000")
+        .headers(&[
+            ("origin", origin),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "tus-resumable,upload-offset,upload-checksum,content-type,x-http-method-override,upload-grant"),
+        ])
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "access-control-allow-origin"), origin);
+    let methods = header(&r, "access-control-allow-methods").to_ascii_lowercase();
+    assert!(
+        methods.contains("patch") && methods.contains("options"),
+        "{methods}"
+    );
+    let allowed = header(&r, "access-control-allow-headers").to_ascii_lowercase();
+    for h in [
+        "tus-resumable",
+        "upload-length",
+        "upload-metadata",
+        "upload-offset",
+        "upload-checksum",
+        "upload-concat",
+        "upload-defer-length",
+        "x-http-method-override",
+        "upload-grant",
+    ] {
+        assert!(allowed.contains(h), "{h} not in {allowed}");
+    }
+    // A real request from the page reads the tus headers.
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("origin", origin),
+            ("upload-length", "5"),
+            ("upload-metadata", &meta("a.txt")),
+        ])
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let exposed = header(&r, "access-control-expose-headers").to_ascii_lowercase();
+    for h in [
+        "upload-offset",
+        "upload-length",
+        "upload-metadata",
+        "upload-expires",
+        "tus-resumable",
+        "tus-version",
+        "tus-extension",
+        "tus-max-size",
+        "location",
+        "coffer-file-id",
+    ] {
+        assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+    // Another origin gets no CORS headers.
+    let r = app
+        .request(Method::OPTIONS, "/api/v1/uploads")
+        .headers(&[
+            ("origin", "http://evil.test"),
+            ("access-control-request-method", "POST"),
+        ])
+        .send()
+        .await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
@@ -750,15 +862,18 @@ async fn kill_9_mid_patch_then_resume_gives_the_exact_file() {
     assert_eq!(status, 200);
     let off: u64 = off.parse().unwrap();
     assert!((1_000_000..=1_500_000).contains(&off), "{off}");
-    // The lock of the dead PATCH expires (a lease); resume from the reported offset.
-    let mut r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
+    // The lock of the dead PATCH expires (a lease): probe with empty PATCHes (423 until then),
+    // then resume from the reported offset.
+    let mut probe = patch(&app, &u, &loc, off, Vec::new(), &[]).await.status();
     for _ in 0..30 {
-        if r.status() != 423 {
+        if probe != 423 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
+        probe = patch(&app, &u, &loc, off, Vec::new(), &[]).await.status();
     }
+    assert_eq!(probe, 204);
+    let r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
     assert_eq!(r.status(), 204);
     let fid = header(&r, "coffer-file-id");
     let f = app
