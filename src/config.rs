@@ -300,6 +300,10 @@ pub struct UploadsConfig {
     pub max_image_pixels: u64,
     /// Refuse images and PDFs that are also ZIP archives or carry markup near an end.
     pub reject_polyglots: bool,
+    /// Unfinished resumable (tus) uploads one user may have at once (429 beyond).
+    pub max_pending_per_user: u64,
+    /// An unfinished resumable upload expires this long after its last PATCH (or creation).
+    pub resumable_ttl_secs: u64,
 }
 
 impl UploadsConfig {
@@ -602,7 +606,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 29] = [
+        let minimums: [(&str, u64, u64); 31] = [
+            (
+                "uploads.max_pending_per_user",
+                self.uploads.max_pending_per_user,
+                1,
+            ),
+            (
+                "uploads.resumable_ttl_secs",
+                self.uploads.resumable_ttl_secs,
+                60,
+            ),
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",

@@ -32,6 +32,7 @@ pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod ops;
 pub(crate) mod removal;
+pub(crate) mod resumable;
 pub mod secrets;
 pub(crate) mod state;
 pub(crate) mod telemetry;

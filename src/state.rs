@@ -35,6 +35,7 @@ use crate::limits::RateLimits;
 use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use crate::ops::recovery;
+use crate::resumable::Resumable;
 use crate::secrets::{S3Credentials, SecretKey};
 
 /// The SQLite database's file name inside the storage root.
@@ -78,6 +79,8 @@ pub struct AppInner {
     pub audit: AuditLog,
     /// The upload pipeline (policy, quota, sealing, commit).
     pub ingest: Ingest,
+    /// Resumable (tus) uploads, committed through `ingest`.
+    pub(crate) resumable: Resumable,
     /// Encryption-at-rest master keys.
     pub keyring: Arc<Keyring>,
     /// Prometheus counters (recorded by the HTTP layer).
@@ -154,6 +157,29 @@ impl AppState {
         // Every revocation, made here or on another node, reaches the cache (PostgreSQL: this
         // starts the node's listener; the cache serves nothing until it listens).
         meta.subscribe_revocations(principals.clone());
+        let ingest = Ingest {
+            max_upload_bytes: config.limits.max_upload_bytes,
+            policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
+            quota: Arc::new(Quota::new(
+                config.limits.user_quota_bytes,
+                meta.clone(),
+                config.uploads.touch_every(),
+            )),
+            blobs: blobs.clone(),
+            meta: meta.clone(),
+            keyring: keyring.clone(),
+            audit: audit.clone(),
+            safety: Safety::new(&config.scan, &config.uploads),
+        };
+        let resumable = Resumable {
+            ingest: ingest.clone(),
+            meta: meta.clone(),
+            blobs: blobs.clone(),
+            keyring: keyring.clone(),
+            ttl: std::time::Duration::from_secs(config.uploads.resumable_ttl_secs),
+            max_pending: config.uploads.max_pending_per_user,
+            idle: std::time::Duration::from_secs(config.limits.upload_idle_timeout_secs),
+        };
         let state = Self(Arc::new(AppInner {
             credentials: Credentials {
                 tokens: tokens.clone(),
@@ -176,20 +202,8 @@ impl AppState {
             principals,
             views: ViewKeys::new(&secrets.secret_key),
             limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
-            ingest: Ingest {
-                max_upload_bytes: config.limits.max_upload_bytes,
-                policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
-                quota: Arc::new(Quota::new(
-                    config.limits.user_quota_bytes,
-                    meta.clone(),
-                    config.uploads.touch_every(),
-                )),
-                blobs: blobs.clone(),
-                meta: meta.clone(),
-                keyring: keyring.clone(),
-                audit: audit.clone(),
-                safety: Safety::new(&config.scan, &config.uploads),
-            },
+            ingest,
+            resumable,
             keyring,
             metrics: Metrics::default(),
             openapi: OnceLock::new(),

@@ -10,7 +10,7 @@
 use crate::auth::{AuthError, random_token, token_hash};
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
-use crate::meta::grants::GrantMatch;
+use crate::meta::grants::{Grant, GrantMatch};
 
 /// What every grant token starts with, so that leaked ones can be recognised (and scanned
 /// for) as what they are.
@@ -25,17 +25,23 @@ pub(crate) fn new_token() -> (String, [u8; 32]) {
     (token, hash)
 }
 
-/// The live grant behind a token (not expired, not used up, its owner not being deleted);
-/// [`AuthError::Invalid`] whatever is wrong with it.
+/// The grant behind a token, its owner not being deleted (expired or used up too: see
+/// [`may_start`]); [`AuthError::Invalid`] whatever is wrong with it.
 pub(crate) async fn resolve(meta: &MetaStore, token: &str) -> Result<GrantMatch, AuthError> {
     let token = token.trim();
     if !token.starts_with(PREFIX) || token.len() > MAX_TOKEN_CHARS {
         return Err(AuthError::Invalid);
     }
     meta.grants()
-        .find_grant(token_hash(token), Timestamp::now())
+        .find_grant(token_hash(token))
         .await?
         .ok_or(AuthError::Invalid)
+}
+
+/// Whether a grant may start an upload now: not expired, not used up. (An upload it started
+/// before may be continued either way; the reservation checks this again, atomically.)
+pub(crate) fn may_start(grant: &Grant, now: Timestamp) -> bool {
+    grant.expires_at > now && grant.uses < grant.max_uploads
 }
 
 #[cfg(test)]

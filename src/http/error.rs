@@ -126,6 +126,18 @@ pub(crate) enum AppError {
     /// The storage volume is full.
     #[error("insufficient storage")]
     InsufficientStorage,
+    /// A tus request without `Tus-Resumable: 1.0.0` (412).
+    #[error("unsupported tus version")]
+    TusVersion,
+    /// Another request is writing to this resumable upload (423).
+    #[error("locked")]
+    Locked,
+    /// A tus body does not match its `Upload-Checksum` (460).
+    #[error("checksum mismatch")]
+    TusChecksumMismatch,
+    /// Too many unfinished resumable uploads (429, not a rate: no `Retry-After`).
+    #[error("too many pending uploads")]
+    TooManyPending,
     /// A dependency (database, storage) is not usable right now.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
@@ -171,6 +183,12 @@ impl AppError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Self::TusVersion => StatusCode::PRECONDITION_FAILED,
+            Self::Locked => StatusCode::LOCKED,
+            Self::TusChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Self::TooManyPending => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Integrity | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -182,9 +200,10 @@ impl AppError {
             Self::QuotaExceeded => "quota-exceeded",
             Self::Polyglot(_) => "polyglot",
             Self::Infected(_) => "infected",
-            Self::ChecksumMismatch => "checksum-mismatch",
+            Self::ChecksumMismatch | Self::TusChecksumMismatch => "checksum-mismatch",
             Self::Validation(_) => "validation-failed",
             Self::TooManyRequests { .. } => "rate-limited",
+            Self::TooManyPending => "too-many-pending-uploads",
             Self::Integrity => "integrity-error",
             Self::Internal(_) => "internal-error",
             other => code_for_status(other.status()),
@@ -222,6 +241,14 @@ impl AppError {
                 format!("too many requests; retry in {retry_after_secs} s").into()
             }
             Self::InsufficientStorage => "the storage volume is full".into(),
+            Self::TusVersion => "send Tus-Resumable: 1.0.0 (the version this server speaks)".into(),
+            Self::Locked => "another request is writing to this upload; retry later".into(),
+            Self::TusChecksumMismatch => {
+                "the body does not match Upload-Checksum; none of its bytes were kept".into()
+            }
+            Self::TooManyPending => {
+                "too many unfinished uploads; finish or delete one first".into()
+            }
             Self::Integrity => {
                 "the stored file failed its integrity check and cannot be served".into()
             }
@@ -242,11 +269,13 @@ pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
         409 => "conflict",
         410 => "gone",
         411 => "length-required",
+        412 => "precondition-failed",
         413 => "payload-too-large",
         414 => "uri-too-long",
         415 => "unsupported-media-type",
         416 => "range-not-satisfiable",
         422 => "validation-failed",
+        423 => "locked",
         429 => "rate-limited",
         431 => "request-header-fields-too-large",
         503 => "service-unavailable",

@@ -282,6 +282,20 @@ pub(crate) struct Uploader {
     pub(crate) grant: Option<Grant>,
 }
 
+impl Uploader {
+    /// Whether this caller may start an upload: any principal; a grant only while it is
+    /// neither expired nor used up (401 otherwise). Continuing an upload it started needs
+    /// no such check.
+    pub(crate) fn require_start(&self) -> Result<(), AppError> {
+        match &self.grant {
+            Some(g) if !grant::may_start(g, crate::ids::Timestamp::now()) => {
+                Err(AppError::Unauthorized(crate::http::error::BAD_GRANT))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The `grant` parameters of a query string (other parameters are the route's business),
 /// decoded as a form does. Every one counts, however it is spelled or encoded, so that a
 /// query the route's own parser would refuse can never hide a grant.

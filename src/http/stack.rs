@@ -29,7 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::http::middleware::client_ip::{self, ClientIp};
 use crate::http::middleware::{cors, headers, metrics, rate_limit, request_id};
 use crate::http::openapi;
-use crate::http::routes::{admin, auth, files, grants, health, keys, links, views};
+use crate::http::routes::{admin, auth, files, grants, health, keys, links, uploads, views};
 use crate::state::AppState;
 
 /// Build the application router and its OpenAPI document.
@@ -59,7 +59,8 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         );
     let streaming_routes = OpenApiRouter::new()
         .merge(files::streaming_router())
-        .merge(links::streaming_router());
+        .merge(links::streaming_router())
+        .merge(uploads::router());
 
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(json_routes)
@@ -95,11 +96,20 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         // CORS answers preflights itself, so they are counted before it; every other request
         // after it, so a 429 still carries the CORS headers a browser needs to read it.
         .layer(from_fn_with_state(state.clone(), rate_limit::preflights))
+        .layer(from_fn_with_state(
+            state.clone(),
+            uploads::options_before_cors,
+        ))
         .layer(from_fn(cors::tidy))
         .layer(cors::layer(&state.config.cors))
         .layer(from_fn_with_state(state.clone(), rate_limit::global));
 
     let router = router.fallback(fallback).layer(stack).with_state(state);
+    // Before routing (a layer on the router runs after it picked the method's handler):
+    // `X-HTTP-Method-Override` on the tus routes.
+    let router = Router::new()
+        .fallback_service(router)
+        .layer(from_fn(uploads::method_override));
     (router, doc)
 }
 

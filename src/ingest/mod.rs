@@ -258,7 +258,22 @@ impl Ingest {
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        stage(self, up, body).await
+        stage(self, up, None, body).await
+    }
+
+    /// [`Ingest::stage`] for an upload whose id and quota were settled beforehand (a
+    /// resumable upload: its id is announced at creation, its whole length reserved then).
+    pub(crate) async fn stage_reserved<S>(
+        &self,
+        up: Upload,
+        id: FileId,
+        reservation: Reservation,
+        body: S,
+    ) -> Result<Staged, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        stage(self, up, Some((id, reservation)), body).await
     }
 
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
@@ -269,7 +284,11 @@ impl Ingest {
 
     /// The sanitized name and the rule for its extension, which must be allowed, and among
     /// `grant`'s extensions when there is one (415 otherwise).
-    fn admit(&self, raw: &str, grant: Option<&Grant>) -> Result<(String, Rule), IngestError> {
+    pub(crate) fn admit(
+        &self,
+        raw: &str,
+        grant: Option<&Grant>,
+    ) -> Result<(String, Rule), IngestError> {
         let name = filename::sanitize(raw);
         let ext = filename::extension(&name);
         let rule = self.policy.rule_for(ext.as_deref())?.clone();
@@ -282,7 +301,12 @@ impl Ingest {
     }
 }
 
-async fn stage<S>(state: &Ingest, up: Upload, body: S) -> Result<Staged, IngestError>
+async fn stage<S>(
+    state: &Ingest,
+    up: Upload,
+    pre: Option<(FileId, Reservation)>,
+    body: S,
+) -> Result<Staged, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
@@ -296,7 +320,7 @@ where
         signature: None,
         done: false,
     };
-    match receive(state, &up, body, &mut outcome).await {
+    match receive(state, &up, pre, body, &mut outcome).await {
         Ok(Received {
             writer,
             stored,
@@ -330,6 +354,7 @@ struct Received {
 async fn receive<S>(
     state: &Ingest,
     up: &Upload,
+    pre: Option<(FileId, Reservation)>,
     mut body: S,
     outcome: &mut Outcome,
 ) -> Result<Received, IngestError>
@@ -341,20 +366,27 @@ where
 
     // The id and blob key first: the reservation names them, so a sweeper can clean up after
     // this node if it dies mid-upload.
-    let id = FileId::new();
+    let (id, mut reservation) = match pre {
+        Some(pre) => pre,
+        None => {
+            let id = FileId::new();
+            let key = BlobKey::for_file(id, state.keyring.enabled());
+            let want = up.length_hint.unwrap_or(limit).min(limit);
+            let reservation = state
+                .quota
+                .reserve(
+                    UploadId::new(),
+                    up.owner,
+                    want,
+                    up.exact_length,
+                    &key,
+                    up.grant.as_ref().map(|g| g.id),
+                )
+                .await?;
+            (id, reservation)
+        }
+    };
     let key = BlobKey::for_file(id, state.keyring.enabled());
-    let want = up.length_hint.unwrap_or(limit).min(limit);
-    let mut reservation = state
-        .quota
-        .reserve(
-            UploadId::new(),
-            up.owner,
-            want,
-            up.exact_length,
-            &key,
-            up.grant.as_ref().map(|g| g.id),
-        )
-        .await?;
     // Everything after the reservation: on failure the reservation is released before the
     // answer goes out, so a single-use grant's use is back by the time the client retries.
     let filled = async {

@@ -123,6 +123,24 @@ impl Quota {
         }
     }
 
+    /// The guard of a reservation made earlier (by a resumable upload's creation, in the
+    /// transaction that inserted its row): released on drop unless committed, as any other.
+    pub fn adopt(&self, id: UploadId, bytes: u64) -> Reservation {
+        Reservation {
+            id,
+            bytes,
+            meta: self.meta.clone(),
+            touch_every: self.touch_every,
+            touched: Instant::now(),
+            settled: false,
+        }
+    }
+
+    /// The limit in bytes (0 = unlimited).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Reserve up to `want` bytes for the upload `id`, whose blob will be `blob_key`. With
     /// `exact`, anything less than `want` fails; otherwise (length unknown in advance) the
     /// reservation may be smaller, down to 1 byte. With `grant`, one of its uses is taken

@@ -68,13 +68,10 @@ pub trait Grants: Send + Sync {
     /// Insert, unless the owner is locked for deletion or gone (`false`).
     async fn insert_grant(&self, grant: NewGrant) -> Result<bool, MetaError>;
 
-    /// The grant behind a token hash while it can start an upload at `now`: not expired, not
-    /// used up, its owner not locked for deletion.
-    async fn find_grant(
-        &self,
-        token_hash: [u8; 32],
-        now: Timestamp,
-    ) -> Result<Option<GrantMatch>, MetaError>;
+    /// The grant behind a token hash, its owner not locked for deletion: expired or used up
+    /// too (an upload it started may still be continued; whether it may start one is the
+    /// caller's check, and the reservation's, atomically).
+    async fn find_grant(&self, token_hash: [u8; 32]) -> Result<Option<GrantMatch>, MetaError>;
 
     /// The owner's grants, newest first (expired ones until they are pruned).
     async fn list_grants(&self, owner: UserId) -> Result<Vec<Grant>, MetaError>;

@@ -524,6 +524,67 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE upload_reservations ADD COLUMN grant_id UUID;
         "#,
     },
+    // v9: resumable (tus) uploads: one row per unfinished upload (its id is the future file's),
+    // holding the durable offset and the lease of the PATCH writing to it; one row per staged
+    // chunk (a blob of its own, sealed with its own data key when encryption is on). The
+    // quota lives in `upload_reservations` under the same id. `grant_id` names the
+    // upload grant it was created with (every later request must present that grant).
+    Migration {
+        sqlite: r#"
+        CREATE TABLE resumable_uploads (
+            id           TEXT PRIMARY KEY,
+            owner_id     TEXT NOT NULL,
+            length       INTEGER NOT NULL CHECK (length >= 0),
+            upload_offset INTEGER NOT NULL CHECK (upload_offset >= 0),
+            metadata     TEXT NOT NULL,
+            filename     TEXT NOT NULL,
+            file_expires_at INTEGER,
+            created_at   INTEGER NOT NULL,
+            expires_at   INTEGER NOT NULL,
+            lock_holder  TEXT,
+            lock_until   INTEGER,
+            grant_id     TEXT
+        ) STRICT;
+        CREATE INDEX resumable_uploads_by_owner ON resumable_uploads (owner_id);
+        CREATE INDEX resumable_uploads_by_expiry ON resumable_uploads (expires_at);
+        CREATE TABLE resumable_chunks (
+            upload_id       TEXT NOT NULL,
+            start_offset    INTEGER NOT NULL,
+            length          INTEGER NOT NULL,
+            blob_key        TEXT NOT NULL UNIQUE,
+            enc_key_id      TEXT,
+            enc_wrapped_key BLOB,
+            PRIMARY KEY (upload_id, start_offset)
+        ) STRICT;
+        "#,
+        postgres: r#"
+        CREATE TABLE resumable_uploads (
+            id           UUID PRIMARY KEY,
+            owner_id     UUID NOT NULL,
+            length       BIGINT NOT NULL CHECK (length >= 0),
+            upload_offset BIGINT NOT NULL CHECK (upload_offset >= 0),
+            metadata     TEXT NOT NULL,
+            filename     TEXT NOT NULL,
+            file_expires_at BIGINT,
+            created_at   BIGINT NOT NULL,
+            expires_at   BIGINT NOT NULL,
+            lock_holder  TEXT,
+            lock_until   BIGINT,
+            grant_id     UUID
+        );
+        CREATE INDEX resumable_uploads_by_owner ON resumable_uploads (owner_id);
+        CREATE INDEX resumable_uploads_by_expiry ON resumable_uploads (expires_at);
+        CREATE TABLE resumable_chunks (
+            upload_id       UUID NOT NULL,
+            start_offset    BIGINT NOT NULL,
+            length          BIGINT NOT NULL,
+            blob_key        TEXT NOT NULL UNIQUE,
+            enc_key_id      TEXT,
+            enc_wrapped_key BYTEA,
+            PRIMARY KEY (upload_id, start_offset)
+        );
+        "#,
+    },
 ];
 
 /// The version this binary writes.

@@ -2,7 +2,7 @@
 //!
 //! The rest of the crate sees [`MetaStore`] and the interfaces it hands out, one per table or
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
-//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`],
+//! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`], [`resumable::Resumables`],
 //! [`leases::Leases`], [`maintenance::Maintenance`],
 //! [`transfer::Transfer`]). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
@@ -32,6 +32,7 @@ pub mod maintenance;
 pub mod migrations;
 pub mod page;
 pub mod postgres;
+pub mod resumable;
 pub mod revocations;
 pub mod sessions;
 pub mod sqlite;
@@ -54,6 +55,7 @@ use grants::Grants;
 use leases::Leases;
 use links::Links;
 use maintenance::{Cluster, Maintenance};
+use resumable::Resumables;
 use revocations::RevocationSink;
 use sessions::Sessions;
 use throttle::LoginThrottles;
@@ -73,6 +75,7 @@ pub trait Engine:
     + Grants
     + Audit
     + Uploads
+    + Resumables
     + Leases
     + Maintenance
     + Cluster
@@ -90,6 +93,7 @@ impl<
         + Grants
         + Audit
         + Uploads
+        + Resumables
         + Leases
         + Maintenance
         + Cluster
@@ -156,6 +160,11 @@ impl MetaStore {
 
     /// Quota reservations of uploads in flight.
     pub fn uploads(&self) -> &dyn Uploads {
+        &*self.0
+    }
+
+    /// Unfinished resumable (tus) uploads and their staged chunks.
+    pub fn resumables(&self) -> &dyn Resumables {
         &*self.0
     }
 

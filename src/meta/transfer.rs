@@ -7,7 +7,9 @@
 //! target's triggers count it as file rows arrive; [`Transfer::recount_usage`] settles it),
 //! the generated `password_cost` and its `password_costs` tally (triggers keep them),
 //! `blob_deletions` (the source's queue names the source's blobs, never copied), and what
-//! lives only while nodes run: reservations of uploads in flight, leases, login throttling
+//! lives only while nodes run: reservations of uploads in flight, unfinished resumable uploads
+//! (their staged chunks are the source's blobs, and their quota is such a reservation), leases,
+//! login throttling
 //! ([`LEFT_OUT`]). A test holds every column of the schema to one list or the other, so a
 //! migration that adds a column cannot be forgotten here.
 //!
@@ -179,6 +181,8 @@ pub const LEFT_OUT: &[&str] = &[
     "password_costs",
     "blob_deletions",
     "upload_reservations",
+    "resumable_uploads",
+    "resumable_chunks",
     "leases",
     "login_failures",
     "login_known",

@@ -144,6 +144,12 @@ pub async fn scan(
         }
     }
     report.deleting = queued;
+    // Staged chunks of unfinished resumable uploads are held by their rows.
+    for key in meta.resumables().staged_keys().await? {
+        if let Some(k) = BlobKey::parse(&key) {
+            on_disk.remove(&k);
+        }
+    }
     report.orphans = on_disk.into_values().collect();
     Ok(report)
 }

@@ -94,6 +94,11 @@ impl Sweeper {
             Ok(n) => tracing::info!(uploads = n, "cleaned up after abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "cannot clean up abandoned uploads yet"),
         }
+        match crate::resumable::sweep_expired(&self.meta, &self.blobs).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "removed expired resumable uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove expired resumable uploads yet"),
+        }
         let now = Timestamp::now();
         let mut removed = 0;
         loop {

@@ -4,7 +4,8 @@
 //! from view URLs with no preflight, frames a PDF from an allowed ancestor and is refused from
 //! another, shows a text file inline without running its script, counts preflights (cached),
 //! uploads with the README's Uppy recipe (coffer's problem detail shown, a refusal sent once,
-//! a network failure retried), and sees revocation turn the next request into a 401.
+//! a network failure retried) and its tus variant (Uppy's Tus plugin, 1 MiB chunks, the exact
+//! sha256), and sees revocation turn the next request into a 401.
 //!
 //! Skips, saying why, when chromium, node or `tests/browser/node_modules` is missing (run
 //! `npm ci` in `tests/browser`); fails instead under `COFFER_TEST_REQUIRE_STACK=1`, as CI
@@ -99,7 +100,7 @@ async fn a_page_on_another_origin_uses_view_urls_frames_pdfs_and_caches_prefligh
     );
     // Each check printed its line; none may be missing (a script that stopped early fails).
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 24, "{stdout}");
+    assert_eq!(passed, 25, "{stdout}");
     // Everything the page did, and no view token, reached the log.
     let logs = app.logs();
     assert!(!logs.contains("?view="), "a view URL in the log");

@@ -488,3 +488,168 @@ async fn minting_checks_every_field() {
     assert_eq!(g["max_uploads"], 1000);
     app.get(GRANTS).problem(401).await;
 }
+
+/// A tus request with the grant in `Upload-Grant`.
+fn tus_req(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    grant: &str,
+) -> crate::helpers::request::Req {
+    app.request(method, path)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-grant", grant)
+}
+
+/// `Upload-Metadata` naming the file.
+fn tus_meta(name: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "filename {}",
+        base64::engine::general_purpose::STANDARD.encode(name)
+    )
+}
+
+/// Create a tus upload of `len` bytes with a grant: the response.
+async fn tus_create(app: &TestApp, grant: &str, name: &str, len: usize) -> reqwest::Response {
+    tus_req(app, reqwest::Method::POST, "/api/v1/uploads", grant)
+        .header("upload-length", &len.to_string())
+        .header("upload-metadata", &tus_meta(name))
+        .send()
+        .await
+}
+
+/// PATCH `bytes` at `offset` with a grant: the status.
+async fn tus_patch(app: &TestApp, loc: &str, grant: &str, offset: usize, bytes: Vec<u8>) -> u16 {
+    tus_req(app, reqwest::Method::PATCH, loc, grant)
+        .header("upload-offset", &offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(bytes)
+        .status()
+        .await
+}
+
+#[tokio::test]
+async fn resumable_uploads_take_a_grant_and_answer_only_to_it() {
+    let app = TestApp::spawn().await;
+    let u = app.user("tusgrant").await;
+    let body = png(300_000);
+    let g = mint(
+        &app,
+        &u,
+        json!({ "max_uploads": 2, "max_bytes": 400_000, "extensions": ["png"], "sha256": null }),
+    )
+    .await;
+    let (t, gid) = (token(&g).to_owned(), id(&g).to_owned());
+
+    // Refused at creation: another extension, too long for the grant.
+    let r = tus_create(&app, &t, "a.jpg", 1_000).await;
+    assert_eq!(r.status(), 415);
+    let r = tus_create(&app, &t, "big.png", 400_001).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(grant_of(&app, &u, &gid).await["uses"], 0);
+
+    // Created with the grant: it takes a use; the owner's own token cannot see it, nor can
+    // a grant be used on an upload the owner made.
+    let r = tus_create(&app, &t, "photo.png", body.len()).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(grant_of(&app, &u, &gid).await["uses"], 1);
+    let by_owner = app
+        .head(&loc)
+        .as_user(&u)
+        .header("tus-resumable", "1.0.0")
+        .status()
+        .await;
+    assert_eq!(by_owner, 404);
+    assert_eq!(
+        tus_patch(&app, &loc, &t, 0, body[..150_000].to_vec()).await,
+        204
+    );
+    let head = tus_req(&app, reqwest::Method::HEAD, &loc, &t).send().await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["upload-offset"], "150000");
+    // The holder cannot choose the retention.
+    let r = tus_req(&app, reqwest::Method::POST, "/api/v1/uploads", &t)
+        .header("upload-length", "100")
+        .header(
+            "upload-metadata",
+            &format!("{},expires_in MQ==", tus_meta("x.png")),
+        )
+        .send()
+        .await;
+    assert_eq!(r.status(), 422);
+
+    // The grant is used up by the second creation; the first upload still finishes.
+    let second = tus_create(&app, &t, "second.png", 1_000).await;
+    assert_eq!(second.status(), 201);
+    let r = tus_create(&app, &t, "third.png", 1_000).await;
+    assert_eq!(r.status(), 401);
+    let last = tus_req(&app, reqwest::Method::PATCH, &loc, &t)
+        .header("upload-offset", "150000")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body[150_000..].to_vec())
+        .send()
+        .await;
+    assert_eq!(last.status(), 204);
+    let fid = last.headers()["coffer-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let f = app.file(&fid).as_user(&u).expect(200).await;
+    assert_eq!(f["grant_id"], g["id"]);
+    assert_eq!(f["sha256"], sha256_hex(&body));
+
+    // Revoking ends the other unfinished upload at once: its quota back, 401 to the grant.
+    let second_loc = second.headers()["location"].to_str().unwrap().to_owned();
+    let r = app
+        .delete(&format!("{GRANTS}/{gid}"))
+        .as_user(&u)
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(tus_patch(&app, &second_loc, &t, 0, png(1_000)).await, 401);
+    assert_eq!(
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads"),
+        0,
+        "the revoked grant's upload is gone"
+    );
+    assert_eq!(
+        app.sql_number("SELECT COUNT(*) FROM upload_reservations"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_resumable_upload_with_a_sha256_grant_is_checked_at_its_last_patch() {
+    let app = TestApp::spawn().await;
+    let u = app.user("tushash").await;
+    let want = png(50_000);
+    let g = mint(&app, &u, json!({ "sha256": sha256_hex(&want) })).await;
+    let t = token(&g).to_owned();
+    // A valid PNG, but not the one the grant names.
+    let wrong = png(49_999);
+    let r = tus_create(&app, &t, "x.png", wrong.len()).await;
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        tus_patch(&app, &loc, &t, 0, wrong[..20_000].to_vec()).await,
+        204
+    );
+    let last = tus_req(&app, reqwest::Method::PATCH, &loc, &t)
+        .header("upload-offset", "20000")
+        .header("content-type", "application/offset+octet-stream")
+        .body(wrong[20_000..].to_vec())
+        .send()
+        .await;
+    assert_problem(last, 422, "checksum-mismatch").await;
+    // Nothing stored; the staged chunks go right after the answer.
+    app.eventually("the staged chunks are deleted", || {
+        app.blob_files().is_empty()
+    })
+    .await;
+    // The use came back with the refusal: the right bytes go through.
+    let r = tus_create(&app, &t, "y.png", want.len()).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(tus_patch(&app, &loc, &t, 0, want).await, 204);
+}

@@ -36,6 +36,7 @@ mod readme;
 mod refresh_grace;
 mod registration;
 mod repo;
+mod resumable;
 mod retention;
 mod s3;
 mod scan;

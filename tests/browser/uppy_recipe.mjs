@@ -42,3 +42,22 @@ export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, getGrant, onAtt
     },
   });
 }
+
+/**
+ * An Uppy that uploads to coffer's resumable (tus) endpoint with a bearer token from
+ * `getToken()`: large files go in `chunkSize` pieces, and a dropped connection or a restarted
+ * server resumes from the bytes coffer holds. The finished file's id is the last segment of
+ * `file.response.uploadURL`.
+ */
+export function cofferTusUppy({ Uppy, Tus }, { api, getToken, chunkSize = 8 * 1024 * 1024 }) {
+  return new Uppy().use(Tus, {
+    endpoint: `${api}/api/v1/uploads`,
+    headers: () => ({ Authorization: `Bearer ${getToken()}` }),
+    chunkSize,
+    limit: 4,
+    // tus-js-client's default: retry a network failure, 409, 423, 429 and 5xx, never a refusal.
+    retryDelays: [0, 1000, 3000, 5000],
+    // Uppy's default fingerprint store would resume an upload of the same file by another user.
+    storeFingerprintForResuming: false,
+  });
+}

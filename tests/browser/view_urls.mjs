@@ -342,6 +342,7 @@ async function run(context) {
 
   await uppyRecipe(page);
   await uppyWithGrant(page);
+  await uppyTus(page);
 
   // Revocation: the next request through any earlier view URL is a 401. (The browser turns a
   // 401 problem+json answer to an <img> into a network error (ORB), so the status is read
@@ -435,6 +436,28 @@ async function uppyWithGrant(page) {
   check('a grant cannot list files', r.listStatus === 401, `${r.listStatus}`);
   const detail = await (await fetch(`${API}/api/v1/upload-grants/${grant.id}`, { headers: { 'X-API-Key': API_KEY } })).json();
   check("the backend lists the grant's files", detail.uses === 2 && JSON.stringify([...detail.file_ids].sort()) === JSON.stringify(ids), JSON.stringify(detail));
+}
+
+/// The README's tus variant: Uppy's Tus plugin uploads a multi-MiB file in chunks through
+/// CORS, and the stored file has the same sha256.
+async function uppyTus(page) {
+  const r = await page.evaluate(async ({ API, TOKEN }) => {
+    const { Uppy, Tus } = await import('/uppy.min.mjs');
+    const { cofferTusUppy } = await import('/uppy_recipe.mjs');
+    const uppy = cofferTusUppy({ Uppy, Tus }, { api: API, getToken: () => TOKEN, chunkSize: 1024 * 1024 });
+    const bytes = new Uint8Array(3 * 1024 * 1024 + 17);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = 97 + (i % 26);
+    const want = [...new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))]
+      .map((b) => b.toString(16).padStart(2, '0')).join('');
+    uppy.addFile({ name: 'letters.txt', type: 'text/plain', data: new Blob([bytes]) });
+    const result = await uppy.upload();
+    const done = result.successful.map((f) => f.response.uploadURL);
+    const id = done.length === 1 ? done[0].split('/').pop() : null;
+    const file = id ? await (await fetch(`${API}/api/v1/files/${id}`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json() : null;
+    return { done, failed: result.failed.map((f) => String(f.error)), want, file };
+  }, { API, TOKEN });
+  check('Uppy Tus (the recipe) uploads 3 MiB in 1 MiB chunks through CORS to the exact sha256',
+    r.file && r.file.sha256 === r.want && r.file.filename === 'letters.txt' && r.failed.length === 0, JSON.stringify(r));
 }
 
 /// Answers of the upload route with this status so far (the server's metrics).

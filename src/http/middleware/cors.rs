@@ -24,7 +24,15 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
     // Tokens ride in headers, never cookies, so credentials are never allowed.
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
+        // PATCH and OPTIONS, and the tus headers below, for resumable uploads (API.md).
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -33,6 +41,15 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             header::RANGE,
             header::IF_NONE_MATCH,
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("upload-metadata"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-checksum"),
+            HeaderName::from_static("upload-concat"),
+            HeaderName::from_static("upload-defer-length"),
+            HeaderName::from_static("x-http-method-override"),
+            HeaderName::from_static("upload-grant"),
         ])
         .expose_headers([
             header::LOCATION,
@@ -42,6 +59,15 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             header::CONTENT_LENGTH,
             header::RETRY_AFTER,
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("upload-metadata"),
+            HeaderName::from_static("upload-expires"),
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("tus-version"),
+            HeaderName::from_static("tus-extension"),
+            HeaderName::from_static("tus-max-size"),
+            HeaderName::from_static("coffer-file-id"),
         ])
         // Chromium caps this at 7200 s: a page then preflights each URL once in two hours.
         .max_age(Duration::from_secs(cfg.max_age_secs))

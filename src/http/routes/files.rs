@@ -96,6 +96,7 @@ async fn upload_file(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
+    uploader.require_start()?;
     // With a grant the backend that minted it decides the retention (its `file_expires_in`,
     // else the service's default), never the browser holding it.
     let expires_at = match &uploader.grant {
@@ -312,14 +313,20 @@ fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
 /// `?expires_in=` -> an expiry, or the deployment default.
 /// When a file uploaded with a grant expires: the grant's `file_expires_in`, else the
 /// service's default retention.
-fn retention_of_grant(state: &AppState, file_expires_in: Option<u64>) -> Option<Timestamp> {
+pub(crate) fn retention_of_grant(
+    state: &AppState,
+    file_expires_in: Option<u64>,
+) -> Option<Timestamp> {
     let default = state.config.retention.default_ttl_secs;
     file_expires_in
         .or((default > 0).then_some(default))
         .map(|s| Timestamp::now().plus_secs(s))
 }
 
-fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Timestamp>> {
+pub(crate) fn retention(
+    state: &AppState,
+    expires_in: Option<&str>,
+) -> AppResult<Option<Timestamp>> {
     let cfg = &state.config.retention;
     let secs = match expires_in {
         None => (cfg.default_ttl_secs > 0).then_some(cfg.default_ttl_secs),

@@ -321,6 +321,8 @@ async fn revoke_grant(
     if !state.meta.grants().delete_grant(owner, id).await? {
         return Err(AppError::NotFound);
     }
+    // Its unfinished resumable uploads end now: bytes, rows and quota released.
+    state.resumable.end_grant(id).await?;
     state.audit.record(
         Record::new(Event::GrantRevoke)
             .actor(owner)

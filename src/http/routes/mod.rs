@@ -9,4 +9,5 @@ pub(crate) mod grants;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
+pub(crate) mod uploads;
 pub(crate) mod views;

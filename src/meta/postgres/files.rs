@@ -304,7 +304,11 @@ pub async fn scan(
 /// Whether a blob key belongs to a row.
 pub async fn blob_key_exists(c: &impl GenericClient, key: &str) -> PgResult<bool> {
     let st = c
-        .prepare_cached("SELECT 1 FROM files WHERE blob_key = $1")
+        // A resumable upload's staged chunk is held by its row as a file's blob is.
+        .prepare_cached(
+            "SELECT 1 FROM files WHERE blob_key = $1
+             UNION ALL SELECT 1 FROM resumable_chunks WHERE blob_key = $1 LIMIT 1",
+        )
         .await?;
     Ok(c.query_opt(&st, &[&key]).await?.is_some())
 }

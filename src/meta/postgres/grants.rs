@@ -79,21 +79,16 @@ async fn insert(c: &impl GenericClient, g: &NewGrant) -> PgResult<bool> {
     Ok(n == 1)
 }
 
-async fn find(
-    c: &impl GenericClient,
-    hash: &[u8; 32],
-    now: Timestamp,
-) -> PgResult<Option<GrantMatch>> {
+async fn find(c: &impl GenericClient, hash: &[u8; 32]) -> PgResult<Option<GrantMatch>> {
     let st = c
         .prepare_cached(
             "SELECT g.id, g.expires_at, g.max_bytes, g.extensions, g.max_uploads, g.uses,
                     g.file_expires_in, g.sha256, g.created_at, g.user_id
              FROM upload_grants g JOIN users u ON u.id = g.user_id
-             WHERE g.token_hash = $1 AND g.expires_at > $2 AND g.uses < g.max_uploads
-               AND u.password_hash <> $3",
+             WHERE g.token_hash = $1 AND u.password_hash <> $2",
         )
         .await?;
-    c.query_opt(&st, &[&&hash[..], &now, &LOCKED])
+    c.query_opt(&st, &[&&hash[..], &LOCKED])
         .await?
         .map(|r| {
             Ok(GrantMatch {
@@ -185,13 +180,8 @@ impl Grants for Postgres {
         self.one(g, |c, g| Box::pin(insert(c, g))).await
     }
 
-    async fn find_grant(
-        &self,
-        token_hash: [u8; 32],
-        now: Timestamp,
-    ) -> Result<Option<GrantMatch>, MetaError> {
-        self.one((token_hash, now), |c, (h, now)| Box::pin(find(c, h, *now)))
-            .await
+    async fn find_grant(&self, token_hash: [u8; 32]) -> Result<Option<GrantMatch>, MetaError> {
+        self.one(token_hash, |c, h| Box::pin(find(c, h))).await
     }
 
     async fn list_grants(&self, owner: UserId) -> Result<Vec<Grant>, MetaError> {

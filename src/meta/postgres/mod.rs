@@ -25,6 +25,7 @@ pub mod grants;
 mod leases;
 pub mod links;
 mod listener;
+pub mod resumable;
 pub mod sessions;
 mod throttle;
 mod tls;

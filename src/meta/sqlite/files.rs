@@ -214,10 +214,14 @@ pub fn scan(
 
 /// Whether a blob key belongs to a row.
 pub fn blob_key_exists(c: &Connection, key: &str) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM files WHERE blob_key = ?1")?
-        .query_row([key], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
+    // A resumable upload's staged chunk is held by its row as a file's blob is.
+    c.prepare_cached(
+        "SELECT 1 FROM files WHERE blob_key = ?1
+         UNION ALL SELECT 1 FROM resumable_chunks WHERE blob_key = ?1 LIMIT 1",
+    )?
+    .query_row([key], |_| Ok(()))
+    .optional()
+    .map(|o| o.is_some())
 }
 
 /// Point a plaintext row at its new sealed blob (encrypt-existing), only while it still points

@@ -60,15 +60,14 @@ fn insert(c: &Connection, g: &NewGrant) -> rusqlite::Result<bool> {
     Ok(n == 1)
 }
 
-fn find(c: &Connection, hash: &[u8; 32], now: Timestamp) -> rusqlite::Result<Option<GrantMatch>> {
+fn find(c: &Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<GrantMatch>> {
     c.prepare_cached(
         "SELECT g.id, g.expires_at, g.max_bytes, g.extensions, g.max_uploads, g.uses,
                 g.file_expires_in, g.sha256, g.created_at, g.user_id
          FROM upload_grants g JOIN users u ON u.id = g.user_id
-         WHERE g.token_hash = ?1 AND g.expires_at > ?2 AND g.uses < g.max_uploads
-           AND u.password_hash != ?3",
+         WHERE g.token_hash = ?1 AND u.password_hash != ?2",
     )?
-    .query_row(params![&hash[..], now, LOCKED], |r| {
+    .query_row(params![&hash[..], LOCKED], |r| {
         Ok(GrantMatch {
             grant: grant(r)?,
             owner: r.get(9)?,
@@ -142,12 +141,8 @@ impl Grants for Sqlite {
         self.write(move |c| insert(c, &g)).await
     }
 
-    async fn find_grant(
-        &self,
-        token_hash: [u8; 32],
-        now: Timestamp,
-    ) -> Result<Option<GrantMatch>, MetaError> {
-        self.read(move |c| find(c, &token_hash, now)).await
+    async fn find_grant(&self, token_hash: [u8; 32]) -> Result<Option<GrantMatch>, MetaError> {
+        self.read(move |c| find(c, &token_hash)).await
     }
 
     async fn list_grants(&self, owner: UserId) -> Result<Vec<Grant>, MetaError> {

@@ -17,6 +17,7 @@ pub mod files;
 pub mod grants;
 mod leases;
 pub mod links;
+pub mod resumable;
 pub mod sessions;
 pub mod snapshot;
 pub mod transfer;

@@ -1,0 +1,371 @@
+//! Resumable uploads (tus 1.0.0) as coffer sees them, without HTTP: creation (name, length,
+//! quota and the per-user limit), a PATCH's bytes staged durably as one chunk, the lock per
+//! upload, the type check on the first bytes, the commit through the single-shot pipeline
+//! (`ingest`), termination and expiry.
+//!
+//! Invariant: an upload's offset counts only durable bytes. A PATCH writes its bytes to a
+//! chunk blob of its own (sealed under its own data key when encryption is on, so no
+//! plaintext of an unfinished upload is ever at rest), commits the blob, then moves the offset
+//! and records the chunk in one transaction, while it holds the upload's lock (a lease in the
+//! database, so it holds across nodes and expires with a dead node). Bytes that are refused
+//! (a checksum mismatch, an interrupted PATCH with a checksum, a body that would pass the
+//! length) never reach a committed blob. Whatever ends an upload (the final commit, DELETE,
+//! a refused type, expiry) removes its rows, queues its chunk blobs for deletion and releases
+//! its quota in one transaction.
+
+mod patch;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+
+use crate::blob::{BlobError, BlobKey, BlobStore};
+use crate::crypto::Keyring;
+use crate::crypto::read::{self, ReadError, Source};
+use crate::ids::{FileId, Timestamp};
+use crate::ingest::{Ingest, IngestError, Upload};
+use crate::meta::files::FileObject;
+use crate::meta::grants::Grant;
+use crate::meta::resumable::{
+    Chunk, Created, Creator, NewResumable, ResumableUpload, reservation_of,
+};
+use crate::meta::uploads::NewReservation;
+use crate::meta::{MetaError, MetaStore};
+use crate::removal;
+
+pub(crate) use patch::{Checksum, ChecksumAlgorithm, Patch};
+
+/// Why a resumable-upload request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResumableError {
+    /// No such upload for this caller: unknown, someone else's, expired, terminated (404).
+    #[error("no such upload")]
+    NotFound,
+    /// `Upload-Offset` is not the upload's offset (409).
+    #[error("Upload-Offset {sent} is not the upload's offset {offset}")]
+    OffsetMismatch { sent: u64, offset: u64 },
+    /// The body would pass `Upload-Length` (413; nothing of it counts).
+    #[error("the body would pass the upload's length")]
+    PastLength,
+    /// Another PATCH holds the upload (423).
+    #[error("another request is writing to this upload")]
+    Locked,
+    /// The body does not match `Upload-Checksum` (460; nothing of it counts).
+    #[error("the body does not match Upload-Checksum")]
+    ChecksumMismatch,
+    /// The owner has `uploads.max_pending_per_user` unfinished uploads (429).
+    #[error("too many unfinished uploads")]
+    TooManyPending,
+    /// The pipeline refused it (name, type, size, quota, content safety, storage).
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+impl From<MetaError> for ResumableError {
+    fn from(e: MetaError) -> Self {
+        Self::Ingest(IngestError::Meta(e))
+    }
+}
+
+impl From<BlobError> for ResumableError {
+    fn from(e: BlobError) -> Self {
+        Self::Ingest(IngestError::Blob(e))
+    }
+}
+
+/// A creation request, as the wire parsed it.
+#[derive(Debug, Clone)]
+pub(crate) struct Creation {
+    pub(crate) owner: crate::ids::UserId,
+    pub(crate) client_ip: IpAddr,
+    /// `Upload-Length`.
+    pub(crate) length: u64,
+    /// The raw `Upload-Metadata` header.
+    pub(crate) metadata: String,
+    /// The decoded `filename` value, unsanitised.
+    pub(crate) filename: String,
+    /// When the finished file expires (`expires_in` in the metadata, or the default).
+    pub(crate) file_expires_at: Option<Timestamp>,
+    /// The upload grant it is made with: its limits apply, it gives one of its uses, and
+    /// every later request of the upload must present it.
+    pub(crate) grant: Option<Grant>,
+}
+
+/// What a creation (or a PATCH) came to.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// Unfinished: the durable offset and the upload's expiry.
+    Pending { offset: u64, expires_at: Timestamp },
+    /// The last byte arrived and the file is stored; the upload's length.
+    Committed(FileObject, u64),
+}
+
+/// The resumable-upload service. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Resumable {
+    /// The single-shot pipeline, which commits a finished upload.
+    pub(crate) ingest: Ingest,
+    pub(crate) meta: MetaStore,
+    pub(crate) blobs: BlobStore,
+    pub(crate) keyring: std::sync::Arc<Keyring>,
+    /// `uploads.resumable_ttl_secs`.
+    pub(crate) ttl: Duration,
+    /// `uploads.max_pending_per_user`.
+    pub(crate) max_pending: u64,
+    /// `limits.upload_idle_timeout_secs`: a PATCH's lock outlives a stalled body this long.
+    pub(crate) idle: Duration,
+}
+
+impl Resumable {
+    fn expiry(&self, now: Timestamp) -> Timestamp {
+        now.plus_secs(self.ttl.as_secs())
+    }
+
+    /// Create an upload. `Upload-Length: 0` commits the empty file at once.
+    pub(crate) async fn create(&self, c: Creation) -> Result<(FileId, Progress), ResumableError> {
+        let (name, _) = self.ingest.admit(&c.filename, c.grant.as_ref())?;
+        let max = self.ingest.max_upload_bytes;
+        let limit = c.grant.as_ref().map_or(max, |g| g.max_bytes.min(max));
+        if c.length > limit {
+            return Err(IngestError::TooLarge { limit }.into());
+        }
+        let id = FileId::new();
+        if c.length == 0 {
+            let file = self
+                .commit_stream(&c, id, 0, futures_util::stream::empty())
+                .await?;
+            return Ok((id, Progress::Committed(file, 0)));
+        }
+        let now = Timestamp::now();
+        let expires_at = self.expiry(now);
+        let key = BlobKey::for_file(id, self.keyring.enabled());
+        let created = self
+            .meta
+            .resumables()
+            .create(NewResumable {
+                id,
+                owner: c.owner,
+                length: c.length,
+                metadata: c.metadata,
+                filename: name,
+                file_expires_at: c.file_expires_at,
+                now,
+                expires_at,
+                max_pending: self.max_pending,
+                reservation: NewReservation {
+                    id: reservation_of(id),
+                    owner: c.owner,
+                    want: c.length,
+                    exact: true,
+                    quota: self.ingest.quota.limit(),
+                    blob_key: key.as_str().to_owned(),
+                    node: self.meta.node().to_owned(),
+                    grant: c.grant.as_ref().map(|g| g.id),
+                    now,
+                },
+            })
+            .await?;
+        match created {
+            Created::Created => Ok((
+                id,
+                Progress::Pending {
+                    offset: 0,
+                    expires_at,
+                },
+            )),
+            Created::TooMany => Err(ResumableError::TooManyPending),
+            Created::QuotaExceeded => Err(IngestError::Quota.into()),
+            Created::GrantRefused => Err(IngestError::GrantRefused.into()),
+        }
+    }
+
+    /// The caller's unfinished upload (HEAD).
+    pub(crate) async fn get(
+        &self,
+        id: FileId,
+        creator: Creator,
+    ) -> Result<ResumableUpload, ResumableError> {
+        self.meta
+            .resumables()
+            .get(id, creator, Timestamp::now())
+            .await?
+            .ok_or(ResumableError::NotFound)
+    }
+
+    /// Terminate the caller's upload (DELETE): its bytes and its quota are released.
+    pub(crate) async fn terminate(
+        &self,
+        id: FileId,
+        creator: Creator,
+    ) -> Result<(), ResumableError> {
+        self.get(id, creator).await?;
+        self.remove(id).await
+    }
+
+    /// End every unfinished upload made with a grant (it was revoked): bytes, rows and
+    /// quota released.
+    pub(crate) async fn end_grant(&self, grant: crate::ids::GrantId) -> Result<(), ResumableError> {
+        for id in self.meta.resumables().by_grant(grant).await? {
+            self.remove(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove an upload and delete its staged chunks (queued first, so a failure here is
+    /// finished by the sweeper).
+    async fn remove(&self, id: FileId) -> Result<(), ResumableError> {
+        if self.meta.resumables().remove(id, Timestamp::now()).await? {
+            self.purge_later();
+        }
+        Ok(())
+    }
+
+    /// Delete queued blobs off the request's path.
+    fn purge_later(&self) {
+        let (meta, blobs) = (self.meta.clone(), self.blobs.clone());
+        tokio::spawn(async move {
+            if let Err(e) = removal::purge_queued(&meta, &blobs).await {
+                tracing::warn!(error = %e, "cannot delete staged chunks yet; the sweeper will");
+            }
+        });
+    }
+
+    /// Stream a finished upload's bytes through the single-shot pipeline and commit it as
+    /// the file `id` (its quota reserved since creation, `length` bytes).
+    async fn commit_stream<S>(
+        &self,
+        c: &Creation,
+        id: FileId,
+        length: u64,
+        body: S,
+    ) -> Result<FileObject, ResumableError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        let up = Upload {
+            owner: c.owner,
+            client_ip: c.client_ip,
+            raw_name: c.filename.clone(),
+            expires_at: c.file_expires_at,
+            length_hint: Some(length),
+            exact_length: true,
+            grant: c.grant.clone(),
+        };
+        let reservation = if length == 0 {
+            let key = BlobKey::for_file(id, self.keyring.enabled());
+            self.ingest
+                .quota
+                .reserve(
+                    reservation_of(id),
+                    c.owner,
+                    0,
+                    true,
+                    &key,
+                    c.grant.as_ref().map(|g| g.id),
+                )
+                .await
+                .map_err(IngestError::from)?
+        } else {
+            self.ingest.quota.adopt(reservation_of(id), length)
+        };
+        let staged = self
+            .ingest
+            .stage_reserved(up, id, reservation, body)
+            .await?;
+        Ok(staged.commit(&self.ingest).await?)
+    }
+
+    /// Commit a finished upload: its chunks, in order and decrypted, through the pipeline;
+    /// then its rows and chunks go. Any failure ends the upload (its quota went with the
+    /// pipeline's reservation).
+    async fn finish(
+        &self,
+        up: &ResumableUpload,
+        client_ip: IpAddr,
+        grant: Option<Grant>,
+    ) -> Result<FileObject, ResumableError> {
+        let chunks = self.meta.resumables().chunks(up.id).await?;
+        let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
+        let c = Creation {
+            owner: up.owner,
+            client_ip,
+            length: up.length,
+            metadata: up.metadata.clone(),
+            filename: up.filename.clone(),
+            file_expires_at: up.file_expires_at,
+            grant,
+        };
+        let result = self.commit_stream(&c, up.id, up.length, body).await;
+        // Committed or refused, the upload is over: rows out, chunks queued for deletion
+        // (the reservation ended with the file's row, or was released by the pipeline).
+        self.remove(up.id).await?;
+        result
+    }
+}
+
+/// The plaintext of chunks, in order.
+fn chunk_bytes(
+    blobs: BlobStore,
+    keyring: std::sync::Arc<Keyring>,
+    chunks: Vec<Chunk>,
+) -> BoxStream<'static, Result<Bytes, IngestError>> {
+    futures_util::stream::iter(chunks)
+        .then(move |c| open_chunk(blobs.clone(), keyring.clone(), c))
+        .try_flatten()
+        .boxed()
+}
+
+/// One chunk's plaintext (decrypted and authenticated when sealed).
+async fn open_chunk(
+    blobs: BlobStore,
+    keyring: std::sync::Arc<Keyring>,
+    c: Chunk,
+) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, IngestError> {
+    let file = BlobKey::parse(&c.blob_key)
+        .and_then(|k| k.file_id())
+        .ok_or(IngestError::Blob(BlobError::Unsafe))?;
+    let src = Source {
+        blob_key: &c.blob_key,
+        file,
+        size: c.len,
+        sealing: c.sealing.as_ref(),
+    };
+    let stream = read::read(&blobs, &keyring, &src, 0, c.len)
+        .await
+        .map_err(from_read)?;
+    Ok(stream.map(|r| r.map_err(from_read)).boxed())
+}
+
+fn from_read(e: ReadError) -> IngestError {
+    match e {
+        ReadError::Blob(b) => IngestError::Blob(b),
+        other => IngestError::Blob(BlobError::Io(std::io::Error::other(other.to_string()))),
+    }
+}
+
+/// Remove expired uploads (rows, reservations; their chunks queued and deleted). Returns how
+/// many.
+pub(crate) async fn sweep_expired(meta: &MetaStore, blobs: &BlobStore) -> Result<usize, MetaError> {
+    let now = Timestamp::now();
+    let mut n = 0;
+    loop {
+        let batch = meta.resumables().expired(now, 256).await?;
+        for id in &batch {
+            if meta.resumables().remove(*id, now).await? {
+                n += 1;
+            }
+        }
+        if batch.len() < 256 {
+            break;
+        }
+    }
+    if n > 0
+        && let Err(e) = removal::purge_queued(meta, blobs).await
+    {
+        tracing::warn!(error = %e, "cannot delete expired uploads' chunks yet");
+    }
+    Ok(n)
+}

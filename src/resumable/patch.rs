@@ -1,0 +1,436 @@
+//! One PATCH: take the upload's lock, stream the body into a chunk blob (checksummed, sealed
+//! when encryption is on), check the type once the first bytes are there, commit the chunk
+//! and move the offset, and commit the file when the last byte arrived.
+//!
+//! Invariant: the lock is given up on every exit (a guard, also when the task is dropped);
+//! a chunk that is not committed leaves nothing (its writer's drop discards it, and its
+//! zero-byte reservation names what a crash left staged, for the sweeper).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
+use sha1::Digest as _;
+
+use super::{Progress, Resumable, ResumableError};
+use crate::blob::{BlobKey, BlobWriter};
+use crate::crypto::DataKey;
+use crate::crypto::segment::Sealer;
+use crate::ids::{FileId, Timestamp, UploadId, UserId};
+use crate::ingest::policy::{SNIFF_LEN, UploadPolicy};
+use crate::ingest::{IngestError, filename};
+use crate::meta::MetaStore;
+use crate::meta::grants::Grant;
+use crate::meta::resumable::{Append, Chunk, Creator, Locked, ResumableUpload};
+
+/// `Upload-Checksum` algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChecksumAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+/// A parsed `Upload-Checksum`.
+#[derive(Debug, Clone)]
+pub(crate) struct Checksum {
+    pub(crate) algorithm: ChecksumAlgorithm,
+    pub(crate) digest: Vec<u8>,
+}
+
+enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    fn new(a: ChecksumAlgorithm) -> Self {
+        match a {
+            ChecksumAlgorithm::Sha1 => Self::Sha1(sha1::Sha1::new()),
+            ChecksumAlgorithm::Sha256 => Self::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Self::Sha1(h) => h.update(b),
+            Self::Sha256(h) => sha2::Digest::update(h, b),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Sha1(h) => h.finalize().to_vec(),
+            Self::Sha256(h) => sha2::Digest::finalize(h).to_vec(),
+        }
+    }
+}
+
+/// A PATCH as the wire parsed it.
+#[derive(Debug, Clone)]
+pub(crate) struct Patch {
+    pub(crate) id: FileId,
+    pub(crate) owner: UserId,
+    /// The upload grant presented (the one the upload was created with, or it is not the
+    /// caller's upload): its limits and sha256 apply to the finished file.
+    pub(crate) grant: Option<Grant>,
+    pub(crate) client_ip: IpAddr,
+    /// `Upload-Offset`.
+    pub(crate) offset: u64,
+    /// `Content-Length`, when sent.
+    pub(crate) length_hint: Option<u64>,
+    pub(crate) checksum: Option<Checksum>,
+}
+
+impl Patch {
+    /// Whose upload this may be.
+    fn creator(&self) -> Creator {
+        Creator {
+            owner: self.owner,
+            grant: self.grant.as_ref().map(|g| g.id),
+        }
+    }
+}
+
+/// The upload's lock: given up by [`LockGuard::release`] before the answer goes out (so
+/// the client's next PATCH finds it free), or, should the task die first, when dropped.
+struct LockGuard {
+    meta: MetaStore,
+    id: FileId,
+    holder: String,
+    released: bool,
+}
+
+impl LockGuard {
+    async fn release(mut self) {
+        self.released = true;
+        let holder = std::mem::take(&mut self.holder);
+        if let Err(e) = self.meta.resumables().unlock(self.id, holder).await {
+            tracing::warn!(error = %e, upload.id = %self.id, "cannot release an upload's lock; it expires");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (meta, id, holder) = (self.meta.clone(), self.id, std::mem::take(&mut self.holder));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = meta.resumables().unlock(id, holder).await {
+                    tracing::warn!(error = %e, upload.id = %id, "cannot release an upload's lock; it expires");
+                }
+            });
+        }
+    }
+}
+
+impl Resumable {
+    fn lease(&self) -> Duration {
+        (self.idle * 2).max(Duration::from_secs(10))
+    }
+
+    /// Apply a PATCH. Runs in a task of its own, so a client that goes away mid-body still
+    /// has its durable bytes counted (or, with a checksum, none) and the lock given up.
+    pub(crate) async fn patch<S>(&self, p: Patch, body: S) -> Result<Progress, ResumableError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (up, guard) = this.lock(&p).await?;
+            let result = this.patch_locked(p, up, &guard, body).await;
+            guard.release().await;
+            result
+        })
+        .await
+        .map_err(|e| {
+            ResumableError::Ingest(IngestError::Blob(crate::blob::BlobError::Io(
+                std::io::Error::other(e),
+            )))
+        })?
+    }
+
+    async fn lock(&self, p: &Patch) -> Result<(ResumableUpload, LockGuard), ResumableError> {
+        let holder = uuid::Uuid::new_v4().to_string();
+        let now = Timestamp::now();
+        let until = now.plus_secs(self.lease().as_secs());
+        match self
+            .meta
+            .resumables()
+            .lock(p.id, p.creator(), holder.clone(), now, until)
+            .await?
+        {
+            Locked::Held(up) => Ok((
+                up,
+                LockGuard {
+                    meta: self.meta.clone(),
+                    id: p.id,
+                    holder,
+                    released: false,
+                },
+            )),
+            Locked::Busy => Err(ResumableError::Locked),
+            Locked::Missing => Err(ResumableError::NotFound),
+        }
+    }
+
+    async fn patch_locked<S>(
+        &self,
+        p: Patch,
+        up: ResumableUpload,
+        guard: &LockGuard,
+        mut body: S,
+    ) -> Result<Progress, ResumableError>
+    where
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
+    {
+        if p.offset != up.offset {
+            return Err(ResumableError::OffsetMismatch {
+                sent: p.offset,
+                offset: up.offset,
+            });
+        }
+        let room = up.length - up.offset;
+        if p.length_hint.is_some_and(|n| n > room) {
+            return Err(ResumableError::PastLength);
+        }
+        let mut chunk = self.open_chunk(&up).await?;
+        let mut hasher = p.checksum.as_ref().map(|c| Hasher::new(c.algorithm));
+        let need = (SNIFF_LEN as u64).min(up.length);
+        let mut head = BytesMut::new();
+        let mut renewed = Instant::now();
+        let mut aborted = None;
+        loop {
+            let bytes = match body.next().await {
+                None => break,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    aborted = Some(e);
+                    break;
+                }
+            };
+            if chunk.len + bytes.len() as u64 > room {
+                return Err(ResumableError::PastLength);
+            }
+            if let Some(h) = &mut hasher {
+                h.update(&bytes);
+            }
+            let before = up.offset + chunk.len;
+            if before < need {
+                let take = usize::try_from(need - before)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                head.extend_from_slice(bytes.get(..take).unwrap_or(&bytes));
+            }
+            chunk.write(&bytes).await?;
+            if renewed.elapsed() > self.lease() / 4 {
+                renewed = Instant::now();
+                self.renew(&p, guard).await?;
+                chunk.reservation.touch().await;
+                if let Some(s) = chunk.writer.staging_id() {
+                    chunk.reservation.staged(s).await?;
+                }
+            }
+        }
+        if let Some(e) = aborted {
+            // Bytes that cannot be verified never count; without a checksum, what arrived is
+            // kept (made durable below).
+            if p.checksum.is_some() || chunk.len == 0 {
+                return Err(e.into());
+            }
+        }
+        if let (Some(h), Some(c)) = (hasher, &p.checksum)
+            && h.finish() != c.digest
+        {
+            return Err(ResumableError::ChecksumMismatch);
+        }
+        let new_offset = up.offset + chunk.len;
+        if up.offset < need && new_offset >= need {
+            self.check_type(&up, head).await?;
+        }
+        if chunk.len > 0 {
+            self.append(&up, guard, chunk).await?;
+        }
+        if new_offset == up.length {
+            let done = ResumableUpload {
+                offset: new_offset,
+                ..up
+            };
+            let file = self.finish(&done, p.client_ip, p.grant.clone()).await?;
+            return Ok(Progress::Committed(file, done.length));
+        }
+        Ok(Progress::Pending {
+            offset: new_offset,
+            expires_at: self.expiry(Timestamp::now()),
+        })
+    }
+
+    async fn renew(&self, p: &Patch, guard: &LockGuard) -> Result<(), ResumableError> {
+        let now = Timestamp::now();
+        let until = now.plus_secs(self.lease().as_secs());
+        match self
+            .meta
+            .resumables()
+            .lock(p.id, p.creator(), guard.holder.clone(), now, until)
+            .await?
+        {
+            Locked::Held(_) => Ok(()),
+            Locked::Busy => Err(ResumableError::Locked),
+            Locked::Missing => Err(ResumableError::NotFound),
+        }
+    }
+
+    /// The first bytes decide the type (API.md: a mismatch is 415 and ends the upload).
+    async fn check_type(&self, up: &ResumableUpload, head: BytesMut) -> Result<(), ResumableError> {
+        let mut all = BytesMut::new();
+        if up.offset > 0 {
+            // The earlier chunks' bytes (fewer than SNIFF_LEN), read back.
+            let chunks = self.meta.resumables().chunks(up.id).await?;
+            let mut s = super::chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
+            while let Some(b) = s.next().await {
+                all.extend_from_slice(&b?);
+            }
+        }
+        all.extend_from_slice(&head);
+        let name = filename::sanitize(&up.filename);
+        let decided = self
+            .ingest
+            .policy
+            .rule_for(filename::extension(&name).as_deref())
+            .and_then(|rule| UploadPolicy::decide(rule, &all));
+        if let Err(refusal) = decided {
+            self.remove(up.id).await?;
+            return Err(IngestError::Refused(refusal).into());
+        }
+        Ok(())
+    }
+
+    async fn open_chunk(&self, up: &ResumableUpload) -> Result<ChunkWriter, ResumableError> {
+        let id = FileId::new();
+        let sealed = self.keyring.enabled();
+        let key = BlobKey::for_file(id, sealed);
+        // Zero bytes (the upload's reservation holds its quota): it names the chunk, so that
+        // a sweeper can abort what a dead node staged.
+        let reservation = self
+            .ingest
+            .quota
+            .reserve(UploadId::new(), up.owner, 0, true, &key, None)
+            .await
+            .map_err(IngestError::from)?;
+        let writer = self.blobs.put(&key).await?;
+        let data_key = sealed.then(DataKey::generate);
+        Ok(ChunkWriter {
+            id,
+            key,
+            writer,
+            sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
+            data_key,
+            len: 0,
+            reservation,
+        })
+    }
+
+    async fn append(
+        &self,
+        up: &ResumableUpload,
+        guard: &LockGuard,
+        chunk: ChunkWriter,
+    ) -> Result<(), ResumableError> {
+        let start = up.offset;
+        let (key, reservation_id, len, sealing, reservation) = chunk.commit(&self.keyring).await?;
+        let appended = self
+            .meta
+            .resumables()
+            .append(Append {
+                id: up.id,
+                holder: guard.holder.clone(),
+                chunk: Chunk {
+                    start,
+                    len,
+                    blob_key: key.as_str().to_owned(),
+                    sealing,
+                },
+                chunk_reservation: reservation_id,
+                expires_at: self.expiry(Timestamp::now()),
+            })
+            .await;
+        match appended {
+            Ok(true) => {
+                reservation.settle();
+                Ok(())
+            }
+            Ok(false) => {
+                let _ = self.blobs.delete(&key).await;
+                Err(ResumableError::Locked)
+            }
+            Err(e) => {
+                let _ = self.blobs.delete(&key).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// A PATCH's chunk being written.
+struct ChunkWriter {
+    id: FileId,
+    key: BlobKey,
+    writer: Box<dyn BlobWriter>,
+    sealer: Option<Sealer>,
+    data_key: Option<DataKey>,
+    /// Plaintext bytes so far.
+    len: u64,
+    reservation: crate::ingest::quota::Reservation,
+}
+
+type Committed = (
+    BlobKey,
+    UploadId,
+    u64,
+    Option<crate::crypto::Sealing>,
+    crate::ingest::quota::Reservation,
+);
+
+impl ChunkWriter {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ResumableError> {
+        self.len += bytes.len() as u64;
+        match &mut self.sealer {
+            Some(s) => {
+                let sealed = s.update(bytes).map_err(IngestError::from)?;
+                self.writer.write(&sealed).await?;
+            }
+            None => self.writer.write(bytes).await?,
+        }
+        Ok(())
+    }
+
+    /// Seal the last segment and make the chunk durable.
+    async fn commit(
+        mut self,
+        keyring: &crate::crypto::Keyring,
+    ) -> Result<Committed, ResumableError> {
+        let sealing = match (self.sealer.take(), &self.data_key) {
+            (Some(s), Some(k)) => {
+                let tail = s.finish().map_err(IngestError::from)?;
+                self.writer.write(&tail).await?;
+                Some(keyring.wrap(self.id, k).ok_or_else(|| {
+                    IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(
+                        "cannot wrap a chunk's data key",
+                    )))
+                })?)
+            }
+            _ => None,
+        };
+        self.writer.commit().await?;
+        Ok((
+            self.key,
+            self.reservation.id(),
+            self.len,
+            sealing,
+            self.reservation,
+        ))
+    }
+}

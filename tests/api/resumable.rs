@@ -1,0 +1,970 @@
+//! Resumable uploads (tus 1.0.0) at `/api/v1/uploads`: every status the contract names, the
+//! lock (423), checksums (460), bad input, the pending limit, quota reservations and their
+//! release, type checks on the first bytes, the commit through the single-shot pipeline, and
+//! no plaintext at rest of an unfinished upload; on the local store with SQLite and on the
+//! S3 stack with PostgreSQL.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt as _;
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::fixtures::png;
+use crate::helpers::s3::{S3Env, fresh_prefix};
+use crate::helpers::stack;
+use crate::helpers::{TestApp, TestUser, problem};
+
+const TUS: (&str, &str) = ("tus-resumable", "1.0.0");
+
+fn meta(name: &str) -> String {
+    format!("filename {}", STANDARD.encode(name))
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn create(app: &TestApp, u: &TestUser, name: &str, len: u64) -> reqwest::Response {
+    app.post("/api/v1/uploads")
+        .as_user(u)
+        .headers(&[
+            TUS,
+            ("upload-length", &len.to_string()),
+            ("upload-metadata", &meta(name)),
+        ])
+        .send()
+        .await
+}
+
+/// Create and answer the upload's path.
+async fn created(app: &TestApp, u: &TestUser, name: &str, len: u64) -> String {
+    let r = create(app, u, name, len).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(header(&r, "tus-resumable"), "1.0.0");
+    assert_eq!(header(&r, "upload-offset"), "0");
+    assert!(!header(&r, "upload-expires").is_empty());
+    let loc = header(&r, "location");
+    assert!(loc.starts_with("/api/v1/uploads/"), "{loc}");
+    loc
+}
+
+async fn patch(
+    app: &TestApp,
+    u: &TestUser,
+    loc: &str,
+    offset: u64,
+    body: Vec<u8>,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let off = offset.to_string();
+    // A fresh connection each time: an answer given before the body is read may close one
+    // (API.md), and the client must not race that by reusing it.
+    let mut h = vec![
+        TUS,
+        ("connection", "close"),
+        ("upload-offset", off.as_str()),
+        ("content-type", "application/offset+octet-stream"),
+    ];
+    h.extend_from_slice(extra);
+    app.request(Method::PATCH, loc)
+        .as_user(u)
+        .headers(&h)
+        .body(body)
+        .send()
+        .await
+}
+
+async fn offset_of(app: &TestApp, u: &TestUser, loc: &str) -> (u16, String) {
+    let r = app.head(loc).as_user(u).headers(&[TUS]).send().await;
+    (r.status().as_u16(), header(&r, "upload-offset"))
+}
+
+async fn reserved(app: &TestApp) -> i64 {
+    app.sql_number("SELECT COALESCE(SUM(bytes), 0) FROM upload_reservations")
+}
+
+/// The protocol end to end on one deployment.
+async fn protocol(app: &TestApp) {
+    let u = app.user("tusser").await;
+    let other = app.user("stranger").await;
+
+    // OPTIONS: no credentials, the capabilities.
+    let r = app.request(Method::OPTIONS, "/api/v1/uploads").send().await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "tus-version"), "1.0.0");
+    assert_eq!(
+        header(&r, "tus-extension"),
+        "creation,creation-with-upload,termination,expiration,checksum"
+    );
+    assert_eq!(header(&r, "tus-checksum-algorithm"), "sha1,sha256");
+    assert!(!header(&r, "tus-max-size").is_empty());
+
+    // A file in three PATCHes, one with each checksum kind; the last commits.
+    let file = png(300_000);
+    let loc = created(app, &u, "three.png", file.len() as u64).await;
+    let id = loc.rsplit('/').next().unwrap().to_owned();
+    let (a, rest) = file.split_at(100_000);
+    let (b, c) = rest.split_at(100_000);
+    let sha1 = STANDARD.encode(<sha1::Sha1 as sha1::Digest>::digest(a));
+    let r = patch(
+        app,
+        &u,
+        &loc,
+        0,
+        a.to_vec(),
+        &[("upload-checksum", &format!("sha1 {sha1}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "upload-offset"), "100000");
+    assert_eq!(header(&r, "tus-resumable"), "1.0.0");
+    // HEAD: offset, length, metadata echoed, no-store; a stranger sees nothing.
+    let r = app.head(&loc).as_user(&u).headers(&[TUS]).send().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "upload-offset"), "100000");
+    assert_eq!(header(&r, "upload-length"), file.len().to_string());
+    assert_eq!(header(&r, "upload-metadata"), meta("three.png"));
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert_eq!(offset_of(app, &other, &loc).await.0, 404);
+    problem(
+        patch(app, &other, &loc, 100_000, b.to_vec(), &[]).await,
+        404,
+    )
+    .await;
+    // A wrong offset (409), a missing one (400), a wrong type (415), no Tus-Resumable (412).
+    problem(patch(app, &u, &loc, 5, Vec::new(), &[]).await, 409).await;
+    let r = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("connection", "close"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .send()
+        .await;
+    problem(r, 400).await;
+    for garbage in ["-1", "abc", "1e3", "99999999999999999999999", " "] {
+        let r = app
+            .request(Method::PATCH, &loc)
+            .as_user(&u)
+            .headers(&[
+                TUS,
+                ("connection", "close"),
+                ("upload-offset", garbage),
+                ("content-type", "application/offset+octet-stream"),
+            ])
+            .send()
+            .await;
+        assert_eq!(r.status(), 400, "offset {garbage:?}");
+    }
+    let r = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("connection", "close"),
+            ("upload-offset", "100000"),
+            ("content-type", "application/octet-stream"),
+        ])
+        .send()
+        .await;
+    problem(r, 415).await;
+    let r = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            ("connection", "close"),
+            ("upload-offset", "100000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .send()
+        .await;
+    assert_eq!(r.status(), 412);
+    assert_eq!(header(&r, "tus-version"), "1.0.0");
+    // A checksum mismatch: 460, none of it counts; an unknown algorithm: 400.
+    let wrong = STANDARD.encode(Sha256::digest(b"something else"));
+    problem(
+        patch(
+            app,
+            &u,
+            &loc,
+            100_000,
+            b.to_vec(),
+            &[("upload-checksum", &format!("sha256 {wrong}"))],
+        )
+        .await,
+        460,
+    )
+    .await;
+    problem(
+        patch(
+            app,
+            &u,
+            &loc,
+            100_000,
+            b.to_vec(),
+            &[("upload-checksum", "md5 AAAA")],
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(offset_of(app, &u, &loc).await.1, "100000");
+    // A body that would pass the length: 413, offset unchanged. Streamed without a length, so
+    // the server finds out at its last byte (a declared one is refused before the body).
+    let mut long = b.to_vec();
+    long.extend_from_slice(c);
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(long), Ok(b"x".to_vec())];
+    let r = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "100000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await;
+    problem(r, 413).await;
+    assert_eq!(offset_of(app, &u, &loc).await.1, "100000");
+    // X-HTTP-Method-Override: a POST that is a PATCH.
+    let sha = STANDARD.encode(Sha256::digest(b));
+    let r = app
+        .post(&loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("x-http-method-override", "PATCH"),
+            ("upload-offset", "100000"),
+            ("content-type", "application/offset+octet-stream"),
+            ("upload-checksum", &format!("sha256 {sha}")),
+        ])
+        .body(b.to_vec())
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "upload-offset"), "200000");
+    let r = patch(app, &u, &loc, 200_000, c.to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "upload-offset"), file.len().to_string());
+    assert_eq!(header(&r, "coffer-file-id"), id);
+    // The file, as a single-shot upload would be.
+    let f = app
+        .get(&format!("/api/v1/files/{id}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&file));
+    assert_eq!(f["filename"], "three.png");
+    assert_eq!(f["content_type"], "image/png");
+    let got = app
+        .download(&u.token, &id, &[])
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex_sha256(&got), hex_sha256(&file));
+    assert_eq!(offset_of(app, &u, &loc).await.0, 404);
+    app.eventually("staged chunks deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(reserved(app).await, 0);
+
+    // Creation-with-upload, and Upload-Length 0 commits at creation.
+    let small = b"hello, tus\n".to_vec();
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-length", &small.len().to_string()),
+            ("upload-metadata", &meta("hello.txt")),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(small.clone())
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "upload-offset"), small.len().to_string());
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&small));
+    let r = create(app, &u, "empty.txt", 0).await;
+    assert_eq!(r.status(), 201);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["size"], 0);
+
+    // Termination releases the bytes and the quota.
+    let loc = created(app, &u, "gone.png", 50_000).await;
+    assert_eq!(reserved(app).await, 50_000);
+    assert_eq!(
+        patch(app, &u, &loc, 0, png(50_000)[..20_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.delete(&loc)
+            .as_user(&other)
+            .headers(&[TUS])
+            .status()
+            .await,
+        404
+    );
+    assert_eq!(
+        app.delete(&loc).as_user(&u).headers(&[TUS]).status().await,
+        204
+    );
+    assert_eq!(offset_of(app, &u, &loc).await.0, 404);
+    assert_eq!(
+        app.delete(&loc).as_user(&u).headers(&[TUS]).status().await,
+        404
+    );
+    assert_eq!(reserved(app).await, 0);
+    app.eventually("terminated chunks deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+
+    // The type is checked on the first bytes: a mismatch is 415 and ends the upload.
+    let loc = created(app, &u, "fake.png", 20_000).await;
+    problem(patch(app, &u, &loc, 0, vec![b'a'; 9_000], &[]).await, 415).await;
+    assert_eq!(offset_of(app, &u, &loc).await.0, 404);
+    assert_eq!(reserved(app).await, 0);
+    // Or across PATCHes: the first 8 KiB decide once they are all there.
+    let loc = created(app, &u, "late.pdf", 20_000).await;
+    assert_eq!(
+        patch(app, &u, &loc, 0, b"%PDF".to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    let r = patch(app, &u, &loc, 4, vec![b' '; 10_000], &[]).await;
+    assert_eq!(r.status(), 204, "a PDF head is a PDF");
+    let loc = created(app, &u, "late.png", 20_000).await;
+    assert_eq!(
+        patch(app, &u, &loc, 0, b"GIF8".to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    problem(patch(app, &u, &loc, 4, vec![0; 10_000], &[]).await, 415).await;
+    assert_eq!(offset_of(app, &u, &loc).await.0, 404);
+}
+
+#[tokio::test]
+async fn tus_protocol_on_local_files_and_sqlite() {
+    let app = TestApp::spawn().await;
+    protocol(&app).await;
+}
+
+#[tokio::test]
+async fn tus_protocol_on_s3_and_postgres() {
+    let Some(s3) = S3Env::require("tus_protocol_on_s3_and_postgres") else {
+        return;
+    };
+    let Some(stack) = stack::require("tus_protocol_on_s3_and_postgres") else {
+        return;
+    };
+    let app = TestApp::builder()
+        .postgres(&stack)
+        .s3(&s3, &fresh_prefix())
+        .spawn()
+        .await;
+    protocol(&app).await;
+}
+
+#[tokio::test]
+async fn creation_refuses_bad_input_and_stores_nothing() {
+    let app = TestApp::builder()
+        .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", "1000000")
+        .env("COFFER_LIMITS__USER_QUOTA_BYTES", "1500000")
+        .spawn()
+        .await;
+    let u = app.user("badinput").await;
+    let post = |h: Vec<(&'static str, String)>| {
+        let mut req = app.post("/api/v1/uploads").as_user(&u);
+        for (k, v) in &h {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let m = meta("a.png");
+    let cases: Vec<(Vec<(&str, String)>, u16)> = vec![
+        (
+            vec![
+                ("upload-length", "10".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            412,
+        ),
+        (vec![tus(), ("upload-metadata", m.clone())], 400),
+        (
+            vec![
+                tus(),
+                ("upload-length", "-5".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "abc".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "99999999999999999999999".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-defer-length", "1".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "1000001".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            413,
+        ),
+        (vec![tus(), ("upload-length", "10".into())], 400),
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-metadata", "filename !!!notbase64".into()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-metadata", format!("other {}", STANDARD.encode("x"))),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-metadata", "filename ".into()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-metadata", meta("noext")),
+            ],
+            415,
+        ),
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-metadata", meta("evil.exe")),
+            ],
+            415,
+        ),
+    ];
+    for (h, status) in cases {
+        let shown = format!("{h:?}");
+        let r = post(h).await;
+        assert_eq!(r.status().as_u16(), status, "{shown}");
+        assert_eq!(header(&r, "tus-resumable"), "1.0.0", "{shown}");
+    }
+    // No credentials: 401.
+    let r = app
+        .post("/api/v1/uploads")
+        .headers(&[TUS, ("upload-length", "10"), ("upload-metadata", &m)])
+        .send()
+        .await;
+    assert_eq!(r.status(), 401);
+    // Over quota at creation: 413 quota-exceeded.
+    let loc = created(&app, &u, "one.png", 1_000_000).await;
+    let body = problem(create(&app, &u, "two.png", 600_000).await, 413).await;
+    assert!(
+        body["type"].as_str().unwrap().ends_with("quota-exceeded"),
+        "{body}"
+    );
+    // A filename with path parts keeps only its last part.
+    let p = png(5_000);
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-length", &p.len().to_string()),
+            (
+                "upload-metadata",
+                &format!(
+                    "filename {},expires_in {}",
+                    STANDARD.encode("../../etc/x\\y/pic.png"),
+                    STANDARD.encode("3600")
+                ),
+            ),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(p)
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["filename"], "pic.png");
+    assert!(
+        !f["expires_at"].is_null(),
+        "expires_in from the metadata: {f}"
+    );
+    assert_eq!(
+        app.delete(&loc).as_user(&u).headers(&[TUS]).status().await,
+        204
+    );
+    assert_eq!(reserved(&app).await, 0);
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
+}
+
+fn tus() -> (&'static str, String) {
+    ("tus-resumable", "1.0.0".into())
+}
+
+#[tokio::test]
+async fn four_thousand_creations_keep_twenty_pending_and_leak_nothing() {
+    let app = TestApp::builder()
+        .env("COFFER_RATE_LIMIT__REQUESTS_PER_SECOND", "100000")
+        .env("COFFER_RATE_LIMIT__BURST", "100000")
+        .spawn()
+        .await;
+    let u = app.user("hoarder").await;
+    // 4,000 creations, 16 at a time: exactly the default 20 get 201, the rest 429 without
+    // Retry-After (not a rate), and nothing else is held.
+    let statuses: Vec<(u16, bool, String)> = futures_util::stream::iter(0..4000)
+        .map(|i| {
+            let (app, u) = (&app, &u);
+            async move {
+                let r = create(app, u, &format!("p{i}.png"), 1000).await;
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry, header(&r, "location"))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let created: Vec<&String> = statuses
+        .iter()
+        .filter(|s| s.0 == 201)
+        .map(|s| &s.2)
+        .collect();
+    assert_eq!(created.len(), 20);
+    assert!(statuses.iter().all(|s| s.0 == 201 || (s.0 == 429 && !s.1)));
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 20);
+    assert_eq!(reserved(&app).await, 20_000);
+    // Another user is not affected; terminating one frees a slot.
+    let v = app.user("neighbour").await;
+    created_loc(&app, &v).await;
+    assert_eq!(
+        app.delete(created[0])
+            .as_user(&u)
+            .headers(&[TUS])
+            .status()
+            .await,
+        204
+    );
+    created_loc(&app, &u).await;
+    assert_eq!(create(&app, &u, "over.png", 1000).await.status(), 429);
+    assert_eq!(reserved(&app).await, 21_000);
+}
+
+async fn created_loc(app: &TestApp, u: &TestUser) -> String {
+    created(app, u, "slot.png", 1000).await
+}
+
+#[tokio::test]
+async fn cors_lets_a_page_on_an_allowed_origin_speak_tus() {
+    let origin = "http://app.example.test";
+    let app = TestApp::builder()
+        .env("COFFER_CORS__ALLOWED_ORIGINS", origin)
+        .spawn()
+        .await;
+    let u = app.user("pagey").await;
+    let r = app
+        .request(Method::OPTIONS, "/api/v1/uploads/00000000-0000-4000-8000-000000000000")
+        .headers(&[
+            ("origin", origin),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "tus-resumable,upload-offset,upload-checksum,content-type,x-http-method-override,upload-grant"),
+        ])
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "access-control-allow-origin"), origin);
+    let methods = header(&r, "access-control-allow-methods").to_ascii_lowercase();
+    assert!(
+        methods.contains("patch") && methods.contains("options"),
+        "{methods}"
+    );
+    let allowed = header(&r, "access-control-allow-headers").to_ascii_lowercase();
+    for h in [
+        "tus-resumable",
+        "upload-length",
+        "upload-metadata",
+        "upload-offset",
+        "upload-checksum",
+        "upload-concat",
+        "upload-defer-length",
+        "x-http-method-override",
+        "upload-grant",
+    ] {
+        assert!(allowed.contains(h), "{h} not in {allowed}");
+    }
+    // A real request from the page reads the tus headers.
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("origin", origin),
+            ("upload-length", "5"),
+            ("upload-metadata", &meta("a.txt")),
+        ])
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let exposed = header(&r, "access-control-expose-headers").to_ascii_lowercase();
+    for h in [
+        "upload-offset",
+        "upload-length",
+        "upload-metadata",
+        "upload-expires",
+        "tus-resumable",
+        "tus-version",
+        "tus-extension",
+        "tus-max-size",
+        "location",
+        "coffer-file-id",
+    ] {
+        assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+    // Another origin gets no CORS headers.
+    let r = app
+        .request(Method::OPTIONS, "/api/v1/uploads")
+        .headers(&[
+            ("origin", "http://evil.test"),
+            ("access-control-request-method", "POST"),
+        ])
+        .send()
+        .await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn a_second_patch_at_once_is_423_and_no_lock_leaks() {
+    let app = TestApp::spawn().await;
+    let u = app.user("racer").await;
+    let file = png(200_000);
+    let loc = created(&app, &u, "race.png", file.len() as u64).await;
+    // The first PATCH trickles its body; meanwhile a second one is refused.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let first_body = file[..100_000].to_vec();
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "0"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(body);
+    let first = tokio::spawn(req.send());
+    tx.send(Ok(first_body[..50_000].to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    problem(
+        patch(&app, &u, &loc, 0, file[..10].to_vec(), &[]).await,
+        423,
+    )
+    .await;
+    tx.send(Ok(first_body[50_000..].to_vec())).await.unwrap();
+    drop(tx);
+    let r = first.await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "upload-offset"), "100000");
+    // An aborted body (the client breaks off) gives the lock back: the next PATCH is taken.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "100000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let aborted = tokio::spawn(req.send());
+    tx.send(Ok(file[100_000..120_000].to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("client gives up")))
+        .await
+        .unwrap();
+    let _ = aborted.await;
+    // Without a checksum the durable bytes of the aborted PATCH count (at most what was sent).
+    let mut offset = 0;
+    for _ in 0..50 {
+        let (status, off) = offset_of(&app, &u, &loc).await;
+        assert_eq!(status, 200);
+        offset = off.parse::<u64>().unwrap();
+        if app.sql_number("SELECT COUNT(*) FROM resumable_uploads WHERE lock_holder IS NOT NULL")
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!((100_000..=120_000).contains(&offset), "{offset}");
+    assert_eq!(
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads WHERE lock_holder IS NOT NULL"),
+        0,
+        "the aborted PATCH's lock leaked"
+    );
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        offset,
+        file[offset as usize..].to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&file));
+}
+
+#[tokio::test]
+async fn an_interrupted_patch_with_a_checksum_keeps_nothing() {
+    let app = TestApp::spawn().await;
+    let u = app.user("careful").await;
+    let file = png(100_000);
+    let loc = created(&app, &u, "c.png", file.len() as u64).await;
+    let sum = STANDARD.encode(Sha256::digest(&file));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "0"),
+            ("content-type", "application/offset+octet-stream"),
+            ("upload-checksum", &format!("sha256 {sum}")),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[..60_000].to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    let _ = sent.await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "0".to_owned()));
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 0);
+}
+
+#[tokio::test]
+async fn kill_9_mid_patch_then_resume_gives_the_exact_file() {
+    // A short idle timeout: the dead PATCH's lock (a lease of twice it, at least 10 s) expires
+    // soon after the restart.
+    let mut app = TestApp::builder()
+        .env("COFFER_LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "2")
+        .spawn()
+        .await;
+    let u = app.user("survivor").await;
+    let file = png(3_000_000);
+    let loc = created(&app, &u, "big.png", file.len() as u64).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, file[..1_000_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    // A PATCH whose body is half sent when the server dies.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "1000000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[1_000_000..1_500_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.expect_leftovers();
+    app.kill9();
+    drop(tx);
+    let app = app
+        .relaunch()
+        .env("COFFER_LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "2")
+        .spawn()
+        .await;
+    let _ = sent.await;
+    let (status, off) = offset_of(&app, &u, &loc).await;
+    assert_eq!(status, 200);
+    let off: u64 = off.parse().unwrap();
+    assert!((1_000_000..=1_500_000).contains(&off), "{off}");
+    // The lock of the dead PATCH expires (a lease): probe with empty PATCHes (423 until then),
+    // then resume from the reported offset.
+    let mut probe = patch(&app, &u, &loc, off, Vec::new(), &[]).await.status();
+    for _ in 0..30 {
+        if probe != 423 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        probe = patch(&app, &u, &loc, off, Vec::new(), &[]).await.status();
+    }
+    assert_eq!(probe, 204);
+    let r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&file));
+}
+
+#[tokio::test]
+async fn with_encryption_no_plaintext_of_an_unfinished_upload_is_at_rest() {
+    let app = TestApp::builder()
+        .env(
+            "COFFER_ENCRYPTION_KEY",
+            hex::encode(Sha256::digest(b"tus test key")),
+        )
+        .spawn()
+        .await;
+    let u = app.user("secretive").await;
+    let marker = "UNFINISHED-PLAINTEXT-MARKER";
+    let text: Vec<u8> = format!("{marker}\n").repeat(5_000).into_bytes();
+    let loc = created(&app, &u, "notes.txt", text.len() as u64 + 10).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, text.clone(), &[]).await.status(),
+        204
+    );
+    let blobs = app.blob_files();
+    assert!(!blobs.is_empty());
+    for b in &blobs {
+        let bytes = app.read_blob(b);
+        assert!(
+            memchr::memmem::find(&bytes, marker.as_bytes()).is_none(),
+            "plaintext in {b:?}"
+        );
+    }
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        text.len() as u64,
+        b"0123456789".to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let got = app
+        .download(&u.token, &fid, &[])
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let mut want = text;
+    want.extend_from_slice(b"0123456789");
+    assert_eq!(hex_sha256(&got), hex_sha256(&want));
+}
+
+#[tokio::test]
+async fn expired_uploads_are_404_and_swept_with_their_quota() {
+    let app = TestApp::builder()
+        .env("COFFER_RETENTION__SWEEP_INTERVAL_SECS", "1")
+        .spawn()
+        .await;
+    let u = app.user("forgetful").await;
+    let loc = created(&app, &u, "old.png", 50_000).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, png(50_000)[..30_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(reserved(&app).await, 50_000);
+    // Expire it behind the server's back (the TTL's minimum is a minute).
+    app.sql_exec("UPDATE resumable_uploads SET expires_at = 0");
+    assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+    app.eventually("the sweeper removed the expired upload", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads") == 0
+            && app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+            && app.sql_number("SELECT COALESCE(SUM(bytes), 0) FROM upload_reservations") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty());
+}
+
+/// A request body fed by a channel (an error item breaks the body off).
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
