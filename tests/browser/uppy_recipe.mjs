@@ -49,10 +49,11 @@ export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, getGrant, onAtt
  * server resumes from the bytes coffer holds. The finished file's id is the last segment of
  * `file.response.uploadURL`.
  */
-export function cofferTusUppy({ Uppy, Tus }, { api, getToken, chunkSize = 8 * 1024 * 1024 }) {
+export function cofferTusUppy({ Uppy, Tus }, { api, getToken, getGrant, chunkSize = 8 * 1024 * 1024 }) {
   return new Uppy().use(Tus, {
     endpoint: `${api}/api/v1/uploads`,
-    headers: () => ({ Authorization: `Bearer ${getToken()}` }),
+    // A grant (minted by the app's backend) or a user's token, as for the XHR recipe.
+    headers: () => (getGrant ? { 'Upload-Grant': getGrant() } : { Authorization: `Bearer ${getToken()}` }),
     chunkSize,
     limit: 4,
     // tus-js-client's default: retry a network failure, 409, 423, 429 and 5xx, never a refusal.

@@ -406,7 +406,7 @@ async function uppyWithGrant(page) {
   const minted = await fetch(`${API}/api/v1/upload-grants`, {
     method: 'POST',
     headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ max_uploads: 2, extensions: ['txt', 'png'], expires_in: 300 }),
+    body: JSON.stringify({ max_uploads: 3, extensions: ['txt', 'png'], expires_in: 300 }),
   });
   const grant = await minted.json();
   check('the backend mints a grant with its API key', minted.status === 201 && grant.token.startsWith('cgr_'), JSON.stringify(grant));
@@ -419,23 +419,32 @@ async function uppyWithGrant(page) {
     uppy.addFile({ name: 'one.txt', type: 'text/plain', data: new Blob(['granted one']) });
     uppy.addFile({ name: 'two.txt', type: 'text/plain', data: new Blob(['granted two']) });
     const first = await uppy.upload();
-    // Used up now: a third file is refused, with coffer's words.
+    // A resumable upload in 256 KiB chunks with the same grant (Uppy's Tus plugin).
+    const { Tus } = await import('/uppy.min.mjs');
+    const { cofferTusUppy } = await import('/uppy_recipe.mjs');
+    const tus = cofferTusUppy({ Uppy, Tus }, { api: API, getGrant: () => GRANT, chunkSize: 256 * 1024 });
+    tus.addFile({ name: 'big.txt', type: 'text/plain', data: new Blob(['x'.repeat(700 * 1024)]) });
+    const resumable = await tus.upload();
+    const tusIds = resumable.successful.map((f) => f.response.uploadURL.split('/').pop());
+    // Used up now: a fourth file is refused, with coffer's words.
     uppy.addFile({ name: 'three.txt', type: 'text/plain', data: new Blob(['one too many']) });
     const third = await uppy.upload();
     // The grant is no credential for anything else.
     const list = await fetch(`${API}/api/v1/files`, { headers: { 'Upload-Grant': GRANT } });
     return {
       ok: first.successful.map((f) => [f.name, f.response.status, f.response.body.id, f.response.body.grant_id]),
+      tusIds, tusFailed: resumable.failed.map((f) => String(f.error)),
       failed: third.failed.map((f) => f.name),
       errors, listStatus: list.status,
     };
   }, { API, GRANT: grant.token });
-  const ids = r.ok.map((f) => f[2]).sort();
+  const ids = [...r.ok.map((f) => f[2]), ...r.tusIds].sort();
   check('Uppy uploads with only a grant', r.ok.length === 2 && r.ok.every((f) => f[1] === 201 && f[3] === grant.id), JSON.stringify(r));
+  check("Uppy's Tus plugin uploads in chunks with only a grant", r.tusIds.length === 1 && r.tusFailed.length === 0, JSON.stringify(r));
   check('a used-up grant is refused, in coffer\'s words', r.failed.length === 1 && /grant/.test(r.errors[0] || ''), JSON.stringify(r));
   check('a grant cannot list files', r.listStatus === 401, `${r.listStatus}`);
   const detail = await (await fetch(`${API}/api/v1/upload-grants/${grant.id}`, { headers: { 'X-API-Key': API_KEY } })).json();
-  check("the backend lists the grant's files", detail.uses === 2 && JSON.stringify([...detail.file_ids].sort()) === JSON.stringify(ids), JSON.stringify(detail));
+  check("the backend lists the grant's files", detail.uses === 3 && JSON.stringify([...detail.file_ids].sort()) === JSON.stringify(ids), JSON.stringify(detail));
 }
 
 /// The README's tus variant: Uppy's Tus plugin uploads a multi-MiB file in chunks through
