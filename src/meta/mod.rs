@@ -24,6 +24,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod leases;
 pub mod links;
@@ -48,6 +49,7 @@ pub use page::Page;
 
 use api_keys::ApiKeys;
 use audit::Audit;
+use events::Outbox;
 use files::Files;
 use leases::Leases;
 use links::Links;
@@ -74,6 +76,7 @@ pub trait Engine:
     + Maintenance
     + Cluster
     + Transfer
+    + Outbox
 {
 }
 
@@ -89,7 +92,8 @@ impl<
         + Leases
         + Maintenance
         + Cluster
-        + Transfer,
+        + Transfer
+        + Outbox,
 > Engine for T
 {
 }
@@ -171,6 +175,17 @@ impl MetaStore {
     pub fn subscribe_revocations(&self, sink: std::sync::Arc<dyn RevocationSink>) {
         self.0.hub().subscribe(sink);
         self.0.listen();
+    }
+
+    /// Webhooks and the event outbox.
+    pub fn outbox(&self) -> &dyn Outbox {
+        &*self.0
+    }
+
+    /// What wakes the delivery worker when events were committed, on this node or (with
+    /// PostgreSQL, once listening) on another.
+    pub fn outbox_wakeup(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.0.hub().outbox()
     }
 
     /// Whole rows, for copying the store into another engine (`coffer migrate`).

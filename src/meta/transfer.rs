@@ -153,6 +153,40 @@ pub const TABLES: &[Table] = &[
         name: "view_uses",
         columns: &[("key", Bytes), ("expires_at", Int)],
     },
+    Table {
+        name: "webhooks",
+        columns: &[
+            ("id", Uuid),
+            ("owner_id", Uuid),
+            ("url", Text),
+            ("events", Text),
+            ("secret", Bytes),
+            ("secret_key_id", Text),
+            ("created_at", Int),
+        ],
+    },
+    // Pending deliveries travel with their leases: a lease names a node of the source, and
+    // runs out by itself, after which a node of the target takes the delivery.
+    Table {
+        name: "webhook_deliveries",
+        columns: &[
+            ("seq", Int),
+            ("webhook_id", Uuid),
+            ("event_id", Text),
+            ("event_type", Text),
+            ("file_id", Uuid),
+            ("body", Text),
+            ("created_at", Int),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("last_status", Int),
+            ("last_error", Text),
+            ("last_answer", Text),
+            ("delivered_at", Int),
+            ("lease_holder", Text),
+            ("lease_until", Int),
+        ],
+    },
 ];
 
 /// Tables, and columns of copied tables (`table.column`), left out on purpose (see the
@@ -244,6 +278,7 @@ pub trait Transfer: Send + Sync {
     /// Delete the rows of `table` with these keys (with what cascades from them).
     async fn remove_rows(&self, table: &'static Table, keys: Vec<Cell>) -> Result<(), MetaError>;
 
-    /// Set every user's `used_bytes` to the sum of their files' sizes.
+    /// Set every user's `used_bytes` to the sum of their files' sizes (and, where the engine
+    /// numbers deliveries with a sequence, move it past the copied ones).
     async fn recount_usage(&self) -> Result<(), MetaError>;
 }

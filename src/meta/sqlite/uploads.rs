@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::Sqlite;
 use crate::ids::{Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
@@ -104,14 +105,28 @@ impl Uploads for Sqlite {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
-        self.write(move |c| {
-            if !release(c, id)? {
-                return Ok(Committed::Swept);
-            }
-            Ok(super::files::insert(c, &file)?.into())
-        })
-        .await
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError> {
+        let (done, n) = self
+            .write(move |c| {
+                if !release(c, id)? {
+                    return Ok((Committed::Swept, 0));
+                }
+                let done: Committed = super::files::insert(c, &file)?.into();
+                let n = if done == Committed::Inserted {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((done, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(done)
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
