@@ -28,6 +28,7 @@ use crate::http::error::{FieldError, Problem};
         (name = "api-keys", description = "Keys for app backends"),
         (name = "files", description = "Upload, list, download, delete"),
         (name = "links", description = "Share links"),
+        (name = "webhooks", description = "Events sent to app backends"),
         (name = "admin", description = "Administration (role admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

@@ -29,7 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::http::middleware::client_ip::{self, ClientIp};
 use crate::http::middleware::{cors, headers, metrics, rate_limit, request_id};
 use crate::http::openapi;
-use crate::http::routes::{admin, auth, files, health, keys, links, views};
+use crate::http::routes::{admin, auth, files, health, keys, links, views, webhooks};
 use crate::state::AppState;
 
 /// Build the application router and its OpenAPI document.
@@ -45,6 +45,7 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(files::router())
         .merge(links::router())
         .merge(views::router())
+        .merge(webhooks::router())
         .merge(admin::router())
         .merge(health::router())
         .layer(

@@ -36,6 +36,7 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
+use crate::events::{self, Kind, RejectReason};
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
@@ -97,6 +98,19 @@ pub(crate) enum IngestError {
 }
 
 impl IngestError {
+    /// The `upload.rejected` reason of a refusal; `None` for a failure that is not one (the
+    /// client went away, the store failed).
+    pub(crate) fn rejection(&self) -> Option<RejectReason> {
+        match self {
+            Self::Refused(_) | Self::Image(_) => Some(RejectReason::Type),
+            Self::TooLarge { .. } | Self::TooLargeToScan { .. } => Some(RejectReason::Size),
+            Self::Polyglot(_) => Some(RejectReason::Polyglot),
+            Self::Infected(_) => Some(RejectReason::Infected),
+            Self::Quota => Some(RejectReason::Quota),
+            _ => None,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             Self::Refused(r) => r.reason(),
@@ -160,6 +174,8 @@ pub(crate) struct Upload {
     pub(crate) length_hint: Option<u64>,
     /// Whether `length_hint` is the exact content length (raw bodies).
     pub(crate) exact_length: bool,
+    /// The upload grant used, if any (`grant_id` in the file's events).
+    pub(crate) grant_id: Option<uuid::Uuid>,
 }
 
 /// The upload pipeline and what it works with. Cheap to clone.
@@ -187,6 +203,13 @@ pub(crate) struct Ingest {
 /// dropped future (client disconnect); `file.infected` instead when clamd found a signature.
 struct Outcome {
     audit: AuditLog,
+    /// Records `upload.rejected` for a refusal.
+    meta: MetaStore,
+    /// The sanitised name (the event's `filename`).
+    filename: String,
+    grant_id: Option<uuid::Uuid>,
+    /// Set for a refusal (an `upload.rejected` event).
+    rejection: Option<RejectReason>,
     owner: UserId,
     ip: IpAddr,
     bytes: u64,
@@ -200,6 +223,15 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         if self.done {
             return;
+        }
+        if let Some(reason) = self.rejection {
+            events::record_rejection_later(
+                &self.meta,
+                self.owner,
+                std::mem::take(&mut self.filename),
+                reason,
+                self.grant_id,
+            );
         }
         let reason = self.reason.unwrap_or("client_aborted");
         let record = match self.signature.take() {
@@ -251,6 +283,10 @@ where
 {
     let mut outcome = Outcome {
         audit: state.audit.clone(),
+        meta: state.meta.clone(),
+        filename: filename::sanitize(&up.raw_name),
+        grant_id: up.grant_id,
+        rejection: None,
         owner: up.owner,
         ip: up.client_ip,
         bytes: 0,
@@ -273,6 +309,7 @@ where
         }),
         Err(e) => {
             outcome.reason = Some(e.reason());
+            outcome.rejection = e.rejection();
             if let IngestError::Infected(signature) = &e {
                 outcome.signature = Some(signature.clone());
             }
@@ -685,10 +722,17 @@ impl Staged {
         }
         // The row in and the reservation out, in one transaction.
         let upload = self.reservation.id();
+        // `file.created` commits with the row, or not at all.
+        let created = events::file_event(
+            Kind::FileCreated,
+            self.stored.owner_id,
+            &self.stored.file,
+            self.outcome.grant_id,
+        );
         let inserted = match state
             .meta
             .uploads()
-            .commit(upload, self.stored.clone())
+            .commit_recording(upload, self.stored.clone(), vec![created])
             .await
         {
             Ok(Committed::Inserted) => Ok(()),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::blob::{BlobKey, BlobStore};
+use crate::events::Kind;
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
 use crate::meta::throttle::ThrottleRules;
@@ -99,7 +100,7 @@ impl Sweeper {
             let full = batch.len() == BATCH;
             let before = removed;
             for f in batch {
-                match removal::remove_file(&self.meta, &self.blobs, &f).await {
+                match removal::remove_file(&self.meta, &self.blobs, &f, Kind::FileExpired).await {
                     Ok(true) => {
                         removed += 1;
                         // A system action: no actor; the owner is in the detail.

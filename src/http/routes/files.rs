@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::crypto::read;
+use crate::events::{self, Kind, RejectReason};
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
 use crate::http::middleware::client_ip::ClientIp;
@@ -105,6 +106,7 @@ async fn upload_file(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok()),
         exact_length: false,
+        grant_id: None,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -148,6 +150,15 @@ async fn stage_raw(
     })?;
     let limit = state.config.limits.max_upload_bytes;
     if up.length_hint.is_some_and(|n| n > limit) {
+        let name = ingest::filename::sanitize(&name);
+        events::record_rejection(
+            &state.meta,
+            up.owner,
+            &name,
+            RejectReason::Size,
+            up.grant_id,
+        )
+        .await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let up = Upload {
@@ -178,6 +189,8 @@ async fn stage_multipart(
         .length_hint
         .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
     {
+        // Refused before the part (and its name) is read.
+        events::record_rejection(&state.meta, up.owner, "", RejectReason::Size, up.grant_id).await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let boundary = multer::parse_boundary(content_type)
@@ -385,9 +398,11 @@ async fn delete_file(
     let f = visible_file(&state, &principal, &id).await?;
     // In its own task: a client that gives up must not stop a deletion between its steps.
     let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
-    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+    let removed = tokio::spawn(async move {
+        removal::remove_file(&meta, &blobs, &target, Kind::FileDeleted).await
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
     if !removed {
         return Err(AppError::NotFound);
     }

@@ -9,3 +9,4 @@ pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
 pub(crate) mod views;
+pub(crate) mod webhooks;
