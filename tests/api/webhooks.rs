@@ -730,7 +730,7 @@ async fn cluster_two_hundred_uploads_over_two_nodes_give_two_hundred_events_desp
     };
     let rx = Receiver::start().await;
     // Slow enough that deliveries are in flight when the node dies.
-    rx.slow(300);
+    rx.slow(1500);
     let db = Arc::new(stack.fresh_database());
     let prefix = stack.fresh_prefix();
     let node = |secret: Option<String>, garage: usize| {
@@ -746,12 +746,12 @@ async fn cluster_two_hundred_uploads_over_two_nodes_give_two_hundred_events_desp
         b.env("COFFER_S3__ENDPOINT", stack.s3_endpoint_of(garage))
             .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
             .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
-            .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
+            .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "5")
     };
     let mut a = node(None, 1).spawn().await;
     let b = node(Some(a.secret()), 2).spawn().await;
     let u = a.user("many").await;
-    hook(&a, &u, &rx.url(), Some(&["file.created"])).await;
+    let h = hook(&a, &u, &rx.url(), Some(&["file.created"])).await;
     let mut ids = Vec::new();
     for i in 0..200 {
         if i == 120 {
@@ -767,14 +767,41 @@ async fn cluster_two_hundred_uploads_over_two_nodes_give_two_hundred_events_desp
         ids.push(f["id"].as_str().unwrap().to_owned());
     }
     let got = rx
-        .until(90, "200 distinct file.created events", |g| {
+        .until(120, "200 distinct file.created events", |g| {
             let mut seen: Vec<&str> = g.iter().map(|g| g.id.as_str()).collect();
             seen.sort_unstable();
             seen.dedup();
             seen.len() >= 200
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every delivery recorded as delivered: also those the killed node had claimed, once their
+    // lease ran out and the other node took them over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = b
+            .get(&format!(
+                "/api/v1/webhooks/{}/deliveries",
+                h["id"].as_str().unwrap()
+            ))
+            .query(&[("limit", "1000")])
+            .as_user(&u)
+            .expect(200)
+            .await;
+        let items = log["items"].as_array().unwrap();
+        let done = items
+            .iter()
+            .filter(|d| d["delivered_at"].is_string())
+            .count();
+        if items.len() == 200 && done == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {} delivered",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let all = rx.got();
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for g in &all {
@@ -788,9 +815,16 @@ async fn cluster_two_hundred_uploads_over_two_nodes_give_two_hundred_events_desp
     let mut want = ids.clone();
     want.sort();
     assert_eq!(files, want, "one event per stored file");
-    // Twice only for what the killed node had in flight (it could not record the answer).
+    // Twice only for what the killed node had in flight (it could not record the answer):
+    // some, since every try takes 1.5 s, and the other node took them over.
     let twice = per_id.values().filter(|n| **n > 1).count();
-    assert!(twice <= 64, "{twice} events sent twice");
+    assert!(
+        (1..=64).contains(&twice),
+        "{twice} events sent twice (the killed node's tries in flight); node a:\n{}\nnode b:\n{}",
+        a.logs(),
+        b.logs()
+    );
+    assert!(per_id.values().all(|n| *n <= 2), "{per_id:?}");
     assert!(got.len() >= 200);
     drop(b);
     drop(a);
