@@ -4,7 +4,7 @@
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
 //! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`],
 //! [`leases::Leases`], [`maintenance::Maintenance`],
-//! [`transfer::Transfer`]). Each
+//! [`transfer::Transfer`], [`events::Outbox`]: webhooks and the event outbox). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the

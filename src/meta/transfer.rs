@@ -2,6 +2,9 @@
 //! holds, row by row as the engines store them, so that a copy is the same store (ids, token
 //! hashes, the audit chain's hashes) on another engine.
 //!
+//! Webhooks and their deliveries are copied too (pending ones are delivered by the target's
+//! nodes once the source's leases run out).
+//!
 //! Rows travel as [`Cell`]s in the column order of [`TABLES`], which lists each copied table
 //! with its key first, parents before children. Left out, on purpose: `users.used_bytes` (the
 //! target's triggers count it as file rows arrive; [`Transfer::recount_usage`] settles it),
