@@ -176,6 +176,10 @@ pub trait Outbox: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Claimed>, MetaError>;
 
+    /// Remove settled deliveries (delivered or given up) of events older than `before`; how
+    /// many. Pending ones stay, however old.
+    async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError>;
+
     /// Record how a try of a claimed delivery went and drop the lease, only while `holder`
     /// still holds it; `false` when another node took it over meanwhile.
     async fn finish(

@@ -24,6 +24,9 @@ use crate::meta::throttle::ThrottleRules;
 use crate::meta::uploads::Abandoned;
 use crate::removal;
 
+/// Days a settled webhook delivery (delivered or given up) stays in the delivery log.
+pub const DELIVERY_LOG_DAYS: u64 = 30;
+
 /// The lease the sweeping node holds.
 pub const LEASE: &str = "sweeper";
 
@@ -129,6 +132,10 @@ impl Sweeper {
         let mut pruned = meta.sessions().prune(now).await?;
         pruned += meta.links().prune_expired(link_cutoff).await?;
         pruned += meta.views().prune_views(now).await?;
+        pruned += meta
+            .outbox()
+            .prune_settled(now.minus_secs(DELIVERY_LOG_DAYS * 86_400))
+            .await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

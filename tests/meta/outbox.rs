@@ -212,6 +212,34 @@ async fn events_commit_with_their_change_and_a_files_events_are_claimed_in_order
             "{}",
             e.name
         );
+        // Settled deliveries are pruned, pending ones stay however old.
+        let before = s
+            .outbox()
+            .deliveries(hook, owner, None, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        let settled = before
+            .items
+            .iter()
+            .filter(|d| d.next_attempt_at.is_none())
+            .count();
+        assert!(settled >= 1, "{}", e.name);
+        let far = when.plus_secs(86_400);
+        assert_eq!(
+            s.outbox().prune_settled(far).await.unwrap(),
+            settled,
+            "{}",
+            e.name
+        );
+        let after = s
+            .outbox()
+            .deliveries(hook, owner, None, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.items.len(), before.items.len() - settled);
+        assert!(after.items.iter().all(|d| d.next_attempt_at.is_some()));
         // Deleting the webhook takes its deliveries with it.
         assert!(s.outbox().delete_webhook(hook, owner).await.unwrap());
         assert!(

@@ -340,6 +340,22 @@ impl Outbox for Postgres {
         .await
     }
 
+    async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError> {
+        self.one(before, |c, before| {
+            Box::pin(async move {
+                let st = c
+                    .prepare_cached(
+                        "DELETE FROM webhook_deliveries
+                         WHERE next_attempt_at IS NULL AND created_at < $1",
+                    )
+                    .await?;
+                let n = c.execute(&st, &[before]).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+        })
+        .await
+    }
+
     async fn finish(
         &self,
         seq: i64,

@@ -282,6 +282,16 @@ impl Outbox for Sqlite {
             .await
     }
 
+    async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "DELETE FROM webhook_deliveries WHERE next_attempt_at IS NULL AND created_at < ?1",
+            )?
+            .execute([before])
+        })
+        .await
+    }
+
     async fn finish(
         &self,
         seq: i64,
