@@ -113,16 +113,22 @@ pub enum UrlError {
     /// A user name or password in the URL.
     #[error("must not carry credentials")]
     Credentials,
-    /// An IP literal or `localhost` in a forbidden range.
-    #[error("targets a {0} address (webhooks.allow_private_targets is off)")]
+    /// An IP literal or `localhost`.
+    #[error("refused host ({0}); webhooks.allow_private_targets is off")]
     Private(&'static str),
 }
 
-/// Check a webhook URL by itself (no lookup): its scheme, and a host that is an IP literal
-/// or `localhost` in a forbidden range. The parsed URL.
+/// Check a webhook URL by itself (no lookup): its scheme, no credentials, and, unless private
+/// targets are allowed, a host name (the grammar the OpenAPI document states: dot-separated
+/// labels, the last starting with a letter, a port of 1-65535, then nothing or a path), so no
+/// IP literal (not even one the URL parser would read out of a number) and no `localhost`.
+/// The parsed URL.
 pub fn check_url(raw: &str, policy: Policy) -> Result<Url, UrlError> {
     if raw.len() > MAX_URL_LEN {
         return Err(UrlError::Malformed);
+    }
+    if !policy.allow_private_targets {
+        named(raw, policy.allow_http)?;
     }
     let url = Url::parse(raw).map_err(|_| UrlError::Malformed)?;
     match url.scheme() {
@@ -146,11 +152,69 @@ pub fn check_url(raw: &str, policy: Policy) -> Result<Url, UrlError> {
             None => Ok(url),
         };
     }
+    // Other names (`a.localhost` too) are judged on what they resolve to, at every try.
     let name = host.trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
+    if name == "localhost" {
         return Err(UrlError::Private("loopback"));
     }
     Ok(url)
+}
+
+/// The grammar of a URL naming its host (see [`check_url`]), on the text as sent: what the
+/// pattern in the OpenAPI document accepts, exactly.
+fn named(raw: &str, allow_http: bool) -> Result<(), UrlError> {
+    let rest = match raw.strip_prefix("https://") {
+        Some(r) => r,
+        None => match raw.strip_prefix("http://") {
+            Some(r) if allow_http => r,
+            Some(_) => return Err(UrlError::NotHttps),
+            None => return Err(UrlError::Malformed),
+        },
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if path.chars().any(char::is_whitespace) {
+        return Err(UrlError::Malformed);
+    }
+    if authority.contains('@') {
+        return Err(UrlError::Credentials);
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if let Some(p) = port {
+        let ok = !p.starts_with('0')
+            && !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65_535).contains(&n));
+        if !ok {
+            return Err(UrlError::Malformed);
+        }
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Err(UrlError::Private(forbidden(ip).unwrap_or("IP literal")));
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    // A last label starting with a letter is never read as a number (WHATWG URL: a host
+    // whose last label is numeric is an IPv4 address).
+    let last_ok = labels
+        .last()
+        .is_some_and(|t| t.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()));
+    if !labels.iter().all(|l| label_ok(l)) || !last_ok {
+        return Err(UrlError::Malformed);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Err(UrlError::Private("loopback"));
+    }
+    Ok(())
 }
 
 /// The URL's host, if it is an IP literal (the parser has normalised `2130706433`, `0x7f.1`
@@ -295,10 +359,76 @@ mod tests {
         }
     }
 
+    /// The client itself: a name that resolves to loopback is refused by its resolver, and
+    /// nothing connects to the listener behind it.
+    #[tokio::test]
+    async fn the_guarded_client_never_connects_to_a_name_resolving_to_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let policy = Policy {
+            allow_http: true,
+            allow_private_targets: false,
+        };
+        let c = client(policy, Duration::from_secs(2)).unwrap();
+        let err = c
+            .post(format!("http://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let refused = refused_in(&err).expect("refused by the resolver");
+        assert_eq!(refused.host, "localhost");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "a connection reached the listener");
+        // With private targets allowed, the same request connects.
+        let open = client(
+            Policy {
+                allow_private_targets: true,
+                ..policy
+            },
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let sent =
+            tokio::spawn(
+                async move { open.post(format!("http://localhost:{port}/")).send().await },
+            );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .is_ok()
+        );
+        sent.abort();
+    }
+
     #[test]
     fn urls_are_judged_by_scheme_and_literal_host() {
         assert!(check_url("https://hooks.example.com/x", STRICT).is_ok());
-        assert!(check_url("https://93.184.216.34/x", STRICT).is_ok());
+        assert!(check_url("https://hooks.example.com:8443/x?y#z", STRICT).is_ok());
+        assert!(
+            check_url("https://intranet-1/", STRICT).is_ok(),
+            "a name: judged at delivery"
+        );
+        // Every literal is refused, even a public one: the resolver never sees it.
+        assert!(matches!(
+            check_url("https://93.184.216.34/x", STRICT),
+            Err(UrlError::Private(_))
+        ));
+        for bad in [
+            "https://Q.I.r.Bf*",
+            "https://a.1b/",
+            "https://0x7f/",
+            "https://2130706433/",
+            "https://a.bc?x",
+            "https://a.bc:0/",
+            "https://a.bc:65536/",
+            "https://a.bc:080/",
+            "https://-a.bc/",
+            "https://a.bc/x y",
+            "HTTPS://a.bc/",
+            "https://a..bc/",
+        ] {
+            assert!(check_url(bad, STRICT).is_err(), "{bad}");
+        }
         assert_eq!(
             check_url("http://hooks.example.com/", STRICT),
             Err(UrlError::NotHttps)
@@ -314,12 +444,14 @@ mod tests {
             "http://[::ffff:7f00:1]/",
             "http://localhost/",
             "http://LOCALHOST./",
-            "http://a.localhost/",
             "http://2130706433/",
             "http://0x7f.1/",
         ] {
             assert!(
-                matches!(check_url(bad, http), Err(UrlError::Private(_))),
+                matches!(
+                    check_url(bad, http),
+                    Err(UrlError::Private(_) | UrlError::Malformed)
+                ),
                 "{bad}"
             );
         }

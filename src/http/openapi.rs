@@ -228,6 +228,16 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
         "maximum",
         json!(config.links.max_view_secs),
     );
+    if config.webhooks.allow_http {
+        let url = "/components/schemas/CreateWebhookRequest/properties/url";
+        if let Some(p) = doc
+            .pointer(&format!("{url}/pattern"))
+            .and_then(Value::as_str)
+            .map(|p| p.replacen("^https://", "^https?://", 1))
+        {
+            set(doc, url, "pattern", json!(p));
+        }
+    }
     let form = "/components/schemas/UploadForm";
     set(
         doc,

@@ -592,25 +592,45 @@ async fn with_the_safety_flags_off_private_targets_are_refused() {
     );
 }
 
-/// This machine's name: a host name that resolves to a loopback or private address here.
-async fn own_name_resolving_privately() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_owned();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 80))
-        .await
-        .unwrap_or_else(|e| panic!("{name} does not resolve: {e}"))
-        .collect();
-    assert!(
-        !addrs.is_empty()
-            && addrs.iter().all(|a| match a.ip() {
-                std::net::IpAddr::V4(v) => v.is_loopback() || v.is_private() || v.is_link_local(),
-                std::net::IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xfe00) == 0xfc00,
-            }),
-        "{name} resolves to {addrs:?}: this test needs a name resolving to a private address"
-    );
-    name
+/// A host name (not `localhost`, which is refused at creation) that resolves only to loopback
+/// or private addresses here, without asking any DNS server: this machine's name, or another
+/// name of /etc/hosts.
+async fn a_name_resolving_privately() -> String {
+    let mut names = vec![
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_owned(),
+    ];
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        names.extend(line.split_whitespace().skip(1).map(str::to_owned));
+    }
+    let private = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v) => v.is_loopback() || v.is_private() || v.is_link_local(),
+        std::net::IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    for name in names {
+        let grammar = name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            && name
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()));
+        if name.eq_ignore_ascii_case("localhost") || !grammar {
+            continue;
+        }
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), 80)).await {
+            Ok(found) => found.collect(),
+            Err(_) => continue,
+        };
+        if !addrs.is_empty() && addrs.iter().all(|a| private(a.ip())) {
+            return name;
+        }
+    }
+    panic!("no name of this machine or /etc/hosts resolves only to private addresses")
 }
 
 #[tokio::test]
@@ -621,7 +641,7 @@ async fn a_name_resolving_to_a_private_address_is_refused_at_delivery() {
         .spawn()
         .await;
     let u = app.user("rebound").await;
-    let name = own_name_resolving_privately().await;
+    let name = a_name_resolving_privately().await;
     let url = format!("http://{name}:{}/hook", rx.addr.port());
     let h = hook(&app, &u, &url, None).await;
     app.stored(&u.token, "a.png", png(300)).await;

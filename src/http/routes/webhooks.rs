@@ -29,20 +29,47 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_delivery))
 }
 
+/// An event type.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "documents the accepted strings; requests carry them as text, checked in events::hooks"
+)]
+pub(crate) enum EventType {
+    /// A file was stored (any upload path).
+    #[schema(rename = "file.created")]
+    FileCreated,
+    /// A file was deleted.
+    #[schema(rename = "file.deleted")]
+    FileDeleted,
+    /// A file's retention ran out.
+    #[schema(rename = "file.expired")]
+    FileExpired,
+    /// An upload was refused.
+    #[schema(rename = "upload.rejected")]
+    UploadRejected,
+    /// A share link served a file.
+    #[schema(rename = "link.used")]
+    LinkUsed,
+}
+
 /// `POST /webhooks` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateWebhookRequest {
-    /// Where events are sent: `https://` (unless `webhooks.allow_http`), at most 2048
-    /// characters, no credentials; not a loopback, private, link-local or otherwise special
-    /// address (unless `webhooks.allow_private_targets`).
+    /// Where events are sent: `https://` (`http://` too with `webhooks.allow_http`), a host
+    /// name, at most 2048 characters, no credentials. An IP literal or `localhost` is taken
+    /// only with `webhooks.allow_private_targets` (and then not stated by the pattern); a name
+    /// that resolves to a loopback, private, link-local or otherwise special address is
+    /// refused at every delivery.
     #[schema(
         example = "https://backend.example.com/coffer-events",
-        max_length = 2048
+        max_length = 2048,
+        pattern = r"^https://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[^\s]*)?$"
     )]
     url: String,
-    /// The event types to receive; omitted = all of them.
-    #[schema(example = json!(["file.created", "file.deleted"]))]
+    /// The event types to receive (at least one); omitted = all of them.
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1, example = json!(["file.created", "file.deleted"]))]
     events: Option<Vec<String>>,
 }
 
