@@ -29,6 +29,8 @@ enum Step {
     Hang,
     /// Answer 302 to this location.
     Redirect(String),
+    /// Answer this status with a body of this many bytes.
+    Long(u16, usize),
 }
 
 /// One request the receiver got.
@@ -165,6 +167,7 @@ async fn receive(state: Arc<Mutex<Inbox>>, headers: HeaderMap, body: Bytes) -> R
             unreachable!()
         }
         Step::Redirect(to) => (StatusCode::FOUND, [("location", to)], "").into_response(),
+        Step::Long(s, n) => (StatusCode::from_u16(s).unwrap(), "é".repeat(n / 2)).into_response(),
     }
 }
 
@@ -411,6 +414,36 @@ async fn a_delivery_answered_500_is_retried_with_the_same_event_id_and_the_files
     let created = log.iter().find(|d| d["type"] == "file.created").unwrap();
     assert_eq!(created["attempts"], 2, "{created}");
     assert_eq!(created["last_status"], 200);
+}
+
+#[tokio::test]
+async fn the_delivery_log_keeps_at_most_512_bytes_of_an_answer() {
+    let rx = Receiver::start().await;
+    rx.then(&[Step::Long(200, 100_000)]);
+    let app = open_app(5).spawn().await;
+    let u = app.user("verbose").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    app.stored(&u.token, "a.png", png(300)).await;
+    rx.until(10, "the try", |g| !g.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let log = deliveries(&app, &u, &h).await;
+        if log[0]["delivered_at"].is_string() {
+            break log[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{log:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kept = d["last_answer"].as_str().unwrap();
+    assert!(
+        kept.len() <= 512 && kept.len() >= 500,
+        "{} bytes",
+        kept.len()
+    );
+    assert!(
+        kept.chars().all(|c| c == 'é'),
+        "cut at a character boundary"
+    );
 }
 
 #[tokio::test]
