@@ -7,6 +7,9 @@
 //! that dies mid-delivery leaves a lease that runs out, and another node (or this one,
 //! restarted) takes the delivery over. The engine hands out only the earliest pending
 //! delivery of each file per webhook, so a later event of a file waits for the earlier one.
+//! Under load the database writes are shared: an idle worker waits [`COALESCE`] after a
+//! wake-up so one claim takes several commits' events, and finished tries are recorded
+//! together ([`RECORD_BATCH`] at most per write).
 //!
 //! Invariant: a try is recorded only by the node that still holds its lease; the answer kept
 //! is at most [`ANSWER_BYTES`]; no secret or signature is logged.
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::guard::{self, Policy};
 use super::hooks;
@@ -27,6 +30,12 @@ use crate::meta::events::{Attempt, Claimed};
 
 /// How long the worker sleeps when nothing is due and nothing woke it.
 pub const POLL: Duration = Duration::from_secs(1);
+/// How long an idle worker waits after a wake-up before claiming, so that one claim (one
+/// write) takes the events of several commits under load; well inside the 100 ms a delivery
+/// may take.
+pub const COALESCE: Duration = Duration::from_millis(10);
+/// Most tries recorded in one write.
+pub const RECORD_BATCH: usize = 128;
 /// A lease lasts the try's timeout plus this, so a slow database write after a try does not
 /// let another node take the delivery over while this one is still recording it.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
@@ -73,10 +82,12 @@ impl Worker {
             }
         };
         let wake = self.meta.outbox_wakeup();
+        let (record, outcomes) = mpsc::unbounded_channel();
+        tokio::spawn(record_tries(self.meta.clone(), outcomes, wake.clone()));
         let this = Arc::new(Shared {
             worker: self,
             client,
-            wake: wake.clone(),
+            record,
         });
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
@@ -105,7 +116,7 @@ impl Worker {
             };
             if claimed.is_empty() {
                 tokio::select! {
-                    () = wake.notified() => {}
+                    () = wake.notified() => tokio::time::sleep(COALESCE).await,
                     () = tokio::time::sleep(POLL) => {}
                 }
                 continue;
@@ -118,8 +129,6 @@ impl Worker {
                 tokio::spawn(async move {
                     this.deliver(d).await;
                     drop(permit);
-                    // A later event of the same file may be due now.
-                    this.wake.notify_one();
                 });
             }
         }
@@ -129,7 +138,53 @@ impl Worker {
 struct Shared {
     worker: Worker,
     client: reqwest::Client,
+    /// Where tries go to be recorded ([`record_tries`]).
+    record: mpsc::UnboundedSender<Tried>,
+}
+
+/// A finished try, to record.
+struct Tried {
+    seq: i64,
+    event_id: String,
+    attempt: Attempt,
+}
+
+/// Record finished tries, as many as are waiting in one write, then wake the claiming loop (a
+/// later event of the same file may be due now, and a slot is free).
+async fn record_tries(
+    meta: MetaStore,
+    mut tries: mpsc::UnboundedReceiver<Tried>,
     wake: Arc<Notify>,
+) {
+    while let Some(first) = tries.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match tries.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<String> = batch.iter().map(|t| t.event_id.clone()).collect();
+        let rows = batch.into_iter().map(|t| (t.seq, t.attempt)).collect();
+        let node = meta.node().to_owned();
+        match meta
+            .outbox()
+            .finish_many(node, Timestamp::now(), rows)
+            .await
+        {
+            Ok(done) => {
+                for (id, ok) in ids.iter().zip(done) {
+                    if !ok {
+                        tracing::warn!(event.id = %id, "a webhook delivery's lease ran out before its try was recorded");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, tries = ids.len(), "cannot record webhook tries; their leases will run out and they are tried again")
+            }
+        }
+        wake.notify_one();
+    }
 }
 
 impl Shared {
@@ -152,22 +207,12 @@ impl Shared {
                 }
             }
         };
-        let node = self.worker.meta.node().to_owned();
-        match self
-            .worker
-            .meta
-            .outbox()
-            .finish(d.seq, node, Timestamp::now(), attempt)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(event.id = %d.event_id, "a webhook delivery's lease ran out before its try was recorded")
-            }
-            Err(e) => {
-                tracing::warn!(event.id = %d.event_id, error = %e, "cannot record a webhook try; its lease will run out and it is tried again")
-            }
-        }
+        // Recorded with others (one write); if the recorder is gone, the lease runs out.
+        let _ = self.record.send(Tried {
+            seq: d.seq,
+            event_id: d.event_id.clone(),
+            attempt,
+        });
     }
 
     /// One try: the status and the start of the answer on a 2xx, else the status (if an

@@ -180,6 +180,21 @@ pub trait Outbox: Send + Sync {
     /// many. Pending ones stay, however old.
     async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError>;
 
+    /// [`Outbox::finish`] for several tries, in one transaction where the engine can; for each,
+    /// whether it was recorded.
+    async fn finish_many(
+        &self,
+        holder: String,
+        now: Timestamp,
+        tries: Vec<(i64, Attempt)>,
+    ) -> Result<Vec<bool>, MetaError> {
+        let mut done = Vec::with_capacity(tries.len());
+        for (seq, attempt) in tries {
+            done.push(self.finish(seq, holder.clone(), now, attempt).await?);
+        }
+        Ok(done)
+    }
+
     /// Record how a try of a claimed delivery went and drop the lease, only while `holder`
     /// still holds it; `false` when another node took it over meanwhile.
     async fn finish(

@@ -292,6 +292,22 @@ impl Outbox for Sqlite {
         .await
     }
 
+    async fn finish_many(
+        &self,
+        holder: String,
+        now: Timestamp,
+        tries: Vec<(i64, Attempt)>,
+    ) -> Result<Vec<bool>, MetaError> {
+        // One write for the lot: the single writer commits it with one fsync.
+        self.write(move |c| {
+            tries
+                .iter()
+                .map(|(seq, attempt)| finish(c, *seq, &holder, now, attempt))
+                .collect()
+        })
+        .await
+    }
+
     async fn finish(
         &self,
         seq: i64,
