@@ -525,3 +525,15 @@ impl From<crate::removal::RemoveError> for AppError {
         }
     }
 }
+
+impl From<crate::events::hooks::CreateError> for AppError {
+    fn from(e: crate::events::hooks::CreateError) -> Self {
+        use crate::events::hooks::CreateError;
+        match e {
+            CreateError::Url(u) => Self::Validation(vec![FieldError::new("url", u.to_string())]),
+            CreateError::Events(why) => Self::Validation(vec![FieldError::new("events", why)]),
+            CreateError::OwnerGone => Self::Unauthorized(BAD_CREDENTIALS),
+            CreateError::Meta(m) => m.into(),
+        }
+    }
+}

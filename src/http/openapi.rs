@@ -29,6 +29,7 @@ use crate::http::error::{FieldError, Problem};
         (name = "files", description = "Upload, list, download, delete"),
         (name = "links", description = "Share links"),
         (name = "upload-grants", description = "Scoped, short-lived upload credentials for browsers"),
+        (name = "webhooks", description = "Events sent to app backends"),
         (name = "admin", description = "Administration (role admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
@@ -282,6 +283,16 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
         "then",
         json!({ "properties": { "max_uploads": { "enum": [1, null] } } }),
     );
+    if config.webhooks.allow_http {
+        let url = "/components/schemas/CreateWebhookRequest/properties/url";
+        if let Some(p) = doc
+            .pointer(&format!("{url}/pattern"))
+            .and_then(Value::as_str)
+            .map(|p| p.replacen("^https://", "^https?://", 1))
+        {
+            set(doc, url, "pattern", json!(p));
+        }
+    }
     let form = "/components/schemas/UploadForm";
     set(
         doc,

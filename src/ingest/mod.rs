@@ -36,6 +36,7 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
+use crate::events::{self, Kind, RejectReason};
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
@@ -105,6 +106,20 @@ pub(crate) enum IngestError {
 }
 
 impl IngestError {
+    /// The `upload.rejected` reason of a refusal; `None` for a failure that is not one (the
+    /// client went away, the store failed).
+    pub(crate) fn rejection(&self) -> Option<RejectReason> {
+        match self {
+            Self::Refused(_) | Self::Image(_) => Some(RejectReason::Type),
+            Self::TooLarge { .. } | Self::TooLargeToScan { .. } => Some(RejectReason::Size),
+            Self::Polyglot(_) => Some(RejectReason::Polyglot),
+            Self::Infected(_) => Some(RejectReason::Infected),
+            Self::Quota => Some(RejectReason::Quota),
+            Self::ChecksumMismatch => Some(RejectReason::Checksum),
+            _ => None,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             Self::Refused(r) => r.reason(),
@@ -210,6 +225,12 @@ pub(crate) struct Ingest {
 /// dropped future (client disconnect); `file.infected` instead when clamd found a signature.
 struct Outcome {
     audit: AuditLog,
+    /// Records `upload.rejected` for a refusal.
+    meta: MetaStore,
+    /// The sanitised name (the event's `filename`).
+    filename: String,
+    /// Set for a refusal (an `upload.rejected` event).
+    rejection: Option<RejectReason>,
     owner: UserId,
     ip: IpAddr,
     /// The upload grant it was made with.
@@ -225,6 +246,15 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         if self.done {
             return;
+        }
+        if let Some(reason) = self.rejection {
+            events::record_rejection_later(
+                &self.meta,
+                self.owner,
+                std::mem::take(&mut self.filename),
+                reason,
+                self.grant,
+            );
         }
         let reason = self.reason.unwrap_or("client_aborted");
         let record = match self.signature.take() {
@@ -312,6 +342,9 @@ where
 {
     let mut outcome = Outcome {
         audit: state.audit.clone(),
+        meta: state.meta.clone(),
+        filename: filename::sanitize(&up.raw_name),
+        rejection: None,
         owner: up.owner,
         ip: up.client_ip,
         grant: up.grant.as_ref().map(|g| g.id),
@@ -335,6 +368,7 @@ where
         }),
         Err(e) => {
             outcome.reason = Some(e.reason());
+            outcome.rejection = e.rejection();
             if let IngestError::Infected(signature) = &e {
                 outcome.signature = Some(signature.clone());
             }
@@ -809,10 +843,13 @@ impl Staged {
         }
         // The row in and the reservation out, in one transaction.
         let upload = self.reservation.id();
+        // `file.created` commits with the row, or not at all.
+        let created =
+            events::file_event(Kind::FileCreated, self.stored.owner_id, &self.stored.file);
         let inserted = match state
             .meta
             .uploads()
-            .commit(upload, self.stored.clone())
+            .commit_recording(upload, self.stored.clone(), vec![created])
             .await
         {
             Ok(Committed::Inserted) => Ok(()),

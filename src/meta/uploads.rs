@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{Inserted, StoredFile};
 
 impl From<Inserted> for Committed {
@@ -121,7 +122,17 @@ pub trait Uploads: Send + Sync {
     /// reservation ends whether or not the owner could take the row). Without the
     /// reservation (a sweeper claimed it) nothing is written: the sweeper may be deleting the
     /// blob, so no row may point at it.
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError>;
+    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
+        self.commit_recording(id, file, Vec::new()).await
+    }
+
+    /// [`Uploads::commit`], recording `events` in the same transaction when the row went in.
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError>;
 
     /// End a reservation (the upload failed, or a sweeper claims it to clean up after it),
     /// giving its grant's use back; `false` when it was already gone. Whoever removes the

@@ -17,11 +17,15 @@ use std::time::Duration;
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::blob::{BlobKey, BlobStore};
+use crate::events::Kind;
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
 use crate::meta::throttle::ThrottleRules;
 use crate::meta::uploads::Abandoned;
 use crate::removal;
+
+/// Days a settled webhook delivery (delivered or given up) stays in the delivery log.
+pub const DELIVERY_LOG_DAYS: u64 = 30;
 
 /// The lease the sweeping node holds.
 pub const LEASE: &str = "sweeper";
@@ -106,7 +110,7 @@ impl Sweeper {
             let full = batch.len() == BATCH;
             let before = removed;
             for f in batch {
-                match removal::remove_file(&self.meta, &self.blobs, &f).await {
+                match removal::remove_file(&self.meta, &self.blobs, &f, Kind::FileExpired).await {
                     Ok(true) => {
                         removed += 1;
                         // A system action: no actor; the owner is in the detail.
@@ -139,6 +143,10 @@ impl Sweeper {
         // minted them.
         let grant_cutoff = Timestamp(now.0.saturating_sub(GRANT_GRACE_SECS * 1_000_000));
         pruned += meta.grants().prune_grants(grant_cutoff).await?;
+        pruned += meta
+            .outbox()
+            .prune_settled(now.minus_secs(DELIVERY_LOG_DAYS * 86_400))
+            .await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

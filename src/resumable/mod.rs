@@ -25,6 +25,7 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError, Source};
+use crate::events;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::{Ingest, IngestError, Upload};
 use crate::meta::files::FileObject;
@@ -126,11 +127,14 @@ impl Resumable {
 
     /// Create an upload. `Upload-Length: 0` commits the empty file at once.
     pub(crate) async fn create(&self, c: Creation) -> Result<(FileId, Progress), ResumableError> {
-        let (name, _) = self.ingest.admit(&c.filename, c.grant.as_ref())?;
+        let name = match self.ingest.admit(&c.filename, c.grant.as_ref()) {
+            Ok((name, _)) => name,
+            Err(e) => return Err(self.refused(&c, e).await),
+        };
         let max = self.ingest.max_upload_bytes;
         let limit = c.grant.as_ref().map_or(max, |g| g.max_bytes.min(max));
         if c.length > limit {
-            return Err(IngestError::TooLarge { limit }.into());
+            return Err(self.refused(&c, IngestError::TooLarge { limit }).await);
         }
         let id = FileId::new();
         if c.length == 0 {
@@ -149,7 +153,7 @@ impl Resumable {
                 id,
                 owner: c.owner,
                 length: c.length,
-                metadata: c.metadata,
+                metadata: c.metadata.clone(),
                 filename: name,
                 file_expires_at: c.file_expires_at,
                 now,
@@ -177,9 +181,20 @@ impl Resumable {
                 },
             )),
             Created::TooMany => Err(ResumableError::TooManyPending),
-            Created::QuotaExceeded => Err(IngestError::Quota.into()),
+            Created::QuotaExceeded => Err(self.refused(&c, IngestError::Quota).await),
             Created::GrantRefused => Err(IngestError::GrantRefused.into()),
         }
+    }
+
+    /// A creation refused before any byte: an `upload.rejected` event like any upload's
+    /// refusal (those of the pipeline, at the last PATCH, record their own).
+    async fn refused(&self, c: &Creation, e: IngestError) -> ResumableError {
+        if let Some(reason) = e.rejection() {
+            let name = crate::ingest::filename::sanitize(&c.filename);
+            let grant = c.grant.as_ref().map(|g| g.id);
+            events::record_rejection(&self.meta, c.owner, &name, reason, grant).await;
+        }
+        e.into()
     }
 
     /// The caller's unfinished upload (HEAD).

@@ -303,6 +303,14 @@ impl Resumable {
             .and_then(|rule| UploadPolicy::decide(rule, &all));
         if let Err(refusal) = decided {
             self.remove(up.id).await?;
+            crate::events::record_rejection(
+                &self.meta,
+                up.owner,
+                &name,
+                crate::events::RejectReason::Type,
+                up.grant,
+            )
+            .await;
             return Err(IngestError::Refused(refusal).into());
         }
         Ok(())

@@ -48,4 +48,5 @@ mod tokens;
 mod upload;
 mod upload_limits;
 mod view_urls;
+mod webhooks;
 mod wire;

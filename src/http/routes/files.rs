@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::crypto::read;
+use crate::events::{self, Kind, RejectReason};
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::Uploader;
@@ -163,6 +164,15 @@ async fn stage_raw(
     })?;
     let limit = up.limit(state.config.limits.max_upload_bytes);
     if up.length_hint.is_some_and(|n| n > limit) {
+        let name = ingest::filename::sanitize(&name);
+        events::record_rejection(
+            &state.meta,
+            up.owner,
+            &name,
+            RejectReason::Size,
+            up.grant.as_ref().map(|g| g.id),
+        )
+        .await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let up = Upload {
@@ -193,6 +203,9 @@ async fn stage_multipart(
         .length_hint
         .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
     {
+        // Refused before the part (and its name) is read.
+        let grant = up.grant.as_ref().map(|g| g.id);
+        events::record_rejection(&state.meta, up.owner, "", RejectReason::Size, grant).await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let boundary = multer::parse_boundary(content_type)
@@ -427,9 +440,11 @@ async fn delete_file(
     let f = visible_file(&state, &principal, &id).await?;
     // In its own task: a client that gives up must not stop a deletion between its steps.
     let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
-    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+    let removed = tokio::spawn(async move {
+        removal::remove_file(&meta, &blobs, &target, Kind::FileDeleted).await
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
     if !removed {
         return Err(AppError::NotFound);
     }

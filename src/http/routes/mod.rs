@@ -11,3 +11,4 @@ pub(crate) mod keys;
 pub(crate) mod links;
 pub(crate) mod uploads;
 pub(crate) mod views;
+pub(crate) mod webhooks;

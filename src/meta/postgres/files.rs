@@ -10,10 +10,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::users::LOCKED;
-use super::{PgResult, Postgres};
+use super::{IsolationLevel, PgResult, Postgres};
 use crate::crypto::Sealing;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
 
@@ -417,21 +418,58 @@ impl Files for Postgres {
         .await
     }
 
-    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError> {
-        self.one((id, now), |c, &(id, now)| Box::pin(delete(c, id, now)))
-            .await
+    async fn delete_recording(
+        &self,
+        id: FileId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<String>, MetaError> {
+        let (key, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, now, events),
+                |t, (id, now, events)| {
+                    Box::pin(async move {
+                        let key = delete(t, *id, *now).await?;
+                        let n = match key {
+                            Some(_) => super::events::record(t, events).await?,
+                            None => 0,
+                        };
+                        Ok((key, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(key)
     }
 
-    async fn delete_if_blob(
+    async fn delete_if_blob_recording(
         &self,
         id: FileId,
         blob_key: String,
         now: Timestamp,
+        events: Vec<NewEvent>,
     ) -> Result<bool, MetaError> {
-        self.one((id, blob_key, now), |c, (id, key, now)| {
-            Box::pin(delete_if_blob(c, *id, key, *now))
-        })
-        .await
+        let (gone, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, blob_key, now, events),
+                |t, (id, key, now, events)| {
+                    Box::pin(async move {
+                        let gone = delete_if_blob(t, *id, key, *now).await?;
+                        let n = if gone {
+                            super::events::record(t, events).await?
+                        } else {
+                            0
+                        };
+                        Ok((gone, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(gone)
     }
 
     async fn queued_deletions(&self, limit: usize) -> Result<Vec<String>, MetaError> {

@@ -10,7 +10,9 @@ use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 use uuid::Uuid;
 
-use crate::ids::{ApiKeyId, FileId, GrantId, LinkId, SessionId, Timestamp, UploadId, UserId};
+use crate::ids::{
+    ApiKeyId, FileId, GrantId, LinkId, SessionId, Timestamp, UploadId, UserId, WebhookId,
+};
 use crate::meta::users::Role;
 
 type BoxError = Box<dyn Error + Sync + Send>;
@@ -35,7 +37,7 @@ macro_rules! uuid_column {
 }
 
 uuid_column!(
-    UserId, FileId, LinkId, ApiKeyId, SessionId, UploadId, GrantId
+    UserId, FileId, LinkId, ApiKeyId, SessionId, UploadId, GrantId, WebhookId
 );
 
 impl ToSql for Timestamp {

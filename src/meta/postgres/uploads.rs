@@ -12,6 +12,7 @@ use deadpool_postgres::GenericClient;
 use super::{IsolationLevel, PgResult, Postgres, Tx};
 use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
@@ -161,23 +162,41 @@ impl Uploads for Postgres {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
-        self.tx(IsolationLevel::ReadCommitted, (id, file), |t, (id, f)| {
-            Box::pin(async move {
-                // The delete locks the reservation: a sweeper claiming it waits for this
-                // commit and then finds it gone (and the row in), or took it first.
-                let Some(grant) = end(t, *id).await? else {
-                    return Ok(Committed::Swept);
-                };
-                if let Some(grant) = grant
-                    && !super::grants::exists(t, grant).await?
-                {
-                    return Ok(Committed::GrantRevoked);
-                }
-                Ok(super::files::insert(t, f).await?.into())
-            })
-        })
-        .await
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError> {
+        let (done, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, file, events),
+                |t, (id, f, events)| {
+                    Box::pin(async move {
+                        // The delete locks the reservation: a sweeper claiming it waits for
+                        // this commit and then finds it gone (and the row in), or took it first.
+                        let Some(grant) = end(t, *id).await? else {
+                            return Ok((Committed::Swept, 0));
+                        };
+                        if let Some(grant) = grant
+                            && !super::grants::exists(t, grant).await?
+                        {
+                            return Ok((Committed::GrantRevoked, 0));
+                        }
+                        let done: Committed = super::files::insert(t, f).await?.into();
+                        let n = if done == Committed::Inserted {
+                            super::events::record(t, events).await?
+                        } else {
+                            0
+                        };
+                        Ok((done, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(done)
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {

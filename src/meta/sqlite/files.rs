@@ -8,6 +8,7 @@ use super::users::LOCKED;
 use crate::crypto::Sealing;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{AfterRead, FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
 
@@ -297,18 +298,47 @@ impl Files for Sqlite {
             .await
     }
 
-    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError> {
-        self.write(move |c| delete(c, id, now)).await
+    async fn delete_recording(
+        &self,
+        id: FileId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<String>, MetaError> {
+        let (key, n) = self
+            .write(move |c| {
+                let key = delete(c, id, now)?;
+                let n = if key.is_some() {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((key, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(key)
     }
 
-    async fn delete_if_blob(
+    async fn delete_if_blob_recording(
         &self,
         id: FileId,
         blob_key: String,
         now: Timestamp,
+        events: Vec<NewEvent>,
     ) -> Result<bool, MetaError> {
-        self.write(move |c| delete_if_blob(c, id, &blob_key, now))
-            .await
+        let (gone, n) = self
+            .write(move |c| {
+                let gone = delete_if_blob(c, id, &blob_key, now)?;
+                let n = if gone {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((gone, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(gone)
     }
 
     async fn queued_deletions(&self, limit: usize) -> Result<Vec<String>, MetaError> {

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::Sqlite;
 use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
@@ -121,19 +122,33 @@ impl Uploads for Sqlite {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
-        self.write(move |c| {
-            let Some(grant) = end(c, id)? else {
-                return Ok(Committed::Swept);
-            };
-            if let Some(grant) = grant
-                && !super::grants::exists(c, grant)?
-            {
-                return Ok(Committed::GrantRevoked);
-            }
-            Ok(super::files::insert(c, &file)?.into())
-        })
-        .await
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError> {
+        let (done, n) = self
+            .write(move |c| {
+                let Some(grant) = end(c, id)? else {
+                    return Ok((Committed::Swept, 0));
+                };
+                if let Some(grant) = grant
+                    && !super::grants::exists(c, grant)?
+                {
+                    return Ok((Committed::GrantRevoked, 0));
+                }
+                let done: Committed = super::files::insert(c, &file)?.into();
+                let n = if done == Committed::Inserted {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((done, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(done)
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
