@@ -100,7 +100,7 @@ async fn a_page_on_another_origin_uses_view_urls_frames_pdfs_and_caches_prefligh
     );
     // Each check printed its line; none may be missing (a script that stopped early fails).
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 26, "{stdout}");
+    assert_eq!(passed, 27, "{stdout}");
     // Everything the page did, and no view token, reached the log.
     let logs = app.logs();
     assert!(!logs.contains("?view="), "a view URL in the log");

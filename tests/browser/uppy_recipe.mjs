@@ -44,6 +44,22 @@ export function cofferUppy({ Uppy, XHRUpload }, { api, getToken, getGrant, onAtt
 }
 
 /**
+ * coffer's problem `detail` behind an error of the Tus plugin (`uppy.on('upload-error',
+ * (file, err) => show(tusProblemDetail(err)))`), or the error's own message when the server
+ * gave none (a network failure).
+ */
+export function tusProblemDetail(err) {
+  const body = err && err.originalResponse ? err.originalResponse.getBody() : null;
+  try {
+    const problem = JSON.parse(body);
+    if (typeof problem.detail === 'string') return problem.detail;
+  } catch {
+    // Not a problem document.
+  }
+  return (err && err.message) || 'upload failed';
+}
+
+/**
  * An Uppy that uploads to coffer's resumable (tus) endpoint with a bearer token from
  * `getToken()`: large files go in `chunkSize` pieces, and a dropped connection or a restarted
  * server resumes from the bytes coffer holds. The finished file's id is the last segment of
@@ -56,8 +72,13 @@ export function cofferTusUppy({ Uppy, Tus }, { api, getToken, getGrant, chunkSiz
     headers: () => (getGrant ? { 'Upload-Grant': getGrant() } : { Authorization: `Bearer ${getToken()}` }),
     chunkSize,
     limit: 4,
-    // tus-js-client's default: retry a network failure, 409, 423, 429 and 5xx, never a refusal.
+    // Retry a network failure, 409 (an offset that moved: the client asks HEAD and resumes),
+    // 423 (another PATCH still holds the upload), 429 and 5xx; never a refusal.
     retryDelays: [0, 1000, 3000, 5000],
+    onShouldRetry: (err) => {
+      const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+      return status === 0 || status === 409 || status === 423 || status === 429 || status >= 500;
+    },
     // Uppy's default fingerprint store would resume an upload of the same file by another user.
     storeFingerprintForResuming: false,
   });

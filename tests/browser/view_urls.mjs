@@ -450,9 +450,10 @@ async function uppyWithGrant(page) {
 /// The README's tus variant: Uppy's Tus plugin uploads a multi-MiB file in chunks through
 /// CORS, and the stored file has the same sha256.
 async function uppyTus(page) {
+  const refusedBefore = await tusCreations(415);
   const r = await page.evaluate(async ({ API, TOKEN }) => {
     const { Uppy, Tus } = await import('/uppy.min.mjs');
-    const { cofferTusUppy } = await import('/uppy_recipe.mjs');
+    const { cofferTusUppy, tusProblemDetail } = await import('/uppy_recipe.mjs');
     const uppy = cofferTusUppy({ Uppy, Tus }, { api: API, getToken: () => TOKEN, chunkSize: 1024 * 1024 });
     const bytes = new Uint8Array(3 * 1024 * 1024 + 17);
     for (let i = 0; i < bytes.length; i++) bytes[i] = 97 + (i % 26);
@@ -463,10 +464,26 @@ async function uppyTus(page) {
     const done = result.successful.map((f) => f.response.uploadURL);
     const id = done.length === 1 ? done[0].split('/').pop() : null;
     const file = id ? await (await fetch(`${API}/api/v1/files/${id}`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json() : null;
-    return { done, failed: result.failed.map((f) => String(f.error)), want, file };
+    // A refused file: coffer's detail reaches the page, and it is not tried again.
+    const refusing = cofferTusUppy({ Uppy, Tus }, { api: API, getToken: () => TOKEN });
+    const shown = [];
+    refusing.on('upload-error', (f, err) => shown.push(tusProblemDetail(err)));
+    refusing.addFile({ name: 'tool.exe', type: 'application/octet-stream', data: new Blob(['MZ not welcome']) });
+    await refusing.upload();
+    return { done, failed: result.failed.map((f) => String(f.error)), want, file, shown };
   }, { API, TOKEN });
+  const refused = (await tusCreations(415)) - refusedBefore;
+  check("Uppy Tus shows coffer's problem detail and does not retry a refusal",
+    r.shown.length === 1 && /not accepted/.test(r.shown[0]) && refused === 1, JSON.stringify({ shown: r.shown, refused }));
   check('Uppy Tus (the recipe) uploads 3 MiB in 1 MiB chunks through CORS to the exact sha256',
     r.file && r.file.sha256 === r.want && r.file.filename === 'letters.txt' && r.failed.length === 0, JSON.stringify(r));
+}
+
+/// Answers of the tus creation route with this status so far (the server's metrics).
+async function tusCreations(status) {
+  const text = await (await fetch(`${API}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('coffer_http_requests_total{method="POST",route="/api/v1/uploads",status="' + status + '"}'));
+  return line ? Number(line.split(' ').pop()) : 0;
 }
 
 /// Answers of the upload route with this status so far (the server's metrics).
