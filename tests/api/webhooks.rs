@@ -446,6 +446,71 @@ async fn the_delivery_log_keeps_at_most_512_bytes_of_an_answer() {
     );
 }
 
+/// The `webhook-signature` a receiver expects, computed here from the secret's text.
+fn expected_signature(secret: &str, g: &Got) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", g.id, g.timestamp, g.body).as_bytes());
+    format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn with_encryption_at_rest_the_secret_is_sealed_and_still_signs() {
+    let rx = Receiver::start().await;
+    let app = open_app(5)
+        .single_node("reads the SQLite file behind the server")
+        .env("COFFER_ENCRYPTION_KEY", crate::helpers::secret())
+        .spawn()
+        .await;
+    let u = app.user("sealed").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap();
+    // Stored sealed: not the secret's bytes, and naming the key that sealed it.
+    let stored = app.sql_text("SELECT hex(secret) || ' ' || secret_key_id FROM webhooks");
+    let (sealed, key_id) = stored.split_once(' ').unwrap();
+    assert!(!key_id.is_empty());
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    assert!(!sealed.eq_ignore_ascii_case(&hex::encode(&raw)));
+    assert_eq!(sealed.len(), 2 * (12 + 32 + 16), "nonce, key, tag");
+    app.stored(&u.token, "a.png", png(300)).await;
+    let got = rx.until(10, "the event", |g| !g.is_empty()).await;
+    assert_eq!(got[0].signature, expected_signature(secret, &got[0]));
+}
+
+#[tokio::test]
+async fn a_delivery_is_given_up_after_max_attempts() {
+    let rx = Receiver::start().await;
+    rx.then(&[Step::Status(503)]);
+    let app = open_app(5)
+        .env("COFFER_WEBHOOKS__MAX_ATTEMPTS", "1")
+        .spawn()
+        .await;
+    let u = app.user("given_up").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    app.stored(&u.token, "a.png", png(300)).await;
+    rx.until(10, "the one try", |g| !g.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let log = deliveries(&app, &u, &h).await;
+        if log[0]["attempts"] == 1 {
+            break log[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{log:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["last_status"], 503, "{d}");
+    assert!(d["next_attempt_at"].is_null(), "given up: {d}");
+    assert!(d["delivered_at"].is_null(), "{d}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(rx.got().len(), 1, "no second try after giving up");
+}
+
 #[tokio::test]
 async fn a_receiver_that_hangs_is_timed_out_and_tried_again_with_the_same_id() {
     let rx = Receiver::start().await;
