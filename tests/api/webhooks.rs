@@ -203,6 +203,25 @@ async fn deliveries(app: &TestApp, u: &TestUser, hook: &Value) -> Vec<Value> {
     v["items"].as_array().unwrap().clone()
 }
 
+/// The delivery log once `cond` holds (tries are recorded just after their answer: poll).
+async fn log_until(
+    app: &TestApp,
+    u: &TestUser,
+    hook: &Value,
+    what: &str,
+    cond: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = deliveries(app, u, hook).await;
+        if cond(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{what}: {log:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The Python interpreter with `standardwebhooks` (`.ci/run` makes it).
 fn python() -> Option<std::path::PathBuf> {
     let p =
@@ -358,7 +377,10 @@ async fn webhooks_get_every_event_signed_for_the_official_verifier_and_in_order(
     }
 
     // The delivery log: each delivered once, answered 200.
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "every delivery recorded", |l| {
+        l.len() == got.len() && l.iter().all(|d| d["delivered_at"].is_string())
+    })
+    .await;
     assert_eq!(log.len(), got.len(), "{log:#?}");
     for d in &log {
         assert_eq!(d["attempts"], 1, "{d}");
@@ -392,7 +414,11 @@ async fn a_delivery_answered_500_is_retried_with_the_same_event_id_and_the_files
             .await,
         204
     );
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the first try recorded", |l| {
+        l.iter()
+            .any(|d| d["type"] == "file.created" && d["attempts"] == 1)
+    })
+    .await;
     let first = log.iter().find(|d| d["type"] == "file.created").unwrap();
     assert_eq!(first["last_status"], 500, "{first}");
     assert_eq!(first["attempts"], 1);
@@ -410,7 +436,11 @@ async fn a_delivery_answered_500_is_retried_with_the_same_event_id_and_the_files
         "back-off of about 5 s: {waited:?}"
     );
     assert!(got[2].at >= got[1].at);
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the retry recorded", |l| {
+        l.iter()
+            .any(|d| d["type"] == "file.created" && d["delivered_at"].is_string())
+    })
+    .await;
     let created = log.iter().find(|d| d["type"] == "file.created").unwrap();
     assert_eq!(created["attempts"], 2, "{created}");
     assert_eq!(created["last_status"], 200);
@@ -521,7 +551,10 @@ async fn a_receiver_that_hangs_is_timed_out_and_tried_again_with_the_same_id() {
     app.stored(&u.token, "a.png", png(300)).await;
     let got = rx.until(20, "two tries", |g| g.len() >= 2).await;
     assert_eq!(got[0].id, got[1].id);
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the second try recorded", |l| {
+        l.first().is_some_and(|d| d["delivered_at"].is_string())
+    })
+    .await;
     assert_eq!(log[0]["attempts"], 2, "{log:#?}");
     assert!(log[0]["delivered_at"].is_string());
     // A manual retry sends it again, now, with the same id.
