@@ -203,6 +203,25 @@ async fn deliveries(app: &TestApp, u: &TestUser, hook: &Value) -> Vec<Value> {
     v["items"].as_array().unwrap().clone()
 }
 
+/// The delivery log once `cond` holds (tries are recorded just after their answer: poll).
+async fn log_until(
+    app: &TestApp,
+    u: &TestUser,
+    hook: &Value,
+    what: &str,
+    cond: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = deliveries(app, u, hook).await;
+        if cond(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{what}: {log:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The Python interpreter with `standardwebhooks` (`.ci/run` makes it).
 fn python() -> Option<std::path::PathBuf> {
     let p =
@@ -358,7 +377,10 @@ async fn webhooks_get_every_event_signed_for_the_official_verifier_and_in_order(
     }
 
     // The delivery log: each delivered once, answered 200.
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "every delivery recorded", |l| {
+        l.len() == got.len() && l.iter().all(|d| d["delivered_at"].is_string())
+    })
+    .await;
     assert_eq!(log.len(), got.len(), "{log:#?}");
     for d in &log {
         assert_eq!(d["attempts"], 1, "{d}");
@@ -392,7 +414,11 @@ async fn a_delivery_answered_500_is_retried_with_the_same_event_id_and_the_files
             .await,
         204
     );
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the first try recorded", |l| {
+        l.iter()
+            .any(|d| d["type"] == "file.created" && d["attempts"] == 1)
+    })
+    .await;
     let first = log.iter().find(|d| d["type"] == "file.created").unwrap();
     assert_eq!(first["last_status"], 500, "{first}");
     assert_eq!(first["attempts"], 1);
@@ -410,7 +436,11 @@ async fn a_delivery_answered_500_is_retried_with_the_same_event_id_and_the_files
         "back-off of about 5 s: {waited:?}"
     );
     assert!(got[2].at >= got[1].at);
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the retry recorded", |l| {
+        l.iter()
+            .any(|d| d["type"] == "file.created" && d["delivered_at"].is_string())
+    })
+    .await;
     let created = log.iter().find(|d| d["type"] == "file.created").unwrap();
     assert_eq!(created["attempts"], 2, "{created}");
     assert_eq!(created["last_status"], 200);
@@ -446,6 +476,71 @@ async fn the_delivery_log_keeps_at_most_512_bytes_of_an_answer() {
     );
 }
 
+/// The `webhook-signature` a receiver expects, computed here from the secret's text.
+fn expected_signature(secret: &str, g: &Got) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", g.id, g.timestamp, g.body).as_bytes());
+    format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn with_encryption_at_rest_the_secret_is_sealed_and_still_signs() {
+    let rx = Receiver::start().await;
+    let app = open_app(5)
+        .single_node("reads the SQLite file behind the server")
+        .env("COFFER_ENCRYPTION_KEY", crate::helpers::secret())
+        .spawn()
+        .await;
+    let u = app.user("sealed").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap();
+    // Stored sealed: not the secret's bytes, and naming the key that sealed it.
+    let stored = app.sql_text("SELECT hex(secret) || ' ' || secret_key_id FROM webhooks");
+    let (sealed, key_id) = stored.split_once(' ').unwrap();
+    assert!(!key_id.is_empty());
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    assert!(!sealed.eq_ignore_ascii_case(&hex::encode(&raw)));
+    assert_eq!(sealed.len(), 2 * (12 + 32 + 16), "nonce, key, tag");
+    app.stored(&u.token, "a.png", png(300)).await;
+    let got = rx.until(10, "the event", |g| !g.is_empty()).await;
+    assert_eq!(got[0].signature, expected_signature(secret, &got[0]));
+}
+
+#[tokio::test]
+async fn a_delivery_is_given_up_after_max_attempts() {
+    let rx = Receiver::start().await;
+    rx.then(&[Step::Status(503)]);
+    let app = open_app(5)
+        .env("COFFER_WEBHOOKS__MAX_ATTEMPTS", "1")
+        .spawn()
+        .await;
+    let u = app.user("given_up").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    app.stored(&u.token, "a.png", png(300)).await;
+    rx.until(10, "the one try", |g| !g.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let log = deliveries(&app, &u, &h).await;
+        if log[0]["attempts"] == 1 {
+            break log[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{log:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["last_status"], 503, "{d}");
+    assert!(d["next_attempt_at"].is_null(), "given up: {d}");
+    assert!(d["delivered_at"].is_null(), "{d}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(rx.got().len(), 1, "no second try after giving up");
+}
+
 #[tokio::test]
 async fn a_receiver_that_hangs_is_timed_out_and_tried_again_with_the_same_id() {
     let rx = Receiver::start().await;
@@ -456,7 +551,10 @@ async fn a_receiver_that_hangs_is_timed_out_and_tried_again_with_the_same_id() {
     app.stored(&u.token, "a.png", png(300)).await;
     let got = rx.until(20, "two tries", |g| g.len() >= 2).await;
     assert_eq!(got[0].id, got[1].id);
-    let log = deliveries(&app, &u, &h).await;
+    let log = log_until(&app, &u, &h, "the second try recorded", |l| {
+        l.first().is_some_and(|d| d["delivered_at"].is_string())
+    })
+    .await;
     assert_eq!(log[0]["attempts"], 2, "{log:#?}");
     assert!(log[0]["delivered_at"].is_string());
     // A manual retry sends it again, now, with the same id.

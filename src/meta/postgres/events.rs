@@ -356,6 +356,29 @@ impl Outbox for Postgres {
         .await
     }
 
+    async fn finish_many(
+        &self,
+        holder: String,
+        now: Timestamp,
+        tries: Vec<(i64, Attempt)>,
+    ) -> Result<Vec<bool>, MetaError> {
+        // One transaction, one round trip per row but one commit for the lot.
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (holder, now, tries),
+            |t, (holder, now, tries)| {
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(tries.len());
+                    for (seq, attempt) in tries {
+                        done.push(finish(t, *seq, holder, *now, attempt).await?);
+                    }
+                    Ok(done)
+                })
+            },
+        )
+        .await
+    }
+
     async fn finish(
         &self,
         seq: i64,
