@@ -13,6 +13,8 @@
 //! bytes, or a lost decryption task, is [`CryptoError::Io`]: never reported as tampering.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use aes_gcm::Aes256Gcm;
@@ -22,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
 
 use super::{CryptoError, DataKey};
+use crate::blob::pool::{self, Pacer};
 use crate::ids::FileId;
 
 /// The stored bytes an [`Opener`] reads: the blob's header, then the ciphertext span.
@@ -154,7 +157,9 @@ impl Sealer {
     }
 }
 
-/// Segments decrypted per blocking task (1 MiB of plaintext).
+/// Most segments decrypted per blocking task (1 MiB of plaintext), for a reader that keeps
+/// up; a slower one gets fewer (down to one), as its [`Pacer`] says, so what a slow
+/// connection holds stays near two segments instead of two full batches.
 const BATCH: u64 = 16;
 
 /// Checks the blob header, decrypts whole segments and trims the plaintext to the requested
@@ -177,7 +182,9 @@ impl Opener {
         end: u64,
     ) -> Self {
         let (first, last) = segments_of(plain_len, start, end);
+        let want = Arc::new(AtomicUsize::new(pool::FIRST_CHUNK));
         let batches = Batcher {
+            want: want.clone(),
             inner,
             buf: BytesMut::new(),
             header_checked: false,
@@ -226,6 +233,11 @@ impl Opener {
                 })
             })
             .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())));
+        let out = Paced {
+            inner: Box::pin(out),
+            pacer: Pacer::default(),
+            want,
+        };
         Self { out: Box::pin(out) }
     }
 }
@@ -238,8 +250,31 @@ impl Stream for Opener {
     }
 }
 
+/// Times the consumer of plaintext and tells the [`Batcher`] how much to decrypt per batch.
+struct Paced<S> {
+    inner: Pin<Box<S>>,
+    pacer: Pacer,
+    want: Arc<AtomicUsize>,
+}
+
+impl<S: Stream<Item = Result<Bytes, CryptoError>>> Stream for Paced<S> {
+    type Item = Result<Bytes, CryptoError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        this.want.store(this.pacer.next_size(), Ordering::Relaxed);
+        let item = this.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(plain))) = &item {
+            this.pacer.handed(plain.len());
+        }
+        item
+    }
+}
+
 /// Cuts the ciphertext stream into batches of whole segments.
 struct Batcher {
+    /// Plaintext bytes the consumer drains in time (from [`Paced`]).
+    want: Arc<AtomicUsize>,
     inner: CipherStream,
     buf: BytesMut,
     header_checked: bool,
@@ -278,8 +313,10 @@ impl Batcher {
             }
             if self.header_checked {
                 // As many whole segments as are buffered, up to a batch or the last needed.
+                let batch = (self.want.load(Ordering::Relaxed) / SEGMENT).clamp(1, BATCH as usize);
+                let batch = batch as u64;
                 let (mut n, mut bytes, mut idx) = (0, 0usize, self.next);
-                while n < BATCH && idx <= self.last_needed {
+                while n < batch && idx <= self.last_needed {
                     let len = stored_segment_len(self.plain_len, idx);
                     if self.buf.len() < bytes + len {
                         break;
@@ -288,7 +325,7 @@ impl Batcher {
                     n += 1;
                     idx += 1;
                 }
-                if n == BATCH || (n > 0 && idx > self.last_needed) {
+                if n == batch || (n > 0 && idx > self.last_needed) {
                     let first = self.next;
                     self.next = idx;
                     return Poll::Ready(Some(Ok((first, self.buf.split_to(bytes)))));
