@@ -150,12 +150,16 @@ pub fn run() -> ExitCode {
     runtime.block_on(dispatch(cli.command, config))
 }
 
-/// Variable and value that fix glibc's mmap threshold at 4 MiB, and let the heap keep up to
+/// Variable and value that fix glibc's mmap threshold at 4 MiB, let the heap keep up to
 /// 32 MiB of free memory (else every freed 256 KiB download buffer goes back to the kernel and
-/// is faulted in again for the next chunk: measured -35% CPU per encrypted GiB with it).
+/// is faulted in again for the next chunk: measured -35% CPU per encrypted GiB with it), and
+/// cap the malloc arenas at 2. glibc gives each thread that allocates under contention an
+/// arena of its own, up to 8 per core, and each keeps its free memory; the blocking pool has
+/// up to `server.blocking_threads` threads, so a burst of downloads spread buffers over 16
+/// arenas that all stayed resident (see bench/README.md, "Serving at scale").
 const MALLOC_TUNABLE: (&str, &str) = (
     "GLIBC_TUNABLES",
-    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432",
+    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432:glibc.malloc.arena_max=2",
 );
 
 /// glibc raises its mmap threshold each time a large block is freed, after which argon2's
