@@ -416,7 +416,7 @@ fn chunks(
             let n = usize::try_from(n).unwrap_or(grant.size());
             Some(tokio::task::spawn_blocking(move || {
                 pool.fill(grant, n, |buf| match file.read_exact_at(buf, at) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(buf.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         Err(BlobError::Short)
                     }

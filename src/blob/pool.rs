@@ -1,10 +1,11 @@
 //! Read buffers for streamed downloads: chunk sizes that follow how fast the client drains
 //! ([`Pacer`]), and a bounded pool that hands them out and recycles them ([`ReadPool`]).
 //!
-//! Invariant: buffers larger than [`MIN_CHUNK`] held by all streams together never exceed
-//! [`LARGE_BUDGET`] bytes; past it a stream reads smaller chunks (down to [`MIN_CHUNK`],
-//! which is never refused), so memory per connection is bounded by how fast its client reads,
-//! not by how fast the disk is. At most [`CACHE_BYTES`] of idle buffers are kept for reuse.
+//! Invariant: buffers larger than a stream's floor held by all streams together never exceed
+//! [`LARGE_BUDGET`] bytes; past it a stream reads smaller chunks, down to its floor
+//! ([`MIN_CHUNK`], or one sealed segment for a decrypting read), which is never refused. So
+//! memory per connection is bounded by how fast its client reads, not by how fast the disk is.
+//! At most [`CACHE_BYTES`] of idle buffers are kept for reuse.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,10 +20,11 @@ pub const MIN_CHUNK: usize = 16 * 1024;
 pub const MAX_CHUNK: usize = 1024 * 1024;
 /// Where a stream starts, before anything is known of its reader.
 pub const FIRST_CHUNK: usize = 64 * 1024;
-/// Bytes of buffers above [`MIN_CHUNK`] all streams may hold at once: 8 readers at full speed
-/// (one chunk being sent, one read ahead). Measured on the 2-core bench machine: a 64 MiB
-/// download at 1 MiB chunks is no faster than at 256 KiB ones once 8 run in parallel.
-pub const LARGE_BUDGET: usize = 16 * 1024 * 1024;
+/// Bytes of buffers above [`MIN_CHUNK`] all streams may hold at once: four readers at full
+/// speed (one 1 MiB chunk being sent, one read ahead); more share it in smaller chunks. With
+/// 16 MiB, 100 slow readers starting together peaked at 50.8 MiB (scripts/bench, issue 17),
+/// as each starts fast while the kernel's socket buffers fill.
+pub const LARGE_BUDGET: usize = 8 * 1024 * 1024;
 /// Idle buffers kept for the next chunk (so a fast stream neither allocates nor faults in
 /// fresh pages per chunk); the rest go back to the allocator.
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
@@ -138,8 +140,16 @@ impl ReadPool {
     /// The largest buffer up to `want` bytes the budget allows now (never less than
     /// [`MIN_CHUNK`]; never waits).
     pub fn grant(&self, want: usize) -> Grant {
-        let mut size = want.clamp(MIN_CHUNK, MAX_CHUNK).next_power_of_two();
-        if size > want.max(MIN_CHUNK) {
+        self.grant_at_least(MIN_CHUNK, want)
+    }
+
+    /// The largest buffer up to `want` bytes the budget allows now, and never less than
+    /// `floor` (a power of two from [`MIN_CHUNK`] to [`MAX_CHUNK`]; a buffer of that size is
+    /// granted outside the budget when it is spent, so a stream is slowed, never refused).
+    pub fn grant_at_least(&self, floor: usize, want: usize) -> Grant {
+        let floor = floor.clamp(MIN_CHUNK, MAX_CHUNK).next_power_of_two();
+        let mut size = want.clamp(floor, MAX_CHUNK).next_power_of_two();
+        if size > want.max(floor) {
             size /= 2;
         }
         while size > MIN_CHUNK {
@@ -149,42 +159,49 @@ impl ReadPool {
                     permit: Some(permit),
                 };
             }
+            if size <= floor {
+                break;
+            }
             size /= 2;
         }
         Grant {
-            size: MIN_CHUNK,
+            size: floor,
             permit: None,
         }
     }
 
-    /// `len` bytes (at most the grant's size) filled by `read`, in a recycled buffer when one
-    /// is free. The buffer returns to the pool when the last `Bytes` of it is dropped.
+    /// The bytes `fill` writes into the first `len` (at most the grant's size) of a buffer,
+    /// a recycled one when one is free; `fill` returns how many it wrote (at most `len`).
+    /// The buffer returns to the pool when the last `Bytes` of it is dropped.
     pub fn fill<E>(
         self: &Arc<Self>,
         grant: Grant,
         len: usize,
-        read: impl FnOnce(&mut [u8]) -> Result<(), E>,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<Bytes, E> {
         let len = len.min(grant.size);
         let mut buf = self
             .take(grant.size)
             .unwrap_or_else(|| vec![0u8; grant.size]);
         let result = match buf.get_mut(..len) {
-            Some(dst) => read(dst),
-            None => Ok(()),
+            Some(dst) => fill(dst),
+            None => Ok(0),
         };
-        let lease = Lease {
+        let mut lease = Lease {
             buf,
-            len,
+            len: 0,
             pool: self.clone(),
             _permit: grant.permit,
         };
-        result.map(|()| Bytes::from_owner(lease))
+        result.map(|n| {
+            lease.len = n.min(len);
+            Bytes::from_owner(lease)
+        })
     }
 
     fn take(&self, size: usize) -> Option<Vec<u8>> {
         let mut free = self.free.lock().ok()?;
-        let buf = free.lists[class_of(size)].pop()?;
+        let buf = free.lists.get_mut(class_of(size))?.pop()?;
         free.bytes -= buf.len();
         Some(buf)
     }
@@ -194,11 +211,16 @@ impl ReadPool {
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&size) || !size.is_power_of_two() {
             return;
         }
-        if let Ok(mut free) = self.free.lock()
-            && free.bytes + size <= CACHE_BYTES
-        {
+        let Ok(mut guard) = self.free.lock() else {
+            return;
+        };
+        let free = &mut *guard;
+        if free.bytes + size > CACHE_BYTES {
+            return;
+        }
+        if let Some(list) = free.lists.get_mut(class_of(size)) {
+            list.push(buf);
             free.bytes += size;
-            free.lists[class_of(size)].push(buf);
         }
     }
 
@@ -268,8 +290,12 @@ mod tests {
         }
         assert_eq!(pool.large_in_use(), LARGE_BUDGET);
         assert_eq!(pool.grant(MAX_CHUNK).size(), MIN_CHUNK);
+        // A floor is granted outside the spent budget.
+        let seg = pool.grant_at_least(64 * 1024, MAX_CHUNK);
+        assert_eq!((seg.size(), seg.permit.is_none()), (64 * 1024, true));
         held.pop();
         assert_eq!(pool.grant(3 * MAX_CHUNK / 2).size(), MAX_CHUNK);
+        assert_eq!(pool.grant_at_least(64 * 1024, 100_000).size(), 64 * 1024);
     }
 
     #[test]
@@ -279,7 +305,7 @@ mod tests {
             .map(|i| {
                 pool.fill(pool.grant(MAX_CHUNK), 10, |b| {
                     b.fill(i);
-                    Ok::<_, ()>(())
+                    Ok::<_, ()>(b.len())
                 })
                 .unwrap()
             })
@@ -290,7 +316,7 @@ mod tests {
         assert_eq!(pool.large_in_use(), 0);
         assert_eq!(pool.cached_bytes(), CACHE_BYTES);
         let again = pool
-            .fill(pool.grant(MAX_CHUNK), MAX_CHUNK, |_| Ok::<_, ()>(()))
+            .fill(pool.grant(MAX_CHUNK), MAX_CHUNK, |b| Ok::<_, ()>(b.len()))
             .unwrap();
         assert_eq!(again.len(), MAX_CHUNK);
         assert_eq!(pool.cached_bytes(), CACHE_BYTES - MAX_CHUNK);
