@@ -171,7 +171,21 @@ impl Metrics {
             "coffer_rate_limited_total{{bucket=\"login\"}} {}",
             self.rate_limited_login.load(Ordering::Relaxed)
         );
-        let series: [(&str, &str, &str, u64); 5] = [
+        let pool = crate::blob::pool::shared();
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let series: [(&str, &str, &str, u64); 7] = [
+            (
+                "coffer_download_buffer_large_bytes",
+                "gauge",
+                "Bytes of download read buffers above the smallest size held now (bounded by the pool's budget).",
+                as_u64(pool.large_in_use()),
+            ),
+            (
+                "coffer_download_buffer_cached_bytes",
+                "gauge",
+                "Bytes of idle download read buffers kept for reuse.",
+                as_u64(pool.cached_bytes()),
+            ),
             (
                 "coffer_principal_cache_hits_total",
                 "counter",

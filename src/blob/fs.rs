@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{Bytes, BytesMut};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
+use super::pool::{self, Pacer};
 use super::{
     BlobBackend, BlobError, BlobKey, BlobWriter, BoxFuture, ByteStream, Inventory, StoredBlob,
 };
@@ -28,11 +29,7 @@ const TMP: &str = "tmp";
 const LEGACY_TRASH: &str = "trash";
 /// Ranges up to this size are served from a single read.
 const READ_CHUNK: usize = 256 * 1024;
-/// Larger ranges stream in chunks that start at this size (what a client that never reads
-/// holds)...
-const FIRST_STREAM_CHUNK: u64 = 64 * 1024;
-/// ...and double up to this one as the client reads (fewer hand-offs to the blocking pool).
-const STREAM_CHUNK: u64 = 1024 * 1024;
+/// Larger ranges stream in chunks sized by `pool::Pacer`, from `pool::ReadPool`.
 /// Writes are batched into buffers of this size and written while the next one fills.
 const WRITE_CHUNK: usize = 512 * 1024;
 const DIR_MODE: u32 = 0o700;
@@ -386,34 +383,45 @@ fn read_exact_at(file: &File, offset: u64, len: u64) -> Result<Bytes, BlobError>
     }
 }
 
-/// Read `[offset, offset + len)` in chunks, one short blocking task per chunk, one chunk
-/// ahead of the socket: the disk read of chunk n+1 overlaps the network write of chunk n. No
-/// thread is held between chunks, so a client that stops reading costs a connection and at
-/// most two chunks of memory (small ones unless it has been reading), never a blocking-pool
-/// thread, and only until the send timeout.
+/// Read `[offset, offset + len)` in chunks, one short blocking task per chunk. No thread is
+/// held between chunks, so a client that stops reading costs a connection and its chunks,
+/// never a blocking-pool thread, and only until the send timeout. Chunk sizes follow the
+/// client ([`Pacer`]): a fast reader gets large chunks, one read ahead so the disk read of
+/// chunk n+1 overlaps the network write of chunk n; a slow one gets small chunks read on
+/// demand (the socket's buffer hides the read). Buffers come from the shared [`ReadPool`],
+/// whose budget bounds the large ones.
 fn chunks(
     file: Arc<File>,
     offset: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, BlobError>> + Send {
+    type Read = tokio::task::JoinHandle<Result<Bytes, BlobError>>;
     struct State {
         file: Arc<File>,
         pos: u64,
         end: u64,
-        size: u64,
-        ahead: Option<tokio::task::JoinHandle<Result<Bytes, BlobError>>>,
+        pacer: Pacer,
+        ahead: Option<Read>,
     }
     impl State {
-        fn read_next(&mut self) -> Option<tokio::task::JoinHandle<Result<Bytes, BlobError>>> {
+        fn read_next(&mut self, want: usize) -> Option<Read> {
             if self.pos >= self.end {
                 return None;
             }
+            let pool = pool::shared();
+            let grant = pool.grant(want);
             let (file, at) = (self.file.clone(), self.pos);
-            let n = (self.end - at).min(self.size);
+            let n = (self.end - at).min(grant.size() as u64);
             self.pos += n;
-            self.size = (self.size * 2).min(STREAM_CHUNK);
+            let n = usize::try_from(n).unwrap_or(grant.size());
             Some(tokio::task::spawn_blocking(move || {
-                read_exact_at(&file, at, n)
+                pool.fill(grant, n, |buf| match file.read_exact_at(buf, at) {
+                    Ok(()) => Ok(buf.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        Err(BlobError::Short)
+                    }
+                    Err(e) => Err(BlobError::from_io(e)),
+                })
             }))
         }
     }
@@ -421,21 +429,26 @@ fn chunks(
         file,
         pos: offset,
         end: offset.saturating_add(len),
-        size: FIRST_STREAM_CHUNK,
+        pacer: Pacer::default(),
         ahead: None,
     };
     futures_util::stream::unfold(start, |mut st| async move {
+        let want = st.pacer.next_size();
         let current = match st.ahead.take() {
             Some(h) => h,
-            None => st.read_next()?,
+            None => st.read_next(want)?,
         };
         let chunk = current
             .await
             .unwrap_or_else(|e| Err(join_err(blocking::JoinError::from(e))));
-        if chunk.is_ok() {
-            st.ahead = st.read_next();
-        } else {
-            st.pos = st.end;
+        match &chunk {
+            Ok(bytes) => {
+                st.pacer.handed(bytes.len());
+                if !st.pacer.slow() {
+                    st.ahead = st.read_next(want);
+                }
+            }
+            Err(_) => st.pos = st.end,
         }
         Some((chunk, st))
     })

@@ -9,6 +9,7 @@
 //! against that exact shape ([`BlobKey::parse`]); no client text ever becomes part of a key.
 
 pub mod fs;
+pub(crate) mod pool;
 pub mod s3;
 
 use std::future::Future;

@@ -150,12 +150,21 @@ pub fn run() -> ExitCode {
     runtime.block_on(dispatch(cli.command, config))
 }
 
-/// Variable and value that fix glibc's mmap threshold at 4 MiB, and let the heap keep up to
-/// 32 MiB of free memory (else every freed 256 KiB download buffer goes back to the kernel and
-/// is faulted in again for the next chunk: measured -35% CPU per encrypted GiB with it).
+/// Variable and value for glibc's allocator, chosen by `scripts/bench` (issue 17; numbers in
+/// bench/README.md, "Serving at scale"):
+/// - `mmap_threshold` fixed at 128 KiB: download read buffers (128 KiB to 1 MiB) and
+///   argon2's 19 MiB blocks are mapped on their own and go back to the kernel when freed,
+///   instead of being carved from a heap that keeps them. The read pool recycles up to
+///   4 MiB of buffers, so a fast download does not fault in fresh pages for every chunk.
+/// - `trim_threshold` 4 MiB: free memory at the top of a heap beyond it goes back (it was
+///   32 MiB, kept for the 256 KiB download buffers the pool now recycles).
+/// - `arena_max` 2: glibc gives each thread that allocates under contention an arena of its
+///   own, up to 8 per core, and each keeps its free memory; the blocking pool has up to
+///   `server.blocking_threads` threads, so a burst of downloads spread memory over 16 arenas
+///   that all stayed resident.
 const MALLOC_TUNABLE: (&str, &str) = (
     "GLIBC_TUNABLES",
-    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432",
+    "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=4194304:glibc.malloc.arena_max=2",
 );
 
 /// glibc raises its mmap threshold each time a large block is freed, after which argon2's

@@ -12,16 +12,21 @@
 //! failure it yields [`CryptoError::Tampered`] and nothing after. A failure to read the stored
 //! bytes, or a lost decryption task, is [`CryptoError::Io`]: never reported as tampering.
 
+use std::collections::VecDeque;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::aead::Nonce;
+use aes_gcm::aead::inout::InOutBuf;
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
+use tokio::task::JoinHandle;
 
 use super::{CryptoError, DataKey};
+use crate::blob::pool::{self, Pacer};
 use crate::ids::FileId;
 
 /// The stored bytes an [`Opener`] reads: the blob's header, then the ciphertext span.
@@ -154,14 +159,33 @@ impl Sealer {
     }
 }
 
-/// Segments decrypted per blocking task (1 MiB of plaintext).
-const BATCH: u64 = 16;
+/// Most segments decrypted per blocking task (1 MiB of plaintext), for a reader that keeps
+/// up; a slower one gets fewer (down to one), as its [`Pacer`] says.
+const BATCH: usize = 16;
 
 /// Checks the blob header, decrypts whole segments and trims the plaintext to the requested
-/// range. Decryption runs on the blocking pool, one batch of segments per task and one batch
-/// ahead, so it overlaps with sending the previous batch and uses both cores.
+/// range. Decryption runs on the blocking pool, one batch of segments per task, straight from
+/// the ciphertext into a buffer of the shared read pool (so the large ones count against its
+/// budget). How much is decrypted per batch, and whether the next batch is decrypted while
+/// the previous one is sent (using both cores), follows the reader: a slow one gets one
+/// segment at a time, handed out in small pieces, with nothing decrypted ahead.
 pub struct Opener {
-    out: Pin<Box<dyn Stream<Item = Result<Bytes, CryptoError>> + Send>>,
+    batches: Batcher,
+    cipher: Aes256Gcm,
+    file: FileId,
+    plain_len: u64,
+    pacer: Pacer,
+    /// Decryption tasks, oldest first (at most two).
+    in_flight: VecDeque<JoinHandle<Result<Bytes, CryptoError>>>,
+    /// Decrypted and trimmed, not yet handed out.
+    pending: Bytes,
+    /// A failure of the stored bytes, yielded once the batches before it are out.
+    deferred: Option<CryptoError>,
+    /// Plaintext bytes to drop at the start (the range starts inside its first segment).
+    skip: usize,
+    /// Plaintext bytes still to hand out.
+    remaining: u64,
+    failed: bool,
 }
 
 impl Opener {
@@ -177,56 +201,53 @@ impl Opener {
         end: u64,
     ) -> Self {
         let (first, last) = segments_of(plain_len, start, end);
-        let batches = Batcher {
-            inner,
-            buf: BytesMut::new(),
-            header_checked: false,
-            next: first,
-            last_needed: last,
+        Self {
+            batches: Batcher {
+                inner,
+                chunks: VecDeque::new(),
+                buffered: 0,
+                header_checked: false,
+                next: first,
+                last_needed: last,
+                plain_len,
+                done: false,
+            },
+            cipher: key.cipher(),
+            file,
             plain_len,
-            done: false,
-        };
-        let cipher = key.cipher();
-        let decrypted = futures_util::stream::unfold(batches, |mut b| async move {
-            let batch = futures_util::future::poll_fn(|cx| b.poll_batch(cx)).await?;
-            Some((batch, b))
-        })
-        .map(move |batch| {
-            let cipher = cipher.clone();
-            async move {
-                let (first, data) = batch?;
-                tokio::task::spawn_blocking(move || {
-                    decrypt_batch(&cipher, file, plain_len, first, data)
-                })
-                .await
-                .unwrap_or_else(|e| Err(lost_task(e)))
+            pacer: Pacer::default(),
+            in_flight: VecDeque::new(),
+            pending: Bytes::new(),
+            deferred: None,
+            skip: usize::try_from(start - first * SEGMENT as u64).unwrap_or(0),
+            remaining: end.saturating_sub(start),
+            failed: false,
+        }
+    }
+
+    /// Start decrypting batches until `depth` are in flight or the ciphertext is not there yet.
+    fn fill_pipeline(&mut self, cx: &mut Context<'_>, want: usize, depth: usize) {
+        while self.in_flight.len() < depth && self.deferred.is_none() {
+            // The buffer first: the batch is as large as the budget allows (one segment, not
+            // counted against it, when it is spent).
+            let grant = pool::shared().grant_at_least(SEGMENT, want);
+            let segments = (grant.size() / SEGMENT).clamp(1, BATCH);
+            match self.batches.poll_batch(cx, segments as u64) {
+                Poll::Ready(Some(Ok((first, data)))) => {
+                    let (cipher, file, plain_len) =
+                        (self.cipher.clone(), self.file, self.plain_len);
+                    self.in_flight
+                        .push_back(tokio::task::spawn_blocking(move || {
+                            let len = data.len();
+                            pool::shared().fill(grant, len, |out| {
+                                decrypt_batch(&cipher, file, plain_len, first, &data, out)
+                            })
+                        }));
+                }
+                Poll::Ready(Some(Err(e))) => self.deferred = Some(e),
+                Poll::Ready(None) | Poll::Pending => return,
             }
-        })
-        .buffered(2);
-        let mut skip = usize::try_from(start - first * SEGMENT as u64).unwrap_or(0);
-        let mut remaining = end.saturating_sub(start);
-        let mut failed = false;
-        let out = decrypted
-            .take_while(move |r| {
-                // Nothing after the first failure.
-                let go = !failed;
-                failed |= r.is_err();
-                std::future::ready(go)
-            })
-            .map(move |r| {
-                r.map(|mut plain| {
-                    let cut = std::mem::take(&mut skip).min(plain.len());
-                    plain = plain.slice(cut..);
-                    let take = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(plain.len());
-                    plain.truncate(take);
-                    remaining -= take as u64;
-                    plain
-                })
-            })
-            .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())));
-        Self { out: Box::pin(out) }
+        }
     }
 }
 
@@ -234,14 +255,72 @@ impl Stream for Opener {
     type Item = Result<Bytes, CryptoError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.out.as_mut().poll_next(cx)
+        let this = &mut *self;
+        let want = this.pacer.next_size();
+        loop {
+            if this.failed {
+                return Poll::Ready(None);
+            }
+            if !this.pending.is_empty() {
+                // A slow reader gets small pieces: what the HTTP layer queues for the socket
+                // then pins fewer segment buffers.
+                let n = if this.pacer.slow() {
+                    pool::MIN_CHUNK.min(this.pending.len())
+                } else {
+                    this.pending.len()
+                };
+                let out = this.pending.split_to(n);
+                this.pacer.handed(out.len());
+                return Poll::Ready(Some(Ok(out)));
+            }
+            let depth = if this.pacer.slow() { 1 } else { 2 };
+            this.fill_pipeline(cx, want, depth);
+            let Some(task) = this.in_flight.front_mut() else {
+                return match this.deferred.take() {
+                    Some(e) => {
+                        this.failed = true;
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    None if this.batches.finished() => Poll::Ready(None),
+                    // The batcher is waiting for ciphertext and will wake us.
+                    None => Poll::Pending,
+                };
+            };
+            let done = match Pin::new(task).poll(cx) {
+                Poll::Ready(r) => r.unwrap_or_else(|e| Err(lost_task(e))),
+                Poll::Pending => return Poll::Pending,
+            };
+            this.in_flight.pop_front();
+            match done {
+                Ok(mut plain) => {
+                    let cut = std::mem::take(&mut this.skip).min(plain.len());
+                    plain = plain.slice(cut..);
+                    let take = usize::try_from(this.remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(plain.len());
+                    plain.truncate(take);
+                    this.remaining -= take as u64;
+                    this.pending = plain;
+                }
+                Err(e) => {
+                    // Nothing after the first failure.
+                    this.failed = true;
+                    this.in_flight.clear();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
     }
 }
 
 /// Cuts the ciphertext stream into batches of whole segments.
 struct Batcher {
     inner: CipherStream,
-    buf: BytesMut,
+    /// Ciphertext read but not yet batched, as the store yielded it: kept, not copied, so
+    /// it stays in the read pool's buffers (and within its budget).
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    buffered: usize,
     header_checked: bool,
     /// Index of the next segment to hand out.
     next: u64,
@@ -262,15 +341,16 @@ impl Batcher {
     fn poll_batch(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<(u64, BytesMut), CryptoError>>> {
+        batch: u64,
+    ) -> Poll<Option<Result<(u64, Bytes), CryptoError>>> {
         loop {
             if self.done || self.next > self.last_needed {
                 return Poll::Ready(None);
             }
-            if !self.header_checked && self.buf.len() >= HEADER_LEN {
+            if !self.header_checked && self.buffered >= HEADER_LEN {
                 // Also bound into every tag (AAD), but a changed byte of the stored copy must
                 // fail too: "a flipped byte is never served" means any byte.
-                if self.buf.split_to(HEADER_LEN)[..] != header()[..] {
+                if self.take(HEADER_LEN)[..] != header()[..] {
                     self.done = true;
                     return Poll::Ready(Some(Err(CryptoError::Tampered)));
                 }
@@ -279,23 +359,26 @@ impl Batcher {
             if self.header_checked {
                 // As many whole segments as are buffered, up to a batch or the last needed.
                 let (mut n, mut bytes, mut idx) = (0, 0usize, self.next);
-                while n < BATCH && idx <= self.last_needed {
+                while n < batch && idx <= self.last_needed {
                     let len = stored_segment_len(self.plain_len, idx);
-                    if self.buf.len() < bytes + len {
+                    if self.buffered < bytes + len {
                         break;
                     }
                     bytes += len;
                     n += 1;
                     idx += 1;
                 }
-                if n == BATCH || (n > 0 && idx > self.last_needed) {
+                if n == batch || (n > 0 && idx > self.last_needed) {
                     let first = self.next;
                     self.next = idx;
-                    return Poll::Ready(Some(Ok((first, self.buf.split_to(bytes)))));
+                    return Poll::Ready(Some(Ok((first, self.take(bytes)))));
                 }
             }
             match self.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.buffered += chunk.len();
+                    self.chunks.push_back(chunk);
+                }
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
                     // A source that says it ended early was cut short: truncated, like an end.
@@ -316,45 +399,82 @@ impl Batcher {
     }
 }
 
+impl Batcher {
+    /// The next `n` buffered bytes (`n` <= `buffered`): a slice of the first chunk when it
+    /// holds them all, else a copy (short-lived: a batch is decrypted as soon as it is cut).
+    fn take(&mut self, n: usize) -> Bytes {
+        self.buffered -= n;
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= n
+        {
+            let out = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let k = (n - out.len()).min(front.len());
+            out.extend_from_slice(&front.split_to(k));
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        out.freeze()
+    }
+
+    /// Every needed segment was handed out, or the stream failed.
+    fn finished(&self) -> bool {
+        self.done || self.next > self.last_needed
+    }
+}
+
 /// A decryption task that panicked or was cancelled lost its batch: an I/O failure, never
 /// tampering (that would answer `integrity-error` and audit a false alarm).
 pub(crate) fn lost_task(e: tokio::task::JoinError) -> CryptoError {
     CryptoError::Io(std::io::Error::other(e))
 }
 
-/// Decrypt a batch of whole segments in place and pack their plaintexts together.
+/// Decrypt a batch of whole segments from `data` into `out`, their plaintexts packed
+/// together; the plaintext length. Nothing is written past a segment that fails.
 fn decrypt_batch(
     cipher: &Aes256Gcm,
     file: FileId,
     plain_len: u64,
     first: u64,
-    mut data: BytesMut,
-) -> Result<Bytes, CryptoError> {
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CryptoError> {
     let last_index = segment_count(plain_len) - 1;
     let (mut read, mut write, mut index) = (0usize, 0usize, first);
     while read < data.len() {
         let len = stored_segment_len(plain_len, index);
         let body = len - TAG;
-        let seg = data
-            .get_mut(read..read + len)
-            .ok_or(CryptoError::Tampered)?;
-        let (ct, tag) = seg.split_at_mut(body);
-        let tag = <[u8; TAG]>::try_from(&*tag).map_err(|_| CryptoError::Tampered)?;
+        let seg = data.get(read..read + len).ok_or(CryptoError::Tampered)?;
+        let (ct, tag) = seg.split_at(body);
+        let tag = <[u8; TAG]>::try_from(tag).map_err(|_| CryptoError::Tampered)?;
+        let dst = out
+            .get_mut(write..write + body)
+            .ok_or_else(|| CryptoError::Io(std::io::Error::other("decryption buffer too small")))?;
+        let inout = InOutBuf::new(ct, dst)
+            .map_err(|_| CryptoError::Io(std::io::Error::other("decryption buffer mismatch")))?;
         cipher
             .decrypt_inout_detached(
                 &nonce(index, index == last_index),
                 &aad(file),
-                ct.into(),
+                inout,
                 &tag.into(),
             )
             .map_err(|_| CryptoError::Tampered)?;
-        data.copy_within(read..read + body, write);
         read += len;
         write += body;
         index += 1;
     }
-    data.truncate(write);
-    Ok(data.freeze())
+    Ok(write)
 }
 
 #[cfg(test)]

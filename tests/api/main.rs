@@ -41,6 +41,7 @@ mod retention;
 mod s3;
 mod scan;
 mod secrets;
+mod serving;
 mod stack_smoke;
 mod startup;
 mod tls;
