@@ -188,6 +188,7 @@ impl Resumable {
         let need = (SNIFF_LEN as u64).min(up.length);
         let mut head = BytesMut::new();
         let mut renewed = Instant::now();
+        let mut staged: Option<String> = None;
         let mut aborted = None;
         loop {
             let bytes = match body.next().await {
@@ -212,13 +213,19 @@ impl Resumable {
                 head.extend_from_slice(bytes.get(..take).unwrap_or(&bytes));
             }
             chunk.write(&bytes).await?;
+            // What the writer staged outside this process (an S3 multipart upload), recorded
+            // as soon as it exists, so that a sweeper can abort it if this node dies.
+            let staging = chunk.writer.staging_id();
+            if staging.is_some() && staging != staged {
+                staged.clone_from(&staging);
+                if let Some(s) = staging {
+                    chunk.reservation.staged(s).await?;
+                }
+            }
             if renewed.elapsed() > self.lease() / 4 {
                 renewed = Instant::now();
                 self.renew(&p, guard).await?;
                 chunk.reservation.touch().await;
-                if let Some(s) = chunk.writer.staging_id() {
-                    chunk.reservation.staged(s).await?;
-                }
             }
         }
         if let Some(e) = aborted {
