@@ -1011,7 +1011,10 @@ async fn the_final_patch_is_scanned_by_clamd_like_a_single_shot_upload() {
     .await;
     assert!(app.blob_files().is_empty());
     let audit = app.audit(&admin.token).await;
-    let infected = audit.iter().filter(|a| a["event"] == "file.infected").count();
+    let infected = audit
+        .iter()
+        .filter(|a| a["event"] == "file.infected")
+        .count();
     assert_eq!(infected, 1, "{audit:?}");
     // A clean one through the same scanner is stored, its scan recorded.
     let clean = b"clean text\n".repeat(10_000);
@@ -1026,4 +1029,51 @@ async fn the_final_patch_is_scanned_by_clamd_like_a_single_shot_upload() {
         .await;
     assert_eq!(f["sha256"], hex_sha256(&clean));
     assert!(!f["scanned_at"].is_null(), "{f}");
+}
+
+#[tokio::test]
+async fn a_failed_creation_with_upload_and_a_deleted_account_leave_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("remover").await;
+    let u = app.user("leaver").await;
+    // creation-with-upload whose body fails its checksum: 460, and no upload stays behind.
+    let wrong = STANDARD.encode(Sha256::digest(b"not this"));
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-length", "100"),
+            ("upload-metadata", &meta("a.txt")),
+            ("content-type", "application/offset+octet-stream"),
+            ("upload-checksum", &format!("sha256 {wrong}")),
+        ])
+        .body(b"a".repeat(50))
+        .send()
+        .await;
+    problem(r, 460).await;
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
+    assert_eq!(reserved(&app).await, 0);
+    // An account deleted with unfinished uploads: rows, chunks and reservations go with it.
+    let loc = created(&app, &u, "half.png", 50_000).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, png(50_000)[..20_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    let r = app
+        .delete(&format!("/api/v1/admin/users/{}", u.id))
+        .as_user(&admin)
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
+    assert_eq!(reserved(&app).await, 0);
+    app.eventually("the staged chunks are deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty());
 }

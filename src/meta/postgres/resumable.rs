@@ -281,6 +281,30 @@ impl Resumables for Postgres {
         .await
     }
 
+    async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError> {
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (owner, now),
+            |t, &(owner, now)| {
+                Box::pin(async move {
+                    let rows = t
+                        .query(
+                            "SELECT id FROM resumable_uploads WHERE owner_id = $1 FOR UPDATE",
+                            &[&owner],
+                        )
+                        .await?;
+                    let ids: Vec<FileId> =
+                        rows.iter().map(|r| r.try_get(0)).collect::<PgResult<_>>()?;
+                    for id in &ids {
+                        remove(t, *id, now).await?;
+                    }
+                    Ok(ids.len())
+                })
+            },
+        )
+        .await
+    }
+
     async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<FileId>, MetaError> {
         self.one((now, limit), |c, &(now, limit)| {
             Box::pin(async move {

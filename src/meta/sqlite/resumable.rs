@@ -236,6 +236,20 @@ impl Resumables for Sqlite {
         self.write(move |c| remove(c, id, now)).await
     }
 
+    async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError> {
+        self.write(move |c| {
+            let ids: Vec<FileId> = c
+                .prepare_cached("SELECT id FROM resumable_uploads WHERE owner_id = ?1")?
+                .query_map([owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                remove(c, *id, now)?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
     async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<FileId>, MetaError> {
         self.read(move |c| {
             c.prepare_cached(
