@@ -1077,3 +1077,32 @@ async fn a_failed_creation_with_upload_and_a_deleted_account_leave_nothing() {
     .await;
     assert!(app.blob_files().is_empty());
 }
+
+#[tokio::test]
+async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
+    let mut app = TestApp::spawn().await;
+    let u = app.user("checker").await;
+    let file = png(60_000);
+    let loc = created(&app, &u, "kept.png", file.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, file[..25_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let (code, out) = app.run_cli(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = app.run_cli(&["check", "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    // A crash and a restart (start-up recovery looks for orphans) keep them too.
+    app.kill9();
+    let app = app.relaunch().spawn().await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "25000".to_owned()));
+    let r = patch(&app, &u, &loc, 25_000, file[25_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&file));
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
