@@ -1103,6 +1103,13 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
         .expect(200)
         .await;
     assert_eq!(f["sha256"], hex_sha256(&file));
+    // Once the finished upload's chunks are gone (deleted off the request's path), the store
+    // holds exactly the file.
+    app.eventually("the finished upload's chunks are deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
     let (code, out) = app.run_cli(&["check", "--deep"]);
     assert_eq!(code, 0, "{out}");
 }
