@@ -51,6 +51,9 @@ pub enum Event {
     AdminUserRole,
     UserCreate,
     ViewRevoke,
+    GrantCreate,
+    GrantUse,
+    GrantRevoke,
 }
 
 impl Event {
@@ -81,6 +84,9 @@ impl Event {
             Self::AdminUserRole => "admin.user_role",
             Self::UserCreate => "admin.user_create",
             Self::ViewRevoke => "view.revoke",
+            Self::GrantCreate => "grant.create",
+            Self::GrantUse => "grant.use",
+            Self::GrantRevoke => "grant.revoke",
         }
     }
 }

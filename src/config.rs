@@ -52,10 +52,14 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Share links.
     pub links: LinksConfig,
+    /// Upload grants.
+    pub grants: GrantsConfig,
     /// File expiry and the background sweeper.
     pub retention: RetentionConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Event delivery to webhooks.
+    pub webhooks: WebhooksConfig,
     /// Logging.
     pub log: LogConfig,
     /// Native TLS (off unless a certificate and key are configured).
@@ -434,6 +438,14 @@ pub struct LinksConfig {
     pub max_view_secs: u64,
 }
 
+/// `[grants]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Longest lifetime of an upload grant.
+    pub max_expires_secs: u64,
+}
+
 /// `[retention]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +456,24 @@ pub struct RetentionConfig {
     pub max_expires_secs: u64,
     /// How often the sweeper runs.
     pub sweep_interval_secs: u64,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow `http://` webhook URLs (development only: events carry file names and hashes).
+    pub allow_http: bool,
+    /// Allow targets on loopback, private, link-local and other special addresses (a
+    /// receiver on the same host or network; never with untrusted users).
+    pub allow_private_targets: bool,
+    /// Seconds one try may take (connect to the end of the answer's head).
+    pub timeout_secs: u64,
+    /// Tries before a delivery is given up (1 = no retry).
+    pub max_attempts: u64,
+    /// Whether this node sends events (false: it records them, and other nodes, or this one
+    /// once turned back on, deliver them; for a node that must make no outbound connection).
+    pub deliver: bool,
 }
 
 /// `[audit]`
@@ -596,7 +626,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 30] = [
+        let minimums: [(&str, u64, u64); 33] = [
             (
                 "uploads.max_pending_per_user",
                 self.uploads.max_pending_per_user,
@@ -607,6 +637,8 @@ impl Config {
                 self.uploads.resumable_ttl_secs,
                 60,
             ),
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs, 1),
+            ("webhooks.max_attempts", self.webhooks.max_attempts, 1),
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -683,6 +715,7 @@ impl Config {
             ),
             ("links.max_expires_secs", self.links.max_expires_secs, 1),
             ("links.max_view_secs", self.links.max_view_secs, 1),
+            ("grants.max_expires_secs", self.grants.max_expires_secs, 1),
             (
                 "retention.max_expires_secs",
                 self.retention.max_expires_secs,
@@ -714,6 +747,14 @@ impl Config {
                 errs.push(msg.to_owned());
             }
         };
+        need(
+            self.webhooks.timeout_secs <= 300,
+            "webhooks.timeout_secs must be at most 300",
+        );
+        need(
+            self.webhooks.max_attempts <= 100,
+            "webhooks.max_attempts must be at most 100",
+        );
         need(
             self.uploads.abandoned_after_secs
                 >= self.limits.upload_idle_timeout_secs.saturating_mul(2),

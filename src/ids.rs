@@ -87,6 +87,14 @@ uuid_id!(
     /// An upload in flight (its quota reservation).
     UploadId
 );
+uuid_id!(
+    /// An upload grant (not its token).
+    GrantId
+);
+uuid_id!(
+    /// A webhook (API.md "Events and webhooks").
+    WebhookId
+);
 
 /// A point in time, microseconds since the Unix epoch (UTC). Serialised as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

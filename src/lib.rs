@@ -8,7 +8,7 @@
 //!
 //! Layers, top to bottom (a module imports only from layers below its own):
 //! entry (`cli`, `config`, `telemetry`) -> `http` -> `state` -> domain (`auth`, `ingest`,
-//! `download`, `audit`, `removal`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
+//! `download`, `audit`, `removal`, `events`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
 //! `crypto`) -> foundations (`ids`, `secrets`, `net`, `blocking`). `scripts/layers` checks it.
 
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@ pub mod cli;
 pub(crate) mod config;
 pub mod crypto;
 pub mod download;
+pub(crate) mod events;
 pub(crate) mod http;
 pub mod ids;
 pub mod ingest;

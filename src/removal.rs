@@ -13,6 +13,7 @@
 //! owner), so its files only decrease and the deletion always ends.
 
 use crate::blob::{BlobError, BlobKey, BlobStore};
+use crate::events::{self, Kind};
 use crate::ids::{Timestamp, UserId};
 use crate::meta::files::StoredFile;
 use crate::meta::users::{Deleted, Locked};
@@ -39,14 +40,21 @@ pub(crate) enum RemoveError {
     FilesRemain,
 }
 
-/// Remove one file. Returns `false` when its row was already gone.
+/// Remove one file, recording `why` (`file.deleted` or `file.expired`) in the same
+/// transaction. Returns `false` when its row was already gone (and records nothing).
 pub(crate) async fn remove_file(
     meta: &MetaStore,
     blobs: &BlobStore,
     f: &StoredFile,
+    why: Kind,
 ) -> Result<bool, RemoveError> {
     let id = f.file.id;
-    let Some(key) = meta.files().delete(id, Timestamp::now()).await? else {
+    let event = events::file_event(why, f.owner_id, &f.file);
+    let Some(key) = meta
+        .files()
+        .delete_recording(id, Timestamp::now(), vec![event])
+        .await?
+    else {
         return Ok(false);
     };
     // The file is gone for everyone now; its blob follows, or a later sweep takes it.
@@ -109,7 +117,7 @@ pub(crate) async fn remove_user(
         // Read after the lock committed: every file the account will ever have is listed.
         let owned = meta.files().all_of_owner(id).await?;
         for f in &owned {
-            if remove_file(meta, blobs, f).await? {
+            if remove_file(meta, blobs, f, Kind::FileDeleted).await? {
                 removed += 1;
             }
         }

@@ -27,6 +27,8 @@ use crate::blob::fs::LocalFs;
 use crate::blob::s3::{S3Settings, S3Store};
 use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
+use crate::events::guard::Policy;
+use crate::events::hooks::Webhooks;
 use crate::ingest::Ingest;
 use crate::ingest::policy::UploadPolicy;
 use crate::ingest::quota::Quota;
@@ -81,6 +83,8 @@ pub struct AppInner {
     pub ingest: Ingest,
     /// Resumable (tus) uploads, committed through `ingest`.
     pub(crate) resumable: Resumable,
+    /// Creating webhooks (URL rules, secrets).
+    pub(crate) webhooks: Webhooks,
     /// Encryption-at-rest master keys.
     pub keyring: Arc<Keyring>,
     /// Prometheus counters (recorded by the HTTP layer).
@@ -204,6 +208,11 @@ impl AppState {
             limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
             ingest,
             resumable,
+            webhooks: Webhooks {
+                meta: meta.clone(),
+                keyring: keyring.clone(),
+                policy: webhook_policy(&config),
+            },
             keyring,
             metrics: Metrics::default(),
             openapi: OnceLock::new(),
@@ -214,6 +223,14 @@ impl AppState {
             config,
         }));
         Ok((state, audit_task))
+    }
+}
+
+/// The outbound address guard's switches (`[webhooks]`).
+pub(crate) fn webhook_policy(config: &Config) -> Policy {
+    Policy {
+        allow_http: config.webhooks.allow_http,
+        allow_private_targets: config.webhooks.allow_private_targets,
     }
 }
 

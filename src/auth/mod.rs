@@ -10,6 +10,7 @@ pub(crate) mod accounts;
 pub mod api_key;
 pub(crate) mod cache;
 pub(crate) mod credentials;
+pub(crate) mod grant;
 pub mod jwt;
 pub(crate) mod password;
 pub(crate) mod principal;

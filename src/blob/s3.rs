@@ -202,6 +202,8 @@ fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
                     | HttpErrorKind::Request
                     | HttpErrorKind::Timeout
                     | HttpErrorKind::Interrupted
+                    // A body the store cut off (a node going away mid-answer).
+                    | HttpErrorKind::Decode
             );
         }
         // object_store keeps its status-bearing error type private; its message is stable

@@ -81,6 +81,16 @@ impl DataKey {
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&*self.0).into())
     }
+
+    /// Other 32-byte secrets are wrapped like a data key (a webhook's signing secret).
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The key's bytes (to sign with a secret wrapped as a data key).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// Wrapping or unwrapping failed.

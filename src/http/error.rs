@@ -99,6 +99,9 @@ pub(crate) enum AppError {
     /// The virus scanner found a signature in an upload; its name.
     #[error("infected: {0}")]
     Infected(String),
+    /// An upload made with a grant that names its sha256 hashed to something else.
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
     /// The virus scanner gave no verdict (unreachable, erroring, too slow): nothing stored.
     #[error("the virus scanner is unavailable")]
     ScannerUnavailable,
@@ -131,7 +134,7 @@ pub(crate) enum AppError {
     Locked,
     /// A tus body does not match its `Upload-Checksum` (460).
     #[error("checksum mismatch")]
-    ChecksumMismatch,
+    TusChecksumMismatch,
     /// Too many unfinished resumable uploads (429, not a rate: no `Retry-After`).
     #[error("too many pending uploads")]
     TooManyPending,
@@ -148,7 +151,10 @@ pub(crate) enum AppError {
 
 /// The one answer to a credential that is missing a piece, malformed, unknown, expired or
 /// revoked, whatever the cause.
-const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+pub(crate) const BAD_CREDENTIALS: &str = "missing, invalid or expired credentials";
+
+/// The one answer to an upload grant that is unknown, revoked, expired or used up.
+pub(crate) const BAD_GRANT: &str = "the upload grant is unknown, revoked, expired or used up";
 
 /// Shorthand for handler results.
 pub(crate) type AppResult<T> = Result<T, AppError>;
@@ -170,7 +176,7 @@ impl AppError {
             Self::Gone(_) => StatusCode::GONE,
             Self::PayloadTooLarge { .. } | Self::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) | Self::Polyglot(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Infected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Infected(_) | Self::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ScannerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -179,7 +185,9 @@ impl AppError {
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Self::TusVersion => StatusCode::PRECONDITION_FAILED,
             Self::Locked => StatusCode::LOCKED,
-            Self::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::TusChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Self::TooManyPending => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Integrity | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,10 +200,10 @@ impl AppError {
             Self::QuotaExceeded => "quota-exceeded",
             Self::Polyglot(_) => "polyglot",
             Self::Infected(_) => "infected",
+            Self::ChecksumMismatch | Self::TusChecksumMismatch => "checksum-mismatch",
             Self::Validation(_) => "validation-failed",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::TooManyPending => "too-many-pending-uploads",
-            Self::ChecksumMismatch => "checksum-mismatch",
             Self::Integrity => "integrity-error",
             Self::Internal(_) => "internal-error",
             other => code_for_status(other.status()),
@@ -216,6 +224,9 @@ impl AppError {
             Self::ScannerUnavailable => {
                 "the virus scanner did not answer; nothing was stored, retry later".into()
             }
+            Self::ChecksumMismatch => {
+                "the upload does not hash to the grant's sha256; nothing was stored".into()
+            }
             Self::PayloadTooLarge { limit: 0 } => "the body is too large".into(),
             Self::PayloadTooLarge { limit } => {
                 format!("the body exceeds the limit of {limit} bytes").into()
@@ -232,7 +243,7 @@ impl AppError {
             Self::InsufficientStorage => "the storage volume is full".into(),
             Self::TusVersion => "send Tus-Resumable: 1.0.0 (the version this server speaks)".into(),
             Self::Locked => "another request is writing to this upload; retry later".into(),
-            Self::ChecksumMismatch => {
+            Self::TusChecksumMismatch => {
                 "the body does not match Upload-Checksum; none of its bytes were kept".into()
             }
             Self::TooManyPending => {
@@ -489,6 +500,8 @@ impl From<crate::ingest::IngestError> for AppError {
                 Self::ScannerUnavailable
             }
             IngestError::Quota => Self::QuotaExceeded,
+            IngestError::GrantRefused => Self::Unauthorized(BAD_GRANT),
+            IngestError::ChecksumMismatch => Self::ChecksumMismatch,
             IngestError::BadBody(d) => Self::BadRequest(d.into()),
             IngestError::ClientAborted => Self::BadRequest("the upload body was cut off".into()),
             IngestError::Idle => Self::RequestTimeout,
@@ -509,6 +522,18 @@ impl From<crate::removal::RemoveError> for AppError {
             RemoveError::LastAdmin => Self::Conflict("cannot delete the last administrator".into()),
             RemoveError::NoUser => Self::NotFound,
             e @ RemoveError::FilesRemain => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<crate::events::hooks::CreateError> for AppError {
+    fn from(e: crate::events::hooks::CreateError) -> Self {
+        use crate::events::hooks::CreateError;
+        match e {
+            CreateError::Url(u) => Self::Validation(vec![FieldError::new("url", u.to_string())]),
+            CreateError::Events(why) => Self::Validation(vec![FieldError::new("events", why)]),
+            CreateError::OwnerGone => Self::Unauthorized(BAD_CREDENTIALS),
+            CreateError::Meta(m) => m.into(),
         }
     }
 }

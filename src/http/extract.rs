@@ -1,5 +1,6 @@
-//! Extractors: strict JSON bodies, and the authenticated [`Principal`] (resolved by
-//! `auth::credentials`; this only reads the two headers it looks at).
+//! Extractors: strict JSON bodies, the authenticated [`Principal`] (resolved by
+//! `auth::credentials`; this only reads the two headers it looks at), and the [`Uploader`]
+//! of an upload route (a principal, or an upload grant resolved by `auth::grant`).
 //!
 //! Invariant: a JSON body is refused unless it is `application/json` and exactly the type's
 //! shape (unknown, duplicate, missing and mistyped fields are named, never guessed at); a
@@ -14,9 +15,13 @@ use serde_json::Value;
 use utoipa::PartialSchema;
 use utoipa::openapi::{RefOr, Schema};
 
+use crate::auth::AuthError;
 use crate::auth::credentials::Header;
+use crate::auth::grant;
 use crate::auth::principal::Principal;
 use crate::http::error::{AppError, FieldError};
+use crate::ids::UserId;
+use crate::meta::grants::Grant;
 use crate::state::AppState;
 
 /// A JSON body: `application/json` only (415 otherwise), syntax errors 400, missing or unknown
@@ -263,6 +268,100 @@ pub(crate) mod json_int {
 }
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Where a browser puts an upload grant (or the query's `?grant=`, for plain HTML forms).
+pub(crate) const UPLOAD_GRANT: HeaderName = HeaderName::from_static("upload-grant");
+
+/// Who is uploading: a principal (bearer token or API key), or an upload grant, which acts
+/// as its owner for uploading and for nothing else. Only the upload routes take it; every
+/// other route asks for a [`Principal`], which a grant never becomes.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploader {
+    /// Whose file it will be.
+    pub(crate) owner: UserId,
+    /// The grant it is made with, whose limits apply.
+    pub(crate) grant: Option<Grant>,
+}
+
+impl Uploader {
+    /// Whether this caller may start an upload: any principal; a grant only while it is
+    /// neither expired nor used up (401 otherwise). Continuing an upload it started needs
+    /// no such check.
+    pub(crate) fn require_start(&self) -> Result<(), AppError> {
+        match &self.grant {
+            Some(g) if !grant::may_start(g, crate::ids::Timestamp::now()) => {
+                Err(AppError::Unauthorized(crate::http::error::BAD_GRANT))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The `grant` parameters of a query string (other parameters are the route's business),
+/// decoded as a form does. Every one counts, however it is spelled or encoded, so that a
+/// query the route's own parser would refuse can never hide a grant.
+fn grants_in_query(query: Option<&str>) -> Vec<String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key) == "grant").then(|| decode(value))
+        })
+        .collect()
+}
+
+impl FromRequestParts<AppState> for Uploader {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(u) = parts.extensions.get::<Uploader>() {
+            return Ok(u.clone());
+        }
+        let in_header = parts.headers.get(&UPLOAD_GRANT);
+        let mut in_query = grants_in_query(parts.uri.query());
+        if in_query.len() > 1 {
+            return Err(AuthError::TwoCredentials.into());
+        }
+        let token = match (in_header, in_query.pop()) {
+            (None, None) => {
+                let p = Principal::from_request_parts(parts, state).await?;
+                return Ok(Self {
+                    owner: p.user_id,
+                    grant: None,
+                });
+            }
+            (Some(h), None) => h.to_str().map_err(|_| AuthError::Invalid)?.to_owned(),
+            (None, Some(q)) => q,
+            (Some(_), Some(_)) => return Err(AuthError::TwoCredentials.into()),
+        };
+        // One credential per request: a grant beside a token or key is refused unread.
+        if parts.headers.contains_key(header::AUTHORIZATION)
+            || parts.headers.contains_key(&X_API_KEY)
+        {
+            return Err(AuthError::TwoCredentials.into());
+        }
+        let found = grant::resolve(&state.meta, &token)
+            .await
+            .map_err(|e| match e {
+                AuthError::Invalid => AppError::Unauthorized(crate::http::error::BAD_GRANT),
+                other => other.into(),
+            })?;
+        let uploader = Self {
+            owner: found.owner,
+            grant: Some(found.grant),
+        };
+        parts.extensions.insert(uploader.clone());
+        Ok(uploader)
+    }
+}
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;

@@ -28,6 +28,8 @@ use crate::http::error::{FieldError, Problem};
         (name = "api-keys", description = "Keys for app backends"),
         (name = "files", description = "Upload, list, download, delete"),
         (name = "links", description = "Share links"),
+        (name = "upload-grants", description = "Scoped, short-lived upload credentials for browsers"),
+        (name = "webhooks", description = "Events sent to app backends"),
         (name = "admin", description = "Administration (role admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
@@ -51,6 +53,21 @@ impl Modify for SecuritySchemes {
         c.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        // Upload grants: a credential for the upload routes only.
+        c.add_security_scheme(
+            "upload_grant",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Upload-Grant",
+                "An upload grant's token (POST /api/v1/upload-grants); upload routes only",
+            ))),
+        );
+        c.add_security_scheme(
+            "upload_grant_query",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "grant",
+                "An upload grant's token in the query, for plain HTML forms; upload routes only",
+            ))),
         );
     }
 }
@@ -227,6 +244,55 @@ pub(crate) fn apply_config(doc: &mut serde_json::Value, config: &Config) {
         "maximum",
         json!(config.links.max_view_secs),
     );
+    let grant = "/components/schemas/GrantRequest";
+    let grant_field = |f: &str| format!("{grant}/properties/{f}");
+    set(
+        doc,
+        &grant_field("expires_in"),
+        "maximum",
+        json!(config.grants.max_expires_secs),
+    );
+    set(
+        doc,
+        &grant_field("max_bytes"),
+        "maximum",
+        json!(config.limits.max_upload_bytes),
+    );
+    set(
+        doc,
+        &grant_field("file_expires_in"),
+        "maximum",
+        json!(config.retention.max_expires_secs),
+    );
+    set(
+        doc,
+        &grant_field("extensions"),
+        "items",
+        json!({ "type": "string", "enum": config.uploads.allowed.keys().collect::<Vec<_>>() }),
+    );
+    // A grant bound to one content allows one upload.
+    set(
+        doc,
+        grant,
+        "if",
+        json!({ "properties": { "sha256": { "type": "string" } }, "required": ["sha256"] }),
+    );
+    set(
+        doc,
+        grant,
+        "then",
+        json!({ "properties": { "max_uploads": { "enum": [1, null] } } }),
+    );
+    if config.webhooks.allow_http {
+        let url = "/components/schemas/CreateWebhookRequest/properties/url";
+        if let Some(p) = doc
+            .pointer(&format!("{url}/pattern"))
+            .and_then(Value::as_str)
+            .map(|p| p.replacen("^https://", "^https?://", 1))
+        {
+            set(doc, url, "pattern", json!(p));
+        }
+    }
     let form = "/components/schemas/UploadForm";
     set(
         doc,

@@ -29,7 +29,9 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::http::middleware::client_ip::{self, ClientIp};
 use crate::http::middleware::{cors, headers, metrics, rate_limit, request_id};
 use crate::http::openapi;
-use crate::http::routes::{admin, auth, files, health, keys, links, uploads, views};
+use crate::http::routes::{
+    admin, auth, files, grants, health, keys, links, uploads, views, webhooks,
+};
 use crate::state::AppState;
 
 /// Build the application router and its OpenAPI document.
@@ -45,6 +47,8 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(files::router())
         .merge(links::router())
         .merge(views::router())
+        .merge(grants::router())
+        .merge(webhooks::router())
         .merge(admin::router())
         .merge(health::router())
         .layer(
@@ -73,6 +77,7 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             header::AUTHORIZATION,
             header::COOKIE,
             HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("upload-grant"),
         ]))
         .layer(from_fn(request_id::layer))
         .layer(from_fn_with_state(state.clone(), client_ip::layer))

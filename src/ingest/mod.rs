@@ -36,10 +36,12 @@ use crate::blob::{BlobError, BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::Keyring;
 use crate::crypto::segment::Sealer;
+use crate::events::{self, Kind, RejectReason};
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::meta::MetaError;
 use crate::meta::MetaStore;
 use crate::meta::files::{FileObject, StoredFile};
+use crate::meta::grants::Grant;
 use crate::meta::uploads::Committed;
 use media::MediaError;
 use policy::{Refusal, Rule, SNIFF_LEN, UploadPolicy, Utf8Check};
@@ -75,6 +77,13 @@ pub(crate) enum IngestError {
     /// The owner's quota (413, quota-exceeded).
     #[error("quota exceeded")]
     Quota,
+    /// The upload grant is revoked, expired or used up (401), or was revoked while the
+    /// upload ran.
+    #[error("the upload grant is no longer valid")]
+    GrantRefused,
+    /// The bytes do not hash to the grant's `sha256` (422, checksum-mismatch).
+    #[error("the upload does not match the grant's sha256")]
+    ChecksumMismatch,
     /// A malformed body (400).
     #[error("bad upload body: {0}")]
     BadBody(String),
@@ -97,6 +106,20 @@ pub(crate) enum IngestError {
 }
 
 impl IngestError {
+    /// The `upload.rejected` reason of a refusal; `None` for a failure that is not one (the
+    /// client went away, the store failed).
+    pub(crate) fn rejection(&self) -> Option<RejectReason> {
+        match self {
+            Self::Refused(_) | Self::Image(_) => Some(RejectReason::Type),
+            Self::TooLarge { .. } | Self::TooLargeToScan { .. } => Some(RejectReason::Size),
+            Self::Polyglot(_) => Some(RejectReason::Polyglot),
+            Self::Infected(_) => Some(RejectReason::Infected),
+            Self::Quota => Some(RejectReason::Quota),
+            Self::ChecksumMismatch => Some(RejectReason::Checksum),
+            _ => None,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             Self::Refused(r) => r.reason(),
@@ -107,6 +130,8 @@ impl IngestError {
             Self::TooLargeToScan { .. } => "too_large_to_scan",
             Self::ScanUnavailable(_) => "scanner_unavailable",
             Self::Quota => "quota_exceeded",
+            Self::GrantRefused => "grant_refused",
+            Self::ChecksumMismatch => "checksum_mismatch",
             Self::BadBody(_) => "bad_body",
             Self::ClientAborted => "client_aborted",
             Self::Idle => "idle_timeout",
@@ -141,6 +166,7 @@ impl From<QuotaError> for IngestError {
     fn from(e: QuotaError) -> Self {
         match e {
             QuotaError::Exceeded => Self::Quota,
+            QuotaError::GrantRefused => Self::GrantRefused,
             QuotaError::Meta(m) => Self::Meta(m),
         }
     }
@@ -160,6 +186,18 @@ pub(crate) struct Upload {
     pub(crate) length_hint: Option<u64>,
     /// Whether `length_hint` is the exact content length (raw bodies).
     pub(crate) exact_length: bool,
+    /// The upload grant it is made with (its owner is `owner`): its size, extensions and
+    /// sha256 apply, and it gives one of its uses.
+    pub(crate) grant: Option<Grant>,
+}
+
+impl Upload {
+    /// The most bytes this upload may have: the service's limit, or its grant's.
+    pub(crate) fn limit(&self, max_upload_bytes: u64) -> u64 {
+        self.grant
+            .as_ref()
+            .map_or(max_upload_bytes, |g| g.max_bytes.min(max_upload_bytes))
+    }
 }
 
 /// The upload pipeline and what it works with. Cheap to clone.
@@ -187,8 +225,16 @@ pub(crate) struct Ingest {
 /// dropped future (client disconnect); `file.infected` instead when clamd found a signature.
 struct Outcome {
     audit: AuditLog,
+    /// Records `upload.rejected` for a refusal.
+    meta: MetaStore,
+    /// The sanitised name (the event's `filename`).
+    filename: String,
+    /// Set for a refusal (an `upload.rejected` event).
+    rejection: Option<RejectReason>,
     owner: UserId,
     ip: IpAddr,
+    /// The upload grant it was made with.
+    grant: Option<crate::ids::GrantId>,
     bytes: u64,
     reason: Option<&'static str>,
     /// The signature clamd named.
@@ -201,6 +247,15 @@ impl Drop for Outcome {
         if self.done {
             return;
         }
+        if let Some(reason) = self.rejection {
+            events::record_rejection_later(
+                &self.meta,
+                self.owner,
+                std::mem::take(&mut self.filename),
+                reason,
+                self.grant,
+            );
+        }
         let reason = self.reason.unwrap_or("client_aborted");
         let record = match self.signature.take() {
             Some(signature) => Record::new(Event::FileInfected).detail(serde_json::json!({
@@ -210,6 +265,7 @@ impl Drop for Outcome {
             None => Record::new(Event::FileUploadRejected).detail(serde_json::json!({
                 "reason": reason,
                 "bytes_received": self.bytes,
+                "grant_id": self.grant,
             })),
         };
         self.audit.record(record.actor(self.owner).ip(self.ip));
@@ -253,10 +309,25 @@ impl Ingest {
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
     /// before a byte of any body is read.
     pub(crate) fn admit_name(&self, raw: &str) -> Result<String, IngestError> {
+        self.admit(raw, None).map(|(name, _)| name)
+    }
+
+    /// The sanitized name and the rule for its extension, which must be allowed, and among
+    /// `grant`'s extensions when there is one (415 otherwise).
+    pub(crate) fn admit(
+        &self,
+        raw: &str,
+        grant: Option<&Grant>,
+    ) -> Result<(String, Rule), IngestError> {
         let name = filename::sanitize(raw);
-        self.policy
-            .rule_for(filename::extension(&name).as_deref())?;
-        Ok(name)
+        let ext = filename::extension(&name);
+        let rule = self.policy.rule_for(ext.as_deref())?.clone();
+        if let (Some(g), Some(ext)) = (grant, ext)
+            && !g.extensions.contains(&ext)
+        {
+            return Err(Refusal::ExtensionNotAllowed(ext).into());
+        }
+        Ok((name, rule))
     }
 }
 
@@ -271,8 +342,12 @@ where
 {
     let mut outcome = Outcome {
         audit: state.audit.clone(),
+        meta: state.meta.clone(),
+        filename: filename::sanitize(&up.raw_name),
+        rejection: None,
         owner: up.owner,
         ip: up.client_ip,
+        grant: up.grant.as_ref().map(|g| g.id),
         bytes: 0,
         reason: None,
         signature: None,
@@ -293,6 +368,7 @@ where
         }),
         Err(e) => {
             outcome.reason = Some(e.reason());
+            outcome.rejection = e.rejection();
             if let IngestError::Infected(signature) = &e {
                 outcome.signature = Some(signature.clone());
             }
@@ -319,12 +395,8 @@ async fn receive<S>(
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
 {
-    let limit = state.max_upload_bytes;
-    let name = filename::sanitize(&up.raw_name);
-    let rule = state
-        .policy
-        .rule_for(filename::extension(&name).as_deref())?
-        .clone();
+    let limit = up.limit(state.max_upload_bytes);
+    let (name, rule) = state.admit(&up.raw_name, up.grant.as_ref())?;
 
     // The id and blob key first: the reservation names them, so a sweeper can clean up after
     // this node if it dies mid-upload.
@@ -336,83 +408,118 @@ where
             let want = up.length_hint.unwrap_or(limit).min(limit);
             let reservation = state
                 .quota
-                .reserve(UploadId::new(), up.owner, want, up.exact_length, &key)
+                .reserve(
+                    UploadId::new(),
+                    up.owner,
+                    want,
+                    up.exact_length,
+                    &key,
+                    up.grant.as_ref().map(|g| g.id),
+                )
                 .await?;
             (id, reservation)
         }
     };
     let key = BlobKey::for_file(id, state.keyring.enabled());
-    // The most this upload may hold: the size limit, or less when the quota leaves less.
-    let cap = reservation.bytes().min(limit);
-    let over = |n: u64| {
-        if n > limit {
-            IngestError::TooLarge { limit }
-        } else {
-            IngestError::Quota
-        }
-    };
+    // Everything after the reservation: on failure the reservation is released before the
+    // answer goes out, so a single-use grant's use is back by the time the client retries.
+    let filled = async {
+        // The most this upload may hold: the size limit, or less when the quota leaves less.
+        let cap = reservation.bytes().min(limit);
+        let over = |n: u64| {
+            if n > limit {
+                IngestError::TooLarge { limit }
+            } else {
+                IngestError::Quota
+            }
+        };
 
-    // Sniff: gather the head before deciding anything about the content.
-    let mut head = BytesMut::new();
-    let mut eof = false;
-    while head.len() < SNIFF_LEN {
-        match body.next().await.transpose()? {
-            Some(chunk) => {
+        // Sniff: gather the head before deciding anything about the content.
+        let mut head = BytesMut::new();
+        let mut eof = false;
+        while head.len() < SNIFF_LEN {
+            match body.next().await.transpose()? {
+                Some(chunk) => {
+                    outcome.bytes += chunk.len() as u64;
+                    if outcome.bytes > cap {
+                        return Err(over(outcome.bytes));
+                    }
+                    head.extend_from_slice(&chunk);
+                }
+                None => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let content_type = UploadPolicy::decide(&rule, &head)?;
+
+        let checks = Checks::for_type(&state.safety, &content_type);
+        let expected = up.grant.as_ref().and_then(|g| g.sha256.clone());
+        let mut sink = Sink::open(
+            state,
+            id,
+            &key,
+            rule == Rule::Text,
+            checks,
+            expected.is_some(),
+        )
+        .await?;
+        sink.feed(head.freeze()).await?;
+        if !eof {
+            while let Some(chunk) = body.next().await.transpose()? {
                 outcome.bytes += chunk.len() as u64;
                 if outcome.bytes > cap {
                     return Err(over(outcome.bytes));
                 }
-                head.extend_from_slice(&chunk);
-            }
-            None => {
-                eof = true;
-                break;
-            }
-        }
-    }
-    let content_type = UploadPolicy::decide(&rule, &head)?;
-
-    let checks = Checks::for_type(&state.safety, &content_type);
-    let mut sink = Sink::open(state, id, &key, rule == Rule::Text, checks).await?;
-    sink.feed(head.freeze()).await?;
-    if !eof {
-        while let Some(chunk) = body.next().await.transpose()? {
-            outcome.bytes += chunk.len() as u64;
-            if outcome.bytes > cap {
-                return Err(over(outcome.bytes));
-            }
-            sink.feed(chunk).await?;
-            reservation.touch().await;
-            if let Some(staging) = sink.newly_staged() {
-                reservation.staged(staging).await?;
+                sink.feed(chunk).await?;
+                reservation.touch().await;
+                if let Some(staging) = sink.newly_staged() {
+                    reservation.staged(staging).await?;
+                }
             }
         }
+        let done = sink.finish(state, id).await?;
+        // The grant's sha256 names the bytes the client sent (before any metadata stripping).
+        if let Some(want) = expected
+            && done.received_sha256.as_deref() != Some(want.as_str())
+        {
+            return Err(IngestError::ChecksumMismatch);
+        }
+        if let Some(staging) = &done.staged_late {
+            reservation.staged(staging.clone()).await?;
+        }
+        let stored = StoredFile {
+            file: FileObject {
+                id,
+                filename: name,
+                size: done.size,
+                content_type,
+                sha256: done.sha256,
+                created_at: Timestamp::now(),
+                expires_at: up.expires_at,
+                scanned_at: done.scanned.scanned_at(),
+                grant_id: up.grant.as_ref().map(|g| g.id),
+            },
+            owner_id: up.owner,
+            blob_key: key.as_str().to_owned(),
+            sealing: done.sealing,
+        };
+        Ok::<_, IngestError>((done.writer, stored, done.scanned))
     }
-    let done = sink.finish(state, id).await?;
-    if let Some(staging) = &done.staged_late {
-        reservation.staged(staging.clone()).await?;
+    .await;
+    match filled {
+        Ok((writer, stored, scanned)) => Ok(Received {
+            writer,
+            stored,
+            scanned,
+            reservation,
+        }),
+        Err(e) => {
+            reservation.release().await;
+            Err(e)
+        }
     }
-    let stored = StoredFile {
-        file: FileObject {
-            id,
-            filename: name,
-            size: done.size,
-            content_type,
-            sha256: done.sha256,
-            created_at: Timestamp::now(),
-            expires_at: up.expires_at,
-            scanned_at: done.scanned.scanned_at(),
-        },
-        owner_id: up.owner,
-        blob_key: key.as_str().to_owned(),
-        sealing: done.sealing,
-    };
-    Ok(Received {
-        writer: done.writer,
-        stored,
-        scanned: done.scanned,
-        reservation,
-    })
 }
 
 /// Where validated bytes go: content-safety checks (and stripping), hasher, text check,
@@ -454,6 +561,8 @@ struct Pipeline {
     span: tracing::Span,
     checks: Checks,
     hasher: Sha256,
+    /// The hash of the bytes as received, when a grant's sha256 must be checked.
+    received: Option<Sha256>,
     /// Bytes stored so far (after stripping, before sealing): the file's `size`.
     size: u64,
     text: Option<Utf8Check>,
@@ -466,6 +575,7 @@ struct Pipeline {
 /// What the pipeline hands back at the end.
 struct Processed {
     sha256: String,
+    received_sha256: Option<String>,
     size: u64,
     data_key: Option<DataKey>,
     /// The last sealed segment, when sealing.
@@ -476,6 +586,8 @@ struct Processed {
 struct Finished {
     writer: Box<dyn BlobWriter>,
     sha256: String,
+    /// The hash of the bytes as received, when asked for.
+    received_sha256: Option<String>,
     size: u64,
     sealing: Option<crate::crypto::Sealing>,
     scanned: Scanned,
@@ -497,6 +609,7 @@ impl Sink {
         key: &BlobKey,
         text: bool,
         checks: Checks,
+        hash_received: bool,
     ) -> Result<Self, IngestError> {
         // The scanner first: without it (and without `scan.fail_open`) no blob is started.
         let scan = Scan::start(&state.safety).await?;
@@ -506,6 +619,7 @@ impl Sink {
             span: tracing::Span::current(),
             checks,
             hasher: Sha256::new(),
+            received: hash_received.then(Sha256::new),
             size: 0,
             text: text.then(Utf8Check::default),
             sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
@@ -616,6 +730,7 @@ impl Sink {
         Ok(Finished {
             writer: self.writer,
             sha256: done.sha256,
+            received_sha256: done.received_sha256,
             size: done.size,
             sealing,
             scanned,
@@ -636,6 +751,11 @@ impl Pipeline {
         let span = self.span.clone();
         span.in_scope(|| {
             let mut kept = Vec::with_capacity(batch.len());
+            if let Some(h) = &mut self.received {
+                for chunk in &batch {
+                    h.update(chunk);
+                }
+            }
             for chunk in batch {
                 self.checks.update(chunk, &mut kept)?;
             }
@@ -687,6 +807,7 @@ impl Pipeline {
         };
         Ok(Processed {
             sha256: hex::encode(self.hasher.finalize()),
+            received_sha256: self.received.map(|h| hex::encode(h.finalize())),
             size: self.size,
             data_key: self.data_key,
             tail,
@@ -695,6 +816,14 @@ impl Pipeline {
 }
 
 impl Staged {
+    /// Give the upload up (the request failed after its file was received): its staged blob
+    /// is dropped, its quota and any grant use released before the caller answers, and the
+    /// refusal audited with `e`'s reason.
+    pub(crate) async fn abort(mut self, e: &IngestError) {
+        self.outcome.reason = Some(e.reason());
+        self.reservation.release().await;
+    }
+
     /// Make the upload visible: blob into place (durably), then the row. Runs to completion
     /// even if the client goes away, so it never stops between the two steps.
     pub(crate) async fn commit(self, state: &Ingest) -> Result<FileObject, IngestError> {
@@ -709,19 +838,25 @@ impl Staged {
         if let Err(e) = self.writer.commit().await {
             let e = IngestError::from(e);
             self.outcome.reason = Some(e.reason());
+            self.reservation.release().await;
             return Err(e);
         }
         // The row in and the reservation out, in one transaction.
         let upload = self.reservation.id();
+        // `file.created` commits with the row, or not at all.
+        let created =
+            events::file_event(Kind::FileCreated, self.stored.owner_id, &self.stored.file);
         let inserted = match state
             .meta
             .uploads()
-            .commit(upload, self.stored.clone())
+            .commit_recording(upload, self.stored.clone(), vec![created])
             .await
         {
             Ok(Committed::Inserted) => Ok(()),
             // The owner was locked for deletion after this upload authenticated.
             Ok(Committed::OwnerGone) => Err(IngestError::OwnerGone),
+            // Its grant was revoked while it ran.
+            Ok(Committed::GrantRevoked) => Err(IngestError::GrantRefused),
             // Stalled so long (the database unreachable) that a sweeper took it for abandoned.
             Ok(Committed::Swept) => Err(IngestError::Meta(MetaError::Unavailable(
                 "the upload was taken for abandoned while it committed".into(),
@@ -736,6 +871,8 @@ impl Staged {
                 tracing::warn!(error = %de, "cannot delete the blob of a failed upload");
             }
             self.outcome.reason = Some(e.reason());
+            // Usually ended by the commit's own transaction already; not when it failed.
+            self.reservation.release().await;
             return Err(e);
         }
         self.reservation.settle();
@@ -764,6 +901,15 @@ impl Staged {
                 }))
                 .confidential("sha256", f.sha256.as_str()),
         );
+        if let Some(grant) = f.grant_id {
+            state.audit.record(
+                Record::new(Event::GrantUse)
+                    .actor(self.stored.owner_id)
+                    .subject(f.id)
+                    .ip(self.outcome.ip)
+                    .detail(serde_json::json!({ "grant_id": grant })),
+            );
+        }
         Ok(self.stored.file)
     }
 }

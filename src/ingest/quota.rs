@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::blob::BlobKey;
-use crate::ids::{Timestamp, UploadId, UserId};
+use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::uploads::{NewReservation, Reserved};
 use crate::meta::{MetaError, MetaStore};
 
@@ -31,6 +31,9 @@ pub enum QuotaError {
     /// Nothing (or not enough) is left.
     #[error("quota exceeded")]
     Exceeded,
+    /// The upload grant is revoked, expired or used up.
+    #[error("the upload grant is no longer valid")]
+    GrantRefused,
     /// The database failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -78,6 +81,16 @@ impl Reservation {
     /// The reservation ended with the commit that inserted the row.
     pub fn settle(mut self) {
         self.settled = true;
+    }
+
+    /// The upload failed: end the reservation now (giving back its grant's use), so that
+    /// whatever the client does next already sees it gone. If the database cannot be
+    /// reached, the sweeper takes the row once it counts as abandoned.
+    pub async fn release(mut self) {
+        self.settled = true;
+        if let Err(e) = self.meta.uploads().release(self.id).await {
+            tracing::warn!(error = %e, upload.id = %self.id, "cannot release an upload's quota; the sweeper will");
+        }
     }
 }
 
@@ -130,7 +143,8 @@ impl Quota {
 
     /// Reserve up to `want` bytes for the upload `id`, whose blob will be `blob_key`. With
     /// `exact`, anything less than `want` fails; otherwise (length unknown in advance) the
-    /// reservation may be smaller, down to 1 byte.
+    /// reservation may be smaller, down to 1 byte. With `grant`, one of its uses is taken
+    /// too (given back when the reservation is released).
     pub async fn reserve(
         &self,
         id: UploadId,
@@ -138,31 +152,43 @@ impl Quota {
         want: u64,
         exact: bool,
         blob_key: &BlobKey,
+        grant: Option<GrantId>,
     ) -> Result<Reservation, QuotaError> {
-        let granted = self
-            .meta
-            .uploads()
-            .reserve(NewReservation {
-                id,
-                owner: user,
-                want,
-                exact,
-                quota: self.limit,
-                blob_key: blob_key.as_str().to_owned(),
-                node: self.meta.node().to_owned(),
-                now: Timestamp::now(),
-            })
-            .await?;
-        match granted {
-            Reserved::Granted(bytes) => Ok(Reservation {
-                id,
-                bytes,
-                meta: self.meta.clone(),
-                touch_every: self.touch_every,
-                touched: Instant::now(),
-                settled: false,
-            }),
-            Reserved::Exceeded => Err(QuotaError::Exceeded),
-        }
+        // In a task of its own, run to completion: if the caller goes away after the database
+        // granted the reservation, the guard is still made (and dropped), releasing it.
+        let meta = self.meta.clone();
+        let touch_every = self.touch_every;
+        let limit = self.limit;
+        let blob_key = blob_key.as_str().to_owned();
+        tokio::spawn(async move {
+            let granted = meta
+                .uploads()
+                .reserve(NewReservation {
+                    id,
+                    owner: user,
+                    want,
+                    exact,
+                    quota: limit,
+                    node: meta.node().to_owned(),
+                    blob_key,
+                    grant,
+                    now: Timestamp::now(),
+                })
+                .await?;
+            match granted {
+                Reserved::Granted(bytes) => Ok(Reservation {
+                    id,
+                    bytes,
+                    meta,
+                    touch_every,
+                    touched: Instant::now(),
+                    settled: false,
+                }),
+                Reserved::Exceeded => Err(QuotaError::Exceeded),
+                Reserved::GrantRefused => Err(QuotaError::GrantRefused),
+            }
+        })
+        .await
+        .map_err(|e| QuotaError::Meta(MetaError::Unavailable(format!("reservation task: {e}"))))?
     }
 }

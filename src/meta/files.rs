@@ -16,8 +16,9 @@ use utoipa::ToSchema;
 use crate::blocking;
 use crate::crypto::Sealing;
 use crate::crypto::read::Source;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::page::Page;
 
 /// A file as clients see it.
@@ -41,6 +42,8 @@ pub struct FileObject {
     /// configured or the file was stored unscanned (too large to scan, or the scanner down
     /// with `scan.fail_open`).
     pub scanned_at: Option<Timestamp>,
+    /// The upload grant it was uploaded with; null when its owner uploaded it.
+    pub grant_id: Option<GrantId>,
 }
 
 /// A file row with what serving it needs.
@@ -129,7 +132,17 @@ pub trait Files: Send + Sync {
 
     /// Delete a row (its links go with it) and queue its blob for deletion, in one
     /// transaction. The blob's key, or `None` when the row was already gone.
-    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError>;
+    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError> {
+        self.delete_recording(id, now, Vec::new()).await
+    }
+
+    /// [`Files::delete`], recording `events` in the same transaction when the row was there.
+    async fn delete_recording(
+        &self,
+        id: FileId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<String>, MetaError>;
 
     /// Delete a row only while it still points at `blob_key` (which is queued too, in case
     /// it reappears). `false` when it did not.
@@ -138,6 +151,18 @@ pub trait Files: Send + Sync {
         id: FileId,
         blob_key: String,
         now: Timestamp,
+    ) -> Result<bool, MetaError> {
+        self.delete_if_blob_recording(id, blob_key, now, Vec::new())
+            .await
+    }
+
+    /// [`Files::delete_if_blob`], recording `events` in the same transaction when it deleted.
+    async fn delete_if_blob_recording(
+        &self,
+        id: FileId,
+        blob_key: String,
+        now: Timestamp,
+        events: Vec<NewEvent>,
     ) -> Result<bool, MetaError>;
 
     /// Blobs queued for deletion, oldest first.

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::ids::{FileId, LinkId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 
 /// A new link.
@@ -60,7 +61,17 @@ pub trait Links: Send + Sync {
     async fn resolve(&self, token_hash: [u8; 32], now: Timestamp) -> Result<LinkState, MetaError>;
 
     /// Count one download; `false` when the link expired or was used up meanwhile.
-    async fn consume(&self, id: LinkId, now: Timestamp) -> Result<bool, MetaError>;
+    async fn consume(&self, id: LinkId, now: Timestamp) -> Result<bool, MetaError> {
+        self.consume_recording(id, now, Vec::new()).await
+    }
+
+    /// [`Links::consume`], recording `events` in the same transaction when it counted.
+    async fn consume_recording(
+        &self,
+        id: LinkId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, MetaError>;
 
     /// Delete a link if `owner` owns its file; `None` = no such link of theirs, else its file.
     async fn delete_owned(&self, id: LinkId, owner: UserId) -> Result<Option<FileId>, MetaError>;

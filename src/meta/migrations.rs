@@ -477,10 +477,58 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX view_uses_expiry ON view_uses (expires_at);
         "#,
     },
-    // Resumable (tus) uploads: one row per unfinished upload (its id is the future file's),
+    // v8: upload grants (API.md "Upload grants"): found by the SHA-256 of their token, never
+    // the token. `uses` counts uploads started and not failed: a use is taken in the
+    // transaction that reserves the upload's quota (the reservation names its grant) and given
+    // back in the one that releases it, so a crashed node's uses come back with its swept
+    // reservations. Revoking deletes the row; files keep the id they were uploaded with.
+    Migration {
+        sqlite: r#"
+        CREATE TABLE upload_grants (
+            id              TEXT PRIMARY KEY,
+            user_id         TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            token_hash      BLOB NOT NULL UNIQUE,
+            created_at      INTEGER NOT NULL,
+            expires_at      INTEGER NOT NULL,
+            max_bytes       INTEGER NOT NULL CHECK (max_bytes >= 1),
+            extensions      TEXT NOT NULL,
+            max_uploads     INTEGER NOT NULL CHECK (max_uploads >= 1),
+            uses            INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0),
+            file_expires_in INTEGER,
+            sha256          TEXT
+        ) STRICT;
+        CREATE INDEX upload_grants_by_user ON upload_grants (user_id, created_at);
+        CREATE INDEX upload_grants_by_expiry ON upload_grants (expires_at);
+        ALTER TABLE files ADD COLUMN grant_id TEXT;
+        CREATE INDEX files_by_grant ON files (grant_id) WHERE grant_id IS NOT NULL;
+        ALTER TABLE upload_reservations ADD COLUMN grant_id TEXT;
+        "#,
+        postgres: r#"
+        CREATE TABLE upload_grants (
+            id              UUID PRIMARY KEY,
+            user_id         UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            token_hash      BYTEA NOT NULL UNIQUE,
+            created_at      BIGINT NOT NULL,
+            expires_at      BIGINT NOT NULL,
+            max_bytes       BIGINT NOT NULL CHECK (max_bytes >= 1),
+            extensions      TEXT NOT NULL,
+            max_uploads     BIGINT NOT NULL CHECK (max_uploads >= 1),
+            uses            BIGINT NOT NULL DEFAULT 0 CHECK (uses >= 0),
+            file_expires_in BIGINT,
+            sha256          TEXT
+        );
+        CREATE INDEX upload_grants_by_user ON upload_grants (user_id, created_at);
+        CREATE INDEX upload_grants_by_expiry ON upload_grants (expires_at);
+        ALTER TABLE files ADD COLUMN grant_id UUID;
+        CREATE INDEX files_by_grant ON files (grant_id) WHERE grant_id IS NOT NULL;
+        ALTER TABLE upload_reservations ADD COLUMN grant_id UUID;
+        "#,
+    },
+    // v9: resumable (tus) uploads: one row per unfinished upload (its id is the future file's),
     // holding the durable offset and the lease of the PATCH writing to it; one row per staged
     // chunk (a blob of its own, sealed with its own data key when encryption is on). The
-    // quota lives in `upload_reservations` under the same id. `grant_id` is for upload grants.
+    // quota lives in `upload_reservations` under the same id. `grant_id` names the
+    // upload grant it was created with (every later request must present that grant).
     Migration {
         sqlite: r#"
         CREATE TABLE resumable_uploads (
@@ -522,7 +570,7 @@ pub const MIGRATIONS: &[Migration] = &[
             expires_at   BIGINT NOT NULL,
             lock_holder  TEXT,
             lock_until   BIGINT,
-            grant_id     TEXT
+            grant_id     UUID
         );
         CREATE INDEX resumable_uploads_by_owner ON resumable_uploads (owner_id);
         CREATE INDEX resumable_uploads_by_expiry ON resumable_uploads (expires_at);
@@ -535,6 +583,84 @@ pub const MIGRATIONS: &[Migration] = &[
             enc_wrapped_key BYTEA,
             PRIMARY KEY (upload_id, start_offset)
         );
+        "#,
+    },
+    // v10: events and webhooks (API.md "Events and webhooks"). A webhook's secret is kept so
+    // it can sign (sealed with the keyring when encryption at rest is on: `secret_key_id`
+    // names the key). The outbox is one row per (webhook, event), written in the transaction
+    // of the change it describes; `seq` orders the events of a file, a lease
+    // (`lease_holder`, `lease_until`) says which node is delivering it now.
+    // `events` is a comma-framed list of event types (",file.created,link.used,").
+    Migration {
+        sqlite: r#"
+        CREATE TABLE webhooks (
+            id            TEXT PRIMARY KEY,
+            owner_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            url           TEXT NOT NULL,
+            events        TEXT NOT NULL,
+            secret        BLOB NOT NULL,
+            secret_key_id TEXT,
+            created_at    INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX webhooks_by_owner ON webhooks (owner_id);
+
+        CREATE TABLE webhook_deliveries (
+            seq             INTEGER PRIMARY KEY,
+            webhook_id      TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+            event_id        TEXT NOT NULL,
+            event_type      TEXT NOT NULL,
+            file_id         TEXT,
+            body            TEXT NOT NULL,
+            created_at      INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            last_status     INTEGER,
+            last_error      TEXT,
+            last_answer     TEXT,
+            delivered_at    INTEGER,
+            lease_holder    TEXT,
+            lease_until     INTEGER,
+            UNIQUE (webhook_id, event_id)
+        ) STRICT;
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL;
+        CREATE INDEX webhook_deliveries_by_file ON webhook_deliveries (webhook_id, file_id, seq)
+            WHERE next_attempt_at IS NOT NULL;
+        "#,
+        postgres: r#"
+        CREATE TABLE webhooks (
+            id            UUID PRIMARY KEY,
+            owner_id      UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            url           TEXT NOT NULL,
+            events        TEXT NOT NULL,
+            secret        BYTEA NOT NULL,
+            secret_key_id TEXT,
+            created_at    BIGINT NOT NULL
+        );
+        CREATE INDEX webhooks_by_owner ON webhooks (owner_id);
+
+        CREATE TABLE webhook_deliveries (
+            seq             BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            webhook_id      UUID NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+            event_id        TEXT NOT NULL,
+            event_type      TEXT NOT NULL,
+            file_id         UUID,
+            body            TEXT NOT NULL,
+            created_at      BIGINT NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT,
+            last_status     INTEGER,
+            last_error      TEXT,
+            last_answer     TEXT,
+            delivered_at    BIGINT,
+            lease_holder    TEXT,
+            lease_until     BIGINT,
+            UNIQUE (webhook_id, event_id)
+        );
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL;
+        CREATE INDEX webhook_deliveries_by_file ON webhook_deliveries (webhook_id, file_id, seq)
+            WHERE next_attempt_at IS NOT NULL;
         "#,
     },
 ];

@@ -4,7 +4,7 @@
 //! concern ([`users::Users`], [`sessions::Sessions`], [`api_keys::ApiKeys`],
 //! [`files::Files`], [`links::Links`], [`views::Views`], [`audit::Audit`], [`uploads::Uploads`], [`resumable::Resumables`],
 //! [`leases::Leases`], [`maintenance::Maintenance`],
-//! [`transfer::Transfer`]). Each
+//! [`transfer::Transfer`], [`events::Outbox`]: webhooks and the event outbox). Each
 //! method is one transaction of the engine: a rule that needs several statements to hold (the
 //! last administrator, a link for a file its owner still has, a row deleted with its blob
 //! queued) is one method, never a sequence of calls. Engines live below: [`sqlite`], the
@@ -24,7 +24,9 @@
 pub mod api_keys;
 pub mod audit;
 pub mod error;
+pub mod events;
 pub mod files;
+pub mod grants;
 pub mod leases;
 pub mod links;
 pub mod maintenance;
@@ -49,7 +51,9 @@ pub use page::Page;
 
 use api_keys::ApiKeys;
 use audit::Audit;
+use events::Outbox;
 use files::Files;
+use grants::Grants;
 use leases::Leases;
 use links::Links;
 use maintenance::{Cluster, Maintenance};
@@ -70,6 +74,7 @@ pub trait Engine:
     + Files
     + Links
     + Views
+    + Grants
     + Audit
     + Uploads
     + Resumables
@@ -77,6 +82,7 @@ pub trait Engine:
     + Maintenance
     + Cluster
     + Transfer
+    + Outbox
 {
 }
 
@@ -87,13 +93,15 @@ impl<
         + Files
         + Links
         + Views
+        + Grants
         + Audit
         + Uploads
         + Resumables
         + Leases
         + Maintenance
         + Cluster
-        + Transfer,
+        + Transfer
+        + Outbox,
 > Engine for T
 {
 }
@@ -144,6 +152,11 @@ impl MetaStore {
         &*self.0
     }
 
+    /// Upload grants.
+    pub fn grants(&self) -> &dyn Grants {
+        &*self.0
+    }
+
     /// The audit trail.
     pub fn audit(&self) -> &dyn Audit {
         &*self.0
@@ -180,6 +193,17 @@ impl MetaStore {
     pub fn subscribe_revocations(&self, sink: std::sync::Arc<dyn RevocationSink>) {
         self.0.hub().subscribe(sink);
         self.0.listen();
+    }
+
+    /// Webhooks and the event outbox.
+    pub fn outbox(&self) -> &dyn Outbox {
+        &*self.0
+    }
+
+    /// What wakes the delivery worker when events were committed, on this node or (with
+    /// PostgreSQL, once listening) on another.
+    pub fn outbox_wakeup(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.0.hub().outbox()
     }
 
     /// Whole rows, for copying the store into another engine (`coffer migrate`).

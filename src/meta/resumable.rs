@@ -11,7 +11,7 @@
 use async_trait::async_trait;
 
 use crate::crypto::Sealing;
-use crate::ids::{FileId, Timestamp, UploadId, UserId};
+use crate::ids::{FileId, GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::uploads::NewReservation;
 
@@ -40,6 +40,17 @@ pub struct NewResumable {
     pub reservation: NewReservation,
 }
 
+/// Who may see and continue an upload: the owner, through the same kind of credential that
+/// created it (an upload made with an upload grant answers only to that grant; one made
+/// with a token or key, never to a grant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creator {
+    /// The owner.
+    pub owner: UserId,
+    /// The grant it was created with.
+    pub grant: Option<GrantId>,
+}
+
 /// What creating an upload came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -49,6 +60,8 @@ pub enum Created {
     TooMany,
     /// The quota cannot hold the length.
     QuotaExceeded,
+    /// The upload grant is revoked, expired or used up.
+    GrantRefused,
 }
 
 /// An unfinished upload.
@@ -70,6 +83,8 @@ pub struct ResumableUpload {
     pub file_expires_at: Option<Timestamp>,
     /// When the upload expires.
     pub expires_at: Timestamp,
+    /// The upload grant it was created with.
+    pub grant: Option<GrantId>,
 }
 
 /// A staged chunk: plaintext bytes `[start, start + len)` of the upload, in a blob of its own.
@@ -118,11 +133,11 @@ pub trait Resumables: Send + Sync {
     /// row, in one transaction (the owner locked, as for every reservation).
     async fn create(&self, new: NewResumable) -> Result<Created, MetaError>;
 
-    /// The owner's unexpired upload.
+    /// The unexpired upload, if `creator` made it.
     async fn get(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         now: Timestamp,
     ) -> Result<Option<ResumableUpload>, MetaError>;
 
@@ -130,7 +145,7 @@ pub trait Resumables: Send + Sync {
     async fn lock(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         holder: String,
         now: Timestamp,
         until: Timestamp,
@@ -153,6 +168,9 @@ pub trait Resumables: Send + Sync {
     /// Remove every upload of `owner` (the account is being deleted), as [`Resumables::remove`]
     /// does, in one transaction. Returns how many.
     async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError>;
+
+    /// The unfinished uploads created with a grant (to end them when it is revoked).
+    async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError>;
 
     /// Uploads that expired before `now`, up to `limit`.
     async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<FileId>, MetaError>;

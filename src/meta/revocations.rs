@@ -98,6 +98,9 @@ struct HubInner {
     /// Whether announcements from other nodes arrive (always, with one node).
     live: RwLock<bool>,
     sinks: RwLock<Vec<Arc<dyn RevocationSink>>>,
+    /// Woken when events were committed (here, or on another node: PostgreSQL `NOTIFY`), so
+    /// the delivery worker sends them at once.
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Hub {
@@ -109,7 +112,18 @@ impl Hub {
             next_echo: AtomicU64::new(1),
             live: RwLock::new(live),
             sinks: RwLock::new(Vec::new()),
+            outbox: Arc::new(tokio::sync::Notify::new()),
         }))
+    }
+
+    /// What wakes the delivery worker when events were committed.
+    pub fn outbox(&self) -> Arc<tokio::sync::Notify> {
+        self.0.outbox.clone()
+    }
+
+    /// Events were committed: wake the delivery worker.
+    pub fn events_committed(&self) {
+        self.0.outbox.notify_one();
     }
 
     /// This process's id among the nodes (announcements it sent itself are not applied

@@ -2,6 +2,9 @@
 //! holds, row by row as the engines store them, so that a copy is the same store (ids, token
 //! hashes, the audit chain's hashes) on another engine.
 //!
+//! Webhooks and their deliveries are copied too (pending ones are delivered by the target's
+//! nodes once the source's leases run out).
+//!
 //! Rows travel as [`Cell`]s in the column order of [`TABLES`], which lists each copied table
 //! with its key first, parents before children. Left out, on purpose: `users.used_bytes` (the
 //! target's triggers count it as file rows arrive; [`Transfer::recount_usage`] settles it),
@@ -119,6 +122,22 @@ pub const TABLES: &[Table] = &[
             ("expires_at", Int),
         ],
     },
+    Table {
+        name: "upload_grants",
+        columns: &[
+            ("id", Uuid),
+            ("user_id", Uuid),
+            ("token_hash", Bytes),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("max_bytes", Int),
+            ("extensions", Text),
+            ("max_uploads", Int),
+            ("uses", Int),
+            ("file_expires_in", Int),
+            ("sha256", Text),
+        ],
+    },
     FILES,
     Table {
         name: "links",
@@ -155,6 +174,40 @@ pub const TABLES: &[Table] = &[
         name: "view_uses",
         columns: &[("key", Bytes), ("expires_at", Int)],
     },
+    Table {
+        name: "webhooks",
+        columns: &[
+            ("id", Uuid),
+            ("owner_id", Uuid),
+            ("url", Text),
+            ("events", Text),
+            ("secret", Bytes),
+            ("secret_key_id", Text),
+            ("created_at", Int),
+        ],
+    },
+    // Pending deliveries travel with their leases: a lease names a node of the source, and
+    // runs out by itself, after which a node of the target takes the delivery.
+    Table {
+        name: "webhook_deliveries",
+        columns: &[
+            ("seq", Int),
+            ("webhook_id", Uuid),
+            ("event_id", Text),
+            ("event_type", Text),
+            ("file_id", Uuid),
+            ("body", Text),
+            ("created_at", Int),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("last_status", Int),
+            ("last_error", Text),
+            ("last_answer", Text),
+            ("delivered_at", Int),
+            ("lease_holder", Text),
+            ("lease_until", Int),
+        ],
+    },
 ];
 
 /// Tables, and columns of copied tables (`table.column`), left out on purpose (see the
@@ -189,6 +242,7 @@ pub const FILES: Table = Table {
         ("enc_key_id", Text),
         ("enc_wrapped_key", Bytes),
         ("scanned_at", Int),
+        ("grant_id", Uuid),
     ],
 };
 
@@ -248,6 +302,7 @@ pub trait Transfer: Send + Sync {
     /// Delete the rows of `table` with these keys (with what cascades from them).
     async fn remove_rows(&self, table: &'static Table, keys: Vec<Cell>) -> Result<(), MetaError>;
 
-    /// Set every user's `used_bytes` to the sum of their files' sizes.
+    /// Set every user's `used_bytes` to the sum of their files' sizes (and, where the engine
+    /// numbers deliveries with a sequence, move it past the copied ones).
     async fn recount_usage(&self) -> Result<(), MetaError>;
 }

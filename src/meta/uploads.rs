@@ -12,8 +12,9 @@
 
 use async_trait::async_trait;
 
-use crate::ids::{Timestamp, UploadId, UserId};
+use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{Inserted, StoredFile};
 
 impl From<Inserted> for Committed {
@@ -43,6 +44,9 @@ pub struct NewReservation {
     pub blob_key: String,
     /// The node running the upload.
     pub node: String,
+    /// The upload grant it is made with: one of its uses is taken in the same transaction
+    /// (and given back when the reservation is released, not when it commits).
+    pub grant: Option<GrantId>,
     /// Now.
     pub now: Timestamp,
 }
@@ -69,6 +73,8 @@ pub enum Reserved {
     Granted(u64),
     /// Not enough left.
     Exceeded,
+    /// The grant is revoked, expired or used up: nothing was reserved.
+    GrantRefused,
 }
 
 /// What committing an upload came to.
@@ -81,6 +87,8 @@ pub enum Committed {
     /// The reservation was gone: a sweeper took the upload for abandoned and is cleaning up
     /// after it (or has). No row was written, and none will be for this upload.
     Swept,
+    /// The upload's grant was revoked while it ran: no row; the reservation ended.
+    GrantRevoked,
 }
 
 /// An upload nobody has touched for too long: its node died (or lost the database).
@@ -114,13 +122,25 @@ pub trait Uploads: Send + Sync {
     /// reservation ends whether or not the owner could take the row). Without the
     /// reservation (a sweeper claimed it) nothing is written: the sweeper may be deleting the
     /// blob, so no row may point at it.
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError>;
+    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
+        self.commit_recording(id, file, Vec::new()).await
+    }
 
-    /// End a reservation (the upload failed, or a sweeper claims it to clean up after it);
-    /// `false` when it was already gone. Whoever removes the row owns what comes next.
+    /// [`Uploads::commit`], recording `events` in the same transaction when the row went in.
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError>;
+
+    /// End a reservation (the upload failed, or a sweeper claims it to clean up after it),
+    /// giving its grant's use back; `false` when it was already gone. Whoever removes the
+    /// row owns what comes next.
     async fn release(&self, id: UploadId) -> Result<bool, MetaError>;
 
-    /// Claim an abandoned upload for clean-up, in one transaction: end its reservation and,
+    /// Claim an abandoned upload for clean-up, in one transaction: end its reservation (giving
+    /// its grant's use back) and,
     /// unless a file row points at its blob key, queue that key for deletion (a blob its node
     /// committed before dying; the queue's worker deletes it, retrying until the store
     /// answers). `false` when the reservation was already gone (another sweeper, or the

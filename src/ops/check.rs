@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use crate::blob::{BlobError, BlobKey, BlobStore, StoredBlob};
 use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError};
+use crate::events::{self, Kind};
 use crate::ids::{FileId, Timestamp};
 use crate::meta::files::StoredFile;
 use crate::meta::{MetaStore, audit};
@@ -255,7 +256,17 @@ pub async fn repair(meta: &MetaStore, blobs: &BlobStore, report: &Report) -> any
             _ => continue,
         }
         let (id, k) = (*id, key.as_str().to_owned());
-        meta.files().delete_if_blob(id, k, Timestamp::now()).await?;
+        let now = Timestamp::now();
+        // The owner hears of it like any deletion (an expired row is past telling).
+        let deleted = meta
+            .files()
+            .get_visible(id, None, now)
+            .await?
+            .map(|f| vec![events::file_event(Kind::FileDeleted, f.owner_id, &f.file)])
+            .unwrap_or_default();
+        meta.files()
+            .delete_if_blob_recording(id, k, now, deleted)
+            .await?;
     }
     // Last: removing a row above queued its (already missing) blob.
     removal::purge_queued(meta, blobs).await?;

@@ -17,11 +17,15 @@ use std::time::Duration;
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::blob::{BlobKey, BlobStore};
+use crate::events::Kind;
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
 use crate::meta::throttle::ThrottleRules;
 use crate::meta::uploads::Abandoned;
 use crate::removal;
+
+/// Days a settled webhook delivery (delivered or given up) stays in the delivery log.
+pub const DELIVERY_LOG_DAYS: u64 = 30;
 
 /// The lease the sweeping node holds.
 pub const LEASE: &str = "sweeper";
@@ -30,6 +34,8 @@ pub const LEASE: &str = "sweeper";
 const BATCH: usize = 256;
 /// Expired links are kept this long so clients get 410 rather than 404.
 const LINK_GRACE_SECS: u64 = 7 * 86_400;
+/// How long an expired upload grant stays listed before it is forgotten: 7 days.
+const GRANT_GRACE_SECS: i64 = 7 * 86_400;
 
 /// What the sweeper works on, and how often.
 #[derive(Clone)]
@@ -104,7 +110,7 @@ impl Sweeper {
             let full = batch.len() == BATCH;
             let before = removed;
             for f in batch {
-                match removal::remove_file(&self.meta, &self.blobs, &f).await {
+                match removal::remove_file(&self.meta, &self.blobs, &f, Kind::FileExpired).await {
                     Ok(true) => {
                         removed += 1;
                         // A system action: no actor; the owner is in the detail.
@@ -133,6 +139,14 @@ impl Sweeper {
         let mut pruned = meta.sessions().prune(now).await?;
         pruned += meta.links().prune_expired(link_cutoff).await?;
         pruned += meta.views().prune_views(now).await?;
+        // Expired grants stay listed (with their files) for a while, for the backend that
+        // minted them.
+        let grant_cutoff = Timestamp(now.0.saturating_sub(GRANT_GRACE_SECS * 1_000_000));
+        pruned += meta.grants().prune_grants(grant_cutoff).await?;
+        pruned += meta
+            .outbox()
+            .prune_settled(now.minus_secs(DELIVERY_LOG_DAYS * 86_400))
+            .await?;
         if audit_days > 0 {
             let cutoff = now.0.saturating_sub(
                 i64::try_from(audit_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX),

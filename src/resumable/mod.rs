@@ -25,10 +25,14 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use crate::blob::{BlobError, BlobKey, BlobStore};
 use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError, Source};
+use crate::events;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::{Ingest, IngestError, Upload};
 use crate::meta::files::FileObject;
-use crate::meta::resumable::{Chunk, Created, NewResumable, ResumableUpload, reservation_of};
+use crate::meta::grants::Grant;
+use crate::meta::resumable::{
+    Chunk, Created, Creator, NewResumable, ResumableUpload, reservation_of,
+};
 use crate::meta::uploads::NewReservation;
 use crate::meta::{MetaError, MetaStore};
 use crate::removal;
@@ -86,6 +90,9 @@ pub(crate) struct Creation {
     pub(crate) filename: String,
     /// When the finished file expires (`expires_in` in the metadata, or the default).
     pub(crate) file_expires_at: Option<Timestamp>,
+    /// The upload grant it is made with: its limits apply, it gives one of its uses, and
+    /// every later request of the upload must present it.
+    pub(crate) grant: Option<Grant>,
 }
 
 /// What a creation (or a PATCH) came to.
@@ -120,10 +127,14 @@ impl Resumable {
 
     /// Create an upload. `Upload-Length: 0` commits the empty file at once.
     pub(crate) async fn create(&self, c: Creation) -> Result<(FileId, Progress), ResumableError> {
-        let name = self.ingest.admit_name(&c.filename)?;
-        let limit = self.ingest.max_upload_bytes;
+        let name = match self.ingest.admit(&c.filename, c.grant.as_ref()) {
+            Ok((name, _)) => name,
+            Err(e) => return Err(self.refused(&c, e).await),
+        };
+        let max = self.ingest.max_upload_bytes;
+        let limit = c.grant.as_ref().map_or(max, |g| g.max_bytes.min(max));
         if c.length > limit {
-            return Err(IngestError::TooLarge { limit }.into());
+            return Err(self.refused(&c, IngestError::TooLarge { limit }).await);
         }
         let id = FileId::new();
         if c.length == 0 {
@@ -142,7 +153,7 @@ impl Resumable {
                 id,
                 owner: c.owner,
                 length: c.length,
-                metadata: c.metadata,
+                metadata: c.metadata.clone(),
                 filename: name,
                 file_expires_at: c.file_expires_at,
                 now,
@@ -156,6 +167,7 @@ impl Resumable {
                     quota: self.ingest.quota.limit(),
                     blob_key: key.as_str().to_owned(),
                     node: self.meta.node().to_owned(),
+                    grant: c.grant.as_ref().map(|g| g.id),
                     now,
                 },
             })
@@ -169,19 +181,31 @@ impl Resumable {
                 },
             )),
             Created::TooMany => Err(ResumableError::TooManyPending),
-            Created::QuotaExceeded => Err(IngestError::Quota.into()),
+            Created::QuotaExceeded => Err(self.refused(&c, IngestError::Quota).await),
+            Created::GrantRefused => Err(IngestError::GrantRefused.into()),
         }
+    }
+
+    /// A creation refused before any byte: an `upload.rejected` event like any upload's
+    /// refusal (those of the pipeline, at the last PATCH, record their own).
+    async fn refused(&self, c: &Creation, e: IngestError) -> ResumableError {
+        if let Some(reason) = e.rejection() {
+            let name = crate::ingest::filename::sanitize(&c.filename);
+            let grant = c.grant.as_ref().map(|g| g.id);
+            events::record_rejection(&self.meta, c.owner, &name, reason, grant).await;
+        }
+        e.into()
     }
 
     /// The caller's unfinished upload (HEAD).
     pub(crate) async fn get(
         &self,
         id: FileId,
-        owner: crate::ids::UserId,
+        creator: Creator,
     ) -> Result<ResumableUpload, ResumableError> {
         self.meta
             .resumables()
-            .get(id, owner, Timestamp::now())
+            .get(id, creator, Timestamp::now())
             .await?
             .ok_or(ResumableError::NotFound)
     }
@@ -190,10 +214,19 @@ impl Resumable {
     pub(crate) async fn terminate(
         &self,
         id: FileId,
-        owner: crate::ids::UserId,
+        creator: Creator,
     ) -> Result<(), ResumableError> {
-        self.get(id, owner).await?;
+        self.get(id, creator).await?;
         self.remove(id).await
+    }
+
+    /// End every unfinished upload made with a grant (it was revoked): bytes, rows and
+    /// quota released.
+    pub(crate) async fn end_grant(&self, grant: crate::ids::GrantId) -> Result<(), ResumableError> {
+        for id in self.meta.resumables().by_grant(grant).await? {
+            self.remove(id).await?;
+        }
+        Ok(())
     }
 
     /// Remove an upload and delete its staged chunks (queued first, so a failure here is
@@ -234,12 +267,20 @@ impl Resumable {
             expires_at: c.file_expires_at,
             length_hint: Some(length),
             exact_length: true,
+            grant: c.grant.clone(),
         };
         let reservation = if length == 0 {
             let key = BlobKey::for_file(id, self.keyring.enabled());
             self.ingest
                 .quota
-                .reserve(reservation_of(id), c.owner, 0, true, &key)
+                .reserve(
+                    reservation_of(id),
+                    c.owner,
+                    0,
+                    true,
+                    &key,
+                    c.grant.as_ref().map(|g| g.id),
+                )
                 .await
                 .map_err(IngestError::from)?
         } else {
@@ -259,6 +300,7 @@ impl Resumable {
         &self,
         up: &ResumableUpload,
         client_ip: IpAddr,
+        grant: Option<Grant>,
     ) -> Result<FileObject, ResumableError> {
         let chunks = self.meta.resumables().chunks(up.id).await?;
         let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
@@ -269,6 +311,7 @@ impl Resumable {
             metadata: up.metadata.clone(),
             filename: up.filename.clone(),
             file_expires_at: up.file_expires_at,
+            grant,
         };
         let result = self.commit_stream(&c, up.id, up.length, body).await;
         // Committed or refused, the upload is over: rows out, chunks queued for deletion

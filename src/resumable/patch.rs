@@ -21,7 +21,8 @@ use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::ingest::policy::{SNIFF_LEN, UploadPolicy};
 use crate::ingest::{IngestError, filename};
 use crate::meta::MetaStore;
-use crate::meta::resumable::{Append, Chunk, Locked, ResumableUpload};
+use crate::meta::grants::Grant;
+use crate::meta::resumable::{Append, Chunk, Creator, Locked, ResumableUpload};
 
 /// `Upload-Checksum` algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +71,25 @@ impl Hasher {
 pub(crate) struct Patch {
     pub(crate) id: FileId,
     pub(crate) owner: UserId,
+    /// The upload grant presented (the one the upload was created with, or it is not the
+    /// caller's upload): its limits and sha256 apply to the finished file.
+    pub(crate) grant: Option<Grant>,
     pub(crate) client_ip: IpAddr,
     /// `Upload-Offset`.
     pub(crate) offset: u64,
     /// `Content-Length`, when sent.
     pub(crate) length_hint: Option<u64>,
     pub(crate) checksum: Option<Checksum>,
+}
+
+impl Patch {
+    /// Whose upload this may be.
+    fn creator(&self) -> Creator {
+        Creator {
+            owner: self.owner,
+            grant: self.grant.as_ref().map(|g| g.id),
+        }
+    }
 }
 
 /// The upload's lock: given up by [`LockGuard::release`] before the answer goes out (so
@@ -146,7 +160,7 @@ impl Resumable {
         match self
             .meta
             .resumables()
-            .lock(p.id, p.owner, holder.clone(), now, until)
+            .lock(p.id, p.creator(), holder.clone(), now, until)
             .await?
         {
             Locked::Held(up) => Ok((
@@ -250,7 +264,7 @@ impl Resumable {
                 offset: new_offset,
                 ..up
             };
-            let file = self.finish(&done, p.client_ip).await?;
+            let file = self.finish(&done, p.client_ip, p.grant.clone()).await?;
             return Ok(Progress::Committed(file, done.length));
         }
         Ok(Progress::Pending {
@@ -265,7 +279,7 @@ impl Resumable {
         match self
             .meta
             .resumables()
-            .lock(p.id, p.owner, guard.holder.clone(), now, until)
+            .lock(p.id, p.creator(), guard.holder.clone(), now, until)
             .await?
         {
             Locked::Held(_) => Ok(()),
@@ -294,6 +308,14 @@ impl Resumable {
             .and_then(|rule| UploadPolicy::decide(rule, &all));
         if let Err(refusal) = decided {
             self.remove(up.id).await?;
+            crate::events::record_rejection(
+                &self.meta,
+                up.owner,
+                &name,
+                crate::events::RejectReason::Type,
+                up.grant,
+            )
+            .await;
             return Err(IngestError::Refused(refusal).into());
         }
         Ok(())
@@ -308,7 +330,7 @@ impl Resumable {
         let reservation = self
             .ingest
             .quota
-            .reserve(UploadId::new(), up.owner, 0, true, &key)
+            .reserve(UploadId::new(), up.owner, 0, true, &key, None)
             .await
             .map_err(IngestError::from)?;
         let writer = self.blobs.put(&key).await?;

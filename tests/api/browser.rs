@@ -75,12 +75,15 @@ async fn a_page_on_another_origin_uses_view_urls_frames_pdfs_and_caches_prefligh
         .spawn()
         .await;
     let u = app.user("browser").await;
+    // The app's backend: it mints upload grants for the page with its API key.
+    let key = app.new_api_key(&u.token, "backend").await;
 
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg("view_urls.mjs")
         .current_dir(&dir)
         .env("COFFER_API", app.url(""))
         .env("COFFER_TOKEN", &u.token)
+        .env("COFFER_API_KEY", key["key"].as_str().unwrap_or_default())
         .env("PAGE_PORT", page_port.to_string())
         .env("OTHER_PORT", other_port.to_string())
         .env("CHROMIUM", CHROMIUM)
@@ -97,7 +100,7 @@ async fn a_page_on_another_origin_uses_view_urls_frames_pdfs_and_caches_prefligh
     );
     // Each check printed its line; none may be missing (a script that stopped early fails).
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 20, "{stdout}");
+    assert_eq!(passed, 27, "{stdout}");
     // Everything the page did, and no view token, reached the log.
     let logs = app.logs();
     assert!(!logs.contains("?view="), "a view URL in the log");

@@ -69,6 +69,55 @@ async fn infected_422(r: Response) {
 // ---- The virus scanner ---------------------------------------------------------------------
 
 #[tokio::test]
+async fn eicar_split_across_two_tus_patches_is_refused_at_the_last() {
+    let Some(stack) = stack::require("eicar_split_across_two_tus_patches_is_refused_at_the_last")
+    else {
+        return;
+    };
+    let app = TestApp::builder()
+        .env("COFFER_SCAN__CLAMD", &stack.clamd)
+        .spawn()
+        .await;
+    let u = app.user("tuscarrier").await;
+    let e = eicar();
+    // Each PATCH alone holds half the string; clamd sees the whole file at the last one.
+    let body = [text(70_000), e.clone(), text(1_000)].concat();
+    let cut = 70_000 + 30;
+    let meta = {
+        use base64::Engine as _;
+        format!(
+            "filename {}",
+            base64::engine::general_purpose::STANDARD.encode("split.txt")
+        )
+    };
+    let tus = |r: crate::helpers::request::Req| r.as_user(&u).header("tus-resumable", "1.0.0");
+    let created = tus(app.post("/api/v1/uploads"))
+        .header("upload-length", &body.len().to_string())
+        .header("upload-metadata", &meta)
+        .send()
+        .await;
+    assert_eq!(created.status(), 201);
+    let loc = created.headers()["location"].to_str().unwrap().to_owned();
+    let patch = |offset: usize, bytes: Vec<u8>| {
+        tus(app.request(reqwest::Method::PATCH, &loc))
+            .header("upload-offset", &offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes)
+            .send()
+    };
+    assert_eq!(patch(0, body[..cut].to_vec()).await.status(), 204);
+    infected_422(patch(cut, body[cut..].to_vec()).await).await;
+    // The upload is over: nothing stored, its staged chunks gone.
+    let head = tus(app.head(&loc)).send().await;
+    assert_eq!(head.status(), 404);
+    app.eventually("the staged chunks are deleted", || {
+        app.blob_files().is_empty()
+    })
+    .await;
+    nothing_stored(&app, &u).await;
+}
+
+#[tokio::test]
 async fn eicar_is_refused_on_raw_and_multipart_uploads_and_nothing_is_stored() {
     let Some(stack) = stack::require("eicar_is_refused_on_raw_and_multipart_uploads") else {
         return;

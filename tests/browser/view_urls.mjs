@@ -4,6 +4,8 @@
 //   COFFER_API=http://127.0.0.1:<port>   the server (CORS allows the page origin, and
 //                                        serving.frame_ancestors lists it)
 //   COFFER_TOKEN=<access token>          a user's bearer token
+//   COFFER_API_KEY=<API key>             the same user's API key (the app's backend, which
+//                                        mints upload grants for the page)
 //   PAGE_PORT, OTHER_PORT                two free loopback ports: the page's origin (allowed)
 //                                        and another origin (neither CORS nor framing)
 //   CHROMIUM=/usr/bin/chromium           the browser
@@ -19,6 +21,7 @@ import { chromium } from 'playwright-core';
 
 const API = process.env.COFFER_API;
 const TOKEN = process.env.COFFER_TOKEN;
+const API_KEY = process.env.COFFER_API_KEY;
 const PAGE = `http://127.0.0.1:${process.env.PAGE_PORT}`;
 const OTHER = `http://127.0.0.1:${process.env.OTHER_PORT}`;
 const SHOTS = process.env.SHOTS;
@@ -338,6 +341,7 @@ async function run(context) {
   await alone.close();
 
   await uppyRecipe(page);
+  await uppyWithGrant(page);
   await uppyTus(page);
 
   // Revocation: the next request through any earlier view URL is a 401. (The browser turns a
@@ -396,12 +400,60 @@ async function uppyRecipe(page) {
   check('Uppy retries a network failure', JSON.stringify(r.attempts) === '[0,1,2,3]' && r.offline === 1, JSON.stringify(r.attempts));
 }
 
+/// The recipe with only an upload grant: the backend (this script, with its API key) mints
+/// it, the page uploads with it through Uppy, and the backend then lists the grant's files.
+async function uppyWithGrant(page) {
+  const minted = await fetch(`${API}/api/v1/upload-grants`, {
+    method: 'POST',
+    headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ max_uploads: 3, extensions: ['txt', 'png'], expires_in: 300 }),
+  });
+  const grant = await minted.json();
+  check('the backend mints a grant with its API key', minted.status === 201 && grant.token.startsWith('cgr_'), JSON.stringify(grant));
+  const r = await page.evaluate(async ({ API, GRANT }) => {
+    const { Uppy, XHRUpload } = await import('/uppy.min.mjs');
+    const { cofferUppy } = await import('/uppy_recipe.mjs');
+    const uppy = cofferUppy({ Uppy, XHRUpload }, { api: API, getGrant: () => GRANT });
+    const errors = [];
+    uppy.on('upload-error', (file, error) => errors.push(error.message));
+    uppy.addFile({ name: 'one.txt', type: 'text/plain', data: new Blob(['granted one']) });
+    uppy.addFile({ name: 'two.txt', type: 'text/plain', data: new Blob(['granted two']) });
+    const first = await uppy.upload();
+    // A resumable upload in 256 KiB chunks with the same grant (Uppy's Tus plugin).
+    const { Tus } = await import('/uppy.min.mjs');
+    const { cofferTusUppy } = await import('/uppy_recipe.mjs');
+    const tus = cofferTusUppy({ Uppy, Tus }, { api: API, getGrant: () => GRANT, chunkSize: 256 * 1024 });
+    tus.addFile({ name: 'big.txt', type: 'text/plain', data: new Blob(['x'.repeat(700 * 1024)]) });
+    const resumable = await tus.upload();
+    const tusIds = resumable.successful.map((f) => f.response.uploadURL.split('/').pop());
+    // Used up now: a fourth file is refused, with coffer's words.
+    uppy.addFile({ name: 'three.txt', type: 'text/plain', data: new Blob(['one too many']) });
+    const third = await uppy.upload();
+    // The grant is no credential for anything else.
+    const list = await fetch(`${API}/api/v1/files`, { headers: { 'Upload-Grant': GRANT } });
+    return {
+      ok: first.successful.map((f) => [f.name, f.response.status, f.response.body.id, f.response.body.grant_id]),
+      tusIds, tusFailed: resumable.failed.map((f) => String(f.error)),
+      failed: third.failed.map((f) => f.name),
+      errors, listStatus: list.status,
+    };
+  }, { API, GRANT: grant.token });
+  const ids = [...r.ok.map((f) => f[2]), ...r.tusIds].sort();
+  check('Uppy uploads with only a grant', r.ok.length === 2 && r.ok.every((f) => f[1] === 201 && f[3] === grant.id), JSON.stringify(r));
+  check("Uppy's Tus plugin uploads in chunks with only a grant", r.tusIds.length === 1 && r.tusFailed.length === 0, JSON.stringify(r));
+  check('a used-up grant is refused, in coffer\'s words', r.failed.length === 1 && /grant/.test(r.errors[0] || ''), JSON.stringify(r));
+  check('a grant cannot list files', r.listStatus === 401, `${r.listStatus}`);
+  const detail = await (await fetch(`${API}/api/v1/upload-grants/${grant.id}`, { headers: { 'X-API-Key': API_KEY } })).json();
+  check("the backend lists the grant's files", detail.uses === 3 && JSON.stringify([...detail.file_ids].sort()) === JSON.stringify(ids), JSON.stringify(detail));
+}
+
 /// The README's tus variant: Uppy's Tus plugin uploads a multi-MiB file in chunks through
 /// CORS, and the stored file has the same sha256.
 async function uppyTus(page) {
+  const refusedBefore = await tusCreations(415);
   const r = await page.evaluate(async ({ API, TOKEN }) => {
     const { Uppy, Tus } = await import('/uppy.min.mjs');
-    const { cofferTusUppy } = await import('/uppy_recipe.mjs');
+    const { cofferTusUppy, tusProblemDetail } = await import('/uppy_recipe.mjs');
     const uppy = cofferTusUppy({ Uppy, Tus }, { api: API, getToken: () => TOKEN, chunkSize: 1024 * 1024 });
     const bytes = new Uint8Array(3 * 1024 * 1024 + 17);
     for (let i = 0; i < bytes.length; i++) bytes[i] = 97 + (i % 26);
@@ -412,10 +464,26 @@ async function uppyTus(page) {
     const done = result.successful.map((f) => f.response.uploadURL);
     const id = done.length === 1 ? done[0].split('/').pop() : null;
     const file = id ? await (await fetch(`${API}/api/v1/files/${id}`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json() : null;
-    return { done, failed: result.failed.map((f) => String(f.error)), want, file };
+    // A refused file: coffer's detail reaches the page, and it is not tried again.
+    const refusing = cofferTusUppy({ Uppy, Tus }, { api: API, getToken: () => TOKEN });
+    const shown = [];
+    refusing.on('upload-error', (f, err) => shown.push(tusProblemDetail(err)));
+    refusing.addFile({ name: 'tool.exe', type: 'application/octet-stream', data: new Blob(['MZ not welcome']) });
+    await refusing.upload();
+    return { done, failed: result.failed.map((f) => String(f.error)), want, file, shown };
   }, { API, TOKEN });
+  const refused = (await tusCreations(415)) - refusedBefore;
+  check("Uppy Tus shows coffer's problem detail and does not retry a refusal",
+    r.shown.length === 1 && /not accepted/.test(r.shown[0]) && refused === 1, JSON.stringify({ shown: r.shown, refused }));
   check('Uppy Tus (the recipe) uploads 3 MiB in 1 MiB chunks through CORS to the exact sha256',
     r.file && r.file.sha256 === r.want && r.file.filename === 'letters.txt' && r.failed.length === 0, JSON.stringify(r));
+}
+
+/// Answers of the tus creation route with this status so far (the server's metrics).
+async function tusCreations(status) {
+  const text = await (await fetch(`${API}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('coffer_http_requests_total{method="POST",route="/api/v1/uploads",status="' + status + '"}'));
+  return line ? Number(line.split(' ').pop()) : 0;
 }
 
 /// Answers of the upload route with this status so far (the server's metrics).

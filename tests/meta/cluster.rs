@@ -22,6 +22,7 @@ fn reservation(owner: UserId, want: u64, exact: bool, quota: u64) -> NewReservat
         quota,
         blob_key: format!("blobs/{id}"),
         node: "test".into(),
+        grant: None,
         now: Timestamp::now(),
     }
 }
@@ -339,4 +340,118 @@ async fn postgres_the_login_budget_and_failures_are_shared_by_every_node() {
 async fn sqlite_keeps_login_throttling_in_the_node() {
     let e = engines::all("sqlite_keeps_login_throttling_in_the_node").await;
     assert!(e[0].store.login_throttles().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_use_goes_with_its_reservation() {
+    use coffer::ids::GrantId;
+    use coffer::meta::grants::{Grant, NewGrant};
+    for e in engines::all("a_grant_use_goes_with_its_reservation").await {
+        let s = &e.store;
+        let owner = add_user(s, "granter", Role::User).await;
+        let now = Timestamp::now();
+        let grant = Grant {
+            id: GrantId::new(),
+            expires_at: now.plus_secs(600),
+            max_bytes: 1000,
+            extensions: vec!["png".into(), "txt".into()],
+            max_uploads: 2,
+            uses: 0,
+            file_expires_in: None,
+            sha256: None,
+            created_at: now,
+        };
+        let gid = grant.id;
+        let hash = [7u8; 32];
+        assert!(
+            s.grants()
+                .insert_grant(NewGrant {
+                    grant,
+                    owner,
+                    token_hash: hash,
+                })
+                .await
+                .unwrap()
+        );
+        let found = s.grants().find_grant(hash).await.unwrap().unwrap();
+        assert_eq!(found.owner, owner);
+        assert_eq!(found.grant.extensions, ["png", "txt"]);
+        let with_grant = || NewReservation {
+            grant: Some(gid),
+            ..reservation(owner, 10, true, 0)
+        };
+        let uses = || async {
+            s.grants()
+                .get_grant(owner, gid, Timestamp::now())
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .uses
+        };
+        // Two uses: a third reservation is refused and writes nothing.
+        let (a, b, c) = (with_grant(), with_grant(), with_grant());
+        let (a_id, b_id) = (a.id, b.id);
+        assert_eq!(s.uploads().reserve(a).await.unwrap(), Reserved::Granted(10));
+        assert_eq!(s.uploads().reserve(b).await.unwrap(), Reserved::Granted(10));
+        assert_eq!(
+            s.uploads().reserve(c).await.unwrap(),
+            Reserved::GrantRefused,
+            "{}",
+            e.name
+        );
+        assert_eq!(s.uploads().reserved_bytes(owner).await.unwrap(), 20);
+        assert_eq!(
+            s.grants()
+                .find_grant(hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .grant
+                .uses,
+            2
+        );
+        // A failed upload gives its use back; so does a swept one; a commit keeps it.
+        assert!(s.uploads().release(a_id).await.unwrap());
+        assert_eq!(uses().await, 1, "{}", e.name);
+        assert!(
+            s.uploads()
+                .claim_abandoned(b_id, Timestamp::now())
+                .await
+                .unwrap()
+        );
+        assert_eq!(uses().await, 0, "{}", e.name);
+        let d = with_grant();
+        let d_id = d.id;
+        s.uploads().reserve(d).await.unwrap();
+        let mut f = file(owner, 10, Timestamp::now(), None);
+        f.file.grant_id = Some(gid);
+        assert_eq!(
+            s.uploads().commit(d_id, f.clone()).await.unwrap(),
+            Committed::Inserted
+        );
+        assert_eq!(uses().await, 1);
+        let (_, files) = s
+            .grants()
+            .get_grant(owner, gid, Timestamp::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(files, [f.file.id]);
+        // Revoked while an upload runs: its commit writes no row.
+        let last = with_grant();
+        let last_id = last.id;
+        s.uploads().reserve(last).await.unwrap();
+        assert!(s.grants().delete_grant(owner, gid).await.unwrap());
+        let mut g = file(owner, 10, Timestamp::now(), None);
+        g.file.grant_id = Some(gid);
+        assert_eq!(
+            s.uploads().commit(last_id, g).await.unwrap(),
+            Committed::GrantRevoked,
+            "{}",
+            e.name
+        );
+        assert_eq!(s.uploads().reserved_bytes(owner).await.unwrap(), 0);
+        assert_eq!(s.users().used_bytes(owner).await.unwrap(), 10);
+    }
 }

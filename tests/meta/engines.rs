@@ -173,6 +173,7 @@ pub fn file(
             created_at,
             expires_at,
             scanned_at: None,
+            grant_id: None,
         },
         owner_id: owner,
         blob_key: format!("blobs/{id}"),

@@ -17,5 +17,6 @@ mod audit;
 mod cluster;
 mod files;
 mod links;
+mod outbox;
 mod postgres;
 mod races;

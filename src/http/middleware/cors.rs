@@ -37,6 +37,7 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("upload-grant"),
             header::RANGE,
             header::IF_NONE_MATCH,
             HeaderName::from_static("x-request-id"),

@@ -21,8 +21,10 @@ use utoipa_axum::routes;
 use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::crypto::read;
+use crate::events::{self, Kind, RejectReason};
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Uploader;
 use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{PageQuery, decode_time_cursor, encode_time_cursor, next_cursor};
 use crate::http::routes::views;
@@ -86,25 +88,39 @@ pub(crate) struct UploadQuery {
         (status = 503, description = "The virus scanner gave no verdict; nothing stored (`Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 507, description = "The storage volume is full", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn upload_file(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    uploader: Uploader,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
+    uploader.require_start()?;
+    // With a grant the backend that minted it decides the retention (its `file_expires_in`,
+    // else the service's default), never the browser holding it.
+    let expires_at = match &uploader.grant {
+        Some(_) if q.expires_in.is_some() => {
+            return Err(AppError::field(
+                "expires_in",
+                "is set by the upload grant (file_expires_in), not by its holder",
+            ));
+        }
+        Some(g) => retention_of_grant(&state, g.file_expires_in),
+        None => retention(&state, q.expires_in.as_deref())?,
+    };
     let up = Upload {
-        owner: principal.user_id,
+        owner: uploader.owner,
         client_ip: ip,
         raw_name: String::new(),
-        expires_at: retention(&state, q.expires_in.as_deref())?,
+        expires_at,
         length_hint: headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok()),
         exact_length: false,
+        grant: uploader.grant,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -146,8 +162,17 @@ async fn stage_raw(
     let name = filename.filter(|n| !n.is_empty()).ok_or_else(|| {
         AppError::BadRequest("raw uploads need ?filename=NAME (or send multipart/form-data)".into())
     })?;
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     if up.length_hint.is_some_and(|n| n > limit) {
+        let name = ingest::filename::sanitize(&name);
+        events::record_rejection(
+            &state.meta,
+            up.owner,
+            &name,
+            RejectReason::Size,
+            up.grant.as_ref().map(|g| g.id),
+        )
+        .await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let up = Upload {
@@ -173,11 +198,14 @@ async fn stage_multipart(
     content_type: &str,
     body: Body,
 ) -> AppResult<ingest::Staged> {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     if up
         .length_hint
         .is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD))
     {
+        // Refused before the part (and its name) is read.
+        let grant = up.grant.as_ref().map(|g| g.id);
+        events::record_rejection(&state.meta, up.owner, "", RejectReason::Size, grant).await;
         return Err(AppError::PayloadTooLarge { limit });
     }
     let boundary = multer::parse_boundary(content_type)
@@ -207,7 +235,7 @@ async fn receive_multipart(
     boundary: String,
     body: Body,
 ) -> Result<ingest::Staged, IngestError> {
-    let limit = state.config.limits.max_upload_bytes;
+    let limit = up.limit(state.config.limits.max_upload_bytes);
     // The idle timeout covers every part, not only the file.
     let body = IdleTimeout::new(body.into_data_stream(), idle(state));
     // Only part bodies stream: the preamble and part headers are held until they end.
@@ -238,15 +266,27 @@ async fn receive_multipart(
         .ingest
         .stage(up, Box::pin(field.map_err(failed)))
         .await?;
-    while let Some(next) = form.next_field().await.map_err(failed)? {
-        if next.name() == Some("file") {
-            return Err(IngestError::BadBody(
-                "send exactly one part named file".into(),
-            ));
+    // The parts after the file: a failure there ends the staged upload before the answer
+    // (its quota and any grant use released, its reason audited).
+    let rest = async {
+        while let Some(next) = form.next_field().await.map_err(failed)? {
+            if next.name() == Some("file") {
+                return Err(IngestError::BadBody(
+                    "send exactly one part named file".into(),
+                ));
+            }
+            drain(next, limit).await?;
         }
-        drain(next, limit).await?;
+        Ok(())
     }
-    Ok(staged)
+    .await;
+    match rest {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            staged.abort(&e).await;
+            Err(e)
+        }
+    }
 }
 
 /// The sizes multer holds a form to while parsing it: the whole form, the file part, each
@@ -284,6 +324,18 @@ fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
 }
 
 /// `?expires_in=` -> an expiry, or the deployment default.
+/// When a file uploaded with a grant expires: the grant's `file_expires_in`, else the
+/// service's default retention.
+pub(crate) fn retention_of_grant(
+    state: &AppState,
+    file_expires_in: Option<u64>,
+) -> Option<Timestamp> {
+    let default = state.config.retention.default_ttl_secs;
+    file_expires_in
+        .or((default > 0).then_some(default))
+        .map(|s| Timestamp::now().plus_secs(s))
+}
+
 pub(crate) fn retention(
     state: &AppState,
     expires_in: Option<&str>,
@@ -388,9 +440,11 @@ async fn delete_file(
     let f = visible_file(&state, &principal, &id).await?;
     // In its own task: a client that gives up must not stop a deletion between its steps.
     let (meta, blobs, target) = (state.meta.clone(), state.blobs.clone(), f.clone());
-    let removed = tokio::spawn(async move { removal::remove_file(&meta, &blobs, &target).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+    let removed = tokio::spawn(async move {
+        removal::remove_file(&meta, &blobs, &target, Kind::FileDeleted).await
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
     if !removed {
         return Err(AppError::NotFound);
     }

@@ -17,6 +17,7 @@ use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::auth::{random_token, token_hash};
 use crate::download::Plan;
+use crate::events;
 use crate::http::content::{self, ContentRequest};
 use crate::http::error::{AppError, AppResult, FieldError};
 use crate::http::extract::AppJson;
@@ -191,7 +192,13 @@ async fn link_content(
     let served = content::respond(&state, &f, &req, None).await?;
     if method == Method::GET && matches!(served.plan, Plan::Full | Plan::Partial { .. }) {
         // Count it now; a racing GET that lost is told the link is used up.
-        if !state.meta.links().consume(link, Timestamp::now()).await? {
+        let used = events::link_used(f.owner_id, link, &f.file);
+        if !state
+            .meta
+            .links()
+            .consume_recording(link, Timestamp::now(), vec![used])
+            .await?
+        {
             return Err(AppError::Gone("this link has been used up"));
         }
         state

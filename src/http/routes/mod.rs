@@ -5,8 +5,10 @@
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod files;
+pub(crate) mod grants;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod links;
 pub(crate) mod uploads;
 pub(crate) mod views;
+pub(crate) mod webhooks;

@@ -18,13 +18,14 @@ use futures_util::TryStreamExt as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::principal::Principal;
 use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Uploader;
 use crate::http::middleware::client_ip::ClientIp;
-use crate::http::routes::files::retention;
+use crate::http::routes::files::{retention, retention_of_grant};
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::IngestError;
 use crate::ingest::idle::IdleTimeout;
+use crate::meta::resumable::Creator;
 use crate::resumable::{Checksum, ChecksumAlgorithm, Creation, Patch, Progress, ResumableError};
 use crate::state::AppState;
 
@@ -83,10 +84,19 @@ impl From<ResumableError> for AppError {
             ),
             ResumableError::PastLength => Self::PayloadTooLarge { limit: 0 },
             ResumableError::Locked => Self::Locked,
-            ResumableError::ChecksumMismatch => Self::ChecksumMismatch,
+            ResumableError::ChecksumMismatch => Self::TusChecksumMismatch,
             ResumableError::TooManyPending => Self::TooManyPending,
             ResumableError::Ingest(i) => i.into(),
         }
+    }
+}
+
+/// Whose uploads the caller may see: the owner's, through the same kind of credential
+/// (an upload made with a grant answers only to that grant).
+fn creator(uploader: &Uploader) -> Creator {
+    Creator {
+        owner: uploader.owner,
+        grant: uploader.grant.as_ref().map(|g| g.id),
     }
 }
 
@@ -266,15 +276,16 @@ pub(crate) async fn options_before_cors(
         (status = 415, description = "Extension not allowed", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many unfinished uploads", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn create_upload(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    uploader: Uploader,
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
     require_tus(&headers)?;
+    uploader.require_start()?;
     let length = header_str(&headers, "upload-length")
         .and_then(parse_count)
         .ok_or_else(|| {
@@ -284,19 +295,32 @@ async fn create_upload(
         .ok_or_else(|| AppError::BadRequest("Upload-Metadata with a filename is required".into()))?
         .to_owned();
     let (filename, expires_in) = parse_metadata(&metadata)?;
+    // With a grant the backend that minted it decides the retention, never its holder.
+    let file_expires_at = match &uploader.grant {
+        Some(_) if expires_in.is_some() => {
+            return Err(AppError::field(
+                "expires_in",
+                "is set by the upload grant (file_expires_in), not by its holder",
+            ));
+        }
+        Some(g) => retention_of_grant(&state, g.file_expires_in),
+        None => retention(&state, expires_in.as_deref())?,
+    };
     let creation = Creation {
-        owner: principal.user_id,
+        owner: uploader.owner,
         client_ip: ip,
         length,
         metadata,
         filename,
-        file_expires_at: retention(&state, expires_in.as_deref())?,
+        file_expires_at,
+        grant: uploader.grant.clone(),
     };
     let (id, mut progress) = state.resumable.create(creation).await?;
     if matches!(progress, Progress::Pending { .. }) && has_body(&headers) {
         let patch = Patch {
             id,
-            owner: principal.user_id,
+            owner: uploader.owner,
+            grant: uploader.grant.clone(),
             client_ip: ip,
             offset: 0,
             length_hint: header_str(&headers, "content-length").and_then(parse_count),
@@ -311,7 +335,7 @@ async fn create_upload(
             Err(e) => {
                 // The client never learns this upload's URL: end it rather than let it hold
                 // quota and a pending slot until it expires.
-                let _ = state.resumable.terminate(id, principal.user_id).await;
+                let _ = state.resumable.terminate(id, creator(&uploader)).await;
                 return Err(e.into());
             }
         }
@@ -344,16 +368,16 @@ fn progress_headers(h: &mut HeaderMap, p: &Progress) {
         (status = 404, description = "Unknown, someone else's, finished, expired or terminated"),
         (status = 412, description = "Tus-Resumable missing or not 1.0.0"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn upload_status(
     State(state): State<AppState>,
-    principal: Principal,
+    uploader: Uploader,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
     require_tus(&headers)?;
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
-    let up = state.resumable.get(id, principal.user_id).await?;
+    let up = state.resumable.get(id, creator(&uploader)).await?;
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     set(h, "upload-offset", up.offset.to_string());
@@ -385,11 +409,11 @@ async fn upload_status(
         (status = 423, description = "Another PATCH is writing to this upload", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 460, description = "The body does not match Upload-Checksum; none of it was kept", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn patch_upload(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    principal: Principal,
+    uploader: Uploader,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -410,7 +434,8 @@ async fn patch_upload(
         })?;
     let patch = Patch {
         id,
-        owner: principal.user_id,
+        owner: uploader.owner,
+        grant: uploader.grant,
         client_ip: ip,
         offset,
         length_hint: header_str(&headers, "content-length").and_then(parse_count),
@@ -434,15 +459,15 @@ async fn patch_upload(
         (status = 404, description = "Unknown, someone else's, finished, expired or terminated", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 412, description = "Tus-Resumable missing or not 1.0.0", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []), ("api_key" = [])))]
+    security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn delete_upload(
     State(state): State<AppState>,
-    principal: Principal,
+    uploader: Uploader,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> AppResult<StatusCode> {
     require_tus(&headers)?;
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
-    state.resumable.terminate(id, principal.user_id).await?;
+    state.resumable.terminate(id, creator(&uploader)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -54,7 +54,7 @@ impl App {
         crate::http::openapi::apply_config(&mut doc, &state.config);
         let doc = serde_json::to_vec(&doc)?;
         let _ = state.openapi.set(Bytes::from(doc));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(
                 Sweeper {
                     meta: state.meta.clone(),
@@ -69,6 +69,19 @@ impl App {
             ),
             tokio::spawn(limiter_housekeeping(state.clone())),
         ];
+        if state.config.webhooks.deliver {
+            tasks.push(tokio::spawn(
+                crate::events::worker::Worker {
+                    meta: state.meta.clone(),
+                    keyring: state.keyring.clone(),
+                    policy: crate::state::webhook_policy(&state.config),
+                    timeout: Duration::from_secs(state.config.webhooks.timeout_secs),
+                    max_attempts: u32::try_from(state.config.webhooks.max_attempts)
+                        .unwrap_or(u32::MAX),
+                }
+                .run(),
+            ));
+        }
         Ok(Self {
             state,
             router,

@@ -10,10 +10,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::users::LOCKED;
-use super::{PgResult, Postgres};
+use super::{IsolationLevel, PgResult, Postgres};
 use crate::crypto::Sealing;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
 
@@ -21,7 +22,7 @@ use crate::meta::page::Page;
 macro_rules! columns {
     () => {
         "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, \
-         enc_key_id, enc_wrapped_key, scanned_at"
+         enc_key_id, enc_wrapped_key, scanned_at, grant_id"
     };
 }
 
@@ -44,6 +45,7 @@ pub(super) fn row_at(r: &Row, at: usize) -> PgResult<StoredFile> {
             created_at: r.try_get(at + 5)?,
             expires_at: r.try_get(at + 6)?,
             scanned_at: r.try_get(at + 11)?,
+            grant_id: r.try_get(at + 12)?,
         },
         owner_id: r.try_get(at + 7)?,
         blob_key: r.try_get(at + 8)?,
@@ -78,8 +80,9 @@ pub async fn insert(c: &impl GenericClient, f: &StoredFile) -> PgResult<Inserted
                  SELECT id FROM users WHERE id = $2 AND password_hash <> $12
                  FOR NO KEY UPDATE)
              INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
-                                expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at)
-             SELECT $1, owner.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13 FROM owner",
+                                expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at,
+                                grant_id)
+             SELECT $1, owner.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14 FROM owner",
         )
         .await?;
     let n = c
@@ -99,6 +102,7 @@ pub async fn insert(c: &impl GenericClient, f: &StoredFile) -> PgResult<Inserted
                 &wrapped,
                 &LOCKED,
                 &f.file.scanned_at,
+                &f.file.grant_id,
             ],
         )
         .await?;
@@ -414,21 +418,58 @@ impl Files for Postgres {
         .await
     }
 
-    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError> {
-        self.one((id, now), |c, &(id, now)| Box::pin(delete(c, id, now)))
-            .await
+    async fn delete_recording(
+        &self,
+        id: FileId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<String>, MetaError> {
+        let (key, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, now, events),
+                |t, (id, now, events)| {
+                    Box::pin(async move {
+                        let key = delete(t, *id, *now).await?;
+                        let n = match key {
+                            Some(_) => super::events::record(t, events).await?,
+                            None => 0,
+                        };
+                        Ok((key, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(key)
     }
 
-    async fn delete_if_blob(
+    async fn delete_if_blob_recording(
         &self,
         id: FileId,
         blob_key: String,
         now: Timestamp,
+        events: Vec<NewEvent>,
     ) -> Result<bool, MetaError> {
-        self.one((id, blob_key, now), |c, (id, key, now)| {
-            Box::pin(delete_if_blob(c, *id, key, *now))
-        })
-        .await
+        let (gone, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, blob_key, now, events),
+                |t, (id, key, now, events)| {
+                    Box::pin(async move {
+                        let gone = delete_if_blob(t, *id, key, *now).await?;
+                        let n = if gone {
+                            super::events::record(t, events).await?
+                        } else {
+                            0
+                        };
+                        Ok((gone, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(gone)
     }
 
     async fn queued_deletions(&self, limit: usize) -> Result<Vec<String>, MetaError> {

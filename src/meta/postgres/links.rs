@@ -11,6 +11,7 @@ use tokio_postgres::error::SqlState;
 use super::{PgResult, Postgres, files};
 use crate::ids::{FileId, LinkId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::links::{LinkState, Links, NewLink};
 
 /// Insert a link, only while its file is live and `owner`'s (one statement). `false` when it
@@ -63,7 +64,7 @@ pub async fn resolve(
             "SELECT l.id, l.expires_at, l.max_downloads, l.downloads,
                     f.id, f.filename, f.size, f.content_type, f.sha256, f.created_at,
                     f.expires_at, f.owner_id, f.blob_key, f.enc_key_id, f.enc_wrapped_key,
-                    f.scanned_at
+                    f.scanned_at, f.grant_id
              FROM links l JOIN files f ON f.id = l.file_id
              WHERE l.token_hash = $1",
         )
@@ -152,9 +153,31 @@ impl Links for Postgres {
         .await
     }
 
-    async fn consume(&self, id: LinkId, now: Timestamp) -> Result<bool, MetaError> {
-        self.one((id, now), |c, &(id, now)| Box::pin(consume(c, id, now)))
-            .await
+    async fn consume_recording(
+        &self,
+        id: LinkId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, MetaError> {
+        let (counted, n) = self
+            .tx(
+                super::IsolationLevel::ReadCommitted,
+                (id, now, events),
+                |t, (id, now, events)| {
+                    Box::pin(async move {
+                        let counted = consume(t, *id, *now).await?;
+                        let n = if counted {
+                            super::events::record(t, events).await?
+                        } else {
+                            0
+                        };
+                        Ok((counted, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(counted)
     }
 
     async fn delete_owned(&self, id: LinkId, owner: UserId) -> Result<Option<FileId>, MetaError> {

@@ -19,7 +19,7 @@ use tokio::time::{sleep, timeout};
 use tokio_postgres::Notification;
 
 use super::conn::{self, Settings};
-use super::{CONFIRMATIONS_CHANNEL, REVOCATIONS_CHANNEL};
+use super::{CONFIRMATIONS_CHANNEL, EVENTS_CHANNEL, REVOCATIONS_CHANNEL};
 use crate::meta::revocations::{Hub, Revoked};
 
 /// How often an idle listener checks that its connection still answers.
@@ -69,7 +69,7 @@ pub(super) async fn run(settings: Settings, hub: Hub, pid: Arc<AtomicI32>) {
 async fn listen(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "LISTEN {REVOCATIONS_CHANNEL}; LISTEN {CONFIRMATIONS_CHANNEL}"
+            "LISTEN {REVOCATIONS_CHANNEL}; LISTEN {CONFIRMATIONS_CHANNEL}; LISTEN {EVENTS_CHANNEL}"
         ))
         .await?;
     client
@@ -91,6 +91,8 @@ async fn serve(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(n) if n.channel() == CONFIRMATIONS_CHANNEL => confirmed(hub, n.payload()),
+                // Events committed (on any node): the delivery worker looks at once.
+                Some(n) if n.channel() == EVENTS_CHANNEL => hub.events_committed(),
                 Some(n) => {
                     let Some(confirmation) = apply(hub, n.payload()) else { continue };
                     let sent = timeout(

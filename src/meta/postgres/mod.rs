@@ -20,7 +20,9 @@
 pub mod api_keys;
 pub mod audit;
 mod conn;
+pub mod events;
 pub mod files;
+pub mod grants;
 mod leases;
 pub mod links;
 mod listener;
@@ -76,6 +78,8 @@ pub mod lock_keys {
 pub const REVOCATIONS_CHANNEL: &str = "coffer_revoked";
 /// The channel on which each node confirms a revocation it applied to the node that made it.
 pub const CONFIRMATIONS_CHANNEL: &str = "coffer_revoked_ok";
+/// The channel on which a transaction that recorded events wakes every node's delivery worker.
+pub const EVENTS_CHANNEL: &str = "coffer_events";
 /// The `application_name` of every node's listening session: a node counts the others by it.
 pub const LISTENER_NAME: &str = "coffer-listener";
 
@@ -147,6 +151,14 @@ impl Postgres {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot count the other nodes to confirm a revocation")
             }
+        }
+    }
+
+    /// After a transaction that recorded `n` deliveries committed: wake this node's delivery
+    /// worker (the others hear the transaction's `NOTIFY`).
+    pub(crate) fn events_committed(&self, n: u64) {
+        if n > 0 {
+            self.hub.events_committed();
         }
     }
 

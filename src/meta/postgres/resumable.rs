@@ -9,10 +9,11 @@ use tokio_postgres::Row;
 
 use super::{IsolationLevel, PgResult, Postgres, Tx};
 use crate::crypto::Sealing;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
-    Append, Chunk, Created, Locked, NewResumable, ResumableUpload, Resumables, reservation_of,
+    Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
+    reservation_of,
 };
 use crate::meta::uploads::Reserved;
 
@@ -34,23 +35,25 @@ fn upload(r: &Row) -> PgResult<ResumableUpload> {
         filename: r.try_get(5)?,
         file_expires_at: r.try_get(6)?,
         expires_at: r.try_get(7)?,
+        grant: r.try_get(8)?,
     })
 }
 
 async fn get(
     c: &impl GenericClient,
     id: FileId,
-    owner: UserId,
+    creator: Creator,
     now: Timestamp,
 ) -> PgResult<Option<ResumableUpload>> {
     let st = c
         .prepare_cached(
             "SELECT id, owner_id, length, upload_offset, metadata, filename, file_expires_at,
-                    expires_at
-             FROM resumable_uploads WHERE id = $1 AND owner_id = $2 AND expires_at > $3",
+                    expires_at, grant_id
+             FROM resumable_uploads WHERE id = $1 AND owner_id = $2 AND expires_at > $3
+               AND grant_id IS NOT DISTINCT FROM $4",
         )
         .await?;
-    c.query_opt(&st, &[&id, &owner, &now])
+    c.query_opt(&st, &[&id, &creator.owner, &now, &creator.grant])
         .await?
         .as_ref()
         .map(upload)
@@ -72,8 +75,10 @@ async fn create(t: &Tx<'_>, n: &NewResumable) -> PgResult<Created> {
     if as_u64(pending) >= n.max_pending {
         return Ok(Created::TooMany);
     }
-    if super::uploads::reserve(t, &n.reservation).await? == Reserved::Exceeded {
-        return Ok(Created::QuotaExceeded);
+    match super::uploads::reserve(t, &n.reservation).await? {
+        Reserved::Granted(_) => {}
+        Reserved::Exceeded => return Ok(Created::QuotaExceeded),
+        Reserved::GrantRefused => return Ok(Created::GrantRefused),
     }
     t.execute(
         "UPDATE upload_reservations SET touched_at = $2 WHERE id = $1",
@@ -84,7 +89,7 @@ async fn create(t: &Tx<'_>, n: &NewResumable) -> PgResult<Created> {
         "INSERT INTO resumable_uploads
              (id, owner_id, length, upload_offset, metadata, filename, file_expires_at,
               created_at, expires_at, lock_holder, lock_until, grant_id)
-         VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, NULL, NULL, NULL)",
+         VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, NULL, NULL, $9)",
         &[
             &n.id,
             &n.owner,
@@ -94,6 +99,7 @@ async fn create(t: &Tx<'_>, n: &NewResumable) -> PgResult<Created> {
             &n.file_expires_at,
             &n.now,
             &n.expires_at,
+            &n.reservation.grant,
         ],
     )
     .await?;
@@ -178,11 +184,11 @@ impl Resumables for Postgres {
     async fn get(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         now: Timestamp,
     ) -> Result<Option<ResumableUpload>, MetaError> {
-        self.one((id, owner, now), |c, &(id, owner, now)| {
-            Box::pin(get(c, id, owner, now))
+        self.one((id, creator, now), |c, &(id, creator, now)| {
+            Box::pin(get(c, id, creator, now))
         })
         .await
     }
@@ -190,17 +196,17 @@ impl Resumables for Postgres {
     async fn lock(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         holder: String,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Locked, MetaError> {
         self.tx(
             IsolationLevel::ReadCommitted,
-            (id, owner, holder, now, until),
-            |t, (id, owner, holder, now, until)| {
+            (id, creator, holder, now, until),
+            |t, (id, creator, holder, now, until)| {
                 Box::pin(async move {
-                    let Some(up) = get(t, *id, *owner, *now).await? else {
+                    let Some(up) = get(t, *id, *creator, *now).await? else {
                         return Ok(Locked::Missing);
                     };
                     let n = t
@@ -302,6 +308,21 @@ impl Resumables for Postgres {
                 })
             },
         )
+        .await
+    }
+
+    async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError> {
+        self.one(grant, |c, grant| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id FROM resumable_uploads WHERE grant_id = $1",
+                        &[grant],
+                    )
+                    .await?;
+                rows.iter().map(|r| r.try_get(0)).collect()
+            })
+        })
         .await
     }
 

@@ -266,6 +266,14 @@ impl Transfer for Postgres {
                         (SELECT COALESCE(SUM(size), 0) FROM files WHERE owner_id = users.id)",
                     &[],
                 )
+                .await?;
+                // Deliveries arrive with their `seq`: the identity must continue after them,
+                // or a new event could sort before a copied one of the same file.
+                c.execute(
+                    "SELECT setval(pg_get_serial_sequence('webhook_deliveries', 'seq'),
+                                   GREATEST(COALESCE(MAX(seq), 0), 1)) FROM webhook_deliveries",
+                    &[],
+                )
                 .await
                 .map(|_| ())
             })

@@ -10,7 +10,9 @@ use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 use uuid::Uuid;
 
-use crate::ids::{ApiKeyId, FileId, LinkId, SessionId, Timestamp, UploadId, UserId};
+use crate::ids::{
+    ApiKeyId, FileId, GrantId, LinkId, SessionId, Timestamp, UploadId, UserId, WebhookId,
+};
 use crate::meta::users::Role;
 
 type BoxError = Box<dyn Error + Sync + Send>;
@@ -34,7 +36,9 @@ macro_rules! uuid_column {
     )+};
 }
 
-uuid_column!(UserId, FileId, LinkId, ApiKeyId, SessionId, UploadId);
+uuid_column!(
+    UserId, FileId, LinkId, ApiKeyId, SessionId, UploadId, GrantId, WebhookId
+);
 
 impl ToSql for Timestamp {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
 use super::{IsolationLevel, PgResult, Postgres, Tx};
-use crate::ids::{Timestamp, UploadId, UserId};
+use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
@@ -48,11 +49,18 @@ pub async fn reserve(t: &Tx<'_>, r: &NewReservation) -> PgResult<Reserved> {
             None => return Ok(Reserved::Exceeded),
         }
     };
+    // The grant's use last: nothing is written when the quota refuses.
+    if let Some(grant) = r.grant
+        && !super::grants::take_use(t, grant, r.now).await?
+    {
+        return Ok(Reserved::GrantRefused);
+    }
     let st = t
         .prepare_cached(
             "INSERT INTO upload_reservations
-                 (id, owner_id, bytes, blob_key, staging_id, node, started_at, touched_at)
-             VALUES ($1, $2, $3, $4, NULL, $5, $6, $6)",
+                 (id, owner_id, bytes, blob_key, staging_id, node, started_at, touched_at,
+                  grant_id)
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, $6, $7)",
         )
         .await?;
     t.execute(
@@ -64,17 +72,33 @@ pub async fn reserve(t: &Tx<'_>, r: &NewReservation) -> PgResult<Reserved> {
             &r.blob_key,
             &r.node,
             &r.now,
+            &r.grant,
         ],
     )
     .await?;
     Ok(Reserved::Granted(bytes))
 }
 
-async fn release(c: &impl GenericClient, id: UploadId) -> PgResult<bool> {
+/// End a reservation: `None` when it was gone, else the grant it was made with.
+async fn end(c: &impl GenericClient, id: UploadId) -> PgResult<Option<Option<GrantId>>> {
     let st = c
-        .prepare_cached("DELETE FROM upload_reservations WHERE id = $1")
+        .prepare_cached("DELETE FROM upload_reservations WHERE id = $1 RETURNING grant_id")
         .await?;
-    Ok(c.execute(&st, &[&id]).await? == 1)
+    c.query_opt(&st, &[&id])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()
+}
+
+/// End a failed upload's reservation and give its grant's use back (one transaction).
+async fn release(t: &Tx<'_>, id: UploadId) -> PgResult<bool> {
+    let Some(grant) = end(t, id).await? else {
+        return Ok(false);
+    };
+    if let Some(grant) = grant {
+        super::grants::give_back(t, grant).await?;
+    }
+    Ok(true)
 }
 
 async fn abandoned(
@@ -138,22 +162,48 @@ impl Uploads for Postgres {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
-        self.tx(IsolationLevel::ReadCommitted, (id, file), |t, (id, f)| {
-            Box::pin(async move {
-                // The delete locks the reservation: a sweeper claiming it waits for this
-                // commit and then finds it gone (and the row in), or took it first.
-                if !release(t, *id).await? {
-                    return Ok(Committed::Swept);
-                }
-                Ok(super::files::insert(t, f).await?.into())
-            })
-        })
-        .await
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError> {
+        let (done, n) = self
+            .tx(
+                IsolationLevel::ReadCommitted,
+                (id, file, events),
+                |t, (id, f, events)| {
+                    Box::pin(async move {
+                        // The delete locks the reservation: a sweeper claiming it waits for
+                        // this commit and then finds it gone (and the row in), or took it first.
+                        let Some(grant) = end(t, *id).await? else {
+                            return Ok((Committed::Swept, 0));
+                        };
+                        if let Some(grant) = grant
+                            && !super::grants::exists(t, grant).await?
+                        {
+                            return Ok((Committed::GrantRevoked, 0));
+                        }
+                        let done: Committed = super::files::insert(t, f).await?.into();
+                        let n = if done == Committed::Inserted {
+                            super::events::record(t, events).await?
+                        } else {
+                            0
+                        };
+                        Ok((done, n))
+                    })
+                },
+            )
+            .await?;
+        self.events_committed(n);
+        Ok(done)
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
-        self.one(id, |c, &id| Box::pin(release(c, id))).await
+        self.tx(IsolationLevel::ReadCommitted, id, |t, &id| {
+            Box::pin(release(t, id))
+        })
+        .await
     }
 
     async fn claim_abandoned(&self, id: UploadId, now: Timestamp) -> Result<bool, MetaError> {
@@ -164,7 +214,11 @@ impl Uploads for Postgres {
                 let st = c
                     .prepare_cached(
                         "WITH gone AS (
-                             DELETE FROM upload_reservations WHERE id = $1 RETURNING blob_key),
+                             DELETE FROM upload_reservations WHERE id = $1
+                             RETURNING blob_key, grant_id),
+                              given AS (
+                             UPDATE upload_grants g SET uses = g.uses - 1 FROM gone
+                             WHERE g.id = gone.grant_id AND g.uses > 0),
                               queued AS (
                              INSERT INTO blob_deletions (blob_key, queued_at)
                              SELECT blob_key, $2 FROM gone

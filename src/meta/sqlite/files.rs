@@ -8,10 +8,11 @@ use super::users::LOCKED;
 use crate::crypto::Sealing;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::{AfterRead, FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
 
-const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key, scanned_at";
+const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key, scanned_at, grant_id";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     let size: i64 = r.get(2)?;
@@ -27,6 +28,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
             created_at: r.get(5)?,
             expires_at: r.get(6)?,
             scanned_at: r.get(11)?,
+            grant_id: r.get(12)?,
         },
         owner_id: r.get(7)?,
         blob_key: r.get(8)?,
@@ -49,8 +51,9 @@ pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
     let n = c
         .prepare_cached(
             "INSERT INTO files (id, owner_id, filename, size, content_type, sha256, created_at,
-                            expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?13
+                            expires_at, blob_key, enc_key_id, enc_wrapped_key, scanned_at,
+                            grant_id)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?13, ?14
          WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash != ?12)",
         )?
         .execute(params![
@@ -67,6 +70,7 @@ pub fn insert(c: &Connection, f: &StoredFile) -> rusqlite::Result<Inserted> {
             wrapped,
             LOCKED,
             f.file.scanned_at,
+            f.file.grant_id,
         ])?;
     Ok(if n == 1 {
         Inserted::Inserted
@@ -294,18 +298,47 @@ impl Files for Sqlite {
             .await
     }
 
-    async fn delete(&self, id: FileId, now: Timestamp) -> Result<Option<String>, MetaError> {
-        self.write(move |c| delete(c, id, now)).await
+    async fn delete_recording(
+        &self,
+        id: FileId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<String>, MetaError> {
+        let (key, n) = self
+            .write(move |c| {
+                let key = delete(c, id, now)?;
+                let n = if key.is_some() {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((key, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(key)
     }
 
-    async fn delete_if_blob(
+    async fn delete_if_blob_recording(
         &self,
         id: FileId,
         blob_key: String,
         now: Timestamp,
+        events: Vec<NewEvent>,
     ) -> Result<bool, MetaError> {
-        self.write(move |c| delete_if_blob(c, id, &blob_key, now))
-            .await
+        let (gone, n) = self
+            .write(move |c| {
+                let gone = delete_if_blob(c, id, &blob_key, now)?;
+                let n = if gone {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((gone, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(gone)
     }
 
     async fn queued_deletions(&self, limit: usize) -> Result<Vec<String>, MetaError> {

@@ -7,6 +7,7 @@ use super::Sqlite;
 use super::files;
 use crate::ids::{FileId, LinkId, Timestamp, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::links::{LinkState, Links, NewLink};
 
 /// Insert a link.
@@ -117,8 +118,25 @@ impl Links for Sqlite {
         self.read(move |c| resolve(c, &token_hash, now)).await
     }
 
-    async fn consume(&self, id: LinkId, now: Timestamp) -> Result<bool, MetaError> {
-        self.write(move |c| consume(c, id, now)).await
+    async fn consume_recording(
+        &self,
+        id: LinkId,
+        now: Timestamp,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, MetaError> {
+        let (counted, n) = self
+            .write(move |c| {
+                let counted = consume(c, id, now)?;
+                let n = if counted {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((counted, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(counted)
     }
 
     async fn delete_owned(&self, id: LinkId, owner: UserId) -> Result<Option<FileId>, MetaError> {

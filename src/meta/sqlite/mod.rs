@@ -13,7 +13,9 @@
 pub mod api_keys;
 pub mod audit;
 mod conn;
+pub mod events;
 pub mod files;
+pub mod grants;
 mod leases;
 pub mod links;
 pub mod resumable;
@@ -78,6 +80,13 @@ impl Sqlite {
     pub(crate) fn announce(&self, what: Option<Revoked>) {
         if let Some(what) = what {
             self.hub.publish(what);
+        }
+    }
+
+    /// After a write that recorded `n` deliveries committed: wake the delivery worker.
+    pub(crate) fn events_committed(&self, n: usize) {
+        if n > 0 {
+            self.hub.events_committed();
         }
     }
 

@@ -6,10 +6,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Sqlite;
 use crate::crypto::Sealing;
-use crate::ids::{FileId, Timestamp, UserId};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
-    Append, Chunk, Created, Locked, NewResumable, ResumableUpload, Resumables, reservation_of,
+    Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
+    reservation_of,
 };
 use crate::meta::uploads::Reserved;
 
@@ -21,8 +22,7 @@ fn as_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-const COLUMNS: &str =
-    "id, owner_id, length, upload_offset, metadata, filename, file_expires_at, expires_at";
+const COLUMNS: &str = "id, owner_id, length, upload_offset, metadata, filename, file_expires_at, expires_at, grant_id";
 
 fn upload(r: &Row<'_>) -> rusqlite::Result<ResumableUpload> {
     Ok(ResumableUpload {
@@ -34,20 +34,21 @@ fn upload(r: &Row<'_>) -> rusqlite::Result<ResumableUpload> {
         filename: r.get(5)?,
         file_expires_at: r.get(6)?,
         expires_at: r.get(7)?,
+        grant: r.get(8)?,
     })
 }
 
 fn get(
     c: &Connection,
     id: FileId,
-    owner: UserId,
+    creator: Creator,
     now: Timestamp,
 ) -> rusqlite::Result<Option<ResumableUpload>> {
     c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM resumable_uploads
-         WHERE id = ?1 AND owner_id = ?2 AND expires_at > ?3"
+         WHERE id = ?1 AND owner_id = ?2 AND expires_at > ?3 AND grant_id IS ?4"
     ))?
-    .query_row(params![id, owner, now], upload)
+    .query_row(params![id, creator.owner, now, creator.grant], upload)
     .optional()
 }
 
@@ -60,8 +61,10 @@ fn create(c: &Connection, n: &NewResumable) -> rusqlite::Result<Created> {
     if as_u64(pending) >= n.max_pending {
         return Ok(Created::TooMany);
     }
-    if super::uploads::reserve(c, &n.reservation)? == Reserved::Exceeded {
-        return Ok(Created::QuotaExceeded);
+    match super::uploads::reserve(c, &n.reservation)? {
+        Reserved::Granted(_) => {}
+        Reserved::Exceeded => return Ok(Created::QuotaExceeded),
+        Reserved::GrantRefused => return Ok(Created::GrantRefused),
     }
     // Not abandoned while it waits for its next PATCH: the expiry sweep removes it first.
     c.prepare_cached("UPDATE upload_reservations SET touched_at = ?2 WHERE id = ?1")?
@@ -70,7 +73,7 @@ fn create(c: &Connection, n: &NewResumable) -> rusqlite::Result<Created> {
         "INSERT INTO resumable_uploads
              (id, owner_id, length, upload_offset, metadata, filename, file_expires_at,
               created_at, expires_at, lock_holder, lock_until, grant_id)
-         VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, NULL, NULL, NULL)",
+         VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9)",
     )?
     .execute(params![
         n.id,
@@ -80,7 +83,8 @@ fn create(c: &Connection, n: &NewResumable) -> rusqlite::Result<Created> {
         n.filename,
         n.file_expires_at,
         n.now,
-        n.expires_at
+        n.expires_at,
+        n.reservation.grant
     ])?;
     Ok(Created::Created)
 }
@@ -88,12 +92,12 @@ fn create(c: &Connection, n: &NewResumable) -> rusqlite::Result<Created> {
 fn lock(
     c: &Connection,
     id: FileId,
-    owner: UserId,
+    creator: Creator,
     holder: &str,
     now: Timestamp,
     until: Timestamp,
 ) -> rusqlite::Result<Locked> {
-    let Some(up) = get(c, id, owner, now)? else {
+    let Some(up) = get(c, id, creator, now)? else {
         return Ok(Locked::Missing);
     };
     let n = c
@@ -194,21 +198,21 @@ impl Resumables for Sqlite {
     async fn get(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         now: Timestamp,
     ) -> Result<Option<ResumableUpload>, MetaError> {
-        self.read(move |c| get(c, id, owner, now)).await
+        self.read(move |c| get(c, id, creator, now)).await
     }
 
     async fn lock(
         &self,
         id: FileId,
-        owner: UserId,
+        creator: Creator,
         holder: String,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Locked, MetaError> {
-        self.write(move |c| lock(c, id, owner, &holder, now, until))
+        self.write(move |c| lock(c, id, creator, &holder, now, until))
             .await
     }
 
@@ -246,6 +250,15 @@ impl Resumables for Sqlite {
                 remove(c, *id, now)?;
             }
             Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT id FROM resumable_uploads WHERE grant_id = ?1")?
+                .query_map([grant], |r| r.get(0))?
+                .collect()
         })
         .await
     }

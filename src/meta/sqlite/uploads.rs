@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Sqlite;
-use crate::ids::{Timestamp, UploadId, UserId};
+use crate::ids::{GrantId, Timestamp, UploadId, UserId};
 use crate::meta::error::MetaError;
+use crate::meta::events::NewEvent;
 use crate::meta::files::StoredFile;
 use crate::meta::uploads::{Abandoned, Committed, NewReservation, Reserved, Uploads};
 
@@ -39,10 +40,16 @@ pub fn reserve(c: &Connection, r: &NewReservation) -> rusqlite::Result<Reserved>
             None => return Ok(Reserved::Exceeded),
         }
     };
+    // The grant's use last: nothing is written when the quota refuses.
+    if let Some(grant) = r.grant
+        && !super::grants::take_use(c, grant, r.now)?
+    {
+        return Ok(Reserved::GrantRefused);
+    }
     c.prepare_cached(
         "INSERT INTO upload_reservations
-             (id, owner_id, bytes, blob_key, staging_id, node, started_at, touched_at)
-         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?6)",
+             (id, owner_id, bytes, blob_key, staging_id, node, started_at, touched_at, grant_id)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?6, ?7)",
     )?
     .execute(params![
         r.id,
@@ -50,7 +57,8 @@ pub fn reserve(c: &Connection, r: &NewReservation) -> rusqlite::Result<Reserved>
         as_i64(bytes),
         r.blob_key,
         r.node,
-        r.now
+        r.now,
+        r.grant
     ])?;
     Ok(Reserved::Granted(bytes))
 }
@@ -72,12 +80,22 @@ fn abandoned(c: &Connection, before: Timestamp, limit: usize) -> rusqlite::Resul
     .collect()
 }
 
+/// End a reservation: `None` when it was gone, else the grant it was made with.
+fn end(c: &Connection, id: UploadId) -> rusqlite::Result<Option<Option<GrantId>>> {
+    c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1 RETURNING grant_id")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+}
+
+/// End a failed upload's reservation and give its grant's use back.
 fn release(c: &Connection, id: UploadId) -> rusqlite::Result<bool> {
-    Ok(
-        c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
-            .execute([id])?
-            == 1,
-    )
+    let Some(grant) = end(c, id)? else {
+        return Ok(false);
+    };
+    if let Some(grant) = grant {
+        super::grants::give_back(c, grant)?;
+    }
+    Ok(true)
 }
 
 #[async_trait]
@@ -104,14 +122,33 @@ impl Uploads for Sqlite {
         .await
     }
 
-    async fn commit(&self, id: UploadId, file: StoredFile) -> Result<Committed, MetaError> {
-        self.write(move |c| {
-            if !release(c, id)? {
-                return Ok(Committed::Swept);
-            }
-            Ok(super::files::insert(c, &file)?.into())
-        })
-        .await
+    async fn commit_recording(
+        &self,
+        id: UploadId,
+        file: StoredFile,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, MetaError> {
+        let (done, n) = self
+            .write(move |c| {
+                let Some(grant) = end(c, id)? else {
+                    return Ok((Committed::Swept, 0));
+                };
+                if let Some(grant) = grant
+                    && !super::grants::exists(c, grant)?
+                {
+                    return Ok((Committed::GrantRevoked, 0));
+                }
+                let done: Committed = super::files::insert(c, &file)?.into();
+                let n = if done == Committed::Inserted {
+                    super::events::record(c, &events)?
+                } else {
+                    0
+                };
+                Ok((done, n))
+            })
+            .await?;
+        self.events_committed(n);
+        Ok(done)
     }
 
     async fn release(&self, id: UploadId) -> Result<bool, MetaError> {
@@ -120,13 +157,18 @@ impl Uploads for Sqlite {
 
     async fn claim_abandoned(&self, id: UploadId, now: Timestamp) -> Result<bool, MetaError> {
         self.write(move |c| {
-            let key: Option<Option<String>> = c
-                .prepare_cached("DELETE FROM upload_reservations WHERE id = ?1 RETURNING blob_key")?
-                .query_row([id], |r| r.get(0))
+            let gone: Option<(Option<String>, Option<GrantId>)> = c
+                .prepare_cached(
+                    "DELETE FROM upload_reservations WHERE id = ?1 RETURNING blob_key, grant_id",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let Some(key) = key else {
+            let Some((key, grant)) = gone else {
                 return Ok(false);
             };
+            if let Some(grant) = grant {
+                super::grants::give_back(c, grant)?;
+            }
             if let Some(key) = key
                 && !super::files::blob_key_exists(c, &key)?
             {

@@ -361,6 +361,7 @@ mod tests {
                 created_at: Timestamp::now(),
                 expires_at: None,
                 scanned_at: None,
+                grant_id: None,
             },
             owner_id: u.id,
             blob_key: id.to_string(),
