@@ -101,6 +101,17 @@ pub(crate) async fn remove_user(
         Locked::LastAdmin => return Err(RemoveError::LastAdmin),
         Locked::NoUser => return Err(RemoveError::NoUser),
     }
+    // Its unfinished resumable uploads: rows and reservations out, staged chunks queued (and
+    // deleted by the purge below or the sweeper).
+    if meta
+        .resumables()
+        .remove_owned(id, crate::ids::Timestamp::now())
+        .await?
+        > 0
+        && let Err(e) = purge_queued(meta, blobs).await
+    {
+        tracing::warn!(error = %e, "cannot delete a deleted account's staged chunks yet");
+    }
     let mut removed = 0;
     for _ in 0..MAX_ROUNDS {
         // Read after the lock committed: every file the account will ever have is listed.

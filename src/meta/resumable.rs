@@ -165,6 +165,10 @@ pub trait Resumables: Send + Sync {
     /// (if any is left). `false` when it was already gone.
     async fn remove(&self, id: FileId, now: Timestamp) -> Result<bool, MetaError>;
 
+    /// Remove every upload of `owner` (the account is being deleted), as [`Resumables::remove`]
+    /// does, in one transaction. Returns how many.
+    async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError>;
+
     /// The unfinished uploads created with a grant (to end them when it is revoked).
     async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError>;
 

@@ -198,10 +198,11 @@ impl Resumable {
             return Err(ResumableError::PastLength);
         }
         let mut chunk = self.open_chunk(&up).await?;
-        let mut hasher = p.checksum.as_ref().map(|c| Hasher::new(c.algorithm));
+        chunk.hasher = p.checksum.as_ref().map(|c| Hasher::new(c.algorithm));
         let need = (SNIFF_LEN as u64).min(up.length);
         let mut head = BytesMut::new();
         let mut renewed = Instant::now();
+        let mut staged: Option<String> = None;
         let mut aborted = None;
         loop {
             let bytes = match body.next().await {
@@ -215,9 +216,6 @@ impl Resumable {
             if chunk.len + bytes.len() as u64 > room {
                 return Err(ResumableError::PastLength);
             }
-            if let Some(h) = &mut hasher {
-                h.update(&bytes);
-            }
             let before = up.offset + chunk.len;
             if before < need {
                 let take = usize::try_from(need - before)
@@ -225,14 +223,20 @@ impl Resumable {
                     .min(bytes.len());
                 head.extend_from_slice(bytes.get(..take).unwrap_or(&bytes));
             }
-            chunk.write(&bytes).await?;
+            chunk.write(bytes).await?;
+            // What the writer staged outside this process (an S3 multipart upload), recorded
+            // as soon as it exists, so that a sweeper can abort it if this node dies.
+            let staging = chunk.writer.staging_id();
+            if staging.is_some() && staging != staged {
+                staged.clone_from(&staging);
+                if let Some(s) = staging {
+                    chunk.reservation.staged(s).await?;
+                }
+            }
             if renewed.elapsed() > self.lease() / 4 {
                 renewed = Instant::now();
                 self.renew(&p, guard).await?;
                 chunk.reservation.touch().await;
-                if let Some(s) = chunk.writer.staging_id() {
-                    chunk.reservation.staged(s).await?;
-                }
             }
         }
         if let Some(e) = aborted {
@@ -242,7 +246,8 @@ impl Resumable {
                 return Err(e.into());
             }
         }
-        if let (Some(h), Some(c)) = (hasher, &p.checksum)
+        chunk.flush().await?;
+        if let (Some(h), Some(c)) = (chunk.hasher.take(), &p.checksum)
             && h.finish() != c.digest
         {
             return Err(ResumableError::ChecksumMismatch);
@@ -336,6 +341,9 @@ impl Resumable {
             writer,
             sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
             data_key,
+            hasher: None,
+            pending: Vec::new(),
+            pending_len: 0,
             len: 0,
             reservation,
         })
@@ -389,6 +397,11 @@ struct ChunkWriter {
     writer: Box<dyn BlobWriter>,
     sealer: Option<Sealer>,
     data_key: Option<DataKey>,
+    /// The `Upload-Checksum` digest being computed.
+    hasher: Option<Hasher>,
+    /// Received bytes not yet hashed, sealed and written.
+    pending: Vec<Bytes>,
+    pending_len: usize,
     /// Plaintext bytes so far.
     len: u64,
     reservation: crate::ingest::quota::Reservation,
@@ -402,15 +415,49 @@ type Committed = (
     crate::ingest::quota::Reservation,
 );
 
+/// Bytes hashed and sealed at once, on the blocking pool (as the single-shot pipeline does:
+/// async threads never do per-byte work).
+const BATCH: usize = 256 * 1024;
+
 impl ChunkWriter {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ResumableError> {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), ResumableError> {
         self.len += bytes.len() as u64;
-        match &mut self.sealer {
-            Some(s) => {
-                let sealed = s.update(bytes).map_err(IngestError::from)?;
-                self.writer.write(&sealed).await?;
+        self.pending_len += bytes.len();
+        self.pending.push(bytes);
+        if self.pending_len >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hash and seal the pending bytes on the blocking pool, then write them.
+    async fn flush(&mut self) -> Result<(), ResumableError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        let (mut hasher, mut sealer) = (self.hasher.take(), self.sealer.take());
+        let work = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(batch.len());
+            for b in batch {
+                if let Some(h) = &mut hasher {
+                    h.update(&b);
+                }
+                match &mut sealer {
+                    Some(s) => out.push(Bytes::from(s.update(&b)?)),
+                    None => out.push(b),
+                }
             }
-            None => self.writer.write(bytes).await?,
+            Ok::<_, crate::crypto::CryptoError>((hasher, sealer, out))
+        });
+        let (hasher, sealer, out) = work
+            .await
+            .map_err(|e| IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(e))))?
+            .map_err(IngestError::from)?;
+        (self.hasher, self.sealer) = (hasher, sealer);
+        for b in &out {
+            self.writer.write(b).await?;
         }
         Ok(())
     }
@@ -420,6 +467,7 @@ impl ChunkWriter {
         mut self,
         keyring: &crate::crypto::Keyring,
     ) -> Result<Committed, ResumableError> {
+        self.flush().await?;
         let sealing = match (self.sealer.take(), &self.data_key) {
             (Some(s), Some(k)) => {
                 let tail = s.finish().map_err(IngestError::from)?;

@@ -968,3 +968,148 @@ fn tokio_stream_from(
         rx.recv().await.map(|item| (item, rx))
     })
 }
+
+#[tokio::test]
+async fn the_final_patch_is_scanned_by_clamd_like_a_single_shot_upload() {
+    let Some(stack) = stack::require("the_final_patch_is_scanned_by_clamd") else {
+        return;
+    };
+    let app = TestApp::builder()
+        .env("COFFER_SCAN__CLAMD", &stack.clamd)
+        .spawn()
+        .await;
+    let admin = app.admin("watcher").await;
+    let u = app.user("carrier").await;
+    // The EICAR string split across two PATCHes: only the whole upload shows it.
+    let e = stack::eicar();
+    let (first, second) = (
+        [b"x".repeat(70_000), e[..30].to_vec()].concat(),
+        [e[30..].to_vec(), b"y".repeat(1000)].concat(),
+    );
+    let len = (first.len() + second.len()) as u64;
+    let loc = created(&app, &u, "carrier.txt", len).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, first.clone(), &[]).await.status(),
+        204
+    );
+    let body = problem(
+        patch(&app, &u, &loc, first.len() as u64, second, &[]).await,
+        422,
+    )
+    .await;
+    assert!(
+        body["type"].as_str().unwrap().ends_with("infected"),
+        "{body}"
+    );
+    assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+    assert_eq!(reserved(&app).await, 0);
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM files"), 0);
+    app.eventually("the chunks are deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty());
+    let audit = app.audit(&admin.token).await;
+    let infected = audit
+        .iter()
+        .filter(|a| a["event"] == "file.infected")
+        .count();
+    assert_eq!(infected, 1, "{audit:?}");
+    // A clean one through the same scanner is stored, its scan recorded.
+    let clean = b"clean text\n".repeat(10_000);
+    let loc = created(&app, &u, "clean.txt", clean.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, clean.clone(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&clean));
+    assert!(!f["scanned_at"].is_null(), "{f}");
+}
+
+#[tokio::test]
+async fn a_failed_creation_with_upload_and_a_deleted_account_leave_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin("remover").await;
+    let u = app.user("leaver").await;
+    // creation-with-upload whose body fails its checksum: 460, and no upload stays behind.
+    let wrong = STANDARD.encode(Sha256::digest(b"not this"));
+    let r = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-length", "100"),
+            ("upload-metadata", &meta("a.txt")),
+            ("content-type", "application/offset+octet-stream"),
+            ("upload-checksum", &format!("sha256 {wrong}")),
+        ])
+        .body(b"a".repeat(50))
+        .send()
+        .await;
+    problem(r, 460).await;
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
+    assert_eq!(reserved(&app).await, 0);
+    // An account deleted with unfinished uploads: rows, chunks and reservations go with it.
+    let loc = created(&app, &u, "half.png", 50_000).await;
+    assert_eq!(
+        patch(&app, &u, &loc, 0, png(50_000)[..20_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    let r = app
+        .delete(&format!("/api/v1/admin/users/{}", u.id))
+        .as_user(&admin)
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
+    assert_eq!(reserved(&app).await, 0);
+    app.eventually("the staged chunks are deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty());
+}
+
+#[tokio::test]
+async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
+    let mut app = TestApp::spawn().await;
+    let u = app.user("checker").await;
+    let file = png(60_000);
+    let loc = created(&app, &u, "kept.png", file.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, file[..25_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let (code, out) = app.run_cli(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = app.run_cli(&["check", "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    // A crash and a restart (start-up recovery looks for orphans) keep them too.
+    app.kill9();
+    let app = app.relaunch().spawn().await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "25000".to_owned()));
+    let r = patch(&app, &u, &loc, 25_000, file[25_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], hex_sha256(&file));
+    // Once the finished upload's chunks are gone (deleted off the request's path), the store
+    // holds exactly the file.
+    app.eventually("the finished upload's chunks are deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -326,10 +326,19 @@ async fn create_upload(
             length_hint: header_str(&headers, "content-length").and_then(parse_count),
             checksum: parse_checksum(&headers)?,
         };
-        progress = state
+        match state
             .resumable
             .patch(patch, body_stream(&state, body))
-            .await?;
+            .await
+        {
+            Ok(p) => progress = p,
+            Err(e) => {
+                // The client never learns this upload's URL: end it rather than let it hold
+                // quota and a pending slot until it expires.
+                let _ = state.resumable.terminate(id, creator(&uploader)).await;
+                return Err(e.into());
+            }
+        }
     }
     let mut res = StatusCode::CREATED.into_response();
     set(res.headers_mut(), "location", format!("{PREFIX}/{id}"));

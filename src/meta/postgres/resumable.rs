@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use super::{IsolationLevel, PgResult, Postgres, Tx};
 use crate::crypto::Sealing;
-use crate::ids::{FileId, GrantId, Timestamp};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
     Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
@@ -284,6 +284,30 @@ impl Resumables for Postgres {
         self.tx(IsolationLevel::ReadCommitted, (id, now), |t, &(id, now)| {
             Box::pin(remove(t, id, now))
         })
+        .await
+    }
+
+    async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError> {
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (owner, now),
+            |t, &(owner, now)| {
+                Box::pin(async move {
+                    let rows = t
+                        .query(
+                            "SELECT id FROM resumable_uploads WHERE owner_id = $1 FOR UPDATE",
+                            &[&owner],
+                        )
+                        .await?;
+                    let ids: Vec<FileId> =
+                        rows.iter().map(|r| r.try_get(0)).collect::<PgResult<_>>()?;
+                    for id in &ids {
+                        remove(t, *id, now).await?;
+                    }
+                    Ok(ids.len())
+                })
+            },
+        )
         .await
     }
 

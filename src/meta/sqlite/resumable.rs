@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Sqlite;
 use crate::crypto::Sealing;
-use crate::ids::{FileId, GrantId, Timestamp};
+use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
     Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
@@ -238,6 +238,20 @@ impl Resumables for Sqlite {
 
     async fn remove(&self, id: FileId, now: Timestamp) -> Result<bool, MetaError> {
         self.write(move |c| remove(c, id, now)).await
+    }
+
+    async fn remove_owned(&self, owner: UserId, now: Timestamp) -> Result<usize, MetaError> {
+        self.write(move |c| {
+            let ids: Vec<FileId> = c
+                .prepare_cached("SELECT id FROM resumable_uploads WHERE owner_id = ?1")?
+                .query_map([owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                remove(c, *id, now)?;
+            }
+            Ok(ids.len())
+        })
+        .await
     }
 
     async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError> {
