@@ -1086,3 +1086,62 @@ async fn tus_and_grant_uploads_send_their_events_with_the_grant() {
         ]
     );
 }
+
+#[tokio::test]
+async fn content_safety_verdicts_send_upload_rejected_with_their_reason() {
+    let Some(stack) = stack::require("content_safety_verdicts_send_upload_rejected") else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let app = open_app(5)
+        .env("COFFER_SCAN__CLAMD", &stack.clamd)
+        .spawn()
+        .await;
+    let u = app.user("verdicts").await;
+    hook(&app, &u, &rx.url(), None).await;
+    let infected = [
+        b"just text\n".to_vec(),
+        stack::eicar(),
+        b"\nmore text\n".to_vec(),
+    ]
+    .concat();
+    assert_eq!(
+        app.upload(&u.token, "eicar.txt", infected).await.status(),
+        422
+    );
+    let zip_tail = b"PK\x05\x06\0\0\0\0\x01\0\x01\0\x2e\0\0\0\x10\0\0\0\0\0".to_vec();
+    let polyglot = [png(5_000), zip_tail].concat();
+    assert_eq!(
+        app.upload(&u.token, "zip.png", polyglot).await.status(),
+        415
+    );
+    let clean = app.stored(&u.token, "clean.png", png(300)).await;
+    let got = rx
+        .until(15, "two rejections and a file", |g| g.len() >= 3)
+        .await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|g| {
+            let v = g.json();
+            let d = &v["data"];
+            let what = d["reason"]
+                .as_str()
+                .or_else(|| d["id"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (g.kind(), what)
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "file.created".to_owned(),
+                clean["id"].as_str().unwrap().to_owned()
+            ),
+            ("upload.rejected".to_owned(), "infected".to_owned()),
+            ("upload.rejected".to_owned(), "polyglot".to_owned()),
+        ]
+    );
+}
