@@ -38,11 +38,12 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// The largest object a multipart upload of [`PART_SIZE`] parts can make (48.8 GiB).
 pub const MAX_OBJECT_BYTES: u64 = 10_000 * PART_SIZE as u64;
 /// Parts one writer uploads at once while the next one fills, so a writer holds at most
-/// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` = 15 MiB. Measured through this backend, 1 GiB into
-/// Garage (3 nodes, replication 3, 2 cores): 5 MiB x 2 stored 67-71 MB/s and kept a whole
-/// coffer process under 42 MiB during a 1 GiB upload; 5 MiB x 3 and x 4 (x 4: 106-120 MB/s)
-/// took it to 47-49 and 52 MiB, past the 48 MiB budget; 8 MiB x 2 stored 78-88 MB/s.
-pub const PARTS_IN_FLIGHT: usize = 2;
+/// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` = 20 MiB. Measured with `scripts/bench` (release, 1 GiB
+/// into Garage: 3 nodes, replication 3, 2 cores, Garage's own PUT 124-125 MB/s), since glibc's
+/// mmap threshold is 128 KiB (part buffers go back to the system when freed): x 2 stored 0.62x
+/// of Garage's PUT; x 3 0.69x with the whole process at 45.3 MiB at its peak; x 4 0.70x at
+/// 51.1 MiB, past the 48 MiB budget.
+pub const PARTS_IN_FLIGHT: usize = 3;
 /// Establishing a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests without a body to send (HEAD, DELETE, a list page, create/complete/abort of a
