@@ -98,18 +98,7 @@ async fn upload_file(
     body: Body,
 ) -> AppResult<Response> {
     uploader.require_start()?;
-    // With a grant the backend that minted it decides the retention (its `file_expires_in`,
-    // else the service's default), never the browser holding it.
-    let expires_at = match &uploader.grant {
-        Some(_) if q.expires_in.is_some() => {
-            return Err(AppError::field(
-                "expires_in",
-                "is set by the upload grant (file_expires_in), not by its holder",
-            ));
-        }
-        Some(g) => retention_of_grant(&state, g.file_expires_in),
-        None => retention(&state, q.expires_in.as_deref())?,
-    };
+    let expires_at = file_retention(&state, &uploader, q.expires_in.as_deref())?;
     let up = Upload {
         owner: uploader.owner,
         client_ip: ip,
@@ -323,23 +312,32 @@ fn multipart_failure(e: multer::Error, limit: u64) -> IngestError {
     }
 }
 
-/// `?expires_in=` -> an expiry, or the deployment default.
-/// When a file uploaded with a grant expires: the grant's `file_expires_in`, else the
-/// service's default retention.
-pub(crate) fn retention_of_grant(
+/// When an upload's file expires, for every upload route. With a grant the backend that
+/// minted it decides (the grant's `file_expires_in`, else the service's default), never the
+/// browser holding it: an `expires_in` from the holder is refused. Otherwise the uploader's
+/// `expires_in`, or the default.
+pub(crate) fn file_retention(
     state: &AppState,
-    file_expires_in: Option<u64>,
-) -> Option<Timestamp> {
-    let default = state.config.retention.default_ttl_secs;
-    file_expires_in
-        .or((default > 0).then_some(default))
-        .map(|s| Timestamp::now().plus_secs(s))
-}
-
-pub(crate) fn retention(
-    state: &AppState,
+    uploader: &Uploader,
     expires_in: Option<&str>,
 ) -> AppResult<Option<Timestamp>> {
+    match &uploader.grant {
+        Some(_) if expires_in.is_some() => Err(AppError::field(
+            "expires_in",
+            "is set by the upload grant (file_expires_in), not by its holder",
+        )),
+        Some(g) => {
+            let default = state.config.retention.default_ttl_secs;
+            Ok(g.file_expires_in
+                .or((default > 0).then_some(default))
+                .map(|s| Timestamp::now().plus_secs(s)))
+        }
+        None => retention(state, expires_in),
+    }
+}
+
+/// `expires_in` -> an expiry, or the deployment default.
+fn retention(state: &AppState, expires_in: Option<&str>) -> AppResult<Option<Timestamp>> {
     let cfg = &state.config.retention;
     let secs = match expires_in {
         None => (cfg.default_ttl_secs > 0).then_some(cfg.default_ttl_secs),

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::Uploader;
 use crate::http::middleware::client_ip::ClientIp;
-use crate::http::routes::files::{retention, retention_of_grant};
+use crate::http::routes::files::file_retention;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::IngestError;
 use crate::ingest::idle::IdleTimeout;
@@ -295,17 +295,7 @@ async fn create_upload(
         .ok_or_else(|| AppError::BadRequest("Upload-Metadata with a filename is required".into()))?
         .to_owned();
     let (filename, expires_in) = parse_metadata(&metadata)?;
-    // With a grant the backend that minted it decides the retention, never its holder.
-    let file_expires_at = match &uploader.grant {
-        Some(_) if expires_in.is_some() => {
-            return Err(AppError::field(
-                "expires_in",
-                "is set by the upload grant (file_expires_in), not by its holder",
-            ));
-        }
-        Some(g) => retention_of_grant(&state, g.file_expires_in),
-        None => retention(&state, expires_in.as_deref())?,
-    };
+    let file_expires_at = file_retention(&state, &uploader, expires_in.as_deref())?;
     let creation = Creation {
         owner: uploader.owner,
         client_ip: ip,
