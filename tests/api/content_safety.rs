@@ -12,7 +12,7 @@ use reqwest::{Body, Response};
 use serde_json::Value;
 
 use crate::helpers::clamd::OwnClamd;
-use crate::helpers::fixtures::{noise, pdf, png, sha256_hex};
+use crate::helpers::fixtures::{noise, pdf, png, sha256_hex, tus_metadata};
 use crate::helpers::images::{
     entropy_coded, exiftool, idat, jpeg_with_metadata, leaked_tags, pixels, png_with_metadata,
 };
@@ -83,13 +83,7 @@ async fn eicar_split_across_two_tus_patches_is_refused_at_the_last() {
     // Each PATCH alone holds half the string; clamd sees the whole file at the last one.
     let body = [text(70_000), e.clone(), text(1_000)].concat();
     let cut = 70_000 + 30;
-    let meta = {
-        use base64::Engine as _;
-        format!(
-            "filename {}",
-            base64::engine::general_purpose::STANDARD.encode("split.txt")
-        )
-    };
+    let meta = tus_metadata("split.txt");
     let tus = |r: crate::helpers::request::Req| r.as_user(&u).header("tus-resumable", "1.0.0");
     let created = tus(app.post("/api/v1/uploads"))
         .header("upload-length", &body.len().to_string())

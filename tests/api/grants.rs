@@ -9,7 +9,7 @@ use reqwest::Body;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::helpers::fixtures::{jpeg, png, sha256_hex};
+use crate::helpers::fixtures::{jpeg, png, sha256_hex, tus_metadata};
 use crate::helpers::request::{assert_problem, file_form};
 use crate::helpers::{TestApp, TestUser};
 
@@ -501,20 +501,11 @@ fn tus_req(
         .header("upload-grant", grant)
 }
 
-/// `Upload-Metadata` naming the file.
-fn tus_meta(name: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "filename {}",
-        base64::engine::general_purpose::STANDARD.encode(name)
-    )
-}
-
 /// Create a tus upload of `len` bytes with a grant: the response.
 async fn tus_create(app: &TestApp, grant: &str, name: &str, len: usize) -> reqwest::Response {
     tus_req(app, reqwest::Method::POST, "/api/v1/uploads", grant)
         .header("upload-length", &len.to_string())
-        .header("upload-metadata", &tus_meta(name))
+        .header("upload-metadata", &tus_metadata(name))
         .send()
         .await
 }
@@ -574,7 +565,7 @@ async fn resumable_uploads_take_a_grant_and_answer_only_to_it() {
         .header("upload-length", "100")
         .header(
             "upload-metadata",
-            &format!("{},expires_in MQ==", tus_meta("x.png")),
+            &format!("{},expires_in MQ==", tus_metadata("x.png")),
         )
         .send()
         .await;

@@ -10,20 +10,12 @@ use futures_util::StreamExt as _;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::fixtures::png;
+use crate::helpers::fixtures::{png, sha256_hex, tus_metadata};
 use crate::helpers::s3::{S3Env, fresh_prefix};
 use crate::helpers::stack;
 use crate::helpers::{TestApp, TestUser, problem};
 
 const TUS: (&str, &str) = ("tus-resumable", "1.0.0");
-
-fn meta(name: &str) -> String {
-    format!("filename {}", STANDARD.encode(name))
-}
-
-fn hex_sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
 
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
@@ -39,7 +31,7 @@ async fn create(app: &TestApp, u: &TestUser, name: &str, len: u64) -> reqwest::R
         .headers(&[
             TUS,
             ("upload-length", &len.to_string()),
-            ("upload-metadata", &meta(name)),
+            ("upload-metadata", &tus_metadata(name)),
         ])
         .send()
         .await
@@ -132,7 +124,7 @@ async fn protocol(app: &TestApp) {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "upload-offset"), "100000");
     assert_eq!(header(&r, "upload-length"), file.len().to_string());
-    assert_eq!(header(&r, "upload-metadata"), meta("three.png"));
+    assert_eq!(header(&r, "upload-metadata"), tus_metadata("three.png"));
     assert_eq!(header(&r, "cache-control"), "no-store");
     assert_eq!(offset_of(app, &other, &loc).await.0, 404);
     problem(
@@ -267,7 +259,7 @@ async fn protocol(app: &TestApp) {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&file));
+    assert_eq!(f["sha256"], sha256_hex(&file));
     assert_eq!(f["filename"], "three.png");
     assert_eq!(f["content_type"], "image/png");
     let got = app
@@ -276,7 +268,7 @@ async fn protocol(app: &TestApp) {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(hex_sha256(&got), hex_sha256(&file));
+    assert_eq!(sha256_hex(&got), sha256_hex(&file));
     assert_eq!(offset_of(app, &u, &loc).await.0, 404);
     app.eventually("staged chunks deleted", || {
         app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
@@ -293,7 +285,7 @@ async fn protocol(app: &TestApp) {
         .headers(&[
             TUS,
             ("upload-length", &small.len().to_string()),
-            ("upload-metadata", &meta("hello.txt")),
+            ("upload-metadata", &tus_metadata("hello.txt")),
             ("content-type", "application/offset+octet-stream"),
         ])
         .body(small.clone())
@@ -307,7 +299,7 @@ async fn protocol(app: &TestApp) {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&small));
+    assert_eq!(f["sha256"], sha256_hex(&small));
     let r = create(app, &u, "empty.txt", 0).await;
     assert_eq!(r.status(), 201);
     let fid = header(&r, "coffer-file-id");
@@ -414,7 +406,7 @@ async fn creation_refuses_bad_input_and_stores_nothing() {
         }
         req.send()
     };
-    let m = meta("a.png");
+    let m = tus_metadata("a.png");
     let cases: Vec<(Vec<(&str, String)>, u16)> = vec![
         (
             vec![
@@ -493,7 +485,7 @@ async fn creation_refuses_bad_input_and_stores_nothing() {
             vec![
                 tus(),
                 ("upload-length", "10".into()),
-                ("upload-metadata", meta("noext")),
+                ("upload-metadata", tus_metadata("noext")),
             ],
             415,
         ),
@@ -501,7 +493,7 @@ async fn creation_refuses_bad_input_and_stores_nothing() {
             vec![
                 tus(),
                 ("upload-length", "10".into()),
-                ("upload-metadata", meta("evil.exe")),
+                ("upload-metadata", tus_metadata("evil.exe")),
             ],
             415,
         ),
@@ -668,7 +660,7 @@ async fn cors_lets_a_page_on_an_allowed_origin_speak_tus() {
             TUS,
             ("origin", origin),
             ("upload-length", "5"),
-            ("upload-metadata", &meta("a.txt")),
+            ("upload-metadata", &tus_metadata("a.txt")),
         ])
         .send()
         .await;
@@ -785,7 +777,7 @@ async fn a_second_patch_at_once_is_423_and_no_lock_leaks() {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&file));
+    assert_eq!(f["sha256"], sha256_hex(&file));
 }
 
 #[tokio::test]
@@ -881,7 +873,7 @@ async fn kill_9_mid_patch_then_resume_gives_the_exact_file() {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&file));
+    assert_eq!(f["sha256"], sha256_hex(&file));
 }
 
 #[tokio::test]
@@ -929,7 +921,7 @@ async fn with_encryption_no_plaintext_of_an_unfinished_upload_is_at_rest() {
         .unwrap();
     let mut want = text;
     want.extend_from_slice(b"0123456789");
-    assert_eq!(hex_sha256(&got), hex_sha256(&want));
+    assert_eq!(sha256_hex(&got), sha256_hex(&want));
 }
 
 #[tokio::test]
@@ -1027,7 +1019,7 @@ async fn the_final_patch_is_scanned_by_clamd_like_a_single_shot_upload() {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&clean));
+    assert_eq!(f["sha256"], sha256_hex(&clean));
     assert!(!f["scanned_at"].is_null(), "{f}");
 }
 
@@ -1044,7 +1036,7 @@ async fn a_failed_creation_with_upload_and_a_deleted_account_leave_nothing() {
         .headers(&[
             TUS,
             ("upload-length", "100"),
-            ("upload-metadata", &meta("a.txt")),
+            ("upload-metadata", &tus_metadata("a.txt")),
             ("content-type", "application/offset+octet-stream"),
             ("upload-checksum", &format!("sha256 {wrong}")),
         ])
@@ -1102,7 +1094,7 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
         .as_user(&u)
         .expect(200)
         .await;
-    assert_eq!(f["sha256"], hex_sha256(&file));
+    assert_eq!(f["sha256"], sha256_hex(&file));
     // Once the finished upload's chunks are gone (deleted off the request's path), the store
     // holds exactly the file.
     app.eventually("the finished upload's chunks are deleted", || {

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::helpers::fixtures::{png, sha256_hex};
+use crate::helpers::fixtures::{png, sha256_hex, tus_metadata};
 use crate::helpers::{TestApp, TestAppBuilder, TestUser, stack};
 
 /// What the receiver does with the next request.
@@ -983,17 +983,10 @@ async fn cluster_two_hundred_uploads_over_two_nodes_give_two_hundred_events_desp
 
 #[tokio::test]
 async fn tus_and_grant_uploads_send_their_events_with_the_grant() {
-    use base64::Engine as _;
     let rx = Receiver::start().await;
     let app = open_app(5).spawn().await;
     let u = app.user("tusevents").await;
     hook(&app, &u, &rx.url(), None).await;
-    let meta = |name: &str| {
-        format!(
-            "filename {}",
-            base64::engine::general_purpose::STANDARD.encode(name)
-        )
-    };
     // A grant for two uploads (a refused one and a resumable one).
     let grant = app
         .post("/api/v1/upload-grants")
@@ -1011,14 +1004,14 @@ async fn tus_and_grant_uploads_send_their_events_with_the_grant() {
     // Refused at creation (its extension): upload.rejected, type, with the grant.
     let r = tus(reqwest::Method::POST, "/api/v1/uploads")
         .header("upload-length", "100")
-        .header("upload-metadata", &meta("tool.exe"))
+        .header("upload-metadata", &tus_metadata("tool.exe"))
         .send()
         .await;
     assert_eq!(r.status(), 415);
     // Stored in two PATCHes: file.created, with the grant.
     let r = tus(reqwest::Method::POST, "/api/v1/uploads")
         .header("upload-length", &body.len().to_string())
-        .header("upload-metadata", &meta("resumed.png"))
+        .header("upload-metadata", &tus_metadata("resumed.png"))
         .send()
         .await;
     assert_eq!(r.status(), 201);

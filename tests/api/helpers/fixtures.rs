@@ -96,3 +96,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// A tus `Upload-Metadata` header naming the file `name` (its value base64, as tus says).
+pub fn tus_metadata(name: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "filename {}",
+        base64::engine::general_purpose::STANDARD.encode(name)
+    )
+}
