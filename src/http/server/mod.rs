@@ -27,6 +27,7 @@ use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::http::stack;
+use crate::memory::{self, BurstWatch};
 use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
 use accept::{Opening, PerIp, request_starts};
@@ -132,7 +133,10 @@ impl App {
         let http2_on = cfg.http2;
         let hsts = self.state.config.https();
         // Native TLS: the certificate follows its files; plain HTTP may redirect to it.
-        let mut helpers = Vec::new();
+        let mut helpers = vec![tokio::spawn(give_back_after_bursts(
+            slots.clone(),
+            cfg.max_connections,
+        ))];
         if let Some(tls) = &tls {
             helpers.push(tokio::spawn(tls.clone().reload_on_change()));
             if let Some(redirect) = redirect {
@@ -312,6 +316,26 @@ async fn limiter_housekeeping(state: AppState) {
     loop {
         tick.tick().await;
         state.limits.sweep();
+    }
+}
+
+/// Once a burst of connections has ended (their count halved from its high), hand the memory
+/// they freed back to the system (see [`crate::memory`]).
+async fn give_back_after_bursts(slots: Arc<Semaphore>, max_connections: usize) {
+    let mut watch = BurstWatch::default();
+    let mut tick = tokio::time::interval(memory::CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let open = max_connections.saturating_sub(slots.available_permits());
+        if watch.ended(open) {
+            let gave = crate::blocking::run(memory::give_back).await;
+            tracing::debug!(
+                open,
+                ?gave,
+                "a burst of connections ended: memory given back"
+            );
+        }
     }
 }
 
