@@ -399,7 +399,9 @@ pub struct AuthConfig {
     /// Upper bound of that wait.
     pub login_max_delay_secs: u64,
     /// How long a checked credential is trusted without asking the database again; every
-    /// revocation made by this process drops what it revoked at once. 0 disables it.
+    /// revocation made by this process drops what it revoked at once. Also how long a small
+    /// file downloaded is kept in memory (`small_files`; its deletion drops it at once). 0
+    /// disables both.
     pub principal_cache_secs: u64,
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Layers, top to bottom (a module imports only from layers below its own):
 //! entry (`cli`, `config`, `telemetry`) -> `http` -> `state` -> domain (`auth`, `ingest`,
-//! `download`, `audit`, `removal`, `events`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
+//! `download`, `small_files`, `audit`, `removal`, `events`, `ops`, `metrics`, `limits`) -> stores (`meta`, `blob`,
 //! `crypto`) -> foundations (`ids`, `secrets`, `net`, `blocking`, `memory`). `scripts/layers` checks it.
 
 // One audited exception, `memory` (a call to glibc's `malloc_trim`); nothing else may.
@@ -37,5 +37,6 @@ pub(crate) mod ops;
 pub(crate) mod removal;
 pub(crate) mod resumable;
 pub mod secrets;
+pub(crate) mod small_files;
 pub(crate) mod state;
 pub(crate) mod telemetry;

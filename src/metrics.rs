@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::cache::CacheStats;
+use crate::small_files::SmallFileStats;
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -95,7 +96,7 @@ impl Metrics {
     }
 
     /// Render the text format, with the credential cache's counters.
-    pub fn render(&self, cache: CacheStats) -> String {
+    pub fn render(&self, cache: CacheStats, small: SmallFileStats) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP coffer_http_requests_total HTTP requests by method, route and status.\n",
@@ -173,7 +174,7 @@ impl Metrics {
         );
         let pool = crate::blob::pool::shared();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let series: [(&str, &str, &str, u64); 7] = [
+        let series: [(&str, &str, &str, u64); 11] = [
             (
                 "coffer_download_buffer_large_bytes",
                 "gauge",
@@ -215,6 +216,30 @@ impl Metrics {
                 "gauge",
                 "1 while revocations from every node reach the cache; 0 while they may be missed (every credential is then checked against the database).",
                 u64::from(cache.live),
+            ),
+            (
+                "coffer_small_file_cache_hits_total",
+                "counter",
+                "Downloads of small plain files answered from memory (credential, owner and expiry still checked).",
+                small.hits,
+            ),
+            (
+                "coffer_small_file_cache_misses_total",
+                "counter",
+                "Downloads that read the file's row (and a small file's bytes) from the stores.",
+                small.misses,
+            ),
+            (
+                "coffer_small_file_cache_entries",
+                "gauge",
+                "Small files kept in memory now.",
+                small.entries,
+            ),
+            (
+                "coffer_small_file_cache_bytes",
+                "gauge",
+                "Bytes of file content kept in memory now (bounded).",
+                small.bytes,
             ),
         ];
         for (name, kind, help, v) in series {

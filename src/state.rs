@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::ops::recovery;
 use crate::resumable::Resumable;
 use crate::secrets::{S3Credentials, SecretKey};
+use crate::small_files::SmallFiles;
 
 /// The SQLite database's file name inside the storage root.
 pub const SQLITE_FILE: &str = "coffer.db";
@@ -69,6 +70,9 @@ pub struct AppInner {
     /// Recently checked credentials, shared with `credentials`: every revocation, whichever
     /// node commits it, drops what it revoked (the metadata engine announces it).
     pub principals: Arc<PrincipalCache>,
+    /// Small plain files recently downloaded, row and bytes: every deletion, whichever node
+    /// commits it, drops the file (the metadata engine announces it).
+    pub(crate) small_files: Arc<SmallFiles>,
     /// Resolves a request's bearer token or API key into its principal.
     pub credentials: Credentials,
     /// Register, login, refresh, logout.
@@ -161,6 +165,10 @@ impl AppState {
         // Every revocation, made here or on another node, reaches the cache (PostgreSQL: this
         // starts the node's listener; the cache serves nothing until it listens).
         meta.subscribe_revocations(principals.clone());
+        let small_files = Arc::new(SmallFiles::new(Duration::from_secs(
+            config.auth.principal_cache_secs,
+        )));
+        meta.subscribe_revocations(small_files.clone());
         let ingest = Ingest {
             max_upload_bytes: config.limits.max_upload_bytes,
             policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
@@ -204,6 +212,7 @@ impl AppState {
                 audit: audit.clone(),
             },
             principals,
+            small_files,
             views: ViewKeys::new(&secrets.secret_key),
             limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
             ingest,

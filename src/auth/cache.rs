@@ -57,6 +57,7 @@ fn covers(r: Revoked, c: &Cached) -> bool {
         Revoked::ApiKey(k) => c.via == CachedVia::ApiKey(k),
         Revoked::User(u) => c.user == u,
         Revoked::Everything => true,
+        Revoked::File(_) => false,
     }
 }
 
@@ -241,6 +242,7 @@ impl PrincipalCache {
                 vias.into_iter().map(|v| s.remove_via(v)).sum()
             }
             Revoked::Everything => s.clear(),
+            Revoked::File(_) => 0,
         };
         s.revoked += dropped;
     }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::ids::{ApiKeyId, SessionId, UserId};
+use crate::ids::{ApiKeyId, FileId, SessionId, UserId};
 
 /// What a revocation ended, as precisely as the engine knows. Small and `Copy`, and spelled
 /// as a short text ([`Revoked::encode`]) to travel to other nodes.
@@ -39,19 +39,23 @@ pub enum Revoked {
     Session(SessionId),
     /// One API key (deletion).
     ApiKey(ApiKeyId),
-    /// Every credential of one user (account lock or deletion, role change).
+    /// Every credential of one user (account lock or deletion, role change), and with a
+    /// deletion every file of theirs.
     User(UserId),
+    /// One file (deleted): what is cached of it goes (`small_files`). Ends no credential.
+    File(FileId),
     /// Everything (what was revoked is not known: announcements may have been missed).
     Everything,
 }
 
 impl Revoked {
-    /// `s:<uuid>`, `k:<uuid>`, `u:<uuid>` or `*`.
+    /// `s:<uuid>`, `k:<uuid>`, `u:<uuid>`, `f:<uuid>` or `*`.
     pub fn encode(self) -> String {
         match self {
             Self::Session(id) => format!("s:{id}"),
             Self::ApiKey(id) => format!("k:{id}"),
             Self::User(id) => format!("u:{id}"),
+            Self::File(id) => format!("f:{id}"),
             Self::Everything => "*".into(),
         }
     }
@@ -67,6 +71,7 @@ impl Revoked {
             "s" => Some(Self::Session(SessionId(id))),
             "k" => Some(Self::ApiKey(ApiKeyId(id))),
             "u" => Some(Self::User(UserId(id))),
+            "f" => Some(Self::File(FileId(id))),
             _ => None,
         }
     }
@@ -297,6 +302,7 @@ mod tests {
             Revoked::Session(SessionId::new()),
             Revoked::ApiKey(ApiKeyId::new()),
             Revoked::User(UserId::new()),
+            Revoked::File(FileId::new()),
             Revoked::Everything,
         ] {
             assert_eq!(Revoked::decode(&r.encode()), Some(r));

@@ -737,3 +737,57 @@ async fn cluster_an_object_store_without_quorum_is_503_with_retry_after_on_both_
     let logs = format!("{}{}", a.logs(), b.logs());
     assert!(!logs.contains("internal error"), "{logs}");
 }
+
+/// A small file deleted through one node is gone from the other node's memory at once: the
+/// deletion is announced like a revocation. Blobs on one local disk both nodes share (the
+/// small-file cache keeps only files of the local store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_a_file_deleted_on_one_node_is_gone_from_the_others_memory_at_once() {
+    let Some(stack) =
+        stack::require("cluster_a_file_deleted_on_one_node_is_gone_from_the_others_memory_at_once")
+    else {
+        return;
+    };
+    let db = Arc::new(stack.fresh_database());
+    let disk = tempfile::tempdir().unwrap();
+    let node = || {
+        TestApp::builder()
+            .database(db.clone())
+            .root(disk.path())
+            .env("COFFER_AUTH__PRINCIPAL_CACHE_SECS", "60")
+    };
+    let a = node().spawn().await;
+    let b = node().env("COFFER_SECRET_KEY", a.secret()).spawn().await;
+    let u = a.user("sharer").await;
+    let admin = a.admin("sweeper_of_users").await;
+    let body = png(4096);
+    for round in 0..10 {
+        let (by, other) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let f = by.stored(&u.token, "shared.png", body.clone()).await;
+        let id = f["id"].as_str().unwrap();
+        // Both nodes hold it in memory now.
+        for node in [&a, &b, &a, &b] {
+            let r = node.download(&u.token, id, &[]).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+        }
+        assert_eq!(by.delete_file(id).bearer(&u.token).status().await, 204);
+        assert_eq!(
+            other.download(&u.token, id, &[]).await.status(),
+            404,
+            "round {round}: the very next download on the other node"
+        );
+        assert_eq!(by.download(&u.token, id, &[]).await.status(), 404);
+    }
+    // An account deleted through A: its files are gone from B's memory at once.
+    let f = b.stored(&u.token, "last.png", body.clone()).await;
+    let id = f["id"].as_str().unwrap();
+    for _ in 0..2 {
+        assert_eq!(b.download(&admin.token, id, &[]).await.status(), 200);
+    }
+    assert_eq!(
+        a.delete_user(&u.id).bearer(&admin.token).status().await,
+        204
+    );
+    assert_eq!(b.download(&admin.token, id, &[]).await.status(), 404);
+}

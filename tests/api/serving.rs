@@ -232,3 +232,75 @@ async fn metric(app: &TestApp, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// The in-process small-file cache (issue 17) answers repeat downloads, and never one that
+/// is no longer allowed: a deleted file, an expired one, another user's, a deleted account's.
+#[tokio::test]
+async fn small_files_served_from_memory_never_outlive_their_deletion_expiry_or_scope() {
+    let app = TestApp::builder()
+        .single_node("reads one process's cache counters in /metrics")
+        .env("COFFER_AUTH__PRINCIPAL_CACHE_SECS", "60")
+        .spawn()
+        .await;
+    let admin = app.admin("cache_admin").await;
+    let (u, other) = (app.user("cached").await, app.user("neighbour").await);
+    let bytes = png(4096);
+    let get = |token: String, id: String| {
+        let app = &app;
+        async move { app.download(&token, &id, &[]).await }
+    };
+
+    // Repeat downloads come from memory, byte for byte, and are each audited.
+    let f = app.stored(&u.token, "hot.png", bytes.clone()).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let hits = metric(&app, "coffer_small_file_cache_hits_total").await;
+    for _ in 0..3 {
+        let r = get(u.token.clone(), id.clone()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+    }
+    assert_eq!(
+        metric(&app, "coffer_small_file_cache_hits_total").await,
+        hits + 2,
+        "the first download reads the stores, the next two the cache"
+    );
+    // Another user still gets 404, even with the file in memory; ranges come from it too.
+    assert_eq!(get(other.token.clone(), id.clone()).await.status(), 404);
+    let r = app
+        .download(&u.token, &id, &[("range", "bytes=10-19")])
+        .await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[10..20]);
+
+    // Deleted: the very next download is 404.
+    assert_eq!(app.delete_file(&id).bearer(&u.token).status().await, 204);
+    assert_eq!(get(u.token.clone(), id.clone()).await.status(), 404);
+    assert_eq!(get(admin.token.clone(), id.clone()).await.status(), 404);
+
+    // Expired: 404 from the moment it expires, though nothing deleted it yet.
+    let f = app
+        .post("/api/v1/files")
+        .as_user(&u)
+        .query(&[("filename", "brief.png"), ("expires_in", "2")])
+        .body(bytes.clone())
+        .expect(201)
+        .await;
+    let brief = f["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(u.token.clone(), brief.clone()).await.status(), 200);
+    assert_eq!(get(u.token.clone(), brief.clone()).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(u.token.clone(), brief.clone()).await.status(), 404);
+
+    // An administrator reads another user's file into memory; the account is deleted: gone.
+    let f = app.stored(&u.token, "doomed.png", bytes.clone()).await;
+    let doomed = f["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert_eq!(get(admin.token.clone(), doomed.clone()).await.status(), 200);
+    }
+    assert_eq!(
+        app.delete_user(&u.id).bearer(&admin.token).status().await,
+        204
+    );
+    assert_eq!(get(admin.token.clone(), doomed.clone()).await.status(), 404);
+    assert_eq!(metric(&app, "coffer_small_file_cache_entries").await, 0);
+}

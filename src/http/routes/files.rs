@@ -34,6 +34,7 @@ use crate::ingest::idle::{BodyError, IdleTimeout};
 use crate::ingest::{self, IngestError, Upload};
 use crate::meta::files::{AfterRead, FileObject, StoredFile};
 use crate::removal;
+use crate::small_files::SmallFile;
 use crate::state::AppState;
 
 /// Room for multipart framing and small ignored fields on top of the file itself.
@@ -457,7 +458,8 @@ async fn delete_file(
 }
 
 /// A file in the caller's scope (404 otherwise) and, when `prefetch` and the file is small,
-/// its bytes: row and bytes in one trip to the blocking pool.
+/// its bytes: from memory when a recent download kept them (`small_files`), else row and
+/// bytes in one trip to the blocking pool.
 async fn visible_file_and_bytes(
     state: &AppState,
     principal: &Principal,
@@ -467,14 +469,30 @@ async fn visible_file_and_bytes(
     let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
     let files = state.meta.files();
     let now = Timestamp::now();
-    let found = if prefetch {
-        let small: AfterRead =
-            Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
-        files.get_visible_then(id, scope, now, small).await?
-    } else {
-        files.get_visible(id, scope, now).await?.map(|f| (f, None))
-    };
-    found.ok_or(AppError::NotFound)
+    if !prefetch {
+        let found = files.get_visible(id, scope, now).await?;
+        return found.map(|f| (f, None)).ok_or(AppError::NotFound);
+    }
+    if let Some(hit) = state.small_files.get(id, scope, now) {
+        return Ok((hit.row, Some(hit.bytes)));
+    }
+    let epoch = state.small_files.epoch();
+    let small: AfterRead =
+        Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
+    let (row, bytes) = files
+        .get_visible_then(id, scope, now, small)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if let Some(b) = bytes.as_ref().filter(|b| b.len() as u64 == row.file.size) {
+        state.small_files.put(
+            SmallFile {
+                row: row.clone(),
+                bytes: b.clone(),
+            },
+            epoch,
+        );
+    }
+    Ok((row, bytes))
 }
 
 /// `?disposition=`

@@ -71,7 +71,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(state.principals.stats()),
+        state
+            .metrics
+            .render(state.principals.stats(), state.small_files.stats()),
     )
         .into_response()
 }

@@ -10,13 +10,14 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::users::LOCKED;
-use super::{IsolationLevel, PgResult, Postgres};
+use super::{IsolationLevel, PgResult, Postgres, REVOCATIONS_CHANNEL};
 use crate::crypto::Sealing;
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::events::NewEvent;
 use crate::meta::files::{FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
+use crate::meta::revocations::Revoked;
 
 /// The columns [`row`] reads, in its order.
 macro_rules! columns {
@@ -176,12 +177,14 @@ pub async fn list_owned(
     Ok(Page::from_overfetch(files, limit))
 }
 
-/// Delete a row (links cascade) and queue its blob, in one statement. The blob's key, or
-/// `None` when the row was already gone.
+/// Delete a row (links cascade) and queue its blob, in one statement that also announces the
+/// deletion (`payload`, see `meta::revocations`) to the other nodes when its transaction
+/// commits. The blob's key, or `None` when the row was already gone.
 pub async fn delete(
     c: &impl GenericClient,
     id: FileId,
     now: Timestamp,
+    payload: &str,
 ) -> PgResult<Option<String>> {
     let st = c
         .prepare_cached(
@@ -189,21 +192,23 @@ pub async fn delete(
                   queued AS (
                       INSERT INTO blob_deletions (blob_key, queued_at)
                       SELECT blob_key, $2 FROM gone ON CONFLICT (blob_key) DO NOTHING)
-             SELECT blob_key FROM gone",
+             SELECT blob_key, pg_notify($3, $4)::text FROM gone",
         )
         .await?;
-    c.query_opt(&st, &[&id, &now])
+    c.query_opt(&st, &[&id, &now, &REVOCATIONS_CHANNEL, &payload])
         .await?
         .map(|r| r.try_get(0))
         .transpose()
 }
 
-/// Delete a row only while it still points at `blob_key` (queued, in case it reappears).
+/// Delete a row only while it still points at `blob_key` (queued, in case it reappears), and
+/// announce it as [`delete`] does.
 pub async fn delete_if_blob(
     c: &impl GenericClient,
     id: FileId,
     blob_key: &str,
     now: Timestamp,
+    payload: &str,
 ) -> PgResult<bool> {
     let st = c
         .prepare_cached(
@@ -211,11 +216,11 @@ pub async fn delete_if_blob(
                   queued AS (
                       INSERT INTO blob_deletions (blob_key, queued_at)
                       SELECT blob_key, $3 FROM gone ON CONFLICT (blob_key) DO NOTHING)
-             SELECT count(*) FROM gone",
+             SELECT count(*) FROM (SELECT pg_notify($4, $5) FROM gone) told",
         )
         .await?;
     let n: i64 = c
-        .query_one(&st, &[&id, &blob_key, &now])
+        .query_one(&st, &[&id, &blob_key, &now, &REVOCATIONS_CHANNEL, &payload])
         .await?
         .try_get(0)?;
     Ok(n == 1)
@@ -424,13 +429,15 @@ impl Files for Postgres {
         now: Timestamp,
         events: Vec<NewEvent>,
     ) -> Result<Option<String>, MetaError> {
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::File(id));
         let (key, n) = self
             .tx(
                 IsolationLevel::ReadCommitted,
-                (id, now, events),
-                |t, (id, now, events)| {
+                (id, now, events, payload),
+                |t, (id, now, events, payload)| {
                     Box::pin(async move {
-                        let key = delete(t, *id, *now).await?;
+                        let key = delete(t, *id, *now, payload).await?;
                         let n = match key {
                             Some(_) => super::events::record(t, events).await?,
                             None => 0,
@@ -441,6 +448,8 @@ impl Files for Postgres {
             )
             .await?;
         self.events_committed(n);
+        self.announce(key.is_some().then_some(Revoked::File(id)), echo)
+            .await;
         Ok(key)
     }
 
@@ -451,13 +460,15 @@ impl Files for Postgres {
         now: Timestamp,
         events: Vec<NewEvent>,
     ) -> Result<bool, MetaError> {
+        let echo = self.hub.echo();
+        let payload = Self::payload(&echo, Revoked::File(id));
         let (gone, n) = self
             .tx(
                 IsolationLevel::ReadCommitted,
-                (id, blob_key, now, events),
-                |t, (id, key, now, events)| {
+                (id, blob_key, now, events, payload),
+                |t, (id, key, now, events, payload)| {
                     Box::pin(async move {
-                        let gone = delete_if_blob(t, *id, key, *now).await?;
+                        let gone = delete_if_blob(t, *id, key, *now, payload).await?;
                         let n = if gone {
                             super::events::record(t, events).await?
                         } else {
@@ -469,6 +480,7 @@ impl Files for Postgres {
             )
             .await?;
         self.events_committed(n);
+        self.announce(gone.then_some(Revoked::File(id)), echo).await;
         Ok(gone)
     }
 

@@ -11,6 +11,7 @@ use crate::meta::error::MetaError;
 use crate::meta::events::NewEvent;
 use crate::meta::files::{AfterRead, FileObject, Files, Inserted, StoredFile};
 use crate::meta::page::Page;
+use crate::meta::revocations::Revoked;
 
 const COLUMNS: &str = "id, filename, size, content_type, sha256, created_at, expires_at, owner_id, blob_key, enc_key_id, enc_wrapped_key, scanned_at, grant_id";
 
@@ -315,6 +316,7 @@ impl Files for Sqlite {
                 Ok((key, n))
             })
             .await?;
+        self.announce(key.is_some().then_some(Revoked::File(id)));
         self.events_committed(n);
         Ok(key)
     }
@@ -337,6 +339,7 @@ impl Files for Sqlite {
                 Ok((gone, n))
             })
             .await?;
+        self.announce(gone.then_some(Revoked::File(id)));
         self.events_committed(n);
         Ok(gone)
     }
