@@ -70,11 +70,16 @@ impl ChainKey {
     /// A short public name for the key: 16 hex digits of HMAC-SHA256(key, label). It tells
     /// keys apart without revealing anything about them.
     pub fn fingerprint(&self) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        let mut mac = self.mac();
         mac.update(b"coffer/audit-key-fingerprint/v1");
         let tag = mac.finalize().into_bytes();
         hex::encode(tag.get(..8).unwrap_or_default())
+    }
+
+    /// HMAC-SHA256 keyed with this key, ready for input.
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
     }
 }
 
@@ -128,6 +133,18 @@ fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
 
 /// The chain hash of an entry at `seq` following `prev`; `detail` is the stored JSON text.
 pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail: &str) -> [u8; 32] {
+    link_hash(key.mac(), prev, seq, e, detail)
+}
+
+/// [`chain_hash`] with the key already set up (`mac`, from [`ChainKey::mac`]): a batch keys
+/// HMAC once and clones it for each entry.
+fn link_hash(
+    mut mac: Hmac<Sha256>,
+    prev: &[u8],
+    seq: i64,
+    e: &AuditEntry,
+    detail: &str,
+) -> [u8; 32] {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(prev);
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -138,8 +155,6 @@ pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail:
     put_str(&mut buf, e.subject_id.as_deref());
     put_str(&mut buf, e.client_ip.as_deref());
     put_str(&mut buf, Some(detail));
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(&buf);
     mac.finalize().into_bytes().into()
 }
@@ -148,19 +163,20 @@ pub fn chain_hash(key: &ChainKey, prev: &[u8], seq: i64, e: &AuditEntry, detail:
 pub fn chain(key: &ChainKey, tail: Link, entries: &[AuditEntry]) -> Vec<ChainedEntry> {
     let Link { mut seq, hash } = tail;
     let mut prev = hash;
+    let (mac, key_id) = (key.mac(), key.fingerprint());
     entries
         .iter()
         .map(|e| {
             seq += 1;
             let detail = e.detail.to_string();
-            let hash = chain_hash(key, &prev, seq, e, &detail).to_vec();
+            let hash = link_hash(mac.clone(), &prev, seq, e, &detail).to_vec();
             prev.clone_from(&hash);
             ChainedEntry {
                 seq,
                 entry: e.clone(),
                 hash,
                 detail_raw: detail,
-                key_id: Some(key.fingerprint()),
+                key_id: Some(key_id.clone()),
             }
         })
         .collect()
