@@ -8,7 +8,8 @@ use super::Sqlite;
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, Webhook, frame_events, unframe_events,
+    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
+    frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 
@@ -284,10 +285,50 @@ impl Outbox for Sqlite {
 
     async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError> {
         self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM webhook_deliveries
+                     WHERE next_attempt_at IS NULL AND created_at < ?1",
+                )?
+                .execute([before])?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn prune_retired(&self) -> Result<usize, MetaError> {
+        self.write(move |c| c.prepare_cached(PRUNE_RETIRED)?.execute([]))
+            .await
+    }
+
+    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError> {
+        self.read(move |c| {
             c.prepare_cached(
-                "DELETE FROM webhook_deliveries WHERE next_attempt_at IS NULL AND created_at < ?1",
+                "SELECT id, secret, secret_key_id FROM webhooks
+                 WHERE secret_key_id IS NOT NULL ORDER BY id",
             )?
-            .execute([before])
+            .query_map([], |r| {
+                Ok(SealedSecret {
+                    id: r.get(0)?,
+                    secret: r.get(1)?,
+                    key_id: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_secret(&self, old: SealedSecret, new: SealedSecret) -> Result<bool, MetaError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE webhooks SET secret = ?2, secret_key_id = ?3
+                 WHERE id = ?1 AND secret = ?4 AND secret_key_id = ?5",
+            )?
+            .execute(params![
+                old.id, new.secret, new.key_id, old.secret, old.key_id
+            ])? == 1)
         })
         .await
     }
@@ -300,10 +341,12 @@ impl Outbox for Sqlite {
     ) -> Result<Vec<bool>, MetaError> {
         // One write for the lot: the single writer commits it with one fsync.
         self.write(move |c| {
-            tries
+            let done = tries
                 .iter()
                 .map(|(seq, attempt)| finish(c, *seq, &holder, now, attempt))
-                .collect()
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(done)
         })
         .await
     }
@@ -315,8 +358,12 @@ impl Outbox for Sqlite {
         now: Timestamp,
         attempt: Attempt,
     ) -> Result<bool, MetaError> {
-        self.write(move |c| finish(c, seq, &holder, now, &attempt))
-            .await
+        self.write(move |c| {
+            let done = finish(c, seq, &holder, now, &attempt)?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(done)
+        })
+        .await
     }
 }
 
