@@ -54,6 +54,8 @@ pub enum Event {
     GrantCreate,
     GrantUse,
     GrantRevoke,
+    WebhookCreate,
+    WebhookDelete,
 }
 
 impl Event {
@@ -87,6 +89,8 @@ impl Event {
             Self::GrantCreate => "grant.create",
             Self::GrantUse => "grant.use",
             Self::GrantRevoke => "grant.revoke",
+            Self::WebhookCreate => "webhook.create",
+            Self::WebhookDelete => "webhook.delete",
         }
     }
 }

@@ -88,6 +88,8 @@ const MAX_ROUNDS: usize = 16;
 
 /// Remove an account with all its files, links, keys and logins. Returns the number of files.
 /// Its credentials stop working everywhere when the lock commits (the engine announces it).
+/// Its webhooks stay, retired, until the `file.deleted` events of the removal are delivered
+/// or given up (`meta::events`).
 pub(crate) async fn remove_user(
     meta: &MetaStore,
     blobs: &BlobStore,
@@ -124,7 +126,14 @@ pub(crate) async fn remove_user(
         // The row goes only with no file left, checked in the same statement: never a
         // foreign-key failure, whatever happened meanwhile.
         match meta.users().delete(id).await? {
-            Deleted::Deleted => return Ok(removed),
+            Deleted::Deleted => {
+                // Its webhooks stayed (retired) for the events above; those with nothing left
+                // to deliver go now, the others once their outbox drains.
+                if let Err(e) = meta.outbox().prune_retired().await {
+                    tracing::warn!(error = %e, "cannot remove a deleted account's idle webhooks yet; the sweeper will");
+                }
+                return Ok(removed);
+            }
             // A concurrent deletion of the same account finished first.
             Deleted::NoUser => return Err(RemoveError::NoUser),
             Deleted::OwnsFiles => {}

@@ -113,6 +113,17 @@ impl Webhooks {
     }
 }
 
+/// The host (and port) of a webhook URL, for the audit trail: never its path or query, which
+/// may carry the backend's own token.
+pub fn url_host(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str()?;
+    Some(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    })
+}
+
 /// The secret's bytes from what is stored: unsealed with the keyring when a key id is set.
 pub fn unseal(
     keyring: &Keyring,

@@ -7,9 +7,11 @@
 //! that dies mid-delivery leaves a lease that runs out, and another node (or this one,
 //! restarted) takes the delivery over. The engine hands out only the earliest pending
 //! delivery of each file per webhook, so a later event of a file waits for the earlier one.
-//! Under load the database writes are shared: an idle worker waits [`COALESCE`] after a
-//! wake-up so one claim takes several commits' events, and finished tries are recorded
-//! together ([`RECORD_BATCH`] at most per write).
+//! Under load the database writes are shared: a worker that claimed everything due waits for
+//! the next wake-up and then [`COALESCE`], so one claim takes several commits' events, and
+//! finished tries are recorded together ([`RECORD_LINGER`], [`RECORD_BATCH`] at most per
+//! write). On SQLite both writes are lazy (no fsync of their own: a lease or a recorded try
+//! lost in a power cut only means the delivery is made again).
 //!
 //! Invariant: a try is recorded only by the node that still holds its lease; the answer kept
 //! is at most [`ANSWER_BYTES`]; no secret or signature is logged.
@@ -36,6 +38,9 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// Most tries recorded in one write.
 pub const RECORD_BATCH: usize = 128;
+/// How long the recorder waits after a try ends for others to record with it (a later event
+/// of the same file waits this much longer; delivery itself does not).
+pub const RECORD_LINGER: Duration = Duration::from_millis(5);
 /// A lease lasts the try's timeout plus this, so a slow database write after a try does not
 /// let another node take the delivery over while this one is still recording it.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
@@ -121,6 +126,10 @@ impl Worker {
                 }
                 continue;
             }
+            // Fewer than the free slots: nothing else was due. Wait for the next commit (or a
+            // finished try) and let a few gather, instead of claiming again at once for the
+            // one or two events committed meanwhile (each claim is a database write).
+            let drained = claimed.len() < free;
             for d in claimed {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
@@ -130,6 +139,12 @@ impl Worker {
                     this.deliver(d).await;
                     drop(permit);
                 });
+            }
+            if drained {
+                tokio::select! {
+                    () = wake.notified() => tokio::time::sleep(COALESCE).await,
+                    () = tokio::time::sleep(POLL) => {}
+                }
             }
         }
     }
@@ -157,6 +172,8 @@ async fn record_tries(
     wake: Arc<Notify>,
 ) {
     while let Some(first) = tries.recv().await {
+        // Let the tries that end together share one write.
+        tokio::time::sleep(RECORD_LINGER).await;
         let mut batch = vec![first];
         while batch.len() < RECORD_BATCH {
             match tries.try_recv() {

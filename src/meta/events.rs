@@ -9,6 +9,13 @@
 //! claimed by one node at a time with a lease that expires (a dead node's claims are taken
 //! over), and only when no earlier delivery of the same file to the same webhook is pending,
 //! so the events of a file arrive in order.
+//!
+//! A webhook outlives its owner until its outbox drains: deleting an account sets its
+//! webhooks' `owner_id` to NULL (the foreign key's `ON DELETE SET NULL`), so the `file.deleted`
+//! events of the deletion are still delivered; such a retired webhook records no new event, is
+//! invisible to every route, and is removed with its log as soon as none of its deliveries is
+//! pending ([`PRUNE_RETIRED`]: after each recorded try, after the account's deletion, and by the
+//! sweeper).
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -47,6 +54,23 @@ pub struct NewWebhook {
     /// The keyring key that sealed the secret, if any.
     pub secret_key_id: Option<String>,
 }
+
+/// A webhook's sealed secret, as `coffer rotate-key` re-wraps it.
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    /// The webhook.
+    pub id: WebhookId,
+    /// The wrapped secret.
+    pub secret: Vec<u8>,
+    /// The keyring key that wrapped it.
+    pub key_id: String,
+}
+
+/// Remove retired webhooks (their owner deleted) with no pending delivery, with their logs.
+/// The same text on both engines; it takes no parameter.
+pub const PRUNE_RETIRED: &str = "DELETE FROM webhooks WHERE owner_id IS NULL AND NOT EXISTS (
+         SELECT 1 FROM webhook_deliveries d
+         WHERE d.webhook_id = webhooks.id AND d.next_attempt_at IS NOT NULL)";
 
 /// A webhook as its owner sees it (never its secret).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -176,9 +200,20 @@ pub trait Outbox: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Claimed>, MetaError>;
 
-    /// Remove settled deliveries (delivered or given up) of events older than `before`; how
-    /// many. Pending ones stay, however old.
+    /// Remove settled deliveries (delivered or given up) of events older than `before`, and
+    /// retired webhooks with nothing pending ([`PRUNE_RETIRED`]); how many deliveries. Pending
+    /// ones stay, however old.
     async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError>;
+
+    /// Remove retired webhooks (their owner deleted) with no pending delivery; how many.
+    async fn prune_retired(&self) -> Result<usize, MetaError>;
+
+    /// Every webhook secret sealed under a keyring key (retired webhooks too).
+    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError>;
+
+    /// Replace a webhook's sealed secret with `new` only while it is still `old` (what was
+    /// read); `false` when it changed or went meanwhile.
+    async fn reseal_secret(&self, old: SealedSecret, new: SealedSecret) -> Result<bool, MetaError>;
 
     /// [`Outbox::finish`] for several tries, in one transaction where the engine can; for each,
     /// whether it was recorded.
@@ -196,7 +231,8 @@ pub trait Outbox: Send + Sync {
     }
 
     /// Record how a try of a claimed delivery went and drop the lease, only while `holder`
-    /// still holds it; `false` when another node took it over meanwhile.
+    /// still holds it; `false` when another node took it over meanwhile. A retired webhook
+    /// whose last pending delivery this settles goes in the same transaction.
     async fn finish(
         &self,
         seq: i64,

@@ -663,6 +663,67 @@ pub const MIGRATIONS: &[Migration] = &[
             WHERE next_attempt_at IS NOT NULL;
         "#,
     },
+    // v11: a webhook outlives its owner until its outbox drains (the `file.deleted` events of
+    // an account's deletion still reach the app backend): `owner_id` becomes NULL when the
+    // account goes (`ON DELETE SET NULL`) instead of taking the webhook and its pending
+    // deliveries with it; a retired webhook is removed once nothing of it is pending
+    // (`meta::events::PRUNE_RETIRED`). SQLite cannot change a foreign key in place: both
+    // tables are rebuilt (deliveries first, so dropping the old webhooks cascades to nothing).
+    Migration {
+        sqlite: r#"
+        CREATE TABLE webhooks_v11 (
+            id            TEXT PRIMARY KEY,
+            owner_id      TEXT REFERENCES users (id) ON DELETE SET NULL,
+            url           TEXT NOT NULL,
+            events        TEXT NOT NULL,
+            secret        BLOB NOT NULL,
+            secret_key_id TEXT,
+            created_at    INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO webhooks_v11 (id, owner_id, url, events, secret, secret_key_id, created_at)
+            SELECT id, owner_id, url, events, secret, secret_key_id, created_at FROM webhooks;
+
+        CREATE TABLE webhook_deliveries_v11 (
+            seq             INTEGER PRIMARY KEY,
+            webhook_id      TEXT NOT NULL REFERENCES webhooks_v11 (id) ON DELETE CASCADE,
+            event_id        TEXT NOT NULL,
+            event_type      TEXT NOT NULL,
+            file_id         TEXT,
+            body            TEXT NOT NULL,
+            created_at      INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            last_status     INTEGER,
+            last_error      TEXT,
+            last_answer     TEXT,
+            delivered_at    INTEGER,
+            lease_holder    TEXT,
+            lease_until     INTEGER,
+            UNIQUE (webhook_id, event_id)
+        ) STRICT;
+        INSERT INTO webhook_deliveries_v11
+            SELECT seq, webhook_id, event_id, event_type, file_id, body, created_at, attempts,
+                   next_attempt_at, last_status, last_error, last_answer, delivered_at,
+                   lease_holder, lease_until
+            FROM webhook_deliveries;
+
+        DROP TABLE webhook_deliveries;
+        DROP TABLE webhooks;
+        ALTER TABLE webhooks_v11 RENAME TO webhooks;
+        ALTER TABLE webhook_deliveries_v11 RENAME TO webhook_deliveries;
+        CREATE INDEX webhooks_by_owner ON webhooks (owner_id);
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL;
+        CREATE INDEX webhook_deliveries_by_file ON webhook_deliveries (webhook_id, file_id, seq)
+            WHERE next_attempt_at IS NOT NULL;
+        "#,
+        postgres: r#"
+        ALTER TABLE webhooks ALTER COLUMN owner_id DROP NOT NULL;
+        ALTER TABLE webhooks DROP CONSTRAINT webhooks_owner_id_fkey;
+        ALTER TABLE webhooks ADD CONSTRAINT webhooks_owner_id_fkey
+            FOREIGN KEY (owner_id) REFERENCES users (id) ON DELETE SET NULL;
+        "#,
+    },
 ];
 
 /// The version this binary writes.
@@ -787,5 +848,50 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(usize::try_from(v).unwrap(), LATEST);
+    }
+
+    /// v11 rebuilds the webhook tables on SQLite: rows survive, deliveries still cascade from
+    /// their webhook, and an account's deletion now retires its webhooks instead of taking
+    /// their pending deliveries.
+    #[test]
+    fn v11_keeps_webhooks_and_retires_them_with_their_owner() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        for m in &MIGRATIONS[..10] {
+            c.execute_batch(m.sqlite).unwrap();
+        }
+        c.pragma_update(None, "user_version", 10).unwrap();
+        c.execute_batch(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at)
+                 VALUES ('u1', 'u', 'u@example.com', 'x', 'user', 0);
+             INSERT INTO webhooks (id, owner_id, url, events, secret, created_at)
+                 VALUES ('w1', 'u1', 'https://example.com/', ',file.deleted,', x'00', 0);
+             INSERT INTO webhook_deliveries
+                 (webhook_id, event_id, event_type, body, created_at, next_attempt_at)
+                 VALUES ('w1', 'evt_1', 'file.deleted', '{}', 1, 1);",
+        )
+        .unwrap();
+        run_sqlite(&mut c).unwrap();
+        let count =
+            |c: &Connection, sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count(&c, "SELECT count(*) FROM webhook_deliveries"), 1);
+        assert_eq!(
+            count(&c, "SELECT count(*) FROM pragma_foreign_key_check"),
+            0
+        );
+        c.execute("DELETE FROM users WHERE id = 'u1'", []).unwrap();
+        assert_eq!(
+            count(&c, "SELECT count(*) FROM webhooks WHERE owner_id IS NULL"),
+            1
+        );
+        // Pending: the retired webhook stays.
+        c.execute(crate::meta::events::PRUNE_RETIRED, []).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM webhook_deliveries"), 1);
+        // Settled: it goes, with its log.
+        c.execute("UPDATE webhook_deliveries SET next_attempt_at = NULL", [])
+            .unwrap();
+        c.execute(crate::meta::events::PRUNE_RETIRED, []).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM webhooks"), 0);
+        assert_eq!(count(&c, "SELECT count(*) FROM webhook_deliveries"), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! `coffer rotate-key` and `coffer encrypt-existing`: key management that is safe while the
+//! `coffer rotate-key` (data keys and webhook secrets) and `coffer encrypt-existing`: key management that is safe while the
 //! server runs.
 //!
 //! Invariant: a row is only ever switched by a conditional update that names what was read,
@@ -11,9 +11,10 @@ use sha2::{Digest, Sha256};
 use crate::blob::{BlobKey, BlobStore};
 use crate::crypto::read;
 use crate::crypto::segment::Sealer;
-use crate::crypto::{DataKey, Keyring};
+use crate::crypto::{DataKey, Keyring, Sealing};
 use crate::ids::{FileId, Timestamp};
 use crate::meta::MetaStore;
+use crate::meta::events::SealedSecret;
 use crate::meta::files::StoredFile;
 use crate::removal;
 
@@ -62,6 +63,40 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
         Ok(())
     })
     .await?;
+    Ok(n)
+}
+
+/// Re-wrap every webhook signing secret sealed under an older key (they are wrapped like a
+/// data key, bound to the webhook's id), so webhooks still sign once the old key is removed.
+/// Returns how many were re-wrapped.
+pub async fn rotate_webhook_secrets(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize> {
+    let current = keyring
+        .current_id()
+        .ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?
+        .to_owned();
+    let mut n = 0;
+    for old in meta.outbox().sealed_secrets().await? {
+        if old.key_id == current {
+            continue;
+        }
+        let sealing = Sealing {
+            key_id: old.key_id.clone(),
+            wrapped_key: old.secret.clone(),
+        };
+        let new = keyring
+            .rewrap(FileId(old.id.0), &sealing)
+            .map_err(|e| anyhow::anyhow!("webhook {}: {e}", old.id))?
+            .ok_or_else(|| anyhow::anyhow!("webhook {}: cannot re-wrap", old.id))?;
+        let new = SealedSecret {
+            id: old.id,
+            secret: new.wrapped_key,
+            key_id: new.key_id,
+        };
+        // A webhook deleted meanwhile is simply not counted.
+        if meta.outbox().reseal_secret(old, new).await? {
+            n += 1;
+        }
+    }
     Ok(n)
 }
 

@@ -1138,3 +1138,197 @@ async fn content_safety_verdicts_send_upload_rejected_with_their_reason() {
         ]
     );
 }
+
+/// An admin deleting an account: its files' `file.deleted` events still reach its webhooks
+/// (retried after a 500, and across a `kill -9` and restart), and the webhooks go with their
+/// logs once nothing is pending.
+#[tokio::test]
+async fn deleting_an_account_delivers_its_file_deleted_events_then_its_webhooks_go() {
+    let rx = Receiver::start().await;
+    let mut app = open_app(2).spawn().await;
+    let admin = app.admin("hook_admin").await;
+    let u = app.user("leaving").await;
+    let idle = app.user("leaving_idle").await;
+    hook(&app, &u, &rx.url(), Some(&["file.created", "file.deleted"])).await;
+    // An account whose webhook has nothing to deliver: it goes with the account.
+    hook(&app, &idle, &rx.url(), Some(&["link.used"])).await;
+    let a = app.stored(&u.token, "a.png", png(300)).await;
+    let b = app.stored(&u.token, "b.png", png(301)).await;
+    rx.until(10, "the creations", |g| g.len() == 2).await;
+    assert_eq!(app.sql_number("SELECT count(*) FROM webhooks"), 2);
+    // The backend fails the first deletion event once.
+    rx.then(&[Step::Status(500)]);
+    for who in [&u, &idle] {
+        assert_eq!(
+            app.delete(&format!("/api/v1/admin/users/{}", who.id))
+                .as_user(&admin)
+                .status()
+                .await,
+            204
+        );
+    }
+    let got = rx
+        .until(10, "the first deletion event", |g| g.len() >= 3)
+        .await;
+    let failed = got[2].clone();
+    assert_eq!(failed.kind(), "file.deleted");
+    // The idle account's webhook is gone; the other waits for its back-off, retired.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.sql_number("SELECT count(*) FROM webhooks") != 1 {
+        assert!(Instant::now() < deadline, "the idle webhook stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.sql_number("SELECT count(*) FROM webhooks WHERE owner_id IS NULL"),
+        1
+    );
+    // A restart in the middle changes nothing: the retired webhook and its outbox are rows.
+    app.kill9();
+    let app = app
+        .relaunch()
+        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
+        .spawn()
+        .await;
+    let got = rx
+        .until(30, "both deletion events, the failed one again", |g| {
+            g.iter().filter(|x| x.kind() == "file.deleted").count() >= 3
+        })
+        .await;
+    let deleted: Vec<&Got> = got.iter().filter(|x| x.kind() == "file.deleted").collect();
+    assert!(
+        deleted
+            .iter()
+            .any(|x| x.id == failed.id && x.at > failed.at)
+    );
+    let mut files: Vec<String> = deleted.iter().map(|x| x.file_id()).collect();
+    files.sort();
+    files.dedup();
+    let mut want = vec![
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    ];
+    want.sort();
+    assert_eq!(files, want);
+    // Drained: the webhook and its log are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.sql_number("SELECT count(*) FROM webhooks") != 0 {
+        assert!(Instant::now() < deadline, "the retired webhook stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.sql_number("SELECT count(*) FROM webhook_deliveries"), 0);
+    drop(app);
+}
+
+/// Creating and deleting a webhook are in the audit trail, with the URL's host and never the
+/// secret or the URL's path.
+#[tokio::test]
+async fn creating_and_deleting_a_webhook_are_audited_without_the_secret() {
+    let rx = Receiver::start().await;
+    let app = open_app(5).spawn().await;
+    let admin = app.admin("hook_auditor").await;
+    let u = app.user("audited_hooks").await;
+    let url = format!("{}?token=backend-own-token-42", rx.url());
+    let h = hook(&app, &u, &url, Some(&["file.created"])).await;
+    let id = h["id"].as_str().unwrap();
+    let secret = h["secret"].as_str().unwrap();
+    assert_eq!(
+        app.delete(&format!("/api/v1/webhooks/{id}"))
+            .as_user(&u)
+            .status()
+            .await,
+        204
+    );
+    let entries = app
+        .audit_with(&admin.token, &["webhook.create", "webhook.delete"])
+        .await;
+    let created = entries
+        .iter()
+        .find(|e| e["event"] == "webhook.create")
+        .unwrap();
+    assert_eq!(created["actor_id"], u.id.as_str());
+    assert_eq!(created["subject_id"], id);
+    assert_eq!(created["detail"]["host"], rx.addr.to_string());
+    assert_eq!(created["detail"]["events"], json!(["file.created"]));
+    let deleted = entries
+        .iter()
+        .find(|e| e["event"] == "webhook.delete")
+        .unwrap();
+    assert_eq!(deleted["actor_id"], u.id.as_str());
+    assert_eq!(deleted["subject_id"], id);
+    let text = serde_json::to_string(&entries).unwrap();
+    let raw = secret.trim_start_matches("whsec_");
+    assert!(!text.contains(raw) && !text.contains("backend-own-token-42"));
+    // Another owner's webhook is a 404 and not audited as deleted.
+    let h2 = hook(&app, &u, &rx.url(), None).await;
+    let other = app.user("not_the_owner").await;
+    assert_eq!(
+        app.delete(&format!("/api/v1/webhooks/{}", h2["id"].as_str().unwrap()))
+            .as_user(&other)
+            .status()
+            .await,
+        404
+    );
+    let entries = app.audit_with(&admin.token, &["webhook.create"]).await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["event"] == "webhook.delete")
+            .count(),
+        1
+    );
+}
+
+/// `coffer rotate-key` re-wraps webhook secrets too: with the old key removed, webhooks still
+/// sign, with the secret shown at creation.
+#[tokio::test]
+async fn after_key_rotation_without_the_old_key_webhooks_still_sign() {
+    let rx = Receiver::start().await;
+    let (old_key, new_key) = (crate::helpers::secret(), crate::helpers::secret());
+    let mut app = open_app(5)
+        .env("COFFER_ENCRYPTION_KEY", old_key.clone())
+        .spawn()
+        .await;
+    let u = app.user("rotated_hooks").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap().to_owned();
+    let before = app.sql_text("SELECT secret_key_id FROM webhooks");
+    app.terminate();
+
+    let mut app = app
+        .relaunch()
+        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("COFFER_ENCRYPTION_KEY", new_key.clone())
+        .env("COFFER_ENCRYPTION_OLD_KEYS", old_key)
+        .spawn()
+        .await;
+    let out = app.cli(&["rotate-key"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("and 1 webhook secrets"), "{stdout}");
+    let after = app.sql_text("SELECT secret_key_id FROM webhooks");
+    assert_ne!(before.trim(), after.trim(), "sealed under the new key");
+    app.terminate();
+
+    let app = app
+        .relaunch()
+        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("COFFER_ENCRYPTION_KEY", new_key)
+        .spawn()
+        .await;
+    app.stored(&u.token, "after.png", png(300)).await;
+    let got = rx.until(10, "the event", |g| !g.is_empty()).await;
+    assert_eq!(got[0].signature, expected_signature(&secret, &got[0]));
+    let log = log_until(&app, &u, &h, "delivered", |l| {
+        l.first().is_some_and(|d| d["delivered_at"].is_string())
+    })
+    .await;
+    assert_eq!(log[0]["last_status"], 200, "{log:#?}");
+}

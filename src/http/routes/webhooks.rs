@@ -13,9 +13,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::audit::{Event, Record};
 use crate::auth::principal::Principal;
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::AppJson;
+use crate::http::middleware::client_ip::ClientIp;
 use crate::http::paging::{SeqPageQuery, encode_seq, next_cursor};
 use crate::ids::{Timestamp, WebhookId};
 use crate::meta::events::{Delivery, Webhook};
@@ -99,6 +101,7 @@ pub(crate) struct CreatedWebhook {
     security(("bearer" = []), ("api_key" = [])))]
 async fn create_webhook(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     principal: Principal,
     AppJson(req): AppJson<CreateWebhookRequest>,
 ) -> AppResult<impl IntoResponse> {
@@ -106,6 +109,18 @@ async fn create_webhook(
         .webhooks
         .create(principal.user_id, &req.url, req.events.as_deref())
         .await?;
+    // The URL's host and the types, never the secret (nor the URL's path or query, which
+    // may carry the backend's own token).
+    state.audit.record(
+        Record::new(Event::WebhookCreate)
+            .actor(principal.user_id)
+            .subject(hook.id)
+            .ip(ip)
+            .detail(serde_json::json!({
+                "host": crate::events::hooks::url_host(&hook.url),
+                "events": hook.events,
+            })),
+    );
     let body = CreatedWebhook {
         id: hook.id,
         url: hook.url,
@@ -142,6 +157,7 @@ async fn list_webhooks(
     security(("bearer" = []), ("api_key" = [])))]
 async fn delete_webhook(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     principal: Principal,
     Path(id): Path<String>,
 ) -> AppResult<StatusCode> {
@@ -154,6 +170,12 @@ async fn delete_webhook(
     {
         return Err(AppError::NotFound);
     }
+    state.audit.record(
+        Record::new(Event::WebhookDelete)
+            .actor(principal.user_id)
+            .subject(id)
+            .ip(ip),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

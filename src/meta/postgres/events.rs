@@ -13,7 +13,8 @@ use super::{EVENTS_CHANNEL, IsolationLevel, PgResult, Postgres};
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, Webhook, frame_events, unframe_events,
+    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
+    frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 
@@ -55,6 +56,12 @@ pub async fn record(c: &impl GenericClient, events: &[NewEvent]) -> PgResult<u64
         c.execute(&st, &[&EVENTS_CHANNEL]).await?;
     }
     Ok(n)
+}
+
+/// [`PRUNE_RETIRED`] in the caller's transaction.
+async fn prune_retired(c: &impl GenericClient) -> PgResult<u64> {
+    let st = c.prepare_cached(PRUNE_RETIRED).await?;
+    c.execute(&st, &[]).await
 }
 
 fn webhook(r: &tokio_postgres::Row) -> PgResult<Webhook> {
@@ -350,7 +357,63 @@ impl Outbox for Postgres {
                     )
                     .await?;
                 let n = c.execute(&st, &[before]).await?;
+                prune_retired(c).await?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+        })
+        .await
+    }
+
+    async fn prune_retired(&self) -> Result<usize, MetaError> {
+        self.one((), |c, ()| {
+            Box::pin(async move {
+                let n = prune_retired(c).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+        })
+        .await
+    }
+
+    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError> {
+        self.one((), |c, ()| {
+            Box::pin(async move {
+                let st = c
+                    .prepare_cached(
+                        "SELECT id, secret, secret_key_id FROM webhooks
+                         WHERE secret_key_id IS NOT NULL ORDER BY id",
+                    )
+                    .await?;
+                c.query(&st, &[])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(SealedSecret {
+                            id: r.try_get(0)?,
+                            secret: r.try_get(1)?,
+                            key_id: r.try_get(2)?,
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn reseal_secret(&self, old: SealedSecret, new: SealedSecret) -> Result<bool, MetaError> {
+        self.one((old, new), |c, (old, new)| {
+            Box::pin(async move {
+                let st = c
+                    .prepare_cached(
+                        "UPDATE webhooks SET secret = $2, secret_key_id = $3
+                         WHERE id = $1 AND secret = $4 AND secret_key_id = $5",
+                    )
+                    .await?;
+                Ok(c.execute(
+                    &st,
+                    &[&old.id, &new.secret, &new.key_id, &old.secret, &old.key_id],
+                )
+                .await?
+                    == 1)
             })
         })
         .await
@@ -372,6 +435,7 @@ impl Outbox for Postgres {
                     for (seq, attempt) in tries {
                         done.push(finish(t, *seq, holder, *now, attempt).await?);
                     }
+                    prune_retired(t).await?;
                     Ok(done)
                 })
             },
@@ -386,9 +450,16 @@ impl Outbox for Postgres {
         now: Timestamp,
         attempt: Attempt,
     ) -> Result<bool, MetaError> {
-        self.one(
+        self.tx(
+            IsolationLevel::ReadCommitted,
             (seq, holder, now, attempt),
-            |c, (seq, holder, now, attempt)| Box::pin(finish(c, *seq, holder, *now, attempt)),
+            |t, (seq, holder, now, attempt)| {
+                Box::pin(async move {
+                    let done = finish(t, *seq, holder, *now, attempt).await?;
+                    prune_retired(t).await?;
+                    Ok(done)
+                })
+            },
         )
         .await
     }

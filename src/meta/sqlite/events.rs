@@ -8,7 +8,8 @@ use super::Sqlite;
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, Webhook, frame_events, unframe_events,
+    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
+    frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 
@@ -93,7 +94,9 @@ pub fn deliveries(
     Ok(Page::from_overfetch(rows, limit))
 }
 
-/// Claim due deliveries (see [`Outbox::claim`]).
+/// Claim due deliveries (see [`Outbox::claim`]): one statement leases them and returns what
+/// sending needs, then each webhook among them is read once (a claim under load is many events
+/// of few webhooks).
 pub fn claim(
     c: &Connection,
     holder: &str,
@@ -101,7 +104,14 @@ pub fn claim(
     until: Timestamp,
     limit: usize,
 ) -> rusqlite::Result<Vec<Claimed>> {
-    let seqs: Vec<i64> = c
+    struct Row {
+        seq: i64,
+        webhook: WebhookId,
+        event_id: String,
+        body: String,
+        attempts: u32,
+    }
+    let rows: Vec<Row> = c
         .prepare_cached(
             "UPDATE webhook_deliveries SET lease_holder = ?1, lease_until = ?3
              WHERE seq IN (
@@ -113,32 +123,47 @@ pub fn claim(
                        WHERE e.webhook_id = d.webhook_id AND e.file_id = d.file_id
                          AND e.next_attempt_at IS NOT NULL AND e.seq < d.seq))
                  ORDER BY d.seq LIMIT ?4)
-             RETURNING seq",
+             RETURNING seq, webhook_id, event_id, body, attempts",
         )?
-        .query_map(params![holder, now, until, as_i64(limit)], |r| r.get(0))?
+        .query_map(params![holder, now, until, as_i64(limit)], |r| {
+            Ok(Row {
+                seq: r.get(0)?,
+                webhook: r.get(1)?,
+                event_id: r.get(2)?,
+                body: r.get(3)?,
+                attempts: r.get(4)?,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        out.push(
-            c.prepare_cached(
-                "SELECT d.seq, w.id, w.url, w.secret, w.secret_key_id, d.event_id, d.body,
-                        d.attempts
-                 FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                 WHERE d.seq = ?1",
-            )?
-            .query_row([seq], |r| {
-                Ok(Claimed {
-                    seq: r.get(0)?,
-                    webhook_id: r.get(1)?,
-                    url: r.get(2)?,
-                    secret: r.get(3)?,
-                    secret_key_id: r.get(4)?,
-                    event_id: r.get(5)?,
-                    body: r.get(6)?,
-                    attempts: r.get(7)?,
-                })
-            })?,
-        );
+    let mut hooks: Vec<(WebhookId, String, Vec<u8>, Option<String>)> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let known = hooks.iter().position(|h| h.0 == row.webhook);
+        let i = match known {
+            Some(i) => i,
+            None => {
+                let (url, secret, key_id) = c
+                    .prepare_cached(
+                        "SELECT url, secret, secret_key_id FROM webhooks WHERE id = ?1",
+                    )?
+                    .query_row([row.webhook], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                hooks.push((row.webhook, url, secret, key_id));
+                hooks.len() - 1
+            }
+        };
+        let Some((webhook_id, url, secret, secret_key_id)) = hooks.get(i) else {
+            continue;
+        };
+        out.push(Claimed {
+            seq: row.seq,
+            webhook_id: *webhook_id,
+            url: url.clone(),
+            secret: secret.clone(),
+            secret_key_id: secret_key_id.clone(),
+            event_id: row.event_id,
+            body: row.body,
+            attempts: row.attempts,
+        });
     }
     out.sort_by_key(|d| d.seq);
     Ok(out)
@@ -278,16 +303,57 @@ impl Outbox for Sqlite {
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Claimed>, MetaError> {
-        self.write(move |c| claim(c, &holder, now, until, limit))
+        // Lazy: a lease lost in a power cut only lets the delivery be claimed again.
+        self.write_lazy(move |c| claim(c, &holder, now, until, limit))
             .await
     }
 
     async fn prune_settled(&self, before: Timestamp) -> Result<usize, MetaError> {
         self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM webhook_deliveries
+                     WHERE next_attempt_at IS NULL AND created_at < ?1",
+                )?
+                .execute([before])?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn prune_retired(&self) -> Result<usize, MetaError> {
+        self.write(move |c| c.prepare_cached(PRUNE_RETIRED)?.execute([]))
+            .await
+    }
+
+    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError> {
+        self.read(move |c| {
             c.prepare_cached(
-                "DELETE FROM webhook_deliveries WHERE next_attempt_at IS NULL AND created_at < ?1",
+                "SELECT id, secret, secret_key_id FROM webhooks
+                 WHERE secret_key_id IS NOT NULL ORDER BY id",
             )?
-            .execute([before])
+            .query_map([], |r| {
+                Ok(SealedSecret {
+                    id: r.get(0)?,
+                    secret: r.get(1)?,
+                    key_id: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_secret(&self, old: SealedSecret, new: SealedSecret) -> Result<bool, MetaError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE webhooks SET secret = ?2, secret_key_id = ?3
+                 WHERE id = ?1 AND secret = ?4 AND secret_key_id = ?5",
+            )?
+            .execute(params![
+                old.id, new.secret, new.key_id, old.secret, old.key_id
+            ])? == 1)
         })
         .await
     }
@@ -298,12 +364,15 @@ impl Outbox for Sqlite {
         now: Timestamp,
         tries: Vec<(i64, Attempt)>,
     ) -> Result<Vec<bool>, MetaError> {
-        // One write for the lot: the single writer commits it with one fsync.
-        self.write(move |c| {
-            tries
+        // One write for the lot, lazy: a try whose record a power cut loses is made again (at
+        // least once, as promised), so it needs no fsync of its own.
+        self.write_lazy(move |c| {
+            let done = tries
                 .iter()
                 .map(|(seq, attempt)| finish(c, *seq, &holder, now, attempt))
-                .collect()
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(done)
         })
         .await
     }
@@ -315,8 +384,12 @@ impl Outbox for Sqlite {
         now: Timestamp,
         attempt: Attempt,
     ) -> Result<bool, MetaError> {
-        self.write(move |c| finish(c, seq, &holder, now, &attempt))
-            .await
+        self.write_lazy(move |c| {
+            let done = finish(c, seq, &holder, now, &attempt)?;
+            c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
+            Ok(done)
+        })
+        .await
     }
 }
 

@@ -134,6 +134,16 @@ impl Sqlite {
     {
         self.writer.write(f).await
     }
+
+    /// [`Sqlite::write`] for a write whose loss in a power cut is harmless (a webhook
+    /// delivery's lease or recorded try: the delivery is made again); see [`writer`].
+    pub(crate) async fn write_lazy<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer.write_lazy(f).await
+    }
 }
 
 impl Cluster for Sqlite {

@@ -8,6 +8,13 @@
 //! commit fails, every closure of the group gets the error. No caller learns "committed"
 //! before the commit is durable.
 //!
+//! A write may be queued as *lazy* ([`Writer::write_lazy`]): one whose loss in a power cut is
+//! harmless (a webhook delivery's lease or recorded try: lost, the delivery is simply made
+//! again, at least once as promised). A group made only of lazy writes commits with
+//! `synchronous = NORMAL`: no fsync of its own (in WAL mode its frames become durable with the
+//! next durable commit's fsync, which covers the whole log, in order). A group with any durable
+//! write is committed as always.
+//!
 //! Invariant: writes are serialised in-process (200 concurrent writers queue here instead of
 //! fighting for SQLite's lock, so none sees "database is locked"); `busy_timeout` covers the
 //! other processes that may write (the CLI).
@@ -35,8 +42,8 @@ struct Pending {
 type Job = Box<dyn FnOnce(Result<&Connection, MetaError>) -> Pending + Send>;
 
 enum Msg {
-    /// Runs in the group transaction.
-    Write(Job),
+    /// Runs in the group transaction; `true` = durable (see the module's documentation).
+    Write(Job, bool),
     /// Runs alone, outside any transaction (`PRAGMA wal_checkpoint`).
     Raw(Box<dyn FnOnce(&Connection) + Send>),
 }
@@ -57,8 +64,26 @@ impl Writer {
         Ok(Self { tx })
     }
 
-    /// Run `f` in a write transaction; `Ok` only once its group has committed.
+    /// Run `f` in a write transaction; `Ok` only once its group has committed durably.
     pub(super) async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.queue(f, true).await
+    }
+
+    /// [`Writer::write`] for a write whose loss in a power cut is harmless: `Ok` once its
+    /// group has committed, durably only if another write of the group needed it.
+    pub(super) async fn write_lazy<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.queue(f, false).await
+    }
+
+    async fn queue<T, F>(&self, f: F, durable: bool) -> Result<T, MetaError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
@@ -88,7 +113,7 @@ impl Writer {
             }
         });
         self.tx
-            .send(Msg::Write(job))
+            .send(Msg::Write(job, durable))
             .map_err(|_| MetaError::Closed)?;
         result.await.map_err(|_| MetaError::Closed)?
     }
@@ -114,14 +139,20 @@ impl Writer {
 fn commit_in_groups(conn: Connection, rx: mpsc::Receiver<Msg>) {
     // The writer is the only thread here; SQLite's own lock still guards against the CLI.
     let mut group = Vec::with_capacity(MAX_GROUP);
+    // Whether a write of the group must be durable; whether the connection is set lazy.
+    let mut durable = false;
+    let mut normal = false;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Write(job) => group.push(job),
+                Msg::Write(job, d) => {
+                    group.push(job);
+                    durable |= d;
+                }
                 Msg::Raw(job) => {
                     // Keep order: commit what is queued before it, then run it alone.
-                    commit_group(&conn, &mut group);
+                    commit_group(&conn, &mut group, std::mem::take(&mut durable), &mut normal);
                     job(&conn);
                 }
             }
@@ -129,14 +160,33 @@ fn commit_in_groups(conn: Connection, rx: mpsc::Receiver<Msg>) {
                 next = rx.try_recv().ok();
             }
         }
-        commit_group(&conn, &mut group);
+        commit_group(&conn, &mut group, std::mem::take(&mut durable), &mut normal);
     }
 }
 
-fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
+/// Commit a group: with `synchronous = FULL` if any write of it is durable, else `NORMAL`
+/// (`normal` tracks the connection's setting, switched only when it must change).
+fn commit_group(conn: &Connection, group: &mut Vec<Job>, durable: bool, normal: &mut bool) {
     if group.is_empty() {
         return;
     }
+    if durable && *normal {
+        // Never commit a durable write under the lazy setting: fail the group instead.
+        if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL") {
+            let err = classify(e);
+            for job in group.drain(..) {
+                job(Err(err_copy(&err)));
+            }
+            return;
+        }
+        *normal = false;
+    } else if !durable && !*normal && conn.execute_batch("PRAGMA synchronous = NORMAL").is_ok() {
+        *normal = true;
+    }
+    commit_jobs(conn, group);
+}
+
+fn commit_jobs(conn: &Connection, group: &mut Vec<Job>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = classify(e);
         for job in group.drain(..) {
@@ -206,5 +256,51 @@ fn err_copy(e: &MetaError) -> MetaError {
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
             Some(other.to_string()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(c: &Connection) -> rusqlite::Result<i64> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+    }
+
+    /// A group of lazy writes only commits with `synchronous = NORMAL`; any durable write
+    /// brings `FULL` back before its group commits, and both kinds are committed.
+    #[tokio::test]
+    async fn lazy_groups_skip_the_fsync_and_durable_ones_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("PRAGMA synchronous = FULL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        let w = Writer::start(conn).unwrap();
+        w.write_lazy(|c| c.execute("INSERT INTO t VALUES (1)", []))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.raw(synchronous).await.unwrap(),
+            1,
+            "NORMAL after a lazy group"
+        );
+        w.write(|c| {
+            // Inside the durable group, already switched back.
+            assert_eq!(synchronous(c)?, 2);
+            c.execute("INSERT INTO t VALUES (2)", [])
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            w.raw(synchronous).await.unwrap(),
+            2,
+            "FULL after a durable group"
+        );
+        let n: i64 = w
+            .raw(|c| c.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
     }
 }
