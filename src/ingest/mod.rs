@@ -276,6 +276,8 @@ impl Drop for Outcome {
 pub(crate) struct Staged {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
+    /// Whether the stored bytes are exactly the received ones (no metadata was stripped).
+    unchanged: bool,
     scanned: Scanned,
     reservation: Reservation,
     outcome: Outcome,
@@ -293,17 +295,20 @@ impl Ingest {
 
     /// [`Ingest::stage`] for an upload whose id and quota were settled beforehand (a
     /// resumable upload: its id is announced at creation, its whole length reserved then).
+    /// `writer`, when given, takes the stored bytes instead of a new blob for the file (a
+    /// resumable upload whose bytes are already stored checks them by reading them back).
     pub(crate) async fn stage_reserved<S>(
         &self,
         up: Upload,
         id: FileId,
         reservation: Reservation,
+        writer: Option<Box<dyn BlobWriter>>,
         body: S,
     ) -> Result<Staged, IngestError>
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        stage(self, up, Some((id, reservation)), body).await
+        stage(self, up, Some((id, reservation, writer)), body).await
     }
 
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
@@ -331,10 +336,14 @@ impl Ingest {
     }
 }
 
+/// An upload's id and quota settled beforehand, and the writer for its bytes if not a new
+/// blob.
+type Settled = (FileId, Reservation, Option<Box<dyn BlobWriter>>);
+
 async fn stage<S>(
     state: &Ingest,
     up: Upload,
-    pre: Option<(FileId, Reservation)>,
+    pre: Option<Settled>,
     body: S,
 ) -> Result<Staged, IngestError>
 where
@@ -357,11 +366,13 @@ where
         Ok(Received {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
         }) => Ok(Staged {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
             outcome,
@@ -381,6 +392,7 @@ where
 struct Received {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
+    unchanged: bool,
     scanned: Scanned,
     reservation: Reservation,
 }
@@ -388,7 +400,7 @@ struct Received {
 async fn receive<S>(
     state: &Ingest,
     up: &Upload,
-    pre: Option<(FileId, Reservation)>,
+    pre: Option<Settled>,
     mut body: S,
     outcome: &mut Outcome,
 ) -> Result<Received, IngestError>
@@ -400,7 +412,7 @@ where
 
     // The id and blob key first: the reservation names them, so a sweeper can clean up after
     // this node if it dies mid-upload.
-    let (id, mut reservation) = match pre {
+    let (id, mut reservation, given) = match pre {
         Some(pre) => pre,
         None => {
             let id = FileId::new();
@@ -417,7 +429,7 @@ where
                     up.grant.as_ref().map(|g| g.id),
                 )
                 .await?;
-            (id, reservation)
+            (id, reservation, None)
         }
     };
     let key = BlobKey::for_file(id, state.keyring.enabled());
@@ -456,13 +468,18 @@ where
 
         let checks = Checks::for_type(&state.safety, &content_type);
         let expected = up.grant.as_ref().and_then(|g| g.sha256.clone());
+        // Bytes stored already need to be known unchanged (hashed as received too) when
+        // stripping may change them.
+        let may_rewrite = checks.may_rewrite();
+        let given_bytes = given.is_some();
         let mut sink = Sink::open(
             state,
             id,
             &key,
+            given,
             rule == Rule::Text,
             checks,
-            expected.is_some(),
+            expected.is_some() || (given_bytes && may_rewrite),
         )
         .await?;
         sink.feed(head.freeze()).await?;
@@ -489,6 +506,7 @@ where
         if let Some(staging) = &done.staged_late {
             reservation.staged(staging.clone()).await?;
         }
+        let unchanged = !may_rewrite || done.received_sha256.as_deref() == Some(&done.sha256);
         let stored = StoredFile {
             file: FileObject {
                 id,
@@ -505,13 +523,14 @@ where
             blob_key: key.as_str().to_owned(),
             sealing: done.sealing,
         };
-        Ok::<_, IngestError>((done.writer, stored, done.scanned))
+        Ok::<_, IngestError>((done.writer, stored, unchanged, done.scanned))
     }
     .await;
     match filled {
-        Ok((writer, stored, scanned)) => Ok(Received {
+        Ok((writer, stored, unchanged, scanned)) => Ok(Received {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
         }),
@@ -607,13 +626,17 @@ impl Sink {
         state: &Ingest,
         id: FileId,
         key: &BlobKey,
+        given: Option<Box<dyn BlobWriter>>,
         text: bool,
         checks: Checks,
         hash_received: bool,
     ) -> Result<Self, IngestError> {
         // The scanner first: without it (and without `scan.fail_open`) no blob is started.
         let scan = Scan::start(&state.safety).await?;
-        let writer = state.blobs.put(key).await?;
+        let writer = match given {
+            Some(w) => w,
+            None => state.blobs.put(key).await?,
+        };
         let data_key = state.keyring.enabled().then(DataKey::generate);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
@@ -816,6 +839,24 @@ impl Pipeline {
 }
 
 impl Staged {
+    /// Whether the stored bytes are the received ones (no metadata was stripped).
+    pub(crate) fn unchanged(&self) -> bool {
+        self.unchanged
+    }
+
+    /// The file's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.stored.file.size
+    }
+
+    /// Give the staged bytes up but keep the quota reservation (and record nothing): the
+    /// caller stages the same upload again with it.
+    pub(crate) fn into_reservation(mut self) -> Reservation {
+        self.outcome.done = true;
+        // Moved out: `Staged` has no `Drop` of its own.
+        self.reservation
+    }
+
     /// Give the upload up (the request failed after its file was received): its staged blob
     /// is dropped, its quota and any grant use released before the caller answers, and the
     /// refusal audited with `e`'s reason.

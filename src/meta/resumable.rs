@@ -109,8 +109,13 @@ pub struct Append {
     pub holder: String,
     /// The chunk; its `start` must be the current offset.
     pub chunk: Chunk,
+    /// Whether the bytes extend the upload's chunk with the same blob (written in place, so
+    /// one blob holds the whole upload) rather than a chunk of their own.
+    pub grow: bool,
     /// The chunk writer's own (zero-byte) reservation, ended here.
-    pub chunk_reservation: UploadId,
+    pub chunk_reservation: Option<UploadId>,
+    /// Give the lock up in the same transaction (the request is done with the upload).
+    pub unlock: bool,
     /// The upload's new expiry.
     pub expires_at: Timestamp,
 }
@@ -154,8 +159,9 @@ pub trait Resumables: Send + Sync {
     /// Give the lock up, if `holder` still has it.
     async fn unlock(&self, id: FileId, holder: String) -> Result<(), MetaError>;
 
-    /// Record a durable chunk and move the offset past it, while `holder` holds the lock and
-    /// the offset is the chunk's start; `false` otherwise (the caller deletes the blob).
+    /// Record a durable chunk (or extend the growing one) and move the offset past it, while
+    /// `holder` holds the lock and the offset is the chunk's start; `false` otherwise (the
+    /// caller deletes the blob, or cuts the growing one back).
     async fn append(&self, a: Append) -> Result<bool, MetaError>;
 
     /// The upload's chunks, in order.

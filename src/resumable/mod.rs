@@ -3,11 +3,15 @@
 //! upload, the type check on the first bytes, the commit through the single-shot pipeline
 //! (`ingest`), termination and expiry.
 //!
-//! Invariant: an upload's offset counts only durable bytes. A PATCH writes its bytes to a
-//! chunk blob of its own (sealed under its own data key when encryption is on, so no
-//! plaintext of an unfinished upload is ever at rest), commits the blob, then moves the offset
-//! and records the chunk in one transaction, while it holds the upload's lock (a lease in the
-//! database, so it holds across nodes and expires with a dead node). Bytes that are refused
+//! Invariant: an upload's offset counts only durable bytes. A PATCH appends its bytes to the
+//! upload's one growing chunk blob in place (the local filesystem, encryption off), or writes
+//! them to a chunk blob of its own (S3; sealed under its own data key when encryption is on,
+//! so no plaintext of an unfinished upload is ever at rest); it makes them durable, then
+//! moves the offset and records the chunk in one transaction, while it holds the upload's
+//! lock (a lease in the database, so it holds across nodes and expires with a dead node).
+//! A growing chunk becomes the file's blob without a copy: the last PATCH reads it back
+//! through the pipeline's checks and, when they store the bytes unchanged, links it under
+//! the file's key. Bytes that are refused
 //! (a checksum mismatch, an interrupted PATCH with a checksum, a body that would pass the
 //! length) never reach a committed blob. Whatever ends an upload (the final commit, DELETE,
 //! a refused type, expiry) removes its rows, queues its chunk blobs for deletion and releases
@@ -260,7 +264,16 @@ impl Resumable {
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        let up = Upload {
+        let reservation = self.reservation_for(c, id, length).await?;
+        let staged = self
+            .ingest
+            .stage_reserved(self.upload_of(c, length), id, reservation, None, body)
+            .await?;
+        Ok(staged.commit(&self.ingest).await?)
+    }
+
+    fn upload_of(&self, c: &Creation, length: u64) -> Upload {
+        Upload {
             owner: c.owner,
             client_ip: c.client_ip,
             raw_name: c.filename.clone(),
@@ -268,8 +281,18 @@ impl Resumable {
             length_hint: Some(length),
             exact_length: true,
             grant: c.grant.clone(),
-        };
-        let reservation = if length == 0 {
+        }
+    }
+
+    /// The quota reservation of the file `id`: the upload's (held since creation), or for
+    /// an empty upload a new one.
+    async fn reservation_for(
+        &self,
+        c: &Creation,
+        id: FileId,
+        length: u64,
+    ) -> Result<crate::ingest::quota::Reservation, ResumableError> {
+        Ok(if length == 0 {
             let key = BlobKey::for_file(id, self.keyring.enabled());
             self.ingest
                 .quota
@@ -285,12 +308,52 @@ impl Resumable {
                 .map_err(IngestError::from)?
         } else {
             self.ingest.quota.adopt(reservation_of(id), length)
-        };
+        })
+    }
+
+    /// Commit a growing chunk that holds the whole upload as the file `id`: its bytes read
+    /// back through the pipeline's checks (type, content safety, clamd, the grant's sha256,
+    /// sha256), then the blob linked under the file's key. When the checks store other
+    /// bytes (metadata stripped), the file is written from the read-back bytes instead.
+    async fn commit_in_place(
+        &self,
+        c: &Creation,
+        id: FileId,
+        length: u64,
+        staging: BlobKey,
+    ) -> Result<FileObject, ResumableError> {
+        let reservation = self.reservation_for(c, id, length).await?;
+        let file_key = BlobKey::for_file(id, false);
+        let link = Box::new(LinkWriter {
+            blobs: self.blobs.clone(),
+            from: staging.clone(),
+            to: file_key,
+        });
+        let body = self.staged_bytes(&staging, length).await?;
         let staged = self
             .ingest
-            .stage_reserved(up, id, reservation, body)
+            .stage_reserved(self.upload_of(c, length), id, reservation, Some(link), body)
+            .await?;
+        if staged.unchanged() && staged.size() == length {
+            return Ok(staged.commit(&self.ingest).await?);
+        }
+        let reservation = staged.into_reservation();
+        let body = self.staged_bytes(&staging, length).await?;
+        let staged = self
+            .ingest
+            .stage_reserved(self.upload_of(c, length), id, reservation, None, body)
             .await?;
         Ok(staged.commit(&self.ingest).await?)
+    }
+
+    /// The first `length` bytes of a plain staged blob.
+    async fn staged_bytes(
+        &self,
+        key: &BlobKey,
+        length: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, ResumableError> {
+        let s = self.blobs.get_range(key, 0, length).await?;
+        Ok(s.map(|r| r.map_err(IngestError::Blob)).boxed())
     }
 
     /// Commit a finished upload: its chunks, in order and decrypted, through the pipeline;
@@ -303,7 +366,6 @@ impl Resumable {
         grant: Option<Grant>,
     ) -> Result<FileObject, ResumableError> {
         let chunks = self.meta.resumables().chunks(up.id).await?;
-        let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
         let c = Creation {
             owner: up.owner,
             client_ip,
@@ -313,11 +375,68 @@ impl Resumable {
             file_expires_at: up.file_expires_at,
             grant,
         };
-        let result = self.commit_stream(&c, up.id, up.length, body).await;
+        let in_place = match chunks.as_slice() {
+            [ch] if ch.start == 0 && ch.len == up.length && ch.sealing.is_none() => {
+                self.whole_growing_chunk(&ch.blob_key, up.length).await
+            }
+            _ => None,
+        };
+        let result = match in_place {
+            Some(staging) => self.commit_in_place(&c, up.id, up.length, staging).await,
+            None => {
+                let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
+                self.commit_stream(&c, up.id, up.length, body).await
+            }
+        };
         // Committed or refused, the upload is over: rows out, chunks queued for deletion
         // (the reservation ended with the file's row, or was released by the pipeline).
         self.remove(up.id).await?;
         result
+    }
+}
+
+impl Resumable {
+    /// The growing chunk's key, when it can become the file's blob as it is: plain (and
+    /// encryption off, so the file is stored plain), and exactly the upload's bytes (nothing
+    /// a failed PATCH left after them).
+    async fn whole_growing_chunk(&self, blob_key: &str, length: u64) -> Option<BlobKey> {
+        if self.keyring.enabled() {
+            return None;
+        }
+        let key = BlobKey::parse(blob_key)?;
+        if key.file_id().is_none() || key.as_str().ends_with(".s") {
+            return None;
+        }
+        match self.blobs.stat(&key).await {
+            Ok(n) if n == length => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Takes the stored bytes of a growing chunk that are already where they belong: counts
+/// nothing, writes nothing, and at commit gives the chunk the file's key (a hard link; the
+/// chunk's own name is deleted with the upload).
+struct LinkWriter {
+    blobs: BlobStore,
+    from: BlobKey,
+    to: BlobKey,
+}
+
+impl crate::blob::BlobWriter for LinkWriter {
+    fn write<'a>(
+        &'a mut self,
+        _buf: &'a [u8],
+    ) -> crate::blob::BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn staging_id(&self) -> Option<String> {
+        None
+    }
+
+    fn commit(self: Box<Self>) -> crate::blob::BoxFuture<'static, Result<(), BlobError>> {
+        Box::pin(async move { self.blobs.link(&self.from, &self.to).await })
     }
 }
 

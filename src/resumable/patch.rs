@@ -1,10 +1,20 @@
-//! One PATCH: take the upload's lock, stream the body into a chunk blob (checksummed, sealed
-//! when encryption is on), check the type once the first bytes are there, commit the chunk
-//! and move the offset, and commit the file when the last byte arrived.
+//! One PATCH: take the upload's lock, stream the body into the upload's staging (checksummed,
+//! sealed when encryption is on), check the type once the first bytes are there, make the
+//! bytes durable and move the offset, and commit the file when the last byte arrived.
+//!
+//! The staging is one of two kinds. Where the blob store can append in place (the local
+//! filesystem) and nothing is sealed, every PATCH appends to one blob, the upload's growing
+//! chunk, so each byte is written once: the last PATCH only reads it back through the checks
+//! and gives it the file's name (a hard link). Otherwise (S3, encryption at rest) each PATCH
+//! writes a chunk blob of its own, sealed under its own data key, and the last PATCH streams
+//! them all through the pipeline into the file's blob.
 //!
 //! Invariant: the lock is given up on every exit (a guard, also when the task is dropped);
-//! a chunk that is not committed leaves nothing (its writer's drop discards it, and its
-//! zero-byte reservation names what a crash left staged, for the sweeper).
+//! bytes that are not committed leave nothing: a chunk writer's drop discards its blob (and
+//! its zero-byte reservation names what a crash left staged, for the sweeper); an appending
+//! writer's drop cuts the growing chunk back to its durable length, and the next PATCH cuts
+//! whatever a crash left past it before appending. The growing chunk is held by one writer
+//! at a time (a lock on the blob itself, besides the upload's lease).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -103,6 +113,10 @@ struct LockGuard {
 
 impl LockGuard {
     async fn release(mut self) {
+        if self.released {
+            // Given up already, with the PATCH's last write.
+            return;
+        }
         self.released = true;
         let holder = std::mem::take(&mut self.holder);
         if let Err(e) = self.meta.resumables().unlock(self.id, holder).await {
@@ -140,8 +154,8 @@ impl Resumable {
     {
         let this = self.clone();
         tokio::spawn(async move {
-            let (up, guard) = this.lock(&p).await?;
-            let result = this.patch_locked(p, up, &guard, body).await;
+            let (up, mut guard) = this.lock(&p).await?;
+            let result = this.patch_locked(p, up, &mut guard, body).await;
             guard.release().await;
             result
         })
@@ -181,7 +195,7 @@ impl Resumable {
         &self,
         p: Patch,
         up: ResumableUpload,
-        guard: &LockGuard,
+        guard: &mut LockGuard,
         mut body: S,
     ) -> Result<Progress, ResumableError>
     where
@@ -197,7 +211,10 @@ impl Resumable {
         if p.length_hint.is_some_and(|n| n > room) {
             return Err(ResumableError::PastLength);
         }
-        let mut chunk = self.open_chunk(&up).await?;
+        let mut chunk = match self.open_in_place(&up).await? {
+            Some(c) => c,
+            None => self.open_chunk(&up).await?,
+        };
         chunk.hasher = p.checksum.as_ref().map(|c| Hasher::new(c.algorithm));
         let need = (SNIFF_LEN as u64).min(up.length);
         let mut head = BytesMut::new();
@@ -229,14 +246,16 @@ impl Resumable {
             let staging = chunk.writer.staging_id();
             if staging.is_some() && staging != staged {
                 staged.clone_from(&staging);
-                if let Some(s) = staging {
-                    chunk.reservation.staged(s).await?;
+                if let (Some(s), Some(r)) = (staging, &mut chunk.reservation) {
+                    r.staged(s).await?;
                 }
             }
             if renewed.elapsed() > self.lease() / 4 {
                 renewed = Instant::now();
                 self.renew(&p, guard).await?;
-                chunk.reservation.touch().await;
+                if let Some(r) = &mut chunk.reservation {
+                    r.touch().await;
+                }
             }
         }
         if let Some(e) = aborted {
@@ -257,7 +276,11 @@ impl Resumable {
             self.check_type(&up, head).await?;
         }
         if chunk.len > 0 {
-            self.append(&up, guard, chunk).await?;
+            // An unfinished upload's PATCH gives its lock up with its last write; the last
+            // one keeps it until the file is committed.
+            let unlock = new_offset < up.length;
+            self.append(&up, guard, chunk, unlock).await?;
+            guard.released = unlock;
         }
         if new_offset == up.length {
             let done = ResumableUpload {
@@ -321,6 +344,51 @@ impl Resumable {
         Ok(())
     }
 
+    /// The writer that appends to the upload's growing chunk, when its bytes can be staged
+    /// in place: the store appends, nothing is sealed, and every durable byte so far is in
+    /// that chunk (the first PATCH starts it).
+    async fn open_in_place(
+        &self,
+        up: &ResumableUpload,
+    ) -> Result<Option<ChunkWriter>, ResumableError> {
+        if self.keyring.enabled() {
+            return Ok(None);
+        }
+        let key = if up.offset == 0 {
+            BlobKey::for_file(FileId::new(), false)
+        } else {
+            let chunks = self.meta.resumables().chunks(up.id).await?;
+            match chunks.as_slice() {
+                [c] if c.start == 0 && c.len == up.offset && c.sealing.is_none() => {
+                    match BlobKey::parse(&c.blob_key) {
+                        Some(k) if k.file_id().is_some() && !k.as_str().ends_with(".s") => k,
+                        _ => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            }
+        };
+        let writer = match self.blobs.append(&key, up.offset).await {
+            Ok(Some(w)) => w,
+            Ok(None) => return Ok(None),
+            Err(crate::blob::BlobError::Busy) => return Err(ResumableError::Locked),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(ChunkWriter {
+            id: FileId::new(),
+            key,
+            writer,
+            sealer: None,
+            data_key: None,
+            hasher: None,
+            pending: Vec::new(),
+            pending_len: 0,
+            len: 0,
+            reservation: None,
+            grow: true,
+        }))
+    }
+
     async fn open_chunk(&self, up: &ResumableUpload) -> Result<ChunkWriter, ResumableError> {
         let id = FileId::new();
         let sealed = self.keyring.enabled();
@@ -345,7 +413,8 @@ impl Resumable {
             pending: Vec::new(),
             pending_len: 0,
             len: 0,
-            reservation,
+            reservation: Some(reservation),
+            grow: false,
         })
     }
 
@@ -354,9 +423,11 @@ impl Resumable {
         up: &ResumableUpload,
         guard: &LockGuard,
         chunk: ChunkWriter,
+        unlock: bool,
     ) -> Result<(), ResumableError> {
         let start = up.offset;
-        let (key, reservation_id, len, sealing, reservation) = chunk.commit(&self.keyring).await?;
+        let grow = chunk.grow;
+        let (key, len, sealing, reservation) = chunk.commit(&self.keyring).await?;
         let appended = self
             .meta
             .resumables()
@@ -369,21 +440,31 @@ impl Resumable {
                     blob_key: key.as_str().to_owned(),
                     sealing,
                 },
-                chunk_reservation: reservation_id,
+                grow,
+                chunk_reservation: reservation.as_ref().map(|r| r.id()),
+                unlock,
                 expires_at: self.expiry(Timestamp::now()),
             })
             .await;
+        // The growing chunk holds earlier PATCHes' durable bytes: never deleted here (what
+        // this PATCH wrote past them is cut off by the next one).
         match appended {
             Ok(true) => {
-                reservation.settle();
+                if let Some(r) = reservation {
+                    r.settle();
+                }
                 Ok(())
             }
             Ok(false) => {
-                let _ = self.blobs.delete(&key).await;
+                if !grow {
+                    let _ = self.blobs.delete(&key).await;
+                }
                 Err(ResumableError::Locked)
             }
             Err(e) => {
-                let _ = self.blobs.delete(&key).await;
+                if !grow {
+                    let _ = self.blobs.delete(&key).await;
+                }
                 Err(e.into())
             }
         }
@@ -402,17 +483,20 @@ struct ChunkWriter {
     /// Received bytes not yet hashed, sealed and written.
     pending: Vec<Bytes>,
     pending_len: usize,
-    /// Plaintext bytes so far.
+    /// Plaintext bytes so far (this PATCH's).
     len: u64,
-    reservation: crate::ingest::quota::Reservation,
+    /// A chunk of its own names its blob in a zero-byte reservation; the growing chunk has
+    /// none (its row holds it from its first durable byte on).
+    reservation: Option<crate::ingest::quota::Reservation>,
+    /// Whether this is the growing chunk (appended in place).
+    grow: bool,
 }
 
 type Committed = (
     BlobKey,
-    UploadId,
     u64,
     Option<crate::crypto::Sealing>,
-    crate::ingest::quota::Reservation,
+    Option<crate::ingest::quota::Reservation>,
 );
 
 /// Bytes hashed and sealed at once, on the blocking pool (as the single-shot pipeline does:
@@ -437,6 +521,13 @@ impl ChunkWriter {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
+        if self.hasher.is_none() && self.sealer.is_none() {
+            // Nothing to compute: no hand-off to the blocking pool.
+            for b in &batch {
+                self.writer.write(b).await?;
+            }
+            return Ok(());
+        }
         let (mut hasher, mut sealer) = (self.hasher.take(), self.sealer.take());
         let work = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(batch.len());
@@ -481,12 +572,6 @@ impl ChunkWriter {
             _ => None,
         };
         self.writer.commit().await?;
-        Ok((
-            self.key,
-            self.reservation.id(),
-            self.len,
-            sealing,
-            self.reservation,
-        ))
+        Ok((self.key, self.len, sealing, self.reservation))
     }
 }

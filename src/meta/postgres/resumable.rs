@@ -110,7 +110,9 @@ async fn append(t: &Tx<'_>, a: &Append) -> PgResult<bool> {
     let ch = &a.chunk;
     let n = t
         .execute(
-            "UPDATE resumable_uploads SET upload_offset = upload_offset + $3, expires_at = $4
+            "UPDATE resumable_uploads SET upload_offset = upload_offset + $3, expires_at = $4,
+                 lock_holder = CASE WHEN $6 THEN NULL ELSE lock_holder END,
+                 lock_until = CASE WHEN $6 THEN NULL ELSE lock_until END
              WHERE id = $1 AND lock_holder = $2 AND upload_offset = $5
                AND upload_offset + $3 <= length",
             &[
@@ -119,31 +121,41 @@ async fn append(t: &Tx<'_>, a: &Append) -> PgResult<bool> {
                 &as_i64(ch.len),
                 &a.expires_at,
                 &as_i64(ch.start),
+                &a.unlock,
             ],
         )
         .await?;
     if n != 1 {
         return Ok(false);
     }
-    t.execute(
-        "INSERT INTO resumable_chunks
-             (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &a.id,
-            &as_i64(ch.start),
-            &as_i64(ch.len),
-            &ch.blob_key,
-            &ch.sealing.as_ref().map(|s| s.key_id.clone()),
-            &ch.sealing.as_ref().map(|s| s.wrapped_key.clone()),
-        ],
-    )
-    .await?;
-    t.execute(
-        "DELETE FROM upload_reservations WHERE id = $1",
-        &[&a.chunk_reservation],
-    )
-    .await?;
+    let grown = a.grow
+        && t.execute(
+            "UPDATE resumable_chunks SET length = length + $3
+             WHERE upload_id = $1 AND blob_key = $2",
+            &[&a.id, &ch.blob_key, &as_i64(ch.len)],
+        )
+        .await?
+            == 1;
+    if !grown {
+        t.execute(
+            "INSERT INTO resumable_chunks
+                 (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &a.id,
+                &as_i64(ch.start),
+                &as_i64(ch.len),
+                &ch.blob_key,
+                &ch.sealing.as_ref().map(|s| s.key_id.clone()),
+                &ch.sealing.as_ref().map(|s| s.wrapped_key.clone()),
+            ],
+        )
+        .await?;
+    }
+    if let Some(r) = &a.chunk_reservation {
+        t.execute("DELETE FROM upload_reservations WHERE id = $1", &[r])
+            .await?;
+    }
     t.execute(
         "UPDATE upload_reservations SET touched_at = $2 WHERE id = $1",
         &[&reservation_of(a.id), &a.expires_at],

@@ -117,7 +117,9 @@ fn append(c: &Connection, a: &Append) -> rusqlite::Result<bool> {
     let ch = &a.chunk;
     let n = c
         .prepare_cached(
-            "UPDATE resumable_uploads SET upload_offset = upload_offset + ?3, expires_at = ?4
+            "UPDATE resumable_uploads SET upload_offset = upload_offset + ?3, expires_at = ?4,
+                 lock_holder = CASE WHEN ?6 THEN NULL ELSE lock_holder END,
+                 lock_until = CASE WHEN ?6 THEN NULL ELSE lock_until END
              WHERE id = ?1 AND lock_holder = ?2 AND upload_offset = ?5
                AND upload_offset + ?3 <= length",
         )?
@@ -126,26 +128,38 @@ fn append(c: &Connection, a: &Append) -> rusqlite::Result<bool> {
             a.holder,
             as_i64(ch.len),
             a.expires_at,
-            as_i64(ch.start)
+            as_i64(ch.start),
+            a.unlock
         ])?;
     if n != 1 {
         return Ok(false);
     }
-    c.prepare_cached(
-        "INSERT INTO resumable_chunks
-             (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        a.id,
-        as_i64(ch.start),
-        as_i64(ch.len),
-        ch.blob_key,
-        ch.sealing.as_ref().map(|s| s.key_id.clone()),
-        ch.sealing.as_ref().map(|s| s.wrapped_key.clone()),
-    ])?;
-    c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
-        .execute([a.chunk_reservation])?;
+    let grown = a.grow
+        && c.prepare_cached(
+            "UPDATE resumable_chunks SET length = length + ?3
+             WHERE upload_id = ?1 AND blob_key = ?2",
+        )?
+        .execute(params![a.id, ch.blob_key, as_i64(ch.len)])?
+            == 1;
+    if !grown {
+        c.prepare_cached(
+            "INSERT INTO resumable_chunks
+                 (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            a.id,
+            as_i64(ch.start),
+            as_i64(ch.len),
+            ch.blob_key,
+            ch.sealing.as_ref().map(|s| s.key_id.clone()),
+            ch.sealing.as_ref().map(|s| s.wrapped_key.clone()),
+        ])?;
+    }
+    if let Some(r) = a.chunk_reservation {
+        c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
+            .execute([r])?;
+    }
     c.prepare_cached("UPDATE upload_reservations SET touched_at = ?2 WHERE id = ?1")?
         .execute(params![reservation_of(a.id), a.expires_at])?;
     Ok(true)
