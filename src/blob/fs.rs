@@ -289,6 +289,10 @@ impl BlobBackend for LocalFs {
         })
     }
 
+    fn can_link(&self) -> bool {
+        true
+    }
+
     fn link<'a>(
         &'a self,
         from: &'a BlobKey,

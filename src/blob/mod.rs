@@ -207,6 +207,10 @@ pub trait BlobBackend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<Box<dyn BlobWriter>>, BlobError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Whether [`BlobBackend::link`] works here.
+    fn can_link(&self) -> bool {
+        false
+    }
     /// Give the blob under `from` the second name `to`, durably (a hard link: no byte is
     /// copied; deleting either name leaves the other). Never replaces an existing `to`. Only
     /// where [`BlobBackend::append`] is supported.
@@ -278,6 +282,11 @@ impl BlobStore {
         at: u64,
     ) -> Result<Option<Box<dyn BlobWriter>>, BlobError> {
         self.backend.append(key, at).await
+    }
+
+    /// Whether a blob can have a second name ([`BlobBackend::link`]).
+    pub fn can_link(&self) -> bool {
+        self.backend.can_link()
     }
 
     /// A second name for a blob ([`BlobBackend::link`]).

@@ -396,11 +396,12 @@ impl Resumable {
 }
 
 impl Resumable {
-    /// The growing chunk's key, when it can become the file's blob as it is: plain (and
-    /// encryption off, so the file is stored plain), and exactly the upload's bytes (nothing
-    /// a failed PATCH left after them).
+    /// The key of the upload's only chunk (the growing one, or a chunk of its own), when it
+    /// can become the file's blob as it is: the store links blobs, the chunk is plain (and
+    /// encryption off, so the file is stored plain), and it holds exactly the upload's bytes
+    /// (nothing a failed PATCH left after them).
     async fn whole_growing_chunk(&self, blob_key: &str, length: u64) -> Option<BlobKey> {
-        if self.keyring.enabled() {
+        if self.keyring.enabled() || !self.blobs.can_link() {
             return None;
         }
         let key = BlobKey::parse(blob_key)?;

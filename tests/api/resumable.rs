@@ -1105,3 +1105,125 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
     let (code, out) = app.run_cli(&["check", "--deep"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// After the purge of a finished upload's staging: nothing queued, no chunk row, and the
+/// store holds exactly the files named (by id), each blob with the given bytes.
+async fn store_holds_exactly(app: &TestApp, files: &[(&str, &[u8])]) {
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(
+        app.blob_files().len(),
+        files.len(),
+        "{:?}",
+        app.blob_files()
+    );
+    for (id, bytes) in files {
+        assert!(
+            app.read_blob(&app.blob_of(id)) == *bytes,
+            "the blob of {id}"
+        );
+    }
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn bytes_a_refused_or_broken_off_patch_left_are_cut_off_and_the_file_is_exact() {
+    // On the local store every PATCH appends to one staged blob in place: what a refused
+    // PATCH (wrong checksum) or a broken-off one wrote past the durable offset must never
+    // reach the file.
+    let app = TestApp::spawn().await;
+    let u = app.user("patchy").await;
+    let file = png(3_000_000);
+    let loc = created(&app, &u, "patchy.png", file.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, file[..1_000_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    // 1 MB of other bytes under a checksum of the right ones: 460, nothing counts.
+    let wrong = crate::helpers::fixtures::noise(1_000_000, 7);
+    let sum = STANDARD.encode(Sha256::digest(&file[1_000_000..2_000_000]));
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        1_000_000,
+        wrong,
+        &[("upload-checksum", &format!("sha256 {sum}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 460);
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "1000000".to_owned()));
+    // A PATCH broken off mid-body, without a checksum: what arrived counts.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "1000000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[1_000_000..1_400_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    let _ = sent.await;
+    let mut off = 0;
+    for _ in 0..50 {
+        // The lock is given up once the broken-off PATCH's bytes are durable.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = patch(&app, &u, &loc, 0, Vec::new(), &[]).await;
+        if r.status() == 409 {
+            off = offset_of(&app, &u, &loc).await.1.parse().unwrap();
+            break;
+        }
+    }
+    assert!((1_000_000..=1_400_000).contains(&off), "{off}");
+    let r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&file));
+    assert_eq!(f["size"], file.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == file);
+    store_holds_exactly(&app, &[(&fid, &file)]).await;
+    assert_eq!(reserved(&app).await, 0);
+}
+
+#[tokio::test]
+async fn an_image_whose_metadata_is_stripped_is_stored_stripped_through_tus() {
+    // The staged bytes cannot become the file as they are when stripping changes them: the
+    // file is the stripped image, exactly as a single-shot upload of it stores it.
+    let app = TestApp::spawn().await;
+    let u = app.user("stripper").await;
+    let (jpeg, clean) = crate::helpers::images::jpeg_with_metadata(1);
+    assert!(clean.len() < jpeg.len());
+    let loc = created(&app, &u, "photo.jpg", jpeg.len() as u64).await;
+    let half = jpeg.len() / 2;
+    let r = patch(&app, &u, &loc, 0, jpeg[..half].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let r = patch(&app, &u, &loc, half as u64, jpeg[half..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    let single = app.stored(&u.token, "photo.jpg", jpeg.clone()).await;
+    assert_eq!(f["sha256"], sha256_hex(&clean));
+    assert_eq!(f["sha256"], single["sha256"]);
+    assert_eq!(f["size"], clean.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == clean);
+    let sid = single["id"].as_str().unwrap().to_owned();
+    store_holds_exactly(&app, &[(&fid, &clean), (&sid, &clean)]).await;
+}
