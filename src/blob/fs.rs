@@ -694,7 +694,7 @@ impl BlobWriter for FsWriter {
             let name = self.name.clone();
             let fs = self.fs.clone();
             if let Some(a) = &self.append {
-                let created = a.created;
+                let created = a.created || a.at == 0;
                 blocking::run(move || -> Result<(), BlobError> {
                     file.sync_data().map_err(BlobError::from_io)?;
                     if created {
@@ -741,7 +741,7 @@ impl Drop for FsWriter {
     fn drop(&mut self) {
         if let (false, Some(a)) = (self.done, &self.append) {
             // Aborted: only the bytes that were durable before stay (none of a new blob).
-            let gone = if a.created && a.at == 0 {
+            let gone = if a.at == 0 {
                 self.fs.shard(&self.key, false).and_then(|dir| {
                     rustix::fs::unlinkat(&dir, self.key.parts().2, AtFlags::empty()).map_err(io)
                 })

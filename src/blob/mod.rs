@@ -198,7 +198,8 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// to `at`): bytes after `at` are cut off first, and the writer holds the blob exclusively
     /// until it is committed or dropped ([`BlobError::Busy`] while another writer holds it,
     /// in this process or another). Its `commit` makes the bytes durable in place; dropped
-    /// uncommitted, it cuts the blob back to `at` (removes it when `at` is 0). `None` when the
+    /// uncommitted, it cuts the blob back to `at` (removes it when `at` is 0: nothing of it was
+    /// durable). `None` when the
     /// backend cannot append in place (S3 objects are immutable).
     fn append(
         &self,

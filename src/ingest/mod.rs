@@ -295,20 +295,21 @@ impl Ingest {
 
     /// [`Ingest::stage`] for an upload whose id and quota were settled beforehand (a
     /// resumable upload: its id is announced at creation, its whole length reserved then).
-    /// `writer`, when given, takes the stored bytes instead of a new blob for the file (a
-    /// resumable upload whose bytes are already stored checks them by reading them back).
+    /// `stored`, when given, takes the stored bytes instead of a new blob for the file (a
+    /// resumable upload whose bytes are already stored, sealed as it says, checks them by
+    /// reading them back): nothing is sealed here.
     pub(crate) async fn stage_reserved<S>(
         &self,
         up: Upload,
         id: FileId,
         reservation: Reservation,
-        writer: Option<Box<dyn BlobWriter>>,
+        stored: Option<Given>,
         body: S,
     ) -> Result<Staged, IngestError>
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        stage(self, up, Some((id, reservation, writer)), body).await
+        stage(self, up, Some((id, reservation, stored)), body).await
     }
 
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
@@ -336,9 +337,12 @@ impl Ingest {
     }
 }
 
-/// An upload's id and quota settled beforehand, and the writer for its bytes if not a new
-/// blob.
-type Settled = (FileId, Reservation, Option<Box<dyn BlobWriter>>);
+/// Bytes stored already: the writer that takes them (and writes nothing), and how they are
+/// sealed.
+pub(crate) type Given = (Box<dyn BlobWriter>, Option<crate::crypto::Sealing>);
+
+/// An upload's id and quota settled beforehand, and its stored bytes if not a new blob.
+type Settled = (FileId, Reservation, Option<Given>);
 
 async fn stage<S>(
     state: &Ingest,
@@ -472,6 +476,10 @@ where
         // stripping may change them.
         let may_rewrite = checks.may_rewrite();
         let given_bytes = given.is_some();
+        let (given, given_sealing) = match given {
+            Some((w, sealing)) => (Some(w), sealing),
+            None => (None, None),
+        };
         let mut sink = Sink::open(
             state,
             id,
@@ -521,7 +529,11 @@ where
             },
             owner_id: up.owner,
             blob_key: key.as_str().to_owned(),
-            sealing: done.sealing,
+            sealing: if given_bytes {
+                given_sealing
+            } else {
+                done.sealing
+            },
         };
         Ok::<_, IngestError>((done.writer, stored, unchanged, done.scanned))
     }
@@ -633,11 +645,12 @@ impl Sink {
     ) -> Result<Self, IngestError> {
         // The scanner first: without it (and without `scan.fail_open`) no blob is started.
         let scan = Scan::start(&state.safety).await?;
+        let given_bytes = given.is_some();
         let writer = match given {
             Some(w) => w,
             None => state.blobs.put(key).await?,
         };
-        let data_key = state.keyring.enabled().then(DataKey::generate);
+        let data_key = (state.keyring.enabled() && !given_bytes).then(DataKey::generate);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
             checks,

@@ -312,8 +312,8 @@ impl Resumable {
     }
 
     /// Commit a growing chunk that holds the whole upload as the file `id`: its bytes read
-    /// back through the pipeline's checks (type, content safety, clamd, the grant's sha256,
-    /// sha256), then the blob linked under the file's key. When the checks store other
+    /// back (decrypted when sealed) through the pipeline's checks (type, content safety,
+    /// clamd, the grant's sha256, sha256), then the blob linked under the file's key. When the checks store other
     /// bytes (metadata stripped), the file is written from the read-back bytes instead.
     async fn commit_in_place(
         &self,
@@ -321,24 +321,35 @@ impl Resumable {
         id: FileId,
         length: u64,
         staging: BlobKey,
+        sealing: Option<crate::crypto::Sealing>,
     ) -> Result<FileObject, ResumableError> {
         let reservation = self.reservation_for(c, id, length).await?;
-        let file_key = BlobKey::for_file(id, false);
-        let link = Box::new(LinkWriter {
+        let file_key = BlobKey::for_file(id, sealing.is_some());
+        let link: Box<dyn crate::blob::BlobWriter> = Box::new(LinkWriter {
             blobs: self.blobs.clone(),
             from: staging.clone(),
             to: file_key,
         });
-        let body = self.staged_bytes(&staging, length).await?;
+        let body = self
+            .staged_bytes(id, &staging, length, sealing.as_ref())
+            .await?;
         let staged = self
             .ingest
-            .stage_reserved(self.upload_of(c, length), id, reservation, Some(link), body)
+            .stage_reserved(
+                self.upload_of(c, length),
+                id,
+                reservation,
+                Some((link, sealing.clone())),
+                body,
+            )
             .await?;
         if staged.unchanged() && staged.size() == length {
             return Ok(staged.commit(&self.ingest).await?);
         }
         let reservation = staged.into_reservation();
-        let body = self.staged_bytes(&staging, length).await?;
+        let body = self
+            .staged_bytes(id, &staging, length, sealing.as_ref())
+            .await?;
         let staged = self
             .ingest
             .stage_reserved(self.upload_of(c, length), id, reservation, None, body)
@@ -346,14 +357,25 @@ impl Resumable {
         Ok(staged.commit(&self.ingest).await?)
     }
 
-    /// The first `length` bytes of a plain staged blob.
+    /// The plaintext of a whole growing chunk (`length` bytes; sealed under the upload's
+    /// key and bound to its id, when `sealing`).
     async fn staged_bytes(
         &self,
+        upload: FileId,
         key: &BlobKey,
         length: u64,
+        sealing: Option<&crate::crypto::Sealing>,
     ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, ResumableError> {
-        let s = self.blobs.get_range(key, 0, length).await?;
-        Ok(s.map(|r| r.map_err(IngestError::Blob)).boxed())
+        let src = Source {
+            blob_key: key.as_str(),
+            file: upload,
+            size: length,
+            sealing,
+        };
+        let s = read::read(&self.blobs, &self.keyring, &src, 0, length)
+            .await
+            .map_err(from_read)?;
+        Ok(s.map(|r| r.map_err(from_read)).boxed())
     }
 
     /// Commit a finished upload: its chunks, in order and decrypted, through the pipeline;
@@ -376,15 +398,19 @@ impl Resumable {
             grant,
         };
         let in_place = match chunks.as_slice() {
-            [ch] if ch.start == 0 && ch.len == up.length && ch.sealing.is_none() => {
-                self.whole_growing_chunk(&ch.blob_key, up.length).await
+            [ch] if ch.start == 0 && ch.len == up.length => {
+                self.whole_growing_chunk(up.id, ch).await
             }
             _ => None,
         };
         let result = match in_place {
-            Some(staging) => self.commit_in_place(&c, up.id, up.length, staging).await,
+            Some(staging) => {
+                let sealing = chunks.into_iter().next().and_then(|ch| ch.sealing);
+                self.commit_in_place(&c, up.id, up.length, staging, sealing)
+                    .await
+            }
             None => {
-                let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
+                let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), up.id, chunks);
                 self.commit_stream(&c, up.id, up.length, body).await
             }
         };
@@ -400,16 +426,21 @@ impl Resumable {
     /// can become the file's blob as it is: the store links blobs, the chunk is plain (and
     /// encryption off, so the file is stored plain), and it holds exactly the upload's bytes
     /// (nothing a failed PATCH left after them).
-    async fn whole_growing_chunk(&self, blob_key: &str, length: u64) -> Option<BlobKey> {
-        if self.keyring.enabled() || !self.blobs.can_link() {
+    async fn whole_growing_chunk(&self, upload: FileId, ch: &Chunk) -> Option<BlobKey> {
+        if !self.blobs.can_link() {
             return None;
         }
-        let key = BlobKey::parse(blob_key)?;
-        if key.file_id().is_none() || key.as_str().ends_with(".s") {
-            return None;
-        }
+        let key = BlobKey::parse(&ch.blob_key)?;
+        let stored_len = match (&ch.sealing, self.keyring.enabled()) {
+            // Sealed under the upload's key and bound to its id: only its growing chunk.
+            (Some(_), true) if key == staging_key(upload) => {
+                crate::crypto::segment::sealed_len(ch.len)
+            }
+            (None, false) if key.file_id().is_some() && !key.as_str().ends_with(".s") => ch.len,
+            _ => return None,
+        };
         match self.blobs.stat(&key).await {
-            Ok(n) if n == length => Some(key),
+            Ok(n) if n == stored_len => Some(key),
             _ => None,
         }
     }
@@ -441,14 +472,23 @@ impl crate::blob::BlobWriter for LinkWriter {
     }
 }
 
-/// The plaintext of chunks, in order.
+/// The key of an upload's growing chunk when it is sealed: derived from the upload's id (its
+/// segments are bound to the upload's id, the file's, not to this key's).
+pub(crate) fn staging_key(upload: FileId) -> BlobKey {
+    const MASK: u128 = 0x0000_0000_0000_0000_5354_4147_494e_4721;
+    let id = FileId(uuid::Uuid::from_u128(upload.0.as_u128() ^ MASK));
+    BlobKey::for_file(id, true)
+}
+
+/// The plaintext of an upload's chunks, in order.
 fn chunk_bytes(
     blobs: BlobStore,
     keyring: std::sync::Arc<Keyring>,
+    upload: FileId,
     chunks: Vec<Chunk>,
 ) -> BoxStream<'static, Result<Bytes, IngestError>> {
     futures_util::stream::iter(chunks)
-        .then(move |c| open_chunk(blobs.clone(), keyring.clone(), c))
+        .then(move |c| open_chunk(blobs.clone(), keyring.clone(), upload, c))
         .try_flatten()
         .boxed()
 }
@@ -457,11 +497,16 @@ fn chunk_bytes(
 async fn open_chunk(
     blobs: BlobStore,
     keyring: std::sync::Arc<Keyring>,
+    upload: FileId,
     c: Chunk,
 ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, IngestError> {
-    let file = BlobKey::parse(&c.blob_key)
-        .and_then(|k| k.file_id())
-        .ok_or(IngestError::Blob(BlobError::Unsafe))?;
+    let file = if c.blob_key == staging_key(upload).as_str() {
+        upload
+    } else {
+        BlobKey::parse(&c.blob_key)
+            .and_then(|k| k.file_id())
+            .ok_or(IngestError::Blob(BlobError::Unsafe))?
+    };
     let src = Source {
         blob_key: &c.blob_key,
         file,

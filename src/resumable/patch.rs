@@ -27,12 +27,13 @@ use super::{Progress, Resumable, ResumableError};
 use crate::blob::{BlobKey, BlobWriter};
 use crate::crypto::DataKey;
 use crate::crypto::segment::Sealer;
+use crate::crypto::segment::{self, SEGMENT};
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::ingest::policy::{SNIFF_LEN, UploadPolicy};
 use crate::ingest::{IngestError, filename};
 use crate::meta::MetaStore;
 use crate::meta::grants::Grant;
-use crate::meta::resumable::{Append, Chunk, Creator, Locked, ResumableUpload};
+use crate::meta::resumable::{Append, Chunk, Creator, Grow, Locked, ResumableUpload};
 
 /// `Upload-Checksum` algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,7 +318,7 @@ impl Resumable {
         if up.offset > 0 {
             // The earlier chunks' bytes (fewer than SNIFF_LEN), read back.
             let chunks = self.meta.resumables().chunks(up.id).await?;
-            let mut s = super::chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
+            let mut s = super::chunk_bytes(self.blobs.clone(), self.keyring.clone(), up.id, chunks);
             while let Some(b) = s.next().await {
                 all.extend_from_slice(&b?);
             }
@@ -345,14 +346,18 @@ impl Resumable {
     }
 
     /// The writer that appends to the upload's growing chunk, when its bytes can be staged
-    /// in place: the store appends, nothing is sealed, and every durable byte so far is in
-    /// that chunk (the first PATCH starts it).
+    /// in place (the store appends) and every durable byte so far is in that chunk (the
+    /// first PATCH starts it). Sealed (encryption on), the growing chunk holds whole 64 KiB
+    /// segments only, sealed under the upload's data key and bound to the upload's id (the
+    /// file's), so it can become the file's blob; a partial segment at the end of a PATCH is
+    /// staged as a tail (a chunk of its own, sealed under its own key) and sealed into the
+    /// growing chunk by the next PATCH.
     async fn open_in_place(
         &self,
         up: &ResumableUpload,
     ) -> Result<Option<ChunkWriter>, ResumableError> {
         if self.keyring.enabled() {
-            return Ok(None);
+            return self.open_sealed_in_place(up).await;
         }
         let key = if up.offset == 0 {
             BlobKey::for_file(FileId::new(), false)
@@ -368,25 +373,107 @@ impl Resumable {
                 _ => return Ok(None),
             }
         };
-        let writer = match self.blobs.append(&key, up.offset).await {
-            Ok(Some(w)) => w,
-            Ok(None) => return Ok(None),
-            Err(crate::blob::BlobError::Busy) => return Err(ResumableError::Locked),
-            Err(e) => return Err(e.into()),
+        let Some(writer) = self.append_to(&key, up.offset).await? else {
+            return Ok(None);
         };
-        Ok(Some(ChunkWriter {
-            id: FileId::new(),
-            key,
-            writer,
-            sealer: None,
-            data_key: None,
-            hasher: None,
-            pending: Vec::new(),
-            pending_len: 0,
-            len: 0,
-            reservation: None,
-            grow: true,
-        }))
+        Ok(Some(ChunkWriter::in_place(key, writer, None)))
+    }
+
+    async fn append_to(
+        &self,
+        key: &BlobKey,
+        at: u64,
+    ) -> Result<Option<Box<dyn BlobWriter>>, ResumableError> {
+        match self.blobs.append(key, at).await {
+            Ok(w) => Ok(w),
+            Err(crate::blob::BlobError::Busy) => Err(ResumableError::Locked),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn open_sealed_in_place(
+        &self,
+        up: &ResumableUpload,
+    ) -> Result<Option<ChunkWriter>, ResumableError> {
+        let key = super::staging_key(up.id);
+        let chunks = if up.offset == 0 {
+            Vec::new()
+        } else {
+            self.meta.resumables().chunks(up.id).await?
+        };
+        let seg = SEGMENT as u64;
+        let main_ok = |m: &Chunk| {
+            m.blob_key == key.as_str() && m.start == 0 && m.len % seg == 0 && m.sealing.is_some()
+        };
+        let tail_ok = |t: &Chunk, at: u64| {
+            t.blob_key != key.as_str() && t.start == at && t.len < seg && t.sealing.is_some()
+        };
+        let (main, tail) = match chunks.as_slice() {
+            [] => (None, None),
+            [m] if main_ok(m) => (Some(m), None),
+            [t] if tail_ok(t, 0) => (None, Some(t)),
+            [m, t] if main_ok(m) && tail_ok(t, m.len) => (Some(m), Some(t)),
+            _ => return Ok(None),
+        };
+        let main_len = main.map_or(0, |m| m.len);
+        if main_len + tail.map_or(0, |t| t.len) != up.offset {
+            return Ok(None);
+        }
+        let (data_key, sealing) = match main.and_then(|m| m.sealing.clone()) {
+            Some(sealing) => {
+                let k = self.keyring.unwrap(up.id, &sealing).map_err(|e| {
+                    IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(
+                        e.to_string(),
+                    )))
+                })?;
+                (k, sealing)
+            }
+            None => {
+                let k = DataKey::generate();
+                let sealing = self.keyring.wrap(up.id, &k).ok_or_else(|| {
+                    IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(
+                        "cannot wrap an upload's data key",
+                    )))
+                })?;
+                (k, sealing)
+            }
+        };
+        let segments = main_len / seg;
+        let at = if main.is_some() {
+            segment::whole_segments_len(segments)
+        } else {
+            0
+        };
+        let Some(writer) = self.append_to(&key, at).await? else {
+            return Ok(None);
+        };
+        let mut sealer = if main.is_some() {
+            Sealer::resume(&data_key, up.id, segments)
+        } else {
+            Sealer::new(&data_key, up.id)
+        };
+        let mut w = ChunkWriter::in_place(key, writer, Some(sealing));
+        // The staged tail's plaintext goes first (less than a segment: sealed nothing yet
+        // but, for a new chunk, the header).
+        if let Some(t) = tail {
+            let mut plain = BytesMut::new();
+            let mut s = super::chunk_bytes(
+                self.blobs.clone(),
+                self.keyring.clone(),
+                up.id,
+                vec![t.clone()],
+            );
+            while let Some(b) = s.next().await {
+                plain.extend_from_slice(&b?);
+            }
+            let out = sealer.update(&plain).map_err(IngestError::from)?;
+            w.writer.write(&out).await?;
+            w.old_tail = Some(t.start);
+            w.tail_len = plain.len() as u64;
+        }
+        w.sealer = Some(sealer);
+        w.main_len = main_len;
+        Ok(Some(w))
     }
 
     async fn open_chunk(&self, up: &ResumableUpload) -> Result<ChunkWriter, ResumableError> {
@@ -415,6 +502,10 @@ impl Resumable {
             len: 0,
             reservation: Some(reservation),
             grow: false,
+            main_sealing: None,
+            main_len: 0,
+            old_tail: None,
+            tail_len: 0,
         })
     }
 
@@ -426,48 +517,85 @@ impl Resumable {
         unlock: bool,
     ) -> Result<(), ResumableError> {
         let start = up.offset;
-        let grow = chunk.grow;
-        let (key, len, sealing, reservation) = chunk.commit(&self.keyring).await?;
+        let last = up.offset + chunk.len == up.length;
+        let c = chunk.commit(&self.keyring, last).await?;
+        // A partial segment after the growing chunk's whole ones: staged as the new tail.
+        let mut tail = None;
+        if let Some(partial) = c.partial.filter(|p| !p.is_empty()) {
+            let mut t = self.open_chunk(up).await?;
+            let n = partial.len() as u64;
+            t.write(partial.freeze()).await?;
+            let tc = t.commit(&self.keyring, false).await?;
+            tail = Some((
+                Chunk {
+                    start: c.main_len + c.grow_by,
+                    len: n,
+                    blob_key: tc.key.as_str().to_owned(),
+                    sealing: tc.sealing,
+                },
+                tc.reservation,
+            ));
+        }
+        let (tail, tail_reservation) = match tail {
+            Some((ch, r)) => (Some(ch), r),
+            None => (None, None),
+        };
+        let reservation = c.reservation.or(tail_reservation);
+        let own = (!c.grow).then(|| Chunk {
+            start,
+            len: c.len,
+            blob_key: c.key.as_str().to_owned(),
+            sealing: c.sealing.clone(),
+        });
+        let grow = c.grow.then(|| Grow {
+            blob_key: c.key.as_str().to_owned(),
+            by: c.grow_by,
+            sealing: c.sealing.clone(),
+        });
+        let drop_tail = c.old_tail;
+        let now = Timestamp::now();
         let appended = self
             .meta
             .resumables()
             .append(Append {
                 id: up.id,
                 holder: guard.holder.clone(),
-                chunk: Chunk {
-                    start,
-                    len,
-                    blob_key: key.as_str().to_owned(),
-                    sealing,
-                },
+                start,
+                added: c.len,
+                chunk: own,
                 grow,
+                drop_tail,
+                tail: tail.clone(),
                 chunk_reservation: reservation.as_ref().map(|r| r.id()),
                 unlock,
-                expires_at: self.expiry(Timestamp::now()),
+                now,
+                expires_at: self.expiry(now),
             })
             .await;
         // The growing chunk holds earlier PATCHes' durable bytes: never deleted here (what
         // this PATCH wrote past them is cut off by the next one).
-        match appended {
+        let ok = match appended {
             Ok(true) => {
                 if let Some(r) = reservation {
                     r.settle();
                 }
-                Ok(())
-            }
-            Ok(false) => {
-                if !grow {
-                    let _ = self.blobs.delete(&key).await;
+                if drop_tail.is_some() {
+                    self.purge_later();
                 }
-                Err(ResumableError::Locked)
+                return Ok(());
             }
-            Err(e) => {
-                if !grow {
-                    let _ = self.blobs.delete(&key).await;
-                }
-                Err(e.into())
-            }
+            Ok(false) => Err(ResumableError::Locked),
+            Err(e) => Err(e.into()),
+        };
+        if !c.grow {
+            let _ = self.blobs.delete(&c.key).await;
         }
+        if let Some(t) = &tail
+            && let Some(k) = BlobKey::parse(&t.blob_key)
+        {
+            let _ = self.blobs.delete(&k).await;
+        }
+        ok
     }
 }
 
@@ -490,20 +618,60 @@ struct ChunkWriter {
     reservation: Option<crate::ingest::quota::Reservation>,
     /// Whether this is the growing chunk (appended in place).
     grow: bool,
+    /// The growing chunk's sealing (under the upload's data key), when sealed.
+    main_sealing: Option<crate::crypto::Sealing>,
+    /// The growing chunk's plaintext bytes before this PATCH.
+    main_len: u64,
+    /// The staged tail this PATCH sealed into the growing chunk (its start), and its length.
+    old_tail: Option<u64>,
+    tail_len: u64,
 }
 
-type Committed = (
-    BlobKey,
-    u64,
-    Option<crate::crypto::Sealing>,
-    Option<crate::ingest::quota::Reservation>,
-);
+/// A chunk made durable.
+struct Committed {
+    key: BlobKey,
+    /// This PATCH's bytes.
+    len: u64,
+    sealing: Option<crate::crypto::Sealing>,
+    reservation: Option<crate::ingest::quota::Reservation>,
+    grow: bool,
+    /// The growing chunk's plaintext bytes before, and how many it gained.
+    main_len: u64,
+    grow_by: u64,
+    /// The plaintext of a partial last segment, not stored in the growing chunk.
+    partial: Option<BytesMut>,
+    old_tail: Option<u64>,
+}
 
 /// Bytes hashed and sealed at once, on the blocking pool (as the single-shot pipeline does:
 /// async threads never do per-byte work).
 const BATCH: usize = 256 * 1024;
 
 impl ChunkWriter {
+    fn in_place(
+        key: BlobKey,
+        writer: Box<dyn BlobWriter>,
+        main_sealing: Option<crate::crypto::Sealing>,
+    ) -> Self {
+        Self {
+            id: FileId::new(),
+            key,
+            writer,
+            sealer: None,
+            data_key: None,
+            hasher: None,
+            pending: Vec::new(),
+            pending_len: 0,
+            len: 0,
+            reservation: None,
+            grow: true,
+            main_sealing,
+            main_len: 0,
+            old_tail: None,
+            tail_len: 0,
+        }
+    }
+
     async fn write(&mut self, bytes: Bytes) -> Result<(), ResumableError> {
         self.len += bytes.len() as u64;
         self.pending_len += bytes.len();
@@ -554,11 +722,17 @@ impl ChunkWriter {
     }
 
     /// Seal the last segment and make the chunk durable.
+    /// Make the bytes durable. A chunk of its own is sealed to its end; the growing chunk
+    /// gets its whole segments (the last one too when `last`), and hands back the plaintext
+    /// of a partial one.
     async fn commit(
         mut self,
         keyring: &crate::crypto::Keyring,
+        last: bool,
     ) -> Result<Committed, ResumableError> {
         self.flush().await?;
+        let mut partial = None;
+        let mut grow_by = self.len;
         let sealing = match (self.sealer.take(), &self.data_key) {
             (Some(s), Some(k)) => {
                 let tail = s.finish().map_err(IngestError::from)?;
@@ -569,9 +743,42 @@ impl ChunkWriter {
                     )))
                 })?)
             }
+            (Some(mut s), None) => {
+                // The growing chunk, sealed under the upload's key.
+                let whole_before = self.main_len;
+                if last {
+                    let out = s.finish().map_err(IngestError::from)?;
+                    self.writer.write(&out).await?;
+                    // Everything after the whole segments it had: the tail and these bytes.
+                    grow_by = self.tail_len + self.len;
+                } else {
+                    let (out, rest) = s.seal_whole().map_err(IngestError::from)?;
+                    self.writer.write(&out).await?;
+                    grow_by = s.segments() * SEGMENT as u64 - whole_before;
+                    partial = Some(rest);
+                }
+                self.main_sealing.clone()
+            }
             _ => None,
         };
-        self.writer.commit().await?;
-        Ok((self.key, self.len, sealing, self.reservation))
+        let writes_nothing = self.grow && self.main_len == 0 && grow_by == 0;
+        if writes_nothing {
+            // No whole segment yet: the growing chunk is not started (dropping the writer
+            // removes what it began).
+            drop(self.writer);
+        } else {
+            self.writer.commit().await?;
+        }
+        Ok(Committed {
+            key: self.key,
+            len: self.len,
+            sealing,
+            reservation: self.reservation,
+            grow: self.grow,
+            main_len: self.main_len,
+            grow_by,
+            partial,
+            old_tail: self.old_tail,
+        })
     }
 }

@@ -1184,6 +1184,15 @@ async fn bytes_a_refused_or_broken_off_patch_left_are_cut_off_and_the_file_is_ex
         }
     }
     assert!((1_000_000..=1_400_000).contains(&off), "{off}");
+    // One growing chunk holds every durable byte (written once, in place; on the local
+    // store: the bucket takes a chunk per PATCH).
+    if !app.is_multinode() {
+        assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 1);
+        assert_eq!(
+            app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
+            off as i64
+        );
+    }
     let r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
     assert_eq!(r.status(), 204);
     let fid = header(&r, "coffer-file-id");
@@ -1226,4 +1235,172 @@ async fn an_image_whose_metadata_is_stripped_is_stored_stripped_through_tus() {
     assert!(app.content_of(&u.token, &fid).await == clean);
     let sid = single["id"].as_str().unwrap().to_owned();
     store_holds_exactly(&app, &[(&fid, &clean), (&sid, &clean)]).await;
+}
+
+const TUS_KEY: &[u8] = b"tus test key";
+
+/// No blob and no temp file holds `marker` (plaintext of an unfinished upload).
+fn no_plaintext_at_rest(app: &TestApp, marker: &[u8]) {
+    let mut all = app.blob_files();
+    all.extend(app.temp_files());
+    for b in &all {
+        // Temp files (and blobs on the local store) are files; the bucket's are objects.
+        let bytes = if b.is_absolute() {
+            std::fs::read(b).unwrap_or_default()
+        } else {
+            app.read_blob(b)
+        };
+        assert!(
+            memchr::memmem::find(&bytes, marker).is_none(),
+            "plaintext in {b:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sealed_in_place_across_a_restart_and_odd_patch_sizes_gives_the_exact_file() {
+    // Encryption on: PATCHes of sizes that split 64 KiB segments (the partial segment is
+    // staged as a sealed tail and sealed into the upload's blob by the next PATCH), a
+    // PATCH broken off mid-body, and a crash and restart between PATCHes.
+    let key = hex::encode(Sha256::digest(TUS_KEY));
+    let mut app = TestApp::builder()
+        .env("COFFER_ENCRYPTION_KEY", &key)
+        .env("COFFER_LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "2")
+        .spawn()
+        .await;
+    let u = app.user("sealedtus").await;
+    let marker = b"SEALED-IN-PLACE-MARKER-";
+    let file: Vec<u8> = (0..1_000_000u32)
+        .map(|i| {
+            if i % 1000 == 999 {
+                b'\n'
+            } else {
+                marker[i as usize % marker.len()]
+            }
+        })
+        .collect();
+    let loc = created(&app, &u, "sealed.txt", file.len() as u64).await;
+    let mut off = 0usize;
+    // 10,000 bytes (no whole segment yet), then 100,000 (crosses one), then 131,072.
+    for n in [10_000usize, 100_000, 131_072] {
+        let r = patch(&app, &u, &loc, off as u64, file[off..off + n].to_vec(), &[]).await;
+        assert_eq!(r.status(), 204, "PATCH at {off}");
+        off += n;
+        assert_eq!(header(&r, "upload-offset"), off.to_string());
+        no_plaintext_at_rest(&app, marker);
+    }
+    // Staged in place (on the local store; the bucket takes a chunk per PATCH): three whole
+    // segments in the upload's blob, the rest as a sealed tail.
+    if !app.is_multinode() {
+        assert_eq!(
+            app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
+            3 * 65_536
+        );
+        assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 2);
+    }
+    // A PATCH broken off mid-body: what arrived counts, sealed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", &off.to_string()),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[off..off + 150_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    let _ = sent.await;
+    let mut now = off;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if patch(&app, &u, &loc, 0, Vec::new(), &[]).await.status() == 409 {
+            now = offset_of(&app, &u, &loc).await.1.parse().unwrap();
+            break;
+        }
+    }
+    assert!((off..=off + 150_000).contains(&now), "{now}");
+    off = now;
+    no_plaintext_at_rest(&app, marker);
+    // A crash between PATCHes, and a restart with the same key.
+    app.kill9();
+    let app = app
+        .relaunch()
+        .env("COFFER_ENCRYPTION_KEY", &key)
+        .spawn()
+        .await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, off.to_string()));
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        off as u64,
+        file[off..off + 70_001].to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    off += 70_001;
+    no_plaintext_at_rest(&app, marker);
+    let r = patch(&app, &u, &loc, off as u64, file[off..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&file));
+    assert_eq!(f["size"], file.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == file);
+    no_plaintext_at_rest(&app, marker);
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(app.blob_files().len(), 1, "{:?}", app.blob_files());
+    assert_eq!(reserved(&app).await, 0);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_sealed_image_whose_metadata_is_stripped_is_stored_stripped_through_tus() {
+    let app = TestApp::builder()
+        .env(
+            "COFFER_ENCRYPTION_KEY",
+            hex::encode(Sha256::digest(TUS_KEY)),
+        )
+        .spawn()
+        .await;
+    let u = app.user("sealedstrip").await;
+    let (jpeg, clean) = crate::helpers::images::jpeg_with_metadata(1);
+    let loc = created(&app, &u, "photo.jpg", jpeg.len() as u64).await;
+    let half = jpeg.len() / 2;
+    let r = patch(&app, &u, &loc, 0, jpeg[..half].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let r = patch(&app, &u, &loc, half as u64, jpeg[half..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&clean));
+    assert!(app.content_of(&u.token, &fid).await == clean);
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(app.blob_files().len(), 1);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
 }
