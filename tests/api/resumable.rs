@@ -1186,7 +1186,7 @@ async fn bytes_a_refused_or_broken_off_patch_left_are_cut_off_and_the_file_is_ex
     assert!((1_000_000..=1_400_000).contains(&off), "{off}");
     // One growing chunk holds every durable byte (written once, in place; on the local
     // store: the bucket takes a chunk per PATCH).
-    if !app.is_multinode() {
+    if app.bucket_prefix().is_none() {
         assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 1);
         assert_eq!(
             app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
@@ -1291,7 +1291,7 @@ async fn sealed_in_place_across_a_restart_and_odd_patch_sizes_gives_the_exact_fi
     }
     // Staged in place (on the local store; the bucket takes a chunk per PATCH): three whole
     // segments in the upload's blob, the rest as a sealed tail.
-    if !app.is_multinode() {
+    if app.bucket_prefix().is_none() {
         assert_eq!(
             app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
             3 * 65_536
