@@ -775,6 +775,166 @@ impl Sink {
     }
 }
 
+/// An upload's per-byte checks run over its bytes as they arrive in pieces (a resumable
+/// upload's PATCHes), storing nothing: what [`Ingest::stage_reserved`] would find reading the
+/// stored bytes back, except clamd's verdict. Its work is per byte: call it on the blocking
+/// pool.
+pub(crate) struct Running {
+    pipeline: Box<Pipeline>,
+    content_type: String,
+    may_rewrite: bool,
+}
+
+/// What [`Running`] found over all of an upload's bytes.
+pub(crate) struct Checked {
+    content_type: String,
+    sha256: String,
+    received_sha256: String,
+    size: u64,
+}
+
+impl Checked {
+    /// The bytes checked.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Running {
+    /// The next bytes, in order.
+    pub(crate) fn update(&mut self, batch: &[Bytes]) -> Result<(), IngestError> {
+        self.pipeline.process(batch.to_vec()).map(|_| ())
+    }
+
+    /// The end of the bytes: the last checks.
+    pub(crate) fn finish(self) -> Result<Checked, IngestError> {
+        let mut out = Output::default();
+        let done = self.pipeline.finish(&mut out)?;
+        let received_sha256 = match done.received_sha256 {
+            Some(h) if self.may_rewrite => h,
+            _ => done.sha256.clone(),
+        };
+        Ok(Checked {
+            content_type: self.content_type,
+            sha256: done.sha256,
+            received_sha256,
+            size: done.size,
+        })
+    }
+}
+
+impl Ingest {
+    /// Start [`Running`] checks for an upload whose first bytes are `head` (at least
+    /// `SNIFF_LEN` of them, or all); `None` when they refuse it (the caller's own checks
+    /// say why).
+    pub(crate) fn running(&self, up: &Upload, head: &[u8]) -> Option<Running> {
+        let (_, rule) = self.admit(&up.raw_name, up.grant.as_ref()).ok()?;
+        let content_type =
+            UploadPolicy::decide(&rule, head.get(..SNIFF_LEN).unwrap_or(head)).ok()?;
+        let checks = Checks::for_type(&self.safety, &content_type);
+        let may_rewrite = checks.may_rewrite();
+        let pipeline = Pipeline {
+            span: tracing::Span::none(),
+            checks,
+            hasher: Sha256::new(),
+            received: may_rewrite.then(Sha256::new),
+            size: 0,
+            text: (rule == Rule::Text).then(Utf8Check::default),
+            sealer: None,
+            data_key: None,
+            scanning: false,
+        };
+        Some(Running {
+            pipeline: Box::new(pipeline),
+            content_type,
+            may_rewrite,
+        })
+    }
+
+    /// Whether uploads are scanned by clamd (which needs their bytes streamed to it).
+    pub(crate) fn scans(&self) -> bool {
+        self.safety.scanner.is_some()
+    }
+
+    /// [`Ingest::stage_reserved`] for stored bytes already checked whole by [`Running`]
+    /// (and no scanner configured): `None` when they must be read back instead (stripping
+    /// would store other bytes). The reservation is released on a refusal.
+    pub(crate) async fn stage_checked(
+        &self,
+        up: Upload,
+        id: FileId,
+        reservation: Reservation,
+        given: Given,
+        checked: Checked,
+    ) -> Result<Result<Staged, Reservation>, IngestError> {
+        if checked.received_sha256 != checked.sha256 || self.scans() {
+            return Ok(Err(reservation));
+        }
+        let mut outcome = Outcome {
+            audit: self.audit.clone(),
+            meta: self.meta.clone(),
+            filename: filename::sanitize(&up.raw_name),
+            rejection: None,
+            owner: up.owner,
+            ip: up.client_ip,
+            grant: up.grant.as_ref().map(|g| g.id),
+            bytes: checked.size,
+            reason: None,
+            signature: None,
+            done: false,
+        };
+        let (writer, sealing) = given;
+        let checks = (|| {
+            let (name, _) = self.admit(&up.raw_name, up.grant.as_ref())?;
+            if checked.size > up.limit(self.max_upload_bytes) {
+                return Err(IngestError::TooLarge {
+                    limit: up.limit(self.max_upload_bytes),
+                });
+            }
+            if let Some(want) = up.grant.as_ref().and_then(|g| g.sha256.as_deref())
+                && checked.received_sha256 != want
+            {
+                return Err(IngestError::ChecksumMismatch);
+            }
+            Ok(name)
+        })();
+        let name = match checks {
+            Ok(name) => name,
+            Err(e) => {
+                outcome.reason = Some(e.reason());
+                outcome.rejection = e.rejection();
+                reservation.release().await;
+                return Err(e);
+            }
+        };
+        let key = BlobKey::for_file(id, sealing.is_some());
+        let stored = StoredFile {
+            file: FileObject {
+                id,
+                filename: name,
+                size: checked.size,
+                content_type: checked.content_type,
+                sha256: checked.sha256,
+                created_at: Timestamp::now(),
+                expires_at: up.expires_at,
+                scanned_at: None,
+                grant_id: up.grant.as_ref().map(|g| g.id),
+            },
+            owner_id: up.owner,
+            blob_key: key.as_str().to_owned(),
+            sealing,
+        };
+        Ok(Ok(Staged {
+            writer,
+            stored,
+            unchanged: true,
+            scanned: Scanned::NotConfigured,
+            reservation,
+            outcome,
+        }))
+    }
+}
+
 /// The pipeline was lost (its task panicked or was cancelled): an internal error.
 fn lost(e: impl ToString) -> IngestError {
     IngestError::Blob(BlobError::Io(std::io::Error::other(e.to_string())))

@@ -31,7 +31,7 @@ use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError, Source};
 use crate::events;
 use crate::ids::{FileId, Timestamp};
-use crate::ingest::{Ingest, IngestError, Upload};
+use crate::ingest::{Ingest, IngestError, Running, Upload};
 use crate::meta::files::FileObject;
 use crate::meta::grants::Grant;
 use crate::meta::resumable::{
@@ -122,6 +122,53 @@ pub(crate) struct Resumable {
     pub(crate) max_pending: u64,
     /// `limits.upload_idle_timeout_secs`: a PATCH's lock outlives a stalled body this long.
     pub(crate) idle: Duration,
+    /// The checks of uploads in progress, carried from one PATCH to the next on this node.
+    pub(crate) running: RunningCache,
+}
+
+/// The per-byte checks ([`Running`]) of unfinished uploads whose last PATCH this node took,
+/// keyed by upload and by the offset they reached, so the next PATCH (on this node) carries
+/// them on and the last one needs no read-back. Only a cache: a PATCH on another node, a
+/// restart, or an eviction leaves the last PATCH to read the stored bytes back.
+#[derive(Clone, Default)]
+pub(crate) struct RunningCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileId, (u64, Running)>>>,
+);
+
+/// Uploads whose checks are kept (each holds hash states and at most ~200 KiB of a
+/// polyglot check's window).
+const RUNNING_KEPT: usize = 32;
+
+impl RunningCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FileId, (u64, Running)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The checks of `id` if they reached exactly `offset` (taken out: one PATCH at a time).
+    pub(crate) fn take(&self, id: FileId, offset: u64) -> Option<Running> {
+        match self.map().remove(&id) {
+            Some((at, r)) if at == offset => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Keep the checks of `id`, which reached `offset`.
+    pub(crate) fn put(&self, id: FileId, offset: u64, r: Running) {
+        let mut m = self.map();
+        if m.len() >= RUNNING_KEPT
+            && !m.contains_key(&id)
+            && let Some(old) = m.keys().next().copied()
+        {
+            m.remove(&old);
+        }
+        m.insert(id, (offset, r));
+    }
+
+    fn forget(&self, id: FileId) {
+        self.map().remove(&id);
+    }
 }
 
 impl Resumable {
@@ -236,6 +283,7 @@ impl Resumable {
     /// Remove an upload and delete its staged chunks (queued first, so a failure here is
     /// finished by the sweeper).
     async fn remove(&self, id: FileId) -> Result<(), ResumableError> {
+        self.running.forget(id);
         if self.meta.resumables().remove(id, Timestamp::now()).await? {
             self.purge_later();
         }
@@ -322,9 +370,35 @@ impl Resumable {
         length: u64,
         staging: BlobKey,
         sealing: Option<crate::crypto::Sealing>,
+        running: Option<Running>,
     ) -> Result<FileObject, ResumableError> {
-        let reservation = self.reservation_for(c, id, length).await?;
+        let mut reservation = self.reservation_for(c, id, length).await?;
         let file_key = BlobKey::for_file(id, sealing.is_some());
+        // Checked as the bytes arrived (every PATCH on this node): nothing to read back.
+        if let Some(r) = running
+            && let Ok(Ok(checked)) = tokio::task::spawn_blocking(move || r.finish()).await
+            && checked.size() == length
+        {
+            let link: Box<dyn crate::blob::BlobWriter> = Box::new(LinkWriter {
+                blobs: self.blobs.clone(),
+                from: staging.clone(),
+                to: file_key.clone(),
+            });
+            match self
+                .ingest
+                .stage_checked(
+                    self.upload_of(c, length),
+                    id,
+                    reservation,
+                    (link, sealing.clone()),
+                    checked,
+                )
+                .await?
+            {
+                Ok(staged) => return Ok(staged.commit(&self.ingest).await?),
+                Err(r) => reservation = r,
+            }
+        }
         let link: Box<dyn crate::blob::BlobWriter> = Box::new(LinkWriter {
             blobs: self.blobs.clone(),
             from: staging.clone(),
@@ -386,6 +460,7 @@ impl Resumable {
         up: &ResumableUpload,
         client_ip: IpAddr,
         grant: Option<Grant>,
+        running: Option<Running>,
     ) -> Result<FileObject, ResumableError> {
         let chunks = self.meta.resumables().chunks(up.id).await?;
         let c = Creation {
@@ -406,7 +481,7 @@ impl Resumable {
         let result = match in_place {
             Some(staging) => {
                 let sealing = chunks.into_iter().next().and_then(|ch| ch.sealing);
-                self.commit_in_place(&c, up.id, up.length, staging, sealing)
+                self.commit_in_place(&c, up.id, up.length, staging, sealing, running)
                     .await
             }
             None => {

@@ -30,7 +30,7 @@ use crate::crypto::segment::Sealer;
 use crate::crypto::segment::{self, SEGMENT};
 use crate::ids::{FileId, Timestamp, UploadId, UserId};
 use crate::ingest::policy::{SNIFF_LEN, UploadPolicy};
-use crate::ingest::{IngestError, filename};
+use crate::ingest::{IngestError, Running, filename};
 use crate::meta::MetaStore;
 use crate::meta::grants::Grant;
 use crate::meta::resumable::{Append, Chunk, Creator, Grow, Locked, ResumableUpload};
@@ -217,6 +217,27 @@ impl Resumable {
             None => self.open_chunk(&up).await?,
         };
         chunk.hasher = p.checksum.as_ref().map(|c| Hasher::new(c.algorithm));
+        // The upload's checks, carried on from the previous PATCH on this node (or started
+        // with the first bytes), when its bytes are staged in place.
+        if chunk.grow {
+            chunk.running = self.running.take(up.id, up.offset);
+            if up.offset == 0 {
+                let upload = crate::ingest::Upload {
+                    owner: up.owner,
+                    client_ip: p.client_ip,
+                    raw_name: up.filename.clone(),
+                    expires_at: up.file_expires_at,
+                    length_hint: Some(up.length),
+                    exact_length: true,
+                    grant: p.grant.clone(),
+                };
+                chunk.start_running = Some(StartRunning {
+                    ingest: self.ingest.clone(),
+                    upload,
+                    need: (SNIFF_LEN as u64).min(up.length),
+                });
+            }
+        }
         let need = (SNIFF_LEN as u64).min(up.length);
         let mut head = BytesMut::new();
         let mut renewed = Instant::now();
@@ -267,6 +288,7 @@ impl Resumable {
             }
         }
         chunk.flush().await?;
+        let running = chunk.running.take();
         if let (Some(h), Some(c)) = (chunk.hasher.take(), &p.checksum)
             && h.finish() != c.digest
         {
@@ -283,12 +305,21 @@ impl Resumable {
             self.append(&up, guard, chunk, unlock).await?;
             guard.released = unlock;
         }
+        let running = match running {
+            Some(r) if new_offset < up.length => {
+                self.running.put(up.id, new_offset, r);
+                None
+            }
+            other => other,
+        };
         if new_offset == up.length {
             let done = ResumableUpload {
                 offset: new_offset,
                 ..up
             };
-            let file = self.finish(&done, p.client_ip, p.grant.clone()).await?;
+            let file = self
+                .finish(&done, p.client_ip, p.grant.clone(), running)
+                .await?;
             return Ok(Progress::Committed(file, done.length));
         }
         Ok(Progress::Pending {
@@ -506,6 +537,8 @@ impl Resumable {
             main_len: 0,
             old_tail: None,
             tail_len: 0,
+            running: None,
+            start_running: None,
         })
     }
 
@@ -625,6 +658,18 @@ struct ChunkWriter {
     /// The staged tail this PATCH sealed into the growing chunk (its start), and its length.
     old_tail: Option<u64>,
     tail_len: u64,
+    /// The upload's checks over its bytes so far (staged in place only).
+    running: Option<Running>,
+    /// How to start them with the first bytes (the first PATCH).
+    start_running: Option<StartRunning>,
+}
+
+/// What starts an upload's [`Running`] checks once its first bytes are there.
+struct StartRunning {
+    ingest: crate::ingest::Ingest,
+    upload: crate::ingest::Upload,
+    /// The bytes they need to decide the type.
+    need: u64,
 }
 
 /// A chunk made durable.
@@ -669,6 +714,8 @@ impl ChunkWriter {
             main_len: 0,
             old_tail: None,
             tail_len: 0,
+            running: None,
+            start_running: None,
         }
     }
 
@@ -689,7 +736,20 @@ impl ChunkWriter {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        if self.hasher.is_none() && self.sealer.is_none() {
+        if let Some(start) = self.start_running.take() {
+            // The first flush of the upload's first bytes: enough of them to type it?
+            let mut head = BytesMut::new();
+            for b in &batch {
+                if head.len() as u64 >= start.need {
+                    break;
+                }
+                head.extend_from_slice(b);
+            }
+            if head.len() as u64 >= start.need {
+                self.running = start.ingest.running(&start.upload, &head);
+            }
+        }
+        if self.hasher.is_none() && self.sealer.is_none() && self.running.is_none() {
             // Nothing to compute: no hand-off to the blocking pool.
             for b in &batch {
                 self.writer.write(b).await?;
@@ -697,7 +757,15 @@ impl ChunkWriter {
             return Ok(());
         }
         let (mut hasher, mut sealer) = (self.hasher.take(), self.sealer.take());
+        let mut running = self.running.take();
         let work = tokio::task::spawn_blocking(move || {
+            // A refusal found here is found again (and answered) when the last PATCH reads
+            // the bytes back: the checks just stop being carried.
+            if let Some(r) = &mut running
+                && r.update(&batch).is_err()
+            {
+                running = None;
+            }
             let mut out = Vec::with_capacity(batch.len());
             for b in batch {
                 if let Some(h) = &mut hasher {
@@ -708,13 +776,13 @@ impl ChunkWriter {
                     None => out.push(b),
                 }
             }
-            Ok::<_, crate::crypto::CryptoError>((hasher, sealer, out))
+            Ok::<_, crate::crypto::CryptoError>((hasher, sealer, running, out))
         });
-        let (hasher, sealer, out) = work
+        let (hasher, sealer, running, out) = work
             .await
             .map_err(|e| IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(e))))?
             .map_err(IngestError::from)?;
-        (self.hasher, self.sealer) = (hasher, sealer);
+        (self.hasher, self.sealer, self.running) = (hasher, sealer, running);
         for b in &out {
             self.writer.write(b).await?;
         }

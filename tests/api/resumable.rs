@@ -1404,3 +1404,99 @@ async fn a_sealed_image_whose_metadata_is_stripped_is_stored_stripped_through_tu
     let (code, out) = app.run_cli(&["check", "--deep"]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test]
+async fn what_the_carried_checks_refuse_is_refused_at_the_last_patch_and_nothing_stays() {
+    // Each PATCH carries the upload's checks on (hash, image walk, polyglot window, UTF-8):
+    // what they find is answered at the last PATCH, as a single-shot upload would be.
+    let app = TestApp::spawn().await;
+    let u = app.user("carried").await;
+    let zip_tail = b"PK\x05\x06\0\0\0\0\x01\0\x01\0\x2e\0\0\0\x10\0\0\0\0\0".to_vec();
+    let mut bad_text = "fine text\n".repeat(30_000).into_bytes();
+    bad_text.extend_from_slice(&[0xff, 0xfe, b'\n']);
+    let cases = [
+        ("zip.png", [png(400_000), zip_tail].concat(), "polyglot"),
+        ("bad.txt", bad_text, ""),
+    ];
+    for (name, bytes, kind) in cases {
+        let loc = created(&app, &u, name, bytes.len() as u64).await;
+        let third = bytes.len() / 3;
+        for at in [0, third] {
+            let r = patch(
+                &app,
+                &u,
+                &loc,
+                at as u64,
+                bytes[at..at + third].to_vec(),
+                &[],
+            )
+            .await;
+            assert_eq!(r.status(), 204, "{name} at {at}");
+        }
+        let r = patch(
+            &app,
+            &u,
+            &loc,
+            2 * third as u64,
+            bytes[2 * third..].to_vec(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 415, "{name}");
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert!(p["type"].as_str().unwrap_or_default().contains(kind), "{p}");
+        assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+    }
+    let list = app.files().as_user(&u).expect(200).await;
+    assert_eq!(list["items"], serde_json::Value::Array(vec![]), "{list}");
+    app.eventually("the refused uploads' staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty(), "{:?}", app.blob_files());
+    assert_eq!(reserved(&app).await, 0);
+}
+
+#[tokio::test]
+async fn three_patches_on_one_node_commit_the_exact_file_plain_and_sealed() {
+    // The common case: every PATCH on this node, the checks carried along; the file must
+    // be byte-exact with the right sha256, plain and sealed.
+    for sealed in [false, true] {
+        let mut b = TestApp::builder();
+        if sealed {
+            b = b.env(
+                "COFFER_ENCRYPTION_KEY",
+                hex::encode(Sha256::digest(TUS_KEY)),
+            );
+        }
+        let app = b.spawn().await;
+        let u = app.user("threepatch").await;
+        let file = png(2_500_000);
+        let loc = created(&app, &u, "three.png", file.len() as u64).await;
+        let cuts = [0usize, 1_048_576, 1_900_003, file.len()];
+        let mut last = None;
+        for w in cuts.windows(2) {
+            let r = patch(&app, &u, &loc, w[0] as u64, file[w[0]..w[1]].to_vec(), &[]).await;
+            assert_eq!(r.status(), 204);
+            last = Some(r);
+        }
+        let fid = header(&last.unwrap(), "coffer-file-id");
+        let f = app
+            .get(&format!("/api/v1/files/{fid}"))
+            .as_user(&u)
+            .expect(200)
+            .await;
+        assert_eq!(f["sha256"], sha256_hex(&file), "sealed: {sealed}");
+        assert_eq!(f["content_type"], "image/png");
+        assert!(app.content_of(&u.token, &fid).await == file);
+        app.eventually("the finished upload's staging is deleted", || {
+            app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+                && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+        })
+        .await;
+        assert_eq!(app.blob_files().len(), 1);
+        let (code, out) = app.run_cli(&["check", "--deep"]);
+        assert_eq!(code, 0, "{out}");
+    }
+}
