@@ -434,7 +434,10 @@ impl Resumable {
         };
         let seg = SEGMENT as u64;
         let main_ok = |m: &Chunk| {
-            m.blob_key == key.as_str() && m.start == 0 && m.len % seg == 0 && m.sealing.is_some()
+            m.blob_key == key.as_str()
+                && m.start == 0
+                && m.len.is_multiple_of(seg)
+                && m.sealing.is_some()
         };
         let tail_ok = |t: &Chunk, at: u64| {
             t.blob_key != key.as_str() && t.start == at && t.len < seg && t.sealing.is_some()
