@@ -287,7 +287,7 @@ impl Resumable {
                 return Err(e.into());
             }
         }
-        chunk.flush().await?;
+        chunk.drain().await?;
         let running = chunk.running.take();
         if let (Some(h), Some(c)) = (chunk.hasher.take(), &p.checksum)
             && h.finish() != c.digest
@@ -542,6 +542,7 @@ impl Resumable {
             tail_len: 0,
             running: None,
             start_running: None,
+            busy: None,
         })
     }
 
@@ -665,7 +666,12 @@ struct ChunkWriter {
     running: Option<Running>,
     /// How to start them with the first bytes (the first PATCH).
     start_running: Option<StartRunning>,
+    /// The batch being processed on the blocking pool.
+    busy: Option<tokio::task::JoinHandle<Result<Processed, crate::crypto::CryptoError>>>,
 }
+
+/// A processed batch: the per-byte state back, and the bytes to write.
+type Processed = (Option<Hasher>, Option<Sealer>, Option<Running>, Vec<Bytes>);
 
 /// What starts an upload's [`Running`] checks once its first bytes are there.
 struct StartRunning {
@@ -719,6 +725,7 @@ impl ChunkWriter {
             tail_len: 0,
             running: None,
             start_running: None,
+            busy: None,
         }
     }
 
@@ -732,8 +739,11 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Hash and seal the pending bytes on the blocking pool, then write them.
+    /// Hash, check and seal the pending bytes on the blocking pool, while the next ones
+    /// arrive (one batch in flight, as the single-shot pipeline does); the batch before is
+    /// written first.
     async fn flush(&mut self) -> Result<(), ResumableError> {
+        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -761,7 +771,7 @@ impl ChunkWriter {
         }
         let (mut hasher, mut sealer) = (self.hasher.take(), self.sealer.take());
         let mut running = self.running.take();
-        let work = tokio::task::spawn_blocking(move || {
+        self.busy = Some(tokio::task::spawn_blocking(move || {
             // A refusal found here is found again (and answered) when the last PATCH reads
             // the bytes back: the checks just stop being carried.
             if let Some(r) = &mut running
@@ -780,8 +790,16 @@ impl ChunkWriter {
                 }
             }
             Ok::<_, crate::crypto::CryptoError>((hasher, sealer, running, out))
-        });
-        let (hasher, sealer, running, out) = work
+        }));
+        Ok(())
+    }
+
+    /// The batch in flight done: its state back, its bytes written.
+    async fn settle(&mut self) -> Result<(), ResumableError> {
+        let Some(busy) = self.busy.take() else {
+            return Ok(());
+        };
+        let (hasher, sealer, running, out) = busy
             .await
             .map_err(|e| IngestError::Blob(crate::blob::BlobError::Io(std::io::Error::other(e))))?
             .map_err(IngestError::from)?;
@@ -792,7 +810,12 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Seal the last segment and make the chunk durable.
+    /// Every byte received so far processed and handed to the writer.
+    async fn drain(&mut self) -> Result<(), ResumableError> {
+        self.flush().await?;
+        self.settle().await
+    }
+
     /// Make the bytes durable. A chunk of its own is sealed to its end; the growing chunk
     /// gets its whole segments (the last one too when `last`), and hands back the plaintext
     /// of a partial one.
@@ -801,7 +824,7 @@ impl ChunkWriter {
         keyring: &crate::crypto::Keyring,
         last: bool,
     ) -> Result<Committed, ResumableError> {
-        self.flush().await?;
+        self.drain().await?;
         let mut partial = None;
         let mut grow_by = self.len;
         let sealing = match (self.sealer.take(), &self.data_key) {
