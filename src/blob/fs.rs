@@ -823,6 +823,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn appends_in_place_are_held_cut_back_and_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let path = dir.path().join(BLOBS).join(key.as_str());
+        // Nothing durable yet: dropped, nothing stays.
+        let mut w = store.append(&key, 0).await.unwrap().unwrap();
+        w.write(&[1u8; 1000]).await.unwrap();
+        drop(w);
+        assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
+        // One writer at a time.
+        let mut w = store.append(&key, 0).await.unwrap().unwrap();
+        w.write(&[1u8; 100_000]).await.unwrap();
+        assert!(matches!(store.append(&key, 0).await, Err(BlobError::Busy)));
+        w.commit().await.unwrap();
+        assert_eq!(store.stat(&key).await.unwrap(), 100_000);
+        // What a crashed writer left after the durable bytes is cut off before appending.
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(&[9u8; 5000]).unwrap();
+        }
+        let mut w = store.append(&key, 100_000).await.unwrap().unwrap();
+        w.write(&[2u8; 10]).await.unwrap();
+        w.commit().await.unwrap();
+        let mut want = vec![1u8; 100_000];
+        want.extend_from_slice(&[2u8; 10]);
+        assert_eq!(
+            collect(store.get_range(&key, 0, 100_010).await.unwrap()).await,
+            want
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 100_010);
+        // Durable bytes that are missing are not papered over.
+        assert!(matches!(
+            store.append(&key, 200_000).await,
+            Err(BlobError::Short)
+        ));
+        // Dropped after some bytes: cut back to where it started.
+        let mut w = store.append(&key, 100_010).await.unwrap().unwrap();
+        w.write(&[3u8; 10]).await.unwrap();
+        drop(w);
+        assert_eq!(store.stat(&key).await.unwrap(), 100_010);
+        // A second name: no copy, and either name can go.
+        let file = BlobKey::for_file(FileId::new(), false);
+        store.link(&key, &file).await.unwrap();
+        assert!(store.link(&key, &file).await.is_err(), "never replaces");
+        store.delete(&key).await.unwrap();
+        assert_eq!(
+            collect(store.get_range(&file, 0, 100_010).await.unwrap()).await,
+            want
+        );
+        assert!(store.can_link());
+    }
+
+    #[tokio::test]
     async fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
