@@ -191,6 +191,7 @@ impl AppState {
             ttl: std::time::Duration::from_secs(config.uploads.resumable_ttl_secs),
             max_pending: config.uploads.max_pending_per_user,
             idle: std::time::Duration::from_secs(config.limits.upload_idle_timeout_secs),
+            running: Default::default(),
         };
         let state = Self(Arc::new(AppInner {
             credentials: Credentials {

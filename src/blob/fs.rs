@@ -210,6 +210,7 @@ impl BlobBackend for LocalFs {
                     fs: this,
                     key,
                     name,
+                    append: None,
                     file: Arc::new(File::from(fd)),
                     buf: BytesMut::with_capacity(WRITE_CHUNK),
                     inflight: None,
@@ -220,6 +221,97 @@ impl BlobBackend for LocalFs {
             .await
             .map_err(join_err)??;
             Ok(Box::new(w) as Box<dyn BlobWriter>)
+        })
+    }
+
+    fn append(
+        &self,
+        key: &BlobKey,
+        at: u64,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn BlobWriter>>, BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            let w = blocking::run(move || -> Result<_, BlobError> {
+                let dir = this.shard(&key, true)?;
+                let name = key.parts().2;
+                let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let (fd, created) = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+                    Ok(fd) => (fd, false),
+                    Err(rustix::io::Errno::NOENT) if at == 0 => (
+                        rustix::fs::openat(
+                            &dir,
+                            name,
+                            flags | OFlags::CREATE | OFlags::EXCL,
+                            Mode::from_raw_mode(FILE_MODE),
+                        )
+                        .map_err(io)?,
+                        true,
+                    ),
+                    Err(e) => return Err(io(e)),
+                };
+                let file = File::from(fd);
+                // One writer at a time, across processes: a request whose lease on the
+                // upload ran out while it stalled cannot write between another's bytes.
+                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::WOULDBLOCK) => return Err(BlobError::Busy),
+                    Err(e) => return Err(io(e)),
+                }
+                let meta = file.metadata().map_err(BlobError::from_io)?;
+                if !meta.is_file() {
+                    return Err(BlobError::Unsafe);
+                }
+                if meta.len() < at {
+                    return Err(BlobError::Short);
+                }
+                // What a PATCH that did not finish left after the durable bytes goes.
+                rustix::fs::ftruncate(&file, at).map_err(io)?;
+                let mut file = file;
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(at))
+                    .map_err(BlobError::from_io)?;
+                Ok(FsWriter {
+                    fs: this.clone(),
+                    key,
+                    name: String::new(),
+                    append: Some(Appending { at, created }),
+                    file: Arc::new(file),
+                    buf: BytesMut::with_capacity(WRITE_CHUNK),
+                    inflight: None,
+                    written: at,
+                    done: false,
+                })
+            })
+            .await
+            .map_err(join_err)??;
+            Ok(Some(Box::new(w) as Box<dyn BlobWriter>))
+        })
+    }
+
+    fn can_link(&self) -> bool {
+        true
+    }
+
+    fn link<'a>(
+        &'a self,
+        from: &'a BlobKey,
+        to: &'a BlobKey,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
+        let this = self.clone();
+        let (from, to) = (from.clone(), to.clone());
+        Box::pin(async move {
+            blocking::run(move || -> Result<(), BlobError> {
+                let src = this.shard(&from, false)?;
+                let dst = this.shard(&to, true)?;
+                // linkat never follows a symlink at `from` (no AT_SYMLINK_FOLLOW), and fails
+                // when `to` exists.
+                rustix::fs::linkat(&src, from.parts().2, &dst, to.parts().2, AtFlags::empty())
+                    .map_err(io)?;
+                rustix::fs::fsync(&dst).map_err(io)
+            })
+            .await
+            .map_err(join_err)?
         })
     }
 
@@ -514,8 +606,11 @@ struct FsWriter {
     fs: LocalFs,
     /// Where the blob goes at commit.
     key: BlobKey,
-    /// Its temp file's name in `tmp/`.
+    /// Its temp file's name in `tmp/`; empty for an appending writer.
     name: String,
+    /// For an appending writer ([`LocalFs::append`]): where the blob was durable when it
+    /// started, and whether it created the file.
+    append: Option<Appending>,
     file: Arc<File>,
     buf: BytesMut,
     /// The previous buffer's write, running while the next buffer fills.
@@ -523,6 +618,12 @@ struct FsWriter {
     /// Bytes handed to the file so far.
     written: u64,
     done: bool,
+}
+
+/// An appending writer's starting point.
+struct Appending {
+    at: u64,
+    created: bool,
 }
 
 /// Ask the kernel to start writing a just-written range to disk now (`POSIX_FADV_DONTNEED`
@@ -570,7 +671,7 @@ impl FsWriter {
 impl BlobWriter for FsWriter {
     /// The temp file's name in `tmp/`, from the start (the file exists from `put` on).
     fn staging_id(&self) -> Option<String> {
-        (!self.done).then(|| self.name.clone())
+        (!self.done && self.append.is_none()).then(|| self.name.clone())
     }
 
     fn write<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), BlobError>> {
@@ -592,6 +693,21 @@ impl BlobWriter for FsWriter {
             let file = self.file.clone();
             let name = self.name.clone();
             let fs = self.fs.clone();
+            if let Some(a) = &self.append {
+                let created = a.created || a.at == 0;
+                blocking::run(move || -> Result<(), BlobError> {
+                    file.sync_data().map_err(BlobError::from_io)?;
+                    if created {
+                        // The new name survives a crash once its directory is synced.
+                        rustix::fs::fsync(fs.shard(&key, false)?).map_err(io)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(join_err)??;
+                self.done = true;
+                return Ok(());
+            }
             blocking::run(move || -> Result<(), BlobError> {
                 // Data first, then the name: after a crash there is either no blob or a whole one.
                 file.sync_all().map_err(BlobError::from_io)?;
@@ -623,6 +739,20 @@ impl BlobWriter for FsWriter {
 
 impl Drop for FsWriter {
     fn drop(&mut self) {
+        if let (false, Some(a)) = (self.done, &self.append) {
+            // Aborted: only the bytes that were durable before stay (none of a new blob).
+            let gone = if a.at == 0 {
+                self.fs.shard(&self.key, false).and_then(|dir| {
+                    rustix::fs::unlinkat(&dir, self.key.parts().2, AtFlags::empty()).map_err(io)
+                })
+            } else {
+                rustix::fs::ftruncate(&*self.file, a.at).map_err(io)
+            };
+            if let Err(e) = gone {
+                tracing::warn!(error = %e, "cannot cut an aborted append back");
+            }
+            return;
+        }
         if !self.done {
             // Aborted (limit, bad type, disconnect, error): leave nothing behind. unlink is
             // quick and never blocks on data, so it is done right here.
@@ -690,6 +820,64 @@ mod tests {
         assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
         assert!(matches!(store.delete(&key).await, Err(BlobError::NotFound)));
         assert!(store.list().await.unwrap().blobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn appends_in_place_are_held_cut_back_and_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(Arc::new(LocalFs::open(dir.path()).unwrap()));
+        let key = BlobKey::for_file(FileId::new(), false);
+        let path = dir.path().join(BLOBS).join(key.as_str());
+        // Nothing durable yet: dropped, nothing stays.
+        let mut w = store.append(&key, 0).await.unwrap().unwrap();
+        w.write(&[1u8; 1000]).await.unwrap();
+        drop(w);
+        assert!(matches!(store.stat(&key).await, Err(BlobError::NotFound)));
+        // One writer at a time.
+        let mut w = store.append(&key, 0).await.unwrap().unwrap();
+        w.write(&[1u8; 100_000]).await.unwrap();
+        assert!(matches!(store.append(&key, 0).await, Err(BlobError::Busy)));
+        w.commit().await.unwrap();
+        assert_eq!(store.stat(&key).await.unwrap(), 100_000);
+        // What a crashed writer left after the durable bytes is cut off before appending.
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(&[9u8; 5000]).unwrap();
+        }
+        let mut w = store.append(&key, 100_000).await.unwrap().unwrap();
+        w.write(&[2u8; 10]).await.unwrap();
+        w.commit().await.unwrap();
+        let mut want = vec![1u8; 100_000];
+        want.extend_from_slice(&[2u8; 10]);
+        assert_eq!(
+            collect(store.get_range(&key, 0, 100_010).await.unwrap()).await,
+            want
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 100_010);
+        // Durable bytes that are missing are not papered over.
+        assert!(matches!(
+            store.append(&key, 200_000).await,
+            Err(BlobError::Short)
+        ));
+        // Dropped after some bytes: cut back to where it started.
+        let mut w = store.append(&key, 100_010).await.unwrap().unwrap();
+        w.write(&[3u8; 10]).await.unwrap();
+        drop(w);
+        assert_eq!(store.stat(&key).await.unwrap(), 100_010);
+        // A second name: no copy, and either name can go.
+        let file = BlobKey::for_file(FileId::new(), false);
+        store.link(&key, &file).await.unwrap();
+        assert!(store.link(&key, &file).await.is_err(), "never replaces");
+        store.delete(&key).await.unwrap();
+        assert_eq!(
+            collect(store.get_range(&file, 0, 100_010).await.unwrap()).await,
+            want
+        );
+        assert!(store.can_link());
     }
 
     #[tokio::test]

@@ -46,6 +46,9 @@ pub enum BlobError {
     /// cause, for the log only.
     #[error("blob store unavailable: {0}")]
     Unavailable(String),
+    /// Another writer holds the blob (an appending writer of another request or node).
+    #[error("another writer holds the blob")]
+    Busy,
     /// Any other I/O failure.
     #[error("blob i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -191,6 +194,38 @@ pub trait BlobBackend: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, Result<Inventory, BlobError>>;
     /// Whether new blobs can be written now (for `/readyz`).
     fn ready(&self) -> BoxFuture<'_, bool>;
+    /// Continue the blob under `key` from byte `at` (a resumable upload's staging, durable up
+    /// to `at`): bytes after `at` are cut off first, and the writer holds the blob exclusively
+    /// until it is committed or dropped ([`BlobError::Busy`] while another writer holds it,
+    /// in this process or another). Its `commit` makes the bytes durable in place; dropped
+    /// uncommitted, it cuts the blob back to `at` (removes it when `at` is 0: nothing of it was
+    /// durable). `None` when the
+    /// backend cannot append in place (S3 objects are immutable).
+    fn append(
+        &self,
+        _key: &BlobKey,
+        _at: u64,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn BlobWriter>>, BlobError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Whether [`BlobBackend::link`] works here.
+    fn can_link(&self) -> bool {
+        false
+    }
+    /// Give the blob under `from` the second name `to`, durably (a hard link: no byte is
+    /// copied; deleting either name leaves the other). Never replaces an existing `to`. Only
+    /// where [`BlobBackend::append`] is supported.
+    fn link<'a>(
+        &'a self,
+        _from: &'a BlobKey,
+        _to: &'a BlobKey,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async {
+            Err(BlobError::Io(std::io::Error::other(
+                "this blob store cannot link blobs",
+            )))
+        })
+    }
     /// Read a small range right here, for callers already on a blocking thread; `None` when
     /// the backend has no cheap synchronous path (a network store).
     fn read_blocking(
@@ -238,6 +273,26 @@ impl BlobStore {
     /// Delete a blob.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
         self.backend.delete(key).await
+    }
+
+    /// Continue a blob in place from byte `at` ([`BlobBackend::append`]); `None` where the
+    /// backend cannot.
+    pub async fn append(
+        &self,
+        key: &BlobKey,
+        at: u64,
+    ) -> Result<Option<Box<dyn BlobWriter>>, BlobError> {
+        self.backend.append(key, at).await
+    }
+
+    /// Whether a blob can have a second name ([`BlobBackend::link`]).
+    pub fn can_link(&self) -> bool {
+        self.backend.can_link()
+    }
+
+    /// A second name for a blob ([`BlobBackend::link`]).
+    pub async fn link(&self, from: &BlobKey, to: &BlobKey) -> Result<(), BlobError> {
+        self.backend.link(from, to).await
     }
 
     /// Discard what a crashed writer had staged (see [`BlobWriter::staging_id`]).

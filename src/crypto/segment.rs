@@ -111,6 +111,36 @@ impl Sealer {
         }
     }
 
+    /// Continue sealing `file` at segment `index`: the header and the first `index` segments
+    /// (none of them the last) are stored already (a resumable upload's staged blob).
+    pub fn resume(key: &DataKey, file: FileId, index: u64) -> Self {
+        Self {
+            index,
+            header_sent: true,
+            ..Self::new(key, file)
+        }
+    }
+
+    /// Segments sealed so far.
+    pub fn segments(&self) -> u64 {
+        self.index
+    }
+
+    /// Seal a full segment held back as not the last (the caller knows more follows), and
+    /// hand back the plaintext of a partial one, unsealed: the stored bytes end after the
+    /// last whole segment.
+    pub fn seal_whole(&mut self) -> Result<(Vec<u8>, BytesMut), CryptoError> {
+        let mut out = Vec::new();
+        if !self.header_sent {
+            out.extend_from_slice(&header());
+            self.header_sent = true;
+        }
+        if self.pending.len() == SEGMENT {
+            self.seal_pending(false, &mut out)?;
+        }
+        Ok((out, std::mem::take(&mut self.pending)))
+    }
+
     /// Feed plaintext; returns sealed bytes ready to store (possibly empty). A full segment is
     /// held back until more data arrives, because only then is it known not to be the last.
     pub fn update(&mut self, mut data: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -157,6 +187,11 @@ impl Sealer {
         self.index += 1;
         Ok(())
     }
+}
+
+/// The stored length of a header and `segments` whole segments.
+pub fn whole_segments_len(segments: u64) -> u64 {
+    HEADER_LEN as u64 + segments * (SEGMENT + TAG) as u64
 }
 
 /// Most segments decrypted per blocking task (1 MiB of plaintext), for a reader that keeps

@@ -276,6 +276,8 @@ impl Drop for Outcome {
 pub(crate) struct Staged {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
+    /// Whether the stored bytes are exactly the received ones (no metadata was stripped).
+    unchanged: bool,
     scanned: Scanned,
     reservation: Reservation,
     outcome: Outcome,
@@ -293,17 +295,21 @@ impl Ingest {
 
     /// [`Ingest::stage`] for an upload whose id and quota were settled beforehand (a
     /// resumable upload: its id is announced at creation, its whole length reserved then).
+    /// `stored`, when given, takes the stored bytes instead of a new blob for the file (a
+    /// resumable upload whose bytes are already stored, sealed as it says, checks them by
+    /// reading them back): nothing is sealed here.
     pub(crate) async fn stage_reserved<S>(
         &self,
         up: Upload,
         id: FileId,
         reservation: Reservation,
+        stored: Option<Given>,
         body: S,
     ) -> Result<Staged, IngestError>
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        stage(self, up, Some((id, reservation)), body).await
+        stage(self, up, Some((id, reservation, stored)), body).await
     }
 
     /// The sanitized name of an upload, if its extension is allowed (415 otherwise): checked
@@ -331,10 +337,17 @@ impl Ingest {
     }
 }
 
+/// Bytes stored already: the writer that takes them (and writes nothing), and how they are
+/// sealed.
+pub(crate) type Given = (Box<dyn BlobWriter>, Option<crate::crypto::Sealing>);
+
+/// An upload's id and quota settled beforehand, and its stored bytes if not a new blob.
+type Settled = (FileId, Reservation, Option<Given>);
+
 async fn stage<S>(
     state: &Ingest,
     up: Upload,
-    pre: Option<(FileId, Reservation)>,
+    pre: Option<Settled>,
     body: S,
 ) -> Result<Staged, IngestError>
 where
@@ -357,11 +370,13 @@ where
         Ok(Received {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
         }) => Ok(Staged {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
             outcome,
@@ -381,6 +396,7 @@ where
 struct Received {
     writer: Box<dyn BlobWriter>,
     stored: StoredFile,
+    unchanged: bool,
     scanned: Scanned,
     reservation: Reservation,
 }
@@ -388,7 +404,7 @@ struct Received {
 async fn receive<S>(
     state: &Ingest,
     up: &Upload,
-    pre: Option<(FileId, Reservation)>,
+    pre: Option<Settled>,
     mut body: S,
     outcome: &mut Outcome,
 ) -> Result<Received, IngestError>
@@ -400,7 +416,7 @@ where
 
     // The id and blob key first: the reservation names them, so a sweeper can clean up after
     // this node if it dies mid-upload.
-    let (id, mut reservation) = match pre {
+    let (id, mut reservation, given) = match pre {
         Some(pre) => pre,
         None => {
             let id = FileId::new();
@@ -417,7 +433,7 @@ where
                     up.grant.as_ref().map(|g| g.id),
                 )
                 .await?;
-            (id, reservation)
+            (id, reservation, None)
         }
     };
     let key = BlobKey::for_file(id, state.keyring.enabled());
@@ -456,13 +472,22 @@ where
 
         let checks = Checks::for_type(&state.safety, &content_type);
         let expected = up.grant.as_ref().and_then(|g| g.sha256.clone());
+        // Bytes stored already need to be known unchanged (hashed as received too) when
+        // stripping may change them.
+        let may_rewrite = checks.may_rewrite();
+        let given_bytes = given.is_some();
+        let (given, given_sealing) = match given {
+            Some((w, sealing)) => (Some(w), sealing),
+            None => (None, None),
+        };
         let mut sink = Sink::open(
             state,
             id,
             &key,
+            given,
             rule == Rule::Text,
             checks,
-            expected.is_some(),
+            expected.is_some() || (given_bytes && may_rewrite),
         )
         .await?;
         sink.feed(head.freeze()).await?;
@@ -489,6 +514,7 @@ where
         if let Some(staging) = &done.staged_late {
             reservation.staged(staging.clone()).await?;
         }
+        let unchanged = !may_rewrite || done.received_sha256.as_deref() == Some(&done.sha256);
         let stored = StoredFile {
             file: FileObject {
                 id,
@@ -503,15 +529,20 @@ where
             },
             owner_id: up.owner,
             blob_key: key.as_str().to_owned(),
-            sealing: done.sealing,
+            sealing: if given_bytes {
+                given_sealing
+            } else {
+                done.sealing
+            },
         };
-        Ok::<_, IngestError>((done.writer, stored, done.scanned))
+        Ok::<_, IngestError>((done.writer, stored, unchanged, done.scanned))
     }
     .await;
     match filled {
-        Ok((writer, stored, scanned)) => Ok(Received {
+        Ok((writer, stored, unchanged, scanned)) => Ok(Received {
             writer,
             stored,
+            unchanged,
             scanned,
             reservation,
         }),
@@ -607,14 +638,19 @@ impl Sink {
         state: &Ingest,
         id: FileId,
         key: &BlobKey,
+        given: Option<Box<dyn BlobWriter>>,
         text: bool,
         checks: Checks,
         hash_received: bool,
     ) -> Result<Self, IngestError> {
         // The scanner first: without it (and without `scan.fail_open`) no blob is started.
         let scan = Scan::start(&state.safety).await?;
-        let writer = state.blobs.put(key).await?;
-        let data_key = state.keyring.enabled().then(DataKey::generate);
+        let given_bytes = given.is_some();
+        let writer = match given {
+            Some(w) => w,
+            None => state.blobs.put(key).await?,
+        };
+        let data_key = (state.keyring.enabled() && !given_bytes).then(DataKey::generate);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
             checks,
@@ -739,6 +775,166 @@ impl Sink {
     }
 }
 
+/// An upload's per-byte checks run over its bytes as they arrive in pieces (a resumable
+/// upload's PATCHes), storing nothing: what [`Ingest::stage_reserved`] would find reading the
+/// stored bytes back, except clamd's verdict. Its work is per byte: call it on the blocking
+/// pool.
+pub(crate) struct Running {
+    pipeline: Box<Pipeline>,
+    content_type: String,
+    may_rewrite: bool,
+}
+
+/// What [`Running`] found over all of an upload's bytes.
+pub(crate) struct Checked {
+    content_type: String,
+    sha256: String,
+    received_sha256: String,
+    size: u64,
+}
+
+impl Checked {
+    /// The bytes checked.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Running {
+    /// The next bytes, in order.
+    pub(crate) fn update(&mut self, batch: &[Bytes]) -> Result<(), IngestError> {
+        self.pipeline.process(batch.to_vec()).map(|_| ())
+    }
+
+    /// The end of the bytes: the last checks.
+    pub(crate) fn finish(self) -> Result<Checked, IngestError> {
+        let mut out = Output::default();
+        let done = self.pipeline.finish(&mut out)?;
+        let received_sha256 = match done.received_sha256 {
+            Some(h) if self.may_rewrite => h,
+            _ => done.sha256.clone(),
+        };
+        Ok(Checked {
+            content_type: self.content_type,
+            sha256: done.sha256,
+            received_sha256,
+            size: done.size,
+        })
+    }
+}
+
+impl Ingest {
+    /// Start [`Running`] checks for an upload whose first bytes are `head` (at least
+    /// `SNIFF_LEN` of them, or all); `None` when they refuse it (the caller's own checks
+    /// say why).
+    pub(crate) fn running(&self, up: &Upload, head: &[u8]) -> Option<Running> {
+        let (_, rule) = self.admit(&up.raw_name, up.grant.as_ref()).ok()?;
+        let content_type =
+            UploadPolicy::decide(&rule, head.get(..SNIFF_LEN).unwrap_or(head)).ok()?;
+        let checks = Checks::for_type(&self.safety, &content_type);
+        let may_rewrite = checks.may_rewrite();
+        let pipeline = Pipeline {
+            span: tracing::Span::none(),
+            checks,
+            hasher: Sha256::new(),
+            received: may_rewrite.then(Sha256::new),
+            size: 0,
+            text: (rule == Rule::Text).then(Utf8Check::default),
+            sealer: None,
+            data_key: None,
+            scanning: false,
+        };
+        Some(Running {
+            pipeline: Box::new(pipeline),
+            content_type,
+            may_rewrite,
+        })
+    }
+
+    /// Whether uploads are scanned by clamd (which needs their bytes streamed to it).
+    pub(crate) fn scans(&self) -> bool {
+        self.safety.scanner.is_some()
+    }
+
+    /// [`Ingest::stage_reserved`] for stored bytes already checked whole by [`Running`]
+    /// (and no scanner configured): `None` when they must be read back instead (stripping
+    /// would store other bytes). The reservation is released on a refusal.
+    pub(crate) async fn stage_checked(
+        &self,
+        up: Upload,
+        id: FileId,
+        reservation: Reservation,
+        given: Given,
+        checked: Checked,
+    ) -> Result<Result<Staged, Reservation>, IngestError> {
+        if checked.received_sha256 != checked.sha256 || self.scans() {
+            return Ok(Err(reservation));
+        }
+        let mut outcome = Outcome {
+            audit: self.audit.clone(),
+            meta: self.meta.clone(),
+            filename: filename::sanitize(&up.raw_name),
+            rejection: None,
+            owner: up.owner,
+            ip: up.client_ip,
+            grant: up.grant.as_ref().map(|g| g.id),
+            bytes: checked.size,
+            reason: None,
+            signature: None,
+            done: false,
+        };
+        let (writer, sealing) = given;
+        let checks = (|| {
+            let (name, _) = self.admit(&up.raw_name, up.grant.as_ref())?;
+            if checked.size > up.limit(self.max_upload_bytes) {
+                return Err(IngestError::TooLarge {
+                    limit: up.limit(self.max_upload_bytes),
+                });
+            }
+            if let Some(want) = up.grant.as_ref().and_then(|g| g.sha256.as_deref())
+                && checked.received_sha256 != want
+            {
+                return Err(IngestError::ChecksumMismatch);
+            }
+            Ok(name)
+        })();
+        let name = match checks {
+            Ok(name) => name,
+            Err(e) => {
+                outcome.reason = Some(e.reason());
+                outcome.rejection = e.rejection();
+                reservation.release().await;
+                return Err(e);
+            }
+        };
+        let key = BlobKey::for_file(id, sealing.is_some());
+        let stored = StoredFile {
+            file: FileObject {
+                id,
+                filename: name,
+                size: checked.size,
+                content_type: checked.content_type,
+                sha256: checked.sha256,
+                created_at: Timestamp::now(),
+                expires_at: up.expires_at,
+                scanned_at: None,
+                grant_id: up.grant.as_ref().map(|g| g.id),
+            },
+            owner_id: up.owner,
+            blob_key: key.as_str().to_owned(),
+            sealing,
+        };
+        Ok(Ok(Staged {
+            writer,
+            stored,
+            unchanged: true,
+            scanned: Scanned::NotConfigured,
+            reservation,
+            outcome,
+        }))
+    }
+}
+
 /// The pipeline was lost (its task panicked or was cancelled): an internal error.
 fn lost(e: impl ToString) -> IngestError {
     IngestError::Blob(BlobError::Io(std::io::Error::other(e.to_string())))
@@ -816,6 +1012,24 @@ impl Pipeline {
 }
 
 impl Staged {
+    /// Whether the stored bytes are the received ones (no metadata was stripped).
+    pub(crate) fn unchanged(&self) -> bool {
+        self.unchanged
+    }
+
+    /// The file's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.stored.file.size
+    }
+
+    /// Give the staged bytes up but keep the quota reservation (and record nothing): the
+    /// caller stages the same upload again with it.
+    pub(crate) fn into_reservation(mut self) -> Reservation {
+        self.outcome.done = true;
+        // Moved out: `Staged` has no `Drop` of its own.
+        self.reservation
+    }
+
     /// Give the upload up (the request failed after its file was received): its staged blob
     /// is dropped, its quota and any grant use released before the caller answers, and the
     /// refusal audited with `e`'s reason.

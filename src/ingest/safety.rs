@@ -108,6 +108,12 @@ impl Checks {
         Self { polyglot, media }
     }
 
+    /// Whether the bytes stored may differ from the bytes received (metadata stripping is on
+    /// for this format).
+    pub(crate) fn may_rewrite(&self) -> bool {
+        self.media.as_ref().is_some_and(MediaWalker::strips)
+    }
+
     /// Check a received chunk; push the bytes to store onto `out` (the chunk itself unless
     /// metadata is stripped). The polyglot check sees the bytes as received: a ZIP or markup
     /// tail that stripping would drop still marks the upload as crafted.

@@ -100,19 +100,45 @@ pub struct Chunk {
     pub sealing: Option<Sealing>,
 }
 
-/// Appending a durable chunk.
+/// Bytes of a PATCH made durable: the offset moves, and the chunks that hold them are
+/// recorded, in one transaction.
 #[derive(Debug, Clone)]
 pub struct Append {
     /// The upload.
     pub id: FileId,
     /// The lock holder appending.
     pub holder: String,
-    /// The chunk; its `start` must be the current offset.
-    pub chunk: Chunk,
+    /// Where the bytes start: must be the current offset.
+    pub start: u64,
+    /// How many bytes the offset moves by.
+    pub added: u64,
+    /// A chunk of their own (its `start` is `start`).
+    pub chunk: Option<Chunk>,
+    /// The growing chunk (at offset 0, one blob appended in place) extended.
+    pub grow: Option<Grow>,
+    /// The staged tail replaced (its start): its row goes and its blob is queued for deletion.
+    pub drop_tail: Option<u64>,
+    /// The new staged tail (a chunk of its own after the growing chunk's whole segments).
+    pub tail: Option<Chunk>,
     /// The chunk writer's own (zero-byte) reservation, ended here.
-    pub chunk_reservation: UploadId,
+    pub chunk_reservation: Option<UploadId>,
+    /// Give the lock up in the same transaction (the request is done with the upload).
+    pub unlock: bool,
+    /// Now.
+    pub now: Timestamp,
     /// The upload's new expiry.
     pub expires_at: Timestamp,
+}
+
+/// The growing chunk extended by `by` bytes (created with them when it has no row yet).
+#[derive(Debug, Clone)]
+pub struct Grow {
+    /// Its blob.
+    pub blob_key: String,
+    /// Plaintext bytes added.
+    pub by: u64,
+    /// How it is sealed (when created).
+    pub sealing: Option<Sealing>,
 }
 
 /// What taking an upload's lock came to.
@@ -154,8 +180,9 @@ pub trait Resumables: Send + Sync {
     /// Give the lock up, if `holder` still has it.
     async fn unlock(&self, id: FileId, holder: String) -> Result<(), MetaError>;
 
-    /// Record a durable chunk and move the offset past it, while `holder` holds the lock and
-    /// the offset is the chunk's start; `false` otherwise (the caller deletes the blob).
+    /// Record a durable chunk (or extend the growing one) and move the offset past it, while
+    /// `holder` holds the lock and the offset is the chunk's start; `false` otherwise (the
+    /// caller deletes the blob, or cuts the growing one back).
     async fn append(&self, a: Append) -> Result<bool, MetaError>;
 
     /// The upload's chunks, in order.

@@ -3,11 +3,15 @@
 //! upload, the type check on the first bytes, the commit through the single-shot pipeline
 //! (`ingest`), termination and expiry.
 //!
-//! Invariant: an upload's offset counts only durable bytes. A PATCH writes its bytes to a
-//! chunk blob of its own (sealed under its own data key when encryption is on, so no
-//! plaintext of an unfinished upload is ever at rest), commits the blob, then moves the offset
-//! and records the chunk in one transaction, while it holds the upload's lock (a lease in the
-//! database, so it holds across nodes and expires with a dead node). Bytes that are refused
+//! Invariant: an upload's offset counts only durable bytes. A PATCH appends its bytes to the
+//! upload's one growing chunk blob in place (the local filesystem, encryption off), or writes
+//! them to a chunk blob of its own (S3; sealed under its own data key when encryption is on,
+//! so no plaintext of an unfinished upload is ever at rest); it makes them durable, then
+//! moves the offset and records the chunk in one transaction, while it holds the upload's
+//! lock (a lease in the database, so it holds across nodes and expires with a dead node).
+//! A growing chunk becomes the file's blob without a copy: the last PATCH reads it back
+//! through the pipeline's checks and, when they store the bytes unchanged, links it under
+//! the file's key. Bytes that are refused
 //! (a checksum mismatch, an interrupted PATCH with a checksum, a body that would pass the
 //! length) never reach a committed blob. Whatever ends an upload (the final commit, DELETE,
 //! a refused type, expiry) removes its rows, queues its chunk blobs for deletion and releases
@@ -27,7 +31,7 @@ use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError, Source};
 use crate::events;
 use crate::ids::{FileId, Timestamp};
-use crate::ingest::{Ingest, IngestError, Upload};
+use crate::ingest::{Ingest, IngestError, Running, Upload};
 use crate::meta::files::FileObject;
 use crate::meta::grants::Grant;
 use crate::meta::resumable::{
@@ -118,6 +122,53 @@ pub(crate) struct Resumable {
     pub(crate) max_pending: u64,
     /// `limits.upload_idle_timeout_secs`: a PATCH's lock outlives a stalled body this long.
     pub(crate) idle: Duration,
+    /// The checks of uploads in progress, carried from one PATCH to the next on this node.
+    pub(crate) running: RunningCache,
+}
+
+/// The per-byte checks ([`Running`]) of unfinished uploads whose last PATCH this node took,
+/// keyed by upload and by the offset they reached, so the next PATCH (on this node) carries
+/// them on and the last one needs no read-back. Only a cache: a PATCH on another node, a
+/// restart, or an eviction leaves the last PATCH to read the stored bytes back.
+#[derive(Clone, Default)]
+pub(crate) struct RunningCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileId, (u64, Running)>>>,
+);
+
+/// Uploads whose checks are kept (each holds hash states and at most ~200 KiB of a
+/// polyglot check's window).
+const RUNNING_KEPT: usize = 32;
+
+impl RunningCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FileId, (u64, Running)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The checks of `id` if they reached exactly `offset` (taken out: one PATCH at a time).
+    pub(crate) fn take(&self, id: FileId, offset: u64) -> Option<Running> {
+        match self.map().remove(&id) {
+            Some((at, r)) if at == offset => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Keep the checks of `id`, which reached `offset`.
+    pub(crate) fn put(&self, id: FileId, offset: u64, r: Running) {
+        let mut m = self.map();
+        if m.len() >= RUNNING_KEPT
+            && !m.contains_key(&id)
+            && let Some(old) = m.keys().next().copied()
+        {
+            m.remove(&old);
+        }
+        m.insert(id, (offset, r));
+    }
+
+    fn forget(&self, id: FileId) {
+        self.map().remove(&id);
+    }
 }
 
 impl Resumable {
@@ -232,6 +283,7 @@ impl Resumable {
     /// Remove an upload and delete its staged chunks (queued first, so a failure here is
     /// finished by the sweeper).
     async fn remove(&self, id: FileId) -> Result<(), ResumableError> {
+        self.running.forget(id);
         if self.meta.resumables().remove(id, Timestamp::now()).await? {
             self.purge_later();
         }
@@ -260,7 +312,16 @@ impl Resumable {
     where
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin,
     {
-        let up = Upload {
+        let reservation = self.reservation_for(c, id, length).await?;
+        let staged = self
+            .ingest
+            .stage_reserved(self.upload_of(c, length), id, reservation, None, body)
+            .await?;
+        Ok(staged.commit(&self.ingest).await?)
+    }
+
+    fn upload_of(&self, c: &Creation, length: u64) -> Upload {
+        Upload {
             owner: c.owner,
             client_ip: c.client_ip,
             raw_name: c.filename.clone(),
@@ -268,8 +329,18 @@ impl Resumable {
             length_hint: Some(length),
             exact_length: true,
             grant: c.grant.clone(),
-        };
-        let reservation = if length == 0 {
+        }
+    }
+
+    /// The quota reservation of the file `id`: the upload's (held since creation), or for
+    /// an empty upload a new one.
+    async fn reservation_for(
+        &self,
+        c: &Creation,
+        id: FileId,
+        length: u64,
+    ) -> Result<crate::ingest::quota::Reservation, ResumableError> {
+        Ok(if length == 0 {
             let key = BlobKey::for_file(id, self.keyring.enabled());
             self.ingest
                 .quota
@@ -285,12 +356,100 @@ impl Resumable {
                 .map_err(IngestError::from)?
         } else {
             self.ingest.quota.adopt(reservation_of(id), length)
-        };
+        })
+    }
+
+    /// Commit a growing chunk that holds the whole upload as the file `id`: its bytes read
+    /// back (decrypted when sealed) through the pipeline's checks (type, content safety,
+    /// clamd, the grant's sha256, sha256), then the blob linked under the file's key. When the checks store other
+    /// bytes (metadata stripped), the file is written from the read-back bytes instead.
+    async fn commit_in_place(
+        &self,
+        c: &Creation,
+        id: FileId,
+        length: u64,
+        staging: BlobKey,
+        sealing: Option<crate::crypto::Sealing>,
+        running: Option<Running>,
+    ) -> Result<FileObject, ResumableError> {
+        let mut reservation = self.reservation_for(c, id, length).await?;
+        let file_key = BlobKey::for_file(id, sealing.is_some());
+        // Checked as the bytes arrived (every PATCH on this node): nothing to read back.
+        if let Some(r) = running
+            && let Ok(Ok(checked)) = tokio::task::spawn_blocking(move || r.finish()).await
+            && checked.size() == length
+        {
+            let link: Box<dyn crate::blob::BlobWriter> = Box::new(LinkWriter {
+                blobs: self.blobs.clone(),
+                from: staging.clone(),
+                to: file_key.clone(),
+            });
+            match self
+                .ingest
+                .stage_checked(
+                    self.upload_of(c, length),
+                    id,
+                    reservation,
+                    (link, sealing.clone()),
+                    checked,
+                )
+                .await?
+            {
+                Ok(staged) => return Ok(staged.commit(&self.ingest).await?),
+                Err(r) => reservation = r,
+            }
+        }
+        let link: Box<dyn crate::blob::BlobWriter> = Box::new(LinkWriter {
+            blobs: self.blobs.clone(),
+            from: staging.clone(),
+            to: file_key,
+        });
+        let body = self
+            .staged_bytes(id, &staging, length, sealing.as_ref())
+            .await?;
         let staged = self
             .ingest
-            .stage_reserved(up, id, reservation, body)
+            .stage_reserved(
+                self.upload_of(c, length),
+                id,
+                reservation,
+                Some((link, sealing.clone())),
+                body,
+            )
+            .await?;
+        if staged.unchanged() && staged.size() == length {
+            return Ok(staged.commit(&self.ingest).await?);
+        }
+        let reservation = staged.into_reservation();
+        let body = self
+            .staged_bytes(id, &staging, length, sealing.as_ref())
+            .await?;
+        let staged = self
+            .ingest
+            .stage_reserved(self.upload_of(c, length), id, reservation, None, body)
             .await?;
         Ok(staged.commit(&self.ingest).await?)
+    }
+
+    /// The plaintext of a whole growing chunk (`length` bytes; sealed under the upload's
+    /// key and bound to its id, when `sealing`).
+    async fn staged_bytes(
+        &self,
+        upload: FileId,
+        key: &BlobKey,
+        length: u64,
+        sealing: Option<&crate::crypto::Sealing>,
+    ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, ResumableError> {
+        let src = Source {
+            blob_key: key.as_str(),
+            file: upload,
+            size: length,
+            sealing,
+        };
+        let s = read::read(&self.blobs, &self.keyring, &src, 0, length)
+            .await
+            .map_err(from_read)?;
+        Ok(s.map(|r| r.map_err(from_read)).boxed())
     }
 
     /// Commit a finished upload: its chunks, in order and decrypted, through the pipeline;
@@ -301,9 +460,9 @@ impl Resumable {
         up: &ResumableUpload,
         client_ip: IpAddr,
         grant: Option<Grant>,
+        running: Option<Running>,
     ) -> Result<FileObject, ResumableError> {
         let chunks = self.meta.resumables().chunks(up.id).await?;
-        let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), chunks);
         let c = Creation {
             owner: up.owner,
             client_ip,
@@ -313,7 +472,23 @@ impl Resumable {
             file_expires_at: up.file_expires_at,
             grant,
         };
-        let result = self.commit_stream(&c, up.id, up.length, body).await;
+        let in_place = match chunks.as_slice() {
+            [ch] if ch.start == 0 && ch.len == up.length => {
+                self.whole_growing_chunk(up.id, ch).await
+            }
+            _ => None,
+        };
+        let result = match in_place {
+            Some(staging) => {
+                let sealing = chunks.into_iter().next().and_then(|ch| ch.sealing);
+                self.commit_in_place(&c, up.id, up.length, staging, sealing, running)
+                    .await
+            }
+            None => {
+                let body = chunk_bytes(self.blobs.clone(), self.keyring.clone(), up.id, chunks);
+                self.commit_stream(&c, up.id, up.length, body).await
+            }
+        };
         // Committed or refused, the upload is over: rows out, chunks queued for deletion
         // (the reservation ended with the file's row, or was released by the pipeline).
         self.remove(up.id).await?;
@@ -321,14 +496,74 @@ impl Resumable {
     }
 }
 
-/// The plaintext of chunks, in order.
+impl Resumable {
+    /// The key of the upload's only chunk (the growing one, or a chunk of its own), when it
+    /// can become the file's blob as it is: the store links blobs, the chunk is plain (and
+    /// encryption off, so the file is stored plain), and it holds exactly the upload's bytes
+    /// (nothing a failed PATCH left after them).
+    async fn whole_growing_chunk(&self, upload: FileId, ch: &Chunk) -> Option<BlobKey> {
+        if !self.blobs.can_link() {
+            return None;
+        }
+        let key = BlobKey::parse(&ch.blob_key)?;
+        let stored_len = match (&ch.sealing, self.keyring.enabled()) {
+            // Sealed under the upload's key and bound to its id: only its growing chunk.
+            (Some(_), true) if key == staging_key(upload) => {
+                crate::crypto::segment::sealed_len(ch.len)
+            }
+            (None, false) if key.file_id().is_some() && !key.as_str().ends_with(".s") => ch.len,
+            _ => return None,
+        };
+        match self.blobs.stat(&key).await {
+            Ok(n) if n == stored_len => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Takes the stored bytes of a growing chunk that are already where they belong: counts
+/// nothing, writes nothing, and at commit gives the chunk the file's key (a hard link; the
+/// chunk's own name is deleted with the upload).
+struct LinkWriter {
+    blobs: BlobStore,
+    from: BlobKey,
+    to: BlobKey,
+}
+
+impl crate::blob::BlobWriter for LinkWriter {
+    fn write<'a>(
+        &'a mut self,
+        _buf: &'a [u8],
+    ) -> crate::blob::BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn staging_id(&self) -> Option<String> {
+        None
+    }
+
+    fn commit(self: Box<Self>) -> crate::blob::BoxFuture<'static, Result<(), BlobError>> {
+        Box::pin(async move { self.blobs.link(&self.from, &self.to).await })
+    }
+}
+
+/// The key of an upload's growing chunk when it is sealed: derived from the upload's id (its
+/// segments are bound to the upload's id, the file's, not to this key's).
+pub(crate) fn staging_key(upload: FileId) -> BlobKey {
+    const MASK: u128 = 0x0000_0000_0000_0000_5354_4147_494e_4721;
+    let id = FileId(uuid::Uuid::from_u128(upload.0.as_u128() ^ MASK));
+    BlobKey::for_file(id, true)
+}
+
+/// The plaintext of an upload's chunks, in order.
 fn chunk_bytes(
     blobs: BlobStore,
     keyring: std::sync::Arc<Keyring>,
+    upload: FileId,
     chunks: Vec<Chunk>,
 ) -> BoxStream<'static, Result<Bytes, IngestError>> {
     futures_util::stream::iter(chunks)
-        .then(move |c| open_chunk(blobs.clone(), keyring.clone(), c))
+        .then(move |c| open_chunk(blobs.clone(), keyring.clone(), upload, c))
         .try_flatten()
         .boxed()
 }
@@ -337,11 +572,16 @@ fn chunk_bytes(
 async fn open_chunk(
     blobs: BlobStore,
     keyring: std::sync::Arc<Keyring>,
+    upload: FileId,
     c: Chunk,
 ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, IngestError> {
-    let file = BlobKey::parse(&c.blob_key)
-        .and_then(|k| k.file_id())
-        .ok_or(IngestError::Blob(BlobError::Unsafe))?;
+    let file = if c.blob_key == staging_key(upload).as_str() {
+        upload
+    } else {
+        BlobKey::parse(&c.blob_key)
+            .and_then(|k| k.file_id())
+            .ok_or(IngestError::Blob(BlobError::Unsafe))?
+    };
     let src = Source {
         blob_key: &c.blob_key,
         file,

@@ -1105,3 +1105,403 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
     let (code, out) = app.run_cli(&["check", "--deep"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// After the purge of a finished upload's staging: nothing queued, no chunk row, and the
+/// store holds exactly the files named (by id), each blob with the given bytes.
+async fn store_holds_exactly(app: &TestApp, files: &[(&str, &[u8])]) {
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(
+        app.blob_files().len(),
+        files.len(),
+        "{:?}",
+        app.blob_files()
+    );
+    for (id, bytes) in files {
+        assert!(
+            app.read_blob(&app.blob_of(id)) == *bytes,
+            "the blob of {id}"
+        );
+    }
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn bytes_a_refused_or_broken_off_patch_left_are_cut_off_and_the_file_is_exact() {
+    // On the local store every PATCH appends to one staged blob in place: what a refused
+    // PATCH (wrong checksum) or a broken-off one wrote past the durable offset must never
+    // reach the file.
+    let app = TestApp::spawn().await;
+    let u = app.user("patchy").await;
+    let file = png(3_000_000);
+    let loc = created(&app, &u, "patchy.png", file.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, file[..1_000_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    // 1 MB of other bytes under a checksum of the right ones: 460, nothing counts.
+    let wrong = crate::helpers::fixtures::noise(1_000_000, 7);
+    let sum = STANDARD.encode(Sha256::digest(&file[1_000_000..2_000_000]));
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        1_000_000,
+        wrong,
+        &[("upload-checksum", &format!("sha256 {sum}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 460);
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "1000000".to_owned()));
+    // A PATCH broken off mid-body, without a checksum: what arrived counts.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", "1000000"),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[1_000_000..1_400_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    let _ = sent.await;
+    let mut off = 0;
+    for _ in 0..50 {
+        // The lock is given up once the broken-off PATCH's bytes are durable.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = patch(&app, &u, &loc, 0, Vec::new(), &[]).await;
+        if r.status() == 409 {
+            off = offset_of(&app, &u, &loc).await.1.parse().unwrap();
+            break;
+        }
+    }
+    assert!((1_000_000..=1_400_000).contains(&off), "{off}");
+    // One growing chunk holds every durable byte (written once, in place; on the local
+    // store: the bucket takes a chunk per PATCH).
+    if app.bucket_prefix().is_none() {
+        assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 1);
+        assert_eq!(
+            app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
+            off as i64
+        );
+    }
+    let r = patch(&app, &u, &loc, off, file[off as usize..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&file));
+    assert_eq!(f["size"], file.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == file);
+    store_holds_exactly(&app, &[(&fid, &file)]).await;
+    assert_eq!(reserved(&app).await, 0);
+}
+
+#[tokio::test]
+async fn an_image_whose_metadata_is_stripped_is_stored_stripped_through_tus() {
+    // The staged bytes cannot become the file as they are when stripping changes them: the
+    // file is the stripped image, exactly as a single-shot upload of it stores it.
+    let app = TestApp::spawn().await;
+    let u = app.user("stripper").await;
+    let (jpeg, clean) = crate::helpers::images::jpeg_with_metadata(1);
+    assert!(clean.len() < jpeg.len());
+    let loc = created(&app, &u, "photo.jpg", jpeg.len() as u64).await;
+    let half = jpeg.len() / 2;
+    let r = patch(&app, &u, &loc, 0, jpeg[..half].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let r = patch(&app, &u, &loc, half as u64, jpeg[half..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    let single = app.stored(&u.token, "photo.jpg", jpeg.clone()).await;
+    assert_eq!(f["sha256"], sha256_hex(&clean));
+    assert_eq!(f["sha256"], single["sha256"]);
+    assert_eq!(f["size"], clean.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == clean);
+    let sid = single["id"].as_str().unwrap().to_owned();
+    store_holds_exactly(&app, &[(&fid, &clean), (&sid, &clean)]).await;
+}
+
+const TUS_KEY: &[u8] = b"tus test key";
+
+/// No blob and no temp file holds `marker` (plaintext of an unfinished upload). On the local
+/// store (a bucket's objects may be deleted between listing and reading them; the S3 path is
+/// checked by `with_encryption_no_plaintext_of_an_unfinished_upload_is_at_rest`).
+fn no_plaintext_at_rest(app: &TestApp, marker: &[u8]) {
+    if app.bucket_prefix().is_some() {
+        return;
+    }
+    let mut all = app.blob_files();
+    all.extend(app.temp_files());
+    for b in &all {
+        // Temp files (and blobs on the local store) are files; the bucket's are objects.
+        let bytes = if b.is_absolute() {
+            std::fs::read(b).unwrap_or_default()
+        } else {
+            app.read_blob(b)
+        };
+        assert!(
+            memchr::memmem::find(&bytes, marker).is_none(),
+            "plaintext in {b:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sealed_in_place_across_a_restart_and_odd_patch_sizes_gives_the_exact_file() {
+    // Encryption on: PATCHes of sizes that split 64 KiB segments (the partial segment is
+    // staged as a sealed tail and sealed into the upload's blob by the next PATCH), a
+    // PATCH broken off mid-body, and a crash and restart between PATCHes.
+    let key = hex::encode(Sha256::digest(TUS_KEY));
+    let mut app = TestApp::builder()
+        .env("COFFER_ENCRYPTION_KEY", &key)
+        .env("COFFER_LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "2")
+        .spawn()
+        .await;
+    let u = app.user("sealedtus").await;
+    let marker = b"SEALED-IN-PLACE-MARKER-";
+    let file: Vec<u8> = (0..1_000_000u32)
+        .map(|i| {
+            if i % 1000 == 999 {
+                b'\n'
+            } else {
+                marker[i as usize % marker.len()]
+            }
+        })
+        .collect();
+    let loc = created(&app, &u, "sealed.txt", file.len() as u64).await;
+    let mut off = 0usize;
+    // 10,000 bytes (no whole segment yet), then 100,000 (crosses one), then 131,072.
+    for n in [10_000usize, 100_000, 131_072] {
+        let r = patch(&app, &u, &loc, off as u64, file[off..off + n].to_vec(), &[]).await;
+        assert_eq!(r.status(), 204, "PATCH at {off}");
+        off += n;
+        assert_eq!(header(&r, "upload-offset"), off.to_string());
+        no_plaintext_at_rest(&app, marker);
+    }
+    // Staged in place (on the local store; the bucket takes a chunk per PATCH): three whole
+    // segments in the upload's blob, the rest as a sealed tail.
+    if app.bucket_prefix().is_none() {
+        assert_eq!(
+            app.sql_number("SELECT length FROM resumable_chunks WHERE start_offset = 0"),
+            3 * 65_536
+        );
+        assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 2);
+    }
+    // A PATCH broken off mid-body: what arrived counts, sealed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .request(Method::PATCH, &loc)
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-offset", &off.to_string()),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let sent = tokio::spawn(req.send());
+    tx.send(Ok(file[off..off + 150_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    let _ = sent.await;
+    let mut now = off;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if patch(&app, &u, &loc, 0, Vec::new(), &[]).await.status() == 409 {
+            now = offset_of(&app, &u, &loc).await.1.parse().unwrap();
+            break;
+        }
+    }
+    assert!((off..=off + 150_000).contains(&now), "{now}");
+    off = now;
+    no_plaintext_at_rest(&app, marker);
+    // A crash between PATCHes, and a restart with the same key.
+    app.kill9();
+    let app = app
+        .relaunch()
+        .env("COFFER_ENCRYPTION_KEY", &key)
+        .spawn()
+        .await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, off.to_string()));
+    let r = patch(
+        &app,
+        &u,
+        &loc,
+        off as u64,
+        file[off..off + 70_001].to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    off += 70_001;
+    no_plaintext_at_rest(&app, marker);
+    let r = patch(&app, &u, &loc, off as u64, file[off..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&file));
+    assert_eq!(f["size"], file.len() as u64);
+    assert!(app.content_of(&u.token, &fid).await == file);
+    no_plaintext_at_rest(&app, marker);
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(app.blob_files().len(), 1, "{:?}", app.blob_files());
+    assert_eq!(reserved(&app).await, 0);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_sealed_image_whose_metadata_is_stripped_is_stored_stripped_through_tus() {
+    let app = TestApp::builder()
+        .env(
+            "COFFER_ENCRYPTION_KEY",
+            hex::encode(Sha256::digest(TUS_KEY)),
+        )
+        .spawn()
+        .await;
+    let u = app.user("sealedstrip").await;
+    let (jpeg, clean) = crate::helpers::images::jpeg_with_metadata(1);
+    let loc = created(&app, &u, "photo.jpg", jpeg.len() as u64).await;
+    let half = jpeg.len() / 2;
+    let r = patch(&app, &u, &loc, 0, jpeg[..half].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let r = patch(&app, &u, &loc, half as u64, jpeg[half..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&clean));
+    assert!(app.content_of(&u.token, &fid).await == clean);
+    app.eventually("the finished upload's staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert_eq!(app.blob_files().len(), 1);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn what_the_carried_checks_refuse_is_refused_at_the_last_patch_and_nothing_stays() {
+    // Each PATCH carries the upload's checks on (hash, image walk, polyglot window, UTF-8):
+    // what they find is answered at the last PATCH, as a single-shot upload would be.
+    let app = TestApp::spawn().await;
+    let u = app.user("carried").await;
+    let zip_tail = b"PK\x05\x06\0\0\0\0\x01\0\x01\0\x2e\0\0\0\x10\0\0\0\0\0".to_vec();
+    let mut bad_text = "fine text\n".repeat(30_000).into_bytes();
+    bad_text.extend_from_slice(&[0xff, 0xfe, b'\n']);
+    let cases = [
+        ("zip.png", [png(400_000), zip_tail].concat(), "polyglot"),
+        ("bad.txt", bad_text, ""),
+    ];
+    for (name, bytes, kind) in cases {
+        let loc = created(&app, &u, name, bytes.len() as u64).await;
+        let third = bytes.len() / 3;
+        for at in [0, third] {
+            let r = patch(
+                &app,
+                &u,
+                &loc,
+                at as u64,
+                bytes[at..at + third].to_vec(),
+                &[],
+            )
+            .await;
+            assert_eq!(r.status(), 204, "{name} at {at}");
+        }
+        let r = patch(
+            &app,
+            &u,
+            &loc,
+            2 * third as u64,
+            bytes[2 * third..].to_vec(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 415, "{name}");
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert!(p["type"].as_str().unwrap_or_default().contains(kind), "{p}");
+        assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+    }
+    let list = app.files().as_user(&u).expect(200).await;
+    assert_eq!(list["items"], serde_json::Value::Array(vec![]), "{list}");
+    app.eventually("the refused uploads' staging is deleted", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+            && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+    })
+    .await;
+    assert!(app.blob_files().is_empty(), "{:?}", app.blob_files());
+    assert_eq!(reserved(&app).await, 0);
+}
+
+#[tokio::test]
+async fn three_patches_on_one_node_commit_the_exact_file_plain_and_sealed() {
+    // The common case: every PATCH on this node, the checks carried along; the file must
+    // be byte-exact with the right sha256, plain and sealed.
+    for sealed in [false, true] {
+        let mut b = TestApp::builder();
+        if sealed {
+            b = b.env(
+                "COFFER_ENCRYPTION_KEY",
+                hex::encode(Sha256::digest(TUS_KEY)),
+            );
+        }
+        let app = b.spawn().await;
+        let u = app.user("threepatch").await;
+        let file = png(2_500_000);
+        let loc = created(&app, &u, "three.png", file.len() as u64).await;
+        let cuts = [0usize, 1_048_576, 1_900_003, file.len()];
+        let mut last = None;
+        for w in cuts.windows(2) {
+            let r = patch(&app, &u, &loc, w[0] as u64, file[w[0]..w[1]].to_vec(), &[]).await;
+            assert_eq!(r.status(), 204);
+            last = Some(r);
+        }
+        let fid = header(&last.unwrap(), "coffer-file-id");
+        let f = app
+            .get(&format!("/api/v1/files/{fid}"))
+            .as_user(&u)
+            .expect(200)
+            .await;
+        assert_eq!(f["sha256"], sha256_hex(&file), "sealed: {sealed}");
+        assert_eq!(f["content_type"], "image/png");
+        assert!(app.content_of(&u.token, &fid).await == file);
+        app.eventually("the finished upload's staging is deleted", || {
+            app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+                && app.sql_number("SELECT COUNT(*) FROM blob_deletions") == 0
+        })
+        .await;
+        assert_eq!(app.blob_files().len(), 1);
+        let (code, out) = app.run_cli(&["check", "--deep"]);
+        assert_eq!(code, 0, "{out}");
+    }
+}

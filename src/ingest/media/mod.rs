@@ -163,6 +163,11 @@ impl MediaWalker {
         Self { inner, strip }
     }
 
+    /// Whether it may store other bytes than it receives (stripping metadata).
+    pub fn strips(&self) -> bool {
+        self.strip
+    }
+
     /// Take the next received chunk; push the bytes to store, in order, onto `out`. Without
     /// stripping that is `chunk` itself.
     pub fn update(&mut self, chunk: Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {

@@ -106,31 +106,13 @@ async fn create(t: &Tx<'_>, n: &NewResumable) -> PgResult<Created> {
     Ok(Created::Created)
 }
 
-async fn append(t: &Tx<'_>, a: &Append) -> PgResult<bool> {
-    let ch = &a.chunk;
-    let n = t
-        .execute(
-            "UPDATE resumable_uploads SET upload_offset = upload_offset + $3, expires_at = $4
-             WHERE id = $1 AND lock_holder = $2 AND upload_offset = $5
-               AND upload_offset + $3 <= length",
-            &[
-                &a.id,
-                &a.holder,
-                &as_i64(ch.len),
-                &a.expires_at,
-                &as_i64(ch.start),
-            ],
-        )
-        .await?;
-    if n != 1 {
-        return Ok(false);
-    }
+async fn insert_chunk(t: &Tx<'_>, id: FileId, ch: &Chunk) -> PgResult<()> {
     t.execute(
         "INSERT INTO resumable_chunks
              (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[
-            &a.id,
+            &id,
             &as_i64(ch.start),
             &as_i64(ch.len),
             &ch.blob_key,
@@ -139,11 +121,66 @@ async fn append(t: &Tx<'_>, a: &Append) -> PgResult<bool> {
         ],
     )
     .await?;
-    t.execute(
-        "DELETE FROM upload_reservations WHERE id = $1",
-        &[&a.chunk_reservation],
-    )
-    .await?;
+    Ok(())
+}
+
+async fn append(t: &Tx<'_>, a: &Append) -> PgResult<bool> {
+    let n = t
+        .execute(
+            "UPDATE resumable_uploads SET upload_offset = upload_offset + $3, expires_at = $4,
+                 lock_holder = CASE WHEN $6 THEN NULL ELSE lock_holder END,
+                 lock_until = CASE WHEN $6 THEN NULL ELSE lock_until END
+             WHERE id = $1 AND lock_holder = $2 AND upload_offset = $5
+               AND upload_offset + $3 <= length",
+            &[
+                &a.id,
+                &a.holder,
+                &as_i64(a.added),
+                &a.expires_at,
+                &as_i64(a.start),
+                &a.unlock,
+            ],
+        )
+        .await?;
+    if n != 1 {
+        return Ok(false);
+    }
+    if let Some(start) = a.drop_tail {
+        t.execute(
+            "WITH gone AS (DELETE FROM resumable_chunks WHERE upload_id = $1 AND start_offset = $2
+                           RETURNING blob_key)
+             INSERT INTO blob_deletions (blob_key, queued_at) SELECT blob_key, $3 FROM gone
+             ON CONFLICT (blob_key) DO NOTHING",
+            &[&a.id, &as_i64(start), &a.now],
+        )
+        .await?;
+    }
+    if let Some(g) = &a.grow {
+        let grown = t
+            .execute(
+                "UPDATE resumable_chunks SET length = length + $3
+                 WHERE upload_id = $1 AND blob_key = $2 AND start_offset = 0",
+                &[&a.id, &g.blob_key, &as_i64(g.by)],
+            )
+            .await?
+            == 1;
+        if !grown && g.by > 0 {
+            let ch = Chunk {
+                start: 0,
+                len: g.by,
+                blob_key: g.blob_key.clone(),
+                sealing: g.sealing.clone(),
+            };
+            insert_chunk(t, a.id, &ch).await?;
+        }
+    }
+    for ch in a.chunk.iter().chain(&a.tail) {
+        insert_chunk(t, a.id, ch).await?;
+    }
+    if let Some(r) = &a.chunk_reservation {
+        t.execute("DELETE FROM upload_reservations WHERE id = $1", &[r])
+            .await?;
+    }
     t.execute(
         "UPDATE upload_reservations SET touched_at = $2 WHERE id = $1",
         &[&reservation_of(a.id), &a.expires_at],

@@ -113,39 +113,80 @@ fn lock(
     })
 }
 
-fn append(c: &Connection, a: &Append) -> rusqlite::Result<bool> {
-    let ch = &a.chunk;
-    let n = c
-        .prepare_cached(
-            "UPDATE resumable_uploads SET upload_offset = upload_offset + ?3, expires_at = ?4
-             WHERE id = ?1 AND lock_holder = ?2 AND upload_offset = ?5
-               AND upload_offset + ?3 <= length",
-        )?
-        .execute(params![
-            a.id,
-            a.holder,
-            as_i64(ch.len),
-            a.expires_at,
-            as_i64(ch.start)
-        ])?;
-    if n != 1 {
-        return Ok(false);
-    }
+fn insert_chunk(c: &Connection, id: FileId, ch: &Chunk) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO resumable_chunks
              (upload_id, start_offset, length, blob_key, enc_key_id, enc_wrapped_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
-        a.id,
+        id,
         as_i64(ch.start),
         as_i64(ch.len),
         ch.blob_key,
         ch.sealing.as_ref().map(|s| s.key_id.clone()),
         ch.sealing.as_ref().map(|s| s.wrapped_key.clone()),
     ])?;
-    c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
-        .execute([a.chunk_reservation])?;
+    Ok(())
+}
+
+fn append(c: &Connection, a: &Append) -> rusqlite::Result<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE resumable_uploads SET upload_offset = upload_offset + ?3, expires_at = ?4,
+                 lock_holder = CASE WHEN ?6 THEN NULL ELSE lock_holder END,
+                 lock_until = CASE WHEN ?6 THEN NULL ELSE lock_until END
+             WHERE id = ?1 AND lock_holder = ?2 AND upload_offset = ?5
+               AND upload_offset + ?3 <= length",
+        )?
+        .execute(params![
+            a.id,
+            a.holder,
+            as_i64(a.added),
+            a.expires_at,
+            as_i64(a.start),
+            a.unlock
+        ])?;
+    if n != 1 {
+        return Ok(false);
+    }
+    if let Some(start) = a.drop_tail {
+        let keys: Vec<String> = c
+            .prepare_cached(
+                "DELETE FROM resumable_chunks WHERE upload_id = ?1 AND start_offset = ?2
+                 RETURNING blob_key",
+            )?
+            .query_map(params![a.id, as_i64(start)], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for key in &keys {
+            super::files::queue_blob_deletion(c, key, a.now)?;
+        }
+    }
+    if let Some(g) = &a.grow {
+        let grown = c
+            .prepare_cached(
+                "UPDATE resumable_chunks SET length = length + ?3
+                 WHERE upload_id = ?1 AND blob_key = ?2 AND start_offset = 0",
+            )?
+            .execute(params![a.id, g.blob_key, as_i64(g.by)])?
+            == 1;
+        if !grown && g.by > 0 {
+            let ch = Chunk {
+                start: 0,
+                len: g.by,
+                blob_key: g.blob_key.clone(),
+                sealing: g.sealing.clone(),
+            };
+            insert_chunk(c, a.id, &ch)?;
+        }
+    }
+    for ch in a.chunk.iter().chain(&a.tail) {
+        insert_chunk(c, a.id, ch)?;
+    }
+    if let Some(r) = a.chunk_reservation {
+        c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
+            .execute([r])?;
+    }
     c.prepare_cached("UPDATE upload_reservations SET touched_at = ?2 WHERE id = ?1")?
         .execute(params![reservation_of(a.id), a.expires_at])?;
     Ok(true)
