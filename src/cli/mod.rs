@@ -473,8 +473,9 @@ async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
     let (_, meta, _) = open_stores(&config).await?;
     let n = ops::keys::rotate(&meta, &keys).await?;
     let hooks = ops::keys::rotate_webhook_secrets(&meta, &keys).await?;
+    let staged = ops::keys::rotate_staged_chunks(&meta, &keys).await?;
     println!(
-        "re-wrapped {n} data keys and {hooks} webhook secrets under key {}",
+        "re-wrapped {n} data keys, {hooks} webhook secrets and {staged} staged upload chunks under key {}",
         keys.current_id().unwrap_or("-")
     );
     Ok(ExitCode::SUCCESS)

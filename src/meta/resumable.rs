@@ -204,6 +204,26 @@ pub trait Resumables: Send + Sync {
 
     /// Every staged chunk's blob key (not orphans, for `coffer check`).
     async fn staged_keys(&self) -> Result<Vec<String>, MetaError>;
+
+    /// Every staged chunk sealed under a key other than `current` (for `coffer rotate-key`).
+    async fn sealed_chunks(&self, current: String) -> Result<Vec<SealedChunk>, MetaError>;
+
+    /// Replace a chunk's wrapped data key by `new`, if it is still `chunk.sealing` (false: the
+    /// chunk is gone, or was re-wrapped meanwhile).
+    async fn reseal_chunk(&self, chunk: SealedChunk, new: Sealing) -> Result<bool, MetaError>;
+}
+
+/// A staged chunk's data key, as `coffer rotate-key` re-wraps it.
+#[derive(Debug, Clone)]
+pub struct SealedChunk {
+    /// The upload.
+    pub upload: FileId,
+    /// The chunk's first byte's offset.
+    pub start: u64,
+    /// Its blob (which tells what its key is bound to: `resumable::key_binding`).
+    pub blob_key: String,
+    /// Its data key, wrapped.
+    pub sealing: Sealing,
 }
 
 /// The reservation id of an upload (the same UUID).

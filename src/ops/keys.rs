@@ -66,6 +66,32 @@ pub async fn rotate(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize
     Ok(n)
 }
 
+/// Re-wrap the data key of every staged chunk of an unfinished resumable upload sealed under an
+/// older key, so the upload can still be finished once the old key is removed. Returns how many
+/// were re-wrapped.
+pub async fn rotate_staged_chunks(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize> {
+    let current = keyring
+        .current_id()
+        .ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?
+        .to_owned();
+    let mut n = 0;
+    for chunk in meta.resumables().sealed_chunks(current).await? {
+        let bound =
+            crate::resumable::key_binding(chunk.upload, &chunk.blob_key).ok_or_else(|| {
+                anyhow::anyhow!("upload {}: a chunk with a foreign key", chunk.upload)
+            })?;
+        let new = keyring
+            .rewrap(bound, &chunk.sealing)
+            .map_err(|e| anyhow::anyhow!("upload {}: {e}", chunk.upload))?
+            .ok_or_else(|| anyhow::anyhow!("upload {}: cannot re-wrap", chunk.upload))?;
+        // A chunk gone meanwhile (its upload finished or ended) is simply not counted.
+        if meta.resumables().reseal_chunk(chunk, new).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Re-wrap every webhook signing secret sealed under an older key (they are wrapped like a
 /// data key, bound to the webhook's id), so webhooks still sign once the old key is removed.
 /// Returns how many were re-wrapped.

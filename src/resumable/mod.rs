@@ -568,6 +568,15 @@ fn chunk_bytes(
         .boxed()
 }
 
+/// The id a staged chunk's data key is bound to (its AAD when wrapped): the upload's for the
+/// growing chunk, the chunk's own (named by its blob key) for a chunk of its own.
+pub(crate) fn key_binding(upload: FileId, blob_key: &str) -> Option<FileId> {
+    if blob_key == staging_key(upload).as_str() {
+        return Some(upload);
+    }
+    BlobKey::parse(blob_key).and_then(|k| k.file_id())
+}
+
 /// One chunk's plaintext (decrypted and authenticated when sealed).
 async fn open_chunk(
     blobs: BlobStore,
@@ -575,13 +584,7 @@ async fn open_chunk(
     upload: FileId,
     c: Chunk,
 ) -> Result<BoxStream<'static, Result<Bytes, IngestError>>, IngestError> {
-    let file = if c.blob_key == staging_key(upload).as_str() {
-        upload
-    } else {
-        BlobKey::parse(&c.blob_key)
-            .and_then(|k| k.file_id())
-            .ok_or(IngestError::Blob(BlobError::Unsafe))?
-    };
+    let file = key_binding(upload, &c.blob_key).ok_or(IngestError::Blob(BlobError::Unsafe))?;
     let src = Source {
         blob_key: &c.blob_key,
         file,

@@ -1505,3 +1505,73 @@ async fn three_patches_on_one_node_commit_the_exact_file_plain_and_sealed() {
         assert_eq!(code, 0, "{out}");
     }
 }
+
+/// `coffer rotate-key` re-wraps the keys of an unfinished upload's sealed staging (the growing
+/// blob and a partial tail), so the upload still finishes, exact, once the old key is gone.
+async fn sealed_staging_survives_a_key_rotation(app: crate::helpers::TestAppBuilder) {
+    let old_key = hex::encode(Sha256::digest(b"the key before the rotation"));
+    let new_key = hex::encode(Sha256::digest(b"the key after the rotation"));
+    let mut app = app.env("COFFER_ENCRYPTION_KEY", &old_key).spawn().await;
+    let u = app.user("rotating_tus").await;
+    let file: Vec<u8> = (0..300_000u32)
+        .map(|i| b"rotate\n"[i as usize % 7])
+        .collect();
+    let loc = created(&app, &u, "rotating.txt", file.len() as u64).await;
+    // One whole segment and a partial tail, both sealed under the old key.
+    let r = patch(&app, &u, &loc, 0, file[..100_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    app.terminate();
+
+    let mut app = app
+        .relaunch()
+        .env("COFFER_ENCRYPTION_KEY", &new_key)
+        .env("COFFER_ENCRYPTION_OLD_KEYS", &old_key)
+        .spawn()
+        .await;
+    let out = app.cli(&["rotate-key"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let staged = app.sql_number("SELECT COUNT(*) FROM resumable_chunks");
+    assert!(staged >= 1, "the upload is staged");
+    assert!(
+        stdout.contains(&format!("and {staged} staged upload chunks")),
+        "{stdout}"
+    );
+    app.terminate();
+
+    // Only the new key now: the upload goes on and ends with the exact file.
+    let app = app
+        .relaunch()
+        .env("COFFER_ENCRYPTION_KEY", &new_key)
+        .spawn()
+        .await;
+    assert_eq!(offset_of(&app, &u, &loc).await, (200, "100000".into()));
+    let r = patch(&app, &u, &loc, 100_000, file[100_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    let fid = header(&r, "coffer-file-id");
+    assert!(app.content_of(&u.token, &fid).await == file);
+    let (code, out) = app.run_cli(&["check", "--deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn an_unfinished_sealed_upload_finishes_after_a_key_rotation_on_sqlite() {
+    sealed_staging_survives_a_key_rotation(
+        TestApp::builder().single_node("runs the CLI on one server's store between restarts"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unfinished_sealed_upload_finishes_after_a_key_rotation_on_postgres() {
+    let Some(stack) =
+        stack::require("an_unfinished_sealed_upload_finishes_after_a_key_rotation_on_postgres")
+    else {
+        return;
+    };
+    sealed_staging_survives_a_key_rotation(TestApp::builder().postgres(&stack)).await;
+}

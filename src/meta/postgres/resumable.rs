@@ -13,7 +13,7 @@ use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
     Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
-    reservation_of,
+    SealedChunk, reservation_of,
 };
 use crate::meta::uploads::Reserved;
 
@@ -386,6 +386,61 @@ impl Resumables for Postgres {
                     .query("SELECT blob_key FROM resumable_chunks", &[])
                     .await?;
                 rows.iter().map(|r| r.try_get(0)).collect()
+            })
+        })
+        .await
+    }
+
+    async fn sealed_chunks(&self, current: String) -> Result<Vec<SealedChunk>, MetaError> {
+        self.one(current, |c, current| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT upload_id, start_offset, blob_key, enc_key_id, enc_wrapped_key
+                         FROM resumable_chunks
+                         WHERE enc_key_id IS NOT NULL AND enc_wrapped_key IS NOT NULL
+                           AND enc_key_id <> $1
+                         ORDER BY upload_id, start_offset",
+                        &[current],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(SealedChunk {
+                            upload: r.try_get(0)?,
+                            start: as_u64(r.try_get(1)?),
+                            blob_key: r.try_get(2)?,
+                            sealing: Sealing {
+                                key_id: r.try_get(3)?,
+                                wrapped_key: r.try_get(4)?,
+                            },
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn reseal_chunk(&self, chunk: SealedChunk, new: Sealing) -> Result<bool, MetaError> {
+        self.one((chunk, new), |c, (chunk, new)| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE resumable_chunks SET enc_key_id = $3, enc_wrapped_key = $4
+                         WHERE upload_id = $1 AND start_offset = $2
+                           AND enc_key_id = $5 AND enc_wrapped_key = $6",
+                        &[
+                            &chunk.upload,
+                            &as_i64(chunk.start),
+                            &new.key_id,
+                            &new.wrapped_key,
+                            &chunk.sealing.key_id,
+                            &chunk.sealing.wrapped_key,
+                        ],
+                    )
+                    .await?;
+                Ok(n == 1)
             })
         })
         .await

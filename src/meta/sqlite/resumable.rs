@@ -10,7 +10,7 @@ use crate::ids::{FileId, GrantId, Timestamp, UserId};
 use crate::meta::error::MetaError;
 use crate::meta::resumable::{
     Append, Chunk, Created, Creator, Locked, NewResumable, ResumableUpload, Resumables,
-    reservation_of,
+    SealedChunk, reservation_of,
 };
 use crate::meta::uploads::Reserved;
 
@@ -321,6 +321,50 @@ impl Resumables for Sqlite {
             c.prepare_cached("SELECT blob_key FROM resumable_chunks")?
                 .query_map([], |r| r.get(0))?
                 .collect()
+        })
+        .await
+    }
+
+    async fn sealed_chunks(&self, current: String) -> Result<Vec<SealedChunk>, MetaError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT upload_id, start_offset, blob_key, enc_key_id, enc_wrapped_key
+                 FROM resumable_chunks
+                 WHERE enc_key_id IS NOT NULL AND enc_wrapped_key IS NOT NULL
+                   AND enc_key_id <> ?1
+                 ORDER BY upload_id, start_offset",
+            )?
+            .query_map([current], |r| {
+                Ok(SealedChunk {
+                    upload: r.get(0)?,
+                    start: as_u64(r.get(1)?),
+                    blob_key: r.get(2)?,
+                    sealing: Sealing {
+                        key_id: r.get(3)?,
+                        wrapped_key: r.get(4)?,
+                    },
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_chunk(&self, chunk: SealedChunk, new: Sealing) -> Result<bool, MetaError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE resumable_chunks SET enc_key_id = ?3, enc_wrapped_key = ?4
+                 WHERE upload_id = ?1 AND start_offset = ?2
+                   AND enc_key_id = ?5 AND enc_wrapped_key = ?6",
+            )?
+            .execute(params![
+                chunk.upload,
+                as_i64(chunk.start),
+                new.key_id,
+                new.wrapped_key,
+                chunk.sealing.key_id,
+                chunk.sealing.wrapped_key
+            ])? == 1)
         })
         .await
     }
