@@ -17,7 +17,7 @@
 //! credential cache does). Expiry is checked at every lookup against the row's own
 //! `expires_at`. Entries also expire after `auth.principal_cache_secs` (0 disables the cache).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,14 +26,12 @@ use bytes::Bytes;
 
 use crate::ids::{FileId, Timestamp, UserId};
 use crate::meta::files::StoredFile;
-use crate::meta::revocations::{RevocationSink, Revoked};
+use crate::meta::revocations::{Recent, RevocationSink, Revoked};
 
 /// Bytes of file content held at most (rows are small beside them).
 pub(crate) const MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Files held at most.
 const MAX_ENTRIES: usize = 10_000;
-/// Deletions remembered for reads in flight; a put that missed more is refused (always safe).
-const RECENT: usize = 1024;
 
 /// A file and its whole content.
 #[derive(Debug, Clone)]
@@ -70,8 +68,8 @@ struct Entry {
 struct State {
     entries: HashMap<FileId, Entry>,
     bytes: usize,
-    /// The last [`RECENT`] announcements, newest last.
-    recent: VecDeque<Revoked>,
+    /// The last announcements, newest last.
+    recent: Recent,
 }
 
 impl State {
@@ -183,16 +181,7 @@ impl SmallFiles {
             return;
         };
         let missed = self.epoch.load(Ordering::Acquire).saturating_sub(epoch);
-        let Ok(missed) = usize::try_from(missed) else {
-            return;
-        };
-        if missed > s.recent.len()
-            || s.recent
-                .iter()
-                .rev()
-                .take(missed)
-                .any(|r| covers(*r, &file.row))
-        {
+        if s.recent.refuses(missed, |r| covers(r, &file.row)) {
             return;
         }
         let now = Instant::now();
@@ -217,10 +206,7 @@ impl SmallFiles {
             return;
         };
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if s.recent.len() >= RECENT {
-            s.recent.pop_front();
-        }
-        s.recent.push_back(what);
+        s.recent.push(what);
         match what {
             Revoked::File(id) => s.remove(&id),
             Revoked::Session(_) | Revoked::ApiKey(_) => {}
@@ -355,7 +341,7 @@ mod tests {
         let c = SmallFiles::new(MINUTE);
         let f = file(UserId::new(), 1, None);
         let before = c.epoch();
-        for _ in 0..=RECENT {
+        for _ in 0..=crate::meta::revocations::RECENT {
             c.revoked(Revoked::File(FileId::new()));
         }
         c.put(f.clone(), before);

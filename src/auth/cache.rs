@@ -16,20 +16,17 @@
 //! token.
 
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ids::{ApiKeyId, SessionId, UserId};
-use crate::meta::revocations::{RevocationSink, Revoked};
+use crate::meta::revocations::{Recent, RevocationSink, Revoked};
 use crate::meta::users::Role;
 
 /// Entries held at most; beyond this the cache starts over (it is only a shortcut).
 const MAX_ENTRIES: usize = 50_000;
-/// Revocations remembered for checks in flight. A check takes one database read; a put that
-/// missed more revocations than this is refused, which is always safe.
-const RECENT: usize = 1024;
 
 /// What a cached credential resolves to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +85,8 @@ struct State {
     by_via: HashMap<CachedVia, HashSet<Vec<u8>>>,
     /// The credentials cached for each user.
     by_user: HashMap<UserId, HashSet<CachedVia>>,
-    /// The last [`RECENT`] revocations, newest last; the last one made the current epoch.
-    recent: VecDeque<Revoked>,
+    /// The last revocations, newest last; the last one made the current epoch.
+    recent: Recent,
     revoked: u64,
 }
 
@@ -199,16 +196,7 @@ impl PrincipalCache {
         // Revocations made while the credential was being checked: the check may have read
         // the database before them.
         let missed = self.epoch.load(Ordering::Acquire).saturating_sub(epoch);
-        let Ok(missed) = usize::try_from(missed) else {
-            return;
-        };
-        if missed > s.recent.len()
-            || s.recent
-                .iter()
-                .rev()
-                .take(missed)
-                .any(|r| covers(*r, &value))
-        {
+        if s.recent.refuses(missed, |r| covers(r, &value)) {
             return;
         }
         if s.entries.len() >= MAX_ENTRIES {
@@ -230,10 +218,7 @@ impl PrincipalCache {
             return;
         };
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if s.recent.len() >= RECENT {
-            s.recent.pop_front();
-        }
-        s.recent.push_back(what);
+        s.recent.push(what);
         let dropped = match what {
             Revoked::Session(id) => s.remove_via(CachedVia::Session(id)),
             Revoked::ApiKey(id) => s.remove_via(CachedVia::ApiKey(id)),
@@ -389,7 +374,7 @@ mod tests {
         assert!(c.get(b"ak").is_some());
         // Too many revocations since the check started to tell: not cached.
         let started = c.epoch();
-        for _ in 0..=RECENT {
+        for _ in 0..=crate::meta::revocations::RECENT {
             c.invalidate(Revoked::Session(SessionId::new()));
         }
         c.put(b"b2".to_vec(), token(bob, login_b), started, MINUTE);

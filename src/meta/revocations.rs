@@ -22,7 +22,7 @@
 //! its sinks the feed is down, and when it is live again, that everything may have been
 //! revoked meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -74,6 +74,36 @@ impl Revoked {
             "f" => Some(Self::File(FileId(id))),
             _ => None,
         }
+    }
+}
+
+/// Revocations a cache remembers for reads in flight. A read takes one database trip; a put
+/// that missed more revocations than this is refused, which is always safe.
+pub const RECENT: usize = 1024;
+
+/// The last [`RECENT`] revocations a cache applied, newest last, kept under the cache's own
+/// lock beside its entries. With the cache's epoch (how many it applied so far) it decides
+/// whether a value read at an earlier epoch may still be put: not when a revocation made
+/// since covers it, nor when too many were made since to tell.
+#[derive(Debug, Default)]
+pub struct Recent(VecDeque<Revoked>);
+
+impl Recent {
+    /// Remember `what` (the cache's epoch moves by one with it).
+    pub fn push(&mut self, what: Revoked) {
+        if self.0.len() >= RECENT {
+            self.0.pop_front();
+        }
+        self.0.push_back(what);
+    }
+
+    /// Whether a value read `missed` revocations ago must not be put: one of them `covers`
+    /// it, or there were more than are remembered.
+    pub fn refuses(&self, missed: u64, covers: impl Fn(Revoked) -> bool) -> bool {
+        let Ok(missed) = usize::try_from(missed) else {
+            return true;
+        };
+        missed > self.0.len() || self.0.iter().rev().take(missed).any(|r| covers(*r))
     }
 }
 
