@@ -699,19 +699,8 @@ async fn a_second_patch_at_once_is_423_and_no_lock_leaks() {
     let file = png(200_000);
     let loc = created(&app, &u, "race.png", file.len() as u64).await;
     // The first PATCH trickles its body; meanwhile a second one is refused.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let first_body = file[..100_000].to_vec();
-    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", "0"),
-            ("content-type", "application/offset+octet-stream"),
-        ])
-        .body(body);
-    let first = tokio::spawn(req.send());
+    let (tx, first) = trickled_patch(&app, &u, &loc, "0", &[]);
     tx.send(Ok(first_body[..50_000].to_vec())).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     problem(
@@ -725,17 +714,7 @@ async fn a_second_patch_at_once_is_423_and_no_lock_leaks() {
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "upload-offset"), "100000");
     // An aborted body (the client breaks off) gives the lock back: the next PATCH is taken.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", "100000"),
-            ("content-type", "application/offset+octet-stream"),
-        ])
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
-    let aborted = tokio::spawn(req.send());
+    let (tx, aborted) = trickled_patch(&app, &u, &loc, "100000", &[]);
     tx.send(Ok(file[100_000..120_000].to_vec())).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     tx.send(Err(std::io::Error::other("client gives up")))
@@ -787,18 +766,13 @@ async fn an_interrupted_patch_with_a_checksum_keeps_nothing() {
     let file = png(100_000);
     let loc = created(&app, &u, "c.png", file.len() as u64).await;
     let sum = STANDARD.encode(Sha256::digest(&file));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", "0"),
-            ("content-type", "application/offset+octet-stream"),
-            ("upload-checksum", &format!("sha256 {sum}")),
-        ])
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
-    let sent = tokio::spawn(req.send());
+    let (tx, sent) = trickled_patch(
+        &app,
+        &u,
+        &loc,
+        "0",
+        &[("upload-checksum", &format!("sha256 {sum}"))],
+    );
     tx.send(Ok(file[..60_000].to_vec())).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
@@ -826,17 +800,7 @@ async fn kill_9_mid_patch_then_resume_gives_the_exact_file() {
         204
     );
     // A PATCH whose body is half sent when the server dies.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", "1000000"),
-            ("content-type", "application/offset+octet-stream"),
-        ])
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
-    let sent = tokio::spawn(req.send());
+    let (tx, sent) = trickled_patch(&app, &u, &loc, "1000000", &[]);
     tx.send(Ok(file[1_000_000..1_500_000].to_vec()))
         .await
         .unwrap();
@@ -950,6 +914,33 @@ async fn expired_uploads_are_404_and_swept_with_their_quota() {
     })
     .await;
     assert!(app.blob_files().is_empty());
+}
+
+/// A PATCH at `offset` whose body the test feeds through the sender it returns (an error
+/// item breaks the body off), on its way in a task of its own; `extra` headers on top.
+fn trickled_patch(
+    app: &TestApp,
+    u: &TestUser,
+    loc: &str,
+    offset: &str,
+    extra: &[(&str, &str)],
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Response>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let mut h = vec![
+        TUS,
+        ("upload-offset", offset),
+        ("content-type", "application/offset+octet-stream"),
+    ];
+    h.extend_from_slice(extra);
+    let req = app
+        .request(Method::PATCH, loc)
+        .as_user(u)
+        .headers(&h)
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    (tx, tokio::spawn(req.send()))
 }
 
 /// A request body fed by a channel (an error item breaks the body off).
@@ -1156,17 +1147,7 @@ async fn bytes_a_refused_or_broken_off_patch_left_are_cut_off_and_the_file_is_ex
     assert_eq!(r.status(), 460);
     assert_eq!(offset_of(&app, &u, &loc).await, (200, "1000000".to_owned()));
     // A PATCH broken off mid-body, without a checksum: what arrived counts.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", "1000000"),
-            ("content-type", "application/offset+octet-stream"),
-        ])
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
-    let sent = tokio::spawn(req.send());
+    let (tx, sent) = trickled_patch(&app, &u, &loc, "1000000", &[]);
     tx.send(Ok(file[1_000_000..1_400_000].to_vec()))
         .await
         .unwrap();
@@ -1304,17 +1285,7 @@ async fn sealed_in_place_across_a_restart_and_odd_patch_sizes_gives_the_exact_fi
         assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_chunks"), 2);
     }
     // A PATCH broken off mid-body: what arrived counts, sealed.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let req = app
-        .request(Method::PATCH, &loc)
-        .as_user(&u)
-        .headers(&[
-            TUS,
-            ("upload-offset", &off.to_string()),
-            ("content-type", "application/offset+octet-stream"),
-        ])
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
-    let sent = tokio::spawn(req.send());
+    let (tx, sent) = trickled_patch(&app, &u, &loc, &off.to_string(), &[]);
     tx.send(Ok(file[off..off + 150_000].to_vec()))
         .await
         .unwrap();
