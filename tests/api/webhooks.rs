@@ -1311,7 +1311,7 @@ async fn after_key_rotation_without_the_old_key_webhooks_still_sign() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("and 1 webhook secrets"), "{stdout}");
+    assert!(stdout.contains(", 1 webhook secrets"), "{stdout}");
     let after = app.sql_text("SELECT secret_key_id FROM webhooks");
     assert_ne!(before.trim(), after.trim(), "sealed under the new key");
     app.terminate();
