@@ -1051,6 +1051,19 @@ impl Drop for TestApp {
     /// (every refused, aborted or failed upload must clean up after itself), unless the test
     /// said otherwise ([`TestApp::expect_leftovers`]) or has already failed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what its server warned about (captured with its output).
+            let log = self.logs();
+            let worrying: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            let from = worrying.len().saturating_sub(40);
+            eprintln!(
+                "server warnings and errors:\n{}",
+                worrying[from..].join("\n")
+            );
+        }
         let check = !self.leftovers_expected && !std::thread::panicking();
         if check && self.child.is_some() {
             let deadline = Instant::now() + LEFTOVER_GRACE;
