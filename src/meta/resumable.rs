@@ -167,7 +167,10 @@ pub trait Resumables: Send + Sync {
         now: Timestamp,
     ) -> Result<Option<ResumableUpload>, MetaError>;
 
-    /// Take (or renew) the upload's lock for `holder` until `until`.
+    /// Take (or renew) the upload's lock for `holder` until `until`. Committed without
+    /// waiting for the database's log to reach the disk: a lock is only worth something while
+    /// its holder lives, so one lost in a power cut (with its holder) is no loss, and a PATCH
+    /// saves a flush. The PATCH's durable write (its append) flushes it anyway.
     async fn lock(
         &self,
         id: FileId,
@@ -177,7 +180,8 @@ pub trait Resumables: Send + Sync {
         until: Timestamp,
     ) -> Result<Locked, MetaError>;
 
-    /// Give the lock up, if `holder` still has it.
+    /// Give the lock up, if `holder` still has it. May be committed without waiting for the
+    /// disk, like [`Resumables::lock`]: an unlock lost in a power cut leaves the lock to expire.
     async fn unlock(&self, id: FileId, holder: String) -> Result<(), MetaError>;
 
     /// Record a durable chunk (or extend the growing one) and move the offset past it, while

@@ -243,6 +243,9 @@ impl Resumables for Postgres {
             (id, creator, holder, now, until),
             |t, (id, creator, holder, now, until)| {
                 Box::pin(async move {
+                    // Lost in a crash with its holder: no need to wait for the log's flush.
+                    t.batch_execute("SET LOCAL synchronous_commit = off")
+                        .await?;
                     let Some(up) = get(t, *id, *creator, *now).await? else {
                         return Ok(Locked::Missing);
                     };

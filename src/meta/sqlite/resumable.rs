@@ -253,12 +253,12 @@ impl Resumables for Sqlite {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Locked, MetaError> {
-        self.write(move |c| lock(c, id, creator, &holder, now, until))
+        self.write_lazy(move |c| lock(c, id, creator, &holder, now, until))
             .await
     }
 
     async fn unlock(&self, id: FileId, holder: String) -> Result<(), MetaError> {
-        self.write(move |c| {
+        self.write_lazy(move |c| {
             c.prepare_cached(
                 "UPDATE resumable_uploads SET lock_holder = NULL, lock_until = NULL
                  WHERE id = ?1 AND lock_holder = ?2",
