@@ -20,6 +20,7 @@ pub mod policy;
 pub mod polyglot;
 pub(crate) mod quota;
 pub(crate) mod safety;
+mod same;
 pub mod scan;
 
 use std::net::IpAddr;
@@ -472,9 +473,6 @@ where
 
         let checks = Checks::for_type(&state.safety, &content_type);
         let expected = up.grant.as_ref().and_then(|g| g.sha256.clone());
-        // Bytes stored already need to be known unchanged (hashed as received too) when
-        // stripping may change them.
-        let may_rewrite = checks.may_rewrite();
         let given_bytes = given.is_some();
         let (given, given_sealing) = match given {
             Some((w, sealing)) => (Some(w), sealing),
@@ -487,7 +485,7 @@ where
             given,
             rule == Rule::Text,
             checks,
-            expected.is_some() || (given_bytes && may_rewrite),
+            expected.is_some(),
         )
         .await?;
         sink.feed(head.freeze()).await?;
@@ -514,7 +512,7 @@ where
         if let Some(staging) = &done.staged_late {
             reservation.staged(staging.clone()).await?;
         }
-        let unchanged = !may_rewrite || done.received_sha256.as_deref() == Some(&done.sha256);
+        let unchanged = done.unchanged;
         let stored = StoredFile {
             file: FileObject {
                 id,
@@ -592,8 +590,11 @@ struct Pipeline {
     span: tracing::Span,
     checks: Checks,
     hasher: Sha256,
-    /// The hash of the bytes as received, when a grant's sha256 must be checked.
+    /// The hash of the bytes as received, when a grant's sha256 must be checked and stripping
+    /// may change them (otherwise it is `hasher`'s).
     received: Option<Sha256>,
+    /// Whether the bytes kept are the bytes received, when stripping may change them.
+    same: Option<same::SameBytes>,
     /// Bytes stored so far (after stripping, before sealing): the file's `size`.
     size: u64,
     text: Option<Utf8Check>,
@@ -607,6 +608,8 @@ struct Pipeline {
 struct Processed {
     sha256: String,
     received_sha256: Option<String>,
+    /// The bytes stored are the bytes received (no metadata was stripped).
+    unchanged: bool,
     size: u64,
     data_key: Option<DataKey>,
     /// The last sealed segment, when sealing.
@@ -619,6 +622,8 @@ struct Finished {
     sha256: String,
     /// The hash of the bytes as received, when asked for.
     received_sha256: Option<String>,
+    /// The bytes stored are the bytes received.
+    unchanged: bool,
     size: u64,
     sealing: Option<crate::crypto::Sealing>,
     scanned: Scanned,
@@ -651,11 +656,14 @@ impl Sink {
             None => state.blobs.put(key).await?,
         };
         let data_key = (state.keyring.enabled() && !given_bytes).then(DataKey::generate);
+        let may_rewrite = checks.may_rewrite();
+        let same = may_rewrite.then(same::SameBytes::default);
         let pipeline = Pipeline {
             span: tracing::Span::current(),
             checks,
             hasher: Sha256::new(),
-            received: hash_received.then(Sha256::new),
+            received: (hash_received && may_rewrite).then(Sha256::new),
+            same,
             size: 0,
             text: text.then(Utf8Check::default),
             sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
@@ -767,6 +775,7 @@ impl Sink {
             writer: self.writer,
             sha256: done.sha256,
             received_sha256: done.received_sha256,
+            unchanged: done.unchanged,
             size: done.size,
             sealing,
             scanned,
@@ -782,14 +791,16 @@ impl Sink {
 pub(crate) struct Running {
     pipeline: Box<Pipeline>,
     content_type: String,
-    may_rewrite: bool,
 }
 
 /// What [`Running`] found over all of an upload's bytes.
 pub(crate) struct Checked {
     content_type: String,
     sha256: String,
-    received_sha256: String,
+    /// The bytes stored are the bytes received (no metadata was stripped).
+    unchanged: bool,
+    /// The hash of the bytes received, when known: unchanged, or hashed for a grant's sha256.
+    received_sha256: Option<String>,
     size: u64,
 }
 
@@ -810,14 +821,11 @@ impl Running {
     pub(crate) fn finish(self) -> Result<Checked, IngestError> {
         let mut out = Output::default();
         let done = self.pipeline.finish(&mut out)?;
-        let received_sha256 = match done.received_sha256 {
-            Some(h) if self.may_rewrite => h,
-            _ => done.sha256.clone(),
-        };
         Ok(Checked {
             content_type: self.content_type,
             sha256: done.sha256,
-            received_sha256,
+            unchanged: done.unchanged,
+            received_sha256: done.received_sha256,
             size: done.size,
         })
     }
@@ -833,11 +841,15 @@ impl Ingest {
             UploadPolicy::decide(&rule, head.get(..SNIFF_LEN).unwrap_or(head)).ok()?;
         let checks = Checks::for_type(&self.safety, &content_type);
         let may_rewrite = checks.may_rewrite();
+        // A grant's sha256 names the bytes as received: hashed too when stripping may change
+        // them (otherwise they are the stored ones).
+        let hash_received = may_rewrite && up.grant.as_ref().is_some_and(|g| g.sha256.is_some());
         let pipeline = Pipeline {
             span: tracing::Span::none(),
             checks,
             hasher: Sha256::new(),
-            received: may_rewrite.then(Sha256::new),
+            received: hash_received.then(Sha256::new),
+            same: may_rewrite.then(same::SameBytes::default),
             size: 0,
             text: (rule == Rule::Text).then(Utf8Check::default),
             sealer: None,
@@ -847,7 +859,6 @@ impl Ingest {
         Some(Running {
             pipeline: Box::new(pipeline),
             content_type,
-            may_rewrite,
         })
     }
 
@@ -867,7 +878,7 @@ impl Ingest {
         given: Given,
         checked: Checked,
     ) -> Result<Result<Staged, Reservation>, IngestError> {
-        if checked.received_sha256 != checked.sha256 || self.scans() {
+        if !checked.unchanged || self.scans() {
             return Ok(Err(reservation));
         }
         let mut outcome = Outcome {
@@ -892,7 +903,7 @@ impl Ingest {
                 });
             }
             if let Some(want) = up.grant.as_ref().and_then(|g| g.sha256.as_deref())
-                && checked.received_sha256 != want
+                && checked.received_sha256.as_deref() != Some(want)
             {
                 return Err(IngestError::ChecksumMismatch);
             }
@@ -947,13 +958,18 @@ impl Pipeline {
         let span = self.span.clone();
         span.in_scope(|| {
             let mut kept = Vec::with_capacity(batch.len());
-            if let Some(h) = &mut self.received {
-                for chunk in &batch {
-                    h.update(chunk);
-                }
-            }
             for chunk in batch {
+                if let Some(h) = &mut self.received {
+                    h.update(&chunk);
+                }
+                let from = kept.len();
+                if let Some(s) = &mut self.same {
+                    s.received(&chunk);
+                }
                 self.checks.update(chunk, &mut kept)?;
+                if let Some(s) = &mut self.same {
+                    s.kept(kept.get(from..).unwrap_or_default());
+                }
             }
             self.keep(kept)
         })
@@ -991,6 +1007,9 @@ impl Pipeline {
         let checks = std::mem::replace(&mut self.checks, Checks::none());
         let mut kept = Vec::new();
         checks.finish(&mut kept)?;
+        if let Some(s) = &mut self.same {
+            s.kept(&kept);
+        }
         let last = self.keep(kept)?;
         out.store.extend(last.store);
         out.plain.extend(last.plain);
@@ -1001,9 +1020,17 @@ impl Pipeline {
             Some(s) => Some(Bytes::from(s.finish()?)),
             None => None,
         };
+        let sha256 = hex::encode(self.hasher.finalize());
+        let unchanged = self.same.as_ref().is_none_or(same::SameBytes::same);
+        // Unchanged bytes have one hash (the received one is only computed when they may not).
+        let received_sha256 = match self.received {
+            Some(h) => Some(hex::encode(h.finalize())),
+            None => unchanged.then(|| sha256.clone()),
+        };
         Ok(Processed {
-            sha256: hex::encode(self.hasher.finalize()),
-            received_sha256: self.received.map(|h| hex::encode(h.finalize())),
+            sha256,
+            received_sha256,
+            unchanged,
             size: self.size,
             data_key: self.data_key,
             tail,

@@ -644,3 +644,51 @@ async fn a_resumable_upload_with_a_sha256_grant_is_checked_at_its_last_patch() {
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(tus_patch(&app, &loc, &t, 0, want).await, 204);
 }
+
+#[tokio::test]
+async fn a_sha256_grant_names_the_bytes_sent_even_when_stripping_stores_others() {
+    // The grant's sha256 is of the image as the browser has it; the file is stored with its
+    // metadata stripped, so its own sha256 differs. Single-shot and resumable alike.
+    let app = TestApp::spawn().await;
+    let u = app.user("stripsend").await;
+    let (dirty, _) = crate::helpers::images::png_with_metadata();
+    let named = json!({ "sha256": sha256_hex(&dirty) });
+    let g = mint(&app, &u, named.clone()).await;
+    let r = upload(&app, token(&g), "sent.png", dirty.clone()).await;
+    assert_eq!(r.status(), 201);
+    let f: Value = r.json().await.unwrap();
+    let stored = app.content_of(&u.token, f["id"].as_str().unwrap()).await;
+    assert!(stored.len() < dirty.len(), "nothing was stripped");
+    assert_eq!(f["sha256"], sha256_hex(&stored));
+
+    let g = mint(&app, &u, named.clone()).await;
+    let t = token(&g).to_owned();
+    let r = tus_create(&app, &t, "sent.png", dirty.len()).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let half = dirty.len() / 2;
+    assert_eq!(
+        tus_patch(&app, &loc, &t, 0, dirty[..half].to_vec()).await,
+        204
+    );
+    let last = tus_req(&app, reqwest::Method::PATCH, &loc, &t)
+        .header("upload-offset", half.to_string().as_str())
+        .header("content-type", "application/offset+octet-stream")
+        .body(dirty[half..].to_vec())
+        .send()
+        .await;
+    assert_eq!(last.status(), 204);
+    let fid = last.headers()["coffer-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.content_of(&u.token, &fid).await, stored);
+
+    // One byte else is refused.
+    let g = mint(&app, &u, named).await;
+    let mut other = dirty.clone();
+    let at = other.len() - 20;
+    other[at] ^= 1;
+    let r = upload(&app, token(&g), "other.png", other).await;
+    assert_problem(r, 422, "checksum-mismatch").await;
+}
