@@ -57,12 +57,27 @@ pub(crate) async fn remove_file(
     else {
         return Ok(false);
     };
-    // The file is gone for everyone now; its blob follows, or a later sweep takes it.
-    if let Err(e) = purge_blob(meta, blobs, &key).await {
-        tracing::warn!(file.id = %id, error = %e, "cannot delete a removed file's blob yet; queued");
+    // The file is gone for everyone now; its blob follows (a store that fails for a moment,
+    // a timeout under load, is tried again before the answer), or a later sweep takes it.
+    for attempt in 1..=PURGE_TRIES {
+        match purge_blob(meta, blobs, &key).await {
+            Ok(()) => break,
+            Err(e) if attempt < PURGE_TRIES => {
+                tracing::warn!(file.id = %id, error = %e, attempt, "cannot delete a removed file's blob; trying again");
+                tokio::time::sleep(PURGE_PAUSE * attempt).await;
+            }
+            Err(e) => {
+                tracing::warn!(file.id = %id, error = %e, "cannot delete a removed file's blob yet; queued");
+            }
+        }
     }
     Ok(true)
 }
+
+/// Tries at deleting a removed file's blob before its removal returns.
+const PURGE_TRIES: u32 = 3;
+/// The pause after the first failed try (doubled after the second).
+const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Delete a queued blob and dequeue it. A blob already gone is fine.
 pub(crate) async fn purge_blob(
