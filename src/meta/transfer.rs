@@ -11,7 +11,8 @@
 //! the generated `password_cost` and its `password_costs` tally (triggers keep them),
 //! `blob_deletions` (the source's queue names the source's blobs, never copied), and what
 //! lives only while nodes run: reservations of uploads in flight, unfinished resumable uploads
-//! (their staged chunks are the source's blobs, and their quota is such a reservation), leases,
+//! (their staged chunks are the source's blobs, and their quota is such a reservation; the
+//! grant uses they hold are left out of the grants' counts, [`COMPUTED`]), leases,
 //! login throttling
 //! ([`LEFT_OUT`]). A test holds every column of the schema to one list or the other, so a
 //! migration that adds a column cannot be forgotten here.
@@ -67,7 +68,26 @@ impl Table {
     pub fn key(&self) -> &'static str {
         self.columns.first().map_or("", |c| c.0)
     }
+
+    /// What is read for `column` when rows are exported: the column itself, or the expression
+    /// [`COMPUTED`] gives for it.
+    pub fn exported(&self, column: &'static str) -> &'static str {
+        COMPUTED
+            .iter()
+            .find(|(t, c, _)| *t == self.name && *c == column)
+            .map_or(column, |(_, _, expr)| expr)
+    }
 }
+
+/// Columns exported as computed (one SQL expression both engines read alike), not as stored:
+/// `(table, column, expression)`. A grant's `uses` leaves out the uses that uploads in flight
+/// hold: their reservations are not copied, so nothing would ever give those uses back on the
+/// target (a copied grant with 3 of 5 uses, one of them an unfinished upload, arrives with 2).
+pub const COMPUTED: &[(&str, &str, &str)] = &[(
+    "upload_grants",
+    "uses",
+    "uses - (SELECT COUNT(*) FROM upload_reservations r WHERE r.grant_id = upload_grants.id)",
+)];
 
 use Kind::{Bytes, Int, Text, Uuid};
 
@@ -217,6 +237,7 @@ pub const LEFT_OUT: &[&str] = &[
     "users.password_cost",
     "password_costs",
     "blob_deletions",
+    // Uploads in flight: their grants' uses are left out with them (`COMPUTED`).
     "upload_reservations",
     "resumable_uploads",
     "resumable_chunks",

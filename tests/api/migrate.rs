@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::fixtures::{noise, png};
+use crate::helpers::fixtures::{noise, png, tus_metadata};
 use crate::helpers::s3::S3Env;
 use crate::helpers::stack::{self, Stack, TestDb};
 use crate::helpers::{TestApp, outcome, secret};
@@ -87,6 +87,37 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
             .await;
         files.push(served(&source, &alice.token, &f).await);
     }
+    // A grant of 3 uses: one upload done with it, one resumable upload unfinished. The
+    // unfinished one is not copied, nor the use it holds.
+    let grant = source
+        .post("/api/v1/upload-grants")
+        .as_user(&alice)
+        .json(&json!({ "max_uploads": 3 }))
+        .expect(201)
+        .await;
+    let grant_token = grant["token"].as_str().unwrap();
+    let f: serde_json::Value = source
+        .post("/api/v1/files")
+        .header("upload-grant", grant_token)
+        .query(&[("filename", "granted.png")])
+        .body(png(5_000))
+        .expect(201)
+        .await;
+    files.push(served(&source, &alice.token, &f).await);
+    let r = source
+        .post("/api/v1/uploads")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-grant", grant_token)
+        .header("upload-length", "5000")
+        .header("upload-metadata", &tus_metadata("later.png"))
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        source.sql_number("SELECT uses FROM upload_grants"),
+        2,
+        "the unfinished upload holds a use"
+    );
     let link = source
         .new_link(&alice.token, &files[0].0, &json!({"expires_in": 3600}))
         .await;
@@ -136,6 +167,11 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
         files.len().to_string()
     );
     assert_eq!(db.psql("SELECT count(*) FROM users"), "2");
+    assert_eq!(
+        db.psql("SELECT uses FROM upload_grants"),
+        "1",
+        "the use the unfinished upload held stays behind with it"
+    );
 
     // A server on the target serves the same store.
     let target = TestApp::builder()

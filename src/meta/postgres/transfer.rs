@@ -37,11 +37,12 @@ impl ToSql for Cell {
     to_sql_checked!();
 }
 
-/// The column as selected: a UUID as text, any integer as `BIGINT`.
+/// The column (or its exported expression) as selected: a UUID as text, any integer as
+/// `BIGINT`.
 fn select(name: &str, kind: Kind) -> String {
     match kind {
-        Kind::Uuid => format!("{name}::text"),
-        Kind::Int => format!("{name}::bigint"),
+        Kind::Uuid => format!("({name})::text"),
+        Kind::Int => format!("({name})::bigint"),
         Kind::Text | Kind::Bytes => name.to_owned(),
     }
 }
@@ -84,7 +85,7 @@ impl Sql {
         let cols = t
             .columns
             .iter()
-            .map(|(c, k)| select(c, *k))
+            .map(|(c, k)| select(t.exported(c), *k))
             .collect::<Vec<_>>()
             .join(", ");
         let names = t.columns.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");

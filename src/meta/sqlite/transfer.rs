@@ -32,6 +32,15 @@ fn column_list(t: &Table) -> String {
     t.columns.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
 }
 
+/// The columns as exported ([`Table::exported`]).
+fn exported_list(t: &Table) -> String {
+    t.columns
+        .iter()
+        .map(|c| t.exported(c.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Rows after `after`, in key order.
 pub fn export(
     c: &Connection,
@@ -39,7 +48,7 @@ pub fn export(
     after: Option<&Cell>,
     limit: usize,
 ) -> rusqlite::Result<Vec<Row>> {
-    let (name, key, cols) = (t.name, t.key(), column_list(t));
+    let (name, key, cols) = (t.name, t.key(), exported_list(t));
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let sql = match after {
         Some(_) => format!("SELECT {cols} FROM {name} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
