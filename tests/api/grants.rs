@@ -510,14 +510,28 @@ async fn tus_create(app: &TestApp, grant: &str, name: &str, len: usize) -> reqwe
         .await
 }
 
-/// PATCH `bytes` at `offset` with a grant: the status.
-async fn tus_patch(app: &TestApp, loc: &str, grant: &str, offset: usize, bytes: Vec<u8>) -> u16 {
+/// PATCH `bytes` at `offset` with a grant: the response.
+async fn tus_patch_answer(
+    app: &TestApp,
+    loc: &str,
+    grant: &str,
+    offset: usize,
+    bytes: Vec<u8>,
+) -> reqwest::Response {
     tus_req(app, reqwest::Method::PATCH, loc, grant)
         .header("upload-offset", &offset.to_string())
         .header("content-type", "application/offset+octet-stream")
         .body(bytes)
-        .status()
+        .send()
         .await
+}
+
+/// PATCH `bytes` at `offset` with a grant: the status.
+async fn tus_patch(app: &TestApp, loc: &str, grant: &str, offset: usize, bytes: Vec<u8>) -> u16 {
+    tus_patch_answer(app, loc, grant, offset, bytes)
+        .await
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
@@ -576,12 +590,7 @@ async fn resumable_uploads_take_a_grant_and_answer_only_to_it() {
     assert_eq!(second.status(), 201);
     let r = tus_create(&app, &t, "third.png", 1_000).await;
     assert_eq!(r.status(), 401);
-    let last = tus_req(&app, reqwest::Method::PATCH, &loc, &t)
-        .header("upload-offset", "150000")
-        .header("content-type", "application/offset+octet-stream")
-        .body(body[150_000..].to_vec())
-        .send()
-        .await;
+    let last = tus_patch_answer(&app, &loc, &t, 150_000, body[150_000..].to_vec()).await;
     assert_eq!(last.status(), 204);
     let fid = last.headers()["coffer-file-id"]
         .to_str()
@@ -626,12 +635,7 @@ async fn a_resumable_upload_with_a_sha256_grant_is_checked_at_its_last_patch() {
         tus_patch(&app, &loc, &t, 0, wrong[..20_000].to_vec()).await,
         204
     );
-    let last = tus_req(&app, reqwest::Method::PATCH, &loc, &t)
-        .header("upload-offset", "20000")
-        .header("content-type", "application/offset+octet-stream")
-        .body(wrong[20_000..].to_vec())
-        .send()
-        .await;
+    let last = tus_patch_answer(&app, &loc, &t, 20_000, wrong[20_000..].to_vec()).await;
     assert_problem(last, 422, "checksum-mismatch").await;
     // Nothing stored; the staged chunks go right after the answer.
     app.eventually("the staged chunks are deleted", || {
