@@ -123,6 +123,10 @@ impl S3Store {
             .with_secret_access_key(settings.secret_access_key.expose_secret())
             .with_virtual_hosted_style_request(!settings.force_path_style)
             .with_allow_http(plain_http)
+            // Over TLS the body's integrity is TLS's, as AWS's own SDKs assume: no SHA-256 of
+            // every part computed on an async thread (and again by the store) for the
+            // signature. Over plain HTTP the signature keeps covering the body.
+            .with_unsigned_payload(!plain_http)
             .with_client_options(client)
             .with_retry(retry)
             // One DeleteObject per blob: the bulk call needs Content-MD5 and is not
