@@ -151,7 +151,13 @@ pub async fn scan(
             on_disk.remove(&k);
         }
     }
-    report.orphans = on_disk.into_values().collect();
+    // A listing may still show an object deleted a moment ago (Garage's does, for a short
+    // while after its DeleteObject answered): an orphan is a blob that is really there.
+    for blob in on_disk.into_values() {
+        if !matches!(blobs.stat(&blob.key).await, Err(BlobError::NotFound)) {
+            report.orphans.push(blob);
+        }
+    }
     Ok(report)
 }
 

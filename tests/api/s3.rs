@@ -97,7 +97,12 @@ async fn s3_files_round_trip_with_ranges_and_deletes() {
     // Deleting a file deletes its object.
     assert_eq!(app.delete_file(id).as_user(&u).status().await, 204);
     let keys = s3.keys(&prefix).await;
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        1,
+        "deleted {id}, kept {}: {keys:?}",
+        small["id"]
+    );
     assert!(!keys.iter().any(|k| k.ends_with(id)));
     problem(app.download(&u.token, id, &[]).await, 404).await;
 

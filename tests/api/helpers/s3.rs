@@ -129,17 +129,27 @@ impl S3Env {
             .unwrap()
     }
 
-    /// Every object key under `prefix`.
+    /// Every object key under `prefix`: those listed that are there (Garage's listing may
+    /// still show an object for a moment after its DeleteObject answered, while HEAD and GET
+    /// already answer 404).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         use futures_util::TryStreamExt as _;
         let dir = Path::from(prefix.trim_end_matches('/'));
-        let mut keys: Vec<String> = self
+        let listed: Vec<Path> = self
             .raw()
             .list(Some(&dir))
-            .map_ok(|m| m.location.to_string())
+            .map_ok(|m| m.location)
             .try_collect()
             .await
             .unwrap();
+        let mut keys = Vec::new();
+        for path in listed {
+            match self.raw().head(&path).await {
+                Ok(_) => keys.push(path.to_string()),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => panic!("HEAD {path}: {e}"),
+            }
+        }
         keys.sort();
         keys
     }
