@@ -57,12 +57,14 @@ pub(crate) async fn remove_file(
     else {
         return Ok(false);
     };
-    // The file is gone for everyone now; its blob follows (a store that fails for a moment,
-    // a timeout under load, is tried again before the answer), or a later sweep takes it.
+    // The file is gone for everyone now; its blob follows (a store that refused for a moment
+    // is tried again before the answer, one that is down is not waited for), or a later sweep
+    // takes it.
+    let started = std::time::Instant::now();
     for attempt in 1..=PURGE_TRIES {
         match purge_blob(meta, blobs, &key).await {
             Ok(()) => break,
-            Err(e) if attempt < PURGE_TRIES => {
+            Err(e) if attempt < PURGE_TRIES && started.elapsed() < PURGE_WINDOW => {
                 tracing::warn!(file.id = %id, error = %e, attempt, "cannot delete a removed file's blob; trying again");
                 tokio::time::sleep(PURGE_PAUSE * attempt).await;
             }
@@ -74,8 +76,11 @@ pub(crate) async fn remove_file(
     Ok(true)
 }
 
-/// Tries at deleting a removed file's blob before its removal returns.
+/// Tries at deleting a removed file's blob before its removal returns...
 const PURGE_TRIES: u32 = 3;
+/// ...while no more than this has passed since the first (a store that hangs until a call's
+/// deadline is down, not refusing for a moment: the sweep takes the blob when it is back).
+const PURGE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 /// The pause after the first failed try (doubled after the second).
 const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
