@@ -61,17 +61,15 @@ pub(crate) async fn remove_file(
     // is tried again before the answer, one that is down is not waited for), or a later sweep
     // takes it.
     let started = std::time::Instant::now();
-    for attempt in 1..=PURGE_TRIES {
-        match purge_blob(meta, blobs, &key).await {
-            Ok(()) => break,
-            Err(e) if attempt < PURGE_TRIES && started.elapsed() < PURGE_WINDOW => {
-                tracing::warn!(file.id = %id, error = %e, attempt, "cannot delete a removed file's blob; trying again");
-                tokio::time::sleep(PURGE_PAUSE * attempt).await;
-            }
-            Err(e) => {
-                tracing::warn!(file.id = %id, error = %e, "cannot delete a removed file's blob yet; queued");
-            }
+    let mut attempt = 1;
+    while let Err(e) = purge_blob(meta, blobs, &key).await {
+        if attempt == PURGE_TRIES || started.elapsed() >= PURGE_WINDOW {
+            tracing::warn!(file.id = %id, error = %e, "cannot delete a removed file's blob yet; queued");
+            break;
         }
+        tracing::warn!(file.id = %id, error = %e, attempt, "cannot delete a removed file's blob; trying again");
+        tokio::time::sleep(PURGE_PAUSE * attempt).await;
+        attempt += 1;
     }
     Ok(true)
 }

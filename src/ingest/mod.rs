@@ -799,7 +799,7 @@ pub(crate) struct Checked {
     sha256: String,
     /// The bytes stored are the bytes received (no metadata was stripped).
     unchanged: bool,
-    /// The hash of the bytes received, when known: unchanged, or hashed for a grant's sha256.
+    /// The hash of the bytes received when they are the stored ones (`unchanged`).
     received_sha256: Option<String>,
     size: u64,
 }
@@ -841,14 +841,14 @@ impl Ingest {
             UploadPolicy::decide(&rule, head.get(..SNIFF_LEN).unwrap_or(head)).ok()?;
         let checks = Checks::for_type(&self.safety, &content_type);
         let may_rewrite = checks.may_rewrite();
-        // A grant's sha256 names the bytes as received: hashed too when stripping may change
-        // them (otherwise they are the stored ones).
-        let hash_received = may_rewrite && up.grant.as_ref().is_some_and(|g| g.sha256.is_some());
+        // No hash of the bytes as received: the checks are only used when stripping changed
+        // nothing (then it is `hasher`'s); otherwise the bytes are read back through the whole
+        // pipeline, which checks a grant's sha256 on them.
         let pipeline = Pipeline {
             span: tracing::Span::none(),
             checks,
             hasher: Sha256::new(),
-            received: hash_received.then(Sha256::new),
+            received: None,
             same: may_rewrite.then(same::SameBytes::default),
             size: 0,
             text: (rule == Rule::Text).then(Utf8Check::default),

@@ -6,10 +6,12 @@
 //! and handed back) is compared byte for byte, and those are small.
 //!
 //! Invariant: "the same" is only ever concluded when every kept byte matched the received
-//! byte at its place and nothing received was left over. A walker lags its input by at most
-//! [`LAG_MAX`] bytes; received bytes unmatched beyond that were skipped, so the output differs
-//! (concluding "changed" by mistake is harmless: the caller takes the slower path that makes
-//! no assumption). Memory is bounded by that lag plus one input chunk.
+//! byte at its place and nothing received was left over. A walker that keeps everything lags
+//! its input by at most [`LAG_MAX`] bytes (a header it reads whole); received bytes unmatched
+//! beyond that were skipped or are held back for a look-ahead that only happens when there is
+//! metadata to strip, so the output differs (concluding "changed" by mistake is harmless: the
+//! caller takes the slower path that makes no assumption). Memory is bounded by that lag plus
+//! one input chunk.
 
 use std::collections::VecDeque;
 
@@ -17,9 +19,10 @@ use bytes::{Buf, Bytes};
 
 use super::media;
 
-/// The most received bytes a walker holds before handing them on (beside the chunk it was
-/// just given): a whole header, or a WebP's look-ahead.
-const LAG_MAX: usize = media::HEADER_MAX + media::webp::HOLD_BYTES;
+/// The most received bytes a walker that keeps everything holds before handing them on
+/// (beside the chunk it was just given): a whole header. (A WebP's look-ahead holds more, but
+/// only when it announces metadata, which is then stripped.)
+const LAG_MAX: usize = media::HEADER_MAX;
 
 /// Follows received and kept bytes, in order.
 #[derive(Debug, Default)]
@@ -90,6 +93,65 @@ impl SameBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::media::{Format, MediaOptions, MediaWalker};
+    use proptest::prelude::*;
+
+    /// A PNG of 1 x 1 pixel whose IDAT holds `idat` bytes (no reader here checks its CRC
+    /// or inflates it), with a `tEXt` chunk when `text`.
+    fn png(idat: usize, text: bool) -> Vec<u8> {
+        fn chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(data.len()).unwrap().to_be_bytes();
+            [&len[..], kind, data, &[0, 0, 0, 0]].concat()
+        }
+        let ihdr = [0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0];
+        let body: Vec<u8> = (0..idat).map(|i| (i * 7 % 251) as u8).collect();
+        [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &if text {
+                chunk(b"tEXt", b"Comment\0at home")
+            } else {
+                Vec::new()
+            },
+            &chunk(b"IDAT", &body),
+            &chunk(b"IEND", b""),
+        ]
+        .concat()
+    }
+
+    proptest! {
+        /// With a real walker, cut anywhere: "the same" exactly when what it kept is what it
+        /// received.
+        #[test]
+        fn same_is_exactly_kept_equals_received(
+            idat in 0usize..200_000,
+            text in any::<bool>(),
+            mut cuts in proptest::collection::vec(0usize..200_100, 0..12),
+        ) {
+            let input = png(idat, text);
+            cuts.retain(|c| *c < input.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let opts = MediaOptions { max_pixels: 1 << 20, strip: true };
+            let mut walker = MediaWalker::new(Format::Png, opts);
+            let mut same = SameBytes::default();
+            let mut kept = Vec::new();
+            let mut from = 0;
+            for end in cuts.into_iter().chain([input.len()]) {
+                let chunk = Bytes::copy_from_slice(&input[from..end]);
+                from = end;
+                let before = kept.len();
+                same.received(&chunk);
+                walker.update(chunk, &mut kept).unwrap();
+                same.kept(&kept[before..]);
+            }
+            let before = kept.len();
+            walker.finish(&mut kept).unwrap();
+            same.kept(&kept[before..]);
+            prop_assert_eq!(same.same(), kept.concat() == input);
+            prop_assert_eq!(same.same(), !text);
+        }
+    }
 
     fn run(received: &[&[u8]], kept: &[&[u8]]) -> bool {
         let mut s = SameBytes::default();

@@ -168,9 +168,13 @@ pub trait Resumables: Send + Sync {
     ) -> Result<Option<ResumableUpload>, MetaError>;
 
     /// Take (or renew) the upload's lock for `holder` until `until`. Committed without
-    /// waiting for the database's log to reach the disk: a lock is only worth something while
-    /// its holder lives, so one lost in a power cut (with its holder) is no loss, and a PATCH
-    /// saves a flush. The PATCH's durable write (its append) flushes it anyway.
+    /// waiting for the database's log to reach the disk, which saves a PATCH a flush. A lock
+    /// lost that way (a power cut; on PostgreSQL also the database's own crash or failover
+    /// while its holder runs on) lets a second PATCH in, and that is safe because the lock
+    /// is not what keeps two writers apart in the end: [`Resumables::append`] takes effect only
+    /// for its holder and at the offset it started from, the local store's growing blob is
+    /// held exclusively by its writer (`BlobError::Busy`), and on S3 every PATCH writes a chunk
+    /// of its own. Keep those checks.
     async fn lock(
         &self,
         id: FileId,
@@ -181,7 +185,8 @@ pub trait Resumables: Send + Sync {
     ) -> Result<Locked, MetaError>;
 
     /// Give the lock up, if `holder` still has it. May be committed without waiting for the
-    /// disk, like [`Resumables::lock`]: an unlock lost in a power cut leaves the lock to expire.
+    /// disk (SQLite), like [`Resumables::lock`]: an unlock lost in a power cut leaves the lock
+    /// to expire.
     async fn unlock(&self, id: FileId, holder: String) -> Result<(), MetaError>;
 
     /// Record a durable chunk (or extend the growing one) and move the offset past it, while

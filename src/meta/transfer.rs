@@ -83,6 +83,8 @@ impl Table {
 /// `(table, column, expression)`. A grant's `uses` leaves out the uses that uploads in flight
 /// hold: their reservations are not copied, so nothing would ever give those uses back on the
 /// target (a copied grant with 3 of 5 uses, one of them an unfinished upload, arrives with 2).
+/// From a source that is serving, an upload that finishes between the export of the grants and
+/// that of the files arrives with its file but not its use; the next run settles it.
 pub const COMPUTED: &[(&str, &str, &str)] = &[(
     "upload_grants",
     "uses",

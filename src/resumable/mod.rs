@@ -135,8 +135,10 @@ pub(crate) struct RunningCache(
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileId, (u64, Running)>>>,
 );
 
-/// Uploads whose checks are kept (each holds hash states and at most ~200 KiB of a
-/// polyglot check's window).
+/// Uploads whose checks are kept (each holds hash states, at most ~200 KiB of a polyglot
+/// check's window, what its image walker holds back (a header; up to 4 MiB of look-ahead for
+/// a WebP with metadata), and the received bytes not yet matched to kept ones (at most 64 KiB
+/// and a batch, `ingest/same.rs`)).
 const RUNNING_KEPT: usize = 32;
 
 impl RunningCache {

@@ -243,7 +243,7 @@ impl Resumables for Postgres {
             (id, creator, holder, now, until),
             |t, (id, creator, holder, now, until)| {
                 Box::pin(async move {
-                    // Lost in a crash with its holder: no need to wait for the log's flush.
+                    // No need to wait for the log's flush (why: `Resumables::lock`).
                     t.batch_execute("SET LOCAL synchronous_commit = off")
                         .await?;
                     let Some(up) = get(t, *id, *creator, *now).await? else {
