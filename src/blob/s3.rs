@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::client::{HttpError, HttpErrorKind};
+use object_store::client::HttpError;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -200,16 +200,12 @@ fn classify(what: &'static str, e: object_store::Error) -> BlobError {
 fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(http) = err.downcast_ref::<HttpError>() {
-            return matches!(
-                http.kind(),
-                HttpErrorKind::Connect
-                    | HttpErrorKind::Request
-                    | HttpErrorKind::Timeout
-                    | HttpErrorKind::Interrupted
-                    // A body the store cut off (a node going away mid-answer).
-                    | HttpErrorKind::Decode
-            );
+        // Any failure of the transport is "the store is not there now", whatever its kind:
+        // besides connect, request, timeout, interrupted and decode (a body cut off by a node
+        // going away), `Unknown` covers a pooled connection the store closed as the request
+        // went out (seen as a 500 for a CreateMultipartUpload while Garage refused connections).
+        if err.downcast_ref::<HttpError>().is_some() {
+            return true;
         }
         // object_store keeps its status-bearing error type private; its message is stable
         // ("Server returned non-2xx status code: 503 Service Unavailable: ...").
