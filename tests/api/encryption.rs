@@ -217,10 +217,8 @@ async fn key_rotation_keeps_every_file_readable() {
         .spawn()
         .await;
     assert!(app.content_of(&u.token, id).await == data);
-    let out = app.cli(&["rotate-key"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (code, stdout) = app.run_cli(&["rotate-key"]);
+    assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("re-wrapped 1"), "{stdout}");
     app.terminate();
 

@@ -1495,13 +1495,8 @@ async fn sealed_staging_survives_a_key_rotation(app: crate::helpers::TestAppBuil
         .env("COFFER_ENCRYPTION_OLD_KEYS", &old_key)
         .spawn()
         .await;
-    let out = app.cli(&["rotate-key"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout) = app.run_cli(&["rotate-key"]);
+    assert_eq!(code, 0, "{stdout}");
     let staged = app.sql_number("SELECT COUNT(*) FROM resumable_chunks");
     assert!(staged >= 1, "the upload is staged");
     assert!(

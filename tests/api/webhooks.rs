@@ -1304,13 +1304,8 @@ async fn after_key_rotation_without_the_old_key_webhooks_still_sign() {
         .env("COFFER_ENCRYPTION_OLD_KEYS", old_key)
         .spawn()
         .await;
-    let out = app.cli(&["rotate-key"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout) = app.run_cli(&["rotate-key"]);
+    assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains(", 1 webhook secrets"), "{stdout}");
     let after = app.sql_text("SELECT secret_key_id FROM webhooks");
     assert_ne!(before.trim(), after.trim(), "sealed under the new key");
