@@ -34,6 +34,17 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     rate_limited_global: AtomicU64,
     rate_limited_login: AtomicU64,
+    connections_open: AtomicU64,
+    connections_parked: AtomicU64,
+}
+
+/// Counts one connection in a gauge while it lives (see [`Metrics::connection_opened`]).
+pub(crate) struct Gauged<'a>(&'a AtomicU64);
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Which limiter refused a request.
@@ -53,6 +64,26 @@ impl Metrics {
             Limiter::Login => &self.rate_limited_login,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an open client connection until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> Gauged<'_> {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        Gauged(&self.connections_open)
+    }
+
+    /// Count an idle HTTP/1 connection parked without hyper's buffers, until the guard is
+    /// dropped (see `http::server::park`).
+    pub(crate) fn connection_parked(&self) -> Gauged<'_> {
+        self.connections_parked.fetch_add(1, Ordering::Relaxed);
+        Gauged(&self.connections_parked)
+    }
+
+    /// Connections open now that are not parked: those holding per-connection buffers.
+    pub(crate) fn connections_busy(&self) -> usize {
+        let open = self.connections_open.load(Ordering::Relaxed);
+        let parked = self.connections_parked.load(Ordering::Relaxed);
+        usize::try_from(open.saturating_sub(parked)).unwrap_or(usize::MAX)
     }
 
     /// Count request body bytes that had no `Content-Length` (streamed uploads).
@@ -174,7 +205,19 @@ impl Metrics {
         );
         let pool = crate::blob::pool::shared();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let series: [(&str, &str, &str, u64); 11] = [
+        let series: [(&str, &str, &str, u64); 13] = [
+            (
+                "coffer_http_connections_open",
+                "gauge",
+                "Client connections open now.",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
+            (
+                "coffer_http_connections_parked",
+                "gauge",
+                "Idle HTTP/1 keep-alive connections waiting for their next request without per-connection buffers.",
+                self.connections_parked.load(Ordering::Relaxed),
+            ),
             (
                 "coffer_download_buffer_large_bytes",
                 "gauge",

@@ -1,5 +1,6 @@
 //! Connection policies: a connection that never sends a request is dropped, one address cannot
-//! hold every connection, and cleartext HTTP/2 is spoken only when configured.
+//! hold every connection, cleartext HTTP/2 is spoken only when configured, and an idle
+//! keep-alive connection is parked without hyper's buffers yet serves its next request.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::helpers::TestApp;
+use crate::helpers::raw::RawConn;
 
 /// Whether the server closes `s` (EOF or reset) within `within` without sending a byte; fails
 /// the test if it neither answers nor closes by then.
@@ -81,4 +83,132 @@ async fn cleartext_http2_is_off_unless_configured() {
         .spawn()
         .await;
     assert_eq!(first_frame_type(&app).await, Some(4));
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// Open `n` keep-alive connections that each made one request, then wait until the server has
+/// parked them.
+async fn parked_connections(app: &TestApp, n: u64) -> Vec<RawConn> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut c = RawConn::open(app.addr).await;
+        c.send(HEALTHZ).await;
+        assert_eq!(c.response().await.status, 200);
+        conns.push(c);
+    }
+    wait_parked(app, n).await;
+    conns
+}
+
+/// Wait until at least `n` idle connections are parked (the test client's own pooled
+/// connection is busy asking, so it is not among them).
+async fn wait_parked(app: &TestApp, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.metric("coffer_http_connections_parked").await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connections were never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_requests_as_if_never_parked() {
+    let app = TestApp::builder()
+        .single_node("reads one process's connection gauges in its /metrics")
+        .spawn()
+        .await;
+    let mut conns = parked_connections(&app, 3).await;
+    // Twice over: a parked connection that served a request is parked again.
+    for round in 0..2 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.send(HEALTHZ).await;
+            let r = c.response().await;
+            assert_eq!(r.status, 200, "round {round}, connection {i}");
+            assert_ne!(r.header("connection"), Some("close"), "round {round}");
+        }
+        if round == 0 {
+            wait_parked(&app, 3).await;
+        }
+    }
+    // Two requests pipelined in one write, the second one's head cut short, then a pause long
+    // enough to park: the first is answered, and the second once its head is whole (hyper had
+    // read the start of it before it was parked).
+    let c = &mut conns[0];
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /heal")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(b"thz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    // Open and parked connections are counted (this test's three, plus the client's own).
+    assert!(app.metric("coffer_http_connections_open").await >= 3);
+}
+
+#[tokio::test]
+async fn uploads_and_downloads_pass_whole_over_parked_connections() {
+    let app = TestApp::spawn().await;
+    let user = app.user("parker").await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = app.upload(&user.token, "a.txt", body.clone()).await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The test client's pooled connection goes idle (parked within a second), then carries the
+    // next request (a download) and the one after (a second upload).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = app
+        .get(&format!("/api/v1/files/{id}/content"))
+        .as_user(&user)
+        .send()
+        .await;
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.as_ref(), body.as_slice());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.upload(&user.token, "b.txt", body).await.status(), 201);
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_after_the_header_read_timeout() {
+    let app = TestApp::builder()
+        .single_node("reads one process's connection gauges in its /metrics")
+        .env("COFFER_SERVER__HEADER_READ_TIMEOUT_SECS", "3")
+        .spawn()
+        .await;
+    let mut conns = parked_connections(&app, 1).await;
+    let started = std::time::Instant::now();
+    assert!(conns[0].closed().await, "an answer instead of a close");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed too soon: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_at_once() {
+    let mut app = TestApp::builder()
+        .single_node("signals one process")
+        .env("COFFER_SERVER__SHUTDOWN_GRACE_SECS", "30")
+        .spawn()
+        .await;
+    let mut conns = parked_connections(&app, 2).await;
+    let started = std::time::Instant::now();
+    let status = app.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited for idle connections: {:?}",
+        started.elapsed()
+    );
+    for c in &mut conns {
+        assert!(c.closed().await);
+    }
 }

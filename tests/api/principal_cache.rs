@@ -3,16 +3,6 @@
 
 use crate::helpers::TestApp;
 
-/// A counter or gauge from `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app.get("/metrics").send().await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn another_users_key_churn_leaves_a_cached_credential_cached() {
     let app = TestApp::builder()
@@ -44,20 +34,20 @@ async fn another_users_key_churn_leaves_a_cached_credential_cached() {
 
     // The bystander's token and key are still answered from the cache.
     let (hits, misses) = (
-        metric(&app, "coffer_principal_cache_hits_total").await,
-        metric(&app, "coffer_principal_cache_misses_total").await,
+        app.metric("coffer_principal_cache_hits_total").await,
+        app.metric("coffer_principal_cache_misses_total").await,
     );
     assert_eq!(app.me().as_user(&bystander).status().await, 200);
     assert_eq!(app.me().api_key(key).status().await, 200);
     assert_eq!(
-        metric(&app, "coffer_principal_cache_hits_total").await - hits,
+        app.metric("coffer_principal_cache_hits_total").await - hits,
         2,
         "both were cache hits"
     );
     assert_eq!(
-        metric(&app, "coffer_principal_cache_misses_total").await,
+        app.metric("coffer_principal_cache_misses_total").await,
         misses
     );
     // 20 keys and one login were dropped by their revocations.
-    assert!(metric(&app, "coffer_principal_cache_revoked_total").await >= 21);
+    assert!(app.metric("coffer_principal_cache_revoked_total").await >= 21);
 }

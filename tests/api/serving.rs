@@ -210,7 +210,7 @@ async fn thirty_two_concurrent_slow_readers_all_get_every_byte() {
     // Every buffer came back: the budget is whole again, and the idle ones kept are bounded.
     let mut held = u64::MAX;
     for _ in 0..50 {
-        held = metric(&app, "coffer_download_buffer_large_bytes").await;
+        held = app.metric("coffer_download_buffer_large_bytes").await;
         if held == 0 {
             break;
         }
@@ -220,17 +220,7 @@ async fn thirty_two_concurrent_slow_readers_all_get_every_byte() {
         held, 0,
         "large read buffers still held after every download ended"
     );
-    assert!(metric(&app, "coffer_download_buffer_cached_bytes").await <= 4 << 20);
-}
-
-/// A gauge from `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app.get("/metrics").send().await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .parse()
-        .unwrap()
+    assert!(app.metric("coffer_download_buffer_cached_bytes").await <= 4 << 20);
 }
 
 /// The in-process small-file cache (issue 17) answers repeat downloads, and never one that
@@ -253,14 +243,14 @@ async fn small_files_served_from_memory_never_outlive_their_deletion_expiry_or_s
     // Repeat downloads come from memory, byte for byte, and are each audited.
     let f = app.stored(&u.token, "hot.png", bytes.clone()).await;
     let id = f["id"].as_str().unwrap().to_owned();
-    let hits = metric(&app, "coffer_small_file_cache_hits_total").await;
+    let hits = app.metric("coffer_small_file_cache_hits_total").await;
     for _ in 0..3 {
         let r = get(u.token.clone(), id.clone()).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
     }
     assert_eq!(
-        metric(&app, "coffer_small_file_cache_hits_total").await,
+        app.metric("coffer_small_file_cache_hits_total").await,
         hits + 2,
         "the first download reads the stores, the next two the cache"
     );
@@ -302,5 +292,5 @@ async fn small_files_served_from_memory_never_outlive_their_deletion_expiry_or_s
         204
     );
     assert_eq!(get(admin.token.clone(), doomed.clone()).await.status(), 404);
-    assert_eq!(metric(&app, "coffer_small_file_cache_entries").await, 0);
+    assert_eq!(app.metric("coffer_small_file_cache_entries").await, 0);
 }

@@ -8,21 +8,23 @@
 //! database checkpointed.
 
 mod accept;
+mod park;
 pub(crate) mod parser_errors;
 pub(crate) mod send_timeout;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::config::Config;
@@ -30,7 +32,7 @@ use crate::http::stack;
 use crate::memory::{self, BurstWatch};
 use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
-use accept::{Opening, PerIp, request_starts};
+use accept::{IpSlot, Opening, PerIp, request_starts};
 use parser_errors::{Dispatched, ParserErrors};
 use send_timeout::{SendTimeout, StreamBody, StreamExec};
 pub(crate) use tls::Tls;
@@ -123,7 +125,9 @@ impl App {
             // A silent HTTP/2 peer is dropped: it must answer pings.
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let graceful = GracefulShutdown::new();
+        // Shutdown is told to every connection; each closes when idle (a parked one at once) or
+        // after the answer in flight. The connection slots tell when all are gone.
+        let (stop, stopped) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let per_ip = PerIp::new(
             cfg.max_connections_per_ip,
@@ -133,10 +137,7 @@ impl App {
         let http2_on = cfg.http2;
         let hsts = self.state.config.https();
         // Native TLS: the certificate follows its files; plain HTTP may redirect to it.
-        let mut helpers = vec![tokio::spawn(give_back_after_bursts(
-            slots.clone(),
-            cfg.max_connections,
-        ))];
+        let mut helpers = vec![tokio::spawn(give_back_after_bursts(self.state.clone()))];
         if let Some(tls) = &tls {
             helpers.push(tokio::spawn(tls.clone().reload_on_change()));
             if let Some(redirect) = redirect {
@@ -149,6 +150,16 @@ impl App {
                 )));
             }
         }
+        let shared = Arc::new(Shared {
+            state: self.state.clone(),
+            router: self.router.clone(),
+            http1,
+            http2,
+            hsts,
+            http2_on,
+            header_timeout,
+            send_timeout,
+        });
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -172,52 +183,25 @@ impl App {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let router = self.router.clone();
-            let (http1, http2) = (http1.clone(), http2.clone());
-            let watcher = graceful.watcher();
+            let conn = Conn {
+                shared: shared.clone(),
+                peer,
+                stop: stopped.clone(),
+            };
             let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
-            tokio::spawn(async move {
-                let _slots = (permit, ip_slot);
-                let conn = Conn {
-                    router,
-                    peer,
-                    http1,
-                    http2,
-                    hsts,
-                };
-                let timed = SendTimeout::new(stream, send_timeout);
-                if let Some(acceptor) = acceptor {
-                    // The handshake is bounded like a request head; ALPN names the protocol.
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(header_timeout, acceptor.accept(timed)).await
-                    else {
-                        return;
-                    };
-                    let opening = match tls.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Opening::Http2,
-                        _ => Opening::Http1,
-                    };
-                    conn.serve(tls, opening, watcher).await;
-                    return;
-                }
-                // hyper's header timeout starts once it knows the protocol; a peer that never
-                // sends enough to tell would otherwise hold the connection forever.
-                let opening = match request_starts(timed.get_ref(), header_timeout).await {
-                    Some(Opening::Http1) => Opening::Http1,
-                    Some(Opening::Http2) if http2_on => Opening::Http2,
-                    // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream
-                    // is not bounded by the send timeout).
-                    Some(Opening::Http2) | None => return,
-                };
-                conn.serve(timed, opening, watcher).await;
-            });
+            tokio::spawn(conn.run(stream, acceptor, (permit, ip_slot)));
         }
         for h in &helpers {
             h.abort();
         }
+        for h in helpers {
+            let _ = h.await;
+        }
         drop(listener);
         tracing::info!("shutting down: draining in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown())
+        stop.send_replace(true);
+        let all = u32::try_from(self.state.config.server.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
             .await
             .is_err()
         {
@@ -232,7 +216,7 @@ impl App {
             tasks,
             audit_task,
         } = self;
-        drop(router);
+        drop((router, shared));
         for t in &tasks {
             t.abort();
         }
@@ -253,62 +237,166 @@ impl App {
     }
 }
 
-/// One accepted connection's share of the server: what it needs to be served.
-struct Conn {
+/// What every connection of one server shares.
+struct Shared {
+    state: AppState,
     router: Router,
-    peer: SocketAddr,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<StreamExec>,
     hsts: bool,
+    http2_on: bool,
+    header_timeout: Duration,
+    send_timeout: Duration,
+}
+
+/// One accepted connection. Kept small: it is part of every connection's task, idle ones too.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Turns true when the server shuts down.
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
-    /// Serve `io` (plain or TLS, behind the send timeout) as `opening` says, until it ends or
-    /// the graceful shutdown closes it.
-    async fn serve<I>(self, io: I, opening: Opening, watcher: hyper_util::server::graceful::Watcher)
+    /// Serve one accepted connection, plain or TLS, until it ends or the server shuts down;
+    /// `_slots` are its places in the connection caps, given back when it ends.
+    async fn run(
+        self,
+        stream: TcpStream,
+        acceptor: Option<TlsAcceptor>,
+        _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
+    ) {
+        let shared = self.shared.clone();
+        let _open = shared.state.metrics.connection_opened();
+        let timed = SendTimeout::new(stream, shared.send_timeout);
+        if let Some(acceptor) = acceptor {
+            // Boxed: a plain connection's task does not carry the size of rustls's state.
+            Box::pin(self.run_tls(timed, acceptor)).await;
+            return;
+        }
+        // hyper's header timeout starts once it knows the protocol; a peer that never sends
+        // enough to tell would otherwise hold the connection forever.
+        let mut stop = self.stop.clone();
+        let opening = tokio::select! {
+            o = request_starts(timed.get_ref(), shared.header_timeout) => o,
+            _ = stop.changed() => None,
+        };
+        match opening {
+            Some(Opening::Http1) => self.serve_http1(timed).await,
+            // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream is not
+            // bounded by the send timeout).
+            Some(Opening::Http2) if shared.http2_on => Box::pin(self.serve_http2(timed)).await,
+            Some(Opening::Http2) | None => {}
+        }
+    }
+
+    /// The TLS handshake (bounded like a request head), then the protocol ALPN named.
+    async fn run_tls(self, timed: SendTimeout<TcpStream>, acceptor: TlsAcceptor) {
+        let limit = self.shared.header_timeout;
+        let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(timed)).await else {
+            return;
+        };
+        match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => self.serve_http2(tls).await,
+            _ => self.serve_http1(tls).await,
+        }
+    }
+
+    /// HTTP/1, parked between requests ([`park`]).
+    async fn serve_http1<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::ReadReady + Unpin + Send + 'static,
+    {
+        let Self { shared, peer, stop } = self;
+        // Requests are counted as the service is handed them, so that an answer no request
+        // waits for (the parser's own 400 or 431) can be told and replaced.
+        let dispatched = Dispatched::default();
+        let activity = Arc::new(park::Activity::default());
+        let io = ParserErrors::new(io, dispatched.clone(), shared.hsts, peer.ip());
+        let service = service(
+            shared.router.clone(),
+            peer,
+            Some((dispatched, activity.clone())),
+        );
+        park::serve_http1(
+            io,
+            service,
+            activity,
+            &shared.http1,
+            shared.header_timeout,
+            stop,
+            &shared.state.metrics,
+        )
+        .await;
+    }
+
+    /// HTTP/2: hyper's connection, told to finish its streams at shutdown.
+    async fn serve_http2<I>(self, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Self {
-            router,
+            shared,
             peer,
-            http1,
-            http2,
-            hsts,
+            mut stop,
         } = self;
-        // HTTP/1 requests are counted as the service is handed them, so that an answer no
-        // request waits for (the parser's own 400 or 431) can be told and replaced.
-        let dispatched = Dispatched::default();
-        let counted = (opening == Opening::Http1).then(|| dispatched.clone());
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(counted) = &counted {
-                    counted.push(req.method());
+        let conn = shared
+            .http2
+            .serve_connection(TokioIo::new(io), service(shared.router.clone(), peer, None));
+        tokio::pin!(conn);
+        let mut stopping = *stop.borrow();
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+        }
+        let ended = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
                 }
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                let answer = router.clone().oneshot(req.map(axum::body::Body::new));
-                // Wrapped inside the stream's task: over HTTP/2 the body reports its progress
-                // to the stream's send timeout (over HTTP/1 it passes through).
-                async move { answer.await.map(|res| res.map(StreamBody::new)) }
-            });
-        let ended = match opening {
-            Opening::Http1 => {
-                let io = ParserErrors::new(io, dispatched, hsts, peer.ip());
-                watcher
-                    .watch(http1.serve_connection(TokioIo::new(io), service))
-                    .await
-            }
-            Opening::Http2 => {
-                watcher
-                    .watch(http2.serve_connection(TokioIo::new(io), service))
-                    .await
             }
         };
         if let Err(e) = ended {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
+}
+
+/// The future of one request through the router.
+type Answer = Pin<
+    Box<dyn Future<Output = Result<hyper::Response<StreamBody>, std::convert::Infallible>> + Send>,
+>;
+
+/// The service hyper calls for each request of one connection from `peer`. Over HTTP/1 each
+/// request is counted for the parser's answers and marks the connection busy until its answer's
+/// body is done.
+fn service(
+    router: Router,
+    peer: SocketAddr,
+    http1: Option<(Dispatched, Arc<park::Activity>)>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<StreamBody>,
+    Error = std::convert::Infallible,
+    Future = Answer,
+> + Unpin {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let busy = http1.as_ref().map(|(counted, activity)| {
+            counted.push(req.method());
+            activity.dispatch()
+        });
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+        // Wrapped inside the stream's task: over HTTP/2 the body reports its progress to the
+        // stream's send timeout (over HTTP/1 it passes through).
+        Box::pin(async move {
+            answer
+                .await
+                .map(|res| res.map(|b| StreamBody::new(b, busy)))
+        }) as Answer
+    })
 }
 
 async fn limiter_housekeeping(state: AppState) {
@@ -319,15 +407,16 @@ async fn limiter_housekeeping(state: AppState) {
     }
 }
 
-/// Once a burst of connections has ended (their count halved from its high), hand the memory
-/// they freed back to the system (see [`crate::memory`]).
-async fn give_back_after_bursts(slots: Arc<Semaphore>, max_connections: usize) {
+/// Once a burst of busy connections has ended (their count halved from its high: they closed,
+/// or went idle and were parked), hand the memory they freed back to the system (see
+/// [`crate::memory`]).
+async fn give_back_after_bursts(state: AppState) {
     let mut watch = BurstWatch::default();
     let mut tick = tokio::time::interval(memory::CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let open = max_connections.saturating_sub(slots.available_permits());
+        let open = state.metrics.connections_busy();
         if watch.ended(open) {
             let gave = crate::blocking::run(memory::give_back).await;
             tracing::debug!(

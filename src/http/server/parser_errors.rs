@@ -249,6 +249,12 @@ fn poll_linger<T: AsyncRead + Unpin>(
     }
 }
 
+impl<T: super::park::ReadReady> super::park::ReadReady for ParserErrors<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for ParserErrors<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -67,6 +67,12 @@ impl<T> SendTimeout<T> {
     }
 }
 
+impl<T: super::park::ReadReady> super::park::ReadReady for SendTimeout<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -201,14 +207,19 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
 pub(crate) struct StreamBody {
     inner: axum::body::Body,
     progress: Option<std::sync::Arc<StreamProgress>>,
+    /// Over HTTP/1: tells the connection its answer is out once the body is dropped (hyper
+    /// drops it when done), so that an idle connection can be parked.
+    _busy: Option<super::park::Busy>,
 }
 
 impl StreamBody {
-    /// Wrap `inner`, inside the stream's task (outside one, it reports nowhere).
-    pub(crate) fn new(inner: axum::body::Body) -> Self {
+    /// Wrap `inner`, inside the stream's task (outside one, it reports nowhere); `busy` is the
+    /// request's mark on an HTTP/1 connection.
+    pub(crate) fn new(inner: axum::body::Body, busy: Option<super::park::Busy>) -> Self {
         Self {
             inner,
             progress: STREAM.try_with(std::sync::Arc::clone).ok(),
+            _busy: busy,
         }
     }
 }

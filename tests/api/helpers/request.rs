@@ -27,6 +27,16 @@ impl TestApp {
         self.request(Method::GET, path)
     }
 
+    /// A counter or gauge from this process's `/metrics` (a single-node test's).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").send().await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+            .parse()
+            .unwrap()
+    }
+
     /// `HEAD path`.
     pub fn head(&self, path: &str) -> Req {
         self.request(Method::HEAD, path)
