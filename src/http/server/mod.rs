@@ -187,6 +187,8 @@ impl App {
                 shared: shared.clone(),
                 peer,
                 stop: stopped.clone(),
+                dispatched: Dispatched::with_room(),
+                activity: Arc::default(),
             };
             let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
             tokio::spawn(conn.run(stream, acceptor, (permit, ip_slot)));
@@ -255,38 +257,54 @@ struct Conn {
     peer: SocketAddr,
     /// Turns true when the server shuts down.
     stop: watch::Receiver<bool>,
+    /// HTTP/1's requests as counted for the parser's answers, and its activity for parking.
+    /// Allocated as the connection is accepted, beside its task: what an idle connection keeps
+    /// then shares pages with other connections' instead of pinning one among the freed buffers
+    /// of its first request.
+    dispatched: Dispatched,
+    activity: Arc<park::Activity>,
 }
 
 impl Conn {
     /// Serve one accepted connection, plain or TLS, until it ends or the server shuts down;
-    /// `_slots` are its places in the connection caps, given back when it ends.
-    async fn run(
+    /// `slots` are its places in the connection caps, given back when it ends.
+    ///
+    /// A plain `fn` returning an `async` block (as `park::serve_http1`): this future is the
+    /// connection's task, and an `async fn` would keep each argument in it twice.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn run(
         self,
         stream: TcpStream,
         acceptor: Option<TlsAcceptor>,
-        _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
-    ) {
-        let shared = self.shared.clone();
-        let _open = shared.state.metrics.connection_opened();
-        let timed = SendTimeout::new(stream, shared.send_timeout);
-        if let Some(acceptor) = acceptor {
-            // Boxed: a plain connection's task does not carry the size of rustls's state.
-            Box::pin(self.run_tls(timed, acceptor)).await;
-            return;
-        }
-        // hyper's header timeout starts once it knows the protocol; a peer that never sends
-        // enough to tell would otherwise hold the connection forever.
-        let mut stop = self.stop.clone();
-        let opening = tokio::select! {
-            o = request_starts(timed.get_ref(), shared.header_timeout) => o,
-            _ = stop.changed() => None,
-        };
-        match opening {
-            Some(Opening::Http1) => self.serve_http1(timed).await,
-            // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream is not
-            // bounded by the send timeout).
-            Some(Opening::Http2) if shared.http2_on => Box::pin(self.serve_http2(timed)).await,
-            Some(Opening::Http2) | None => {}
+        slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
+    ) -> impl Future<Output = ()> {
+        async move {
+            let _held = &slots;
+            let shared = self.shared.clone();
+            let _open = shared.state.metrics.connection_opened();
+            let timed = SendTimeout::new(stream, shared.send_timeout);
+            if let Some(acceptor) = acceptor {
+                // Boxed: a plain connection's task does not carry the size of rustls's state.
+                Box::pin(self.run_tls(timed, acceptor)).await;
+                return;
+            }
+            // hyper's header timeout starts once it knows the protocol; a peer that never sends
+            // enough to tell would otherwise hold the connection forever.
+            let mut stop = self.stop.clone();
+            let opening = tokio::select! {
+                o = request_starts(timed.get_ref(), shared.header_timeout) => o,
+                _ = stop.changed() => None,
+            };
+            match opening {
+                Some(Opening::Http1) => self.serve_http1(timed).await,
+                // HTTP/2 without TLS is off unless configured (a stalled HTTP/2 stream is not
+                // bounded by the send timeout).
+                Some(Opening::Http2) if shared.http2_on => Box::pin(self.serve_http2(timed)).await,
+                Some(Opening::Http2) | None => {}
+            }
         }
     }
 
@@ -303,31 +321,29 @@ impl Conn {
     }
 
     /// HTTP/1, parked between requests ([`park`]).
-    async fn serve_http1<I>(self, io: I)
+    fn serve_http1<I>(self, io: I) -> impl Future<Output = ()> + use<I>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::ReadReady + Unpin + Send + 'static,
     {
-        let Self { shared, peer, stop } = self;
         // Requests are counted as the service is handed them, so that an answer no request
         // waits for (the parser's own 400 or 431) can be told and replaced.
-        let dispatched = Dispatched::default();
-        let activity = Arc::new(park::Activity::default());
-        let io = ParserErrors::new(io, dispatched.clone(), shared.hsts, peer.ip());
+        let Self {
+            shared,
+            peer,
+            stop,
+            dispatched,
+            activity,
+        } = self;
+        let io = park::Tracked::new(
+            ParserErrors::new(io, dispatched.clone(), shared.hsts, peer.ip()),
+            activity.clone(),
+        );
         let service = service(
             shared.router.clone(),
             peer,
             Some((dispatched, activity.clone())),
         );
-        park::serve_http1(
-            io,
-            service,
-            activity,
-            &shared.http1,
-            shared.header_timeout,
-            stop,
-            &shared.state.metrics,
-        )
-        .await;
+        park::serve_http1(io, service, activity, shared, stop)
     }
 
     /// HTTP/2: hyper's connection, told to finish its streams at shutdown.
@@ -339,6 +355,7 @@ impl Conn {
             shared,
             peer,
             mut stop,
+            ..
         } = self;
         let conn = shared
             .http2

@@ -11,6 +11,13 @@
 //! (`into_parts`, with any bytes hyper had read ahead) and waits for the socket to become
 //! readable again, holding no buffer. The next request gets a fresh hyper connection.
 //!
+//! What an idle connection still holds (its task, about 1.2 KiB, the socket's registration and
+//! two small counters) is allocated as it is accepted (`Conn`), next to other connections'
+//! and not among the buffers of its first request: glibc gives back the freed buffers' pages
+//! (`memory::give_back` once the busy count halves), but a page with one live byte stays.
+//! Measured with 10,000 idle connections: 237 MiB before parking, 82 MiB parked with the
+//! counters made per request, 58 MiB as now (28 MiB with none).
+//!
 //! Invariant: parking never changes what a client sees. A connection is parked only when hyper
 //! is idle on it; if a request slips in between the decision and hyper's stop (hyper then
 //! answers it with `connection: close`), the connection is closed after that answer, as it
@@ -32,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use super::Shared;
 
 /// How long hyper must have been idle on a connection before it is parked. Long enough that a
 /// client sending requests back to back never pays for a fresh hyper connection, short enough
@@ -116,6 +123,17 @@ pub(crate) struct Tracked<I> {
     activity: Arc<Activity>,
 }
 
+impl<I> Tracked<I> {
+    /// Wrap a connection whose hyper reports to `activity`.
+    pub(crate) fn new(inner: I, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            ahead: Bytes::new(),
+            activity,
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -193,61 +211,65 @@ enum Ended {
 
 /// Serve HTTP/1 on `io` until the client leaves, the connection fails, or `stop` says the
 /// server is shutting down; between requests the connection is parked (see the module docs).
-/// `idle_limit` bounds how long a parked connection waits for its next request.
-pub(super) async fn serve_http1<I, S>(
-    io: I,
+/// A parked connection waits for its next request at most the header read timeout.
+///
+/// A plain `fn` returning an `async` block, not an `async fn`: an `async fn` keeps each argument
+/// twice in its future (as passed and as bound), and this future is most of what an idle
+/// connection holds.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(super) fn serve_http1<I, S>(
+    mut io: Tracked<I>,
     mut service: S,
     activity: Arc<Activity>,
-    http1: &hyper::server::conn::http1::Builder,
-    idle_limit: Duration,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    metrics: &Metrics,
-) where
+) -> impl Future<Output = ()>
+where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: HttpService<Incoming> + Unpin,
     S::Future: Unpin,
     S::ResBody: 'static,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut io = Tracked {
-        inner: io,
-        ahead: Bytes::new(),
-        activity: activity.clone(),
-    };
-    let mut first = true;
-    loop {
-        if !first && io.ahead.is_empty() {
-            let _parked = metrics.connection_parked();
-            let woke = tokio::select! {
-                r = tokio::time::timeout(idle_limit, std::future::poll_fn(|cx| io.inner.poll_read_ready(cx))) => matches!(r, Ok(Ok(()))),
-                _ = stop.changed() => false,
-            };
-            if !woke {
-                return;
+    async move {
+        let mut first = true;
+        loop {
+            if !first && io.ahead.is_empty() {
+                let _parked = shared.state.metrics.connection_parked();
+                let woke = tokio::select! {
+                    r = tokio::time::timeout(shared.header_timeout, std::future::poll_fn(|cx| io.inner.poll_read_ready(cx))) => matches!(r, Ok(Ok(()))),
+                    _ = stop.changed() => false,
+                };
+                if !woke {
+                    return;
+                }
             }
-        }
-        first = false;
-        // On the heap, and only while the connection is busy: a parked connection's task
-        // holds none of hyper's state.
-        let mut conn = Box::new(http1.serve_connection(TokioIo::new(io), service));
-        let ended = run_until_idle(&mut conn, &activity, &mut stop).await;
-        let hyper::server::conn::http1::Parts {
-            io: back,
-            read_buf,
-            service: returned,
-            ..
-        } = conn.into_parts();
-        io = back.into_inner();
-        service = returned;
-        match ended {
-            // Copied out: hyper's `read_buf`, even when empty, keeps its whole 8 KiB buffer.
-            Ended::Parked => io.ahead = Bytes::copy_from_slice(&read_buf),
-            Ended::Closed => {
-                drop(read_buf);
-                // hyper did not shut the socket down (`poll_without_shutdown`): an answer the
-                // parser made is replaced and the close is lingered here (`ParserErrors`).
-                let _ = io.inner.shutdown().await;
-                return;
+            first = false;
+            // On the heap, and only while the connection is busy: a parked connection's task
+            // holds none of hyper's state.
+            let mut conn = Box::new(shared.http1.serve_connection(TokioIo::new(io), service));
+            let ended = run_until_idle(&mut conn, &activity, &mut stop).await;
+            let hyper::server::conn::http1::Parts {
+                io: back,
+                read_buf,
+                service: returned,
+                ..
+            } = conn.into_parts();
+            io = back.into_inner();
+            service = returned;
+            match ended {
+                // Copied out: hyper's `read_buf`, even when empty, keeps its whole 8 KiB buffer.
+                Ended::Parked => io.ahead = Bytes::copy_from_slice(&read_buf),
+                Ended::Closed => {
+                    drop(read_buf);
+                    // hyper did not shut the socket down (`poll_without_shutdown`): an answer the
+                    // parser made is replaced and the close is lingered here (`ParserErrors`).
+                    let _ = io.inner.shutdown().await;
+                    return;
+                }
             }
         }
     }

@@ -62,6 +62,16 @@ struct Queue {
 const MAX_WAITING: usize = 16;
 
 impl Dispatched {
+    /// An empty count with room for the usual number waiting, allocated now: made as the
+    /// connection is accepted, it sits with the connection's other long-lived state instead of
+    /// among the buffers of its first request (see `park`).
+    pub(crate) fn with_room() -> Self {
+        Self(Arc::new(Mutex::new(Queue {
+            waiting: VecDeque::with_capacity(4),
+            stopped: false,
+        })))
+    }
+
     /// Count a request. Call it when the service is handed the request, before it can answer.
     pub(crate) fn push(&self, method: &Method) {
         // A poisoned lock is seen by the writer too, which then stops replacing anything.
