@@ -79,6 +79,11 @@ impl Metrics {
         Gauged(&self.connections_parked)
     }
 
+    /// Connections open now.
+    pub(crate) fn connections_open(&self) -> usize {
+        usize::try_from(self.connections_open.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
     /// Connections open now that are not parked: those holding per-connection buffers.
     pub(crate) fn connections_busy(&self) -> usize {
         let open = self.connections_open.load(Ordering::Relaxed);

@@ -424,20 +424,25 @@ async fn limiter_housekeeping(state: AppState) {
     }
 }
 
-/// Once a burst of busy connections has ended (their count halved from its high: they closed,
-/// or went idle and were parked), hand the memory they freed back to the system (see
-/// [`crate::memory`]).
+/// Once a burst of connections has ended (the count of open ones, or of busy ones, halved from
+/// its high: they closed, or went idle and were parked), hand the memory they freed back to the
+/// system (see [`crate::memory`]).
 async fn give_back_after_bursts(state: AppState) {
-    let mut watch = BurstWatch::default();
+    let (mut busy, mut open) = (BurstWatch::default(), BurstWatch::default());
     let mut tick = tokio::time::interval(memory::CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let open = state.metrics.connections_busy();
-        if watch.ended(open) {
+        let now_busy = state.metrics.connections_busy();
+        let now_open = state.metrics.connections_open();
+        // Both watched: a burst that parks frees its buffers, one that then closes its idle
+        // connections frees their tasks.
+        let (busy_ended, open_ended) = (busy.ended(now_busy), open.ended(now_open));
+        if busy_ended || open_ended {
             let gave = crate::blocking::run(memory::give_back).await;
             tracing::debug!(
-                open,
+                open = now_open,
+                busy = now_busy,
                 ?gave,
                 "a burst of connections ended: memory given back"
             );
