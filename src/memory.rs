@@ -16,6 +16,8 @@ use std::time::Duration;
 /// a burst's memory goes back within about this long of its end. At 2 s, 10,000 connections
 /// that went idle together could still hold their buffers 2 s after the last request.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The shortest time between two walks of the heaps.
+pub(crate) const MIN_GAP: Duration = Duration::from_secs(2);
 /// A burst smaller than this many connections leaves too little behind to be worth a walk.
 const BURST_MIN: usize = 64;
 

@@ -257,11 +257,13 @@ struct Conn {
     peer: SocketAddr,
     /// Turns true when the server shuts down.
     stop: watch::Receiver<bool>,
-    /// HTTP/1's requests as counted for the parser's answers, and its activity for parking.
-    /// Allocated as the connection is accepted, beside its task: what an idle connection keeps
-    /// then shares pages with other connections' instead of pinning one among the freed buffers
-    /// of its first request.
+    /// HTTP/1's requests as counted for the parser's answers (see `ParserErrors`).
+    ///
+    /// This and `activity` are allocated as the connection is accepted, beside its task: what
+    /// an idle connection keeps then shares pages with other connections' instead of pinning
+    /// one among the freed buffers of its first request.
     dispatched: Dispatched,
+    /// What HTTP/1's hyper is doing, for parking (see [`park`]).
     activity: Arc<park::Activity>,
 }
 
@@ -311,7 +313,12 @@ impl Conn {
     /// The TLS handshake (bounded like a request head), then the protocol ALPN named.
     async fn run_tls(self, timed: SendTimeout<TcpStream>, acceptor: TlsAcceptor) {
         let limit = self.shared.header_timeout;
-        let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(timed)).await else {
+        let mut stop = self.stop.clone();
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(limit, acceptor.accept(timed)) => r,
+            _ = stop.changed() => return,
+        };
+        let Ok(Ok(tls)) = handshake else {
             return;
         };
         match tls.get_ref().1.alpn_protocol() {
@@ -431,14 +438,21 @@ async fn give_back_after_bursts(state: AppState) {
     let (mut busy, mut open) = (BurstWatch::default(), BurstWatch::default());
     let mut tick = tokio::time::interval(memory::CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        // A walk locks each arena while it runs: load that swings back and forth cannot
+        // make it run more often than this.
+        if last.is_some_and(|t| t.elapsed() < memory::MIN_GAP) {
+            continue;
+        }
         let now_busy = state.metrics.connections_busy();
         let now_open = state.metrics.connections_open();
         // Both watched: a burst that parks frees its buffers, one that then closes its idle
         // connections frees their tasks.
         let (busy_ended, open_ended) = (busy.ended(now_busy), open.ended(now_open));
         if busy_ended || open_ended {
+            last = Some(tokio::time::Instant::now());
             let gave = crate::blocking::run(memory::give_back).await;
             tracing::debug!(
                 open = now_open,

@@ -5,25 +5,28 @@
 //! the connection waits for its next request: 10,000 idle keep-alive connections held 208 MiB
 //! (issue 17). Like Kestrel and memcached, coffer lets go of them while a connection is idle.
 //! [`serve_http1`] hands a connection to hyper when it has bytes to read, and once hyper has
-//! been idle on it for [`PARK_AFTER`] (no request in flight, every byte of the last answer
-//! written and flushed, nothing read since), asks hyper to stop (`graceful_shutdown`, which on
-//! an idle HTTP/1 connection closes nothing and writes nothing), takes the socket back
-//! (`into_parts`, with any bytes hyper had read ahead) and waits for the socket to become
-//! readable again, holding no buffer. The next request gets a fresh hyper connection.
+//! been quiet on it for a whole [`PARK_AFTER`] period (so 0.5 to 1 s: no request in flight,
+//! every byte of the last answer written and flushed, nothing read), asks hyper to stop
+//! (`graceful_shutdown`, which on an idle HTTP/1 connection closes nothing and writes nothing,
+//! and ends it at once), takes the socket back (`into_parts`, with any bytes hyper had read
+//! ahead) and waits for the socket to become readable again, holding no buffer. The next
+//! request gets a fresh hyper connection.
 //!
 //! What an idle connection still holds (its task, about 1.2 KiB, the socket's registration and
 //! two small counters) is allocated as it is accepted (`Conn`), next to other connections'
 //! and not among the buffers of its first request: glibc gives back the freed buffers' pages
-//! (`memory::give_back` once the busy count halves), but a page with one live byte stays.
-//! Measured with 10,000 idle connections: 237 MiB before parking, 82 MiB parked with the
+//! (`memory::give_back` once the busy or the open count halves), but a page with one live byte
+//! stays. Measured with 10,000 idle connections: 237 MiB before parking, 82 MiB parked with the
 //! counters made per request, 58 MiB as now (28 MiB with none).
 //!
-//! Invariant: parking never changes what a client sees. A connection is parked only when hyper
-//! is idle on it; if a request slips in between the decision and hyper's stop (hyper then
-//! answers it with `connection: close`), the connection is closed after that answer, as it
-//! said. Bytes hyper read ahead are served first, before the socket is read again. A parked
-//! connection is closed after the header read timeout, as hyper closes an idle one, and at once
-//! on shutdown.
+//! Invariant: parking never changes what a client sees. A connection is parked only if hyper
+//! stops at once when asked, which it does only when idle; otherwise (a request body still
+//! being read) it is finished and closed, never parked mid-message. A hyper connection that
+//! ends is polled to its end, so its last bytes are flushed and the socket shut down as hyper
+//! would. Bytes hyper read ahead are served first, before the socket is read again. The next
+//! request head of a parked connection must arrive within the header read timeout counted from
+//! when the connection went quiet (at most one `PARK_AFTER` later than hyper alone would count
+//! it), not afresh after the park; a parked connection closes at once on shutdown.
 
 use std::io;
 use std::pin::Pin;
@@ -36,8 +39,9 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Shared;
 
@@ -60,15 +64,15 @@ impl ReadReady for tokio::net::TcpStream {
 
 impl<T: ReadReady> ReadReady for tokio_rustls::server::TlsStream<T> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper parks only after its reads came back empty, so rustls holds no plaintext then:
-        // the next bytes of the connection arrive on the socket.
+        // A connection is parked only after hyper's reads came back empty, so rustls holds no
+        // plaintext then: the next bytes of the connection arrive on the socket.
         self.get_ref().0.poll_read_ready(cx)
     }
 }
 
 /// What one connection's hyper is doing, told by the socket wrapper ([`Tracked`]) and by each
 /// request's [`Busy`] guard. One connection's requests run in its own task; the atomics only
-/// make the type `Send`.
+/// make the shared type `Sync`.
 #[derive(Default)]
 pub(crate) struct Activity {
     /// Bumped by every read that returned bytes, every write and every request.
@@ -202,11 +206,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
 /// How one hyper connection on the socket ended.
 enum Ended {
-    /// hyper stopped on an idle connection at our asking: the socket goes on.
-    Parked,
-    /// The client closed, an error, a timeout, a shutdown, or an answer that said
-    /// `connection: close`: the socket is closed.
-    Closed,
+    /// hyper was idle and stopped at once when asked: the socket goes on, parked. A request
+    /// head must then arrive by `head_by` (the header read timeout, counted from when the
+    /// connection went quiet, as hyper counts it).
+    Parked { head_by: Instant },
+    /// hyper is done, or is finishing: the client closed, an error, `connection: close`, a
+    /// shutdown, or a request still being read when it was asked to stop. It is driven to the
+    /// end (its last bytes flushed, the socket shut down) and the connection closed.
+    Finishing,
+    /// No request head by the deadline carried over from before the park: dropped without a
+    /// word, as hyper's own header timeout does.
+    Expired,
 }
 
 /// Serve HTTP/1 on `io` until the client leaves, the connection fails, or `stop` says the
@@ -235,52 +245,71 @@ where
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     async move {
-        let mut first = true;
+        let mut head_by: Option<Instant> = None;
         loop {
-            if !first && io.ahead.is_empty() {
+            if let Some(deadline) = head_by
+                && io.ahead.is_empty()
+            {
                 let _parked = shared.state.metrics.connection_parked();
+                let ready = std::future::poll_fn(|cx| io.inner.poll_read_ready(cx));
                 let woke = tokio::select! {
-                    r = tokio::time::timeout(shared.header_timeout, std::future::poll_fn(|cx| io.inner.poll_read_ready(cx))) => matches!(r, Ok(Ok(()))),
+                    r = tokio::time::timeout_at(deadline, ready) => matches!(r, Ok(Ok(()))),
                     _ = stop.changed() => false,
                 };
                 if !woke {
                     return;
                 }
             }
-            first = false;
             // On the heap, and only while the connection is busy: a parked connection's task
             // holds none of hyper's state.
             let mut conn = Box::new(shared.http1.serve_connection(TokioIo::new(io), service));
-            let ended = run_until_idle(&mut conn, &activity, &mut stop).await;
-            let hyper::server::conn::http1::Parts {
-                io: back,
-                read_buf,
-                service: returned,
-                ..
-            } = conn.into_parts();
-            io = back.into_inner();
-            service = returned;
+            let ended = run_until_idle(
+                &mut conn,
+                &activity,
+                &mut stop,
+                head_by,
+                shared.header_timeout,
+            )
+            .await;
             match ended {
-                // Copied out: hyper's `read_buf`, even when empty, keeps its whole 8 KiB buffer.
-                Ended::Parked => io.ahead = Bytes::copy_from_slice(&read_buf),
-                Ended::Closed => {
-                    drop(read_buf);
-                    // hyper did not shut the socket down (`poll_without_shutdown`): an answer the
-                    // parser made is replaced and the close is lingered here (`ParserErrors`).
-                    let _ = io.inner.shutdown().await;
+                Ended::Parked { head_by: next } => {
+                    let hyper::server::conn::http1::Parts {
+                        io: back,
+                        read_buf,
+                        service: returned,
+                        ..
+                    } = conn.into_parts();
+                    io = back.into_inner();
+                    // Copied out: hyper's `read_buf`, even when empty, keeps its whole 8 KiB
+                    // buffer.
+                    io.ahead = Bytes::copy_from_slice(&read_buf);
+                    service = returned;
+                    head_by = Some(next);
+                }
+                Ended::Finishing => {
+                    // Polled as a future, hyper flushes what it still holds and shuts the
+                    // socket down (through `ParserErrors`, which replaces a parser-made answer
+                    // and lingers). Bounded: a peer that reads nothing is cut off by the send
+                    // timeout, one that sends nothing by this limit.
+                    let limit = shared.send_timeout.max(shared.header_timeout);
+                    let _ = tokio::time::timeout(limit, &mut *conn).await;
                     return;
                 }
+                Ended::Expired => return,
             }
         }
     }
 }
 
-/// Drive one hyper connection until it ends, asking it to stop once it has been idle for
-/// [`PARK_AFTER`] (or at shutdown).
+/// Drive one hyper connection until it ends, asking it to stop once it has been quiet for a
+/// whole [`PARK_AFTER`] period after at least one answer (or at shutdown). `head_by` is the
+/// deadline for the first request head of a connection that was parked.
 async fn run_until_idle<I, S>(
     conn: &mut hyper::server::conn::http1::Connection<TokioIo<Tracked<I>>, S>,
     activity: &Activity,
     stop: &mut watch::Receiver<bool>,
+    head_by: Option<Instant>,
+    header_timeout: Duration,
 ) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -290,48 +319,55 @@ where
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = activity.requests();
-    // Requests counted when hyper was asked to stop on an idle connection.
-    let mut parking: Option<u64> = None;
-    let mut stopping = *stop.borrow();
-    if stopping {
+    // Asked to stop (shutdown, or a park that found hyper busy): only the end is awaited.
+    let mut closing = *stop.borrow();
+    if closing {
         Pin::new(&mut *conn).graceful_shutdown();
     }
     let mut seen = activity.events();
+    let mut quiet_since = Instant::now();
     let tick = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(tick);
-    let served = loop {
+    loop {
         tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => match r {
-                Ok(()) => break true,
-                Err(e) => {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if let Err(e) = r {
                     tracing::debug!(error = %e, "connection ended with an error");
-                    break false;
                 }
-            },
-            changed = stop.changed(), if !stopping => {
+                return Ended::Finishing;
+            }
+            changed = stop.changed(), if !closing => {
                 // A closed channel is a server gone: stop too.
                 if changed.is_err() || *stop.borrow() {
-                    stopping = true;
+                    closing = true;
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
             }
-            () = &mut tick, if !stopping && parking.is_none() => {
+            () = &mut tick, if !closing => {
                 let now = activity.events();
-                // Idle for a whole period, after at least one answer on this hyper connection
-                // (one that has served nothing yet is still waiting for its first head).
-                if now == seen && activity.quiet() && activity.requests() > started {
-                    parking = Some(activity.requests());
-                    Pin::new(&mut *conn).graceful_shutdown();
-                } else {
-                    seen = now;
-                    tick.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
+                let answered = activity.requests() > started;
+                if !answered && head_by.is_some_and(|d| Instant::now() >= d) {
+                    return Ended::Expired;
                 }
+                if now == seen && answered && activity.quiet() {
+                    // On an idle HTTP/1 connection hyper stops at once, writing nothing. If it
+                    // does not, it was still busy (say, reading a body its handler kept): the
+                    // connection is finished and closed, never parked mid-message.
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    match std::future::poll_fn(|cx| Poll::Ready(conn.poll_without_shutdown(cx))).await {
+                        Poll::Ready(Ok(())) => return Ended::Parked {
+                            head_by: quiet_since + header_timeout,
+                        },
+                        Poll::Ready(Err(_)) => return Ended::Finishing,
+                        Poll::Pending => closing = true,
+                    }
+                }
+                if now != seen {
+                    seen = now;
+                    quiet_since = Instant::now();
+                }
+                tick.as_mut().reset(Instant::now() + PARK_AFTER);
             }
         }
-    };
-    match parking {
-        // hyper stopped cleanly with no request since it was asked: it was idle.
-        Some(asked) if served && !stopping && activity.requests() == asked => Ended::Parked,
-        _ => Ended::Closed,
     }
 }
