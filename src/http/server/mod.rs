@@ -438,21 +438,14 @@ async fn give_back_after_bursts(state: AppState) {
     let (mut busy, mut open) = (BurstWatch::default(), BurstWatch::default());
     let mut tick = tokio::time::interval(memory::CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
-        // A walk locks each arena while it runs: load that swings back and forth cannot
-        // make it run more often than this.
-        if last.is_some_and(|t| t.elapsed() < memory::MIN_GAP) {
-            continue;
-        }
         let now_busy = state.metrics.connections_busy();
         let now_open = state.metrics.connections_open();
         // Both watched: a burst that parks frees its buffers, one that then closes its idle
         // connections frees their tasks.
         let (busy_ended, open_ended) = (busy.ended(now_busy), open.ended(now_open));
         if busy_ended || open_ended {
-            last = Some(tokio::time::Instant::now());
             let gave = crate::blocking::run(memory::give_back).await;
             tracing::debug!(
                 open = now_open,
