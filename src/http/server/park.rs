@@ -45,9 +45,10 @@ use tokio::time::Instant;
 
 use super::Shared;
 
-/// How long hyper must have been idle on a connection before it is parked. Long enough that a
-/// client sending requests back to back never pays for a fresh hyper connection, short enough
-/// that a burst of connections which then go quiet lets go of their buffers within a second.
+/// The period a connection must stay quiet, whole, before it is parked (so it is parked 0.5 to
+/// 1 s after its last activity). Long enough that a client sending requests back to back never
+/// pays for a fresh hyper connection, short enough that a burst of connections which then go
+/// quiet lets go of their buffers within a second.
 pub(super) const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// A connection that can say when its socket has bytes (or an end) to read, without reading.
