@@ -114,7 +114,7 @@ fn ingest(c: &mut Criterion) {
     g.bench_function("seal 1 MiB (AES-256-GCM segments)", |b| {
         let key = DataKey::generate();
         b.iter(|| {
-            let mut sealer = Sealer::new(&key, FileId::new());
+            let mut sealer = Sealer::new(&key, FileId::new()).unwrap();
             let mut n = 0;
             for chunk in black_box(&data).chunks(CHUNK) {
                 n += sealer.update(chunk).unwrap().len();
@@ -141,7 +141,7 @@ fn ingest(c: &mut Criterion) {
         b.iter(|| {
             sink.clear();
             let mut h = Sha256::new();
-            let mut sealer = Sealer::new(&key, FileId::new());
+            let mut sealer = Sealer::new(&key, FileId::new()).unwrap();
             for chunk in black_box(&data).chunks(CHUNK) {
                 h.update(chunk);
                 sink.extend_from_slice(&sealer.update(chunk).unwrap());
@@ -157,7 +157,7 @@ fn open_1mib(c: &mut Criterion) {
     let data = png_bytes(MIB);
     let key = DataKey::generate();
     let file = FileId::new();
-    let mut sealer = Sealer::new(&key, file);
+    let mut sealer = Sealer::new(&key, file).unwrap();
     let mut blob = sealer.update(&data).unwrap();
     blob.extend_from_slice(&sealer.finish().unwrap());
     let blob = Bytes::from(blob);
@@ -177,7 +177,7 @@ fn open_1mib(c: &mut Criterion) {
                 .map(|i| Ok(body.slice(i..(i + 256 * 1024).min(body.len()))))
                 .collect();
             let inner: CipherStream = Box::pin(futures_util::stream::iter(reads));
-            let mut opener = Opener::new(inner, &key, file, MIB as u64, 0, MIB as u64);
+            let mut opener = Opener::new(inner, &key, file, MIB as u64, 0, MIB as u64).unwrap();
             rt.block_on(async {
                 let mut n = 0;
                 while let Some(chunk) = opener.next().await {

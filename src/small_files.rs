@@ -4,9 +4,9 @@
 //! download's cost). Every download still verifies its credential, checks it against
 //! revocations and the file's owner and expiry, and leaves an audit record.
 //!
-//! Only what `crypto::read::prefetch_small` returns is kept: plain (never sealed: the
-//! plaintext of an encrypted file lives only as long as its response), at most 64 KiB, from
-//! the local store. At most [`MAX_BYTES`] of them in all.
+//! Only plain files that `crypto::read::prefetch_small` read are kept (never a sealed one:
+//! the plaintext of an encrypted file lives only as long as its response), at most 64 KiB,
+//! from the local store. At most [`MAX_BYTES`] of them in all.
 //!
 //! Invariant: the cache never serves a file that is gone, deleted on this node or another. A
 //! file's deletion is announced like a revocation ([`Revoked::File`]; an account's deletion,

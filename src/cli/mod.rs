@@ -242,7 +242,7 @@ async fn dispatch(command: Command, config: Config) -> ExitCode {
 fn keyring() -> Result<Keyring, Failure> {
     let (current, old) =
         secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
-    Ok(Keyring::new(current, &old))
+    Keyring::new(current, &old).map_err(|e| Failure::Other(e.into()))
 }
 
 /// The object store's credentials from the environment, when the configuration uses one.

@@ -3,8 +3,8 @@
 //!
 //! Invariant: a byte is yielded only if it is what was stored for this file. A sealed segment
 //! that fails authentication, or a blob shorter than its row says, is [`ReadError::Tampered`]
-//! and nothing follows it. A failure to reach the bytes (the store, a lost decryption task) is
-//! [`ReadError::Blob`]: never reported, or audited, as tampering.
+//! and nothing follows it. A failure to reach the bytes is [`ReadError::Blob`]: never
+//! reported, or audited, as tampering.
 
 use std::pin::Pin;
 
@@ -26,7 +26,7 @@ pub enum ReadError {
     /// the blob is shorter than its row says.
     #[error("stored content failed its integrity check")]
     Tampered,
-    /// The blob store failed (or a decryption task was lost): an I/O failure.
+    /// The blob store failed: an I/O failure.
     #[error(transparent)]
     Blob(#[from] BlobError),
     /// The master key that wraps this file's data key is not configured.
@@ -118,7 +118,7 @@ pub async fn read(
         Box::pin(head.chain(span))
     };
     let cipher: CipherStream = Box::pin(stored.map_err(into_io));
-    let opener = Opener::new(cipher, &data_key, src.file, src.size, start, end);
+    let opener = Opener::new(cipher, &data_key, src.file, src.size, start, end)?;
     Ok(Box::pin(opener.map_err(ReadError::from)))
 }
 
@@ -140,7 +140,7 @@ pub fn open_whole(
         other => ReadError::Key(other),
     })?;
     let cipher: CipherStream = Box::pin(stored.map_err(into_io));
-    let opener = Opener::new(cipher, &data_key, src.file, src.size, 0, src.size);
+    let opener = Opener::new(cipher, &data_key, src.file, src.size, 0, src.size)?;
     Ok(Box::pin(opener.map_err(ReadError::from)))
 }
 
@@ -154,14 +154,27 @@ fn into_io(e: BlobError) -> std::io::Error {
     std::io::Error::new(kind, e)
 }
 
-/// A small plaintext file's whole content, read on the calling (blocking) thread, so a
-/// download can fetch row and bytes in one hop. `None` when not applicable or on any error
-/// (the caller then takes [`read`], which reports errors properly).
-pub fn prefetch_small(blobs: &BlobStore, src: &Source<'_>, max: u64) -> Option<Bytes> {
-    if src.sealing.is_some() || src.size > max || src.size == 0 {
+/// A small file's whole plaintext, read (and, when sealed, authenticated and decrypted) on
+/// the calling blocking thread, so a download fetches row and bytes in one hop. `None` when
+/// not applicable or on any error (the caller then takes [`read`], which reports errors
+/// properly: tampering included).
+pub fn prefetch_small(
+    blobs: &BlobStore,
+    keyring: &Keyring,
+    src: &Source<'_>,
+    max: u64,
+) -> Option<Bytes> {
+    if src.size > max || src.size == 0 {
         return None;
     }
-    blobs.read_blocking(&src.key().ok()?, 0, src.size)?.ok()
+    let stored = blobs
+        .read_blocking(&src.key().ok()?, 0, src.stored_len())?
+        .ok()?;
+    let Some(sealing) = src.sealing else {
+        return Some(stored);
+    };
+    let data_key = keyring.unwrap(src.file, sealing).ok()?;
+    segment::open_all(&data_key, src.file, src.size, stored).ok()
 }
 
 #[cfg(test)]
@@ -224,11 +237,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = FileId::new();
         let key = BlobKey::for_file(file, true);
-        let keyring = Keyring::new(Some([7; 32]), &[]);
+        let keyring = Keyring::new(Some([7; 32]), &[]).unwrap();
         let data_key = DataKey::generate();
         let sealing = keyring.wrap(file, &data_key).unwrap();
         let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let mut sealer = Sealer::new(&data_key, file);
+        let mut sealer = Sealer::new(&data_key, file).unwrap();
         let mut sealed = sealer.update(&plain).unwrap();
         sealed.extend(sealer.finish().unwrap());
         let blobs = store(dir.path(), &key, &sealed).await;
@@ -261,17 +274,5 @@ mod tests {
             matches!(gone, Err(ReadError::Blob(BlobError::NotFound))),
             "{gone:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_lost_decryption_task_is_an_io_error_not_tampering() {
-        // What the opener makes of a decryption task that panicked or was cancelled. It once
-        // became "failed authentication", which answered 500 integrity-error and wrote a
-        // false `file.integrity_error` audit entry.
-        let lost = tokio::task::spawn_blocking(|| panic!("a lost decryption task"))
-            .await
-            .unwrap_err();
-        let e = ReadError::from(segment::lost_task(lost));
-        assert!(matches!(e, ReadError::Blob(BlobError::Io(_))), "{e:?}");
     }
 }

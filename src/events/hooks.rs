@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_sealed_secret_unseals_only_for_its_webhook() {
-        let keyring = Keyring::new(Some([7u8; 32]), &[]);
+        let keyring = Keyring::new(Some([7u8; 32]), &[]).unwrap();
         let hooks_keyring = Arc::new(keyring);
         let id = WebhookId::new();
         let secret = sign::generate();

@@ -648,14 +648,14 @@ impl Sink {
         checks: Checks,
         hash_received: bool,
     ) -> Result<Self, IngestError> {
+        let data_key = (state.keyring.enabled() && given.is_none()).then(DataKey::generate);
+        let sealer = data_key.as_ref().map(|k| Sealer::new(k, id)).transpose()?;
         // The scanner first: without it (and without `scan.fail_open`) no blob is started.
         let scan = Scan::start(&state.safety).await?;
-        let given_bytes = given.is_some();
         let writer = match given {
             Some(w) => w,
             None => state.blobs.put(key).await?,
         };
-        let data_key = (state.keyring.enabled() && !given_bytes).then(DataKey::generate);
         let may_rewrite = checks.may_rewrite();
         let same = may_rewrite.then(same::SameBytes::default);
         let pipeline = Pipeline {
@@ -666,7 +666,7 @@ impl Sink {
             same,
             size: 0,
             text: text.then(Utf8Check::default),
-            sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
+            sealer,
             data_key,
             scanning: scan.wants_bytes(),
         };

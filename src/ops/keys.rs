@@ -162,7 +162,7 @@ async fn seal_one(
     let sealing = keyring
         .wrap(id, &data_key)
         .ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
-    let mut sealer = Sealer::new(&data_key, id);
+    let mut sealer = Sealer::new(&data_key, id)?;
     let new_key = BlobKey::for_file(id, true);
     let mut writer = blobs.put(&new_key).await?;
     let mut hasher = Sha256::new();

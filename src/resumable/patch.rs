@@ -481,11 +481,12 @@ impl Resumable {
         let Some(writer) = self.append_to(&key, at).await? else {
             return Ok(None);
         };
-        let mut sealer = if main.is_some() {
+        let sealer = if main.is_some() {
             Sealer::resume(&data_key, up.id, segments)
         } else {
             Sealer::new(&data_key, up.id)
         };
+        let mut sealer = sealer.map_err(IngestError::from)?;
         let mut w = ChunkWriter::in_place(key, writer, Some(sealing));
         // The staged tail's plaintext goes first (less than a segment: sealed nothing yet
         // but, for a new chunk, the header).
@@ -514,6 +515,12 @@ impl Resumable {
         let id = FileId::new();
         let sealed = self.keyring.enabled();
         let key = BlobKey::for_file(id, sealed);
+        let data_key = sealed.then(DataKey::generate);
+        let sealer = data_key
+            .as_ref()
+            .map(|k| Sealer::new(k, id))
+            .transpose()
+            .map_err(IngestError::from)?;
         // Zero bytes (the upload's reservation holds its quota): it names the chunk, so that
         // a sweeper can abort what a dead node staged.
         let reservation = self
@@ -523,12 +530,11 @@ impl Resumable {
             .await
             .map_err(IngestError::from)?;
         let writer = self.blobs.put(&key).await?;
-        let data_key = sealed.then(DataKey::generate);
         Ok(ChunkWriter {
             id,
             key,
             writer,
-            sealer: data_key.as_ref().map(|k| Sealer::new(k, id)),
+            sealer,
             data_key,
             hasher: None,
             pending: Vec::new(),

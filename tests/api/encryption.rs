@@ -147,6 +147,16 @@ async fn tampering_fails_cleanly_and_is_audited() {
     assert_problem(get(&f, &[]).await, 500, "integrity-error").await;
     assert_eq!(integrity_events(&app, &admin.token, 1).await, 1);
 
+    // The same in a small file, whose bytes are read and opened together with its row.
+    let small = png(4_000);
+    let f = app.stored(&u.token, "small.png", small.clone()).await;
+    assert_eq!(read_all(get(&f, &[]).await).await.unwrap(), small);
+    tamper(&app, &f, |b| b[header + 100] ^= 0x01);
+    assert_problem(get(&f, &[]).await, 500, "integrity-error").await;
+    let r = get(&f, &[("range", "bytes=0-9")]).await;
+    assert_problem(r, 500, "integrity-error").await;
+    assert!(integrity_events(&app, &admin.token, 3).await >= 3);
+
     // A flipped byte in the blob's header is refused too, even for a range far from it.
     let f = app.stored(&u.token, "head.png", data.clone()).await;
     tamper(&app, &f, |b| b[2] ^= 0x01);
@@ -154,7 +164,7 @@ async fn tampering_fails_cleanly_and_is_audited() {
     problem(r, 500).await;
 
     // A flipped byte in a later segment: the transfer breaks off; the bytes before are genuine.
-    // Segments are opened 16 at a time (1 MiB), so "later" means past the first 16.
+    // Segments are opened up to 4 at a time (256 KiB), so "later" means past the first 4.
     let big = png(1_400_000);
     let f = app.stored(&u.token, "late.png", big.clone()).await;
     tamper(&app, &f, |b| b[header + 18 * stride + 5] ^= 0x80);

@@ -466,7 +466,8 @@ async fn visible_file_and_bytes(
     id: FileId,
     prefetch: bool,
 ) -> AppResult<(StoredFile, Option<Bytes>)> {
-    let (scope, blobs) = (principal.file_scope(), state.blobs.clone());
+    let scope = principal.file_scope();
+    let (blobs, keyring) = (state.blobs.clone(), state.keyring.clone());
     let files = state.meta.files();
     let now = Timestamp::now();
     if !prefetch {
@@ -477,13 +478,19 @@ async fn visible_file_and_bytes(
         return Ok((hit.row, Some(hit.bytes)));
     }
     let epoch = state.small_files.epoch();
-    let small: AfterRead =
-        Box::new(move |f| read::prefetch_small(&blobs, &f.source(), content::PREFETCH_MAX));
+    let small: AfterRead = Box::new(move |f| {
+        read::prefetch_small(&blobs, &keyring, &f.source(), content::PREFETCH_MAX)
+    });
     let (row, bytes) = files
         .get_visible_then(id, scope, now, small)
         .await?
         .ok_or(AppError::NotFound)?;
-    if let Some(b) = bytes.as_ref().filter(|b| b.len() as u64 == row.file.size) {
+    // A sealed file's plaintext lives only as long as its response: never kept.
+    let plain = row.sealing.is_none();
+    if let Some(b) = bytes
+        .as_ref()
+        .filter(|b| plain && b.len() as u64 == row.file.size)
+    {
         state.small_files.put(
             SmallFile {
                 row: row.clone(),
