@@ -36,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
@@ -84,6 +85,10 @@ pub(crate) struct Activity {
     open: AtomicU64,
     /// A write since the last completed flush: hyper may still hold bytes of an answer.
     unflushed: AtomicBool,
+    /// Completed flushes: hyper flushes the socket only once its own queue is empty.
+    flushes: AtomicU64,
+    /// A response body waiting for the next flush ([`Busy::poll_flushed_since`]).
+    flush_waiter: AtomicWaker,
 }
 
 impl Activity {
@@ -112,6 +117,30 @@ impl Activity {
 
 /// Held by a request until its answer's body is done (see [`Activity::dispatch`]).
 pub(crate) struct Busy(Arc<Activity>);
+
+impl Busy {
+    /// The connection's count of completed flushes (a mark for [`Self::poll_flushed_since`]).
+    pub(crate) fn flushes(&self) -> u64 {
+        self.0.flushes.load(Ordering::Acquire)
+    }
+
+    /// Ready once hyper has flushed since `mark`: everything handed to it then is written to
+    /// the socket. Otherwise the task is woken by that flush.
+    ///
+    /// hyper takes body chunks until its own queue holds `max_buf_size` (64 KiB here) and
+    /// only then writes; a slow client's connection kept four or five read buffers queued.
+    /// Handing the next chunk only after the last one went out keeps one.
+    pub(crate) fn poll_flushed_since(&self, mark: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flushes() > mark {
+            return Poll::Ready(());
+        }
+        self.0.flush_waiter.register(cx.waker());
+        if self.flushes() > mark {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -196,6 +225,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         // hyper flushes the socket only once its own buffer is empty.
         if matches!(r, Poll::Ready(Ok(()))) {
             self.activity.unflushed.store(false, Ordering::Relaxed);
+            self.activity.flushes.fetch_add(1, Ordering::Release);
+            self.activity.flush_waiter.wake();
         }
         r
     }

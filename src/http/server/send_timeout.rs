@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -203,13 +203,17 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
 }
 
 /// A response body over HTTP/2 that reports to its stream's [`StreamProgress`]: a chunk handed
-/// over starts the wait for the peer, the next poll (the chunk went on) ends it.
+/// over starts the wait for the peer, the next poll (the chunk went on) ends it. Over HTTP/1
+/// it hands hyper one chunk at a time: the next only once the last one is written out.
 pub(crate) struct StreamBody {
     inner: axum::body::Body,
     progress: Option<std::sync::Arc<StreamProgress>>,
     /// Over HTTP/1: tells the connection its answer is out once the body is dropped (hyper
-    /// drops it when done), so that an idle connection can be parked.
-    _busy: Option<super::park::Busy>,
+    /// drops it when done), so that an idle connection can be parked; and when hyper has
+    /// written out the last chunk.
+    busy: Option<super::park::Busy>,
+    /// Over HTTP/1, the connection's flush count when the last chunk was handed to hyper.
+    handed_at: Option<u64>,
 }
 
 impl StreamBody {
@@ -219,7 +223,8 @@ impl StreamBody {
         Self {
             inner,
             progress: STREAM.try_with(std::sync::Arc::clone).ok(),
-            _busy: busy,
+            busy,
+            handed_at: None,
         }
     }
 }
@@ -232,7 +237,15 @@ impl hyper::body::Body for StreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let (Some(busy), Some(mark)) = (&self.busy, self.handed_at) {
+            ready!(busy.poll_flushed_since(mark, cx));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(busy), Poll::Ready(Some(Ok(frame)))) = (&self.busy, &polled)
+            && frame.is_data()
+        {
+            self.handed_at = Some(busy.flushes());
+        }
         if let Some(p) = &self.progress {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) if frame.is_data() => p.set(Some(Instant::now())),
