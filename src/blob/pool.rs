@@ -39,6 +39,9 @@ const CLASSES: usize = 7;
 pub struct Pacer {
     size: usize,
     handed: Option<(Instant, usize)>,
+    /// Since the last time the consumer was found slow: when, and the bytes handed since.
+    /// Until [`DRAIN_TARGET`] has passed, a quick take does not grow the chunks.
+    held: Option<(Instant, usize)>,
 }
 
 impl Default for Pacer {
@@ -46,37 +49,62 @@ impl Default for Pacer {
         Self {
             size: FIRST_CHUNK,
             handed: None,
+            held: None,
         }
     }
+}
+
+/// What a consumer that took `len` bytes in `gap` drains in [`DRAIN_TARGET`].
+fn drains(len: usize, gap: Duration) -> f64 {
+    let gap = gap.as_secs_f64();
+    if gap > 0.0 {
+        len as f64 / gap * DRAIN_TARGET.as_secs_f64()
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The largest chunk class that drains in time (at least [`MIN_CHUNK`]).
+fn class_draining(drains: f64) -> usize {
+    let mut s = MIN_CHUNK;
+    while s * 2 <= MAX_CHUNK && (s * 2) as f64 <= drains {
+        s *= 2;
+    }
+    s
 }
 
 impl Pacer {
     /// A chunk of `len` bytes was handed to the consumer now.
     pub fn handed(&mut self, len: usize) {
         self.handed = Some((Instant::now(), len));
+        if let Some((_, bytes)) = &mut self.held {
+            *bytes += len;
+        }
     }
 
     /// The consumer asks for the next chunk: the size to read. A reader that took the last
     /// chunk quickly gets one twice as large (up to [`MAX_CHUNK`]); a slow one at once gets
     /// what it drains in [`DRAIN_TARGET`] (down to [`MIN_CHUNK`]).
+    ///
+    /// A consumer found slow grows again only on what it took over at least [`DRAIN_TARGET`]:
+    /// one that takes several chunks at once and then waits (a decrypting reader gathering a
+    /// whole sealed segment for a slow client) would otherwise look fast at every burst, and
+    /// get large chunks read ahead that then wait with it.
     pub fn next_size(&mut self) -> usize {
         if let Some((at, len)) = self.handed.take() {
-            let gap = at.elapsed().as_secs_f64();
-            let drains = if gap > 0.0 {
-                len as f64 / gap * DRAIN_TARGET.as_secs_f64()
-            } else {
-                f64::INFINITY
-            };
-            self.size = if drains >= self.size as f64 {
-                (self.size * 2).min(MAX_CHUNK)
-            } else {
-                // Largest class that drains in time.
-                let mut s = MIN_CHUNK;
-                while s * 2 <= MAX_CHUNK && (s * 2) as f64 <= drains {
-                    s *= 2;
+            let quick = drains(len, at.elapsed());
+            if quick < self.size as f64 {
+                self.size = class_draining(quick);
+                self.held = Some((Instant::now(), 0));
+            } else if let Some((since, bytes)) = self.held {
+                let span = since.elapsed();
+                if span >= DRAIN_TARGET {
+                    self.size = class_draining(drains(bytes, span));
+                    self.held = None;
                 }
-                s
-            };
+            } else {
+                self.size = (self.size * 2).min(MAX_CHUNK);
+            }
         }
         self.size
     }
@@ -276,8 +304,33 @@ mod tests {
         assert!(p.slow());
         // 64 KiB in 1 ms: 64 MB/s drains 256 KiB in 4 ms.
         p.size = 64 * 1024;
+        p.held = None;
         p.handed = Some((Instant::now() - Duration::from_millis(1), 64 * 1024));
         assert_eq!(p.next_size(), 128 * 1024);
+    }
+
+    #[test]
+    fn a_consumer_that_takes_chunks_in_bursts_is_paced_by_what_it_takes_over_time() {
+        let mut p = Pacer::default();
+        // Slow: 64 KiB taken in 32 ms (2 MB/s), then four chunks at once, three times over.
+        for _ in 0..3 {
+            p.handed = Some((Instant::now() - Duration::from_millis(32), 64 * 1024));
+            assert_eq!(p.next_size(), MIN_CHUNK);
+            for _ in 0..4 {
+                // Still within the hold, however long the test thread was preempted.
+                p.held = p.held.map(|(_, bytes)| (Instant::now(), bytes));
+                p.handed(MIN_CHUNK);
+                assert_eq!(p.next_size(), MIN_CHUNK);
+                assert!(p.slow());
+            }
+        }
+        // Fast again: after the hold, the size follows the bytes taken over it.
+        let then = Instant::now() - DRAIN_TARGET * 2;
+        p.held = Some((then, 512 * 1024));
+        p.handed(MIN_CHUNK);
+        assert_eq!(p.next_size(), 256 * 1024);
+        p.handed(256 * 1024);
+        assert_eq!(p.next_size(), 512 * 1024);
     }
 
     #[test]
