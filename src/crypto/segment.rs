@@ -257,8 +257,9 @@ impl Opener {
     /// The next batch of segments, opened and trimmed to the range; `None` at the end.
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CryptoError>>> {
         // The buffer first: the batch is as large as the budget allows (one segment, not
-        // counted against it, when it is spent).
-        let grant = pool::shared().grant_at_least(SEGMENT, self.pacer.next_size());
+        // counted against it, when it is spent), and never larger than a batch is.
+        let want = self.pacer.next_size().min(BATCH * SEGMENT);
+        let grant = pool::shared().grant_at_least(SEGMENT, want);
         let segments = (grant.size() / SEGMENT).clamp(1, BATCH);
         let (first, data) = match ready!(self.batches.poll_batch(cx, segments as u64)) {
             Some(Ok(batch)) => batch,
@@ -512,7 +513,8 @@ impl<'a> Cursor<'a> {
 
 /// Decrypt a batch of whole segments from `data` (the pieces of stored bytes that hold them)
 /// into `out`, their plaintexts packed together; the plaintext length. Nothing is written past
-/// a segment that fails.
+/// a segment that fails, and what the failed one left in its place is zeroed (the buffer goes
+/// back to the pool).
 fn decrypt_batch(
     cipher: &LessSafeKey,
     file: FileId,
@@ -548,7 +550,10 @@ fn decrypt_batch(
                     .map(|_| ())
             }
         };
-        opened.map_err(|_| CryptoError::Tampered)?;
+        if opened.is_err() {
+            dst.fill(0);
+            return Err(CryptoError::Tampered);
+        }
         read += len;
         write += body;
         index += 1;
@@ -695,6 +700,28 @@ mod tests {
         assert_eq!(seal(&key, file, plain, 7), expected);
         let n = plain.len() as u64;
         assert_eq!(open(&key, file, &expected, n, 0, n).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_small_blob_opened_whole_is_checked_like_a_streamed_one() {
+        let key = DataKey::generate();
+        let file = FileId::new();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let n = data.len() as u64;
+        let blob = seal(&key, file, &data, 333);
+        let whole = open_all(&key, file, n, Bytes::from(blob.clone())).unwrap();
+        assert_eq!(&whole[..], &data[..]);
+        let mut flipped = blob.clone();
+        flipped[HEADER_LEN + 4000] ^= 1;
+        let mut header = blob.clone();
+        header[0] ^= 1;
+        let short = blob[..blob.len() - 1].to_vec();
+        for bad in [flipped, header, short] {
+            let r = open_all(&key, file, n, Bytes::from(bad));
+            assert!(matches!(r, Err(CryptoError::Tampered)), "{r:?}");
+        }
+        let moved = open_all(&key, FileId::new(), n, Bytes::from(blob));
+        assert!(matches!(moved, Err(CryptoError::Tampered)));
     }
 
     #[test]

@@ -129,6 +129,34 @@ fn tamper(app: &TestApp, file: &serde_json::Value, edit: impl FnOnce(&mut Vec<u8
 }
 
 #[tokio::test]
+async fn a_small_encrypted_file_is_served_but_its_plaintext_is_never_kept_in_memory() {
+    let app = TestApp::builder()
+        .single_node("reads one process's cache counters in /metrics")
+        .env("COFFER_ENCRYPTION_KEY", secret())
+        .env("COFFER_AUTH__PRINCIPAL_CACHE_SECS", "60")
+        .spawn()
+        .await;
+    let u = app.user("sealed_small").await;
+    let bytes = png(4096);
+    let f = app.stored(&u.token, "small.png", bytes.clone()).await;
+    let id = f["id"].as_str().unwrap();
+    for range in [None, Some("bytes=10-19")] {
+        for _ in 0..3 {
+            let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", *r)).collect();
+            let r = app.download(&u.token, id, &headers).await;
+            let got = r.bytes().await.unwrap();
+            match range {
+                None => assert_eq!(got.as_ref(), &bytes[..]),
+                Some(_) => assert_eq!(got.as_ref(), &bytes[10..20]),
+            }
+        }
+    }
+    // Read with its row every time (the cache's misses), never from memory.
+    assert_eq!(app.metric("coffer_small_file_cache_hits_total").await, 0);
+    assert_eq!(app.metric("coffer_small_file_cache_entries").await, 0);
+}
+
+#[tokio::test]
 async fn tampering_fails_cleanly_and_is_audited() {
     let app = encrypted_app(&secret()).await;
     let admin = app.admin("tamperwatch").await;

@@ -110,6 +110,9 @@ impl App {
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
+            // Also what hyper queues of an answer before writing; `StreamBody` hands it one
+            // chunk at a time anyway, waiting for its flush (so `pipeline_flush`, which skips
+            // flushes while requests are buffered, must stay off).
             .max_buf_size(MAX_HEAD_BYTES)
             // Exact: the buffer limit alone is checked only while a head is incomplete, so a
             // head that arrives whole in one read could pass it (up to about twice the size).
