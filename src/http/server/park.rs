@@ -31,12 +31,11 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
@@ -75,20 +74,24 @@ impl<T: ReadReady> ReadReady for tokio_rustls::server::TlsStream<T> {
 /// What one connection's hyper is doing, told by the socket wrapper ([`Tracked`]) and by each
 /// request's [`Busy`] guard. One connection's requests run in its own task; the atomics only
 /// make the shared type `Sync`.
+///
+/// Every idle connection keeps one, so it is small (20 bytes): the counters are 32-bit and
+/// only ever compared for change (they wrap), and a body waiting for a flush is woken through
+/// the waker hyper passes to that flush, its own task's, not a stored one.
 #[derive(Default)]
 pub(crate) struct Activity {
     /// Bumped by every read that returned bytes, every write and every request.
-    events: AtomicU64,
+    events: AtomicU32,
     /// Requests handed to the service.
-    requests: AtomicU64,
+    requests: AtomicU32,
     /// Requests whose answer's body is not done yet.
-    open: AtomicU64,
+    open: AtomicU32,
+    /// Completed flushes: hyper flushes the socket only once its own queue is empty.
+    flushes: AtomicU32,
     /// A write since the last completed flush: hyper may still hold bytes of an answer.
     unflushed: AtomicBool,
-    /// Completed flushes: hyper flushes the socket only once its own queue is empty.
-    flushes: AtomicU64,
-    /// A response body waiting for the next flush ([`Busy::poll_flushed_since`]).
-    flush_waiter: AtomicWaker,
+    /// A response body waits for the next flush ([`Busy::poll_flushed_since`]).
+    body_waiting: AtomicBool,
 }
 
 impl Activity {
@@ -101,11 +104,11 @@ impl Activity {
         Busy(self.clone())
     }
 
-    fn events(&self) -> u64 {
+    fn events(&self) -> u32 {
         self.events.load(Ordering::Relaxed)
     }
 
-    fn requests(&self) -> u64 {
+    fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
     }
 
@@ -120,22 +123,23 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Busy {
     /// The connection's count of completed flushes (a mark for [`Self::poll_flushed_since`]).
-    pub(crate) fn flushes(&self) -> u64 {
+    pub(crate) fn flushes(&self) -> u32 {
         self.0.flushes.load(Ordering::Acquire)
     }
 
     /// Ready once hyper has flushed since `mark`: everything handed to it then is written to
-    /// the socket. Otherwise the task is woken by that flush.
+    /// the socket. Otherwise the connection's task is woken by that flush (hyper polls an
+    /// HTTP/1 body in the connection's own task, and flushes in it).
     ///
     /// hyper takes body chunks until its own queue holds `max_buf_size` (64 KiB here) and
     /// only then writes; a slow client's connection kept four or five read buffers queued.
     /// Handing the next chunk only after the last one went out keeps one.
-    pub(crate) fn poll_flushed_since(&self, mark: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.flushes() > mark {
+    pub(crate) fn poll_flushed_since(&self, mark: u32, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.flushes() != mark {
             return Poll::Ready(());
         }
-        self.0.flush_waiter.register(cx.waker());
-        if self.flushes() > mark {
+        self.0.body_waiting.store(true, Ordering::Release);
+        if self.flushes() != mark {
             return Poll::Ready(());
         }
         Poll::Pending
@@ -226,7 +230,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         if matches!(r, Poll::Ready(Ok(()))) {
             self.activity.unflushed.store(false, Ordering::Relaxed);
             self.activity.flushes.fetch_add(1, Ordering::Release);
-            self.activity.flush_waiter.wake();
+            if self.activity.body_waiting.swap(false, Ordering::AcqRel) {
+                cx.waker().wake_by_ref();
+            }
         }
         r
     }
@@ -377,7 +383,7 @@ where
             }
             () = &mut tick, if !closing => {
                 let now = activity.events();
-                let answered = activity.requests() > started;
+                let answered = activity.requests() != started;
                 if !answered && head_by.is_some_and(|d| Instant::now() >= d) {
                     return Ended::Expired;
                 }

@@ -213,7 +213,7 @@ pub(crate) struct StreamBody {
     /// written out the last chunk.
     busy: Option<super::park::Busy>,
     /// Over HTTP/1, the connection's flush count when the last chunk was handed to hyper.
-    handed_at: Option<u64>,
+    handed_at: Option<u32>,
 }
 
 impl StreamBody {
