@@ -65,9 +65,12 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     let admin = source.admin("root").await;
     let alice = source.user("alice").await;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    // About 1 MB each: the copy must take long enough after its first blob for the kill
+    // below to land in the middle of it (with 300 KB files and a faster opener, CI once saw
+    // every blob copied before the kill).
     for i in 0..24 {
         let mut bytes = png(64);
-        bytes.extend(noise(300_000 + i * 1000, i as u64));
+        bytes.extend(noise(1_000_000 + i * 1000, i as u64));
         let f = source
             .stored(&alice.token, &format!("n{i}.png"), bytes)
             .await;
@@ -142,7 +145,7 @@ async fn migrate_copies_sqlite_and_files_into_postgres_and_s3_resumably() {
     while s3.keys(&prefix).await.is_empty() {
         assert!(Instant::now() < deadline, "migrate copied nothing");
         assert!(child.try_wait().unwrap().is_none(), "migrate ended early");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
