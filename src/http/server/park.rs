@@ -90,7 +90,7 @@ pub(crate) struct Activity {
     flushes: AtomicU32,
     /// A write since the last completed flush: hyper may still hold bytes of an answer.
     unflushed: AtomicBool,
-    /// A response body waits for the next flush ([`Busy::poll_flushed_since`]).
+    /// A response body waits for the next flush ([`Busy::flushed_since`]).
     body_waiting: AtomicBool,
 }
 
@@ -122,27 +122,24 @@ impl Activity {
 pub(crate) struct Busy(Arc<Activity>);
 
 impl Busy {
-    /// The connection's count of completed flushes (a mark for [`Self::poll_flushed_since`]).
+    /// The connection's count of completed flushes (a mark for [`Self::flushed_since`]).
     pub(crate) fn flushes(&self) -> u32 {
         self.0.flushes.load(Ordering::Acquire)
     }
 
-    /// Ready once hyper has flushed since `mark`: everything handed to it then is written to
-    /// the socket. Otherwise the connection's task is woken by that flush (hyper polls an
-    /// HTTP/1 body in the connection's own task, and flushes in it).
+    /// Whether hyper has flushed since `mark`: everything handed to it then is written to the
+    /// socket. If not, its next flush wakes the connection's task (hyper polls an HTTP/1 body
+    /// in the connection's own task, and flushes in it), so a body may return `Pending`.
     ///
     /// hyper takes body chunks until its own queue holds `max_buf_size` (64 KiB here) and
     /// only then writes; a slow client's connection kept four or five read buffers queued.
     /// Handing the next chunk only after the last one went out keeps one.
-    pub(crate) fn poll_flushed_since(&self, mark: u32, _cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn flushed_since(&self, mark: u32) -> bool {
         if self.flushes() != mark {
-            return Poll::Ready(());
+            return true;
         }
         self.0.body_waiting.store(true, Ordering::Release);
-        if self.flushes() != mark {
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        self.flushes() != mark
     }
 }
 

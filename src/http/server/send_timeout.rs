@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -237,8 +237,10 @@ impl hyper::body::Body for StreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        if let (Some(busy), Some(mark)) = (&self.busy, self.handed_at) {
-            ready!(busy.poll_flushed_since(mark, cx));
+        if let (Some(busy), Some(mark)) = (&self.busy, self.handed_at)
+            && !busy.flushed_since(mark)
+        {
+            return Poll::Pending;
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Some(busy), Poll::Ready(Some(Ok(frame)))) = (&self.busy, &polled)
