@@ -12,7 +12,6 @@
 //! failure it yields [`CryptoError::Tampered`] and nothing after. A failure to read the stored
 //! bytes is [`CryptoError::Io`]: never reported as tampering.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -199,24 +198,51 @@ const BATCH: usize = 4;
 /// Segments are opened where the stream is polled, not handed to the blocking pool: AES-GCM
 /// (AWS-LC, AES-NI or VAES) opens a 64 KiB segment in about 5 µs, less than the hand-off to
 /// another thread and back cost (measured: the hand-offs were a third of an encrypted
-/// download's CPU). They are opened straight from the store's read buffers into a buffer of
-/// the shared read pool (so the large ones count against its budget): a segment is copied
-/// only when it straddles two read buffers, and then into its place in the output, where it
-/// is opened in place. How much is opened at once follows the reader: a slow one gets one
-/// segment at a time, handed out in small pieces.
+/// download's CPU). The plaintext of a batch of segments goes into one buffer of the shared
+/// read pool (so the large ones count against its budget), taken before the ciphertext is
+/// read; each piece of ciphertext is used up as it arrives: a segment that lies whole in it
+/// is opened from it into its place in the buffer, one cut across pieces is copied there and
+/// opened in place. So ciphertext is never held beyond the piece being read (and what of it
+/// the next batch needs), and a slow reader holds one segment's buffer. How much is opened at
+/// once follows the reader: a slow one gets one segment at a time, handed out in small pieces.
 pub struct Opener {
-    batches: Batcher,
+    inner: CipherStream,
     cipher: LessSafeKey,
     file: FileId,
     plain_len: u64,
     pacer: Pacer,
+    /// The stored header, as far as it has arrived.
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    /// Stored bytes read but not used yet: what the last piece held past a full batch.
+    carry: Bytes,
+    /// The batch being opened, when one is.
+    batch: Option<Batch>,
+    /// The next segment to open, and the last the range needs.
+    next: u64,
+    last_needed: u64,
     /// Opened and trimmed, not yet handed out.
     pending: Bytes,
     /// Plaintext bytes to drop at the start (the range starts inside its first segment).
     skip: usize,
     /// Plaintext bytes still to hand out.
     remaining: u64,
-    failed: bool,
+    /// Nothing more: the range is out, or a failure was reported.
+    done: bool,
+}
+
+/// Segments being opened into one pool buffer.
+struct Batch {
+    out: pool::Buffer,
+    /// Segment index one past the batch's last.
+    end: u64,
+    /// Plaintext bytes of the batch's opened segments (the next one's place starts here).
+    opened: usize,
+    /// The segment being gathered across pieces: its ciphertext bytes copied to its place,
+    /// and its tag as far as it has arrived.
+    body: usize,
+    tag: [u8; TAG],
+    tag_len: usize,
 }
 
 impl Opener {
@@ -233,54 +259,159 @@ impl Opener {
     ) -> Result<Self, CryptoError> {
         let (first, last) = segments_of(plain_len, start, end);
         Ok(Self {
-            batches: Batcher {
-                inner,
-                chunks: VecDeque::new(),
-                buffered: 0,
-                header_checked: false,
-                next: first,
-                last_needed: last,
-                plain_len,
-                done: false,
-            },
+            inner,
             cipher: key.cipher()?,
             file,
             plain_len,
             pacer: Pacer::default(),
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            carry: Bytes::new(),
+            batch: None,
+            next: first,
+            last_needed: last,
             pending: Bytes::new(),
             skip: usize::try_from(start - first * SEGMENT as u64).unwrap_or(0),
             remaining: end.saturating_sub(start),
-            failed: false,
+            done: false,
         })
     }
 
     /// The next batch of segments, opened and trimmed to the range; `None` at the end.
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CryptoError>>> {
-        // The buffer first: the batch is as large as the budget allows (one segment, not
-        // counted against it, when it is spent), and never larger than a batch is.
-        let want = self.pacer.next_size().min(BATCH * SEGMENT);
-        let grant = pool::shared().grant_at_least(SEGMENT, want);
-        let segments = (grant.size() / SEGMENT).clamp(1, BATCH);
-        let (first, data) = match ready!(self.batches.poll_batch(cx, segments as u64)) {
-            Some(Ok(batch)) => batch,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-            None => return Poll::Ready(None),
+        if self.next > self.last_needed {
+            return Poll::Ready(None);
+        }
+        let mut batch = match self.batch.take() {
+            Some(b) => b,
+            None => {
+                // The buffer first: as large as the budget allows (one segment, not counted
+                // against it, when it is spent), and never larger than a batch is.
+                let want = self.pacer.next_size().min(BATCH * SEGMENT);
+                let grant = pool::shared().grant_at_least(SEGMENT, want);
+                let segments = (grant.size() / SEGMENT).clamp(1, BATCH) as u64;
+                Batch {
+                    out: pool::shared().buffer(grant)?,
+                    end: (self.next + segments).min(self.last_needed + 1),
+                    opened: 0,
+                    body: 0,
+                    tag: [0; TAG],
+                    tag_len: 0,
+                }
+            }
         };
-        let len = data.iter().map(Bytes::len).sum();
-        let (cipher, file, plain_len) = (&self.cipher, self.file, self.plain_len);
-        let opened = pool::shared().fill(grant, len, |out| {
-            decrypt_batch(cipher, file, plain_len, first, &data, out)
-        });
-        Poll::Ready(Some(opened.map(|mut plain| {
-            let cut = std::mem::take(&mut self.skip).min(plain.len());
-            plain = plain.slice(cut..);
-            let take = usize::try_from(self.remaining)
-                .unwrap_or(usize::MAX)
-                .min(plain.len());
-            plain.truncate(take);
-            self.remaining -= take as u64;
-            plain
-        })))
+        loop {
+            let piece = if self.carry.is_empty() {
+                match self.inner.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(piece))) => piece,
+                    // A source that says it ended early was cut short: truncated, like an end.
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(match e.kind() {
+                            std::io::ErrorKind::UnexpectedEof => CryptoError::Tampered,
+                            _ => CryptoError::Io(e),
+                        })));
+                    }
+                    // The blob ended before the segments the row promises: truncated.
+                    Poll::Ready(None) => return Poll::Ready(Some(Err(CryptoError::Tampered))),
+                    Poll::Pending => {
+                        self.batch = Some(batch);
+                        return Poll::Pending;
+                    }
+                }
+            } else {
+                std::mem::take(&mut self.carry)
+            };
+            let mut rest = &piece[..];
+            if self.header_len < HEADER_LEN {
+                // Also bound into every tag (AAD), but a changed byte of the stored copy must
+                // fail too: "a flipped byte is never served" means any byte.
+                let k = (HEADER_LEN - self.header_len).min(rest.len());
+                let (head, tail) = rest.split_at(k);
+                if let Some(to) = self.header.get_mut(self.header_len..self.header_len + k) {
+                    to.copy_from_slice(head);
+                }
+                self.header_len += k;
+                rest = tail;
+                if self.header_len == HEADER_LEN && self.header != header() {
+                    return Poll::Ready(Some(Err(CryptoError::Tampered)));
+                }
+            }
+            let used = piece.len() - rest.len();
+            let used = used + self.open_into(&mut batch, rest)?;
+            if self.next == batch.end {
+                self.carry = piece.slice(used..);
+                return Poll::Ready(Some(Ok(self.trim(batch.out.freeze(batch.opened)))));
+            }
+        }
+    }
+
+    /// Open what `data` (the next stored bytes) completes of the batch's segments; the bytes
+    /// used (all of them unless the batch is complete). A segment that fails authentication
+    /// leaves zeros in its place (the buffer goes back to the pool) and fails the stream.
+    fn open_into(&mut self, b: &mut Batch, mut data: &[u8]) -> Result<usize, CryptoError> {
+        let total = data.len();
+        let last_index = segment_count(self.plain_len) - 1;
+        while !data.is_empty() && self.next < b.end {
+            let stored = stored_segment_len(self.plain_len, self.next);
+            let len = stored - TAG;
+            let dst = b
+                .out
+                .as_mut()
+                .get_mut(b.opened..b.opened + len)
+                .ok_or_else(|| {
+                    CryptoError::Io(std::io::Error::other("decryption buffer too small"))
+                })?;
+            let (nonce, aad) = (nonce(self.next, self.next == last_index), aad(self.file));
+            let whole = (b.body == 0 && b.tag_len == 0)
+                .then(|| data.split_at_checked(stored))
+                .flatten();
+            let opened = if let Some((segment, after)) = whole {
+                // Whole in this piece: opened from it.
+                data = after;
+                let (ct, tag) = segment.split_at(len);
+                self.cipher.open_separate_gather(nonce, aad, ct, tag, dst)
+            } else {
+                // Cut across pieces: gathered into its place, opened there once whole.
+                let (body, after) = data.split_at((len - b.body).min(data.len()));
+                if let Some(to) = dst.get_mut(b.body..b.body + body.len()) {
+                    to.copy_from_slice(body);
+                }
+                b.body += body.len();
+                let (tag, after) = after.split_at((TAG - b.tag_len).min(after.len()));
+                if let Some(to) = b.tag.get_mut(b.tag_len..b.tag_len + tag.len()) {
+                    to.copy_from_slice(tag);
+                }
+                b.tag_len += tag.len();
+                data = after;
+                if b.tag_len < TAG {
+                    continue;
+                }
+                b.body = 0;
+                b.tag_len = 0;
+                self.cipher
+                    .open_in_place_separate_tag(nonce, aad, &b.tag, dst)
+                    .map(|_| ())
+            };
+            if opened.is_err() {
+                dst.fill(0);
+                return Err(CryptoError::Tampered);
+            }
+            b.opened += len;
+            self.next += 1;
+        }
+        Ok(total - data.len())
+    }
+
+    /// A batch's plaintext cut to the range.
+    fn trim(&mut self, mut plain: Bytes) -> Bytes {
+        let cut = std::mem::take(&mut self.skip).min(plain.len());
+        plain = plain.slice(cut..);
+        let take = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(plain.len());
+        plain.truncate(take);
+        self.remaining -= take as u64;
+        plain
     }
 }
 
@@ -290,12 +421,12 @@ impl Stream for Opener {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.failed {
+            if this.done {
                 return Poll::Ready(None);
             }
             if !this.pending.is_empty() {
                 // A slow reader gets small pieces: what the HTTP layer queues for the socket
-                // then pins fewer segment buffers.
+                // then pins less of the segment's buffer.
                 let n = if this.pacer.slow() {
                     pool::MIN_CHUNK.min(this.pending.len())
                 } else {
@@ -309,33 +440,18 @@ impl Stream for Opener {
                 Some(Ok(plain)) => this.pending = plain,
                 Some(Err(e)) => {
                     // Nothing after the first failure.
-                    this.failed = true;
+                    this.done = true;
+                    this.batch = None;
+                    this.carry = Bytes::new();
                     return Poll::Ready(Some(Err(e)));
                 }
-                None => return Poll::Ready(None),
+                None => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
             }
         }
     }
-}
-
-/// A batch of whole segments: the first one's index, and the stored bytes (the slices of the
-/// read buffers that hold them).
-type Batch = (u64, Vec<Bytes>);
-
-/// Cuts the ciphertext stream into batches of whole segments.
-struct Batcher {
-    inner: CipherStream,
-    /// Ciphertext read but not yet batched, as the store yielded it: kept, not copied, so
-    /// it stays in the read pool's buffers (and within its budget).
-    chunks: VecDeque<Bytes>,
-    /// Bytes in `chunks`.
-    buffered: usize,
-    header_checked: bool,
-    /// Index of the next segment to hand out.
-    next: u64,
-    last_needed: u64,
-    plain_len: u64,
-    done: bool,
 }
 
 fn stored_segment_len(plain_len: u64, index: u64) -> usize {
@@ -343,93 +459,6 @@ fn stored_segment_len(plain_len: u64, index: u64) -> usize {
         .saturating_sub(index * SEGMENT as u64)
         .min(SEGMENT as u64);
     usize::try_from(plain).unwrap_or(SEGMENT) + TAG
-}
-
-impl Batcher {
-    /// The next batch `(first segment index, ciphertext)`, an integrity error, or the end.
-    fn poll_batch(
-        &mut self,
-        cx: &mut Context<'_>,
-        batch: u64,
-    ) -> Poll<Option<Result<Batch, CryptoError>>> {
-        loop {
-            if self.done || self.next > self.last_needed {
-                return Poll::Ready(None);
-            }
-            if !self.header_checked && self.buffered >= HEADER_LEN {
-                // Also bound into every tag (AAD), but a changed byte of the stored copy must
-                // fail too: "a flipped byte is never served" means any byte.
-                let mut stored = [0u8; HEADER_LEN];
-                let copied = Cursor::new(&self.take(HEADER_LEN)).copy_to(&mut stored);
-                if !copied || stored != header() {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(CryptoError::Tampered)));
-                }
-                self.header_checked = true;
-            }
-            if self.header_checked {
-                // As many whole segments as are buffered, up to a batch or the last needed.
-                let (mut n, mut bytes, mut idx) = (0, 0usize, self.next);
-                while n < batch && idx <= self.last_needed {
-                    let len = stored_segment_len(self.plain_len, idx);
-                    if self.buffered < bytes + len {
-                        break;
-                    }
-                    bytes += len;
-                    n += 1;
-                    idx += 1;
-                }
-                if n == batch || (n > 0 && idx > self.last_needed) {
-                    let first = self.next;
-                    self.next = idx;
-                    return Poll::Ready(Some(Ok((first, self.take(bytes)))));
-                }
-            }
-            match self.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    self.buffered += chunk.len();
-                    self.chunks.push_back(chunk);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    // A source that says it ended early was cut short: truncated, like an end.
-                    let e = match e.kind() {
-                        std::io::ErrorKind::UnexpectedEof => CryptoError::Tampered,
-                        _ => CryptoError::Io(e),
-                    };
-                    return Poll::Ready(Some(Err(e)));
-                }
-                // The blob ended before the segments the row promises: truncated.
-                Poll::Ready(None) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(CryptoError::Tampered)));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl Batcher {
-    /// The next `n` buffered bytes (`n` <= `buffered`), as the slices of the read buffers
-    /// that hold them: nothing is copied here.
-    fn take(&mut self, n: usize) -> Vec<Bytes> {
-        self.buffered -= n;
-        let mut out = Vec::with_capacity(2);
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            let k = left.min(front.len());
-            out.push(front.split_to(k));
-            left -= k;
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-        }
-        out
-    }
 }
 
 /// The whole plaintext of a sealed blob read in one piece (a small file): its header checked
@@ -445,120 +474,25 @@ pub fn open_all(
     }
     let len = usize::try_from(plain_len)
         .map_err(|_| CryptoError::Io(std::io::Error::other("too large to open in memory")))?;
-    let mut out = vec![0u8; len];
     let cipher = key.cipher()?;
-    let n = decrypt_batch(
-        &cipher,
-        file,
-        plain_len,
-        0,
-        &[stored.slice(HEADER_LEN..)],
-        &mut out,
-    )?;
-    out.truncate(n);
-    Ok(Bytes::from(out))
-}
-
-/// A read position in bytes held as consecutive pieces (the store's read buffers).
-struct Cursor<'a> {
-    pieces: &'a [Bytes],
-    /// Bytes of the first piece already read.
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(pieces: &'a [Bytes]) -> Self {
-        Self { pieces, at: 0 }
-    }
-
-    /// The next `n` bytes as one slice, when one piece holds them all.
-    fn contiguous(&mut self, n: usize) -> Option<&'a [u8]> {
-        let first: &'a [u8] = self.pieces.first()?;
-        let slice = first.get(self.at..self.at.checked_add(n)?)?;
-        self.advance(n);
-        Some(slice)
-    }
-
-    /// Fill `dst` with the next bytes; false when fewer are left.
-    fn copy_to(&mut self, dst: &mut [u8]) -> bool {
-        let mut filled = 0;
-        while filled < dst.len() {
-            let Some(first) = self.pieces.first() else {
-                return false;
-            };
-            let src = first.get(self.at..).unwrap_or_default();
-            let k = (dst.len() - filled).min(src.len());
-            if let (Some(to), Some(from)) = (dst.get_mut(filled..filled + k), src.get(..k)) {
-                to.copy_from_slice(from);
-            }
-            filled += k;
-            self.advance(k);
-        }
-        true
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        while let Some((first, rest)) = self.pieces.split_first() {
-            let left = first.len() - self.at;
-            if n < left {
-                self.at += n;
-                return;
-            }
-            n -= left;
-            self.pieces = rest;
-            self.at = 0;
-        }
-    }
-}
-
-/// Decrypt a batch of whole segments from `data` (the pieces of stored bytes that hold them)
-/// into `out`, their plaintexts packed together; the plaintext length. Nothing is written past
-/// a segment that fails, and what the failed one left in its place is zeroed (the buffer goes
-/// back to the pool).
-fn decrypt_batch(
-    cipher: &LessSafeKey,
-    file: FileId,
-    plain_len: u64,
-    first: u64,
-    data: &[Bytes],
-    out: &mut [u8],
-) -> Result<usize, CryptoError> {
     let last_index = segment_count(plain_len) - 1;
-    let stored: usize = data.iter().map(Bytes::len).sum();
-    let mut from = Cursor::new(data);
-    let (mut read, mut write, mut index) = (0usize, 0usize, first);
-    while read < stored {
-        let len = stored_segment_len(plain_len, index);
-        let body = len - TAG;
-        let dst = out
-            .get_mut(write..write + body)
-            .ok_or_else(|| CryptoError::Io(std::io::Error::other("decryption buffer too small")))?;
+    let mut out = vec![0u8; len];
+    let sealed = stored.get(HEADER_LEN..).unwrap_or_default();
+    let segments = sealed.chunks(SEGMENT + TAG);
+    for ((index, segment), dst) in (0..).zip(segments).zip(out.chunks_mut(SEGMENT)) {
+        let (ct, tag) = segment.split_at(segment.len().saturating_sub(TAG));
         let (nonce, aad) = (nonce(index, index == last_index), aad(file));
-        let opened = match from.contiguous(len) {
-            Some(segment) => {
-                let (ct, tag) = segment.split_at(body);
-                cipher.open_separate_gather(nonce, aad, ct, tag, dst)
-            }
-            // Straddles two read buffers: gathered into its place, opened there.
-            None => {
-                let mut tag = [0u8; TAG];
-                if !(from.copy_to(dst) && from.copy_to(&mut tag)) {
-                    return Err(CryptoError::Tampered);
-                }
-                cipher
-                    .open_in_place_separate_tag(nonce, aad, &tag, dst)
-                    .map(|_| ())
-            }
-        };
-        if opened.is_err() {
-            dst.fill(0);
-            return Err(CryptoError::Tampered);
-        }
-        read += len;
-        write += body;
-        index += 1;
+        cipher
+            .open_separate_gather(nonce, aad, ct, tag, dst)
+            .map_err(|_| CryptoError::Tampered)?;
     }
-    Ok(write)
+    if len == 0 {
+        // The one, empty, final segment: its tag still authenticates.
+        cipher
+            .open_separate_gather(nonce(0, true), aad(file), &[], sealed, &mut [])
+            .map_err(|_| CryptoError::Tampered)?;
+    }
+    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -744,15 +678,22 @@ mod tests {
         ] {
             let got = open_read_in(&key, file, &blob, n, 0, n, piece).unwrap();
             assert!(got == data, "pieces of {piece} bytes");
-            let mut flipped = blob.clone();
-            flipped[HEADER_LEN + 2 * (SEGMENT + TAG) + 5] ^= 1;
-            assert!(
-                matches!(
-                    open_read_in(&key, file, &flipped, n, 0, n, piece),
-                    Err(CryptoError::Tampered)
-                ),
-                "pieces of {piece} bytes"
-            );
+            // A byte of a segment's body, of its tag (the last one), of the header.
+            for at in [
+                HEADER_LEN + 2 * (SEGMENT + TAG) + 5,
+                HEADER_LEN + 3 * (SEGMENT + TAG) - 1,
+                9,
+            ] {
+                let mut flipped = blob.clone();
+                flipped[at] ^= 1;
+                assert!(
+                    matches!(
+                        open_read_in(&key, file, &flipped, n, 0, n, piece),
+                        Err(CryptoError::Tampered)
+                    ),
+                    "pieces of {piece} bytes, byte {at} flipped"
+                );
+            }
         }
     }
 
