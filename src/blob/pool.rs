@@ -10,10 +10,11 @@
 //! Each buffer is an anonymous mapping of its own, not a block of the allocator's heaps: a
 //! freed one the cache does not keep goes straight back to the system, and thousands of
 //! connections churning through them leave no holes in the heaps (measured, issue 17: 100
-//! slow encrypted downloads held 6 MiB less). That is one mapping per buffer: about two per
-//! streaming connection, so the default 4,096 connections stay far below the kernel's
-//! default limit of 65,530 mappings per process.
+//! slow encrypted downloads held 6 MiB less). A stream holds two to four buffers (HTTP/2
+//! multiplies streams per connection), so past [`MAX_MAPPED`] mappings buffers come from the
+//! heap: the process stays well inside the kernel's limit on mappings.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ pub const FIRST_CHUNK: usize = 64 * 1024;
 /// they peaked at 137 KiB per connection, with 4 MiB at 92 (by hand, issue 17).
 pub const LARGE_BUDGET: usize = 4 * 1024 * 1024;
 /// Idle buffers kept for the next chunk (so a fast stream neither allocates nor faults in
-/// fresh pages per chunk); the rest go back to the allocator.
+/// fresh pages per chunk); the rest go back to the system.
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Cached buffers of a class nobody asked for in this long go back on the next miss.
 const STALE_AFTER: Duration = Duration::from_secs(1);
@@ -155,7 +156,7 @@ pub struct ReadPool {
 
 #[derive(Debug, Default)]
 struct Free {
-    lists: [Vec<MmapMut>; CLASSES],
+    lists: [Vec<Block>; CLASSES],
     bytes: usize,
     /// When a buffer of each class was last asked for.
     wanted: [Option<Instant>; CLASSES],
@@ -212,32 +213,30 @@ impl ReadPool {
     }
 
     /// A buffer of the grant's size to write into and then [`Buffer::freeze`]: a recycled
-    /// one when one is free, else a new anonymous mapping (so that buffers never fragment the
-    /// allocator's heaps: freed beyond the cache, they go straight back to the system). Fails
-    /// only when the system refuses the memory.
-    pub fn buffer(self: &Arc<Self>, grant: Grant) -> std::io::Result<Buffer> {
+    /// one when one is free, else a new one (an anonymous mapping, see the module's docs).
+    pub fn buffer(self: &Arc<Self>, grant: Grant) -> Buffer {
         let buf = match self.take(grant.size) {
             Some(buf) => buf,
-            None => MmapMut::map_anon(grant.size)?,
+            None => Block::new(grant.size),
         };
-        Ok(Buffer(Lease {
+        Buffer(Lease {
             buf: Some(buf),
             len: 0,
             pool: self.clone(),
             _permit: grant.permit,
-        }))
+        })
     }
 
     /// The bytes `fill` writes into the first `len` (at most the grant's size) of a
     /// [`buffer`](Self::buffer); `fill` returns how many it wrote (at most `len`). The
     /// buffer returns to the pool when the last `Bytes` of it is dropped.
-    pub fn fill<E: From<std::io::Error>>(
+    pub fn fill<E>(
         self: &Arc<Self>,
         grant: Grant,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<Bytes, E> {
-        let mut buf = self.buffer(grant)?;
+        let mut buf = self.buffer(grant);
         let dst = buf.as_mut();
         let len = len.min(dst.len());
         let n = match dst.get_mut(..len) {
@@ -251,7 +250,7 @@ impl ReadPool {
     /// stream has asked for in [`STALE_AFTER`] go back to the system: the cache follows the
     /// sizes in use (the 1 MiB buffers a few fast downloads left are not kept while slow
     /// readers churn through small ones).
-    fn take(&self, size: usize) -> Option<MmapMut> {
+    fn take(&self, size: usize) -> Option<Block> {
         let class = class_of(size);
         let now = Instant::now();
         let mut guard = self.free.lock().ok()?;
@@ -274,7 +273,7 @@ impl ReadPool {
         None
     }
 
-    fn put(&self, buf: MmapMut) {
+    fn put(&self, buf: Block) {
         let size = buf.len();
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&size) || !size.is_power_of_two() {
             return;
@@ -303,6 +302,61 @@ impl ReadPool {
     }
 }
 
+/// Buffers that are mappings of their own, live or cached, at most: past it a buffer comes from
+/// the heap. A process may hold 65,530 mappings by default (`vm.max_map_count`), and the
+/// allocator and the runtime's threads need theirs.
+const MAX_MAPPED: usize = 16 * 1024;
+
+/// Mapped buffers alive now.
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// A buffer's memory: an anonymous mapping of its own (while fewer than [`MAX_MAPPED`] are),
+/// else a heap block.
+#[derive(Debug)]
+enum Block {
+    Mapped(MmapMut),
+    Heap(Box<[u8]>),
+}
+
+impl Block {
+    fn new(size: usize) -> Self {
+        if MAPPED.fetch_add(1, Ordering::Relaxed) < MAX_MAPPED
+            && let Ok(map) = MmapMut::map_anon(size)
+        {
+            return Self::Mapped(map);
+        }
+        MAPPED.fetch_sub(1, Ordering::Relaxed);
+        Self::Heap(vec![0; size].into_boxed_slice())
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Self::Mapped(_) = self {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::ops::Deref for Block {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Heap(h) => h,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Block {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Heap(h) => h,
+        }
+    }
+}
+
 /// A pooled buffer being written, then frozen into the `Bytes` it lends; given back to the
 /// pool (with its budget) when dropped, frozen or not.
 pub struct Buffer(Lease);
@@ -324,7 +378,7 @@ impl Buffer {
 
 /// A pooled buffer lent to a `Bytes`; given back on drop (with its budget).
 struct Lease {
-    buf: Option<MmapMut>,
+    buf: Option<Block>,
     len: usize,
     pool: Arc<ReadPool>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -432,6 +486,25 @@ mod tests {
         }
         let _held: Vec<Bytes> = (0..3).map(|_| fill(MIN_CHUNK).unwrap()).collect();
         assert_eq!(pool.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn past_the_mapping_cap_buffers_come_from_the_heap() {
+        let mut blocks = Vec::new();
+        while blocks.len() < MAX_MAPPED + 64 {
+            blocks.push(Block::new(MIN_CHUNK));
+        }
+        let mapped = blocks
+            .iter()
+            .filter(|b| matches!(b, Block::Mapped(_)))
+            .count();
+        assert!(
+            mapped <= MAX_MAPPED && mapped + 64 <= blocks.len(),
+            "{mapped}"
+        );
+        assert!(blocks.iter().all(|b| b.len() == MIN_CHUNK));
+        drop(blocks);
+        assert!(matches!(Block::new(MIN_CHUNK), Block::Mapped(_)));
     }
 
     #[test]

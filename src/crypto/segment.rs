@@ -200,11 +200,14 @@ const BATCH: usize = 4;
 /// another thread and back cost (measured: the hand-offs were a third of an encrypted
 /// download's CPU). The plaintext of a batch of segments goes into one buffer of the shared
 /// read pool (so the large ones count against its budget), taken before the ciphertext is
-/// read; each piece of ciphertext is used up as it arrives: a segment that lies whole in it
-/// is opened from it into its place in the buffer, one cut across pieces is copied there and
-/// opened in place. So ciphertext is never held beyond the piece being read (and what of it
-/// the next batch needs), and a slow reader holds one segment's buffer. How much is opened at
-/// once follows the reader: a slow one gets one segment at a time, handed out in small pieces.
+/// read and held while it arrives (a fast reader's buffer keeps its share of the budget
+/// through the store's wait for the first byte); each piece of ciphertext is used up as it
+/// arrives: a segment that lies whole in it is opened from it into its place in the buffer,
+/// one cut across pieces is copied there and opened in place. So no ciphertext is held but
+/// the piece being read and what of the last one the next batch needs (copied out when it is
+/// a small part of its piece): a slow reader holds one segment's buffer and at most one read
+/// buffer. How much is opened at once follows the reader (and never more than the range
+/// needs): a slow one gets one segment at a time, handed out in small pieces.
 pub struct Opener {
     inner: CipherStream,
     cipher: LessSafeKey,
@@ -287,11 +290,12 @@ impl Opener {
             None => {
                 // The buffer first: as large as the budget allows (one segment, not counted
                 // against it, when it is spent), and never larger than a batch is.
-                let want = self.pacer.next_size().min(BATCH * SEGMENT);
+                let left = usize::try_from(self.last_needed + 1 - self.next).unwrap_or(BATCH);
+                let want = self.pacer.next_size().min(left.min(BATCH) * SEGMENT);
                 let grant = pool::shared().grant_at_least(SEGMENT, want);
                 let segments = (grant.size() / SEGMENT).clamp(1, BATCH) as u64;
                 Batch {
-                    out: pool::shared().buffer(grant)?,
+                    out: pool::shared().buffer(grant),
                     end: (self.next + segments).min(self.last_needed + 1),
                     opened: 0,
                     body: 0,
@@ -339,7 +343,14 @@ impl Opener {
             let used = piece.len() - rest.len();
             let used = used + self.open_into(&mut batch, rest)?;
             if self.next == batch.end {
-                self.carry = piece.slice(used..);
+                // What the next batch needs of this piece. A short rest is copied, so that it
+                // does not keep the whole read buffer while this batch drains.
+                let rest = piece.slice(used..);
+                self.carry = if rest.len() * 4 <= piece.len() {
+                    Bytes::copy_from_slice(&rest)
+                } else {
+                    rest
+                };
                 return Poll::Ready(Some(Ok(self.trim(batch.out.freeze(batch.opened)))));
             }
         }
@@ -447,6 +458,7 @@ impl Stream for Opener {
                 }
                 None => {
                     this.done = true;
+                    this.carry = Bytes::new();
                     return Poll::Ready(None);
                 }
             }
@@ -477,6 +489,8 @@ pub fn open_all(
     let cipher = key.cipher()?;
     let last_index = segment_count(plain_len) - 1;
     let mut out = vec![0u8; len];
+    // The length check above makes the stored segments and the plaintext's places pair up
+    // one to one (the zip below skips nothing).
     let sealed = stored.get(HEADER_LEN..).unwrap_or_default();
     let segments = sealed.chunks(SEGMENT + TAG);
     for ((index, segment), dst) in (0..).zip(segments).zip(out.chunks_mut(SEGMENT)) {
@@ -656,6 +670,19 @@ mod tests {
         }
         let moved = open_all(&key, FileId::new(), n, Bytes::from(blob));
         assert!(matches!(moved, Err(CryptoError::Tampered)));
+
+        // An empty file: its one final segment is a tag, checked all the same.
+        let empty = seal(&key, file, b"", 1);
+        assert_eq!(
+            open_all(&key, file, 0, Bytes::from(empty.clone())).unwrap(),
+            b""[..]
+        );
+        let mut tag = empty.clone();
+        tag[HEADER_LEN + 3] ^= 1;
+        for (id, bad) in [(file, tag), (FileId::new(), empty)] {
+            let r = open_all(&key, id, 0, Bytes::from(bad));
+            assert!(matches!(r, Err(CryptoError::Tampered)), "{r:?}");
+        }
     }
 
     #[test]
