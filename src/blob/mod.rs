@@ -160,6 +160,28 @@ pub struct Inventory {
     pub strays: Vec<String>,
 }
 
+/// Where a blob's records end: at byte `first + k * every` for every `k` >= 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cuts {
+    /// The first boundary.
+    pub first: u64,
+    /// The record length (not 0).
+    pub every: u64,
+}
+
+impl Cuts {
+    /// How many of the `n` bytes from `at` to read in one piece: up to the last boundary
+    /// after `at` they reach, else all `n` (a record longer than the piece).
+    pub fn piece(&self, at: u64, n: u64) -> u64 {
+        let limit = at.saturating_add(n);
+        if self.every == 0 || limit < self.first {
+            return n;
+        }
+        let last = self.first + (limit - self.first) / self.every * self.every;
+        if last > at { last - at } else { n }
+    }
+}
+
 /// A storage backend. Object-safe so the store can pick one at startup from configuration.
 pub trait BlobBackend: Send + Sync + 'static {
     /// Start writing the blob that will live under `key` once committed.
@@ -173,6 +195,20 @@ pub trait BlobBackend: Send + Sync + 'static {
         offset: u64,
         len: u64,
     ) -> BoxFuture<'_, Result<ByteStream, BlobError>>;
+    /// [`get_range`](Self::get_range) of a blob made of records (a sealed blob's segments):
+    /// where the store reads a slow reader's small pieces, a piece ends at the last record
+    /// boundary it reaches, so a reader that takes whole records does not keep part of the
+    /// next one while it sends this one. A store that cannot choose its pieces (S3's body
+    /// arrives as it arrives) reads as `get_range`.
+    fn get_records(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+        _cuts: Cuts,
+    ) -> BoxFuture<'_, Result<ByteStream, BlobError>> {
+        self.get_range(key, offset, len)
+    }
     /// The blob's length, or `NotFound`.
     fn stat(&self, key: &BlobKey) -> BoxFuture<'_, Result<u64, BlobError>>;
     /// Delete a blob, durably; `NotFound` when there was none, or `Ok` where the store cannot
@@ -265,6 +301,17 @@ impl BlobStore {
         self.backend.get_range(key, offset, len).await
     }
 
+    /// Stream a byte range of a blob made of records ([`BlobBackend::get_records`]).
+    pub async fn get_records(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        len: u64,
+        cuts: Cuts,
+    ) -> Result<ByteStream, BlobError> {
+        self.backend.get_records(key, offset, len, cuts).await
+    }
+
     /// A blob's length.
     pub async fn stat(&self, key: &BlobKey) -> Result<u64, BlobError> {
         self.backend.stat(key).await
@@ -331,6 +378,43 @@ impl BlobStore {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pieces_end_at_the_last_record_boundary_they_reach() {
+        // A sealed blob: a 16-byte header, then segments of 65,552 stored bytes.
+        let c = Cuts {
+            first: 16,
+            every: 65_552,
+        };
+        assert_eq!(c.piece(0, 16_384), 16, "the header alone");
+        assert_eq!(
+            c.piece(16, 16_384),
+            16_384,
+            "no boundary reached: all of it"
+        );
+        assert_eq!(
+            c.piece(16 + 4 * 16_384, 16_384),
+            16,
+            "up to the segment's end"
+        );
+        assert_eq!(c.piece(16, 1 << 20), 15 * 65_552, "whole segments only");
+        assert_eq!(c.piece(0, 1 << 20), 16 + 15 * 65_552);
+        assert_eq!(c.piece(16 + 65_552, 65_552), 65_552, "exactly one");
+    }
+
+    proptest! {
+        #[test]
+        fn a_piece_is_never_empty_or_longer_than_asked(first in 0u64..100_000, every in 1u64..100_000, at in 0u64..1_000_000, n in 1u64..2_000_000) {
+            let c = Cuts { first, every };
+            let p = c.piece(at, n);
+            prop_assert!(p >= 1 && p <= n);
+            let end = at + p;
+            // It ends at a boundary, or no boundary lies in (at, at + n].
+            let on_boundary = end >= first && (end - first).is_multiple_of(every);
+            let none_reached = at + n < first || first + (at + n - first) / every * every <= at;
+            prop_assert!(on_boundary || (p == n && none_reached));
+        }
+    }
 
     #[test]
     fn keys_shard_by_id_prefix() {

@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 
 use super::segment::{self, CipherStream, Opener};
 use super::{CryptoError, KeyError, Keyring, Sealing};
-use crate::blob::{BlobError, BlobKey, BlobStore, ByteStream};
+use crate::blob::{BlobError, BlobKey, BlobStore, ByteStream, Cuts};
 use crate::ids::FileId;
 
 /// Plaintext, as it streams out.
@@ -109,7 +109,13 @@ pub async fn read(
     // The opener checks the header first: one read when the span starts right after it, else
     // the header and the span.
     let header = segment::HEADER_LEN as u64;
-    let get = |at, n| blobs.get_range(&key, at, n);
+    // Pieces that end where segments end: a slow reader's last piece of a segment then holds
+    // nothing of the next.
+    let cuts = Cuts {
+        first: header,
+        every: (segment::SEGMENT + segment::TAG) as u64,
+    };
+    let get = |at, n| blobs.get_records(&key, at, n, cuts);
     let stored: ByteStream = if offset == header {
         get(0, header + len).await.map_err(ReadError::from_blob)?
     } else {
