@@ -5,7 +5,8 @@
 //! [`LARGE_BUDGET`] bytes; past it a stream reads smaller chunks, down to its floor
 //! ([`MIN_CHUNK`], or one sealed segment for a decrypting read), which is never refused. So
 //! memory per connection is bounded by how fast its client reads, not by how fast the disk is.
-//! At most [`CACHE_BYTES`] of idle buffers are kept for reuse.
+//! At most [`CACHE_BYTES`] of idle buffers are kept for reuse, and only those the load of the
+//! last second reused ([`ReadPool::release_idle`]).
 //!
 //! Each buffer is an anonymous mapping of its own, not a block of the allocator's heaps: a
 //! freed one the cache does not keep goes straight back to the system, and thousands of
@@ -38,8 +39,8 @@ pub const LARGE_BUDGET: usize = 4 * 1024 * 1024;
 /// Idle buffers kept for the next chunk (so a fast stream neither allocates nor faults in
 /// fresh pages per chunk); the rest go back to the system.
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
-/// Cached buffers of a class nobody asked for in this long go back on the next miss.
-const STALE_AFTER: Duration = Duration::from_secs(1);
+/// Cached buffers no stream took for this long go back to the system.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// A chunk is sized to drain in about this long at the rate the previous one drained.
 const DRAIN_TARGET: Duration = Duration::from_millis(4);
 /// Size classes: powers of two from [`MIN_CHUNK`] to [`MAX_CHUNK`].
@@ -158,8 +159,11 @@ pub struct ReadPool {
 struct Free {
     lists: [Vec<Block>; CLASSES],
     bytes: usize,
-    /// When a buffer of each class was last asked for.
-    wanted: [Option<Instant>; CLASSES],
+    /// Of each class, the fewest buffers cached since the last [`ReadPool::release_idle`]:
+    /// those nobody took.
+    low: [usize; CLASSES],
+    /// When idle buffers were last given back.
+    since: Option<Instant>,
 }
 
 fn class_of(size: usize) -> usize {
@@ -246,31 +250,44 @@ impl ReadPool {
         Ok(buf.freeze(n.min(len)))
     }
 
-    /// A cached buffer of `size`'s class. On a miss, the cached buffers of every class no
-    /// stream has asked for in [`STALE_AFTER`] go back to the system: the cache follows the
-    /// sizes in use (the 1 MiB buffers a few fast downloads left are not kept while slow
-    /// readers churn through small ones).
     fn take(&self, size: usize) -> Option<Block> {
-        let class = class_of(size);
-        let now = Instant::now();
         let mut guard = self.free.lock().ok()?;
         let free = &mut *guard;
-        *free.wanted.get_mut(class)? = Some(now);
-        if let Some(buf) = free.lists.get_mut(class)?.pop() {
-            free.bytes -= buf.len();
-            return Some(buf);
+        let class = class_of(size);
+        let buf = free.lists.get_mut(class)?.pop()?;
+        free.bytes -= buf.len();
+        if let (Some(low), Some(list)) = (free.low.get_mut(class), free.lists.get(class)) {
+            *low = (*low).min(list.len());
         }
-        let mut stale = Vec::new();
-        for (list, wanted) in free.lists.iter_mut().zip(&free.wanted) {
-            if wanted.is_none_or(|at| now.duration_since(at) >= STALE_AFTER) {
-                free.bytes -= list.iter().map(|b| b.len()).sum::<usize>();
-                stale.append(list);
-            }
+        Some(buf)
+    }
+
+    /// Give back the cached buffers no stream took since the last call at least
+    /// [`IDLE_AFTER`] ago: of each size, as many as the cache never went below (the oldest).
+    /// So the cache keeps what the load of the last second reused, and empties within two
+    /// seconds of the last download (the server calls this every half second).
+    pub fn release_idle(&self) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        let Ok(mut guard) = self.free.lock() else {
+            return;
+        };
+        let free = &mut *guard;
+        if free
+            .since
+            .is_some_and(|at| now.duration_since(at) < IDLE_AFTER)
+        {
+            return;
         }
+        for (list, low) in free.lists.iter_mut().zip(free.low.iter_mut()) {
+            idle.extend(list.drain(..(*low).min(list.len())));
+            *low = list.len();
+        }
+        free.bytes -= idle.iter().map(|b| b.len()).sum::<usize>();
+        free.since = Some(now);
         drop(guard);
         // Unmapped here, outside the lock.
-        drop(stale);
-        None
+        drop(idle);
     }
 
     fn put(&self, buf: Block) {
@@ -470,21 +487,31 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_gives_back_sizes_nobody_asks_for() {
+    fn cached_buffers_nobody_takes_go_back() {
         let pool = ReadPool::new();
         let fill = |size| pool.fill(pool.grant(size), 1, |_| Ok::<_, std::io::Error>(1));
-        drop((fill(MAX_CHUNK).unwrap(), fill(MIN_CHUNK).unwrap()));
-        assert_eq!(pool.cached_bytes(), MAX_CHUNK + MIN_CHUNK);
-        // A miss while the large size is still wanted keeps it.
-        let small = fill(MIN_CHUNK).unwrap();
-        let also = fill(MIN_CHUNK).unwrap();
-        assert_eq!(pool.cached_bytes(), MAX_CHUNK);
-        drop((small, also));
-        // Nobody asked for 1 MiB for a while: the next miss gives it back.
-        if let Ok(mut free) = pool.free.lock() {
-            free.wanted[class_of(MAX_CHUNK)] = Instant::now().checked_sub(STALE_AFTER);
-        }
-        let _held: Vec<Bytes> = (0..3).map(|_| fill(MIN_CHUNK).unwrap()).collect();
+        let started = |pool: &ReadPool, ago| {
+            if let Ok(mut free) = pool.free.lock() {
+                free.since = Instant::now().checked_sub(ago);
+            }
+        };
+        // Four small buffers and a large one cached; the interval starts.
+        let small: Vec<Bytes> = (0..4).map(|_| fill(MIN_CHUNK).unwrap()).collect();
+        drop((small, fill(MAX_CHUNK).unwrap()));
+        pool.release_idle();
+        assert_eq!(pool.cached_bytes(), 4 * MIN_CHUNK + MAX_CHUNK);
+        // Too soon: nothing goes.
+        pool.release_idle();
+        assert_eq!(pool.cached_bytes(), 4 * MIN_CHUNK + MAX_CHUNK);
+        // Two small ones taken (and given back) during the interval: they stay; the two
+        // the cache never went below, and the large one nobody took, go.
+        drop((fill(MIN_CHUNK).unwrap(), fill(MIN_CHUNK).unwrap()));
+        started(&pool, IDLE_AFTER);
+        pool.release_idle();
+        assert_eq!(pool.cached_bytes(), 2 * MIN_CHUNK);
+        // A quiet second later the rest goes too.
+        started(&pool, IDLE_AFTER);
+        pool.release_idle();
         assert_eq!(pool.cached_bytes(), 0);
     }
 

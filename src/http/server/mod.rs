@@ -443,6 +443,7 @@ async fn give_back_after_bursts(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::blob::pool::shared().release_idle();
         let now_busy = state.metrics.connections_busy();
         let now_open = state.metrics.connections_open();
         // Both watched: a burst that parks frees its buffers, one that then closes its idle
