@@ -18,6 +18,7 @@ use crate::auth::cache::PrincipalCache;
 use crate::auth::credentials::Credentials;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::profiles::Profiles;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::sessions::Sessions;
 use crate::auth::throttle::LoginThrottle;
@@ -73,6 +74,9 @@ pub struct AppInner {
     /// Small plain files recently downloaded, row and bytes: every deletion, whichever node
     /// commits it, drops the file (the metadata engine announces it).
     pub(crate) small_files: Arc<SmallFiles>,
+    /// Accounts' unchanging fields (`GET /users/me`): a deletion, whichever node commits
+    /// it, drops the account (the metadata engine announces it).
+    pub(crate) profiles: Arc<Profiles>,
     /// Resolves a request's bearer token or API key into its principal.
     pub credentials: Credentials,
     /// Register, login, refresh, logout.
@@ -169,6 +173,8 @@ impl AppState {
             config.auth.principal_cache_secs,
         )));
         meta.subscribe_revocations(small_files.clone());
+        let profiles = Arc::new(Profiles::new(config.auth.principal_cache_secs > 0));
+        meta.subscribe_revocations(profiles.clone());
         let ingest = Ingest {
             max_upload_bytes: config.limits.max_upload_bytes,
             policy: Arc::new(UploadPolicy::new(&config.uploads.allowed)),
@@ -214,6 +220,7 @@ impl AppState {
             },
             principals,
             small_files,
+            profiles,
             views: ViewKeys::new(&secrets.secret_key),
             limits: RateLimits::new(&config.rate_limit).shared_by(&meta, &config.rate_limit),
             ingest,

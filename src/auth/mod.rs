@@ -14,6 +14,7 @@ pub(crate) mod grant;
 pub mod jwt;
 pub(crate) mod password;
 pub(crate) mod principal;
+pub(crate) mod profiles;
 pub(crate) mod refresh;
 pub(crate) mod sessions;
 pub(crate) mod throttle;

@@ -88,6 +88,10 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
     let u = app.user("climber").await;
     let list_users = || app.get("/api/v1/admin/users").as_user(&u);
     list_users().problem(403).await;
+    // users/me, read before (so each node may hold the account in memory), tells the change too.
+    let before = app.me().as_user(&u).expect(200).await;
+    let me = || app.me().as_user(&u).expect(200);
+    assert_eq!(me().await, before);
     let promoted = app
         .set_role(&u.id, "admin")
         .as_user(&admin)
@@ -96,11 +100,32 @@ async fn promotion_and_demotion_apply_to_live_tokens_at_once() {
     assert_eq!(promoted["role"], "admin");
     // The same token, no new login: admin now.
     assert_eq!(list_users().status().await, 200);
+    for _ in 0..2 {
+        let now = me().await;
+        assert_eq!(now["role"], "admin");
+        assert_eq!(
+            (
+                &now["id"],
+                &now["username"],
+                &now["email"],
+                &now["created_at"]
+            ),
+            (
+                &before["id"],
+                &before["username"],
+                &before["email"],
+                &before["created_at"]
+            )
+        );
+    }
     app.set_role(&u.id, "user")
         .as_user(&admin)
         .expect(200)
         .await;
     list_users().problem(403).await;
+    for _ in 0..2 {
+        assert_eq!(me().await, before);
+    }
     // The last admin cannot demote itself; unknown roles are 422.
     let demote_self = app.set_role(&admin.id, "user").as_user(&admin);
     demote_self.problem(409).await;

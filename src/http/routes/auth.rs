@@ -201,9 +201,8 @@ async fn logout(
     security(("bearer" = []), ("api_key" = [])))]
 async fn me(State(state): State<AppState>, principal: Principal) -> AppResult<Json<User>> {
     let user = state
-        .meta
-        .users()
-        .get(principal.user_id)
+        .profiles
+        .user(&state.meta, principal.user_id, principal.role)
         .await?
         .ok_or(AppError::NotFound)?;
     Ok(Json(user))
