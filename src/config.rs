@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// A connection whose peer accepts no response bytes for this long is closed.
     pub send_timeout_secs: u64,
+    /// After an answer given before the request body was read, at most this much of the rest
+    /// is read and discarded (for at most 5 s) before the connection closes; 0 closes at once.
+    pub drain_limit_bytes: u64,
     /// Threads for blocking work (SQLite, file I/O, hashing batches), at most.
     pub blocking_threads: usize,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge).

@@ -27,7 +27,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::middleware::client_ip::{self, ClientIp};
-use crate::http::middleware::{cors, headers, metrics, rate_limit, request_id};
+use crate::http::middleware::{cors, drain, headers, metrics, rate_limit, request_id};
 use crate::http::openapi;
 use crate::http::routes::{
     admin, auth, files, grants, health, keys, links, uploads, views, webhooks,
@@ -107,12 +107,17 @@ pub(crate) fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(cors::layer(&state.config.cors))
         .layer(from_fn_with_state(state.clone(), rate_limit::global));
 
-    let router = router.fallback(fallback).layer(stack).with_state(state);
+    let router = router
+        .fallback(fallback)
+        .layer(stack)
+        .with_state(state.clone());
     // Before routing (a layer on the router runs after it picked the method's handler):
     // `X-HTTP-Method-Override` on the tus routes.
     let router = Router::new()
         .fallback_service(router)
-        .layer(from_fn(uploads::method_override));
+        .layer(from_fn(uploads::method_override))
+        // Outermost: whatever answers early below, the rest of the body is read after it.
+        .layer(from_fn_with_state(state, drain::layer));
     (router, doc)
 }
 

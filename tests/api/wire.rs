@@ -154,3 +154,94 @@ async fn host_must_come_once_and_well_formed() {
         assert_eq!(r.status, if allow_list { 400 } else { 200 });
     }
 }
+
+/// `POST /api/v1/files` announcing `len` bytes, with `extra` header lines.
+fn upload_head(len: usize, extra: &str) -> Vec<u8> {
+    format!("POST /api/v1/files?filename=a.txt HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len}\r\n\r\n")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn an_early_answer_is_followed_by_reading_the_rest_of_the_body() {
+    use std::time::{Duration, Instant};
+    const LEN: usize = 3 << 20;
+    let app = TestApp::builder()
+        .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", "100000")
+        .spawn()
+        .await;
+    let u = app.user("drainer").await;
+    let auth = format!("Authorization: Bearer {}\r\n", u.token);
+    let body = vec![b'a'; LEN];
+    // 401 (no credential), 413 (announced over the limit) and 413 found while streaming (a
+    // chunked body): each answer comes while the client is still sending and the rest of the
+    // body is taken. Then the connection serves the next request, or, when the answer said
+    // `Connection: close` (a 413 does), closes cleanly.
+    let chunked = {
+        let mut b = format!("{:x}\r\n", LEN).into_bytes();
+        b.extend_from_slice(&body);
+        b.extend_from_slice(b"\r\n0\r\n\r\n");
+        b
+    };
+    let cases: [(&str, Vec<u8>, &[u8], u16); 3] = [
+        ("401", upload_head(LEN, ""), &body, 401),
+        ("413 announced", upload_head(LEN, &auth), &body, 413),
+        (
+            "413 streaming",
+            format!(
+                "POST /api/v1/files?filename=a.txt HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
+            )
+            .into_bytes(),
+            &chunked,
+            413,
+        ),
+    ];
+    for (case, head, rest, status) in cases {
+        let mut c = RawConn::open(app.addr).await;
+        c.send(&head).await;
+        let (first, rest) = rest.split_at(200_000);
+        c.send(first).await;
+        let r = c.response().await;
+        assert_problem(&r, status);
+        assert!(
+            c.send_while_taken(rest, Duration::from_secs(5)).await,
+            "{case}: the rest of the body is read"
+        );
+        if r.header("connection") == Some("close") {
+            assert!(c.closed().await, "{case}");
+        } else {
+            c.send(GOOD).await;
+            assert_eq!(
+                c.response().await.status,
+                200,
+                "{case}: the connection lives on"
+            );
+        }
+    }
+    let list = app.files().as_user(&u).expect(200).await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+
+    // Past server.drain_limit_bytes the connection closes after the answer; a client waiting
+    // for 100 Continue is not waited for.
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__DRAIN_LIMIT_BYTES", "65536")
+        .spawn()
+        .await;
+    let mut c = RawConn::open(app.addr).await;
+    c.send(&upload_head(LEN, "")).await;
+    c.send(&body[..1000]).await;
+    assert_problem(&c.response().await, 401);
+    let _ = c
+        .send_while_taken(&body[1000..], Duration::from_secs(5))
+        .await;
+    assert!(c.closed().await, "closed past the limit");
+    let mut c = RawConn::open(app.addr).await;
+    let started = Instant::now();
+    c.send(&upload_head(LEN, "Expect: 100-continue\r\n")).await;
+    assert_problem(&c.response().await, 401);
+    assert!(c.closed().await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

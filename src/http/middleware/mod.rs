@@ -3,6 +3,7 @@
 
 pub(crate) mod client_ip;
 pub(crate) mod cors;
+pub(crate) mod drain;
 pub(crate) mod headers;
 pub(crate) mod metrics;
 pub(crate) mod rate_limit;
