@@ -198,7 +198,8 @@ pub trait Resumables: Send + Sync {
     async fn chunks(&self, id: FileId) -> Result<Vec<Chunk>, MetaError>;
 
     /// Remove the upload: rows out, chunk blobs queued for deletion, its reservation released
-    /// (if any is left). `false` when it was already gone.
+    /// and its grant's use given back (if the reservation is left: a committed upload's ended
+    /// with its file). `false` when it was already gone.
     async fn remove(&self, id: FileId, now: Timestamp) -> Result<bool, MetaError>;
 
     /// Remove every upload of `owner` (the account is being deleted), as [`Resumables::remove`]

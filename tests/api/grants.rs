@@ -698,3 +698,53 @@ async fn a_sha256_grant_names_the_bytes_sent_even_when_stripping_stores_others()
     let r = upload(&app, token(&g), "other.png", other).await;
     assert_problem(r, 422, "checksum-mismatch").await;
 }
+
+#[tokio::test]
+async fn an_unfinished_resumable_upload_that_is_deleted_or_refused_gives_its_use_back() {
+    let app = TestApp::spawn().await;
+    let u = app.user("tusgiveback").await;
+    let g = mint(&app, &u, json!({ "max_uploads": 1, "extensions": ["png"] })).await;
+    let (t, gid) = (token(&g).to_owned(), id(&g).to_owned());
+    let body = png(100_000);
+
+    // Deleted (tus termination) with bytes received: the use comes back.
+    let r = tus_create(&app, &t, "a.png", body.len()).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        tus_patch(&app, &loc, &t, 0, body[..30_000].to_vec()).await,
+        204
+    );
+    assert_eq!(grant_of(&app, &u, &gid).await["uses"], 1);
+    let r = tus_req(&app, reqwest::Method::DELETE, &loc, &t)
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(grant_of(&app, &u, &gid).await["uses"], 0);
+
+    // Refused on its first bytes (not a PNG): the upload ends and the use comes back.
+    let r = tus_create(&app, &t, "b.png", 1_000).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(tus_patch(&app, &loc, &t, 0, vec![b'x'; 1_000]).await, 415);
+    assert_eq!(grant_of(&app, &u, &gid).await["uses"], 0);
+
+    // The single use is still there: an upload made with it finishes.
+    let r = tus_create(&app, &t, "c.png", body.len()).await;
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let last = tus_patch_answer(&app, &loc, &t, 0, body.clone()).await;
+    assert_eq!(last.status(), 204);
+    let fid = last.headers()["coffer-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let got = grant_of(&app, &u, &gid).await;
+    assert_eq!(got["uses"], 1);
+    assert_eq!(got["file_ids"], json!([fid]));
+    assert_eq!(
+        tus_create(&app, &t, "d.png", 1_000).await.status(),
+        401,
+        "used up"
+    );
+}

@@ -197,11 +197,8 @@ async fn remove(t: &Tx<'_>, id: FileId, now: Timestamp) -> PgResult<bool> {
         &[&id, &now],
     )
     .await?;
-    t.execute(
-        "DELETE FROM upload_reservations WHERE id = $1",
-        &[&reservation_of(id)],
-    )
-    .await?;
+    // Unfinished (a committed upload's reservation ended with its file): the grant's use back.
+    super::uploads::release(t, reservation_of(id)).await?;
     Ok(
         t.execute("DELETE FROM resumable_uploads WHERE id = $1", &[&id])
             .await?

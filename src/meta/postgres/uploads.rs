@@ -91,7 +91,7 @@ async fn end(c: &impl GenericClient, id: UploadId) -> PgResult<Option<Option<Gra
 }
 
 /// End a failed upload's reservation and give its grant's use back (one transaction).
-async fn release(t: &Tx<'_>, id: UploadId) -> PgResult<bool> {
+pub(super) async fn release(t: &Tx<'_>, id: UploadId) -> PgResult<bool> {
     let Some(grant) = end(t, id).await? else {
         return Ok(false);
     };

@@ -221,8 +221,8 @@ fn remove(c: &Connection, id: FileId, now: Timestamp) -> rusqlite::Result<bool> 
     for key in &keys {
         super::files::queue_blob_deletion(c, key, now)?;
     }
-    c.prepare_cached("DELETE FROM upload_reservations WHERE id = ?1")?
-        .execute([reservation_of(id)])?;
+    // Unfinished (a committed upload's reservation ended with its file): the grant's use back.
+    super::uploads::release(c, reservation_of(id))?;
     Ok(
         c.prepare_cached("DELETE FROM resumable_uploads WHERE id = ?1")?
             .execute([id])?

@@ -88,7 +88,7 @@ fn end(c: &Connection, id: UploadId) -> rusqlite::Result<Option<Option<GrantId>>
 }
 
 /// End a failed upload's reservation and give its grant's use back.
-fn release(c: &Connection, id: UploadId) -> rusqlite::Result<bool> {
+pub(super) fn release(c: &Connection, id: UploadId) -> rusqlite::Result<bool> {
     let Some(grant) = end(c, id)? else {
         return Ok(false);
     };
