@@ -253,6 +253,13 @@ async fn protocol(app: &TestApp) {
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "upload-offset"), file.len().to_string());
     assert_eq!(header(&r, "coffer-file-id"), id);
+    // Every 201 and 204 says when the upload expires; a finished one, as it finished.
+    let finished_at = httpdate::parse_http_date(&header(&r, "upload-expires")).unwrap();
+    let (now, slack) = (
+        std::time::SystemTime::now(),
+        std::time::Duration::from_secs(5),
+    );
+    assert!(finished_at <= now + slack && now <= finished_at + slack);
     // The file, as a single-shot upload would be.
     let f = app
         .get(&format!("/api/v1/files/{id}"))
@@ -293,6 +300,7 @@ async fn protocol(app: &TestApp) {
         .await;
     assert_eq!(r.status(), 201);
     assert_eq!(header(&r, "upload-offset"), small.len().to_string());
+    assert!(!header(&r, "upload-expires").is_empty());
     let fid = header(&r, "coffer-file-id");
     let f = app
         .get(&format!("/api/v1/files/{fid}"))
@@ -302,6 +310,7 @@ async fn protocol(app: &TestApp) {
     assert_eq!(f["sha256"], sha256_hex(&small));
     let r = create(app, &u, "empty.txt", 0).await;
     assert_eq!(r.status(), 201);
+    assert!(!header(&r, "upload-expires").is_empty());
     let fid = header(&r, "coffer-file-id");
     let f = app
         .get(&format!("/api/v1/files/{fid}"))
@@ -436,6 +445,16 @@ async fn creation_refuses_bad_input_and_stores_nothing() {
             vec![
                 tus(),
                 ("upload-length", "99999999999999999999999".into()),
+                ("upload-metadata", m.clone()),
+            ],
+            413,
+        ),
+        // Twice, even the same value: no one length.
+        (
+            vec![
+                tus(),
+                ("upload-length", "10".into()),
+                ("upload-length", "10".into()),
                 ("upload-metadata", m.clone()),
             ],
             400,

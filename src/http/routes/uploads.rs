@@ -108,7 +108,13 @@ fn require_tus(headers: &HeaderMap) -> AppResult<()> {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+    // Sent twice, a tus header has no one value: as if malformed.
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
 }
 
 /// A non-negative decimal integer, nothing else (no sign, no spaces inside, no exponent).
@@ -118,6 +124,15 @@ fn parse_count(v: &str) -> Option<u64> {
         return None;
     }
     v.parse().ok()
+}
+
+/// `Upload-Length`: as [`parse_count`], but a number past `u64` is still a number, over every
+/// limit (413, not 400).
+fn parse_length(v: &str) -> Option<u64> {
+    parse_count(v).or_else(|| {
+        let v = v.trim();
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then_some(u64::MAX)
+    })
 }
 
 /// `Upload-Metadata`: comma-separated `key base64value` pairs (the value may be absent).
@@ -287,7 +302,7 @@ async fn create_upload(
     require_tus(&headers)?;
     uploader.require_start()?;
     let length = header_str(&headers, "upload-length")
-        .and_then(parse_count)
+        .and_then(parse_length)
         .ok_or_else(|| {
             AppError::BadRequest("Upload-Length must be a non-negative integer".into())
         })?;
@@ -344,6 +359,8 @@ fn progress_headers(h: &mut HeaderMap, p: &Progress) {
         }
         Progress::Committed(file, length) => {
             set(h, "upload-offset", length.to_string());
+            // The upload's URL answers 404 from now on: it expires as it finishes.
+            set(h, "upload-expires", http_date(Timestamp::now()));
             set(h, "coffer-file-id", file.id.to_string());
         }
     }
