@@ -134,7 +134,21 @@ async fn ranges_conditionals_and_head() {
         let r = app.download(&u.token, id, &[("if-none-match", inm)]).await;
         assert_eq!(r.status(), 304, "{inm}");
         assert_eq!(r.headers()["etag"], etag.as_str(), "{inm}");
+        assert!(r.headers().get("content-length").is_none(), "{inm}");
         assert!(r.bytes().await.unwrap().is_empty(), "{inm}");
+        // HEAD answers the same: no length (0 is not the file's).
+        let r = app
+            .authed(
+                reqwest::Method::HEAD,
+                &format!("/api/v1/files/{id}/content"),
+                &u.token,
+            )
+            .header("if-none-match", inm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304, "HEAD {inm}");
+        assert!(r.headers().get("content-length").is_none(), "HEAD {inm}");
     }
     let r = app
         .download(&u.token, id, &[("if-none-match", "\"nope\"")])

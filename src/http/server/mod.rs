@@ -421,9 +421,19 @@ fn service(
         Box::pin(async move {
             answer
                 .await
-                .map(|res| res.map(|b| StreamBody::new(b, busy)))
+                .map(|res| without_empty_length(res).map(|b| StreamBody::new(b, busy)))
         }) as Answer
     })
+}
+
+/// A 304 says nothing about length: axum gives its empty body `Content-Length: 0`, which
+/// hyper drops from the answer to a GET but keeps on the answer to a HEAD (RFC 9110 §8.6
+/// allows only the 200's length there; a cache could take 0 for it).
+fn without_empty_length<B>(mut res: axum::http::Response<B>) -> axum::http::Response<B> {
+    if res.status() == axum::http::StatusCode::NOT_MODIFIED {
+        res.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+    }
+    res
 }
 
 async fn limiter_housekeeping(state: AppState) {
