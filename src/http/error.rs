@@ -311,11 +311,19 @@ fn bare_problem(
 ) -> Problem {
     Problem {
         kind: format!("urn:coffer:problem:{code}"),
-        title: status.canonical_reason().unwrap_or("Error"),
+        title: title(status),
         status: status.as_u16(),
         detail,
         errors: None,
         request_id,
+    }
+}
+
+/// The status's reason phrase; tus's 460 has none in `http`.
+fn title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        460 => "Checksum Mismatch",
+        _ => status.canonical_reason().unwrap_or("Error"),
     }
 }
 
@@ -345,7 +353,7 @@ impl IntoResponse for AppError {
         }
         let mut res = render(Problem {
             kind: format!("urn:coffer:problem:{}", self.code()),
-            title: status.canonical_reason().unwrap_or("Error"),
+            title: title(status),
             status: status.as_u16(),
             detail: self.detail().into_owned(),
             errors: match self {

@@ -49,7 +49,6 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             HeaderName::from_static("upload-concat"),
             HeaderName::from_static("upload-defer-length"),
             HeaderName::from_static("x-http-method-override"),
-            HeaderName::from_static("upload-grant"),
         ])
         .expose_headers([
             header::LOCATION,
