@@ -155,6 +155,13 @@ impl AppState {
         if let Some(warning) = crate::ops::check::unverifiable_tail(&meta, &known).await? {
             tracing::warn!("{warning}");
         }
+        if meta
+            .audit()
+            .seal_head(&chain, crate::meta::audit::Unsealed::Pending)
+            .await?
+        {
+            tracing::info!("sealed the audit chain's head (the store predates chain heads)");
+        }
         let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);

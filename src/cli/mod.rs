@@ -23,7 +23,7 @@ use crate::blob::BlobStore;
 use crate::config::{Config, StorageBackend};
 use crate::crypto::Keyring;
 use crate::meta::MetaStore;
-use crate::meta::audit::{ChainKey, ChainKeys};
+use crate::meta::audit::{ChainKey, ChainKeys, Unsealed};
 use crate::meta::users::Role;
 use crate::ops;
 use crate::secrets::{self, S3Credentials, SecretKey};
@@ -307,21 +307,26 @@ fn describe_store(config: &Config, root: &Path) -> String {
 async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Failure> {
     let root = existing_store(&config)?;
     println!("{}", describe_store(&config, &root));
-    // The audit chain is keyed by the service secret: without it, it cannot be verified.
+    // The audit chain is keyed by the service secret: without it, it cannot be verified,
+    // and a store whose trail is unverified is not called consistent.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Some(chain_keys(&k)?),
-        Err(e @ secrets::SecretError::Missing { .. }) => {
-            eprintln!("note: {e}; the audit chain is not verified");
-            None
-        }
+        Ok(k) => Ok((chain_keys(&k)?, current_chain_key(&k))),
+        Err(e @ secrets::SecretError::Missing { .. }) => Err(format!(
+            "audit chain not verified: {e} (it is keyed by the service secret)"
+        )),
         Err(e) => return Err(Failure::Config(e.to_string())),
     };
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
+    // A store that predates chain heads gets its head sealed here as at a server's start.
+    if let Ok((_, current)) = &chain {
+        meta.audit().seal_head(current, Unsealed::Pending).await?;
+    }
     let scan = async || -> Result<ops::check::Report, Failure> {
         let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
-        if let Some(chain) = &chain {
-            ops::check::check_audit(&meta, chain, &mut report).await?;
+        match &chain {
+            Ok((chain, _)) => ops::check::check_audit(&meta, chain, &mut report).await?,
+            Err(unverified) => report.audit.push(unverified.clone()),
         }
         Ok(report)
     };
@@ -331,6 +336,12 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     }
     if repair && !report.is_clean() {
         ops::check::repair(&meta, &blobs, &report).await?;
+        // A head that went missing was reported above; the operator asked to go on from here.
+        if let Ok((_, current)) = &chain
+            && meta.audit().seal_head(current, Unsealed::Missing).await?
+        {
+            println!("repaired: sealed a new audit chain head at the newest entry");
+        }
         report = scan().await?;
         for line in report.lines() {
             println!("after repair: {line}");
@@ -344,6 +355,11 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     }
 }
 
+/// The key a service with this secret appends to the audit chain with.
+fn current_chain_key(secret: &SecretKey) -> ChainKey {
+    ChainKey(secret.derive(crate::state::AUDIT_CHAIN_LABEL))
+}
+
 /// The keys the audit chain may have been signed with: the current secret's, then those of
 /// `COFFER_SECRET_OLD_KEYS` (as `COFFER_ENCRYPTION_OLD_KEYS` names earlier encryption keys).
 fn chain_keys(current: &SecretKey) -> Result<ChainKeys, Failure> {
@@ -351,7 +367,7 @@ fn chain_keys(current: &SecretKey) -> Result<ChainKeys, Failure> {
     Ok(ChainKeys::new(
         std::iter::once(current)
             .chain(old.iter())
-            .map(|k| ChainKey(k.derive(crate::state::AUDIT_CHAIN_LABEL))),
+            .map(current_chain_key),
     ))
 }
 

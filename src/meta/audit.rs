@@ -5,10 +5,14 @@
 //! from `COFFER_SECRET_KEY`, which never touches the disk, so someone who can write the
 //! database but does not hold the secret cannot forge or re-chain entries: editing, inserting
 //! or deleting any entry breaks the chain from that point, which [`Audit::verify_chain`]
-//! reports. (Cutting entries off the *end* leaves a shorter valid chain; ship the log
-//! elsewhere too.) Appends are serialised by each engine, so there is one chain however many
-//! writers (processes, nodes) append. No route updates or deletes entries; only retention
-//! trims the oldest, moving the anchor.
+//! reports. Cutting entries off the *end* would leave a shorter valid chain, so every append
+//! also moves the [`Head`] in the same transaction: the newest link, sealed with `K`. Whoever
+//! deletes the newest entries must put back the head of an older link, whose seal was never
+//! stored but in the row it overwrote, and cannot make a new one: the cut shows. (Someone who
+//! kept a copy of an older head row can still replay it with a cut: ship the log elsewhere
+//! too.) Appends are serialised by each engine, so there is one chain however many writers
+//! (processes, nodes) append. No route updates or deletes entries; only retention trims the
+//! oldest, moving the anchor.
 //!
 //! Each entry also records the fingerprint of the key that chained it ([`ChainKey::fingerprint`],
 //! one-way: it names the key without revealing it), so the chain survives a change of the
@@ -119,6 +123,79 @@ impl Link {
             hash: vec![0; 32],
         }
     }
+}
+
+/// The newest link of the chain, sealed with the key that chained it (see the module
+/// comment). Written by every append, in its transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The newest entry's position and hash.
+    pub link: Link,
+    /// The fingerprint of the key that sealed it.
+    pub key_id: String,
+    /// `HMAC-SHA256(K, label || seq || hash)`.
+    pub seal: Vec<u8>,
+}
+
+impl Head {
+    /// The head at `link`, sealed with `key`.
+    pub fn sealed(key: &ChainKey, link: Link) -> Self {
+        let seal = head_seal(key, &link).to_vec();
+        Self {
+            link,
+            key_id: key.fingerprint(),
+            seal,
+        }
+    }
+
+    /// The placeholder the schema's migration leaves in a store with a trail (it has no key
+    /// to seal one): sealed at the next start, or by `coffer check`.
+    pub fn is_pending(&self) -> bool {
+        self.link.seq < 0
+    }
+}
+
+/// Which unsealed head [`Audit::seal_head`] may seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsealed {
+    /// Only the migration's placeholder (start-up, `coffer check`).
+    Pending,
+    /// Also a head that is gone while entries exist, which is reported as a possible cut
+    /// until an operator who has read that report runs `coffer check --repair`.
+    Missing,
+}
+
+/// Where an append chains from, and whether it moves the head: the newest of the stored
+/// entries (or the anchor) and the head, so entries cut off the end leave a visible gap; the
+/// head moves unless it is gone from a store with a trail (then only `--repair` seals one).
+pub fn append_tail(stored: Link, head: Option<&Head>) -> (Link, bool) {
+    match head {
+        Some(h) if h.link.seq > stored.seq => (h.link.clone(), true),
+        Some(_) => (stored, true),
+        None => {
+            let fresh = stored.seq == 0;
+            (stored, fresh)
+        }
+    }
+}
+
+/// Whether [`Audit::seal_head`] seals over `head` for `which`, at the stored tail `stored`.
+pub fn seals(head: Option<&Head>, stored: &Link, which: Unsealed) -> bool {
+    if stored.seq <= 0 {
+        return false;
+    }
+    match head {
+        Some(h) => h.is_pending(),
+        None => which == Unsealed::Missing,
+    }
+}
+
+fn head_seal(key: &ChainKey, link: &Link) -> [u8; 32] {
+    let mut mac = key.mac();
+    mac.update(b"coffer/audit-head/v1");
+    mac.update(&link.seq.to_be_bytes());
+    mac.update(&link.hash);
+    mac.finalize().into_bytes().into()
 }
 
 fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
@@ -268,9 +345,57 @@ impl<'k> ChainCheck<'k> {
         }
     }
 
-    /// Every problem, once the last entry was seen.
-    pub fn finish(mut self) -> Vec<String> {
+    /// Every problem, once the last entry was seen; `head` is the stored [`Head`], which must
+    /// be sealed by a key given and name the last entry.
+    pub fn finish(mut self, head: Option<&Head>) -> Vec<String> {
         self.end_unknown_run();
+        let (last, last_hash) = (self.expect, std::mem::take(&mut self.prev));
+        let Some(head) = head else {
+            if last > 0 {
+                self.problems.push(format!(
+                    "audit chain head missing: entries after {last} may have been removed \
+                     (once this is looked into, `coffer check --repair` seals a new head)"
+                ));
+            }
+            return self.problems;
+        };
+        if head.is_pending() {
+            self.problems.push(
+                "audit chain head not sealed yet (the server seals it when it next starts)"
+                    .to_owned(),
+            );
+            return self.problems;
+        }
+        match self.keys.by_id(&head.key_id) {
+            None => self.problems.push(format!(
+                "audit chain head sealed with another key (fingerprint {}), not given, so not \
+                 verified: give that earlier COFFER_SECRET_KEY in COFFER_SECRET_OLD_KEYS",
+                head.key_id
+            )),
+            Some(k) if head_seal(k, &head.link)[..] != head.seal[..] => self
+                .problems
+                .push("audit chain head was altered".to_owned()),
+            Some(_) => {
+                let seq = head.link.seq;
+                if seq > last {
+                    self.problems.push(format!(
+                        "audit chain cut short: entries {} to {seq} were removed",
+                        last + 1
+                    ));
+                } else if seq < last {
+                    self.problems.push(format!(
+                        "audit chain: entries {} to {last} were written without moving its \
+                         head (not by coffer)",
+                        seq + 1
+                    ));
+                } else if head.link.hash != last_hash {
+                    self.problems.push(format!(
+                        "audit chain head does not match entry {seq}: the newest entries were \
+                         replaced"
+                    ));
+                }
+            }
+        }
         self.problems
     }
 }
@@ -294,6 +419,13 @@ pub trait Audit: Send + Sync {
 
     /// Where the stored chain starts.
     async fn anchor(&self) -> Result<Link, MetaError>;
+
+    /// The sealed newest link, if one was written.
+    async fn head(&self) -> Result<Option<Head>, MetaError>;
+
+    /// Seal the newest stored link as the head, if `which` allows over what is there (see
+    /// [`Unsealed`]); `true` when one was written.
+    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError>;
 
     /// Entries in chain order after `after_seq`, at most `limit`.
     async fn chain_page(
@@ -348,7 +480,8 @@ pub trait Audit: Send + Sync {
                 check.next(e);
             }
             if !full {
-                return Ok(check.finish());
+                let head = self.head().await?;
+                return Ok(check.finish(head.as_ref()));
             }
         }
     }

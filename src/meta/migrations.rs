@@ -724,6 +724,36 @@ pub const MIGRATIONS: &[Migration] = &[
             FOREIGN KEY (owner_id) REFERENCES users (id) ON DELETE SET NULL;
         "#,
     },
+    // v12: the audit chain's sealed head (`meta::audit::Head`), moved by every append, so
+    // cutting the newest entries off shows. A store with a trail gets a placeholder (seq -1)
+    // that the next start seals: a head that is simply gone is reported, never re-made
+    // silently.
+    Migration {
+        sqlite: r#"
+        CREATE TABLE audit_head (
+            id     INTEGER PRIMARY KEY CHECK (id = 1),
+            seq    INTEGER NOT NULL,
+            hash   BLOB NOT NULL,
+            key_id TEXT NOT NULL,
+            seal   BLOB NOT NULL
+        ) STRICT;
+        INSERT INTO audit_head (id, seq, hash, key_id, seal)
+            SELECT 1, -1, x'', '', x''
+            WHERE EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM audit_anchor);
+        "#,
+        postgres: r#"
+        CREATE TABLE audit_head (
+            id     INTEGER PRIMARY KEY CHECK (id = 1),
+            seq    BIGINT NOT NULL,
+            hash   BYTEA NOT NULL,
+            key_id TEXT NOT NULL,
+            seal   BYTEA NOT NULL
+        );
+        INSERT INTO audit_head (id, seq, hash, key_id, seal)
+            SELECT 1, -1, '\x'::bytea, '', '\x'::bytea
+            WHERE EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM audit_anchor);
+        "#,
+    },
 ];
 
 /// The version this binary writes.
@@ -893,5 +923,29 @@ mod tests {
         c.execute(crate::meta::events::PRUNE_RETIRED, []).unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM webhooks"), 0);
         assert_eq!(count(&c, "SELECT count(*) FROM webhook_deliveries"), 0);
+    }
+
+    /// v12 leaves a store with a trail a head to seal (seq -1), and a fresh one none.
+    #[test]
+    fn v12_marks_the_head_of_an_existing_trail_for_sealing() {
+        let head = |with_trail: bool| -> Option<i64> {
+            let mut c = Connection::open_in_memory().unwrap();
+            for m in &MIGRATIONS[..11] {
+                c.execute_batch(m.sqlite).unwrap();
+            }
+            c.pragma_update(None, "user_version", 11).unwrap();
+            if with_trail {
+                c.execute_batch(
+                    "INSERT INTO audit (seq, id, at, event, detail, hash)
+                         VALUES (1, 'a', 0, 'auth.register', '{}', x'00');",
+                )
+                .unwrap();
+            }
+            run_sqlite(&mut c).unwrap();
+            let seq = c.query_row("SELECT seq FROM audit_head", [], |r| r.get(0));
+            rusqlite::OptionalExtension::optional(seq).unwrap()
+        };
+        assert_eq!(head(true), Some(-1));
+        assert_eq!(head(false), None);
     }
 }

@@ -193,6 +193,16 @@ pub const TABLES: &[Table] = &[
         columns: &[("id", Int), ("seq", Int), ("hash", Bytes)],
     },
     Table {
+        name: "audit_head",
+        columns: &[
+            ("id", Int),
+            ("seq", Int),
+            ("hash", Bytes),
+            ("key_id", Text),
+            ("seal", Bytes),
+        ],
+    },
+    Table {
         name: "view_uses",
         columns: &[("key", Bytes), ("expires_at", Int)],
     },

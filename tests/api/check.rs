@@ -55,6 +55,11 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
             "a deleted entry",
             "DELETE FROM audit WHERE seq = (SELECT MIN(seq) + 1 FROM audit)",
         ),
+        (
+            "the newest entries cut off",
+            "DELETE FROM audit WHERE seq > (SELECT MAX(seq) - 2 FROM audit)",
+        ),
+        ("the chain's head removed", "DELETE FROM audit_head"),
     ] {
         let app = TestApp::spawn().await;
         let admin = app.admin("chain").await;
@@ -68,6 +73,23 @@ async fn check_detects_an_edited_or_deleted_audit_entry() {
         let (code, out) = app.run_cli(&["check"]);
         assert_eq!(code, 1, "{row}: {out}");
         assert!(out.contains("audit chain"), "{row}: {out}");
+        // Without the secret that keys the chain nothing is verified, so nothing is "ok".
+        let (code, out) =
+            crate::helpers::outcome(app.cli(&["check"]).env_remove("COFFER_SECRET_KEY"));
+        assert_eq!(code, 1, "{row}, no secret: {out}");
+        assert!(out.contains("audit chain not verified"), "{out}");
+        assert!(!out.contains("store consistent"), "{out}");
+        // A head that is gone is not re-made by new entries, only by --repair, once reported.
+        if row == "the chain's head removed" {
+            app.user("later").await;
+            app.audit_with(&admin.token, &["auth.register"]).await;
+            let (code, out) = app.run_cli(&["check"]);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("audit chain head missing"), "{out}");
+            let (code, out) = app.run_cli(&["check", "--repair"]);
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("sealed a new audit chain head"), "{out}");
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use tokio_postgres::Row;
 
 use super::{IsolationLevel, PgResult, Postgres, Tx, lock_keys};
 use crate::ids::Timestamp;
-use crate::meta::audit::{Audit, AuditEntry, ChainKey, ChainedEntry, Link, chain};
+use crate::meta::audit::{
+    Audit, AuditEntry, ChainKey, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
+};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
 
@@ -66,7 +68,8 @@ pub async fn anchor(c: &impl GenericClient) -> PgResult<Link> {
     })
 }
 
-async fn last_link(t: &Tx<'_>) -> PgResult<Link> {
+/// The newest stored entry's link, or the anchor's.
+async fn stored_tail(t: &Tx<'_>) -> PgResult<Link> {
     let st = t
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .await?;
@@ -85,7 +88,8 @@ pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgRes
         return Ok(());
     }
     lock_chain(t).await?;
-    let chained = chain(key, last_link(t).await?, entries);
+    let (tail, move_head) = append_tail(stored_tail(t).await?, head(t).await?.as_ref());
+    let chained = chain(key, tail, entries);
     let seq: Vec<i64> = chained.iter().map(|e| e.seq).collect();
     let id: Vec<uuid::Uuid> = chained.iter().map(|e| e.entry.id).collect();
     let at: Vec<i64> = chained.iter().map(|e| e.entry.at.0).collect();
@@ -121,7 +125,60 @@ pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgRes
         ],
     )
     .await?;
+    match chained.last() {
+        Some(e) if move_head => {
+            let link = Link {
+                seq: e.seq,
+                hash: e.hash.clone(),
+            };
+            set_head(t, &Head::sealed(key, link)).await
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn set_head(t: &Tx<'_>, h: &Head) -> PgResult<()> {
+    let st = t
+        .prepare_cached(
+            "INSERT INTO audit_head (id, seq, hash, key_id, seal) VALUES (1, $1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                                            key_id = excluded.key_id, seal = excluded.seal",
+        )
+        .await?;
+    t.execute(&st, &[&h.link.seq, &h.link.hash, &h.key_id, &h.seal])
+        .await?;
     Ok(())
+}
+
+/// The sealed newest link, if one was written.
+pub async fn head(c: &impl GenericClient) -> PgResult<Option<Head>> {
+    let st = c
+        .prepare_cached("SELECT seq, hash, key_id, seal FROM audit_head WHERE id = 1")
+        .await?;
+    c.query_opt(&st, &[])
+        .await?
+        .map(|r| {
+            Ok(Head {
+                link: Link {
+                    seq: r.try_get(0)?,
+                    hash: r.try_get(1)?,
+                },
+                key_id: r.try_get(2)?,
+                seal: r.try_get(3)?,
+            })
+        })
+        .transpose()
+}
+
+/// Seal the newest stored link as the head, if `which` allows (see [`Unsealed`]).
+async fn seal_head(t: &Tx<'_>, key: &ChainKey, which: Unsealed) -> PgResult<bool> {
+    lock_chain(t).await?;
+    let stored = stored_tail(t).await?;
+    if !seals(head(t).await?.as_ref(), &stored, which) {
+        return Ok(false);
+    }
+    set_head(t, &Head::sealed(key, stored)).await?;
+    Ok(true)
 }
 
 /// Newest first, before the `seq` cursor.
@@ -229,6 +286,19 @@ impl Audit for Postgres {
 
     async fn anchor(&self) -> Result<Link, MetaError> {
         self.one((), |c, ()| Box::pin(anchor(c))).await
+    }
+
+    async fn head(&self) -> Result<Option<Head>, MetaError> {
+        self.one((), |c, ()| Box::pin(head(c))).await
+    }
+
+    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError> {
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (ChainKey(key.0), which),
+            |t, (key, which)| Box::pin(seal_head(t, key, *which)),
+        )
+        .await
     }
 
     async fn chain_page(

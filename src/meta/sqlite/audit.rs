@@ -6,11 +6,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Sqlite;
 use crate::ids::Timestamp;
-use crate::meta::audit::{Audit, AuditEntry, ChainKey, ChainedEntry, Link, chain};
+use crate::meta::audit::{
+    Audit, AuditEntry, ChainKey, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
+};
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
 
-fn last_link(c: &Connection) -> rusqlite::Result<Link> {
+/// The newest stored entry's link, or the anchor's.
+fn stored_tail(c: &Connection) -> rusqlite::Result<Link> {
     let last = c
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -50,7 +53,9 @@ pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlit
                             key_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    for e in chain(key, last_link(c)?, entries) {
+    let (tail, move_head) = append_tail(stored_tail(c)?, head(c)?.as_ref());
+    let mut newest = None;
+    for e in chain(key, tail, entries) {
         stmt.execute(params![
             e.seq,
             e.entry.id.hyphenated().to_string(),
@@ -63,8 +68,53 @@ pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlit
             e.hash,
             e.key_id,
         ])?;
+        newest = Some(Link {
+            seq: e.seq,
+            hash: e.hash,
+        });
     }
+    match newest {
+        Some(link) if move_head => set_head(c, &Head::sealed(key, link)),
+        _ => Ok(()),
+    }
+}
+
+fn set_head(c: &Connection, h: &Head) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO audit_head (id, seq, hash, key_id, seal) VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                                        key_id = excluded.key_id, seal = excluded.seal",
+    )?
+    .execute(params![h.link.seq, h.link.hash, h.key_id, h.seal])?;
     Ok(())
+}
+
+fn head(c: &Connection) -> rusqlite::Result<Option<Head>> {
+    c.query_row(
+        "SELECT seq, hash, key_id, seal FROM audit_head WHERE id = 1",
+        [],
+        |r| {
+            Ok(Head {
+                link: Link {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                },
+                key_id: r.get(2)?,
+                seal: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Seal the newest stored link as the head, if `which` allows (see [`Unsealed`]).
+fn seal_head(c: &Connection, key: &ChainKey, which: Unsealed) -> rusqlite::Result<bool> {
+    let stored = stored_tail(c)?;
+    if !seals(head(c)?.as_ref(), &stored, which) {
+        return Ok(false);
+    }
+    set_head(c, &Head::sealed(key, stored))?;
+    Ok(true)
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEntry> {
@@ -167,6 +217,15 @@ impl Audit for Sqlite {
         self.read(anchor).await
     }
 
+    async fn head(&self) -> Result<Option<Head>, MetaError> {
+        self.read(head).await
+    }
+
+    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError> {
+        let key = ChainKey(key.0);
+        self.write(move |c| seal_head(c, &key, which)).await
+    }
+
     async fn chain_page(
         &self,
         after_seq: i64,
@@ -196,7 +255,7 @@ mod tests {
         for e in chain_page(c, after, usize::MAX)? {
             check.next(e);
         }
-        Ok(check.finish())
+        Ok(check.finish(head(c)?.as_ref()))
     }
 
     fn entry(event: &str) -> AuditEntry {
@@ -279,5 +338,88 @@ mod tests {
         // Removing the oldest remaining entry without moving the anchor is detected.
         c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
         assert!(!verify_chain(&c, &K).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_every_entry_keeps_the_head_verifiable() {
+        let c = test_conn();
+        let mut old = entry("old");
+        old.at = Timestamp::from_unix_secs(1);
+        append(&c, &K, &[old]).unwrap();
+        assert_eq!(prune(&c, Timestamp::from_unix_secs(100)).unwrap(), 1);
+        assert_eq!(verify_chain(&c, &K).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cutting_the_newest_entries_off_or_touching_the_head_is_detected() {
+        let problems = |c: &Connection| verify_chain(c, &K).unwrap();
+        let c = test_conn();
+        append(&c, &K, &[entry("a"), entry("b")]).unwrap();
+        append(&c, &K, &[entry("c"), entry("d")]).unwrap();
+        assert_eq!(problems(&c), Vec::<String>::new());
+
+        // The newest entries go: the chain left is valid, the head says it was longer.
+        c.execute("DELETE FROM audit WHERE seq > 2", []).unwrap();
+        let found = problems(&c);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("cut short: entries 3 to 4"), "{found:?}");
+        // The head moved back to the cut (its hash readable in the table): the seal fails.
+        let h2: Vec<u8> = c
+            .query_row("SELECT hash FROM audit WHERE seq = 2", [], |r| r.get(0))
+            .unwrap();
+        c.execute("UPDATE audit_head SET seq = 2, hash = ?1", params![h2])
+            .unwrap();
+        assert_eq!(problems(&c), ["audit chain head was altered"]);
+        // Without a head, a chain cannot say where it ended; new entries do not make one
+        // (that would seal over a cut), start-up does not either: only --repair.
+        c.execute("DELETE FROM audit_head", []).unwrap();
+        assert!(problems(&c)[0].contains("head missing"));
+        append(&c, &K, &[entry("e")]).unwrap();
+        assert!(problems(&c)[0].contains("head missing"));
+        assert!(!seal_head(&c, &K, Unsealed::Pending).unwrap());
+        assert!(seal_head(&c, &K, Unsealed::Missing).unwrap());
+        assert!(
+            !seal_head(&c, &K, Unsealed::Missing).unwrap(),
+            "only when missing"
+        );
+        assert_eq!(problems(&c), Vec::<String>::new());
+        // Entries added without moving the head (not by coffer) are reported too.
+        c.execute(
+            "INSERT INTO audit (seq, id, at, event, detail, hash) VALUES (4, 'x', 0, 'e', '{}', x'00')",
+            [],
+        )
+        .unwrap();
+        assert!(
+            problems(&c)
+                .iter()
+                .any(|p| p.contains("entries 4 to 4 were written without moving its head")),
+            "{:?}",
+            problems(&c)
+        );
+        // The migration's placeholder in a store with a trail: sealed at start-up.
+        let old = test_conn();
+        append(&old, &K, &[entry("a")]).unwrap();
+        old.execute(
+            "UPDATE audit_head SET seq = -1, hash = x'', key_id = '', seal = x''",
+            [],
+        )
+        .unwrap();
+        assert!(problems(&old)[0].contains("not sealed yet"));
+        assert!(seal_head(&old, &K, Unsealed::Pending).unwrap());
+        assert_eq!(problems(&old), Vec::<String>::new());
+        // A cut followed by new entries stays visible: they chain from the head, past the gap.
+        let c = test_conn();
+        append(&c, &K, &[entry("a"), entry("b"), entry("c")]).unwrap();
+        c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+        append(&c, &K, &[entry("d")]).unwrap();
+        let found = problems(&c);
+        assert!(
+            found[0].contains("entry 3 missing (next present is 4)"),
+            "{found:?}"
+        );
+        // An empty trail needs no head.
+        let empty = test_conn();
+        assert_eq!(problems(&empty), Vec::<String>::new());
+        assert!(!seal_head(&empty, &K, Unsealed::Missing).unwrap());
     }
 }
