@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -229,6 +230,7 @@ impl BlobBackend for S3Store {
             store: self.clone(),
             path: self.path(key),
             buf: Vec::new(),
+            spare: Arc::default(),
             upload: None,
             parts: Vec::new(),
             inflight: VecDeque::new(),
@@ -402,6 +404,8 @@ struct S3Writer {
     path: Path,
     /// The part being filled (at most [`PART_SIZE`] bytes).
     buf: Vec<u8>,
+    /// Buffers of parts already sent, given back for the next parts (see [`PartBuf`]).
+    spare: Arc<Mutex<Spare>>,
     /// The multipart upload, once the blob outgrew one part.
     upload: Option<String>,
     /// Parts stored, in order.
@@ -454,12 +458,17 @@ impl S3Writer {
         while self.inflight.len() >= PARTS_IN_FLIGHT {
             self.settle_oldest().await?;
         }
-        // Later parts are large by definition: their buffer is taken whole at once (the
-        // pages are only touched, and resident, as they fill).
-        let part = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(PART_SIZE),
-        ));
+        // Later parts are large by definition: their buffer is taken whole at once, one a
+        // sent part gave back if there is one (its pages are resident already: a fresh one
+        // faults each of them in as it fills, a tenth of the writer's CPU).
+        let next = self
+            .spare
+            .lock()
+            .map_or_else(|_| Vec::with_capacity(PART_SIZE), |mut s| s.take());
+        let part = Bytes::from_owner(PartBuf {
+            bytes: std::mem::replace(&mut self.buf, next),
+            spare: Arc::downgrade(&self.spare),
+        });
         let idx = self.parts.len() + self.inflight.len();
         let (s3, path) = (self.store.s3.clone(), self.path.clone());
         self.inflight.push_back(tokio::spawn(async move {
@@ -493,6 +502,58 @@ impl S3Writer {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// A writer's part buffers: those given back, and how many it has in all.
+#[derive(Default)]
+struct Spare {
+    free: Vec<Vec<u8>>,
+    live: usize,
+}
+
+impl Spare {
+    /// A buffer given back, else a new one.
+    fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| {
+            self.live += 1;
+            Vec::with_capacity(PART_SIZE)
+        })
+    }
+
+    /// Keep `bytes` for a later part, unless the writer has more buffers than it can use at
+    /// once (parts in flight and the one filling: a request that let go of its part late made
+    /// the writer take a new one meanwhile).
+    fn give_back(&mut self, mut bytes: Vec<u8>) {
+        if self.live > PARTS_IN_FLIGHT + 1 {
+            self.live -= 1;
+            return;
+        }
+        bytes.clear();
+        self.free.push(bytes);
+    }
+}
+
+/// A part's bytes on their way to the store; once the request (and any retry) lets go of
+/// them, the buffer goes back to its writer for a later part, unless the writer is gone.
+struct PartBuf {
+    bytes: Vec<u8>,
+    spare: Weak<Mutex<Spare>>,
+}
+
+impl AsRef<[u8]> for PartBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PartBuf {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.upgrade()
+            && let Ok(mut spare) = spare.lock()
+        {
+            spare.give_back(std::mem::take(&mut self.bytes));
+        }
     }
 }
 
