@@ -341,7 +341,10 @@ async fn the_redirect_listener_answers_308_to_https_for_every_path() {
     let app = tls_app(
         dir.path(),
         &ca,
-        &[("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0")],
+        &[
+            ("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0"),
+            ("COFFER_SERVER__ALLOWED_HOSTS", "localhost"),
+        ],
     )
     .await;
     // Port 0: the server logs the address it got.
@@ -369,7 +372,48 @@ async fn the_redirect_listener_answers_308_to_https_for_every_path() {
             r.headers()["location"],
             format!("https://localhost:{port}{path}").as_str()
         );
+        // The headers every response carries.
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY", "{path}");
+        assert!(
+            r.headers().contains_key("content-security-policy"),
+            "{path}"
+        );
+        assert!(r.headers().contains_key("x-request-id"), "{path}");
     }
+    // Probes by address are exempt from the allowed hosts, as on the HTTPS listener; other
+    // paths are not, and their 400 is a problem like every error.
+    for (path, status) in [("/healthz", 308), ("/readyz", 308), ("/api/v1/files", 400)] {
+        let r = plain
+            .get(format!("http://{redirect}{path}"))
+            .header("Host", "10.0.0.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        if status == 308 {
+            assert_eq!(
+                r.headers()["location"],
+                format!("https://10.0.0.5:{port}{path}").as_str()
+            );
+        } else {
+            assert!(
+                r.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/problem+json")
+            );
+            assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        }
+    }
+    // Two Host headers: no one host to redirect to.
+    let addr: std::net::SocketAddr = redirect.parse().unwrap();
+    let r = crate::helpers::raw::exchange(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
 }
 
 #[test]

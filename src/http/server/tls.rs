@@ -23,6 +23,10 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 
+use crate::http::error::{PROBLEM_JSON, problem_body};
+use crate::http::middleware::headers;
+use crate::http::middleware::request_id::{X_REQUEST_ID, acceptable, fresh_id};
+
 /// How often the certificate and key files are looked at for a change.
 const POLL: Duration = Duration::from_secs(2);
 
@@ -348,20 +352,29 @@ pub(crate) async fn redirect(
     }
 }
 
-/// 308 to `https://HOST[:PORT]/PATH?QUERY`, or 400 when the request names no usable host.
+/// 308 to `https://HOST[:PORT]/PATH?QUERY`, or a 400 problem when the request names no usable
+/// host (none, more than one, or one `server.allowed_hosts` does not list; health probes are
+/// exempt from the list, as on the HTTPS listener). Either way with the headers every
+/// response carries: the security headers and `X-Request-Id`.
 fn redirect_response<B>(
     req: &http::Request<B>,
     https_port: u16,
     allowed_hosts: &[String],
 ) -> Response<Body> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
+    let probe = headers::is_probe(req.uri().path());
+    let host = (req.headers().get_all(header::HOST).iter().count() <= 1)
+        .then(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+        })
+        .flatten()
         .and_then(host_without_port)
         .filter(|h| {
-            allowed_hosts.is_empty() || allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h))
+            probe
+                || allowed_hosts.is_empty()
+                || allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h))
         });
     let path = req
         .uri()
@@ -375,16 +388,35 @@ fn redirect_response<B>(
         };
         HeaderValue::try_from(format!("https://{host}{port}{path}")).ok()
     });
-    let mut res = Response::new(Body::empty());
-    match location {
+    let id = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .filter(|v| acceptable(v))
+        .cloned()
+        .unwrap_or_else(fresh_id);
+    let mut res = match location {
         Some(location) => {
+            let mut res = Response::new(Body::empty());
             *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
             res.headers_mut().insert(header::LOCATION, location);
+            res
         }
-        None => *res.status_mut() = StatusCode::BAD_REQUEST,
-    }
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        None => {
+            let status = StatusCode::BAD_REQUEST;
+            let detail = "the request names no host this service answers to (one Host header)";
+            let body = problem_body(status, detail, id.to_str().unwrap_or("-"));
+            let mut res = Response::new(Body::from(body));
+            *res.status_mut() = status;
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+            res
+        }
+    };
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_REQUEST_ID, id);
+    // Plain HTTP: HSTS would be ignored here (RFC 6797 §8.1); the HTTPS answers carry it.
+    headers::set_security_headers(h, false);
     res
 }
 
