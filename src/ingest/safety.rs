@@ -70,6 +70,15 @@ impl Safety {
         }
     }
 
+    /// The most bytes an upload may have to be stored at all when a scanner is configured
+    /// without `scan.skip_larger` (`scan.max_bytes`); `None` when size does not matter here.
+    pub(crate) fn scan_limit(&self) -> Option<u64> {
+        self.scanner
+            .as_ref()
+            .filter(|s| !s.skip_larger)
+            .map(|s| s.max_bytes)
+    }
+
     /// Whether clamd answers `PING` (`/readyz`); `Ok` when no scanner is configured.
     pub(crate) async fn ready(&self) -> Result<(), String> {
         match &self.scanner {

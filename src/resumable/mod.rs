@@ -189,6 +189,14 @@ impl Resumable {
         if c.length > limit {
             return Err(self.refused(&c, IngestError::TooLarge { limit }).await);
         }
+        // Longer than the scanner takes: refused now, not after every byte was sent.
+        if let Some(limit) = self.ingest.safety.scan_limit()
+            && c.length > limit
+        {
+            return Err(self
+                .refused(&c, IngestError::TooLargeToScan { limit })
+                .await);
+        }
         let id = FileId::new();
         if c.length == 0 {
             let file = self

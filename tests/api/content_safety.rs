@@ -378,6 +378,21 @@ async fn files_too_large_to_scan_are_413_unless_configured_to_be_stored_unscanne
         "payload-too-large",
     )
     .await;
+    // A resumable upload announcing more is refused at its creation, before any byte.
+    let tus_create = |app: &TestApp, u: &TestUser, len: &str| {
+        app.post("/api/v1/uploads")
+            .as_user(u)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", len)
+            .header("upload-metadata", &tus_metadata("big.txt"))
+            .send()
+    };
+    assert_problem(
+        tus_create(&strict, &u, "300000").await,
+        413,
+        "payload-too-large",
+    )
+    .await;
     nothing_stored(&strict, &u).await;
     // At the limit it is scanned.
     let f = strict.stored(&u.token, "fits.txt", text(100_000)).await;
@@ -391,6 +406,7 @@ async fn files_too_large_to_scan_are_413_unless_configured_to_be_stored_unscanne
         .await;
     let admin = lenient.admin("auditor").await;
     let u = lenient.user("big").await;
+    assert_eq!(tus_create(&lenient, &u, "300000").await.status(), 201);
     let f = lenient.stored(&u.token, "big.txt", text(300_000)).await;
     assert_eq!(f["scanned_at"], Value::Null, "{f}");
     assert_eq!(f["size"], 300_000);
