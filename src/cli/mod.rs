@@ -248,7 +248,17 @@ fn keyring() -> Result<Keyring, Failure> {
 /// The object store's credentials from the environment, when the configuration uses one.
 fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
     match config.storage.backend {
-        StorageBackend::Fs => Ok(None),
+        StorageBackend::Fs => {
+            // Unused here, but a secret set both ways is refused whatever the backend.
+            for var in [
+                secrets::S3_ACCESS_KEY_ID_VAR,
+                secrets::S3_SECRET_ACCESS_KEY_VAR,
+            ] {
+                secrets::var_or_file(var, |name| std::env::var_os(name))
+                    .map_err(|e| Failure::Config(e.to_string()))?;
+            }
+            Ok(None)
+        }
         StorageBackend::S3 => S3Credentials::from_env()
             .map(Some)
             .map_err(|e| Failure::Config(e.to_string())),

@@ -103,8 +103,14 @@ fn every_secret_and_its_file_twin_together_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = secret();
     let f = secret_file(&dir, "s", &secret());
-    let cases: [(&str, Vec<(&str, &str)>); 5] = [
+    let cases: [(&str, Vec<(&str, &str)>); 7] = [
         ("COFFER_SECRET_KEY", vec![]),
+        // Unused with the local backend, still refused when set both ways.
+        (
+            "COFFER_S3_SECRET_ACCESS_KEY",
+            vec![("COFFER_SECRET_KEY", &s)],
+        ),
+        ("COFFER_S3_ACCESS_KEY_ID", vec![("COFFER_SECRET_KEY", &s)]),
         ("COFFER_ENCRYPTION_KEY", vec![("COFFER_SECRET_KEY", &s)]),
         (
             "COFFER_ENCRYPTION_OLD_KEYS",
