@@ -463,10 +463,12 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
     };
     let s = match done {
         Ok(s) => s,
-        // DEST inside the storage root or containing it: the operator must pick another.
+        // DEST inside the storage root, containing it, or leading nowhere that can be told (a
+        // dangling symlink, which may point into the root): the operator must pick another.
         Err(ops::backup::BackupError::Destination(
             e @ (ops::backup::DestError::InsideRoot { .. }
-            | ops::backup::DestError::ContainsRoot { .. }),
+            | ops::backup::DestError::ContainsRoot { .. }
+            | ops::backup::DestError::Unresolvable { .. }),
         )) => return Err(Failure::Config(e.to_string())),
         Err(e) => return Err(Failure::Other(e.into())),
     };

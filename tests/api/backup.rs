@@ -91,6 +91,12 @@ async fn backup_refuses_a_destination_inside_or_around_the_storage_root() {
             dest.display()
         );
     }
+    // A dangling link (here into the root) cannot be told safe: refused the same way.
+    std::os::unix::fs::symlink(root.join("nonexistent"), links.join("dangling")).unwrap();
+    let (code, out) = app.run_cli(&["backup", links.join("dangling").to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot resolve it"), "{out}");
+    assert!(!root.join("nonexistent").exists());
     // Nothing was written: no new folder, no copy in the root or around it, and the store
     // still checks clean.
     for dest in [root.join("x"), root.join("tmp/x"), links.join("new")] {
