@@ -189,14 +189,14 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Start the writer task; `key` chains the trail.
+    /// Start the writer task; the first of `keys` chains the trail (the others verify its head).
     pub fn start(
         meta: MetaStore,
-        key: audit::ChainKey,
+        keys: audit::ChainKeys,
         confidential: Confidential,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(meta, std::sync::Arc::new(key), rx));
+        let task = tokio::spawn(writer(meta, std::sync::Arc::new(keys), rx));
         (Self { tx, confidential }, task)
     }
 
@@ -240,7 +240,7 @@ impl AuditLog {
 
 async fn writer(
     meta: MetaStore,
-    key: std::sync::Arc<audit::ChainKey>,
+    keys: std::sync::Arc<audit::ChainKeys>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
     let mut entries = Vec::new();
@@ -255,7 +255,7 @@ async fn writer(
             drain(&mut rx, &mut entries, &mut acks);
         }
         if !entries.is_empty() {
-            store(&meta, &key, std::mem::take(&mut entries)).await;
+            store(&meta, &keys, std::mem::take(&mut entries)).await;
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
@@ -267,12 +267,12 @@ async fn writer(
 /// only then is it given up, loudly.
 async fn store(
     meta: &MetaStore,
-    key: &std::sync::Arc<audit::ChainKey>,
+    keys: &std::sync::Arc<audit::ChainKeys>,
     batch: Vec<audit::AuditEntry>,
 ) {
     for wait_ms in [0u64, 100, 500, 2000] {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        match meta.audit().append(key, batch.clone()).await {
+        match meta.audit().append_with(keys, batch.clone()).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "cannot store audit entries yet"),
         }

@@ -260,6 +260,19 @@ pub(crate) fn var_or_file(
     }
 }
 
+/// Refuse `var` set both directly and by its `_FILE` twin, without reading the file (for a
+/// secret this configuration does not use).
+pub(crate) fn not_both(
+    var: &'static str,
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(), SecretError> {
+    let set = |name: &str| lookup(name).is_some_and(|v| !v.is_empty());
+    if set(var) && set(&format!("{var}_FILE")) {
+        return Err(SecretError::Ambiguous { var });
+    }
+    Ok(())
+}
+
 /// `coffer gen-secret`: 32 random bytes as 64 lower-case hex characters.
 pub fn generate_hex() -> String {
     hex::encode(random_bytes::<32>())

@@ -137,32 +137,32 @@ impl AppState {
         recovery::recover(&meta, &blobs, config.storage.scan_on_startup, grace).await?;
 
         let passwords = Passwords::new(&config.auth)?;
-        let chain = crate::meta::audit::ChainKey(secrets.secret_key.derive(AUDIT_CHAIN_LABEL));
         // With encryption at rest on, a file's hash or name stays out of the log.
         let confidential = if secrets.keyring.enabled() {
             Confidential::TrailOnly
         } else {
             Confidential::Logged
         };
+        // The current secret's key chains the trail; earlier ones verify what they sealed.
         let known = crate::meta::audit::ChainKeys::new(
-            std::iter::once(crate::meta::audit::ChainKey(chain.0)).chain(
-                secrets
-                    .old_secret_keys
-                    .iter()
-                    .map(|k| crate::meta::audit::ChainKey(k.derive(AUDIT_CHAIN_LABEL))),
-            ),
+            std::iter::once(&secrets.secret_key)
+                .chain(&secrets.old_secret_keys)
+                .map(|k| crate::meta::audit::ChainKey(k.derive(AUDIT_CHAIN_LABEL))),
         );
         if let Some(warning) = crate::ops::check::unverifiable_tail(&meta, &known).await? {
             tracing::warn!("{warning}");
         }
         if meta
             .audit()
-            .seal_head(&chain, crate::meta::audit::Unsealed::Pending)
+            .seal_head(&known, crate::meta::audit::Unsealed::Migrated)
             .await?
         {
-            tracing::info!("sealed the audit chain's head (the store predates chain heads)");
+            tracing::warn!(
+                "added a sealed head to the audit chain (schema v12): from now on entries cut \
+                 off its end show in `coffer check`; a cut made before now cannot be told"
+            );
         }
-        let (audit, audit_task) = AuditLog::start(meta.clone(), chain, confidential);
+        let (audit, audit_task) = AuditLog::start(meta.clone(), known, confidential);
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);
         let tokens = Arc::new(TokenKeys::new(

@@ -254,7 +254,7 @@ fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
                 secrets::S3_ACCESS_KEY_ID_VAR,
                 secrets::S3_SECRET_ACCESS_KEY_VAR,
             ] {
-                secrets::var_or_file(var, |name| std::env::var_os(name))
+                secrets::not_both(var, |name| std::env::var_os(name))
                     .map_err(|e| Failure::Config(e.to_string()))?;
             }
             Ok(None)
@@ -320,7 +320,7 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     // The audit chain is keyed by the service secret: without it, it cannot be verified,
     // and a store whose trail is unverified is not called consistent.
     let chain = match SecretKey::from_env() {
-        Ok(k) => Ok((chain_keys(&k)?, current_chain_key(&k))),
+        Ok(k) => Ok(chain_keys(&k)?),
         Err(e @ secrets::SecretError::Missing { .. }) => Err(format!(
             "audit chain not verified: {e} (it is keyed by the service secret)"
         )),
@@ -328,14 +328,10 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     };
     let keys = keyring()?;
     let (_, meta, blobs) = open_stores(&config).await?;
-    // A store that predates chain heads gets its head sealed here as at a server's start.
-    if let Ok((_, current)) = &chain {
-        meta.audit().seal_head(current, Unsealed::Pending).await?;
-    }
     let scan = async || -> Result<ops::check::Report, Failure> {
         let mut report = ops::check::scan(&meta, &blobs, deep.then_some(&keys)).await?;
         match &chain {
-            Ok((chain, _)) => ops::check::check_audit(&meta, chain, &mut report).await?,
+            Ok(chain) => ops::check::check_audit(&meta, chain, &mut report).await?,
             Err(unverified) => report.audit.push(unverified.clone()),
         }
         Ok(report)
@@ -346,9 +342,10 @@ async fn check(config: Config, deep: bool, repair: bool) -> Result<ExitCode, Fai
     }
     if repair && !report.is_clean() {
         ops::check::repair(&meta, &blobs, &report).await?;
-        // A head that went missing was reported above; the operator asked to go on from here.
-        if let Ok((_, current)) = &chain
-            && meta.audit().seal_head(current, Unsealed::Missing).await?
+        // A head that is missing, unsealed or unverifiable was reported above; the operator
+        // asked to go on from here (an intact head that shows a cut stays: it is evidence).
+        if let Ok(chain) = &chain
+            && meta.audit().seal_head(chain, Unsealed::Repair).await?
         {
             println!("repaired: sealed a new audit chain head at the newest entry");
         }
@@ -413,7 +410,9 @@ async fn create_user(
             // The entry is chained with the service secret; without it, say so instead.
             match SecretKey::from_env() {
                 Ok(secret) => {
-                    let chain = ChainKey(secret.derive(crate::state::AUDIT_CHAIN_LABEL));
+                    // With the earlier secrets too, so the chain's head sealed with one of
+                    // them still moves.
+                    let chain = chain_keys(&secret)?;
                     // No file facts here; the strict setting, should one ever be added.
                     let (audit, task) =
                         AuditLog::start(meta.clone(), chain, Confidential::TrailOnly);

@@ -8,9 +8,13 @@
 //! reports. Cutting entries off the *end* would leave a shorter valid chain, so every append
 //! also moves the [`Head`] in the same transaction: the newest link, sealed with `K`. Whoever
 //! deletes the newest entries must put back the head of an older link, whose seal was never
-//! stored but in the row it overwrote, and cannot make a new one: the cut shows. (Someone who
-//! kept a copy of an older head row can still replay it with a cut: ship the log elsewhere
-//! too.) Appends are serialised by each engine, so there is one chain however many writers
+//! stored but in the row it overwrote, and cannot make a new one: the cut shows, and stays
+//! visible, because an append moves the head only from a head it verifies at the stored tail
+//! (otherwise it leaves it for `coffer check` to report), and chains past a gap the head
+//! vouches for. Only an operator re-seals a head (`coffer check --repair`, after the report),
+//! or a server that has just added heads to an older store itself. (Someone who kept a copy
+//! of an older head row can still replay it together with a cut: ship the log elsewhere too.)
+//! Appends are serialised by each engine, so there is one chain however many writers
 //! (processes, nodes) append. No route updates or deletes entries; only retention trims the
 //! oldest, moving the anchor.
 //!
@@ -68,6 +72,7 @@ pub struct ChainedEntry {
 }
 
 /// The key that chains the trail (derived from the service secret).
+#[derive(Clone)]
 pub struct ChainKey(pub [u8; 32]);
 
 impl ChainKey {
@@ -88,6 +93,7 @@ impl ChainKey {
 }
 
 /// The keys `coffer check` may verify entries with: the current one and earlier ones.
+#[derive(Clone)]
 pub struct ChainKeys(Vec<(String, ChainKey)>);
 
 impl ChainKeys {
@@ -98,6 +104,11 @@ impl ChainKeys {
 
     fn by_id(&self, id: &str) -> Option<&ChainKey> {
         self.0.iter().find(|(f, _)| f == id).map(|(_, k)| k)
+    }
+
+    /// The key new entries are chained with (the first given).
+    pub fn current(&self) -> Option<&ChainKey> {
+        self.0.first().map(|(_, k)| k)
     }
 
     /// Whether the key with this fingerprint is among them.
@@ -149,44 +160,90 @@ impl Head {
     }
 
     /// The placeholder the schema's migration leaves in a store with a trail (it has no key
-    /// to seal one): sealed at the next start, or by `coffer check`.
+    /// to seal one): sealed by the server that migrated, or by `coffer check --repair`.
     pub fn is_pending(&self) -> bool {
         self.link.seq < 0
     }
-}
 
-/// Which unsealed head [`Audit::seal_head`] may seal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unsealed {
-    /// Only the migration's placeholder (start-up, `coffer check`).
-    Pending,
-    /// Also a head that is gone while entries exist, which is reported as a possible cut
-    /// until an operator who has read that report runs `coffer check --repair`.
-    Missing,
-}
-
-/// Where an append chains from, and whether it moves the head: the newest of the stored
-/// entries (or the anchor) and the head, so entries cut off the end leave a visible gap; the
-/// head moves unless it is gone from a store with a trail (then only `--repair` seals one).
-pub fn append_tail(stored: Link, head: Option<&Head>) -> (Link, bool) {
-    match head {
-        Some(h) if h.link.seq > stored.seq => (h.link.clone(), true),
-        Some(_) => (stored, true),
-        None => {
-            let fresh = stored.seq == 0;
-            (stored, fresh)
+    /// Whether `keys` vouch for this head.
+    pub fn verify(&self, keys: &ChainKeys) -> HeadSeal {
+        if self.is_pending() {
+            return HeadSeal::Pending;
+        }
+        match keys.by_id(&self.key_id) {
+            None => HeadSeal::UnknownKey,
+            Some(k) if head_seal(k, &self.link)[..] == self.seal[..] => HeadSeal::Valid,
+            Some(_) => HeadSeal::Altered,
         }
     }
 }
 
-/// Whether [`Audit::seal_head`] seals over `head` for `which`, at the stored tail `stored`.
-pub fn seals(head: Option<&Head>, stored: &Link, which: Unsealed) -> bool {
+/// What a head's seal says, checked with the keys given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadSeal {
+    /// Sealed by a key given, and intact.
+    Valid,
+    /// Sealed by a key not given: cannot be told.
+    UnknownKey,
+    /// Sealed by a key given, but not this link: edited.
+    Altered,
+    /// The migration's placeholder.
+    Pending,
+}
+
+/// Which unsealed head [`Audit::seal_head`] may seal at the stored tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsealed {
+    /// The placeholder that this process's own migration to chain heads left (start-up).
+    Migrated,
+    /// After `coffer check` reported it: a head that is missing, the placeholder, or one
+    /// sealed with a key not given. Never a head that is intact and says something else
+    /// (a cut, a replaced entry): that is evidence, and stays reported.
+    Repair,
+}
+
+/// Where an append chains from, and whether it moves the head. Only a head that `keys`
+/// verify moves: ahead of the stored tail (entries were cut off the end) the chain goes on
+/// from it, past the gap, which stays visible; at the tail, or behind it on the stored chain
+/// (`at_head` is the stored hash at the head's position: entries were added by something
+/// that did not move the head, or while this node could not verify it), it moves to the new
+/// tail. Any other head (missing from a store with a trail, pending, unverifiable, altered,
+/// or naming an entry that is not stored) stays as it is for `coffer check` to report; a
+/// fresh store's first append makes the first head.
+pub fn append_tail(
+    stored: Link,
+    head: Option<&Head>,
+    at_head: Option<&[u8]>,
+    keys: &ChainKeys,
+) -> (Link, bool) {
+    match head {
+        None => {
+            let fresh = stored.seq == 0;
+            (stored, fresh)
+        }
+        Some(h) if h.verify(keys) == HeadSeal::Valid => {
+            if h.link.seq > stored.seq {
+                (h.link.clone(), true)
+            } else {
+                let on_chain = at_head == Some(h.link.hash.as_slice());
+                (stored, on_chain)
+            }
+        }
+        Some(_) => (stored, false),
+    }
+}
+
+/// Whether [`Audit::seal_head`] seals over `head` for `which` (the engine also checks, for
+/// [`Unsealed::Migrated`], that it ran that migration).
+pub fn seals(head: Option<&Head>, stored: &Link, which: Unsealed, keys: &ChainKeys) -> bool {
     if stored.seq <= 0 {
         return false;
     }
-    match head {
-        Some(h) => h.is_pending(),
-        None => which == Unsealed::Missing,
+    match (which, head.map(|h| h.verify(keys))) {
+        (Unsealed::Migrated, state) => state == Some(HeadSeal::Pending),
+        (Unsealed::Repair, state) => {
+            matches!(state, None | Some(HeadSeal::Pending | HeadSeal::UnknownKey))
+        }
     }
 }
 
@@ -266,6 +323,8 @@ pub struct ChainCheck<'k> {
     prev: Vec<u8>,
     /// A run of entries signed with a key not given: `(fingerprint, first seq, last seq)`.
     unknown: Option<(String, i64, i64)>,
+    /// The position whose hash the head names, and that hash once it was walked past.
+    watch: Option<(i64, Option<Vec<u8>>)>,
     /// What is wrong so far.
     pub problems: Vec<String>,
 }
@@ -278,8 +337,18 @@ impl<'k> ChainCheck<'k> {
             expect: anchor.seq,
             prev: anchor.hash,
             unknown: None,
+            watch: None,
             problems: Vec::new(),
         }
+    }
+
+    /// Note the hash at `head`'s position while walking (the anchor's, when it is there).
+    pub fn watching(mut self, head: Option<&Head>) -> Self {
+        if let Some(h) = head.filter(|h| !h.is_pending()) {
+            let at_anchor = (h.link.seq == self.expect).then(|| self.prev.clone());
+            self.watch = Some((h.link.seq, at_anchor));
+        }
+        self
     }
 
     /// The next stored entry.
@@ -291,6 +360,11 @@ impl<'k> ChainCheck<'k> {
                 self.expect, e.seq
             ));
             self.expect = e.seq;
+        }
+        if let Some((seq, seen)) = &mut self.watch
+            && *seq == e.seq
+        {
+            *seen = Some(e.hash.clone());
         }
         let prev = std::mem::take(&mut self.prev);
         let hash_with = |k: &ChainKey| chain_hash(k, &prev, e.seq, &e.entry, &e.detail_raw);
@@ -345,12 +419,13 @@ impl<'k> ChainCheck<'k> {
         }
     }
 
-    /// Every problem, once the last entry was seen; `head` is the stored [`Head`], which must
-    /// be sealed by a key given and name the last entry.
-    pub fn finish(mut self, head: Option<&Head>) -> Vec<String> {
+    /// Every problem, once the last entry was seen. `before` is the head read before the walk
+    /// began (pass it to [`ChainCheck::watching`] too), `after` the head read once it ended:
+    /// entries past `before` are fine when appends made meanwhile moved the head past them.
+    pub fn finish(mut self, before: Option<&Head>, after: Option<&Head>) -> Vec<String> {
         self.end_unknown_run();
-        let (last, last_hash) = (self.expect, std::mem::take(&mut self.prev));
-        let Some(head) = head else {
+        let last = self.expect;
+        let Some(head) = before else {
             if last > 0 {
                 self.problems.push(format!(
                     "audit chain head missing: entries after {last} may have been removed \
@@ -359,40 +434,46 @@ impl<'k> ChainCheck<'k> {
             }
             return self.problems;
         };
-        if head.is_pending() {
-            self.problems.push(
-                "audit chain head not sealed yet (the server seals it when it next starts)"
+        match head.verify(self.keys) {
+            HeadSeal::Pending => self.problems.push(
+                "audit chain head not sealed yet (the store was migrated to chain heads by a \
+                 process that did not seal it; `coffer check --repair` does)"
                     .to_owned(),
-            );
-            return self.problems;
-        }
-        match self.keys.by_id(&head.key_id) {
-            None => self.problems.push(format!(
+            ),
+            HeadSeal::UnknownKey => self.problems.push(format!(
                 "audit chain head sealed with another key (fingerprint {}), not given, so not \
                  verified: give that earlier COFFER_SECRET_KEY in COFFER_SECRET_OLD_KEYS",
                 head.key_id
             )),
-            Some(k) if head_seal(k, &head.link)[..] != head.seal[..] => self
+            HeadSeal::Altered => self
                 .problems
                 .push("audit chain head was altered".to_owned()),
-            Some(_) => {
+            HeadSeal::Valid => {
                 let seq = head.link.seq;
+                let seen = self.watch.take().and_then(|(_, seen)| seen);
                 if seq > last {
                     self.problems.push(format!(
                         "audit chain cut short: entries {} to {seq} were removed",
                         last + 1
                     ));
-                } else if seq < last {
-                    self.problems.push(format!(
-                        "audit chain: entries {} to {last} were written without moving its \
-                         head (not by coffer)",
-                        seq + 1
-                    ));
-                } else if head.link.hash != last_hash {
+                } else if seen.as_ref() != Some(&head.link.hash) {
                     self.problems.push(format!(
                         "audit chain head does not match entry {seq}: the newest entries were \
                          replaced"
                     ));
+                } else if seq < last {
+                    let moved_past = after.is_some_and(|a| {
+                        a.verify(self.keys) == HeadSeal::Valid && a.link.seq >= last
+                    });
+                    if !moved_past {
+                        self.problems.push(format!(
+                            "audit chain: entries {} to {last} were written without moving its \
+                             head: by a coffer that could not verify the head (its secret \
+                             changed without the earlier one in COFFER_SECRET_OLD_KEYS; a \
+                             server given it moves the head on), or not by coffer",
+                            seq + 1
+                        ));
+                    }
                 }
             }
         }
@@ -403,9 +484,20 @@ impl<'k> ChainCheck<'k> {
 /// The `audit` table and its anchor.
 #[async_trait]
 pub trait Audit: Send + Sync {
-    /// Append entries in order, chained from the current tail read in the same (serialised)
-    /// transaction, so concurrent writers cannot fork the chain.
-    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError>;
+    /// Append entries in order, chained with the current of `keys` from the tail read in the
+    /// same (serialised) transaction, so concurrent writers cannot fork the chain; the head
+    /// moves as [`append_tail`] says (`keys`, the current and earlier ones, verify it).
+    async fn append_with(
+        &self,
+        keys: &ChainKeys,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), MetaError>;
+
+    /// [`Audit::append_with`] when `key` is the only key there ever was.
+    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError> {
+        self.append_with(&ChainKeys::new([ChainKey(key.0)]), entries)
+            .await
+    }
 
     /// Newest first, before the `seq` cursor.
     async fn list(
@@ -423,9 +515,9 @@ pub trait Audit: Send + Sync {
     /// The sealed newest link, if one was written.
     async fn head(&self) -> Result<Option<Head>, MetaError>;
 
-    /// Seal the newest stored link as the head, if `which` allows over what is there (see
-    /// [`Unsealed`]); `true` when one was written.
-    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError>;
+    /// Seal the newest stored link as the head with the current of `keys`, if `which` allows
+    /// over what is there (see [`Unsealed`]); `true` when one was written.
+    async fn seal_head(&self, keys: &ChainKeys, which: Unsealed) -> Result<bool, MetaError>;
 
     /// Entries in chain order after `after_seq`, at most `limit`.
     async fn chain_page(
@@ -469,9 +561,11 @@ pub trait Audit: Send + Sync {
     /// one line.
     async fn verify_chain_with(&self, keys: &ChainKeys) -> Result<Vec<String>, MetaError> {
         const PAGE: usize = 1000;
+        // The head first: appends made while the chain is walked only move it further.
+        let before = self.head().await?;
         let anchor = self.anchor().await?;
         let mut after = anchor.seq;
-        let mut check = ChainCheck::new(keys, anchor);
+        let mut check = ChainCheck::new(keys, anchor).watching(before.as_ref());
         loop {
             let page = self.chain_page(after, PAGE).await?;
             let full = page.len() == PAGE;
@@ -480,8 +574,8 @@ pub trait Audit: Send + Sync {
                 check.next(e);
             }
             if !full {
-                let head = self.head().await?;
-                return Ok(check.finish(head.as_ref()));
+                let after = self.head().await?;
+                return Ok(check.finish(before.as_ref(), after.as_ref()));
             }
         }
     }

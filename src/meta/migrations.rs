@@ -759,8 +759,12 @@ pub const MIGRATIONS: &[Migration] = &[
 /// The version this binary writes.
 pub const LATEST: usize = MIGRATIONS.len();
 
-/// Bring a SQLite database to [`LATEST`].
-pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
+/// The version that adds the audit chain's head: the process that applies it seals the
+/// placeholder it leaves (`meta::audit::Unsealed::Migrated`).
+pub const AUDIT_HEADS: usize = 12;
+
+/// Bring a SQLite database to [`LATEST`]; returns the versions this call applied.
+pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<Vec<usize>> {
     let current: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
         .map(|v| usize::try_from(v).unwrap_or(usize::MAX))?;
@@ -772,6 +776,7 @@ pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
             )),
         ));
     }
+    let mut applied = Vec::new();
     for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another process may have migrated while we waited for the lock.
@@ -786,8 +791,9 @@ pub fn run_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
             i64::try_from(i + 1).unwrap_or(i64::MAX),
         )?;
         tx.commit()?;
+        applied.push(i + 1);
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// The PostgreSQL advisory lock key held while migrating (a `coffer` prefix in the high bytes:
@@ -814,8 +820,11 @@ impl From<tokio_postgres::Error> for PgMigrationError {
 
 /// Bring a PostgreSQL database to [`LATEST`], under a session-level advisory lock so that
 /// nodes starting at once take turns (the later ones find nothing left to do). `client`
-/// should be a connection of its own: its timeouts are lifted for the migration.
-pub async fn run_postgres(client: &mut tokio_postgres::Client) -> Result<(), PgMigrationError> {
+/// should be a connection of its own: its timeouts are lifted for the migration. Returns the
+/// versions this call applied.
+pub async fn run_postgres(
+    client: &mut tokio_postgres::Client,
+) -> Result<Vec<usize>, PgMigrationError> {
     // Another node may hold the lock for as long as its migration takes.
     client
         .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
@@ -833,7 +842,7 @@ pub async fn run_postgres(client: &mut tokio_postgres::Client) -> Result<(), PgM
 
 async fn migrate_postgres_locked(
     client: &mut tokio_postgres::Client,
-) -> Result<(), PgMigrationError> {
+) -> Result<Vec<usize>, PgMigrationError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS coffer_schema (
@@ -850,6 +859,7 @@ async fn migrate_postgres_locked(
     if current > LATEST {
         return Err(PgMigrationError::Newer { found: current });
     }
+    let mut applied = Vec::new();
     for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         let tx = client.transaction().await?;
@@ -861,8 +871,9 @@ async fn migrate_postgres_locked(
         .await?;
         tx.commit().await?;
         tracing::info!(version, "migrated the PostgreSQL schema");
+        applied.push(i + 1);
     }
-    Ok(())
+    Ok(applied)
 }
 
 #[cfg(test)]

@@ -142,13 +142,20 @@ async fn the_audit_chain_survives_a_change_of_secret() {
         "{out}"
     );
     assert!(!out.contains("altered"), "{out}");
-    // With the old secret named, every entry verifies.
+    // With the old secret named, every entry verifies; the chain's head, sealed with the old
+    // secret, could not be verified by that server, so it stayed where it was, and says so.
     let (code, out) = crate::helpers::outcome(
         app2.cli(&["check"])
             .env("COFFER_SECRET_OLD_KEYS", &old_secret),
     );
-    assert_eq!(code, 0, "{out}");
-    // A server given the chain's newest key among its old ones says nothing.
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !out.contains("altered") && !out.contains("cut short"),
+        "{out}"
+    );
+    assert!(out.contains("without moving its head"), "{out}");
+    // A server given the chain's newest key among its old ones says nothing, and its next
+    // entry moves the head on: everything verifies.
     drop(app2);
     let app3 = app
         .relaunch()
@@ -157,9 +164,13 @@ async fn the_audit_chain_survives_a_change_of_secret() {
         .spawn()
         .await;
     app3.user("quiet").await;
+    let (token, _) = app3.login("rotator", PASSWORD).await;
+    app3.audit(&token).await; // flushes the queue
     assert!(
         !app3.logs().contains("signed with another key"),
         "{}",
         app3.logs()
     );
+    let (code, out) = app3.run_cli(&["check"]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use super::{IsolationLevel, PgResult, Postgres, Tx, lock_keys};
 use crate::ids::Timestamp;
 use crate::meta::audit::{
-    Audit, AuditEntry, ChainKey, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
+    Audit, AuditEntry, ChainKeys, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
 };
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
@@ -83,12 +83,20 @@ async fn stored_tail(t: &Tx<'_>) -> PgResult<Link> {
 }
 
 /// Append entries in order, chained from the tail read under the chain lock, in one insert.
-pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgResult<()> {
+pub async fn append(t: &Tx<'_>, keys: &ChainKeys, entries: &[AuditEntry]) -> PgResult<()> {
+    let Some(key) = keys.current() else {
+        return Ok(());
+    };
     if entries.is_empty() {
         return Ok(());
     }
     lock_chain(t).await?;
-    let (tail, move_head) = append_tail(stored_tail(t).await?, head(t).await?.as_ref());
+    let (stored, head) = (stored_tail(t).await?, head(t).await?);
+    let at_head = match &head {
+        Some(h) if h.link.seq <= stored.seq => hash_at(t, h.link.seq).await?,
+        _ => None,
+    };
+    let (tail, move_head) = append_tail(stored, head.as_ref(), at_head.as_deref(), keys);
     let chained = chain(key, tail, entries);
     let seq: Vec<i64> = chained.iter().map(|e| e.seq).collect();
     let id: Vec<uuid::Uuid> = chained.iter().map(|e| e.entry.id).collect();
@@ -137,6 +145,19 @@ pub async fn append(t: &Tx<'_>, key: &ChainKey, entries: &[AuditEntry]) -> PgRes
     }
 }
 
+/// The stored hash at `seq`: an entry's, or the anchor's.
+async fn hash_at(t: &Tx<'_>, seq: i64) -> PgResult<Option<Vec<u8>>> {
+    let st = t
+        .prepare_cached("SELECT hash FROM audit WHERE seq = $1")
+        .await?;
+    Ok(match t.query_opt(&st, &[&seq]).await? {
+        Some(r) => Some(r.try_get(0)?),
+        None => Some(anchor(t).await?)
+            .filter(|a| a.seq == seq)
+            .map(|a| a.hash),
+    })
+}
+
 async fn set_head(t: &Tx<'_>, h: &Head) -> PgResult<()> {
     let st = t
         .prepare_cached(
@@ -171,10 +192,13 @@ pub async fn head(c: &impl GenericClient) -> PgResult<Option<Head>> {
 }
 
 /// Seal the newest stored link as the head, if `which` allows (see [`Unsealed`]).
-async fn seal_head(t: &Tx<'_>, key: &ChainKey, which: Unsealed) -> PgResult<bool> {
+async fn seal_head(t: &Tx<'_>, keys: &ChainKeys, which: Unsealed) -> PgResult<bool> {
+    let Some(key) = keys.current() else {
+        return Ok(false);
+    };
     lock_chain(t).await?;
     let stored = stored_tail(t).await?;
-    if !seals(head(t).await?.as_ref(), &stored, which) {
+    if !seals(head(t).await?.as_ref(), &stored, which, keys) {
         return Ok(false);
     }
     set_head(t, &Head::sealed(key, stored)).await?;
@@ -256,12 +280,16 @@ pub async fn chain_page(
 
 #[async_trait]
 impl Audit for Postgres {
-    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError> {
+    async fn append_with(
+        &self,
+        keys: &ChainKeys,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), MetaError> {
         // READ COMMITTED on purpose: see the module comment.
         self.tx(
             IsolationLevel::ReadCommitted,
-            (ChainKey(key.0), entries),
-            |t, (key, entries)| Box::pin(append(t, key, entries)),
+            (keys.clone(), entries),
+            |t, (keys, entries)| Box::pin(append(t, keys, entries)),
         )
         .await
     }
@@ -292,11 +320,15 @@ impl Audit for Postgres {
         self.one((), |c, ()| Box::pin(head(c))).await
     }
 
-    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError> {
+    async fn seal_head(&self, keys: &ChainKeys, which: Unsealed) -> Result<bool, MetaError> {
+        // The placeholder only if this node's own migration left it (see `Unsealed`).
+        if which == Unsealed::Migrated && !self.added_heads() {
+            return Ok(false);
+        }
         self.tx(
             IsolationLevel::ReadCommitted,
-            (ChainKey(key.0), which),
-            |t, (key, which)| Box::pin(seal_head(t, key, *which)),
+            (keys.clone(), which),
+            |t, (keys, which)| Box::pin(seal_head(t, keys, *which)),
         )
         .await
     }

@@ -95,6 +95,9 @@ pub struct Postgres {
     listening: std::sync::atomic::AtomicBool,
     /// The listening session's backend pid while it listens, else 0.
     listener_pid: Arc<AtomicI32>,
+    /// Whether this node's migration added the audit chain's head (its placeholder is ours
+    /// to seal).
+    added_heads: bool,
 }
 
 impl Postgres {
@@ -106,8 +109,8 @@ impl Postgres {
         let migrated = migrations::run_postgres(&mut client).await;
         // Its own session (it held a session lock, changed its timeouts): never pooled.
         drop(deadpool_postgres::Object::take(client));
-        match migrated {
-            Ok(()) => {}
+        let applied = match migrated {
+            Ok(applied) => applied,
             Err(migrations::PgMigrationError::Postgres(e)) => return Err(classify(e)),
             Err(migrations::PgMigrationError::Newer { found }) => {
                 return Err(MetaError::Corrupt(format!(
@@ -115,7 +118,7 @@ impl Postgres {
                     migrations::LATEST
                 )));
             }
-        }
+        };
         Ok(Self {
             pool,
             call_timeout: settings.call_timeout,
@@ -124,7 +127,13 @@ impl Postgres {
             hub: Hub::new(false),
             listening: std::sync::atomic::AtomicBool::new(false),
             listener_pid: Arc::new(AtomicI32::new(0)),
+            added_heads: applied.contains(&migrations::AUDIT_HEADS),
         })
+    }
+
+    /// Whether this node's migration added the audit chain's head.
+    pub(crate) fn added_heads(&self) -> bool {
+        self.added_heads
     }
 
     /// What travels to the other nodes for `what`: `<node> <echo id> <revocation>`.
@@ -379,6 +388,7 @@ mod tests {
             hub: Hub::new(false),
             listening: std::sync::atomic::AtomicBool::new(false),
             listener_pid: Arc::new(AtomicI32::new(0)),
+            added_heads: false,
         };
         fn select<'c>(c: &'c Client, (): &'c ()) -> BoxFuture<'c, PgResult<()>> {
             Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })

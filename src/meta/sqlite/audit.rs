@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::Sqlite;
 use crate::ids::Timestamp;
 use crate::meta::audit::{
-    Audit, AuditEntry, ChainKey, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
+    Audit, AuditEntry, ChainKeys, ChainedEntry, Head, Link, Unsealed, append_tail, chain, seals,
 };
 use crate::meta::error::MetaError;
 use crate::meta::page::Page;
@@ -45,15 +45,23 @@ fn anchor(c: &Connection) -> rusqlite::Result<Link> {
     )
 }
 
-/// Append entries in order, chaining from the current tail (read inside the caller's write
-/// transaction, so another process appending too cannot fork the chain).
-pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlite::Result<()> {
+/// Append entries in order, chained with the current of `keys` from the tail (read inside the
+/// caller's write transaction, so another process appending too cannot fork the chain).
+pub fn append(c: &Connection, keys: &ChainKeys, entries: &[AuditEntry]) -> rusqlite::Result<()> {
+    let Some(key) = keys.current() else {
+        return Ok(());
+    };
     let mut stmt = c.prepare_cached(
         "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash,
                             key_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    let (tail, move_head) = append_tail(stored_tail(c)?, head(c)?.as_ref());
+    let (stored, head) = (stored_tail(c)?, head(c)?);
+    let at_head = match &head {
+        Some(h) if h.link.seq <= stored.seq => hash_at(c, h.link.seq)?,
+        _ => None,
+    };
+    let (tail, move_head) = append_tail(stored, head.as_ref(), at_head.as_deref(), keys);
     let mut newest = None;
     for e in chain(key, tail, entries) {
         stmt.execute(params![
@@ -77,6 +85,18 @@ pub fn append(c: &Connection, key: &ChainKey, entries: &[AuditEntry]) -> rusqlit
         Some(link) if move_head => set_head(c, &Head::sealed(key, link)),
         _ => Ok(()),
     }
+}
+
+/// The stored hash at `seq`: an entry's, or the anchor's.
+fn hash_at(c: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+    let entry = c
+        .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()?;
+    Ok(match entry {
+        Some(h) => Some(h),
+        None => Some(anchor(c)?).filter(|a| a.seq == seq).map(|a| a.hash),
+    })
 }
 
 fn set_head(c: &Connection, h: &Head) -> rusqlite::Result<()> {
@@ -108,9 +128,11 @@ fn head(c: &Connection) -> rusqlite::Result<Option<Head>> {
 }
 
 /// Seal the newest stored link as the head, if `which` allows (see [`Unsealed`]).
-fn seal_head(c: &Connection, key: &ChainKey, which: Unsealed) -> rusqlite::Result<bool> {
-    let stored = stored_tail(c)?;
-    if !seals(head(c)?.as_ref(), &stored, which) {
+fn seal_head(c: &Connection, keys: &ChainKeys, which: Unsealed) -> rusqlite::Result<bool> {
+    let (Some(key), stored) = (keys.current(), stored_tail(c)?) else {
+        return Ok(false);
+    };
+    if !seals(head(c)?.as_ref(), &stored, which, keys) {
         return Ok(false);
     }
     set_head(c, &Head::sealed(key, stored))?;
@@ -196,9 +218,13 @@ pub fn chain_page(
 
 #[async_trait]
 impl Audit for Sqlite {
-    async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError> {
-        let key = ChainKey(key.0);
-        self.write(move |c| append(c, &key, &entries)).await
+    async fn append_with(
+        &self,
+        keys: &ChainKeys,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), MetaError> {
+        let keys = keys.clone();
+        self.write(move |c| append(c, &keys, &entries)).await
     }
 
     async fn list(
@@ -221,9 +247,13 @@ impl Audit for Sqlite {
         self.read(head).await
     }
 
-    async fn seal_head(&self, key: &ChainKey, which: Unsealed) -> Result<bool, MetaError> {
-        let key = ChainKey(key.0);
-        self.write(move |c| seal_head(c, &key, which)).await
+    async fn seal_head(&self, keys: &ChainKeys, which: Unsealed) -> Result<bool, MetaError> {
+        // The placeholder only if this process's own migration left it (see `Unsealed`).
+        if which == Unsealed::Migrated && !self.added_heads() {
+            return Ok(false);
+        }
+        let keys = keys.clone();
+        self.write(move |c| seal_head(c, &keys, which)).await
     }
 
     async fn chain_page(
@@ -238,7 +268,7 @@ impl Audit for Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::audit::{ChainCheck, ChainKeys};
+    use crate::meta::audit::{ChainCheck, ChainKey, ChainKeys};
     use crate::meta::sqlite::test_conn;
 
     const K: ChainKey = ChainKey([7; 32]);
@@ -249,13 +279,19 @@ mod tests {
     }
 
     fn verify_with(c: &Connection, keys: &ChainKeys) -> rusqlite::Result<Vec<String>> {
+        let before = head(c)?;
         let start = anchor(c)?;
         let after = start.seq;
-        let mut check = ChainCheck::new(keys, start);
+        let mut check = ChainCheck::new(keys, start).watching(before.as_ref());
         for e in chain_page(c, after, usize::MAX)? {
             check.next(e);
         }
-        Ok(check.finish(head(c)?.as_ref()))
+        Ok(check.finish(before.as_ref(), head(c)?.as_ref()))
+    }
+
+    /// `key` as the only key there is.
+    fn one(key: &ChainKey) -> ChainKeys {
+        ChainKeys::new([ChainKey(key.0)])
     }
 
     fn entry(event: &str) -> AuditEntry {
@@ -273,8 +309,8 @@ mod tests {
     #[test]
     fn chain_detects_edits_and_deletions() {
         let c = test_conn();
-        append(&c, &K, &[entry("a"), entry("b"), entry("c")]).unwrap();
-        append(&c, &K, &[entry("d")]).unwrap();
+        append(&c, &one(&K), &[entry("a"), entry("b"), entry("c")]).unwrap();
+        append(&c, &one(&K), &[entry("d")]).unwrap();
         assert!(verify_chain(&c, &K).unwrap().is_empty());
 
         c.execute("UPDATE audit SET event = 'x' WHERE seq = 2", [])
@@ -294,12 +330,20 @@ mod tests {
     fn a_new_secret_continues_the_chain_and_each_entry_is_checked_with_its_own_key() {
         const NEW: ChainKey = ChainKey([9; 32]);
         let c = test_conn();
-        append(&c, &K, &[entry("a"), entry("b")]).unwrap();
+        append(&c, &one(&K), &[entry("a"), entry("b")]).unwrap();
         // Written before fingerprints were kept: no key id.
         c.execute("UPDATE audit SET key_id = NULL WHERE seq = 1", [])
             .unwrap();
-        append(&c, &NEW, &[entry("c"), entry("d")]).unwrap();
+        // A server given only the new secret cannot verify the head K sealed: it leaves it.
+        append(&c, &one(&NEW), &[entry("c")]).unwrap();
         let both = ChainKeys::new([ChainKey(NEW.0), ChainKey(K.0)]);
+        let stuck = verify_with(&c, &both).unwrap();
+        assert!(
+            stuck[0].contains("entries 3 to 3 were written without"),
+            "{stuck:?}"
+        );
+        // Given the old one too, the head (on the chain, behind its tail) moves on.
+        append(&c, &both, &[entry("d")]).unwrap();
         assert_eq!(verify_with(&c, &both).unwrap(), Vec::<String>::new());
 
         // Only the new key: the old entries are "signed with another key", not altered.
@@ -330,10 +374,10 @@ mod tests {
         let c = test_conn();
         let mut old = entry("old");
         old.at = Timestamp::from_unix_secs(1);
-        append(&c, &K, &[old, entry("new1"), entry("new2")]).unwrap();
+        append(&c, &one(&K), &[old, entry("new1"), entry("new2")]).unwrap();
         assert_eq!(prune(&c, Timestamp::from_unix_secs(100)).unwrap(), 1);
         assert!(verify_chain(&c, &K).unwrap().is_empty());
-        append(&c, &K, &[entry("new3")]).unwrap();
+        append(&c, &one(&K), &[entry("new3")]).unwrap();
         assert!(verify_chain(&c, &K).unwrap().is_empty());
         // Removing the oldest remaining entry without moving the anchor is detected.
         c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
@@ -345,7 +389,7 @@ mod tests {
         let c = test_conn();
         let mut old = entry("old");
         old.at = Timestamp::from_unix_secs(1);
-        append(&c, &K, &[old]).unwrap();
+        append(&c, &one(&K), &[old]).unwrap();
         assert_eq!(prune(&c, Timestamp::from_unix_secs(100)).unwrap(), 1);
         assert_eq!(verify_chain(&c, &K).unwrap(), Vec::<String>::new());
     }
@@ -354,8 +398,8 @@ mod tests {
     fn cutting_the_newest_entries_off_or_touching_the_head_is_detected() {
         let problems = |c: &Connection| verify_chain(c, &K).unwrap();
         let c = test_conn();
-        append(&c, &K, &[entry("a"), entry("b")]).unwrap();
-        append(&c, &K, &[entry("c"), entry("d")]).unwrap();
+        append(&c, &one(&K), &[entry("a"), entry("b")]).unwrap();
+        append(&c, &one(&K), &[entry("c"), entry("d")]).unwrap();
         assert_eq!(problems(&c), Vec::<String>::new());
 
         // The newest entries go: the chain left is valid, the head says it was longer.
@@ -374,12 +418,12 @@ mod tests {
         // (that would seal over a cut), start-up does not either: only --repair.
         c.execute("DELETE FROM audit_head", []).unwrap();
         assert!(problems(&c)[0].contains("head missing"));
-        append(&c, &K, &[entry("e")]).unwrap();
+        append(&c, &one(&K), &[entry("e")]).unwrap();
         assert!(problems(&c)[0].contains("head missing"));
-        assert!(!seal_head(&c, &K, Unsealed::Pending).unwrap());
-        assert!(seal_head(&c, &K, Unsealed::Missing).unwrap());
+        assert!(!seal_head(&c, &one(&K), Unsealed::Migrated).unwrap());
+        assert!(seal_head(&c, &one(&K), Unsealed::Repair).unwrap());
         assert!(
-            !seal_head(&c, &K, Unsealed::Missing).unwrap(),
+            !seal_head(&c, &one(&K), Unsealed::Repair).unwrap(),
             "only when missing"
         );
         assert_eq!(problems(&c), Vec::<String>::new());
@@ -398,28 +442,45 @@ mod tests {
         );
         // The migration's placeholder in a store with a trail: sealed at start-up.
         let old = test_conn();
-        append(&old, &K, &[entry("a")]).unwrap();
+        append(&old, &one(&K), &[entry("a")]).unwrap();
         old.execute(
             "UPDATE audit_head SET seq = -1, hash = x'', key_id = '', seal = x''",
             [],
         )
         .unwrap();
         assert!(problems(&old)[0].contains("not sealed yet"));
-        assert!(seal_head(&old, &K, Unsealed::Pending).unwrap());
+        assert!(seal_head(&old, &one(&K), Unsealed::Migrated).unwrap());
         assert_eq!(problems(&old), Vec::<String>::new());
         // A cut followed by new entries stays visible: they chain from the head, past the gap.
         let c = test_conn();
-        append(&c, &K, &[entry("a"), entry("b"), entry("c")]).unwrap();
+        append(&c, &one(&K), &[entry("a"), entry("b"), entry("c")]).unwrap();
         c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
-        append(&c, &K, &[entry("d")]).unwrap();
+        append(&c, &one(&K), &[entry("d")]).unwrap();
         let found = problems(&c);
         assert!(
             found[0].contains("entry 3 missing (next present is 4)"),
             "{found:?}"
         );
+        // A cut hidden behind a head set back (to the placeholder, or to any link without its
+        // seal): appends leave such a head alone, so the check goes on reporting it.
+        for forged in [
+            "UPDATE audit_head SET seq = -1, hash = x'', key_id = '', seal = x''",
+            "UPDATE audit_head SET seq = 0",
+        ] {
+            let c = test_conn();
+            append(&c, &one(&K), &[entry("a"), entry("b"), entry("c")]).unwrap();
+            c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+            c.execute(forged, []).unwrap();
+            append(&c, &one(&K), &[entry("d")]).unwrap();
+            let found = problems(&c);
+            assert!(
+                found[0].contains("not sealed yet") || found[0].contains("head was altered"),
+                "{forged}: {found:?}"
+            );
+        }
         // An empty trail needs no head.
         let empty = test_conn();
         assert_eq!(problems(&empty), Vec::<String>::new());
-        assert!(!seal_head(&empty, &K, Unsealed::Missing).unwrap());
+        assert!(!seal_head(&empty, &one(&K), Unsealed::Repair).unwrap());
     }
 }

@@ -51,20 +51,22 @@ pub struct Sqlite {
     writer: writer::Writer,
     /// Revocations are announced in-process only: one SQLite file, one node.
     hub: Hub,
+    /// Whether opening it added the audit chain's head (its placeholder is ours to seal).
+    added_heads: bool,
 }
 
 impl Sqlite {
     /// Open (creating and migrating when needed) the database at `path`.
     pub async fn open(path: &Path, readers: usize) -> Result<Self, MetaError> {
         let p = path.to_path_buf();
-        let (writer, pool) = blocking::run(move || -> Result<_, MetaError> {
+        let (writer, pool, applied) = blocking::run(move || -> Result<_, MetaError> {
             let mut writer = open_writer(&p).map_err(classify)?;
-            migrations::run_sqlite(&mut writer).map_err(classify)?;
+            let applied = migrations::run_sqlite(&mut writer).map_err(classify)?;
             let pool = (0..readers)
                 .map(|_| open_reader(&p))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(classify)?;
-            Ok((writer, pool))
+            Ok((writer, pool, applied))
         })
         .await??;
         Ok(Self {
@@ -73,7 +75,13 @@ impl Sqlite {
             read_permits: Semaphore::new(readers),
             writer: writer::Writer::start(writer)?,
             hub: Hub::new(true),
+            added_heads: applied.contains(&migrations::AUDIT_HEADS),
         })
+    }
+
+    /// Whether opening it added the audit chain's head.
+    pub(crate) fn added_heads(&self) -> bool {
+        self.added_heads
     }
 
     /// After a revoking write committed: tell this process's caches.
