@@ -21,7 +21,7 @@ use crate::meta::users::{Role, User};
 use crate::meta::{MetaError, MetaStore};
 
 /// Accounts held at most; beyond this the cache starts over (it is only a shortcut).
-const MAX_ENTRIES: usize = 20_000;
+const MAX_ENTRIES: usize = 4_096;
 
 /// What never changes about an account.
 #[derive(Debug, Clone)]

@@ -39,11 +39,11 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// The largest object a multipart upload of [`PART_SIZE`] parts can make (48.8 GiB).
 pub const MAX_OBJECT_BYTES: u64 = 10_000 * PART_SIZE as u64;
 /// Parts one writer uploads at once while the next one fills, so a writer holds at most
-/// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` = 20 MiB. Measured with `scripts/bench` (release, 1 GiB
-/// into Garage: 3 nodes, replication 3, 2 cores, Garage's own PUT 124-125 MB/s), since glibc's
-/// mmap threshold is 128 KiB (part buffers go back to the system when freed): x 2 stored 0.62x
-/// of Garage's PUT; x 3 0.69x with the whole process at 45.3 MiB at its peak; x 4 0.70x at
-/// 51.1 MiB, past the 48 MiB budget.
+/// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` = 20 MiB (its buffers, reused from part to part, for
+/// as long as it writes; see [`PartBuf`]). Measured with `scripts/bench` (release, 1 GiB into
+/// Garage: 3 nodes, replication 3, 2 cores, Garage's own PUT 124-137 MB/s): x 2 stored 0.62x
+/// of Garage's PUT; x 3 0.69-0.70x with the whole process at 45.3-47.6 MiB at its peak; x 4
+/// 0.70x at 51.1 MiB, past the 48 MiB budget.
 pub const PARTS_IN_FLIGHT: usize = 3;
 /// Establishing a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -230,7 +230,11 @@ impl BlobBackend for S3Store {
             store: self.clone(),
             path: self.path(key),
             buf: Vec::new(),
-            spare: Arc::default(),
+            // The buffer filling now is the writer's first.
+            spare: Arc::new(Mutex::new(Spare {
+                free: Vec::new(),
+                live: 1,
+            })),
             upload: None,
             parts: Vec::new(),
             inflight: VecDeque::new(),
@@ -506,7 +510,6 @@ impl S3Writer {
 }
 
 /// A writer's part buffers: those given back, and how many it has in all.
-#[derive(Default)]
 struct Spare {
     free: Vec<Vec<u8>>,
     live: usize,

@@ -31,6 +31,8 @@ use crate::crypto::Keyring;
 use crate::crypto::read::{self, ReadError, Source};
 use crate::events;
 use crate::ids::{FileId, Timestamp};
+use crate::ingest::policy::Rule;
+use crate::ingest::safety::Checks;
 use crate::ingest::{Ingest, IngestError, Running, Upload};
 use crate::meta::files::FileObject;
 use crate::meta::grants::Grant;
@@ -180,8 +182,8 @@ impl Resumable {
 
     /// Create an upload. `Upload-Length: 0` commits the empty file at once.
     pub(crate) async fn create(&self, c: Creation) -> Result<(FileId, Progress), ResumableError> {
-        let name = match self.ingest.admit(&c.filename, c.grant.as_ref()) {
-            Ok((name, _)) => name,
+        let (name, rule) = match self.ingest.admit(&c.filename, c.grant.as_ref()) {
+            Ok(admitted) => admitted,
             Err(e) => return Err(self.refused(&c, e).await),
         };
         let max = self.ingest.max_upload_bytes;
@@ -189,9 +191,15 @@ impl Resumable {
         if c.length > limit {
             return Err(self.refused(&c, IngestError::TooLarge { limit }).await);
         }
-        // Longer than the scanner takes: refused now, not after every byte was sent.
+        // Longer than the scanner takes: refused now, not after every byte was sent; unless
+        // metadata stripping may make what is stored (and scanned) shorter than what is sent.
+        let may_shrink = match &rule {
+            Rule::Magic(mime) => Checks::for_type(&self.ingest.safety, mime).may_rewrite(),
+            Rule::Text => false,
+        };
         if let Some(limit) = self.ingest.safety.scan_limit()
             && c.length > limit
+            && !may_shrink
         {
             return Err(self
                 .refused(&c, IngestError::TooLargeToScan { limit })

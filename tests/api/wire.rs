@@ -234,6 +234,35 @@ async fn an_early_answer_is_followed_by_reading_the_rest_of_the_body() {
         .send_while_taken(&body[1000..], Duration::from_secs(5))
         .await;
     assert!(c.closed().await, "closed past the limit");
+    // Once the body was read, 100 Continue went out and the client sends: drained too (here
+    // a 413 found while streaming, so closed after it).
+    let app2 = TestApp::builder()
+        .env("COFFER_LIMITS__MAX_UPLOAD_BYTES", "100000")
+        .spawn()
+        .await;
+    let u = app2.user("continuer").await;
+    let mut c = RawConn::open(app2.addr).await;
+    c.send(
+        format!(
+            "POST /api/v1/files?filename=a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+            u.token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(c.response().await.status, 100);
+    let mut chunked = format!("{:x}\r\n", LEN).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (first, rest) = chunked.split_at(200_000);
+    c.send(first).await;
+    assert_problem(&c.response().await, 413);
+    assert!(
+        c.send_while_taken(rest, Duration::from_secs(5)).await,
+        "after 100 Continue the rest is read"
+    );
+    assert!(c.closed().await);
+
     let mut c = RawConn::open(app.addr).await;
     let started = Instant::now();
     c.send(&upload_head(LEN, "Expect: 100-continue\r\n")).await;

@@ -8,12 +8,17 @@
 //! proxy) has read it. Here the body handed down the stack is a [`Watched`] one: dropped
 //! before its end, it gives the connection's body back, and a task reads it to its end in the
 //! background while hyper writes the answer. A body read whole lets the connection live on
-//! (keep-alive); one past the limit, or still arriving after [`DRAIN_TIME`], is dropped and
-//! hyper closes the connection as before.
+//! (keep-alive, unless the answer said `Connection: close`, as a 413 does); one past the
+//! limit, or still arriving after [`DRAIN_TIME`], is dropped and hyper closes the connection
+//! as before. At most one drain per connection, for at most [`DRAIN_TIME`]: the connection
+//! caps bound them.
 //!
 //! Not for HTTP/2 (a stream is reset on its own, the connection lives on), nor for a request
-//! that waits for `100 Continue`: its client sends no body after a final answer, and the
-//! connection must not wait for one.
+//! that waited for `100 Continue` and never got it (its body was never read, so hyper never
+//! sent one): its client sends no body after a final answer, and the connection must not
+//! wait for one. Once the body was read, `100 Continue` went out and the client is sending:
+//! that rest is drained like any other. A connection that goes quiet mid-drain for the
+//! parking period (`http::server::park`) is closed after it rather than kept alive.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -37,20 +42,26 @@ pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(5);
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.config.server.drain_limit_bytes;
     let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
-    let waits_for_continue = req.headers().contains_key(header::EXPECT);
-    if !http1 || waits_for_continue || limit == 0 || req.body().is_end_stream() {
+    if !http1 || limit == 0 || req.body().is_end_stream() {
         return next.run(req).await;
     }
+    let waits_for_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut left) = oneshot::channel();
     let req = req.map(|body| {
         Body::new(Watched {
             inner: body,
+            polled: false,
             back: Some(back),
         })
     });
     let response = next.run(req).await;
     // The stack has dropped the body by now unless a task still reads it (then it is read).
-    if let Ok(rest) = left.try_recv() {
+    if let Ok((rest, polled)) = left.try_recv()
+        && (polled || !waits_for_continue)
+    {
         tokio::spawn(discard(rest, limit));
     }
     response
@@ -74,10 +85,12 @@ async fn discard(mut body: Body, limit: u64) {
     let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
-/// A request body that, dropped before its end, gives the connection's body back.
+/// A request body that, dropped before its end, gives the connection's body back, and
+/// whether it was ever read.
 struct Watched {
     inner: Body,
-    back: Option<oneshot::Sender<Body>>,
+    polled: bool,
+    back: Option<oneshot::Sender<(Body, bool)>>,
 }
 
 impl hyper::body::Body for Watched {
@@ -88,12 +101,13 @@ impl hyper::body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+        self.polled = true;
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
             // Read to its end, or broken: nothing to give back.
             self.back = None;
         }
-        polled
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -110,7 +124,7 @@ impl Drop for Watched {
         if let Some(back) = self.back.take()
             && !self.inner.is_end_stream()
         {
-            let _ = back.send(std::mem::take(&mut self.inner));
+            let _ = back.send((std::mem::take(&mut self.inner), self.polled));
         }
     }
 }

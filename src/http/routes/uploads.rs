@@ -101,7 +101,7 @@ fn creator(uploader: &Uploader) -> Creator {
 }
 
 fn require_tus(headers: &HeaderMap) -> AppResult<()> {
-    match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
+    match header_str(headers, "tus-resumable") {
         Some(v) if v.trim() == TUS_VERSION => Ok(()),
         _ => Err(AppError::TusVersion),
     }
@@ -173,16 +173,15 @@ fn parse_metadata(raw: &str) -> AppResult<(String, Option<String>)> {
 
 /// `Upload-Checksum: <algorithm> <base64 digest>`.
 fn parse_checksum(headers: &HeaderMap) -> AppResult<Option<Checksum>> {
+    let malformed = || AppError::BadRequest("malformed Upload-Checksum".into());
+    if headers.get_all("upload-checksum").iter().nth(1).is_some() {
+        return Err(malformed());
+    }
     let Some(v) = headers.get("upload-checksum") else {
         return Ok(None);
     };
-    let v = v
-        .to_str()
-        .map_err(|_| AppError::BadRequest("malformed Upload-Checksum".into()))?;
-    let (algo, digest) = v
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| AppError::BadRequest("malformed Upload-Checksum".into()))?;
+    let v = v.to_str().map_err(|_| malformed())?;
+    let (algo, digest) = v.trim().split_once(' ').ok_or_else(malformed)?;
     let algorithm = match algo.to_ascii_lowercase().as_str() {
         "sha1" => ChecksumAlgorithm::Sha1,
         "sha256" => ChecksumAlgorithm::Sha256,
@@ -320,6 +319,8 @@ async fn create_upload(
         file_expires_at,
         grant: uploader.grant.clone(),
     };
+    // Before the upload exists: a bad header then leaves nothing behind.
+    let checksum = parse_checksum(&headers)?;
     let (id, mut progress) = state.resumable.create(creation).await?;
     if matches!(progress, Progress::Pending { .. }) && has_body(&headers) {
         let patch = Patch {
@@ -329,7 +330,7 @@ async fn create_upload(
             client_ip: ip,
             offset: 0,
             length_hint: header_str(&headers, "content-length").and_then(parse_count),
-            checksum: parse_checksum(&headers)?,
+            checksum,
         };
         match state
             .resumable

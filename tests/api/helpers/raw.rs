@@ -109,6 +109,8 @@ impl RawConn {
             .collect();
         self.buf.drain(..end);
         let len: usize = match headers.iter().find(|(k, _)| k == "content-length") {
+            // An interim answer (100 Continue) has no body.
+            None if (100..200).contains(&status) => 0,
             Some(_) if head => 0,
             Some((_, v)) => v.parse().unwrap(),
             None => panic!("no content-length in {head_text:?}"),
