@@ -236,10 +236,19 @@ impl Scan {
 fn give_up(scanner: &Scanner, v: Verdict) -> Result<&'static str, IngestError> {
     match v {
         Verdict::Infected(signature) => Err(IngestError::Infected(signature)),
-        Verdict::TooLarge if scanner.skip_larger => Ok("too_large"),
+        Verdict::TooLarge | Verdict::TooLargeForClamd if scanner.skip_larger => Ok("too_large"),
         Verdict::TooLarge => Err(IngestError::TooLargeToScan {
             limit: scanner.max_bytes,
         }),
+        Verdict::TooLargeForClamd => {
+            // Not the limit the client was told: clamd's own is lower than coffer's.
+            tracing::warn!(
+                scan.max_bytes = scanner.max_bytes,
+                "clamd refused a stream as longer than its StreamMaxLength, which is below \
+                 scan.max_bytes: raise it, or lower scan.max_bytes to match"
+            );
+            Err(IngestError::TooLargeToScan { limit: 0 })
+        }
         Verdict::Unavailable(why) if scanner.fail_open => {
             tracing::warn!(error = %why, "clamd gave no verdict; storing unscanned (scan.fail_open)");
             Ok("scanner_unavailable")
@@ -249,5 +258,39 @@ fn give_up(scanner: &Scanner, v: Verdict) -> Result<&'static str, IngestError> {
         Verdict::Clean => Err(IngestError::ScanUnavailable(
             "a clean verdict where none was due".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::scan::ClamdAddr;
+
+    fn scanner(skip_larger: bool) -> Scanner {
+        let addr = ClamdAddr::parse("tcp://127.0.0.1:9").unwrap();
+        Scanner {
+            clamd: Clamd::new(addr, std::time::Duration::from_secs(1), 1000),
+            fail_open: false,
+            skip_larger,
+            max_bytes: 1000,
+        }
+    }
+
+    #[test]
+    fn too_large_names_the_limit_only_when_it_is_coffers() {
+        let strict = scanner(false);
+        assert!(matches!(
+            give_up(&strict, Verdict::TooLarge),
+            Err(IngestError::TooLargeToScan { limit: 1000 })
+        ));
+        // clamd's own, lower limit: not one the client was told about.
+        assert!(matches!(
+            give_up(&strict, Verdict::TooLargeForClamd),
+            Err(IngestError::TooLargeToScan { limit: 0 })
+        ));
+        let lenient = scanner(true);
+        for v in [Verdict::TooLarge, Verdict::TooLargeForClamd] {
+            assert_eq!(give_up(&lenient, v).unwrap(), "too_large");
+        }
     }
 }

@@ -71,8 +71,10 @@ pub enum Verdict {
     Clean,
     /// `stream: <signature> FOUND`.
     Infected(String),
-    /// Over `scan.max_bytes`, or clamd's own `StreamMaxLength`.
+    /// Over `scan.max_bytes`.
     TooLarge,
+    /// Over clamd's own `StreamMaxLength` (set below `scan.max_bytes`).
+    TooLargeForClamd,
     /// clamd unreachable, too slow, failing, or answering something unknown; why.
     Unavailable(String),
 }
@@ -329,7 +331,7 @@ pub fn parse(answer: &str) -> Verdict {
         return Verdict::Clean;
     }
     if answer == SIZE_LIMIT {
-        return Verdict::TooLarge;
+        return Verdict::TooLargeForClamd;
     }
     if let Some(name) = answer
         .strip_prefix("stream: ")

@@ -81,7 +81,7 @@ async fn scan_reports_clamds_own_size_limit_as_too_large() {
     // coffer's limit above clamd's StreamMaxLength (25 MiB): clamd's answer decides.
     let clamd = clamd(&stack, 1 << 30);
     let v = scan_in(&clamd, &filler(26 << 20), 1 << 20).await;
-    assert_eq!(v, Verdict::TooLarge);
+    assert_eq!(v, Verdict::TooLargeForClamd);
     // coffer's own limit: refused before clamd sees the excess.
     let clamd = self::clamd(&stack, 1 << 20);
     assert_eq!(

@@ -62,7 +62,7 @@ fn answers_parse_strictly() {
     );
     assert_eq!(
         parse("INSTREAM size limit exceeded. ERROR"),
-        Verdict::TooLarge
+        Verdict::TooLargeForClamd
     );
     for other in [
         "stream: OK ",
