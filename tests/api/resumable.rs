@@ -704,16 +704,34 @@ async fn cors_lets_a_page_on_an_allowed_origin_speak_tus() {
     ] {
         assert!(exposed.contains(h), "{h} not in {exposed}");
     }
-    // Another origin gets no CORS headers.
+    // A plain OPTIONS from the page (a client asking for the capabilities) reads them too.
     let r = app
         .request(Method::OPTIONS, "/api/v1/uploads")
-        .headers(&[
-            ("origin", "http://evil.test"),
-            ("access-control-request-method", "POST"),
-        ])
+        .headers(&[("origin", origin), TUS])
         .send()
         .await;
-    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "tus-version"), "1.0.0");
+    assert_eq!(header(&r, "access-control-allow-origin"), origin);
+    let exposed = header(&r, "access-control-expose-headers").to_ascii_lowercase();
+    for h in ["tus-version", "tus-extension", "tus-max-size"] {
+        assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+    assert!(header(&r, "vary").to_ascii_lowercase().contains("origin"));
+    // Another origin gets no CORS headers, preflight or plain.
+    for preflight in [true, false] {
+        let mut headers = vec![("origin", "http://evil.test")];
+        if preflight {
+            headers.push(("access-control-request-method", "POST"));
+        }
+        let r = app
+            .request(Method::OPTIONS, "/api/v1/uploads")
+            .headers(&headers)
+            .send()
+            .await;
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+        assert!(r.headers().get("access-control-expose-headers").is_none());
+    }
 }
 
 #[tokio::test]

@@ -14,13 +14,36 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::CorsConfig;
 
-/// The CORS layer for the configured origins.
-pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
-    let origins: Vec<HeaderValue> = cfg
-        .allowed_origins
+/// The response headers a page may read: the tus ones among them.
+const EXPOSED: [HeaderName; 16] = [
+    header::LOCATION,
+    header::ETAG,
+    header::CONTENT_DISPOSITION,
+    header::CONTENT_RANGE,
+    header::CONTENT_LENGTH,
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("upload-offset"),
+    HeaderName::from_static("upload-length"),
+    HeaderName::from_static("upload-metadata"),
+    HeaderName::from_static("upload-expires"),
+    HeaderName::from_static("tus-resumable"),
+    HeaderName::from_static("tus-version"),
+    HeaderName::from_static("tus-extension"),
+    HeaderName::from_static("tus-max-size"),
+    HeaderName::from_static("coffer-file-id"),
+];
+
+fn origins(cfg: &CorsConfig) -> Vec<HeaderValue> {
+    cfg.allowed_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+        .collect()
+}
+
+/// The CORS layer for the configured origins.
+pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
+    let origins = origins(cfg);
     // Tokens ride in headers, never cookies, so credentials are never allowed.
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
@@ -40,6 +63,10 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             HeaderName::from_static("upload-grant"),
             header::RANGE,
             header::IF_NONE_MATCH,
+            header::IF_RANGE,
+            header::IF_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("tus-resumable"),
             HeaderName::from_static("upload-length"),
@@ -50,26 +77,29 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
             HeaderName::from_static("upload-defer-length"),
             HeaderName::from_static("x-http-method-override"),
         ])
-        .expose_headers([
-            header::LOCATION,
-            header::ETAG,
-            header::CONTENT_DISPOSITION,
-            header::CONTENT_RANGE,
-            header::CONTENT_LENGTH,
-            header::RETRY_AFTER,
-            HeaderName::from_static("x-request-id"),
-            HeaderName::from_static("upload-offset"),
-            HeaderName::from_static("upload-length"),
-            HeaderName::from_static("upload-metadata"),
-            HeaderName::from_static("upload-expires"),
-            HeaderName::from_static("tus-resumable"),
-            HeaderName::from_static("tus-version"),
-            HeaderName::from_static("tus-extension"),
-            HeaderName::from_static("tus-max-size"),
-            HeaderName::from_static("coffer-file-id"),
-        ])
+        .expose_headers(EXPOSED)
         // Chromium caps this at 7200 s: a page then preflights each URL once in two hours.
         .max_age(Duration::from_secs(cfg.max_age_secs))
+}
+
+/// The CORS headers of an answer to a plain (not preflight) OPTIONS request, which the layer
+/// cannot give: it takes every OPTIONS for a preflight. As the layer does for any other
+/// request: the origin echoed and the exposed headers when it is allowed, `Vary` always.
+pub(crate) fn plain_options(cfg: &CorsConfig, origin: Option<&HeaderValue>, res: &mut Response) {
+    let headers = res.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    let Some(origin) = origin.filter(|o| origins(cfg).contains(o)) else {
+        return;
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    let exposed = EXPOSED
+        .iter()
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Ok(v) = HeaderValue::from_str(&exposed) {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+    }
 }
 
 /// Tidies what the CORS layer answers. It sends its method, header and exposed-header lists

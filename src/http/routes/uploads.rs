@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::Uploader;
 use crate::http::middleware::client_ip::ClientIp;
+use crate::http::middleware::cors;
 use crate::http::routes::files::file_retention;
 use crate::ids::{FileId, Timestamp};
 use crate::ingest::IngestError;
@@ -256,7 +257,8 @@ fn capabilities(state: &AppState) -> Response {
 }
 
 /// Answer a plain OPTIONS to the tus root before the CORS layer would take it for a
-/// preflight; real preflights (and everything else) pass on.
+/// preflight, with the CORS headers of a plain request (so a page on an allowed origin reads
+/// the capabilities); real preflights (and everything else) pass on.
 pub(crate) async fn options_before_cors(
     State(state): State<AppState>,
     req: Request,
@@ -268,7 +270,13 @@ pub(crate) async fn options_before_cors(
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
-        return capabilities(&state);
+        let mut res = capabilities(&state);
+        cors::plain_options(
+            &state.config.cors,
+            req.headers().get(header::ORIGIN),
+            &mut res,
+        );
+        return res;
     }
     next.run(req).await
 }
