@@ -270,6 +270,7 @@ async fn store(
     keys: &std::sync::Arc<audit::ChainKeys>,
     batch: Vec<audit::AuditEntry>,
 ) {
+    let batch: std::sync::Arc<[audit::AuditEntry]> = batch.into();
     for wait_ms in [0u64, 100, 500, 2000] {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
         match meta.audit().append_with(keys, batch.clone()).await {

@@ -25,6 +25,8 @@
 //! under the HMAC: relabelling an entry makes it unverifiable or wrong, never valid.) Entries
 //! written before fingerprints were recorded have none and are tried with every key given.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
@@ -293,24 +295,37 @@ fn link_hash(
     mac.finalize().into_bytes().into()
 }
 
+/// An entry about to be appended: its place in the chain, stored detail and hash (the entry
+/// itself borrowed, so a batch is chained without copying it).
+pub struct Chained<'e> {
+    /// Position in the chain.
+    pub seq: i64,
+    /// The entry.
+    pub entry: &'e AuditEntry,
+    /// Its chain hash.
+    pub hash: [u8; 32],
+    /// The detail exactly as it will be stored (what the hash covers).
+    pub detail_raw: String,
+}
+
 /// Chain `entries` after `tail`: each with its sequence number, stored detail and hash.
-pub fn chain(key: &ChainKey, tail: Link, entries: &[AuditEntry]) -> Vec<ChainedEntry> {
+pub fn chain<'e>(key: &ChainKey, tail: Link, entries: &'e [AuditEntry]) -> Vec<Chained<'e>> {
     let Link { mut seq, hash } = tail;
+    let mac = key.mac();
     let mut prev = hash;
-    let (mac, key_id) = (key.mac(), key.fingerprint());
     entries
         .iter()
         .map(|e| {
             seq += 1;
             let detail = e.detail.to_string();
-            let hash = link_hash(mac.clone(), &prev, seq, e, &detail).to_vec();
-            prev.clone_from(&hash);
-            ChainedEntry {
+            let hash = link_hash(mac.clone(), &prev, seq, e, &detail);
+            prev.clear();
+            prev.extend_from_slice(&hash);
+            Chained {
                 seq,
-                entry: e.clone(),
+                entry: e,
                 hash,
                 detail_raw: detail,
-                key_id: Some(key_id.clone()),
             }
         })
         .collect()
@@ -487,15 +502,16 @@ pub trait Audit: Send + Sync {
     /// Append entries in order, chained with the current of `keys` from the tail read in the
     /// same (serialised) transaction, so concurrent writers cannot fork the chain; the head
     /// moves as [`append_tail`] says (`keys`, the current and earlier ones, verify it).
+    /// (Shared, so a caller that retries keeps the batch without copying it.)
     async fn append_with(
         &self,
         keys: &ChainKeys,
-        entries: Vec<AuditEntry>,
+        entries: Arc<[AuditEntry]>,
     ) -> Result<(), MetaError>;
 
     /// [`Audit::append_with`] when `key` is the only key there ever was.
     async fn append(&self, key: &ChainKey, entries: Vec<AuditEntry>) -> Result<(), MetaError> {
-        self.append_with(&ChainKeys::new([ChainKey(key.0)]), entries)
+        self.append_with(&ChainKeys::new([ChainKey(key.0)]), entries.into())
             .await
     }
 

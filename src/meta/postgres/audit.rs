@@ -8,6 +8,8 @@
 //! Under `REPEATABLE READ` the snapshot would date from before the wait, and two appenders
 //! would chain from the same tail (the `seq` primary key would then refuse the second).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -98,6 +100,7 @@ pub async fn append(t: &Tx<'_>, keys: &ChainKeys, entries: &[AuditEntry]) -> PgR
     };
     let (tail, move_head) = append_tail(stored, head.as_ref(), at_head.as_deref(), keys);
     let chained = chain(key, tail, entries);
+    let key_id = key.fingerprint();
     let seq: Vec<i64> = chained.iter().map(|e| e.seq).collect();
     let id: Vec<uuid::Uuid> = chained.iter().map(|e| e.entry.id).collect();
     let at: Vec<i64> = chained.iter().map(|e| e.entry.at.0).collect();
@@ -116,7 +119,7 @@ pub async fn append(t: &Tx<'_>, keys: &ChainKeys, entries: &[AuditEntry]) -> PgR
         .collect();
     let detail: Vec<&str> = chained.iter().map(|e| e.detail_raw.as_str()).collect();
     let hash: Vec<&[u8]> = chained.iter().map(|e| e.hash.as_slice()).collect();
-    let key_id: Vec<Option<&str>> = chained.iter().map(|e| e.key_id.as_deref()).collect();
+    let key_id: Vec<&str> = vec![key_id.as_str(); chained.len()];
     let st = t
         .prepare_cached(
             "INSERT INTO audit (seq, id, at, event, actor_id, subject_id, client_ip, detail, hash,
@@ -137,7 +140,7 @@ pub async fn append(t: &Tx<'_>, keys: &ChainKeys, entries: &[AuditEntry]) -> PgR
         Some(e) if move_head => {
             let link = Link {
                 seq: e.seq,
-                hash: e.hash.clone(),
+                hash: e.hash.to_vec(),
             };
             set_head(t, &Head::sealed(key, link)).await
         }
@@ -283,7 +286,7 @@ impl Audit for Postgres {
     async fn append_with(
         &self,
         keys: &ChainKeys,
-        entries: Vec<AuditEntry>,
+        entries: Arc<[AuditEntry]>,
     ) -> Result<(), MetaError> {
         // READ COMMITTED on purpose: see the module comment.
         self.tx(

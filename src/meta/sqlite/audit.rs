@@ -1,6 +1,8 @@
 //! The `audit` table and its anchor in SQLite. Appends run in the single writer's
 //! transaction, so the tail they chain from cannot change under them.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -62,11 +64,14 @@ pub fn append(c: &Connection, keys: &ChainKeys, entries: &[AuditEntry]) -> rusql
         _ => None,
     };
     let (tail, move_head) = append_tail(stored, head.as_ref(), at_head.as_deref(), keys);
+    let key_id = key.fingerprint();
     let mut newest = None;
     for e in chain(key, tail, entries) {
+        let mut id = uuid::Uuid::encode_buffer();
+        let id: &str = e.entry.id.hyphenated().encode_lower(&mut id);
         stmt.execute(params![
             e.seq,
-            e.entry.id.hyphenated().to_string(),
+            id,
             e.entry.at,
             e.entry.event,
             e.entry.actor_id,
@@ -74,15 +79,21 @@ pub fn append(c: &Connection, keys: &ChainKeys, entries: &[AuditEntry]) -> rusql
             e.entry.client_ip,
             e.detail_raw,
             e.hash,
-            e.key_id,
+            key_id,
         ])?;
-        newest = Some(Link {
-            seq: e.seq,
-            hash: e.hash,
-        });
+        newest = Some((e.seq, e.hash));
     }
     match newest {
-        Some(link) if move_head => set_head(c, &Head::sealed(key, link)),
+        Some((seq, hash)) if move_head => set_head(
+            c,
+            &Head::sealed(
+                key,
+                Link {
+                    seq,
+                    hash: hash.to_vec(),
+                },
+            ),
+        ),
         _ => Ok(()),
     }
 }
@@ -221,7 +232,7 @@ impl Audit for Sqlite {
     async fn append_with(
         &self,
         keys: &ChainKeys,
-        entries: Vec<AuditEntry>,
+        entries: Arc<[AuditEntry]>,
     ) -> Result<(), MetaError> {
         let keys = keys.clone();
         self.write(move |c| append(c, &keys, &entries)).await
