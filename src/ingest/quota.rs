@@ -88,10 +88,19 @@ impl Reservation {
     /// reached, the sweeper takes the row once it counts as abandoned.
     pub async fn release(mut self) {
         self.settled = true;
-        if let Err(e) = self.meta.uploads().release(self.id).await {
-            tracing::warn!(error = %e, upload.id = %self.id, "cannot release an upload's quota; the sweeper will");
-        }
+        // Its own task: a caller cancelled meanwhile (the client went away) does not cancel
+        // the release, which would leave the use and the bytes held until the sweeper.
+        let _ = spawn_release(self.meta.clone(), self.id).await;
     }
+}
+
+/// End reservation `id` in a task of its own; a failure is logged (the sweeper takes it).
+fn spawn_release(meta: MetaStore, id: UploadId) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = meta.uploads().release(id).await {
+            tracing::warn!(error = %e, upload.id = %id, "cannot release an upload's quota; the sweeper will");
+        }
+    })
 }
 
 impl Drop for Reservation {
@@ -101,13 +110,8 @@ impl Drop for Reservation {
         }
         // Released off the caller's path; if the database cannot be reached now, the sweeper
         // takes the row once it counts as abandoned.
-        let (meta, id) = (self.meta.clone(), self.id);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = meta.uploads().release(id).await {
-                    tracing::warn!(error = %e, upload.id = %id, "cannot release an upload's quota; the sweeper will");
-                }
-            });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            spawn_release(self.meta.clone(), self.id);
         }
     }
 }
