@@ -97,6 +97,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         s if (s & 0xffc0) == 0xfec0 => Some("site-local"),
         s if (s & 0xff00) == 0xff00 => Some("multicast"),
         _ if seg[0] == 0x2001 && seg[1] == 0x0db8 => Some("documentation"),
+        // Local-use NAT64 (64:ff9b:1::/48, RFC 8215) reaches a local network's IPv4 hosts, and
+        // Teredo (2001::/32) hides an IPv4 address: neither is a public webhook's address.
+        _ if seg[..3] == [0x64, 0xff9b, 1] => Some("local-use NAT64"),
+        _ if seg[0] == 0x2001 && seg[1] == 0 => Some("Teredo"),
         _ => None,
     }
 }
@@ -343,6 +347,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2002:7f00:1::",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
