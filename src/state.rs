@@ -112,6 +112,8 @@ pub struct Secrets {
     pub old_secret_keys: Vec<SecretKey>,
     /// Encryption-at-rest keys.
     pub keyring: Keyring,
+    /// The keys that seal webhook signing secrets (never stored as they are).
+    pub webhook_keyring: Keyring,
     /// The object store's credentials (`storage.backend = "s3"`).
     pub s3: Option<S3Credentials>,
 }
@@ -163,6 +165,19 @@ impl AppState {
             );
         }
         let (audit, audit_task) = AuditLog::start(meta.clone(), known, confidential);
+        // Webhook secrets an earlier version stored as they are (without encryption at rest)
+        // are sealed now; until then they still sign.
+        let webhook_keyring = Arc::new(secrets.webhook_keyring);
+        match crate::ops::keys::seal_plain_webhook_secrets(&meta, &webhook_keyring).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sealed = n,
+                "sealed webhook signing secrets stored in the clear"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seal the webhook secrets stored in the clear yet")
+            }
+        }
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);
         let tokens = Arc::new(TokenKeys::new(
@@ -234,7 +249,7 @@ impl AppState {
             resumable,
             webhooks: Webhooks {
                 meta: meta.clone(),
-                keyring: keyring.clone(),
+                keyring: webhook_keyring,
                 policy: webhook_policy(&config),
             },
             keyring,

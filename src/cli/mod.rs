@@ -245,6 +245,38 @@ fn keyring() -> Result<Keyring, Failure> {
     Keyring::new(current, &old).map_err(|e| Failure::Other(e.into()))
 }
 
+/// What derives the key that seals webhook signing secrets from the service secret.
+const WEBHOOK_SECRETS_LABEL: &str = "coffer/webhook-secrets/v1";
+
+/// The keys that seal webhook signing secrets, which the service must read back to sign: the
+/// encryption-at-rest keys when it is on, else a key derived from `COFFER_SECRET_KEY`, so a
+/// signing secret is never stored as it is (a copy of the database alone signs nothing). The
+/// keys derived from the current and earlier service secrets stay known, so a secret sealed
+/// before encryption at rest was turned on, or before the service secret changed, still opens
+/// (and `rotate-key` moves it to the current key).
+fn webhook_keyring(secret: &SecretKey, old_secrets: &[SecretKey]) -> Result<Keyring, Failure> {
+    let (current, mut old) =
+        secrets::encryption_keys_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    let derived = std::iter::once(secret)
+        .chain(old_secrets)
+        .map(|k| k.derive(WEBHOOK_SECRETS_LABEL));
+    let current = match current {
+        Some(key) => {
+            old.extend(derived);
+            key
+        }
+        None => {
+            let mut derived = derived;
+            let key = derived
+                .next()
+                .unwrap_or_else(|| unreachable!("the current secret is always there"));
+            old.extend(derived);
+            key
+        }
+    };
+    Keyring::new(Some(current), &old).map_err(|e| Failure::Other(e.into()))
+}
+
 /// The object store's credentials from the environment, when the configuration uses one.
 fn s3_credentials(config: &Config) -> Result<Option<S3Credentials>, Failure> {
     match config.storage.backend {
@@ -492,14 +524,32 @@ async fn backup(config: Config, dest: &Path, with_blobs: bool) -> Result<ExitCod
 
 async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
     let keys = keyring()?;
-    if !keys.enabled() {
+    // Webhook secrets are sealed with the encryption key, or without one with the service
+    // secret's key; those sealed under an earlier key of either kind move to the current one.
+    let hook_keys = match SecretKey::from_env() {
+        Ok(secret) => {
+            let old = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
+            Some(webhook_keyring(&secret, &old)?)
+        }
+        Err(_) => None,
+    };
+    if !keys.enabled() && hook_keys.is_none() {
         return Err(Failure::Config(
-            "rotate-key needs COFFER_ENCRYPTION_KEY (the new key)".into(),
+            "rotate-key needs COFFER_ENCRYPTION_KEY (the new key), or COFFER_SECRET_KEY to \
+             re-seal webhook secrets under the current service secret"
+                .into(),
         ));
     }
     let (_, meta, _) = open_stores(&config).await?;
+    let hooks =
+        ops::keys::rotate_webhook_secrets(&meta, hook_keys.as_ref().unwrap_or(&keys)).await?;
+    if !keys.enabled() {
+        println!(
+            "re-wrapped {hooks} webhook secrets under the service secret's key (no COFFER_ENCRYPTION_KEY: no data keys)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let n = ops::keys::rotate(&meta, &keys).await?;
-    let hooks = ops::keys::rotate_webhook_secrets(&meta, &keys).await?;
     let staged = ops::keys::rotate_staged_chunks(&meta, &keys).await?;
     println!(
         "re-wrapped {n} data keys, {hooks} webhook secrets and {staged} staged upload chunks under key {}",

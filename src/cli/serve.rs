@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
-use super::{Failure, keyring, s3_credentials};
+use super::{Failure, keyring, s3_credentials, webhook_keyring};
 use crate::config::{Config, StorageBackend};
 use crate::http::server::{App, Tls};
 use crate::secrets::{self, SecretKey};
@@ -37,6 +37,7 @@ pub(super) async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Fai
     }
     let old_secret_keys = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
     let keyring = keyring()?;
+    let webhook_keyring = webhook_keyring(&secret_key, &old_secret_keys)?;
     let s3 = s3_credentials(&config)?;
     if keyring.enabled() {
         tracing::info!(
@@ -77,6 +78,7 @@ pub(super) async fn serve(mut config: Config, dev: bool) -> Result<ExitCode, Fai
             secret_key,
             old_secret_keys,
             keyring,
+            webhook_keyring,
             s3,
         },
     )

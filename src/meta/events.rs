@@ -55,15 +55,16 @@ pub struct NewWebhook {
     pub secret_key_id: Option<String>,
 }
 
-/// A webhook's sealed secret, as `coffer rotate-key` re-wraps it.
+/// A webhook's stored secret, as `coffer rotate-key` and start-up re-seal it.
 #[derive(Debug, Clone)]
 pub struct SealedSecret {
     /// The webhook.
     pub id: WebhookId,
-    /// The wrapped secret.
+    /// The wrapped secret (the secret itself when `key_id` is `None`: stored so by a version
+    /// that sealed secrets only with encryption at rest on).
     pub secret: Vec<u8>,
     /// The keyring key that wrapped it.
-    pub key_id: String,
+    pub key_id: Option<String>,
 }
 
 /// Remove retired webhooks (their owner deleted) with no pending delivery, with their logs.
@@ -208,8 +209,8 @@ pub trait Outbox: Send + Sync {
     /// Remove retired webhooks (their owner deleted) with no pending delivery; how many.
     async fn prune_retired(&self) -> Result<usize, MetaError>;
 
-    /// Every webhook secret sealed under a keyring key (retired webhooks too).
-    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError>;
+    /// Every webhook secret (retired webhooks too); only those not sealed with `unsealed`.
+    async fn stored_secrets(&self, unsealed: bool) -> Result<Vec<SealedSecret>, MetaError>;
 
     /// Replace a webhook's sealed secret with `new` only while it is still `old` (what was
     /// read); `false` when it changed or went meanwhile.

@@ -92,31 +92,57 @@ pub async fn rotate_staged_chunks(meta: &MetaStore, keyring: &Keyring) -> anyhow
     Ok(n)
 }
 
-/// Re-wrap every webhook signing secret sealed under an older key (they are wrapped like a
-/// data key, bound to the webhook's id), so webhooks still sign once the old key is removed.
-/// Returns how many were re-wrapped.
+/// Re-wrap every webhook signing secret sealed under an older key, and seal any stored as it
+/// is (they are wrapped like a data key, bound to the webhook's id), so webhooks still sign
+/// once the old key is removed. Returns how many were re-wrapped or sealed.
 pub async fn rotate_webhook_secrets(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize> {
+    reseal_webhook_secrets(meta, keyring, false).await
+}
+
+/// Seal the webhook signing secrets stored as they are (by a version that sealed them only
+/// with encryption at rest on), at start-up. Returns how many.
+pub async fn seal_plain_webhook_secrets(
+    meta: &MetaStore,
+    keyring: &Keyring,
+) -> anyhow::Result<usize> {
+    reseal_webhook_secrets(meta, keyring, true).await
+}
+
+async fn reseal_webhook_secrets(
+    meta: &MetaStore,
+    keyring: &Keyring,
+    only_plain: bool,
+) -> anyhow::Result<usize> {
     let current = keyring
         .current_id()
         .ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?
         .to_owned();
     let mut n = 0;
-    for old in meta.outbox().sealed_secrets().await? {
-        if old.key_id == current {
-            continue;
+    for old in meta.outbox().stored_secrets(only_plain).await? {
+        let id = FileId(old.id.0);
+        let new = match &old.key_id {
+            Some(key_id) if *key_id == current => continue,
+            Some(key_id) => {
+                let sealing = Sealing {
+                    key_id: key_id.clone(),
+                    wrapped_key: old.secret.clone(),
+                };
+                keyring
+                    .rewrap(id, &sealing)
+                    .map_err(|e| anyhow::anyhow!("webhook {}: {e}", old.id))?
+            }
+            None => {
+                let plain: [u8; 32] = old.secret.as_slice().try_into().map_err(|_| {
+                    anyhow::anyhow!("webhook {}: the stored secret is not 32 bytes", old.id)
+                })?;
+                keyring.wrap(id, &DataKey::from_bytes(plain))
+            }
         }
-        let sealing = Sealing {
-            key_id: old.key_id.clone(),
-            wrapped_key: old.secret.clone(),
-        };
-        let new = keyring
-            .rewrap(FileId(old.id.0), &sealing)
-            .map_err(|e| anyhow::anyhow!("webhook {}: {e}", old.id))?
-            .ok_or_else(|| anyhow::anyhow!("webhook {}: cannot re-wrap", old.id))?;
+        .ok_or_else(|| anyhow::anyhow!("webhook {}: cannot re-wrap", old.id))?;
         let new = SealedSecret {
             id: old.id,
             secret: new.wrapped_key,
-            key_id: new.key_id,
+            key_id: Some(new.key_id),
         };
         // A webhook deleted meanwhile is simply not counted.
         if meta.outbox().reseal_secret(old, new).await? {

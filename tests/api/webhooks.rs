@@ -487,30 +487,73 @@ fn expected_signature(secret: &str, g: &Got) -> String {
     format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
 }
 
-#[tokio::test]
-async fn with_encryption_at_rest_the_secret_is_sealed_and_still_signs() {
-    let rx = Receiver::start().await;
-    let app = open_app(5)
-        .single_node("reads the SQLite file behind the server")
-        .env("COFFER_ENCRYPTION_KEY", crate::helpers::secret())
-        .spawn()
-        .await;
-    let u = app.user("sealed").await;
-    let h = hook(&app, &u, &rx.url(), None).await;
-    let secret = h["secret"].as_str().unwrap();
-    // Stored sealed: not the secret's bytes, and naming the key that sealed it.
-    let stored = app.sql_text("SELECT hex(secret) || ' ' || secret_key_id FROM webhooks");
+/// The secret as stored: `(hex of the stored bytes, key id)`, and the secret's own bytes.
+fn stored_secret(app: &TestApp, secret: &str) -> (String, String, Vec<u8>) {
+    let stored =
+        app.sql_text("SELECT hex(secret) || ' ' || coalesce(secret_key_id, '') FROM webhooks");
     let (sealed, key_id) = stored.split_once(' ').unwrap();
-    assert!(!key_id.is_empty());
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(secret.trim_start_matches("whsec_"))
         .unwrap();
+    (sealed.to_owned(), key_id.trim().to_owned(), raw)
+}
+
+/// A signing secret is never stored as it is: sealed with the encryption-at-rest key when it
+/// is on, else with a key derived from the service secret; either way webhooks sign with it.
+#[tokio::test]
+async fn the_secret_is_sealed_with_or_without_encryption_at_rest_and_still_signs() {
+    for encrypted in [true, false] {
+        let rx = Receiver::start().await;
+        let mut app = open_app(5).single_node("reads the SQLite file behind the server");
+        if encrypted {
+            app = app.env("COFFER_ENCRYPTION_KEY", crate::helpers::secret());
+        }
+        let app = app.spawn().await;
+        let u = app.user("sealed").await;
+        let h = hook(&app, &u, &rx.url(), None).await;
+        let secret = h["secret"].as_str().unwrap();
+        // Stored sealed: not the secret's bytes, and naming the key that sealed it.
+        let (sealed, key_id, raw) = stored_secret(&app, secret);
+        assert!(!key_id.is_empty(), "encrypted: {encrypted}");
+        assert!(!sealed.eq_ignore_ascii_case(&hex::encode(&raw)));
+        assert_eq!(sealed.len(), 2 * (12 + 32 + 16), "nonce, key, tag");
+        app.stored(&u.token, "a.png", png(300)).await;
+        let got = rx.until(10, "the event", |g| !g.is_empty()).await;
+        assert_eq!(got[0].signature, expected_signature(secret, &got[0]));
+    }
+}
+
+/// A secret an earlier version stored as it is (no encryption at rest) is sealed when the
+/// server starts, and the webhook goes on signing with it.
+#[tokio::test]
+async fn a_secret_stored_in_the_clear_is_sealed_at_start_up() {
+    let rx = Receiver::start().await;
+    let mut app = open_app(5)
+        .single_node("writes the SQLite file behind the server")
+        .spawn()
+        .await;
+    let u = app.user("cleartext").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap().to_owned();
+    app.terminate();
+    let (_, _, raw) = stored_secret(&app, &secret);
+    app.sql_exec(&format!(
+        "UPDATE webhooks SET secret = x'{}', secret_key_id = NULL",
+        hex::encode(&raw)
+    ));
+    let app = app
+        .relaunch()
+        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .spawn()
+        .await;
+    let (sealed, key_id, _) = stored_secret(&app, &secret);
+    assert!(!key_id.is_empty());
     assert!(!sealed.eq_ignore_ascii_case(&hex::encode(&raw)));
-    assert_eq!(sealed.len(), 2 * (12 + 32 + 16), "nonce, key, tag");
     app.stored(&u.token, "a.png", png(300)).await;
     let got = rx.until(10, "the event", |g| !g.is_empty()).await;
-    assert_eq!(got[0].signature, expected_signature(secret, &got[0]));
+    assert_eq!(got[0].signature, expected_signature(&secret, &got[0]));
 }
 
 #[tokio::test]
@@ -1277,6 +1320,47 @@ async fn creating_and_deleting_a_webhook_are_audited_without_the_secret() {
             .count(),
         1
     );
+}
+
+/// Without encryption at rest the secrets are sealed with the service secret's key: after a
+/// change of `COFFER_SECRET_KEY` (the old one in `COFFER_SECRET_OLD_KEYS`) webhooks still
+/// sign, `coffer rotate-key` re-seals them under the new one, and then the old secret can go.
+#[tokio::test]
+async fn after_a_change_of_service_secret_webhooks_still_sign() {
+    let rx = Receiver::start().await;
+    let mut app = open_app(5)
+        .single_node("reads the SQLite file behind the server")
+        .spawn()
+        .await;
+    let u = app.user("resecret").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap().to_owned();
+    let before = app.sql_text("SELECT secret_key_id FROM webhooks");
+    let (old_secret, new_secret) = (app.secret(), crate::helpers::secret());
+    app.terminate();
+    let relaunch = |app: &TestApp| {
+        app.relaunch()
+            .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+            .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+            .env("COFFER_SECRET_KEY", new_secret.clone())
+    };
+    let mut app = relaunch(&app)
+        .env("COFFER_SECRET_OLD_KEYS", old_secret)
+        .spawn()
+        .await;
+    let (token, _) = app.login(&u.username, &u.password).await;
+    app.stored(&token, "a.png", png(300)).await;
+    let got = rx.until(10, "the event", |g| !g.is_empty()).await;
+    assert_eq!(got[0].signature, expected_signature(&secret, &got[0]));
+    let (code, stdout) = app.run_cli(&["rotate-key"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("re-wrapped 1 webhook secrets"), "{stdout}");
+    assert_ne!(app.sql_text("SELECT secret_key_id FROM webhooks"), before);
+    app.terminate();
+    let app = relaunch(&app).spawn().await;
+    app.stored(&token, "b.png", png(300)).await;
+    let got = rx.until(10, "the second event", |g| g.len() >= 2).await;
+    assert_eq!(got[1].signature, expected_signature(&secret, &got[1]));
 }
 
 /// `coffer rotate-key` re-wraps webhook secrets too: with the old key removed, webhooks still

@@ -76,7 +76,7 @@ impl App {
             tasks.push(tokio::spawn(
                 crate::events::worker::Worker {
                     meta: state.meta.clone(),
-                    keyring: state.keyring.clone(),
+                    keyring: state.webhooks.keyring.clone(),
                     policy: crate::state::webhook_policy(&state.config),
                     timeout: Duration::from_secs(state.config.webhooks.timeout_secs),
                     max_attempts: u32::try_from(state.config.webhooks.max_attempts)

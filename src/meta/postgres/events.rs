@@ -374,16 +374,16 @@ impl Outbox for Postgres {
         .await
     }
 
-    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError> {
-        self.one((), |c, ()| {
+    async fn stored_secrets(&self, unsealed: bool) -> Result<Vec<SealedSecret>, MetaError> {
+        self.one(unsealed, |c, unsealed| {
             Box::pin(async move {
                 let st = c
                     .prepare_cached(
                         "SELECT id, secret, secret_key_id FROM webhooks
-                         WHERE secret_key_id IS NOT NULL ORDER BY id",
+                         WHERE NOT $1 OR secret_key_id IS NULL ORDER BY id",
                     )
                     .await?;
-                c.query(&st, &[])
+                c.query(&st, &[&*unsealed])
                     .await?
                     .iter()
                     .map(|r| {
@@ -405,7 +405,8 @@ impl Outbox for Postgres {
                 let st = c
                     .prepare_cached(
                         "UPDATE webhooks SET secret = $2, secret_key_id = $3
-                         WHERE id = $1 AND secret = $4 AND secret_key_id = $5",
+                         WHERE id = $1 AND secret = $4
+                           AND secret_key_id IS NOT DISTINCT FROM $5",
                     )
                     .await?;
                 Ok(c.execute(

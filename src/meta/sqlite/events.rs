@@ -327,13 +327,13 @@ impl Outbox for Sqlite {
             .await
     }
 
-    async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, MetaError> {
+    async fn stored_secrets(&self, unsealed: bool) -> Result<Vec<SealedSecret>, MetaError> {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT id, secret, secret_key_id FROM webhooks
-                 WHERE secret_key_id IS NOT NULL ORDER BY id",
+                 WHERE NOT ?1 OR secret_key_id IS NULL ORDER BY id",
             )?
-            .query_map([], |r| {
+            .query_map([unsealed], |r| {
                 Ok(SealedSecret {
                     id: r.get(0)?,
                     secret: r.get(1)?,
@@ -349,7 +349,7 @@ impl Outbox for Sqlite {
         self.write(move |c| {
             Ok(c.prepare_cached(
                 "UPDATE webhooks SET secret = ?2, secret_key_id = ?3
-                 WHERE id = ?1 AND secret = ?4 AND secret_key_id = ?5",
+                 WHERE id = ?1 AND secret = ?4 AND secret_key_id IS ?5",
             )?
             .execute(params![
                 old.id, new.secret, new.key_id, old.secret, old.key_id
