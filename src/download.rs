@@ -103,6 +103,15 @@ pub fn none_match(value: &str, etag: &str) -> bool {
         .any(|t| t == "*" || opaque(t) == etag)
 }
 
+/// `If-Match` (strong comparison, RFC 9110 section 13.1.1): `*` (the file exists) or a listed
+/// tag equal to ours; a weak tag never matches.
+pub fn if_match(value: &str, etag: &str) -> bool {
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag)
+}
+
 /// `If-Range` (RFC 9110 section 13.1.5): a strong tag equal to ours, or exactly our date.
 pub fn if_range_holds(value: &str, etag: &str, last_modified: &str) -> bool {
     let v = value.trim();
@@ -118,6 +127,8 @@ pub fn if_range_holds(value: &str, etag: &str, last_modified: &str) -> bool {
 /// What to send for a content request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
+    /// 412: `If-Match` or `If-Unmodified-Since` does not hold.
+    PreconditionFailed,
     /// 304.
     NotModified,
     /// 200 with all bytes.
@@ -139,7 +150,7 @@ impl Plan {
         match self {
             Self::Partial { start, end } => (start, end + 1),
             Self::Full => (0, len),
-            Self::NotModified | Self::Unsatisfiable => (0, 0),
+            Self::NotModified | Self::Unsatisfiable | Self::PreconditionFailed => (0, 0),
         }
     }
 }
@@ -158,19 +169,32 @@ pub fn plan(
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let last_modified = modified.to_http_date();
+    let modified_secs = u64::try_from(modified.unix_secs()).unwrap_or(0);
+    let date_secs = |v: &str| {
+        httpdate::parse_http_date(v).ok().map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    };
+    // RFC 9110 section 13.2.2, in its order: If-Match, else If-Unmodified-Since; then
+    // If-None-Match, else If-Modified-Since; then If-Range.
+    if let Some(im) = text(header::IF_MATCH) {
+        if !if_match(im, etag) {
+            return Plan::PreconditionFailed;
+        }
+    } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(date_secs)
+        && modified_secs > since
+    {
+        return Plan::PreconditionFailed;
+    }
     if let Some(inm) = text(header::IF_NONE_MATCH) {
         if none_match(inm, etag) {
             return Plan::NotModified;
         }
-    } else if let Some(ims) = text(header::IF_MODIFIED_SINCE)
-        && let Ok(since) = httpdate::parse_http_date(ims)
+    } else if let Some(since) = text(header::IF_MODIFIED_SINCE).and_then(date_secs)
+        && modified_secs <= since
     {
-        let secs = since
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if u64::try_from(modified.unix_secs()).unwrap_or(0) <= secs {
-            return Plan::NotModified;
-        }
+        return Plan::NotModified;
     }
     if *method != Method::GET && *method != Method::HEAD {
         return Plan::Full;
@@ -301,6 +325,52 @@ mod tests {
         assert!(if_range_holds("\"ab\"", &tag, "d"));
         assert!(!if_range_holds("W/\"ab\"", &tag, "d"));
         assert!(if_range_holds("d", &tag, "d"));
+        assert!(if_match("\"ab\"", &tag));
+        assert!(if_match("\"x\", \"ab\"", &tag));
+        assert!(if_match("*", &tag));
+        assert!(!if_match("W/\"ab\"", &tag), "strong comparison");
+        assert!(!if_match("\"x\"", &tag));
+    }
+
+    #[test]
+    fn preconditions_come_first_in_the_order_of_rfc_9110() {
+        let tag = etag("ab");
+        let at = Timestamp::from_unix_secs(1_000_000_000);
+        let get = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            plan(&Method::GET, &h, 100, &tag, at)
+        };
+        let before = Timestamp::from_unix_secs(999_999_999).to_http_date();
+        let after = Timestamp::from_unix_secs(1_000_000_001).to_http_date();
+        assert_eq!(get(&[("if-match", "\"x\"")]), Plan::PreconditionFailed);
+        assert_eq!(get(&[("if-match", "\"ab\"")]), Plan::Full);
+        assert_eq!(
+            get(&[("if-unmodified-since", &before)]),
+            Plan::PreconditionFailed
+        );
+        assert_eq!(get(&[("if-unmodified-since", &after)]), Plan::Full);
+        assert_eq!(get(&[("if-unmodified-since", "garbage")]), Plan::Full);
+        // If-Match decides alone; If-Unmodified-Since is then ignored.
+        assert_eq!(
+            get(&[("if-match", "*"), ("if-unmodified-since", &before)]),
+            Plan::Full
+        );
+        // A failed precondition beats a matching If-None-Match and a Range.
+        assert_eq!(
+            get(&[
+                ("if-match", "\"x\""),
+                ("if-none-match", "\"ab\""),
+                ("range", "bytes=0-1")
+            ]),
+            Plan::PreconditionFailed
+        );
+        assert_eq!(
+            get(&[("if-match", "\"ab\""), ("range", "bytes=0-1")]),
+            Plan::Partial { start: 0, end: 1 }
+        );
     }
 
     #[test]

@@ -21,9 +21,13 @@ use crate::http::middleware::headers::Frameable;
 use crate::meta::files::StoredFile;
 use crate::state::AppState;
 
-/// The CSP of file content: nothing may load, and the document is sandboxed (no scripts, no
-/// same-origin access) even if a browser decides to render it.
-pub(crate) const CONTENT_CSP: &str = "default-src 'none'; sandbox";
+/// What every content CSP starts with: nothing may load, and the document is sandboxed (no
+/// scripts, no same-origin access) even if a browser decides to render it.
+const SANDBOX: &str = "default-src 'none'; sandbox";
+
+/// The CSP of file content that nothing may frame (all of it but inline content with
+/// `serving.frame_ancestors` set): [`SANDBOX`] and `frame-ancestors 'none'`.
+pub(crate) const CONTENT_CSP: &str = "default-src 'none'; sandbox; frame-ancestors 'none'";
 
 /// The CSP of inline content that `serving.frame_ancestors` lets those origins frame (see
 /// `frameable_csp`); `None` when nothing may frame it (the plain [`CONTENT_CSP`] and
@@ -34,12 +38,12 @@ fn frame_policy(state: &AppState, kind: Disposition) -> Option<Result<HeaderValu
         .then(|| header_value(&frameable_csp(origins)))
 }
 
-/// The plain content CSP (`default-src 'none'`: nothing loads; `sandbox`: no script runs)
-/// with `frame-ancestors` the configured origins (validated at load to hold only origin
+/// The content CSP (`default-src 'none'`: nothing loads; `sandbox`: no script runs) with
+/// `frame-ancestors` the configured origins (validated at load to hold only origin
 /// characters). PDFs keep `sandbox` too: Chromium's viewer renders a sandboxed PDF in a
 /// frame (checked by the browser test, tests/browser/view_urls.mjs).
 fn frameable_csp(origins: &[String]) -> String {
-    format!("{CONTENT_CSP}; frame-ancestors {}", origins.join(" "))
+    format!("{SANDBOX}; frame-ancestors {}", origins.join(" "))
 }
 
 /// `?disposition=` (absent = attachment; unknown = 400; inline only for safe types).
@@ -104,6 +108,7 @@ pub(crate) async fn respond(
             });
         }
         Plan::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { size: len }),
+        Plan::PreconditionFailed => return Err(AppError::PreconditionFailed),
         Plan::Full => (StatusCode::OK, plan.span(len)),
         Plan::Partial { start, end } => {
             headers.insert(

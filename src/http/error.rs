@@ -105,6 +105,9 @@ pub(crate) enum AppError {
     /// The virus scanner gave no verdict (unreachable, erroring, too slow): nothing stored.
     #[error("the virus scanner is unavailable")]
     ScannerUnavailable,
+    /// `If-Match` or `If-Unmodified-Since` does not hold for the file (412).
+    #[error("precondition failed")]
+    PreconditionFailed,
     /// A `Range` no byte of the file satisfies.
     #[error("range not satisfiable (size {size})")]
     RangeNotSatisfiable {
@@ -179,6 +182,7 @@ impl AppError {
             Self::Infected(_) | Self::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ScannerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -234,6 +238,9 @@ impl AppError {
             Self::QuotaExceeded => "this upload would exceed your storage quota".into(),
             Self::RangeNotSatisfiable { .. } => {
                 "no part of the file lies in the requested range".into()
+            }
+            Self::PreconditionFailed => {
+                "the file does not match If-Match or was modified after If-Unmodified-Since".into()
             }
             Self::Validation(_) => "the request has invalid fields".into(),
             Self::RequestTimeout => "the request body stalled and was abandoned".into(),

@@ -48,7 +48,10 @@ async fn content_headers_are_safe() {
     let h = r.headers();
     assert_eq!(h["content-type"], "application/pdf");
     assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert_eq!(
+        h["content-security-policy"],
+        "default-src 'none'; sandbox; frame-ancestors 'none'"
+    );
     assert_eq!(h["cache-control"], "no-store");
     assert_eq!(
         h["etag"],
@@ -163,6 +166,43 @@ async fn ranges_conditionals_and_head() {
     let r = app.download(&u.token, id, &stale).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    // If-Match (strong) and If-Unmodified-Since, as S3 answers them: 412 when they fail.
+    let ok = [
+        vec![("if-match", etag.clone())],
+        vec![("if-match", "*".to_owned())],
+        vec![("if-match", format!("\"other\", {etag}"))],
+        vec![(
+            "if-unmodified-since",
+            "Fri, 01 Jan 2100 00:00:00 GMT".to_owned(),
+        )],
+        vec![
+            ("if-match", etag.clone()),
+            ("range", "bytes=0-9".to_owned()),
+        ],
+    ];
+    for pairs in ok {
+        let h: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = app.download(&u.token, id, &h).await;
+        assert!([200, 206].contains(&r.status().as_u16()), "{h:?}");
+    }
+    let failed = [
+        vec![("if-match", "\"nope\"".to_owned())],
+        vec![("if-match", format!("W/{etag}"))],
+        vec![(
+            "if-unmodified-since",
+            "Sat, 01 Jan 2000 00:00:00 GMT".to_owned(),
+        )],
+        vec![
+            ("if-match", "\"nope\"".to_owned()),
+            ("if-none-match", etag.clone()),
+        ],
+    ];
+    for pairs in failed {
+        let h: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = app.download(&u.token, id, &h).await;
+        let refusal = Refusal::of(r).await;
+        assert_eq!(refusal, (412, "precondition-failed", ""), "{h:?}");
+    }
     // HEAD: the headers of a GET, no body.
     let head = || app.head(&format!("/api/v1/files/{id}/content")).as_user(&u);
     let r = head().send().await;

@@ -38,7 +38,10 @@ async fn links_serve_without_credentials_with_safe_headers() {
     let r = app.get(url).send().await;
     assert_eq!(r.status(), 200);
     let h = r.headers();
-    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert_eq!(
+        h["content-security-policy"],
+        "default-src 'none'; sandbox; frame-ancestors 'none'"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     let cd = h["content-disposition"].to_str().unwrap();
     assert!(cd.starts_with("attachment"), "{cd}");

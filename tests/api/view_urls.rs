@@ -460,7 +460,10 @@ async fn inline_content_may_be_framed_only_by_the_configured_origins() {
                     assert_eq!(csp, want, "{what}");
                     assert!(h.get("x-frame-options").is_none(), "{what}");
                 } else {
-                    assert_eq!(csp, "default-src 'none'; sandbox", "{what}");
+                    assert_eq!(
+                        csp, "default-src 'none'; sandbox; frame-ancestors 'none'",
+                        "{what}"
+                    );
                     assert_eq!(h["x-frame-options"], "DENY", "{what}");
                 }
             }
