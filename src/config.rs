@@ -476,6 +476,8 @@ pub struct WebhooksConfig {
     pub timeout_secs: u64,
     /// Tries before a delivery is given up (1 = no retry).
     pub max_attempts: u64,
+    /// Webhooks one account may have at once (each event is sent to every one of them).
+    pub max_per_user: u64,
     /// Whether this node sends events (false: it records them, and other nodes, or this one
     /// once turned back on, deliver them; for a node that must make no outbound connection).
     pub deliver: bool,
@@ -631,7 +633,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let minimums: [(&str, u64, u64); 33] = [
+        let minimums: [(&str, u64, u64); 34] = [
             (
                 "uploads.max_pending_per_user",
                 self.uploads.max_pending_per_user,
@@ -644,6 +646,7 @@ impl Config {
             ),
             ("webhooks.timeout_secs", self.webhooks.timeout_secs, 1),
             ("webhooks.max_attempts", self.webhooks.max_attempts, 1),
+            ("webhooks.max_per_user", self.webhooks.max_per_user, 1),
             ("database.pool_size", as_u64(self.database.pool_size), 1),
             (
                 "database.connect_timeout_secs",
@@ -759,6 +762,10 @@ impl Config {
         need(
             self.webhooks.max_attempts <= 100,
             "webhooks.max_attempts must be at most 100",
+        );
+        need(
+            self.webhooks.max_per_user <= 1000,
+            "webhooks.max_per_user must be at most 1000",
         );
         need(
             self.uploads.abandoned_after_secs

@@ -251,6 +251,7 @@ impl AppState {
                 meta: meta.clone(),
                 keyring: webhook_keyring,
                 policy: webhook_policy(&config),
+                max_per_user: config.webhooks.max_per_user,
             },
             keyring,
             metrics: Metrics::default(),

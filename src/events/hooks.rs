@@ -13,7 +13,7 @@ use super::guard::{Policy, UrlError, check_url};
 use super::{ALL, Kind, sign};
 use crate::crypto::{DataKey, Keyring, Sealing};
 use crate::ids::{FileId, Timestamp, UserId, WebhookId};
-use crate::meta::events::{NewWebhook, Webhook};
+use crate::meta::events::{NewWebhook, Webhook, WebhookStored};
 use crate::meta::{MetaError, MetaStore};
 
 /// Why a webhook was not created.
@@ -28,6 +28,9 @@ pub enum CreateError {
     /// The owner is gone.
     #[error("the owner is gone")]
     OwnerGone,
+    /// The owner has `webhooks.max_per_user` webhooks already (422).
+    #[error("at most {0} webhooks per account (webhooks.max_per_user); delete one first")]
+    TooMany(u64),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -42,6 +45,8 @@ pub struct Webhooks {
     pub keyring: Arc<Keyring>,
     /// `webhooks.allow_http`, `webhooks.allow_private_targets`.
     pub policy: Policy,
+    /// `webhooks.max_per_user`.
+    pub max_per_user: u64,
 }
 
 /// The event types asked for: all of them when `None`; each known, at least one, in the
@@ -100,10 +105,16 @@ impl Webhooks {
             secret: stored,
             secret_key_id: key_id,
         };
-        if !self.meta.outbox().create_webhook(row).await? {
-            return Err(CreateError::OwnerGone);
+        match self
+            .meta
+            .outbox()
+            .create_webhook(row, self.max_per_user)
+            .await?
+        {
+            WebhookStored::Stored => Ok((hook, text)),
+            WebhookStored::OwnerGone => Err(CreateError::OwnerGone),
+            WebhookStored::TooMany => Err(CreateError::TooMany(self.max_per_user)),
         }
-        Ok((hook, text))
     }
 
     fn seal(&self, id: WebhookId, secret: &Zeroizing<[u8; 32]>) -> Option<Sealing> {

@@ -548,6 +548,9 @@ impl From<crate::events::hooks::CreateError> for AppError {
             CreateError::Url(u) => Self::Validation(vec![FieldError::new("url", u.to_string())]),
             CreateError::Events(why) => Self::Validation(vec![FieldError::new("events", why)]),
             CreateError::OwnerGone => Self::Unauthorized(BAD_CREDENTIALS),
+            e @ CreateError::TooMany(_) => {
+                Self::Validation(vec![FieldError::new("url", e.to_string())])
+            }
             CreateError::Meta(m) => m.into(),
         }
     }

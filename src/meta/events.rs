@@ -55,6 +55,17 @@ pub struct NewWebhook {
     pub secret_key_id: Option<String>,
 }
 
+/// What storing a webhook did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookStored {
+    /// Stored.
+    Stored,
+    /// Its owner is gone: nothing stored.
+    OwnerGone,
+    /// Its owner has the most webhooks allowed already: nothing stored.
+    TooMany,
+}
+
 /// A webhook's stored secret, as `coffer rotate-key` and start-up re-seal it.
 #[derive(Debug, Clone)]
 pub struct SealedSecret {
@@ -161,8 +172,13 @@ pub trait Outbox: Send + Sync {
     /// Record events that go with no other change (a rejected upload), in one transaction.
     async fn record(&self, events: Vec<NewEvent>) -> Result<(), MetaError>;
 
-    /// Store a webhook; `false` when its owner is gone.
-    async fn create_webhook(&self, hook: NewWebhook) -> Result<bool, MetaError>;
+    /// Store a webhook unless its owner is gone or has `max_per_owner` already (counted and
+    /// stored atomically, across nodes too).
+    async fn create_webhook(
+        &self,
+        hook: NewWebhook,
+        max_per_owner: u64,
+    ) -> Result<WebhookStored, MetaError>;
 
     /// The owner's webhooks, newest first.
     async fn list_webhooks(&self, owner: UserId) -> Result<Vec<Webhook>, MetaError>;

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::helpers::fixtures::{png, sha256_hex, tus_metadata};
-use crate::helpers::{TestApp, TestAppBuilder, TestUser, stack};
+use crate::helpers::{Refusal, TestApp, TestAppBuilder, TestUser, stack};
 
 /// What the receiver does with the next request.
 #[derive(Debug, Clone)]
@@ -836,6 +836,35 @@ async fn a_name_resolving_to_a_private_address_is_refused_at_delivery() {
     );
     assert!(d["last_status"].is_null());
     assert!(rx.got().is_empty(), "a private address was reached");
+}
+
+/// An account has at most `webhooks.max_per_user` webhooks: one more is 422 (field `url`);
+/// deleting one makes room, and another account's count is its own.
+#[tokio::test]
+async fn an_account_has_at_most_max_per_user_webhooks() {
+    let rx = Receiver::start().await;
+    let app = open_app(5)
+        .env("COFFER_WEBHOOKS__MAX_PER_USER", "2")
+        .spawn()
+        .await;
+    let (u, v) = (app.user("many_hooks").await, app.user("own_count").await);
+    let first = hook(&app, &u, &rx.url(), None).await;
+    hook(&app, &u, &rx.url(), None).await;
+    let r = app
+        .post("/api/v1/webhooks")
+        .as_user(&u)
+        .json(&json!({ "url": rx.url() }))
+        .send()
+        .await;
+    let refusal = Refusal::of(r).await;
+    assert_eq!(refusal, (422, "validation-failed", "url"));
+    hook(&app, &v, &rx.url(), None).await;
+    let id = first["id"].as_str().unwrap();
+    app.delete(&format!("/api/v1/webhooks/{id}"))
+        .as_user(&u)
+        .expect(204)
+        .await;
+    hook(&app, &u, &rx.url(), None).await;
 }
 
 #[tokio::test]

@@ -5,16 +5,15 @@ use std::collections::HashSet;
 
 use coffer::ids::{FileId, Timestamp, UserId, WebhookId};
 use coffer::meta::MetaStore;
-use coffer::meta::events::{Attempt, NewEvent, NewWebhook, Webhook};
+use coffer::meta::events::{Attempt, NewEvent, NewWebhook, Webhook, WebhookStored};
 use coffer::meta::users::Role;
 
 use crate::engines::{self, add_file, add_user};
 
-async fn add_hook(store: &MetaStore, owner: UserId, events: &[&str]) -> WebhookId {
-    let id = WebhookId::new();
-    let hook = NewWebhook {
+fn new_hook(owner: UserId, events: &[&str]) -> NewWebhook {
+    NewWebhook {
         hook: Webhook {
-            id,
+            id: WebhookId::new(),
             url: "https://hooks.example.com/".into(),
             events: events.iter().map(|e| (*e).to_owned()).collect(),
             created_at: Timestamp::now(),
@@ -22,9 +21,57 @@ async fn add_hook(store: &MetaStore, owner: UserId, events: &[&str]) -> WebhookI
         owner,
         secret: vec![7; 32],
         secret_key_id: None,
-    };
-    assert!(store.outbox().create_webhook(hook).await.unwrap());
+    }
+}
+
+async fn add_hook(store: &MetaStore, owner: UserId, events: &[&str]) -> WebhookId {
+    let hook = new_hook(owner, events);
+    let id = hook.hook.id;
+    assert_eq!(
+        store.outbox().create_webhook(hook, 1000).await.unwrap(),
+        WebhookStored::Stored
+    );
     id
+}
+
+/// `webhooks.max_per_user` holds exactly, also for creations at once (on PostgreSQL, from
+/// several pooled connections); an owner that is gone gets nothing stored.
+#[tokio::test]
+async fn an_owner_gets_at_most_the_webhooks_allowed_even_at_once() {
+    for e in engines::all("an_owner_gets_at_most_the_webhooks_allowed_even_at_once").await {
+        let s = &e.store;
+        let owner = add_user(s, "capped", Role::User).await;
+        let other = add_user(s, "uncapped", Role::User).await;
+        let tries = (0..12).map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.outbox().create_webhook(new_hook(owner, &[]), 3).await })
+        });
+        let mut stored = 0;
+        for t in tries {
+            match t.await.unwrap().unwrap() {
+                WebhookStored::Stored => stored += 1,
+                WebhookStored::TooMany => {}
+                WebhookStored::OwnerGone => panic!("{}: the owner is there", e.name),
+            }
+        }
+        assert_eq!(stored, 3, "{}", e.name);
+        assert_eq!(s.outbox().list_webhooks(owner).await.unwrap().len(), 3);
+        // Another owner's count is their own.
+        assert_eq!(
+            s.outbox()
+                .create_webhook(new_hook(other, &[]), 3)
+                .await
+                .unwrap(),
+            WebhookStored::Stored
+        );
+        assert_eq!(
+            s.outbox()
+                .create_webhook(new_hook(UserId::new(), &[]), 3)
+                .await
+                .unwrap(),
+            WebhookStored::OwnerGone
+        );
+    }
 }
 
 fn event(owner: UserId, kind: &'static str, file: Option<FileId>) -> NewEvent {

@@ -14,7 +14,7 @@ use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
     Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
-    frame_events, unframe_events,
+    WebhookStored, frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 
@@ -204,18 +204,42 @@ impl Outbox for Postgres {
         Ok(())
     }
 
-    async fn create_webhook(&self, hook: NewWebhook) -> Result<bool, MetaError> {
-        self.one(hook, |c, h| {
-            Box::pin(async move {
-                let st = c
-                    .prepare_cached(
-                        "INSERT INTO webhooks
-                             (id, owner_id, url, events, secret, secret_key_id, created_at)
-                         SELECT $1, u.id, $3, $4, $5, $6, $7 FROM users u WHERE u.id = $2",
-                    )
-                    .await?;
-                let n = c
-                    .execute(
+    async fn create_webhook(
+        &self,
+        hook: NewWebhook,
+        max_per_owner: u64,
+    ) -> Result<WebhookStored, MetaError> {
+        // The owner's row locked first, so two nodes creating at once count one after the
+        // other (each statement of READ COMMITTED sees what committed before it began).
+        self.tx(
+            IsolationLevel::ReadCommitted,
+            (
+                hook,
+                count(usize::try_from(max_per_owner).unwrap_or(usize::MAX)),
+            ),
+            |t, (h, max)| {
+                Box::pin(async move {
+                    let st = t
+                        .prepare_cached("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+                        .await?;
+                    if t.query_opt(&st, &[&h.owner]).await?.is_none() {
+                        return Ok(WebhookStored::OwnerGone);
+                    }
+                    let st = t
+                        .prepare_cached("SELECT count(*) FROM webhooks WHERE owner_id = $1")
+                        .await?;
+                    let n: i64 = t.query_one(&st, &[&h.owner]).await?.try_get(0)?;
+                    if n >= *max {
+                        return Ok(WebhookStored::TooMany);
+                    }
+                    let st = t
+                        .prepare_cached(
+                            "INSERT INTO webhooks
+                                 (id, owner_id, url, events, secret, secret_key_id, created_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .await?;
+                    t.execute(
                         &st,
                         &[
                             &h.hook.id,
@@ -228,9 +252,10 @@ impl Outbox for Postgres {
                         ],
                     )
                     .await?;
-                Ok(n == 1)
-            })
-        })
+                    Ok(WebhookStored::Stored)
+                })
+            },
+        )
         .await
     }
 

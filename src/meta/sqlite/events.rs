@@ -9,7 +9,7 @@ use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
     Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
-    frame_events, unframe_events,
+    WebhookStored, frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 
@@ -211,24 +211,39 @@ impl Outbox for Sqlite {
         Ok(())
     }
 
-    async fn create_webhook(&self, hook: NewWebhook) -> Result<bool, MetaError> {
+    async fn create_webhook(
+        &self,
+        hook: NewWebhook,
+        max_per_owner: u64,
+    ) -> Result<WebhookStored, MetaError> {
+        // The single writer counts and inserts with nothing in between.
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "INSERT INTO webhooks
-                         (id, owner_id, url, events, secret, secret_key_id, created_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2)",
-                )?
-                .execute(params![
-                    hook.hook.id,
-                    hook.owner,
-                    hook.hook.url,
-                    frame_events(&hook.hook.events),
-                    hook.secret,
-                    hook.secret_key_id,
-                    hook.hook.created_at
-                ])?;
-            Ok(n == 1)
+            if !c
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?
+                .query_row([hook.owner], |r| r.get::<_, bool>(0))?
+            {
+                return Ok(WebhookStored::OwnerGone);
+            }
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM webhooks WHERE owner_id = ?1")?
+                .query_row([hook.owner], |r| r.get(0))?;
+            if u64::try_from(n).unwrap_or(0) >= max_per_owner {
+                return Ok(WebhookStored::TooMany);
+            }
+            c.prepare_cached(
+                "INSERT INTO webhooks (id, owner_id, url, events, secret, secret_key_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                hook.hook.id,
+                hook.owner,
+                hook.hook.url,
+                frame_events(&hook.hook.events),
+                hook.secret,
+                hook.secret_key_id,
+                hook.hook.created_at
+            ])?;
+            Ok(WebhookStored::Stored)
         })
         .await
     }
