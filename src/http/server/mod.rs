@@ -228,6 +228,17 @@ impl App {
         for t in tasks {
             let _ = t.await;
         }
+        // The sweeper stopped: hand its lease over now, so that the node started in this
+        // one's place (or another) sweeps at its next tick, not once the lease runs out.
+        let node = state.meta.node().to_owned();
+        if let Err(e) = state
+            .meta
+            .leases()
+            .release(crate::ops::sweeper::LEASE, &node)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot hand the sweeper lease over; it runs out by itself");
+        }
         state.audit.flush().await;
         let _ = state.meta.checkpoint().await;
         drop(state);
