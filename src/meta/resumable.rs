@@ -209,7 +209,8 @@ pub trait Resumables: Send + Sync {
     /// The unfinished uploads created with a grant (to end them when it is revoked).
     async fn by_grant(&self, grant: GrantId) -> Result<Vec<FileId>, MetaError>;
 
-    /// Uploads that expired before `now`, up to `limit`.
+    /// Uploads that expired before `now`, or whose grant was revoked (its uploads are ended
+    /// with it; this catches those a failure left behind), up to `limit`.
     async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<FileId>, MetaError>;
 
     /// Every staged chunk's blob key (not orphans, for `coffer check`).

@@ -748,3 +748,30 @@ async fn an_unfinished_resumable_upload_that_is_deleted_or_refused_gives_its_use
         "used up"
     );
 }
+
+/// A revocation whose ending of the grant's unfinished uploads failed (the grant gone, its
+/// uploads left): the sweeper ends them, so their quota does not wait for their expiry.
+#[tokio::test]
+async fn the_sweeper_ends_uploads_a_failed_revocation_left_behind() {
+    let app = TestApp::builder()
+        .single_node("writes the SQLite file behind the server")
+        .env("COFFER_RETENTION__SWEEP_INTERVAL_SECS", "1")
+        .spawn()
+        .await;
+    let u = app.user("halfrevoked").await;
+    let g = mint(&app, &u, json!({})).await;
+    let t = token(&g).to_owned();
+    assert_eq!(tus_create(&app, &t, "left.png", 1_000).await.status(), 201);
+    assert_eq!(
+        app.sql_number("SELECT COUNT(*) FROM upload_reservations"),
+        1
+    );
+    // What a revocation that failed after removing the grant leaves.
+    let gid = g["id"].as_str().unwrap();
+    app.sql_exec(&format!("DELETE FROM upload_grants WHERE id = '{gid}'"));
+    app.eventually("the sweeper ends the orphaned upload", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads") == 0
+            && app.sql_number("SELECT COUNT(*) FROM upload_reservations") == 0
+    })
+    .await;
+}

@@ -368,7 +368,10 @@ impl Resumables for Postgres {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "SELECT id FROM resumable_uploads WHERE expires_at <= $1
+                        "SELECT id FROM resumable_uploads u
+                         WHERE expires_at <= $1
+                            OR (grant_id IS NOT NULL AND NOT EXISTS
+                                (SELECT 1 FROM upload_grants g WHERE g.id = u.grant_id))
                          ORDER BY expires_at LIMIT $2",
                         &[&now, &as_i64(limit as u64)],
                     )

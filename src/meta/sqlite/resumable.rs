@@ -307,7 +307,10 @@ impl Resumables for Sqlite {
     async fn expired(&self, now: Timestamp, limit: usize) -> Result<Vec<FileId>, MetaError> {
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT id FROM resumable_uploads WHERE expires_at <= ?1
+                "SELECT id FROM resumable_uploads u
+                 WHERE expires_at <= ?1
+                    OR (grant_id IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM upload_grants g WHERE g.id = u.grant_id))
                  ORDER BY expires_at LIMIT ?2",
             )?
             .query_map(params![now, as_i64(limit as u64)], |r| r.get(0))?
