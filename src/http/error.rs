@@ -105,6 +105,10 @@ pub(crate) enum AppError {
     /// The virus scanner gave no verdict (unreachable, erroring, too slow): nothing stored.
     #[error("the virus scanner is unavailable")]
     ScannerUnavailable,
+    /// The request uses an HTTP feature the server does not implement (501), e.g. a transfer
+    /// coding other than `chunked`.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// `If-Match` or `If-Unmodified-Since` does not hold for the file (412).
     #[error("precondition failed")]
     PreconditionFailed,
@@ -183,6 +187,7 @@ impl AppError {
             Self::ScannerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -217,9 +222,11 @@ impl AppError {
     fn detail(&self) -> Cow<'static, str> {
         match self {
             Self::BadRequest(d) | Self::Conflict(d) | Self::UnsupportedMediaType(d) => d.clone(),
-            Self::Unauthorized(d) | Self::Forbidden(d) | Self::Gone(d) | Self::Unavailable(d) => {
-                Cow::Borrowed(d)
-            }
+            Self::Unauthorized(d)
+            | Self::Forbidden(d)
+            | Self::Gone(d)
+            | Self::Unavailable(d)
+            | Self::NotImplemented(d) => Cow::Borrowed(d),
             Self::NotFound => "no such resource".into(),
             Self::Polyglot(why) => format!("{why}; refused as a polyglot").into(),
             Self::Infected(signature) => {
@@ -285,6 +292,7 @@ pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
         423 => "locked",
         429 => "rate-limited",
         431 => "request-header-fields-too-large",
+        501 => "not-implemented",
         503 => "service-unavailable",
         507 => "insufficient-storage",
         s if s >= 500 => "internal-error",

@@ -1,5 +1,5 @@
-//! The wire below the router, over raw TCP: what hyper's HTTP/1 parser refuses by itself, and
-//! the `Host` rules of RFC 9112 §3.2.
+//! The wire below the router, over raw TCP: what hyper's HTTP/1 parser refuses by itself, the
+//! `Host` rules of RFC 9112 §3.2 and its transfer codings (§6.1).
 
 use crate::helpers::TestApp;
 use crate::helpers::raw::{RawConn, RawResponse, exchange};
@@ -153,6 +153,39 @@ async fn host_must_come_once_and_well_formed() {
         .await;
         assert_eq!(r.status, if allow_list { 400 } else { 200 });
     }
+}
+
+/// RFC 9112 §6.1: hyper takes any coding list ending in `chunked` for chunked; a coding
+/// coffer does not decode is 501 (an upload would otherwise store the compressed bytes), and
+/// `chunked` twice is 400. Plain chunked works.
+#[tokio::test]
+async fn only_chunked_once_is_taken_as_a_transfer_coding() {
+    let app = TestApp::spawn().await;
+    let post = |codings: &str| {
+        format!(
+            "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n{codings}\
+             Content-Type: application/json\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    for (codings, status) in [
+        ("Transfer-Encoding: gzip, chunked\r\n", 501),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            501,
+        ),
+        ("Transfer-Encoding: chunked, chunked\r\n", 400),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            400,
+        ),
+    ] {
+        let r = exchange(app.addr, &post(codings)).await;
+        assert_problem(&r, status);
+    }
+    // The login's own answer: the body was read as chunked.
+    let r = exchange(app.addr, &post("Transfer-Encoding: chunked\r\n")).await;
+    assert_eq!(r.status, 422);
 }
 
 /// `POST /api/v1/files` announcing `len` bytes, with `extra` header lines.

@@ -71,9 +71,9 @@ pub(crate) fn set_security_headers(h: &mut HeaderMap, hsts: bool) {
     h.remove(header::SERVER);
 }
 
-/// Refuse a request whose `Host` breaks RFC 9112 §3.2 (on every route, probes included), then
-/// one naming a host outside `server.allowed_hosts` (compared without port,
-/// case-insensitively; probes exempt).
+/// Refuse a request whose head breaks RFC 9112 (on every route, probes included): its `Host`
+/// (§3.2) or its transfer coding (§6.1); then one naming a host outside
+/// `server.allowed_hosts` (compared without port, case-insensitively; probes exempt).
 pub(crate) async fn trusted_hosts(
     State(state): State<AppState>,
     req: Request,
@@ -81,6 +81,9 @@ pub(crate) async fn trusted_hosts(
 ) -> Response {
     if let Some(fault) = host_fault(req.version(), req.headers(), req.uri()) {
         return AppError::BadRequest(fault.into()).into_response();
+    }
+    if let Some(fault) = coding_fault(req.headers()) {
+        return fault.into_response();
     }
     let allowed = &state.config.server.allowed_hosts;
     if allowed.is_empty() || is_probe(req.uri().path()) {
@@ -127,6 +130,28 @@ fn host_fault(version: Version, headers: &HeaderMap, uri: &Uri) -> Option<&'stat
         }
         None => None,
     }
+}
+
+/// What is wrong with a request's `Transfer-Encoding` (RFC 9112 §6.1): hyper reads any list
+/// that ends in `chunked` as chunked, but no other coding is decoded here, so one is 501
+/// (rather than taking compressed bytes for the content), and `chunked` applied twice is 400.
+fn coding_fault(headers: &HeaderMap) -> Option<AppError> {
+    let mut chunked = 0;
+    for coding in headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+    {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Some(AppError::NotImplemented(
+                "no transfer coding but chunked is supported",
+            ));
+        }
+        chunked += 1;
+    }
+    (chunked > 1).then(|| AppError::BadRequest("chunked may be applied only once".into()))
 }
 
 /// `uri-host [":" port]` (RFC 3986 §3.2.2-3, as RFC 9110 §7.2 uses it), with a non-empty host
@@ -297,5 +322,23 @@ mod tests {
         assert!(host_fault(Version::HTTP_2, &none, &absolute).is_none());
         assert!(host_fault(Version::HTTP_2, &none, &origin).is_some());
         assert!(host_fault(Version::HTTP_2, &two, &absolute).is_some());
+    }
+
+    #[test]
+    fn only_chunked_once_is_a_transfer_coding() {
+        let codings = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            coding_fault(&h).map(|e| e.status().as_u16())
+        };
+        assert_eq!(codings(&[]), None);
+        assert_eq!(codings(&["chunked"]), None);
+        assert_eq!(codings(&["Chunked"]), None);
+        assert_eq!(codings(&["gzip, chunked"]), Some(501));
+        assert_eq!(codings(&["gzip", "chunked"]), Some(501));
+        assert_eq!(codings(&["chunked, chunked"]), Some(400));
+        assert_eq!(codings(&["chunked", "chunked"]), Some(400));
     }
 }
