@@ -4,6 +4,7 @@
 //! Invariant: only a configured origin gets any `Access-Control-*` header; a preflight from
 //! one is answered 204.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -41,12 +42,20 @@ fn origins(cfg: &CorsConfig) -> Vec<HeaderValue> {
         .collect()
 }
 
-/// The CORS layer for the configured origins.
+/// What `Vary` names on every answer (what the CORS headers depend on).
+const VARY: &str = "origin, access-control-request-method, access-control-request-headers";
+
+/// The CORS layer for the configured origins. The middleware around it is cloned on every
+/// request, so what it holds is cheap to clone: the origins are shared, and `Vary` is added
+/// by [`tidy`] as one static value (the layer's own is a list joined on every request).
 pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
-    let origins = origins(cfg);
+    let origins: Arc<[HeaderValue]> = origins(cfg).into();
     // Tokens ride in headers, never cookies, so credentials are never allowed.
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origins.contains(origin)
+        }))
+        .vary(Vec::<HeaderName>::new())
         // PATCH and OPTIONS, and the tus headers below, for resumable uploads (API.md).
         .allow_methods([
             Method::GET,
@@ -87,7 +96,7 @@ pub(crate) fn layer(cfg: &CorsConfig) -> CorsLayer {
 /// request: the origin echoed and the exposed headers when it is allowed, `Vary` always.
 pub(crate) fn plain_options(cfg: &CorsConfig, origin: Option<&HeaderValue>, res: &mut Response) {
     let headers = res.headers_mut();
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    headers.append(header::VARY, HeaderValue::from_static(VARY));
     let Some(origin) = origin.filter(|o| origins(cfg).contains(o)) else {
         return;
     };
@@ -102,14 +111,15 @@ pub(crate) fn plain_options(cfg: &CorsConfig, origin: Option<&HeaderValue>, res:
     }
 }
 
-/// Tidies what the CORS layer answers. It sends its method, header and exposed-header lists
-/// whatever the origin; they are dropped unless the origin was allowed, so CORS answers only
-/// the configured origins. Its preflight answer is an empty 200; the contract (and RFC 9110
-/// for an empty answer) says 204.
+/// Tidies what the CORS layer answers, and adds `Vary` to it. The layer sends its method,
+/// header and exposed-header lists whatever the origin; they are dropped unless the origin
+/// was allowed, so CORS answers only the configured origins. Its preflight answer is an empty
+/// 200; the contract (and RFC 9110 for an empty answer) says 204.
 pub(crate) async fn tidy(req: Request, next: Next) -> Response {
     let preflight = req.method() == Method::OPTIONS;
     let mut res = next.run(req).await;
     let headers = res.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static(VARY));
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         for name in [
             header::ACCESS_CONTROL_ALLOW_METHODS,
