@@ -169,14 +169,34 @@ impl AppState {
         // are sealed now; until then they still sign.
         let webhook_keyring = Arc::new(secrets.webhook_keyring);
         match crate::ops::keys::seal_plain_webhook_secrets(&meta, &webhook_keyring).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                sealed = n,
-                "sealed webhook signing secrets stored in the clear"
-            ),
+            Ok(r) => {
+                if r.done > 0 {
+                    tracing::info!(
+                        sealed = r.done,
+                        "sealed webhook signing secrets stored in the clear"
+                    );
+                }
+                for why in r.failed {
+                    tracing::warn!("cannot seal a webhook secret stored in the clear: {why}");
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot seal the webhook secrets stored in the clear yet")
             }
+        }
+        // Secrets no key here opens: their events wait (never given up for it) until a node
+        // that has the key delivers them.
+        match crate::ops::keys::unopenable_webhook_secrets(&meta, &webhook_keyring).await {
+            Ok(lost) if !lost.is_empty() => tracing::warn!(
+                "{} webhook secrets are sealed under keys this node does not have ({}): their \
+                 events wait until a node that has the key delivers them. Name the earlier \
+                 COFFER_SECRET_KEY in COFFER_SECRET_OLD_KEYS, or the earlier encryption key in \
+                 COFFER_ENCRYPTION_OLD_KEYS",
+                lost.len(),
+                lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the webhook secrets' keys"),
         }
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let keyring = Arc::new(secrets.keyring);

@@ -161,7 +161,10 @@ pub fn run() -> ExitCode {
 /// - `arena_max` 2: glibc gives each thread that allocates under contention an arena of its
 ///   own, up to 8 per core, and each keeps its free memory; the blocking pool has up to
 ///   `server.blocking_threads` threads, so a burst of downloads spread memory over 16 arenas
-///   that all stayed resident.
+///   that all stayed resident. With 4, the two runtime workers and the database writer
+///   would not share arenas: small downloads at 16 connections ran 7-12% faster, but 100
+///   encrypted slow readers peaked 2 MiB higher, at the 48 MiB target (bench/README.md,
+///   "Sixth round"), so 2 it stays.
 const MALLOC_TUNABLE: (&str, &str) = (
     "GLIBC_TUNABLES",
     "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=4194304:glibc.malloc.arena_max=2",
@@ -531,7 +534,8 @@ async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
             let old = SecretKey::old_from_env().map_err(|e| Failure::Config(e.to_string()))?;
             Some(webhook_keyring(&secret, &old)?)
         }
-        Err(_) => None,
+        Err(secrets::SecretError::Missing { .. }) => None,
+        Err(e) => return Err(Failure::Config(e.to_string())),
     };
     if !keys.enabled() && hook_keys.is_none() {
         return Err(Failure::Config(
@@ -541,21 +545,41 @@ async fn rotate_key(config: Config) -> Result<ExitCode, Failure> {
         ));
     }
     let (_, meta, _) = open_stores(&config).await?;
+    // Data keys first: a webhook secret that cannot be re-wrapped stops nothing else.
+    let rewrapped = match keys.current_id() {
+        Some(id) => {
+            let n = ops::keys::rotate(&meta, &keys).await?;
+            let staged = ops::keys::rotate_staged_chunks(&meta, &keys).await?;
+            Some((id.to_owned(), n, staged))
+        }
+        None => None,
+    };
     let hooks =
         ops::keys::rotate_webhook_secrets(&meta, hook_keys.as_ref().unwrap_or(&keys)).await?;
-    if !keys.enabled() {
-        println!(
-            "re-wrapped {hooks} webhook secrets under the service secret's key (no COFFER_ENCRYPTION_KEY: no data keys)"
-        );
+    match rewrapped {
+        Some((id, n, staged)) => println!(
+            "re-wrapped {n} data keys, {} webhook secrets and {staged} staged upload chunks under key {id}",
+            hooks.done
+        ),
+        None => println!(
+            "re-wrapped {} webhook secrets under the service secret's key (no COFFER_ENCRYPTION_KEY: no data keys)",
+            hooks.done
+        ),
+    }
+    if hooks.failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let n = ops::keys::rotate(&meta, &keys).await?;
-    let staged = ops::keys::rotate_staged_chunks(&meta, &keys).await?;
-    println!(
-        "re-wrapped {n} data keys, {hooks} webhook secrets and {staged} staged upload chunks under key {}",
-        keys.current_id().unwrap_or("-")
-    );
-    Ok(ExitCode::SUCCESS)
+    // Webhooks whose secret stays under a key that goes away could not sign any more.
+    for why in &hooks.failed {
+        eprintln!("coffer: not re-wrapped: {why}");
+    }
+    if hook_keys.is_none() {
+        eprintln!(
+            "coffer: webhook secrets sealed with the service secret's key need COFFER_SECRET_KEY \
+             (and COFFER_SECRET_OLD_KEYS for earlier ones)"
+        );
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 async fn healthcheck(config: &Config, addr: Option<SocketAddr>) -> Result<ExitCode, Failure> {

@@ -140,6 +140,11 @@ impl Keyring {
         self.current.as_ref().map(MasterKey::id)
     }
 
+    /// Whether a key with this id is configured (current or earlier).
+    pub fn knows(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
     fn find(&self, id: &str) -> Option<&MasterKey> {
         self.current.iter().chain(&self.old).find(|k| k.id == id)
     }

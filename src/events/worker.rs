@@ -206,7 +206,27 @@ async fn record_tries(
 
 impl Shared {
     async fn deliver(&self, d: Claimed) {
-        let attempt = self.try_once(&d).await;
+        let Some(secret) = hooks::unseal(
+            &self.worker.keyring,
+            d.webhook_id,
+            &d.secret,
+            d.secret_key_id.as_deref(),
+        ) else {
+            // Not a try: no key of this node opens the secret (a node not given the key yet,
+            // or the service secret changed without COFFER_SECRET_OLD_KEYS). Nothing is
+            // recorded: the lease runs out and the delivery is claimed again, here once the
+            // key is configured or by a node that has it. It is never given up for this.
+            tracing::warn!(
+                webhook.id = %d.webhook_id,
+                event.id = %d.event_id,
+                key = d.secret_key_id.as_deref().unwrap_or("-"),
+                "cannot unseal the webhook's signing secret: no configured key opens it \
+                 (COFFER_SECRET_KEY / COFFER_SECRET_OLD_KEYS, or COFFER_ENCRYPTION_KEY / \
+                 COFFER_ENCRYPTION_OLD_KEYS); the delivery waits"
+            );
+            return;
+        };
+        let attempt = self.try_once(&d, &secret).await;
         let tries = d.attempts.saturating_add(1);
         let attempt = match attempt {
             Ok((status, answer)) => Attempt::Delivered { status, answer },
@@ -237,26 +257,14 @@ impl Shared {
     async fn try_once(
         &self,
         d: &Claimed,
+        secret: &[u8],
     ) -> Result<(u16, String), (Option<u16>, String, Option<String>)> {
         let policy = self.worker.policy;
         let url = guard::check_url(&d.url, policy)
             .map_err(|e| (None, format!("refused: url {e}"), None))?;
         guard::check_target(&url, policy).map_err(|e| (None, e, None))?;
-        let Some(secret) = hooks::unseal(
-            &self.worker.keyring,
-            d.webhook_id,
-            &d.secret,
-            d.secret_key_id.as_deref(),
-        ) else {
-            return Err((
-                None,
-                "the webhook's secret cannot be unsealed (is its encryption key configured?)"
-                    .into(),
-                None,
-            ));
-        };
         let ts = Timestamp::now().unix_secs();
-        let mut sig = HeaderValue::from_str(&sign::signature(&secret, &d.event_id, ts, &d.body))
+        let mut sig = HeaderValue::from_str(&sign::signature(secret, &d.event_id, ts, &d.body))
             .map_err(|_| (None, "cannot sign".to_owned(), None))?;
         // Kept out of any debug output of the request.
         sig.set_sensitive(true);

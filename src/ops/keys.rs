@@ -92,32 +92,63 @@ pub async fn rotate_staged_chunks(meta: &MetaStore, keyring: &Keyring) -> anyhow
     Ok(n)
 }
 
+/// What re-sealing webhook secrets did.
+#[derive(Debug, Default)]
+pub struct Resealed {
+    /// Secrets re-wrapped under the current key (or sealed, when stored in the clear).
+    pub done: usize,
+    /// Secrets left as they were, one line each: sealed under a key not configured here, or
+    /// not a secret at all. Webhooks whose secret no configured key opens wait to deliver.
+    pub failed: Vec<String>,
+}
+
 /// Re-wrap every webhook signing secret sealed under an older key, and seal any stored as it
 /// is (they are wrapped like a data key, bound to the webhook's id), so webhooks still sign
-/// once the old key is removed. Returns how many were re-wrapped or sealed.
-pub async fn rotate_webhook_secrets(meta: &MetaStore, keyring: &Keyring) -> anyhow::Result<usize> {
+/// once the old key is removed. One that cannot be re-wrapped is reported and skipped.
+pub async fn rotate_webhook_secrets(
+    meta: &MetaStore,
+    keyring: &Keyring,
+) -> anyhow::Result<Resealed> {
     reseal_webhook_secrets(meta, keyring, false).await
 }
 
 /// Seal the webhook signing secrets stored as they are (by a version that sealed them only
-/// with encryption at rest on), at start-up. Returns how many.
+/// with encryption at rest on), at start-up.
 pub async fn seal_plain_webhook_secrets(
     meta: &MetaStore,
     keyring: &Keyring,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Resealed> {
     reseal_webhook_secrets(meta, keyring, true).await
+}
+
+/// The webhook secrets sealed under a key `keyring` does not have: their webhooks cannot sign
+/// here (each such line names the webhook and the key id).
+pub async fn unopenable_webhook_secrets(
+    meta: &MetaStore,
+    keyring: &Keyring,
+) -> anyhow::Result<Vec<String>> {
+    Ok(meta
+        .outbox()
+        .stored_secrets(false)
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            let key = s.key_id?;
+            (!keyring.knows(&key)).then(|| format!("webhook {} (key {key})", s.id))
+        })
+        .collect())
 }
 
 async fn reseal_webhook_secrets(
     meta: &MetaStore,
     keyring: &Keyring,
     only_plain: bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Resealed> {
     let current = keyring
         .current_id()
         .ok_or_else(|| anyhow::anyhow!("COFFER_ENCRYPTION_KEY is not set"))?
         .to_owned();
-    let mut n = 0;
+    let mut out = Resealed::default();
     for old in meta.outbox().stored_secrets(only_plain).await? {
         let id = FileId(old.id.0);
         let new = match &old.key_id {
@@ -127,18 +158,24 @@ async fn reseal_webhook_secrets(
                     key_id: key_id.clone(),
                     wrapped_key: old.secret.clone(),
                 };
-                keyring
-                    .rewrap(id, &sealing)
-                    .map_err(|e| anyhow::anyhow!("webhook {}: {e}", old.id))?
+                keyring.rewrap(id, &sealing).map_err(|e| e.to_string())
             }
-            None => {
-                let plain: [u8; 32] = old.secret.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!("webhook {}: the stored secret is not 32 bytes", old.id)
-                })?;
-                keyring.wrap(id, &DataKey::from_bytes(plain))
+            None => <[u8; 32]>::try_from(old.secret.as_slice())
+                .map_err(|_| "the stored secret is not 32 bytes".to_owned())
+                .map(|plain| keyring.wrap(id, &DataKey::from_bytes(plain))),
+        };
+        let new = match new {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                out.failed
+                    .push(format!("webhook {}: cannot re-wrap", old.id));
+                continue;
             }
-        }
-        .ok_or_else(|| anyhow::anyhow!("webhook {}: cannot re-wrap", old.id))?;
+            Err(why) => {
+                out.failed.push(format!("webhook {}: {why}", old.id));
+                continue;
+            }
+        };
         let new = SealedSecret {
             id: old.id,
             secret: new.wrapped_key,
@@ -146,10 +183,10 @@ async fn reseal_webhook_secrets(
         };
         // A webhook deleted meanwhile is simply not counted.
         if meta.outbox().reseal_secret(old, new).await? {
-            n += 1;
+            out.done += 1;
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// Seal every plaintext blob under the current key. Returns `(converted, skipped)`; a file is

@@ -1392,6 +1392,63 @@ async fn after_a_change_of_service_secret_webhooks_still_sign() {
     assert_eq!(got[1].signature, expected_signature(&secret, &got[1]));
 }
 
+/// A secret no configured key opens (the service secret changed without
+/// `COFFER_SECRET_OLD_KEYS`) does not use up tries: the event waits, the server says why, and
+/// once the earlier secret is named again the event is delivered, signed with the secret.
+#[tokio::test]
+async fn a_secret_no_key_opens_makes_events_wait_not_fail() {
+    let rx = Receiver::start().await;
+    let mut app = open_app(2)
+        .single_node("reads the SQLite file behind the server")
+        .env("COFFER_WEBHOOKS__MAX_ATTEMPTS", "1")
+        .spawn()
+        .await;
+    let u = app.user("lostkey").await;
+    let h = hook(&app, &u, &rx.url(), None).await;
+    let secret = h["secret"].as_str().unwrap().to_owned();
+    let (old_secret, new_secret) = (app.secret(), crate::helpers::secret());
+    app.terminate();
+    let relaunch = |app: &TestApp| {
+        app.relaunch()
+            .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+            .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+            .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
+            .env("COFFER_WEBHOOKS__MAX_ATTEMPTS", "1")
+            .env("COFFER_SECRET_KEY", new_secret.clone())
+    };
+    let mut app = relaunch(&app).spawn().await;
+    assert!(
+        app.logs()
+            .contains("sealed under keys this node does not have")
+    );
+    let (token, _) = app.login(&u.username, &u.password).await;
+    let u = TestUser { token, ..u };
+    app.stored(&u.token, "a.png", png(300)).await;
+    app.eventually("the server says why it cannot sign", || {
+        app.logs()
+            .contains("cannot unseal the webhook's signing secret")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rx.got().is_empty());
+    let log = deliveries(&app, &u, &h).await;
+    assert_eq!(log[0]["attempts"], 0, "not a try: {log:#?}");
+    assert!(
+        log[0]["next_attempt_at"].is_string(),
+        "still pending: {log:#?}"
+    );
+    app.terminate();
+    let app = relaunch(&app)
+        .env("COFFER_SECRET_OLD_KEYS", old_secret)
+        .spawn()
+        .await;
+    let got = rx
+        .until(30, "the event, once the key is back", |g| !g.is_empty())
+        .await;
+    assert_eq!(got[0].signature, expected_signature(&secret, &got[0]));
+    drop(app);
+}
+
 /// `coffer rotate-key` re-wraps webhook secrets too: with the old key removed, webhooks still
 /// sign, with the secret shown at creation.
 #[tokio::test]
