@@ -34,6 +34,83 @@ async fn add_hook(store: &MetaStore, owner: UserId, events: &[&str]) -> WebhookI
     id
 }
 
+/// Stored secrets, as start-up and `rotate-key` re-seal them: every one or only those in the
+/// clear (no key id); a re-seal takes only while the row is still what was read, a NULL key
+/// id included.
+#[tokio::test]
+async fn stored_secrets_are_resealed_only_while_unchanged() {
+    use coffer::meta::events::SealedSecret;
+    for e in engines::all("stored_secrets_are_resealed_only_while_unchanged").await {
+        let s = &e.store;
+        let owner = add_user(s, "sealer", Role::User).await;
+        let plain = add_hook(s, owner, &[]).await;
+        let mut sealed = new_hook(owner, &[]);
+        sealed.secret = vec![9; 60];
+        sealed.secret_key_id = Some("k1".into());
+        let sealed_id = sealed.hook.id;
+        s.outbox().create_webhook(sealed, 1000).await.unwrap();
+        let all = s.outbox().stored_secrets(false).await.unwrap();
+        assert_eq!(all.len(), 2, "{}", e.name);
+        let clear = s.outbox().stored_secrets(true).await.unwrap();
+        assert_eq!(clear.len(), 1, "{}", e.name);
+        assert_eq!(clear[0].id, plain);
+        assert_eq!(clear[0].key_id, None);
+        let new = |id, key: &str| SealedSecret {
+            id,
+            secret: vec![1; 60],
+            key_id: Some(key.into()),
+        };
+        // The clear one is sealed (NULL compared as NULL), once.
+        assert!(
+            s.outbox()
+                .reseal_secret(clear[0].clone(), new(plain, "k2"))
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        assert!(
+            !s.outbox()
+                .reseal_secret(clear[0].clone(), new(plain, "k3"))
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        assert!(
+            s.outbox().stored_secrets(true).await.unwrap().is_empty(),
+            "{}",
+            e.name
+        );
+        // A sealed one only while its key id and bytes are what was read.
+        let read = all.into_iter().find(|x| x.id == sealed_id).unwrap();
+        let mut stale = read.clone();
+        stale.key_id = Some("k0".into());
+        assert!(
+            !s.outbox()
+                .reseal_secret(stale, new(sealed_id, "k2"))
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        assert!(
+            s.outbox()
+                .reseal_secret(read, new(sealed_id, "k2"))
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        let now: Vec<_> = s.outbox().stored_secrets(false).await.unwrap();
+        assert!(
+            now.iter().all(|x| x.key_id.as_deref() == Some("k2")),
+            "{}",
+            e.name
+        );
+    }
+}
+
 /// `webhooks.max_per_user` holds exactly, also for creations at once (on PostgreSQL, from
 /// several pooled connections); an owner that is gone gets nothing stored.
 #[tokio::test]
