@@ -178,8 +178,11 @@ pub fn plan(
     };
     // RFC 9110 section 13.2.2, in its order: If-Match, else If-Unmodified-Since; then
     // If-None-Match, else If-Modified-Since; then If-Range.
-    if let Some(im) = text(header::IF_MATCH) {
-        if !if_match(im, etag) {
+    let mut if_matches = headers.get_all(header::IF_MATCH).iter().peekable();
+    if if_matches.peek().is_some() {
+        // One list over every line (RFC 9110 section 5.3); a value that is not text matches
+        // nothing.
+        if !if_matches.any(|v| v.to_str().is_ok_and(|v| if_match(v, etag))) {
             return Plan::PreconditionFailed;
         }
     } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(date_secs)

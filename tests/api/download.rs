@@ -171,20 +171,24 @@ async fn ranges_conditionals_and_head() {
         vec![("if-match", etag.clone())],
         vec![("if-match", "*".to_owned())],
         vec![("if-match", format!("\"other\", {etag}"))],
+        vec![
+            ("if-match", "\"other\"".to_owned()),
+            ("if-match", etag.clone()),
+        ],
         vec![(
             "if-unmodified-since",
             "Fri, 01 Jan 2100 00:00:00 GMT".to_owned(),
         )],
-        vec![
-            ("if-match", etag.clone()),
-            ("range", "bytes=0-9".to_owned()),
-        ],
     ];
     for pairs in ok {
         let h: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let r = app.download(&u.token, id, &h).await;
-        assert!([200, 206].contains(&r.status().as_u16()), "{h:?}");
+        assert_eq!(r.status(), 200, "{h:?}");
     }
+    let r = app
+        .download(&u.token, id, &[("if-match", &etag), ("range", "bytes=0-9")])
+        .await;
+    assert_eq!(r.status(), 206);
     let failed = [
         vec![("if-match", "\"nope\"".to_owned())],
         vec![("if-match", format!("W/{etag}"))],

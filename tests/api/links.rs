@@ -76,6 +76,9 @@ async fn budgets_count_gets_only_and_are_410_when_spent() {
     let etag = format!("\"{}\"", f["sha256"].as_str().unwrap());
     let unchanged = app.get(url).header("if-none-match", &etag);
     assert_eq!(unchanged.status().await, 304);
+    // Nor does a failed precondition (412).
+    let changed = app.get(url).header("if-match", "\"another\"");
+    assert_eq!(changed.status().await, 412);
     assert_eq!(app.get(url).status().await, 200);
     let ranged = app.get(url).header("range", "bytes=0-1");
     assert_eq!(ranged.status().await, 206);

@@ -837,7 +837,8 @@ impl TestApp {
     pub async fn download(&self, token: &str, id: &str, headers: &[(&str, &str)]) -> Response {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.insert(
+            // Appended: a header named twice goes as two lines.
+            h.append(
                 reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
