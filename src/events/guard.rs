@@ -101,6 +101,15 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         // Teredo (2001::/32) hides an IPv4 address: neither is a public webhook's address.
         _ if seg[..3] == [0x64, 0xff9b, 1] => Some("local-use NAT64"),
         _ if seg[0] == 0x2001 && seg[1] == 0 => Some("Teredo"),
+        // Discard-only (100::/64), benchmarking (2001:2::/48), ORCHID (2001:10::/28,
+        // 2001:20::/28), documentation (3fff::/20), SRv6 segment ids (5f00::/16): RFC 6890's
+        // registry and its successors; never a public host.
+        _ if seg[..4] == [0x100, 0, 0, 0] => Some("discard-only"),
+        _ if seg[0] == 0x2001 && seg[1] == 2 && seg[2] == 0 => Some("benchmarking"),
+        _ if seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x10 => Some("ORCHID"),
+        _ if seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x20 => Some("ORCHID"),
+        _ if seg[0] == 0x3fff && (seg[1] & 0xf000) == 0 => Some("documentation"),
+        0x5f00 => Some("SRv6"),
         _ => None,
     }
 }
@@ -350,6 +359,13 @@ mod tests {
             "64:ff9b:1::a00:1",
             "64:ff9b:1:ffff::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "100::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:2f::1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
             "2002:7f00:1::",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
@@ -359,6 +375,8 @@ mod tests {
             "93.184.216.34",
             "1.1.1.1",
             "2606:4700:4700::1111",
+            "2001:4860:4860::8888",
+            "2a00:1450::1",
             "::ffff:1.1.1.1",
         ] {
             let ip: IpAddr = good.parse().unwrap();
