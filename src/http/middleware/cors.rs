@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::CorsConfig;
 
 /// The response headers a page may read: the tus ones among them.
-const EXPOSED: [HeaderName; 16] = [
+const EXPOSED: [HeaderName; 17] = [
     header::LOCATION,
     header::ETAG,
     header::CONTENT_DISPOSITION,
@@ -32,6 +32,7 @@ const EXPOSED: [HeaderName; 16] = [
     HeaderName::from_static("tus-version"),
     HeaderName::from_static("tus-extension"),
     HeaderName::from_static("tus-max-size"),
+    HeaderName::from_static("tus-checksum-algorithm"),
     HeaderName::from_static("coffer-file-id"),
 ];
 
