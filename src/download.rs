@@ -178,11 +178,22 @@ pub fn plan(
     };
     // RFC 9110 section 13.2.2, in its order: If-Match, else If-Unmodified-Since; then
     // If-None-Match, else If-Modified-Since; then If-Range.
-    let mut if_matches = headers.get_all(header::IF_MATCH).iter().peekable();
-    if if_matches.peek().is_some() {
-        // One list over every line (RFC 9110 section 5.3); a value that is not text matches
-        // nothing.
-        if !if_matches.any(|v| v.to_str().is_ok_and(|v| if_match(v, etag))) {
+    // One list over every line (RFC 9110 section 5.3); lines with no element at all are as
+    // good as absent, and a value that is not text matches nothing.
+    let if_matches: Vec<&HeaderValue> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .filter(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|e| !e.trim_ascii().is_empty())
+        })
+        .collect();
+    if !if_matches.is_empty() {
+        if !if_matches
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| if_match(v, etag)))
+        {
             return Plan::PreconditionFailed;
         }
     } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(date_secs)
@@ -349,6 +360,12 @@ mod tests {
         let before = Timestamp::from_unix_secs(999_999_999).to_http_date();
         let after = Timestamp::from_unix_secs(1_000_000_001).to_http_date();
         assert_eq!(get(&[("if-match", "\"x\"")]), Plan::PreconditionFailed);
+        assert_eq!(
+            get(&[("if-match", "")]),
+            Plan::Full,
+            "an empty list is no condition"
+        );
+        assert_eq!(get(&[("if-match", " , ")]), Plan::Full);
         assert_eq!(get(&[("if-match", "\"ab\"")]), Plan::Full);
         assert_eq!(
             get(&[("if-unmodified-since", &before)]),

@@ -523,16 +523,14 @@ pub(crate) struct FileContentQuery {
     view: Option<String>,
 }
 
-/// The file's bytes. Supports `Range` (one range), `If-None-Match`, `If-Range`, `If-Match`,
-/// `If-Unmodified-Since` and `HEAD`. With `?view=<token>` (a view URL) no credentials are
-/// needed, and the read is not counted.
+/// The file's bytes. Supports `Range` (one range), `If-None-Match`, `If-Range`, `If-Match`
+/// (strong comparison) and `If-Unmodified-Since` (412 when they fail), and `HEAD`. With
+/// `?view=<token>` (a view URL) no credentials are needed, and the read is not counted.
 #[utoipa::path(method(get, head), path = "/api/v1/files/{id}/content", tag = "files",
     params(("id" = String, Path, description = "File id"), FileContentQuery,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
         ("If-None-Match" = Option<String>, Header, description = "ETags"),
-        ("If-Range" = Option<String>, Header, description = "ETag or date"),
-        ("If-Match" = Option<String>, Header, description = "ETags (strong comparison) or *"),
-        ("If-Unmodified-Since" = Option<String>, Header, description = "HTTP date")),
+        ("If-Range" = Option<String>, Header, description = "ETag or date")),
     responses(
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),

@@ -156,9 +156,7 @@ async fn create_link(
 #[utoipa::path(method(get, head), path = "/api/v1/links/{link}", tag = "links",
     params(("link" = String, Path, description = "The link token (from the link URL)"), ContentQuery,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
-        ("If-None-Match" = Option<String>, Header, description = "ETags"),
-        ("If-Match" = Option<String>, Header, description = "ETags (strong comparison) or *"),
-        ("If-Unmodified-Since" = Option<String>, Header, description = "HTTP date")),
+        ("If-None-Match" = Option<String>, Header, description = "ETags")),
     responses(
         (status = 200, description = "The whole file, as its detected type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "One byte range, as its detected type", content_type = "*/*", body = Vec<u8>),
