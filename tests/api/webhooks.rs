@@ -172,6 +172,13 @@ async fn receive(state: Arc<Mutex<Inbox>>, headers: HeaderMap, body: Bytes) -> R
 }
 
 /// A server that may send to loopback over plain HTTP, with `timeout` seconds per try.
+/// The same server again (its root and secret), receivers on loopback allowed.
+fn reopen(app: &TestApp) -> TestAppBuilder {
+    app.relaunch()
+        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+}
+
 fn open_app(timeout: u64) -> TestAppBuilder {
     TestApp::builder()
         .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
@@ -542,12 +549,7 @@ async fn a_secret_stored_in_the_clear_is_sealed_at_start_up() {
         "UPDATE webhooks SET secret = x'{}', secret_key_id = NULL",
         hex::encode(&raw)
     ));
-    let app = app
-        .relaunch()
-        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
-        .spawn()
-        .await;
+    let app = reopen(&app).spawn().await;
     let (sealed, key_id, _) = stored_secret(&app, &secret);
     assert!(!key_id.is_empty());
     assert!(!sealed.eq_ignore_ascii_case(&hex::encode(&raw)));
@@ -675,10 +677,7 @@ async fn an_event_in_flight_at_kill_9_is_delivered_after_the_restart() {
     let f = app.stored(&u.token, "a.png", png(300)).await;
     let first = rx.until(10, "the try in flight", |g| !g.is_empty()).await;
     app.kill9();
-    let app = app
-        .relaunch()
-        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+    let app = reopen(&app)
         .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
         .spawn()
         .await;
@@ -1256,10 +1255,7 @@ async fn deleting_an_account_delivers_its_file_deleted_events_then_its_webhooks_
     );
     // A restart in the middle changes nothing: the retired webhook and its outbox are rows.
     app.kill9();
-    let app = app
-        .relaunch()
-        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+    let app = reopen(&app)
         .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
         .spawn()
         .await;
@@ -1367,12 +1363,7 @@ async fn after_a_change_of_service_secret_webhooks_still_sign() {
     let before = app.sql_text("SELECT secret_key_id FROM webhooks");
     let (old_secret, new_secret) = (app.secret(), crate::helpers::secret());
     app.terminate();
-    let relaunch = |app: &TestApp| {
-        app.relaunch()
-            .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-            .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
-            .env("COFFER_SECRET_KEY", new_secret.clone())
-    };
+    let relaunch = |app: &TestApp| reopen(app).env("COFFER_SECRET_KEY", new_secret.clone());
     let mut app = relaunch(&app)
         .env("COFFER_SECRET_OLD_KEYS", old_secret)
         .spawn()
@@ -1409,9 +1400,7 @@ async fn a_secret_no_key_opens_makes_events_wait_not_fail() {
     let (old_secret, new_secret) = (app.secret(), crate::helpers::secret());
     app.terminate();
     let relaunch = |app: &TestApp| {
-        app.relaunch()
-            .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-            .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        reopen(app)
             .env("COFFER_WEBHOOKS__TIMEOUT_SECS", "2")
             .env("COFFER_WEBHOOKS__MAX_ATTEMPTS", "1")
             .env("COFFER_SECRET_KEY", new_secret.clone())
@@ -1465,10 +1454,7 @@ async fn after_key_rotation_without_the_old_key_webhooks_still_sign() {
     let before = app.sql_text("SELECT secret_key_id FROM webhooks");
     app.terminate();
 
-    let mut app = app
-        .relaunch()
-        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+    let mut app = reopen(&app)
         .env("COFFER_ENCRYPTION_KEY", new_key.clone())
         .env("COFFER_ENCRYPTION_OLD_KEYS", old_key)
         .spawn()
@@ -1480,10 +1466,7 @@ async fn after_key_rotation_without_the_old_key_webhooks_still_sign() {
     assert_ne!(before.trim(), after.trim(), "sealed under the new key");
     app.terminate();
 
-    let app = app
-        .relaunch()
-        .env("COFFER_WEBHOOKS__ALLOW_HTTP", "true")
-        .env("COFFER_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+    let app = reopen(&app)
         .env("COFFER_ENCRYPTION_KEY", new_key)
         .spawn()
         .await;
