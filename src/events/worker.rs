@@ -13,7 +13,12 @@
 //! write). On SQLite both writes are lazy (no fsync of their own: a lease or a recorded try
 //! lost in a power cut only means the delivery is made again).
 //!
-//! Invariant: a try is recorded only by the node that still holds its lease; the answer kept
+//! Each claim names its own holder (this node's id and the claim's number), so a try is
+//! recorded only under the lease it was made under: a manual retry drops the lease of a try in
+//! flight, and that try's outcome is then not recorded over the retry (the delivery is due
+//! again at once, also when this node claims it again before the first try ends).
+//!
+//! Invariant: a try is recorded only by the claim that still holds its lease; the answer kept
 //! is at most [`ANSWER_BYTES`]; no secret or signature is logged.
 
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use super::sign;
 use crate::crypto::Keyring;
 use crate::ids::Timestamp;
 use crate::meta::MetaStore;
-use crate::meta::events::{Attempt, Claimed};
+use crate::meta::events::{Attempt, Claimed, Finished};
 
 /// How long the worker sleeps when nothing is due and nothing woke it.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -95,6 +100,7 @@ impl Worker {
             record,
         });
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut claims: u64 = 0;
         loop {
             let free = slots.available_permits();
             if free == 0 {
@@ -104,12 +110,13 @@ impl Worker {
             }
             let now = Timestamp::now();
             let until = now.plus_secs((this.worker.timeout + LEASE_MARGIN).as_secs());
-            let node = this.worker.meta.node().to_owned();
+            claims = claims.wrapping_add(1);
+            let holder: Arc<str> = format!("{}/{claims}", this.worker.meta.node()).into();
             let claimed = match this
                 .worker
                 .meta
                 .outbox()
-                .claim(node, now, until, free)
+                .claim(holder.to_string(), now, until, free)
                 .await
             {
                 Ok(c) => c,
@@ -135,8 +142,9 @@ impl Worker {
                     return;
                 };
                 let this = this.clone();
+                let holder = holder.clone();
                 tokio::spawn(async move {
-                    this.deliver(d).await;
+                    this.deliver(d, holder).await;
                     drop(permit);
                 });
             }
@@ -160,6 +168,8 @@ struct Shared {
 /// A finished try, to record.
 struct Tried {
     seq: i64,
+    /// The claim it was made under.
+    holder: Arc<str>,
     event_id: String,
     attempt: Attempt,
 }
@@ -182,17 +192,19 @@ async fn record_tries(
             }
         }
         let ids: Vec<String> = batch.iter().map(|t| t.event_id.clone()).collect();
-        let rows = batch.into_iter().map(|t| (t.seq, t.attempt)).collect();
-        let node = meta.node().to_owned();
-        match meta
-            .outbox()
-            .finish_many(node, Timestamp::now(), rows)
-            .await
-        {
+        let rows = batch
+            .into_iter()
+            .map(|t| Finished {
+                seq: t.seq,
+                holder: t.holder.to_string(),
+                attempt: t.attempt,
+            })
+            .collect();
+        match meta.outbox().finish_many(Timestamp::now(), rows).await {
             Ok(done) => {
                 for (id, ok) in ids.iter().zip(done) {
                     if !ok {
-                        tracing::warn!(event.id = %id, "a webhook delivery's lease ran out before its try was recorded");
+                        tracing::warn!(event.id = %id, "a webhook try was not recorded: its lease ran out, or a manual retry made the delivery due again");
                     }
                 }
             }
@@ -205,7 +217,7 @@ async fn record_tries(
 }
 
 impl Shared {
-    async fn deliver(&self, d: Claimed) {
+    async fn deliver(&self, d: Claimed, holder: Arc<str>) {
         let Some(secret) = hooks::unseal(
             &self.worker.keyring,
             d.webhook_id,
@@ -247,6 +259,7 @@ impl Shared {
         // Recorded with others (one write); if the recorder is gone, the lease runs out.
         let _ = self.record.send(Tried {
             seq: d.seq,
+            holder,
             event_id: d.event_id.clone(),
             attempt,
         });

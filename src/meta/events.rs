@@ -97,6 +97,17 @@ pub struct Webhook {
     pub created_at: Timestamp,
 }
 
+/// A finished try, to record ([`Outbox::finish_many`]).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The delivery row.
+    pub seq: i64,
+    /// The claim the try was made under ([`Outbox::claim`]'s `holder`).
+    pub holder: String,
+    /// How it went.
+    pub attempt: Attempt,
+}
+
 /// A delivery claimed by this node, with what sending it needs.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -197,7 +208,8 @@ pub trait Outbox: Send + Sync {
     ) -> Result<Option<Page<Delivery>>, MetaError>;
 
     /// Make a delivery of one of the owner's webhooks due now (again, also when delivered or
-    /// given up); `false` when there is no such delivery of theirs.
+    /// given up, and also while a try is in flight: its lease is dropped, so that try's outcome
+    /// is not recorded over this); `false` when there is no such delivery of theirs.
     async fn retry(
         &self,
         id: WebhookId,
@@ -236,13 +248,12 @@ pub trait Outbox: Send + Sync {
     /// whether it was recorded.
     async fn finish_many(
         &self,
-        holder: String,
         now: Timestamp,
-        tries: Vec<(i64, Attempt)>,
+        tries: Vec<Finished>,
     ) -> Result<Vec<bool>, MetaError> {
         let mut done = Vec::with_capacity(tries.len());
-        for (seq, attempt) in tries {
-            done.push(self.finish(seq, holder.clone(), now, attempt).await?);
+        for t in tries {
+            done.push(self.finish(t.seq, t.holder, now, t.attempt).await?);
         }
         Ok(done)
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use coffer::ids::{FileId, Timestamp, UserId, WebhookId};
 use coffer::meta::MetaStore;
-use coffer::meta::events::{Attempt, NewEvent, NewWebhook, Webhook, WebhookStored};
+use coffer::meta::events::{Attempt, Finished, NewEvent, NewWebhook, Webhook, WebhookStored};
 use coffer::meta::users::Role;
 
 use crate::engines::{self, add_file, add_user};
@@ -373,6 +373,99 @@ async fn events_commit_with_their_change_and_a_files_events_are_claimed_in_order
                 .unwrap()
                 .is_none()
         );
+    }
+}
+
+/// A manual retry while a try is in flight drops its lease: that try's outcome is not
+/// recorded over the retry, and the delivery is claimable at once, by another node or by the
+/// same node under a new claim; the try made under the new claim is recorded.
+#[tokio::test]
+async fn a_retry_during_a_try_is_not_overwritten_by_that_try() {
+    for e in engines::all("a_retry_during_a_try_is_not_overwritten_by_that_try").await {
+        let s = &e.store;
+        let owner = add_user(s, "retrier", Role::User).await;
+        let hook = add_hook(s, owner, &["upload.rejected"]).await;
+        let ev = event(owner, "upload.rejected", None);
+        s.outbox().record(vec![ev.clone()]).await.unwrap();
+        let now = Timestamp::now();
+        let until = now.plus_secs(60);
+        let first = s
+            .outbox()
+            .claim("node/1".into(), now, until, 10)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1, "{}", e.name);
+        // The owner asks for it again while the first try is in flight.
+        assert!(
+            s.outbox()
+                .retry(hook, owner, ev.id.clone(), now)
+                .await
+                .unwrap(),
+            "{}",
+            e.name
+        );
+        // Claimable at once (the same node, a new claim), not only once the lease runs out.
+        let second = s
+            .outbox()
+            .claim("node/2".into(), now, until, 10)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1, "{}: due again at once", e.name);
+        assert_eq!(second[0].seq, first[0].seq);
+        // The first try ends, failed: not recorded, and the second claim keeps its lease.
+        let failed = Attempt::Failed {
+            status: Some(500),
+            error: "answered 500".into(),
+            answer: None,
+            retry_at: Some(now.plus_secs(3600)),
+        };
+        assert!(
+            !s.outbox()
+                .finish(first[0].seq, "node/1".into(), now, failed)
+                .await
+                .unwrap(),
+            "{}: the first try's outcome is not recorded over the retry",
+            e.name
+        );
+        let log = s
+            .outbox()
+            .deliveries(hook, owner, None, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.items[0].attempts, 0, "{}", e.name);
+        assert!(
+            s.outbox()
+                .claim("node/3".into(), now, until, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}: still leased to the second claim",
+            e.name
+        );
+        // The second try is recorded, in a batch as the worker records them.
+        let done = s
+            .outbox()
+            .finish_many(
+                now,
+                vec![Finished {
+                    seq: second[0].seq,
+                    holder: "node/2".into(),
+                    attempt: OK,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, [true], "{}", e.name);
+        let log = s
+            .outbox()
+            .deliveries(hook, owner, None, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.items[0].attempts, 1, "{}", e.name);
+        assert!(log.items[0].delivered_at.is_some(), "{}", e.name);
+        assert!(log.items[0].next_attempt_at.is_none(), "{}", e.name);
     }
 }
 

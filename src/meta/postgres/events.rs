@@ -13,7 +13,8 @@ use super::{EVENTS_CHANNEL, IsolationLevel, PgResult, Postgres};
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
+    Attempt, Claimed, Delivery, Finished, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret,
+    Webhook,
     WebhookStored, frame_events, unframe_events,
 };
 use crate::meta::page::Page;
@@ -338,7 +339,8 @@ impl Outbox for Postgres {
                         let st = t
                             .prepare_cached(
                                 "UPDATE webhook_deliveries d
-                                 SET next_attempt_at = $4, delivered_at = NULL
+                                 SET next_attempt_at = $4, delivered_at = NULL,
+                                     lease_holder = NULL, lease_until = NULL
                                  FROM webhooks w
                                  WHERE w.id = d.webhook_id AND w.id = $1 AND w.owner_id = $2
                                    AND d.event_id = $3",
@@ -447,19 +449,18 @@ impl Outbox for Postgres {
 
     async fn finish_many(
         &self,
-        holder: String,
         now: Timestamp,
-        tries: Vec<(i64, Attempt)>,
+        tries: Vec<Finished>,
     ) -> Result<Vec<bool>, MetaError> {
         // One transaction, one round trip per row but one commit for the lot.
         self.tx(
             IsolationLevel::ReadCommitted,
-            (holder, now, tries),
-            |t, (holder, now, tries)| {
+            (now, tries),
+            |t, (now, tries)| {
                 Box::pin(async move {
                     let mut done = Vec::with_capacity(tries.len());
-                    for (seq, attempt) in tries {
-                        done.push(finish(t, *seq, holder, *now, attempt).await?);
+                    for f in tries {
+                        done.push(finish(t, f.seq, &f.holder, *now, &f.attempt).await?);
                     }
                     prune_retired(t).await?;
                     Ok(done)

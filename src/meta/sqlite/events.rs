@@ -8,7 +8,8 @@ use super::Sqlite;
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret, Webhook,
+    Attempt, Claimed, Delivery, Finished, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret,
+    Webhook,
     WebhookStored, frame_events, unframe_events,
 };
 use crate::meta::page::Page;
@@ -300,7 +301,9 @@ impl Outbox for Sqlite {
                     return Ok(false);
                 }
                 Ok(c.prepare_cached(
-                    "UPDATE webhook_deliveries SET next_attempt_at = ?3, delivered_at = NULL
+                    "UPDATE webhook_deliveries
+                     SET next_attempt_at = ?3, delivered_at = NULL,
+                         lease_holder = NULL, lease_until = NULL
                      WHERE webhook_id = ?1 AND event_id = ?2",
                 )?
                 .execute(params![id, event_id, now])?
@@ -375,16 +378,15 @@ impl Outbox for Sqlite {
 
     async fn finish_many(
         &self,
-        holder: String,
         now: Timestamp,
-        tries: Vec<(i64, Attempt)>,
+        tries: Vec<Finished>,
     ) -> Result<Vec<bool>, MetaError> {
         // One write for the lot, lazy: a try whose record a power cut loses is made again (at
         // least once, as promised), so it needs no fsync of its own.
         self.write_lazy(move |c| {
             let done = tries
                 .iter()
-                .map(|(seq, attempt)| finish(c, *seq, &holder, now, attempt))
+                .map(|t| finish(c, t.seq, &t.holder, now, &t.attempt))
                 .collect::<rusqlite::Result<Vec<bool>>>()?;
             c.prepare_cached(PRUNE_RETIRED)?.execute([])?;
             Ok(done)
