@@ -86,6 +86,7 @@ const COMMON: &[(&str, &str)] = &[
     ("422", "Validation failed"),
     ("429", "Rate limited (see Retry-After)"),
     ("500", "Internal error"),
+    ("501", "A transfer coding other than chunked"),
     ("503", "Temporarily unavailable"),
 ];
 
