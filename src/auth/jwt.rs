@@ -107,12 +107,24 @@ impl TokenKeys {
         self.ttl_secs
     }
 
-    /// Sign a token for `user` in login `session`.
+    /// Sign a token for `user` in login `session`, with a random id.
     pub fn issue(
         &self,
         user: UserId,
         session: SessionId,
         now: Timestamp,
+    ) -> Result<String, TokenError> {
+        self.issue_as(user, session, now, uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Sign a token for `user` in login `session` issued at `now` with the id `jti`: the same
+    /// arguments give the same token.
+    pub fn issue_as(
+        &self,
+        user: UserId,
+        session: SessionId,
+        now: Timestamp,
+        jti: String,
     ) -> Result<String, TokenError> {
         let iat = now.unix_secs();
         let claims = Claims {
@@ -120,7 +132,7 @@ impl TokenKeys {
             exp: iat.saturating_add(i64::try_from(self.ttl_secs).unwrap_or(i64::MAX)),
             iat,
             nbf: iat,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti,
             iss: self.issuer.clone(),
             typ: ACCESS.to_owned(),
             sid: session.to_string(),

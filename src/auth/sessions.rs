@@ -203,19 +203,13 @@ impl Sessions {
             .sessions()
             .rotate(old, new, now, expires, grace_since)
             .await?;
-        match rotation {
-            Rotation::Rotated { session, user } | Rotation::Replayed { session, user } => {
-                let mut record = Record::new(Event::Refresh)
-                    .actor(user)
-                    .subject(session)
-                    .ip(ip);
-                if matches!(rotation, Rotation::Replayed { .. }) {
-                    record = record.detail(serde_json::json!({ "replayed_within_grace": true }));
-                }
-                self.audit.record(record);
-                let tokens = self.issue(user, session, fresh, now)?;
-                Ok(RefreshOutcome::Refreshed(tokens))
-            }
+        let (session, user, issued_at, replayed) = match rotation {
+            Rotation::Rotated { session, user } => (session, user, now, false),
+            Rotation::Replayed {
+                session,
+                user,
+                rotated_at,
+            } => (session, user, rotated_at, true),
             Rotation::Reused { session, user } => {
                 self.audit.record(
                     Record::new(Event::RefreshReuse)
@@ -224,10 +218,30 @@ impl Sessions {
                         .ip(ip)
                         .detail(serde_json::json!({ "action": "login revoked" })),
                 );
-                Ok(RefreshOutcome::Reused)
+                return Ok(RefreshOutcome::Reused);
             }
-            Rotation::Invalid => Ok(RefreshOutcome::Invalid),
+            Rotation::Invalid => return Ok(RefreshOutcome::Invalid),
+        };
+        let mut record = Record::new(Event::Refresh)
+            .actor(user)
+            .subject(session)
+            .ip(ip);
+        if replayed {
+            record = record.detail(serde_json::json!({ "replayed_within_grace": true }));
         }
+        self.audit.record(record);
+        // The access token is fixed by the new refresh token and the rotation's time, so a
+        // replay within the grace answers the same pair.
+        let jti = self.refresh_tokens.access_id(&fresh);
+        let age = now.unix_secs().saturating_sub(issued_at.unix_secs());
+        Ok(RefreshOutcome::Refreshed(Tokens {
+            access: self.tokens.issue_as(user, session, issued_at, jti)?,
+            refresh: fresh,
+            expires_in_secs: self
+                .tokens
+                .ttl_secs()
+                .saturating_sub(u64::try_from(age).unwrap_or(0)),
+        }))
     }
 
     /// End a login: the access token that asks is revoked until it would expire, and the

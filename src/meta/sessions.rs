@@ -32,6 +32,9 @@ pub enum Rotation {
         session: SessionId,
         /// Its owner.
         user: UserId,
+        /// When it was rotated (the `now` of that rotation), so the same access token can be
+        /// answered again.
+        rotated_at: Timestamp,
     },
     /// Already rotated: the login has been revoked in response.
     Reused {

@@ -481,7 +481,8 @@ async fn within_the_grace_only_the_token_rotated_last_replays() {
                 s.rotate([1; 32], [2; 32], now, later, grace).await.unwrap(),
                 Rotation::Replayed {
                     session: sid,
-                    user: uid
+                    user: uid,
+                    rotated_at: now,
                 },
                 "{}",
                 e.name

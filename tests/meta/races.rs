@@ -335,7 +335,11 @@ async fn race_one_refresh_token_presented_twice_rotates_once() {
             .await;
             let rotated = Rotation::Rotated { session: sid, user };
             let second = if grace.is_some() {
-                Rotation::Replayed { session: sid, user }
+                Rotation::Replayed {
+                    session: sid,
+                    user,
+                    rotated_at: now,
+                }
             } else {
                 Rotation::Reused { session: sid, user }
             };

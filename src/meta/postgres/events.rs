@@ -13,9 +13,8 @@ use super::{EVENTS_CHANNEL, IsolationLevel, PgResult, Postgres};
 use crate::ids::{Timestamp, UserId, WebhookId};
 use crate::meta::error::MetaError;
 use crate::meta::events::{
-    Attempt, Claimed, Delivery, Finished, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED, SealedSecret,
-    Webhook,
-    WebhookStored, frame_events, unframe_events,
+    Attempt, Claimed, Delivery, Finished, NewEvent, NewWebhook, Outbox, PRUNE_RETIRED,
+    SealedSecret, Webhook, WebhookStored, frame_events, unframe_events,
 };
 use crate::meta::page::Page;
 

@@ -81,7 +81,11 @@ pub async fn rotate(t: &Tx<'_>, a: &RotateArgs) -> PgResult<Rotation> {
         if a.grace_since.is_some_and(|since| used_at >= since.0)
             && successor_is_unused(t, &a.new, session, a.now).await?
         {
-            return Ok(Rotation::Replayed { session, user });
+            return Ok(Rotation::Replayed {
+                session,
+                user,
+                rotated_at: Timestamp(used_at),
+            });
         }
         revoke(t, session, a.now).await?;
         let payload = format!("{} {}", a.origin, Revoked::Session(session).encode());

@@ -70,7 +70,11 @@ pub fn rotate(
         if grace_since.is_some_and(|since| used_at >= since.0)
             && successor_is_unused(c, new, session, now)?
         {
-            return Ok(Rotation::Replayed { session, user });
+            return Ok(Rotation::Replayed {
+                session,
+                user,
+                rotated_at: Timestamp(used_at),
+            });
         }
         revoke(c, session, now)?;
         return Ok(Rotation::Reused { session, user });
@@ -303,6 +307,7 @@ mod tests {
         let replayed = Rotation::Replayed {
             session: sid,
             user: uid,
+            rotated_at: now,
         };
         assert_eq!(
             rotate(&c, &[1; 32], &[2; 32], now, later, grace).unwrap(),
