@@ -158,7 +158,10 @@ impl UploadPolicy {
                     Err(Refusal::MagicMismatch(mime.clone()))
                 }
             }
-            Rule::Text => Ok(TEXT_PLAIN.to_owned()),
+            // The head only: it may end inside a sequence the next bytes complete.
+            Rule::Text => Utf8Check::default()
+                .update(head)
+                .map(|()| TEXT_PLAIN.to_owned()),
         }
     }
 }
