@@ -405,6 +405,11 @@ impl IntoResponse for AppError {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
             }
+            // 460 is tus's own: without a phrase, hyper's status line would read `<none>`.
+            Self::TusChecksumMismatch => {
+                res.extensions_mut()
+                    .insert(hyper::ext::ReasonPhrase::from_static(b"Checksum Mismatch"));
+            }
             _ => {}
         }
         res

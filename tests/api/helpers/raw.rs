@@ -18,6 +18,8 @@ pub struct RawResponse {
     pub status: u16,
     /// The status line's version, e.g. `HTTP/1.1`.
     pub version: String,
+    /// The status line's reason phrase.
+    pub reason: String,
     /// Header lines in order, names lowercased.
     pub headers: Vec<(String, String)>,
     /// The body (`Content-Length` bytes; none for a HEAD answer).
@@ -101,6 +103,7 @@ impl RawConn {
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap().to_owned();
         let status = parts.next().unwrap().parse().unwrap();
+        let reason = parts.next().unwrap_or_default().to_owned();
         let headers: Vec<(String, String)> = lines
             .map(|l| {
                 let (k, v) = l.split_once(':').unwrap();
@@ -122,6 +125,7 @@ impl RawConn {
         RawResponse {
             status,
             version,
+            reason,
             headers,
             body,
         }
