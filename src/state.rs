@@ -238,7 +238,6 @@ impl AppState {
             keyring: keyring.clone(),
             ttl: std::time::Duration::from_secs(config.uploads.resumable_ttl_secs),
             max_pending: config.uploads.max_pending_per_user,
-            idle: std::time::Duration::from_secs(config.limits.upload_idle_timeout_secs),
             running: Default::default(),
         };
         let state = Self(Arc::new(AppInner {

@@ -122,8 +122,6 @@ pub(crate) struct Resumable {
     pub(crate) ttl: Duration,
     /// `uploads.max_pending_per_user`.
     pub(crate) max_pending: u64,
-    /// `limits.upload_idle_timeout_secs`: a PATCH's lock outlives a stalled body this long.
-    pub(crate) idle: Duration,
     /// The checks of uploads in progress, carried from one PATCH to the next on this node.
     pub(crate) running: RunningCache,
 }

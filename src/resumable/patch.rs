@@ -17,11 +17,14 @@
 //! at a time (a lock on the blob itself, besides the upload's lease).
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
 use sha1::Digest as _;
+use tokio::sync::oneshot;
 
 use super::{Progress, Resumable, ResumableError};
 use crate::blob::{BlobKey, BlobWriter};
@@ -103,17 +106,80 @@ impl Patch {
     }
 }
 
-/// The upload's lock: given up by [`LockGuard::release`] before the answer goes out (so
-/// the client's next PATCH finds it free), or, should the task die first, when dropped.
+/// How long a PATCH's lock lasts unless renewed. A node that dies holding it (`kill -9`, a
+/// power cut) keeps its upload from the client at most this long: inside the retry delays of
+/// stock tus clients (tus-js-client gives up after about 9 s by default).
+const LOCK_LEASE: Duration = Duration::from_secs(6);
+/// How often the holder renews its lock, whatever its body or its store is doing meanwhile.
+const LOCK_RENEW: Duration = Duration::from_secs(2);
+
+/// What the heartbeat found when it could not renew the lock.
+const HELD: u8 = 0;
+const TAKEN: u8 = 1;
+const GONE: u8 = 2;
+
+/// The upload's lock, renewed every [`LOCK_RENEW`] by a heartbeat task while the PATCH
+/// runs: given up by [`LockGuard::release`] before the answer goes out (so the client's next
+/// PATCH finds it free), or, should the task die first, when dropped. The heartbeat is
+/// stopped, and its last renewal awaited, before the lock is given up, so a renewal never
+/// lands after the unlock.
 struct LockGuard {
     meta: MetaStore,
     id: FileId,
     holder: String,
     released: bool,
+    heartbeat: Option<Heartbeat>,
+    /// [`HELD`], or why the heartbeat stopped renewing.
+    lost: Arc<AtomicU8>,
+}
+
+struct Heartbeat {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl LockGuard {
+    fn new(meta: MetaStore, id: FileId, creator: Creator, holder: String) -> Self {
+        let lost = Arc::new(AtomicU8::new(HELD));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(heartbeat(
+            meta.clone(),
+            id,
+            creator,
+            holder.clone(),
+            lost.clone(),
+            stopped,
+        ));
+        Self {
+            meta,
+            id,
+            holder,
+            released: false,
+            heartbeat: Some(Heartbeat { stop, task }),
+            lost,
+        }
+    }
+
+    /// Whether the lock is still this PATCH's: another request took it over after a renewal
+    /// failed (423), or the upload went (deleted, its grant revoked, expired: 404).
+    fn check(&self) -> Result<(), ResumableError> {
+        match self.lost.load(Ordering::Acquire) {
+            HELD => Ok(()),
+            TAKEN => Err(ResumableError::Locked),
+            _ => Err(ResumableError::NotFound),
+        }
+    }
+
+    /// Stop renewing, once the last renewal has landed.
+    async fn stop_heartbeat(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.stop.send(());
+            let _ = h.task.await;
+        }
+    }
+
     async fn release(mut self) {
+        self.stop_heartbeat().await;
         if self.released {
             // Given up already, with the PATCH's last write.
             return;
@@ -128,12 +194,21 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released {
+        let heartbeat = self.heartbeat.take();
+        if self.released && heartbeat.is_none() {
             return;
         }
+        let released = self.released;
         let (meta, id, holder) = (self.meta.clone(), self.id, std::mem::take(&mut self.holder));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                if let Some(h) = heartbeat {
+                    let _ = h.stop.send(());
+                    let _ = h.task.await;
+                }
+                if released {
+                    return;
+                }
                 if let Err(e) = meta.resumables().unlock(id, holder).await {
                     tracing::warn!(error = %e, upload.id = %id, "cannot release an upload's lock; it expires");
                 }
@@ -142,11 +217,45 @@ impl Drop for LockGuard {
     }
 }
 
-impl Resumable {
-    fn lease(&self) -> Duration {
-        (self.idle * 2).max(Duration::from_secs(10))
+/// Renew the lock every [`LOCK_RENEW`] until told to stop; on losing it, say why and stop.
+async fn heartbeat(
+    meta: MetaStore,
+    id: FileId,
+    creator: Creator,
+    holder: String,
+    lost: Arc<AtomicU8>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(LOCK_RENEW) => {}
+        }
+        let now = Timestamp::now();
+        let until = now.plus_secs(LOCK_LEASE.as_secs());
+        match meta
+            .resumables()
+            .lock(id, creator, holder.clone(), now, until)
+            .await
+        {
+            Ok(Locked::Held(_)) => {}
+            Ok(Locked::Busy) => {
+                lost.store(TAKEN, Ordering::Release);
+                return;
+            }
+            Ok(Locked::Missing) => {
+                lost.store(GONE, Ordering::Release);
+                return;
+            }
+            // Tried again at the next beat; the lease may run out meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, upload.id = %id, "cannot renew an upload's lock");
+            }
+        }
     }
+}
 
+impl Resumable {
     /// Apply a PATCH. Runs in a task of its own, so a client that goes away mid-body still
     /// has its durable bytes counted (or, with a checksum, none) and the lock given up.
     pub(crate) async fn patch<S>(&self, p: Patch, body: S) -> Result<Progress, ResumableError>
@@ -171,7 +280,7 @@ impl Resumable {
     async fn lock(&self, p: &Patch) -> Result<(ResumableUpload, LockGuard), ResumableError> {
         let holder = uuid::Uuid::new_v4().to_string();
         let now = Timestamp::now();
-        let until = now.plus_secs(self.lease().as_secs());
+        let until = now.plus_secs(LOCK_LEASE.as_secs());
         match self
             .meta
             .resumables()
@@ -180,12 +289,7 @@ impl Resumable {
         {
             Locked::Held(up) => Ok((
                 up,
-                LockGuard {
-                    meta: self.meta.clone(),
-                    id: p.id,
-                    holder,
-                    released: false,
-                },
+                LockGuard::new(self.meta.clone(), p.id, p.creator(), holder),
             )),
             Locked::Busy => Err(ResumableError::Locked),
             Locked::Missing => Err(ResumableError::NotFound),
@@ -240,7 +344,6 @@ impl Resumable {
         }
         let need = (SNIFF_LEN as u64).min(up.length);
         let mut head = BytesMut::new();
-        let mut renewed = Instant::now();
         let mut staged: Option<String> = None;
         let mut aborted = None;
         loop {
@@ -272,12 +375,9 @@ impl Resumable {
                     r.staged(s).await?;
                 }
             }
-            if renewed.elapsed() > self.lease() / 4 {
-                renewed = Instant::now();
-                self.renew(&p, guard).await?;
-                if let Some(r) = &mut chunk.reservation {
-                    r.touch().await;
-                }
+            guard.check()?;
+            if let Some(r) = &mut chunk.reservation {
+                r.touch().await;
             }
         }
         if let Some(e) = aborted {
@@ -302,6 +402,11 @@ impl Resumable {
             // An unfinished upload's PATCH gives its lock up with its last write; the last
             // one keeps it until the file is committed.
             let unlock = new_offset < up.length;
+            if unlock {
+                // No renewal may land after the append's unlock.
+                guard.stop_heartbeat().await;
+            }
+            guard.check()?;
             self.append(&up, guard, chunk, unlock).await?;
             guard.released = unlock;
         }
@@ -326,21 +431,6 @@ impl Resumable {
             offset: new_offset,
             expires_at: self.expiry(Timestamp::now()),
         })
-    }
-
-    async fn renew(&self, p: &Patch, guard: &LockGuard) -> Result<(), ResumableError> {
-        let now = Timestamp::now();
-        let until = now.plus_secs(self.lease().as_secs());
-        match self
-            .meta
-            .resumables()
-            .lock(p.id, p.creator(), guard.holder.clone(), now, until)
-            .await?
-        {
-            Locked::Held(_) => Ok(()),
-            Locked::Busy => Err(ResumableError::Locked),
-            Locked::Missing => Err(ResumableError::NotFound),
-        }
     }
 
     /// The first bytes decide the type (API.md: a mismatch is 415 and ends the upload).
@@ -615,9 +705,12 @@ impl Resumable {
                 expires_at: self.expiry(now),
             })
             .await;
-        // The growing chunk holds earlier PATCHes' durable bytes: never deleted here (what
-        // this PATCH wrote past them is cut off by the next one).
-        let ok = match appended {
+        // Whether the growing chunk goes too: it holds earlier PATCHes' durable bytes, so only
+        // when no row will ever name it: the upload is gone (its removal queued the chunk only
+        // if it had a row, and a first PATCH's had none), or this was the first PATCH of a
+        // plain one (a fresh key the next PATCH will not reuse). Otherwise what this PATCH
+        // wrote past the durable bytes is cut off by the next one.
+        let (ok, discard_growing) = match appended {
             Ok(true) => {
                 if let Some(r) = reservation {
                     r.settle();
@@ -627,10 +720,25 @@ impl Resumable {
                 }
                 return Ok(());
             }
-            Ok(false) => Err(ResumableError::Locked),
-            Err(e) => Err(e.into()),
+            // Not appended: the lock was lost (423, the upload lives on), or the upload went
+            // meanwhile (deleted, its grant revoked, expired: 404, as the next request sees).
+            Ok(false) => {
+                let creator = Creator {
+                    owner: up.owner,
+                    grant: up.grant,
+                };
+                match self.meta.resumables().get(up.id, creator, now).await {
+                    Ok(Some(_)) => (
+                        Err(ResumableError::Locked),
+                        start == 0 && c.sealing.is_none(),
+                    ),
+                    Ok(None) => (Err(ResumableError::NotFound), true),
+                    Err(e) => (Err(e.into()), false),
+                }
+            }
+            Err(e) => (Err(e.into()), false),
         };
-        if !c.grow {
+        if !c.grow || discard_growing {
             let _ = self.blobs.delete(&c.key).await;
         }
         if let Some(t) = &tail
