@@ -94,6 +94,10 @@ pub(crate) struct Patch {
     /// `Content-Length`, when sent.
     pub(crate) length_hint: Option<u64>,
     pub(crate) checksum: Option<Checksum>,
+    /// Whether the durable bytes of a body broken off count (a PATCH: yes, the client resumes
+    /// from the offset). A creation-with-upload's do not: its client may never have heard the
+    /// upload's URL, so a broken body fails the creation and the upload is ended.
+    pub(crate) keep_broken_off: bool,
 }
 
 impl Patch {
@@ -382,8 +386,8 @@ impl Resumable {
         }
         if let Some(e) = aborted {
             // Bytes that cannot be verified never count; without a checksum, what arrived is
-            // kept (made durable below).
-            if p.checksum.is_some() || chunk.len == 0 {
+            // kept (made durable below), unless the caller cannot resume from it.
+            if p.checksum.is_some() || chunk.len == 0 || !p.keep_broken_off {
                 return Err(e.into());
             }
         }

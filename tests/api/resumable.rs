@@ -1143,6 +1143,37 @@ async fn a_failed_creation_with_upload_and_a_deleted_account_leave_nothing() {
     problem(r, 460).await;
     assert_eq!(app.sql_number("SELECT COUNT(*) FROM resumable_uploads"), 0);
     assert_eq!(reserved(&app).await, 0);
+    // creation-with-upload whose client goes away mid-body (it never learns the URL): the
+    // upload is ended, its bytes and quota released.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let req = app
+        .post("/api/v1/uploads")
+        .as_user(&u)
+        .headers(&[
+            TUS,
+            ("upload-length", "100000"),
+            ("upload-metadata", &tus_metadata("gone.txt")),
+            ("content-type", "application/offset+octet-stream"),
+        ])
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .send();
+    let sending = tokio::spawn(req);
+    tx.send(Ok(b"text\n".repeat(6_000))).await.unwrap();
+    app.eventually("the upload is created", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads") == 1
+    })
+    .await;
+    tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+    // (The request fails on the client side: its helper panics in its task.)
+    let _ = sending.await;
+    app.eventually("the unannounced upload is ended", || {
+        app.sql_number("SELECT COUNT(*) FROM resumable_uploads") == 0
+            && app.sql_number("SELECT COUNT(*) FROM resumable_chunks") == 0
+    })
+    .await;
+    assert_eq!(reserved(&app).await, 0);
+    app.eventually("its bytes are deleted", || app.blob_files().is_empty())
+        .await;
     // An account deleted with unfinished uploads: rows, chunks and reservations go with it.
     let loc = created(&app, &u, "half.png", 50_000).await;
     assert_eq!(

@@ -330,6 +330,15 @@ async fn create_upload(
     // Before the upload exists: a bad header then leaves nothing behind.
     let checksum = parse_checksum(&headers)?;
     let (id, mut progress) = state.resumable.create(creation).await?;
+    // Until the answer is made, the client does not know this upload's URL: should it go away
+    // mid-body (this future dropped), the upload is ended rather than left holding quota, a
+    // pending slot and a grant's use until it expires.
+    let mut unannounced = Unannounced {
+        state: state.clone(),
+        id,
+        creator: creator(&uploader),
+        armed: true,
+    };
     if matches!(progress, Progress::Pending { .. }) && has_body(&headers) {
         let patch = Patch {
             id,
@@ -339,6 +348,7 @@ async fn create_upload(
             offset: 0,
             length_hint: header_str(&headers, "content-length").and_then(parse_count),
             checksum,
+            keep_broken_off: false,
         };
         match state
             .resumable
@@ -347,17 +357,46 @@ async fn create_upload(
         {
             Ok(p) => progress = p,
             Err(e) => {
-                // The client never learns this upload's URL: end it rather than let it hold
-                // quota and a pending slot until it expires.
-                let _ = state.resumable.terminate(id, creator(&uploader)).await;
+                unannounced.end().await;
                 return Err(e.into());
             }
         }
     }
+    unannounced.armed = false;
     let mut res = StatusCode::CREATED.into_response();
     set(res.headers_mut(), "location", format!("{PREFIX}/{id}"));
     progress_headers(res.headers_mut(), &progress);
     Ok(res)
+}
+
+/// An upload whose creation has not been answered yet: ended if the creation fails, or if its
+/// request goes away before the answer (then in a task of its own).
+struct Unannounced {
+    state: AppState,
+    id: FileId,
+    creator: Creator,
+    armed: bool,
+}
+
+impl Unannounced {
+    async fn end(mut self) {
+        self.armed = false;
+        let _ = self.state.resumable.terminate(self.id, self.creator).await;
+    }
+}
+
+impl Drop for Unannounced {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (state, id, creator) = (self.state.clone(), self.id, self.creator);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = state.resumable.terminate(id, creator).await;
+            });
+        }
+    }
 }
 
 fn progress_headers(h: &mut HeaderMap, p: &Progress) {
@@ -456,6 +495,7 @@ async fn patch_upload(
         offset,
         length_hint: header_str(&headers, "content-length").and_then(parse_count),
         checksum: parse_checksum(&headers)?,
+        keep_broken_off: true,
     };
     let progress = state
         .resumable
