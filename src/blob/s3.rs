@@ -238,6 +238,7 @@ impl BlobBackend for S3Store {
             upload: None,
             parts: Vec::new(),
             inflight: VecDeque::new(),
+            written: 0,
             done: false,
         };
         Box::pin(async move { Ok(Box::new(writer) as Box<dyn BlobWriter>) })
@@ -416,6 +417,8 @@ struct S3Writer {
     parts: Vec<PartId>,
     /// Parts uploading, in order (at most [`PARTS_IN_FLIGHT`]).
     inflight: VecDeque<JoinHandle<Result<PartId, BlobError>>>,
+    /// Bytes written so far.
+    written: u64,
     done: bool,
 }
 
@@ -499,13 +502,23 @@ impl S3Writer {
             self.settle_oldest().await?;
         }
         let parts = std::mem::take(&mut self.parts);
-        bounded(
+        // A store takes longer to complete more parts (AWS: up to minutes for thousands).
+        let limit = CALL_DEADLINE + Duration::from_secs(parts.len() as u64 / 100);
+        let completed = bounded(
             "complete multipart upload",
-            CALL_DEADLINE,
+            limit,
             self.store.s3.complete_multipart(&self.path, &id, parts),
         )
-        .await?;
-        Ok(())
+        .await;
+        match completed {
+            Ok(_) => Ok(()),
+            // The store may have completed it and its answer been lost (a retry then finds
+            // the upload gone): the object is there, whole, or it was not completed.
+            Err(e) => match self.store.stat_path(&self.path).await {
+                Ok(size) if size == self.written => Ok(()),
+                _ => Err(e),
+            },
+        }
     }
 }
 
@@ -580,6 +593,7 @@ impl BlobWriter for S3Writer {
                 let (now, later) = rest.split_at(n);
                 self.reserve(n);
                 self.buf.extend_from_slice(now);
+                self.written += n as u64;
                 rest = later;
             }
             Ok(())
