@@ -243,21 +243,31 @@ impl Resumables for Postgres {
                     // No need to wait for the log's flush (why: `Resumables::lock`).
                     t.batch_execute("SET LOCAL synchronous_commit = off")
                         .await?;
-                    let Some(up) = get(t, *id, *creator, *now).await? else {
-                        return Ok(Locked::Missing);
-                    };
-                    let n = t
-                        .execute(
+                    // The row as the lock is taken, in one statement: a separate read first
+                    // could see the offset from before the previous holder's last append.
+                    let st = t
+                        .prepare_cached(
                             "UPDATE resumable_uploads SET lock_holder = $2, lock_until = $3
-                             WHERE id = $1 AND (lock_holder IS NULL OR lock_holder = $2
-                                                OR lock_until <= $4)",
-                            &[id, holder, until, now],
+                             WHERE id = $1 AND owner_id = $5 AND expires_at > $4
+                               AND grant_id IS NOT DISTINCT FROM $6
+                               AND (lock_holder IS NULL OR lock_holder = $2 OR lock_until <= $4)
+                             RETURNING id, owner_id, length, upload_offset, metadata, filename,
+                                       file_expires_at, expires_at, grant_id",
                         )
                         .await?;
-                    Ok(if n == 1 {
-                        Locked::Held(up)
-                    } else {
+                    let taken = t
+                        .query_opt(
+                            &st,
+                            &[id, holder, until, now, &creator.owner, &creator.grant],
+                        )
+                        .await?;
+                    if let Some(row) = taken {
+                        return Ok(Locked::Held(upload(&row)?));
+                    }
+                    Ok(if get(t, *id, *creator, *now).await?.is_some() {
                         Locked::Busy
+                    } else {
+                        Locked::Missing
                     })
                 })
             },
