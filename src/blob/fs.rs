@@ -395,6 +395,33 @@ impl BlobBackend for LocalFs {
         })
     }
 
+    /// Under the writers' own lock (`flock`, as [`BlobBackend::append`] takes it): a blob a
+    /// PATCH is appending to now is left alone.
+    fn delete_unless_held(&self, key: &BlobKey) -> BoxFuture<'_, Result<bool, BlobError>> {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move {
+            blocking::run(move || {
+                let dir = this.shard(&key, false)?;
+                let name = key.parts().2;
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                let file = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(io)?;
+                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+                    Err(e) => return Err(io(e)),
+                }
+                // Unlinked while locked: no writer can take it between the check and this.
+                rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(io)?;
+                rustix::fs::fsync(&dir).map_err(io)?;
+                Ok(true)
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
     /// `id` is a temp file's name in `tmp/` (the key is not needed: the name is unique). Only
     /// the exact shape this backend makes (`<uuid>.part`) is accepted, so a recorded id can
     /// never name anything outside `tmp/`.

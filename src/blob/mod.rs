@@ -214,6 +214,14 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// Delete a blob, durably; `NotFound` when there was none, or `Ok` where the store cannot
     /// tell (S3's DeleteObject is idempotent): callers accept either.
     fn delete(&self, key: &BlobKey) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Delete a blob no row names, unless a writer holds it at this moment: `Ok(false)` then.
+    /// The local store's growing chunk of a tus upload is written in place and named by no
+    /// row until its first PATCH ends; elsewhere nothing is written in place, and this is
+    /// [`BlobBackend::delete`].
+    fn delete_unless_held(&self, key: &BlobKey) -> BoxFuture<'_, Result<bool, BlobError>> {
+        let key = key.clone();
+        Box::pin(async move { self.delete(&key).await.map(|()| true) })
+    }
     /// Discard what a writer for `key` had staged under `id` ([`BlobWriter::staging_id`]):
     /// for a crash's leftovers, recorded before the crash. Harmless when it is already gone
     /// (committed, aborted, never existed): `Ok`.
@@ -320,6 +328,12 @@ impl BlobStore {
     /// Delete a blob.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
         self.backend.delete(key).await
+    }
+
+    /// Delete a blob no row names, unless a writer holds it now
+    /// ([`BlobBackend::delete_unless_held`]).
+    pub async fn delete_unless_held(&self, key: &BlobKey) -> Result<bool, BlobError> {
+        self.backend.delete_unless_held(key).await
     }
 
     /// Continue a blob in place from byte `at` ([`BlobBackend::append`]); `None` where the

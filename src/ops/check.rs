@@ -234,17 +234,21 @@ pub async fn remove_orphans(
     if let Some(age) = youngest.filter(|age| *age < grace) {
         tokio::time::sleep(grace - age).await;
     }
+    // Chunks of unfinished tus uploads recorded meanwhile are held by their rows too.
+    let staged: std::collections::HashSet<String> =
+        meta.resumables().staged_keys().await?.into_iter().collect();
     let mut n = 0;
     for orphan in &report.orphans {
         let k = orphan.key.as_str().to_owned();
-        if meta.files().blob_key_exists(k).await? {
+        if staged.contains(&k) || meta.files().blob_key_exists(k).await? {
             continue;
         }
-        match blobs.delete(&orphan.key).await {
-            Ok(()) | Err(BlobError::NotFound) => {}
+        // A blob being written in place (a tus upload's first PATCH) is not an orphan yet.
+        match blobs.delete_unless_held(&orphan.key).await {
+            Ok(true) => n += 1,
+            Ok(false) | Err(BlobError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        n += 1;
     }
     Ok(n)
 }
