@@ -366,17 +366,31 @@ fn copy_and_list(
 ) -> anyhow::Result<(Summary, Vec<FileId>)> {
     let mut blobs = 0;
     let mut vanished: Vec<FileId> = Vec::new();
+    // Every directory an entry was made in, synced once before the manifest names them: a
+    // linked or copied blob survives a power cut only once its directory entry does.
+    let mut dirs = std::collections::BTreeSet::new();
     if with_blobs {
         for f in rows {
             let Some(key) = BlobKey::parse(&f.blob_key) else {
                 continue;
             };
             match copy_blob(root, dest, &key) {
-                Ok(()) => blobs += 1,
+                Ok(()) => {
+                    blobs += 1;
+                    let (a, b, _) = key.parts();
+                    dirs.insert(PathBuf::from("blobs").join(a).join(b));
+                    dirs.insert(PathBuf::from("blobs").join(a));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => vanished.push(f.file.id),
                 Err(e) => return Err(e.into()),
             }
         }
+        if blobs > 0 {
+            dirs.insert(PathBuf::from("blobs"));
+        }
+    }
+    for dir in &dirs {
+        std::fs::File::open(dest.join(dir))?.sync_all()?;
     }
     write_manifest(dest, rows, &vanished, database)?;
     Ok((
