@@ -478,6 +478,18 @@ impl Resumable {
         grant: Option<Grant>,
         running: Option<Running>,
     ) -> Result<FileObject, ResumableError> {
+        // Committed already by an earlier last PATCH whose upload was not removed after it
+        // (the removal failed): that file is the answer, and its blob is never written twice.
+        let now = Timestamp::now();
+        if let Some(f) = self
+            .meta
+            .files()
+            .get_visible(up.id, Some(up.owner), now)
+            .await?
+        {
+            self.remove(up.id).await?;
+            return Ok(f.file);
+        }
         let chunks = self.meta.resumables().chunks(up.id).await?;
         let c = Creation {
             owner: up.owner,
@@ -506,9 +518,16 @@ impl Resumable {
             }
         };
         // Committed or refused, the upload is over: rows out, chunks queued for deletion
-        // (the reservation ended with the file's row, or was released by the pipeline).
-        self.remove(up.id).await?;
-        result
+        // (the reservation ended with the file's row, or was released by the pipeline). A
+        // stored file is answered as stored even if that fails: the rows expire and are swept,
+        // and a retry of the last PATCH finds the file (above).
+        match (result, self.remove(up.id).await) {
+            (Ok(file), Err(e)) => {
+                tracing::warn!(error = %e, upload.id = %up.id, "a finished upload's rows could not be removed; they are swept when it expires");
+                Ok(file)
+            }
+            (result, _) => result,
+        }
     }
 }
 

@@ -946,6 +946,44 @@ async fn a_text_upload_that_starts_as_binary_is_refused_at_its_first_bytes() {
     assert_eq!(reserved(&app).await, 0);
 }
 
+/// A last PATCH whose file was stored but whose upload's rows stayed (their removal failed)
+/// is answered again with that file when the client retries, and its blob is not written
+/// twice.
+#[tokio::test]
+async fn a_retried_last_patch_of_a_stored_file_answers_that_file() {
+    let app = TestApp::spawn().await;
+    let u = app.user("retrying").await;
+    let file = png(60_000);
+    let loc = created(&app, &u, "twice.png", file.len() as u64).await;
+    let r = patch(&app, &u, &loc, 0, file[..30_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    app.sql_exec("CREATE TABLE kept_upload AS SELECT * FROM resumable_uploads");
+    let r = patch(&app, &u, &loc, 30_000, file[30_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let fid = header(&r, "coffer-file-id");
+    // As if the removal after the commit had failed.
+    app.sql_exec(
+        "INSERT INTO resumable_uploads SELECT * FROM kept_upload;
+         UPDATE resumable_uploads SET upload_offset = length, lock_holder = NULL,
+             lock_until = NULL;
+         DROP TABLE kept_upload;",
+    );
+    let blobs = app.blob_files().len();
+    let r = patch(&app, &u, &loc, 60_000, Vec::new(), &[]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "coffer-file-id"), fid);
+    assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+    assert_eq!(app.blob_files().len(), blobs);
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&file));
+    let list = app.files().as_user(&u).expect(200).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
 #[tokio::test]
 async fn with_encryption_no_plaintext_of_an_unfinished_upload_is_at_rest() {
     let app = TestApp::builder()
