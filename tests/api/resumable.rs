@@ -1248,28 +1248,12 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = app.run_cli(&["check", "--repair"]);
     assert_eq!(code, 0, "{out}");
-    // A first PATCH under way: its growing blob has no row yet, and a repair beside it leaves
-    // it alone (its writer holds it).
-    let other = png(50_000);
-    let loc2 = created(&app, &u, "growing.png", other.len() as u64).await;
-    let (tx, sent) = trickled_patch(&app, &u, &loc2, "0", &[]);
-    tx.send(Ok(other[..30_000].to_vec())).await.unwrap();
-    app.eventually("the growing blob is written", || {
-        app.blob_files().len() == 2
-    })
-    .await;
-    let (_, out) = app.run_cli(&["check", "--repair"]);
-    assert!(out.contains("orphan"), "{out}");
-    tx.send(Ok(other[30_000..].to_vec())).await.unwrap();
-    drop(tx);
-    let r = sent.await.unwrap();
-    assert_eq!(r.status(), 204);
-    let f = app
-        .get(&format!("/api/v1/files/{}", header(&r, "coffer-file-id")))
-        .as_user(&u)
-        .expect(200)
-        .await;
-    assert_eq!(f["sha256"], sha256_hex(&other));
+    // A first PATCH under way on the local store: its growing blob has no row yet, and a
+    // repair beside it leaves it alone (its writer holds it). (On S3 nothing is written in
+    // place: a PATCH's bytes are a multipart upload until its chunk is recorded.)
+    if app.bucket_prefix().is_none() {
+        a_first_patch_survives_a_repair_beside_it(&app, &u).await;
+    }
     // A crash and a restart (start-up recovery looks for orphans) keep them too.
     app.kill9();
     let app = app.relaunch().spawn().await;
@@ -1292,6 +1276,31 @@ async fn staged_chunks_are_not_orphans_for_check_repair_or_a_restart() {
     .await;
     let (code, out) = app.run_cli(&["check", "--deep"]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// A first PATCH on the local store, its growing blob named by no row yet, and `check
+/// --repair` run beside it: the blob is left alone and the file comes out exact.
+async fn a_first_patch_survives_a_repair_beside_it(app: &TestApp, u: &TestUser) {
+    let other = png(50_000);
+    let loc2 = created(app, u, "growing.png", other.len() as u64).await;
+    let (tx, sent) = trickled_patch(app, u, &loc2, "0", &[]);
+    tx.send(Ok(other[..30_000].to_vec())).await.unwrap();
+    app.eventually("the growing blob is written", || {
+        app.blob_files().len() == 2
+    })
+    .await;
+    let (_, out) = app.run_cli(&["check", "--repair"]);
+    assert!(out.contains("orphan"), "{out}");
+    tx.send(Ok(other[30_000..].to_vec())).await.unwrap();
+    drop(tx);
+    let r = sent.await.unwrap();
+    assert_eq!(r.status(), 204);
+    let f = app
+        .get(&format!("/api/v1/files/{}", header(&r, "coffer-file-id")))
+        .as_user(u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&other));
 }
 
 /// After the purge of a finished upload's staging: nothing queued, no chunk row, and the
