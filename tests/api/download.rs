@@ -410,6 +410,49 @@ async fn a_reader_that_stops_reading_is_cut_off() {
 /// the connection's send timeout (the connection goes on serving other streams and pings):
 /// that stream alone is reset once the window has stayed shut for `send_timeout_secs`, and
 /// the connection keeps serving.
+/// A peer that never opens its window holds what h2 keeps of the answers it asked for (the
+/// last piece of each, after the stream's task ended) only as long as its connection lives:
+/// with no answer under way for the header timeout, the connection is told to go away and is
+/// dropped after the send timeout.
+#[tokio::test]
+async fn an_http2_connection_whose_answers_never_drain_is_closed_once_idle() {
+    let app = TestApp::builder()
+        .env("COFFER_SERVER__SEND_TIMEOUT_SECS", "1")
+        .env("COFFER_SERVER__HEADER_READ_TIMEOUT_SECS", "1")
+        .env("COFFER_SERVER__HTTP2", "true")
+        .spawn()
+        .await;
+    let u = app.user("h2pinned").await;
+    let f = app.stored(&u.token, "some.png", png(300_000)).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // One byte of window per stream, never opened again.
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let path = format!("/api/v1/files/{}/content", f["id"].as_str().unwrap());
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let mut ready = client.clone().ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}{path}", app.addr))
+            .header("authorization", format!("Bearer {}", u.token))
+            .header("range", "bytes=0-9999")
+            .body(())
+            .unwrap();
+        let (answer, _) = ready.send_request(req, true).unwrap();
+        answers.push(answer);
+    }
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().status(), 206);
+    }
+    // Each answer's task ends once its pieces are handed over; the window never lets them
+    // out, and the connection goes within the two timeouts (plus the checks' second).
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(8), conn).await;
+    assert!(closed.is_ok(), "the connection was kept open");
+}
+
 #[tokio::test]
 async fn an_http2_stream_whose_window_stays_shut_is_reset_and_the_connection_lives_on() {
     let app = TestApp::builder()

@@ -16,7 +16,7 @@ pub(crate) mod tls;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use crate::ops::sweeper::Sweeper;
 use crate::state::{AppState, Secrets};
 use accept::{IpSlot, Opening, PerIp, request_starts};
 use parser_errors::{Dispatched, ParserErrors};
-use send_timeout::{SendTimeout, StreamBody, StreamExec};
+use send_timeout::{LiveStreams, SendTimeout, StreamBody, StreamExec};
 pub(crate) use tls::Tls;
 
 /// The largest HTTP/1 request head (request line and header section); a larger one gets 431.
@@ -363,6 +363,7 @@ impl Conn {
             shared.router.clone(),
             peer,
             Some((dispatched, activity.clone())),
+            None,
         );
         park::serve_http1(io, service, activity, shared, stop)
     }
@@ -378,20 +379,41 @@ impl Conn {
             mut stop,
             ..
         } = self;
-        let conn = shared
-            .http2
-            .serve_connection(TokioIo::new(io), service(shared.router.clone(), peer, None));
+        let live = LiveStreams::new();
+        let conn = shared.http2.serve_connection(
+            TokioIo::new(io),
+            service(shared.router.clone(), peer, None, Some(live.clone())),
+        );
         tokio::pin!(conn);
         let mut stopping = *stop.borrow();
         if stopping {
             conn.as_mut().graceful_shutdown();
         }
+        // A connection with no answer under way for the header timeout is closed, as an idle
+        // HTTP/1 one is: what h2 still holds for a peer that never opened its window goes with
+        // it. Told to go away, it has the send timeout to finish, then it is dropped.
+        let mut closing_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                     conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick() => {
+                    if let Some(since) = closing_since {
+                        if since.elapsed() >= shared.send_timeout {
+                            tracing::debug!("HTTP/2 connection dropped: it did not finish after going away");
+                            return;
+                        }
+                    } else if live.idle_for().is_some_and(|idle| idle >= shared.header_timeout) {
+                        closing_since = Some(Instant::now());
+                        if !stopping {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
                 }
             }
         };
@@ -413,6 +435,7 @@ fn service(
     router: Router,
     peer: SocketAddr,
     http1: Option<(Dispatched, Arc<park::Activity>)>,
+    http2: Option<Arc<LiveStreams>>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<StreamBody>,
@@ -424,6 +447,7 @@ fn service(
             counted.push(req.method());
             activity.dispatch()
         });
+        let live = http2.as_ref().map(LiveStreams::start);
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let answer = router.clone().oneshot(req.map(axum::body::Body::new));
@@ -432,7 +456,7 @@ fn service(
         Box::pin(async move {
             answer
                 .await
-                .map(|res| without_empty_length(res).map(|b| StreamBody::new(b, busy)))
+                .map(|res| without_empty_length(res).map(|b| StreamBody::new(b, busy, live)))
         }) as Answer
     })
 }

@@ -202,12 +202,25 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
     }
 }
 
+/// The most an HTTP/2 stream's body hands h2 at once (h2's own frame size).
+pub(crate) const H2_PIECE: usize = 16 * 1024;
+
 /// A response body over HTTP/2 that reports to its stream's [`StreamProgress`]: a chunk handed
 /// over starts the wait for the peer, the next poll (the chunk went on) ends it. Over HTTP/1
 /// it hands hyper one chunk at a time: the next only once the last one is written out.
+///
+/// Over HTTP/2 it hands h2 pieces of at most [`H2_PIECE`] bytes, each a copy: h2 takes a piece
+/// as soon as the stream has a byte of window and keeps what the window does not let out, also
+/// after the stream's task (and its send timeout) ended. So a peer that never opens its window
+/// pins at most one small piece per stream (and the streams it may open), never a large read
+/// buffer a slice would keep alive.
 pub(crate) struct StreamBody {
     inner: axum::body::Body,
     progress: Option<std::sync::Arc<StreamProgress>>,
+    /// Over HTTP/2: what is left of the chunk being cut into pieces.
+    rest: bytes::Bytes,
+    /// Over HTTP/2: the connection's count of answers under way, dropped with the body.
+    _live: Option<LiveStream>,
     /// Over HTTP/1: tells the connection its answer is out once the body is dropped (hyper
     /// drops it when done), so that an idle connection can be parked; and when hyper has
     /// written out the last chunk.
@@ -219,13 +232,75 @@ pub(crate) struct StreamBody {
 impl StreamBody {
     /// Wrap `inner`, inside the stream's task (outside one, it reports nowhere); `busy` is the
     /// request's mark on an HTTP/1 connection.
-    pub(crate) fn new(inner: axum::body::Body, busy: Option<super::park::Busy>) -> Self {
+    pub(crate) fn new(
+        inner: axum::body::Body,
+        busy: Option<super::park::Busy>,
+        live: Option<LiveStream>,
+    ) -> Self {
         Self {
             inner,
             progress: STREAM.try_with(std::sync::Arc::clone).ok(),
+            rest: bytes::Bytes::new(),
+            _live: live,
             busy,
             handed_at: None,
         }
+    }
+
+    /// The next piece of the chunk being cut, copied out of it.
+    fn piece(&mut self) -> bytes::Bytes {
+        let n = self.rest.len().min(H2_PIECE);
+        let piece = bytes::Bytes::copy_from_slice(self.rest.get(..n).unwrap_or_default());
+        bytes::Buf::advance(&mut self.rest, n);
+        if self.rest.is_empty() {
+            // Let the chunk's buffer go as soon as its last byte is copied.
+            self.rest = bytes::Bytes::new();
+        }
+        piece
+    }
+}
+
+/// One answer under way on an HTTP/2 connection (see [`LiveStreams`]).
+pub(crate) struct LiveStream(std::sync::Arc<LiveStreams>);
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Ok(mut at) = self.0.last_end.lock() {
+            *at = Instant::now();
+        }
+    }
+}
+
+/// How many answers of an HTTP/2 connection are under way, and when the last one ended, so the
+/// connection can be closed once it has been idle too long.
+pub(crate) struct LiveStreams {
+    count: std::sync::atomic::AtomicUsize,
+    last_end: std::sync::Mutex<Instant>,
+}
+
+impl LiveStreams {
+    pub(crate) fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            count: std::sync::atomic::AtomicUsize::new(0),
+            last_end: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// An answer starts.
+    pub(crate) fn start(self: &std::sync::Arc<Self>) -> LiveStream {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveStream(self.clone())
+    }
+
+    /// How long no answer has been under way (`None` while one is).
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.last_end.lock().ok().map(|at| at.elapsed())
     }
 }
 
@@ -241,6 +316,9 @@ impl hyper::body::Body for StreamBody {
             && !busy.flushed_since(mark)
         {
             return Poll::Pending;
+        }
+        if self.progress.is_some() {
+            return self.poll_piece(cx);
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Some(busy), Poll::Ready(Some(Ok(frame)))) = (&self.busy, &polled)
@@ -258,11 +336,48 @@ impl hyper::body::Body for StreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
+    }
+}
+
+impl StreamBody {
+    /// Over HTTP/2: the next piece, from the chunk being cut or from the next chunk.
+    fn poll_piece(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        let polled = if self.rest.is_empty() {
+            match hyper::body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.rest = data;
+                        Poll::Ready(Some(Ok(hyper::body::Frame::data(self.piece()))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            Poll::Ready(Some(Ok(hyper::body::Frame::data(self.piece()))))
+        };
+        if let Some(p) = &self.progress {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() => p.set(Some(Instant::now())),
+                _ => p.set(None),
+            }
+        }
+        polled
     }
 }
 
@@ -270,6 +385,37 @@ impl hyper::body::Body for StreamBody {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn over_http2_a_body_is_handed_on_in_small_copied_pieces() {
+        let chunk = bytes::Bytes::from(vec![7u8; 3 * H2_PIECE + 5]);
+        let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+        let inner = axum::body::Body::from(chunk);
+        let progress = std::sync::Arc::new(StreamProgress::default());
+        let pieces = STREAM
+            .scope(progress, async move {
+                let mut body = StreamBody::new(inner, None, None);
+                let mut pieces = Vec::new();
+                while let Some(frame) = std::future::poll_fn(|cx| {
+                    hyper::body::Body::poll_frame(Pin::new(&mut body), cx)
+                })
+                .await
+                {
+                    pieces.push(frame.unwrap().into_data().unwrap());
+                }
+                assert!(hyper::body::Body::is_end_stream(&body));
+                pieces
+            })
+            .await;
+        let lens: Vec<usize> = pieces.iter().map(bytes::Bytes::len).collect();
+        assert_eq!(lens, [H2_PIECE, H2_PIECE, H2_PIECE, 5]);
+        for p in &pieces {
+            assert!(
+                !range.contains(&(p.as_ptr() as usize)),
+                "a slice, not a copy"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_blocked_write_fails_after_the_limit_and_progress_resets_it() {
