@@ -57,7 +57,9 @@ pub fn parse_range(value: &str, len: u64) -> RangeSpec {
                 start: len - n.min(len),
                 end: len - 1,
             },
-            Some(_) => RangeSpec::Unsatisfiable,
+            // An empty representation: a non-zero suffix is its only satisfiable range (RFC
+            // 9110 section 14.1.1), answered with the whole of it.
+            Some(_) => RangeSpec::Full,
             None => RangeSpec::Full,
         },
         // bytes=a-: from a to the end.
@@ -201,8 +203,14 @@ pub fn plan(
     {
         return Plan::PreconditionFailed;
     }
-    if let Some(inm) = text(header::IF_NONE_MATCH) {
-        if none_match(inm, etag) {
+    // One list over every line here too.
+    let none_matches: Vec<&str> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !none_matches.is_empty() {
+        if none_matches.iter().any(|v| none_match(v, etag)) {
             return Plan::NotModified;
         }
     } else if let Some(since) = text(header::IF_MODIFIED_SINCE).and_then(date_secs)
@@ -316,6 +324,9 @@ mod tests {
         assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        // An empty file: a non-zero suffix is satisfiable, as the whole (empty) file.
+        assert_eq!(parse_range("bytes=-5", 0), Full);
+        assert_eq!(parse_range("bytes=-0", 0), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Full);
         assert_eq!(parse_range("bytes=9-1", 100), Full);
         assert_eq!(parse_range("items=0-1", 100), Full);
@@ -391,6 +402,11 @@ mod tests {
             get(&[("if-match", "\"ab\""), ("range", "bytes=0-1")]),
             Plan::Partial { start: 0, end: 1 }
         );
+        // If-None-Match over two lines is one list.
+        let mut h = HeaderMap::new();
+        h.append("if-none-match", HeaderValue::from_static("\"x\""));
+        h.append("if-none-match", HeaderValue::from_static("\"ab\""));
+        assert_eq!(plan(&Method::GET, &h, 100, &tag, at), Plan::NotModified);
     }
 
     #[test]
