@@ -200,7 +200,17 @@ async fn link_content(
             .consume_recording(link, Timestamp::now(), vec![used])
             .await?
         {
-            return Err(AppError::Gone("this link has been used up"));
+            // Used up by a racing GET, or gone meanwhile (revoked, its file deleted): as a
+            // fresh look at the link answers.
+            return Err(
+                match state.meta.links().resolve(hash, Timestamp::now()).await? {
+                    LinkState::Unknown => AppError::NotFound,
+                    LinkState::Expired => AppError::Gone("this link has expired"),
+                    LinkState::UsedUp | LinkState::Live { .. } => {
+                        AppError::Gone("this link has been used up")
+                    }
+                },
+            );
         }
         state
             .audit
