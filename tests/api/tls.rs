@@ -416,6 +416,50 @@ async fn the_redirect_listener_answers_308_to_https_for_every_path() {
     assert_eq!(r.status, 400);
 }
 
+/// The redirect listener caps connections per address as the main one does: one host holding
+/// its connections open does not keep others out.
+#[tokio::test]
+async fn the_redirect_listener_caps_connections_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf("first"));
+    let app = tls_app(
+        dir.path(),
+        &ca,
+        &[
+            ("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0"),
+            ("COFFER_SERVER__MAX_CONNECTIONS_PER_IP", "2"),
+        ],
+    )
+    .await;
+    let logs = app.logs();
+    let addr: std::net::SocketAddr = logs
+        .lines()
+        .find(|l| l.contains("redirect to HTTPS"))
+        .and_then(|l| l.split("redirect=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no redirect address logged:\n{logs}"))
+        .parse()
+        .unwrap();
+    let held = [
+        crate::helpers::raw::RawConn::open(addr).await,
+        crate::helpers::raw::RawConn::open(addr).await,
+    ];
+    let mut third = crate::helpers::raw::RawConn::open(addr).await;
+    assert!(
+        third.closed().await,
+        "a third connection from one address is refused"
+    );
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = crate::helpers::raw::exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 308);
+}
+
 #[test]
 fn a_missing_certificate_or_key_at_start_is_exit_code_2_naming_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -150,6 +150,11 @@ impl App {
                     port,
                     Arc::new(self.state.config.server.allowed_hosts.clone()),
                     header_timeout,
+                    PerIp::new(
+                        cfg.max_connections_per_ip,
+                        self.state.trusted_proxies.clone(),
+                    ),
+                    Duration::from_secs(cfg.send_timeout_secs),
                 )));
             }
         }

@@ -314,11 +314,13 @@ impl rustls::client::danger::ServerCertVerifier for ExactCertificate {
 
 /// Serve `tls.redirect_bind`: every request, health probes included, gets 308 to the same
 /// path and query on HTTPS at `https_port`. Runs until the task is dropped.
-pub(crate) async fn redirect(
+pub(super) async fn redirect(
     listener: TcpListener,
     https_port: u16,
     allowed_hosts: Arc<Vec<String>>,
     header_timeout: Duration,
+    per_ip: super::accept::PerIp,
+    send_timeout: Duration,
 ) {
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -331,18 +333,24 @@ pub(crate) async fn redirect(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed (redirect listener)");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        // As on the main listener: one address cannot hold every slot, and a client that does
+        // not read its answer does not hold one for long.
+        let Some(ip_slot) = per_ip.admit(peer.ip()) else {
+            continue;
+        };
+        let stream = super::SendTimeout::new(stream, send_timeout);
         let http1 = http1.clone();
         let allowed = allowed_hosts.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
                 let res = redirect_response(&req, https_port, &allowed);
                 async move { Ok::<_, std::convert::Infallible>(res) }
