@@ -29,6 +29,7 @@ pub(super) async fn request_starts(
 ) -> Option<Opening> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(10);
     let wait = async {
         loop {
             let n = stream.peek(&mut buf).await?;
@@ -42,8 +43,11 @@ pub(super) async fn request_starts(
             if n >= PREFACE.len() {
                 return Ok(Some(Opening::Http2));
             }
-            // Part of a preface: peek would return at once; give the peer a moment.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Part of a preface: peek would return at once; give the peer a moment, longer
+            // each time (a peer that stops mid-preface costs a wake-up every half second, not
+            // a hundred a second, until the header timeout drops it).
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     };
     tokio::time::timeout(limit, wait).await.ok()?.ok()?
