@@ -150,6 +150,10 @@ pub trait Uploads: Send + Sync {
     /// Bytes the owner's uploads in flight hold now.
     async fn reserved_bytes(&self, owner: UserId) -> Result<u64, MetaError>;
 
+    /// The blob keys of the uploads in flight (on any node): not orphans, whatever their age,
+    /// until their upload commits or a sweeper claims it.
+    async fn reserved_keys(&self) -> Result<Vec<String>, MetaError>;
+
     /// Reservations last touched before `before`, oldest first.
     async fn abandoned(&self, before: Timestamp, limit: usize)
     -> Result<Vec<Abandoned>, MetaError>;

@@ -145,8 +145,10 @@ pub async fn scan(
         }
     }
     report.deleting = queued;
-    // Staged chunks of unfinished resumable uploads are held by their rows.
-    for key in meta.resumables().staged_keys().await? {
+    // Staged chunks of unfinished resumable uploads are held by their rows, and the blobs of
+    // uploads in flight by their reservations (a node may be about to commit the row, however
+    // old the blob: a store's modification time can precede the row by seconds).
+    for key in held_keys(meta).await? {
         if let Some(k) = BlobKey::parse(&key) {
             on_disk.remove(&k);
         }
@@ -216,6 +218,14 @@ pub async fn unverifiable_tail(
     })
 }
 
+/// Blob keys that no file row names but that are not orphans: staged chunks of unfinished
+/// resumable uploads, and the blobs of uploads in flight.
+async fn held_keys(meta: &MetaStore) -> anyhow::Result<Vec<String>> {
+    let mut keys = meta.resumables().staged_keys().await?;
+    keys.extend(meta.uploads().reserved_keys().await?);
+    Ok(keys)
+}
+
 /// Remove the orphans of a report. A blob renamed into place moments ago may belong to an
 /// upload about to commit its row (a server may be running beside us): orphans younger than
 /// `grace` are given that long, then every orphan is re-checked against the database just
@@ -234,9 +244,9 @@ pub async fn remove_orphans(
     if let Some(age) = youngest.filter(|age| *age < grace) {
         tokio::time::sleep(grace - age).await;
     }
-    // Chunks of unfinished tus uploads recorded meanwhile are held by their rows too.
-    let staged: std::collections::HashSet<String> =
-        meta.resumables().staged_keys().await?.into_iter().collect();
+    // Chunks of unfinished tus uploads recorded meanwhile, and uploads started meanwhile, are
+    // held too.
+    let staged: std::collections::HashSet<String> = held_keys(meta).await?.into_iter().collect();
     let mut n = 0;
     for orphan in &report.orphans {
         let k = orphan.key.as_str().to_owned();

@@ -144,3 +144,39 @@ async fn check_and_backup_name_the_absolute_root() {
         "{out}"
     );
 }
+
+/// A blob that no file row names yet but an upload in flight does (its reservation, on any
+/// node) is not an orphan, however old: a store's modification time can precede the row by
+/// seconds when the database stalls at the commit. Once the reservation is gone it is one.
+#[tokio::test]
+async fn the_blob_of_an_upload_in_flight_is_not_an_orphan() {
+    let app = TestApp::spawn().await;
+    let u = app.user("inflight").await;
+    let id = app.plant_orphan_blob(b"being committed");
+    let key = format!("{}/{}/{id}", &id[..2], &id[2..4]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    app.sql_exec(&format!(
+        "INSERT INTO upload_reservations (id, owner_id, bytes, blob_key, node, started_at,
+             touched_at)
+         VALUES ('{id}', '{}', 15, '{key}', 'another-node', {now}, {now})",
+        u.id
+    ));
+    let held = |app: &TestApp| {
+        app.blob_files()
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&id))
+    };
+    let (code, out) = app.run_cli(&["check", "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("orphan blob"), "{out}");
+    assert!(held(&app), "the upload's blob was deleted");
+    app.sql_exec(&format!(
+        "DELETE FROM upload_reservations WHERE id = '{id}'"
+    ));
+    let (_, out) = app.run_cli(&["check", "--repair"]);
+    assert!(out.contains("orphan blob"), "{out}");
+    assert!(!held(&app), "a blob no one holds is an orphan");
+}

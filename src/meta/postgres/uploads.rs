@@ -240,6 +240,24 @@ impl Uploads for Postgres {
             .await
     }
 
+    async fn reserved_keys(&self) -> Result<Vec<String>, MetaError> {
+        self.one((), |c, ()| {
+            Box::pin(async move {
+                let st = c
+                    .prepare_cached(
+                        "SELECT blob_key FROM upload_reservations WHERE blob_key IS NOT NULL",
+                    )
+                    .await?;
+                c.query(&st, &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect()
+            })
+        })
+        .await
+    }
+
     async fn abandoned(
         &self,
         before: Timestamp,

@@ -183,6 +183,15 @@ impl Uploads for Sqlite {
         self.read(move |c| reserved_bytes(c, owner)).await
     }
 
+    async fn reserved_keys(&self) -> Result<Vec<String>, MetaError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT blob_key FROM upload_reservations WHERE blob_key IS NOT NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+
     async fn abandoned(
         &self,
         before: Timestamp,
