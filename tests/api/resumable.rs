@@ -984,6 +984,36 @@ async fn a_retried_last_patch_of_a_stored_file_answers_that_file() {
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
 
+/// Every byte durable but no file: the last PATCH's node died between making its bytes
+/// durable and storing the file. A client takes `Upload-Offset == Upload-Length` for a
+/// finished upload and never PATCHes again, so the HEAD that sees it stores the file.
+#[tokio::test]
+async fn a_head_finds_every_byte_durable_and_stores_the_file() {
+    let app = TestApp::spawn().await;
+    let u = app.user("stranded").await;
+    let text = "all of it durable\n".repeat(5_000).into_bytes();
+    let loc = created(&app, &u, "stranded.txt", 200_000).await;
+    let r = patch(&app, &u, &loc, 0, text.clone(), &[]).await;
+    assert_eq!(r.status(), 204);
+    // As if the PATCH that brought the last bytes had died right after making them durable.
+    app.sql_exec(&format!(
+        "UPDATE resumable_uploads SET length = {}",
+        text.len()
+    ));
+    let r = app.head(&loc).as_user(&u).headers(&[TUS]).send().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "upload-offset"), text.len().to_string());
+    let fid = header(&r, "coffer-file-id");
+    assert_eq!(loc.rsplit('/').next().unwrap(), fid);
+    let f = app
+        .get(&format!("/api/v1/files/{fid}"))
+        .as_user(&u)
+        .expect(200)
+        .await;
+    assert_eq!(f["sha256"], sha256_hex(&text));
+    assert_eq!(offset_of(&app, &u, &loc).await.0, 404);
+}
+
 #[tokio::test]
 async fn with_encryption_no_plaintext_of_an_unfinished_upload_is_at_rest() {
     let app = TestApp::builder()

@@ -419,13 +419,15 @@ fn progress_headers(h: &mut HeaderMap, p: &Progress) {
     params(("id" = String, Path, description = "The upload (and future file) id"),
         ("Tus-Resumable" = String, Header, description = "1.0.0")),
     responses(
-        (status = 200, description = "Unfinished", headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Metadata" = String), ("Upload-Expires" = String))),
+        (status = 200, description = "Unfinished, or every byte durable and the file stored now (the last PATCH's node died committing it)", headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Metadata" = String), ("Upload-Expires" = String), ("Coffer-File-Id" = String, description = "When the file was stored by this request"))),
         (status = 404, description = "Unknown, someone else's, finished, expired or terminated"),
+        (status = 423, description = "Every byte durable, the file being stored by another request; ask again"),
         (status = 412, description = "Tus-Resumable missing or not 1.0.0"),
     ),
     security(("bearer" = []), ("api_key" = []), ("upload_grant" = []), ("upload_grant_query" = [])))]
 async fn upload_status(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     uploader: Uploader,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -434,6 +436,27 @@ async fn upload_status(
     let id = FileId::parse(&id).ok_or(AppError::NotFound)?;
     let up = state.resumable.get(id, creator(&uploader)).await?;
     let mut res = StatusCode::OK.into_response();
+    if up.offset == up.length {
+        // Every byte is durable but the file is not stored: the last PATCH's node died while
+        // committing it. A client takes this offset for a finished upload and never PATCHes
+        // again, so the commit is made now (an empty PATCH of the server's own); while the
+        // dead PATCH's lock lasts (seconds), 423 tells the client to ask again.
+        let finish = Patch {
+            id,
+            owner: uploader.owner,
+            grant: uploader.grant.clone(),
+            client_ip: ip,
+            offset: up.length,
+            length_hint: Some(0),
+            checksum: None,
+            keep_broken_off: true,
+        };
+        let progress = state
+            .resumable
+            .patch(finish, body_stream(&state, Body::empty()))
+            .await?;
+        progress_headers(res.headers_mut(), &progress);
+    }
     let h = res.headers_mut();
     set(h, "upload-offset", up.offset.to_string());
     set(h, "upload-length", up.length.to_string());
