@@ -122,8 +122,10 @@ pub trait RevocationSink: Send + Sync {
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
 
-/// The longest a revoking call waits for the other nodes to confirm its announcement.
-pub const ECHO_WAIT: Duration = Duration::from_secs(1);
+/// The longest a revoking call waits for the other nodes to confirm its announcement. A node
+/// that cannot confirm has dropped everything from memory by then: its listener's heartbeat
+/// (`postgres::listener`) notices a silent connection in less than this.
+pub const ECHO_WAIT: Duration = Duration::from_secs(2);
 
 struct HubInner {
     node: String,

@@ -791,3 +791,51 @@ async fn cluster_a_file_deleted_on_one_node_is_gone_from_the_others_memory_at_on
     );
     assert_eq!(b.download(&admin.token, id, &[]).await.status(), 404);
 }
+
+/// A node whose connection to the database goes silent (its listener hears nothing more, yet
+/// PostgreSQL still counts it) serves no revoked credential from memory once the revoking
+/// request on another node has answered: its heartbeat notices the silence before the
+/// revoking node stops waiting for its confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_a_logout_holds_at_once_on_a_node_whose_database_went_silent() {
+    let Some(stack) =
+        stack::require("cluster_a_logout_holds_at_once_on_a_node_whose_database_went_silent")
+    else {
+        return;
+    };
+    let db = Arc::new(stack.fresh_database());
+    let (head, tail) = db.url.rsplit_once('@').expect("user@host in the URL");
+    let (hostport, name) = tail.split_once('/').expect("/database in the URL");
+    let gate = Gate::start(hostport).await;
+    let gated = format!(
+        "{head}@{}/{name}",
+        gate.endpoint.trim_start_matches("http://")
+    );
+    let prefix = stack.fresh_prefix();
+    let a = node(&stack, &db, &prefix, 1).spawn().await;
+    let b = node(&stack, &db, &prefix, 2)
+        .env("COFFER_DATABASE_URL", gated)
+        .env("COFFER_DATABASE__CALL_TIMEOUT_SECS", "2")
+        .env("COFFER_SECRET_KEY", a.secret())
+        .spawn()
+        .await;
+    let u = a.user("partitioned").await;
+    // Cached on b.
+    assert_eq!(me(&b, &u.token).await, 200);
+    assert_eq!(me(&b, &u.token).await, 200);
+    gate.set(Mode::Silent);
+    assert_eq!(a.logout().bearer(&u.token).status().await, 204);
+    // The logout has answered: b may fail (503: it cannot reach the database), never serve.
+    let status = me(&b, &u.token).await;
+    assert_ne!(
+        status, 200,
+        "b still served the logged-out token from memory"
+    );
+    gate.set(Mode::Open);
+    within(
+        Duration::from_secs(30),
+        "b back, the token dead",
+        || async { me(&b, &u.token).await == 401 },
+    )
+    .await;
+}

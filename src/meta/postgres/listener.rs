@@ -9,6 +9,11 @@
 //! once, so the caches serve nothing from memory; when it listens again the hub comes back
 //! live and the caches start empty, since announcements may have been missed meanwhile.
 //! Reconnecting never stops: the node recovers without a restart.
+//!
+//! The heartbeat is what makes a revocation hold "at once" on a node that cannot hear it: a
+//! revoking node waits [`ECHO_WAIT`] for every listener's confirmation, and a listener whose
+//! connection went silent has gone down (its caches emptied) before that wait ends, so no node
+//! serves a revoked credential from memory after the revoking request answered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -20,12 +25,15 @@ use tokio_postgres::Notification;
 
 use super::conn::{self, Settings};
 use super::{CONFIRMATIONS_CHANNEL, EVENTS_CHANNEL, REVOCATIONS_CHANNEL};
-use crate::meta::revocations::{Hub, Revoked};
+use crate::meta::revocations::{ECHO_WAIT, Hub, Revoked};
 
 /// How often an idle listener checks that its connection still answers.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long the check may take.
-pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long the check (or sending a confirmation) may take: with [`HEARTBEAT`], less than
+/// [`ECHO_WAIT`], so a silent connection is noticed before a revoking node stops waiting.
+pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+const _: () =
+    assert!(HEARTBEAT.as_millis() + HEARTBEAT_TIMEOUT.as_millis() < ECHO_WAIT.as_millis());
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
