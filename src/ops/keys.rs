@@ -227,6 +227,18 @@ async fn seal_one(
         .ok_or_else(|| anyhow::anyhow!("cannot wrap a data key"))?;
     let mut sealer = Sealer::new(&data_key, id)?;
     let new_key = BlobKey::for_file(id, true);
+    // A sealed blob an earlier run committed before it could switch the row (it crashed)
+    // names nothing: it goes, so this run's blob can take its name.
+    if !meta
+        .files()
+        .blob_key_exists(new_key.as_str().to_owned())
+        .await?
+    {
+        match blobs.delete(&new_key).await {
+            Ok(()) | Err(crate::blob::BlobError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut writer = blobs.put(&new_key).await?;
     let mut hasher = Sha256::new();
     let mut plain = read::read(blobs, keyring, &row.source(), 0, row.file.size).await?;
