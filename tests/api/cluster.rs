@@ -56,6 +56,18 @@ async fn me(app: &TestApp, token: &str) -> u16 {
     app.me().bearer(token).status().await
 }
 
+/// A gate in front of the database, and the database URL that goes through it.
+async fn gated_database(db: &TestDb) -> (Gate, String) {
+    let (head, tail) = db.url.rsplit_once('@').expect("user@host in the URL");
+    let (hostport, name) = tail.split_once('/').expect("/database in the URL");
+    let gate = Gate::start(hostport).await;
+    let gated = format!(
+        "{head}@{}/{name}",
+        gate.endpoint.trim_start_matches("http://")
+    );
+    (gate, gated)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_a_revocation_on_one_node_ends_the_credential_on_the_other_at_once() {
     let Some(stack) =
@@ -553,13 +565,7 @@ async fn cluster_a_database_down_or_silent_is_503_with_retry_after_on_both_nodes
     // Both nodes reach PostgreSQL through one gate: down (connections refused and cut) or
     // silent (a network that drops everything), the rest of the stack untouched.
     let db = Arc::new(stack.fresh_database());
-    let (head, tail) = db.url.rsplit_once('@').expect("user@host in the URL");
-    let (hostport, name) = tail.split_once('/').expect("/database in the URL");
-    let gate = Gate::start(hostport).await;
-    let gated = format!(
-        "{head}@{}/{name}",
-        gate.endpoint.trim_start_matches("http://")
-    );
+    let (gate, gated) = gated_database(&db).await;
     let prefix = stack.fresh_prefix();
     let env = [
         ("COFFER_DATABASE__CALL_TIMEOUT_SECS", "2"),
@@ -804,13 +810,7 @@ async fn cluster_a_logout_holds_at_once_on_a_node_whose_database_went_silent() {
         return;
     };
     let db = Arc::new(stack.fresh_database());
-    let (head, tail) = db.url.rsplit_once('@').expect("user@host in the URL");
-    let (hostport, name) = tail.split_once('/').expect("/database in the URL");
-    let gate = Gate::start(hostport).await;
-    let gated = format!(
-        "{head}@{}/{name}",
-        gate.endpoint.trim_start_matches("http://")
-    );
+    let (gate, gated) = gated_database(&db).await;
     let prefix = stack.fresh_prefix();
     let a = node(&stack, &db, &prefix, 1).spawn().await;
     let b = node(&stack, &db, &prefix, 2)

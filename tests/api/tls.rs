@@ -333,6 +333,17 @@ async fn the_certificate_is_reloaded_without_dropping_connections_and_a_bad_pair
     assert_eq!(healthz_on(&mut held).await, "HTTP/1.1 200 OK");
 }
 
+/// The redirect listener's address (bound to port 0: the server logs the one it got).
+fn redirect_address(app: &TestApp) -> String {
+    let logs = app.logs();
+    logs.lines()
+        .find(|l| l.contains("redirect to HTTPS"))
+        .and_then(|l| l.split("redirect=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no redirect address logged:\n{logs}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn the_redirect_listener_answers_308_to_https_for_every_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,14 +358,8 @@ async fn the_redirect_listener_answers_308_to_https_for_every_path() {
         ],
     )
     .await;
-    // Port 0: the server logs the address it got.
-    let logs = app.logs();
-    let redirect = logs
-        .lines()
-        .find(|l| l.contains("redirect to HTTPS"))
-        .and_then(|l| l.split("redirect=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no redirect address logged:\n{logs}"));
+    let redirect = redirect_address(&app);
+    let redirect = redirect.as_str();
     let plain = Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -432,15 +437,7 @@ async fn the_redirect_listener_caps_connections_per_address() {
         ],
     )
     .await;
-    let logs = app.logs();
-    let addr: std::net::SocketAddr = logs
-        .lines()
-        .find(|l| l.contains("redirect to HTTPS"))
-        .and_then(|l| l.split("redirect=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no redirect address logged:\n{logs}"))
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = redirect_address(&app).parse().unwrap();
     let held = [
         crate::helpers::raw::RawConn::open(addr).await,
         crate::helpers::raw::RawConn::open(addr).await,
