@@ -333,32 +333,31 @@ async fn the_certificate_is_reloaded_without_dropping_connections_and_a_bad_pair
     assert_eq!(healthz_on(&mut held).await, "HTTP/1.1 200 OK");
 }
 
-/// The redirect listener's address (bound to port 0: the server logs the one it got).
-fn redirect_address(app: &TestApp) -> String {
+/// A TLS server with the redirect listener on (and `extra` settings): its certificates'
+/// folder (kept while the test runs), the server, and the redirect listener's address (bound
+/// to port 0: the server logs the one it got).
+async fn with_redirect(extra: &[(&str, &str)]) -> (tempfile::TempDir, TestApp, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf("first"));
+    let mut env = vec![("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0")];
+    env.extend_from_slice(extra);
+    let app = tls_app(dir.path(), &ca, &env).await;
     let logs = app.logs();
-    logs.lines()
+    let redirect = logs
+        .lines()
         .find(|l| l.contains("redirect to HTTPS"))
         .and_then(|l| l.split("redirect=").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no redirect address logged:\n{logs}"))
-        .to_owned()
+        .to_owned();
+    (dir, app, redirect)
 }
 
 #[tokio::test]
 async fn the_redirect_listener_answers_308_to_https_for_every_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    install(dir.path(), &ca.leaf("first"));
-    let app = tls_app(
-        dir.path(),
-        &ca,
-        &[
-            ("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0"),
-            ("COFFER_SERVER__ALLOWED_HOSTS", "localhost"),
-        ],
-    )
-    .await;
-    let redirect = redirect_address(&app);
+    let (_dir, app, redirect) =
+        with_redirect(&[("COFFER_SERVER__ALLOWED_HOSTS", "localhost")]).await;
     let redirect = redirect.as_str();
     let plain = Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -425,19 +424,9 @@ async fn the_redirect_listener_answers_308_to_https_for_every_path() {
 /// its connections open does not keep others out.
 #[tokio::test]
 async fn the_redirect_listener_caps_connections_per_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    install(dir.path(), &ca.leaf("first"));
-    let app = tls_app(
-        dir.path(),
-        &ca,
-        &[
-            ("COFFER_TLS__REDIRECT_BIND", "127.0.0.1:0"),
-            ("COFFER_SERVER__MAX_CONNECTIONS_PER_IP", "2"),
-        ],
-    )
-    .await;
-    let addr: std::net::SocketAddr = redirect_address(&app).parse().unwrap();
+    let (_dir, _app, redirect) =
+        with_redirect(&[("COFFER_SERVER__MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let addr: std::net::SocketAddr = redirect.parse().unwrap();
     let held = [
         crate::helpers::raw::RawConn::open(addr).await,
         crate::helpers::raw::RawConn::open(addr).await,

@@ -5,7 +5,10 @@ use std::collections::HashSet;
 
 use coffer::ids::{FileId, Timestamp, UserId, WebhookId};
 use coffer::meta::MetaStore;
-use coffer::meta::events::{Attempt, Finished, NewEvent, NewWebhook, Webhook, WebhookStored};
+use coffer::meta::events::{
+    Attempt, Delivery, Finished, NewEvent, NewWebhook, Webhook, WebhookStored,
+};
+use coffer::meta::page::Page;
 use coffer::meta::users::Role;
 
 use crate::engines::{self, add_file, add_user};
@@ -163,6 +166,15 @@ fn event(owner: UserId, kind: &'static str, file: Option<FileId>) -> NewEvent {
     }
 }
 
+/// The webhook's delivery log, newest first (one page of 10).
+async fn delivery_log(s: &MetaStore, hook: WebhookId, owner: UserId) -> Page<Delivery> {
+    s.outbox()
+        .deliveries(hook, owner, None, 10)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 const OK: Attempt = Attempt::Delivered {
     status: 200,
     answer: String::new(),
@@ -210,12 +222,7 @@ async fn events_commit_with_their_change_and_a_files_events_are_claimed_in_order
             .unwrap();
         let rej = event(owner, "upload.rejected", None);
         s.outbox().record(vec![rej.clone()]).await.unwrap();
-        let log = s
-            .outbox()
-            .deliveries(hook, owner, None, 10)
-            .await
-            .unwrap()
-            .unwrap();
+        let log = delivery_log(s, hook, owner).await;
         let ids: Vec<&str> = log.items.iter().map(|d| d.event_id.as_str()).collect();
         assert_eq!(
             ids,
@@ -337,12 +344,7 @@ async fn events_commit_with_their_change_and_a_files_events_are_claimed_in_order
             e.name
         );
         // Settled deliveries are pruned, pending ones stay however old.
-        let before = s
-            .outbox()
-            .deliveries(hook, owner, None, 10)
-            .await
-            .unwrap()
-            .unwrap();
+        let before = delivery_log(s, hook, owner).await;
         let settled = before
             .items
             .iter()
@@ -356,12 +358,7 @@ async fn events_commit_with_their_change_and_a_files_events_are_claimed_in_order
             "{}",
             e.name
         );
-        let after = s
-            .outbox()
-            .deliveries(hook, owner, None, 10)
-            .await
-            .unwrap()
-            .unwrap();
+        let after = delivery_log(s, hook, owner).await;
         assert_eq!(after.items.len(), before.items.len() - settled);
         assert!(after.items.iter().all(|d| d.next_attempt_at.is_some()));
         // Deleting the webhook takes its deliveries with it.
@@ -427,12 +424,7 @@ async fn a_retry_during_a_try_is_not_overwritten_by_that_try() {
             "{}: the first try's outcome is not recorded over the retry",
             e.name
         );
-        let log = s
-            .outbox()
-            .deliveries(hook, owner, None, 10)
-            .await
-            .unwrap()
-            .unwrap();
+        let log = delivery_log(s, hook, owner).await;
         assert_eq!(log.items[0].attempts, 0, "{}", e.name);
         assert!(
             s.outbox()
@@ -457,12 +449,7 @@ async fn a_retry_during_a_try_is_not_overwritten_by_that_try() {
             .await
             .unwrap();
         assert_eq!(done, [true], "{}", e.name);
-        let log = s
-            .outbox()
-            .deliveries(hook, owner, None, 10)
-            .await
-            .unwrap()
-            .unwrap();
+        let log = delivery_log(s, hook, owner).await;
         assert_eq!(log.items[0].attempts, 1, "{}", e.name);
         assert!(log.items[0].delivered_at.is_some(), "{}", e.name);
         assert!(log.items[0].next_attempt_at.is_none(), "{}", e.name);
